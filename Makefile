@@ -1,0 +1,36 @@
+# wikiembed: one venv, the right torch for the machine, then the project.
+#   make sample   install, then embed the built-in sample on the CPU (no network)
+#   make test     install with test extras, then run the whole test suite
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A bare `torch` requirement can pull a multi-GB CUDA build; on a CPU machine
+# pin the CPU build first (this one lies on our machines' disk). On a GPU box:
+#   make install TORCH_SPEC=torch
+TORCH_SPEC ?= torch==2.13.0
+SAMPLE ?= sample:2000
+
+.PHONY: install sample test bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+sample: install
+	$(BIN)/wikiembed run --source $(SAMPLE) --store runs/sample --summary-json runs/sample-summary.json
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+bench: install
+	$(BIN)/python bench/pipeline.py --quick --json bench/results/pipeline-quick.json
+
+clean:
+	rm -rf runs .pytest_cache

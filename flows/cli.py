@@ -1,0 +1,239 @@
+"""The `wikiembed` command line: run, status, rerun, export, upload.
+
+Each command is a thin shell over a flow or a plain function. Errors a user
+can fix print one message that names the input and the fix (exit 2); a run
+with failed shards prints their ids and the rerun command (exit 1).
+
+Touches: argv, stdout/stderr, and whatever the command's flow touches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+# Prefect's defaults for a local CLI: no telemetry (it also causes SQLite "database
+# is locked" noise) and warnings only on the console, so the progress bar stays readable.
+_PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+    "TOKENIZERS_PARALLELISM": "true",
+}
+
+EXIT_OK, EXIT_FAILED_SHARDS, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wikiembed", description="Embed a text corpus into a Hugging Face dataset, resumably.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="embed a source into a store (resumes what is there)")
+    run.add_argument("--source", default="sample:1000", help="sample:N, a parquet/jsonl file or folder, a save_to_disk folder, or a HF dataset id")
+    run.add_argument("--store", required=True, help="run store folder")
+    run.add_argument("--config", help="HF dataset config, e.g. 20231101.simple")
+    run.add_argument("--split", default="train")
+    run.add_argument("--limit", type=int, help="read only the first N source rows")
+    run.add_argument("--columns", help="column mapping ours=theirs, e.g. text=body,id=page_id")
+    run.add_argument("--backend", default="local", choices=["local", "tei", "modal"])
+    run.add_argument("--model", default=None, help="sentence-transformers model id or folder (default: all-MiniLM-L6-v2, bundled)")
+    run.add_argument("--device", choices=["cpu", "cuda"])
+    run.add_argument("--chunker", default="tokens", choices=["tokens", "chars"])
+    run.add_argument("--chunk-size", type=int)
+    run.add_argument("--chunk-overlap", type=int, default=0)
+    run.add_argument("--shard-rows", type=int)
+    run.add_argument("--tei-url", help="TEI server URL(s), comma-separated (with --backend tei)")
+    run.add_argument("--modal-app", default="wikiembed-tei")
+    run.add_argument("--modal-class", default="TEI", choices=["TEI", "Torch"])
+    run.add_argument("--gpu", default="A10G")
+    run.add_argument("--concurrency", type=int, help="shards embedded at once")
+    run.add_argument("--upload-to", help="publish when done: dir:PATH or hub:ORG/NAME")
+    run.add_argument("--summary-json", help="write the run summary as JSON here")
+
+    status = sub.add_parser("status", help="per-shard state of a store")
+    status.add_argument("--store", required=True)
+    status.add_argument("--json", action="store_true")
+
+    rerun = sub.add_parser("rerun", help="re-embed chosen or failed shards with the store's settings")
+    rerun.add_argument("--store", required=True)
+    which = rerun.add_mutually_exclusive_group(required=True)
+    which.add_argument("--shards", help="comma-separated shard ids, e.g. 3,17")
+    which.add_argument("--failed", action="store_true", help="every failed shard")
+    rerun.add_argument("--summary-json")
+
+    export = sub.add_parser("export", help="write the HF-ready folder (data + dataset card)")
+    export.add_argument("--store", required=True)
+    export.add_argument("--to", required=True, help="destination folder")
+
+    upload = sub.add_parser("upload", help="publish to the Hugging Face Hub (hub:ORG/NAME) or a folder (dir:PATH)")
+    upload.add_argument("--store", required=True)
+    upload.add_argument("--to", required=True)
+    upload.add_argument("--private", action="store_true")
+    upload.add_argument("--revision")
+    upload.add_argument("--create-pr", action="store_true")
+    return p
+
+
+def _print_summary(summary: dict[str, Any], out=sys.stdout) -> None:  # noqa: ANN001
+    print(
+        f"wikiembed: {summary['shards_done']}/{summary['shards_total']} shards done, "
+        f"{summary['shards_failed']} failed | rows {summary['rows']:,} ({summary['skipped_rows']:,} skipped) | "
+        f"chunks {summary['chunks']:,} ({summary['embedded_chunks']:,} embedded, {summary['reused_chunks']:,} reused) | "
+        f"{summary['seconds']:.1f}s, {summary['chars_per_s']:,.0f} chars/s",
+        file=out,
+    )
+    if summary.get("changes"):
+        c = summary["changes"]
+        print(f"source changes: {c['added']} added, {c['edited']} edited, {c['removed']} removed articles", file=out)
+    if summary["failed_shards"]:
+        ids = ",".join(str(k) for k in summary["failed_shards"])
+        print(f"failed shards: {ids}; see `wikiembed status --store {summary['store']}`, then run", file=out)
+        print(f"    wikiembed rerun --store {summary['store']} --failed", file=out)
+
+
+def _write_json(path: str | None, payload: dict[str, Any]) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=1), encoding="utf-8")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from flows.embed_dataset import embed_dataset
+    from tasks.settings import RunSettings
+
+    given = {
+        "source": args.source,
+        "store": args.store,
+        "config": args.config,
+        "split": args.split,
+        "limit": args.limit,
+        "columns": args.columns,
+        "backend": args.backend,
+        "model": args.model,
+        "device": args.device,
+        "chunker": args.chunker,
+        "chunk_size": args.chunk_size,
+        "chunk_overlap": args.chunk_overlap,
+        "shard_rows": args.shard_rows,
+        "tei_url": [u.strip() for u in args.tei_url.split(",") if u.strip()] if args.tei_url else None,
+        "modal_app": args.modal_app,
+        "modal_class": args.modal_class,
+        "gpu": args.gpu,
+        "concurrency": args.concurrency,
+        "upload_to": args.upload_to,
+    }
+    params = {k: v for k, v in given.items() if v is not None}
+    RunSettings(**params)  # validate before Prefect starts, for a clean message
+    summary = embed_dataset(**params)
+    _print_summary(summary)
+    _write_json(args.summary_json, summary)
+    return EXIT_FAILED_SHARDS if summary["shards_failed"] or summary["shards_done"] < summary["shards_total"] else EXIT_OK
+
+
+def status_payload(store_dir: str) -> dict[str, Any]:
+    from tasks.store import Store
+
+    store = Store(store_dir)
+    manifest = store.read_manifest()
+    states = store.states(manifest)
+    return {
+        "store": str(store.root),
+        "generation": store.gen,
+        "source": manifest["source"]["spec"],
+        "model": manifest["model"]["model_id"],
+        "chunking": manifest["chunking"],
+        "skipped_rows": sum(manifest.get("skipped", {}).values()),
+        "skipped": manifest.get("skipped", {}),
+        "repaired": manifest.get("repaired", {}),
+        "shards": [
+            {"shard": s.shard, "state": s.state, "rows": s.rows, "chunks": s.chunks, "error": s.error, "attempts": s.attempts}
+            for s in states
+        ],
+        "done": sum(s.state == "done" for s in states),
+        "failed": sum(s.state == "failed" for s in states),
+        "pending": sum(s.state == "pending" for s in states),
+    }
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    payload = status_payload(args.store)
+    if args.json:
+        print(json.dumps(payload, indent=1))
+        return EXIT_OK
+    print(f"store {payload['store']} (generation {payload['generation']})")
+    print(f"source {payload['source']} | model {payload['model']} | chunking {payload['chunking']}")
+    print(f"{'shard':>6}  {'state':<8} {'rows':>8} {'chunks':>8}  error")
+    for s in payload["shards"]:
+        chunks = "" if s["chunks"] is None else s["chunks"]
+        print(f"{s['shard']:>6}  {s['state']:<8} {s['rows']:>8} {chunks:>8}  {(s['error'] or '')[:100]}")
+    print(f"done {payload['done']}, failed {payload['failed']}, pending {payload['pending']}, skipped rows {payload['skipped_rows']}")
+    if payload["skipped"]:
+        print("skipped rows by reason: " + ", ".join(f"{k}: {v}" for k, v in sorted(payload["skipped"].items())))
+    return EXIT_OK
+
+
+def _cmd_rerun(args: argparse.Namespace) -> int:
+    from flows.embed_dataset import rerun_shards
+    from tasks.errors import InputError
+
+    if args.failed:
+        shards: Any = "failed"
+    else:
+        try:
+            shards = [int(x) for x in args.shards.split(",") if x.strip()]
+        except ValueError:
+            raise InputError(f"--shards {args.shards!r}: give comma-separated shard ids, e.g. --shards 3,17.") from None
+    summary = rerun_shards(store=args.store, shards=shards)
+    _print_summary(summary)
+    _write_json(args.summary_json, summary)
+    return EXIT_FAILED_SHARDS if summary["shards_failed"] else EXIT_OK
+
+
+def _cmd_publish(args: argparse.Namespace, target: str) -> int:
+    from tasks.upload import publish
+
+    kwargs: dict[str, Any] = {}
+    if args.command == "upload":
+        kwargs = {"private": args.private, "revision": args.revision, "create_pr": args.create_pr}
+    result = publish(Path(args.store), target, **kwargs)
+    print(json.dumps(result, indent=1, default=str))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    for key, value in _PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    args = _parser().parse_args(argv)
+    from pydantic import ValidationError
+
+    from tasks.errors import WikiembedError
+
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "status":
+            return _cmd_status(args)
+        if args.command == "rerun":
+            return _cmd_rerun(args)
+        if args.command == "export":
+            target = args.to if args.to.startswith(("dir:", "hub:")) else f"dir:{args.to}"
+            return _cmd_publish(args, target)
+        return _cmd_publish(args, args.to)
+    except WikiembedError as exc:
+        print(f"wikiembed {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        print(f"wikiembed {args.command}: error: {problems}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("wikiembed: interrupted; finished shards are kept, run the same command to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The checkpoint step: embed one shard's chunks and commit `data/NNNNN.parquet` + its marker.
+
+Order of writes is what makes resume safe: rows are streamed into a hidden
+temp file, fsynced, renamed to `data/NNNNN.parquet`, and only then is the
+marker `_done/NNNNN.json` written (also temp + rename) with the file's size,
+sha256, mtime and inode. A kill at any point leaves either no data file, a
+data file without a marker (redone on resume), or a complete pair.
+
+Touches: `STORE/chunks/NNNNN.parquet` (read), `STORE/data/`, `STORE/_done/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.embed import Backend, check_vectors
+from tasks.shard import CHUNK_SCHEMA
+from tasks.store import Store, sha256_file, store_os_error
+
+# Chunks embedded and written per parquet row group: bounds memory for any shard
+# size and keeps the backend's batches large enough to be efficient.
+EMBED_GROUP = 4096
+
+
+def data_schema(dim: int) -> pa.Schema:
+    return CHUNK_SCHEMA.append(pa.field("embedding", pa.list_(pa.float32(), dim)))
+
+
+def text_key(text: str) -> bytes:
+    """Content key of a chunk's text: vectors are reusable between runs iff model+chunking+text match."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+class VectorSource(Protocol):
+    """Vectors already computed for some texts (by content key): the incremental path."""
+
+    def lookup(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors [n, dim] float32, found mask [n] bool)."""
+        ...
+
+
+ProgressFn = Callable[[int], None]
+
+
+def embed_shard(
+    store: Store,
+    shard: int,
+    backend: Backend,
+    rows: int,
+    *,
+    reuse: VectorSource | None = None,
+    progress: ProgressFn | None = None,
+) -> dict:
+    """Embed `chunks/NNNNN.parquet` into `data/NNNNN.parquet` and mark the shard done; returns the marker."""
+    started = time.perf_counter()
+    chunks_file = pq.ParquetFile(store.chunks_path(shard))
+    dest = store.data_path(shard)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    schema = data_schema(backend.dim)
+    embedded = reused = chunks = chars = 0
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+        try:
+            for batch in chunks_file.iter_batches(batch_size=EMBED_GROUP):
+                texts = batch.column("text").to_pylist()
+                vectors = np.empty((len(texts), backend.dim), dtype=np.float32)
+                todo = np.ones(len(texts), dtype=bool)
+                if reuse is not None and texts:
+                    found_vecs, found = reuse.lookup(texts)
+                    if found.any():
+                        vectors[found] = found_vecs[found]
+                        todo = ~found
+                missing = [t for t, need in zip(texts, todo) if need]
+                if missing:
+                    fresh = check_vectors(backend.embed(missing), len(missing), backend.dim, f"backend {backend.model_id}")
+                    vectors[todo] = fresh
+                embedded += len(missing)
+                reused += len(texts) - len(missing)
+                chunks += len(texts)
+                chars += sum(len(t) for t in missing)
+                flat = pa.array(vectors.reshape(-1), type=pa.float32())
+                column = pa.FixedSizeListArray.from_arrays(flat, backend.dim)
+                writer.write_table(pa.Table.from_batches([batch]).append_column(schema.field("embedding"), column))
+                if progress is not None:
+                    progress(len(texts))
+        finally:
+            writer.close()
+        with tmp.open("rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise store_os_error(exc, dest) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    st = dest.stat()
+    marker = {
+        "shard": shard,
+        "rows": rows,
+        "chunks": chunks,
+        "embedded_chunks": embedded,
+        "reused_chunks": reused,
+        "embedded_chars": chars,
+        "sha256": sha256_file(dest),
+        "bytes": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "inode": st.st_ino,
+        "model": backend.model_id,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    store.mark_done(shard, marker)
+    return marker
+
+
+def read_vectors(path: Path) -> tuple[list[str], np.ndarray]:
+    """(texts, vectors) of a data file, for reuse indexes and checks."""
+    table = pq.read_table(path, columns=["text", "embedding"])
+    emb = table.column("embedding").combine_chunks()
+    dim = emb.type.list_size
+    vectors = emb.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+    return table.column("text").to_pylist(), vectors

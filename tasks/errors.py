@@ -1,0 +1,31 @@
+"""One error hierarchy for the whole project.
+
+Every message names the bad input and says how to fix it; the CLI prints the
+message (never a traceback) and exits non-zero. Nothing here touches I/O.
+"""
+
+from __future__ import annotations
+
+
+class WikiembedError(Exception):
+    """Base class: a problem the user can fix, with a message that says how."""
+
+
+class InputError(WikiembedError):
+    """A source, option or file the user gave is wrong (missing, unreadable, bad schema)."""
+
+
+class StoreError(WikiembedError):
+    """The run store cannot be read or written (permissions, full disk, foreign manifest)."""
+
+
+class BackendError(WikiembedError):
+    """An embedding backend failed for good (bad model, 422 from TEI, wrong vector shape)."""
+
+
+class TransientBackendError(BackendError):
+    """A backend failure worth retrying (timeout, 429, 503, dropped connection)."""
+
+
+class UploadError(WikiembedError):
+    """Publishing the dataset failed (missing/rejected token, Hub error)."""

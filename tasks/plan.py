@@ -1,0 +1,221 @@
+"""The plan step: pick the store generation for this source, snapshot it, fix the shard plan.
+
+A store is one (model, chunking); within it each source fingerprint is one
+generation. Same fingerprint as before: resume it (nothing re-read beyond the
+fingerprint). New fingerprint: build a new generation next to the published
+one, reusing vectors of unchanged chunk texts (`VectorIndex`), and promote it
+atomically when every shard is done.
+
+Touches: the store (manifest, snapshot, pointers) and the source (read).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from tasks.checkpoint import read_vectors, text_key
+from tasks.download import fingerprint, parse_source, write_snapshot
+from tasks.errors import StoreError
+from tasks.model import model_info
+from tasks.settings import RunSettings
+from tasks.shard import make_chunking, plan_shards
+from tasks.store import Store
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the flow needs after planning: the generation to fill and how it relates to the last."""
+
+    store: Store
+    manifest: dict[str, Any]
+    previous_gen: str | None  # the published generation vectors can be reused from (incremental)
+    resumed: bool
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in ("wikiembed", "prefect", "torch", "transformers", "sentence-transformers", "datasets", "pyarrow"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _identity(manifest: dict[str, Any]) -> tuple:
+    return (manifest["model"]["model_id"], manifest["model"]["revision"], tuple(sorted(manifest["chunking"].items())))
+
+
+def prepare(settings: RunSettings) -> Prepared:
+    """Resolve the source, choose the generation, write snapshot + manifest if new."""
+    source = parse_source(settings.source, settings.config, settings.split, settings.limit, settings.columns)
+    info = model_info(settings.model)
+    chunking = make_chunking(settings.chunker, settings.chunk_size, settings.chunk_overlap, info.max_tokens)
+    root = Store(settings.store)
+    root.root.mkdir(parents=True, exist_ok=True)
+    fp = fingerprint(source)
+    gen = fp[:16]
+    model = {"model_id": info.model_id, "revision": info.revision, "dim": info.dim, "max_tokens": info.max_tokens}
+    identity = (info.model_id, info.revision, tuple(sorted(chunking.as_dict().items())))
+    current = root.pointer("current")
+    if current is not None:
+        published = Store(root.root, current).read_manifest()
+        if _identity(published) != identity:
+            raise StoreError(
+                f"store {root.root} holds model {published['model']['model_id']} with chunking "
+                f"{published['chunking']}; this run asks for {info.model_id} with {chunking.as_dict()}. "
+                "One store holds one model and chunking: use a new --store for this one."
+            )
+    target = Store(root.root, gen)
+    if target.exists():
+        manifest = target.read_manifest()
+        if manifest["source"]["fingerprint"] == fp and manifest["plan"]["shard_rows"] == settings.shard_rows:
+            _point(root, current, gen)
+            target.clean_temp_files()
+            return Prepared(target, manifest, current if current != gen else None, resumed=True)
+        shutil.rmtree(target.dir)  # a different plan for the same rows: start this generation over
+    target.ensure_writable()
+    report = write_snapshot(source, target.snapshot_path)
+    rows = pq.ParquetFile(target.snapshot_path).metadata.num_rows
+    manifest = {
+        "source": {**source.as_dict(), "fingerprint": fp},
+        "model": model,
+        "chunking": chunking.as_dict(),
+        "settings": settings.model_dump(),
+        "plan": {"shard_rows": settings.shard_rows, "rows": rows, "shards": plan_shards(rows, settings.shard_rows)},
+        "skipped": dict(report.skipped),
+        "skipped_examples": report.examples,
+        "repaired": dict(report.repaired),
+        "versions": _versions(),
+        "generation": gen,
+        "previous_generation": current if current != gen else None,
+    }
+    target.write_manifest(manifest)
+    _point(root, current, gen)
+    return Prepared(target, manifest, current if current != gen else None, resumed=False)
+
+
+def _point(root: Store, current: str | None, gen: str) -> None:
+    """First generation: publish at once. Later ones: build under `next`; drop abandoned ones."""
+    if current is None:
+        root.set_pointer("current", gen)
+    elif current != gen:
+        root.set_pointer("next", gen)
+    else:
+        root.set_pointer("next", None)
+    keep = {current, gen}
+    for old in (root.root / "gens").glob("*"):
+        if old.name not in keep and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def promote(store: Store) -> bool:
+    """Publish a completed `next` generation: one atomic symlink swap, then drop the old one."""
+    root = Store(store.root)
+    nxt, current = root.pointer("next"), root.pointer("current")
+    if nxt is None or nxt != store.gen:
+        return False
+    root.set_pointer("current", nxt)
+    root.set_pointer("next", None)
+    if current and current != nxt:
+        shutil.rmtree(root.root / "gens" / current, ignore_errors=True)
+    return True
+
+
+class VectorIndex:
+    """Vectors of the published generation, found by chunk-text content key.
+
+    Keys are 16-byte blake2b digests held in one sorted numpy array (about 24
+    bytes per chunk: ~1 GB for all of English Wikipedia); vectors are read
+    from the old data files on demand, a few files cached at a time.
+    """
+
+    _CACHE_FILES = 4
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._keys: np.ndarray | None = None
+        self._where: np.ndarray | None = None  # (file index, row) per key
+        self._files: list[int] = []
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # shard tasks run as threads and share one index
+
+    def _build(self) -> None:
+        manifest = self.store.read_manifest()
+        keys, where = [], []
+        for k in range(len(manifest["plan"]["shards"])):
+            if self.store.read_done(k) is None:
+                continue
+            texts = pq.read_table(self.store.data_path(k), columns=["text"]).column("text").to_pylist()
+            keys.append(np.array([text_key(t) for t in texts], dtype="S16"))
+            where.append(np.stack([np.full(len(texts), len(self._files)), np.arange(len(texts))], axis=1))
+            self._files.append(k)
+        self._keys = np.concatenate(keys) if keys else np.zeros(0, dtype="S16")
+        self._where = np.concatenate(where) if where else np.zeros((0, 2), dtype=np.int64)
+        order = np.argsort(self._keys, kind="stable")
+        self._keys, self._where = self._keys[order], self._where[order]
+
+    def _vectors(self, file_index: int) -> np.ndarray:
+        if file_index not in self._cache:
+            _, vectors = read_vectors(self.store.data_path(self._files[file_index]))
+            self._cache[file_index] = vectors
+            while len(self._cache) > self._CACHE_FILES:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(file_index)
+        return self._cache[file_index]
+
+    def lookup(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            return self._lookup(texts)
+
+    def _lookup(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self._keys is None:
+            self._build()
+        assert self._keys is not None and self._where is not None
+        query = np.array([text_key(t) for t in texts], dtype="S16")
+        pos = np.searchsorted(self._keys, query)
+        pos = np.minimum(pos, max(len(self._keys) - 1, 0))
+        found = (len(self._keys) > 0) & (self._keys[pos] == query) if len(self._keys) else np.zeros(len(texts), bool)
+        dim = None
+        out = None
+        for i in np.flatnonzero(found):
+            f, row = self._where[pos[i]]
+            vecs = self._vectors(int(f))
+            if out is None:
+                dim = vecs.shape[1]
+                out = np.zeros((len(texts), dim), dtype=np.float32)
+            out[i] = vecs[row]
+        if out is None:
+            out = np.zeros((len(texts), 0), dtype=np.float32)
+        return out, found
+
+
+def _article_digests(store: Store) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted id digests, text digests in the same order) of a generation's snapshot."""
+    ids, texts = [], []
+    pf = pq.ParquetFile(store.snapshot_path)
+    for batch in pf.iter_batches(columns=["id", "text"], batch_size=4096):
+        for row_id, text in zip(batch.column("id").to_pylist(), batch.column("text").to_pylist()):
+            ids.append(text_key(row_id))
+            texts.append(text_key(text))
+    id_arr = np.array(ids, dtype="S16")
+    text_arr = np.array(texts, dtype="S16")
+    order = np.argsort(id_arr, kind="stable")
+    return id_arr[order], text_arr[order]
+
+
+def diff_generations(old: Store, new: Store) -> dict[str, int]:
+    """Articles added, edited and removed between two generations (by id and text content)."""
+    old_ids, old_texts = _article_digests(old)
+    new_ids, new_texts = _article_digests(new)
+    common, old_pos, new_pos = np.intersect1d(old_ids, new_ids, assume_unique=False, return_indices=True)
+    edited = int(np.count_nonzero(old_texts[old_pos] != new_texts[new_pos]))
+    return {"added": int(len(new_ids) - len(common)), "removed": int(len(old_ids) - len(common)), "edited": edited}

@@ -1,0 +1,63 @@
+"""Run settings: one typed, validated object for everything a run needs.
+
+The same model backs the CLI flags, the Prefect flow parameters (so the UI
+shows a form) and the manifest (so `rerun` uses the store's recorded
+settings). Validation errors name the flag and the fix.
+
+Touches: nothing (pure data).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from tasks.model import DEFAULT_MODEL
+
+# Tens of MB of text per shard at Wikipedia's ~3k chars/article (English), ~1.1k
+# (Simple): enough work per Prefect task that orchestration stays in the noise,
+# and few enough tasks per run (English: ~320) for Prefect's API.
+DEFAULT_SHARD_ROWS = 20_000
+
+
+class RunSettings(BaseModel):
+    """Everything `wikiembed run` / the `embed-dataset` flow takes."""
+
+    source: str = Field("sample:1000", description="sample:N, a parquet/jsonl file or folder, a save_to_disk folder, or a HF dataset id")
+    store: str = Field("runs/sample", description="run store folder (one per source, model and chunking)")
+    config: str | None = Field(None, description="HF dataset config, e.g. 20231101.simple")
+    split: str = "train"
+    limit: int | None = Field(None, ge=1, description="read only the first N source rows")
+    columns: str | None = Field(None, description="column mapping ours=theirs, e.g. text=body,id=page_id")
+    backend: Literal["local", "tei", "modal"] = "local"
+    model: str = Field(DEFAULT_MODEL, description="sentence-transformers model id or local folder")
+    device: Literal["cpu", "cuda"] | None = None
+    chunker: Literal["tokens", "chars"] = "tokens"
+    chunk_size: int | None = Field(None, ge=1, description="tokens (tokens chunker) or characters (chars chunker)")
+    chunk_overlap: int = Field(0, ge=0)
+    shard_rows: int = Field(DEFAULT_SHARD_ROWS, ge=1)
+    tei_url: list[str] = Field(default_factory=list, description="TEI server URLs for --backend tei")
+    modal_app: str = "wikiembed-tei"
+    modal_class: Literal["TEI", "Torch"] = "TEI"
+    gpu: str = "A10G"
+    concurrency: int | None = Field(None, ge=1, description="shards embedded at once (default: per backend)")
+    upload_to: str | None = Field(None, description="dir:PATH or hub:ORG/NAME to publish to when all shards are done")
+
+    @field_validator("tei_url", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [u.strip() for u in value.split(",") if u.strip()]
+        return value or []
+
+    def backend_settings(self) -> dict:
+        """The part of the settings that decides which vectors come out (recorded, compared on resume)."""
+        return {
+            "backend": self.backend,
+            "tei_url": self.tei_url,
+            "modal_app": self.modal_app,
+            "modal_class": self.modal_class,
+            "gpu": self.gpu,
+            "device": self.device,
+        }

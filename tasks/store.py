@@ -1,0 +1,339 @@
+"""The run store: one folder that holds everything needed to resume a run.
+
+Layout (see docs/STORE.md): `manifest.json`, `snapshot/`, `chunks/`, `data/`,
+`_done/`, `_failed/`, `README.md`. A shard is done exactly when its marker
+`_done/NNNNN.json` exists and matches `data/NNNNN.parquet` (size and sha256);
+anything else (temp files, a marker without its file, a file without its
+marker) means "not done". Every write is temp + fsync + rename.
+
+Touches: only the store folder.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from tasks.errors import StoreError
+
+FORMAT = 1
+_HASH_BLOCK = 1 << 22
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(_HASH_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON to a temp name, fsync, rename: a reader sees the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise store_os_error(exc, path) from exc
+
+
+def store_os_error(exc: OSError, path: Path) -> StoreError:
+    """Turn an OS error on a store path into a StoreError that says where and what to do."""
+    if exc.errno == errno.ENOSPC:
+        fix = "free space on that disk or point --store at a bigger one"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "make the folder writable or point --store somewhere writable"
+    else:
+        fix = "check the store's disk and permissions"
+    return StoreError(f"store path {path}: {exc.strerror or exc}; {fix}. Shards already done stay valid.")
+
+
+@dataclass(frozen=True)
+class ShardState:
+    shard: int
+    state: str  # done | failed | pending
+    rows: int
+    chunks: int | None
+    error: str | None = None
+    attempts: int = 0
+
+
+class Store:
+    """Paths, manifest and markers of one run store, at one generation.
+
+    A store holds generations (`gens/<id>/`, one per source fingerprint), each
+    with its own manifest, snapshot, chunks, data and markers. `current` is a
+    symlink to the published generation, and `data`, `manifest.json`,
+    `_done`, `_failed` and `README.md` at the top are symlinks through
+    `current`, so swapping that one link switches a reader from one version
+    to the next atomically. `next` points at a generation being built to
+    replace `current` (an incremental run), until it is complete.
+    """
+
+    LINKS = ("manifest.json", "data", "_done", "_failed", "README.md")
+
+    def __init__(self, root: str | Path, gen: str | None = None) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.gen = gen if gen is not None else self.active_gen()
+
+    def pointer(self, name: str) -> str | None:
+        """The generation `current` or `next` points at, or None."""
+        try:
+            return Path(os.readlink(self.root / name)).name
+        except OSError:
+            return None
+
+    def active_gen(self) -> str | None:
+        """The generation status and rerun work on: the one being built, else the published one."""
+        return self.pointer("next") or self.pointer("current")
+
+    def set_pointer(self, name: str, gen: str | None) -> None:
+        """Atomically point `current`/`next` at a generation (or remove the pointer)."""
+        link = self.root / name
+        if gen is None:
+            link.unlink(missing_ok=True)
+            return
+        tmp = self.root / f".{name}.tmp-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        os.symlink(f"gens/{gen}", tmp)
+        os.replace(tmp, link)
+        if name == "current":
+            for entry in self.LINKS:
+                top = self.root / entry
+                if not top.is_symlink():
+                    if top.exists():
+                        raise StoreError(f"store {self.root}: {top} is not a wikiembed link; use an empty folder for --store.")
+                    os.symlink(f"current/{entry}", top)
+
+    # paths -----------------------------------------------------------------------
+    @property
+    def dir(self) -> Path:
+        if self.gen is None:
+            raise StoreError(
+                f"store {self.root}: no run was started here; start one with "
+                f"`wikiembed run --source ... --store {self.root}`."
+            )
+        return self.root / "gens" / self.gen
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.dir / "manifest.json"
+
+    @property
+    def snapshot_path(self) -> Path:
+        return self.dir / "snapshot" / "source.parquet"
+
+    @property
+    def card_path(self) -> Path:
+        return self.dir / "README.md"
+
+    def chunks_path(self, shard: int) -> Path:
+        return self.dir / "chunks" / f"{shard:05d}.parquet"
+
+    def data_path(self, shard: int) -> Path:
+        return self.dir / "data" / f"{shard:05d}.parquet"
+
+    def done_path(self, shard: int) -> Path:
+        return self.dir / "_done" / f"{shard:05d}.json"
+
+    def failed_path(self, shard: int) -> Path:
+        return self.dir / "_failed" / f"{shard:05d}.json"
+
+    # manifest --------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.gen is not None and self.manifest_path.exists()
+
+    def read_manifest(self) -> dict[str, Any]:
+        try:
+            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise StoreError(
+                f"store {self.root}: no manifest.json, so no run was started here; "
+                f"start one with `wikiembed run --source ... --store {self.root}`."
+            ) from None
+        except (json.JSONDecodeError, OSError) as exc:
+            raise StoreError(f"store {self.root}: manifest.json is unreadable ({exc}); restore it or start a new store.") from exc
+        if manifest.get("format") != FORMAT:
+            raise StoreError(f"store {self.root}: manifest format {manifest.get('format')!r} is not {FORMAT}; use a new --store.")
+        return manifest
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        manifest = {**manifest, "format": FORMAT, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        write_json_atomic(self.manifest_path, manifest)
+
+    def ensure_writable(self) -> None:
+        """Create the store's folders, failing early with a clear message if that's impossible."""
+        try:
+            for sub in ("snapshot", "chunks", "data", "_done", "_failed"):
+                (self.dir / sub).mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise store_os_error(exc, self.root) from exc
+
+    # markers ---------------------------------------------------------------------
+    def read_done(self, shard: int) -> dict[str, Any] | None:
+        """The done marker if (and only if) it matches its data file; otherwise None.
+
+        Like git's index, a file whose size, mtime and inode equal the marker's
+        record is trusted without rehashing (resuming 1,000 shards must not read
+        them all); any difference triggers a full sha256 check.
+        """
+        try:
+            marker = json.loads(self.done_path(shard).read_text(encoding="utf-8"))
+            st = self.data_path(shard).stat()
+        except (FileNotFoundError, json.JSONDecodeError, OSError):
+            return None
+        if st.st_size != marker.get("bytes"):
+            return None
+        if (st.st_mtime_ns, st.st_ino) != (marker.get("mtime_ns"), marker.get("inode")):
+            return self.verify_done(shard)
+        return marker
+
+    def verify_done(self, shard: int) -> dict[str, Any] | None:
+        """A full sha256 check of the data file against its marker (used before publishing)."""
+        try:
+            marker = json.loads(self.done_path(shard).read_text(encoding="utf-8"))
+            if sha256_file(self.data_path(shard)) != marker.get("sha256"):
+                return None
+        except (FileNotFoundError, json.JSONDecodeError, OSError):
+            return None
+        return marker
+
+    def mark_done(self, shard: int, marker: dict[str, Any]) -> None:
+        write_json_atomic(self.done_path(shard), marker)
+        self.failed_path(shard).unlink(missing_ok=True)
+
+    def mark_failed(self, shard: int, error: str, attempts: int) -> None:
+        previous = self.read_failed(shard) or {}
+        write_json_atomic(
+            self.failed_path(shard),
+            {
+                "shard": shard,
+                "error": error[:4000],
+                "attempts": int(previous.get("attempts", 0)) + attempts,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+        )
+
+    def read_failed(self, shard: int) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.failed_path(shard).read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError, OSError):
+            return None
+
+    def forget(self, shard: int) -> None:
+        """Make a shard pending again (for reruns): drop its marker first, then its file."""
+        self.done_path(shard).unlink(missing_ok=True)
+        self.data_path(shard).unlink(missing_ok=True)
+
+    def states(self, manifest: dict[str, Any] | None = None) -> list[ShardState]:
+        manifest = manifest or self.read_manifest()
+        done_names = {p.name for p in (self.dir / "_done").glob("*.json")}
+        failed_names = {p.name for p in (self.dir / "_failed").glob("*.json")}
+        out = []
+        for k, (start, end) in enumerate(manifest["plan"]["shards"]):
+            name = f"{k:05d}.json"
+            marker = self.read_done(k) if name in done_names else None
+            if marker is not None:
+                out.append(ShardState(k, "done", end - start, marker.get("chunks")))
+                continue
+            failed = self.read_failed(k) if name in failed_names else None
+            if failed is not None:
+                out.append(ShardState(k, "failed", end - start, None, failed.get("error"), failed.get("attempts", 0)))
+            else:
+                out.append(ShardState(k, "pending", end - start, None))
+        return out
+
+    def clean_temp_files(self) -> int:
+        """Remove temp files a killed run left behind (they are never read as data)."""
+        removed = 0
+        for sub in ("snapshot", "chunks", "data", "_done", "_failed", "."):
+            for tmp in (self.dir / sub).glob(".*.tmp-*"):
+                pid = tmp.name.rsplit("-", 1)[-1]
+                if pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid():
+                    continue
+                tmp.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    # lock ------------------------------------------------------------------------
+    def lock(self, wait_s: float = 0.0) -> "StoreLock":
+        return StoreLock(self.root / ".lock", wait_s)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StoreLock:
+    """An exclusive `flock` on `STORE/.lock`.
+
+    The kernel drops a flock when its process dies, so a run killed with
+    SIGKILL never leaves the store locked; the file's contents only say who
+    holds it, for the error message.
+    """
+
+    def __init__(self, path: Path, wait_s: float = 0.0) -> None:
+        self.path = path
+        self.wait_s = wait_s
+        self._fd: int | None = None
+
+    def __enter__(self) -> "StoreLock":
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise store_os_error(exc, self.path) from exc
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                    os.close(fd)
+                    raise StoreError(
+                        f"store {self.path.parent} is in use by {holder}; wait for that run to finish "
+                        "(or pass --wait SECONDS), or use another --store. A killed run releases it at once."
+                    ) from None
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def iter_done_markers(store: Store, shards: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    for k in range(shards):
+        marker = store.read_done(k)
+        if marker is not None:
+            yield k, marker

@@ -1,0 +1,52 @@
+"""Test session setup: isolated Prefect home, one shared Prefect API server, offline Hub.
+
+Prefect's ephemeral server takes ~10 s to start here, so one server (Prefect's
+own test harness: a real API on SQLite in a subprocess) serves the whole
+session; subprocess tests get its URL through `cli_env`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_HOME = tempfile.mkdtemp(prefix="wikiembed-tests-")
+os.environ.setdefault("PREFECT_HOME", str(Path(_HOME) / "prefect"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("HF_HOME", str(Path(_HOME) / "hf"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real Prefect API server (SQLite) shared by every test in the session; yields its URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture()
+def cli_env(prefect_api):
+    """Environment for running `wikiembed` in a subprocess against the shared API."""
+    env = dict(os.environ)
+    env["PREFECT_API_URL"] = prefect_api
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@pytest.fixture()
+def wikiembed_cmd():
+    """argv prefix that runs the CLI with this interpreter."""
+    return [sys.executable, "-m", "flows.cli"]

@@ -1,0 +1,156 @@
+"""The download step on real files: sources, fingerprints, row-by-row cleaning, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.download import (
+    SNAPSHOT_ROW_GROUP,
+    fingerprint,
+    parse_source,
+    read_snapshot_rows,
+    write_snapshot,
+)
+from tasks.errors import InputError
+from tasks.sample import generate_articles, sample_article
+
+
+def test_sample_is_deterministic_and_prefix_stable():
+    a = list(generate_articles(50))
+    b = list(generate_articles(80))
+    assert a == b[:50]
+    assert sample_article(7) == a[7]
+    assert all(set(x) == {"id", "url", "title", "text"} and all(isinstance(v, str) for v in x.values()) for x in a)
+    assert len({x["id"] for x in b}) == 80
+
+
+def test_sample_length_distribution_is_wikipedia_shaped():
+    lengths = [len(a["text"]) for a in generate_articles(4000)]
+    mean = sum(lengths) / len(lengths)
+    assert 800 < mean < 1500
+    assert sum("\n\n" in a["text"] for a in generate_articles(200)) > 50  # paragraphs
+    assert any(any(ord(c) > 127 for c in a["text"]) for a in generate_articles(200))  # some unicode
+    # the heavy tail: about one article in 2,000 is past 100k characters
+    assert any(len(sample_article(i)["text"]) > 100_000 for i in range(20_000))
+
+
+def test_parse_source_kinds_and_errors(tmp_path: Path):
+    assert parse_source("sample:10").kind == "sample"
+    with pytest.raises(InputError, match="sample:N"):
+        parse_source("sample:zero")
+    with pytest.raises(InputError, match="no such file"):
+        parse_source(str(tmp_path / "missing.parquet"))
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(InputError, match="unsupported file type"):
+        parse_source(str(tmp_path / "x.csv"))
+    assert parse_source("wikimedia/wikipedia", config="20231101.simple").kind == "hub"
+
+
+def test_hub_source_offline_names_the_fix():
+    source = parse_source("wikimedia/wikipedia", config="20231101.simple")
+    with pytest.raises(InputError) as err:
+        fingerprint(source)
+    assert "HF_HUB_OFFLINE" in str(err.value) and "sample:N" in str(err.value)
+
+
+def _rows(n: int) -> list[dict]:
+    return [{"id": str(i), "url": f"u{i}", "title": f"t{i}", "text": f"article {i} " * 5} for i in range(n)]
+
+
+def test_parquet_roundtrip_and_row_ranges(tmp_path: Path):
+    src = tmp_path / "src.parquet"
+    pq.write_table(pa.Table.from_pylist(_rows(2500)), src)
+    source = parse_source(str(src))
+    dest = tmp_path / "snap.parquet"
+    report = write_snapshot(source, dest)
+    assert report.rows == 2500 and not report.skipped
+    assert pq.ParquetFile(dest).metadata.num_rows == 2500
+    assert pq.ParquetFile(dest).metadata.row_group(0).num_rows == SNAPSHOT_ROW_GROUP
+    part = read_snapshot_rows(dest, 990, 2010)
+    assert part.column("id").to_pylist() == [str(i) for i in range(990, 2010)]
+    # same bytes -> same fingerprint; changed bytes -> new fingerprint
+    fp = fingerprint(source)
+    assert fp == fingerprint(parse_source(str(src)))
+    pq.write_table(pa.Table.from_pylist(_rows(2501)), src)
+    assert fingerprint(parse_source(str(src))) != fp
+
+
+def test_missing_required_column_is_a_clear_error(tmp_path: Path):
+    src = tmp_path / "src.parquet"
+    pq.write_table(pa.Table.from_pylist([{"id": "1", "body": "x"}]), src)
+    with pytest.raises(InputError, match="--columns"):
+        write_snapshot(parse_source(str(src)), tmp_path / "snap.parquet")
+    report = write_snapshot(parse_source(str(src), columns="text=body"), tmp_path / "snap.parquet")
+    assert report.rows == 1
+
+
+def test_hostile_jsonl_rows_are_skipped_or_repaired(tmp_path: Path):
+    big = "word " * 2_100_000  # ~10 MB article: kept
+    lines = [
+        json.dumps({"id": "1", "url": "u", "title": "ok", "text": "good row"}).encode(),
+        b'{"id": "2", "text": "broken',  # broken JSON line
+        json.dumps({"id": "3", "text": None}).encode(),  # null text
+        json.dumps({"id": "4", "text": "   \n\t "}).encode(),  # blank text
+        json.dumps({"id": "5", "text": 12345}).encode(),  # wrong type
+        json.dumps({"id": "1", "text": "duplicate id"}).encode(),  # duplicate id
+        json.dumps({"id": 6, "text": "numeric id"}).encode(),  # id repaired to string
+        b'{"id": "7", "text": "bad \xff\xfe utf8"}',  # invalid UTF-8: repaired
+        json.dumps({"id": "8", "text": "nul\u0000byte"}).encode(),  # NUL removed
+        json.dumps({"id": "9", "text": "\u200f\u05e9\u05dc\u05d5\u05dd e\u0301 🙂"}).encode(),  # RTL, combining, emoji kept
+        json.dumps({"id": "10", "text": big}).encode(),
+        json.dumps({"id": "11", "text": "no url or title"}).encode(),  # optional columns filled
+        b"[1, 2, 3]",  # not an object
+    ]
+    src = tmp_path / "src.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    dest = tmp_path / "snap.parquet"
+    report = write_snapshot(parse_source(str(src)), dest)
+    table = pq.read_table(dest)
+    ids = table.column("id").to_pylist()
+    assert ids == ["1", "6", "7", "8", "9", "10", "11"]
+    texts = dict(zip(ids, table.column("text").to_pylist()))
+    assert texts["1"] == "good row"
+    assert "\ufffd" in texts["7"]
+    assert texts["8"] == "nulbyte"
+    assert texts["9"] == "\u200f\u05e9\u05dc\u05d5\u05dd e\u0301 🙂"
+    assert len(texts["10"]) == len(big)
+    assert report.skipped == {
+        "broken JSON line": 1,
+        "null text": 1,
+        "blank text": 1,
+        "text is not a string": 1,
+        "duplicate id (first occurrence kept)": 1,
+        "JSON line is not an object": 1,
+    }
+    assert report.repaired["id converted to string"] == 1
+    assert report.repaired["invalid UTF-8 replaced with U+FFFD"] == 1
+    assert report.repaired["NUL bytes removed"] == 1
+    assert report.repaired["missing url set to empty"] >= 1
+
+
+def test_save_to_disk_folder(tmp_path: Path):
+    import datasets
+
+    ds = datasets.Dataset.from_list(_rows(30))
+    ds.save_to_disk(str(tmp_path / "ds"))
+    source = parse_source(str(tmp_path / "ds"))
+    assert source.kind == "disk"
+    report = write_snapshot(source, tmp_path / "snap.parquet")
+    assert report.rows == 30
+
+
+def test_limit_reads_only_first_rows(tmp_path: Path):
+    report = write_snapshot(parse_source("sample:100", limit=25), tmp_path / "snap.parquet")
+    assert report.rows == 25
+
+
+def test_unreadable_file_names_the_file(tmp_path: Path):
+    src = tmp_path / "bad.parquet"
+    src.write_bytes(b"this is not parquet")
+    with pytest.raises(InputError, match="bad.parquet"):
+        write_snapshot(parse_source(str(src)), tmp_path / "snap.parquet")

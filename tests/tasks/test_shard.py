@@ -1,0 +1,96 @@
+"""Chunkers and the shard plan, with the bundled model's real tokenizer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tasks.errors import InputError
+from tasks.model import load_tokenizer, model_info
+from tasks.sample import generate_articles
+from tasks.shard import Chunking, chunk_chars, chunk_table, make_chunking, plan_shards
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+def _articles(n: int) -> pa.Table:
+    rows = list(generate_articles(n))
+    rows.append({"id": "x1", "url": "", "title": "one long word", "text": "a" * 5000 + " end"})
+    rows.append({"id": "x2", "url": "", "title": "unicode", "text": "東京 " * 600 + "\u200fשלום e\u0301 🙂\n\n" * 40})
+    rows.append({"id": "x3", "url": "", "title": "control", "text": "\x01\x02\x03"})
+    rows.append({"id": "x4", "url": "", "title": "no breaks", "text": "x" * 3 + ",".join(["y"] * 3000)})
+    return pa.Table.from_pylist(rows)
+
+
+def _check_invariants(articles: pa.Table, chunks: pa.Table) -> None:
+    texts = dict(zip(articles.column("id").to_pylist(), articles.column("text").to_pylist()))
+    covered = {k: np.zeros(len(v), dtype=bool) for k, v in texts.items()}
+    last_index: dict[str, int] = {}
+    for row_id, idx, s, e, text in zip(
+        chunks.column("id").to_pylist(),
+        chunks.column("chunk_index").to_pylist(),
+        chunks.column("char_start").to_pylist(),
+        chunks.column("char_end").to_pylist(),
+        chunks.column("text").to_pylist(),
+    ):
+        assert texts[row_id][s:e] == text and text.strip() == text and text
+        assert idx == last_index.get(row_id, -1) + 1
+        last_index[row_id] = idx
+        covered[row_id][s:e] = True
+    for row_id, text in texts.items():
+        missed = [c for c, hit in zip(text, covered[row_id]) if not hit and not c.isspace()]
+        assert not missed, f"article {row_id}: characters in no chunk: {missed[:10]}"
+
+
+@pytest.mark.parametrize("size,overlap", [(256, 0), (64, 0), (128, 16)])
+def test_token_chunks_cover_everything_and_fit_the_model(tokenizer, size, overlap):
+    articles = _articles(300)
+    chunks = chunk_table(articles, Chunking("tokens", size, overlap), tokenizer)
+    _check_invariants(articles, chunks)
+    counts = [len(e.ids) for e in tokenizer.encode_batch(chunks.column("text").to_pylist())]  # with special tokens
+    assert max(counts) <= size
+    # windows are filled, not fragmented: most chunks of long articles use over half the budget
+    assert np.median(counts) > size * 0.4
+
+
+def test_token_chunks_prefer_paragraph_breaks(tokenizer):
+    para = "This is a sentence of moderate length about rivers. " * 6
+    text = "\n\n".join([para.strip()] * 8)
+    chunks = chunk_table(pa.Table.from_pylist([{"id": "1", "url": "", "title": "", "text": text}]), Chunking("tokens", 256, 0), tokenizer)
+    for s, e in zip(chunks.column("char_start").to_pylist()[:-1], chunks.column("char_end").to_pylist()[:-1]):
+        assert text[e:e + 2] == "\n\n"  # every cut but the last lands on a paragraph break
+
+
+def test_chars_chunker_matches_seed_windows():
+    text = "abcdefghij" * 30
+    assert chunk_chars(text, 100) == [(0, 100), (100, 200), (200, 300)]
+    assert chunk_chars("   " + "x" * 10, 5) == [(3, 5), (5, 10), (10, 13)]
+    articles = _articles(50)
+    _check_invariants(articles, chunk_table(articles, Chunking("chars", 512, 0)))
+
+
+def test_chunk_files_are_deterministic(tokenizer, tmp_path):
+    from tasks.shard import write_parquet_atomic
+
+    articles = _articles(100)
+    for name in ("a", "b"):
+        write_parquet_atomic(chunk_table(articles, Chunking("tokens", 128, 0), tokenizer), tmp_path / f"{name}.parquet")
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+    assert not list(tmp_path.glob(".*"))  # no temp files left
+
+
+def test_plan_and_option_validation():
+    assert plan_shards(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert plan_shards(0, 4) == []
+    max_tokens = model_info().max_tokens
+    assert make_chunking("tokens", None, 0, max_tokens).chunk_size == 256
+    with pytest.raises(InputError, match="max sequence length"):
+        make_chunking("tokens", max_tokens + 1, 0, max_tokens)
+    with pytest.raises(InputError, match="--chunk-overlap"):
+        make_chunking("tokens", 64, 40, max_tokens)
+    with pytest.raises(InputError, match="--chunker"):
+        make_chunking("words", 64, 0, max_tokens)
