@@ -198,6 +198,7 @@ def run_shards(
                 inflight[embed.submit(str(store.root), store.gen, k, chunked, model_key, opts, reuse_gen)] = (k, chunked)
             future = next(as_completed(list(inflight)))
             k, chunked = inflight.pop(future)
+            future.wait()  # as_completed can yield before the final state is recorded
             state = future.state
             if state.is_completed() and store.read_done(k) is None:
                 # A cache hit whose files were removed since: embed it for real.

@@ -1,0 +1,95 @@
+"""The `embed-dataset` and `rerun-shards` flows end to end: real Prefect API, real bundled model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from flows.embed_dataset import embed_dataset, rerun_shards
+from tasks.errors import InputError, StoreError
+from tasks.store import Store
+
+
+def _marker_times(store: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (store / "_done").glob("*.json")}
+
+
+def _table(store: Path):
+    return pq.read_table(store / "data").sort_by([("id", "ascending"), ("chunk_index", "ascending")])
+
+
+@pytest.fixture(scope="module")
+def sample_run(prefect_api, tmp_path_factory):
+    store = tmp_path_factory.mktemp("e2e") / "store"
+    summary = embed_dataset(source="sample:240", store=str(store), shard_rows=80)
+    return store, summary
+
+
+def test_first_run_embeds_every_shard(sample_run):
+    store, summary = sample_run
+    assert summary["shards_total"] == 3 and summary["shards_done"] == 3 and summary["shards_failed"] == 0
+    assert summary["rows"] == 240 and summary["chunks"] == summary["embedded_chunks"] > 240
+    assert summary["reused_chunks"] == 0 and summary["chars_per_s"] > 0
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["plan"]["shards"] == [[0, 80], [80, 160], [160, 240]]
+    for k in range(3):
+        marker = json.loads((store / "_done" / f"{k:05d}.json").read_text())
+        assert {"rows", "chunks", "sha256", "model", "seconds"} <= set(marker)
+
+
+def test_output_loads_with_datasets_and_matches_sentence_transformers(sample_run):
+    import datasets
+    from sentence_transformers import SentenceTransformer
+
+    from tasks.model import model_info
+
+    store, summary = sample_run
+    ds = datasets.load_dataset("parquet", data_dir=str(store / "data"), split="train")
+    assert ds.num_rows == summary["chunks"]
+    assert set(ds.column_names) == {"id", "url", "title", "chunk_index", "char_start", "char_end", "text", "embedding"}
+    sample = ds.select(range(0, ds.num_rows, max(1, ds.num_rows // 40)))
+    ours = np.array(sample["embedding"], dtype=np.float32)
+    ref = SentenceTransformer(model_info().path, device="cpu").encode(sample["text"], normalize_embeddings=True)
+    cos = (ours * ref).sum(axis=1)
+    assert cos.min() >= 0.999
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-4)
+    card = (store / "README.md").read_text()
+    assert card.startswith("---") and "configs" in card and "384" in card
+
+
+def test_rerunning_the_same_command_embeds_nothing(sample_run):
+    store, _ = sample_run
+    before = _marker_times(store)
+    summary = embed_dataset(source="sample:240", store=str(store), shard_rows=80)
+    assert summary["embedded_chunks"] == 0 and summary["shards_done"] == 3
+    assert _marker_times(store) == before
+
+
+def test_rerun_one_shard_reembeds_only_that_shard(sample_run):
+    store, _ = sample_run
+    before = _marker_times(store)
+    old = _table(store)
+    summary = rerun_shards(store=str(store), shards=[1])
+    after = _marker_times(store)
+    assert summary["rerun_shards"] == [1] and summary["shards_done"] == 3
+    assert after["00000.json"] == before["00000.json"] and after["00002.json"] == before["00002.json"]
+    assert after["00001.json"] != before["00001.json"]
+    new = _table(store)
+    assert new.column("text").to_pylist() == old.column("text").to_pylist()
+    assert np.allclose(np.array(new.column("embedding").to_pylist()), np.array(old.column("embedding").to_pylist()), atol=1e-5)
+
+
+def test_other_model_or_chunking_into_the_same_store_is_refused(sample_run):
+    store, _ = sample_run
+    with pytest.raises(StoreError, match="new --store"):
+        embed_dataset(source="sample:240", store=str(store), shard_rows=80, chunk_size=128)
+
+
+def test_bad_rerun_shard_ids_name_the_range(sample_run):
+    store, _ = sample_run
+    with pytest.raises(InputError, match="0..2"):
+        rerun_shards(store=str(store), shards=[7])

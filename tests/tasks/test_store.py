@@ -1,0 +1,120 @@
+"""Store invariants on real files: markers are the truth, temp files never count, locks die with their process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tasks.checkpoint import embed_shard, read_vectors
+from tasks.errors import StoreError
+from tasks.shard import CHUNK_SCHEMA, write_parquet_atomic
+from tasks.store import Store
+
+
+class HashBackend:
+    """A deterministic backend for store-level tests (the real engine is tested elsewhere)."""
+
+    model_id, dim, max_tokens = "hash-test", 8, 512
+
+    def embed(self, texts):
+        out = np.array([[(hash(t) >> (4 * i)) % 97 + 1 for i in range(self.dim)] for t in texts], dtype=np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    def close(self):
+        pass
+
+
+def _store(tmp_path: Path, shards: int = 3) -> Store:
+    root = Store(tmp_path / "store", "g1")
+    root.ensure_writable()
+    root.set_pointer("current", "g1")
+    root.write_manifest({"plan": {"shards": [[i * 2, i * 2 + 2] for i in range(shards)], "rows": shards * 2, "shard_rows": 2}})
+    for k in range(shards):
+        rows = [
+            {"id": str(k), "url": "", "title": "", "chunk_index": i, "char_start": 0, "char_end": 5, "text": f"s{k}c{i}"}
+            for i in range(5)
+        ]
+        write_parquet_atomic(pa.Table.from_pylist(rows, CHUNK_SCHEMA), root.chunks_path(k))
+    return root
+
+
+def test_done_means_marker_matches_file(tmp_path):
+    store = _store(tmp_path)
+    marker = embed_shard(store, 0, HashBackend(), rows=2)
+    assert store.read_done(0) == marker and marker["chunks"] == 5
+    texts, vectors = read_vectors(store.data_path(0))
+    assert texts == [f"s0c{i}" for i in range(5)] and vectors.shape == (5, 8)
+    # top-level links go through `current`
+    assert (store.root / "data" / "00000.parquet").exists() and (store.root / "_done" / "00000.json").exists()
+    # a corrupted data file (same size, new bytes) is "not done"
+    data = store.data_path(0)
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    assert store.read_done(0) is None
+    # a marker whose file is gone is "not done"
+    embed_shard(store, 1, HashBackend(), rows=2)
+    store.data_path(1).unlink()
+    assert store.read_done(1) is None
+    assert [s.state for s in store.states()] == ["pending", "pending", "pending"]
+
+
+def test_failed_marker_counts_attempts_and_clears_on_success(tmp_path):
+    store = _store(tmp_path)
+    store.mark_failed(2, "boom", attempts=4)
+    store.mark_failed(2, "boom again", attempts=4)
+    state = store.states()[2]
+    assert state.state == "failed" and state.attempts == 8 and "boom again" in state.error
+    embed_shard(store, 2, HashBackend(), rows=2)
+    assert store.states()[2].state == "done" and not store.failed_path(2).exists()
+
+
+def test_unwritable_data_path_fails_cleanly_and_keeps_done_shards(tmp_path):
+    store = _store(tmp_path)
+    embed_shard(store, 0, HashBackend(), rows=2)
+    store.data_path(1).mkdir()  # something in the way that even root cannot replace with a file
+    with pytest.raises(StoreError, match=str(store.data_path(1))):
+        embed_shard(store, 1, HashBackend(), rows=2)
+    assert store.read_done(0) is not None
+    assert not [p for p in (store.dir / "data").iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_temp_files_of_dead_processes_are_cleaned(tmp_path):
+    store = _store(tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = store.dir / "data" / f".00000.parquet.tmp-{dead.stdout.strip()}"
+    stale.write_bytes(b"partial")
+    assert store.clean_temp_files() == 1 and not stale.exists()
+
+
+def test_lock_refuses_a_second_run_and_dies_with_sigkill(tmp_path):
+    root = tmp_path / "store"
+    root.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from tasks.store import Store; import time\nwith Store({str(root)!r}).lock():\n print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(StoreError, match=f"pid {holder.pid}"):
+        with Store(root).lock():
+            pass
+    holder.kill()  # SIGKILL: no cleanup code runs
+    holder.wait()
+    started = time.monotonic()
+    with Store(root).lock(wait_s=5):
+        assert time.monotonic() - started < 5
+
+
+def test_reading_a_store_that_was_never_started(tmp_path):
+    with pytest.raises(StoreError, match="wikiembed run"):
+        Store(tmp_path).read_manifest()
