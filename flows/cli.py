@@ -16,12 +16,15 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-# Prefect's defaults for a local CLI: no telemetry (it also causes SQLite "database
-# is locked" noise) and warnings only on the console, so the progress bar stays readable.
-_PREFECT_DEFAULTS = {
+# Defaults for a terminal: no Prefect telemetry (it also causes SQLite "database is
+# locked" noise). The CLI prints its own progress bar, summary and errors, so
+# Prefect's console handler shows only critical records; the Prefect API (the UI)
+# still gets every log. PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL=INFO shows them here too.
+_ENV_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL",
     "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+    "TRANSFORMERS_VERBOSITY": "error",
     "TOKENIZERS_PARALLELISM": "true",
 }
 
@@ -103,6 +106,7 @@ def _write_json(path: str | None, payload: dict[str, Any]) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from flows.embed_dataset import embed_dataset
+    from tasks.plan import resolve
     from tasks.settings import RunSettings
 
     given = {
@@ -127,7 +131,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "upload_to": args.upload_to,
     }
     params = {k: v for k, v in given.items() if v is not None}
-    RunSettings(**params)  # validate before Prefect starts, for a clean message
+    resolve(RunSettings(**params))  # check options before Prefect starts: fast, clean messages
     summary = embed_dataset(**params)
     _print_summary(summary)
     _write_json(args.summary_json, summary)
@@ -205,7 +209,7 @@ def _cmd_publish(args: argparse.Namespace, target: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    for key, value in _PREFECT_DEFAULTS.items():
+    for key, value in _ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     args = _parser().parse_args(argv)
     from pydantic import ValidationError

@@ -22,11 +22,11 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from tasks.checkpoint import read_vectors, text_key
-from tasks.download import fingerprint, parse_source, write_snapshot
+from tasks.download import Source, fingerprint, parse_source, write_snapshot
 from tasks.errors import StoreError
-from tasks.model import model_info
+from tasks.model import ModelInfo, model_info
 from tasks.settings import RunSettings
-from tasks.shard import make_chunking, plan_shards
+from tasks.shard import Chunking, make_chunking, plan_shards
 from tasks.store import Store
 
 
@@ -54,11 +54,17 @@ def _identity(manifest: dict[str, Any]) -> tuple:
     return (manifest["model"]["model_id"], manifest["model"]["revision"], tuple(sorted(manifest["chunking"].items())))
 
 
-def prepare(settings: RunSettings) -> Prepared:
-    """Resolve the source, choose the generation, write snapshot + manifest if new."""
+def resolve(settings: RunSettings) -> tuple[Source, ModelInfo, Chunking]:
+    """Check the source, model and chunking options without reading data (fast; before Prefect starts)."""
     source = parse_source(settings.source, settings.config, settings.split, settings.limit, settings.columns)
     info = model_info(settings.model)
     chunking = make_chunking(settings.chunker, settings.chunk_size, settings.chunk_overlap, info.max_tokens)
+    return source, info, chunking
+
+
+def prepare(settings: RunSettings) -> Prepared:
+    """Resolve the source, choose the generation, write snapshot + manifest if new."""
+    source, info, chunking = resolve(settings)
     root = Store(settings.store)
     root.root.mkdir(parents=True, exist_ok=True)
     fp = fingerprint(source)

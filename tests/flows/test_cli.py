@@ -1,0 +1,100 @@
+"""The `wikiembed` CLI in real subprocesses: the documented contract, SIGKILL + resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SUMMARY_KEYS = {
+    "shards_total", "shards_done", "shards_failed", "rows", "skipped_rows",
+    "chunks", "embedded_chunks", "reused_chunks", "seconds", "chars_per_s",
+}
+
+
+def _run(cmd, env, *args, timeout=600):
+    return subprocess.run([*cmd, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _data_files(store: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((store / "data").iterdir())}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, prefect_api):
+    """An uninterrupted CLI run: the output every interrupted run must equal."""
+    env = dict(os.environ, PREFECT_API_URL=prefect_api)
+    store = tmp_path_factory.mktemp("ref") / "store"
+    summary_path = store.parent / "summary.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "--source", "sample:300", "--store", str(store), "--shard-rows", "50",
+         "--summary-json", str(summary_path)],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return store, json.loads(summary_path.read_text()), proc
+
+
+def test_run_prints_progress_and_writes_the_summary_contract(reference):
+    store, summary, proc = reference
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["shards_total"] == summary["shards_done"] == 6 and summary["shards_failed"] == 0
+    assert "6/6 shards" in proc.stderr  # the progress bar
+    assert "6/6 shards done" in proc.stdout  # the final summary line
+
+
+def test_status_json_contract(reference, cli_env, wikiembed_cmd):
+    store, summary, _ = reference
+    proc = _run(wikiembed_cmd, cli_env, "status", "--store", str(store), "--json")
+    assert proc.returncode == 0, proc.stderr
+    status = json.loads(proc.stdout)
+    assert (status["done"], status["failed"], status["pending"]) == (6, 0, 0)
+    assert {"shard", "state", "rows", "chunks", "error"} <= set(status["shards"][0])
+    assert sum(s["chunks"] for s in status["shards"]) == summary["chunks"]
+
+
+def test_sigkill_mid_run_then_resume_gives_identical_output(reference, tmp_path, cli_env, wikiembed_cmd):
+    ref_store, _, _ = reference
+    store = tmp_path / "store"
+    args = ["run", "--source", "sample:300", "--store", str(store), "--shard-rows", "50"]
+    proc = subprocess.Popen([*wikiembed_cmd, *args], env=cli_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list((store / "_done").glob("*.json"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {p.name: p.stat().st_mtime_ns for p in (store / "_done").glob("*.json")}
+    assert 2 <= len(done_before) < 6, "the kill should land mid-run"
+    # nothing half-written is visible as data
+    assert all(not p.name.startswith(".") for p in (store / "data").glob("*.parquet"))
+    resumed = _run(wikiembed_cmd, cli_env, *args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # finished shards were not redone, and the output equals an uninterrupted run byte for byte
+    for name, mtime in done_before.items():
+        assert (store / "_done" / name).stat().st_mtime_ns == mtime
+    assert _data_files(store) == _data_files(ref_store)
+    assert not [p for p in (store / "data").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["run", "--source", "/no/such/file.parquet"], "no such file"),
+        (["run", "--source", "sample:abc"], "sample:N"),
+        (["run", "--source", "sample:10", "--chunk-size", "100000"], "max sequence length"),
+        (["run", "--source", "sample:10", "--model", "/no/such/model"], "model"),
+        (["status"], "no run was started"),
+        (["rerun", "--shards", "x,y"], "--shards"),
+    ],
+)
+def test_bad_input_gets_one_clear_message(args, needle, tmp_path, cli_env, wikiembed_cmd):
+    proc = _run(wikiembed_cmd, cli_env, *args[:1], "--store", str(tmp_path / "s"), *args[1:])
+    assert proc.returncode == 2
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
