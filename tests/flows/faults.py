@@ -1,0 +1,58 @@
+"""Fault injection for the embed step, installed by tests only (never a user-facing option).
+
+Wraps the real engine: a share of calls fail transiently (the kinds TEI and
+Modal produce), and/or any call whose texts contain a poison string fails
+permanently, as an input that a backend always rejects would.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+
+from tasks.embed import open_backend
+from tasks.errors import BackendError, TransientBackendError
+
+TRANSIENT_ERRORS = (
+    "503 Unhealthy: model is loading",
+    "429 Overloaded: too many requests",
+    "timed out after 30 s",
+    "connection dropped by peer",
+)
+
+
+class FaultyBackend:
+    def __init__(self, inner, *, transient_rate: float = 0.0, poison: str | None = None, seed: int = 0) -> None:
+        self.inner = inner
+        self.model_id, self.dim, self.max_tokens = inner.model_id, inner.dim, inner.max_tokens
+        self.transient_rate = transient_rate
+        self.poison = poison
+        self.rng = random.Random(seed)
+        self.calls = self.injected = self.retries = 0
+        self._lock = threading.Lock()
+
+    def embed(self, texts):
+        with self._lock:
+            self.calls += 1
+            fail = self.rng.random() < self.transient_rate
+            if fail:
+                self.injected += 1
+        if fail:
+            raise TransientBackendError(f"injected: {self.rng.choice(TRANSIENT_ERRORS)}")
+        if self.poison and any(self.poison in t for t in texts):
+            raise BackendError(f"injected: input containing {self.poison!r} is always rejected")
+        return self.inner.embed(texts)
+
+    def close(self) -> None:
+        pass
+
+
+def install(monkeypatch, **faults) -> FaultyBackend:
+    """Route the flow's backend through a FaultyBackend around the real local engine."""
+    import flows.embed_dataset as flow_module
+
+    faulty = FaultyBackend(open_backend("local", "sentence-transformers/all-MiniLM-L6-v2"), **faults)
+    monkeypatch.setattr(flow_module, "open_backend", lambda **_: faulty)
+    # retries stay real, only faster
+    monkeypatch.setattr(flow_module, "embed_task", flow_module.embed_task.with_options(retry_delay_seconds=0.2))
+    return faulty
