@@ -1,0 +1,745 @@
+"""The upload step: publish a run store's finished shards as a Hugging Face dataset.
+
+Room and reach:
+- reads `STORE/manifest.json`, `STORE/data/`, `STORE/_done/`, `STORE/_failed/` (never changes them).
+  STORE is a docs/STORE.md folder: a generation folder, or a store root whose top-level entries
+  link into the published generation (tasks/store.py), read and written through those links;
+- writes the dataset card `STORE/README.md` and the staging folder `STORE/_publish/`: the exact
+  tree that gets published (merged parquet files under `data/` plus the card), with a small state
+  file so a rerun reuses merged files whose inputs did not change (byte-identical, so the Hub
+  sees nothing new);
+- `dir:PATH` writes `PATH/README.md` and `PATH/data/`; `hub:ORG/NAME` talks to the Hugging Face
+  Hub through `huggingface_hub` (whoami, create_repo, create_branch, upload_folder);
+- reads the token from the `token` argument, `HF_TOKEN`, or the Prefect Secret block `hf-token`.
+  The token never appears in logs, return values or error messages.
+
+Upload speed: with `hf_xet` installed (the default) `upload_folder` streams through Xet and
+resumes by re-running; set `HF_XET_HIGH_PERFORMANCE=1` for the fast path (`hf_transfer` is not
+used by huggingface_hub >= 1.0).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from tasks.errors import InputError, StoreError, UploadError, WikiembedError
+from tasks.store import StoreLock, sha256_file
+
+logger = logging.getLogger(__name__)
+
+# The Hub serves parquet best in files of roughly 100-500 MB (the dataset viewer and
+# `datasets` streaming read them by row group; thousands of tiny files make listing slow).
+# Consecutive shard files are concatenated up to this size at upload time.
+DEFAULT_FILE_BYTES = 300 * 1024 * 1024
+# The Hub refuses folders with 10,000 files or more; past this, files go into subfolders.
+MAX_FILES_PER_FOLDER = 9_999
+# ... and repos with 100,000 files or more (README.md and .gitattributes count too).
+MAX_FILES_PER_REPO = 99_990
+SPLIT = "train"
+# One pattern for both layouts (flat `data/train-*.parquet`, or `data/NNNN/train-*.parquet`
+# past MAX_FILES_PER_FOLDER): `**` matches zero or more folders in `datasets`' globbing.
+DATA_FILES_PATTERN = f"data/**/{SPLIT}-*.parquet"
+STAGING_DIR = "_publish"
+# Inside the staging folder but never published (upload and copy only take README.md + data/).
+STATE_FILE = ".wikiembed-publish.json"
+# Bump when the bytes of a merged file would change for the same inputs (writer options, naming).
+LAYOUT_VERSION = 1
+SECRET_BLOCK = "hf-token"
+WIKIPEDIA_LICENSE = "cc-by-sa-3.0"
+# zstd, as the checkpoint writes shard files (tasks/checkpoint.py). Content-defined chunking
+# (pyarrow >= 21) cuts parquet pages at content-defined boundaries, so after a shard is appended
+# or re-embedded most pages of a re-merged file are byte-identical to the last upload and Xet
+# deduplicates them; older pyarrow writes plain pages.
+_WRITER_OPTIONS: dict[str, Any] = {"compression": "zstd"}
+if "use_content_defined_chunking" in inspect.signature(pq.ParquetWriter.__init__).parameters:
+    _WRITER_OPTIONS["use_content_defined_chunking"] = True
+_REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_PUBLISHED_NAME = re.compile(rf"^{SPLIT}-\d{{5}}-of-\d{{5}}\.parquet$")
+
+
+@dataclass(frozen=True)
+class ShardState:
+    """What the store says about one shard of the plan."""
+
+    shard: int
+    status: Literal["done", "pending", "failed", "changed"]
+    data: Path  # STORE/data/NNNNN.parquet
+    marker: dict[str, Any] | None  # the parsed _done marker when status == "done"
+    detail: str = ""  # why a shard is not done (failure message, sha mismatch)
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    """One parquet file of the published layout and the shard files it concatenates."""
+
+    path_in_repo: str  # e.g. data/train-00000-of-00004.parquet
+    shards: tuple[int, ...]
+
+
+# ---------------------------------------------------------------------------- store reading
+
+
+def _read_manifest(store: Path) -> dict[str, Any]:
+    path = store / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StoreError(
+            f"store {store}: no manifest.json; point --store at a run store made by `wikiembed run`."
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"store {store}: manifest.json is unreadable ({exc}); restore it or start a new store.") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != 1:
+        raise StoreError(
+            f"store {store}: manifest.json has format {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
+            "this version reads format 1; publish it with the wikiembed version that made it."
+        )
+    return manifest
+
+
+def _shard_states(store: Path, manifest: dict[str, Any]) -> list[ShardState]:
+    """Every planned shard's state; a shard is done iff its marker exists and its sha256 matches."""
+    try:
+        n_shards = len(manifest["plan"]["shards"])
+    except (KeyError, TypeError):
+        raise StoreError(
+            f"store {store}: manifest.json has no plan.shards; the store is incomplete, rerun `wikiembed run`."
+        ) from None
+    states = []
+    for shard in range(n_shards):
+        name = f"{shard:05d}"
+        data = store / "data" / f"{name}.parquet"
+        marker_path = store / "_done" / f"{name}.json"
+        if marker_path.exists():
+            try:
+                marker = json.loads(marker_path.read_text(encoding="utf-8"))
+                expected = str(marker["sha256"])
+            except (OSError, ValueError, KeyError, TypeError):
+                states.append(ShardState(shard, "changed", data, None, "unreadable _done marker"))
+                continue
+            if not data.exists():
+                states.append(ShardState(shard, "changed", data, None, "marked done but data file missing"))
+            elif sha256_file(data) != expected:
+                states.append(ShardState(shard, "changed", data, None, "data file changed since marked done"))
+            else:
+                states.append(ShardState(shard, "done", data, marker))
+            continue
+        failed_path = store / "_failed" / f"{name}.json"
+        if failed_path.exists():
+            try:
+                error = str(json.loads(failed_path.read_text(encoding="utf-8")).get("error", ""))
+            except (OSError, ValueError, AttributeError):
+                error = ""
+            states.append(ShardState(shard, "failed", data, None, error[:120]))
+        else:
+            states.append(ShardState(shard, "pending", data, None))
+    return states
+
+
+def _refuse_unfinished(store: Path, states: Sequence[ShardState]) -> None:
+    """Raise StoreError naming every shard that is not done, and how to finish them."""
+    not_done = [s for s in states if s.status != "done"]
+    if not not_done:
+        return
+
+    def ids(status: str) -> str:
+        picked = [s for s in not_done if s.status == status]
+        shown = ", ".join(f"{s.shard:05d}" + (f" ({s.detail})" if s.detail else "") for s in picked[:20])
+        return shown + (f" and {len(picked) - 20} more" if len(picked) > 20 else "")
+
+    parts = [f"{label}: {ids(status)}" for status, label in
+             (("pending", "pending"), ("failed", "failed"), ("changed", "not matching their _done marker"))
+             if any(s.status == status for s in not_done)]
+    raise StoreError(
+        f"store {store}: {len(not_done)} of {len(states)} shards are not done ({'; '.join(parts)}). "
+        f"See them with `wikiembed status --store {store}`, retry failed ones with "
+        f"`wikiembed rerun --failed --store {store}`, finish pending ones by resuming the run; "
+        "or publish only the done shards with allow_partial=True (--allow-partial)."
+    )
+
+
+# ---------------------------------------------------------------------------- layout
+
+
+def plan_files(
+    shard_sizes: Sequence[tuple[int, int]],
+    file_bytes: int = DEFAULT_FILE_BYTES,
+    files_per_folder: int = MAX_FILES_PER_FOLDER,
+) -> list[PublishedFile]:
+    """Group consecutive shards (id, bytes) into published files of about `file_bytes` each.
+
+    Greedy: a file takes shards until the next one would push it past `file_bytes` (a single
+    shard larger than that gets a file of its own). The same inputs always give the same names.
+    """
+    if file_bytes <= 0:
+        raise InputError(
+            f"file size {file_bytes}: give a positive number of bytes per published file (default {DEFAULT_FILE_BYTES})."
+        )
+    groups: list[list[int]] = []
+    current: list[int] = []
+    current_bytes = 0
+    for shard, size in shard_sizes:
+        if current and current_bytes + size > file_bytes:
+            groups.append(current)
+            current, current_bytes = [], 0
+        current.append(shard)
+        current_bytes += size
+    if current:
+        groups.append(current)
+    n = len(groups)
+    if n > MAX_FILES_PER_REPO:
+        raise InputError(
+            f"publishing would make {n} files, over the Hub's limit of 100,000 per repo; "
+            f"raise the file size (now {file_bytes} bytes)."
+        )
+    files = []
+    for i, group in enumerate(groups):
+        name = f"{SPLIT}-{i:05d}-of-{n:05d}.parquet"
+        # Subfolders only when one folder would hold too many files for the Hub.
+        folder = "data" if n <= files_per_folder else f"data/{i // files_per_folder:04d}"
+        files.append(PublishedFile(f"{folder}/{name}", tuple(group)))
+    return files
+
+
+def _merge_key(shards: Sequence[ShardState]) -> str:
+    """Identity of a merged file's bytes: its inputs' content plus everything that shapes the writer."""
+    payload = {
+        "layout": LAYOUT_VERSION,
+        "pyarrow": pa.__version__,
+        "writer": _WRITER_OPTIONS,
+        "inputs": [[s.shard, s.marker["sha256"]] for s in shards if s.marker],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _schema_of(path: Path) -> pa.Schema:
+    return pq.read_schema(path).remove_metadata()
+
+
+def _write_merged(dest: Path, shards: Sequence[ShardState], schema: pa.Schema) -> None:
+    """Concatenate shard files row group by row group (one row group in memory at a time)."""
+    tmp = dest.parent / f".{dest.name}.tmp"
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    with pq.ParquetWriter(tmp, schema, **_WRITER_OPTIONS) as writer:
+        for state in shards:
+            source = pq.ParquetFile(state.data)
+            if source.schema_arrow.remove_metadata() != schema:
+                raise StoreError(
+                    f"shard {state.shard:05d}: {state.data} has columns {source.schema_arrow.names} "
+                    f"unlike the other shards ({schema.names}); rerun that shard so every shard has one schema."
+                )
+            for group in range(source.num_row_groups):
+                table = source.read_row_group(group).replace_schema_metadata(None)
+                if table.num_rows:
+                    writer.write_table(table, row_group_size=table.num_rows)
+    os.replace(tmp, dest)
+
+
+def _load_state(staging: Path) -> dict[str, dict[str, Any]]:
+    try:
+        state = json.loads((staging / STATE_FILE).read_text(encoding="utf-8"))
+        return dict(state.get("files", {}))
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _save_state(staging: Path, files: dict[str, dict[str, Any]]) -> None:
+    tmp = staging / f"{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps({"files": files}, indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, staging / STATE_FILE)
+
+
+def _build_staging(staging: Path, done: Sequence[ShardState], file_bytes: int) -> dict[str, dict[str, Any]]:
+    """Make STAGING/data/ hold exactly the planned merged files; return {path: {key, sha256, size, shards}}.
+
+    A file whose inputs did not change since the last build is kept as is, so reruns are
+    byte-identical and cost no writes; stale files of an older layout are removed.
+    """
+    (staging / "data").mkdir(parents=True, exist_ok=True)
+    by_id = {s.shard: s for s in done}
+    plan = plan_files([(s.shard, s.data.stat().st_size) for s in done], file_bytes, MAX_FILES_PER_FOLDER)
+    schema = _schema_of(done[0].data)
+    previous = _load_state(staging)
+    current: dict[str, dict[str, Any]] = {}
+    rebuilt = 0
+    for item in plan:
+        inputs = [by_id[k] for k in item.shards]
+        key = _merge_key(inputs)
+        dest = staging / item.path_in_repo
+        old = previous.get(item.path_in_repo)
+        if old and old.get("key") == key and dest.exists() and dest.stat().st_size == old.get("size"):
+            current[item.path_in_repo] = old
+            continue
+        _write_merged(dest, inputs, schema)
+        current[item.path_in_repo] = {
+            "key": key,
+            "sha256": sha256_file(dest),
+            "size": dest.stat().st_size,
+            "shards": list(item.shards),
+        }
+        rebuilt += 1
+        # Saved after every file so an interrupted build keeps what it finished.
+        _save_state(staging, {**previous, **current})
+    for path in sorted((staging / "data").rglob("*"), reverse=True):
+        rel = path.relative_to(staging).as_posix()
+        if path.is_file() and rel not in current:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    _save_state(staging, current)
+    logger.info("staging %s: %d files (%d rebuilt, %d unchanged)", staging, len(plan), rebuilt, len(plan) - rebuilt)
+    return current
+
+
+# ---------------------------------------------------------------------------- dataset card
+
+
+_ARROW_TO_DTYPE = {"halffloat": "float16", "float": "float32", "double": "float64", "bool": "bool"}
+
+
+def _feature(field: pa.Field | pa.DataType) -> dict[str, Any]:
+    """An arrow type in the YAML `features` form that `datasets` reads."""
+    kind = field.type if isinstance(field, pa.Field) else field
+    if pa.types.is_fixed_size_list(kind):
+        inner = _feature(kind.value_type)
+        # `sequence` + `length` is read as a fixed-length float list by datasets 3 through 5.
+        return {"sequence": inner.get("dtype", inner), "length": kind.list_size}
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        inner = _feature(kind.value_type)
+        return {"sequence": inner.get("dtype", inner)}
+    if pa.types.is_large_string(kind):
+        return {"dtype": "large_string"}
+    if pa.types.is_string(kind):
+        return {"dtype": "string"}
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+        # Arrow spells float32/float64/float16 "float"/"double"/"halffloat"; datasets wants the sized names.
+        return {"dtype": _ARROW_TO_DTYPE.get(str(kind), str(kind))}
+    raise StoreError(
+        f"column type {kind} has no dataset-card feature mapping; the store's data files "
+        "should follow docs/STORE.md (strings, integers, a fixed-size float32 embedding)."
+    )
+
+
+def _size_category(n: int) -> str:
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                         (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"),
+                         (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")):
+        if n < limit:
+            return label
+    return "1B<n<10B"
+
+
+def _license(source: dict[str, Any]) -> str:
+    if source.get("license"):
+        return str(source["license"])
+    # Wikipedia text is CC BY-SA 3.0 (and GFDL); embeddings of it are shared under the same terms.
+    if "wikipedia" in str(source.get("spec", "")).lower():
+        return WIKIPEDIA_LICENSE
+    return "unknown"
+
+
+def _card_text(manifest: dict[str, Any], states: Sequence[ShardState], repo_id: str | None) -> str:
+    done = [s for s in states if s.status == "done"]
+    if not done:
+        raise StoreError("no shard is done yet, so there is nothing to describe or publish; run `wikiembed run` first.")
+    source = manifest.get("source", {}) or {}
+    model = manifest.get("model", {}) or {}
+    chunking = manifest.get("chunking", {}) or {}
+    schema = _schema_of(done[0].data)
+    if "embedding" not in schema.names:
+        raise StoreError(f"{done[0].data} has no `embedding` column; the store does not follow docs/STORE.md.")
+    dim = schema.field("embedding").type
+    dim = dim.list_size if pa.types.is_fixed_size_list(dim) else None
+    if dim is None or (model.get("dim") and int(model["dim"]) != dim):
+        raise StoreError(
+            f"{done[0].data}: embedding is {schema.field('embedding').type}, expected a fixed-size "
+            f"list of {model.get('dim')} float32 (the manifest's model.dim); rerun the shard."
+        )
+    footers = [pq.ParquetFile(s.data).metadata for s in done]
+    chunks = sum(meta.num_rows for meta in footers)
+    # Uncompressed column bytes: the in-memory size `datasets` records as a split's num_bytes.
+    num_bytes = sum(meta.row_group(g).total_byte_size for meta in footers for g in range(meta.num_row_groups))
+    articles = sum(int((s.marker or {}).get("rows", 0)) for s in done)
+    seconds = sum(float((s.marker or {}).get("seconds", 0.0)) for s in done)
+    reused = sum(int((s.marker or {}).get("reused_chunks", 0)) for s in done)
+    model_id = str(model.get("model_id", "unknown"))
+    description = str(source.get("description") or source.get("spec") or "unknown source")
+    license_id = _license(source)
+    tags = ["embeddings", "vector-search", "rag", "wikiembed"]
+    if "wikipedia" in str(source.get("spec", "")).lower():
+        tags.insert(0, "wikipedia")
+    meta = {
+        "license": license_id,
+        "pretty_name": f"{description} embedded with {model_id}",
+        "tags": tags,
+        "task_categories": ["feature-extraction", "sentence-similarity"],
+        "size_categories": [_size_category(chunks)],
+        "configs": [{"config_name": "default", "data_files": [{"split": SPLIT, "path": DATA_FILES_PATTERN}]}],
+        "dataset_info": {
+            "features": [{"name": f.name, **_feature(f)} for f in schema],
+            # datasets ignores a split without num_bytes, and checks num_examples against the data.
+            "splits": [{"name": SPLIT, "num_bytes": num_bytes, "num_examples": chunks}],
+            "dataset_size": num_bytes,
+        },
+    }
+    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
+    versions = manifest.get("versions", {}) or {}
+    skipped = manifest.get("skipped", {}) or {}
+    partial = len(done) < len(states)
+    load_id = repo_id or "ORG/NAME"
+    lines = [
+        "---",
+        front.rstrip("\n"),
+        "---",
+        "",
+        f"# {description}: {model_id} embeddings",
+        "",
+        f"Every chunk of {description} with its embedding from `{model_id}`, made by wikiembed.",
+        "",
+        "## Source",
+        "",
+        (f"- spec: `{source.get('spec')}` (kind {source.get('kind')}, config {source.get('config')}, "
+         f"split {source.get('split')}, limit {source.get('limit')})"),
+        f"- snapshot fingerprint: `{source.get('fingerprint')}`",
+        f"- license: {license_id}" + (" (inherited from Wikipedia: attribute the authors, share alike)"
+                                      if license_id == WIKIPEDIA_LICENSE else ""),
+        "",
+        "## Model",
+        "",
+        f"- model: `{model_id}`, revision `{model.get('revision')}`",
+        f"- dimension: {dim} (float32, L2-normalized: a dot product is the cosine similarity)",
+        f"- max tokens: {model.get('max_tokens')}",
+        "",
+        "## Chunking",
+        "",
+        (f"- chunker: {chunking.get('chunker')}, chunk size {chunking.get('chunk_size')}, "
+         f"overlap {chunking.get('chunk_overlap')}"),
+        "- each row keeps `char_start`/`char_end` so `text == article_text[char_start:char_end]`",
+        "",
+        "## Counts",
+        "",
+        f"- articles: {articles}",
+        f"- chunks (rows, one embedding each): {chunks}",
+        f"- shards: {len(done)} of {len(states)}" + (" (partial: the remaining shards are not published yet)" if partial else ""),
+    ]
+    if skipped:
+        lines.append("- skipped source rows: " + ", ".join(f"{reason}: {n}" for reason, n in sorted(skipped.items())))
+    lines += [
+        "",
+        "## How it was made",
+        "",
+        "wikiembed downloads and fingerprints the source, splits it into a fixed plan of shards, "
+        "chunks each article, embeds every shard (resumable, one completion marker per shard) and "
+        f"publishes the finished shards as parquet. Embedding took {seconds:.0f} s of worker time"
+        + (f" ({reused} chunks reused from an earlier run)." if reused else "."),
+        "",
+        "Versions: " + ", ".join(f"{name} {version}" for name, version in sorted(versions.items())),
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "import numpy as np",
+        "from datasets import load_dataset",
+        "from sentence_transformers import SentenceTransformer",
+        "",
+        f'ds = load_dataset("{load_id}", split="{SPLIT}")',
+        'vectors = ds.with_format("numpy", columns=["embedding"])[:]["embedding"]  # float32 [rows, dim]',
+        "",
+        f'model = SentenceTransformer("{model_id}")',
+        'query = model.encode("Who painted the Mona Lisa?", normalize_embeddings=True)',
+        "scores = vectors @ query  # cosine similarity: the vectors are L2-normalized",
+        "for i in np.argsort(-scores)[:5]:",
+        "    row = ds[int(i)]",
+        '    print(f"{scores[i]:.3f}  {row[\'title\']}  {row[\'url\']}")',
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _write_text_if_changed(path: Path, text: str) -> None:
+    # At a store's top, README.md is a link into the published generation (tasks/store.py):
+    # write through it, never over it.
+    if path.is_symlink():
+        path = path.resolve()
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return
+    tmp = path.parent / f".{path.name}.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_card(store: Path, *, repo_id: str | None = None) -> Path:
+    """Write STORE/README.md, the dataset card, from the manifest, the done shards and their data files.
+
+    `repo_id` only fills the usage snippet's `load_dataset(...)` line. The card has no timestamps,
+    so an unchanged store gives a byte-identical card (and no new commit).
+    """
+    store = Path(store)
+    manifest = _read_manifest(store)
+    card = store / "README.md"
+    _write_text_if_changed(card, _card_text(manifest, _shard_states(store, manifest), repo_id))
+    return card
+
+
+# ---------------------------------------------------------------------------- token
+
+
+def _token_and_source() -> tuple[str | None, str]:
+    token = os.environ.get("HF_TOKEN", "").strip()
+    if token:
+        return token, "HF_TOKEN"
+    try:
+        from prefect.blocks.system import Secret
+
+        # _sync=True: called from inside a running event loop (an async flow), `load` would
+        # otherwise hand back a coroutine.
+        block: Secret = Secret.load(SECRET_BLOCK, _sync=True)  # type: ignore[call-arg, assignment]
+        value = block.get()
+    except Exception as exc:  # no such block, no Prefect API, no Prefect: all mean "no token here"
+        logger.debug("no Prefect Secret block %r (%s)", SECRET_BLOCK, type(exc).__name__)
+        return None, ""
+    token = str(value).strip() if value else ""
+    return (token or None), f"the Prefect Secret block {SECRET_BLOCK!r}"
+
+
+def resolve_token() -> str | None:
+    """The Hub token: `HF_TOKEN`, else the Prefect Secret block `hf-token`, else None."""
+    return _token_and_source()[0]
+
+
+def _scrub(text: str, token: str | None) -> str:
+    return text.replace(token, "***") if token else text
+
+
+def _describe(exc: BaseException, token: str | None) -> str:
+    """An exception and its causes as one line, with the token removed."""
+    parts: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(parts) < 4:
+        message = " ".join(str(seen).split())
+        parts.append(f"{type(seen).__name__}: {message}" if message else type(seen).__name__)
+        seen = seen.__cause__
+    return _scrub("; caused by ".join(parts), token)
+
+
+# ---------------------------------------------------------------------------- targets
+
+
+def _parse_target(target: str, store: Path) -> tuple[Literal["dir", "hub"], str]:
+    kind, _, rest = str(target).partition(":")
+    if kind == "dir" and rest:
+        path = Path(rest).expanduser().resolve()
+        root = store.resolve()
+        if path == root or root in path.parents:
+            raise InputError(
+                f"target {target!r} is inside the store {store}; give a folder outside it, e.g. --to dir:./published."
+            )
+        return "dir", str(path)
+    if kind == "hub" and rest:
+        parts = rest.split("/")
+        if len(parts) == 2 and all(_REPO_PART.match(p) and "--" not in p and ".." not in p for p in parts):
+            return "hub", rest
+        raise InputError(
+            f"target {target!r}: {rest!r} is not a Hub repo id; write hub:ORG/NAME "
+            "(letters, digits, '-', '_', '.'), e.g. --to hub:my-org/wikipedia-minilm."
+        )
+    raise InputError(
+        f"target {target!r}: give hub:ORG/NAME to publish to a Hugging Face dataset repo, "
+        "or dir:PATH to write the same folder locally."
+    )
+
+
+def _copy_to_dir(staging: Path, files: dict[str, dict[str, Any]], dest: Path) -> bool:
+    """Mirror the published tree into `dest`; return whether anything changed there."""
+    changed = False
+    for rel, info in sorted(files.items()) + [("README.md", {"size": (staging / "README.md").stat().st_size})]:
+        target = dest / rel
+        source = staging / rel
+        same = target.exists() and target.stat().st_size == info["size"] and (
+            sha256_file(target) == (info.get("sha256") or sha256_file(source))
+        )
+        if same:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.tmp"
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+        changed = True
+    # Files of an older layout would be picked up by the card's glob: remove them (ours only).
+    data = dest / "data"
+    for path in sorted(data.rglob("*"), reverse=True) if data.exists() else []:
+        rel = path.relative_to(dest).as_posix()
+        if path.is_file() and _PUBLISHED_NAME.match(path.name) and rel not in files:
+            path.unlink()
+            changed = True
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    return changed
+
+
+def _upload_to_hub(
+    staging: Path,
+    repo_id: str,
+    *,
+    token: str,
+    token_source: str,
+    private: bool,
+    revision: str | None,
+    create_pr: bool,
+    commit_message: str,
+) -> tuple[str, bool]:
+    """whoami, create_repo, create_branch, upload_folder; return (commit or PR url, committed)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi(token=token, library_name="wikiembed")
+    # Check the token first, so a missing or rejected one fails before any data moves.
+    try:
+        user = api.whoami(token=token)
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status == 401:
+            raise UploadError(
+                f"the Hugging Face token from {token_source} was rejected (401 Unauthorized); create a "
+                "token with write access at https://huggingface.co/settings/tokens and set HF_TOKEN "
+                f"(or the Prefect Secret block {SECRET_BLOCK!r})."
+            ) from None
+        raise UploadError(f"checking the token with the Hub failed: {_describe(exc, token)}; try again later.") from None
+    except Exception as exc:
+        raise UploadError(
+            f"could not reach the Hugging Face Hub to check the token ({_describe(exc, token)}); "
+            "check the network (and HF_ENDPOINT if set) and run the same command again."
+        ) from None
+    logger.info("publishing to dataset %s as %s", repo_id, user.get("name", "?"))
+    try:
+        # private=None lets the Hub apply the namespace's default visibility; an existing repo
+        # keeps its visibility either way.
+        api.create_repo(repo_id, repo_type="dataset", private=True if private else None, exist_ok=True)
+        if revision:
+            api.create_branch(repo_id, repo_type="dataset", branch=revision, exist_ok=True)
+        head = api.repo_info(repo_id, repo_type="dataset", revision=revision).sha
+        info = api.upload_folder(
+            repo_id=repo_id,
+            repo_type="dataset",
+            folder_path=staging,
+            revision=revision,
+            create_pr=create_pr,
+            commit_message=commit_message,
+            allow_patterns=["README.md", "data/*"],
+            # Remote data files that are not in this layout would be read by the card's glob.
+            delete_patterns=["data/*"],
+        )
+    except WikiembedError:
+        raise
+    except Exception as exc:
+        # `from None`: the chained original could carry the token in its text; the message keeps its gist.
+        raise UploadError(
+            f"upload to hub:{repo_id} failed: {_describe(exc, token)}. Run the same command again to "
+            "resume: files the Hub already has are not sent again."
+        ) from None
+    committed = info.oid != head or info.pr_url is not None
+    return (info.pr_url or info.commit_url), committed
+
+
+# ---------------------------------------------------------------------------- publish
+
+
+def publish(
+    store: Path,
+    target: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    create_pr: bool = False,
+    token: str | None = None,
+    allow_partial: bool = False,
+    file_bytes: int = DEFAULT_FILE_BYTES,
+) -> dict[str, Any]:
+    """Publish the store's done shards to `hub:ORG/NAME` (a dataset repo) or `dir:PATH`.
+
+    Both targets get the same tree, built in STORE/_publish/: `README.md` (the card) and
+    `data/train-XXXXX-of-YYYYY.parquet` (consecutive shards merged up to `file_bytes`). Refuses
+    when a shard is not done unless `allow_partial`. Rerunning resumes an interrupted upload and,
+    with nothing changed, makes no commit. `token` overrides HF_TOKEN / the Prefect Secret block;
+    never make it a flow parameter (parameters are stored and shown in the UI).
+
+    Returns {"target", "url", "committed", "files", "bytes", "data_files", "shards", "rows"}.
+    """
+    store = Path(store)
+    kind, where = _parse_target(target, store)
+    if create_pr and revision:
+        raise InputError(
+            f"revision {revision!r} with create_pr: a pull request is always opened against the main "
+            "branch; drop --revision, or drop --create-pr to commit to that branch."
+        )
+    manifest = _read_manifest(store)
+    states = _shard_states(store, manifest)
+    if not allow_partial:
+        _refuse_unfinished(store, states)
+    done = [s for s in states if s.status == "done"]
+    if not done:
+        raise StoreError(f"store {store}: no shard is done yet, so there is nothing to publish; run `wikiembed run` first.")
+
+    token_source = "the token argument"
+    if kind == "hub":
+        if token is None:
+            token, token_source = _token_and_source()
+        if not token:
+            raise UploadError(
+                f"no Hugging Face token for {target}: set HF_TOKEN, or store one in Prefect with "
+                f"`Secret(value=...).save({SECRET_BLOCK!r})` (a Secret block named {SECRET_BLOCK!r})."
+            )
+
+    staging = store / STAGING_DIR
+    staging.mkdir(parents=True, exist_ok=True)
+    # Its own lock, not the store's: a run holds that one while its flow publishes.
+    with StoreLock(staging / ".lock"):
+        files = _build_staging(staging, done, file_bytes)
+        card = store / "README.md"
+        _write_text_if_changed(card, _card_text(manifest, states, where if kind == "hub" else None))
+        _write_text_if_changed(staging / "README.md", card.read_text(encoding="utf-8"))
+        total_bytes = sum(int(f["size"]) for f in files.values()) + (staging / "README.md").stat().st_size
+        summary: dict[str, Any] = {
+            "target": target,
+            "files": len(files) + 1,
+            "bytes": total_bytes,
+            "data_files": sorted(files),
+            "shards": len(done),
+            "rows": sum(pq.ParquetFile(s.data).metadata.num_rows for s in done),
+        }
+        if kind == "dir":
+            dest = Path(where)
+            summary.update(url=str(dest), committed=_copy_to_dir(staging, files, dest))
+        else:
+            model_id = (manifest.get("model") or {}).get("model_id", "unknown")
+            url, committed = _upload_to_hub(
+                staging,
+                where,
+                token=str(token),
+                token_source=token_source,
+                private=private,
+                revision=revision,
+                create_pr=create_pr,
+                commit_message=f"wikiembed: {summary['rows']} embeddings from {len(done)} shards ({model_id})",
+            )
+            summary.update(url=url, committed=committed)
+    logger.info(
+        "published %d files (%d bytes) to %s: %s", summary["files"], total_bytes, target,
+        "new commit" if summary["committed"] else "nothing changed",
+    )
+    return summary
