@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from hub_server import HubServer
+from tests.tasks.hub_server import HubServer
 from tasks import upload
 from tasks.errors import InputError, StoreError
 from tasks.upload import plan_files, publish, resolve_token, write_card
