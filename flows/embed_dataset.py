@@ -310,9 +310,9 @@ def embed_dataset(
     chunk_overlap: int = 0,
     shard_rows: int = DEFAULT_SHARD_ROWS,
     tei_url: list[str] | None = None,
-    modal_app: str = "wikiembed-tei",
+    modal_app: str | None = None,
     modal_class: Literal["TEI", "Torch"] = "TEI",
-    gpu: str = "A10G",
+    gpu: str | None = None,
     concurrency: int | None = None,
     upload_to: str | None = None,
 ) -> dict[str, Any]:

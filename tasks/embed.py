@@ -69,9 +69,9 @@ def open_backend(
     *,
     device: str | None = None,
     tei_url: Sequence[str] = (),
-    modal_app: str = "wikiembed-tei",
+    modal_app: str | None = None,
     modal_class: str = "TEI",
-    gpu: str = "A10G",
+    gpu: str | None = None,
 ) -> Backend:
     """The backend for these settings, opened once per process and shared by all shard tasks.
 

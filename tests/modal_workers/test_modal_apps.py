@@ -1,0 +1,382 @@
+"""The Modal workers' own code, run in-process (Modal's cloud is out of reach here).
+
+- TEI: the router lifecycle (spawn, health wait, crash and deadline reports,
+  shutdown) against `fake_router`, a stand-in `text-embeddings-router` that
+  parses TEI's flags strictly and serves the TEI 1.9 test server; then the
+  Modal class's enter/method/exit hooks around it.
+- PyTorch: the Modal class on the CPU with the bundled model, against the engine called directly.
+- The app objects: GPU, image tag, limits, as modal 1.6 exposes them without network.
+- ModalBackend: against a double of the slice of Modal's client API it uses
+  (`Cls.from_name` -> `with_options` -> `(model_id=...)` -> `.remote` / `.map`),
+  whose calls run the real classes locally; and against the real client with no token.
+"""
+
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import modal
+import modal.exception
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # `tests.` importable however pytest is started
+    sys.path.insert(0, str(ROOT))
+
+from modal_workers import modal_client, tei_app, torch_app  # noqa: E402
+from modal_workers.modal_client import ModalBackend, default_concurrency  # noqa: E402
+from tasks.errors import BackendError, InputError, TransientBackendError  # noqa: E402
+from tasks.model import DEFAULT_MODEL  # noqa: E402
+from tests.modal_workers.tei_server import DIM, embed_texts  # noqa: E402
+
+# `.local()` runs off Modal, so there is no Volume; Modal says so on every call.
+pytestmark = pytest.mark.filterwarnings("ignore:The .* function is executing locally:UserWarning")
+
+FAKE_ROUTER = Path(__file__).with_name("fake_router")
+MODEL = "wikiembed-test/router-model"
+TEXTS = ["a first chunk", "a second, longer chunk of text", "émoji 🚀", ""]
+
+
+@pytest.fixture
+def fake_router(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    monkeypatch.setenv(tei_app.ROUTER_ENV, f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE_ROUTER))}")
+    for var in ("FAKE_ROUTER_CRASH", "FAKE_ROUTER_STARTUP_S", "FAKE_ROUTER_ARGV", "FAKE_ROUTER_SERVER_ARGS"):
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+def port_is_closed(url: str) -> bool:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.socket() as sock:
+        return sock.connect_ex((host, int(port))) != 0
+
+
+def function_info(app: modal.App, tag: str) -> Any:
+    """What modal 1.6 records for a class without network (App.registered_functions goes away in 1.7)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", modal.exception.DeprecationError)
+        return app.registered_functions[tag].info()
+
+
+# ---------------------------------------------------------------------------
+# Knobs and app objects
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("gpu", "tag"),
+    [("A10G", "86-1.9"), ("L4", "89-1.9"), ("L40S", "89-1.9"), ("H100", "hopper-1.9"), ("h100!", "hopper-1.9"),
+     ("A100", "1.9"), ("A100-80GB:2", "1.9"), ("T4", "turing-1.9")],
+)  # fmt: skip
+def test_tei_image_tag_follows_the_gpu(gpu: str, tag: str) -> None:
+    assert tei_app.tei_image_tag(gpu) == tag
+
+
+def test_unknown_gpu_names_the_env_var_and_choices() -> None:
+    with pytest.raises(InputError, match=r"WIKIEMBED_GPU.*A10G"):
+        tei_app.tei_image_tag("V100")
+
+
+@pytest.mark.parametrize(
+    ("name", "prefix"),
+    [("NVIDIA A10G", "86"), ("NVIDIA A100-SXM4-80GB", ""), ("NVIDIA H100 80GB HBM3", "hopper"),
+     ("NVIDIA L40S", "89"), ("NVIDIA L4", "89"), ("Tesla T4", "turing"), ("Quadro RTX", None)],
+)  # fmt: skip
+def test_gpu_arch_from_nvidia_smi_names(name: str, prefix: str | None) -> None:
+    assert tei_app.gpu_arch_prefix(name) == prefix
+
+
+def test_router_flags_leave_room_for_our_own_load() -> None:
+    args = tei_app.router_args(MODEL, 4321)
+    flags = dict(zip(args[::2], args[1::2]))
+    assert flags["--model-id"] == MODEL and flags["--port"] == "4321" and flags["--hostname"] == "127.0.0.1"
+    assert int(flags["--max-client-batch-size"]) == tei_app.MAX_CLIENT_BATCH_SIZE
+    assert int(flags["--max-batch-tokens"]) == tei_app.MAX_BATCH_TOKENS
+    assert int(flags["--payload-limit"]) == tei_app.PAYLOAD_LIMIT
+    assert flags["--huggingface-hub-cache"] == tei_app.HUB_CACHE
+    # TEI 1.9 takes one permit per input: everything our client keeps in flight must fit.
+    assert int(flags["--max-concurrent-requests"]) >= tei_app.CLIENT_IN_FLIGHT * tei_app.MAX_CLIENT_BATCH_SIZE
+    assert ("--auto-truncate" in args) is tei_app.AUTO_TRUNCATE
+
+
+@pytest.mark.parametrize("module", [tei_app, torch_app], ids=["TEI", "Torch"])
+def test_app_declares_gpu_limits_volume_and_secret(module: Any) -> None:
+    cls_name = "TEI" if module is tei_app else "Torch"
+    info = function_info(module.app, f"{cls_name}.*")
+    assert module.app.name == module.APP_NAME
+    assert info.gpus == [(module.GPU, 1)]
+    assert info.max_retries == module.RETRIES
+    assert info.timeout == module.TIMEOUT_S
+    assert info.cpu == module.CPU
+    assert info.concurrency_info.max_inputs == module.CONCURRENT_INPUTS
+    assert info.volumes[module.CACHE_DIR].name == module.VOLUME_NAME
+    assert any("huggingface" in s for s in info.secrets)
+    assert {"embed", "describe"} <= set(info.method_names)
+    # max_containers and scaledown_window are not exposed offline; they are module knobs.
+    assert 1 <= module.MAX_CONTAINERS <= 100 and 2 <= module.SCALEDOWN_WINDOW_S <= 3600
+    if module is tei_app:
+        assert module.TEI_IMAGE == f"ghcr.io/huggingface/text-embeddings-inference:{tei_app.tei_image_tag(module.GPU)}"
+
+
+def test_gpu_and_container_count_are_chosen_at_deploy_time() -> None:
+    # Decorators run at import, so the environment of `modal deploy` decides; a fresh interpreter shows it.
+    probe = (
+        "import warnings; warnings.simplefilter('ignore')\n"
+        "from modal_workers import tei_app, torch_app\n"
+        "import json\n"
+        "print(json.dumps([tei_app.TEI_IMAGE, tei_app.app.registered_functions['TEI.*'].info().gpus,\n"
+        "  torch_app.app.registered_functions['Torch.*'].info().gpus, tei_app.MAX_CONTAINERS]))\n"
+    )
+    env = {**os.environ, "WIKIEMBED_GPU": "H100", "WIKIEMBED_MAX_CONTAINERS": "100"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    image, tei_gpus, torch_gpus, max_containers = json.loads(out.stdout.strip().splitlines()[-1])
+    assert image.endswith(":hopper-1.9")
+    assert tei_gpus == torch_gpus == [["H100", 1]]
+    assert max_containers == 100
+
+
+def test_default_concurrency_fills_every_container_slot() -> None:
+    assert default_concurrency("TEI") == tei_app.MAX_CONTAINERS * tei_app.CONCURRENT_INPUTS
+    assert default_concurrency("Torch") == torch_app.MAX_CONTAINERS * torch_app.CONCURRENT_INPUTS
+    with pytest.raises(InputError, match="'TEI' or 'Torch'"):
+        default_concurrency("Triton")
+
+
+# ---------------------------------------------------------------------------
+# The TEI router lifecycle
+# ---------------------------------------------------------------------------
+
+
+def test_router_starts_serves_and_stops(fake_router: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    argv_file = tmp_path / "argv.json"
+    fake_router.setenv("FAKE_ROUTER_ARGV", str(argv_file))
+    router = tei_app.TEIRouter(MODEL)
+    router.start()
+    try:
+        # The stand-in parses TEI's flags strictly: getting here means ours are all valid flags.
+        assert json.loads(argv_file.read_text())[:2] == ["--model-id", MODEL]
+        assert router.client is not None and router.client.batch_size == tei_app.MAX_CLIENT_BATCH_SIZE
+        np.testing.assert_array_equal(router.embed(TEXTS), embed_texts(TEXTS))
+        assert router.describe() == {"model_id": MODEL, "dim": DIM, "max_tokens": 512}
+    finally:
+        router.stop()
+    assert router.proc is not None and router.proc.poll() is not None
+    assert port_is_closed(router.url)
+    with pytest.raises(BackendError, match="not running"):
+        router.embed(TEXTS)
+
+
+def test_router_crash_is_reported_with_its_stderr(fake_router: pytest.MonkeyPatch) -> None:
+    fake_router.setenv("FAKE_ROUTER_CRASH", "Error: Could not download model artifacts: 401 Unauthorized")
+    router = tei_app.TEIRouter(MODEL)
+    with pytest.raises(BackendError, match=r"exited with code 1 .*\n.*401 Unauthorized"):
+        router.start()
+    assert router.proc is not None and router.proc.returncode == 1
+
+
+def test_router_refuses_flags_tei_does_not_know(fake_router: pytest.MonkeyPatch) -> None:
+    router = tei_app.TEIRouter(MODEL, command=[sys.executable, str(FAKE_ROUTER), "--max-batch-size", "4"])
+    with pytest.raises(BackendError, match=r"(?s)exited with code 2 .*unrecognized arguments: --max-batch-size"):
+        router.start()
+
+
+def test_router_that_never_gets_healthy_is_killed_at_the_deadline(fake_router: pytest.MonkeyPatch) -> None:
+    fake_router.setenv("FAKE_ROUTER_STARTUP_S", "60")
+    router = tei_app.TEIRouter(MODEL, startup_s=1.0)
+    with pytest.raises(BackendError, match=r"not healthy within 1s"):
+        router.start()
+    assert router.proc is not None and router.proc.poll() is not None
+
+
+def test_missing_router_binary_says_how_to_point_at_one() -> None:
+    router = tei_app.TEIRouter(MODEL, command=["/nonexistent/text-embeddings-router"])
+    with pytest.raises(BackendError, match="WIKIEMBED_TEI_ROUTER"):
+        router.start()
+
+
+# ---------------------------------------------------------------------------
+# The Modal classes, in-process
+# ---------------------------------------------------------------------------
+
+
+def test_tei_class_through_modal_local_calls(fake_router: pytest.MonkeyPatch) -> None:
+    obj = tei_app.TEI(model_id=MODEL)
+    try:
+        np.testing.assert_array_equal(obj.embed.local(TEXTS), embed_texts(TEXTS))  # runs @modal.enter first
+        facts = obj.describe.local()
+        assert facts == {"model_id": MODEL, "dim": DIM, "max_tokens": 512, "gpu": tei_app.GPU, "image": tei_app.TEI_IMAGE}
+    finally:
+        obj.router.stop()  # `.local()` never runs @modal.exit; the next test calls it
+
+
+def test_tei_class_hooks_enter_embed_exit(fake_router: pytest.MonkeyPatch) -> None:
+    # modal 1.6 has no public handle on a class's @modal.exit for local use; the user class has.
+    worker = tei_app.TEI._get_user_cls()()
+    worker.model_id = MODEL
+    try:
+        worker.start()
+        np.testing.assert_array_equal(worker.embed(TEXTS), embed_texts(TEXTS))
+        worker.stop()
+    finally:
+        worker.router.stop()  # idempotent; only does something if the test failed before exit
+    assert worker.router.proc.poll() is not None and port_is_closed(worker.router.url)
+
+
+def test_torch_class_runs_the_engine_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    engine_module = pytest.importorskip("modal_workers.engine")
+    monkeypatch.setenv(torch_app.DEVICE_ENV, "cpu")
+    obj = torch_app.Torch()
+    vectors = obj.embed.local(TEXTS)
+    assert vectors.shape == (len(TEXTS), 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    with engine_module.TorchEngine(DEFAULT_MODEL, device="cpu") as engine:
+        np.testing.assert_allclose(vectors, engine.embed(TEXTS), atol=1e-6)  # same code as the local backend
+    facts = obj.describe.local()
+    assert facts == {"model_id": DEFAULT_MODEL, "dim": 384, "max_tokens": 256, "gpu": torch_app.GPU}
+    obj.worker.close()  # what @modal.exit does; `.local()` never runs it
+
+
+# ---------------------------------------------------------------------------
+# ModalBackend
+# ---------------------------------------------------------------------------
+
+
+class _Method:
+    """`.remote(x)` / `.map(xs)` of a deployed method, answered by a local call (or a failure)."""
+
+    def __init__(self, call: Callable[..., Any], fail: BaseException | None) -> None:
+        self.call, self.fail, self.calls = call, fail, 0
+
+    def remote(self, *args: Any) -> Any:
+        self.calls += 1
+        if self.fail is not None:
+            raise self.fail
+        return self.call(*args)
+
+    def map(self, inputs: Any) -> Any:
+        for item in inputs:
+            yield self.remote(item)
+
+
+class FakeModal:
+    """Modal's `Cls.from_name(app, cls).with_options(...)(model_id=...)`, over the real local classes."""
+
+    def __init__(self, fail_describe: BaseException | None = None, fail_embed: BaseException | None = None) -> None:
+        self.fail_describe, self.fail_embed = fail_describe, fail_embed
+        self.looked_up: list[tuple[str, str]] = []
+        self.options: dict[str, Any] = {}
+        self.objects: list[Any] = []
+        self.embed: _Method | None = None
+
+    def from_name(self, app_name: str, class_name: str, **_: Any) -> "FakeModal":
+        self.looked_up.append((app_name, class_name))
+        self.target = {"TEI": tei_app.TEI, "Torch": torch_app.Torch}[class_name]
+        return self
+
+    def with_options(self, **options: Any) -> "FakeModal":
+        self.options.update(options)
+        return self
+
+    def __call__(self, **params: Any) -> SimpleNamespace:
+        obj = self.target(**params)
+        self.objects.append(obj)
+        self.embed = _Method(obj.embed.local, self.fail_embed)
+        return SimpleNamespace(embed=self.embed, describe=_Method(obj.describe.local, self.fail_describe))
+
+    def stop(self) -> None:
+        for obj in self.objects:
+            router = getattr(obj, "router", None)  # set by @modal.enter, if it ran
+            if router is not None:
+                router.stop()
+
+
+@pytest.fixture
+def fake_modal(fake_router: pytest.MonkeyPatch):
+    made: list[FakeModal] = []
+
+    def install(**failures: BaseException) -> FakeModal:
+        fake = FakeModal(**failures)
+        fake_router.setattr(modal.Cls, "from_name", fake.from_name)
+        made.append(fake)
+        return fake
+
+    yield install
+    for fake in made:
+        fake.stop()
+
+
+def test_modal_backend_runs_the_deployed_class_in_order(fake_modal: Callable[..., FakeModal]) -> None:
+    fake = fake_modal()
+    backend = ModalBackend(None, "TEI", model_id=MODEL, gpu="A10G", batch_texts=16)
+    assert fake.looked_up == [(tei_app.APP_NAME, "TEI")] and fake.options == {"gpu": "A10G"}
+    assert (backend.model_id, backend.dim, backend.max_tokens, backend.deployed_gpu) == (MODEL, DIM, 512, tei_app.GPU)
+    texts = [f"shard text {i}" for i in range(50)]
+    np.testing.assert_array_equal(backend.embed(texts), embed_texts(texts))
+    assert fake.embed is not None and fake.embed.calls == 4  # 50 texts in remote calls of 16
+    assert backend.embed([]).shape == (0, DIM)
+    backend.close()
+
+
+def test_modal_backend_missing_app_says_to_deploy(fake_modal: Callable[..., FakeModal]) -> None:
+    fake_modal(fail_describe=modal.exception.NotFoundError("App 'wikiembed-tei' not found in environment 'main'"))
+    with pytest.raises(BackendError, match=r"'wikiembed-tei' class TEI.*`modal deploy modal_workers/tei_app.py`"):
+        ModalBackend(None, "TEI", model_id=MODEL)
+
+
+@pytest.mark.parametrize(
+    ("failure", "expected"),
+    [
+        (modal.exception.InternalFailure("worker lost"), TransientBackendError),
+        (modal.exception.FunctionTimeoutError("timed out after 900s"), TransientBackendError),
+        (modal.exception.InputCancellation("preempted"), TransientBackendError),
+        (TransientBackendError("TEI at http://127.0.0.1:1234 kept failing: HTTP 503"), TransientBackendError),
+        (BackendError("TEI refused an input as too long"), BackendError),
+        (ValueError("unpickling error"), BackendError),
+    ],
+    ids=["internal", "timeout", "preempted", "ours-transient", "ours-final", "other"],
+)
+def test_modal_backend_maps_failures(
+    fake_modal: Callable[..., FakeModal], failure: BaseException, expected: type[Exception]
+) -> None:
+    fake_modal(fail_embed=failure)
+    backend = ModalBackend("my-tei", "TEI", model_id=MODEL)
+    with pytest.raises(expected) as caught:
+        backend.embed(TEXTS)
+    assert type(caught.value) is expected
+    if not isinstance(failure, BackendError):
+        assert "'my-tei' class TEI.embed" in str(caught.value)
+
+
+def test_modal_backend_refuses_a_different_model(
+    fake_modal: Callable[..., FakeModal], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Asked for one model, the class answers for another: an outdated deploy.
+    fake_modal()
+    served = tei_app.TEIRouter.describe
+    monkeypatch.setattr(tei_app.TEIRouter, "describe", lambda self: {**served(self), "model_id": "another/model"})
+    with pytest.raises(BackendError, match=r"serves 'another/model', not .*modal deploy"):
+        ModalBackend(None, "TEI", model_id=MODEL)
+
+
+def test_modal_backend_without_a_token_says_how_to_log_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MODAL_TOKEN_ID", raising=False)
+    monkeypatch.delenv("MODAL_TOKEN_SECRET", raising=False)
+    if modal.config.config.get("token_id"):
+        pytest.skip("a Modal token is configured on this machine; this test needs none")
+    with pytest.raises(BackendError, match="modal token new"):
+        ModalBackend(None, "Torch", model_id=DEFAULT_MODEL)
+
+
+def test_modal_backend_rejects_unknown_classes() -> None:
+    with pytest.raises(InputError, match="--modal-class"):
+        ModalBackend(None, "Triton", model_id=MODEL)  # type: ignore[arg-type]
+    assert modal_client.DEFAULT_APPS == {"TEI": "wikiembed-tei", "Torch": "wikiembed-torch"}
