@@ -28,7 +28,7 @@ from prefect.tasks import exponential_backoff
 from flows.progress import Progress
 from tasks.checkpoint import embed_shard
 from tasks.embed import open_backend
-from tasks.errors import BackendError, InputError, TransientBackendError
+from tasks.errors import BackendError, InputError, StoreError, TransientBackendError
 from tasks.plan import VectorIndex, prepare, promote
 from tasks.settings import DEFAULT_SHARD_ROWS, RunSettings
 from tasks.shard import chunk_shard
@@ -155,7 +155,7 @@ def _concurrency(settings: RunSettings) -> int:
     if settings.backend == "modal":
         from modal_workers.modal_client import default_concurrency
 
-        return default_concurrency()
+        return default_concurrency(settings.modal_class)
     return LOCAL_CONCURRENCY if settings.backend == "local" else REMOTE_CONCURRENCY
 
 
@@ -211,8 +211,11 @@ def run_shards(
                 results[k] = future.result()
             else:
                 failures[k] = _error_text(chunked.state if not chunked.state.is_completed() else state)
-                store.mark_failed(k, failures[k], attempts=EMBED_RETRIES + 1)
                 logger.error("shard %05d failed: %s", k, failures[k])
+                try:
+                    store.mark_failed(k, failures[k], attempts=EMBED_RETRIES + 1)
+                except StoreError as exc:  # e.g. the disk that failed the shard is full
+                    logger.error("could not record the failure of shard %05d: %s", k, exc)
             progress.shard_finished(failed=k in failures)
             update_progress_artifact(artifact_id, progress.fraction * 100)
     progress.close()

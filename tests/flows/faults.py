@@ -1,8 +1,9 @@
 """Fault injection for the embed step, installed by tests only (never a user-facing option).
 
-Wraps the real engine: a share of calls fail transiently (the kinds TEI and
-Modal produce), and/or any call whose texts contain a poison string fails
-permanently, as an input that a backend always rejects would.
+Wraps the real engine: every `fail_every`-th call fails transiently (the kinds
+TEI and Modal produce; 5 = a fifth of all calls, retries included), and/or any
+call whose texts contain a poison string fails permanently, as an input that a
+backend always rejects would.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ TRANSIENT_ERRORS = (
 
 
 class FaultyBackend:
-    def __init__(self, inner, *, transient_rate: float = 0.0, poison: str | None = None, seed: int = 0) -> None:
+    def __init__(self, inner, *, fail_every: int = 0, poison: str | None = None, seed: int = 0) -> None:
         self.inner = inner
         self.model_id, self.dim, self.max_tokens = inner.model_id, inner.dim, inner.max_tokens
-        self.transient_rate = transient_rate
+        self.fail_every = fail_every
         self.poison = poison
         self.rng = random.Random(seed)
         self.calls = self.injected = self.retries = 0
@@ -34,7 +35,7 @@ class FaultyBackend:
     def embed(self, texts):
         with self._lock:
             self.calls += 1
-            fail = self.rng.random() < self.transient_rate
+            fail = bool(self.fail_every) and self.calls % self.fail_every == 2 % self.fail_every
             if fail:
                 self.injected += 1
         if fail:

@@ -6,11 +6,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.flows.conftest import REFERENCE_ARGS, data_files
 
 ROOT = Path(__file__).resolve().parents[2]
 SUMMARY_KEYS = {
@@ -21,25 +22,6 @@ SUMMARY_KEYS = {
 
 def _run(cmd, env, *args, timeout=600):
     return subprocess.run([*cmd, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-
-
-def _data_files(store: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((store / "data").iterdir())}
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, prefect_api):
-    """An uninterrupted CLI run: the output every interrupted run must equal."""
-    env = dict(os.environ, PREFECT_API_URL=prefect_api)
-    store = tmp_path_factory.mktemp("ref") / "store"
-    summary_path = store.parent / "summary.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "run", "--source", "sample:300", "--store", str(store), "--shard-rows", "50",
-         "--summary-json", str(summary_path)],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return store, json.loads(summary_path.read_text()), proc
 
 
 def test_run_prints_progress_and_writes_the_summary_contract(reference):
@@ -63,7 +45,7 @@ def test_status_json_contract(reference, cli_env, wikiembed_cmd):
 def test_sigkill_mid_run_then_resume_gives_identical_output(reference, tmp_path, cli_env, wikiembed_cmd):
     ref_store, _, _ = reference
     store = tmp_path / "store"
-    args = ["run", "--source", "sample:300", "--store", str(store), "--shard-rows", "50"]
+    args = ["run", *REFERENCE_ARGS, "--store", str(store)]
     proc = subprocess.Popen([*wikiembed_cmd, *args], env=cli_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and len(list((store / "_done").glob("*.json"))) < 2:
@@ -79,7 +61,7 @@ def test_sigkill_mid_run_then_resume_gives_identical_output(reference, tmp_path,
     # finished shards were not redone, and the output equals an uninterrupted run byte for byte
     for name, mtime in done_before.items():
         assert (store / "_done" / name).stat().st_mtime_ns == mtime
-    assert _data_files(store) == _data_files(ref_store)
+    assert data_files(store) == data_files(ref_store)
     assert not [p for p in (store / "data").iterdir() if p.name.startswith(".")]
 
 
