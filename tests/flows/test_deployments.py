@@ -1,0 +1,130 @@
+"""Deployments for real: `prefect server start`, a process work pool, `prefect deploy --all`,
+a process worker, `prefect deployment run` for the sample and for a one-shard rerun.
+
+Slow (a server, a worker and two flow-run subprocesses), and it runs in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+TOKEN = "hf_wikiembedTestSecret0123456789"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _prefect(env, *args, timeout=300):
+    proc = subprocess.run([str(BIN / "prefect"), *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"prefect {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    return proc.stdout
+
+
+def _wait_run(api: str, run_id: str, timeout: float = 420) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = httpx.get(f"{api}/flow_runs/{run_id}").json()
+        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return run
+        time.sleep(1)
+    raise AssertionError(f"flow run {run_id} did not finish in {timeout} s: {run['state']}")
+
+
+def _run_deployment(env, api, name, *params) -> dict:
+    args = ["deployment", "run", name]
+    for p in params:
+        args += ["--param", p]
+    out = _prefect(env, *args)
+    run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out) or re.search(r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})", out)
+    assert run_id, out
+    return _wait_run(api, run_id.group(1))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=api, PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PWD=str(ROOT), PREFECT_LOGGING_LEVEL="INFO")
+    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{api}/health", timeout=2).json() is True:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "prefect server did not become healthy"
+            time.sleep(0.5)
+        yield env, api
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_deploy_sample_then_rerun_one_shard(server, tmp_path):
+    env, api = server
+    _prefect(env, "work-pool", "create", "wikiembed-pool", "--type", "process")
+    deployed = _prefect(env, "--no-prompt", "deploy", "--all")
+    for name in ("wikiembed-daily", "wikiembed-rerun", "wikiembed-sample"):
+        assert name in deployed
+    deployments = {d["name"]: d for d in httpx.post(f"{api}/deployments/filter", json={}).json()}
+    daily = deployments["wikiembed-daily"]
+    assert daily["schedules"] and daily["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
+    assert not deployments["wikiembed-rerun"]["schedules"]
+
+    worker_env = dict(env, PREFECT_WORKER_QUERY_SECONDS="1", HF_TOKEN=TOKEN, HF_HUB_OFFLINE="1")
+    worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "wikiembed-pool"], env=worker_env,
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    store = tmp_path / "store"
+    try:
+        run = _run_deployment(env, api, "embed-dataset/wikiembed-sample",
+                              "source=sample:120", f"store={store}", "shard_rows=40", f"upload_to=dir:{tmp_path / 'pub'}")
+        assert run["state"]["type"] == "COMPLETED", run["state"]
+        assert run["name"].startswith("embed sample:120")
+        markers = {p.name: p.stat().st_mtime_ns for p in (store / "_done").glob("*.json")}
+        assert sorted(markers) == ["00000.json", "00001.json", "00002.json"]
+
+        rerun = _run_deployment(env, api, "rerun-shards/wikiembed-rerun", f"store={store}", "shards=[1]")
+        assert rerun["state"]["type"] == "COMPLETED", rerun["state"]
+        after = {p.name: p.stat().st_mtime_ns for p in (store / "_done").glob("*.json")}
+        assert after["00000.json"] == markers["00000.json"] and after["00002.json"] == markers["00002.json"]
+        assert after["00001.json"] != markers["00001.json"]
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+
+    # The UI's view: progress, shard table and summary artifacts; the token nowhere.
+    artifacts = httpx.post(f"{api}/artifacts/filter", json={}).json()
+    kinds = {a["type"] for a in artifacts}
+    assert {"progress", "table", "markdown"} <= kinds
+    summary = next(a for a in artifacts if a["key"] == "wikiembed-summary")
+    assert "3/3 shards done" in summary["data"]
+    logs = httpx.post(f"{api}/logs/filter", json={"limit": 200}).json()
+    blob = json.dumps(artifacts) + json.dumps(logs) + json.dumps(httpx.post(f"{api}/flow_runs/filter", json={}).json())
+    assert TOKEN not in blob
