@@ -174,6 +174,7 @@ def run_shards(
     *,
     reuse_gen: str | None,
     refresh: bool,
+    result_storage: str | None = None,
 ) -> dict[str, Any]:
     """Submit shard → embed for each shard id; record failures; return per-run counts."""
     logger = get_run_logger()
@@ -184,6 +185,9 @@ def run_shards(
     progress = Progress.start(total=total, done=total - len(shard_ids))
     artifact_id = create_progress_artifact(progress.fraction * 100, key="wikiembed-progress", description=f"shards of {store.root}")
     embed = embed_task.with_options(refresh_cache=True) if refresh else embed_task
+    if result_storage:
+        # Shared storage (e.g. a remote-file-system block) lets a UI retry on another worker find finished shards.
+        embed = embed.with_options(result_storage=result_storage)
     results: dict[int, dict[str, Any]] = {}
     failures: dict[int, str] = {}
     window = min(_concurrency(settings), MAX_CONCURRENCY)
@@ -318,9 +322,15 @@ def embed_dataset(
     gpu: str | None = None,
     concurrency: int | None = None,
     upload_to: str | None = None,
+    result_storage: str | None = None,
 ) -> dict[str, Any]:
-    """Embed a dataset into a run store; resume whatever a previous run left undone."""
-    settings = RunSettings(**{k: v for k, v in locals().items() if v is not None or k in ("config", "limit")})
+    """Embed a dataset into a run store; resume whatever a previous run left undone.
+
+    `result_storage` names a Prefect filesystem block (e.g. "local-file-system/wikiembed-results")
+    for the embed tasks' cached results; by default Prefect's local storage is used.
+    """
+    given = {k: v for k, v in locals().items() if k != "result_storage"}
+    settings = RunSettings(**{k: v for k, v in given.items() if v is not None or k in ("config", "limit")})
     started = time.perf_counter()
     with Store(settings.store).lock():
         planned = download_task(settings)
@@ -328,7 +338,7 @@ def embed_dataset(
         manifest = s.read_manifest()
         pending = [st.shard for st in s.states(manifest) if st.state != "done"]
         changes = _changes(planned, manifest) if planned["previous_gen"] else None
-        run = run_shards(s, pending, settings, reuse_gen=planned["previous_gen"], refresh=False)
+        run = run_shards(s, pending, settings, reuse_gen=planned["previous_gen"], refresh=False, result_storage=result_storage)
         return _finish(s, settings, run, started, changes)
 
 
@@ -345,7 +355,9 @@ def _changes(planned: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any
     log_prints=True,
     task_runner=ThreadPoolTaskRunner(max_workers=2 * MAX_CONCURRENCY),
 )
-def rerun_shards(store: str, shards: list[int] | Literal["failed"] = "failed") -> dict[str, Any]:
+def rerun_shards(
+    store: str, shards: list[int] | Literal["failed"] = "failed", result_storage: str | None = None
+) -> dict[str, Any]:
     """Re-embed the given shards (or every failed one) with the store's recorded settings."""
     started = time.perf_counter()
     s = Store(store)
@@ -362,7 +374,9 @@ def rerun_shards(store: str, shards: list[int] | Literal["failed"] = "failed") -
     with s.lock():
         for k in ids:
             s.forget(k)
-        run = run_shards(s, ids, settings, reuse_gen=manifest.get("previous_generation"), refresh=True)
+        run = run_shards(
+            s, ids, settings, reuse_gen=manifest.get("previous_generation"), refresh=True, result_storage=result_storage
+        )
         summary = _finish(s, settings, run, started)
     summary["rerun_shards"] = ids
     return summary

@@ -93,3 +93,20 @@ def test_bad_rerun_shard_ids_name_the_range(sample_run):
     store, _ = sample_run
     with pytest.raises(InputError, match="0..2"):
         rerun_shards(store=str(store), shards=[7])
+
+
+def test_results_go_to_a_configured_storage_block_and_lost_files_are_redone(prefect_api, tmp_path):
+    from prefect.filesystems import LocalFileSystem
+
+    results = tmp_path / "results"
+    LocalFileSystem(basepath=str(results)).save("wikiembed-test-results", overwrite=True)
+    store = tmp_path / "store"
+    first = embed_dataset(source="sample:60", store=str(store), shard_rows=30, result_storage="local-file-system/wikiembed-test-results")
+    assert first["shards_done"] == 2
+    assert len([p for p in results.rglob("*") if p.is_file()]) >= 2  # one persisted result per embed task
+    # A shard whose files vanished is embedded again even though Prefect's cache holds its result.
+    (store / "_done" / "00000.json").unlink()
+    (store / "data" / "00000.parquet").unlink()
+    again = embed_dataset(source="sample:60", store=str(store), shard_rows=30, result_storage="local-file-system/wikiembed-test-results")
+    assert again["shards_done"] == 2 and again["embedded_chunks"] > 0
+    assert Store(store).read_done(0) is not None

@@ -1,0 +1,190 @@
+"""Pipeline overhead on the CPU side: does everything around the model cost next to nothing?
+
+Measures, in one run on this machine, and writes them as JSON:
+
+- overhead_ratio: wall time of the `embed-dataset` flow on `sample:N` with the
+  local backend (Prefect's start-up measured separately and excluded: a
+  trivial flow starts the ephemeral API first) divided by the bare engine's
+  time on the same chunks (same warm engine, texts read from the run's store).
+- rss_growth: peak RSS of the chunk-only path (download + shard + chunk, in
+  a fresh subprocess) over 10x the articles, divided by that of the smaller run.
+- chunking_vs_tokenizer: the token chunker's throughput divided by
+  `tokenizers`' `encode_batch` on the same article texts.
+- resume_1000_shards_s: `wikiembed run` (a real CLI subprocess, Prefect start-up
+  included) over a store whose 1,000 shards are all done.
+
+    python bench/pipeline.py --quick --json bench/results/pipeline-quick.json
+
+Quick mode (N=3,000) finishes in well under 15 minutes on 2 cores; full mode uses N=20,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _child_chunk_only(n: int, store: str) -> None:
+    """Subprocess body for rss_growth: download + plan + chunk every shard, no Prefect, no model."""
+    from tasks.plan import prepare
+    from tasks.settings import RunSettings
+    from tasks.shard import chunk_shard
+
+    prepared = prepare(RunSettings(source=f"sample:{n}", store=store, shard_rows=2000))
+    for k in range(len(prepared.manifest["plan"]["shards"])):
+        chunk_shard(prepared.store, k, prepared.manifest)
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def rss_growth(n_small: int, tmp: Path) -> dict:
+    peaks = {}
+    for n in (n_small, 10 * n_small):
+        out = subprocess.run(
+            [sys.executable, __file__, "--_child-chunk-only", str(n), str(tmp / f"rss-{n}")],
+            capture_output=True, text=True, check=True, cwd=ROOT,
+        )
+        peaks[n] = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+    return {"rss_small_mb": peaks[n_small], "rss_large_mb": peaks[10 * n_small], "rss_articles": [n_small, 10 * n_small],
+            "rss_growth": peaks[10 * n_small] / peaks[n_small]}
+
+
+def chunking_vs_tokenizer(n: int) -> dict:
+    import pyarrow as pa
+
+    from tasks.model import load_tokenizer
+    from tasks.sample import generate_articles
+    from tasks.shard import Chunking, chunk_table
+
+    tokenizer = load_tokenizer()
+    table = pa.Table.from_pylist(list(generate_articles(n)))
+    texts = table.column("text").to_pylist()
+    chars = sum(len(t) for t in texts)
+    tokenizer.encode_batch(texts[:200])  # warm both paths
+    best_tok = best_chunk = float("inf")
+    for _ in range(2):
+        t0 = time.perf_counter()
+        tokenizer.encode_batch(texts, add_special_tokens=False)
+        best_tok = min(best_tok, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        chunk_table(table, Chunking("tokens", 256, 0), tokenizer)
+        best_chunk = min(best_chunk, time.perf_counter() - t0)
+    return {
+        "tokenizer_chars_per_s": chars / best_tok,
+        "chunker_chars_per_s": chars / best_chunk,
+        "chunking_vs_tokenizer": best_tok / best_chunk,
+    }
+
+
+def overhead(n: int, tmp: Path) -> dict:
+    import numpy as np
+    import pyarrow.parquet as pq
+    from prefect import flow
+
+    from flows.embed_dataset import embed_dataset
+    from tasks.embed import open_backend
+
+    @flow(name="bench-warmup")
+    def warmup() -> int:
+        return 1
+
+    t0 = time.perf_counter()
+    warmup()
+    prefect_startup = time.perf_counter() - t0
+    store = tmp / "overhead"
+    t0 = time.perf_counter()
+    summary = embed_dataset(source=f"sample:{n}", store=str(store))
+    run_s = time.perf_counter() - t0
+    assert summary["shards_failed"] == 0, summary
+    texts = pq.read_table(store / "data", columns=["text"]).column("text").to_pylist()
+    engine = open_backend("local", "sentence-transformers/all-MiniLM-L6-v2")  # the same warm engine the run used
+    t0 = time.perf_counter()
+    vectors = engine.embed(texts)
+    engine_s = time.perf_counter() - t0
+    assert vectors.shape[0] == len(texts) and np.isfinite(vectors).all()
+    return {
+        "articles": n,
+        "chunks": len(texts),
+        "prefect_startup_s": prefect_startup,
+        "run_s": run_s,
+        "engine_s": engine_s,
+        "overhead_ratio": run_s / engine_s,
+    }
+
+
+def resume_1000_shards(tmp: Path) -> dict:
+    """Build a real store of 1,000 done shards (plain functions, no Prefect), then time a no-op CLI run."""
+    from tasks.checkpoint import embed_shard
+    from tasks.embed import open_backend
+    from tasks.plan import prepare
+    from tasks.settings import RunSettings
+    from tasks.shard import chunk_shard
+
+    store = tmp / "resume"
+    settings = RunSettings(source="sample:1000", store=str(store), shard_rows=1)
+    prepared = prepare(settings)
+    backend = open_backend("local", settings.model)
+    t0 = time.perf_counter()
+    for k, (start, end) in enumerate(prepared.manifest["plan"]["shards"]):
+        chunk_shard(prepared.store, k, prepared.manifest)
+        embed_shard(prepared.store, k, backend, end - start)
+    build_s = time.perf_counter() - t0
+    cmd = [sys.executable, "-m", "flows.cli", "run", "--source", "sample:1000", "--shard-rows", "1", "--store", str(store),
+           "--summary-json", str(tmp / "resume.json")]
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # its own ephemeral API, as a user gets
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, env=env)
+    resume_s = time.perf_counter() - t0
+    summary = json.loads((tmp / "resume.json").read_text())
+    assert summary["shards_done"] == 1000 and summary["embedded_chunks"] == 0, summary
+    return {"resume_build_s": build_s, "resume_1000_shards_s": resume_s}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="N=3,000 (about 10 minutes on 2 cores)")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--_child-chunk-only", nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args._child_chunk_only:
+        _child_chunk_only(int(args._child_chunk_only[0]), args._child_chunk_only[1])
+        return
+    n = 3000 if args.quick else 20_000
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="wikiembed-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        results: dict = {"mode": "quick" if args.quick else "full", "date": time.strftime("%Y-%m-%d"),
+                         "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+        results.update(chunking_vs_tokenizer(1000 if args.quick else 5000))
+        print(f"chunking_vs_tokenizer {results['chunking_vs_tokenizer']:.2f}", flush=True)
+        results.update(rss_growth(2000 if args.quick else 5000, tmp))
+        print(f"rss_growth {results['rss_growth']:.2f}", flush=True)
+        results.update(overhead(n, tmp))
+        print(f"overhead_ratio {results['overhead_ratio']:.3f}", flush=True)
+        results.update(resume_1000_shards(tmp))
+        print(f"resume_1000_shards_s {results['resume_1000_shards_s']:.1f}", flush=True)
+    results["bench_seconds"] = time.perf_counter() - started
+    results["targets"] = {"overhead_ratio": "<= 1.25", "rss_growth": "<= 1.25", "chunking_vs_tokenizer": ">= 0.5",
+                          "resume_1000_shards_s": "<= 30"}
+    text = json.dumps(results, indent=1)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
