@@ -205,15 +205,14 @@ class VectorIndex:
 
 
 def _article_digests(store: Store) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted id digests, text digests in the same order) of a generation's snapshot."""
+    """(sorted id digests, text digests in the same order) of a generation's snapshot: 32 bytes an article."""
     ids, texts = [], []
     pf = pq.ParquetFile(store.snapshot_path)
     for batch in pf.iter_batches(columns=["id", "text"], batch_size=4096):
-        for row_id, text in zip(batch.column("id").to_pylist(), batch.column("text").to_pylist()):
-            ids.append(text_key(row_id))
-            texts.append(text_key(text))
-    id_arr = np.array(ids, dtype="S16")
-    text_arr = np.array(texts, dtype="S16")
+        ids.append(np.array([text_key(x) for x in batch.column("id").to_pylist()], dtype="S16"))
+        texts.append(np.array([text_key(x) for x in batch.column("text").to_pylist()], dtype="S16"))
+    id_arr = np.concatenate(ids) if ids else np.zeros(0, dtype="S16")
+    text_arr = np.concatenate(texts) if texts else np.zeros(0, dtype="S16")
     order = np.argsort(id_arr, kind="stable")
     return id_arr[order], text_arr[order]
 
