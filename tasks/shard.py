@@ -46,11 +46,14 @@ CHUNK_SCHEMA = pa.schema(
     ]
 )
 # Articles are tokenized in groups: big enough for tokenizers' parallel
-# encode_batch, small enough that the Encoding objects stay a few MB.
+# encode_batch, small enough that the Encoding objects (~130 bytes per character
+# of input, measured) stay bounded: at most this many pieces and characters.
 TOKENIZE_GROUP = 256
+TOKENIZE_GROUP_CHARS = 400_000
 # Very long articles are cut at line breaks into segments before tokenizing, so a
-# 10 MB article never becomes millions of Encoding entries at once.
-SEGMENT_CHARS = 100_000
+# 10 MB article never becomes millions of Encoding entries at once (a segment
+# edge is also a chunk edge: it falls on a line break where one exists).
+SEGMENT_CHARS = 50_000
 # A chunk should not end before half its budget when a better break exists later.
 _MIN_FILL = 0.5
 _PARA_RE = re.compile(r"\n\s*")
@@ -167,8 +170,7 @@ class TokenChunker:
         for t, text in enumerate(texts):
             pieces.extend((t, s, e) for s, e in _segments(text))
         out: list[list[tuple[int, int]]] = [[] for _ in texts]
-        for g in range(0, len(pieces), TOKENIZE_GROUP):
-            group = pieces[g : g + TOKENIZE_GROUP]
+        for group in _groups(pieces):
             encs = self.tokenizer.encode_batch([texts[t][s:e] for t, s, e in group], add_special_tokens=False)
             for (t, s, e), enc in zip(group, encs):
                 out[t].extend(self._spans(texts[t], s, e, enc))
@@ -235,6 +237,21 @@ class TokenChunker:
         return sorted(out)
 
 
+def _groups(pieces: list[tuple[int, int, int]]) -> Iterator[list[tuple[int, int, int]]]:
+    """Consecutive pieces, at most TOKENIZE_GROUP of them and TOKENIZE_GROUP_CHARS characters a group."""
+    group: list[tuple[int, int, int]] = []
+    chars = 0
+    for piece in pieces:
+        size = piece[2] - piece[1]
+        if group and (len(group) == TOKENIZE_GROUP or chars + size > TOKENIZE_GROUP_CHARS):
+            yield group
+            group, chars = [], 0
+        group.append(piece)
+        chars += size
+    if group:
+        yield group
+
+
 def _token_positions(starts: np.ndarray, base: int, char_positions: Iterator[int], word_start: np.ndarray) -> np.ndarray:
     """Token indices (word starts only) of the tokens beginning at or after each char position."""
     pos = np.fromiter((base + p for p in char_positions), dtype=np.int64)
@@ -270,7 +287,9 @@ def chunk_table(rows: pa.Table, chunking: Chunking, tokenizer=None) -> pa.Table:
     ends = np.fromiter((e for _, e in flat), dtype=np.int64, count=len(flat))
     chunk_index = np.concatenate([np.arange(c, dtype=np.int32) for c in counts]) if len(flat) else np.zeros(0, np.int32)
     chunk_text = [texts[t][s:e] for t, (s, e) in zip(take.tolist(), flat)]
-    picked = rows.take(pa.array(take, type=pa.int64()))
+    # Only the small columns are repeated per chunk (taking `text` too would copy a long
+    # article once per chunk: hundreds of MB for Wikipedia's longest pages).
+    picked = rows.select(["id", "url", "title"]).take(pa.array(take, type=pa.int64()))
     return pa.Table.from_arrays(
         [
             picked.column("id"),
