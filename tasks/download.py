@@ -215,16 +215,19 @@ def fingerprint(source: Source) -> str:
 # ---- raw readers: each yields lists of raw row dicts (values as found) ------------
 
 
-def _read_sample(source: Source) -> Iterator[list[dict]]:
-    n = int(source.location)
+def _batched(rows: Iterable[dict]) -> Iterator[list[dict]]:
     batch: list[dict] = []
-    for article in sample.generate_articles(n):
-        batch.append(article)
+    for row in rows:
+        batch.append(row)
         if len(batch) == _READ_BATCH:
             yield batch
             batch = []
     if batch:
         yield batch
+
+
+def _read_sample(source: Source) -> Iterator[list[dict]]:
+    return _batched(sample.generate_articles(int(source.location)))
 
 
 def _read_parquet(source: Source) -> Iterator[list[dict]]:
@@ -241,8 +244,12 @@ def _read_parquet(source: Source) -> Iterator[list[dict]]:
 
 
 def _read_jsonl(source: Source, report: RowReport) -> Iterator[list[dict]]:
+    return _batched(_jsonl_rows(source, report))
+
+
+def _jsonl_rows(source: Source, report: RowReport) -> Iterator[dict]:
+    seen = 0  # rows yielded so far, to number skipped lines in source order
     for f in _local_files(source):
-        batch: list[dict] = []
         try:
             fh = f.open("rb")
         except OSError as exc:
@@ -259,17 +266,13 @@ def _read_jsonl(source: Source, report: RowReport) -> Iterator[list[dict]]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:
-                    report.skip(report.rows + len(batch), f"{f.name}:{line_no}", "broken JSON line")
+                    report.skip(seen, f"{f.name}:{line_no}", "broken JSON line")
                     continue
                 if not isinstance(row, dict):
-                    report.skip(report.rows + len(batch), f"{f.name}:{line_no}", "JSON line is not an object")
+                    report.skip(seen, f"{f.name}:{line_no}", "JSON line is not an object")
                     continue
-                batch.append(row)
-                if len(batch) == _READ_BATCH:
-                    yield batch
-                    batch = []
-        if batch:
-            yield batch
+                seen += 1
+                yield row
 
 
 def _read_disk(source: Source) -> Iterator[list[dict]]:
@@ -294,14 +297,7 @@ def _read_hub(source: Source) -> Iterator[list[dict]]:
         ds = datasets.load_dataset(source.location, source.config, split=source.split, streaming=True)
     except Exception as exc:
         raise _hub_offline_error(source, exc) from exc
-    batch: list[dict] = []
-    for row in ds:
-        batch.append(row)
-        if len(batch) == _READ_BATCH:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    return _batched(ds)
 
 
 def _their_names(source: Source) -> list[str]:
