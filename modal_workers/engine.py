@@ -1,0 +1,536 @@
+"""The fast PyTorch embedding engine: the `local` backend and the engine inside Modal GPU workers.
+
+Room: turning a list of texts into float32 vectors with torch, transformers
+and tokenizers only (no custom kernels). It reads the model folder through
+`tasks.model` (path, max length, pooling, normalization, tokenizer) and loads
+the weights with `transformers.AutoModel`; it touches no other files, no
+network, and no process-wide torch setting (its CPU workers set their own
+thread count, see `_CpuWorkers`).
+
+How it is fast (issue #7):
+- Sort texts by token count and pack them into token-budget batches (not a
+  fixed count): short texts travel many to a batch, long ones few, and
+  padding almost disappears. A batch of one length runs with no attention
+  mask at all, which lets SDPA take its fastest kernel.
+- CUDA: bf16 with SDPA attention; pinned host memory and non-blocking copies;
+  results stay on the GPU until a window is done. The Rust tokenizer works a
+  window of texts ahead on CPU threads (a small prefetch queue), so the GPU
+  and the tokenizer never wait for each other.
+- CPU: fp32, so the output matches sentence-transformers. Linear layers run
+  on torch's own oneDNN kernel with weights packed once at load (what
+  torch.compile's freezing pass does on CPU, without the compile), with an
+  exact GELU that follows folded into it; a probe at load checks the result
+  against the plain model and keeps the plain model if they differ. Batches
+  run in parallel on one single-threaded worker per core instead of one batch
+  at a time split over all cores: no OpenMP fork/join around every operator,
+  and small batches that stay in each core's cache.
+- Optional `torch.compile` with dynamic shapes, warmed up once at start;
+  padded lengths are then rounded up to a bucket so the compiled graph sees
+  few, aligned shapes.
+
+The output is what `SentenceTransformer(path).encode(texts)` returns for the
+same model (cosine >= 0.999; on CPU equal to ~1e-7): inputs longer than the
+model's max length are truncated to it, special tokens included, exactly as
+sentence-transformers does; the empty string embeds as its special tokens
+alone (`[CLS] [SEP]` for BERT), again as sentence-transformers does.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from tasks.errors import BackendError, InputError
+from tasks.model import DEFAULT_MODEL, load_tokenizer, model_info
+
+# --- knobs -------------------------------------------------------------------
+
+# Padded tokens per forward pass. On a GPU a small encoder's forward pass
+# costs a few ms of Python and kernel launches whatever its size, so a batch
+# must carry more GPU work than that to hide it: 64k tokens of a 12x384 encoder
+# in bf16 is ~10 ms by the DESIGN anchor's rate, with ~200 MB of activations
+# (an estimate, not yet measured on a GPU). On CPU each worker is one core, and
+# a small batch keeps a layer's activations near that core's cache: on the
+# 2-core dev box 1k-3k tokens ran within 2% of each other, 4k 3% slower, and
+# 16k (one plain thread) 30-40% slower than 1k.
+MAX_BATCH_TOKENS = {"cuda": 65_536, "cpu": 2_048}
+
+# A batch ends early where the text length changes, if it is at least this
+# full by then: a batch of one length needs no padding and no attention mask.
+UNIFORM_MIN_FILL = 0.5
+
+# A text joins a batch only if padding it to the batch's length adds at most
+# this fraction of that length, or PAD_SLACK_TOKENS, whichever is more. The
+# budget alone lets a GPU batch of ~800 short texts span lengths 60 down to 20:
+# on 40k sample chunks that is 12% padding; this cap makes it 4%, for 2.4x as
+# many (still large) batches.
+MAX_PADDING = 0.1
+PAD_SLACK_TOKENS = 8
+
+# Texts tokenized per window. Sorting by length happens within a window, so a
+# window must be large enough that neighbours in sorted order share a length
+# (a few thousand texts of 512 characters do). On a GPU it must also be small
+# enough that the first window's tokenization, which nothing overlaps, is short
+# (4k texts: ~0.1 s on 16 cores); on CPU nothing is overlapped anyway.
+WINDOW_TEXTS = {"cuda": 4_096, "cpu": 16_384}
+
+# Windows tokenized ahead of the one being embedded. Two keep the GPU fed
+# across an unusually slow window. On CPU tokenizing is ~1% of the work and
+# would only take cores from the workers, so it runs in line there.
+PREFETCH_WINDOWS = {"cuda": 2, "cpu": 0}
+
+# Threads that tokenize windows ahead (where prefetching). Each call into the
+# Rust tokenizer releases the GIL and already fans out over all cores, so two
+# threads suffice.
+TOKENIZE_THREADS = 2
+
+# Round padded lengths up to a multiple of this. Eager kernels take any length,
+# so exact lengths (no padding, mostly no mask) are cheapest; a compiled graph
+# should see few, aligned shapes.
+LENGTH_BUCKET = {"eager": 1, "compiled": 16}
+
+# Packed oneDNN linears must reproduce the plain model on a probe batch to
+# within this (max abs difference of the hidden states; fp32 reorderings of
+# the same sums differ by ~1e-5).
+ONEDNN_PROBE_TOLERANCE = 1e-3
+
+# Default compute dtype per device type: bf16 keeps fp32's range (no overflow
+# in long sums) at tensor-core speed; CPU stays fp32 to match the reference.
+DEFAULT_DTYPE = {"cuda": "bfloat16", "cpu": "float32"}
+
+_DTYPES = {
+    "float32": "float32", "fp32": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+}  # fmt: skip
+
+
+# --- batching (plain functions: tested without a model) ----------------------
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One forward pass: `rows` index the texts, longest first; `length` is the padded length."""
+
+    rows: np.ndarray
+    length: int
+
+
+def bucketed(length: int, bucket: int) -> int:
+    """`length` rounded up to a multiple of `bucket`."""
+    return -(-length // bucket) * bucket
+
+
+def plan_batches(
+    lengths: Sequence[int] | np.ndarray,
+    max_batch_tokens: int,
+    bucket: int = 1,
+    max_length: int | None = None,
+    min_fill: float = UNIFORM_MIN_FILL,
+    max_padding: float = MAX_PADDING,
+    padding_slack: int = PAD_SLACK_TOKENS,
+) -> list[Batch]:
+    """Pack texts into batches whose padded size (rows x padded length) stays within the budget.
+
+    Texts are taken longest first, so each batch pads to its first text's
+    length (rounded up to `bucket`, but never past `max_length` unless the
+    text itself is longer). A batch stops early where the length changes if it
+    is `min_fill` full by then, so most batches hold a single length, and
+    before a text that would need more than `max_padding` of the batch's
+    length (or `padding_slack` tokens) of padding. A text longer than the whole
+    budget still gets a batch of its own. Every index appears in exactly one
+    batch.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if max_batch_tokens < 1 or bucket < 1:
+        raise ValueError(f"max_batch_tokens ({max_batch_tokens}) and bucket ({bucket}) must be >= 1")
+    order = np.argsort(-lengths, kind="stable")
+    sorted_lengths = lengths[order]
+    batches: list[Batch] = []
+    start = 0
+    while start < len(order):
+        longest = int(sorted_lengths[start])
+        padded = bucketed(longest, bucket)
+        if max_length is not None:
+            padded = min(padded, max(max_length, longest))
+        capacity = max(1, max_batch_tokens // max(padded, 1))
+        end = min(start + capacity, len(order))
+        # First position after `start` holding a shorter text (lengths descend).
+        change = start + int(np.searchsorted(-sorted_lengths[start:end], -longest, side="right"))
+        if change < end and change - start >= min_fill * capacity:
+            end = change
+        shortest_allowed = longest - max(padding_slack, max_padding * longest)
+        too_short = start + int(np.searchsorted(-sorted_lengths[start:end], -shortest_allowed, side="right"))
+        end = max(start + 1, min(end, too_short))
+        batches.append(Batch(rows=order[start:end], length=padded))
+        start = end
+    return batches
+
+
+@dataclass
+class _Window:
+    """A tokenized window, ready to embed: its batches with their token tensors built."""
+
+    start: int  # index of the window's first text in the caller's list
+    size: int
+    batches: list[tuple[Any, Any, Any]]  # tensors (rows, input_ids, attention_mask or None)
+
+
+class _CpuWorkers:
+    """Threads that each run whole batches on one core.
+
+    torch's intra-op thread count is per thread once a thread has used torch:
+    each worker touches torch, then sets its own count to 1. Setting it also
+    writes the process default that threads starting later inherit, so the
+    caller's value is put back once every worker is up.
+    """
+
+    def __init__(self, workers: int) -> None:
+        import torch
+
+        saved = torch.get_num_threads()
+        ready = threading.Barrier(workers + 1)
+
+        def single_threaded() -> None:
+            torch.get_num_threads()  # first use: torch sets this thread up from the process default
+            torch.set_num_threads(1)
+            ready.wait(timeout=60)
+
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embed-cpu")
+        for _ in range(workers):
+            self.pool.submit(single_threaded)
+        ready.wait(timeout=60)
+        torch.set_num_threads(saved)
+
+    def run(self, fn: Callable[[Any], None], items: Sequence[Any]) -> None:
+        """fn(item) for every item, spread over the workers; re-raises the first failure."""
+        for future in [self.pool.submit(fn, item) for item in items]:
+            future.result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _out_of_memory_error(torch: Any) -> type[BaseException]:
+    # torch.OutOfMemoryError is torch >= 2.5; torch.cuda's name is older.
+    return getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+
+
+def _is_exact_gelu(module: Any) -> bool:
+    import torch
+
+    if isinstance(module, torch.nn.GELU):
+        return module.approximate == "none"
+    # transformers' GELUActivation (BERT, RoBERTa, MPNet, ...) wrapping F.gelu.
+    return type(module).__name__ == "GELUActivation" and getattr(module, "act", None) is torch.nn.functional.gelu
+
+
+def _use_onednn_linears(model: Any, rows_hint: int) -> int:
+    """Run `model`'s nn.Linear layers on torch's oneDNN kernel with packed weights; return how many.
+
+    An exact GELU applied right after a linear (the `dense` +
+    `intermediate_act_fn` pair of BERT-family encoders) is folded into it. The
+    ops are torch's own (`torch.ops.mkldnn`, the ones torch.compile emits on
+    CPU) but not public API, so a probe batch must give the plain model's
+    output first; otherwise the model is left as it was and a warning says so.
+    The plain weights are dropped once packed, so memory does not double.
+    """
+    import torch
+
+    if not torch.backends.mkldnn.is_available():
+        return 0
+    probe_ids = torch.arange(1, 65, dtype=torch.long).reshape(2, 32) % 1000 + 1000
+    probe_mask = torch.ones_like(probe_ids)
+    probe_mask[1, 20:] = 0
+    saved: list[tuple[Any, str, Any]] = []  # (module, attribute, old value), to undo
+
+    def swap(module: Any, name: str, value: Any) -> None:
+        saved.append((module, name, module.__dict__.get(name, getattr(module, name))))
+        setattr(module, name, value)
+
+    with torch.inference_mode():
+        reference = model(input_ids=probe_ids, attention_mask=probe_mask).last_hidden_state
+        try:
+            fused = set()
+            for parent in model.modules():
+                dense, act = getattr(parent, "dense", None), getattr(parent, "intermediate_act_fn", None)
+                if isinstance(dense, torch.nn.Linear) and _is_exact_gelu(act):
+                    fused.add(dense)
+                    swap(parent, "intermediate_act_fn", torch.nn.Identity())
+            count = 0
+            for module in list(model.modules()):
+                if not isinstance(module, torch.nn.Linear):
+                    continue
+                packed = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), rows_hint)
+                bias, attr = module.bias, ("gelu" if module in fused else "none")
+                algorithm = "none" if attr == "gelu" else ""
+
+                def forward(x: Any, packed: Any = packed, bias: Any = bias, attr: str = attr, alg: str = algorithm) -> Any:
+                    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, attr, [], alg)
+
+                swap(module, "forward", forward)  # an instance attribute wins over the class's forward
+                swap(module, "weight", None)  # the packed copy replaces it (and the probe proves nothing reads it)
+                count += 1
+            got = model(input_ids=probe_ids, attention_mask=probe_mask).last_hidden_state
+            error = float((got - reference).abs().max())
+            if not error <= ONEDNN_PROBE_TOLERANCE:
+                raise ValueError(f"probe differs from the plain model by {error:.2e}")
+        except Exception as exc:  # any failure: keep the plain model, which is always right
+            for module, name, old in reversed(saved):
+                if name == "forward":
+                    del module.forward
+                else:
+                    setattr(module, name, old)
+            warnings.warn(f"oneDNN packed linears not used ({type(exc).__name__}: {exc}); running plain nn.Linear.")
+            return 0
+    return count
+
+
+# --- the engine ---------------------------------------------------------------
+
+
+class TorchEngine:
+    """Embed texts with a sentence-transformers model in plain PyTorch; implements `tasks.embed.Backend`.
+
+    `tokenize_threads` sizes the pool that tokenizes ahead of the GPU (CUDA
+    only; on CPU tokenization runs in line). On CPU the engine runs one worker
+    per torch thread (`torch.get_num_threads()` when the engine is made, so
+    `OMP_NUM_THREADS` or `torch.set_num_threads` choose it); with `compile`
+    it runs one batch at a time on all of them instead.
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        device: str | None = None,
+        *,
+        dtype: str | None = None,
+        max_batch_tokens: int | None = None,
+        compile: bool = False,
+        tokenize_threads: int | None = None,
+    ) -> None:
+        import torch
+        from tokenizers import Tokenizer
+        from transformers import AutoModel
+
+        self._torch = torch
+        info = model_info(model)
+        if info.dim <= 0:
+            raise InputError(f"model {model!r}: its config.json names no hidden_size; it is not an encoder we can run.")
+        self.model_id = info.model_id
+        self.dim = info.dim
+        self.max_tokens = info.max_tokens
+        self._pooling = info.pooling
+        self._normalize = info.normalize
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            kind = torch.device(self.device).type
+        except RuntimeError as exc:
+            raise InputError(f"device {self.device!r}: not a torch device; use 'cpu' or 'cuda'.") from exc
+        self._on_cuda = kind == "cuda"
+        if self._on_cuda and not torch.cuda.is_available():
+            raise InputError(f"device {self.device!r}: torch sees no CUDA GPU here; use device 'cpu'.")
+        name = (dtype or DEFAULT_DTYPE.get(kind, "float32")).lower()
+        if name not in _DTYPES:
+            raise InputError(f"dtype {dtype!r}: unknown; use one of float32, bfloat16, float16.")
+        self.dtype = _DTYPES[name]
+        self._dtype = getattr(torch, self.dtype)
+
+        self.max_batch_tokens = int(max_batch_tokens or MAX_BATCH_TOKENS.get(kind, MAX_BATCH_TOKENS["cpu"]))
+        if self.max_batch_tokens < 1:
+            raise InputError(f"max_batch_tokens {max_batch_tokens!r}: must be a positive number of tokens.")
+        self._bucket = LENGTH_BUCKET["compiled" if compile else "eager"]
+        # A compiled graph is specialized on whether a mask is passed: always
+        # passing one halves the graphs to compile.
+        self._always_mask = compile
+        self._window = WINDOW_TEXTS.get(kind, WINDOW_TEXTS["cpu"])
+        self._prefetch = PREFETCH_WINDOWS.get(kind, 0)
+        threads = TOKENIZE_THREADS if tokenize_threads is None else tokenize_threads
+        if threads < 1:
+            raise InputError(f"tokenize_threads {tokenize_threads!r}: must be at least 1.")
+
+        # Our own tokenizer copy: the cached one in tasks.model is shared and
+        # must keep truncation off. Truncating to max_tokens here counts the
+        # special tokens, as sentence-transformers' tokenizer call does.
+        self._tokenizer = Tokenizer.from_str(load_tokenizer(model).to_str())
+        self._tokenizer.enable_truncation(max_length=self.max_tokens)
+        self._tokenizer.no_padding()
+
+        try:
+            # The dtype is applied with .to() below rather than passed here:
+            # transformers 4.x calls the argument torch_dtype, 5.x dtype.
+            net = AutoModel.from_pretrained(info.path, attn_implementation="sdpa")
+        except (OSError, ValueError) as exc:
+            raise BackendError(
+                f"model {model!r}: transformers could not load the weights in {info.path} "
+                f"({type(exc).__name__}: {exc}); check the folder holds a complete model."
+            ) from exc
+        self._model = net.to(device=self.device, dtype=self._dtype).eval()
+        self.onednn_linears = 0  # how many linear layers run packed (CPU, fp32)
+        if kind == "cpu" and self._dtype == torch.float32 and not compile:
+            self.onednn_linears = _use_onednn_linears(self._model, rows_hint=self.max_batch_tokens)
+        # Padded positions are masked out, but some models (RoBERTa) derive
+        # position ids from the pad id, so pad with the model's own.
+        self._pad_id = int(getattr(net.config, "pad_token_id", None) or 0)
+        self._forward: Callable[..., Any] = self._model
+        self._tokenize_pool = (
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tokenize") if self._prefetch else None
+        )
+        workers = torch.get_num_threads()
+        self._cpu_workers = _CpuWorkers(workers) if kind == "cpu" and workers > 1 and not compile else None
+        if compile:
+            # dynamic=True compiles one graph for every (rows, length) shape, so
+            # the warm-up is the only compile a run pays.
+            self._forward = torch.compile(self._model, dynamic=True)
+            self._warm_up()
+
+    # -- public API --
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 vectors `[len(texts), dim]` in input order (L2-normalized iff the model normalizes)."""
+        if self._model is None:
+            raise BackendError("this engine was closed; create a new TorchEngine to embed again.")
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InputError(f"text {i} is a {type(text).__name__}, not a str; embed only takes strings.")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for window, vectors in self._embed_windows(texts):
+            out[window.start : window.start + window.size] = vectors
+        return out
+
+    def close(self) -> None:
+        """Release the threads and the model (and its GPU memory). Safe to call twice."""
+        if self._tokenize_pool is not None:
+            self._tokenize_pool.shutdown(wait=True, cancel_futures=True)
+            self._tokenize_pool = None
+        if self._cpu_workers is not None:
+            self._cpu_workers.close()
+            self._cpu_workers = None
+        self._model = self._forward = None  # type: ignore[assignment]
+        if self._on_cuda:
+            self._torch.cuda.empty_cache()
+
+    def __enter__(self) -> TorchEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the pipeline --
+
+    def _embed_windows(self, texts: list[str]) -> Iterator[tuple[_Window, np.ndarray]]:
+        """Yield each window with its vectors, tokenizing up to `prefetch` windows ahead."""
+        starts = range(0, len(texts), self._window)
+        if self._tokenize_pool is None:
+            for start in starts:
+                yield self._run_window(self._prepare(texts, start))
+            return
+        pending: list[Future[_Window]] = []
+        try:
+            for start in starts:
+                pending.append(self._tokenize_pool.submit(self._prepare, texts, start))
+                if len(pending) > self._prefetch:
+                    yield self._run_window(pending.pop(0).result())
+            while pending:
+                yield self._run_window(pending.pop(0).result())
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def _prepare(self, texts: list[str], start: int) -> _Window:
+        """Tokenize one window and build its batches' input tensors (CPU side, pinned for CUDA)."""
+        torch = self._torch
+        window = texts[start : start + self._window]
+        # encode_batch releases the GIL and fans out over all cores; calls from
+        # several threads are safe since nothing mutates the tokenizer any more.
+        ids_per_text = [e.ids for e in self._tokenizer.encode_batch(window, add_special_tokens=True)]
+        lengths = np.fromiter(map(len, ids_per_text), dtype=np.int64, count=len(ids_per_text))
+        batches = []
+        for batch in plan_batches(lengths, self.max_batch_tokens, self._bucket, self.max_tokens):
+            batch_lengths = lengths[batch.rows]
+            ids = np.full((len(batch.rows), batch.length), self._pad_id, dtype=np.int64)
+            real = np.arange(batch.length) < batch_lengths[:, None]
+            # Boolean assignment fills row-major, so the rows' ids concatenated
+            # in order land exactly on each row's real positions.
+            ids[real] = np.fromiter(
+                chain.from_iterable(ids_per_text[r] for r in batch.rows),
+                dtype=np.int64,
+                count=int(batch_lengths.sum()),
+            )
+            tensors = [torch.from_numpy(batch.rows), torch.from_numpy(ids)]
+            if self._always_mask or not real.all():
+                tensors.append(torch.from_numpy(real.astype(np.int64)))
+            if self._on_cuda:
+                tensors = [t.pin_memory() for t in tensors]
+            rows_t, ids_t, *mask_t = tensors
+            batches.append((rows_t, ids_t, mask_t[0] if mask_t else None))
+        return _Window(start=start, size=len(window), batches=batches)
+
+    def _run_window(self, window: _Window) -> tuple[_Window, np.ndarray]:
+        """Embed one prepared window; return its vectors in the window's own order."""
+        torch = self._torch
+        if self._cpu_workers is not None:
+            out = np.empty((window.size, self.dim), dtype=np.float32)
+
+            def run(batch: tuple[Any, Any, Any]) -> None:
+                rows, ids, mask = batch
+                with torch.inference_mode():  # thread-local: entered in the worker that computes
+                    out[rows.numpy()] = self._pool_batch(ids, mask).numpy()
+
+            self._cpu_workers.run(run, window.batches)
+            return window, out
+
+        # One batch at a time on the device (a GPU, or a CPU without workers): the
+        # copies are queued behind the compute, and only the window's end waits.
+        vectors = torch.empty((window.size, self.dim), dtype=torch.float32, device=self.device)
+        with torch.inference_mode():
+            for rows, ids, mask in window.batches:
+                ids = ids.to(self.device, non_blocking=True)
+                mask = None if mask is None else mask.to(self.device, non_blocking=True)
+                vectors[rows.to(self.device, non_blocking=True)] = self._pool_batch(ids, mask)
+            return window, vectors.cpu().numpy()
+
+    def _pool_batch(self, ids: Any, mask: Any) -> Any:
+        """One forward pass, pooled (in the model dtype) and normalized (in fp32)."""
+        torch = self._torch
+        try:
+            hidden = self._forward(input_ids=ids, attention_mask=mask).last_hidden_state
+        except _out_of_memory_error(torch) as exc:
+            raise BackendError(
+                f"out of memory on {self.device} for a batch of {ids.shape[0]} x {ids.shape[1]} tokens; "
+                f"pass a smaller max_batch_tokens (now {self.max_batch_tokens})."
+            ) from exc
+        if self._pooling == "cls":
+            pooled = hidden[:, 0]
+        elif mask is None:
+            pooled = hidden.mean(dim=1)
+        else:
+            # Weights of 1/count on real tokens: one batched matmul gives the
+            # mean, and fp16 never holds the (possibly overflowing) plain sum.
+            weights = mask / mask.sum(dim=1, keepdim=True)
+            pooled = torch.bmm(weights.to(hidden.dtype).unsqueeze(1), hidden).squeeze(1)
+        pooled = pooled.float()
+        if self._normalize:
+            pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=-1)
+        return pooled
+
+    def _warm_up(self) -> None:
+        """Pay torch.compile's cost at start so no call to embed() compiles.
+
+        The inputs go through the real pipeline, so the compiled graphs' guards
+        (dtypes, devices, tensor flags) match what embed() passes later.
+        Dynamic shapes still specialize a size of 1: a lone text (a batch of
+        one row) gets its own graph, warmed up here too.
+        """
+        self.embed(["warm up the compiled graph"] * 3)
+        self.embed(["warm up"])
+        if self._on_cuda:
+            self._torch.cuda.synchronize()
