@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write the HF-ready folder (data + dataset card)")
     export.add_argument("--store", required=True)
     export.add_argument("--to", required=True, help="destination folder")
+    export.add_argument("--allow-partial", action="store_true", help="publish the done shards even if some are not")
 
     upload = sub.add_parser("upload", help="publish to the Hugging Face Hub (hub:ORG/NAME) or a folder (dir:PATH)")
     upload.add_argument("--store", required=True)
@@ -78,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     upload.add_argument("--private", action="store_true")
     upload.add_argument("--revision")
     upload.add_argument("--create-pr", action="store_true")
+    upload.add_argument("--allow-partial", action="store_true", help="publish the done shards even if some are not")
     return p
 
 
@@ -200,9 +202,9 @@ def _cmd_rerun(args: argparse.Namespace) -> int:
 def _cmd_publish(args: argparse.Namespace, target: str) -> int:
     from tasks.upload import publish
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"allow_partial": args.allow_partial}
     if args.command == "upload":
-        kwargs = {"private": args.private, "revision": args.revision, "create_pr": args.create_pr}
+        kwargs.update(private=args.private, revision=args.revision, create_pr=args.create_pr)
     result = publish(Path(args.store), target, **kwargs)
     print(json.dumps(result, indent=1, default=str))
     return EXIT_OK

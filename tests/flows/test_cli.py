@@ -80,3 +80,15 @@ def test_bad_input_gets_one_clear_message(args, needle, tmp_path, cli_env, wikie
     proc = _run(wikiembed_cmd, cli_env, *args[:1], "--store", str(tmp_path / "s"), *args[1:])
     assert proc.returncode == 2
     assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_export_writes_a_folder_datasets_loads(reference, tmp_path, cli_env, wikiembed_cmd):
+    import datasets
+
+    store, summary, _ = reference
+    proc = _run(wikiembed_cmd, cli_env, "export", "--store", str(store), "--to", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ds = datasets.load_dataset(str(tmp_path / "out"), split="train")
+    assert ds.num_rows == summary["chunks"] and ds.features["embedding"].length == 384
+    bad = _run(wikiembed_cmd, cli_env, "upload", "--store", str(store), "--to", "ftp:somewhere")
+    assert bad.returncode == 2 and "hub:" in bad.stderr and "Traceback" not in bad.stderr
