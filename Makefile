@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 sample: install
-	$(BIN)/wikiembed run --source $(SAMPLE) --store runs/sample --summary-json runs/sample-summary.json
+	$(BIN)/wikiembed run --source $(SAMPLE) --store runs/sample --shard-rows 500 --summary-json runs/sample-summary.json
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -223,6 +223,8 @@ def run_shards(
             progress.shard_finished(failed=k in failures)
             update_progress_artifact(artifact_id, progress.fraction * 100)
     progress.close()
+    if reuse_gen:
+        _REUSE.pop((str(store.root), reuse_gen), None)  # ~24 bytes a chunk: don't keep it in a long-lived worker
     return {"results": results, "failures": failures}
 
 

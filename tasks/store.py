@@ -20,7 +20,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tasks.errors import StoreError
 
@@ -330,10 +330,3 @@ class StoreLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
-
-
-def iter_done_markers(store: Store, shards: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    for k in range(shards):
-        marker = store.read_done(k)
-        if marker is not None:
-            yield k, marker
