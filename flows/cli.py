@@ -218,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from tasks.errors import WikiembedError
 
+    if args.command in ("run", "rerun"):
+        # Our progress bar is the one to watch; transformers' weight-loading bar would break its line.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         if args.command == "run":
             return _cmd_run(args)
