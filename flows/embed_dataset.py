@@ -14,7 +14,7 @@ Touches: the run store, Prefect's API (task runs, artifacts), the backend.
 from __future__ import annotations
 
 import hashlib
-import os
+import threading
 import time
 from typing import Any, Literal
 
@@ -117,13 +117,13 @@ def embed_task(
 
 
 _REUSE: dict[tuple[str, str], VectorIndex] = {}
+_REUSE_LOCK = threading.Lock()
 
 
 def _reuse_index(store: str, gen: str) -> VectorIndex:
-    key = (store, gen)
-    if key not in _REUSE:
-        _REUSE[key] = VectorIndex(Store(store, gen))
-    return _REUSE[key]
+    """One index of the published generation per run, shared by the shard tasks (threads)."""
+    with _REUSE_LOCK:
+        return _REUSE.setdefault((store, gen), VectorIndex(Store(store, gen)))
 
 
 @task(name="export", retries=2, retry_delay_seconds=[2, 10])
