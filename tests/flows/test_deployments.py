@@ -36,6 +36,15 @@ def _prefect(env, *args, timeout=300):
     return proc.stdout
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a process group politely, then for sure."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 def _wait_run(api: str, run_id: str, timeout: float = 420) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -77,11 +86,7 @@ def server(tmp_path_factory):
             time.sleep(0.5)
         yield env, api
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        _stop(proc)
 
 
 def test_deploy_sample_then_rerun_one_shard(server, tmp_path):
@@ -113,11 +118,7 @@ def test_deploy_sample_then_rerun_one_shard(server, tmp_path):
         assert after["00000.json"] == markers["00000.json"] and after["00002.json"] == markers["00002.json"]
         assert after["00001.json"] != markers["00001.json"]
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
+        _stop(worker)
 
     # The UI's view: progress, shard table and summary artifacts; the token nowhere.
     artifacts = httpx.post(f"{api}/artifacts/filter", json={}).json()
