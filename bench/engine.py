@@ -2,7 +2,7 @@
 
 Room: bench/. Reads model folders (the bundled all-MiniLM-L6-v2, or a copy
 given with --minilm; bge-small-en-v1.5 from --bge-small or the Hugging Face
-cache) and `tasks.sample` for text; builds a bge-small-en-v1.5 shaped model
+cache) and `wikiembed.sample` for text; builds a bge-small-en-v1.5 shaped model
 with seeded random weights in a temp folder when the real one is absent;
 writes only the JSON file named by --json. Loads models onto the device it is
 told to use; nothing else.
@@ -13,7 +13,7 @@ included), in one process:
   (a) st_fp32_b32   SentenceTransformer(path).encode(chunks), fp32, batch 32 (the default)
   (b) st_fp16_b256  the same in fp16, batch 256 (on CPU fp16 is not a speed path:
                     st_fp32_b256 runs instead and st_fp16_* stays null)
-  (c) engine        modal_workers.engine.TorchEngine(path, device).embed(chunks)
+  (c) engine        wikiembed.backends.engine.TorchEngine(path, device).embed(chunks)
 
 and, with --compile, (c) again with torch.compile (its startup, compile included,
 reported apart), after every eager number is written; with --also-bf16 on CPU,
@@ -48,8 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a plain checkout (the GPU box has no editable install)
     sys.path.insert(0, str(ROOT))
 
-from tasks.model import DEFAULT_MODEL, load_tokenizer, model_info, resolve_model_path  # noqa: E402
-from tasks.sample import generate_articles  # noqa: E402
+from wikiembed.model import DEFAULT_MODEL, load_tokenizer, model_info, resolve_model_path  # noqa: E402
+from wikiembed.sample import generate_articles  # noqa: E402
 
 # --- knobs -------------------------------------------------------------------
 
@@ -254,7 +254,7 @@ def bench_model(
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from modal_workers.engine import TorchEngine
+    from wikiembed.backends.engine import TorchEngine
 
     on_cuda = device.startswith("cuda")
     n, tokens, chars = result["chunks"], result["tokens"], result["chars"]
@@ -315,7 +315,7 @@ def bench_compiled(
     path: Path, chunks: Sequence[str], device: str, reference: np.ndarray, *, repeats: int, result: dict[str, Any]
 ) -> None:
     """Time the engine with torch.compile (startup, compile included, reported apart); record, never raise."""
-    from modal_workers.engine import TorchEngine
+    from wikiembed.backends.engine import TorchEngine
 
     try:
         start = time.perf_counter()
@@ -333,7 +333,7 @@ def bench_compiled(
 
 def _bge_small(explicit: str | None, scratch: Path) -> tuple[Path, str]:
     """The real bge-small-en-v1.5 where it is at hand (a folder, or the offline Hub cache), else its shape."""
-    from tasks.errors import InputError
+    from wikiembed.errors import InputError
 
     for candidate in (explicit, os.environ.get("WIKIEMBED_BGE_SMALL"), BGE_SMALL_ID):
         if candidate:
@@ -455,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "st_fp32_chars_per_s": None,
         "st_fp16_chars_per_s": None,
         "min_cosine": None,
-        "text": f"tasks.sample articles (seed 0) cut into {CHUNK_CHARS}-character windows",
+        "text": f"wikiembed.sample articles (seed 0) cut into {CHUNK_CHARS}-character windows",
         "repeats": repeats,
         "timing": "best of the repeats, methods alternating; tokenization included for every method",
         "command": " ".join(["python", "bench/engine.py", *(argv if argv is not None else sys.argv[1:])]),

@@ -40,9 +40,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 def _child_chunk_only(n: int, store: str) -> None:
     """Subprocess body for rss_growth: download + plan + chunk every shard, no Prefect, no model."""
-    from tasks.plan import prepare
-    from tasks.settings import RunSettings
-    from tasks.shard import chunk_shard
+    from wikiembed.plan import prepare
+    from wikiembed.settings import RunSettings
+    from wikiembed.chunking import chunk_shard
 
     prepared = prepare(RunSettings(source=f"sample:{n}", store=store, shard_rows=2000))
     for k in range(len(prepared.manifest["plan"]["shards"])):
@@ -65,9 +65,9 @@ def rss_growth(n_small: int, tmp: Path) -> dict:
 def chunking_vs_tokenizer(n: int) -> dict:
     import pyarrow as pa
 
-    from tasks.model import load_tokenizer
-    from tasks.sample import generate_articles
-    from tasks.shard import Chunking, chunk_table
+    from wikiembed.model import load_tokenizer
+    from wikiembed.sample import generate_articles
+    from wikiembed.chunking import Chunking, chunk_table
 
     tokenizer = load_tokenizer()
     table = pa.Table.from_pylist(list(generate_articles(n)))
@@ -94,8 +94,8 @@ def overhead(n: int, tmp: Path) -> dict:
     import pyarrow.parquet as pq
     from prefect import flow
 
-    from flows.embed_dataset import embed_dataset
-    from tasks.embed import open_backend
+    from wikiembed.flows.embed_dataset import embed_dataset
+    from wikiembed.backends.factory import open_backend
 
     @flow(name="bench-warmup")
     def warmup() -> int:
@@ -127,11 +127,11 @@ def overhead(n: int, tmp: Path) -> dict:
 
 def resume_1000_shards(tmp: Path) -> dict:
     """Build a real store of 1,000 done shards (plain functions, no Prefect), then time a no-op CLI run."""
-    from tasks.checkpoint import embed_shard
-    from tasks.embed import open_backend
-    from tasks.plan import prepare
-    from tasks.settings import RunSettings
-    from tasks.shard import chunk_shard
+    from wikiembed.checkpoint import embed_shard
+    from wikiembed.backends.factory import open_backend
+    from wikiembed.plan import prepare
+    from wikiembed.settings import RunSettings
+    from wikiembed.chunking import chunk_shard
 
     store = tmp / "resume"
     settings = RunSettings(source="sample:1000", store=str(store), shard_rows=1)
@@ -142,7 +142,7 @@ def resume_1000_shards(tmp: Path) -> dict:
         chunk_shard(prepared.store, k, prepared.manifest)
         embed_shard(prepared.store, k, backend, end - start)
     build_s = time.perf_counter() - t0
-    cmd = [sys.executable, "-m", "flows.cli", "run", "--source", "sample:1000", "--shard-rows", "1", "--store", str(store),
+    cmd = [sys.executable, "-m", "wikiembed.flows.cli", "run", "--source", "sample:1000", "--shard-rows", "1", "--store", str(store),
            "--summary-json", str(tmp / "resume.json")]
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # its own ephemeral API, as a user gets
     t0 = time.perf_counter()

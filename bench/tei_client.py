@@ -12,7 +12,7 @@ two ways:
 - seed: `/embed` JSON floats (float32 printed shortest, as TEI's serde does),
   decoded as the original write-up did, `np.array(res.json())` per response;
 - ours: `/v1/embeddings` with `encoding_format: "base64"`, decoded by
-  `modal_workers.tei_client.decode_v1_embeddings`, the function `TEIBackend` uses.
+  `wikiembed.backends.tei.decode_v1_embeddings`, the function `TEIBackend` uses.
 
 Both decoders must return the exact vectors (checked). Also reported: our
 fallback for servers without the base64 route (`decode_embed`, orjson floats).
@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from modal_workers.tei_client import decode_embed, decode_v1_embeddings  # noqa: E402
+from wikiembed.backends.tei import decode_embed, decode_v1_embeddings  # noqa: E402
 
 
 def make_vectors(n: int, dim: int, unique: int, seed: int = 0) -> np.ndarray:

@@ -107,9 +107,9 @@ def _write_json(path: str | None, payload: dict[str, Any]) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from flows.embed_dataset import embed_dataset
-    from tasks.plan import resolve
-    from tasks.settings import RunSettings
+    from wikiembed.flows.embed_dataset import embed_dataset
+    from wikiembed.plan import resolve
+    from wikiembed.settings import RunSettings
 
     given = {
         "source": args.source,
@@ -141,7 +141,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def status_payload(store_dir: str) -> dict[str, Any]:
-    from tasks.store import Store
+    from wikiembed.store import Store
 
     store = Store(store_dir)
     manifest = store.read_manifest()
@@ -183,8 +183,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_rerun(args: argparse.Namespace) -> int:
-    from flows.embed_dataset import rerun_shards
-    from tasks.errors import InputError
+    from wikiembed.flows.embed_dataset import rerun_shards
+    from wikiembed.errors import InputError
 
     if args.failed:
         shards: Any = "failed"
@@ -200,7 +200,7 @@ def _cmd_rerun(args: argparse.Namespace) -> int:
 
 
 def _cmd_publish(args: argparse.Namespace, target: str) -> int:
-    from tasks.upload import publish
+    from wikiembed.publish import publish
 
     kwargs: dict[str, Any] = {"allow_partial": args.allow_partial}
     if args.command == "upload":
@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from pydantic import ValidationError
 
-    from tasks.errors import WikiembedError
+    from wikiembed.errors import WikiembedError
 
     if args.command in ("run", "rerun"):
         # Our progress bar is the one to watch; transformers' weight-loading bar would break its line.

@@ -1,38 +1,33 @@
 """The Prefect flows: `embed-dataset` (download → shard → embed → checkpoint → export)
 and `rerun-shards` (re-embed chosen or failed shards with the store's settings).
 
-Tasks here are thin wrappers over the plain functions in `tasks/`; they take
-references (store path, generation, shard id), never models or data. Shards
-already done (marker matches file) are never submitted, so a resumed run
-costs one listing of `_done/`. Embed results are cached by shard content +
-model + chunking (not the run id) and persisted, so a flow run retried from
-the UI also reuses finished shards.
+The tasks are in `tasks/`, one module per step; this module wires them together,
+keeps shards in flight, and reports to the UI. Shards already done (marker
+matches file) are never submitted, so a resumed run, or a flow run retried from
+the UI, costs one listing of `_done/`.
 
 Touches: the run store, Prefect's API (task runs, artifacts), the backend.
 """
 
 from __future__ import annotations
 
-import hashlib
-import threading
 import time
 from typing import Any, Literal
 
-from prefect import flow, get_run_logger, tags, task
+from prefect import flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
-from prefect.context import TaskRunContext
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.tasks import exponential_backoff
 
-from flows.progress import Progress
-from tasks.checkpoint import embed_shard
-from tasks.embed import open_backend
-from tasks.errors import BackendError, InputError, StoreError, TransientBackendError
-from tasks.plan import VectorIndex, prepare, promote
-from tasks.settings import DEFAULT_SHARD_ROWS, RunSettings
-from tasks.shard import chunk_shard
-from tasks.store import Store
+from wikiembed.backends.factory import open_backend
+from wikiembed.errors import InputError, StoreError
+from wikiembed.progress import Progress
+from wikiembed.settings import DEFAULT_SHARD_ROWS, RunSettings
+from wikiembed.store import Store
+from wikiembed.tasks.download import download_task
+from wikiembed.tasks.embed import EMBED_RETRIES, embed_task, release_reuse_index
+from wikiembed.tasks.export import export_task
+from wikiembed.tasks.shard import shard_task
 
 # Shards in flight at once. Local: 2 = one shard chunking on the CPU while the
 # engine embeds another. TEI/Modal: enough to keep remote GPUs busy; Prefect's
@@ -41,101 +36,6 @@ LOCAL_CONCURRENCY = 2
 REMOTE_CONCURRENCY = 16
 # Each shard in flight holds two pool threads (its shard task and its embed task).
 MAX_CONCURRENCY = 100
-EMBED_RETRIES = 3
-
-
-def _retry_transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's hook signature
-    """Retry what can heal (timeouts, 429/503, dropped connections, a store hiccup); not a bad
-    input or a backend that answered "invalid", which would fail the same way again."""
-    try:
-        state.result()
-    except TransientBackendError:
-        return True
-    except (InputError, BackendError):
-        return False
-    except Exception:  # noqa: BLE001 - unknown errors get the benefit of the doubt
-        return True
-    return False
-
-
-def _embed_cache_key(context: TaskRunContext, params: dict[str, Any]) -> str:
-    """Shard content + model + chunking + where it goes: never the run id."""
-    h = hashlib.sha256()
-    for part in (params["store"], params["gen"], params["shard"], params["chunk_info"]["sha256"], params["model_key"]):
-        h.update(str(part).encode())
-    return "wikiembed-embed-" + h.hexdigest()
-
-
-@task(name="download", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_retry_transient)
-def download_task(settings: RunSettings) -> dict[str, Any]:
-    """Fingerprint the source; snapshot it and write the plan if it is new."""
-    prepared = prepare(settings)
-    return {
-        "store": str(prepared.store.root),
-        "gen": prepared.store.gen,
-        "previous_gen": prepared.previous_gen,
-        "resumed": prepared.resumed,
-    }
-
-
-@task(name="shard", retries=2, retry_delay_seconds=[2, 10], task_run_name="shard-{shard:05d}", retry_condition_fn=_retry_transient)
-def shard_task(store: str, gen: str, shard: int) -> dict[str, Any]:
-    """Write `chunks/NNNNN.parquet` for one shard."""
-    s = Store(store, gen)
-    return chunk_shard(s, shard, s.read_manifest())
-
-
-@task(
-    name="embed",
-    retries=EMBED_RETRIES,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=_retry_transient,
-    cache_key_fn=_embed_cache_key,
-    persist_result=True,
-    task_run_name="embed-{shard:05d}",
-)
-def embed_task(
-    store: str,
-    gen: str,
-    shard: int,
-    chunk_info: dict[str, Any],
-    model_key: str,
-    backend_opts: dict[str, Any],
-    reuse_gen: str | None = None,
-) -> dict[str, Any]:
-    """Embed one shard's chunks and checkpoint `data/NNNNN.parquet` + `_done/NNNNN.json`."""
-    from prefect.runtime import task_run
-
-    s = Store(store, gen)
-    manifest = s.read_manifest()
-    backend = open_backend(model=manifest["model"]["model_id"], **backend_opts)
-    reuse = _reuse_index(store, reuse_gen) if reuse_gen else None
-    rows = manifest["plan"]["shards"][shard][1] - manifest["plan"]["shards"][shard][0]
-    marker = embed_shard(s, shard, backend, rows, reuse=reuse, progress=Progress.current().add_chunks)
-    return {**marker, "attempts": task_run.run_count or 1}
-
-
-_REUSE: dict[tuple[str, str], VectorIndex] = {}
-_REUSE_LOCK = threading.Lock()
-
-
-def _reuse_index(store: str, gen: str) -> VectorIndex:
-    """One index of the published generation per run, shared by the shard tasks (threads)."""
-    with _REUSE_LOCK:
-        return _REUSE.setdefault((store, gen), VectorIndex(Store(store, gen)))
-
-
-@task(name="export", retries=2, retry_delay_seconds=[2, 10])
-def export_task(store: str, gen: str, upload_to: str | None) -> dict[str, Any]:
-    """Write the dataset card, publish a completed next generation, upload if asked."""
-    from tasks.upload import publish, write_card
-
-    s = Store(store, gen)
-    write_card(s.dir)
-    promoted = promote(s)
-    published = publish(Store(store).root, upload_to) if upload_to else None
-    return {"promoted": promoted, "published": published}
 
 
 def _backend_opts(settings: RunSettings) -> dict[str, Any]:
@@ -153,9 +53,7 @@ def _concurrency(settings: RunSettings) -> int:
     if settings.concurrency:
         return settings.concurrency
     if settings.backend == "modal":
-        from modal_workers.modal_client import default_concurrency
-
-        return default_concurrency(settings.modal_class)
+        return int(getattr(open_backend(model=settings.model, **_backend_opts(settings)), "capacity", REMOTE_CONCURRENCY))
     return LOCAL_CONCURRENCY if settings.backend == "local" else REMOTE_CONCURRENCY
 
 
@@ -173,21 +71,14 @@ def run_shards(
     settings: RunSettings,
     *,
     reuse_gen: str | None,
-    refresh: bool,
-    result_storage: str | None = None,
 ) -> dict[str, Any]:
     """Submit shard → embed for each shard id; record failures; return per-run counts."""
     logger = get_run_logger()
     manifest = store.read_manifest()
     total = len(manifest["plan"]["shards"])
     opts = _backend_opts(settings)
-    model_key = f"{manifest['model']['model_id']}@{manifest['model']['revision']}:{sorted(manifest['chunking'].items())}"
     progress = Progress.start(total=total, done=total - len(shard_ids))
     artifact_id = create_progress_artifact(progress.fraction * 100, key="wikiembed-progress", description=f"shards of {store.root}")
-    embed = embed_task.with_options(refresh_cache=True) if refresh else embed_task
-    if result_storage:
-        # Shared storage (e.g. a remote-file-system block) lets a UI retry on another worker find finished shards.
-        embed = embed.with_options(result_storage=result_storage)
     results: dict[int, dict[str, Any]] = {}
     failures: dict[int, str] = {}
     window = min(_concurrency(settings), MAX_CONCURRENCY)
@@ -199,18 +90,11 @@ def run_shards(
             while todo and len(inflight) < window:
                 k = todo.pop(0)
                 chunked = shard_task.submit(str(store.root), store.gen, k)
-                inflight[embed.submit(str(store.root), store.gen, k, chunked, model_key, opts, reuse_gen)] = (k, chunked)
+                inflight[embed_task.submit(str(store.root), store.gen, k, chunked, opts, reuse_gen)] = (k, chunked)
             future = next(as_completed(list(inflight)))
             k, chunked = inflight.pop(future)
             future.wait()  # as_completed can yield before the final state is recorded
             state = future.state
-            if state.is_completed() and store.read_done(k) is None:
-                # A cache hit whose files were removed since: embed it for real.
-                future = embed.with_options(refresh_cache=True).submit(
-                    str(store.root), store.gen, k, chunked.result(), model_key, opts, reuse_gen
-                )
-                future.wait()
-                state = future.state
             if state.is_completed():
                 results[k] = future.result()
             else:
@@ -224,7 +108,7 @@ def run_shards(
             update_progress_artifact(artifact_id, progress.fraction * 100)
     progress.close()
     if reuse_gen:
-        _REUSE.pop((str(store.root), reuse_gen), None)  # ~24 bytes a chunk: don't keep it in a long-lived worker
+        release_reuse_index(str(store.root), reuse_gen)
     return {"results": results, "failures": failures}
 
 
@@ -324,14 +208,9 @@ def embed_dataset(
     gpu: str | None = None,
     concurrency: int | None = None,
     upload_to: str | None = None,
-    result_storage: str | None = None,
 ) -> dict[str, Any]:
-    """Embed a dataset into a run store; resume whatever a previous run left undone.
-
-    `result_storage` names a Prefect filesystem block (e.g. "local-file-system/wikiembed-results")
-    for the embed tasks' cached results; by default Prefect's local storage is used.
-    """
-    given = {k: v for k, v in locals().items() if k != "result_storage"}
+    """Embed a dataset into a run store; resume whatever a previous run left undone."""
+    given = dict(locals())
     settings = RunSettings(**{k: v for k, v in given.items() if v is not None or k in ("config", "limit")})
     started = time.perf_counter()
     with Store(settings.store).lock():
@@ -340,13 +219,13 @@ def embed_dataset(
         manifest = s.read_manifest()
         pending = [st.shard for st in s.states(manifest) if st.state != "done"]
         changes = _changes(planned, manifest) if planned["previous_gen"] else None
-        run = run_shards(s, pending, settings, reuse_gen=planned["previous_gen"], refresh=False, result_storage=result_storage)
+        run = run_shards(s, pending, settings, reuse_gen=planned["previous_gen"])
         return _finish(s, settings, run, started, changes)
 
 
 def _changes(planned: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
     """Articles added / edited / removed between the published generation and this one."""
-    from tasks.plan import diff_generations
+    from wikiembed.plan import diff_generations
 
     return diff_generations(Store(planned["store"], planned["previous_gen"]), Store(planned["store"], planned["gen"]))
 
@@ -357,9 +236,7 @@ def _changes(planned: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any
     log_prints=True,
     task_runner=ThreadPoolTaskRunner(max_workers=2 * MAX_CONCURRENCY),
 )
-def rerun_shards(
-    store: str, shards: list[int] | Literal["failed"] = "failed", result_storage: str | None = None
-) -> dict[str, Any]:
+def rerun_shards(store: str, shards: list[int] | Literal["failed"] = "failed") -> dict[str, Any]:
     """Re-embed the given shards (or every failed one) with the store's recorded settings."""
     started = time.perf_counter()
     s = Store(store)
@@ -376,9 +253,7 @@ def rerun_shards(
     with s.lock():
         for k in ids:
             s.forget(k)
-        run = run_shards(
-            s, ids, settings, reuse_gen=manifest.get("previous_generation"), refresh=True, result_storage=result_storage
-        )
+        run = run_shards(s, ids, settings, reuse_gen=manifest.get("previous_generation"))
         summary = _finish(s, settings, run, started)
     summary["rerun_shards"] = ids
     return summary

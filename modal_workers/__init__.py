@@ -1,1 +1,1 @@
-"""What runs on GPUs: the PyTorch engine, the TEI client, and the Modal apps that host them."""
+"""The Modal apps, deployed from this folder (`modal deploy modal_workers/tei_app.py`); not installed."""

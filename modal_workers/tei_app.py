@@ -4,7 +4,7 @@ What it may touch: on Modal, the container's GPU, the `wikiembed-hf-cache`
 Volume (model weights, shared with the PyTorch app) and the `huggingface`
 secret; wherever it runs, one `text-embeddings-router` subprocess and a
 loopback port. The router is started from `@modal.enter()`, and our own TEI
-client (`modal_workers/tei_client.py`) talks to it, so a container obeys
+client (`wikiembed/backends/tei.py`) talks to it, so a container obeys
 TEI's limits exactly as `--backend tei` does.
 
 Deploy (the GPU type is read at import, when Modal evaluates the decorators):
@@ -12,7 +12,7 @@ Deploy (the GPU type is read at import, when Modal evaluates the decorators):
     modal secret create huggingface HF_TOKEN=hf_...
     WIKIEMBED_GPU=A10G modal deploy modal_workers/tei_app.py
 
-Then `--backend modal --modal-class TEI` (see `modal_workers/modal_client.py`),
+Then `--backend modal --modal-class TEI` (see `wikiembed/backends/modal_client.py`),
 or try it: `modal run modal_workers/tei_app.py`.
 
 Tests run this same code in-process with the router command pointed at a
@@ -38,15 +38,16 @@ import httpx
 import modal
 import numpy as np
 
-from modal_workers.tei_client import TEIBackend
-from tasks.errors import BackendError, InputError
-from tasks.model import DEFAULT_MODEL
+from wikiembed.backends.tei import TEIBackend
+from wikiembed.backends.modal_client import APP_NAMES
+from wikiembed.errors import BackendError, InputError
+from wikiembed.model import DEFAULT_MODEL
 
 # ---------------------------------------------------------------------------
 # Knobs: every tunable, once, with its reason
 # ---------------------------------------------------------------------------
 
-APP_NAME = "wikiembed-tei"
+APP_NAME = APP_NAMES["TEI"]
 
 # GPU type. Modal evaluates decorators at import, so it comes from the environment at deploy time:
 # `WIKIEMBED_GPU=H100 modal deploy modal_workers/tei_app.py`. A10G is the cheapest GPU on which
@@ -89,6 +90,8 @@ MAX_CONTAINERS = int(os.environ.get("WIKIEMBED_MAX_CONTAINERS", "10"))
 # Inputs (remote `embed` calls) one container works on at once. TEI batches across requests by
 # itself, so several calls in flight keep its queue full while the next call's texts travel.
 CONCURRENT_INPUTS = 8
+# What `describe` reports, so a client sizes its concurrency from what was deployed.
+CAPACITY = {"max_containers": MAX_CONTAINERS, "concurrent_inputs": CONCURRENT_INPUTS}
 
 # Seconds an idle container stays up: long enough to bridge the gaps between a run's shards,
 # short enough not to pay for idle GPUs after it.
@@ -125,7 +128,7 @@ VOLUME_NAME = "wikiembed-hf-cache"
 CACHE_DIR = "/cache"
 HUB_CACHE = f"{CACHE_DIR}/hub"  # the huggingface_hub cache layout, shared with the PyTorch app
 
-# The router command; tests point it at a stand-in (`python tests/modal_workers/fake_router`).
+# The router command; tests point it at a stand-in (`python tests/standins/fake_router`).
 ROUTER_ENV = "WIKIEMBED_TEI_ROUTER"
 ROUTER_COMMAND = "text-embeddings-router"
 
@@ -344,7 +347,7 @@ image = (
     # The container imports this module again: give it the deploy-time knobs, so GPU and TEI_IMAGE
     # there are the ones the app was deployed with (the GPU check in `start` relies on it).
     .env({"WIKIEMBED_GPU": GPU, "WIKIEMBED_MAX_CONTAINERS": str(MAX_CONTAINERS)})
-    .add_local_python_source("tasks", "modal_workers")
+    .add_local_python_source("wikiembed", "modal_workers")
 )
 
 
@@ -382,7 +385,7 @@ class TEI:
     @modal.method()
     def describe(self) -> dict[str, Any]:
         """What this container serves: model_id, dim, max_tokens (TEI's /info), plus the GPU and image."""
-        return {**self.router.describe(), "gpu": GPU, "image": TEI_IMAGE}
+        return {**self.router.describe(), "gpu": GPU, "image": TEI_IMAGE, **CAPACITY}
 
     @modal.exit()
     def stop(self) -> None:

@@ -11,7 +11,7 @@ Deploy (the GPU type is read at import, when Modal evaluates the decorators):
     modal secret create huggingface HF_TOKEN=hf_...
     WIKIEMBED_GPU=H100 modal deploy modal_workers/torch_app.py
 
-Then `--backend modal --modal-class Torch` (see `modal_workers/modal_client.py`).
+Then `--backend modal --modal-class Torch` (see `wikiembed/backends/modal_client.py`).
 Tests run the class in-process on the CPU (`WIKIEMBED_TORCH_DEVICE=cpu`).
 """
 
@@ -25,14 +25,15 @@ from typing import Any
 import modal
 import numpy as np
 
-from tasks.embed import check_vectors
-from tasks.model import DEFAULT_MODEL
+from wikiembed.backends.base import check_vectors
+from wikiembed.backends.modal_client import APP_NAMES
+from wikiembed.model import DEFAULT_MODEL
 
 # ---------------------------------------------------------------------------
 # Knobs: every tunable, once, with its reason
 # ---------------------------------------------------------------------------
 
-APP_NAME = "wikiembed-torch"
+APP_NAME = APP_NAMES["Torch"]
 
 # GPU type, read at import (Modal evaluates decorators then): `WIKIEMBED_GPU=H100 modal deploy ...`.
 # Any CUDA GPU works with this image; the engine's speed anchors were measured on an H100.
@@ -45,6 +46,8 @@ MAX_CONTAINERS = int(os.environ.get("WIKIEMBED_MAX_CONTAINERS", "10"))
 # serializes calls), so 2 is enough to have the next input's texts arrive while one computes,
 # and low enough that Modal still spreads the load over containers.
 CONCURRENT_INPUTS = 2
+# What `describe` reports, so a client sizes its concurrency from what was deployed.
+CAPACITY = {"max_containers": MAX_CONTAINERS, "concurrent_inputs": CONCURRENT_INPUTS}
 
 # Seconds an idle container stays up: bridges the gaps between shards without paying for idle GPUs.
 SCALEDOWN_WINDOW_S = 120
@@ -82,7 +85,7 @@ class TorchWorker:
     """The engine, loaded once per container, called by one input at a time."""
 
     def __init__(self, model_id: str = DEFAULT_MODEL, device: str | None = None) -> None:
-        from modal_workers.engine import TorchEngine  # lazily: torch is only in the worker image
+        from wikiembed.backends.engine import TorchEngine  # lazily: torch is only in the worker image
 
         self.engine = TorchEngine(
             model_id,
@@ -130,7 +133,7 @@ image = (
     # The container imports this module again: give it the deploy-time knobs (GPU, container count).
     .env({"HF_HOME": CACHE_DIR, "HF_XET_HIGH_PERFORMANCE": "1", "WIKIEMBED_GPU": GPU,
           "WIKIEMBED_MAX_CONTAINERS": str(MAX_CONTAINERS)})  # fmt: skip
-    .add_local_python_source("tasks", "modal_workers")
+    .add_local_python_source("wikiembed", "modal_workers")
 )
 
 
@@ -165,7 +168,7 @@ class Torch:
     @modal.method()
     def describe(self) -> dict[str, Any]:
         """What this container serves: model_id, dim, max_tokens, plus the GPU."""
-        return {**self.worker.describe(), "gpu": GPU}
+        return {**self.worker.describe(), "gpu": GPU, **CAPACITY}
 
     @modal.exit()
     def unload(self) -> None:

@@ -1,5 +1,7 @@
-"""Pipeline steps: download, shard, embed, checkpoint, upload, and the run store they share.
+"""The Prefect tasks, one module per pipeline step: download, shard, embed (with its checkpoint), export.
 
-Each module is one step (or the store) as plain, typed functions; the Prefect
-`@task` wrappers live in `flows/` so every step is testable without Prefect.
+Each `@task` is the step itself, small and typed, taking references (store
+path, generation, shard id), never models or data. The work is done by the
+library (`wikiembed`); tests call a task's function through `.fn`. Installed
+as `wikiembed.tasks`.
 """

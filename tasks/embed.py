@@ -1,113 +1,68 @@
-"""The embed step: one small backend interface, and the factory that picks a backend.
+"""The embed step and its checkpoint: vectors never travel between tasks, so one task embeds a
+shard and writes `data/NNNNN.parquet` + `_done/NNNNN.json`.
 
-Backends (`local` PyTorch engine, `tei` servers by URL, a deployed `modal`
-app) all implement `Backend`; the flow only ever calls `embed(texts)`.
-This module holds no model code itself: it imports the backend it is asked for.
+The `_done/` markers are the only record of what is finished: the flow never submits a
+shard whose marker is valid, so a resumed run, or a flow run retried from the UI, skips
+finished shards through them.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any
 
-import numpy as np
+from prefect import task
+from prefect.tasks import exponential_backoff
 
-from tasks.errors import BackendError
+from wikiembed.backends.factory import open_backend
+from wikiembed.checkpoint import embed_shard
+from wikiembed.plan import VectorIndex
+from wikiembed.progress import Progress
+from wikiembed.store import Store
+from wikiembed.tasks.retry import retry_transient
 
+EMBED_RETRIES = 3
 
-@runtime_checkable
-class Backend(Protocol):
-    """`embed(texts)` returns L2-normalized float32 vectors, shape `[len(texts), dim]`, in order."""
-
-    model_id: str
-    dim: int
-    max_tokens: int
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
-
-    def close(self) -> None: ...
+_REUSE: dict[tuple[str, str], VectorIndex] = {}
+_REUSE_LOCK = threading.Lock()
 
 
-def check_vectors(vectors: np.ndarray, n: int, dim: int, where: str) -> np.ndarray:
-    """Validate a backend's answer: count, dimension and finiteness; return float32 C-contiguous."""
-    arr = np.ascontiguousarray(vectors, dtype=np.float32)
-    if arr.ndim != 2 or arr.shape[0] != n or (dim and arr.shape[1] != dim):
-        raise BackendError(
-            f"{where} returned vectors of shape {arr.shape}, expected ({n}, {dim}); "
-            "check that the backend serves the model this store was built with."
-        )
-    if not np.isfinite(arr).all():
-        raise BackendError(
-            f"{where} returned non-finite values (NaN/inf); try --device cpu or fp32 to rule out overflow."
-        )
-    return arr
+@task(
+    name="embed",
+    retries=EMBED_RETRIES,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_transient,
+    task_run_name="embed-{shard:05d}",
+)
+def embed_task(
+    store: str,
+    gen: str,
+    shard: int,
+    chunk_info: dict[str, Any],
+    backend_opts: dict[str, Any],
+    reuse_gen: str | None = None,
+) -> dict[str, Any]:
+    """Embed one shard's chunks (reusing the published generation's vectors where the text is
+    unchanged) and checkpoint them; return the marker plus the attempts it took."""
+    from prefect.runtime import task_run
+
+    s = Store(store, gen)
+    manifest = s.read_manifest()
+    backend = open_backend(model=manifest["model"]["model_id"], **backend_opts)
+    reuse = reuse_index(store, reuse_gen) if reuse_gen else None
+    rows = manifest["plan"]["shards"][shard][1] - manifest["plan"]["shards"][shard][0]
+    marker = embed_shard(s, shard, backend, rows, reuse=reuse, progress=Progress.current().add_chunks)
+    return {**marker, "attempts": task_run.run_count or 1}
 
 
-class Serialized:
-    """A backend whose `embed` calls run one at a time (for in-process engines)."""
-
-    def __init__(self, inner: Backend) -> None:
-        self.inner = inner
-        self.model_id, self.dim, self.max_tokens = inner.model_id, inner.dim, inner.max_tokens
-        self._lock = threading.Lock()
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        with self._lock:
-            return self.inner.embed(texts)
-
-    def close(self) -> None:
-        self.inner.close()
+def reuse_index(store: str, gen: str) -> VectorIndex:
+    """One index of the published generation per run, shared by the shard tasks (threads)."""
+    with _REUSE_LOCK:
+        return _REUSE.setdefault((store, gen), VectorIndex(Store(store, gen)))
 
 
-_BACKENDS: dict[tuple, Backend] = {}
-_BACKENDS_LOCK = threading.Lock()
-
-
-def open_backend(
-    backend: str,
-    model: str,
-    *,
-    device: str | None = None,
-    tei_url: Sequence[str] = (),
-    modal_app: str | None = None,
-    modal_class: str = "TEI",
-    gpu: str | None = None,
-) -> Backend:
-    """The backend for these settings, opened once per process and shared by all shard tasks.
-
-    Loading a model costs seconds; Prefect runs shard tasks as threads of one
-    process, so they share one engine (and one TEI connection pool) instead of
-    each loading their own. Inputs are plain values so task inputs stay hashable.
-    """
-    key = (backend, model, device, tuple(tei_url), modal_app, modal_class, gpu)
-    with _BACKENDS_LOCK:
-        if key in _BACKENDS:
-            return _BACKENDS[key]
-        if backend == "local":
-            from modal_workers.engine import TorchEngine
-
-            # One engine already uses every core (or the whole GPU): shard tasks
-            # take turns on it instead of oversubscribing it.
-            opened: Backend = Serialized(TorchEngine(model, device))
-        elif backend == "tei":
-            if not tei_url:
-                raise BackendError("--backend tei needs --tei-url URL[,URL...] (the TEI servers to call).")
-            from modal_workers.tei_client import TEIBackend
-
-            opened = TEIBackend(list(tei_url), model_id=model)
-        elif backend == "modal":
-            from modal_workers.modal_client import ModalBackend
-
-            opened = ModalBackend(modal_app, modal_class, model_id=model, gpu=gpu)
-        else:
-            raise BackendError(f"--backend {backend!r}: use local, tei or modal.")
-        _BACKENDS[key] = opened
-        return opened
-
-
-def close_backends() -> None:
-    """Close every open backend (end of process, or tests that need a fresh engine)."""
-    with _BACKENDS_LOCK:
-        for backend in _BACKENDS.values():
-            backend.close()
-        _BACKENDS.clear()
+def release_reuse_index(store: str, gen: str) -> None:
+    """Drop a run's index (~24 bytes a chunk) so a long-lived worker does not keep it."""
+    with _REUSE_LOCK:
+        _REUSE.pop((store, gen), None)

@@ -49,4 +49,4 @@ def cli_env(prefect_api):
 @pytest.fixture()
 def wikiembed_cmd():
     """argv prefix that runs the CLI with this interpreter."""
-    return [sys.executable, "-m", "flows.cli"]
+    return [sys.executable, "-m", "wikiembed.flows.cli"]

@@ -17,7 +17,7 @@ REFERENCE_ARGS = ["--source", "sample:300", "--shard-rows", "50"]
 
 def run_cli(env: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "wikiembed.flows.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
 
 

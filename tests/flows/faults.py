@@ -11,8 +11,8 @@ from __future__ import annotations
 import random
 import threading
 
-from tasks.embed import open_backend
-from tasks.errors import BackendError, TransientBackendError
+from wikiembed.backends.factory import open_backend
+from wikiembed.errors import BackendError, TransientBackendError
 
 TRANSIENT_ERRORS = (
     "503 Unhealthy: model is loading",
@@ -50,7 +50,7 @@ class FaultyBackend:
 
 def install(monkeypatch, **faults) -> FaultyBackend:
     """Route the flow's backend through a FaultyBackend around the real local engine."""
-    import flows.embed_dataset as flow_module
+    import wikiembed.flows.embed_dataset as flow_module
 
     faulty = FaultyBackend(open_backend("local", "sentence-transformers/all-MiniLM-L6-v2"), **faults)
     monkeypatch.setattr(flow_module, "open_backend", lambda **_: faulty)

@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from flows.embed_dataset import embed_dataset, rerun_shards
-from tasks.errors import InputError, StoreError
-from tasks.store import Store
+from wikiembed.flows.embed_dataset import embed_dataset, rerun_shards
+from wikiembed.errors import InputError, StoreError
+from wikiembed.store import Store
 
 
 def _marker_times(store: Path) -> dict[str, int]:
@@ -45,7 +45,7 @@ def test_output_loads_with_datasets_and_matches_sentence_transformers(sample_run
     import datasets
     from sentence_transformers import SentenceTransformer
 
-    from tasks.model import model_info
+    from wikiembed.model import model_info
 
     store, summary = sample_run
     ds = datasets.load_dataset("parquet", data_dir=str(store / "data"), split="train")
@@ -95,18 +95,17 @@ def test_bad_rerun_shard_ids_name_the_range(sample_run):
         rerun_shards(store=str(store), shards=[7])
 
 
-def test_results_go_to_a_configured_storage_block_and_lost_files_are_redone(prefect_api, tmp_path):
-    from prefect.filesystems import LocalFileSystem
-
-    results = tmp_path / "results"
-    LocalFileSystem(basepath=str(results)).save("wikiembed-test-results", overwrite=True)
+def test_a_rerun_skips_done_shards_through_their_markers_and_redoes_lost_ones(prefect_api, tmp_path):
+    """The `_done/` markers are the one record of what is finished: no Prefect result cache."""
     store = tmp_path / "store"
-    first = embed_dataset(source="sample:60", store=str(store), shard_rows=30, result_storage="local-file-system/wikiembed-test-results")
+    first = embed_dataset(source="sample:60", store=str(store), shard_rows=30)
     assert first["shards_done"] == 2
-    assert len([p for p in results.rglob("*") if p.is_file()]) >= 2  # one persisted result per embed task
-    # A shard whose files vanished is embedded again even though Prefect's cache holds its result.
+    kept = (store / "_done" / "00001.json").stat()
     (store / "_done" / "00000.json").unlink()
     (store / "data" / "00000.parquet").unlink()
-    again = embed_dataset(source="sample:60", store=str(store), shard_rows=30, result_storage="local-file-system/wikiembed-test-results")
-    assert again["shards_done"] == 2 and again["embedded_chunks"] > 0
+    again = embed_dataset(source="sample:60", store=str(store), shard_rows=30)
+    assert again["shards_done"] == 2
+    assert 0 < again["embedded_chunks"] + again["reused_chunks"] < first["chunks"]  # shard 0 only
     assert Store(store).read_done(0) is not None
+    after = (store / "_done" / "00001.json").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (kept.st_ino, kept.st_mtime_ns)  # shard 1 untouched

@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from flows.embed_dataset import embed_dataset, rerun_shards
-from tasks.sample import generate_articles
+from wikiembed.flows.embed_dataset import embed_dataset, rerun_shards
+from wikiembed.sample import generate_articles
 from tests.flows import faults
 
 

@@ -22,14 +22,14 @@ import pytest
 
 from tests.flows import faults
 from tests.flows.conftest import REFERENCE_ARGS, ROOT, data_files, run_cli
-from tests.modal_workers.tei_server import embed_texts, start_server
+from tests.standins.tei_server import embed_texts, start_server
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def _assert_consistent(store: Path) -> None:
     """Markers match files, nothing hidden is data, no (id, chunk_index) twice."""
-    from tasks.store import Store
+    from wikiembed.store import Store
 
     s = Store(store)
     for marker in (store / "_done").glob("*.json"):
@@ -45,7 +45,7 @@ def _assert_consistent(store: Path) -> None:
 def test_ten_sigkills_in_a_row_then_completion_equals_uninterrupted(reference, tmp_path, cli_env):
     ref_store, ref_summary, _ = reference
     store, published = tmp_path / "store", tmp_path / "published"
-    args = [sys.executable, "-m", "flows.cli", "run", *REFERENCE_ARGS, "--store", str(store), "--upload-to", f"dir:{published}"]
+    args = [sys.executable, "-m", "wikiembed.flows.cli", "run", *REFERENCE_ARGS, "--store", str(store), "--upload-to", f"dir:{published}"]
     rng = random.Random(20261126)
     kills = 0
     for _ in range(10):
@@ -74,7 +74,7 @@ def test_ten_sigkills_in_a_row_then_completion_equals_uninterrupted(reference, t
 
 
 def test_flaky_backend_a_fifth_of_calls_fail_and_output_is_identical(reference, prefect_api, tmp_path, monkeypatch):
-    from flows.embed_dataset import embed_dataset
+    from wikiembed.flows.embed_dataset import embed_dataset
     ref_store, ref_summary, _ = reference
     faulty = faults.install(monkeypatch, fail_every=5)
     summary = embed_dataset(source="sample:300", store=str(tmp_path / "store"), shard_rows=50)
@@ -85,7 +85,7 @@ def test_flaky_backend_a_fifth_of_calls_fail_and_output_is_identical(reference, 
 
 
 def test_tei_backend_through_faults_returns_exactly_the_right_vectors(prefect_api, tmp_path):
-    from flows.embed_dataset import embed_dataset
+    from wikiembed.flows.embed_dataset import embed_dataset
 
     url, server = start_server(model_id=MODEL, max_client_batch_size=8, error_rate=0.1, drop_rate=0.1, slow_rate=0.05, slow_s=0.3, seed=3)
     try:
@@ -128,7 +128,7 @@ def test_permanent_failure_then_fix_then_rerun_failed(tmp_path, cli_env):
 
 def test_a_second_run_on_a_busy_store_is_refused_clearly(tmp_path, cli_env):
     store = tmp_path / "store"
-    first = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", *REFERENCE_ARGS, "--store", str(store)],
+    first = subprocess.Popen([sys.executable, "-m", "wikiembed.flows.cli", "run", *REFERENCE_ARGS, "--store", str(store)],
                              env=cli_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -144,18 +144,18 @@ def test_a_second_run_on_a_busy_store_is_refused_clearly(tmp_path, cli_env):
 
 
 def test_full_disk_fails_shards_cleanly_and_keeps_done_ones(prefect_api, tmp_path, monkeypatch):
-    from flows.embed_dataset import embed_dataset
-    import flows.embed_dataset as flow_module
+    from wikiembed.flows.embed_dataset import embed_dataset
+    import wikiembed.flows.embed_dataset as flow_module
 
     mount = tmp_path / "small"
     mount.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=900k", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("cannot mount a small tmpfs here (needs root); the ENOSPC path is covered by tests/tasks/test_store.py")
+        pytest.skip("cannot mount a small tmpfs here (needs root); the ENOSPC path is covered by tests/wikiembed/test_store.py")
     try:
         monkeypatch.setattr(flow_module, "embed_task", flow_module.embed_task.with_options(retry_delay_seconds=0.1))
         summary = embed_dataset(source="sample:300", store=str(mount / "store"), shard_rows=50)
         assert 0 < summary["shards_done"] < summary["shards_total"]
-        from tasks.store import Store
+        from wikiembed.store import Store
 
         s = Store(mount / "store")
         states = s.states()

@@ -31,16 +31,16 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # `tests.` importable however pytest is started
     sys.path.insert(0, str(ROOT))
 
-from modal_workers import modal_client, tei_app, torch_app  # noqa: E402
-from modal_workers.modal_client import ModalBackend, default_concurrency  # noqa: E402
-from tasks.errors import BackendError, InputError, TransientBackendError  # noqa: E402
-from tasks.model import DEFAULT_MODEL  # noqa: E402
-from tests.modal_workers.tei_server import DIM, embed_texts  # noqa: E402
+from modal_workers import tei_app, torch_app  # noqa: E402
+from wikiembed.backends.modal_client import APP_NAMES, ModalBackend  # noqa: E402
+from wikiembed.errors import BackendError, InputError, TransientBackendError  # noqa: E402
+from wikiembed.model import DEFAULT_MODEL  # noqa: E402
+from tests.standins.tei_server import DIM, embed_texts  # noqa: E402
 
 # `.local()` runs off Modal, so there is no Volume; Modal says so on every call.
 pytestmark = pytest.mark.filterwarnings("ignore:The .* function is executing locally:UserWarning")
 
-FAKE_ROUTER = Path(__file__).with_name("fake_router")
+FAKE_ROUTER = Path(__file__).parents[1] / "standins" / "fake_router"
 MODEL = "wikiembed-test/router-model"
 TEXTS = ["a first chunk", "a second, longer chunk of text", "émoji 🚀", ""]
 
@@ -144,18 +144,6 @@ def test_gpu_and_container_count_are_chosen_at_deploy_time() -> None:
     assert max_containers == 100
 
 
-def test_default_concurrency_fills_every_container_slot() -> None:
-    assert default_concurrency("TEI") == tei_app.MAX_CONTAINERS * tei_app.CONCURRENT_INPUTS
-    assert default_concurrency("Torch") == torch_app.MAX_CONTAINERS * torch_app.CONCURRENT_INPUTS
-    with pytest.raises(InputError, match="'TEI' or 'Torch'"):
-        default_concurrency("Triton")
-
-
-# ---------------------------------------------------------------------------
-# The TEI router lifecycle
-# ---------------------------------------------------------------------------
-
-
 def test_router_starts_serves_and_stops(fake_router: pytest.MonkeyPatch, tmp_path: Path) -> None:
     argv_file = tmp_path / "argv.json"
     fake_router.setenv("FAKE_ROUTER_ARGV", str(argv_file))
@@ -213,7 +201,7 @@ def test_tei_class_through_modal_local_calls(fake_router: pytest.MonkeyPatch) ->
     try:
         np.testing.assert_array_equal(obj.embed.local(TEXTS), embed_texts(TEXTS))  # runs @modal.enter first
         facts = obj.describe.local()
-        assert facts == {"model_id": MODEL, "dim": DIM, "max_tokens": 512, "gpu": tei_app.GPU, "image": tei_app.TEI_IMAGE}
+        assert facts == {"model_id": MODEL, "dim": DIM, "max_tokens": 512, "gpu": tei_app.GPU, "image": tei_app.TEI_IMAGE, **tei_app.CAPACITY}
     finally:
         obj.router.stop()  # `.local()` never runs @modal.exit; the next test calls it
 
@@ -319,6 +307,8 @@ def test_modal_backend_runs_the_deployed_class_in_order(fake_modal: Callable[...
     backend = ModalBackend(None, "TEI", model_id=MODEL, gpu="A10G", batch_texts=16)
     assert fake.looked_up == [(tei_app.APP_NAME, "TEI")] and fake.options == {"gpu": "A10G"}
     assert (backend.model_id, backend.dim, backend.max_tokens, backend.deployed_gpu) == (MODEL, DIM, 512, tei_app.GPU)
+    # The flow keeps every input slot of the deployment busy: as deployed, not as configured here.
+    assert backend.capacity == tei_app.MAX_CONTAINERS * tei_app.CONCURRENT_INPUTS
     texts = [f"shard text {i}" for i in range(50)]
     np.testing.assert_array_equal(backend.embed(texts), embed_texts(texts))
     assert fake.embed is not None and fake.embed.calls == 4  # 50 texts in remote calls of 16
@@ -379,4 +369,4 @@ def test_modal_backend_without_a_token_says_how_to_log_in(monkeypatch: pytest.Mo
 def test_modal_backend_rejects_unknown_classes() -> None:
     with pytest.raises(InputError, match="--modal-class"):
         ModalBackend(None, "Triton", model_id=MODEL)  # type: ignore[arg-type]
-    assert modal_client.DEFAULT_APPS == {"TEI": "wikiembed-tei", "Torch": "wikiembed-torch"}
+    assert APP_NAMES == {"TEI": tei_app.APP_NAME, "Torch": torch_app.APP_NAME}

@@ -46,8 +46,8 @@ import httpx
 import numpy as np
 import orjson
 
-from tasks.embed import check_vectors
-from tasks.errors import BackendError, InputError, TransientBackendError
+from wikiembed.backends.base import check_vectors
+from wikiembed.errors import BackendError, InputError, TransientBackendError
 
 log = logging.getLogger(__name__)
 

@@ -21,13 +21,13 @@ import pytest
 torch = pytest.importorskip("torch")
 SentenceTransformer = pytest.importorskip("sentence_transformers").SentenceTransformer
 
-from modal_workers import engine as engine_module  # noqa: E402
-from modal_workers.engine import TorchEngine, plan_batches  # noqa: E402
-from tasks.embed import Backend  # noqa: E402
-from tasks.errors import BackendError, InputError  # noqa: E402
-from tasks.model import DEFAULT_MODEL, load_tokenizer, model_info  # noqa: E402
+from wikiembed.backends import engine as engine_module  # noqa: E402
+from wikiembed.backends.engine import TorchEngine, plan_batches  # noqa: E402
+from wikiembed.backends.base import Backend  # noqa: E402
+from wikiembed.errors import BackendError, InputError  # noqa: E402
+from wikiembed.model import DEFAULT_MODEL, load_tokenizer, model_info  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MIN_COSINE = 0.999
 
 # Inputs that differ in every way the tokenizer and batching care about.

@@ -3,7 +3,7 @@
 Room and reach:
 - reads `STORE/manifest.json`, `STORE/data/`, `STORE/_done/`, `STORE/_failed/` (never changes them).
   STORE is a docs/STORE.md folder: a generation folder, or a store root whose top-level entries
-  link into the published generation (tasks/store.py), read and written through those links;
+  link into the published generation (wikiembed/store.py), read and written through those links;
 - writes the dataset card `STORE/README.md` and the staging folder `STORE/_publish/`: the exact
   tree that gets published (merged parquet files under `data/` plus the card), with a small state
   file so a rerun reuses merged files whose inputs did not change (byte-identical, so the Hub
@@ -36,8 +36,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from tasks.errors import InputError, StoreError, UploadError, WikiembedError
-from tasks.store import StoreLock, sha256_file
+from wikiembed.errors import InputError, StoreError, UploadError, WikiembedError
+from wikiembed.store import StoreLock, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ STATE_FILE = ".wikiembed-publish.json"
 LAYOUT_VERSION = 1
 SECRET_BLOCK = "hf-token"
 WIKIPEDIA_LICENSE = "cc-by-sa-3.0"
-# zstd, as the checkpoint writes shard files (tasks/checkpoint.py). Content-defined chunking
+# zstd, as the checkpoint writes shard files (wikiembed/checkpoint.py). Content-defined chunking
 # (pyarrow >= 21) cuts parquet pages at content-defined boundaries, so after a shard is appended
 # or re-embedded most pages of a re-merged file are byte-identical to the last upload and Xet
 # deduplicates them; older pyarrow writes plain pages.
@@ -472,7 +472,7 @@ def _card_text(manifest: dict[str, Any], states: Sequence[ShardState], repo_id: 
 
 
 def _write_text_if_changed(path: Path, text: str) -> None:
-    # At a store's top, README.md is a link into the published generation (tasks/store.py):
+    # At a store's top, README.md is a link into the published generation (wikiembed/store.py):
     # write through it, never over it.
     if path.is_symlink():
         path = path.resolve()

@@ -2,7 +2,7 @@
 
 Room: turning a list of texts into float32 vectors with torch, transformers
 and tokenizers only (no custom kernels). It reads the model folder through
-`tasks.model` (path, max length, pooling, normalization, tokenizer) and loads
+`wikiembed.model` (path, max length, pooling, normalization, tokenizer) and loads
 the weights with `transformers.AutoModel`; it touches no other files, no
 network, and no process-wide torch setting (its CPU workers set their own
 thread count, see `_CpuWorkers`).
@@ -46,8 +46,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from tasks.errors import BackendError, InputError
-from tasks.model import DEFAULT_MODEL, load_tokenizer, model_info
+from wikiembed.errors import BackendError, InputError
+from wikiembed.model import DEFAULT_MODEL, load_tokenizer, model_info
 
 # --- knobs -------------------------------------------------------------------
 
@@ -296,7 +296,7 @@ def _use_onednn_linears(model: Any, rows_hint: int) -> int:
 
 
 class TorchEngine:
-    """Embed texts with a sentence-transformers model in plain PyTorch; implements `tasks.embed.Backend`.
+    """Embed texts with a sentence-transformers model in plain PyTorch; implements `wikiembed.backends.base.Backend`.
 
     `tokenize_threads` sizes the pool that tokenizes ahead of the GPU (CUDA
     only; on CPU tokenization runs in line). On CPU the engine runs one worker
@@ -356,7 +356,7 @@ class TorchEngine:
         if threads < 1:
             raise InputError(f"tokenize_threads {tokenize_threads!r}: must be at least 1.")
 
-        # Our own tokenizer copy: the cached one in tasks.model is shared and
+        # Our own tokenizer copy: the cached one in wikiembed.model is shared and
         # must keep truncation off. Truncating to max_tokens here counts the
         # special tokens, as sentence-transformers' tokenizer call does.
         self._tokenizer = Tokenizer.from_str(load_tokenizer(model).to_str())

@@ -44,7 +44,7 @@ away, connections are cut, the same port comes back later).
 
 Use from tests: `url, handle = start_server(max_client_batch_size=8, error_rate=0.2)`;
 `handle.stop()` when done. From a shell:
-`python -m tests.modal_workers.tei_server --port 8080 [--error-rate 0.1 ...]`.
+`python -m tests.standins.tei_server --port 8080 [--error-rate 0.1 ...]`.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ project's errors:
 - everything else -> `BackendError`, whose message names the app and class and,
   where the app is missing or stale, says to run `modal deploy`.
 
-Concurrency: the flow runs `default_concurrency(class)` shards at once
-(every container's every input slot); each shard's texts go out in calls of
+Concurrency: the flow runs `capacity` shards at once, as the deployed class reports it
+(`max_containers` x concurrent inputs per container: every container's every input slot); each shard's texts go out in calls of
 `REMOTE_BATCH_TEXTS`, so even one shard spreads over several containers.
 """
 
@@ -26,13 +26,14 @@ import modal
 import modal.exception
 import numpy as np
 
-from modal_workers import tei_app, torch_app
-from tasks.embed import check_vectors
-from tasks.errors import BackendError, InputError, TransientBackendError
+from wikiembed.backends.base import check_vectors
+from wikiembed.errors import BackendError, InputError, TransientBackendError
 
 ClassName = Literal["TEI", "Torch"]
 
-DEFAULT_APPS: dict[str, str] = {"TEI": tei_app.APP_NAME, "Torch": torch_app.APP_NAME}
+# The deployed apps' names; the apps (`modal_workers/`) take theirs from here, so this client never
+# imports them (importing an app builds its image definition).
+APP_NAMES: dict[str, str] = {"TEI": "wikiembed-tei", "Torch": "wikiembed-torch"}
 DEPLOY_FILES: dict[str, str] = {"TEI": "modal_workers/tei_app.py", "Torch": "modal_workers/torch_app.py"}
 
 # Texts per remote call: large enough that a call's fixed cost (tens of ms) is small next to its
@@ -52,18 +53,9 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
 )
 
 
-def default_concurrency(class_name: str = "TEI") -> int:
-    """Shards to keep in flight for a deployed class: max_containers x concurrent inputs per container."""
-    module = _app_module(class_name)
-    return module.MAX_CONTAINERS * module.CONCURRENT_INPUTS
-
-
-def _app_module(class_name: str) -> Any:
-    if class_name == "TEI":
-        return tei_app
-    if class_name == "Torch":
-        return torch_app
-    raise InputError(f"--modal-class {class_name!r}: use 'TEI' or 'Torch'.")
+def _check_class(class_name: str) -> None:
+    if class_name not in APP_NAMES:
+        raise InputError(f"--modal-class {class_name!r}: use 'TEI' or 'Torch'.")
 
 
 class ModalBackend:
@@ -84,10 +76,10 @@ class ModalBackend:
         gpu: str | None = None,
         batch_texts: int = REMOTE_BATCH_TEXTS,
     ) -> None:
-        _app_module(class_name)  # validates the name
+        _check_class(class_name)
         if batch_texts < 1:
             raise InputError(f"batch_texts={batch_texts}: must be at least 1.")
-        self.app_name = app_name or DEFAULT_APPS[class_name]
+        self.app_name = app_name or APP_NAMES[class_name]
         self.class_name = class_name
         self.gpu = gpu
         self.batch_texts = batch_texts
@@ -107,6 +99,8 @@ class ModalBackend:
         self.dim: int = int(facts["dim"])
         self.max_tokens: int = int(facts["max_tokens"])
         self.deployed_gpu: str | None = facts.get("gpu")
+        # Input slots of the deployment: what was deployed decides, not this machine's environment.
+        self.capacity: int = int(facts.get("max_containers", 1)) * int(facts.get("concurrent_inputs", 1))
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)

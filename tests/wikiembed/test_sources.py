@@ -9,15 +9,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.download import (
+from wikiembed.sources import (
     SNAPSHOT_ROW_GROUP,
     fingerprint,
     parse_source,
     read_snapshot_rows,
     write_snapshot,
 )
-from tasks.errors import InputError
-from tasks.sample import generate_articles, sample_article
+from wikiembed.errors import InputError
+from wikiembed.sample import generate_articles, sample_article
 
 
 def test_sample_is_deterministic_and_prefix_stable():

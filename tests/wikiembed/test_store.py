@@ -13,10 +13,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tasks.checkpoint import embed_shard, read_vectors
-from tasks.errors import StoreError
-from tasks.shard import CHUNK_SCHEMA, write_parquet_atomic
-from tasks.store import Store
+from wikiembed.checkpoint import embed_shard, read_vectors
+from wikiembed.errors import StoreError
+from wikiembed.chunking import CHUNK_SCHEMA, write_parquet_atomic
+from wikiembed.store import Store
 
 
 class HashBackend:
@@ -99,7 +99,7 @@ def test_lock_refuses_a_second_run_and_dies_with_sigkill(tmp_path):
     root = tmp_path / "store"
     root.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"from tasks.store import Store; import time\nwith Store({str(root)!r}).lock():\n print('locked', flush=True); time.sleep(60)"],
+        [sys.executable, "-c", f"from wikiembed.store import Store; import time\nwith Store({str(root)!r}).lock():\n print('locked', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).resolve().parents[2],

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from tasks.model import DEFAULT_MODEL
+from wikiembed.model import DEFAULT_MODEL
 
 # Tens of MB of text per shard at Wikipedia's ~3k chars/article (English), ~1.1k
 # (Simple): enough work per Prefect task that orchestration stays in the noise,
@@ -50,14 +50,3 @@ class RunSettings(BaseModel):
         if isinstance(value, str):
             return [u.strip() for u in value.split(",") if u.strip()]
         return value or []
-
-    def backend_settings(self) -> dict:
-        """The part of the settings that decides which vectors come out (recorded, compared on resume)."""
-        return {
-            "backend": self.backend,
-            "tei_url": self.tei_url,
-            "modal_app": self.modal_app,
-            "modal_class": self.modal_class,
-            "gpu": self.gpu,
-            "device": self.device,
-        }

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 if str(ROOT) not in sys.path:  # `tests.` importable however pytest is started
     sys.path.insert(0, str(ROOT))
 
-from modal_workers.tei_client import TEIBackend, decode_v1_embeddings, split_text  # noqa: E402
-from tasks.embed import Backend  # noqa: E402
-from tasks.errors import BackendError, InputError, TransientBackendError  # noqa: E402
-from tests.modal_workers.tei_server import (  # noqa: E402
+from wikiembed.backends.tei import TEIBackend, decode_v1_embeddings, split_text  # noqa: E402
+from wikiembed.backends.base import Backend  # noqa: E402
+from wikiembed.errors import BackendError, InputError, TransientBackendError  # noqa: E402
+from tests.standins.tei_server import (  # noqa: E402
     DIM,
     MODEL_ID,
     Faults,

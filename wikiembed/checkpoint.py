@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.embed import Backend, check_vectors
-from tasks.shard import CHUNK_SCHEMA
-from tasks.store import Store, sha256_file, store_os_error
+from wikiembed.backends.base import Backend, check_vectors
+from wikiembed.chunking import CHUNK_SCHEMA
+from wikiembed.store import Store, sha256_file, store_os_error
 
 # Chunks embedded and written per parquet row group: bounds memory for any shard
 # size and keeps the backend's batches large enough to be efficient.

@@ -1,4 +1,4 @@
-"""Tests for tasks/upload.py: the card, the merged layout, `dir:` exports and `hub:` uploads.
+"""Tests for wikiembed/publish.py: the card, the merged layout, `dir:` exports and `hub:` uploads.
 
 Hub uploads run against `hub_server.HubServer` (a loopback stand-in of the Hub's commit API).
 huggingface_hub reads HF_ENDPOINT and HF_HUB_DISABLE_XET when it is imported, so each hub
@@ -21,10 +21,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.tasks.hub_server import HubServer
-from tasks import upload
-from tasks.errors import InputError, StoreError
-from tasks.upload import plan_files, publish, resolve_token, write_card
+from tests.standins.hub_server import HubServer
+from wikiembed import publish as upload
+from wikiembed.errors import InputError, StoreError
+from wikiembed.publish import plan_files, publish, resolve_token, write_card
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "hf_stand_in_secret_token_0123456789"
@@ -248,10 +248,10 @@ def test_nested_layout_past_the_folder_limit_still_loads(store: Path, tmp_path: 
 
 
 def test_store_root_with_generations_keeps_its_links(tmp_path: Path) -> None:
-    """A store root (tasks/store.py) links manifest/data/markers/README into `current`: read and write through them."""
+    """A store root (wikiembed/store.py) links manifest/data/markers/README into `current`: read and write through them."""
     import shutil
 
-    from tasks.store import Store
+    from wikiembed.store import Store
 
     generation = Store(tmp_path / "root", gen="g1")
     generation.dir.parent.mkdir(parents=True)
@@ -310,8 +310,8 @@ def test_resolve_token_prefers_hf_token(monkeypatch: pytest.MonkeyPatch) -> None
 _CLIENT = """
 import json, logging, sys
 logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
-from tasks.errors import WikiembedError
-from tasks.upload import publish
+from wikiembed.errors import WikiembedError
+from wikiembed.publish import publish
 store, target, kwargs = json.loads(sys.argv[1])
 try:
     print("RESULT " + json.dumps(publish(store, target, **kwargs)))
@@ -447,7 +447,7 @@ def test_token_from_prefect_secret_block(cli_env: dict[str, str]) -> None:
     so no other test sees a token)."""
     script = (
         "from prefect.blocks.system import Secret\n"
-        "from tasks.upload import resolve_token\n"
+        "from wikiembed.publish import resolve_token\n"
         "print('BEFORE', resolve_token())\n"
         f"Secret(value=' {TOKEN}\\n').save('hf-token')\n"
         "try:\n"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import StoreError
+from wikiembed.errors import StoreError
 
 FORMAT = 1
 _HASH_BLOCK = 1 << 22

@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from tasks.checkpoint import read_vectors, text_key
-from tasks.download import Source, fingerprint, parse_source, write_snapshot
-from tasks.errors import StoreError
-from tasks.model import ModelInfo, model_info
-from tasks.settings import RunSettings
-from tasks.shard import Chunking, make_chunking, plan_shards
-from tasks.store import Store
+from wikiembed.checkpoint import read_vectors, text_key
+from wikiembed.sources import Source, fingerprint, parse_source, write_snapshot
+from wikiembed.errors import StoreError
+from wikiembed.model import ModelInfo, model_info
+from wikiembed.settings import RunSettings
+from wikiembed.chunking import Chunking, make_chunking, plan_shards
+from wikiembed.store import Store
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,6 @@ class Prepared:
     store: Store
     manifest: dict[str, Any]
     previous_gen: str | None  # the published generation vectors can be reused from (incremental)
-    resumed: bool
 
 
 def _versions() -> dict[str, str]:
@@ -86,7 +85,7 @@ def prepare(settings: RunSettings) -> Prepared:
         if manifest["source"]["fingerprint"] == fp and manifest["plan"]["shard_rows"] == settings.shard_rows:
             _point(root, current, gen)
             target.clean_temp_files()
-            return Prepared(target, manifest, current if current != gen else None, resumed=True)
+            return Prepared(target, manifest, current if current != gen else None)
         shutil.rmtree(target.dir)  # a different plan for the same rows: start this generation over
     target.ensure_writable()
     report = write_snapshot(source, target.snapshot_path)
@@ -106,7 +105,7 @@ def prepare(settings: RunSettings) -> Prepared:
     }
     target.write_manifest(manifest)
     _point(root, current, gen)
-    return Prepared(target, manifest, current if current != gen else None, resumed=False)
+    return Prepared(target, manifest, current if current != gen else None)
 
 
 def _point(root: Store, current: str | None, gen: str) -> None:

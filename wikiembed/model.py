@@ -3,7 +3,7 @@
 Reads sentence-transformers model folders (config files and the fast
 tokenizer) without importing torch, so the chunker and the TEI/Modal paths
 can learn `max_tokens`, pooling and the tokenizer without loading weights.
-The engine (`modal_workers/engine.py`) loads the weights.
+The engine (`wikiembed/backends/engine.py`) loads the weights.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from tasks.errors import InputError
+from wikiembed.errors import InputError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 

@@ -6,10 +6,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tasks.errors import InputError
-from tasks.model import load_tokenizer, model_info
-from tasks.sample import generate_articles
-from tasks.shard import Chunking, chunk_chars, chunk_table, make_chunking, plan_shards
+from wikiembed.errors import InputError
+from wikiembed.model import load_tokenizer, model_info
+from wikiembed.sample import generate_articles
+from wikiembed.chunking import Chunking, chunk_chars, chunk_table, make_chunking, plan_shards
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_chars_chunker_matches_seed_windows():
 
 
 def test_chunk_files_are_deterministic(tokenizer, tmp_path):
-    from tasks.shard import write_parquet_atomic
+    from wikiembed.chunking import write_parquet_atomic
 
     articles = _articles(100)
     for name in ("a", "b"):

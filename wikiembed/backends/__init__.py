@@ -1,0 +1,1 @@
+"""The embedding backends: the interface they share (`base`), the factory (`factory`), and each backend."""

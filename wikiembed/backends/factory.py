@@ -1,0 +1,58 @@
+"""Pick and open a backend: `local` (the PyTorch engine), `tei` (servers by URL), `modal` (a deployed app).
+
+Sits above the backends and the interface they share (`base.py`); the flow only
+ever calls `open_backend(...)` and then `embed(texts)`.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+from wikiembed.backends.base import Backend, Serialized
+from wikiembed.errors import BackendError
+
+_BACKENDS: dict[tuple, Backend] = {}
+_BACKENDS_LOCK = threading.Lock()
+
+
+def open_backend(
+    backend: str,
+    model: str,
+    *,
+    device: str | None = None,
+    tei_url: Sequence[str] = (),
+    modal_app: str | None = None,
+    modal_class: str = "TEI",
+    gpu: str | None = None,
+) -> Backend:
+    """The backend for these settings, opened once per process and shared by all shard tasks.
+
+    Loading a model costs seconds; Prefect runs shard tasks as threads of one
+    process, so they share one engine (and one TEI connection pool) instead of
+    each loading their own. Inputs are plain values so task inputs stay hashable.
+    """
+    key = (backend, model, device, tuple(tei_url), modal_app, modal_class, gpu)
+    with _BACKENDS_LOCK:
+        if key in _BACKENDS:
+            return _BACKENDS[key]
+        if backend == "local":
+            from wikiembed.backends.engine import TorchEngine
+
+            # One engine already uses every core (or the whole GPU): shard tasks
+            # take turns on it instead of oversubscribing it.
+            opened: Backend = Serialized(TorchEngine(model, device))
+        elif backend == "tei":
+            if not tei_url:
+                raise BackendError("--backend tei needs --tei-url URL[,URL...] (the TEI servers to call).")
+            from wikiembed.backends.tei import TEIBackend
+
+            opened = TEIBackend(list(tei_url), model_id=model)
+        elif backend == "modal":
+            from wikiembed.backends.modal_client import ModalBackend
+
+            opened = ModalBackend(modal_app, modal_class, model_id=model, gpu=gpu)
+        else:
+            raise BackendError(f"--backend {backend!r}: use local, tei or modal.")
+        _BACKENDS[key] = opened
+        return opened

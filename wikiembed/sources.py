@@ -1,0 +1,453 @@
+"""The download step: resolve a source, fingerprint it, and write a clean snapshot.
+
+Sources: `sample:N` (built in, no network), a local parquet / jsonl file or
+folder, a `datasets` `save_to_disk` folder, or a Hugging Face dataset id with
+a config. Every source ends as `STORE/snapshot/source.parquet` with string
+columns `id, url, title, text`, written in fixed row groups so shards can be
+read as contiguous row ranges. Bad rows are skipped or repaired row by row
+and counted; a bad source (missing, unreadable, wrong columns) is an
+`InputError` that names it and the fix.
+
+Touches: the source (read only) and `STORE/snapshot/` (written via temp + rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from wikiembed.errors import InputError
+from wikiembed import sample
+
+# Snapshot row groups: shards read whole row groups and slice, so smaller groups
+# waste less reading at shard edges; 1,000 Wikipedia articles is ~3 MB of text.
+SNAPSHOT_ROW_GROUP = 1000
+SNAPSHOT_SCHEMA = pa.schema(
+    [("id", pa.string()), ("url", pa.string()), ("title", pa.string()), ("text", pa.string())]
+)
+REQUIRED = ("id", "text")
+OPTIONAL = ("url", "title")
+# Examples of skipped rows kept in the manifest (the counts are always complete).
+MAX_SKIP_EXAMPLES = 50
+_READ_BATCH = 1000
+_HASH_BLOCK = 1 << 22
+
+
+@dataclass(frozen=True)
+class Source:
+    """A parsed `--source` with its options."""
+
+    spec: str
+    kind: str  # sample | parquet | jsonl | disk | hub
+    location: str  # sample size, local path or hub id
+    config: str | None = None
+    split: str = "train"
+    limit: int | None = None
+    columns: tuple[tuple[str, str], ...] = ()  # (our name, their name)
+
+    @property
+    def license(self) -> str | None:
+        if self.kind == "sample" or "wikipedia" in self.location.lower():
+            return "cc-by-sa-3.0"
+        return None
+
+    @property
+    def description(self) -> str:
+        if self.kind == "sample":
+            return f"built-in sample of {self.location} Wikipedia-shaped articles"
+        if self.kind == "hub":
+            return f"{self.location} (config {self.config}, split {self.split})"
+        return f"local {self.kind} at {self.location}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "kind": self.kind,
+            "config": self.config,
+            "split": self.split,
+            "limit": self.limit,
+            "columns": dict(self.columns),
+            "license": self.license,
+            "description": self.description,
+        }
+
+
+@dataclass
+class RowReport:
+    """What happened to rows on the way into the snapshot."""
+
+    rows: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    repaired: Counter = field(default_factory=Counter)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def skip(self, index: int, row_id: Any, reason: str) -> None:
+        self.skipped[reason] += 1
+        if len(self.examples) < MAX_SKIP_EXAMPLES:
+            self.examples.append({"row": index, "id": None if row_id is None else str(row_id)[:200], "reason": reason})
+
+
+def parse_columns(mapping: str | dict[str, str] | None) -> tuple[tuple[str, str], ...]:
+    """`"text=body,id=page_id"` (ours=theirs) into a normalized tuple."""
+    if not mapping:
+        return ()
+    if isinstance(mapping, str):
+        pairs = {}
+        for part in mapping.split(","):
+            if "=" not in part:
+                raise InputError(f"--columns {mapping!r}: expected ours=theirs pairs like 'text=body,id=page_id'.")
+            ours, theirs = (s.strip() for s in part.split("=", 1))
+            pairs[ours] = theirs
+        mapping = pairs
+    bad = set(mapping) - set(REQUIRED + OPTIONAL)
+    if bad:
+        raise InputError(f"--columns: unknown target column(s) {sorted(bad)}; map onto id, url, title, text.")
+    return tuple(sorted(mapping.items()))
+
+
+def parse_source(
+    spec: str,
+    config: str | None = None,
+    split: str = "train",
+    limit: int | None = None,
+    columns: str | dict[str, str] | None = None,
+) -> Source:
+    """Classify `--source` into a `Source`; raises `InputError` for what cannot be a source."""
+    if limit is not None and limit < 0:
+        raise InputError(f"--limit {limit}: must be a positive number of rows.")
+    cols = parse_columns(columns)
+    if spec.startswith("sample:") or spec == "sample":
+        raw = spec.partition(":")[2] or "1000"
+        if not raw.isdigit() or int(raw) <= 0:
+            raise InputError(f"--source {spec!r}: use sample:N with N a positive integer, e.g. sample:1000.")
+        return Source(spec, "sample", raw, None, split, limit, cols)
+    path = Path(spec).expanduser()
+    if path.exists():
+        kind = _local_kind(path)
+        return Source(spec, kind, str(path.resolve()), config, split, limit, cols)
+    looks_local = spec.startswith((".", "/", "~")) or spec.endswith((".parquet", ".jsonl", ".json")) or spec.count("/") != 1
+    if looks_local:
+        raise InputError(
+            f"--source {spec!r}: no such file or folder. Give sample:N, a parquet/jsonl file or folder, "
+            "a datasets save_to_disk folder, or a Hugging Face dataset id with --config "
+            "(e.g. --source wikimedia/wikipedia --config 20231101.simple)."
+        )
+    return Source(spec, "hub", spec, config, split, limit, cols)
+
+
+def _local_kind(path: Path) -> str:
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".parquet":
+            return "parquet"
+        if suffix in (".jsonl", ".json", ".ndjson"):
+            return "jsonl"
+        raise InputError(f"--source {path}: unsupported file type {suffix!r}; use .parquet or .jsonl.")
+    if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        return "disk"
+    if list(path.rglob("*.parquet")):
+        return "parquet"
+    if list(path.rglob("*.jsonl")) or list(path.rglob("*.json")):
+        return "jsonl"
+    raise InputError(
+        f"--source {path}: folder holds no .parquet, .jsonl or datasets save_to_disk files; "
+        "point at a folder of parquet/jsonl files or a save_to_disk folder."
+    )
+
+
+def _local_files(source: Source) -> list[Path]:
+    path = Path(source.location)
+    if path.is_file():
+        return [path]
+    patterns = ("*.parquet",) if source.kind == "parquet" else ("*.jsonl", "*.json", "*.ndjson")
+    files = sorted({f for pat in patterns for f in path.rglob(pat) if not f.name.startswith((".", "_"))})
+    if not files:
+        raise InputError(f"--source {path}: no {source.kind} files found in the folder.")
+    return files
+
+
+def _hub_offline_error(source: Source, exc: BaseException) -> InputError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+    why = "HF_HUB_OFFLINE=1 is set" if offline else f"the Hub could not be reached ({type(exc).__name__})"
+    return InputError(
+        f"--source {source.location!r} (config {source.config!r}) needs the Hugging Face Hub, but {why}. "
+        "Unset HF_HUB_OFFLINE and check the network, or use a local copy: a parquet/jsonl file or folder, "
+        "a datasets save_to_disk folder, or --source sample:N for the built-in sample."
+    )
+
+
+def fingerprint(source: Source) -> str:
+    """A content fingerprint: equal fingerprints mean equal rows, so the shard plan can be reused."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"kind": source.kind, "limit": source.limit, "columns": source.columns, "split": source.split}).encode())
+    if source.kind == "sample":
+        h.update(f"sample-v{sample.GENERATOR_VERSION}-{source.location}".encode())
+    elif source.kind == "hub":
+        try:
+            from huggingface_hub import HfApi
+
+            sha = HfApi().dataset_info(source.location).sha
+        except Exception as exc:
+            raise _hub_offline_error(source, exc) from exc
+        h.update(f"hub:{source.location}:{source.config}:{sha}".encode())
+    else:
+        root = Path(source.location)
+        files = _local_files(source) if source.kind != "disk" else sorted(p for p in root.rglob("*") if p.is_file())
+        for f in files:
+            h.update(str(f.relative_to(root) if f != root else f.name).encode())
+            try:
+                with f.open("rb") as fh:
+                    while block := fh.read(_HASH_BLOCK):
+                        h.update(block)
+            except OSError as exc:
+                raise InputError(f"--source {f}: cannot be read ({exc.strerror}); check its permissions.") from exc
+    return h.hexdigest()
+
+
+# ---- raw readers: each yields lists of raw row dicts (values as found) ------------
+
+
+def _batched(rows: Iterable[dict]) -> Iterator[list[dict]]:
+    batch: list[dict] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == _READ_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _read_sample(source: Source) -> Iterator[list[dict]]:
+    return _batched(sample.generate_articles(int(source.location)))
+
+
+def _read_parquet(source: Source) -> Iterator[list[dict]]:
+    for f in _local_files(source):
+        try:
+            pf = pq.ParquetFile(f)
+            names = pf.schema_arrow.names
+            _check_columns(source, names, f)
+            wanted = [c for c in _their_names(source) if c in names]
+            for batch in pf.iter_batches(batch_size=_READ_BATCH, columns=wanted):
+                yield batch.to_pylist()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(f"--source {f}: not a readable parquet file ({exc}); re-export it or remove it.") from exc
+
+
+def _read_jsonl(source: Source, report: RowReport) -> Iterator[list[dict]]:
+    return _batched(_jsonl_rows(source, report))
+
+
+def _jsonl_rows(source: Source, report: RowReport) -> Iterator[dict]:
+    seen = 0  # rows yielded so far, to number skipped lines in source order
+    for f in _local_files(source):
+        try:
+            fh = f.open("rb")
+        except OSError as exc:
+            raise InputError(f"--source {f}: cannot be read ({exc.strerror}); check its permissions.") from exc
+        with fh:
+            for line_no, raw in enumerate(fh, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    line = raw.decode("utf-8", errors="replace")
+                    report.repaired["invalid UTF-8 replaced with U+FFFD"] += 1
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    report.skip(seen, f"{f.name}:{line_no}", "broken JSON line")
+                    continue
+                if not isinstance(row, dict):
+                    report.skip(seen, f"{f.name}:{line_no}", "JSON line is not an object")
+                    continue
+                seen += 1
+                yield row
+
+
+def _read_disk(source: Source) -> Iterator[list[dict]]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(source.location)
+    except Exception as exc:
+        raise InputError(f"--source {source.location}: not a datasets save_to_disk folder ({exc}).") from exc
+    if isinstance(ds, datasets.DatasetDict):
+        if source.split not in ds:
+            raise InputError(f"--source {source.location}: no split {source.split!r}; it has {sorted(ds)}. Use --split.")
+        ds = ds[source.split]
+    _check_columns(source, ds.column_names, source.location)
+    yield from (b.to_pylist() for b in ds.with_format("arrow").iter(batch_size=_READ_BATCH))
+
+
+def _read_hub(source: Source) -> Iterator[list[dict]]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(source.location, source.config, split=source.split, streaming=True)
+    except Exception as exc:
+        raise _hub_offline_error(source, exc) from exc
+    return _batched(ds)
+
+
+def _their_names(source: Source) -> list[str]:
+    mapping = dict(source.columns)
+    return [mapping.get(c, c) for c in REQUIRED + OPTIONAL]
+
+
+def _check_columns(source: Source, names: Iterable[str], where: Any) -> None:
+    mapping = dict(source.columns)
+    missing = [mapping.get(c, c) for c in REQUIRED if mapping.get(c, c) not in set(names)]
+    if missing:
+        raise InputError(
+            f"--source {where}: missing required column(s) {missing} (has {sorted(names)[:20]}); "
+            "map yours with --columns, e.g. --columns text=body,id=page_id."
+        )
+
+
+# ---- cleaning -----------------------------------------------------------------
+
+
+def _as_text(value: Any) -> tuple[str | None, str | None]:
+    """Return (text, repair note) for a field value; (None, None) for a value that can't be text."""
+    if value is None:
+        return None, None
+    if isinstance(value, str):
+        return value, None
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8"), None
+        except UnicodeDecodeError:
+            return bytes(value).decode("utf-8", errors="replace"), "invalid UTF-8 replaced with U+FFFD"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value), "number converted to string"
+    return None, None
+
+
+def clean_rows(batches: Iterable[list[dict]], source: Source, report: RowReport) -> Iterator[dict[str, str]]:
+    """Validate rows one by one: skip what can't be embedded (with a reason), repair the rest."""
+    mapping = dict(source.columns)
+    key = {c: mapping.get(c, c) for c in REQUIRED + OPTIONAL}
+    seen: set[int] = set()
+    # parquet/disk sources were checked from their schema; row-wise sources by their first row.
+    check_first = source.kind in ("jsonl", "hub")
+    index = 0
+    for batch in batches:
+        for raw in batch:
+            index += 1
+            if source.limit is not None and index > source.limit:
+                return
+            if check_first:
+                _check_columns(source, raw.keys(), source.spec)
+                check_first = False
+            raw_id = raw.get(key["id"])
+            row_id, note = _as_text(raw_id)
+            if note == "number converted to string":
+                note = "id converted to string"
+            if note:
+                report.repaired[note] += 1
+            if row_id is None or not row_id.strip():
+                report.skip(index - 1, raw_id, "missing or non-string id" if key["id"] in raw else "no id column")
+                continue
+            text, note = _as_text(raw.get(key["text"]))
+            if text is None or isinstance(raw.get(key["text"]), (int, float)):
+                reason = "null text" if raw.get(key["text"]) is None else "text is not a string"
+                report.skip(index - 1, row_id, reason)
+                continue
+            if note:
+                report.repaired[note] += 1
+            if "\x00" in text:
+                text = text.replace("\x00", "")
+                report.repaired["NUL bytes removed"] += 1
+            if not text.strip():
+                report.skip(index - 1, row_id, "blank text")
+                continue
+            digest = int.from_bytes(hashlib.blake2b(row_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+            if digest in seen:
+                report.skip(index - 1, row_id, "duplicate id (first occurrence kept)")
+                continue
+            seen.add(digest)
+            out = {"id": row_id, "text": text}
+            for col in OPTIONAL:
+                value, note = _as_text(raw.get(key[col]))
+                if value is None:
+                    report.repaired[f"missing {col} set to empty"] += 1
+                    value = ""
+                elif note:
+                    report.repaired[note] += 1
+                out[col] = value.replace("\x00", "")
+            # Lone surrogates (from JSON escapes) can't be written as UTF-8: replace them.
+            for col, value in out.items():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    out[col] = value.encode("utf-8", errors="replace").decode("utf-8")
+                    report.repaired["invalid UTF-8 replaced with U+FFFD"] += 1
+            report.rows += 1
+            yield out
+
+
+def read_source(source: Source, report: RowReport) -> Iterator[dict[str, str]]:
+    """All clean rows of a source, streaming, in source order."""
+    if source.kind == "sample":
+        raw = _read_sample(source)
+    elif source.kind == "parquet":
+        raw = _read_parquet(source)
+    elif source.kind == "jsonl":
+        raw = _read_jsonl(source, report)
+    elif source.kind == "disk":
+        raw = _read_disk(source)
+    else:
+        raw = _read_hub(source)
+    first = True
+    for row in clean_rows(raw, source, report):
+        first = False
+        yield row
+    if first and report.rows == 0 and not report.skipped:
+        raise InputError(f"--source {source.spec}: it holds no rows; check the path, --split or --limit.")
+
+
+def write_snapshot(source: Source, dest: Path) -> RowReport:
+    """Write the source's clean rows to `dest` (temp file, then atomic rename)."""
+    report = RowReport()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    writer = pq.ParquetWriter(tmp, SNAPSHOT_SCHEMA, compression="zstd")
+    try:
+        buf: list[dict[str, str]] = []
+        for row in read_source(source, report):
+            buf.append(row)
+            if len(buf) == SNAPSHOT_ROW_GROUP:
+                writer.write_table(pa.Table.from_pylist(buf, SNAPSHOT_SCHEMA))
+                buf = []
+        if buf:
+            writer.write_table(pa.Table.from_pylist(buf, SNAPSHOT_SCHEMA))
+        writer.close()
+        with tmp.open("rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return report
+
+
+def read_snapshot_rows(path: Path, start: int, end: int) -> pa.Table:
+    """Rows `[start, end)` of a snapshot, reading only the row groups that hold them."""
+    pf = pq.ParquetFile(path)
+    first, last = start // SNAPSHOT_ROW_GROUP, (end - 1) // SNAPSHOT_ROW_GROUP
+    groups = list(range(first, min(last, pf.num_row_groups - 1) + 1))
+    table = pf.read_row_groups(groups)
+    offset = start - first * SNAPSHOT_ROW_GROUP
+    return table.slice(offset, end - start)
