@@ -1,4 +1,4 @@
-"""The `wikiembed` command line: run, status, rerun, export, upload.
+"""The `wikiembed` command line: run, status, rerun, export, upload, search, eval.
 
 Each command is a thin shell over a flow or a plain function. Errors a user
 can fix print one message that names the input and the fix (exit 2); a run
@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", type=int, help="shards embedded at once")
     run.add_argument("--upload-to", help="publish when done: dir:PATH or hub:ORG/NAME")
     run.add_argument("--summary-json", help="write the run summary as JSON here")
+    run.add_argument("--dimensions", type=int, help="also store vectors truncated to N dimensions, renormalized (Matryoshka)")
+    run.add_argument("--precision", help="extra stored precisions, comma-separated: float32,float16,int8,binary")
 
     status = sub.add_parser("status", help="per-shard state of a store")
     status.add_argument("--store", required=True)
@@ -80,6 +82,26 @@ def _parser() -> argparse.ArgumentParser:
     upload.add_argument("--revision")
     upload.add_argument("--create-pr", action="store_true")
     upload.add_argument("--allow-partial", action="store_true", help="publish the done shards even if some are not")
+
+    search = sub.add_parser("search", help="the chunks of a store nearest to a query (exact scan)")
+    search.add_argument("--store", required=True)
+    search.add_argument("query", help="the text to search for")
+    search.add_argument("-k", type=int, default=10, help="hits to return (default 10)")
+    search.add_argument("--form", default="float32", help="stored form to search: float32 (default), float16, int8, binary, or e.g. int8@128")
+    search.add_argument("--rescore", type=int, default=4, help="binary: rescore k x this many Hamming candidates with the float query (1: off)")
+    search.add_argument("--device", choices=["cpu", "cuda"], help="where the query is embedded")
+    search.add_argument("--json", dest="json_path", metavar="PATH", help="also write the hits as JSON here")
+
+    ev = sub.add_parser("eval", help="label-free retrieval check: titles as queries, recall@1/@10 and MRR")
+    ev.add_argument("--store", required=True)
+    ev.add_argument("--sample", type=int, default=500, help="articles drawn at random (default 500)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--forms", default="float32", help="stored forms to check, comma-separated, or all (default float32)")
+    ev.add_argument("--rescore", type=int, default=4, help="binary: rescoring multiplier (1: Hamming only)")
+    ev.add_argument("--against", help="a second store of the same source, checked on the same articles")
+    ev.add_argument("--device", choices=["cpu", "cuda"], help="where the queries are embedded")
+    ev.add_argument("--no-record", action="store_true", help="do not write eval.json and the dataset card")
+    ev.add_argument("--json", dest="json_path", metavar="PATH", help="also write the result as JSON here")
     return p
 
 
@@ -131,6 +153,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "gpu": args.gpu,
         "concurrency": args.concurrency,
         "upload_to": args.upload_to,
+        "dimensions": args.dimensions,
+        "precision": [p.strip() for p in args.precision.split(",") if p.strip()] if args.precision else None,
     }
     params = {k: v for k, v in given.items() if v is not None}
     resolve(RunSettings(**params))  # check options before Prefect starts: fast, clean messages
@@ -210,6 +234,41 @@ def _cmd_publish(args: argparse.Namespace, target: str) -> int:
     return EXIT_OK
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from wikiembed.search import search
+
+    result = search(args.store, args.query, args.k, form=args.form, rescore=args.rescore, device=args.device)
+    print(f"{len(result['hits'])} hits for {args.query!r} in {result['chunks_searched']:,} chunks ({result['form']}, {result['model']})")
+    for rank, hit in enumerate(result["hits"], 1):
+        snippet = " ".join(hit["text"].split())[:160]
+        print(f"{rank:>3}. {hit['score']:.4f}  {hit['title']}  {hit['url']}  [chunk {hit['chunk_index']}, chars {hit['char_start']}-{hit['char_end']}]")
+        print(f"     {snippet}")
+    _write_json(args.json_path, result)
+    return EXIT_OK
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from wikiembed.evaluate import evaluate
+
+    forms = [f.strip() for f in args.forms.split(",") if f.strip()]
+    result = evaluate(args.store, sample=args.sample, seed=args.seed, forms=forms, rescore=args.rescore,
+                      against=args.against, device=args.device, record=not args.no_record)
+    for label, block in [("", result), ("against ", result.get("against"))]:
+        if not block:
+            continue
+        print(f"{label}{block['store']} ({block['model']}, {block['chunks']:,} chunks): {block['n']} titles as queries")
+        print(f"  {'form':<28} {'bytes':>6}  {'recall@1':<22} {'recall@10':<22} {'MRR@10':<22}")
+        for f in block["forms"]:
+            cells = [f"{f[m]:.3f} [{f[m + '_ci95'][0]:.3f}, {f[m + '_ci95'][1]:.3f}]" for m in ("recall_at_1", "recall_at_10", "mrr")]
+            print(f"  {f['form']:<28} {f['bytes_per_vector']:>6}  {cells[0]:<22} {cells[1]:<22} {cells[2]:<22}")
+    for d in (result.get("difference") or {}).get("forms", []):
+        print(f"  difference ({d['form']}, against - store): recall@10 {d['recall_at_10']:+.3f} "
+              f"[{d['recall_at_10_ci95'][0]:+.3f}, {d['recall_at_10_ci95'][1]:+.3f}], MRR {d['mrr']:+.3f} "
+              f"[{d['mrr_ci95'][0]:+.3f}, {d['mrr_ci95'][1]:+.3f}]")
+    _write_json(args.json_path, result)
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     for key, value in _ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -218,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from wikiembed.errors import WikiembedError
 
-    if args.command in ("run", "rerun"):
+    if args.command in ("run", "rerun", "search", "eval"):
         # Our progress bar is the one to watch; transformers' weight-loading bar would break its line.
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
@@ -228,6 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_status(args)
         if args.command == "rerun":
             return _cmd_rerun(args)
+        if args.command == "search":
+            return _cmd_search(args)
+        if args.command == "eval":
+            return _cmd_eval(args)
         if args.command == "export":
             target = args.to if args.to.startswith(("dir:", "hub:")) else f"dir:{args.to}"
             return _cmd_publish(args, target)

@@ -24,6 +24,7 @@ from wikiembed.errors import InputError, StoreError
 from wikiembed.progress import Progress
 from wikiembed.settings import DEFAULT_SHARD_ROWS, RunSettings
 from wikiembed.store import Store
+from wikiembed.tasks.calibrate import calibrate_task
 from wikiembed.tasks.download import download_task
 from wikiembed.tasks.embed import EMBED_RETRIES, embed_task, release_reuse_index
 from wikiembed.tasks.export import export_task
@@ -208,6 +209,8 @@ def embed_dataset(
     gpu: str | None = None,
     concurrency: int | None = None,
     upload_to: str | None = None,
+    dimensions: int | None = None,
+    precision: list[Literal["float32", "float16", "int8", "binary"]] | None = None,
 ) -> dict[str, Any]:
     """Embed a dataset into a run store; resume whatever a previous run left undone."""
     given = dict(locals())
@@ -216,6 +219,7 @@ def embed_dataset(
     with Store(settings.store).lock():
         planned = download_task(settings)
         s = Store(planned["store"], planned["gen"])
+        calibrate_task(planned["store"], planned["gen"], _backend_opts(settings))
         manifest = s.read_manifest()
         pending = [st.shard for st in s.states(manifest) if st.state != "done"]
         changes = _changes(planned, manifest) if planned["previous_gen"] else None
@@ -251,6 +255,7 @@ def rerun_shards(store: str, shards: list[int] | Literal["failed"] = "failed") -
         ids = sorted({int(k) for k in shards})
     settings = RunSettings(**manifest["settings"])
     with s.lock():
+        calibrate_task(str(s.root), s.gen, _backend_opts(settings))
         for k in ids:
             s.forget(k)
         run = run_shards(s, ids, settings, reuse_gen=manifest.get("previous_generation"))

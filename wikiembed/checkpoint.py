@@ -15,7 +15,7 @@ import hashlib
 import os
 import time
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from wikiembed.backends.base import Backend, check_vectors
 from wikiembed.chunking import CHUNK_SCHEMA
+from wikiembed.compact import Form, arrow_column, encode
 from wikiembed.store import Store, sha256_file, store_os_error
 
 # Chunks embedded and written per parquet row group: bounds memory for any shard
@@ -30,8 +31,11 @@ from wikiembed.store import Store, sha256_file, store_os_error
 EMBED_GROUP = 4096
 
 
-def data_schema(dim: int) -> pa.Schema:
-    return CHUNK_SCHEMA.append(pa.field("embedding", pa.list_(pa.float32(), dim)))
+def data_schema(dim: int, forms: Sequence[Form] = ()) -> pa.Schema:
+    schema = CHUNK_SCHEMA.append(pa.field("embedding", pa.list_(pa.float32(), dim)))
+    for form in forms:
+        schema = schema.append(pa.field(form.column, form.arrow_type))
+    return schema
 
 
 def text_key(text: str) -> bytes:
@@ -58,13 +62,19 @@ def embed_shard(
     *,
     reuse: VectorSource | None = None,
     progress: ProgressFn | None = None,
+    forms: Sequence[Form] = (),
+    int8_calibration: dict[str, Any] | None = None,
 ) -> dict:
-    """Embed `chunks/NNNNN.parquet` into `data/NNNNN.parquet` and mark the shard done; returns the marker."""
+    """Embed `chunks/NNNNN.parquet` into `data/NNNNN.parquet` and mark the shard done; returns the marker.
+
+    `forms` are the store's compact forms (wikiembed/compact.py), written as extra columns
+    derived from the same float32 vectors.
+    """
     started = time.perf_counter()
     chunks_file = pq.ParquetFile(store.chunks_path(shard))
     dest = store.data_path(shard)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    schema = data_schema(backend.dim)
+    schema = data_schema(backend.dim, forms)
     embedded = reused = chunks = chars = 0
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +99,10 @@ def embed_shard(
                 chars += sum(len(t) for t in missing)
                 flat = pa.array(vectors.reshape(-1), type=pa.float32())
                 column = pa.FixedSizeListArray.from_arrays(flat, backend.dim)
-                writer.write_table(pa.Table.from_batches([batch]).append_column(schema.field("embedding"), column))
+                table = pa.Table.from_batches([batch]).append_column(schema.field("embedding"), column)
+                for form in forms:
+                    table = table.append_column(schema.field(form.column), arrow_column(encode(vectors, form, int8_calibration), form))
+                writer.write_table(table)
                 if progress is not None:
                     progress(len(texts))
         finally:

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from wikiembed.checkpoint import read_vectors, text_key
+from wikiembed.compact import parse_compact
 from wikiembed.sources import Source, fingerprint, parse_source, write_snapshot
 from wikiembed.errors import StoreError
 from wikiembed.model import ModelInfo, model_info
@@ -50,7 +51,13 @@ def _versions() -> dict[str, str]:
 
 
 def _identity(manifest: dict[str, Any]) -> tuple:
-    return (manifest["model"]["model_id"], manifest["model"]["revision"], tuple(sorted(manifest["chunking"].items())))
+    compact = manifest.get("compact") or {}
+    return (
+        manifest["model"]["model_id"],
+        manifest["model"]["revision"],
+        tuple(sorted(manifest["chunking"].items())),
+        (compact.get("dimensions"), tuple(compact.get("precisions", ()))),
+    )
 
 
 def resolve(settings: RunSettings) -> tuple[Source, ModelInfo, Chunking]:
@@ -58,6 +65,7 @@ def resolve(settings: RunSettings) -> tuple[Source, ModelInfo, Chunking]:
     source = parse_source(settings.source, settings.config, settings.split, settings.limit, settings.columns)
     info = model_info(settings.model)
     chunking = make_chunking(settings.chunker, settings.chunk_size, settings.chunk_overlap, info.max_tokens)
+    parse_compact(settings.dimensions, settings.precision, info.dim)
     return source, info, chunking
 
 
@@ -69,15 +77,17 @@ def prepare(settings: RunSettings) -> Prepared:
     fp = fingerprint(source)
     gen = fp[:16]
     model = {"model_id": info.model_id, "revision": info.revision, "dim": info.dim, "max_tokens": info.max_tokens}
-    identity = (info.model_id, info.revision, tuple(sorted(chunking.as_dict().items())))
+    compact = parse_compact(settings.dimensions, settings.precision, info.dim)
+    identity = _identity({"model": model, "chunking": chunking.as_dict(), "compact": compact.as_dict() if compact else None})
     current = root.pointer("current")
     if current is not None:
         published = Store(root.root, current).read_manifest()
         if _identity(published) != identity:
             raise StoreError(
                 f"store {root.root} holds model {published['model']['model_id']} with chunking "
-                f"{published['chunking']}; this run asks for {info.model_id} with {chunking.as_dict()}. "
-                "One store holds one model and chunking: use a new --store for this one."
+                f"{published['chunking']} and compact forms {published.get('compact')}; this run asks for "
+                f"{info.model_id} with {chunking.as_dict()} and {compact.as_dict() if compact else None}. "
+                "One store holds one model, chunking and set of forms: use a new --store for this one."
             )
     target = Store(root.root, gen)
     if target.exists():
@@ -94,6 +104,7 @@ def prepare(settings: RunSettings) -> Prepared:
         "source": {**source.as_dict(), "fingerprint": fp},
         "model": model,
         "chunking": chunking.as_dict(),
+        "compact": compact.as_dict() if compact else None,
         "settings": settings.model_dump(),
         "plan": {"shard_rows": settings.shard_rows, "rows": rows, "shards": plan_shards(rows, settings.shard_rows)},
         "skipped": dict(report.skipped),

@@ -36,7 +36,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from wikiembed.compact import card_section as compact_card_section
 from wikiembed.errors import InputError, StoreError, UploadError, WikiembedError
+from wikiembed.evaluate import card_section as eval_card_section, read_eval
 from wikiembed.store import StoreLock, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -352,7 +354,9 @@ def _license(source: dict[str, Any]) -> str:
     return "unknown"
 
 
-def _card_text(manifest: dict[str, Any], states: Sequence[ShardState], repo_id: str | None) -> str:
+def _card_text(
+    manifest: dict[str, Any], states: Sequence[ShardState], repo_id: str | None, evaluation: dict[str, Any] | None = None
+) -> str:
     done = [s for s in states if s.status == "done"]
     if not done:
         raise StoreError("no shard is done yet, so there is nothing to describe or publish; run `wikiembed run` first.")
@@ -438,8 +442,8 @@ def _card_text(manifest: dict[str, Any], states: Sequence[ShardState], repo_id: 
     ]
     if skipped:
         lines.append("- skipped source rows: " + ", ".join(f"{reason}: {n}" for reason, n in sorted(skipped.items())))
+    lines += ["", *compact_card_section(manifest), *eval_card_section(evaluation)]
     lines += [
-        "",
         "## How it was made",
         "",
         "wikiembed downloads and fingerprints the source, splits it into a fixed plan of shards, "
@@ -483,6 +487,11 @@ def _write_text_if_changed(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _evaluation(store: Path) -> dict[str, Any] | None:
+    """The store's last recorded retrieval check (kept next to its manifest, in the generation folder)."""
+    return read_eval((Path(store) / "manifest.json").resolve().parent)
+
+
 def write_card(store: Path, *, repo_id: str | None = None) -> Path:
     """Write STORE/README.md, the dataset card, from the manifest, the done shards and their data files.
 
@@ -492,7 +501,7 @@ def write_card(store: Path, *, repo_id: str | None = None) -> Path:
     store = Path(store)
     manifest = _read_manifest(store)
     card = store / "README.md"
-    _write_text_if_changed(card, _card_text(manifest, _shard_states(store, manifest), repo_id))
+    _write_text_if_changed(card, _card_text(manifest, _shard_states(store, manifest), repo_id, _evaluation(store)))
     return card
 
 
@@ -711,7 +720,7 @@ def publish(
     with StoreLock(staging / ".lock"):
         files = _build_staging(staging, done, file_bytes)
         card = store / "README.md"
-        _write_text_if_changed(card, _card_text(manifest, states, where if kind == "hub" else None))
+        _write_text_if_changed(card, _card_text(manifest, states, where if kind == "hub" else None, _evaluation(store)))
         _write_text_if_changed(staging / "README.md", card.read_text(encoding="utf-8"))
         total_bytes = sum(int(f["size"]) for f in files.values()) + (staging / "README.md").stat().st_size
         summary: dict[str, Any] = {

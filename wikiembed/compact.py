@@ -1,0 +1,276 @@
+"""Compact vector forms: Matryoshka truncation and float16 / int8 / binary precision.
+
+A run may ask for extra forms of every vector (`--dimensions N`, `--precision float16,int8,binary`);
+they are derived from the float32 vector at checkpoint time, so nothing is embedded twice, and
+stored as extra columns next to `embedding`:
+
+| form | column | stored as | bytes per vector (dim d) |
+| --- | --- | --- | --- |
+| float32 at d < full | `embedding_{d}_float32` | float32 | 4·d |
+| float16 | `embedding_float16` (or `embedding_{d}_float16`) | float16 | 2·d |
+| int8 | `embedding_int8` (...) | int8, per-dimension ranges | d |
+| binary | `embedding_binary` (...) | sign bits packed 8 per uint8, big-endian bit order | d / 8 |
+
+Truncation keeps the first d dimensions and renormalizes them to unit length (Matryoshka models are
+trained for that; other models lose more). int8 maps each dimension's calibration range [min, max]
+onto 256 steps: `code = round((x - min) / step) - 128`, `x ≈ (code + 128) · step + min`, with
+`step = (max - min) / 255`; the ranges come from a fixed calibration sample of the store's own
+vectors and are recorded in the manifest and the dataset card, so every shard uses the same ones.
+
+Scoring each form against a float32 query (used by search and eval): float forms by dot product;
+int8 by the query against the dequantized vectors; binary by Hamming distance between sign bits,
+optionally followed by rescoring the best candidates with the float query against the ±1 vectors.
+
+Touches: nothing (numpy and pyarrow values only).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from wikiembed.errors import InputError, StoreError
+
+PRECISIONS = ("float32", "float16", "int8", "binary")
+_ARROW = {"float32": pa.float32(), "float16": pa.float16(), "int8": pa.int8(), "binary": pa.uint8()}
+_NUMPY = {"float32": np.float32, "float16": np.float16, "int8": np.int8, "binary": np.uint8}
+# Chunks whose vectors set the int8 ranges: enough that each dimension's min and max are
+# stable (a few values clip beyond them, which only costs those values a little precision),
+# few enough to embed in seconds on a CPU.
+CALIBRATION_CHUNKS = 256
+
+
+@dataclass(frozen=True)
+class Form:
+    """One stored form of the vectors: a precision at a number of dimensions."""
+
+    precision: str
+    dim: int
+    full_dim: int
+
+    @property
+    def name(self) -> str:
+        """What users type (`--form`): `int8`, or `int8@128` when truncated."""
+        return self.precision if self.dim == self.full_dim else f"{self.precision}@{self.dim}"
+
+    @property
+    def column(self) -> str:
+        if self.dim == self.full_dim:
+            return "embedding" if self.precision == "float32" else f"embedding_{self.precision}"
+        return f"embedding_{self.dim}_{self.precision}"
+
+    @property
+    def width(self) -> int:
+        """Values stored per vector (bytes for binary)."""
+        return self.dim // 8 if self.precision == "binary" else self.dim
+
+    @property
+    def bytes_per_vector(self) -> int:
+        return self.width * np.dtype(_NUMPY[self.precision]).itemsize
+
+    @property
+    def arrow_type(self) -> pa.DataType:
+        return pa.list_(_ARROW[self.precision], self.width)
+
+
+@dataclass(frozen=True)
+class CompactSpec:
+    """The extra forms a run writes: one number of dimensions, one or more precisions."""
+
+    dimensions: int | None = None
+    precisions: tuple[str, ...] = ()
+
+    def forms(self, full_dim: int) -> list[Form]:
+        """Every extra column's form, in a fixed order (the canonical float32 `embedding` excluded)."""
+        dim = self.dimensions or full_dim
+        precisions = self.precisions or ("float32",)
+        return [f for f in (Form(p, dim, full_dim) for p in PRECISIONS if p in precisions) if f.column != "embedding"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dimensions": self.dimensions, "precisions": list(self.precisions)}
+
+
+def parse_compact(dimensions: int | None, precision: str | Sequence[str] | None, full_dim: int) -> CompactSpec | None:
+    """Validate `--dimensions` / `--precision` against the model; None when no extra form is asked for."""
+    if isinstance(precision, str):
+        precision = [p.strip() for p in precision.split(",") if p.strip()]
+    bad = [p for p in precision or () if p not in PRECISIONS]
+    if bad:
+        raise InputError(f"--precision {','.join(bad)}: choose from {','.join(PRECISIONS)} (comma-separated).")
+    precisions = tuple(p for p in PRECISIONS if p in (precision or ()))  # one order, whatever order was typed
+    if dimensions is not None:
+        if not 8 <= dimensions <= full_dim or dimensions % 8:
+            raise InputError(
+                f"--dimensions {dimensions}: give a multiple of 8 between 8 and the model's {full_dim} dimensions."
+            )
+        if dimensions == full_dim:
+            dimensions = None
+    if "binary" in precisions and (dimensions or full_dim) % 8:
+        raise InputError(f"--precision binary: needs a multiple of 8 dimensions; pass --dimensions {(dimensions or full_dim) // 8 * 8}.")
+    spec = CompactSpec(dimensions, precisions)
+    return spec if spec.forms(full_dim) else None
+
+
+def stored_forms(manifest: dict[str, Any]) -> tuple[list[Form], dict[str, Any] | None]:
+    """(the extra forms a store's data files carry, their int8 calibration) from its manifest."""
+    spec = spec_from_manifest(manifest)
+    if spec is None:
+        return [], None
+    return spec.forms(int(manifest["model"]["dim"])), (manifest.get("compact") or {}).get("int8")
+
+
+def spec_from_manifest(manifest: dict[str, Any]) -> CompactSpec | None:
+    compact = manifest.get("compact")
+    if not compact:
+        return None
+    return CompactSpec(compact.get("dimensions"), tuple(compact.get("precisions", ())))
+
+
+def truncate(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """The first `dim` dimensions, renormalized to unit length (float32)."""
+    out = np.ascontiguousarray(vectors[:, :dim], dtype=np.float32)
+    if dim < vectors.shape[1]:
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        out /= np.maximum(norms, 1e-12)
+    return out
+
+
+def calibrate_int8(vectors: np.ndarray, dim: int) -> dict[str, Any]:
+    """Per-dimension ranges for int8 from calibration vectors (after truncation)."""
+    if len(vectors) == 0:
+        raise StoreError("int8 calibration needs at least one vector; the store's first shard has no chunks.")
+    x = truncate(vectors, dim)
+    return {"dim": dim, "min": x.min(axis=0).tolist(), "max": x.max(axis=0).tolist(), "chunks": int(len(x))}
+
+
+def _int8_params(calibration: dict[str, Any] | None, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    if not calibration or int(calibration.get("dim", -1)) != dim:
+        raise StoreError(
+            "int8 vectors need the store's calibration ranges (manifest `compact.int8`), and none match "
+            f"{dim} dimensions; rerun the store with `wikiembed run` to calibrate."
+        )
+    lo = np.asarray(calibration["min"], dtype=np.float32)
+    hi = np.asarray(calibration["max"], dtype=np.float32)
+    step = np.maximum(hi - lo, 1e-12) / 255.0
+    return lo, step.astype(np.float32)
+
+
+def encode(vectors: np.ndarray, form: Form, int8_calibration: dict[str, Any] | None = None) -> np.ndarray:
+    """The stored values of `form` for float32 vectors [n, full_dim]: shape [n, form.width]."""
+    x = truncate(vectors, form.dim)
+    if form.precision == "float32":
+        return x
+    if form.precision == "float16":
+        return x.astype(np.float16)
+    if form.precision == "int8":
+        lo, step = _int8_params(int8_calibration, form.dim)
+        return (np.clip(np.rint((x - lo) / step), 0, 255) - 128).astype(np.int8)
+    return np.packbits(x > 0, axis=1)
+
+
+def arrow_column(values: np.ndarray, form: Form) -> pa.FixedSizeListArray:
+    flat = pa.array(values.reshape(-1), type=_ARROW[form.precision])
+    return pa.FixedSizeListArray.from_arrays(flat, form.width)
+
+
+def column_values(column: pa.Array | pa.ChunkedArray, form: Form) -> np.ndarray:
+    """A fixed-size-list column (or a slice of one) as a numpy array [n, form.width]."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(len(column), form.width)
+
+
+def _signs(bits: np.ndarray, dim: int) -> np.ndarray:
+    """Packed sign bits as ±1 float32 [n, dim]."""
+    return np.unpackbits(bits, axis=1, count=dim).astype(np.float32) * 2.0 - 1.0
+
+
+class Scorer:
+    """Scores of a batch of queries against stored vectors of one form (higher is better).
+
+    `score` is the first-stage score used to rank all vectors (cosine for float forms, the query
+    against dequantized vectors for int8, `1 - 2·hamming/dim` for binary); `rescore` is the
+    binary form's second stage: the float query against the ±1 vectors.
+    """
+
+    def __init__(self, queries: np.ndarray, form: Form, int8_calibration: dict[str, Any] | None = None) -> None:
+        self.form = form
+        self.q = truncate(queries, form.dim)
+        if form.precision == "int8":
+            lo, step = _int8_params(int8_calibration, form.dim)
+            # q · ((code + 128) · step + lo) = (q · step) · code + q · (128 · step + lo): one matmul per batch.
+            self._q_scaled = self.q * step
+            self._offset = self.q @ (128.0 * step + lo)
+        elif form.precision == "binary":
+            self._q_signs = np.where(self.q > 0, 1.0, -1.0).astype(np.float32)
+
+    def score(self, stored: np.ndarray) -> np.ndarray:
+        """[n_queries, n_vectors] first-stage scores."""
+        p = self.form.precision
+        if p in ("float32", "float16"):
+            return self.q @ stored.astype(np.float32, copy=False).T
+        if p == "int8":
+            return self._q_scaled @ stored.astype(np.float32).T + self._offset[:, None]
+        # ±1 · ±1 summed is dim - 2·hamming: an exact Hamming distance through one matmul.
+        return (self._q_signs @ _signs(stored, self.form.dim).T) / self.form.dim
+
+    def rescore(self, stored: np.ndarray) -> np.ndarray:
+        """[n_queries, n_vectors] second-stage scores for binary vectors."""
+        return self.q @ _signs(stored, self.form.dim).T / np.sqrt(self.form.dim)
+
+
+def form_by_name(name: str, spec: CompactSpec | None, full_dim: int) -> Form:
+    """The stored form a user named (`float32`, `int8`, `binary@128`, ...), or an InputError listing those present."""
+    available = available_forms(spec, full_dim)
+    for form in available:
+        if form.name == name:
+            return form
+    raise InputError(
+        f"--form {name!r}: this store holds {', '.join(f.name for f in available)}; pick one of those, "
+        "or build a store with more forms (`wikiembed run --dimensions N --precision float16,int8,binary`)."
+    )
+
+
+def available_forms(spec: CompactSpec | None, full_dim: int) -> list[Form]:
+    return [Form("float32", full_dim, full_dim), *(spec.forms(full_dim) if spec else [])]
+
+
+def card_section(manifest: dict[str, Any]) -> list[str]:
+    """The dataset card's markdown lines describing a store's compact forms (none when it has none)."""
+    forms, calibration = stored_forms(manifest)
+    if not forms:
+        return []
+    lines = [
+        "## Compact forms",
+        "",
+        "Besides `embedding` (float32), each row carries these forms of the same vector, derived from it "
+        "(never embedded again):",
+        "",
+        "| column | precision | dimensions | bytes/vector | how to read it |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    how = {
+        "float32": "first dimensions of `embedding`, renormalized to unit length",
+        "float16": "cast to float32; a dot product is the cosine",
+        "int8": "`x = (code + 128) * step + min`, `step = (max - min) / 255`, per dimension (ranges below)",
+        "binary": "`numpy.unpackbits(v, count=dim)`: bit 1 where the value was > 0; compare by Hamming distance",
+    }
+    for f in forms:
+        lines.append(f"| `{f.column}` | {f.precision} | {f.dim} | {f.bytes_per_vector} | {how[f.precision]} |")
+    if any(f.dim < f.full_dim for f in forms):
+        lines += ["", "Truncated forms keep the first dimensions and renormalize them (Matryoshka truncation)."]
+    if calibration:
+        lines += [
+            "",
+            f"int8 ranges (per dimension, from the store's first {calibration['chunks']} chunks; values outside them are clipped):",
+            "",
+            "```json",
+            json.dumps({"min": calibration["min"], "max": calibration["max"]}),
+            "```",
+        ]
+    return lines + [""]

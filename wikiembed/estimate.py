@@ -1,0 +1,294 @@
+"""What a run will cost before it starts: size, chunks, tokens, GPU-hours, wall time and dollars.
+
+- Size: a local source (and the built-in sample) is read whole, so articles and characters are
+  exact; a Hub dataset gives its article count from its metadata and the rest from a streamed
+  sample (marked as such).
+- Chunks and tokens: a seeded random sample of articles (reservoir sampling over the whole local
+  source) is cut by the run's own chunker and counted with the model's own tokenizer (special
+  tokens included). Totals are ratio estimates against the exact character count, with a 95%
+  interval from the sample's spread (finite-population corrected; zero width when the sample is
+  the whole source).
+- Time and money: per-container throughput from `wikiembed/data/rates.toml` (each rate
+  measured by us with its command and date, or published by others with its source) and prices
+  from `wikiembed/data/prices.toml` (each with its date and source). Nothing is extrapolated from
+  one GPU to another: a backend/GPU without a recorded rate is listed as such.
+
+Touches: the source (read), the model's tokenizer files, the two data files.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from wikiembed.chunking import chunk_table, make_chunking
+from wikiembed.errors import InputError
+from wikiembed.model import load_tokenizer, model_info
+from wikiembed.sources import SNAPSHOT_SCHEMA, RowReport, Source, parse_source, read_source
+
+DEFAULT_SAMPLE = 300
+Z95 = 1.959964
+GPUS = ("CPU", "T4", "A10G", "L4", "L40S", "A100", "H100", "H200", "B200")
+BACKENDS = ("local", "tei", "modal")
+# Which price list applies to a backend: Modal bills per GPU-second; local hardware and
+# self-hosted TEI servers have no list price we could know.
+_PROVIDER = {"modal": "modal"}
+
+
+def _data_file(name: str) -> list[dict[str, Any]]:
+    text = resources.files("wikiembed").joinpath("data", name).read_text(encoding="utf-8")
+    data = tomllib.loads(text)
+    return data.get("rate") or data.get("price") or []
+
+
+def rates() -> list[dict[str, Any]]:
+    """The throughput records (wikiembed/data/rates.toml)."""
+    return _data_file("rates.toml")
+
+
+def prices() -> list[dict[str, Any]]:
+    """The price records (wikiembed/data/prices.toml)."""
+    return _data_file("prices.toml")
+
+
+@dataclass(frozen=True)
+class Total:
+    """An estimated total with its 95% interval."""
+
+    value: float
+    low: float
+    high: float
+
+    def as_list(self) -> list[float]:
+        return [round(self.low), round(self.high)]
+
+
+def ratio_total(known_x: float, x: np.ndarray, y: np.ndarray, population: int) -> Total:
+    """Estimate Σy over the population from a simple random sample, knowing Σx exactly (ratio estimator)."""
+    n = len(x)
+    r = float(y.sum() / x.sum())
+    if n >= population or n < 2:
+        return Total(known_x * r, known_x * r, known_x * r) if n >= population else Total(known_x * r, 0.0, math.inf)
+    residual = y - r * x
+    fpc = 1 - n / population
+    se = known_x / float(x.mean()) * math.sqrt(fpc * float(residual.var(ddof=1)) / n)
+    return Total(known_x * r, max(0.0, known_x * r - Z95 * se), known_x * r + Z95 * se)
+
+
+def mean_total(population: int, y: np.ndarray) -> Total:
+    """Estimate Σy over the population from a simple random sample (no auxiliary total known)."""
+    n = len(y)
+    est = population * float(y.mean())
+    if n >= population:
+        return Total(est, est, est)
+    if n < 2:
+        return Total(est, 0.0, math.inf)
+    se = population * math.sqrt((1 - n / population) * float(y.var(ddof=1)) / n)
+    return Total(est, max(0.0, est - Z95 * se), est + Z95 * se)
+
+
+def _reservoir(rows: Iterator[dict[str, str]], k: int, seed: int) -> tuple[list[dict[str, str]], int, int]:
+    """A uniform sample of k rows (Algorithm R), plus the exact row and character counts."""
+    rng = random.Random(seed)
+    sample: list[dict[str, str]] = []
+    count = chars = 0
+    for row in rows:
+        count += 1
+        chars += len(row["text"])
+        if len(sample) < k:
+            sample.append(row)
+        else:
+            j = rng.randrange(count)
+            if j < k:
+                sample[j] = row
+    return sample, count, chars
+
+
+def _hub_sample(source: Source, k: int, seed: int) -> tuple[list[dict[str, str]], int]:
+    """(streamed sample, article count from the dataset's metadata) for a Hub dataset."""
+    import datasets
+
+    from wikiembed.sources import _hub_offline_error, clean_rows
+
+    try:
+        builder = datasets.load_dataset_builder(source.location, source.config)
+        splits = builder.info.splits or {}
+        if source.split not in splits:
+            raise InputError(f"--source {source.location}: no split {source.split!r} in its metadata; it has {sorted(splits)}.")
+        population = int(splits[source.split].num_examples)
+        stream = datasets.load_dataset(source.location, source.config, split=source.split, streaming=True)
+        stream = stream.shuffle(seed=seed, buffer_size=10 * k)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise _hub_offline_error(source, exc) from exc
+    rows: list[dict[str, str]] = []
+
+    def batches() -> Iterator[list[dict]]:
+        batch: list[dict] = []
+        for raw in stream:
+            batch.append(raw)
+            if len(batch) == 100:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    for row in clean_rows(batches(), source, RowReport()):
+        rows.append(row)
+        if len(rows) >= k:
+            break
+    if source.limit is not None:
+        population = min(population, source.limit)
+    return rows, population
+
+
+def _sample_counts(rows: Sequence[dict[str, str]], model: str, chunker: str, chunk_size: int | None, overlap: int) -> dict[str, np.ndarray]:
+    """Per sampled article: characters, chunks and tokens (model's tokenizer, special tokens included)."""
+    info = model_info(model)
+    chunking = make_chunking(chunker, chunk_size, overlap, info.max_tokens)
+    tokenizer = load_tokenizer(model)
+    table = pa.Table.from_pylist(list(rows), SNAPSHOT_SCHEMA)
+    chunks = chunk_table(table, chunking, tokenizer if chunking.chunker == "tokens" else None)
+    ids = chunks.column("id").to_pylist()
+    index = {r["id"]: i for i, r in enumerate(rows)}
+    owner = np.fromiter((index[i] for i in ids), dtype=np.int64, count=len(ids))
+    lengths = np.fromiter(
+        (min(len(e.ids), info.max_tokens) for e in tokenizer.encode_batch(chunks.column("text").to_pylist())),
+        dtype=np.int64,
+        count=len(ids),
+    )
+    n = len(rows)
+    return {
+        "chars": np.fromiter((len(r["text"]) for r in rows), dtype=np.float64, count=n),
+        "chunks": np.bincount(owner, minlength=n).astype(np.float64),
+        "tokens": np.bincount(owner, weights=lengths, minlength=n).astype(np.float64),
+        "chunking": chunking.as_dict(),  # type: ignore[dict-item]
+    }
+
+
+def _pick_rate(backend: str, gpu: str) -> dict[str, Any] | None:
+    found = [r for r in rates() if r["backend"] == backend and r["hardware"].upper() == gpu.upper()]
+    # Our own measurement first, then the newest.
+    found.sort(key=lambda r: (r["kind"] != "measured", str(r.get("date", ""))), reverse=False)
+    return found[0] if found else None
+
+
+def _pick_price(backend: str, gpu: str) -> dict[str, Any] | None:
+    provider = _PROVIDER.get(backend)
+    found = [p for p in prices() if p["provider"] == provider and p["hardware"].upper() == gpu.upper()]
+    return found[0] if found else None
+
+
+def _option(backend: str, gpu: str, containers: int, chars: Total, model: str) -> dict[str, Any]:
+    rate = _pick_rate(backend, gpu)
+    price = _pick_price(backend, gpu)
+    out: dict[str, Any] = {"backend": backend, "gpu": gpu, "containers": containers}
+    if rate is None:
+        return {**out, "gpu_hours": None, "wall_minutes": None, "usd": None, "basis": "no rate",
+                "note": f"no throughput recorded for backend {backend} on {gpu}; measure it (bench/engine.py) "
+                        "and add it to wikiembed/data/rates.toml"}
+    per_s = float(rate["chars_per_s"])
+    hours = Total(chars.value / per_s / 3600, chars.low / per_s / 3600, chars.high / per_s / 3600)
+    out.update(
+        gpu_hours=round(hours.value, 4),
+        gpu_hours_ci95=[round(hours.low, 4), round(hours.high, 4)],
+        wall_minutes=round(hours.value * 60 / containers, 2),
+        usd=round(hours.value * float(price["usd_per_hour"]), 2) if price else None,
+        basis=rate["kind"],
+        rate_chars_per_s=per_s,
+        rate_model=rate["model"],
+        rate_hardware=rate.get("detail", rate["hardware"]),
+        rate_date=rate.get("date"),
+        rate_how=rate.get("command") or rate.get("source"),
+    )
+    if price:
+        out.update(usd_per_hour=price["usd_per_hour"], price_as_of=price["as_of"], price_source=price["source"])
+    notes = []
+    if rate["model"] != model:
+        notes.append(f"rate measured with {rate['model']}, not {model}: speed differs by model")
+    if price is None:
+        notes.append("no list price for this backend/hardware (self-hosted or not recorded)")
+    notes.append("container start-up and idle time not included")
+    out["note"] = "; ".join(notes)
+    return out
+
+
+def estimate(
+    source: str,
+    *,
+    config: str | None = None,
+    split: str = "train",
+    limit: int | None = None,
+    columns: str | None = None,
+    model: str | None = None,
+    chunker: str = "tokens",
+    chunk_size: int | None = None,
+    chunk_overlap: int = 0,
+    backends: Sequence[str] = (),
+    gpus: Sequence[str] = (),
+    containers: int = 1,
+    sample: int = DEFAULT_SAMPLE,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The estimate `wikiembed estimate` prints; see the module docstring for how each figure is made."""
+    from wikiembed.model import DEFAULT_MODEL
+
+    model = model or DEFAULT_MODEL
+    if sample < 2:
+        raise InputError(f"--sample {sample}: sample at least 2 articles (a few hundred give intervals of a few percent).")
+    if containers < 1:
+        raise InputError(f"--containers {containers}: give at least 1.")
+    bad = [b for b in backends if b not in BACKENDS]
+    if bad:
+        raise InputError(f"--backend {','.join(bad)}: choose from {','.join(BACKENDS)}.")
+    bad = [g for g in gpus if g.upper() not in GPUS]
+    if bad:
+        raise InputError(f"--gpu {','.join(bad)}: choose from {','.join(GPUS)}.")
+    src = parse_source(source, config, split, limit, columns)
+    make_chunking(chunker, chunk_size, chunk_overlap, model_info(model).max_tokens)  # bad options fail before reading
+    if src.kind == "hub":
+        rows, articles = _hub_sample(src, sample, seed)
+        exact = False
+        how = f"Hub metadata for the article count; {len(rows)} articles streamed through a shuffle buffer for the rest"
+    else:
+        rows, articles, total_chars = _reservoir(read_source(src, RowReport()), sample, seed)
+        exact = True
+        how = f"whole source read; {len(rows)} of {articles} articles drawn uniformly at random (seed {seed})"
+    if not rows:
+        raise InputError(f"--source {source}: no usable rows to sample; check the path, --split or --limit.")
+    counts = _sample_counts(rows, model, chunker, chunk_size, chunk_overlap)
+    if exact:
+        chars = Total(total_chars, total_chars, total_chars)
+        chunks = ratio_total(total_chars, counts["chars"], counts["chunks"], articles)
+        tokens = ratio_total(total_chars, counts["chars"], counts["tokens"], articles)
+    else:
+        chars = mean_total(articles, counts["chars"])
+        chunks = mean_total(articles, counts["chunks"])
+        tokens = mean_total(articles, counts["tokens"])
+    if not backends and not gpus:
+        combos = [(r["backend"], r["hardware"]) for r in rates()]
+    else:
+        combos = [(b, g) for b in (backends or ["modal"]) for g in (gpus or ["A10G"])]
+    return {
+        "source": src.spec,
+        "model": model,
+        "chunking": counts["chunking"],
+        "articles": articles,
+        "chars": round(chars.value),
+        "chars_ci95": chars.as_list(),
+        "chars_exact": exact,
+        "chunks": round(chunks.value),
+        "chunks_ci95": chunks.as_list(),
+        "tokens": round(tokens.value),
+        "tokens_ci95": tokens.as_list(),
+        "sample": {"articles": len(rows), "seed": seed, "how": how},
+        "options": [_option(b, g.upper(), containers, chars, model) for b, g in combos],
+    }

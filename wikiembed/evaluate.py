@@ -1,0 +1,236 @@
+"""A retrieval check that needs no labels: can an article's title find the article?
+
+For a random sample of a store's articles (seeded, so reruns and other stores get the same
+sample), each title is a query and a hit is any chunk of that article among the top k. Reported
+per stored form: recall@1, recall@10, MRR@10 (reciprocal rank of the article's first chunk within
+the top 10, 0 when absent), the sample size, and 95% confidence intervals (Wilson for recalls,
+normal approximation for MRR). `against` evaluates a second store of the same source on the same
+articles and adds the paired differences with their intervals: the question when re-embedding
+with a fine-tuned model.
+
+Titles are a proxy, not a benchmark: an article's opening usually repeats its title, so absolute
+figures are high; what the check is good for is comparing forms, models and runs on the same text,
+and catching broken vectors (recall near zero).
+
+Touches: the stores' data files (read), their `eval.json` and dataset card (written), the model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from wikiembed.compact import available_forms
+from wikiembed.errors import InputError, StoreError
+from wikiembed.search import DEFAULT_RESCORE, StoreVectors
+from wikiembed.store import write_json_atomic
+
+DEFAULT_SAMPLE = 500
+DEPTH = 10  # recall@10 and MRR@10 need the top 10
+Z95 = 1.959964
+EVAL_FILE = "eval.json"
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (sound near 0 and 1, unlike the normal one)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    # At 0 or n successes the interval touches the bound exactly (the formula rounds just inside it).
+    return (0.0 if successes == 0 else max(0.0, centre - half), 1.0 if successes == n else min(1.0, centre + half))
+
+
+def mean_interval(values: np.ndarray, bounds: tuple[float, float] = (0.0, 1.0), z: float = Z95) -> tuple[float, float]:
+    """Mean ± z standard errors, kept within the values' possible range."""
+    n = len(values)
+    if n < 2:
+        return (float(values.mean()) if n else 0.0,) * 2  # type: ignore[return-value]
+    half = z * float(values.std(ddof=1)) / math.sqrt(n)
+    return (max(bounds[0], float(values.mean()) - half), min(bounds[1], float(values.mean()) + half))
+
+
+def sample_articles(vectors: StoreVectors, n: int, seed: int) -> list[tuple[str, str]]:
+    """(id, title) of up to n articles with a non-blank title, drawn without replacement.
+
+    Candidates are sorted by id before drawing, so the same seed picks the same articles in any
+    store of the same source, whatever its sharding.
+    """
+    ids: list[str] = []
+    titles: list[str] = []
+    for path in vectors.files:
+        parquet = pq.ParquetFile(path, memory_map=True)
+        for batch in parquet.iter_batches(columns=["id", "title", "chunk_index"], batch_size=65536):
+            first = np.asarray(batch.column("chunk_index").to_numpy(zero_copy_only=False)) == 0
+            for i, t, keep in zip(batch.column("id").to_pylist(), batch.column("title").to_pylist(), first):
+                if keep and t and t.strip():
+                    ids.append(i)
+                    titles.append(t)
+    if not ids:
+        raise StoreError(f"store {vectors.root}: no article has a title, so titles cannot be queries; this check needs titles.")
+    order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
+    picked = np.random.default_rng(seed).choice(len(ids), size=min(n, len(ids)), replace=False)
+    return [(ids[order[i]], titles[order[i]]) for i in np.sort(picked)]
+
+
+def _ranks(vectors: StoreVectors, articles: Sequence[tuple[str, str]], queries: np.ndarray, form_name: str, rescore: int) -> np.ndarray:
+    """Rank (1-based) of each article's first chunk in its title's top DEPTH; 0 when absent."""
+    _, positions = vectors.scan(queries, DEPTH, vectors.form(form_name), rescore)
+    rows = vectors.rows(positions, columns=("id",))
+    ranks = np.zeros(len(articles), dtype=np.int64)
+    for q, (article_id, _) in enumerate(articles):
+        for r, p in enumerate(positions[q], 1):
+            if rows[int(p)]["id"] == article_id:
+                ranks[q] = r
+                break
+    return ranks
+
+
+def _metrics(ranks: np.ndarray) -> dict[str, Any]:
+    n = len(ranks)
+    at1, at10 = int(np.sum(ranks == 1)), int(np.sum(ranks > 0))
+    rr = np.where(ranks > 0, 1.0 / np.maximum(ranks, 1), 0.0)
+    return {
+        "n": n,
+        "recall_at_1": at1 / n,
+        "recall_at_1_ci95": list(wilson(at1, n)),
+        "recall_at_10": at10 / n,
+        "recall_at_10_ci95": list(wilson(at10, n)),
+        "mrr": float(rr.mean()),
+        "mrr_ci95": list(mean_interval(rr)),
+    }
+
+
+def _forms(vectors: StoreVectors, forms: Sequence[str] | None) -> list[str]:
+    if not forms:
+        return ["float32"]
+    if list(forms) == ["all"]:
+        return [f.name for f in available_forms(vectors.compact, vectors.dim)]
+    for name in forms:
+        vectors.form(name)  # raises with the list of forms present
+    return list(dict.fromkeys(forms))
+
+
+def _evaluate_store(
+    vectors: StoreVectors, articles: Sequence[tuple[str, str]], forms: Sequence[str], rescore: int, device: str | None
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    queries = vectors.embed_queries([t for _, t in articles], device=device)
+    results, ranks = [], {}
+    for name in forms:
+        form = vectors.form(name)
+        ranks[name] = _ranks(vectors, articles, queries, name, rescore)
+        results.append({"form": name, "column": form.column, "bytes_per_vector": form.bytes_per_vector,
+                        "rescore": rescore if form.precision == "binary" else None, **_metrics(ranks[name])})
+    # Binary forms also without rescoring: what the Hamming stage alone finds.
+    for r in [r for r in results if r["rescore"] and r["rescore"] > 1]:
+        plain = _ranks(vectors, articles, queries, r["form"], 1)
+        ranks[r["form"] + " (hamming only)"] = plain
+        results.append({**r, "form": r["form"] + " (hamming only)", "rescore": None, **_metrics(plain)})
+    chunks = sum(pq.ParquetFile(f).metadata.num_rows for f in vectors.files)
+    head = results[0]
+    return {
+        "store": str(vectors.root),
+        "model": vectors.model_id,
+        "chunks": chunks,
+        "n": head["n"],
+        "recall_at_1": head["recall_at_1"],
+        "recall_at_10": head["recall_at_10"],
+        "mrr": head["mrr"],
+        "forms": results,
+    }, ranks
+
+
+def evaluate(
+    store: str | Path,
+    *,
+    sample: int = DEFAULT_SAMPLE,
+    seed: int = 0,
+    forms: Sequence[str] | None = None,
+    rescore: int = DEFAULT_RESCORE,
+    against: str | Path | None = None,
+    device: str | None = None,
+    record: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a store (and optionally a second one on the same articles); return the `--json` payload.
+
+    `forms`: names of stored forms (`float32`, `int8`, `binary@128`, ...), or ["all"]; default float32.
+    `record`: write the result to the store's `eval.json` and refresh its dataset card.
+    """
+    if sample < 1:
+        raise InputError(f"--sample {sample}: evaluate at least 1 article (500 gives intervals of about ±4 points).")
+    vectors = StoreVectors(store)
+    names = _forms(vectors, forms)
+    articles = sample_articles(vectors, sample, seed)
+    result, ranks = _evaluate_store(vectors, articles, names, rescore, device)
+    result.update(seed=seed, query="title", hit="any chunk of the article in the top k", k=DEPTH)
+    if against is not None:
+        other = StoreVectors(against)
+        mine, theirs = vectors.manifest["source"]["fingerprint"], other.manifest["source"]["fingerprint"]
+        if mine != theirs:
+            raise InputError(
+                f"--against {other.root}: built from a different source (fingerprint {theirs[:12]} vs {mine[:12]}); "
+                "compare stores embedded from the same source, so both answer the same questions."
+            )
+        other_names = _forms(other, forms)
+        compared, other_ranks = _evaluate_store(other, articles, other_names, rescore, device)
+        diffs = []
+        for name in ranks:
+            if name not in other_ranks:
+                continue
+            a, b = ranks[name], other_ranks[name]
+            d10 = (b > 0).astype(float) - (a > 0).astype(float)
+            d1 = (b == 1).astype(float) - (a == 1).astype(float)
+            drr = np.where(b > 0, 1.0 / np.maximum(b, 1), 0.0) - np.where(a > 0, 1.0 / np.maximum(a, 1), 0.0)
+            diffs.append({
+                "form": name,
+                "recall_at_1": float(d1.mean()), "recall_at_1_ci95": list(mean_interval(d1, (-1.0, 1.0))),
+                "recall_at_10": float(d10.mean()), "recall_at_10_ci95": list(mean_interval(d10, (-1.0, 1.0))),
+                "mrr": float(drr.mean()), "mrr_ci95": list(mean_interval(drr, (-1.0, 1.0))),
+            })
+        result["against"] = compared
+        result["difference"] = {"meaning": "against minus this store, paired on the same articles", "forms": diffs}
+    if record:
+        write_json_atomic(vectors.store.dir / EVAL_FILE, result)
+        from wikiembed.publish import write_card
+
+        write_card(vectors.root)
+    return result
+
+
+def read_eval(generation_dir: Path) -> dict[str, Any] | None:
+    """The last recorded eval of a generation, if any (for the dataset card)."""
+    try:
+        return json.loads((generation_dir / EVAL_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def card_section(result: dict[str, Any] | None) -> list[str]:
+    """The dataset card's markdown lines for a recorded eval (none when there is no eval)."""
+    if not result:
+        return []
+    lines = [
+        "## Retrieval check",
+        "",
+        f"Each of {result['n']} randomly drawn articles (seed {result.get('seed')}) is searched for by its title over all "
+        f"{result['chunks']} chunks; a hit is any chunk of that article in the top {result.get('k', DEPTH)}. "
+        "Titles are an easy, label-free proxy: compare forms and models with it, not with other benchmarks. "
+        "95% intervals in brackets. Reproduce with `wikiembed eval --store STORE`.",
+        "",
+        "| form | bytes/vector | recall@1 | recall@10 | MRR@10 |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for f in result["forms"]:
+        def cell(key: str) -> str:
+            lo, hi = f[key + "_ci95"]
+            return f"{f[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+        form = f["form"] + (f" (rescored ×{f['rescore']})" if f.get("rescore") else "")
+        lines.append(f"| {form} | {f['bytes_per_vector']} | {cell('recall_at_1')} | {cell('recall_at_10')} | {cell('mrr')} |")
+    return lines + [""]

@@ -1,0 +1,186 @@
+"""Exact nearest-neighbour search over a run store's data files.
+
+The store's published generation is scanned shard file by shard file and row batch by row batch,
+reading only the one vector column being searched (memory-mapped parquet), so memory stays at one
+batch of vectors plus the running best candidates per query, whatever the store's size. Many
+queries are scored together with one matrix product per batch (eval sends hundreds). The hits'
+other columns (title, url, text, ...) are read afterwards, only from the row groups that hold them.
+
+Queries are embedded with the store's own model (the manifest's model id and revision), on the
+local engine.
+
+Touches: the store's `manifest.json`, `_done/` and `data/` (read only); the model's files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from wikiembed.compact import Form, Scorer, column_values, form_by_name, spec_from_manifest
+from wikiembed.errors import InputError, StoreError
+from wikiembed.store import Store
+
+# Vectors scored per step: [queries × SCAN_ROWS] float32 scores stay small (500 queries: 16 MB).
+SCAN_ROWS = 8192
+# Binary search ranks by Hamming distance first, then rescores this many times k candidates with
+# the float query (sentence-transformers' default multiplier for binary rescoring is 4).
+DEFAULT_RESCORE = 4
+HIT_COLUMNS = ("id", "url", "title", "chunk_index", "char_start", "char_end", "text")
+
+
+@dataclass(frozen=True)
+class Hit:
+    score: float
+    id: str
+    title: str
+    url: str
+    chunk_index: int
+    char_start: int
+    char_end: int
+    text: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class StoreVectors:
+    """The published generation of a store, as something to search."""
+
+    def __init__(self, store: str | Path) -> None:
+        root = Store(store)
+        current = root.pointer("current")
+        if current is None:
+            raise StoreError(
+                f"store {root.root}: nothing is published there yet (no `current` generation); "
+                f"finish a run with `wikiembed run --store {root.root}` first."
+            )
+        self.store = Store(root.root, current)
+        self.manifest = self.store.read_manifest()
+        self.files = [self.store.data_path(s.shard) for s in self.store.states(self.manifest) if s.state == "done"]
+        if not self.files:
+            raise StoreError(f"store {root.root}: no shard is done yet; finish the run first (`wikiembed status --store {root.root}`).")
+        self.model_id: str = self.manifest["model"]["model_id"]
+        self.dim = int(self.manifest["model"]["dim"])
+        self.compact = spec_from_manifest(self.manifest)
+        self.int8_calibration = (self.manifest.get("compact") or {}).get("int8")
+
+    @property
+    def root(self) -> Path:
+        return self.store.root
+
+    def form(self, name: str = "float32") -> Form:
+        return form_by_name(name, self.compact, self.dim)
+
+    def embed_queries(self, texts: Sequence[str], device: str | None = None) -> np.ndarray:
+        """Queries embedded like the store's chunks: same model, L2-normalized float32."""
+        from wikiembed.backends.factory import open_backend
+        from wikiembed.model import model_info
+
+        info = model_info(self.model_id)
+        recorded = self.manifest["model"].get("revision")
+        if recorded and info.revision != recorded:
+            raise InputError(
+                f"model {self.model_id!r}: the files found here (revision {info.revision}) differ from the ones "
+                f"this store was embedded with (revision {recorded}); queries must use the same model."
+            )
+        backend = open_backend("local", self.model_id, device=device)
+        return np.asarray(backend.embed(list(texts)), dtype=np.float32)
+
+    def scan(self, queries: np.ndarray, k: int, form: Form, rescore: int = DEFAULT_RESCORE) -> tuple[np.ndarray, np.ndarray]:
+        """Top k per query: (scores [nq, k], positions [nq, k] as file index << 32 | row), best first."""
+        if k < 1:
+            raise InputError(f"-k {k}: ask for at least 1 hit.")
+        scorer = Scorer(queries, form, self.int8_calibration)
+        two_stage = form.precision == "binary" and rescore > 1
+        depth = k * rescore if two_stage else k
+        nq = len(queries)
+        best = np.full((nq, 0), -np.inf, dtype=np.float32)
+        best_pos = np.zeros((nq, 0), dtype=np.int64)
+        best_second = np.zeros((nq, 0), dtype=np.float32)
+        for fi, path in enumerate(self.files):
+            parquet = pq.ParquetFile(path, memory_map=True)
+            if form.column not in parquet.schema_arrow.names:
+                raise StoreError(f"{path} has no column {form.column!r}; rerun that shard so every shard has the store's forms.")
+            row0 = 0
+            for batch in parquet.iter_batches(batch_size=SCAN_ROWS, columns=[form.column]):
+                stored = column_values(batch.column(0), form)
+                n = len(stored)
+                scores = scorer.score(stored)
+                pos = (np.int64(fi) << 32) | np.arange(row0, row0 + n, dtype=np.int64)
+                merged = np.concatenate([best, scores.astype(np.float32)], axis=1)
+                merged_pos = np.concatenate([best_pos, np.broadcast_to(pos, (nq, n))], axis=1)
+                keep = min(depth, merged.shape[1])
+                top = np.argpartition(-merged, keep - 1, axis=1)[:, :keep] if merged.shape[1] > keep else np.argsort(-merged, axis=1)
+                if two_stage:
+                    second = np.concatenate([best_second, scorer.rescore(stored).astype(np.float32)], axis=1)
+                    best_second = np.take_along_axis(second, top, axis=1)
+                best = np.take_along_axis(merged, top, axis=1)
+                best_pos = np.take_along_axis(merged_pos, top, axis=1)
+                row0 += n
+        final = best_second if two_stage else best
+        order = np.argsort(-final, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(final, order, axis=1), np.take_along_axis(best_pos, order, axis=1)
+
+    def rows(self, positions: np.ndarray, columns: Sequence[str] = HIT_COLUMNS) -> dict[int, dict[str, Any]]:
+        """The given columns of the rows at `positions` (file index << 32 | row), read by row group."""
+        wanted = sorted({int(p) for p in np.asarray(positions).reshape(-1)})
+        out: dict[int, dict[str, Any]] = {}
+        by_file: dict[int, list[int]] = {}
+        for p in wanted:
+            by_file.setdefault(p >> 32, []).append(p & 0xFFFFFFFF)
+        for fi, rows in by_file.items():
+            parquet = pq.ParquetFile(self.files[fi], memory_map=True)
+            sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+            starts = np.cumsum([0, *sizes])
+            group_of = {r: int(np.searchsorted(starts, r, side="right") - 1) for r in rows}
+            groups = sorted(set(group_of.values()))
+            table = parquet.read_row_groups(groups, columns=list(columns))
+            # Where each group read begins in `table`.
+            first, base = {}, 0
+            for g in groups:
+                first[g] = base
+                base += sizes[g]
+            local = [first[group_of[r]] + r - int(starts[group_of[r]]) for r in rows]
+            picked = table.take(local).to_pylist()
+            for r, row in zip(rows, picked):
+                out[(fi << 32) | r] = row
+        return out
+
+
+def search(
+    store: str | Path,
+    query: str,
+    k: int = 10,
+    *,
+    form: str = "float32",
+    rescore: int = DEFAULT_RESCORE,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """The top k chunks of a store for one query; returns the payload `wikiembed search --json` writes."""
+    if not query.strip():
+        raise InputError("search query is empty; give the text to search for, e.g. wikiembed search --store S \"who wrote Hamlet\".")
+    vectors = StoreVectors(store)
+    chosen = vectors.form(form)
+    q = vectors.embed_queries([query], device=device)
+    scores, positions = vectors.scan(q, k, chosen, rescore)
+    rows = vectors.rows(positions[0])
+    hits = [
+        Hit(float(s), **{c: rows[int(p)][c] for c in HIT_COLUMNS}).as_dict()
+        for s, p in zip(scores[0], positions[0])
+        if np.isfinite(s)
+    ]
+    return {
+        "store": str(vectors.root),
+        "model": vectors.model_id,
+        "query": query,
+        "k": k,
+        "form": chosen.name,
+        "rescore": rescore if chosen.precision == "binary" else None,
+        "chunks_searched": sum(pq.ParquetFile(f).metadata.num_rows for f in vectors.files),
+        "hits": hits,
+    }
