@@ -1,4 +1,4 @@
-"""The `wikiembed` command line: run, status, rerun, export, upload, search, eval.
+"""The `wikiembed` command line: run, status, rerun, export, upload, estimate, search, eval.
 
 Each command is a thin shell over a flow or a plain function. Errors a user
 can fix print one message that names the input and the fix (exit 2); a run
@@ -82,6 +82,23 @@ def _parser() -> argparse.ArgumentParser:
     upload.add_argument("--revision")
     upload.add_argument("--create-pr", action="store_true")
     upload.add_argument("--allow-partial", action="store_true", help="publish the done shards even if some are not")
+
+    est = sub.add_parser("estimate", help="what a run would cost: chunks, tokens, GPU-hours, wall time, dollars")
+    est.add_argument("--source", required=True, help="as for run")
+    est.add_argument("--config")
+    est.add_argument("--split", default="train")
+    est.add_argument("--limit", type=int)
+    est.add_argument("--columns")
+    est.add_argument("--model", default=None, help="as for run (default: all-MiniLM-L6-v2, bundled)")
+    est.add_argument("--chunker", default="tokens", choices=["tokens", "chars"])
+    est.add_argument("--chunk-size", type=int)
+    est.add_argument("--chunk-overlap", type=int, default=0)
+    est.add_argument("--backend", help="backends to price, comma-separated: local,tei,modal (default: every recorded rate)")
+    est.add_argument("--gpu", help="hardware, comma-separated: " + ",".join(("CPU", "T4", "A10G", "L4", "L40S", "A100", "H100", "H200", "B200")))
+    est.add_argument("--containers", type=int, default=1, help="containers working at once, for the wall time (default 1)")
+    est.add_argument("--sample", type=int, default=300, help="articles tokenized to estimate chunks and tokens (default 300)")
+    est.add_argument("--seed", type=int, default=0)
+    est.add_argument("--json", dest="json_path", metavar="PATH", help="also write the estimate as JSON here")
 
     search = sub.add_parser("search", help="the chunks of a store nearest to a query (exact scan)")
     search.add_argument("--store", required=True)
@@ -234,6 +251,41 @@ def _cmd_publish(args: argparse.Namespace, target: str) -> int:
     return EXIT_OK
 
 
+def _split_list(value: str | None) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+def _fmt_range(value: float, ci: list[float]) -> str:
+    return f"{value:,.0f}" if ci[0] == ci[1] else f"{value:,.0f} [{ci[0]:,.0f}, {ci[1]:,.0f}]"
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from wikiembed.estimate import estimate
+
+    result = estimate(
+        args.source, config=args.config, split=args.split, limit=args.limit, columns=args.columns, model=args.model,
+        chunker=args.chunker, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap,
+        backends=_split_list(args.backend), gpus=_split_list(args.gpu), containers=args.containers,
+        sample=args.sample, seed=args.seed,
+    )
+    print(f"{result['source']} with {result['model']} ({result['chunking']}):")
+    print(f"  articles {result['articles']:,} | chars {_fmt_range(result['chars'], result['chars_ci95'])} | "
+          f"chunks {_fmt_range(result['chunks'], result['chunks_ci95'])} | tokens {_fmt_range(result['tokens'], result['tokens_ci95'])}"
+          " (95% intervals)")
+    print(f"  sample: {result['sample']['how']}")
+    for o in result["options"]:
+        head = f"  {o['backend']:<6} {o['gpu']:<5} x{o['containers']:<4}"
+        if o["gpu_hours"] is None:
+            print(f"{head} {o['note']}")
+            continue
+        usd = f"${o['usd']:,.2f}" if o["usd"] is not None else "$ n/a"
+        print(f"{head} {o['gpu_hours']:,.3f} GPU-h, {o['wall_minutes']:,.1f} min wall, {usd}  "
+              f"[{o['basis']}: {o['rate_chars_per_s']:,.0f} chars/s, {o['rate_date']}]")
+        print(f"{' ' * 19}{o['note']}")
+    _write_json(args.json_path, result)
+    return EXIT_OK
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     from wikiembed.search import search
 
@@ -289,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_rerun(args)
         if args.command == "search":
             return _cmd_search(args)
+        if args.command == "estimate":
+            return _cmd_estimate(args)
         if args.command == "eval":
             return _cmd_eval(args)
         if args.command == "export":

@@ -187,6 +187,11 @@ def _pick_price(backend: str, gpu: str) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
+def _sig(x: float, digits: int = 4) -> float:
+    """Rounded to significant digits: small corpora still show their (small) figures."""
+    return float(f"{x:.{digits}g}")
+
+
 def _option(backend: str, gpu: str, containers: int, chars: Total, model: str) -> dict[str, Any]:
     rate = _pick_rate(backend, gpu)
     price = _pick_price(backend, gpu)
@@ -198,10 +203,10 @@ def _option(backend: str, gpu: str, containers: int, chars: Total, model: str) -
     per_s = float(rate["chars_per_s"])
     hours = Total(chars.value / per_s / 3600, chars.low / per_s / 3600, chars.high / per_s / 3600)
     out.update(
-        gpu_hours=round(hours.value, 4),
-        gpu_hours_ci95=[round(hours.low, 4), round(hours.high, 4)],
-        wall_minutes=round(hours.value * 60 / containers, 2),
-        usd=round(hours.value * float(price["usd_per_hour"]), 2) if price else None,
+        gpu_hours=_sig(hours.value),
+        gpu_hours_ci95=[_sig(hours.low), _sig(hours.high)],
+        wall_minutes=_sig(hours.value * 60 / containers),
+        usd=_sig(hours.value * float(price["usd_per_hour"])) if price else None,
         basis=rate["kind"],
         rate_chars_per_s=per_s,
         rate_model=rate["model"],

@@ -1,0 +1,110 @@
+"""`wikiembed estimate` on real text (Python's reference topics): exact counts when the sample is
+the whole source, intervals that hold the truth when it is not, and rates/prices with provenance."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from tests.corpus import python_topics
+from wikiembed.chunking import chunk_table, make_chunking
+from wikiembed.errors import InputError
+from wikiembed.estimate import estimate, prices, rates
+from wikiembed.flows.cli import main
+from wikiembed.model import load_tokenizer, model_info
+from wikiembed.sources import SNAPSHOT_SCHEMA
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def topics(tmp_path_factory):
+    return python_topics(tmp_path_factory.mktemp("topics") / "topics.jsonl")
+
+
+@pytest.fixture(scope="module")
+def truth(topics):
+    """Chunks and tokens of the whole corpus, counted directly."""
+    rows = [json.loads(line) for line in topics.read_text().splitlines()]
+    info = model_info()
+    tokenizer = load_tokenizer()
+    chunks = chunk_table(pa.Table.from_pylist(rows, SNAPSHOT_SCHEMA), make_chunking("tokens", None, 0, info.max_tokens), tokenizer)
+    tokens = sum(min(len(e.ids), info.max_tokens) for e in tokenizer.encode_batch(chunks.column("text").to_pylist()))
+    return {"articles": len(rows), "chars": sum(len(r["text"]) for r in rows), "chunks": chunks.num_rows, "tokens": tokens}
+
+
+def test_whole_source_sample_gives_exact_counts(topics, truth):
+    result = estimate(str(topics), sample=1000)
+    assert result["articles"] == truth["articles"] and result["chars"] == truth["chars"] and result["chars_exact"]
+    assert result["chunks"] == truth["chunks"] and result["chunks_ci95"] == [truth["chunks"]] * 2
+    assert result["tokens"] == truth["tokens"] and result["tokens_ci95"] == [truth["tokens"]] * 2
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sampled_intervals_hold_the_true_totals(topics, truth, seed):
+    result = estimate(str(topics), sample=30, seed=seed)
+    assert result["sample"]["articles"] == 30 and result["chars"] == truth["chars"]
+    for key in ("chunks", "tokens"):
+        lo, hi = result[f"{key}_ci95"]
+        assert lo <= truth[key] <= hi and lo < hi, (key, lo, truth[key], hi)
+        assert abs(result[key] - truth[key]) / truth[key] < 0.15
+
+
+def test_options_come_from_the_rate_and_price_files(topics):
+    result = estimate(str(topics), sample=20, backends=["local", "modal"], gpus=["CPU", "A10G", "H100"], containers=4)
+    by = {(o["backend"], o["gpu"]): o for o in result["options"]}
+    cpu = by[("local", "CPU")]
+    assert cpu["basis"] == "measured" and cpu["rate_how"].startswith("python bench/engine.py")
+    assert cpu["gpu_hours"] == pytest.approx(result["chars"] / cpu["rate_chars_per_s"] / 3600, rel=1e-3)
+    assert cpu["wall_minutes"] == pytest.approx(cpu["gpu_hours"] * 60 / 4, rel=1e-2) and cpu["usd"] is None
+    a10g = by[("modal", "A10G")]
+    assert a10g["basis"] == "published" and "BAAI/bge-small-en-v1.5" in a10g["note"]
+    h100 = by[("modal", "H100")]  # a price but no throughput recorded: nothing is made up
+    assert h100["basis"] == "no rate" and h100["gpu_hours"] is None and h100["usd"] is None
+    assert {("local", "H100"), ("modal", "CPU")} <= set(by)
+
+
+def test_every_rate_and_price_says_where_it_comes_from():
+    for rate in rates():
+        assert rate["kind"] in ("measured", "published") and rate["chars_per_s"] > 0 and rate["date"]
+        if rate["kind"] == "measured":
+            assert rate["command"] and (ROOT / rate["results"]).exists()
+        else:
+            assert rate["source"].startswith("https://")
+    for price in prices():
+        assert price["usd_per_hour"] > 0 and price["as_of"] and price["source"].startswith("https://")
+    assert tomllib.loads((ROOT / "wikiembed/data/rates.toml").read_text())  # plain TOML, editable by hand
+
+
+def test_cli_writes_the_json_contract(topics, tmp_path, capsys):
+    out = tmp_path / "estimate.json"
+    assert main(["estimate", "--source", str(topics), "--sample", "20", "--backend", "local", "--gpu", "cpu",
+                 "--containers", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert {"chars", "chunks", "tokens", "options"} <= set(result)
+    assert set(result["options"][0]) >= {"backend", "gpu", "containers", "gpu_hours", "wall_minutes", "usd"}
+    assert "GPU-h" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"gpus": ["V100"]}, "--gpu V100"),
+        ({"backends": ["cloud"]}, "--backend cloud"),
+        ({"sample": 1}, "--sample 1"),
+        ({"containers": 0}, "--containers 0"),
+        ({"chunk_size": 4096}, "--chunk-size 4096"),
+    ],
+)
+def test_bad_options_name_the_flag(topics, kwargs, needle):
+    with pytest.raises(InputError, match=needle.replace("-", r"\-")):
+        estimate(str(topics), **kwargs)
+
+
+def test_missing_source_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        estimate(str(tmp_path / "missing.parquet"))
