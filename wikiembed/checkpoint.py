@@ -27,8 +27,10 @@ from wikiembed.compact import Form, arrow_column, encode
 from wikiembed.store import Store, sha256_file, store_os_error
 
 # Chunks embedded and written per parquet row group: bounds memory for any shard
-# size and keeps the backend's batches large enough to be efficient.
-EMBED_GROUP = 4096
+# size (~20 MB of text and vectors) and keeps the backend's batches large: the
+# engine sorts a call's chunks by length, and a GPU wants many chunks of each
+# length to fill its 64k-token batches without padding.
+EMBED_GROUP = 16_384
 
 
 def data_schema(dim: int, forms: Sequence[Form] = ()) -> pa.Schema:
@@ -91,7 +93,7 @@ def embed_shard(
                         todo = ~found
                 missing = [t for t, need in zip(texts, todo) if need]
                 if missing:
-                    fresh = check_vectors(backend.embed(missing), len(missing), backend.dim, f"backend {backend.model_id}")
+                    fresh = check_vectors(_embed(backend, batch, todo, missing), len(missing), backend.dim, f"backend {backend.model_id}")
                     vectors[todo] = fresh
                 embedded += len(missing)
                 reused += len(texts) - len(missing)
@@ -99,7 +101,8 @@ def embed_shard(
                 chars += sum(len(t) for t in missing)
                 flat = pa.array(vectors.reshape(-1), type=pa.float32())
                 column = pa.FixedSizeListArray.from_arrays(flat, backend.dim)
-                table = pa.Table.from_batches([batch]).append_column(schema.field("embedding"), column)
+                rows_out = pa.Table.from_batches([batch]).select(CHUNK_SCHEMA.names)  # token ids stay in chunks/
+                table = rows_out.append_column(schema.field("embedding"), column)
                 for form in forms:
                     table = table.append_column(schema.field(form.column), arrow_column(encode(vectors, form, int8_calibration), form))
                 writer.write_table(table)
@@ -133,6 +136,21 @@ def embed_shard(
     }
     store.mark_done(shard, marker)
     return marker
+
+
+def _embed(backend: Backend, batch: pa.RecordBatch, todo: np.ndarray, texts: list[str]) -> np.ndarray:
+    """Vectors of the chunks in `batch` marked `todo`: from their token ids where the chunk file
+    carries them and the backend takes ids (the local engine), else from their text."""
+    embed_ids = getattr(backend, "embed_ids", None)
+    if embed_ids is None or "input_ids" not in batch.schema.names:
+        return backend.embed(texts)
+    column = batch.column("input_ids")
+    if not todo.all():
+        column = column.filter(pa.array(todo))
+    column = pa.concat_arrays([column]) if isinstance(column, pa.ChunkedArray) else column
+    offsets = column.offsets.to_numpy().astype(np.int64)
+    ids = column.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
+    return embed_ids(ids, offsets - offsets[0])
 
 
 def read_vectors(path: Path) -> tuple[list[str], np.ndarray]:

@@ -23,7 +23,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +33,7 @@ from wikiembed.sources import read_snapshot_rows
 from wikiembed.errors import InputError
 from wikiembed.model import load_tokenizer
 from wikiembed.store import Store, sha256_file, store_os_error
+from wikiembed.tokenizing import cores, run_parts, spec, tokenizer_from_spec
 
 CHUNK_SCHEMA = pa.schema(
     [
@@ -45,6 +46,9 @@ CHUNK_SCHEMA = pa.schema(
         ("text", pa.string()),
     ]
 )
+# The token chunker's files also carry each chunk's token ids (special tokens included):
+# the local engine embeds them as they are, so each character is tokenized once.
+TOKEN_CHUNK_SCHEMA = CHUNK_SCHEMA.append(pa.field("input_ids", pa.list_(pa.int32())))
 # Articles are tokenized in groups: big enough for tokenizers' parallel
 # encode_batch, small enough that the Encoding objects (~130 bytes per character
 # of input, measured) stay bounded: at most this many pieces and characters.
@@ -140,12 +144,18 @@ def _segments(text: str) -> list[tuple[int, int]]:
 
 
 class TokenChunker:
-    """Token-budget chunking with the model's own fast tokenizer.
+    """Token-budget chunking with the model's own fast tokenizer; also returns each chunk's token ids.
 
     Cuts only before a token that starts a pre-tokenizer word, so each side
     re-tokenizes to exactly the tokens it held (for WordPiece/BERT-style
-    tokenizers; others are re-checked). Budget = chunk_size minus the
-    special tokens the model adds.
+    tokenizers; others are re-checked and re-tokenized). Budget = chunk_size
+    minus the special tokens the model adds; a chunk's ids carry those special
+    tokens, so they are exactly what the model's tokenizer gives for its text.
+
+    Per token the work is numpy only: word starts come from a table of the
+    vocabulary's continuation pieces (`##...`), and the few character offsets
+    a chunk needs (its own edges, the paragraph and sentence breaks) are
+    looked up one by one instead of converting every token's offsets.
     """
 
     def __init__(self, tokenizer, chunk_size: int, overlap: int = 0) -> None:
@@ -156,25 +166,95 @@ class TokenChunker:
         if self.budget < 4:
             raise InputError(f"--chunk-size {chunk_size}: leaves {self.budget} tokens after special tokens; use more.")
         pre = tokenizer.pre_tokenizer
+        model = tokenizer.model
         # BERT's pre-tokenizer splits on whitespace and punctuation only, and its
         # normalizer is per character: cuts at word starts are then exact.
-        self.exact = pre is not None and type(pre).__name__ == "BertPreTokenizer"
+        self.exact = (
+            pre is not None and type(pre).__name__ == "BertPreTokenizer" and type(model).__name__ == "WordPiece"
+        )
+        self.prefix, self.suffix = _special_ids(tokenizer)
+        if self.exact:
+            # A WordPiece token continues a word iff it carries the continuation prefix.
+            mark = model.continuing_subword_prefix
+            vocab = tokenizer.get_vocab(with_added_tokens=True)
+            self.continues = np.zeros(max(vocab.values()) + 1, dtype=bool)
+            self.continues[[i for tok, i in vocab.items() if tok.startswith(mark)]] = True
 
-    def chunk_many(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
-        """Spans for each text, in order."""
+    def chunk_many(self, texts: Sequence[str]) -> "ChunkArrays":
+        """Every chunk of every text, in text then chunk order."""
         pieces: list[tuple[int, int, int]] = []  # (text index, seg start, seg end)
         for t, text in enumerate(texts):
             pieces.extend((t, s, e) for s, e in _segments(text))
-        out: list[list[tuple[int, int]]] = [[] for _ in texts]
+        spans: list[list[tuple[int, int]]] = [[] for _ in texts]
+        ids: list[list[np.ndarray]] = [[] for _ in texts]
         for group in _groups(pieces):
             encs = self.tokenizer.encode_batch([texts[t][s:e] for t, s, e in group], add_special_tokens=False)
             for (t, s, e), enc in zip(group, encs):
-                out[t].extend(self._spans(texts[t], s, e, enc))
+                if self.exact:
+                    self._cut_exact(texts[t], s, e, enc, spans[t], ids[t])
+                else:
+                    spans[t].extend(self._cut(texts[t], s, e, enc))
         if not self.exact:
-            out = [self._verify(text, spans) for text, spans in zip(texts, out)]
-        return out
+            spans = [self._verify(text, found) for text, found in zip(texts, spans)]
+            ids = self._encode_chunks(texts, spans)
+        return ChunkArrays.build(spans, ids, self.prefix, self.suffix)
 
-    def _spans(self, text: str, seg_start: int, seg_end: int, enc) -> list[tuple[int, int]]:
+    def _cut_exact(self, text: str, seg_start: int, seg_end: int, enc, spans: list, ids_out: list) -> None:
+        token_ids = np.asarray(enc.ids, dtype=np.int32)
+        m = len(token_ids)
+        if m <= self.budget:  # one chunk (most articles): no break to look for
+            s, e = _strip_span(text, seg_start, seg_end)
+            if e > s:
+                spans.append((s, e))
+                ids_out.append(token_ids)
+            return
+        word_start = ~self.continues[token_ids]
+        seg = text[seg_start:seg_end]
+        para = _break_tokens(enc, (mt.end() for mt in _PARA_RE.finditer(seg)), len(seg), word_start)
+
+        def sentences() -> np.ndarray:
+            return _break_tokens(enc, (mt.end() for mt in _SENT_RE.finditer(seg)), len(seg), word_start)
+
+        for a, b in self._bounds(m, para, sentences, np.flatnonzero(word_start)):
+            cs = seg_start if a == 0 else seg_start + enc.token_to_chars(a)[0]
+            ce = seg_end if b == m else seg_start + enc.token_to_chars(b)[0]
+            s, e = _strip_span(text, cs, ce)
+            if e > s:
+                spans.append((s, e))
+                ids_out.append(token_ids[a:b])
+
+    def _bounds(
+        self, m: int, para: np.ndarray, sentences: Callable[[], np.ndarray], words: np.ndarray
+    ) -> list[tuple[int, int]]:
+        """Token ranges `[a, b)` of the chunks of a segment of `m` tokens.
+
+        Each chunk ends at the last paragraph break in the second half of its
+        budget, else the last sentence break there (found only when first
+        needed: most windows hold a paragraph break), else the last word start.
+        """
+        bounds: list[tuple[int, int]] = []
+        sent: np.ndarray | None = None
+        i, budget = 0, self.budget
+        while True:
+            if m - i <= budget:
+                bounds.append((i, m))
+                return bounds
+            hi = i + budget
+            lo = i + int(budget * _MIN_FILL)
+            k = _last_in(para, lo, hi)
+            if not k:
+                if sent is None:
+                    sent = sentences()
+                k = _last_in(sent, lo, hi) or _last_in(words, i, hi) or hi
+            bounds.append((i, k))
+            nxt = k
+            if self.overlap:
+                back = _last_in(words, i, k - self.overlap)
+                nxt = back if back and back > i else k
+            i = nxt
+
+    def _cut(self, text: str, seg_start: int, seg_end: int, enc) -> list[tuple[int, int]]:
+        """Spans of one segment for tokenizers whose cuts are re-checked (word starts from `word_ids`)."""
         m = len(enc.ids)
         if m == 0:
             s, e = _strip_span(text, seg_start, seg_end)
@@ -186,25 +266,12 @@ class TokenChunker:
         word_start[1:] = word_ids[1:] != word_ids[:-1]
         seg = text[seg_start:seg_end]
         para = _token_positions(starts, seg_start, (mt.end() for mt in _PARA_RE.finditer(seg)), word_start)
-        sent = _token_positions(starts, seg_start, (mt.end() for mt in _SENT_RE.finditer(seg)), word_start)
-        words = np.flatnonzero(word_start)
-        bounds: list[tuple[int, int]] = []
-        i, budget = 0, self.budget
-        while True:
-            if m - i <= budget:
-                bounds.append((i, m))
-                break
-            hi = i + budget
-            lo = i + int(budget * _MIN_FILL)
-            k = _last_in(para, lo, hi) or _last_in(sent, lo, hi) or _last_in(words, i, hi) or hi
-            bounds.append((i, k))
-            nxt = k
-            if self.overlap:
-                back = _last_in(words, i, k - self.overlap)
-                nxt = back if back and back > i else k
-            i = nxt
+
+        def sentences() -> np.ndarray:
+            return _token_positions(starts, seg_start, (mt.end() for mt in _SENT_RE.finditer(seg)), word_start)
+
         spans = []
-        for a, b in bounds:
+        for a, b in self._bounds(m, para, sentences, np.flatnonzero(word_start)):
             cs = seg_start if a == 0 else int(starts[a])
             ce = seg_end if b == m else int(starts[b])
             s, e = _strip_span(text, cs, ce)
@@ -231,6 +298,13 @@ class TokenChunker:
                         again.append((a, b))
             todo = again
         return sorted(out)
+
+    def _encode_chunks(self, texts: Sequence[str], spans: list[list[tuple[int, int]]]) -> list[list[np.ndarray]]:
+        """Token ids of each chunk's own text (where cuts are not exact, the chunk is what gets tokenized)."""
+        flat = [texts[t][s:e] for t, found in enumerate(spans) for s, e in found]
+        encs = self.tokenizer.encode_batch(flat, add_special_tokens=False) if flat else []
+        it = iter(encs)
+        return [[np.asarray(next(it).ids, dtype=np.int32) for _ in found] for found in spans]
 
 
 def _groups(pieces: list[tuple[int, int, int]]) -> Iterator[list[tuple[int, int, int]]]:
@@ -266,38 +340,169 @@ def _last_in(candidates: np.ndarray, lo: int, hi: int) -> int:
     return 0
 
 
-def chunk_table(rows: pa.Table, chunking: Chunking, tokenizer=None) -> pa.Table:
-    """All chunks of a table of articles (`id, url, title, text`), in row then chunk order."""
-    texts = rows.column("text").to_pylist()
+def _special_ids(tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """The ids the tokenizer puts before and after a single text (`[CLS]` and `[SEP]` for BERT)."""
+    probe = "a"
+    bare = tokenizer.encode(probe, add_special_tokens=False).ids
+    full = tokenizer.encode(probe, add_special_tokens=True).ids
+    for i in range(len(full) - len(bare) + 1):
+        if full[i : i + len(bare)] == bare:
+            return np.asarray(full[:i], dtype=np.int32), np.asarray(full[i + len(bare) :], dtype=np.int32)
+    raise InputError(
+        "the model's tokenizer puts its special tokens inside the text it encodes; "
+        "use --chunker chars with this model."
+    )
+
+
+def _break_tokens(enc, char_positions: Iterator[int], seg_len: int, word_start: np.ndarray) -> np.ndarray:
+    """Token indices (word starts only) of the first token at or after each char position of a segment.
+
+    A break position is where a paragraph or sentence begins: a token starts
+    there unless the tokenizer's normalizer drops that character (a control
+    or format character), in which case the next token is the one.
+    """
+    found = []
+    for pos in char_positions:
+        while pos < seg_len:
+            token = enc.char_to_token(pos)
+            if token is not None:
+                if enc.token_to_chars(token)[0] < pos:  # pos sits inside a token: the next one starts after it
+                    token += 1
+                found.append(token)
+                break
+            pos += 1
+    idx = np.asarray(found, dtype=np.int64)
+    idx = idx[(idx > 0) & (idx < len(word_start))]
+    return np.unique(idx[word_start[idx]])
+
+
+@dataclass
+class ChunkArrays:
+    """Chunks of a list of texts as flat arrays: cheap to pickle between processes and to turn into arrow."""
+
+    counts: np.ndarray  # chunks per text
+    starts: np.ndarray  # char_start of each chunk
+    ends: np.ndarray  # char_end of each chunk
+    ids: np.ndarray | None  # every chunk's token ids (special tokens included), concatenated; int32
+    id_offsets: np.ndarray | None  # chunk j's ids are ids[id_offsets[j]:id_offsets[j + 1]]
+
+    @classmethod
+    def build(
+        cls,
+        spans: list[list[tuple[int, int]]],
+        ids: list[list[np.ndarray]] | None = None,
+        prefix: np.ndarray | None = None,
+        suffix: np.ndarray | None = None,
+    ) -> ChunkArrays:
+        counts = np.fromiter((len(s) for s in spans), dtype=np.int64, count=len(spans))
+        flat = [span for found in spans for span in found]
+        starts = np.fromiter((s for s, _ in flat), dtype=np.int64, count=len(flat))
+        ends = np.fromiter((e for _, e in flat), dtype=np.int64, count=len(flat))
+        if ids is None:
+            return cls(counts, starts, ends, None, None)
+        pre = np.zeros(0, np.int32) if prefix is None else prefix
+        post = np.zeros(0, np.int32) if suffix is None else suffix
+        lengths = np.fromiter((len(x) for chunk_ids in ids for x in chunk_ids), dtype=np.int64, count=len(flat))
+        pieces = [part for chunk_ids in ids for x in chunk_ids for part in (pre, x, post)]
+        values = np.concatenate(pieces).astype(np.int32, copy=False) if pieces else np.zeros(0, np.int32)
+        offsets = np.zeros(len(flat) + 1, dtype=np.int64)
+        np.cumsum(lengths + len(pre) + len(post), out=offsets[1:])
+        return cls(counts, starts, ends, values, offsets)
+
+    @classmethod
+    def concat(cls, parts: Sequence[ChunkArrays]) -> ChunkArrays:
+        if not parts:
+            return cls.build([])
+        counts = np.concatenate([p.counts for p in parts])
+        starts = np.concatenate([p.starts for p in parts])
+        ends = np.concatenate([p.ends for p in parts])
+        if parts[0].ids is None:
+            return cls(counts, starts, ends, None, None)
+        ids = np.concatenate([p.ids for p in parts])
+        bases = np.cumsum([0] + [len(p.ids) for p in parts[:-1]])
+        offsets = np.concatenate([np.zeros(1, np.int64)] + [p.id_offsets[1:] + base for p, base in zip(parts, bases)])
+        return cls(counts, starts, ends, ids, offsets)
+
+
+# ---- every core: chunking in worker processes ---------------------------------------
+
+# Tables with fewer characters are chunked in this process: starting the workers
+# (about a second, once per process) and shipping the text would cost more than they save.
+PARALLEL_MIN_CHARS = 300_000
+# Characters per part sent to a worker: small enough that every worker gets
+# several (a long article still travels whole), large enough that a part's
+# fixed cost (pickling, one round trip) is far below its tokenizing time.
+PART_CHARS = 1_000_000
+
+
+def _chunk_part(tokenizer_spec: str, chunk_size: int, overlap: int, texts: list[str]) -> ChunkArrays:
+    """Worker body: chunk `texts` with the tokenizer `tokenizer_spec` describes."""
+    return TokenChunker(tokenizer_from_spec(tokenizer_spec), chunk_size, overlap).chunk_many(texts)
+
+
+def _parts(texts: Sequence[str], part_chars: int) -> list[tuple[int, int]]:
+    """Contiguous `[start, end)` ranges of texts holding about `part_chars` characters each."""
+    out, start, chars = [], 0, 0
+    for i, text in enumerate(texts):
+        chars += len(text)
+        if chars >= part_chars:
+            out.append((start, i + 1))
+            start, chars = i + 1, 0
+    if start < len(texts):
+        out.append((start, len(texts)))
+    return out
+
+
+def chunk_texts(texts: Sequence[str], chunking: Chunking, tokenizer=None, workers: int | None = None) -> ChunkArrays:
+    """The chunks of `texts` as flat arrays; token chunking runs on every core for large inputs.
+
+    The result does not depend on `workers`: every text is chunked on its own.
+    """
     if chunking.chunker == "chars":
-        spans_per_text = [chunk_chars(t, chunking.chunk_size) for t in texts]
-    else:
-        if tokenizer is None:
-            raise ValueError("the tokens chunker needs the model's tokenizer")
-        chunker = TokenChunker(tokenizer, chunking.chunk_size, chunking.chunk_overlap)
-        spans_per_text = chunker.chunk_many(texts)
-    counts = np.fromiter((len(s) for s in spans_per_text), dtype=np.int64, count=len(texts))
-    take = np.repeat(np.arange(len(texts)), counts)
-    flat = [span for spans in spans_per_text for span in spans]
-    starts = np.fromiter((s for s, _ in flat), dtype=np.int64, count=len(flat))
-    ends = np.fromiter((e for _, e in flat), dtype=np.int64, count=len(flat))
-    chunk_index = np.concatenate([np.arange(c, dtype=np.int32) for c in counts]) if len(flat) else np.zeros(0, np.int32)
-    chunk_text = [texts[t][s:e] for t, (s, e) in zip(take.tolist(), flat)]
+        return ChunkArrays.build([chunk_chars(t, chunking.chunk_size) for t in texts])
+    if tokenizer is None:
+        raise ValueError("the tokens chunker needs the model's tokenizer")
+    workers = cores() if workers is None else workers
+    chunker = TokenChunker(tokenizer, chunking.chunk_size, chunking.chunk_overlap)  # bad options fail here
+    total = sum(map(len, texts))
+    if workers < 2 or total < PARALLEL_MIN_CHARS:
+        return chunker.chunk_many(texts)
+    part_chars = max(min(PART_CHARS, total // (4 * workers)), 1)
+    tokenizer_spec = spec(tokenizer)
+    parts = [(tokenizer_spec, chunking.chunk_size, chunking.chunk_overlap, list(texts[a:b])) for a, b in _parts(texts, part_chars)]
+    return ChunkArrays.concat(list(run_parts(_chunk_part, parts, workers)))
+
+
+def chunk_table(rows: pa.Table, chunking: Chunking, tokenizer=None, workers: int | None = None) -> pa.Table:
+    """All chunks of a table of articles (`id, url, title, text`), in row then chunk order.
+
+    The token chunker adds `input_ids`: each chunk's token ids, special tokens
+    included, exactly what the model's tokenizer gives for its text, so the
+    local engine embeds them without tokenizing again.
+    """
+    texts = rows.column("text").to_pylist()
+    found = chunk_texts(texts, chunking, tokenizer, workers)
+    take = np.repeat(np.arange(len(texts)), found.counts)
+    chunk_index = (
+        np.arange(len(take), dtype=np.int64) - np.repeat(np.cumsum(found.counts) - found.counts, found.counts)
+    ).astype(np.int32)
+    chunk_text = [texts[t][s:e] for t, s, e in zip(take.tolist(), found.starts.tolist(), found.ends.tolist())]
     # Only the small columns are repeated per chunk (taking `text` too would copy a long
     # article once per chunk: hundreds of MB for Wikipedia's longest pages).
     picked = rows.select(["id", "url", "title"]).take(pa.array(take, type=pa.int64()))
-    return pa.Table.from_arrays(
-        [
-            picked.column("id"),
-            picked.column("url"),
-            picked.column("title"),
-            pa.array(chunk_index, type=pa.int32()),
-            pa.array(starts, type=pa.int64()),
-            pa.array(ends, type=pa.int64()),
-            pa.array(chunk_text, type=pa.string()),
-        ],
-        schema=CHUNK_SCHEMA,
-    )
+    columns = [
+        picked.column("id"),
+        picked.column("url"),
+        picked.column("title"),
+        pa.array(chunk_index, type=pa.int32()),
+        pa.array(found.starts, type=pa.int64()),
+        pa.array(found.ends, type=pa.int64()),
+        pa.array(chunk_text, type=pa.string()),
+    ]
+    if found.ids is None:
+        return pa.Table.from_arrays(columns, schema=CHUNK_SCHEMA)
+    ids = pa.ListArray.from_arrays(pa.array(found.id_offsets.astype(np.int32)), pa.array(found.ids, type=pa.int32()))
+    return pa.Table.from_arrays([*columns, ids], schema=TOKEN_CHUNK_SCHEMA)
 
 
 def write_parquet_atomic(table: pa.Table, dest: Path, row_group_size: int = 8192) -> None:

@@ -94,3 +94,34 @@ def test_plan_and_option_validation():
         make_chunking("tokens", 64, 40, max_tokens)
     with pytest.raises(InputError, match="--chunker"):
         make_chunking("words", 64, 0, max_tokens)
+
+
+def test_token_chunks_carry_the_ids_the_tokenizer_gives_their_text(tokenizer):
+    articles = _articles(120)
+    chunks = chunk_table(articles, Chunking("tokens", 64, 0), tokenizer)
+    assert chunks.schema.field("input_ids").type == pa.list_(pa.int32())
+    want = [e.ids for e in tokenizer.encode_batch(chunks.column("text").to_pylist())]  # special tokens included
+    assert chunks.column("input_ids").to_pylist() == want
+    assert "input_ids" not in chunk_table(articles, Chunking("chars", 512, 0)).schema.names  # chars: text only
+
+
+def test_worker_processes_give_the_same_chunks(tokenizer, monkeypatch):
+    from wikiembed import chunking
+
+    articles = _articles(150)
+    alone = chunk_table(articles, Chunking("tokens", 128, 16), tokenizer, workers=1)
+    monkeypatch.setattr(chunking, "PARALLEL_MIN_CHARS", 0)
+    monkeypatch.setattr(chunking, "PART_CHARS", 20_000)  # many parts, each a few articles
+    assert chunk_table(articles, Chunking("tokens", 128, 16), tokenizer, workers=2).equals(alone)
+
+
+def test_non_bert_tokenizers_are_rechecked_and_their_ids_match(tokenizer):
+    from tokenizers import Tokenizer, pre_tokenizers
+
+    other = Tokenizer.from_str(tokenizer.to_str())
+    other.pre_tokenizer = pre_tokenizers.Whitespace()  # not BERT's: cuts are re-counted, ids re-tokenized
+    articles = _articles(40)
+    chunks = chunk_table(articles, Chunking("tokens", 64, 0), other)
+    _check_invariants(articles, chunks)
+    want = [e.ids for e in other.encode_batch(chunks.column("text").to_pylist())]
+    assert chunks.column("input_ids").to_pylist() == want and max(map(len, want)) <= 64

@@ -27,6 +27,12 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+# A backend that embeds pre-tokenized text (the local engine) also offers
+# `embed_ids(ids, offsets) -> float32 [len(offsets) - 1, dim]`: row i's token ids,
+# special tokens included, are `ids[offsets[i]:offsets[i + 1]]`. The token
+# chunker's files carry such ids, so the local path tokenizes each character once.
+
+
 def check_vectors(vectors: np.ndarray, n: int, dim: int, where: str) -> np.ndarray:
     """Validate a backend's answer: count, dimension and finiteness; return float32 C-contiguous."""
     arr = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -43,16 +49,22 @@ def check_vectors(vectors: np.ndarray, n: int, dim: int, where: str) -> np.ndarr
 
 
 class Serialized:
-    """A backend whose `embed` calls run one at a time (for in-process engines)."""
+    """A backend whose `embed` (and `embed_ids`, where the inner backend has it) calls run one at a time."""
 
     def __init__(self, inner: Backend) -> None:
         self.inner = inner
         self.model_id, self.dim, self.max_tokens = inner.model_id, inner.dim, inner.max_tokens
         self._lock = threading.Lock()
+        if hasattr(inner, "embed_ids"):
+            self.embed_ids = self._embed_ids
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         with self._lock:
             return self.inner.embed(texts)
+
+    def _embed_ids(self, ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return self.inner.embed_ids(ids, offsets)  # type: ignore[attr-defined]
 
     def close(self) -> None:
         self.inner.close()

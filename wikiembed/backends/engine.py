@@ -5,17 +5,22 @@ and tokenizers only (no custom kernels). It reads the model folder through
 `wikiembed.model` (path, max length, pooling, normalization, tokenizer) and loads
 the weights with `transformers.AutoModel`; it touches no other files, no
 network, and no process-wide torch setting (its CPU workers set their own
-thread count, see `_CpuWorkers`).
+thread count, see `_CpuWorkers`); tokenizing workers are processes of
+`wikiembed.tokenizing`.
 
-How it is fast (issue #7):
+How it is fast:
+- Tokenize once: `embed_ids` takes the token chunker's ids as they are, so on
+  the local path no text is tokenized twice. `embed` tokenizes texts in worker
+  processes (`wikiembed.tokenizing`) that return flat id arrays, so the main
+  process does nothing but pack batches and launch kernels: no thread of ours
+  takes the GIL from the launch loop.
 - Sort texts by token count and pack them into token-budget batches (not a
   fixed count): short texts travel many to a batch, long ones few, and
   padding almost disappears. A batch of one length runs with no attention
-  mask at all, which lets SDPA take its fastest kernel.
+  mask at all, which lets SDPA take its fastest kernel. Packing is numpy only.
 - CUDA: bf16 with SDPA attention; pinned host memory and non-blocking copies;
-  results stay on the GPU until a window is done. The Rust tokenizer works a
-  window of texts ahead on CPU threads (a small prefetch queue), so the GPU
-  and the tokenizer never wait for each other.
+  results stay on the GPU until the next window is queued behind them, so the
+  GPU never waits for the host to copy vectors back.
 - CPU: fp32, so the output matches sentence-transformers. Linear layers run
   on torch's own oneDNN kernel with weights packed once at load (what
   torch.compile's freezing pass does on CPU, without the compile), with an
@@ -39,15 +44,15 @@ from __future__ import annotations
 
 import threading
 import warnings
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from wikiembed.errors import BackendError, InputError
 from wikiembed.model import DEFAULT_MODEL, load_tokenizer, model_info
+from wikiembed.tokenizing import cores, encode_ids, encode_ids_part, run_parts, spec
 
 # --- knobs -------------------------------------------------------------------
 
@@ -73,22 +78,17 @@ UNIFORM_MIN_FILL = 0.5
 MAX_PADDING = 0.1
 PAD_SLACK_TOKENS = 8
 
-# Texts tokenized per window. Sorting by length happens within a window, so a
-# window must be large enough that neighbours in sorted order share a length
-# (a few thousand texts of 512 characters do). On a GPU it must also be small
-# enough that the first window's tokenization, which nothing overlaps, is short
-# (4k texts: ~0.1 s on 16 cores); on CPU nothing is overlapped anyway.
-WINDOW_TEXTS = {"cuda": 4_096, "cpu": 16_384}
+# Texts sorted and batched together. Batches are cut from one window's texts
+# sorted by length, so a window must hold many texts of each length for the
+# batches to be both large and uniform: on a GPU a 64k-token batch holds ~500
+# Wikipedia chunks of one length band, and with ~36 bands of 10% (the padding
+# cap) between 8 and 512 tokens, a window of 32k chunks fills them. On CPU the
+# budget is 32x smaller, so a smaller window does.
+WINDOW_TEXTS = {"cuda": 32_768, "cpu": 16_384}
 
-# Windows tokenized ahead of the one being embedded. Two keep the GPU fed
-# across an unusually slow window. On CPU tokenizing is ~1% of the work and
-# would only take cores from the workers, so it runs in line there.
-PREFETCH_WINDOWS = {"cuda": 2, "cpu": 0}
-
-# Threads that tokenize windows ahead (where prefetching). Each call into the
-# Rust tokenizer releases the GIL and already fans out over all cores, so two
-# threads suffice.
-TOKENIZE_THREADS = 2
+# Texts per part sent to a tokenizing worker process: parts of ~0.5M characters
+# keep every worker busy and make the first window ready soon after the call.
+TOKENIZE_PART_TEXTS = 1_024
 
 # Round padded lengths up to a multiple of this. Eager kernels take any length,
 # so exact lengths (no padding, mostly no mask) are cheapest; a compiled graph
@@ -173,13 +173,38 @@ def plan_batches(
     return batches
 
 
+def pack_batch(
+    ids: np.ndarray, offsets: np.ndarray, rows: np.ndarray, length: int, pad_id: int, mask: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The `[len(rows), length]` int64 input ids of one batch, padded with `pad_id`, and its mask.
+
+    Row r's ids are `ids[offsets[r]:offsets[r + 1]]`. The mask (1 on real
+    tokens) is returned only when `mask` is true or some row is padded: a
+    batch of one length runs without one. All numpy, no per-token Python.
+    """
+    starts = offsets[rows]
+    lengths = offsets[rows + 1] - starts
+    positions = np.arange(length)
+    if (lengths == length).all():
+        packed = ids[starts[:, None] + positions].astype(np.int64)
+        return packed, (np.ones(packed.shape, dtype=np.int64) if mask else None)
+    real = positions < lengths[:, None]
+    packed = np.full((len(rows), length), pad_id, dtype=np.int64)
+    # Boolean assignment fills row-major, so the rows' ids gathered in order land
+    # exactly on each row's real positions.
+    before = np.cumsum(lengths) - lengths
+    packed[real] = ids[np.arange(int(lengths.sum())) + np.repeat(starts - before, lengths)]
+    return packed, real.astype(np.int64)
+
+
 @dataclass
 class _Window:
-    """A tokenized window, ready to embed: its batches with their token tensors built."""
+    """Texts `start .. start + size` of a call, as token ids: text i's are `ids[offsets[i]:offsets[i + 1]]`."""
 
-    start: int  # index of the window's first text in the caller's list
+    start: int
     size: int
-    batches: list[tuple[Any, Any, Any]]  # tensors (rows, input_ids, attention_mask or None)
+    ids: np.ndarray
+    offsets: np.ndarray
 
 
 class _CpuWorkers:
@@ -292,17 +317,29 @@ def _use_onednn_linears(model: Any, rows_hint: int) -> int:
     return count
 
 
+def _join(start: int, parts: list[tuple[np.ndarray, np.ndarray]]) -> _Window:
+    """One window from consecutive tokenized parts (each with offsets from 0)."""
+    if len(parts) == 1:
+        ids, offsets = parts[0]
+        return _Window(start, len(offsets) - 1, ids, offsets)
+    bases = np.cumsum([0] + [len(ids) for ids, _ in parts[:-1]])
+    offsets = np.concatenate([parts[0][1][:1]] + [o[1:] + base for (_, o), base in zip(parts, bases)])
+    return _Window(start, len(offsets) - 1, np.concatenate([ids for ids, _ in parts]), offsets)
+
+
 # --- the engine ---------------------------------------------------------------
 
 
 class TorchEngine:
     """Embed texts with a sentence-transformers model in plain PyTorch; implements `wikiembed.backends.base.Backend`.
 
-    `tokenize_threads` sizes the pool that tokenizes ahead of the GPU (CUDA
-    only; on CPU tokenization runs in line). On CPU the engine runs one worker
-    per torch thread (`torch.get_num_threads()` when the engine is made, so
-    `OMP_NUM_THREADS` or `torch.set_num_threads` choose it); with `compile`
-    it runs one batch at a time on all of them instead.
+    `embed_ids` embeds pre-tokenized text (the token chunker's ids) with no
+    tokenizer at all. For `embed`, `tokenize_workers` worker processes tokenize
+    ahead of the model (default: one per core on CUDA; none on CPU, where the
+    model is ~99% of the work and the tokenizer runs in line). On CPU the engine
+    runs one worker thread per torch thread (`torch.get_num_threads()` when the
+    engine is made, so `OMP_NUM_THREADS` or `torch.set_num_threads` choose it);
+    with `compile`, or with one torch thread, it runs one batch at a time.
     """
 
     def __init__(
@@ -313,7 +350,7 @@ class TorchEngine:
         dtype: str | None = None,
         max_batch_tokens: int | None = None,
         compile: bool = False,
-        tokenize_threads: int | None = None,
+        tokenize_workers: int | None = None,
     ) -> None:
         import torch
         from tokenizers import Tokenizer
@@ -351,10 +388,9 @@ class TorchEngine:
         # passing one halves the graphs to compile.
         self._always_mask = compile
         self._window = WINDOW_TEXTS.get(kind, WINDOW_TEXTS["cpu"])
-        self._prefetch = PREFETCH_WINDOWS.get(kind, 0)
-        threads = TOKENIZE_THREADS if tokenize_threads is None else tokenize_threads
-        if threads < 1:
-            raise InputError(f"tokenize_threads {tokenize_threads!r}: must be at least 1.")
+        self.tokenize_workers = (cores() if self._on_cuda else 0) if tokenize_workers is None else tokenize_workers
+        if self.tokenize_workers < 0:
+            raise InputError(f"tokenize_workers {tokenize_workers!r}: must be 0 (tokenize in line) or more.")
 
         # Our own tokenizer copy: the cached one in wikiembed.model is shared and
         # must keep truncation off. Truncating to max_tokens here counts the
@@ -362,6 +398,7 @@ class TorchEngine:
         self._tokenizer = Tokenizer.from_str(load_tokenizer(model).to_str())
         self._tokenizer.enable_truncation(max_length=self.max_tokens)
         self._tokenizer.no_padding()
+        self._tokenizer_spec = spec(self._tokenizer)
 
         try:
             # The dtype is applied with .to() below rather than passed here:
@@ -372,6 +409,7 @@ class TorchEngine:
                 f"model {model!r}: transformers could not load the weights in {info.path} "
                 f"({type(exc).__name__}: {exc}); check the folder holds a complete model."
             ) from exc
+        self._vocab_size = int(net.config.vocab_size)
         self._model = net.to(device=self.device, dtype=self._dtype).eval()
         self.onednn_linears = 0  # how many linear layers run packed (CPU, fp32)
         if kind == "cpu" and self._dtype == torch.float32 and not compile:
@@ -380,9 +418,6 @@ class TorchEngine:
         # position ids from the pad id, so pad with the model's own.
         self._pad_id = int(getattr(net.config, "pad_token_id", None) or 0)
         self._forward: Callable[..., Any] = self._model
-        self._tokenize_pool = (
-            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tokenize") if self._prefetch else None
-        )
         workers = torch.get_num_threads()
         self._cpu_workers = _CpuWorkers(workers) if kind == "cpu" and workers > 1 and not compile else None
         if compile:
@@ -395,22 +430,43 @@ class TorchEngine:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32 vectors `[len(texts), dim]` in input order (L2-normalized iff the model normalizes)."""
-        if self._model is None:
-            raise BackendError("this engine was closed; create a new TorchEngine to embed again.")
+        self._check_open()
         texts = list(texts)
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise InputError(f"text {i} is a {type(text).__name__}, not a str; embed only takes strings.")
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for window, vectors in self._embed_windows(texts):
-            out[window.start : window.start + window.size] = vectors
-        return out
+        return self._embed_windows(self._text_windows(texts), len(texts))
+
+    def embed_ids(self, ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """float32 vectors of pre-tokenized texts: text i's token ids, special tokens included, are
+        `ids[offsets[i]:offsets[i + 1]]` (what this model's tokenizer gives, as the token chunker stores)."""
+        self._check_open()
+        ids = np.asarray(ids)
+        offsets = np.asarray(offsets, dtype=np.int64)
+        if ids.ndim != 1 or offsets.ndim != 1 or len(offsets) < 1 or not np.issubdtype(ids.dtype, np.integer):
+            raise InputError("embed_ids takes a flat integer array of ids and offsets of length texts + 1.")
+        lengths = np.diff(offsets)
+        if offsets[0] < 0 or offsets[-1] > len(ids) or (lengths < 0).any():
+            raise InputError(f"embed_ids: offsets must rise from >= 0 to at most len(ids) ({len(ids)}).")
+        if len(lengths) and lengths.max() > self.max_tokens:
+            raise InputError(
+                f"embed_ids: a text has {int(lengths.max())} tokens, over the model's {self.max_tokens}; "
+                "chunk with --chunker tokens and a --chunk-size within the model's limit."
+            )
+        used = ids[offsets[0] : offsets[-1]]
+        if used.size and (used.min() < 0 or used.max() >= self._vocab_size):
+            raise InputError(
+                f"embed_ids: token ids outside the model's vocabulary (0..{self._vocab_size - 1}); "
+                "the ids must come from this model's tokenizer (rechunk the store with it)."
+            )
+        windows = (
+            _Window(start, min(self._window, len(lengths) - start), ids, offsets[start : start + self._window + 1])
+            for start in range(0, len(lengths), self._window)
+        )
+        return self._embed_windows(windows, len(lengths))
 
     def close(self) -> None:
-        """Release the threads and the model (and its GPU memory). Safe to call twice."""
-        if self._tokenize_pool is not None:
-            self._tokenize_pool.shutdown(wait=True, cancel_futures=True)
-            self._tokenize_pool = None
+        """Release the worker threads and the model (and its GPU memory). Safe to call twice."""
         if self._cpu_workers is not None:
             self._cpu_workers.close()
             self._cpu_workers = None
@@ -424,79 +480,83 @@ class TorchEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- the pipeline --
+    # -- the pipeline: token ids in windows -> batches -> vectors --
 
-    def _embed_windows(self, texts: list[str]) -> Iterator[tuple[_Window, np.ndarray]]:
-        """Yield each window with its vectors, tokenizing up to `prefetch` windows ahead."""
-        starts = range(0, len(texts), self._window)
-        if self._tokenize_pool is None:
-            for start in starts:
-                yield self._run_window(self._prepare(texts, start))
+    def _check_open(self) -> None:
+        if self._model is None:
+            raise BackendError("this engine was closed; create a new TorchEngine to embed again.")
+
+    def _text_windows(self, texts: list[str]) -> Iterator[_Window]:
+        """The texts tokenized, window by window: in worker processes ahead of the model, or in line."""
+        if self.tokenize_workers < 1:
+            for start in range(0, len(texts), self._window):
+                ids, offsets = encode_ids(self._tokenizer, texts[start : start + self._window])
+                yield _Window(start, len(offsets) - 1, ids, offsets)
             return
-        pending: list[Future[_Window]] = []
-        try:
-            for start in starts:
-                pending.append(self._tokenize_pool.submit(self._prepare, texts, start))
-                if len(pending) > self._prefetch:
-                    yield self._run_window(pending.pop(0).result())
-            while pending:
-                yield self._run_window(pending.pop(0).result())
-        finally:
-            for future in pending:
-                future.cancel()
+        parts = [(self._tokenizer_spec, texts[a : a + TOKENIZE_PART_TEXTS]) for a in range(0, len(texts), TOKENIZE_PART_TEXTS)]
+        gathered: list[tuple[np.ndarray, np.ndarray]] = []
+        start = size = 0
+        for ids, offsets in run_parts(encode_ids_part, parts, self.tokenize_workers):
+            gathered.append((ids, offsets))
+            size += len(offsets) - 1
+            if size >= self._window:
+                yield _join(start, gathered)
+                start, size, gathered = start + size, 0, []
+        if gathered:
+            yield _join(start, gathered)
 
-    def _prepare(self, texts: list[str], start: int) -> _Window:
-        """Tokenize one window and build its batches' input tensors (CPU side, pinned for CUDA)."""
-        torch = self._torch
-        window = texts[start : start + self._window]
-        # encode_batch releases the GIL and fans out over all cores; calls from
-        # several threads are safe since nothing mutates the tokenizer any more.
-        ids_per_text = [e.ids for e in self._tokenizer.encode_batch(window, add_special_tokens=True)]
-        lengths = np.fromiter(map(len, ids_per_text), dtype=np.int64, count=len(ids_per_text))
-        batches = []
-        for batch in plan_batches(lengths, self.max_batch_tokens, self._bucket, self.max_tokens):
-            batch_lengths = lengths[batch.rows]
-            ids = np.full((len(batch.rows), batch.length), self._pad_id, dtype=np.int64)
-            real = np.arange(batch.length) < batch_lengths[:, None]
-            # Boolean assignment fills row-major, so the rows' ids concatenated
-            # in order land exactly on each row's real positions.
-            ids[real] = np.fromiter(
-                chain.from_iterable(ids_per_text[r] for r in batch.rows),
-                dtype=np.int64,
-                count=int(batch_lengths.sum()),
-            )
-            tensors = [torch.from_numpy(batch.rows), torch.from_numpy(ids)]
-            if self._always_mask or not real.all():
-                tensors.append(torch.from_numpy(real.astype(np.int64)))
-            if self._on_cuda:
-                tensors = [t.pin_memory() for t in tensors]
-            rows_t, ids_t, *mask_t = tensors
-            batches.append((rows_t, ids_t, mask_t[0] if mask_t else None))
-        return _Window(start=start, size=len(window), batches=batches)
-
-    def _run_window(self, window: _Window) -> tuple[_Window, np.ndarray]:
-        """Embed one prepared window; return its vectors in the window's own order."""
-        torch = self._torch
+    def _embed_windows(self, windows: Iterator[_Window], n: int) -> np.ndarray:
+        out = np.empty((n, self.dim), dtype=np.float32)
         if self._cpu_workers is not None:
-            out = np.empty((window.size, self.dim), dtype=np.float32)
+            for window in windows:
+                out[window.start : window.start + window.size] = self._run_window_on_workers(window)
+            return out
+        # One batch at a time on the device (a GPU, or a CPU without workers). A
+        # window's vectors are copied back only once the next window's batches
+        # are queued behind them, so the device never waits for the host.
+        previous: tuple[_Window, Any] | None = None
+        for window in windows:
+            queued = (window, self._launch_window(window))
+            if previous is not None:
+                out[previous[0].start : previous[0].start + previous[0].size] = previous[1].cpu().numpy()
+            previous = queued
+        if previous is not None:
+            out[previous[0].start : previous[0].start + previous[0].size] = previous[1].cpu().numpy()
+        return out
 
-            def run(batch: tuple[Any, Any, Any]) -> None:
-                rows, ids, mask = batch
-                with torch.inference_mode():  # thread-local: entered in the worker that computes
-                    out[rows.numpy()] = self._pool_batch(ids, mask).numpy()
+    def _batches(self, window: _Window) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """(rows, padded ids, mask or None) of each batch of a window, longest texts first."""
+        lengths = np.diff(window.offsets)
+        for batch in plan_batches(lengths, self.max_batch_tokens, self._bucket, self.max_tokens):
+            ids, mask = pack_batch(window.ids, window.offsets, batch.rows, batch.length, self._pad_id, self._always_mask)
+            yield batch.rows, ids, mask
 
-            self._cpu_workers.run(run, window.batches)
-            return window, out
-
-        # One batch at a time on the device (a GPU, or a CPU without workers): the
-        # copies are queued behind the compute, and only the window's end waits.
+    def _launch_window(self, window: _Window) -> Any:
+        """Queue every batch of a window on the device; returns the (device) tensor its vectors land in."""
+        torch = self._torch
         vectors = torch.empty((window.size, self.dim), dtype=torch.float32, device=self.device)
         with torch.inference_mode():
-            for rows, ids, mask in window.batches:
-                ids = ids.to(self.device, non_blocking=True)
-                mask = None if mask is None else mask.to(self.device, non_blocking=True)
-                vectors[rows.to(self.device, non_blocking=True)] = self._pool_batch(ids, mask)
-            return window, vectors.cpu().numpy()
+            for rows, ids, mask in self._batches(window):
+                tensors = [torch.from_numpy(rows), torch.from_numpy(ids)] + ([] if mask is None else [torch.from_numpy(mask)])
+                if self._on_cuda:
+                    tensors = [t.pin_memory().to(self.device, non_blocking=True) for t in tensors]
+                rows_t, ids_t, *mask_t = tensors
+                vectors[rows_t] = self._pool_batch(ids_t, mask_t[0] if mask_t else None)
+        return vectors
+
+    def _run_window_on_workers(self, window: _Window) -> np.ndarray:
+        """Embed one window on the CPU worker threads, a whole batch per worker; vectors in window order."""
+        torch = self._torch
+        out = np.empty((window.size, self.dim), dtype=np.float32)
+
+        def run(batch: tuple[np.ndarray, np.ndarray, np.ndarray | None]) -> None:
+            rows, ids, mask = batch
+            with torch.inference_mode():  # thread-local: entered in the worker that computes
+                out[rows] = self._pool_batch(torch.from_numpy(ids), None if mask is None else torch.from_numpy(mask)).numpy()
+
+        assert self._cpu_workers is not None
+        self._cpu_workers.run(run, list(self._batches(window)))
+        return out
 
     def _pool_batch(self, ids: Any, mask: Any) -> Any:
         """One forward pass, pooled (in the model dtype) and normalized (in fp32)."""

@@ -144,22 +144,58 @@ def test_original_order_is_restored_across_batches_and_windows(
 def test_the_gpu_pipeline_shape_runs_on_cpu_in_order(
     monkeypatch: pytest.MonkeyPatch, reference: SentenceTransformer
 ) -> None:
-    # The path a GPU takes (tokenizer threads working windows ahead, one batch at a
-    # time, vectors scattered into a device tensor), minus pinned memory: one torch
-    # thread means no CPU workers, and prefetching is switched on for the CPU.
+    # The path a GPU takes (tokenizer worker processes working ahead, parts joined
+    # into windows, one batch at a time, each window's vectors copied back after
+    # the next one is queued), minus pinned memory: one torch thread means no CPU
+    # worker threads.
     rng = random.Random(11)
     texts = [("word " * rng.randint(0, 90)) + str(i) for i in range(45)]
-    monkeypatch.setitem(engine_module.PREFETCH_WINDOWS, "cpu", 2)
     monkeypatch.setitem(engine_module.WINDOW_TEXTS, "cpu", 7)
+    monkeypatch.setattr(engine_module, "TOKENIZE_PART_TEXTS", 3)  # windows join 3 parts; the last is short
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with TorchEngine(DEFAULT_MODEL, device="cpu", max_batch_tokens=256, tokenize_threads=2) as piped:
-            assert piped._cpu_workers is None and piped._tokenize_pool is not None
+        with TorchEngine(DEFAULT_MODEL, device="cpu", max_batch_tokens=256, tokenize_workers=2) as piped:
+            assert piped._cpu_workers is None and piped.tokenize_workers == 2
             got = piped.embed(texts)
     finally:
         torch.set_num_threads(threads)
     assert cosines(got, st_encode(reference, texts)).min() >= MIN_COSINE
+
+
+def test_embed_ids_equals_embed_of_the_same_texts(engine: TorchEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The token chunker's ids (special tokens included) are what the engine's own tokenizer gives.
+    from wikiembed.tokenizing import encode_ids
+
+    texts = [t for t in VARIED if t != LONG]  # LONG is over the limit: ids for it never come from the chunker
+    ids, offsets = encode_ids(load_tokenizer(DEFAULT_MODEL), texts)
+    monkeypatch.setitem(engine_module.WINDOW_TEXTS, "cpu", 4)  # several windows, offsets not starting at 0
+    got = engine.embed_ids(ids, offsets)
+    np.testing.assert_allclose(got, engine.embed(texts), atol=1e-6)
+    # A slice of a larger array (offsets that start past 0) embeds the same rows.
+    np.testing.assert_allclose(engine.embed_ids(ids, offsets[3:]), got[3:], atol=1e-6)
+    assert engine.embed_ids(ids[:0], np.zeros(1, dtype=np.int64)).shape == (0, 384)
+
+
+def test_embed_ids_refuses_ids_it_cannot_embed(engine: TorchEngine) -> None:
+    with pytest.raises(InputError, match="over the model's 256"):
+        engine.embed_ids(np.ones(300, dtype=np.int32), np.array([0, 300]))
+    with pytest.raises(InputError, match="vocabulary"):
+        engine.embed_ids(np.array([101, 10**6, 102], dtype=np.int32), np.array([0, 3]))
+    with pytest.raises(InputError, match="offsets"):
+        engine.embed_ids(np.array([101, 102], dtype=np.int32), np.array([0, 5]))
+
+
+def test_pack_batch_pads_and_masks_only_where_needed() -> None:
+    ids = np.arange(100, 120, dtype=np.int32)
+    offsets = np.array([0, 3, 8, 13, 20])  # lengths 3, 5, 5, 7
+    packed, mask = engine_module.pack_batch(ids, offsets, np.array([3, 1]), 7, pad_id=0, mask=False)
+    assert packed.dtype == np.int64 and packed.tolist() == [list(range(113, 120)), [103, 104, 105, 106, 107, 0, 0]]
+    assert mask is not None and mask.tolist() == [[1] * 7, [1] * 5 + [0, 0]]
+    uniform, none = engine_module.pack_batch(ids, offsets, np.array([2, 1]), 5, pad_id=0, mask=False)
+    assert none is None and uniform.tolist() == [list(range(108, 113)), list(range(103, 108))]
+    _, forced = engine_module.pack_batch(ids, offsets, np.array([2, 1]), 5, pad_id=0, mask=True)
+    assert forced is not None and forced.all()
 
 
 def test_empty_input_gives_an_empty_array(engine: TorchEngine) -> None:

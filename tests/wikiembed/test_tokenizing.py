@@ -1,0 +1,42 @@
+"""Tokenizing on worker processes: flat ids, order, and the fallback when the pool cannot run."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from wikiembed.model import load_tokenizer
+from wikiembed.tokenizing import encode_ids, encode_ids_part, run_parts, spec
+
+TEXTS = ["Hello world.", "", "café 東京 🙂", "The river crosses the park. " * 20, "a"]
+
+
+def test_encode_ids_is_flat_and_matches_the_tokenizer():
+    tokenizer = load_tokenizer()
+    ids, offsets = encode_ids(tokenizer, TEXTS)
+    want = [e.ids for e in tokenizer.encode_batch(TEXTS)]
+    assert ids.dtype.name == "int32" and offsets.tolist()[0] == 0 and len(offsets) == len(TEXTS) + 1
+    assert [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])] == want
+
+
+def test_worker_processes_return_parts_in_order():
+    tokenizer_spec = spec(load_tokenizer())
+    parts = [(tokenizer_spec, [text]) for text in TEXTS] * 3
+    got = list(run_parts(encode_ids_part, parts, workers=2))
+    want = [encode_ids(load_tokenizer(), [text]) for text in TEXTS] * 3
+    assert [g[0].tolist() for g in got] == [w[0].tolist() for w in want]
+
+
+def _double_unless_in_a_worker(parent_pid: int, x: int) -> int:
+    if os.getpid() != parent_pid:
+        os._exit(3)  # a worker dies: the pool breaks
+    return 2 * x
+
+
+def test_a_broken_pool_falls_back_to_this_process_with_a_warning():
+    with pytest.warns(UserWarning, match="tokenizing in this process instead"):
+        got = list(run_parts(_double_unless_in_a_worker, [(os.getpid(), i) for i in range(6)], workers=2))
+    assert got == [0, 2, 4, 6, 8, 10]
+    # The next call starts a fresh pool.
+    assert [len(o) - 1 for _, o in run_parts(encode_ids_part, [(spec(load_tokenizer()), TEXTS)], workers=2)] == [5]
