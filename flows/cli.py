@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", type=int, help="shards embedded at once")
     run.add_argument("--upload-to", help="publish when done: dir:PATH or hub:ORG/NAME")
     run.add_argument("--summary-json", help="write the run summary as JSON here")
-    run.add_argument("--dimensions", type=int, help="also store vectors truncated to N dimensions, renormalized (Matryoshka)")
+    run.add_argument("--dimensions", help="also store vectors truncated to these dimensions, comma-separated, e.g. 384,128 (Matryoshka)")
     run.add_argument("--precision", help="extra stored precisions, comma-separated: float32,float16,int8,binary")
 
     status = sub.add_parser("status", help="per-shard state of a store")
@@ -170,8 +170,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "gpu": args.gpu,
         "concurrency": args.concurrency,
         "upload_to": args.upload_to,
-        "dimensions": args.dimensions,
-        "precision": [p.strip() for p in args.precision.split(",") if p.strip()] if args.precision else None,
+        "dimensions": _split_list(args.dimensions) or None,
+        "precision": _split_list(args.precision) or None,
     }
     params = {k: v for k, v in given.items() if v is not None}
     resolve(RunSettings(**params))  # check options before Prefect starts: fast, clean messages

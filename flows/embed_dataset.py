@@ -209,7 +209,7 @@ def embed_dataset(
     gpu: str | None = None,
     concurrency: int | None = None,
     upload_to: str | None = None,
-    dimensions: int | None = None,
+    dimensions: list[int] | None = None,
     precision: list[Literal["float32", "float16", "int8", "binary"]] | None = None,
 ) -> dict[str, Any]:
     """Embed a dataset into a run store; resume whatever a previous run left undone."""

@@ -60,6 +60,6 @@ def calibrate_task(store: str, gen: str, backend_opts: dict[str, Any]) -> dict[s
                 return calibration
     backend = open_backend(model=manifest["model"]["model_id"], **backend_opts)
     vectors = backend.embed(calibration_texts(s, manifest))
-    calibration = calibrate_int8(vectors, spec.dimensions or int(manifest["model"]["dim"]))
+    calibration = calibrate_int8(vectors, spec.dims(int(manifest["model"]["dim"])))
     s.write_manifest({**manifest, "compact": {**compact, "int8": calibration}})
     return calibration

@@ -1,8 +1,8 @@
 """Compact vector forms: Matryoshka truncation and float16 / int8 / binary precision.
 
-A run may ask for extra forms of every vector (`--dimensions N`, `--precision float16,int8,binary`);
-they are derived from the float32 vector at checkpoint time, so nothing is embedded twice, and
-stored as extra columns next to `embedding`:
+A run may ask for extra forms of every vector (`--dimensions 384,128 --precision float16,int8,binary`:
+each precision at each number of dimensions); they are derived from the float32 vector at checkpoint
+time, so nothing is embedded twice, and stored as extra columns next to `embedding`:
 
 | form | column | stored as | bytes per vector (dim d) |
 | --- | --- | --- | --- |
@@ -79,22 +79,39 @@ class Form:
 
 @dataclass(frozen=True)
 class CompactSpec:
-    """The extra forms a run writes: one number of dimensions, one or more precisions."""
+    """The extra forms a run writes: each precision at each number of dimensions."""
 
-    dimensions: int | None = None
-    precisions: tuple[str, ...] = ()
+    dimensions: tuple[int, ...] = ()  # empty: the model's full dimension only
+    precisions: tuple[str, ...] = ()  # empty: float32 only
+
+    def dims(self, full_dim: int) -> tuple[int, ...]:
+        return self.dimensions or (full_dim,)
 
     def forms(self, full_dim: int) -> list[Form]:
         """Every extra column's form, in a fixed order (the canonical float32 `embedding` excluded)."""
-        dim = self.dimensions or full_dim
         precisions = self.precisions or ("float32",)
-        return [f for f in (Form(p, dim, full_dim) for p in PRECISIONS if p in precisions) if f.column != "embedding"]
+        every = [Form(p, d, full_dim) for d in self.dims(full_dim) for p in PRECISIONS if p in precisions]
+        return [f for f in every if f.column != "embedding"]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"dimensions": self.dimensions, "precisions": list(self.precisions)}
+        return {"dimensions": list(self.dimensions), "precisions": list(self.precisions)}
 
 
-def parse_compact(dimensions: int | None, precision: str | Sequence[str] | None, full_dim: int) -> CompactSpec | None:
+def _int_list(value: int | str | Sequence[int] | None, flag: str) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, int):
+        return [value]
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        return [int(str(v).strip()) for v in parts if str(v).strip()]
+    except ValueError:
+        raise InputError(f"{flag} {value!r}: give whole numbers, comma-separated, e.g. {flag} 384,128.") from None
+
+
+def parse_compact(
+    dimensions: int | str | Sequence[int] | None, precision: str | Sequence[str] | None, full_dim: int
+) -> CompactSpec | None:
     """Validate `--dimensions` / `--precision` against the model; None when no extra form is asked for."""
     if isinstance(precision, str):
         precision = [p.strip() for p in precision.split(",") if p.strip()]
@@ -102,16 +119,14 @@ def parse_compact(dimensions: int | None, precision: str | Sequence[str] | None,
     if bad:
         raise InputError(f"--precision {','.join(bad)}: choose from {','.join(PRECISIONS)} (comma-separated).")
     precisions = tuple(p for p in PRECISIONS if p in (precision or ()))  # one order, whatever order was typed
-    if dimensions is not None:
-        if not 8 <= dimensions <= full_dim or dimensions % 8:
-            raise InputError(
-                f"--dimensions {dimensions}: give a multiple of 8 between 8 and the model's {full_dim} dimensions."
-            )
-        if dimensions == full_dim:
-            dimensions = None
-    if "binary" in precisions and (dimensions or full_dim) % 8:
-        raise InputError(f"--precision binary: needs a multiple of 8 dimensions; pass --dimensions {(dimensions or full_dim) // 8 * 8}.")
-    spec = CompactSpec(dimensions, precisions)
+    dims = sorted(set(_int_list(dimensions, "--dimensions")), reverse=True)
+    for d in dims:
+        if not 8 <= d <= full_dim or d % 8:
+            raise InputError(f"--dimensions {d}: give multiples of 8 between 8 and the model's {full_dim} dimensions.")
+    if "binary" in precisions and not dims and full_dim % 8:
+        raise InputError(f"--precision binary: needs a multiple of 8 dimensions; pass --dimensions {full_dim // 8 * 8}.")
+    # Only the full dimension asked for is the same as not truncating at all.
+    spec = CompactSpec(() if dims == [full_dim] else tuple(dims), precisions)
     return spec if spec.forms(full_dim) else None
 
 
@@ -127,7 +142,7 @@ def spec_from_manifest(manifest: dict[str, Any]) -> CompactSpec | None:
     compact = manifest.get("compact")
     if not compact:
         return None
-    return CompactSpec(compact.get("dimensions"), tuple(compact.get("precisions", ())))
+    return CompactSpec(tuple(compact.get("dimensions") or ()), tuple(compact.get("precisions", ())))
 
 
 def truncate(vectors: np.ndarray, dim: int) -> np.ndarray:
@@ -139,22 +154,26 @@ def truncate(vectors: np.ndarray, dim: int) -> np.ndarray:
     return out
 
 
-def calibrate_int8(vectors: np.ndarray, dim: int) -> dict[str, Any]:
-    """Per-dimension ranges for int8 from calibration vectors (after truncation)."""
+def calibrate_int8(vectors: np.ndarray, dims: Sequence[int]) -> dict[str, Any]:
+    """Per-dimension int8 ranges from calibration vectors, for each truncation in `dims`."""
     if len(vectors) == 0:
         raise StoreError("int8 calibration needs at least one vector; the store's first shard has no chunks.")
-    x = truncate(vectors, dim)
-    return {"dim": dim, "min": x.min(axis=0).tolist(), "max": x.max(axis=0).tolist(), "chunks": int(len(x))}
+    ranges = {}
+    for dim in dims:
+        x = truncate(vectors, dim)
+        ranges[str(dim)] = {"min": x.min(axis=0).tolist(), "max": x.max(axis=0).tolist()}
+    return {"chunks": int(len(vectors)), "ranges": ranges}
 
 
 def _int8_params(calibration: dict[str, Any] | None, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    if not calibration or int(calibration.get("dim", -1)) != dim:
+    found = ((calibration or {}).get("ranges") or {}).get(str(dim))
+    if not found:
         raise StoreError(
             "int8 vectors need the store's calibration ranges (manifest `compact.int8`), and none match "
             f"{dim} dimensions; rerun the store with `wikiembed run` to calibrate."
         )
-    lo = np.asarray(calibration["min"], dtype=np.float32)
-    hi = np.asarray(calibration["max"], dtype=np.float32)
+    lo = np.asarray(found["min"], dtype=np.float32)
+    hi = np.asarray(found["max"], dtype=np.float32)
     step = np.maximum(hi - lo, 1e-12) / 255.0
     return lo, step.astype(np.float32)
 
@@ -267,10 +286,11 @@ def card_section(manifest: dict[str, Any]) -> list[str]:
     if calibration:
         lines += [
             "",
-            f"int8 ranges (per dimension, from the store's first {calibration['chunks']} chunks; values outside them are clipped):",
+            f"int8 ranges per dimension, from the store's first {calibration['chunks']} chunks (values outside them "
+            "are clipped), keyed by the number of dimensions:",
             "",
             "```json",
-            json.dumps({"min": calibration["min"], "max": calibration["max"]}),
+            json.dumps(calibration["ranges"]),
             "```",
         ]
     return lines + [""]

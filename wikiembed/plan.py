@@ -56,7 +56,7 @@ def _identity(manifest: dict[str, Any]) -> tuple:
         manifest["model"]["model_id"],
         manifest["model"]["revision"],
         tuple(sorted(manifest["chunking"].items())),
-        (compact.get("dimensions"), tuple(compact.get("precisions", ()))),
+        (tuple(compact.get("dimensions") or ()), tuple(compact.get("precisions", ()))),
     )
 
 

@@ -43,14 +43,18 @@ class RunSettings(BaseModel):
     gpu: str | None = Field(None, description="GPU the Modal app was deployed with (default: as deployed)")
     concurrency: int | None = Field(None, ge=1, description="shards embedded at once (default: per backend)")
     upload_to: str | None = Field(None, description="dir:PATH or hub:ORG/NAME to publish to when all shards are done")
-    dimensions: int | None = Field(None, ge=8, description="also store vectors truncated to N dimensions, renormalized (Matryoshka)")
+    dimensions: list[int] = Field(
+        default_factory=list, description="also store vectors truncated to these numbers of dimensions, renormalized (Matryoshka)"
+    )
     precision: list[Literal["float32", "float16", "int8", "binary"]] = Field(
         default_factory=list, description="extra stored precisions of the vectors: float32, float16, int8, binary"
     )
 
-    @field_validator("precision", mode="before")
+    @field_validator("precision", "dimensions", mode="before")
     @classmethod
-    def _split_precisions(cls, value: object) -> object:
+    def _split_lists(cls, value: object) -> object:
+        if isinstance(value, int):
+            return [value]
         if isinstance(value, str):
             return [p.strip() for p in value.split(",") if p.strip()]
         return value or []

@@ -15,7 +15,7 @@ from wikiembed.flows.cli import main
 from wikiembed.flows.embed_dataset import embed_dataset
 from wikiembed.search import StoreVectors
 
-FORMS = ["float32", "float32@128", "float16@128", "int8@128", "binary@128"]
+FORMS = ["float32", "float16", "int8", "binary", "float32@128", "float16@128", "int8@128", "binary@128"]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def topics(tmp_path_factory):
 def compact_store(prefect_api, topics, tmp_path_factory):
     store = tmp_path_factory.mktemp("compact") / "store"
     summary = embed_dataset(
-        source=str(topics), store=str(store), shard_rows=12, dimensions=128, precision=["float32", "float16", "int8", "binary"]
+        source=str(topics), store=str(store), shard_rows=12, dimensions=[384, 128], precision=["float32", "float16", "int8", "binary"]
     )
     assert summary["shards_done"] == summary["shards_total"] == 3
     return store
@@ -40,8 +40,10 @@ def _all(store: Path):
 def test_run_writes_every_form_from_the_same_vectors(compact_store):
     table = _all(compact_store)
     manifest = json.loads((compact_store / "manifest.json").read_text())
-    cal = manifest["compact"]["int8"]
-    assert manifest["compact"]["dimensions"] == 128 and cal["dim"] == 128 and len(cal["min"]) == 128
+    assert manifest["compact"]["dimensions"] == [384, 128]
+    assert set(manifest["compact"]["int8"]["ranges"]) == {"384", "128"}
+    cal = manifest["compact"]["int8"]["ranges"]["128"]
+    assert len(cal["min"]) == 128
     full = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
     t = full[:, :128] / np.linalg.norm(full[:, :128], axis=1, keepdims=True)
     assert np.allclose(np.stack(table.column("embedding_128_float32").to_numpy(zero_copy_only=False)), t, atol=1e-6)
@@ -54,7 +56,10 @@ def test_run_writes_every_form_from_the_same_vectors(compact_store):
     bits = np.stack(table.column("embedding_128_binary").to_numpy(zero_copy_only=False))
     assert bits.shape[1] == 16 and np.array_equal(np.unpackbits(bits, axis=1).astype(bool), t > 0)
     card = (compact_store / "README.md").read_text()
-    assert "## Compact forms" in card and "`embedding_128_int8`" in card and '"min": [' in card
+    assert "## Compact forms" in card and "`embedding_128_int8`" in card and "`embedding_binary`" in card
+    ranges = json.loads(card.split("```json\n", 1)[1].split("\n```", 1)[0])
+    assert ranges == manifest["compact"]["int8"]["ranges"]  # a reader of the card can map int8 back
+    assert table.column("embedding_int8").type.list_size == 384 and table.column("embedding_binary").type.list_size == 48
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -112,7 +117,7 @@ def test_eval_reports_each_form_and_records_it_in_the_card(compact_store, tmp_pa
     result = json.loads(out.read_text())
     assert result["n"] == 34  # every article: fewer than the default sample
     names = [f["form"] for f in result["forms"]]
-    assert names == ["float32", *FORMS[1:], "binary@128 (hamming only)"]
+    assert names == [*FORMS, "binary (hamming only)", "binary@128 (hamming only)"]
     by = {f["form"]: f for f in result["forms"]}
     for f in result["forms"]:
         assert 0 <= f["recall_at_1"] <= f["recall_at_10"] <= 1 and f["recall_at_1"] <= f["mrr"] <= f["recall_at_10"]
@@ -146,7 +151,7 @@ def test_eval_against_a_second_store_pairs_the_same_articles(compact_store, topi
     "argv, needle",
     [
         (["search", "--store", "{missing}", "q"], "nothing is published there yet"),
-        (["search", "--store", "{store}", "q", "--form", "int4"], "this store holds float32, float32@128"),
+        (["search", "--store", "{store}", "q", "--form", "int4"], "this store holds float32, float16, int8, binary, float32@128"),
         (["search", "--store", "{store}", "   "], "search query is empty"),
         (["eval", "--store", "{store}", "--sample", "0"], "--sample 0"),
         (["eval", "--store", "{store}", "--against", "{other}"], "different source"),
