@@ -19,15 +19,17 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from wikiembed.backends.factory import open_backend
+from wikiembed.backends.factory import backend_retries, open_backend
+from wikiembed.checkpoint import record_vector_kind
 from wikiembed.errors import InputError, StoreError
 from wikiembed.progress import Progress
 from wikiembed.settings import DEFAULT_SHARD_ROWS, RunSettings
 from wikiembed.store import Store
 from wikiembed.tasks.calibrate import calibrate_task
 from wikiembed.tasks.download import download_task
-from wikiembed.tasks.embed import EMBED_RETRIES, embed_task, release_reuse_index
+from wikiembed.tasks.embed import embed_task, release_reuse_index
 from wikiembed.tasks.export import export_task
+from wikiembed.tasks.retry import attempts_of
 from wikiembed.tasks.shard import shard_task
 
 # Shards in flight at once. Local: 2 = one shard chunking on the CPU while the
@@ -58,12 +60,13 @@ def _concurrency(settings: RunSettings) -> int:
     return LOCAL_CONCURRENCY if settings.backend == "local" else REMOTE_CONCURRENCY
 
 
-def _error_text(state) -> str:  # noqa: ANN001
+def _failure(state) -> tuple[str, int]:  # noqa: ANN001
+    """(error text, attempts the task made) of a task that did not complete."""
     try:
         state.result()
     except Exception as exc:  # noqa: BLE001
-        return f"{type(exc).__name__}: {exc}"
-    return f"task ended in state {state.type.value}"
+        return f"{type(exc).__name__}: {exc}", attempts_of(exc)
+    return f"task ended in state {state.type.value}", 1
 
 
 def run_shards(
@@ -82,6 +85,10 @@ def run_shards(
     artifact_id = create_progress_artifact(progress.fraction * 100, key="wikiembed-progress", description=f"shards of {store.root}")
     results: dict[int, dict[str, Any]] = {}
     failures: dict[int, str] = {}
+    failed_attempts: dict[int, int] = {}
+    model = manifest["model"]["model_id"]
+    retries_before = backend_retries(model=model, **opts)
+    record_vector_kind(store)  # a killed run's markers pin the kind before anything else is embedded
     window = min(_concurrency(settings), MAX_CONCURRENCY)
     todo = list(shard_ids)
     inflight: dict[Any, tuple[int, Any]] = {}
@@ -99,10 +106,10 @@ def run_shards(
             if state.is_completed():
                 results[k] = future.result()
             else:
-                failures[k] = _error_text(chunked.state if not chunked.state.is_completed() else state)
-                logger.error("shard %05d failed: %s", k, failures[k])
+                failures[k], failed_attempts[k] = _failure(chunked.state if not chunked.state.is_completed() else state)
+                logger.error("shard %05d failed after %d attempt(s): %s", k, failed_attempts[k], failures[k])
                 try:
-                    store.mark_failed(k, failures[k], attempts=EMBED_RETRIES + 1)
+                    store.mark_failed(k, failures[k], attempts=failed_attempts[k])
                 except StoreError as exc:  # e.g. the disk that failed the shard is full
                     logger.error("could not record the failure of shard %05d: %s", k, exc)
             progress.shard_finished(failed=k in failures)
@@ -110,10 +117,14 @@ def run_shards(
     progress.close()
     if reuse_gen:
         release_reuse_index(str(store.root), reuse_gen)
-    return {"results": results, "failures": failures}
+    if results:
+        record_vector_kind(store)
+    # Request-level retries of this run only: the backend is shared by the runs of one process.
+    request_retries = backend_retries(model=model, **opts) - retries_before
+    return {"results": results, "failures": failures, "failed_attempts": failed_attempts, "request_retries": request_retries}
 
 
-def _summary(store: Store, run: dict[str, Any], seconds: float, retries: int) -> dict[str, Any]:
+def _summary(store: Store, run: dict[str, Any], seconds: float) -> dict[str, Any]:
     manifest = store.read_manifest()
     states = store.states(manifest)
     done = [s for s in states if s.state == "done"]
@@ -131,7 +142,10 @@ def _summary(store: Store, run: dict[str, Any], seconds: float, retries: int) ->
         "chunks": sum(s.chunks or 0 for s in done),
         "embedded_chunks": sum(r.get("embedded_chunks", 0) for r in results),
         "reused_chunks": sum(r.get("reused_chunks", 0) for r in results),
-        "retries": retries + sum(max(r.get("attempts", 1) - 1, 0) for r in results),
+        # Measured: retried requests inside the backend, plus retried task runs of done and failed shards.
+        "retries": run.get("request_retries", 0)
+        + sum(max(r.get("attempts", 1) - 1, 0) for r in results)
+        + sum(a - 1 for a in run.get("failed_attempts", {}).values()),
         "seconds": round(seconds, 3),
         "chars_per_s": round(embedded_chars / seconds, 1) if seconds > 0 else 0.0,
     }
@@ -165,18 +179,12 @@ def _report(store: Store, summary: dict[str, Any], changes: dict[str, Any] | Non
     create_markdown_artifact("\n".join(lines), key="wikiembed-summary", description="run summary")
 
 
-def _backend_retries(settings: RunSettings, model: str) -> int:
-    backend = open_backend(model=model, **_backend_opts(settings))
-    return int(getattr(backend, "retries", 0))
-
-
 def _finish(store: Store, settings: RunSettings, run: dict[str, Any], started: float, changes=None) -> dict[str, Any]:  # noqa: ANN001
     all_done = all(s.state == "done" for s in store.states())
     exported = export_task(str(store.root), store.gen, settings.upload_to if all_done else None) if all_done else None
     if exported and exported["promoted"]:
         store = Store(store.root, store.gen)
-    retries = _backend_retries(settings, store.read_manifest()["model"]["model_id"]) if run["results"] else 0
-    summary = _summary(store, run, time.perf_counter() - started, retries)
+    summary = _summary(store, run, time.perf_counter() - started)
     if changes:
         summary["changes"] = changes
     _report(store, summary, changes)

@@ -263,7 +263,8 @@ class TEIRouter:
     def describe(self) -> dict[str, Any]:
         if self.client is None:
             raise BackendError("the TEI router is not running; start() it first.")
-        return {"model_id": self.client.model_id, "dim": self.client.dim, "max_tokens": self.client.max_tokens}
+        return {"model_id": self.client.model_id, "dim": self.client.dim, "max_tokens": self.client.max_tokens,
+                "kind": self.client.kind.as_dict()}
 
     def stop(self, grace_s: float = 10.0) -> None:
         if self.client is not None:
@@ -384,7 +385,7 @@ class TEI:
 
     @modal.method()
     def describe(self) -> dict[str, Any]:
-        """What this container serves: model_id, dim, max_tokens (TEI's /info), plus the GPU and image."""
+        """What this container serves: model_id, dim, max_tokens, the kind of vectors (TEI's /info), plus the GPU and image."""
         return {**self.router.describe(), "gpu": GPU, "image": TEI_IMAGE, **CAPACITY}
 
     @modal.exit()

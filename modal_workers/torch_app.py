@@ -107,7 +107,7 @@ class TorchWorker:
 
     def describe(self) -> dict[str, Any]:
         e = self.engine
-        return {"model_id": e.model_id, "dim": e.dim, "max_tokens": e.max_tokens}
+        return {"model_id": e.model_id, "dim": e.dim, "max_tokens": e.max_tokens, "kind": e.kind.as_dict()}
 
     def close(self) -> None:
         with self._lock:  # let a running batch finish before the model goes
@@ -170,7 +170,7 @@ class Torch:
 
     @modal.method()
     def describe(self) -> dict[str, Any]:
-        """What this container serves: model_id, dim, max_tokens, plus the GPU."""
+        """What this container serves: model_id, dim, max_tokens, the kind of vectors, plus the GPU."""
         return {**self.worker.describe(), "gpu": GPU, **CAPACITY}
 
     @modal.exit()

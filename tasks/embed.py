@@ -20,7 +20,7 @@ from wikiembed.compact import stored_forms
 from wikiembed.plan import VectorIndex
 from wikiembed.progress import Progress
 from wikiembed.store import Store
-from wikiembed.tasks.retry import retry_transient
+from wikiembed.tasks.retry import counted_attempts, retry_transient
 
 EMBED_RETRIES = 3
 
@@ -48,15 +48,16 @@ def embed_task(
     unchanged) and checkpoint them; return the marker plus the attempts it took."""
     from prefect.runtime import task_run
 
-    s = Store(store, gen)
-    manifest = s.read_manifest()
-    backend = open_backend(model=manifest["model"]["model_id"], **backend_opts)
-    reuse = reuse_index(store, reuse_gen) if reuse_gen else None
-    rows = manifest["plan"]["shards"][shard][1] - manifest["plan"]["shards"][shard][0]
-    forms, int8_calibration = stored_forms(manifest)
-    marker = embed_shard(
-        s, shard, backend, rows, reuse=reuse, progress=Progress.current().add_chunks, forms=forms, int8_calibration=int8_calibration
-    )
+    with counted_attempts():
+        s = Store(store, gen)
+        manifest = s.read_manifest()
+        backend = open_backend(model=manifest["model"]["model_id"], **backend_opts)
+        reuse = reuse_index(store, reuse_gen) if reuse_gen else None
+        rows = manifest["plan"]["shards"][shard][1] - manifest["plan"]["shards"][shard][0]
+        forms, int8_calibration = stored_forms(manifest)
+        marker = embed_shard(
+            s, shard, backend, rows, reuse=reuse, progress=Progress.current().add_chunks, forms=forms, int8_calibration=int8_calibration
+        )
     return {**marker, "attempts": task_run.run_count or 1}
 
 

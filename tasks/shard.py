@@ -8,11 +8,12 @@ from prefect import task
 
 from wikiembed.chunking import chunk_shard
 from wikiembed.store import Store
-from wikiembed.tasks.retry import retry_transient
+from wikiembed.tasks.retry import counted_attempts, retry_transient
 
 
 @task(name="shard", retries=2, retry_delay_seconds=[2, 10], task_run_name="shard-{shard:05d}", retry_condition_fn=retry_transient)
 def shard_task(store: str, gen: str, shard: int) -> dict[str, Any]:
     """Chunk one shard; return its chunk file's info (chunks, sha256)."""
-    s = Store(store, gen)
-    return chunk_shard(s, shard, s.read_manifest())
+    with counted_attempts():
+        s = Store(store, gen)
+        return chunk_shard(s, shard, s.read_manifest())

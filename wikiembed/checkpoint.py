@@ -6,7 +6,14 @@ marker `_done/NNNNN.json` written (also temp + rename) with the file's size,
 sha256, mtime and inode. A kill at any point leaves either no data file, a
 data file without a marker (redone on resume), or a complete pair.
 
-Touches: `STORE/chunks/NNNNN.parquet` (read), `STORE/data/`, `STORE/_done/`.
+What is written is checked first: every vector against the manifest's
+dimension (`check_written`), and the backend's kind of vectors (model,
+revision, pooling, normalization) against the kind the generation already
+holds, so one store never mixes vectors that are not comparable. The marker
+records the kind.
+
+Touches: `STORE/chunks/NNNNN.parquet` (read), `STORE/manifest.json` (the
+recorded kind), `STORE/data/`, `STORE/_done/`.
 """
 
 from __future__ import annotations
@@ -21,9 +28,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wikiembed.backends.base import Backend, check_vectors
+from wikiembed.backends.base import Backend, VectorKind, check_vectors
 from wikiembed.chunking import CHUNK_SCHEMA
 from wikiembed.compact import Form, arrow_column, encode
+from wikiembed.errors import InputError
 from wikiembed.store import Store, sha256_file, store_os_error
 
 # Chunks embedded and written per parquet row group: bounds memory for any shard
@@ -56,6 +64,44 @@ class VectorSource(Protocol):
 ProgressFn = Callable[[int], None]
 
 
+def check_written(vectors: np.ndarray, n: int, dim: int, where: str) -> np.ndarray:
+    """The one check of vectors before they are written to a store: `n` rows of the store's
+    dimension (the manifest's, not whatever the backend says), finite; float32 C-contiguous."""
+    return check_vectors(vectors, n, dim, where)
+
+
+def check_kind(store: Store, manifest: dict, kind: VectorKind) -> None:
+    """Refuse a backend whose vectors are of another kind than the ones this generation holds."""
+    recorded = manifest.get("vectors")
+    if recorded is None:
+        return
+    held = VectorKind.from_dict(recorded)
+    if not held.agrees_with(kind):
+        raise InputError(
+            f"store {store.root} holds vectors from {held.describe()}; this run's backend makes "
+            f"{kind.describe()}. Vectors of different kinds are not comparable, so one store never mixes "
+            f"them: finish this store with its own settings (`wikiembed rerun --store {store.root} --failed`), "
+            "or use a new --store for this backend."
+        )
+
+
+def record_vector_kind(store: Store) -> dict | None:
+    """Write the kind of this generation's vectors into its manifest, from its done markers, if not there yet.
+
+    Called by the flow (which holds the store lock) before and after embedding,
+    so a run killed before it could record the kind still pins it on resume.
+    """
+    manifest = store.read_manifest()
+    if manifest.get("vectors") is not None:
+        return manifest["vectors"]
+    for path in sorted((store.dir / "_done").glob("*.json")):
+        marker = store.read_done(int(path.stem)) if path.stem.isdigit() else None
+        if marker and marker.get("vectors"):
+            store.write_manifest({**manifest, "vectors": marker["vectors"]})
+            return marker["vectors"]
+    return None
+
+
 def embed_shard(
     store: Store,
     shard: int,
@@ -73,10 +119,13 @@ def embed_shard(
     derived from the same float32 vectors.
     """
     started = time.perf_counter()
+    manifest = store.read_manifest()
+    check_kind(store, manifest, backend.kind)
+    dim = int(manifest["model"]["dim"])
     chunks_file = pq.ParquetFile(store.chunks_path(shard))
     dest = store.data_path(shard)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    schema = data_schema(backend.dim, forms)
+    schema = data_schema(dim, forms)
     embedded = reused = chunks = chars = 0
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +133,7 @@ def embed_shard(
         try:
             for batch in chunks_file.iter_batches(batch_size=EMBED_GROUP):
                 texts = batch.column("text").to_pylist()
-                vectors = np.empty((len(texts), backend.dim), dtype=np.float32)
+                vectors = np.empty((len(texts), dim), dtype=np.float32)
                 todo = np.ones(len(texts), dtype=bool)
                 if reuse is not None and texts:
                     found_vecs, found = reuse.lookup(texts)
@@ -93,14 +142,15 @@ def embed_shard(
                         todo = ~found
                 missing = [t for t, need in zip(texts, todo) if need]
                 if missing:
-                    fresh = check_vectors(_embed(backend, batch, todo, missing), len(missing), backend.dim, f"backend {backend.model_id}")
+                    where = f"{backend.kind.backend} backend for {backend.model_id} (store {store.root})"
+                    fresh = check_written(_embed(backend, batch, todo, missing), len(missing), dim, where)
                     vectors[todo] = fresh
                 embedded += len(missing)
                 reused += len(texts) - len(missing)
                 chunks += len(texts)
                 chars += sum(len(t) for t in missing)
                 flat = pa.array(vectors.reshape(-1), type=pa.float32())
-                column = pa.FixedSizeListArray.from_arrays(flat, backend.dim)
+                column = pa.FixedSizeListArray.from_arrays(flat, dim)
                 rows_out = pa.Table.from_batches([batch]).select(CHUNK_SCHEMA.names)  # token ids stay in chunks/
                 table = rows_out.append_column(schema.field("embedding"), column)
                 for form in forms:
@@ -132,6 +182,7 @@ def embed_shard(
         "mtime_ns": st.st_mtime_ns,
         "inode": st.st_ino,
         "model": backend.model_id,
+        "vectors": backend.kind.as_dict(),
         "seconds": round(time.perf_counter() - started, 3),
     }
     store.mark_done(shard, marker)

@@ -1,16 +1,19 @@
 """The plan step: pick the store generation for this source, snapshot it, fix the shard plan.
 
-A store is one (model, chunking); within it each source fingerprint is one
-generation. Same fingerprint as before: resume it (nothing re-read beyond the
-fingerprint). New fingerprint: build a new generation next to the published
-one, reusing vectors of unchanged chunk texts (`VectorIndex`), and promote it
-atomically when every shard is done.
+A store is one (model, chunking); within it each (source fingerprint, model
+revision) is one generation. Same pair as before: resume it (nothing re-read
+beyond the fingerprint). New source fingerprint: build a new generation next to
+the published one, reusing vectors of unchanged chunk texts (`VectorIndex`),
+and promote it atomically when every shard is done. New model revision (a
+fine-tune saved over the model's folder, a new Hub commit): the same, but
+nothing is reused, since the old vectors come from other weights.
 
 Touches: the store (manifest, snapshot, pointers) and the source (read).
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import threading
 from collections import OrderedDict
@@ -23,7 +26,7 @@ import pyarrow.parquet as pq
 
 from wikiembed.checkpoint import read_vectors, text_key
 from wikiembed.compact import parse_compact
-from wikiembed.sources import Source, fingerprint, parse_source, write_snapshot
+from wikiembed.sources import Source, fingerprint, parse_source, pin, write_snapshot
 from wikiembed.errors import StoreError
 from wikiembed.model import ModelInfo, model_info
 from wikiembed.settings import RunSettings
@@ -52,9 +55,10 @@ def _versions() -> dict[str, str]:
 
 def _identity(manifest: dict[str, Any]) -> tuple:
     compact = manifest.get("compact") or {}
+    # The model's revision is not part of a store's identity: a new revision (new weights) is a new
+    # generation of the same store, embedded afresh.
     return (
         manifest["model"]["model_id"],
-        manifest["model"]["revision"],
         tuple(sorted(manifest["chunking"].items())),
         (tuple(compact.get("dimensions") or ()), tuple(compact.get("precisions", ()))),
     )
@@ -74,12 +78,15 @@ def prepare(settings: RunSettings) -> Prepared:
     source, info, chunking = resolve(settings)
     root = Store(settings.store)
     root.root.mkdir(parents=True, exist_ok=True)
+    source = pin(source)
     fp = fingerprint(source)
-    gen = fp[:16]
+    gen = hashlib.sha256(f"{fp}\0{info.revision}".encode()).hexdigest()[:16]
     model = {"model_id": info.model_id, "revision": info.revision, "dim": info.dim, "max_tokens": info.max_tokens}
     compact = parse_compact(settings.dimensions, settings.precision, info.dim)
     identity = _identity({"model": model, "chunking": chunking.as_dict(), "compact": compact.as_dict() if compact else None})
     current = root.pointer("current")
+    previous: str | None = None  # the published generation whose vectors this one may reuse
+    inherited_kind = None
     if current is not None:
         published = Store(root.root, current).read_manifest()
         if _identity(published) != identity:
@@ -89,13 +96,16 @@ def prepare(settings: RunSettings) -> Prepared:
                 f"{info.model_id} with {chunking.as_dict()} and {compact.as_dict() if compact else None}. "
                 "One store holds one model, chunking and set of forms: use a new --store for this one."
             )
+        if current != gen and published["model"]["revision"] == info.revision:
+            previous = current
+            inherited_kind = published.get("vectors")
     target = Store(root.root, gen)
     if target.exists():
         manifest = target.read_manifest()
         if manifest["source"]["fingerprint"] == fp and manifest["plan"]["shard_rows"] == settings.shard_rows:
             _point(root, current, gen)
             target.clean_temp_files()
-            return Prepared(target, manifest, current if current != gen else None)
+            return Prepared(target, manifest, previous)
         shutil.rmtree(target.dir)  # a different plan for the same rows: start this generation over
     target.ensure_writable()
     report = write_snapshot(source, target.snapshot_path)
@@ -112,11 +122,14 @@ def prepare(settings: RunSettings) -> Prepared:
         "repaired": dict(report.repaired),
         "versions": _versions(),
         "generation": gen,
-        "previous_generation": current if current != gen else None,
+        "previous_generation": previous,
+        # The kind of vectors this generation holds (see wikiembed.checkpoint): the published
+        # generation's when vectors carry over, else set by the first shard embedded.
+        "vectors": inherited_kind,
     }
     target.write_manifest(manifest)
     _point(root, current, gen)
-    return Prepared(target, manifest, current if current != gen else None)
+    return Prepared(target, manifest, previous)
 
 
 def _point(root: Store, current: str | None, gen: str) -> None:

@@ -354,6 +354,15 @@ def _license(source: dict[str, Any]) -> str:
     return "unknown"
 
 
+def _dimension_line(dim: int, vectors: dict[str, Any] | None) -> str:
+    """The card's line on the vectors: their dimension and, where recorded, what made them."""
+    if not vectors:
+        return f"- dimension: {dim} (float32)"
+    norm = "L2-normalized: a dot product is the cosine similarity" if vectors.get("normalize") else "not normalized"
+    return (f"- dimension: {dim} (float32, {norm}); made by the {vectors.get('backend')} backend, "
+            f"{vectors.get('pooling')} pooling, computed in {vectors.get('dtype')}")
+
+
 def _card_text(
     manifest: dict[str, Any], states: Sequence[ShardState], repo_id: str | None, evaluation: dict[str, Any] | None = None
 ) -> str:
@@ -418,6 +427,7 @@ def _card_text(
         "",
         (f"- spec: `{source.get('spec')}` (kind {source.get('kind')}, config {source.get('config')}, "
          f"split {source.get('split')}, limit {source.get('limit')})"),
+        *([f"- revision: `{source['revision']}` (the commit the rows were read at)"] if source.get("revision") else []),
         f"- snapshot fingerprint: `{source.get('fingerprint')}`",
         f"- license: {license_id}" + (" (inherited from Wikipedia: attribute the authors, share alike)"
                                       if license_id == WIKIPEDIA_LICENSE else ""),
@@ -425,7 +435,7 @@ def _card_text(
         "## Model",
         "",
         f"- model: `{model_id}`, revision `{model.get('revision')}`",
-        f"- dimension: {dim} (float32, L2-normalized: a dot product is the cosine similarity)",
+        _dimension_line(dim, manifest.get("vectors")),
         f"- max tokens: {model.get('max_tokens')}",
         "",
         "## Chunking",

@@ -2,7 +2,10 @@
 
 Sources: `sample:N` (built in, no network), a local parquet / jsonl file or
 folder, a `datasets` `save_to_disk` folder, or a Hugging Face dataset id with
-a config. Every source ends as `STORE/snapshot/source.parquet` with string
+a config. A Hub source is pinned first (`pin`): to the repo's current commit,
+with `latest.<lang>` resolved to the newest `YYYYMMDD.<lang>` config there, so
+its fingerprint (the config's data files, by content id) and its rows come from
+the same revision. Every source ends as `STORE/snapshot/source.parquet` with string
 columns `id, url, title, text`, written in fixed row groups so shards can be
 read as contiguous row ranges. Bad rows are skipped or repaired row by row
 and counted; a bad source (missing, unreadable, wrong columns) is an
@@ -16,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -39,6 +43,10 @@ OPTIONAL = ("url", "title")
 MAX_SKIP_EXAMPLES = 50
 _READ_BATCH = 1000
 _HASH_BLOCK = 1 << 22
+# `--config latest.<lang>` asks for the newest dump of a language among configs named like
+# wikimedia/wikipedia's (`20231101.simple`); the date sorts as text.
+LATEST_PREFIX = "latest."
+_DUMP_CONFIG = re.compile(r"(\d{8})\.(.+)")
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,7 @@ class Source:
     split: str = "train"
     limit: int | None = None
     columns: tuple[tuple[str, str], ...] = ()  # (our name, their name)
+    revision: str | None = None  # Hub sources: the commit they are read at (set by `pin`)
 
     @property
     def license(self) -> str | None:
@@ -64,7 +73,8 @@ class Source:
         if self.kind == "sample":
             return f"built-in sample of {self.location} Wikipedia-shaped articles"
         if self.kind == "hub":
-            return f"{self.location} (config {self.config}, split {self.split})"
+            at = f", revision {self.revision[:12]}" if self.revision else ""
+            return f"{self.location} (config {self.config}, split {self.split}{at})"
         return f"local {self.kind} at {self.location}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -72,6 +82,7 @@ class Source:
             "spec": self.spec,
             "kind": self.kind,
             "config": self.config,
+            "revision": self.revision,
             "split": self.split,
             "limit": self.limit,
             "columns": dict(self.columns),
@@ -184,6 +195,101 @@ def _hub_offline_error(source: Source, exc: BaseException) -> InputError:
     )
 
 
+def pin(source: Source) -> Source:
+    """A Hub source fixed to one commit (the repo's current one unless already pinned), with
+    `latest.<lang>` resolved to the newest `YYYYMMDD.<lang>` config at that commit. Other
+    sources are returned as they are."""
+    if source.kind != "hub":
+        return source
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        sha = HfApi().dataset_info(source.location, revision=source.revision).sha
+    except RepositoryNotFoundError as exc:
+        raise InputError(
+            f"--source {source.location!r}: no such dataset on the Hub (or it is private and HF_TOKEN "
+            "cannot read it); check the id, e.g. wikimedia/wikipedia."
+        ) from exc
+    except RevisionNotFoundError as exc:
+        raise InputError(f"--source {source.location!r}: no revision {source.revision!r}; give a branch, tag or commit.") from exc
+    except Exception as exc:
+        raise _hub_offline_error(source, exc) from exc
+    config = source.config
+    if config and config.startswith(LATEST_PREFIX):
+        config = newest_config(source, config[len(LATEST_PREFIX):], sha)
+    return replace(source, config=config, revision=sha)
+
+
+def newest_config(source: Source, lang: str, revision: str) -> str:
+    """The newest `YYYYMMDD.<lang>` config of a Hub dataset at `revision`."""
+    import datasets
+
+    try:
+        configs = datasets.get_dataset_config_names(source.location, revision=revision)
+    except Exception as exc:
+        raise _hub_offline_error(source, exc) from exc
+    dumps = sorted(c for c in configs if (m := _DUMP_CONFIG.fullmatch(c)) and m.group(2) == lang)
+    if not dumps:
+        langs = sorted({m.group(2) for c in configs if (m := _DUMP_CONFIG.fullmatch(c))})
+        raise InputError(
+            f"--config {LATEST_PREFIX}{lang}: {source.location} has no YYYYMMDD.{lang} config at revision "
+            f"{revision[:12]} (languages there: {', '.join(langs[:30]) or 'none'}); check the language code, "
+            "or name a config such as 20231101.simple."
+        )
+    return dumps[-1]
+
+
+def hub_data_files(source: Source) -> list[tuple[str, str]]:
+    """(path, content id) of every data file of a pinned Hub source's config and split.
+
+    The content id is the file's LFS sha256, or its git blob id for a small file:
+    equal lists mean equal rows, whatever else the repo's commit changed.
+    """
+    import datasets
+    from huggingface_hub import HfApi
+
+    if source.revision is None:
+        raise ValueError(f"{source.location}: pin() the Hub source before reading or fingerprinting it")
+    try:
+        builder = datasets.load_dataset_builder(source.location, source.config, revision=source.revision)
+    except ValueError as exc:  # datasets: "BuilderConfig 'x' not found. Available: [...]"
+        configs = _configs_or_none(source)
+        listing = f"it has {', '.join(configs[:30])}{' ...' if len(configs) > 30 else ''}" if configs else str(exc)
+        raise InputError(
+            f"--config {source.config!r}: {source.location} has no such config at revision "
+            f"{source.revision[:12]} ({listing}); pass one of them with --config."
+        ) from exc
+    except Exception as exc:
+        raise _hub_offline_error(source, exc) from exc
+    files = builder.config.data_files or {}
+    if source.split not in files:
+        raise InputError(
+            f"--split {source.split!r}: {source.location} (config {source.config}) has splits "
+            f"{sorted(files)}; pass one of them with --split."
+        )
+    prefix = f"hf://datasets/{source.location}@{source.revision}/"
+    paths = [str(url).removeprefix(prefix) for url in files[source.split]]
+    try:
+        infos = HfApi().get_paths_info(source.location, paths, revision=source.revision, repo_type="dataset")
+    except Exception as exc:
+        raise _hub_offline_error(source, exc) from exc
+    out = []
+    for info in infos:
+        lfs = getattr(info, "lfs", None)
+        out.append((info.path, lfs.sha256 if lfs is not None else info.blob_id))
+    return sorted(out)
+
+
+def _configs_or_none(source: Source) -> list[str]:
+    import datasets
+
+    try:
+        return list(datasets.get_dataset_config_names(source.location, revision=source.revision))
+    except Exception:  # noqa: BLE001 - only for the error message
+        return []
+
+
 def fingerprint(source: Source) -> str:
     """A content fingerprint: equal fingerprints mean equal rows, so the shard plan can be reused."""
     h = hashlib.sha256()
@@ -191,13 +297,9 @@ def fingerprint(source: Source) -> str:
     if source.kind == "sample":
         h.update(f"sample-v{sample.GENERATOR_VERSION}-{source.location}".encode())
     elif source.kind == "hub":
-        try:
-            from huggingface_hub import HfApi
-
-            sha = HfApi().dataset_info(source.location).sha
-        except Exception as exc:
-            raise _hub_offline_error(source, exc) from exc
-        h.update(f"hub:{source.location}:{source.config}:{sha}".encode())
+        h.update(f"hub:{source.location}:{source.config}".encode())
+        for path, oid in hub_data_files(source):
+            h.update(f"\n{path}\0{oid}".encode())
     else:
         root = Path(source.location)
         files = _local_files(source) if source.kind != "disk" else sorted(p for p in root.rglob("*") if p.is_file())
@@ -293,8 +395,10 @@ def _read_disk(source: Source) -> Iterator[list[dict]]:
 def _read_hub(source: Source) -> Iterator[list[dict]]:
     import datasets
 
+    if source.revision is None:
+        raise ValueError(f"{source.location}: pin() the Hub source before reading or fingerprinting it")
     try:
-        ds = datasets.load_dataset(source.location, source.config, split=source.split, streaming=True)
+        ds = datasets.load_dataset(source.location, source.config, split=source.split, revision=source.revision, streaming=True)
     except Exception as exc:
         raise _hub_offline_error(source, exc) from exc
     return _batched(ds)

@@ -25,7 +25,7 @@ TRANSIENT_ERRORS = (
 class FaultyBackend:
     def __init__(self, inner, *, fail_every: int = 0, poison: str | None = None, seed: int = 0) -> None:
         self.inner = inner
-        self.model_id, self.dim, self.max_tokens = inner.model_id, inner.dim, inner.max_tokens
+        self.model_id, self.dim, self.max_tokens, self.kind = inner.model_id, inner.dim, inner.max_tokens, inner.kind
         self.fail_every = fail_every
         self.poison = poison
         self.rng = random.Random(seed)
@@ -49,11 +49,13 @@ class FaultyBackend:
 
 
 def install(monkeypatch, **faults) -> FaultyBackend:
-    """Route the flow's backend through a FaultyBackend around the real local engine."""
+    """Route the flow's backend (and the embed task's) through a FaultyBackend around the real local engine."""
     import wikiembed.flows.embed_dataset as flow_module
+    import wikiembed.tasks.embed as embed_module
 
     faulty = FaultyBackend(open_backend("local", "sentence-transformers/all-MiniLM-L6-v2"), **faults)
     monkeypatch.setattr(flow_module, "open_backend", lambda **_: faulty)
+    monkeypatch.setattr(embed_module, "open_backend", lambda **_: faulty)
     # retries stay real, only faster
     monkeypatch.setattr(flow_module, "embed_task", flow_module.embed_task.with_options(retry_delay_seconds=0.2))
     return faulty

@@ -154,7 +154,11 @@ def test_router_starts_serves_and_stops(fake_router: pytest.MonkeyPatch, tmp_pat
         assert json.loads(argv_file.read_text())[:2] == ["--model-id", MODEL]
         assert router.client is not None and router.client.batch_size == tei_app.MAX_CLIENT_BATCH_SIZE
         np.testing.assert_array_equal(router.embed(TEXTS), embed_texts(TEXTS))
-        assert router.describe() == {"model_id": MODEL, "dim": DIM, "max_tokens": 512}
+        facts = router.describe()
+        assert {k: facts[k] for k in ("model_id", "dim", "max_tokens")} == {"model_id": MODEL, "dim": DIM, "max_tokens": 512}
+        # TEI normalizes and reports its pooling and dtype; the stand-in's model has no Hub commit
+        assert facts["kind"] == {"backend": "tei", "model": MODEL, "revision": "unknown", "pooling": "mean",
+                                 "normalize": True, "dtype": "float32"}
     finally:
         router.stop()
     assert router.proc is not None and router.proc.poll() is not None
@@ -201,6 +205,7 @@ def test_tei_class_through_modal_local_calls(fake_router: pytest.MonkeyPatch) ->
     try:
         np.testing.assert_array_equal(obj.embed.local(TEXTS), embed_texts(TEXTS))  # runs @modal.enter first
         facts = obj.describe.local()
+        assert facts.pop("kind")["normalize"] is True
         assert facts == {"model_id": MODEL, "dim": DIM, "max_tokens": 512, "gpu": tei_app.GPU, "image": tei_app.TEI_IMAGE, **tei_app.CAPACITY}
     finally:
         obj.router.stop()  # `.local()` never runs @modal.exit; the next test calls it
@@ -229,6 +234,7 @@ def test_torch_class_runs_the_engine_on_cpu(monkeypatch: pytest.MonkeyPatch) -> 
     with engine_module.TorchEngine(DEFAULT_MODEL, device="cpu") as engine:
         np.testing.assert_allclose(vectors, engine.embed(TEXTS), atol=1e-6)  # same code as the local backend
     facts = obj.describe.local()
+    assert facts.pop("kind")["backend"] == "local"  # the engine's own record; the Modal client relabels it
     assert facts == {"model_id": DEFAULT_MODEL, "dim": 384, "max_tokens": 256, "gpu": torch_app.GPU}
     obj.worker.close()  # what @modal.exit does; `.local()` never runs it
 

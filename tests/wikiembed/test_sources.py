@@ -13,6 +13,7 @@ from wikiembed.sources import (
     SNAPSHOT_ROW_GROUP,
     fingerprint,
     parse_source,
+    pin,
     read_snapshot_rows,
     write_snapshot,
 )
@@ -54,7 +55,7 @@ def test_parse_source_kinds_and_errors(tmp_path: Path):
 def test_hub_source_offline_names_the_fix():
     source = parse_source("wikimedia/wikipedia", config="20231101.simple")
     with pytest.raises(InputError) as err:
-        fingerprint(source)
+        pin(source)
     assert "HF_HUB_OFFLINE" in str(err.value) and "sample:N" in str(err.value)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from wikiembed.backends.base import VectorKind
 from wikiembed.checkpoint import embed_shard, read_vectors
 from wikiembed.errors import StoreError
 from wikiembed.chunking import CHUNK_SCHEMA, write_parquet_atomic
@@ -23,6 +24,7 @@ class HashBackend:
     """A deterministic backend for store-level tests (the real engine is tested elsewhere)."""
 
     model_id, dim, max_tokens = "hash-test", 8, 512
+    kind = VectorKind("local", "hash-test", "r1", "mean", True, "float32")
 
     def embed(self, texts):
         out = np.array([[(hash(t) >> (4 * i)) % 97 + 1 for i in range(self.dim)] for t in texts], dtype=np.float32)
@@ -36,7 +38,8 @@ def _store(tmp_path: Path, shards: int = 3) -> Store:
     root = Store(tmp_path / "store", "g1")
     root.ensure_writable()
     root.set_pointer("current", "g1")
-    root.write_manifest({"plan": {"shards": [[i * 2, i * 2 + 2] for i in range(shards)], "rows": shards * 2, "shard_rows": 2}})
+    root.write_manifest({"plan": {"shards": [[i * 2, i * 2 + 2] for i in range(shards)], "rows": shards * 2, "shard_rows": 2},
+                         "model": {"model_id": "hash-test", "dim": 8}})
     for k in range(shards):
         rows = [
             {"id": str(k), "url": "", "title": "", "chunk_index": i, "char_start": 0, "char_end": 5, "text": f"s{k}c{i}"}

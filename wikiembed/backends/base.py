@@ -1,4 +1,5 @@
-"""The backend interface every backend implements, and the one check of what a backend returns.
+"""The backend interface every backend implements, what kind of vectors it makes, and the one
+check of what a backend returns.
 
 A leaf module: backends import it, it imports none of them. The factory that
 picks a backend (`factory.py`) sits above both.
@@ -7,20 +8,57 @@ picks a backend (`factory.py`) sits above both.
 from __future__ import annotations
 
 import threading
-from typing import Protocol, Sequence, runtime_checkable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from wikiembed.errors import BackendError
 
 
+@dataclass(frozen=True)
+class VectorKind:
+    """What produced a set of vectors, recorded with every shard.
+
+    Vectors are interchangeable (may share a store, may be reused for unchanged
+    text) when model, revision, pooling and normalization agree; the backend
+    and compute dtype are recorded for provenance only, as they move a vector
+    by float rounding, not in kind.
+    """
+
+    backend: str  # local | tei | modal
+    model: str
+    revision: str
+    pooling: str  # mean | cls | whatever the server reports
+    normalize: bool  # whether vectors are L2-normalized
+    dtype: str  # compute dtype (float32, bfloat16, ...) or "unknown" where the server does not say
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VectorKind":
+        return cls(**{name: data.get(name) for name in cls.__dataclass_fields__})  # type: ignore[arg-type]
+
+    def agrees_with(self, other: "VectorKind") -> bool:
+        return (self.model, self.revision, self.pooling, self.normalize) == (
+            other.model, other.revision, other.pooling, other.normalize
+        )
+
+    def describe(self) -> str:
+        norm = "L2-normalized" if self.normalize else "not normalized"
+        return f"{self.backend} backend, {self.model} at {self.revision}, {self.pooling} pooling, {norm}, {self.dtype}"
+
+
 @runtime_checkable
 class Backend(Protocol):
-    """`embed(texts)` returns L2-normalized float32 vectors, shape `[len(texts), dim]`, in order."""
+    """`embed(texts)` returns float32 vectors, shape `[len(texts), dim]`, in order; `kind` says what
+    they are (normalized or not). Backends that retry requests themselves count them in `retries`."""
 
     model_id: str
     dim: int
     max_tokens: int
+    kind: VectorKind
 
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
@@ -54,6 +92,7 @@ class Serialized:
     def __init__(self, inner: Backend) -> None:
         self.inner = inner
         self.model_id, self.dim, self.max_tokens = inner.model_id, inner.dim, inner.max_tokens
+        self.kind = inner.kind
         self._lock = threading.Lock()
         if hasattr(inner, "embed_ids"):
             self.embed_ids = self._embed_ids

@@ -50,6 +50,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from wikiembed.backends.base import VectorKind
 from wikiembed.errors import BackendError, InputError
 from wikiembed.model import DEFAULT_MODEL, load_tokenizer, model_info
 from wikiembed.tokenizing import cores, encode_ids, encode_ids_part, run_parts, spec
@@ -379,6 +380,7 @@ class TorchEngine:
             raise InputError(f"dtype {dtype!r}: unknown; use one of float32, bfloat16, float16.")
         self.dtype = _DTYPES[name]
         self._dtype = getattr(torch, self.dtype)
+        self.kind = VectorKind("local", info.model_id, info.revision, info.pooling, info.normalize, self.dtype)
 
         self.max_batch_tokens = int(max_batch_tokens or MAX_BATCH_TOKENS.get(kind, MAX_BATCH_TOKENS["cpu"]))
         if self.max_batch_tokens < 1:

@@ -11,9 +11,17 @@ from typing import Sequence
 
 from wikiembed.backends.base import Backend, Serialized
 from wikiembed.errors import BackendError
+from wikiembed.model import model_info
 
 _BACKENDS: dict[tuple, Backend] = {}
 _BACKENDS_LOCK = threading.Lock()
+
+
+def _key(backend: str, model: str, device: str | None, tei_url: Sequence[str], modal_app: str | None,
+         modal_class: str, gpu: str | None) -> tuple:
+    # The model's revision is part of the key: a model folder whose files changed
+    # (a fine-tune saved over it) opens a new backend.
+    return (backend, model, model_info(model).revision, device, tuple(tei_url), modal_app, modal_class, gpu)
 
 
 def open_backend(
@@ -32,7 +40,8 @@ def open_backend(
     process, so they share one engine (and one TEI connection pool) instead of
     each loading their own. Inputs are plain values so task inputs stay hashable.
     """
-    key = (backend, model, device, tuple(tei_url), modal_app, modal_class, gpu)
+    key = _key(backend, model, device, tei_url, modal_app, modal_class, gpu)
+    revision = key[2]
     with _BACKENDS_LOCK:
         if key in _BACKENDS:
             return _BACKENDS[key]
@@ -47,7 +56,7 @@ def open_backend(
                 raise BackendError("--backend tei needs --tei-url URL[,URL...] (the TEI servers to call).")
             from wikiembed.backends.tei import TEIBackend
 
-            opened = TEIBackend(list(tei_url), model_id=model)
+            opened = TEIBackend(list(tei_url), model_id=model, revision=revision)
         elif backend == "modal":
             from wikiembed.backends.modal_client import ModalBackend
 
@@ -56,3 +65,21 @@ def open_backend(
             raise BackendError(f"--backend {backend!r}: use local, tei or modal.")
         _BACKENDS[key] = opened
         return opened
+
+
+def backend_retries(
+    backend: str,
+    model: str,
+    *,
+    device: str | None = None,
+    tei_url: Sequence[str] = (),
+    modal_app: str | None = None,
+    modal_class: str = "TEI",
+    gpu: str | None = None,
+) -> int:
+    """Requests the open backend for these settings has retried so far; 0 when none is open here
+    (nothing was embedded in this process) or the backend does not retry on its own."""
+    key = _key(backend, model, device, tei_url, modal_app, modal_class, gpu)
+    with _BACKENDS_LOCK:
+        opened = _BACKENDS.get(key)
+    return int(getattr(opened, "retries", 0)) if opened is not None else 0

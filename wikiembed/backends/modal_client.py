@@ -26,7 +26,7 @@ import modal
 import modal.exception
 import numpy as np
 
-from wikiembed.backends.base import check_vectors
+from wikiembed.backends.base import VectorKind, check_vectors
 from wikiembed.errors import BackendError, InputError, TransientBackendError
 
 ClassName = Literal["TEI", "Torch"]
@@ -83,7 +83,6 @@ class ModalBackend:
         self.class_name = class_name
         self.gpu = gpu
         self.batch_texts = batch_texts
-        self.retries = 0  # Modal retries inside its own machinery (`retries=` on the class); none here
         with self._errors("describe"):
             cls = modal.Cls.from_name(self.app_name, class_name)  # lazy: a missing app fails on the first call
             if gpu:
@@ -99,6 +98,12 @@ class ModalBackend:
         self.dim: int = int(facts["dim"])
         self.max_tokens: int = int(facts["max_tokens"])
         self.deployed_gpu: str | None = facts.get("gpu")
+        if not isinstance(facts.get("kind"), dict):
+            raise BackendError(
+                f"Modal app {self.app_name!r} class {class_name} does not say what kind of vectors it makes "
+                f"(pooling, normalization); it is older than this code: redeploy it with `modal deploy {DEPLOY_FILES[class_name]}`."
+            )
+        self.kind = VectorKind.from_dict({**facts["kind"], "backend": "modal"})
         # Input slots of the deployment: what was deployed decides, not this machine's environment.
         self.capacity: int = int(facts.get("max_containers", 1)) * int(facts.get("concurrent_inputs", 1))
 

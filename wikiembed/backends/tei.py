@@ -46,7 +46,7 @@ import httpx
 import numpy as np
 import orjson
 
-from wikiembed.backends.base import check_vectors
+from wikiembed.backends.base import VectorKind, check_vectors
 from wikiembed.errors import BackendError, InputError, TransientBackendError
 
 log = logging.getLogger(__name__)
@@ -183,6 +183,7 @@ class TEIBackend:
         on_too_long: OnTooLong = "fail",
         payload_limit: int = 2_000_000,
         batch_size: int | None = None,
+        revision: str | None = None,
     ) -> None:
         if isinstance(urls, str):
             urls = [u for u in urls.split(",") if u.strip()]
@@ -208,6 +209,7 @@ class TEIBackend:
         self.payload_limit = payload_limit
         self.retries = 0  # retried requests, for the run summary
         self.model_id = model_id or ""
+        self.revision = revision  # of the model as the caller resolved it; TEI's own model_sha wins
         self.dim = 0
         self.max_tokens = 0
         self.batch_size = batch_size or 0
@@ -319,6 +321,14 @@ class TEIBackend:
         if len(set(dims)) > 1:
             raise BackendError(f"the TEI servers return vectors of different sizes {dims}; they must run one model.")
         self.dim = dims[0]
+        # What TEI reports about its vectors: `/embed` and `/v1/embeddings` normalize (we ask for it),
+        # the pooling is the model's unless the router was started with --pooling.
+        info = infos[0]
+        pooling = ((info.get("model_type") or {}).get("embedding") or {}).get("pooling") or "unknown"
+        self.kind = VectorKind(
+            "tei", self.model_id, str(info.get("model_sha") or self.revision or "unknown"),
+            str(pooling), True, str(info.get("model_dtype") or "unknown"),
+        )
         # Slots, interleaved so consecutive batches go to different servers.
         self._slots: asyncio.Queue[_Server] = asyncio.Queue()
         for i in range(max(s.in_flight for s in self._servers)):
