@@ -1,6 +1,7 @@
 # wikiembed: one venv, the right torch for the machine, then the project.
 #   make sample   install, then embed the built-in sample on the CPU (no network)
-#   make test     install with test extras, then run the whole test suite
+#   make test     install with test extras, then run the whole test suite (what CI runs)
+#   make test-fast  the same without the `slow` tier (whole flows, servers, subprocesses)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 SAMPLE ?= sample:2000
 
-.PHONY: install sample test bench clean
+.PHONY: install sample test test-fast bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,6 +29,9 @@ sample: install
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 bench: install
 	$(BIN)/python bench/pipeline.py --quick --json bench/results/pipeline-quick.json

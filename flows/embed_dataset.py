@@ -181,9 +181,8 @@ def _report(store: Store, summary: dict[str, Any], changes: dict[str, Any] | Non
 
 def _finish(store: Store, settings: RunSettings, run: dict[str, Any], started: float, changes=None) -> dict[str, Any]:  # noqa: ANN001
     all_done = all(s.state == "done" for s in store.states())
-    exported = export_task(str(store.root), store.gen, settings.upload_to if all_done else None) if all_done else None
-    if exported and exported["promoted"]:
-        store = Store(store.root, store.gen)
+    if all_done:
+        export_task(str(store.root), store.gen, settings.upload_to)
     summary = _summary(store, run, time.perf_counter() - started)
     if changes:
         summary["changes"] = changes
@@ -255,7 +254,8 @@ def rerun_shards(store: str, shards: list[int] | Literal["failed"] = "failed") -
     manifest = s.read_manifest()
     total = len(manifest["plan"]["shards"])
     if shards == "failed":
-        ids = [st.shard for st in s.states(manifest) if st.state == "failed"]
+        # Failed shards, and shards whose data no longer matches their marker (damaged since).
+        ids = [st.shard for st in s.states(manifest) if st.state in ("failed", "changed")]
     else:
         bad = [k for k in shards if not 0 <= int(k) < total]
         if bad:

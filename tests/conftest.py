@@ -1,4 +1,8 @@
-"""Test session setup: isolated Prefect home, one shared Prefect API server, offline Hub.
+"""Test session setup: isolated Prefect home, one shared Prefect API server, offline Hub, tiers.
+
+Two tiers: `slow` is every test under tests/flows/ (whole flows through Prefect, real CLI
+subprocesses, servers, signals) plus the few library tests marked so; `make test-fast` runs
+the rest for the edit loop, CI runs everything.
 
 Prefect's ephemeral server takes ~10 s to start here, so one server (Prefect's
 own test harness: a real API on SQLite in a subprocess) serves the whole
@@ -26,6 +30,13 @@ os.environ.setdefault("WIKIEMBED_CACHE", str(Path(_HOME) / "wikiembed-cache"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    flows = ROOT / "tests" / "flows"
+    for item in items:
+        if flows in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -179,6 +179,7 @@ def embed_shard(
         "embedded_chars": chars,
         "sha256": sha256_file(dest),
         "bytes": st.st_size,
+        "arrow_bytes": uncompressed_bytes(dest),
         "mtime_ns": st.st_mtime_ns,
         "inode": st.st_ino,
         "model": backend.model_id,
@@ -202,6 +203,13 @@ def _embed(backend: Backend, batch: pa.RecordBatch, todo: np.ndarray, texts: lis
     offsets = column.offsets.to_numpy().astype(np.int64)
     ids = column.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
     return embed_ids(ids, offsets - offsets[0])
+
+
+def uncompressed_bytes(path: Path) -> int:
+    """A parquet file's uncompressed column bytes (its footer's row-group sizes): the dataset card's
+    `num_bytes`, recorded in the marker so the card never reopens finished files."""
+    meta = pq.ParquetFile(path).metadata
+    return sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
 
 
 def read_vectors(path: Path) -> tuple[list[str], np.ndarray]:

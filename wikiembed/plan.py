@@ -1,8 +1,9 @@
-"""The plan step: pick the store generation for this source, snapshot it, fix the shard plan.
+"""The plan: pick the store generation for this source, snapshot it, fix the shard plan.
 
 A store is one (model, chunking); within it each (source fingerprint, model
-revision) is one generation. Same pair as before: resume it (nothing re-read
-beyond the fingerprint). New source fingerprint: build a new generation next to
+revision) is one generation. Computing the fingerprint reads a local source whole
+(a Hub source costs one API call for its commit). Same pair as before: resume
+it, with no new snapshot. New source fingerprint: build a new generation next to
 the published one, reusing vectors of unchanged chunk texts (`VectorIndex`),
 and promote it atomically when every shard is done. New model revision (a
 fine-tune saved over the model's folder, a new Hub commit): the same, but

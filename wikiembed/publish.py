@@ -1,9 +1,10 @@
-"""The upload step: publish a run store's finished shards as a Hugging Face dataset.
+"""Publishing: a run store's finished shards as a Hugging Face dataset (the card, the merged
+parquet layout, a `dir:` copy or a `hub:` upload).
 
-Room and reach:
-- reads `STORE/manifest.json`, `STORE/data/`, `STORE/_done/`, `STORE/_failed/` (never changes them).
-  STORE is a docs/STORE.md folder: a generation folder, or a store root whose top-level entries
-  link into the published generation (wikiembed/store.py), read and written through those links;
+What it may touch:
+- reads the store through `wikiembed.store.Store` (manifest, markers, data files; never changes
+  them). STORE is a store root (read at its active generation), one generation folder, or a
+  plain folder with the same layout;
 - writes the dataset card `STORE/README.md` and the staging folder `STORE/_publish/`: the exact
   tree that gets published (merged parquet files under `data/` plus the card), with a small state
   file so a rerun reuses merged files whose inputs did not change (byte-identical, so the Hub
@@ -27,7 +28,9 @@ import logging
 import os
 import re
 import shutil
+import string
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,10 +39,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from wikiembed import atomic
+from wikiembed.checkpoint import uncompressed_bytes
 from wikiembed.compact import card_section as compact_card_section
 from wikiembed.errors import InputError, StoreError, UploadError, WikiembedError
 from wikiembed.evaluate import card_section as eval_card_section, read_eval
-from wikiembed.store import StoreLock, sha256_file
+from wikiembed.store import ShardState, Store, StoreLock, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -69,19 +74,10 @@ WIKIPEDIA_LICENSE = "cc-by-sa-3.0"
 _WRITER_OPTIONS: dict[str, Any] = {"compression": "zstd"}
 if "use_content_defined_chunking" in inspect.signature(pq.ParquetWriter.__init__).parameters:
     _WRITER_OPTIONS["use_content_defined_chunking"] = True
+# The card's human part; `$name` fields are filled from the manifest and markers.
+_CARD_TEMPLATE = string.Template((Path(__file__).with_name("card.md")).read_text(encoding="utf-8"))
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _PUBLISHED_NAME = re.compile(rf"^{SPLIT}-\d{{5}}-of-\d{{5}}\.parquet$")
-
-
-@dataclass(frozen=True)
-class ShardState:
-    """What the store says about one shard of the plan."""
-
-    shard: int
-    status: Literal["done", "pending", "failed", "changed"]
-    data: Path  # STORE/data/NNNNN.parquet
-    marker: dict[str, Any] | None  # the parsed _done marker when status == "done"
-    detail: str = ""  # why a shard is not done (failure message, sha mismatch)
 
 
 @dataclass(frozen=True)
@@ -95,81 +91,25 @@ class PublishedFile:
 # ---------------------------------------------------------------------------- store reading
 
 
-def _read_manifest(store: Path) -> dict[str, Any]:
-    path = store / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StoreError(
-            f"store {store}: no manifest.json; point --store at a run store made by `wikiembed run`."
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"store {store}: manifest.json is unreadable ({exc}); restore it or start a new store.") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != 1:
-        raise StoreError(
-            f"store {store}: manifest.json has format {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
-            "this version reads format 1; publish it with the wikiembed version that made it."
-        )
-    return manifest
-
-
-def _shard_states(store: Path, manifest: dict[str, Any]) -> list[ShardState]:
-    """Every planned shard's state; a shard is done iff its marker exists and its sha256 matches."""
-    try:
-        n_shards = len(manifest["plan"]["shards"])
-    except (KeyError, TypeError):
-        raise StoreError(
-            f"store {store}: manifest.json has no plan.shards; the store is incomplete, rerun `wikiembed run`."
-        ) from None
-    states = []
-    for shard in range(n_shards):
-        name = f"{shard:05d}"
-        data = store / "data" / f"{name}.parquet"
-        marker_path = store / "_done" / f"{name}.json"
-        if marker_path.exists():
-            try:
-                marker = json.loads(marker_path.read_text(encoding="utf-8"))
-                expected = str(marker["sha256"])
-            except (OSError, ValueError, KeyError, TypeError):
-                states.append(ShardState(shard, "changed", data, None, "unreadable _done marker"))
-                continue
-            if not data.exists():
-                states.append(ShardState(shard, "changed", data, None, "marked done but data file missing"))
-            elif sha256_file(data) != expected:
-                states.append(ShardState(shard, "changed", data, None, "data file changed since marked done"))
-            else:
-                states.append(ShardState(shard, "done", data, marker))
-            continue
-        failed_path = store / "_failed" / f"{name}.json"
-        if failed_path.exists():
-            try:
-                error = str(json.loads(failed_path.read_text(encoding="utf-8")).get("error", ""))
-            except (OSError, ValueError, AttributeError):
-                error = ""
-            states.append(ShardState(shard, "failed", data, None, error[:120]))
-        else:
-            states.append(ShardState(shard, "pending", data, None))
-    return states
-
-
 def _refuse_unfinished(store: Path, states: Sequence[ShardState]) -> None:
     """Raise StoreError naming every shard that is not done, and how to finish them."""
-    not_done = [s for s in states if s.status != "done"]
+    not_done = [s for s in states if s.state != "done"]
     if not not_done:
         return
 
     def ids(status: str) -> str:
-        picked = [s for s in not_done if s.status == status]
-        shown = ", ".join(f"{s.shard:05d}" + (f" ({s.detail})" if s.detail else "") for s in picked[:20])
+        picked = [s for s in not_done if s.state == status]
+        shown = ", ".join(f"{s.shard:05d}" + (f" ({s.error[:120]})" if s.error else "") for s in picked[:20])
         return shown + (f" and {len(picked) - 20} more" if len(picked) > 20 else "")
 
     parts = [f"{label}: {ids(status)}" for status, label in
              (("pending", "pending"), ("failed", "failed"), ("changed", "not matching their _done marker"))
-             if any(s.status == status for s in not_done)]
+             if any(s.state == status for s in not_done)]
     raise StoreError(
         f"store {store}: {len(not_done)} of {len(states)} shards are not done ({'; '.join(parts)}). "
         f"See them with `wikiembed status --store {store}`, retry failed ones with "
-        f"`wikiembed rerun --failed --store {store}`, finish pending ones by resuming the run; "
+        f"`wikiembed rerun --failed --store {store}` (it also redoes shards whose data no longer matches "
+        "their marker), finish pending ones by resuming the run; "
         "or publish only the done shards with allow_partial=True (--allow-partial)."
     )
 
@@ -232,23 +172,29 @@ def _schema_of(path: Path) -> pa.Schema:
     return pq.read_schema(path).remove_metadata()
 
 
-def _write_merged(dest: Path, shards: Sequence[ShardState], schema: pa.Schema) -> None:
-    """Concatenate shard files row group by row group (one row group in memory at a time)."""
-    tmp = dest.parent / f".{dest.name}.tmp"
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    with pq.ParquetWriter(tmp, schema, **_WRITER_OPTIONS) as writer:
+def _write_merged(store: Store, dest: Path, shards: Sequence[ShardState], schema: pa.Schema) -> None:
+    """Concatenate shard files row group by row group (one row group in memory at a time).
+
+    Only files being rebuilt are read, so their inputs get the full sha256 check here; unchanged
+    merged files cost nothing (`wikiembed status --verify` checks the whole store)."""
+    for state in shards:
+        if store.verify_done(state.shard) is None:
+            raise StoreError(
+                f"shard {state.shard:05d}: {store.data_path(state.shard)} no longer matches its _done marker; "
+                f"redo it with `wikiembed rerun --failed --store {store.root}`, then publish again."
+            )
+    with atomic.atomic_path(dest) as tmp, pq.ParquetWriter(tmp, schema, **_WRITER_OPTIONS) as writer:
         for state in shards:
-            source = pq.ParquetFile(state.data)
+            source = pq.ParquetFile(store.data_path(state.shard))
             if source.schema_arrow.remove_metadata() != schema:
                 raise StoreError(
-                    f"shard {state.shard:05d}: {state.data} has columns {source.schema_arrow.names} "
+                    f"shard {state.shard:05d}: {store.data_path(state.shard)} has columns {source.schema_arrow.names} "
                     f"unlike the other shards ({schema.names}); rerun that shard so every shard has one schema."
                 )
             for group in range(source.num_row_groups):
                 table = source.read_row_group(group).replace_schema_metadata(None)
                 if table.num_rows:
                     writer.write_table(table, row_group_size=table.num_rows)
-    os.replace(tmp, dest)
 
 
 def _load_state(staging: Path) -> dict[str, dict[str, Any]]:
@@ -260,12 +206,10 @@ def _load_state(staging: Path) -> dict[str, dict[str, Any]]:
 
 
 def _save_state(staging: Path, files: dict[str, dict[str, Any]]) -> None:
-    tmp = staging / f"{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps({"files": files}, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, staging / STATE_FILE)
+    atomic.write_json(staging / STATE_FILE, {"files": files})
 
 
-def _build_staging(staging: Path, done: Sequence[ShardState], file_bytes: int) -> dict[str, dict[str, Any]]:
+def _build_staging(store: Store, staging: Path, done: Sequence[ShardState], file_bytes: int) -> dict[str, dict[str, Any]]:
     """Make STAGING/data/ hold exactly the planned merged files; return {path: {key, sha256, size, shards}}.
 
     A file whose inputs did not change since the last build is kept as is, so reruns are
@@ -273,8 +217,8 @@ def _build_staging(staging: Path, done: Sequence[ShardState], file_bytes: int) -
     """
     (staging / "data").mkdir(parents=True, exist_ok=True)
     by_id = {s.shard: s for s in done}
-    plan = plan_files([(s.shard, s.data.stat().st_size) for s in done], file_bytes, MAX_FILES_PER_FOLDER)
-    schema = _schema_of(done[0].data)
+    plan = plan_files([(s.shard, int((s.marker or {})["bytes"])) for s in done], file_bytes, MAX_FILES_PER_FOLDER)
+    schema = _schema_of(store.data_path(done[0].shard))
     previous = _load_state(staging)
     current: dict[str, dict[str, Any]] = {}
     rebuilt = 0
@@ -286,7 +230,7 @@ def _build_staging(staging: Path, done: Sequence[ShardState], file_bytes: int) -
         if old and old.get("key") == key and dest.exists() and dest.stat().st_size == old.get("size"):
             current[item.path_in_repo] = old
             continue
-        _write_merged(dest, inputs, schema)
+        _write_merged(store, dest, inputs, schema)
         current[item.path_in_repo] = {
             "key": key,
             "sha256": sha256_file(dest),
@@ -363,29 +307,44 @@ def _dimension_line(dim: int, vectors: dict[str, Any] | None) -> str:
             f"{vectors.get('pooling')} pooling, computed in {vectors.get('dtype')}")
 
 
+def _vector_bytes(store: Store, state: ShardState) -> int:
+    """Uncompressed bytes of a shard's columns (what `datasets` records as num_bytes): from the
+    marker where the checkpoint recorded it, else from the file's parquet footer."""
+    recorded = (state.marker or {}).get("arrow_bytes")
+    return int(recorded) if recorded is not None else uncompressed_bytes(store.data_path(state.shard))
+
+
 def _card_text(
-    manifest: dict[str, Any], states: Sequence[ShardState], repo_id: str | None, evaluation: dict[str, Any] | None = None
+    store: Store, manifest: dict[str, Any], states: Sequence[ShardState], repo_id: str | None,
+    evaluation: dict[str, Any] | None = None,
 ) -> str:
-    done = [s for s in states if s.status == "done"]
+    """The dataset card: YAML front matter `datasets` reads, then the human part (`card.md`).
+
+    Built from the manifest and the markers; of the data files only one schema is read (and
+    the footers of shards whose marker predates `arrow_bytes`), so an unchanged store costs
+    no data reads."""
+    done = [s for s in states if s.state == "done"]
     if not done:
-        raise StoreError("no shard is done yet, so there is nothing to describe or publish; run `wikiembed run` first.")
+        raise StoreError(
+            f"store {store.root}: no shard is done yet, so there is nothing to describe or publish; "
+            f"see why with `wikiembed status --store {store.root}`."
+        )
     source = manifest.get("source", {}) or {}
     model = manifest.get("model", {}) or {}
     chunking = manifest.get("chunking", {}) or {}
-    schema = _schema_of(done[0].data)
+    first = store.data_path(done[0].shard)
+    schema = _schema_of(first)
     if "embedding" not in schema.names:
-        raise StoreError(f"{done[0].data} has no `embedding` column; the store does not follow docs/STORE.md.")
+        raise StoreError(f"{first} has no `embedding` column; the store does not follow docs/STORE.md.")
     dim = schema.field("embedding").type
     dim = dim.list_size if pa.types.is_fixed_size_list(dim) else None
     if dim is None or (model.get("dim") and int(model["dim"]) != dim):
         raise StoreError(
-            f"{done[0].data}: embedding is {schema.field('embedding').type}, expected a fixed-size "
+            f"{first}: embedding is {schema.field('embedding').type}, expected a fixed-size "
             f"list of {model.get('dim')} float32 (the manifest's model.dim); rerun the shard."
         )
-    footers = [pq.ParquetFile(s.data).metadata for s in done]
-    chunks = sum(meta.num_rows for meta in footers)
-    # Uncompressed column bytes: the in-memory size `datasets` records as a split's num_bytes.
-    num_bytes = sum(meta.row_group(g).total_byte_size for meta in footers for g in range(meta.num_row_groups))
+    chunks = sum(int((s.marker or {}).get("chunks", 0)) for s in done)
+    num_bytes = sum(_vector_bytes(store, s) for s in done)
     articles = sum(int((s.marker or {}).get("rows", 0)) for s in done)
     seconds = sum(float((s.marker or {}).get("seconds", 0.0)) for s in done)
     reused = sum(int((s.marker or {}).get("reused_chunks", 0)) for s in done)
@@ -409,80 +368,43 @@ def _card_text(
             "dataset_size": num_bytes,
         },
     }
-    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
     versions = manifest.get("versions", {}) or {}
     skipped = manifest.get("skipped", {}) or {}
     partial = len(done) < len(states)
-    load_id = repo_id or "ORG/NAME"
-    lines = [
-        "---",
-        front.rstrip("\n"),
-        "---",
-        "",
-        f"# {description}: {model_id} embeddings",
-        "",
-        f"Every chunk of {description} with its embedding from `{model_id}`, made by wikiembed.",
-        "",
-        "## Source",
-        "",
-        (f"- spec: `{source.get('spec')}` (kind {source.get('kind')}, config {source.get('config')}, "
-         f"split {source.get('split')}, limit {source.get('limit')})"),
-        *([f"- revision: `{source['revision']}` (the commit the rows were read at)"] if source.get("revision") else []),
-        f"- snapshot fingerprint: `{source.get('fingerprint')}`",
-        f"- license: {license_id}" + (" (inherited from Wikipedia: attribute the authors, share alike)"
+    fields = {
+        "front_matter": yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000).rstrip("\n"),
+        "description": description,
+        "model_id": model_id,
+        "spec": source.get("spec"),
+        "kind": source.get("kind"),
+        "config": source.get("config"),
+        "split": source.get("split"),
+        "limit": source.get("limit"),
+        "fingerprint": source.get("fingerprint"),
+        "license_line": license_id + (" (inherited from Wikipedia: attribute the authors, share alike)"
                                       if license_id == WIKIPEDIA_LICENSE else ""),
-        "",
-        "## Model",
-        "",
-        f"- model: `{model_id}`, revision `{model.get('revision')}`",
-        _dimension_line(dim, manifest.get("vectors")),
-        f"- max tokens: {model.get('max_tokens')}",
-        "",
-        "## Chunking",
-        "",
-        (f"- chunker: {chunking.get('chunker')}, chunk size {chunking.get('chunk_size')}, "
-         f"overlap {chunking.get('chunk_overlap')}"),
-        "- each row keeps `char_start`/`char_end` so `text == article_text[char_start:char_end]`",
-        "",
-        "## Counts",
-        "",
-        f"- articles: {articles}",
-        f"- chunks (rows, one embedding each): {chunks}",
-        f"- shards: {len(done)} of {len(states)}" + (" (partial: the remaining shards are not published yet)" if partial else ""),
-    ]
-    if skipped:
-        lines.append("- skipped source rows: " + ", ".join(f"{reason}: {n}" for reason, n in sorted(skipped.items())))
-    lines += ["", *compact_card_section(manifest), *eval_card_section(evaluation)]
-    lines += [
-        "## How it was made",
-        "",
-        "wikiembed downloads and fingerprints the source, splits it into a fixed plan of shards, "
-        "chunks each article, embeds every shard (resumable, one completion marker per shard) and "
-        f"publishes the finished shards as parquet. Embedding took {seconds:.0f} s of worker time"
-        + (f" ({reused} chunks reused from an earlier run)." if reused else "."),
-        "",
-        "Versions: " + ", ".join(f"{name} {version}" for name, version in sorted(versions.items())),
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "import numpy as np",
-        "from datasets import load_dataset",
-        "from sentence_transformers import SentenceTransformer",
-        "",
-        f'ds = load_dataset("{load_id}", split="{SPLIT}")',
-        'vectors = ds.with_format("numpy", columns=["embedding"])[:]["embedding"]  # float32 [rows, dim]',
-        "",
-        f'model = SentenceTransformer("{model_id}")',
-        'query = model.encode("Who painted the Mona Lisa?", normalize_embeddings=True)',
-        "scores = vectors @ query  # cosine similarity: the vectors are L2-normalized",
-        "for i in np.argsort(-scores)[:5]:",
-        "    row = ds[int(i)]",
-        '    print(f"{scores[i]:.3f}  {row[\'title\']}  {row[\'url\']}")',
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
+        "revision": model.get("revision"),
+        "dim": dim,
+        "dimension_line": _dimension_line(dim, manifest.get("vectors")),
+        "revision_line": f"- revision: `{source['revision']}` (the commit the rows were read at)\n"
+        if source.get("revision") else "",
+        "max_tokens": model.get("max_tokens"),
+        "chunker": chunking.get("chunker"),
+        "chunk_size": chunking.get("chunk_size"),
+        "chunk_overlap": chunking.get("chunk_overlap"),
+        "articles": articles,
+        "chunks": chunks,
+        "shards_line": f"{len(done)} of {len(states)}" + (" (partial: the remaining shards are not published yet)" if partial else ""),
+        "skipped_line": ("- skipped source rows: " + ", ".join(f"{reason}: {n}" for reason, n in sorted(skipped.items())) + "\n")
+        if skipped else "",
+        "seconds": f"{seconds:.0f}",
+        "reused_note": f" ({reused} chunks reused from an earlier run)." if reused else ".",
+        "versions": ", ".join(f"{name} {version}" for name, version in sorted(versions.items())),
+        "sections": "".join(line + "\n" for line in [*compact_card_section(manifest), *eval_card_section(evaluation)]),
+        "load_id": repo_id or "ORG/NAME",
+        "split_name": SPLIT,
+    }
+    return _CARD_TEMPLATE.substitute(fields)
 
 
 def _write_text_if_changed(path: Path, text: str) -> None:
@@ -492,14 +414,7 @@ def _write_text_if_changed(path: Path, text: str) -> None:
         path = path.resolve()
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _evaluation(store: Path) -> dict[str, Any] | None:
-    """The store's last recorded retrieval check (kept next to its manifest, in the generation folder)."""
-    return read_eval((Path(store) / "manifest.json").resolve().parent)
+    atomic.write_text(path, text)
 
 
 def write_card(store: Path, *, repo_id: str | None = None) -> Path:
@@ -508,10 +423,10 @@ def write_card(store: Path, *, repo_id: str | None = None) -> Path:
     `repo_id` only fills the usage snippet's `load_dataset(...)` line. The card has no timestamps,
     so an unchanged store gives a byte-identical card (and no new commit).
     """
-    store = Path(store)
-    manifest = _read_manifest(store)
-    card = store / "README.md"
-    _write_text_if_changed(card, _card_text(manifest, _shard_states(store, manifest), repo_id, _evaluation(store)))
+    s = Store.at(store)
+    manifest = s.read_manifest()
+    card = Path(store) / "README.md"
+    _write_text_if_changed(card, _card_text(s, manifest, s.states(manifest), repo_id))
     return card
 
 
@@ -525,9 +440,10 @@ def _token_and_source() -> tuple[str | None, str]:
     try:
         from prefect.blocks.system import Secret
 
-        # _sync=True: called from inside a running event loop (an async flow), `load` would
-        # otherwise hand back a coroutine.
-        block: Secret = Secret.load(SECRET_BLOCK, _sync=True)  # type: ignore[call-arg, assignment]
+        # `Secret.load` hands back a coroutine when called inside an async flow or event loop; a
+        # thread of our own has neither (context variables do not follow into it), so it is sync.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            block = pool.submit(Secret.load, SECRET_BLOCK).result()
         value = block.get()
     except Exception as exc:  # no such block, no Prefect API, no Prefect: all mean "no token here"
         logger.debug("no Prefect Secret block %r (%s)", SECRET_BLOCK, type(exc).__name__)
@@ -594,10 +510,8 @@ def _copy_to_dir(staging: Path, files: dict[str, dict[str, Any]], dest: Path) ->
         )
         if same:
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.tmp"
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
+        with atomic.atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
         changed = True
     # Files of an older layout would be picked up by the card's glob: remove them (ours only).
     data = dest / "data"
@@ -706,13 +620,17 @@ def publish(
             f"revision {revision!r} with create_pr: a pull request is always opened against the main "
             "branch; drop --revision, or drop --create-pr to commit to that branch."
         )
-    manifest = _read_manifest(store)
-    states = _shard_states(store, manifest)
+    source = Store.at(store)
+    manifest = source.read_manifest()
+    states = source.states(manifest)
     if not allow_partial:
         _refuse_unfinished(store, states)
-    done = [s for s in states if s.status == "done"]
+    done = [s for s in states if s.state == "done"]
     if not done:
-        raise StoreError(f"store {store}: no shard is done yet, so there is nothing to publish; run `wikiembed run` first.")
+        raise StoreError(
+            f"store {store}: no shard is done yet, so there is nothing to publish; "
+            f"see why with `wikiembed status --store {store}`."
+        )
 
     token_source = "the token argument"
     if kind == "hub":
@@ -728,9 +646,11 @@ def publish(
     staging.mkdir(parents=True, exist_ok=True)
     # Its own lock, not the store's: a run holds that one while its flow publishes.
     with StoreLock(staging / ".lock"):
-        files = _build_staging(staging, done, file_bytes)
+        files = _build_staging(source, staging, done, file_bytes)
         card = store / "README.md"
-        _write_text_if_changed(card, _card_text(manifest, states, where if kind == "hub" else None, _evaluation(store)))
+        _write_text_if_changed(
+            card, _card_text(source, manifest, states, where if kind == "hub" else None, read_eval(source.dir))
+        )
         _write_text_if_changed(staging / "README.md", card.read_text(encoding="utf-8"))
         total_bytes = sum(int(f["size"]) for f in files.values()) + (staging / "README.md").stat().st_size
         summary: dict[str, Any] = {
@@ -739,7 +659,7 @@ def publish(
             "bytes": total_bytes,
             "data_files": sorted(files),
             "shards": len(done),
-            "rows": sum(pq.ParquetFile(s.data).metadata.num_rows for s in done),
+            "rows": sum(int((s.marker or {}).get("chunks", 0)) for s in done),
         }
         if kind == "dir":
             dest = Path(where)

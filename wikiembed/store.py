@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wikiembed import atomic
 from wikiembed.errors import StoreError
 
 FORMAT = 1
@@ -37,17 +38,10 @@ def sha256_file(path: Path) -> str:
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temp name, fsync, rename: a reader sees the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Write a store's JSON file atomically; an OS error becomes a StoreError that says what to do."""
     try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic.write_json(path, payload)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise store_os_error(exc, path) from exc
 
 
@@ -64,12 +58,15 @@ def store_os_error(exc: OSError, path: Path) -> StoreError:
 
 @dataclass(frozen=True)
 class ShardState:
+    """One planned shard as the store records it."""
+
     shard: int
-    state: str  # done | failed | pending
+    state: str  # done | failed | pending | changed (a marker whose data file no longer matches it)
     rows: int
     chunks: int | None
     error: str | None = None
     attempts: int = 0
+    marker: dict[str, Any] | None = None  # the `_done` marker, when done
 
 
 class Store:
@@ -89,6 +86,20 @@ class Store:
     def __init__(self, root: str | Path, gen: str | None = None) -> None:
         self.root = Path(root).expanduser().resolve()
         self.gen = gen if gen is not None else self.active_gen()
+        self._flat: Path | None = None
+
+    @classmethod
+    def at(cls, path: str | Path) -> "Store":
+        """The store a path names: a store root (read at its active generation), one generation
+        folder `ROOT/gens/ID`, or a plain folder with the same layout (`manifest.json`, `data/`,
+        `_done/`, ...) such as a copy of one generation."""
+        resolved = Path(path).expanduser().resolve()
+        if resolved.parent.name == "gens" and (resolved / "manifest.json").exists():
+            return cls(resolved.parent.parent, resolved.name)
+        store = cls(resolved)
+        if store.gen is None and (resolved / "manifest.json").is_file() and not (resolved / "gens").exists():
+            store.gen, store._flat = resolved.name, resolved
+        return store
 
     def pointer(self, name: str) -> str | None:
         """The generation `current` or `next` points at, or None."""
@@ -122,10 +133,14 @@ class Store:
     # paths -----------------------------------------------------------------------
     @property
     def dir(self) -> Path:
+        if self._flat is not None:
+            return self._flat
         if self.gen is None:
+            what = ("does not exist" if not self.root.exists()
+                    else "has no manifest.json and no `current` link, so it holds no wikiembed run")
             raise StoreError(
-                f"store {self.root}: no run was started here; start one with "
-                f"`wikiembed run --source ... --store {self.root}`."
+                f"store {self.root} {what}; point --store at a run store made by `wikiembed run`, "
+                f"or start one with `wikiembed run --source ... --store {self.root}`."
             )
         return self.root / "gens" / self.gen
 
@@ -242,16 +257,30 @@ class Store:
         self.done_path(shard).unlink(missing_ok=True)
         self.data_path(shard).unlink(missing_ok=True)
 
-    def states(self, manifest: dict[str, Any] | None = None) -> list[ShardState]:
+    def states(self, manifest: dict[str, Any] | None = None, *, verify: bool = False) -> list[ShardState]:
+        """Every planned shard's state, from one listing of `_done/` and `_failed/`.
+
+        A marker is trusted by its file's stat (see `read_done`); `verify=True` rehashes every
+        data file instead, which finds silent corruption at the cost of reading the whole store.
+        """
         manifest = manifest or self.read_manifest()
+        try:
+            planned = manifest["plan"]["shards"]
+        except (KeyError, TypeError):
+            raise StoreError(
+                f"store {self.root}: manifest.json has no plan.shards; the store is incomplete, rerun `wikiembed run`."
+            ) from None
         done_names = {p.name for p in (self.dir / "_done").glob("*.json")}
         failed_names = {p.name for p in (self.dir / "_failed").glob("*.json")}
         out = []
-        for k, (start, end) in enumerate(manifest["plan"]["shards"]):
+        for k, (start, end) in enumerate(planned):
             name = f"{k:05d}.json"
-            marker = self.read_done(k) if name in done_names else None
+            marker = (self.verify_done(k) if verify else self.read_done(k)) if name in done_names else None
             if marker is not None:
-                out.append(ShardState(k, "done", end - start, marker.get("chunks")))
+                out.append(ShardState(k, "done", end - start, marker.get("chunks"), marker=marker))
+                continue
+            if name in done_names:
+                out.append(ShardState(k, "changed", end - start, None, "data file missing or changed since marked done"))
                 continue
             failed = self.read_failed(k) if name in failed_names else None
             if failed is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from wikiembed.flows.embed_dataset import embed_dataset, rerun_shards
 from wikiembed.errors import InputError, StoreError
@@ -58,7 +59,11 @@ def test_output_loads_with_datasets_and_matches_sentence_transformers(sample_run
     assert cos.min() >= 0.999
     assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-4)
     card = (store / "README.md").read_text()
-    assert card.startswith("---") and "configs" in card and "384" in card
+    front = yaml.safe_load(card.split("---", 2)[1])
+    features = {f["name"]: f for f in front["dataset_info"]["features"]}
+    assert features["embedding"] == {"name": "embedding", "sequence": "float32", "length": 384}
+    assert front["dataset_info"]["splits"] == [{"name": "train", "num_bytes": front["dataset_info"]["dataset_size"],
+                                               "num_examples": summary["chunks"]}]
 
 
 def test_rerunning_the_same_command_embeds_nothing(sample_run):

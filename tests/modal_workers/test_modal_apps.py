@@ -59,13 +59,6 @@ def port_is_closed(url: str) -> bool:
         return sock.connect_ex((host, int(port))) != 0
 
 
-def function_info(app: modal.App, tag: str) -> Any:
-    """What modal 1.6 records for a class without network (App.registered_functions goes away in 1.7)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", modal.exception.DeprecationError)
-        return app.registered_functions[tag].info()
-
-
 # ---------------------------------------------------------------------------
 # Knobs and app objects
 # ---------------------------------------------------------------------------
@@ -98,32 +91,10 @@ def test_router_flags_leave_room_for_our_own_load() -> None:
     args = tei_app.router_args(MODEL, 4321)
     flags = dict(zip(args[::2], args[1::2]))
     assert flags["--model-id"] == MODEL and flags["--port"] == "4321" and flags["--hostname"] == "127.0.0.1"
-    assert int(flags["--max-client-batch-size"]) == tei_app.MAX_CLIENT_BATCH_SIZE
-    assert int(flags["--max-batch-tokens"]) == tei_app.MAX_BATCH_TOKENS
-    assert int(flags["--payload-limit"]) == tei_app.PAYLOAD_LIMIT
-    assert flags["--huggingface-hub-cache"] == tei_app.HUB_CACHE
     # TEI 1.9 takes one permit per input: everything our client keeps in flight must fit.
-    assert int(flags["--max-concurrent-requests"]) >= tei_app.CLIENT_IN_FLIGHT * tei_app.MAX_CLIENT_BATCH_SIZE
-    assert ("--auto-truncate" in args) is tei_app.AUTO_TRUNCATE
-
-
-@pytest.mark.parametrize("module", [tei_app, torch_app], ids=["TEI", "Torch"])
-def test_app_declares_gpu_limits_volume_and_secret(module: Any) -> None:
-    cls_name = "TEI" if module is tei_app else "Torch"
-    info = function_info(module.app, f"{cls_name}.*")
-    assert module.app.name == module.APP_NAME
-    assert info.gpus == [(module.GPU, 1)]
-    assert info.max_retries == module.RETRIES
-    assert info.timeout == module.TIMEOUT_S
-    assert info.cpu == module.CPU
-    assert info.concurrency_info.max_inputs == module.CONCURRENT_INPUTS
-    assert info.volumes[module.CACHE_DIR].name == module.VOLUME_NAME
-    assert any("huggingface" in s for s in info.secrets)
-    assert {"embed", "describe"} <= set(info.method_names)
-    # max_containers and scaledown_window are not exposed offline; they are module knobs.
-    assert 1 <= module.MAX_CONTAINERS <= 100 and 2 <= module.SCALEDOWN_WINDOW_S <= 3600
-    if module is tei_app:
-        assert module.TEI_IMAGE == f"ghcr.io/huggingface/text-embeddings-inference:{tei_app.tei_image_tag(module.GPU)}"
+    assert int(flags["--max-concurrent-requests"]) >= tei_app.CLIENT_IN_FLIGHT * int(flags["--max-client-batch-size"])
+    # The router caches weights where the Volume is mounted, so later containers skip the download.
+    assert flags["--huggingface-hub-cache"].startswith(tei_app.CACHE_DIR)
 
 
 def test_gpu_and_container_count_are_chosen_at_deploy_time() -> None:
@@ -132,16 +103,15 @@ def test_gpu_and_container_count_are_chosen_at_deploy_time() -> None:
         "import warnings; warnings.simplefilter('ignore')\n"
         "from modal_workers import tei_app, torch_app\n"
         "import json\n"
-        "print(json.dumps([tei_app.TEI_IMAGE, tei_app.app.registered_functions['TEI.*'].info().gpus,\n"
-        "  torch_app.app.registered_functions['Torch.*'].info().gpus, tei_app.MAX_CONTAINERS]))\n"
+        "print(json.dumps([tei_app.TEI_IMAGE, tei_app.GPU, torch_app.GPU, tei_app.CAPACITY, torch_app.CAPACITY]))\n"
     )
     env = {**os.environ, "WIKIEMBED_GPU": "H100", "WIKIEMBED_MAX_CONTAINERS": "100"}
     out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    image, tei_gpus, torch_gpus, max_containers = json.loads(out.stdout.strip().splitlines()[-1])
+    image, tei_gpu, torch_gpu, tei_capacity, torch_capacity = json.loads(out.stdout.strip().splitlines()[-1])
     assert image.endswith(":hopper-1.9")
-    assert tei_gpus == torch_gpus == [["H100", 1]]
-    assert max_containers == 100
+    assert tei_gpu == torch_gpu == "H100"
+    assert tei_capacity["max_containers"] == torch_capacity["max_containers"] == 100
 
 
 def test_router_starts_serves_and_stops(fake_router: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -211,21 +181,9 @@ def test_tei_class_through_modal_local_calls(fake_router: pytest.MonkeyPatch) ->
         obj.router.stop()  # `.local()` never runs @modal.exit; the next test calls it
 
 
-def test_tei_class_hooks_enter_embed_exit(fake_router: pytest.MonkeyPatch) -> None:
-    # modal 1.6 has no public handle on a class's @modal.exit for local use; the user class has.
-    worker = tei_app.TEI._get_user_cls()()
-    worker.model_id = MODEL
-    try:
-        worker.start()
-        np.testing.assert_array_equal(worker.embed(TEXTS), embed_texts(TEXTS))
-        worker.stop()
-    finally:
-        worker.router.stop()  # idempotent; only does something if the test failed before exit
-    assert worker.router.proc.poll() is not None and port_is_closed(worker.router.url)
-
-
 def test_torch_class_runs_the_engine_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    engine_module = pytest.importorskip("modal_workers.engine")
+    from wikiembed.backends import engine as engine_module
+
     monkeypatch.setenv(torch_app.DEVICE_ENV, "cpu")
     obj = torch_app.Torch()
     vectors = obj.embed.local(TEXTS)
@@ -235,7 +193,7 @@ def test_torch_class_runs_the_engine_on_cpu(monkeypatch: pytest.MonkeyPatch) -> 
         np.testing.assert_allclose(vectors, engine.embed(TEXTS), atol=1e-6)  # same code as the local backend
     facts = obj.describe.local()
     assert facts.pop("kind")["backend"] == "local"  # the engine's own record; the Modal client relabels it
-    assert facts == {"model_id": DEFAULT_MODEL, "dim": 384, "max_tokens": 256, "gpu": torch_app.GPU}
+    assert facts == {"model_id": DEFAULT_MODEL, "dim": 384, "max_tokens": 256, "gpu": torch_app.GPU, **torch_app.CAPACITY}
     obj.worker.close()  # what @modal.exit does; `.local()` never runs it
 
 

@@ -1,6 +1,6 @@
 """A loopback stand-in for the Hugging Face Hub's commit API, as huggingface_hub 2.4 calls it.
 
-Room: tests only. Holds dataset repos, branches, commits and LFS objects in memory and serves
+Tests only. Holds dataset repos, branches, commits and LFS objects in memory and serves
 them over real HTTP (uvicorn on 127.0.0.1, a background thread), so `HfApi` runs unmodified with
 `HF_ENDPOINT` pointed here and `HF_HUB_DISABLE_XET=1` (the LFS path; Xet's CAS has no stand-in).
 

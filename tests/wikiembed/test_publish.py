@@ -76,7 +76,7 @@ def write_shard(store: Path, shard: int, *, dim: int = DIM, seed: int = 0, done:
     if done:
         (store / "_done").mkdir(exist_ok=True)
         marker = {"shard": shard, "rows": ROWS_PER_SHARD, "chunks": table.num_rows,
-                  "sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
+                  "sha256": hashlib.sha256(data.read_bytes()).hexdigest(), "bytes": data.stat().st_size,
                   "model": "sentence-transformers/all-MiniLM-L6-v2", "seconds": 1.5,
                   "embedded_chunks": table.num_rows, "reused_chunks": 0}
         (store / "_done" / f"{name}.json").write_text(json.dumps(marker))
@@ -296,8 +296,11 @@ def test_other_bad_inputs(store: Path, tmp_path: Path) -> None:
         publish(store, f"dir:{store / 'export'}")
     with pytest.raises(InputError, match="create_pr"):
         publish(store, "hub:org/name", revision="dev", create_pr=True, token=TOKEN)
-    with pytest.raises(StoreError, match="no manifest.json"):
+    with pytest.raises(StoreError, match="nowhere does not exist"):
         publish(tmp_path / "nowhere", f"dir:{tmp_path / 'out'}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StoreError, match="empty has no manifest.json"):
+        publish(tmp_path / "empty", f"dir:{tmp_path / 'out'}")
 
 
 def test_resolve_token_prefers_hf_token(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -450,8 +453,12 @@ def test_token_from_prefect_secret_block(cli_env: dict[str, str]) -> None:
         "from wikiembed.publish import resolve_token\n"
         "print('BEFORE', resolve_token())\n"
         f"Secret(value=' {TOKEN}\\n').save('hf-token')\n"
+        "import asyncio\n"
+        "async def inside_a_loop():\n"
+        "    return resolve_token()\n"
         "try:\n"
         f"    print('AFTER', resolve_token() == {TOKEN!r})\n"
+        f"    print('IN LOOP', asyncio.run(inside_a_loop()) == {TOKEN!r})\n"
         "finally:\n"
         "    Secret.delete('hf-token')\n"
     )
@@ -459,4 +466,5 @@ def test_token_from_prefect_secret_block(cli_env: dict[str, str]) -> None:
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
     assert "BEFORE None" in proc.stdout and "AFTER True" in proc.stdout, proc.stdout + proc.stderr
+    assert "IN LOOP True" in proc.stdout, proc.stdout + proc.stderr  # a running event loop gets the value, not a coroutine
     assert TOKEN not in proc.stdout + proc.stderr

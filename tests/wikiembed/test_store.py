@@ -67,7 +67,7 @@ def test_done_means_marker_matches_file(tmp_path):
     embed_shard(store, 1, HashBackend(), rows=2)
     store.data_path(1).unlink()
     assert store.read_done(1) is None
-    assert [s.state for s in store.states()] == ["pending", "pending", "pending"]
+    assert [s.state for s in store.states()] == ["changed", "changed", "pending"]  # marked done, no longer matching
 
 
 def test_failed_marker_counts_attempts_and_clears_on_success(tmp_path):

@@ -52,8 +52,11 @@ class VectorKind:
 
 @runtime_checkable
 class Backend(Protocol):
-    """`embed(texts)` returns float32 vectors, shape `[len(texts), dim]`, in order; `kind` says what
-    they are (normalized or not). Backends that retry requests themselves count them in `retries`."""
+    """`embed(texts)` returns float32 vectors, shape `[len(texts), dim]`, in input order; `kind`
+    says what they are (normalized or not: they are L2-normalized where the model says so, and TEI
+    always normalizes). Backends that retry requests themselves count them in `retries`. What is
+    written is checked once, in `wikiembed.checkpoint`.
+    """
 
     model_id: str
     dim: int

@@ -20,11 +20,14 @@ How it talks to TEI (1.9):
   `--auto-truncate` but we must not truncate (the OpenAI route has no
   per-request `truncate`, so only `/embed` can refuse truncation there).
 - 429, 424, 503 (and a proxy's 502/504), timeouts and dropped connections are
-  retried with exponential backoff and jitter; after `max_retries` the call
-  raises `TransientBackendError` and the pipeline retries the shard.
+  retried with exponential backoff and jitter, a few times and briefly: this is
+  TEI's flow control. After `max_retries` the call raises
+  `TransientBackendError` and the Prefect embed task retries the shard (the
+  README's retry table lists every layer).
 - An input longer than the model allows (TEI: 413 `validation`, "must have less
-  than N tokens"; 422 is accepted too) is split, truncated or fails, as
-  `on_too_long` says. Any other refusal fails with TEI's own message.
+  than N tokens"; 422 is accepted too) fails with a message that says to chunk
+  with the `tokens` chunker, which keeps every chunk within the model's limit.
+  Nothing is truncated silently. Any other refusal fails with TEI's own message.
 - Requests spread over all URLs: a shared pool of "slots", `in_flight` per
   server, goes to whichever server frees one first; a failing server keeps its
   slot while it backs off, so healthy servers take the work.
@@ -40,18 +43,16 @@ import random
 import re
 import threading
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import httpx
 import numpy as np
 import orjson
 
-from wikiembed.backends.base import VectorKind, check_vectors
+from wikiembed.backends.base import VectorKind
 from wikiembed.errors import BackendError, InputError, TransientBackendError
 
 log = logging.getLogger(__name__)
-
-OnTooLong = Literal["split", "truncate", "fail"]
 
 # TEI's overloaded (429), backend (424) and unhealthy (503), plus what a proxy in front of it
 # answers while it restarts (502, 504). Everything else is a refusal that retrying won't change.
@@ -91,16 +92,6 @@ def decode_embed(content: bytes, n: int) -> np.ndarray:
     if arr.ndim != 2 or arr.shape[0] != n:
         raise BackendError(f"TEI /embed returned an array of shape {arr.shape} for {n} inputs.")
     return arr
-
-
-def split_text(text: str) -> tuple[str, str]:
-    """Cut `text` in two at the whitespace nearest its middle word (or its middle character)."""
-    starts = [m.start() for m in re.finditer(r"\S+", text)]
-    if len(starts) >= 2:
-        cut = starts[len(starts) // 2]
-        return text[:cut].rstrip(), text[cut:]
-    mid = max(1, len(text) // 2)
-    return text[:mid], text[mid:]
 
 
 # ---------------------------------------------------------------------------
@@ -177,10 +168,9 @@ class TEIBackend:
         model_id: str | None = None,
         max_in_flight: int = 8,
         timeout_s: float = 60.0,
-        max_retries: int = 6,
+        max_retries: int = 3,
         backoff_s: float = 0.5,
-        max_backoff_s: float = 30.0,
-        on_too_long: OnTooLong = "fail",
+        max_backoff_s: float = 8.0,
         payload_limit: int = 2_000_000,
         batch_size: int | None = None,
         revision: str | None = None,
@@ -193,8 +183,6 @@ class TEIBackend:
         for url in self.urls:
             if not url.startswith(("http://", "https://")):
                 raise InputError(f"--tei-url {url!r}: a TEI URL starts with http:// or https://.")
-        if on_too_long not in ("split", "truncate", "fail"):
-            raise InputError(f"on_too_long={on_too_long!r}: use 'split', 'truncate' or 'fail'.")
         if max_in_flight < 1 or max_retries < 0 or timeout_s <= 0 or payload_limit < 1024:
             raise InputError(
                 "TEIBackend: max_in_flight >= 1, max_retries >= 0, timeout_s > 0 and payload_limit >= 1024 "
@@ -205,7 +193,6 @@ class TEIBackend:
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
-        self.on_too_long: OnTooLong = on_too_long
         self.payload_limit = payload_limit
         self.retries = 0  # retried requests, for the run summary
         self.model_id = model_id or ""
@@ -232,8 +219,7 @@ class TEIBackend:
         texts = list(texts)
         if not texts:
             return np.empty((0, self.dim), dtype=np.float32)
-        vectors = self._call(self._embed(texts))
-        return check_vectors(vectors, len(texts), self.dim, f"TEI at {', '.join(self.urls)}")
+        return self._call(self._embed(texts))
 
     def close(self) -> None:
         if self._closed:
@@ -366,7 +352,7 @@ class TEIBackend:
 
     async def _probe(self, server: _Server) -> int:
         """Learn the dimension, and whether the fast base64 route is there and allowed."""
-        if server.info.get("auto_truncate") and self.on_too_long != "truncate":
+        if server.info.get("auto_truncate"):
             # /v1/embeddings would truncate silently; only /embed can say truncate=false.
             log.warning(
                 "TEI at %s runs with --auto-truncate; using /embed (JSON floats, slower) so that "
@@ -378,20 +364,20 @@ class TEIBackend:
         part = [orjson.dumps(_PROBE_TEXT)]
         try:
             try:
-                vectors = await self._request_on(server, part, truncate=False, probe=True)
+                vectors = await self._request_on(server, part, probe=True)
             except _NoRoute:
                 server.route = "/embed"
-                vectors = await self._request_on(server, part, truncate=False)
+                vectors = await self._request_on(server, part)
         except (_TooBig, _TooLong) as exc:
             raise BackendError(f"TEI at {server.url} refused a two-word probe input: {exc}") from None
         return int(vectors.shape[1])
 
-    async def _request_on(self, server: _Server, parts: list[bytes], truncate: bool, probe: bool = False) -> np.ndarray:
+    async def _request_on(self, server: _Server, parts: list[bytes], probe: bool = False) -> np.ndarray:
         """One request to one server, retried there (probes only; batches use the shared slots)."""
         attempt = 0
         while True:
             try:
-                return await self._post(server, parts, truncate, probe)
+                return await self._post(server, parts, probe)
             except _Retry as exc:
                 attempt += 1
                 if attempt > self.max_retries:
@@ -401,19 +387,18 @@ class TEIBackend:
 
     # -- one request ----------------------------------------------------------
 
-    def _body(self, route: str, parts: list[bytes], truncate: bool) -> bytes:
+    def _body(self, route: str, parts: list[bytes]) -> bytes:
         inputs = b",".join(parts)
         if route == "/v1/embeddings":
             return b'{"input":[' + inputs + b'],"encoding_format":"base64"}'
-        flag = b"true" if truncate else b"false"
-        return b'{"inputs":[' + inputs + b'],"truncate":' + flag + b',"normalize":true}'
+        return b'{"inputs":[' + inputs + b'],"truncate":false,"normalize":true}'
 
-    async def _post(self, server: _Server, parts: list[bytes], truncate: bool, probe: bool = False) -> np.ndarray:
-        route = "/embed" if truncate else server.route
+    async def _post(self, server: _Server, parts: list[bytes], probe: bool = False) -> np.ndarray:
+        route = server.route
         try:
             resp = await self._client.post(
                 server.url + route,
-                content=self._body(route, parts, truncate),
+                content=self._body(route, parts),
                 headers={"Content-Type": "application/json"},
             )
         except httpx.TimeoutException as exc:
@@ -442,13 +427,13 @@ class TEIBackend:
             f"{error_type or 'error'}: {message}"
         )
 
-    async def _request(self, parts: list[bytes], truncate: bool) -> np.ndarray:
+    async def _request(self, parts: list[bytes]) -> np.ndarray:
         """One batch, on whichever server has a free slot, retried with backoff (on any server)."""
         attempt = 0
         while True:
             server = await self._slots.get()
             try:
-                return await self._post(server, parts, truncate)
+                return await self._post(server, parts)
             except _Retry as exc:
                 attempt += 1
                 if attempt > self.max_retries:
@@ -494,9 +479,9 @@ class TEIBackend:
         batches.append((start, len(parts)))
         return batches
 
-    async def _run_batch(self, job: "_Job", start: int, stop: int, truncate: bool = False) -> None:
+    async def _run_batch(self, job: "_Job", start: int, stop: int) -> None:
         try:
-            job.out[start:stop] = self._checked(await self._request(job.parts[start:stop], truncate), stop - start)
+            job.out[start:stop] = self._checked(await self._request(job.parts[start:stop]), stop - start)
             return
         except _TooBig as exc:
             if stop - start == 1:
@@ -506,42 +491,12 @@ class TEIBackend:
                     "or cut smaller chunks."
                 ) from None
         except _TooLong as exc:
-            if self.on_too_long == "fail" or truncate:
-                raise BackendError(
-                    f"TEI refused an input as too long: {exc}. Chunk with the 'tokens' chunker (it keeps chunks "
-                    "within the model's max tokens), or choose on_too_long='split' or 'truncate'."
-                ) from None
-            if self.on_too_long == "truncate":
-                await self._run_batch(job, start, stop, truncate=True)
-                return
-            if stop - start == 1:
-                job.out[start] = await self._embed_long(job.texts[start])
-                return
+            raise BackendError(
+                f"TEI refused an input as too long: {exc}. Chunk with the 'tokens' chunker: it keeps every "
+                "chunk within the model's max tokens."
+            ) from None
         mid = (start + stop) // 2
-        await asyncio.gather(self._run_batch(job, start, mid, truncate), self._run_batch(job, mid, stop, truncate))
-
-    async def _embed_long(self, text: str) -> np.ndarray:
-        """on_too_long='split': the length-weighted mean of the pieces' vectors, renormalized."""
-        pieces = await self._pieces(text)
-        weights = np.array([len(p) for p, _ in pieces], dtype=np.float64)
-        mean = (weights[:, None] * np.stack([v for _, v in pieces]).astype(np.float64)).sum(axis=0)
-        norm = np.linalg.norm(mean)
-        if not np.isfinite(norm) or norm == 0:
-            raise BackendError("the pieces of a too-long input embedded to a zero vector; cannot combine them.")
-        return (mean / norm).astype(np.float32)
-
-    async def _pieces(self, text: str) -> list[tuple[str, np.ndarray]]:
-        if len(text) <= 1:
-            raise BackendError(f"TEI refuses even a {len(text)}-character piece as too long; check max_input_length.")
-        out: list[tuple[str, np.ndarray]] = []
-        for piece in split_text(text):
-            try:
-                out.append((piece, self._checked(await self._request([orjson.dumps(piece)], False), 1)[0]))
-            except _TooLong:
-                out.extend(await self._pieces(piece))
-            except _TooBig as exc:
-                raise BackendError(f"TEI refused a piece of a too-long input as too large: {exc}") from None
-        return out
+        await asyncio.gather(self._run_batch(job, start, mid), self._run_batch(job, mid, stop))
 
     def _checked(self, vectors: np.ndarray, n: int) -> np.ndarray:
         if vectors.shape != (n, self.dim):

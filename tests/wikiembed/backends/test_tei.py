@@ -17,17 +17,15 @@ ROOT = Path(__file__).resolve().parents[3]
 if str(ROOT) not in sys.path:  # `tests.` importable however pytest is started
     sys.path.insert(0, str(ROOT))
 
-from wikiembed.backends.tei import TEIBackend, decode_v1_embeddings, split_text  # noqa: E402
+from wikiembed.backends.tei import TEIBackend, decode_v1_embeddings  # noqa: E402
 from wikiembed.backends.base import Backend  # noqa: E402
 from wikiembed.errors import BackendError, InputError, TransientBackendError  # noqa: E402
 from tests.standins.tei_server import (  # noqa: E402
     DIM,
     MODEL_ID,
     Faults,
-    embed_text,
     embed_texts,
     start_server,
-    truncate_text,
 )
 
 # Fast retries: the faults below are dense, the backoff schedule is what's under test, not its scale.
@@ -204,35 +202,6 @@ def test_too_long_input_fails_with_teis_message_by_default(server, backend):
         tei.embed(["short one", " ".join(f"w{i}" for i in range(12))])
 
 
-def test_too_long_input_truncated_when_asked(server, backend):
-    url, handle = server(max_input_length=5, max_client_batch_size=4)
-    tei = backend([url], on_too_long="truncate")
-    long_text = " ".join(f"w{i}" for i in range(12))
-    short = [f"short text {i}" for i in range(9)]
-    texts = short[:6] + [long_text] + short[6:]
-    expected = embed_texts(short[:6] + [truncate_text(long_text, 5)] + short[6:])
-    np.testing.assert_array_equal(tei.embed(texts), expected)
-    assert handle.stats.truncate_requests == 1  # only the batch holding the long input went to /embed
-
-
-def test_too_long_input_split_and_combined_when_asked(server, backend):
-    url, _ = server(max_input_length=4, max_client_batch_size=4)
-    tei = backend([url], on_too_long="split")
-    words = [f"w{i}" for i in range(10)]
-    long_text = " ".join(words)
-    texts = ["a b", long_text, "c d e"]
-    # 10 words -> 5 + 5 -> (2 + 3) + (2 + 3): pieces within 4 words, weighted by their length.
-    pieces = [" ".join(words[a:b]) for a, b in ((0, 2), (2, 5), (5, 7), (7, 10))]
-    mean = sum(len(p) * embed_text(p).astype(np.float64) for p in pieces)
-    expected = np.stack([embed_text("a b"), (mean / np.linalg.norm(mean)).astype(np.float32), embed_text("c d e")])
-    np.testing.assert_array_equal(tei.embed(texts), expected)
-
-
-def test_split_text_keeps_the_original_text():
-    assert split_text("one two\nthree  four") == ("one two", "three  four")
-    assert split_text("abcdef") == ("abc", "def")
-
-
 def test_tokenizer_refusal_fails_with_teis_message(server, backend):
     url, _ = server(poison="\x07")
     tei = backend([url])
@@ -257,7 +226,7 @@ def test_decodes_float_answers_from_servers_without_base64(server, backend):
 
 def test_auto_truncating_server_is_not_allowed_to_truncate_silently(server, backend):
     url, handle = server(auto_truncate=True, max_input_length=5)
-    tei = backend([url])  # on_too_long="fail"
+    tei = backend([url])
     np.testing.assert_array_equal(tei.embed(["fits"]), embed_texts(["fits"]))
     assert handle.stats.count("/embed", 200) >= 1  # /embed, where truncate=false can be said
     with pytest.raises(BackendError, match="must have less than 5 tokens"):
@@ -292,8 +261,6 @@ def test_unreachable_server_is_transient_and_bad_arguments_are_input_errors(serv
         backend([url], max_retries=2)
     with pytest.raises(InputError, match="http://"):
         backend(["localhost:8080"])
-    with pytest.raises(InputError, match="on_too_long"):
-        backend([url], on_too_long="ignore")
 
 
 def test_closed_backend_refuses_work(server):
