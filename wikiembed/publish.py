@@ -63,6 +63,8 @@ DATA_FILES_PATTERN = f"data/**/{SPLIT}-*.parquet"
 STAGING_DIR = "_publish"
 # Inside the staging folder but never published (upload and copy only take README.md + data/).
 STATE_FILE = ".wikiembed-publish.json"
+# Beside the card in the store: the digest of the card's inputs when it was last written.
+CARD_KEY_FILE = ".wikiembed-card.json"
 # Bump when the bytes of a merged file would change for the same inputs (writer options, naming).
 LAYOUT_VERSION = 1
 SECRET_BLOCK = "hf-token"
@@ -418,16 +420,39 @@ def _write_text_if_changed(path: Path, text: str) -> None:
 
 
 def write_card(store: Path, *, repo_id: str | None = None) -> Path:
-    """Write STORE/README.md, the dataset card, from the manifest, the done shards and their data files.
+    """Write STORE/README.md, the dataset card, from the manifest, the done shards' markers and
+    one data file's schema.
 
     `repo_id` only fills the usage snippet's `load_dataset(...)` line. The card has no timestamps,
-    so an unchanged store gives a byte-identical card (and no new commit).
+    so an unchanged store gives a byte-identical card (and no new commit); and when neither the
+    manifest nor any marker changed since the card was written (a sidecar holds their digest),
+    not even that schema is read: a run that changed nothing reads no data file.
     """
     s = Store.at(store)
     manifest = s.read_manifest()
+    states = s.states(manifest)
     card = Path(store) / "README.md"
-    _write_text_if_changed(card, _card_text(s, manifest, s.states(manifest), repo_id))
+    sidecar = s.dir / CARD_KEY_FILE
+    key = _card_key(manifest, states, repo_id)
+    try:
+        fresh = card.exists() and json.loads(sidecar.read_text(encoding="utf-8")).get("key") == key
+    except (OSError, ValueError, AttributeError):
+        fresh = False
+    if not fresh:
+        _write_text_if_changed(card, _card_text(s, manifest, states, repo_id))
+        atomic.write_json(sidecar, {"key": key})
     return card
+
+
+def _card_key(manifest: dict[str, Any], states: Sequence[ShardState], repo_id: str | None) -> str:
+    """Digest of everything the card is made from, except the data files the markers vouch for."""
+    payload = {
+        "manifest": {k: v for k, v in manifest.items() if k != "updated"},
+        "shards": [[st.shard, st.state, (st.marker or {}).get("sha256")] for st in states],
+        "repo_id": repo_id,
+        "template": _CARD_TEMPLATE.template,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------- token

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from wikiembed.errors import InputError
 from wikiembed import sample
+from wikiembed.atomic import atomic_path
 
 # Snapshot row groups: shards read whole row groups and slice, so smaller groups
 # waste less reading at shard edges; 1,000 Wikipedia articles is ~3 MB of text.
@@ -524,10 +525,7 @@ def read_source(source: Source, report: RowReport) -> Iterator[dict[str, str]]:
 def write_snapshot(source: Source, dest: Path) -> RowReport:
     """Write the source's clean rows to `dest` (temp file, then atomic rename)."""
     report = RowReport()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    writer = pq.ParquetWriter(tmp, SNAPSHOT_SCHEMA, compression="zstd")
-    try:
+    with atomic_path(dest) as tmp, pq.ParquetWriter(tmp, SNAPSHOT_SCHEMA, compression="zstd") as writer:
         buf: list[dict[str, str]] = []
         for row in read_source(source, report):
             buf.append(row)
@@ -536,14 +534,6 @@ def write_snapshot(source: Source, dest: Path) -> RowReport:
                 buf = []
         if buf:
             writer.write_table(pa.Table.from_pylist(buf, SNAPSHOT_SCHEMA))
-        writer.close()
-        with tmp.open("rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
     return report
 
 

@@ -114,3 +114,31 @@ def test_a_rerun_skips_done_shards_through_their_markers_and_redoes_lost_ones(pr
     assert Store(store).read_done(0) is not None
     after = (store / "_done" / "00001.json").stat()
     assert (after.st_ino, after.st_mtime_ns) == (kept.st_ino, kept.st_mtime_ns)  # shard 1 untouched
+
+
+def test_an_unchanged_rerun_reads_no_data_file(prefect_api, tmp_path, monkeypatch):
+    """Resume, card and summary of a run with nothing to do cost stat calls, not reads of finished
+    shards: O(changed shards), not O(dataset)."""
+    import pyarrow.parquet as parquet
+
+    import wikiembed.store as store_module
+
+    store = tmp_path / "store"
+    first = embed_dataset(source="sample:60", store=str(store), shard_rows=30)
+    assert first["shards_done"] == 2
+    data_dir = (store / "data").resolve()
+    reads: list[str] = []
+
+    def recording(fn):
+        def wrapper(source, *args, **kwargs):
+            if data_dir in Path(str(source)).resolve().parents:
+                reads.append(f"{fn.__name__}({source})")
+            return fn(source, *args, **kwargs)
+        return wrapper
+
+    for name in ("ParquetFile", "read_table", "read_schema", "read_metadata"):
+        monkeypatch.setattr(parquet, name, recording(getattr(parquet, name)))
+    monkeypatch.setattr(store_module, "sha256_file", recording(store_module.sha256_file))
+    again = embed_dataset(source="sample:60", store=str(store), shard_rows=30)
+    assert again["shards_done"] == 2 and again["embedded_chunks"] == 0
+    assert reads == []
