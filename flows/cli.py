@@ -203,6 +203,7 @@ def status_payload(store_dir: str) -> dict[str, Any]:
         "done": sum(s.state == "done" for s in states),
         "failed": sum(s.state == "failed" for s in states),
         "pending": sum(s.state == "pending" for s in states),
+        "changed": sum(s.state == "changed" for s in states),
     }
 
 
@@ -218,6 +219,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         chunks = "" if s["chunks"] is None else s["chunks"]
         print(f"{s['shard']:>6}  {s['state']:<8} {s['rows']:>8} {chunks:>8}  {(s['error'] or '')[:100]}")
     print(f"done {payload['done']}, failed {payload['failed']}, pending {payload['pending']}, skipped rows {payload['skipped_rows']}")
+    if payload["changed"]:
+        print(f"changed {payload['changed']}: data no longer matches its _done marker; "
+              f"`wikiembed rerun --failed --store {payload['store']}` redoes them")
     if payload["skipped"]:
         print("skipped rows by reason: " + ", ".join(f"{k}: {v}" for k, v in sorted(payload["skipped"].items())))
     return EXIT_OK
