@@ -184,7 +184,7 @@ def test_dir_export_loads_through_its_card_and_reruns_byte_identical(store: Path
     assert ds.features["embedding"] == datasets.List(datasets.Value("float32"), length=DIM)
     assert ds.num_rows == 4 * ROWS_PER_SHARD * CHUNKS_PER_ROW
     by_folder = datasets.load_dataset("parquet", data_dir=str(out), split="train", cache_dir=str(tmp_path / "hf-cache"))
-    assert by_folder.num_rows == ds.num_rows  # DESIGN: load_dataset("parquet", data_dir=...) loads it too
+    assert by_folder.num_rows == ds.num_rows  # load_dataset("parquet", data_dir=...) loads it too
     expected = pa.concat_tables([pq.read_table(store / "data" / f"{k:05d}.parquet") for k in range(4)])
     assert ds.data.table.select(expected.column_names).equals(expected.replace_schema_metadata(None))
 
