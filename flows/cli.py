@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="embed a source into a store (resumes what is there)")
     run.add_argument("--source", default="sample:1000", help="sample:N, a parquet/jsonl file or folder, a save_to_disk folder, or a HF dataset id")
     run.add_argument("--store", required=True, help="run store folder")
-    run.add_argument("--config", help="HF dataset config, e.g. 20231101.simple")
+    run.add_argument("--config", help="HF dataset config, e.g. 20231101.simple, or latest.simple: the newest YYYYMMDD.simple")
     run.add_argument("--split", default="train")
     run.add_argument("--limit", type=int, help="read only the first N source rows")
     run.add_argument("--columns", help="column mapping ours=theirs, e.g. text=body,id=page_id")

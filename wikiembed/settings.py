@@ -26,7 +26,7 @@ class RunSettings(BaseModel):
 
     source: str = Field("sample:1000", description="sample:N, a parquet/jsonl file or folder, a save_to_disk folder, or a HF dataset id")
     store: str = Field("runs/sample", description="run store folder (one per source, model and chunking)")
-    config: str | None = Field(None, description="HF dataset config, e.g. 20231101.simple")
+    config: str | None = Field(None, description="HF dataset config, e.g. 20231101.simple, or latest.simple for the newest dump")
     split: str = "train"
     limit: int | None = Field(None, ge=1, description="read only the first N source rows")
     columns: str | None = Field(None, description="column mapping ours=theirs, e.g. text=body,id=page_id")

@@ -1,8 +1,11 @@
-"""A loopback stand-in for the Hugging Face Hub's commit API, as huggingface_hub 2.4 calls it.
+"""A loopback stand-in for the Hugging Face Hub's commit and read APIs, as huggingface_hub 2.4 and
+datasets 5 call them.
 
 Tests only. Holds dataset repos, branches, commits and LFS objects in memory and serves
-them over real HTTP (uvicorn on 127.0.0.1, a background thread), so `HfApi` runs unmodified with
-`HF_ENDPOINT` pointed here and `HF_HUB_DISABLE_XET=1` (the LFS path; Xet's CAS has no stand-in).
+them over real HTTP (uvicorn on 127.0.0.1, a background thread), so `HfApi`, `HfFileSystem` and
+`datasets.load_dataset` run unmodified with `HF_ENDPOINT` pointed here and `HF_HUB_DISABLE_XET=1`
+(the LFS path; Xet's CAS has no stand-in). Every revision argument takes a branch name or a
+commit id, as on the Hub.
 
 What `upload_folder` hits on that path (read from huggingface_hub 2.4's hf_api.py,
 _commit_api.py and lfs.py), and what this server answers:
@@ -23,6 +26,18 @@ _commit_api.py and lfs.py), and what this server answers:
     POST /datasets/{ns}/{name}.git/info/lfs/objects/verify
     POST /api/datasets/{ns}/{name}/commit/{rev}          NDJSON: header, file, lfsFile,
                                                          deletedFile, deletedFolder; ?create_pr=1
+
+What reading a dataset hits (`dataset_info`, `hf_hub_download`, `HfFileSystem` as `datasets`
+uses it to resolve a config's data files and stream them):
+
+    HEAD/GET /datasets/{ns}/{name}/resolve/{rev}/{path}  file bytes; `X-Repo-Commit`, `ETag` (blob
+                                                         sha1, or `X-Linked-Etag` sha256 for LFS),
+                                                         `Content-Length`; `Range: bytes=a-b` -> 206;
+                                                         404 `EntryNotFound` for a missing file
+    POST /api/datasets/{ns}/{name}/paths-info/{rev}      form `paths`, `expand`: entries as in tree
+
+Tests seed a dataset with `hub.push_files(repo_id, {path: bytes})`, which commits as the API
+would and returns the commit id.
 
 Errors follow the Hub's shape: a JSON body `{"error": ...}` and `X-Error-Code` /
 `X-Error-Message` headers, which `hf_raise_for_status` turns into typed errors.
@@ -45,7 +60,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Self
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 import uvicorn
 import yaml
@@ -82,6 +97,7 @@ class Repo:
     private: bool
     branches: dict[str, dict[str, Entry]] = field(default_factory=dict)  # branch -> path -> Entry
     heads: dict[str, str] = field(default_factory=dict)  # branch -> commit oid
+    snapshots: dict[str, dict[str, Entry]] = field(default_factory=dict)  # commit oid -> path -> Entry
     pull_requests: int = 0
 
 
@@ -94,6 +110,18 @@ class Commit:
     oid: str
     summary: str
     operations: list[dict[str, Any]]
+
+
+def _file_item(path: str, e: Entry) -> dict[str, Any]:
+    """A file as the tree and paths-info APIs list it."""
+    item: dict[str, Any] = {"type": "file", "oid": e.oid, "size": e.size, "path": path}
+    if e.lfs_sha256:
+        item["lfs"] = {"oid": e.lfs_sha256, "size": e.size, "pointerSize": 134}
+    return item
+
+
+def _folder_item(path: str) -> dict[str, Any]:
+    return {"type": "directory", "oid": hashlib.sha1(path.encode()).hexdigest(), "size": 0, "path": path}
 
 
 def _error(status: int, message: str, code: str | None = None) -> JSONResponse:
@@ -164,6 +192,30 @@ class HubServer:
                 for path, e in entries.items()
             }
 
+    def push_files(self, repo_id: str, files: dict[str, bytes], branch: str = "main", private: bool = False) -> str:
+        """Commit `files` (path -> content; parquet and big files as LFS) to a dataset repo, creating
+        it if needed; return the new commit id. What a maintainer's upload would leave on the Hub."""
+        with self._lock:
+            repo = self.repos.get(repo_id)
+            if repo is None:
+                repo = self.repos[repo_id] = Repo(repo_id, private=private)
+                repo.branches["main"] = {".gitattributes": Entry(len(INITIAL_GITATTRIBUTES), git_blob_sha1(INITIAL_GITATTRIBUTES),
+                                                                 content=INITIAL_GITATTRIBUTES)}
+                self._set_head(repo, "main", self._new_commit_oid(repo_id, "initial commit"))
+            tree = dict(repo.branches.get(branch) or repo.branches["main"])
+            for path, content in files.items():
+                if path.endswith(LFS_SUFFIXES) or len(content) > LFS_SIZE_THRESHOLD:
+                    oid = hashlib.sha256(content).hexdigest()
+                    self.lfs_objects[oid] = content
+                    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {len(content)}\n"
+                    tree[path] = Entry(len(content), git_blob_sha1(pointer.encode()), lfs_sha256=oid)
+                else:
+                    tree[path] = Entry(len(content), git_blob_sha1(content), content=content)
+            repo.branches[branch] = tree
+            oid = self._new_commit_oid(repo_id, branch, json.dumps(sorted(files)))
+            self._set_head(repo, branch, oid)
+            return oid
+
     def commits_to(self, repo_id: str) -> list[Commit]:
         with self._lock:
             return [c for c in self.commits if c.repo_id == repo_id]
@@ -186,6 +238,12 @@ class HubServer:
 
     def _new_commit_oid(self, *parts: str) -> str:
         return hashlib.sha1("\0".join(parts + (str(time.monotonic_ns()),)).encode()).hexdigest()
+
+    @staticmethod
+    def _set_head(repo: Repo, branch: str, oid: str) -> None:
+        """Move a branch to a commit and keep that commit's files readable by its id."""
+        repo.heads[branch] = oid
+        repo.snapshots[oid] = dict(repo.branches[branch])
 
     async def _dispatch(self, request: Request) -> Response:
         # Route on the raw path: a revision is one URL-quoted segment (`refs%2Fpr%2F1`), which
@@ -222,6 +280,8 @@ class HubServer:
             return self._lfs_api(parts[6], repo_id, json.loads(body or b"{}"), user)
         if len(parts) == 2 and parts[0] == "lfs-upload" and method == "PUT":
             return self._lfs_put(parts[1], body)
+        if len(parts) >= 6 and parts[0] == "datasets" and parts[3] == "resolve" and method in ("GET", "HEAD"):
+            return self._resolve(f"{parts[1]}/{parts[2]}", parts[4], "/".join(parts[5:]), request, user, method)
         return _error(404, f"Sorry, we can't find the page you are looking for: /{'/'.join(parts)}")
 
     # ------------------------------------------------------------------ repos
@@ -247,7 +307,7 @@ class HubServer:
         # A new repo's first commit holds .gitattributes, as on the Hub.
         repo.branches["main"] = {".gitattributes": Entry(len(INITIAL_GITATTRIBUTES), git_blob_sha1(INITIAL_GITATTRIBUTES),
                                                          content=INITIAL_GITATTRIBUTES)}
-        repo.heads["main"] = self._new_commit_oid(repo_id, "initial commit")
+        self._set_head(repo, "main", self._new_commit_oid(repo_id, "initial commit"))
         self.repos[repo_id] = repo
         return JSONResponse({"url": f"{self.url}/datasets/{repo_id}", "name": repo_id, "id": repo_id})
 
@@ -275,13 +335,20 @@ class HubServer:
         return repo, None
 
     def _branch(self, repo: Repo, revision: str) -> tuple[dict[str, Entry] | None, Response | None]:
-        if revision not in repo.branches:
-            return None, _error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
-        return repo.branches[revision], None
+        """The files at a branch or a commit id."""
+        if revision in repo.branches:
+            return repo.branches[revision], None
+        if revision in repo.snapshots:
+            return repo.snapshots[revision], None
+        return None, _error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+
+    @staticmethod
+    def _commit_at(repo: Repo, revision: str) -> str:
+        return repo.heads.get(revision, revision)
 
     def _repo_api(self, method: str, repo_id: str, rest: list[str], request: Request, body: bytes,
                   user: str | None) -> Response:
-        write = method == "POST"
+        write = method == "POST" and rest[:1] != ["paths-info"]
         repo, problem = self._repo_for(repo_id, user, write)
         if problem is not None or repo is None:
             return problem or _error(404, "Repository not found", "RepoNotFound")
@@ -298,8 +365,10 @@ class HubServer:
             if problem is not None or files is None:
                 return problem or _error(404, "", "RevisionNotFound")
             repo.branches[rest[1]] = dict(files)
-            repo.heads[rest[1]] = repo.heads[start]
+            self._set_head(repo, rest[1], self._commit_at(repo, start))
             return JSONResponse({})
+        if method == "POST" and len(rest) == 2 and rest[0] == "paths-info":
+            return self._paths_info(repo, rest[1], body)
         if method == "POST" and len(rest) == 2 and rest[0] == "preupload":
             return self._preupload(repo, rest[1], json.loads(body or b"{}"))
         if method == "POST" and len(rest) == 2 and rest[0] == "commit":
@@ -314,7 +383,7 @@ class HubServer:
             "_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24],
             "id": repo.repo_id,
             "author": repo.repo_id.split("/")[0],
-            "sha": repo.heads[revision],
+            "sha": self._commit_at(repo, revision),
             "private": repo.private,
             "disabled": False,
             "gated": False,
@@ -340,14 +409,52 @@ class HubServer:
             for depth in range(1, len(below) if recursive else min(2, len(below))):
                 folders.add(base + "/".join(below[:depth]))
             if recursive or len(below) == 1:
-                e = files[path]
-                item: dict[str, Any] = {"type": "file", "oid": e.oid, "size": e.size, "path": path}
-                if e.lfs_sha256:
-                    item["lfs"] = {"oid": e.lfs_sha256, "size": e.size, "pointerSize": 134}
-                out.append(item)
-        out += [{"type": "directory", "oid": hashlib.sha1(f.encode()).hexdigest(), "size": 0, "path": f}
-                for f in sorted(folders)]
+                out.append(_file_item(path, files[path]))
+        out += [_folder_item(f) for f in sorted(folders)]
         return JSONResponse(out)
+
+    def _paths_info(self, repo: Repo, revision: str, body: bytes) -> Response:
+        files, problem = self._branch(repo, revision)
+        if problem is not None or files is None:
+            return problem or _error(404, "", "RevisionNotFound")
+        form = parse_qs(body.decode())
+        out: list[dict[str, Any]] = []
+        for path in form.get("paths", []):
+            path = path.strip("/")
+            if path in files:
+                out.append(_file_item(path, files[path]))
+            elif any(p.startswith(path + "/") for p in files):
+                out.append(_folder_item(path))
+        return JSONResponse(out)
+
+    def _resolve(self, repo_id: str, revision: str, path: str, request: Request, user: str | None,
+                 method: str) -> Response:
+        repo, problem = self._repo_for(repo_id, user, write=False)
+        if problem is not None or repo is None:
+            return problem or _error(404, "Repository not found", "RepoNotFound")
+        files, problem = self._branch(repo, revision)
+        if problem is not None or files is None:
+            return problem or _error(404, "", "RevisionNotFound")
+        entry = files.get(path)
+        if entry is None:
+            return _error(404, "Entry not found", "EntryNotFound")
+        content = entry.content if entry.content is not None else self.lfs_objects[entry.lfs_sha256 or ""]
+        headers = {"X-Repo-Commit": self._commit_at(repo, revision), "ETag": f'"{entry.oid}"', "Accept-Ranges": "bytes"}
+        if entry.lfs_sha256:
+            headers.update({"X-Linked-Etag": f'"{entry.lfs_sha256}"', "X-Linked-Size": str(len(content))})
+        status = 200
+        wanted = request.headers.get("range", "")
+        if wanted.startswith("bytes=") and content:
+            first, _, last = wanted[len("bytes="):].split(",")[0].partition("-")
+            start = int(first) if first else max(0, len(content) - int(last))
+            end = min(int(last), len(content) - 1) if first and last else len(content) - 1
+            if start >= len(content):
+                return Response(status_code=416, headers={"Content-Range": f"bytes */{len(content)}"})
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(content)}"
+            content, status = content[start:end + 1], 206
+        headers["Content-Length"] = str(len(content))
+        return Response(b"" if method == "HEAD" else content, status_code=status, headers=headers,
+                        media_type="application/octet-stream")
 
     # ------------------------------------------------------------------ uploads and commits
 
@@ -363,7 +470,7 @@ class HubServer:
             # The client compares this with its own oid of the local file and drops equal ones.
             oid = None if current is None else (current.lfs_sha256 or current.oid)
             answer.append({"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
-        return JSONResponse({"files": answer, "commitOid": repo.heads[revision]})
+        return JSONResponse({"files": answer, "commitOid": self._commit_at(repo, revision)})
 
     def _lfs_api(self, action: str, repo_id: str, payload: dict[str, Any], user: str | None) -> Response:
         repo, problem = self._repo_for(repo_id, user, write=True)
@@ -414,7 +521,7 @@ class HubServer:
         if not lines or lines[0].get("key") != "header":
             return _error(400, "the first line of a commit must be its header")
         header = lines[0]["value"]
-        if header.get("parentCommit") and header["parentCommit"] != repo.heads[revision]:
+        if header.get("parentCommit") and header["parentCommit"] != self._commit_at(repo, revision):
             return _error(412, "A commit has happened since. Please refresh and try again.")
         files = dict(base)
         operations = []
@@ -445,9 +552,9 @@ class HubServer:
         if create_pr:
             repo.pull_requests += 1
             branch = f"refs/pr/{repo.pull_requests}"
-        oid = self._new_commit_oid(repo.repo_id, branch, repo.heads[revision], json.dumps(operations))
+        oid = self._new_commit_oid(repo.repo_id, branch, self._commit_at(repo, revision), json.dumps(operations))
         repo.branches[branch] = files
-        repo.heads[branch] = oid
+        self._set_head(repo, branch, oid)
         self.commits.append(Commit(repo.repo_id, branch, oid, str(header.get("summary", "")), operations))
         answer: dict[str, Any] = {"success": True, "commitOid": oid, "hookOutput": "",
                                   "commitUrl": f"{self.url}/datasets/{repo.repo_id}/commit/{oid}"}
