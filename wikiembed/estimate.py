@@ -31,7 +31,7 @@ import pyarrow as pa
 from wikiembed.chunking import chunk_table, make_chunking
 from wikiembed.errors import InputError
 from wikiembed.model import load_tokenizer, model_info
-from wikiembed.sources import SNAPSHOT_SCHEMA, RowReport, Source, parse_source, read_source
+from wikiembed.sources import SNAPSHOT_SCHEMA, RowReport, Source, parse_source, pin, read_source
 
 DEFAULT_SAMPLE = 300
 Z95 = 1.959964
@@ -118,12 +118,12 @@ def _hub_sample(source: Source, k: int, seed: int) -> tuple[list[dict[str, str]]
     from wikiembed.sources import _hub_offline_error, clean_rows
 
     try:
-        builder = datasets.load_dataset_builder(source.location, source.config)
+        builder = datasets.load_dataset_builder(source.location, source.config, revision=source.revision)
         splits = builder.info.splits or {}
         if source.split not in splits:
             raise InputError(f"--source {source.location}: no split {source.split!r} in its metadata; it has {sorted(splits)}.")
         population = int(splits[source.split].num_examples)
-        stream = datasets.load_dataset(source.location, source.config, split=source.split, streaming=True)
+        stream = datasets.load_dataset(source.location, source.config, split=source.split, revision=source.revision, streaming=True)
         stream = stream.shuffle(seed=seed, buffer_size=10 * k)
     except InputError:
         raise
@@ -260,7 +260,7 @@ def estimate(
     src = parse_source(source, config, split, limit, columns)
     make_chunking(chunker, chunk_size, chunk_overlap, model_info(model).max_tokens)  # bad options fail before reading
     if src.kind == "hub":
-        rows, articles = _hub_sample(src, sample, seed)
+        rows, articles = _hub_sample(pin(src), sample, seed)  # one commit, `latest.<lang>` resolved
         exact = False
         how = f"Hub metadata for the article count; {len(rows)} articles streamed through a shuffle buffer for the rest"
     else:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.flows.conftest import run_cli
 from tests.standins.hub_server import HubServer
-from tests.wikiembed.test_hub_source import REPO, articles, dump, hub_env, readme
+from tests.standins.hub_datasets import REPO, articles, dump, hub_env, readme
 
 
 def test_latest_dump_daily_runs(cli_env, tmp_path: Path) -> None:
