@@ -173,6 +173,7 @@ class TokenChunker:
             pre is not None and type(pre).__name__ == "BertPreTokenizer" and type(model).__name__ == "WordPiece"
         )
         self.prefix, self.suffix = _special_ids(tokenizer)
+        self.spec = spec(tokenizer)  # what a worker process rebuilds the tokenizer from
         if self.exact:
             # A WordPiece token continues a word iff it carries the continuation prefix.
             mark = model.continuing_subword_prefix
@@ -435,9 +436,24 @@ PARALLEL_MIN_CHARS = 300_000
 PART_CHARS = 1_000_000
 
 
+_CHUNKERS: dict[tuple[int, int, int], TokenChunker] = {}
+
+
+def _chunker(tokenizer, chunk_size: int, overlap: int) -> TokenChunker:
+    """A chunker per (tokenizer, size, overlap), made once per process: making one reads the
+    whole vocabulary (~0.1 s), which would otherwise be paid again for every part."""
+    key = (id(tokenizer), chunk_size, overlap)
+    found = _CHUNKERS.get(key)
+    if found is None or found.tokenizer is not tokenizer:
+        if len(_CHUNKERS) >= 8:
+            _CHUNKERS.clear()
+        found = _CHUNKERS[key] = TokenChunker(tokenizer, chunk_size, overlap)
+    return found
+
+
 def _chunk_part(tokenizer_spec: str, chunk_size: int, overlap: int, texts: list[str]) -> ChunkArrays:
     """Worker body: chunk `texts` with the tokenizer `tokenizer_spec` describes."""
-    return TokenChunker(tokenizer_from_spec(tokenizer_spec), chunk_size, overlap).chunk_many(texts)
+    return _chunker(tokenizer_from_spec(tokenizer_spec), chunk_size, overlap).chunk_many(texts)
 
 
 def _parts(texts: Sequence[str], part_chars: int) -> list[tuple[int, int]]:
@@ -463,13 +479,12 @@ def chunk_texts(texts: Sequence[str], chunking: Chunking, tokenizer=None, worker
     if tokenizer is None:
         raise ValueError("the tokens chunker needs the model's tokenizer")
     workers = cores() if workers is None else workers
-    chunker = TokenChunker(tokenizer, chunking.chunk_size, chunking.chunk_overlap)  # bad options fail here
+    chunker = _chunker(tokenizer, chunking.chunk_size, chunking.chunk_overlap)  # bad options fail here, not in a worker
     total = sum(map(len, texts))
     if workers < 2 or total < PARALLEL_MIN_CHARS:
         return chunker.chunk_many(texts)
     part_chars = max(min(PART_CHARS, total // (4 * workers)), 1)
-    tokenizer_spec = spec(tokenizer)
-    parts = [(tokenizer_spec, chunking.chunk_size, chunking.chunk_overlap, list(texts[a:b])) for a, b in _parts(texts, part_chars)]
+    parts = [(chunker.spec, chunking.chunk_size, chunking.chunk_overlap, list(texts[a:b])) for a, b in _parts(texts, part_chars)]
     return ChunkArrays.concat(list(run_parts(_chunk_part, parts, workers)))
 
 

@@ -2,10 +2,20 @@
 
 `sample:N` is the embedded default of `wikiembed run`. Article `i` depends only
 on `(seed, i)`, so `sample:1000` is a prefix of `sample:2000` and every run of
-the same spec yields byte-identical text. Lengths follow Simple English
-Wikipedia's shape: log-normal around a mean of about 1,100 characters, with a
-rare heavy tail past 100k; text comes in paragraphs of sentences with some
-non-ASCII words (accents, CJK, RTL, emoji) mixed in.
+the same spec yields byte-identical text.
+
+Shaped like Wikipedia where speed depends on it:
+- Lengths: most articles short, a rare heavy tail past 100k characters
+  (log-normal around a mean of about 1,100 characters, median ~670, as Simple
+  English Wikipedia; one article in 2,000 is 100k-250k characters).
+- Token density: about 121 tokens (BERT uncased, special tokens included) per
+  full 512-character window, as real English Wikipedia text has (measured on
+  40,000 windows of it). Plain common words alone give ~95, which would flatter
+  every tokenizer-bound speed by ~1.3x: the text also has names the tokenizer
+  splits into word pieces, numbers with separators, commas, parentheses and
+  hyphenated words, at rates tuned to that density (`tests/wikiembed/test_sources.py`
+  checks it).
+- Paragraphs of sentences, with some non-ASCII words (accents, CJK, RTL, emoji).
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ import random
 from typing import Iterator
 
 # Bumping this changes every sample fingerprint (and so every sample store's plan).
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # log-normal: mean = exp(mu + sigma^2 / 2) ~ 1,100 characters, median ~ 670.
 _MU, _SIGMA = math.log(1100) - 0.5, 1.0
@@ -41,15 +51,67 @@ _UNICODE_WORDS = [
 ]
 
 
+# Name syllables: joined into proper nouns that BERT's vocabulary lacks, so they
+# split into several word pieces as Wikipedia's names and rare terms do.
+_SYLLABLES = (
+    "ka vor an dell ith mar ro sen thal bu quin ez lo gar wyn ost ri fel dur ach "
+    "mon tre vask ul pen zor ham ig lys cor bre nak sho val tum erd fy"
+).split()
+_TERMS = (
+    "municipality archipelago constituency metropolitan prefecture gastropod sovereignty "
+    "hydroelectric semiconductor ecclesiastical thermodynamics cartographer biodiversity "
+    "referendum infrastructure photosynthesis baroque renaissance neoclassical"
+).split()
+
+# Per-word rates, tuned so a full 512-character window holds ~121 tokens.
+_NAME_RATE = 0.10
+_TERM_RATE = 0.03
+_COMMA_RATE = 0.10
+_NUMBER_RATE = 0.06
+_PAREN_RATE = 0.12  # per sentence
+_HYPHEN_RATE = 0.03
+
+
+def _name(rng: random.Random) -> str:
+    return "".join(rng.choices(_SYLLABLES, k=rng.randint(2, 3))).capitalize()
+
+
+def _number(rng: random.Random) -> str:
+    kind = rng.random()
+    if kind < 0.4:
+        return str(rng.randint(1000, 2024))  # a year
+    if kind < 0.7:
+        return f"{rng.randint(1, 999)},{rng.randint(0, 999):03d}"  # 12,400
+    if kind < 0.9:
+        return f"{rng.randint(0, 99)}.{rng.randint(0, 9)}"  # 3.5
+    return f"{rng.randint(1, 99)}%"
+
+
 def _sentence(rng: random.Random) -> str:
     n = rng.randint(6, 24)
-    words = rng.choices(_WORDS, k=n)
+    words = []
+    for _ in range(n):
+        draw = rng.random()
+        if draw < _NAME_RATE:
+            word = _name(rng)
+        elif draw < _NAME_RATE + _TERM_RATE:
+            word = rng.choice(_TERMS)
+        elif draw < _NAME_RATE + _TERM_RATE + _NUMBER_RATE:
+            word = _number(rng)
+        elif draw < _NAME_RATE + _TERM_RATE + _NUMBER_RATE + _HYPHEN_RATE:
+            word = "-".join(rng.choices(_WORDS, k=2))
+        else:
+            word = rng.choice(_WORDS)
+        if rng.random() < _COMMA_RATE:
+            word += ","
+        words.append(word)
     if rng.random() < 0.15:
         words[rng.randrange(n)] = rng.choice(_UNICODE_WORDS)
-    if rng.random() < 0.2:
-        words.insert(rng.randrange(n), str(rng.randint(1000, 2024)))
+    if rng.random() < _PAREN_RATE:
+        inner = f"born {rng.randint(1800, 2000)}" if rng.random() < 0.5 else f"also {_name(rng)}"
+        words.insert(rng.randrange(1, n + 1), f"({inner})")
     words[0] = words[0].capitalize()
-    return " ".join(words) + rng.choice(".....?!")
+    return " ".join(words).rstrip(",") + rng.choice(".....?!")
 
 
 def _body(rng: random.Random, target: int) -> str:

@@ -40,6 +40,20 @@ def test_sample_length_distribution_is_wikipedia_shaped():
     assert any(len(sample_article(i)["text"]) > 100_000 for i in range(20_000))
 
 
+def test_sample_has_wikipedias_token_density():
+    # Real English Wikipedia: ~121 tokens (BERT uncased, special tokens included) per full
+    # 512-character window; tokenizer-bound speeds measured on the sample depend on it.
+    from wikiembed.model import load_tokenizer
+
+    windows = []
+    for article in generate_articles(1500):
+        text = article["text"]
+        windows += [text[i : i + 512] for i in range(0, len(text) - 511, 512)]
+    counts = [len(e.ids) for e in load_tokenizer().encode_batch(windows[:2000])]
+    assert len(counts) == 2000
+    assert 111 <= sum(counts) / len(counts) <= 131
+
+
 def test_parse_source_kinds_and_errors(tmp_path: Path):
     assert parse_source("sample:10").kind == "sample"
     with pytest.raises(InputError, match="sample:N"):
