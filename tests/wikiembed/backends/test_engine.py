@@ -336,3 +336,33 @@ def test_plan_batches_caps_bucketing_at_max_length() -> None:
     assert batches[0].length == 256  # 256 rounded to 32 is 256; 250 would round to 256 too, never past the cap
     assert plan_batches(np.array([250]), 10_000, bucket=32, max_length=260)[0].length == 256
     assert plan_batches(np.array([]), 100) == []
+
+
+# --- tokenize once: a token-chunked shard is embedded from its stored ids -------------------------
+
+
+def test_a_token_chunked_shard_is_embedded_from_its_ids(
+    engine: TorchEngine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from wikiembed.backends.base import Serialized
+    from wikiembed.checkpoint import embed_shard, read_vectors
+    from wikiembed.chunking import Chunking, chunk_table, write_parquet_atomic
+    from wikiembed.sample import generate_articles
+    from wikiembed.store import Store
+
+    store = Store(tmp_path / "store", "g1")
+    store.ensure_writable()
+    store.write_manifest({"plan": {"shards": [[0, 12]], "rows": 12, "shard_rows": 12},
+                          "model": {"model_id": DEFAULT_MODEL, "dim": 384}})  # fmt: skip
+    chunks = chunk_table(pa.Table.from_pylist(list(generate_articles(12))), Chunking("tokens", 128, 0), load_tokenizer())
+    write_parquet_atomic(chunks, store.chunks_path(0))
+    want = engine.embed(chunks.column("text").to_pylist())
+    monkeypatch.setattr(engine, "embed", lambda texts: pytest.fail("the text was tokenized again"))
+    marker = embed_shard(store, 0, Serialized(engine), rows=12)
+    texts, vectors = read_vectors(store.data_path(0))
+    assert marker["chunks"] == len(texts) == chunks.num_rows
+    np.testing.assert_allclose(vectors, want, atol=1e-6)
+    assert "input_ids" not in pq.read_schema(store.data_path(0)).names  # the ids stay in chunks/
