@@ -22,6 +22,7 @@ import hashlib
 import multiprocessing as mp
 import os
 import threading
+import time
 import warnings
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -46,16 +47,30 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def _worker_start() -> None:
+# How often a worker checks that its parent is still alive (seconds).
+PARENT_CHECK_S = 1.0
+
+
+def _worker_start(parent: int) -> None:
     # Each worker is one core: the tokenizer's own thread pool would only oversubscribe them.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    # A worker waits for work forever, even after its parent is killed (SIGKILL runs no
+    # cleanup): it leaves as soon as it has been orphaned instead.
+    def leave_when_orphaned() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=leave_when_orphaned, name="parent-watch", daemon=True).start()
 
 
 def _pool() -> ProcessPoolExecutor:
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
-            _POOL = ProcessPoolExecutor(max_workers=cores(), mp_context=mp.get_context("spawn"), initializer=_worker_start)
+            _POOL = ProcessPoolExecutor(
+                max_workers=cores(), mp_context=mp.get_context("spawn"), initializer=_worker_start, initargs=(os.getpid(),)
+            )
         return _POOL
 
 

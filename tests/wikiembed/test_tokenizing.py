@@ -40,3 +40,43 @@ def test_a_broken_pool_falls_back_to_this_process_with_a_warning():
     assert got == [0, 2, 4, 6, 8, 10]
     # The next call starts a fresh pool.
     assert [len(o) - 1 for _, o in run_parts(encode_ids_part, [(spec(load_tokenizer()), TEXTS)], workers=2)] == [5]
+
+
+def test_workers_leave_when_their_parent_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import time\n"
+        "from wikiembed import tokenizing\n"
+        "from wikiembed.model import load_tokenizer\n"
+        "if __name__ == '__main__':\n"
+        "    parts = [(tokenizing.spec(load_tokenizer()), ['hello'])] * 4\n"
+        "    list(tokenizing.run_parts(tokenizing.encode_ids_part, parts, workers=2))\n"
+        "    print(*tokenizing._POOL._processes, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(workers) == 2
+    finally:
+        parent.send_signal(signal.SIGKILL)  # no cleanup runs in the parent
+        parent.wait()
+    deadline = time.monotonic() + 30
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in workers if os.path.exists(f"/proc/{pid}") and "Z" not in _state(pid)]
+    assert not alive, f"worker processes {alive} outlived their killed parent"
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
