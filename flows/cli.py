@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--summary-json", help="write the run summary as JSON here")
     run.add_argument("--dimensions", help="also store vectors truncated to these dimensions, comma-separated, e.g. 384,128 (Matryoshka)")
     run.add_argument("--precision", help="extra stored precisions, comma-separated: float32,float16,int8,binary")
+    run.add_argument("--eval", dest="eval_sample", type=int, metavar="N", help="when done, check retrieval on N articles (as `wikiembed eval`)")
 
     status = sub.add_parser("status", help="per-shard state of a store")
     status.add_argument("--store", required=True)
@@ -130,6 +131,14 @@ def _print_summary(summary: dict[str, Any], out=sys.stdout) -> None:  # noqa: AN
         f"{summary['seconds']:.1f}s, {summary['chars_per_s']:,.0f} chars/s",
         file=out,
     )
+    if summary.get("predicted_vs_actual"):
+        pva = summary["predicted_vs_actual"]
+        print(f"predicted vs actual: chunks {pva['chunks']['predicted']:,} vs {pva['chunks']['actual']:,}; "
+              f"seconds {pva['seconds']['predicted']} vs {pva['seconds']['actual']} ({pva['seconds']['basis']})", file=out)
+    if summary.get("eval"):
+        e = summary["eval"]
+        print(f"eval ({e['n']} titles as queries, float32): recall@1 {e['recall_at_1']:.3f}, recall@10 {e['recall_at_10']:.3f}, "
+              f"MRR@10 {e['mrr']:.3f}; every form in {summary['store']}/README.md", file=out)
     if summary.get("changes"):
         c = summary["changes"]
         print(f"source changes: {c['added']} added, {c['edited']} edited, {c['removed']} removed articles", file=out)
@@ -172,6 +181,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "upload_to": args.upload_to,
         "dimensions": _split_list(args.dimensions) or None,
         "precision": _split_list(args.precision) or None,
+        "eval_sample": args.eval_sample,
     }
     params = {k: v for k, v in given.items() if v is not None}
     resolve(RunSettings(**params))  # check options before Prefect starts: fast, clean messages

@@ -11,6 +11,7 @@ Touches: the run store, Prefect's API (task runs, artifacts), the backend.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any, Literal
 
@@ -21,13 +22,15 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from wikiembed.backends.factory import backend_retries, open_backend
 from wikiembed.checkpoint import record_vector_kind
-from wikiembed.errors import InputError, StoreError
+from wikiembed.errors import InputError, StoreError, WikiembedError
+from wikiembed.estimate import compare, markdown as estimate_markdown, one_line, run_hardware, store_estimate
 from wikiembed.progress import Progress
 from wikiembed.settings import DEFAULT_SHARD_ROWS, RunSettings
 from wikiembed.store import Store
 from wikiembed.tasks.calibrate import calibrate_task
 from wikiembed.tasks.download import download_task
 from wikiembed.tasks.embed import embed_task, release_reuse_index
+from wikiembed.tasks.evaluate import eval_task
 from wikiembed.tasks.export import export_task
 from wikiembed.tasks.retry import attempts_of
 from wikiembed.tasks.shard import shard_task
@@ -167,6 +170,13 @@ def _report(store: Store, summary: dict[str, Any], changes: dict[str, Any] | Non
         f"- chunks: {summary['chunks']:,} ({summary['embedded_chunks']:,} embedded, {summary['reused_chunks']:,} reused)",
         f"- time: {summary['seconds']:.1f} s, {summary['chars_per_s']:,.0f} chars/s, {summary['retries']} retries",
     ]
+    if summary.get("predicted_vs_actual"):
+        pva = summary["predicted_vs_actual"]
+        lines.append(
+            f"- predicted vs actual: chunks {pva['chunks']['predicted']:,} (95%: {pva['chunks']['predicted_ci95'][0]:,}-"
+            f"{pva['chunks']['predicted_ci95'][1]:,}) vs {pva['chunks']['actual']:,}; seconds "
+            f"{pva['seconds']['predicted']} vs {pva['seconds']['actual']} ({pva['seconds']['basis']})"
+        )
     if changes:
         lines.append(
             f"- source changes: {changes['added']} articles added, {changes['edited']} edited, {changes['removed']} removed"
@@ -179,13 +189,36 @@ def _report(store: Store, summary: dict[str, Any], changes: dict[str, Any] | Non
     create_markdown_artifact("\n".join(lines), key="wikiembed-summary", description="run summary")
 
 
-def _finish(store: Store, settings: RunSettings, run: dict[str, Any], started: float, changes=None) -> dict[str, Any]:  # noqa: ANN001
+def _announce_estimate(store: Store, manifest: dict[str, Any], pending: list[int], settings: RunSettings) -> dict[str, Any] | None:
+    """What the pending shards should take, from the snapshot: one line on stderr and a markdown artifact."""
+    shards = manifest["plan"]["shards"]
+    try:
+        predicted = store_estimate(
+            store.snapshot_path, [tuple(shards[k]) for k in pending], manifest, backend=settings.backend,
+            hardware=run_hardware(settings.backend, settings.device, settings.gpu),
+        )
+    except WikiembedError as exc:  # an estimate must never stop a run
+        get_run_logger().warning("no estimate for this run: %s", exc)
+        return None
+    print(one_line(predicted), file=sys.stderr, flush=True)
+    create_markdown_artifact(estimate_markdown(predicted), key="wikiembed-estimate", description="what this run should take")
+    return predicted
+
+
+def _finish(store: Store, settings: RunSettings, run: dict[str, Any], started: float, changes=None, predicted=None) -> dict[str, Any]:  # noqa: ANN001
     all_done = all(s.state == "done" for s in store.states())
+    # Before the export, so the card it writes carries the check.
+    checked = eval_task(str(store.root), store.gen, settings.eval_sample) if all_done and settings.eval_sample else None
     if all_done:
         export_task(str(store.root), store.gen, settings.upload_to)
     summary = _summary(store, run, time.perf_counter() - started)
     if changes:
         summary["changes"] = changes
+    if checked:
+        summary["eval"] = checked
+    if predicted:
+        done = sum(r.get("chunks", 0) for r in run["results"].values())
+        summary["predicted_vs_actual"] = compare(predicted, done, summary["seconds"])
     _report(store, summary, changes)
     return summary
 
@@ -218,6 +251,7 @@ def embed_dataset(
     upload_to: str | None = None,
     dimensions: list[int] | None = None,
     precision: list[Literal["float32", "float16", "int8", "binary"]] | None = None,
+    eval_sample: int | None = None,
 ) -> dict[str, Any]:
     """Embed a dataset into a run store; resume whatever a previous run left undone."""
     given = dict(locals())
@@ -230,8 +264,9 @@ def embed_dataset(
         manifest = s.read_manifest()
         pending = [st.shard for st in s.states(manifest) if st.state != "done"]
         changes = _changes(planned, manifest) if planned["previous_gen"] else None
+        predicted = _announce_estimate(s, manifest, pending, settings) if pending else None
         run = run_shards(s, pending, settings, reuse_gen=planned["previous_gen"])
-        return _finish(s, settings, run, started, changes)
+        return _finish(s, settings, run, started, changes, predicted)
 
 
 def _changes(planned: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:

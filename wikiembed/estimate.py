@@ -23,6 +23,7 @@ import random
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -226,6 +227,59 @@ def _option(backend: str, gpu: str, containers: int, chars: Total, model: str) -
     return out
 
 
+def _check_options(backends: Sequence[str], gpus: Sequence[str], containers: int, sample: int) -> None:
+    if sample < 2:
+        raise InputError(f"--sample {sample}: sample at least 2 articles (a few hundred give intervals of a few percent).")
+    if containers < 1:
+        raise InputError(f"--containers {containers}: give at least 1.")
+    bad = [b for b in backends if b not in BACKENDS]
+    if bad:
+        raise InputError(f"--backend {','.join(bad)}: choose from {','.join(BACKENDS)}.")
+    bad = [g for g in gpus if g.upper() not in GPUS]
+    if bad:
+        raise InputError(f"--gpu {','.join(bad)}: choose from {','.join(GPUS)}.")
+
+
+def _result(
+    rows: Sequence[dict[str, str]],
+    articles: int,
+    total_chars: int | None,
+    *,
+    model: str,
+    chunker: str,
+    chunk_size: int | None,
+    chunk_overlap: int,
+    combos: Sequence[tuple[str, str]],
+    containers: int,
+    how: str,
+    seed: int,
+) -> dict[str, Any]:
+    """Totals from a sample (ratio estimates when the character total is known, else per-article means)."""
+    counts = _sample_counts(rows, model, chunker, chunk_size, chunk_overlap)
+    if total_chars is not None:
+        chars = Total(total_chars, total_chars, total_chars)
+        chunks = ratio_total(total_chars, counts["chars"], counts["chunks"], articles)
+        tokens = ratio_total(total_chars, counts["chars"], counts["tokens"], articles)
+    else:
+        chars = mean_total(articles, counts["chars"])
+        chunks = mean_total(articles, counts["chunks"])
+        tokens = mean_total(articles, counts["tokens"])
+    return {
+        "model": model,
+        "chunking": counts["chunking"],
+        "articles": articles,
+        "chars": round(chars.value),
+        "chars_ci95": chars.as_list(),
+        "chars_exact": total_chars is not None,
+        "chunks": round(chunks.value),
+        "chunks_ci95": chunks.as_list(),
+        "tokens": round(tokens.value),
+        "tokens_ci95": tokens.as_list(),
+        "sample": {"articles": len(rows), "seed": seed, "how": how},
+        "options": [_option(b, g.upper(), containers, chars, model) for b, g in combos],
+    }
+
+
 def estimate(
     source: str,
     *,
@@ -247,53 +301,134 @@ def estimate(
     from wikiembed.model import DEFAULT_MODEL
 
     model = model or DEFAULT_MODEL
-    if sample < 2:
-        raise InputError(f"--sample {sample}: sample at least 2 articles (a few hundred give intervals of a few percent).")
-    if containers < 1:
-        raise InputError(f"--containers {containers}: give at least 1.")
-    bad = [b for b in backends if b not in BACKENDS]
-    if bad:
-        raise InputError(f"--backend {','.join(bad)}: choose from {','.join(BACKENDS)}.")
-    bad = [g for g in gpus if g.upper() not in GPUS]
-    if bad:
-        raise InputError(f"--gpu {','.join(bad)}: choose from {','.join(GPUS)}.")
+    _check_options(backends, gpus, containers, sample)
     src = parse_source(source, config, split, limit, columns)
     make_chunking(chunker, chunk_size, chunk_overlap, model_info(model).max_tokens)  # bad options fail before reading
+    total_chars: int | None
     if src.kind == "hub":
         rows, articles = _hub_sample(pin(src), sample, seed)  # one commit, `latest.<lang>` resolved
-        exact = False
+        total_chars = None
         how = f"Hub metadata for the article count; {len(rows)} articles streamed through a shuffle buffer for the rest"
     else:
         rows, articles, total_chars = _reservoir(read_source(src, RowReport()), sample, seed)
-        exact = True
         how = f"whole source read; {len(rows)} of {articles} articles drawn uniformly at random (seed {seed})"
     if not rows:
         raise InputError(f"--source {source}: no usable rows to sample; check the path, --split or --limit.")
-    counts = _sample_counts(rows, model, chunker, chunk_size, chunk_overlap)
-    if exact:
-        chars = Total(total_chars, total_chars, total_chars)
-        chunks = ratio_total(total_chars, counts["chars"], counts["chunks"], articles)
-        tokens = ratio_total(total_chars, counts["chars"], counts["tokens"], articles)
-    else:
-        chars = mean_total(articles, counts["chars"])
-        chunks = mean_total(articles, counts["chunks"])
-        tokens = mean_total(articles, counts["tokens"])
     if not backends and not gpus:
         combos = [(r["backend"], r["hardware"]) for r in rates()]
     else:
         combos = [(b, g) for b in (backends or ["modal"]) for g in (gpus or ["A10G"])]
+    result = _result(rows, articles, total_chars, model=model, chunker=chunker, chunk_size=chunk_size,
+                     chunk_overlap=chunk_overlap, combos=combos, containers=containers, how=how, seed=seed)
+    return {"source": src.spec, **result}
+
+
+def run_hardware(backend: str, device: str | None, gpu: str | None) -> str | None:
+    """The hardware a run's rate is looked up for: the Modal GPU, the local CUDA device, or the CPU."""
+    if backend == "modal":
+        return gpu.upper() if gpu else None
+    if backend == "local":
+        if device == "cpu":
+            return "CPU"
+        import torch
+
+        if not torch.cuda.is_available():
+            return "CPU"
+        name = torch.cuda.get_device_name(0).upper()
+        return next((g for g in GPUS if g in name.split() or g in name), None)
+    return gpu.upper() if gpu else None
+
+
+def store_estimate(
+    snapshot: Path,
+    ranges: Sequence[tuple[int, int]],
+    manifest: dict[str, Any],
+    *,
+    backend: str,
+    hardware: str | None,
+    containers: int = 1,
+    sample: int = 100,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The estimate for the rows a run is about to embed (`ranges` of the generation's snapshot).
+
+    Reads the snapshot's text column once for the exact character count; samples `sample`
+    articles for chunks and tokens. Shown before the run and set beside the actual figures after.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(snapshot)
+    wanted = np.zeros(parquet.metadata.num_rows, dtype=bool)
+    for a, b in ranges:
+        wanted[a:b] = True
+    candidates = np.flatnonzero(wanted)
+    picked = np.sort(np.random.default_rng(seed).choice(candidates, size=min(sample, len(candidates)), replace=False))
+    total_chars, rows, offset = 0, [], 0
+    for batch in parquet.iter_batches(batch_size=4096):
+        n = batch.num_rows
+        mask = wanted[offset : offset + n]
+        if mask.any():
+            lengths = pc.utf8_length(batch.column("text")).to_numpy(zero_copy_only=False)
+            total_chars += int(lengths[mask].sum())
+            lo, hi = np.searchsorted(picked, [offset, offset + n])
+            rows += batch.take(pa.array(picked[lo:hi] - offset)).to_pylist()
+        offset += n
+    chunking = manifest["chunking"]
+    combos = [(backend, hardware)] if hardware else []
+    return _result(
+        rows, len(candidates), total_chars, model=manifest["model"]["model_id"], chunker=chunking["chunker"],
+        chunk_size=chunking["chunk_size"], chunk_overlap=chunking["chunk_overlap"], combos=combos,
+        containers=containers, how=f"snapshot read; {len(rows)} of {len(candidates)} articles to embed sampled (seed {seed})",
+        seed=seed,
+    )
+
+
+def one_line(result: dict[str, Any]) -> str:
+    """The estimate as one line (printed before a run)."""
+    line = (f"estimate: {result['articles']:,} articles, {result['chars']:,} chars, "
+            f"~{result['chunks']:,} chunks [{result['chunks_ci95'][0]:,}-{result['chunks_ci95'][1]:,}], "
+            f"~{result['tokens']:,} tokens")
+    for o in result["options"]:
+        if o["gpu_hours"] is not None:
+            usd = f", ${o['usd']:,.2f}" if o["usd"] is not None else ""
+            line += f"; {o['backend']} on {o['gpu']}: ~{o['wall_minutes']:,.1f} min ({o['basis']} rate{usd})"
+        else:
+            line += f"; no recorded rate for {o['backend']} on {o['gpu']}"
+    return line
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The estimate as a markdown artifact (the Prefect UI shows it before the run's progress)."""
+    lines = [
+        "# wikiembed estimate",
+        "",
+        f"- articles: {result['articles']:,}; characters: {result['chars']:,}",
+        f"- chunks: ~{result['chunks']:,} (95%: {result['chunks_ci95'][0]:,}-{result['chunks_ci95'][1]:,})",
+        f"- tokens: ~{result['tokens']:,} (95%: {result['tokens_ci95'][0]:,}-{result['tokens_ci95'][1]:,})",
+        f"- how: {result['sample']['how']}",
+    ]
+    for o in result["options"]:
+        if o["gpu_hours"] is None:
+            lines.append(f"- {o['backend']} on {o['gpu']}: {o['note']}")
+            continue
+        usd = f", ${o['usd']:,.2f} at ${o['usd_per_hour']}/h ({o['price_as_of']})" if o["usd"] is not None else ""
+        lines.append(
+            f"- {o['backend']} on {o['gpu']}: {o['gpu_hours']:,.4g} GPU-hours{usd}; {o['basis']} rate "
+            f"{o['rate_chars_per_s']:,.0f} chars/s ({o['rate_date']}: {o['rate_how']}); {o['note']}"
+        )
+    return "\n".join(lines)
+
+
+def compare(predicted: dict[str, Any], chunks: int, seconds: float) -> dict[str, Any]:
+    """Predicted next to actual, for the run's summary."""
+    option = next((o for o in predicted["options"] if o["gpu_hours"] is not None), None)
     return {
-        "source": src.spec,
-        "model": model,
-        "chunking": counts["chunking"],
-        "articles": articles,
-        "chars": round(chars.value),
-        "chars_ci95": chars.as_list(),
-        "chars_exact": exact,
-        "chunks": round(chunks.value),
-        "chunks_ci95": chunks.as_list(),
-        "tokens": round(tokens.value),
-        "tokens_ci95": tokens.as_list(),
-        "sample": {"articles": len(rows), "seed": seed, "how": how},
-        "options": [_option(b, g.upper(), containers, chars, model) for b, g in combos],
+        "chunks": {"predicted": predicted["chunks"], "predicted_ci95": predicted["chunks_ci95"], "actual": chunks},
+        "tokens": {"predicted": predicted["tokens"], "predicted_ci95": predicted["tokens_ci95"]},
+        "seconds": {
+            "predicted": round(option["gpu_hours"] * 3600, 1) if option else None,
+            "actual": round(seconds, 1),
+            "basis": f"{option['basis']} rate for {option['backend']} on {option['gpu']}, one container" if option else "no rate recorded",
+        },
     }

@@ -156,15 +156,17 @@ def evaluate(
     against: str | Path | None = None,
     device: str | None = None,
     record: bool = True,
+    gen: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a store (and optionally a second one on the same articles); return the `--json` payload.
 
     `forms`: names of stored forms (`float32`, `int8`, `binary@128`, ...), or ["all"]; default float32.
-    `record`: write the result to the store's `eval.json` and refresh its dataset card.
+    `record`: write the result to the generation's `eval.json` and refresh its dataset card.
+    `gen`: the generation to check (default: the published one).
     """
     if sample < 1:
         raise InputError(f"--sample {sample}: evaluate at least 1 article (500 gives intervals of about ±4 points).")
-    vectors = StoreVectors(store)
+    vectors = StoreVectors(store, gen)
     names = _forms(vectors, forms)
     articles = sample_articles(vectors, sample, seed)
     result, ranks = _evaluate_store(vectors, articles, names, rescore, device)
@@ -199,7 +201,7 @@ def evaluate(
         write_json_atomic(vectors.store.dir / EVAL_FILE, result)
         from wikiembed.publish import write_card
 
-        write_card(vectors.root)
+        write_card(vectors.store.dir)
     return result
 
 

@@ -49,11 +49,11 @@ class Hit:
 
 
 class StoreVectors:
-    """The published generation of a store, as something to search."""
+    """One generation of a store (the published one unless named), as something to search."""
 
-    def __init__(self, store: str | Path) -> None:
+    def __init__(self, store: str | Path, gen: str | None = None) -> None:
         root = Store(store)
-        current = root.pointer("current")
+        current = gen or root.pointer("current")
         if current is None:
             raise StoreError(
                 f"store {root.root}: nothing is published there yet (no `current` generation); "

@@ -46,6 +46,9 @@ class RunSettings(BaseModel):
     dimensions: list[int] = Field(
         default_factory=list, description="also store vectors truncated to these numbers of dimensions, renormalized (Matryoshka)"
     )
+    eval_sample: int | None = Field(
+        None, ge=1, description="after a complete run, check retrieval on this many articles (titles as queries)"
+    )
     precision: list[Literal["float32", "float16", "int8", "binary"]] = Field(
         default_factory=list, description="extra stored precisions of the vectors: float32, float16, int8, binary"
     )

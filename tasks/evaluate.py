@@ -1,0 +1,24 @@
+"""The eval step: after a complete run, check retrieval with titles as queries (wikiembed/evaluate.py).
+
+Runs before the export, so the dataset card it writes carries the result; the UI gets it as a
+markdown artifact.
+
+Touches: the generation's data files (read), `eval.json` and `README.md` (written), the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from wikiembed.evaluate import card_section, evaluate
+
+
+@task(name="eval")
+def eval_task(store: str, gen: str, sample: int) -> dict[str, Any]:
+    """Evaluate every stored form of `gen` on `sample` articles; return the headline figures."""
+    result = evaluate(store, gen=gen, sample=sample, forms=["all"])
+    create_markdown_artifact("\n".join(card_section(result)), key="wikiembed-eval", description="retrieval check")
+    return {key: result[key] for key in ("n", "recall_at_1", "recall_at_10", "mrr")}
