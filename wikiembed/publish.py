@@ -433,20 +433,24 @@ def write_card(store: Path, *, repo_id: str | None = None) -> Path:
     states = s.states(manifest)
     card = Path(store) / "README.md"
     sidecar = s.dir / CARD_KEY_FILE
-    key = _card_key(manifest, states, repo_id)
+    evaluation = read_eval(s.dir)
+    key = _card_key(manifest, states, repo_id, evaluation)
     try:
         fresh = card.exists() and json.loads(sidecar.read_text(encoding="utf-8")).get("key") == key
     except (OSError, ValueError, AttributeError):
         fresh = False
     if not fresh:
-        _write_text_if_changed(card, _card_text(s, manifest, states, repo_id))
+        _write_text_if_changed(card, _card_text(s, manifest, states, repo_id, evaluation))
         atomic.write_json(sidecar, {"key": key})
     return card
 
 
-def _card_key(manifest: dict[str, Any], states: Sequence[ShardState], repo_id: str | None) -> str:
+def _card_key(
+    manifest: dict[str, Any], states: Sequence[ShardState], repo_id: str | None, evaluation: dict[str, Any] | None = None
+) -> str:
     """Digest of everything the card is made from, except the data files the markers vouch for."""
     payload = {
+        **({"evaluation": evaluation} if evaluation else {}),
         "manifest": {k: v for k, v in manifest.items() if k != "updated"},
         "shards": [[st.shard, st.state, (st.marker or {}).get("sha256")] for st in states],
         "repo_id": repo_id,
