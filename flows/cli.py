@@ -158,6 +158,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from wikiembed.flows.embed_dataset import embed_dataset
     from wikiembed.plan import resolve
     from wikiembed.settings import RunSettings
+    from wikiembed.volume_store import check_store_for_backend
 
     given = {
         "source": args.source,
@@ -184,7 +185,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "eval_sample": args.eval_sample,
     }
     params = {k: v for k, v in given.items() if v is not None}
-    resolve(RunSettings(**params))  # check options before Prefect starts: fast, clean messages
+    settings = RunSettings(**params)
+    check_store_for_backend(settings.backend, settings.store)  # before Prefect starts: fast, clean messages
+    resolve(settings)
     summary = embed_dataset(**params)
     _print_summary(summary)
     _write_json(args.summary_json, summary)
@@ -192,9 +195,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def status_payload(store_dir: str) -> dict[str, Any]:
-    from wikiembed.store import Store
+    from wikiembed.volume_store import open_store
 
-    store = Store(store_dir)
+    store = open_store(store_dir)
     manifest = store.read_manifest()
     states = store.states(manifest)
     return {

@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from wikiembed.backends.factory import backend_retries, open_backend
+from wikiembed.backends.factory import backend_retries
 from wikiembed.checkpoint import record_vector_kind
 from wikiembed.errors import InputError, StoreError, WikiembedError
 from wikiembed.estimate import compare, markdown as estimate_markdown, one_line, run_hardware, store_estimate
@@ -29,11 +29,12 @@ from wikiembed.settings import DEFAULT_SHARD_ROWS, RunSettings
 from wikiembed.store import Store
 from wikiembed.tasks.calibrate import calibrate_task
 from wikiembed.tasks.download import download_task
-from wikiembed.tasks.embed import embed_task, release_reuse_index
+from wikiembed.tasks.embed import embed_remote_task, embed_task, release_reuse_index
 from wikiembed.tasks.evaluate import eval_task
 from wikiembed.tasks.export import export_task
 from wikiembed.tasks.retry import attempts_of
 from wikiembed.tasks.shard import shard_task
+from wikiembed.volume_store import VolumeStore, check_store_for_backend, open_store
 
 # Shards in flight at once. Local: 2 = one shard chunking on the CPU while the
 # engine embeds another. TEI/Modal: enough to keep remote GPUs busy; Prefect's
@@ -42,6 +43,9 @@ LOCAL_CONCURRENCY = 2
 REMOTE_CONCURRENCY = 16
 # Each shard in flight holds two pool threads (its shard task and its embed task).
 MAX_CONCURRENCY = 100
+# The UI's progress artifact is updated at most this often: each update is an API call
+# (about a quarter of a second here), which would otherwise cap a run at a few shards a second.
+PROGRESS_ARTIFACT_EVERY_S = 2.0
 
 
 def _backend_opts(settings: RunSettings) -> dict[str, Any]:
@@ -59,7 +63,9 @@ def _concurrency(settings: RunSettings) -> int:
     if settings.concurrency:
         return settings.concurrency
     if settings.backend == "modal":
-        return int(getattr(open_backend(model=settings.model, **_backend_opts(settings)), "capacity", REMOTE_CONCURRENCY))
+        # Shards beyond the deployed max_containers wait in Modal's queue at no cost; asking the
+        # deployment its size would start a GPU container just to read a number.
+        return MAX_CONCURRENCY
     return LOCAL_CONCURRENCY if settings.backend == "local" else REMOTE_CONCURRENCY
 
 
@@ -73,7 +79,7 @@ def _failure(state) -> tuple[str, int]:  # noqa: ANN001
 
 
 def run_shards(
-    store: Store,
+    store: Store | VolumeStore,
     shard_ids: list[int],
     settings: RunSettings,
     *,
@@ -86,12 +92,14 @@ def run_shards(
     opts = _backend_opts(settings)
     progress = Progress.start(total=total, done=total - len(shard_ids))
     artifact_id = create_progress_artifact(progress.fraction * 100, key="wikiembed-progress", description=f"shards of {store.root}")
+    artifact_updated = time.monotonic()
     results: dict[int, dict[str, Any]] = {}
     failures: dict[int, str] = {}
     failed_attempts: dict[int, int] = {}
     model = manifest["model"]["model_id"]
     retries_before = backend_retries(model=model, **opts)
-    record_vector_kind(store)  # a killed run's markers pin the kind before anything else is embedded
+    if isinstance(store, Store):  # on a Volume the export step records it, where the markers are
+        record_vector_kind(store)  # a killed run's markers pin the kind before anything else is embedded
     window = min(_concurrency(settings), MAX_CONCURRENCY)
     todo = list(shard_ids)
     inflight: dict[Any, tuple[int, Any]] = {}
@@ -100,6 +108,9 @@ def run_shards(
         while todo or inflight:
             while todo and len(inflight) < window:
                 k = todo.pop(0)
+                if isinstance(store, VolumeStore):  # the whole shard runs where the store is: chunk, embed, checkpoint
+                    inflight[embed_remote_task.submit(str(store.root), store.gen, k, model, opts)] = (k, None)
+                    continue
                 chunked = shard_task.submit(str(store.root), store.gen, k)
                 inflight[embed_task.submit(str(store.root), store.gen, k, chunked, opts, reuse_gen)] = (k, chunked)
             future = next(as_completed(list(inflight)))
@@ -109,25 +120,27 @@ def run_shards(
             if state.is_completed():
                 results[k] = future.result()
             else:
-                failures[k], failed_attempts[k] = _failure(chunked.state if not chunked.state.is_completed() else state)
+                failures[k], failed_attempts[k] = _failure(chunked.state if chunked and not chunked.state.is_completed() else state)
                 logger.error("shard %05d failed after %d attempt(s): %s", k, failed_attempts[k], failures[k])
                 try:
                     store.mark_failed(k, failures[k], attempts=failed_attempts[k])
                 except StoreError as exc:  # e.g. the disk that failed the shard is full
                     logger.error("could not record the failure of shard %05d: %s", k, exc)
             progress.shard_finished(failed=k in failures)
-            update_progress_artifact(artifact_id, progress.fraction * 100)
+            if time.monotonic() - artifact_updated >= PROGRESS_ARTIFACT_EVERY_S or not (todo or inflight):
+                update_progress_artifact(artifact_id, progress.fraction * 100)
+                artifact_updated = time.monotonic()
     progress.close()
     if reuse_gen:
         release_reuse_index(str(store.root), reuse_gen)
-    if results:
+    if results and isinstance(store, Store):
         record_vector_kind(store)
     # Request-level retries of this run only: the backend is shared by the runs of one process.
     request_retries = backend_retries(model=model, **opts) - retries_before
     return {"results": results, "failures": failures, "failed_attempts": failed_attempts, "request_retries": request_retries}
 
 
-def _summary(store: Store, run: dict[str, Any], seconds: float) -> dict[str, Any]:
+def _summary(store: Store | VolumeStore, run: dict[str, Any], seconds: float) -> dict[str, Any]:
     manifest = store.read_manifest()
     states = store.states(manifest)
     done = [s for s in states if s.state == "done"]
@@ -154,7 +167,7 @@ def _summary(store: Store, run: dict[str, Any], seconds: float) -> dict[str, Any
     }
 
 
-def _report(store: Store, summary: dict[str, Any], changes: dict[str, Any] | None = None) -> None:
+def _report(store: Store | VolumeStore, summary: dict[str, Any], changes: dict[str, Any] | None = None) -> None:
     """The UI's view of the run: a shard-state table and a markdown summary."""
     states = store.states()
     create_table_artifact(
@@ -205,10 +218,11 @@ def _announce_estimate(store: Store, manifest: dict[str, Any], pending: list[int
     return predicted
 
 
-def _finish(store: Store, settings: RunSettings, run: dict[str, Any], started: float, changes=None, predicted=None) -> dict[str, Any]:  # noqa: ANN001
+def _finish(store: Store | VolumeStore, settings: RunSettings, run: dict[str, Any], started: float, changes=None, predicted=None) -> dict[str, Any]:  # noqa: ANN001
     all_done = all(s.state == "done" for s in store.states())
     # Before the export, so the card it writes carries the check.
-    checked = eval_task(str(store.root), store.gen, settings.eval_sample) if all_done and settings.eval_sample else None
+    # The check reads vectors: local stores only (a Volume store's vectors stay in the cloud).
+    checked = eval_task(str(store.root), store.gen, settings.eval_sample) if all_done and settings.eval_sample and isinstance(store, Store) else None
     if all_done:
         export_task(str(store.root), store.gen, settings.upload_to)
     summary = _summary(store, run, time.perf_counter() - started)
@@ -256,17 +270,28 @@ def embed_dataset(
     """Embed a dataset into a run store; resume whatever a previous run left undone."""
     given = dict(locals())
     settings = RunSettings(**{k: v for k, v in given.items() if v is not None or k in ("config", "limit")})
+    check_store_for_backend(settings.backend, settings.store)
     started = time.perf_counter()
-    with Store(settings.store).lock():
+    with open_store(settings.store).lock():
         planned = download_task(settings)
-        s = Store(planned["store"], planned["gen"])
-        calibrate_task(planned["store"], planned["gen"], _backend_opts(settings))
+        s = open_store(planned["store"], planned["gen"])
+        _calibrate(s, settings)
         manifest = s.read_manifest()
         pending = [st.shard for st in s.states(manifest) if st.state != "done"]
-        changes = _changes(planned, manifest) if planned["previous_gen"] else None
-        predicted = _announce_estimate(s, manifest, pending, settings) if pending else None
+        # Article-level changes need both snapshots: on a Volume they stay in the cloud, unreported.
+        changes = _changes(planned, manifest) if planned["previous_gen"] and isinstance(s, Store) else None
+        # The estimate reads the snapshot, which a Volume store keeps in the cloud.
+        predicted = _announce_estimate(s, manifest, pending, settings) if pending and isinstance(s, Store) else None
         run = run_shards(s, pending, settings, reuse_gen=planned["previous_gen"])
         return _finish(s, settings, run, started, changes, predicted)
+
+
+def _calibrate(store: Store | VolumeStore, settings: RunSettings) -> None:
+    """Fix the generation's int8 ranges before any shard is embedded (see tasks/calibrate.py)."""
+    if isinstance(store, Store):
+        calibrate_task(str(store.root), store.gen, _backend_opts(settings))
+    elif "int8" in (store.read_manifest().get("compact") or {}).get("precisions", ()):
+        raise InputError("--precision int8 needs a local --store for now: its calibration runs on the flow's machine.")
 
 
 def _changes(planned: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
@@ -285,7 +310,7 @@ def _changes(planned: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any
 def rerun_shards(store: str, shards: list[int] | Literal["failed"] = "failed") -> dict[str, Any]:
     """Re-embed the given shards (or every failed one) with the store's recorded settings."""
     started = time.perf_counter()
-    s = Store(store)
+    s = open_store(store)
     manifest = s.read_manifest()
     total = len(manifest["plan"]["shards"])
     if shards == "failed":
@@ -298,7 +323,7 @@ def rerun_shards(store: str, shards: list[int] | Literal["failed"] = "failed") -
         ids = sorted({int(k) for k in shards})
     settings = RunSettings(**manifest["settings"])
     with s.lock():
-        calibrate_task(str(s.root), s.gen, _backend_opts(settings))
+        _calibrate(s, settings)
         for k in ids:
             s.forget(k)
         run = run_shards(s, ids, settings, reuse_gen=manifest.get("previous_generation"))

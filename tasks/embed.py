@@ -4,6 +4,13 @@ shard and writes `data/NNNNN.parquet` + `_done/NNNNN.json`.
 The `_done/` markers are the only record of what is finished: the flow never submits a
 shard whose marker is valid, so a resumed run, or a flow run retried from the UI, skips
 finished shards through them.
+
+For a store on a Modal Volume (`--backend modal`) the task sends the shard's reference to a
+GPU container that chunks, embeds and checkpoints it next to the data, and gets the marker back.
+
+Retries live here, once, for every backend: a shard that failed with a transient error is
+retried by Prefect (`EMBED_RETRIES`, exponential backoff with jitter, counted in the summary).
+The Modal shard classes retry nothing themselves (`retries=0`).
 """
 
 from __future__ import annotations
@@ -15,27 +22,28 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 
 from wikiembed.backends.factory import open_backend
+from wikiembed.backends.modal_client import ModalShards
 from wikiembed.checkpoint import embed_shard
 from wikiembed.compact import stored_forms
 from wikiembed.plan import VectorIndex
 from wikiembed.progress import Progress
 from wikiembed.store import Store
 from wikiembed.tasks.retry import counted_attempts, retry_transient
+from wikiembed.volume_store import mount_path
 
 EMBED_RETRIES = 3
+_RETRY_POLICY = {
+    "retries": EMBED_RETRIES,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": retry_transient,
+}
 
 _REUSE: dict[tuple[str, str], VectorIndex] = {}
 _REUSE_LOCK = threading.Lock()
 
 
-@task(
-    name="embed",
-    retries=EMBED_RETRIES,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_transient,
-    task_run_name="embed-{shard:05d}",
-)
+@task(name="embed", task_run_name="embed-{shard:05d}", **_RETRY_POLICY)
 def embed_task(
     store: str,
     gen: str,
@@ -58,6 +66,19 @@ def embed_task(
         marker = embed_shard(
             s, shard, backend, rows, reuse=reuse, progress=Progress.current().add_chunks, forms=forms, int8_calibration=int8_calibration
         )
+    return {**marker, "attempts": task_run.run_count or 1}
+
+
+@task(name="embed", task_run_name="embed-{shard:05d}", **_RETRY_POLICY)
+def embed_remote_task(store: str, gen: str, shard: int, model_id: str, backend_opts: dict[str, Any]) -> dict[str, Any]:
+    """Run one whole shard on Modal, where the store's Volume is (`store` is `modal:VOLUME/PATH`):
+    only the reference goes out and only the marker comes back; return it plus the attempts it took."""
+    from prefect.runtime import task_run
+
+    with counted_attempts():
+        shards = ModalShards(backend_opts["modal_app"], backend_opts["modal_class"], model_id=model_id, gpu=backend_opts["gpu"])
+        marker = shards.run(mount_path(store), gen, shard)
+    Progress.current().add_chunks(int(marker.get("chunks", 0)))
     return {**marker, "attempts": task_run.run_count or 1}
 
 

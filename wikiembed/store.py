@@ -6,7 +6,13 @@ Layout (see docs/STORE.md): `manifest.json`, `snapshot/`, `chunks/`, `data/`,
 anything else (temp files, a marker without its file, a file without its
 marker) means "not done". Every write is temp + fsync + rename.
 
-Touches: only the store folder.
+A store lives on a local disk or on a Modal Volume mounted into a container. The
+code is the same filesystem code either way; a Volume only adds two points of
+synchronisation (`StoreSync`): `refresh()` before reading what other containers
+wrote, and a commit after each write, with a shard's data committed before its
+marker, so no other container ever sees a marker whose data it cannot see.
+
+Touches: only the store folder (and, through `sync`, the Volume it lives on).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from wikiembed import atomic
 from wikiembed.errors import StoreError
@@ -56,6 +62,38 @@ def store_os_error(exc: OSError, path: Path) -> StoreError:
     return StoreError(f"store path {path}: {exc.strerror or exc}; {fix}. Shards already done stay valid.")
 
 
+class StoreSync(Protocol):
+    """How a store's writes reach other machines and theirs reach this one.
+
+    A local disk needs nothing (`LOCAL`). A Modal Volume (`wikiembed.volume_store.VolumeSync`)
+    shows other containers' commits only after `reload()` and this container's writes to
+    others only after `commit()`.
+    """
+
+    #: Whether a data file's mtime and inode stay the same for every reader. On a Volume each
+    #: container has its own copy, so the marker's fast stat check falls back to the size.
+    stable_stat: bool
+
+    def reload(self) -> None: ...
+
+    def commit(self) -> None: ...
+
+
+class LocalSync:
+    """A store on a local or shared POSIX disk: writes are visible at once, nothing to do."""
+
+    stable_stat = True
+
+    def reload(self) -> None:
+        pass
+
+    def commit(self) -> None:
+        pass
+
+
+LOCAL = LocalSync()
+
+
 @dataclass(frozen=True)
 class ShardState:
     """One planned shard as the store records it."""
@@ -83,8 +121,9 @@ class Store:
 
     LINKS = ("manifest.json", "data", "_done", "_failed", "README.md")
 
-    def __init__(self, root: str | Path, gen: str | None = None) -> None:
+    def __init__(self, root: str | Path, gen: str | None = None, sync: StoreSync = LOCAL) -> None:
         self.root = Path(root).expanduser().resolve()
+        self.sync = sync
         self.gen = gen if gen is not None else self.active_gen()
         self._flat: Path | None = None
 
@@ -100,6 +139,12 @@ class Store:
         if store.gen is None and (resolved / "manifest.json").is_file() and not (resolved / "gens").exists():
             store.gen, store._flat = resolved.name, resolved
         return store
+
+    def refresh(self) -> None:
+        """See what other machines committed (a Volume's `reload()`; nothing on a local disk)."""
+        self.sync.reload()
+        if self.gen is None:
+            self.gen = self.active_gen()
 
     def pointer(self, name: str) -> str | None:
         """The generation `current` or `next` points at, or None."""
@@ -189,6 +234,7 @@ class Store:
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         manifest = {**manifest, "format": FORMAT, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         write_json_atomic(self.manifest_path, manifest)
+        self.sync.commit()
 
     def ensure_writable(self) -> None:
         """Create the store's folders, failing early with a clear message if that's impossible."""
@@ -216,6 +262,10 @@ class Store:
             return None
         if st.st_size != marker.get("bytes"):
             return None
+        if not self.sync.stable_stat:
+            # Each container holds its own copy of a Volume file (its own inode); the data was
+            # committed before its marker and hashed by the writer, and publishing re-hashes it.
+            return marker
         if (st.st_mtime_ns, st.st_ino) != (marker.get("mtime_ns"), marker.get("inode")):
             return self.verify_done(shard)
         return marker
@@ -231,8 +281,12 @@ class Store:
         return marker
 
     def mark_done(self, shard: int, marker: dict[str, Any]) -> None:
+        """Record a shard as done. Its data is committed first: a marker never becomes visible
+        anywhere before the data it vouches for."""
+        self.sync.commit()
         write_json_atomic(self.done_path(shard), marker)
         self.failed_path(shard).unlink(missing_ok=True)
+        self.sync.commit()
 
     def mark_failed(self, shard: int, error: str, attempts: int) -> None:
         previous = self.read_failed(shard) or {}
@@ -245,6 +299,7 @@ class Store:
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             },
         )
+        self.sync.commit()
 
     def read_failed(self, shard: int) -> dict[str, Any] | None:
         try:
@@ -256,6 +311,7 @@ class Store:
         """Make a shard pending again (for reruns): drop its marker first, then its file."""
         self.done_path(shard).unlink(missing_ok=True)
         self.data_path(shard).unlink(missing_ok=True)
+        self.sync.commit()
 
     def states(self, manifest: dict[str, Any] | None = None, *, verify: bool = False) -> list[ShardState]:
         """Every planned shard's state, from one listing of `_done/` and `_failed/`.

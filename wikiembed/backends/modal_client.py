@@ -1,9 +1,15 @@
-"""The `modal` backend: embed texts on a deployed Modal app (`tei_app.py` or `torch_app.py`).
+"""The client side of the deployed Modal apps (`modal_workers/`): whole shards, store operations, texts.
+
+- `ModalShards`: what `--backend modal` runs. A shard reference goes to `TEIShards` /
+  `TorchShards`, which chunk, embed and checkpoint the shard on the store's Volume; the
+  marker comes back. Nothing else travels.
+- `StoreOps`: the store's own operations on its Volume (`wikiembed.volume_store.VolumeStore`).
+- `ModalBackend`: the `Backend` interface over the per-text `TEI` / `Torch` classes, for
+  callers that hold texts themselves (`modal run` smoke tests, notebooks).
 
 What it may touch: Modal's API, through the `modal` client and the user's Modal
-token. Nothing on disk, no local GPU. The GPU work happens in the deployed
-classes; this module only calls them and turns Modal's failures into the
-project's errors:
+token. Nothing on disk, no local GPU. This module only calls the deployed classes
+and turns Modal's failures into the project's errors:
 
 - transient (Modal timeouts, internal failures, lost connections, rate
   limits, a cancelled or preempted input, and our own `TransientBackendError`
@@ -12,9 +18,8 @@ project's errors:
 - everything else -> `BackendError`, whose message names the app and class and,
   where the app is missing or stale, says to run `modal deploy`.
 
-Concurrency: the flow runs `capacity` shards at once, as the deployed class reports it
-(`max_containers` x concurrent inputs per container: every container's every input slot); each shard's texts go out in calls of
-`REMOTE_BATCH_TEXTS`, so even one shard spreads over several containers.
+`ModalBackend` sends texts in calls of `REMOTE_BATCH_TEXTS`, so even one batch spreads over
+several containers.
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ ClassName = Literal["TEI", "Torch"]
 # imports them (importing an app builds its image definition).
 APP_NAMES: dict[str, str] = {"TEI": "wikiembed-tei", "Torch": "wikiembed-torch"}
 DEPLOY_FILES: dict[str, str] = {"TEI": "modal_workers/tei_app.py", "Torch": "modal_workers/torch_app.py"}
+# The classes in those apps that take whole shards (a store reference in, a marker out).
+SHARD_CLASSES: dict[str, str] = {"TEI": "TEIShards", "Torch": "TorchShards"}
+# The CPU app that runs the store's own operations (download, states, export) where its Volume is mounted.
+STORE_APP = "wikiembed-store"
+STORE_DEPLOY_FILE = "modal_workers/store_app.py"
 
 # Texts per remote call: large enough that a call's fixed cost (tens of ms) is small next to its
 # GPU time, small enough that one shard spreads over containers and a retried call redoes little.
@@ -123,28 +133,78 @@ class ModalBackend:
     def close(self) -> None:
         """Nothing to release: containers scale down on their own after `scaledown_window`."""
 
-    @contextlib.contextmanager
-    def _errors(self, method: str) -> Iterator[None]:
-        where = f"Modal app {self.app_name!r} class {self.class_name}.{method}"
-        deploy = f"modal deploy {DEPLOY_FILES[self.class_name]}"
-        try:
-            yield
-        except BackendError:
-            raise  # raised by our own code inside the container: already says what happened
-        except modal.exception.NotFoundError as exc:
-            raise BackendError(
-                f"{where}: not found ({exc}). Deploy it first: `{deploy}` "
-                "(with the same Modal environment and workspace as this run)."
-            ) from exc
-        except modal.exception.AuthError as exc:
-            raise BackendError(
-                f"{where}: Modal refused the credentials ({exc}); run `modal token new` "
-                "or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET."
-            ) from exc
-        except _TRANSIENT as exc:
-            raise TransientBackendError(f"{where}: {type(exc).__name__}: {exc}; the shard can be retried.") from exc
-        except Exception as exc:
-            raise BackendError(
-                f"{where} failed: {type(exc).__name__}: {exc}. If the app is older than this code, "
-                f"redeploy it: `{deploy}`."
-            ) from exc
+    def _errors(self, method: str) -> contextlib.AbstractContextManager[None]:
+        return modal_errors(f"Modal app {self.app_name!r} class {self.class_name}.{method}", DEPLOY_FILES[self.class_name])
+
+
+class ModalShards:
+    """Whole shards on a deployed shard class (`TEIShards` / `TorchShards`): a reference goes out,
+    the shard's marker comes back, and the text and vectors stay on the store's Volume.
+
+    Retries: a shard that raised (a transient Modal error included) is retried by the flow's
+    embed task (Prefect: counted, visible in the UI, ending in `_failed/` when exhausted); the
+    deployed classes set `retries=0` so no error is retried twice. Modal itself reschedules the
+    inputs of a container that crashed (OOM, preemption): `run_shard` is idempotent, so that
+    rerun lands on another container and finishes or returns the committed marker.
+    """
+
+    def __init__(self, app_name: str | None, class_name: ClassName = "TEI", *, model_id: str, gpu: str | None = None) -> None:
+        _check_class(class_name)
+        self.app_name = app_name or APP_NAMES[class_name]
+        self.class_name = SHARD_CLASSES[class_name]
+        self.deploy = DEPLOY_FILES[class_name]
+        with modal_errors(f"Modal app {self.app_name!r} class {self.class_name}", self.deploy):
+            cls = modal.Cls.from_name(self.app_name, self.class_name)  # lazy: a missing app fails on the first call
+            if gpu:
+                cls = cls.with_options(gpu=gpu)
+            self._obj = cls(model_id=model_id)
+
+    def run(self, root: str, gen: str, shard: int) -> dict[str, Any]:
+        """Run shard `shard` of the store at mount path `root`; return its marker."""
+        with modal_errors(f"Modal app {self.app_name!r} class {self.class_name}.run_shard (shard {shard})", self.deploy):
+            return self._obj.run_shard.remote(root, gen, shard)
+
+
+class StoreOps:
+    """The deployed `StoreOps` class of `modal_workers/store_app.py`: the store's own operations at its mount."""
+
+    def __init__(self, volume: str) -> None:
+        self.where = f"Modal app {STORE_APP!r} class StoreOps (Volume {volume!r})"
+        with modal_errors(self.where, STORE_DEPLOY_FILE):
+            self._obj = modal.Cls.from_name(STORE_APP, "StoreOps")(volume=volume)
+
+    def call(self, method: str, *args: Any) -> Any:
+        with modal_errors(f"{self.where}.{method}", STORE_DEPLOY_FILE):
+            return getattr(self._obj, method).remote(*args)
+
+
+def store_ops(volume: str) -> StoreOps:
+    return StoreOps(volume)
+
+
+@contextlib.contextmanager
+def modal_errors(where: str, deploy_file: str) -> Iterator[None]:
+    """Turn Modal's failures into the project's: transient ones retryable, the rest with their fix."""
+    deploy = f"modal deploy {deploy_file}"
+    try:
+        yield
+    except BackendError:
+        raise  # raised by our own code inside the container: already says what happened
+    except modal.exception.NotFoundError as exc:
+        raise BackendError(
+            f"{where}: not found ({exc}). Deploy it first: `{deploy}` "
+            "(with the same Modal environment and workspace as this run)."
+        ) from exc
+    except modal.exception.AuthError as exc:
+        raise BackendError(
+            f"{where}: Modal refused the credentials ({exc}); run `modal token new` "
+            "or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET."
+        ) from exc
+    except _TRANSIENT as exc:
+        raise TransientBackendError(f"{where}: {type(exc).__name__}: {exc}; the shard can be retried.") from exc
+    except Exception as exc:
+        raise BackendError(
+            f"{where} failed: {type(exc).__name__}: {exc}. If the app is older than this code, "
+            f"redeploy it: `{deploy}`."
+        ) from exc
+

@@ -1,0 +1,135 @@
+"""`--backend modal` with the store on a Modal Volume: shards fan out as references, markers come back.
+
+Modal's cloud is `tests/standins/modal_cloud.py`: the real `wikiembed.fanout` code in
+container subprocesses over an emulated Volume (commit/reload visibility, crashes
+rescheduled on a new container), embedding with the TEI stand-in. The flow, Prefect and
+the store code are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests.flows.conftest import ROOT
+from tests.standins.modal_cloud import CloudDir, ModalCloud
+from tests.standins.tei_server import embed_texts, start_server
+from wikiembed.model import DEFAULT_MODEL
+from wikiembed.store import Store
+
+# What may cross between the flow's machine and Modal per shard: a reference out, a marker back.
+MAX_REMOTE_BYTES_PER_SHARD = 10_000
+STORE = "modal:wikiembed-store/wiki"
+
+
+@pytest.fixture(scope="module")
+def tei():
+    url, server = start_server(model_id=DEFAULT_MODEL, max_client_batch_size=64)
+    yield url
+    server.stop()
+
+
+def _cloud(tmp_path: Path, tei: str, **kw) -> ModalCloud:  # noqa: ANN003
+    return ModalCloud(CloudDir(tmp_path / "cloud"), {"TEIShards": {"backend": "tei", "tei_url": [tei]}}, **kw)
+
+
+def _assert_store_matches_the_stand_in(store: Path) -> int:
+    """Every marker matches its committed file, and every vector is the TEI stand-in's."""
+    s = Store(store)
+    for marker in (store / "_done").glob("*.json"):
+        assert s.verify_done(int(marker.stem)) is not None, marker.name
+    table = pq.read_table(store / "data")
+    vectors = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
+    assert np.array_equal(vectors, embed_texts(table.column("text").to_pylist()))
+    keys = list(zip(table.column("id").to_pylist(), table.column("chunk_index").to_pylist()))
+    assert len(keys) == len(set(keys))
+    return table.num_rows
+
+
+def test_modal_run_moves_references_and_markers_only(prefect_api, tmp_path: Path, tei: str, monkeypatch) -> None:
+    from wikiembed.flows.cli import status_payload
+    from wikiembed.flows.embed_dataset import embed_dataset
+
+    with _cloud(tmp_path, tei).installed(monkeypatch) as cloud:
+        summary = embed_dataset(source="sample:150", store=STORE, shard_rows=30, backend="modal")
+        status = status_payload(STORE)
+    assert summary["shards_done"] == summary["shards_total"] == 5 and summary["store"] == STORE
+    assert status["done"] == 5 and status["source"] == "sample:150"
+    rows = _assert_store_matches_the_stand_in(cloud.cloud.store("wiki"))
+    assert rows == summary["chunks"]
+    assert (cloud.cloud.store("wiki") / "README.md").exists()  # exported on the Volume
+
+    calls = cloud.cloud.calls()
+    shard_calls = [c for c in calls if c["method"] == "run_shard"]
+    assert sorted(c["shard"] for c in shard_calls) == list(range(5))
+    per_shard = max(c["bytes_out"] + c["bytes_in"] for c in shard_calls)
+    assert per_shard < MAX_REMOTE_BYTES_PER_SHARD
+    # All calls of the run together (plan, states, export included) are control data: far less than the text.
+    text_bytes = sum(len(t.encode()) for t in pq.read_table(cloud.cloud.store("wiki") / "data").column("text").to_pylist())
+    assert sum(c["bytes_out"] + c["bytes_in"] for c in calls) < text_bytes / 5
+
+
+def test_failed_remote_shard_then_rerun_failed(prefect_api, tmp_path: Path, tei: str, monkeypatch) -> None:
+    from wikiembed.flows.cli import main
+
+    with _cloud(tmp_path, tei).installed(monkeypatch) as cloud:
+        cloud.cloud.set_faults(fail_shards={2: "tokenizer: input rejected (422)"})
+        code = main(["run", "--source", "sample:120", "--store", STORE, "--shard-rows", "30", "--backend", "modal"])
+        assert code == 1
+        store = cloud.cloud.store("wiki")
+        failed = json.loads((store / "_failed" / "00002.json").read_text())
+        assert "422" in failed["error"] and failed["attempts"] >= 1
+        assert sorted(p.name for p in (store / "_done").iterdir()) == ["00000.json", "00001.json", "00003.json"]
+        cloud.cloud.set_faults()  # the cause is fixed
+        assert main(["rerun", "--store", STORE, "--failed"]) == 0
+    assert not (store / "_failed" / "00002.json").exists()
+    assert len(list((store / "_done").iterdir())) == 4
+    _assert_store_matches_the_stand_in(store)
+    # Only the failed shard was sent again.
+    assert sorted(c["shard"] for c in cloud.cloud.calls() if c["method"] == "run_shard") == [0, 1, 2, 2, 3]
+
+
+def test_flow_killed_mid_run_resumes_and_a_crashed_container_is_rescheduled(cli_env, tmp_path: Path) -> None:
+    # Slow answers keep shards in flight long enough to kill the flow among them.
+    url, server = start_server(model_id=DEFAULT_MODEL, max_client_batch_size=16, latency_s=0.15)
+    cloud_dir = CloudDir(tmp_path / "cloud")
+    cloud_dir.configure({"TEIShards": {"backend": "tei", "tei_url": [url]}}, max_containers=2)
+    cloud_dir.set_faults(kill_after_data=[1])
+    args = [sys.executable, "-m", "tests.standins.modal_cloud", str(cloud_dir.path), "--",
+            "run", "--source", "sample:240", "--store", STORE, "--shard-rows", "30", "--backend", "modal"]  # fmt: skip
+    done_dir = cloud_dir.store("wiki") / "_done"
+    try:
+        proc = subprocess.Popen(args, env=cli_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if done_dir.exists() and len(list(done_dir.glob("*.json"))) >= 2:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]  # type: ignore[union-attr]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        done_at_kill = len(list(done_dir.glob("*.json")))
+        assert 2 <= done_at_kill < 8
+        resumed = subprocess.run(args, env=cli_env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    finally:
+        server.stop()
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert len(list(done_dir.glob("*.json"))) == 8
+    assert (cloud_dir.path / "killed-1").exists()  # the container that died between data and marker
+    _assert_store_matches_the_stand_in(cloud_dir.store("wiki"))
+    calls = cloud_dir.calls()
+    resumed_shards = [c["shard"] for c in calls if c["method"] == "run_shard"]
+    # Shards committed before the kill were not sent again by the resumed run (at most the ones
+    # in flight at the kill were answered after it and sent twice).
+    assert len(resumed_shards) <= 8 + 2
+    assert max(c["bytes_out"] + c["bytes_in"] for c in calls if c["method"] == "run_shard") < MAX_REMOTE_BYTES_PER_SHARD
+    assert not [p for p in done_dir.parent.glob("data/.*")], "temp files committed as data"
+    assert not list((cloud_dir.store("wiki") / "_failed").glob("*.json"))

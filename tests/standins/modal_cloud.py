@@ -1,0 +1,436 @@
+"""A stand-in for Modal's cloud as the flow uses it: deployed classes, containers, one Volume.
+
+What it may touch: a folder of its own (`CloudDir`), the subprocesses it starts as
+containers, and whatever the real library code they run touches (the store on the
+emulated Volume, the TEI stand-in server it is pointed at).
+
+It replaces `modal.Cls.from_name(app, cls)` and runs the real code behind the deployed
+classes (`wikiembed.fanout`) in separate processes, following the contract Modal
+documents (modal.com/docs/guide/volumes, /docs/guide/retries):
+
+- A container mounts the Volume as it was last committed. Its own writes reach the
+  Volume (and other containers) only when it calls `commit()`; others' commits reach it
+  only when it calls `reload()`, which fails while it holds a file open. Concurrent
+  commits of the same file: the last one wins.
+- A container is a process that serves one input at a time (the shard classes'
+  `max_inputs=1`); at most `max_containers` run, further inputs wait.
+- An exception raised by the function reaches the caller as that exception.
+- A container that dies while working is replaced and its input rescheduled on a new
+  container, which mounts the committed state.
+
+Faults, switchable while running (`CloudDir.set_faults`): `kill_after_data` (shard ids
+whose container dies once, after committing the shard's data and before its marker),
+`fail_shards` (shard id -> message: `run_shard` raises a permanent `BackendError`).
+Every call's pickled request and answer sizes go to `calls.jsonl`.
+
+Use: `with ModalCloud(CloudDir(tmp), backend_opts={...}).installed(monkeypatch): ...` in a
+test, or `python -m tests.standins.modal_cloud CLOUD_DIR -- run --store modal:vol/x ...`
+to run the CLI against it in a subprocess (a flow that can be SIGKILLed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import pickle
+import shutil
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+ROOT = Path(__file__).resolve().parents[2]
+MOUNT = "/store"  # wikiembed.volume_store.STORE_MOUNT, where the deployed apps mount the Volume
+
+
+# ---------------------------------------------------------------------------
+# The cloud's folder: the committed Volume, containers' private views, config, faults, call log
+# ---------------------------------------------------------------------------
+
+
+class CloudDir:
+    def __init__(self, path: Path, volume: str = "wikiembed-store") -> None:
+        self.path = Path(path)
+        self.volume_name = volume
+        self.committed = self.path / "volume"
+        self.committed.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def faults_file(self) -> Path:
+        return self.path / "faults.json"
+
+    @property
+    def calls_file(self) -> Path:
+        return self.path / "calls.jsonl"
+
+    def configure(self, backend_opts: dict[str, Any], max_containers: int = 2) -> None:
+        self.config_file.write_text(json.dumps({"backend_opts": backend_opts, "max_containers": max_containers}))
+
+    def config(self) -> dict[str, Any]:
+        return json.loads(self.config_file.read_text())
+
+    def set_faults(self, kill_after_data: list[int] = (), fail_shards: dict[int, str] | None = None) -> None:
+        tmp = self.faults_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"kill_after_data": list(kill_after_data), "fail_shards": {str(k): v for k, v in (fail_shards or {}).items()}}))
+        os.replace(tmp, self.faults_file)
+
+    def faults(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.faults_file.read_text())
+        except FileNotFoundError:
+            return {"kill_after_data": [], "fail_shards": {}}
+
+    def calls(self) -> list[dict[str, Any]]:
+        if not self.calls_file.exists():
+            return []
+        return [json.loads(line) for line in self.calls_file.read_text().splitlines() if line.strip()]
+
+    def store(self, path: str) -> Path:
+        """The committed copy of a store `modal:VOLUME/PATH`: what any new container would mount."""
+        return self.committed / path
+
+    @contextlib.contextmanager
+    def commit_lock(self) -> Iterator[None]:
+        """Commits and reloads are atomic with respect to each other (a commit is one Volume version)."""
+        with open(self.path / ".commit-lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------------
+# Inside a container: the Volume contract over a private copy
+# ---------------------------------------------------------------------------
+
+
+def _snapshot(root: Path) -> dict[str, tuple]:
+    """relative path -> (kind, size, mtime_ns, link target) for every file and symlink under root."""
+    out: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            if os.path.islink(full):
+                out[rel] = ("link", 0, 0, os.readlink(full))
+            else:
+                st = os.stat(full)
+                out[rel] = ("file", st.st_size, st.st_mtime_ns, None)
+    return out
+
+
+def _copy_entry(src_root: Path, dst_root: Path, rel: str, entry: tuple) -> None:
+    dst = dst_root / rel
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.cloudcopy")
+    if entry[0] == "link":
+        tmp.unlink(missing_ok=True)
+        os.symlink(entry[3], tmp)
+    else:
+        shutil.copy2(src_root / rel, tmp)  # keeps mtime, gets its own inode, as a Volume copy does
+    os.replace(tmp, dst)
+
+
+def _remove_entry(root: Path, rel: str) -> None:
+    path = root / rel
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+
+
+class EmulatedVolume:
+    """`VolumeSync` for one container: a private copy of the Volume, published by `commit()`."""
+
+    stable_stat = False
+
+    def __init__(self, cloud: CloudDir, private: Path) -> None:
+        self.cloud = cloud
+        self.private = private
+        self.private.mkdir(parents=True, exist_ok=True)
+        self.synced: dict[str, tuple] = {}
+        self.shard: int | None = None  # the shard being worked on, for the kill fault
+        self.commits = 0
+        self.reload()  # the container mounts the Volume as last committed
+
+    def _open_files(self) -> list[str]:
+        out = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                if target.startswith(str(self.private) + os.sep):
+                    out.append(target)
+        return out
+
+    def reload(self) -> None:
+        open_files = self._open_files()
+        if open_files:
+            raise RuntimeError(f"Volume reload with open files: {open_files}")  # Modal refuses it too
+        with self.cloud.commit_lock():
+            committed = _snapshot(self.cloud.committed)
+            mine = _snapshot(self.private)
+            for rel, entry in committed.items():
+                if mine.get(rel) != entry:
+                    _copy_entry(self.cloud.committed, self.private, rel, entry)
+            for rel in mine.keys() - committed.keys():
+                _remove_entry(self.private, rel)
+            self.synced = _snapshot(self.private)
+
+    def commit(self) -> None:
+        with self.cloud.commit_lock():
+            mine = _snapshot(self.private)
+            for rel, entry in mine.items():
+                if ".tmp-" in rel:
+                    continue  # a file still being written by a live process
+                if self.synced.get(rel) != entry:
+                    _copy_entry(self.private, self.cloud.committed, rel, entry)
+            for rel in self.synced.keys() - mine.keys():
+                _remove_entry(self.cloud.committed, rel)
+            self.synced = mine
+        self.commits += 1
+        if self.shard is not None and self.commits == 1 and self.shard in self.cloud.faults()["kill_after_data"]:
+            marker = self.cloud.path / f"killed-{self.shard}"
+            if not marker.exists():  # once per shard: the rescheduled input then succeeds
+                marker.write_text(str(os.getpid()))
+                os._exit(137)  # data committed, marker never written: a container lost mid-shard
+
+
+def _local_root(arg: str, private: Path) -> str:
+    if not arg.startswith(MOUNT + "/"):
+        raise ValueError(f"store root {arg!r} is not under the mount {MOUNT}")
+    return str(private / arg[len(MOUNT) + 1 :])
+
+
+def _serve(cloud: CloudDir, private: Path, out: BinaryIO, inp: BinaryIO) -> None:
+    """The container's loop: one request at a time, the real library function, the answer back."""
+    from wikiembed import fanout
+    from wikiembed.errors import BackendError
+
+    sync = EmulatedVolume(cloud, private)
+    backend_opts = cloud.config()["backend_opts"]
+    while True:
+        request = _read_frame(inp)
+        if request is None:
+            return
+        cls, method, args = request
+        try:
+            sync.shard, sync.commits = None, 0
+            if method == "run_shard":
+                root, gen, shard = args
+                sync.shard = shard
+                failure = cloud.faults()["fail_shards"].get(str(shard))
+                if failure:
+                    raise BackendError(f"shard {shard}: {failure}")
+                result = fanout.run_shard(_local_root(root, private), gen, shard, backend_opts[cls], sync)
+            elif method == "prepare":
+                settings = dict(args[0], store=_local_root(args[0]["store"], private))
+                result = fanout.prepare_store(settings, sync)
+            elif method == "view":
+                result = fanout.view_store(_local_root(args[0], private), args[1], sync)
+            elif method == "mark_failed":
+                result = fanout.mark_failed(_local_root(args[0], private), *args[1:], sync=sync)
+            elif method == "forget":
+                result = fanout.forget(_local_root(args[0], private), *args[1:], sync=sync)
+            elif method == "export":
+                result = fanout.export_store(_local_root(args[0], private), *args[1:], sync=sync)
+            else:
+                raise AttributeError(f"{cls} has no method {method!r}")
+            answer = ("ok", result)
+        except Exception as exc:  # noqa: BLE001 - every exception goes back to the caller, as Modal's do
+            answer = ("error", exc)
+        try:
+            _write_frame(out, answer)
+        except BrokenPipeError:
+            return  # the caller is gone (a killed flow): its answer has nowhere to go
+
+
+def _write_frame(fh: BinaryIO, payload: Any) -> int:
+    data = pickle.dumps(payload)
+    fh.write(struct.pack("<Q", len(data)) + data)
+    fh.flush()
+    return len(data)
+
+
+def _read_frame(fh: BinaryIO) -> Any:
+    head = fh.read(8)
+    if len(head) < 8:
+        return None
+    (n,) = struct.unpack("<Q", head)
+    data = fh.read(n)
+    if len(data) < n:
+        return None
+    return pickle.loads(data)
+
+
+# ---------------------------------------------------------------------------
+# The caller's side: Cls.from_name -> instance -> method.remote
+# ---------------------------------------------------------------------------
+
+
+class _Container:
+    def __init__(self, cloud: CloudDir, number: int) -> None:
+        self.private = cloud.path / "containers" / f"c{number:03d}"
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.standins.modal_cloud", "--container", str(cloud.path), str(self.private), cloud.volume_name],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+            env=env,
+        )
+
+    def call(self, request: Any) -> tuple[Any, int, int] | None:
+        """(answer, bytes out, bytes in), or None if the container died."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            sent = _write_frame(self.proc.stdin, request)
+        except BrokenPipeError:
+            return None
+        answer = _read_frame(self.proc.stdout)
+        if answer is None:
+            return None
+        return answer, sent, len(pickle.dumps(answer))
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()  # type: ignore[union-attr]
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class ModalCloud:
+    """The containers of every deployed class, at most `max_containers` per class, least recently used first."""
+
+    def __init__(self, cloud: CloudDir, backend_opts: dict[str, Any] | None = None, max_containers: int = 2) -> None:
+        self.cloud = cloud
+        if backend_opts is not None:
+            cloud.configure(backend_opts, max_containers)
+        self.max_containers = cloud.config()["max_containers"]
+        self._idle: dict[str, list[_Container]] = {}
+        self._count: dict[str, int] = {}
+        self._numbers = 0
+        self._cond = threading.Condition()
+        self._all: list[_Container] = []
+        self.rescheduled = 0
+
+    def _acquire(self, cls: str) -> _Container:
+        with self._cond:
+            while True:
+                idle = self._idle.setdefault(cls, [])
+                if idle:
+                    return idle.pop(0)
+                if self._count.get(cls, 0) < self.max_containers:
+                    self._count[cls] = self._count.get(cls, 0) + 1
+                    self._numbers += 1
+                    container = _Container(self.cloud, self._numbers)
+                    self._all.append(container)
+                    return container
+                self._cond.wait()
+
+    def _release(self, cls: str, container: _Container | None) -> None:
+        with self._cond:
+            if container is None:
+                self._count[cls] -= 1  # a dead container frees its slot
+            else:
+                self._idle[cls].append(container)  # to the back: the next input goes to another one
+            self._cond.notify_all()
+
+    def call(self, cls: str, method: str, args: tuple) -> Any:
+        for _ in range(4):
+            container = self._acquire(cls)
+            done = container.call((cls, method, args))
+            if done is None:  # the container died: Modal starts a new one and reschedules the input
+                container.stop()
+                self._release(cls, None)
+                self.rescheduled += 1
+                continue
+            self._release(cls, container)
+            (status, value), sent, received = done
+            with open(self.cloud.calls_file, "a") as fh:
+                fh.write(json.dumps({"cls": cls, "method": method, "shard": args[2] if method == "run_shard" else None,
+                                     "bytes_out": sent, "bytes_in": received}) + "\n")  # fmt: skip
+            if status == "error":
+                raise value
+            return value
+        import modal.exception
+
+        raise modal.exception.InternalFailure(f"{cls}.{method}: containers kept crashing")
+
+    def from_name(self, app_name: str, class_name: str, **_: Any) -> "_FakeCls":
+        return _FakeCls(self, class_name)
+
+    def stop(self) -> None:
+        for container in self._all:
+            container.stop()
+
+    @contextlib.contextmanager
+    def installed(self, monkeypatch: Any = None) -> Iterator["ModalCloud"]:
+        import modal
+
+        if monkeypatch is not None:
+            monkeypatch.setattr(modal.Cls, "from_name", self.from_name)
+        else:
+            modal.Cls.from_name = self.from_name  # a driver process of its own
+        try:
+            yield self
+        finally:
+            self.stop()
+
+
+class _FakeCls:
+    def __init__(self, cloud: ModalCloud, name: str) -> None:
+        self.cloud, self.name = cloud, name
+
+    def with_options(self, **_: Any) -> "_FakeCls":
+        return self
+
+    def __call__(self, **params: Any) -> "_FakeObj":
+        if self.name == "StoreOps" and params.get("volume") != self.cloud.cloud.volume_name:
+            from wikiembed.errors import InputError
+
+            raise InputError(f"store Volume {params.get('volume')!r} is not the one this app mounts")
+        return _FakeObj(self.cloud, self.name)
+
+
+class _FakeObj:
+    def __init__(self, cloud: ModalCloud, name: str) -> None:
+        self.cloud, self.name = cloud, name
+
+    def __getattr__(self, method: str) -> Any:
+        cloud, name = self.cloud, self.name
+
+        class _Method:
+            @staticmethod
+            def remote(*args: Any) -> Any:
+                return cloud.call(name, method, args)
+
+        return _Method
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--container"]:
+        cloud_dir, private, volume = argv[1:4]
+        out = os.fdopen(os.dup(1), "wb")
+        os.dup2(2, 1)  # library prints go to stderr, never into the answers
+        _serve(CloudDir(Path(cloud_dir), volume), Path(private), out, sys.stdin.buffer)
+        return 0
+    cloud_dir, rest = argv[0], argv[argv.index("--") + 1 :]
+    from wikiembed.flows.cli import main as cli_main
+
+    with ModalCloud(CloudDir(Path(cloud_dir))).installed():
+        return cli_main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

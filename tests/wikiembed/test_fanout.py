@@ -1,0 +1,110 @@
+"""Whole shards where the store is (`wikiembed.fanout`), on a local store and on the emulated Volume.
+
+The Volume is `tests/standins/modal_cloud.py`'s: private copies per container, `commit()`
+to publish, `reload()` to see others' commits (refused with a file open), last commit wins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests.standins.modal_cloud import CloudDir, EmulatedVolume, ModalCloud
+from tests.standins.tei_server import embed_texts, start_server
+from wikiembed import fanout
+from wikiembed.model import DEFAULT_MODEL
+from wikiembed.store import Store
+
+
+@pytest.fixture(scope="module")
+def tei():
+    url, server = start_server(model_id=DEFAULT_MODEL, max_client_batch_size=64)
+    yield {"backend": "tei", "tei_url": [url]}
+    server.stop()
+
+
+def _settings(store: str, rows: int = 60, shard_rows: int = 30) -> dict:
+    return {"source": f"sample:{rows}", "store": store, "shard_rows": shard_rows}
+
+
+def test_run_shard_writes_data_then_marker_and_a_second_call_redoes_nothing(tmp_path: Path, tei: dict) -> None:
+    planned = fanout.prepare_store(_settings(str(tmp_path / "store")))
+    root, gen = planned["store"], planned["gen"]
+    marker = fanout.run_shard(root, gen, 1, tei)
+    store = Store(root, gen)
+    assert store.read_done(1) == marker and store.verify_done(1) == marker
+    table = pq.read_table(store.data_path(1))
+    assert marker["chunks"] == table.num_rows > 0 and len(json.dumps(marker)) < 1000
+    vectors = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
+    assert np.array_equal(vectors, embed_texts(table.column("text").to_pylist()))
+    mtime = store.data_path(1).stat().st_mtime_ns
+    assert fanout.run_shard(root, gen, 1, tei) == marker  # e.g. an input Modal rescheduled after a crash
+    assert store.data_path(1).stat().st_mtime_ns == mtime
+    view = fanout.view_store(root)
+    assert [s["state"] for s in view["states"]] == ["pending", "done"] and view["gen"] == gen
+
+
+class _Recording(EmulatedVolume):
+    """Records what the committed Volume holds after each commit."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        self.history: list[set[str]] = []
+        super().__init__(*args, **kwargs)
+
+    def commit(self) -> None:
+        super().commit()
+        self.history.append({str(p.relative_to(self.cloud.committed)) for p in self.cloud.committed.rglob("*.*")})
+
+
+def test_volume_contract_data_committed_before_marker_and_seen_only_after_reload(tmp_path: Path, tei: dict) -> None:
+    cloud = CloudDir(tmp_path / "cloud")
+    a = _Recording(cloud, tmp_path / "a")
+    b = EmulatedVolume(cloud, tmp_path / "b")
+    planned = fanout.prepare_store(_settings(str(a.private / "s")), a)
+    gen = planned["gen"]
+    b_view_before = fanout.view_store(str(b.private / "s"), gen, b)  # b reloads: sees the committed plan
+    assert [s["state"] for s in b_view_before["states"]] == ["pending", "pending"]
+
+    fanout.run_shard(str(a.private / "s"), gen, 0, tei, a)
+    data, done = f"s/gens/{gen}/data/00000.parquet", f"s/gens/{gen}/_done/00000.json"
+    first_with_marker = next(i for i, files in enumerate(a.history) if done in files)
+    assert first_with_marker > 0 and data in a.history[first_with_marker - 1]  # data was committed first
+
+    # Without a reload, b's copy still has no trace of a's shard; after one, b sees it done.
+    assert not (b.private / done).exists()
+    view = fanout.view_store(str(b.private / "s"), gen, b)
+    assert [s["state"] for s in view["states"]] == ["done", "pending"]
+    assert Store(b.private / "s", gen).verify_done(0) is not None  # b's own copy: another inode, same bytes
+
+    # Uncommitted writes stay private; and a reload with a file open is refused, as on Modal.
+    (b.private / "s" / "note.txt").write_text("b's, uncommitted")
+    a.reload()
+    assert not (a.private / "s" / "note.txt").exists()
+    with open(a.private / done):
+        with pytest.raises(RuntimeError, match="open files"):
+            a.reload()
+
+
+def test_container_killed_between_data_and_marker_is_rescheduled_on_another(tmp_path: Path, tei: dict) -> None:
+    cloud = CloudDir(tmp_path / "cloud")
+    modal_cloud = ModalCloud(cloud, {"TEIShards": tei}, max_containers=2)
+    cloud.set_faults(kill_after_data=[0])
+    try:
+        planned = modal_cloud.call("StoreOps", "prepare", (_settings("/store/s"),))
+        gen = planned["gen"]
+        marker = modal_cloud.call("TEIShards", "run_shard", ("/store/s", gen, 0))
+    finally:
+        modal_cloud.stop()
+    assert modal_cloud.rescheduled == 1 and (cloud.path / "killed-0").exists()
+    store = Store(cloud.store("s"), gen)
+    assert store.verify_done(0) == marker
+    # The first container died after committing the data, before its marker: the second one,
+    # mounting the committed state, found data without a marker ("not done") and redid the shard.
+    containers = sorted(p.name for p in (cloud.path / "containers").iterdir())
+    assert len(containers) == 3  # StoreOps, the killed shard container, its replacement
+    assert all(not n.startswith(".") for n in os.listdir(store.dir / "data"))

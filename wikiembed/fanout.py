@@ -1,0 +1,108 @@
+"""Work done where the store is: one whole shard, and the store's own small operations.
+
+With `--backend modal` the flow fans out shard references, not text: a GPU
+container runs `run_shard` on the store mounted from a Modal Volume (read the
+shard's rows from the snapshot, chunk, embed, write `data/NNNNN.parquet`, then its
+marker) and returns the marker. The flow's machine never sees a chunk or a vector;
+it reads the store's manifest and shard states, records failures and forgets shards
+to rerun through the `StoreOps` functions below, run in a CPU container at the same
+mount. Each function is plain code over a store root and a `StoreSync`, so tests
+run exactly this code in local processes.
+
+Every function starts with `refresh()` (a Volume `reload()`: see what others
+committed) and commits what it writes; `Store.mark_done` commits a shard's data
+before its marker.
+
+Touches: the store under `root` (through `wikiembed.store`), the backend that embeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from wikiembed.backends.base import Backend
+from wikiembed.backends.factory import open_backend
+from wikiembed.checkpoint import embed_shard, record_vector_kind
+from wikiembed.chunking import chunk_shard
+from wikiembed.compact import stored_forms
+from wikiembed.plan import prepare, promote
+from wikiembed.publish import publish, write_card
+from wikiembed.settings import RunSettings
+from wikiembed.store import LOCAL, Store, StoreSync
+
+# The manifest fields the flow reads (the rest stays in the store).
+MANIFEST_VIEW = ("source", "model", "chunking", "plan", "settings", "skipped", "compact", "generation", "previous_generation")
+
+
+def run_shard(
+    root: str, gen: str, shard: int, backend: Backend | dict[str, Any], sync: StoreSync = LOCAL
+) -> dict[str, Any]:
+    """Chunk and embed one shard into `data/NNNNN.parquet` + `_done/NNNNN.json`; return the marker.
+
+    `backend` is an open backend (a container's TEI client or engine) or the options of
+    `open_backend` (`{"backend": "tei", "tei_url": [...]}`), opened once per process.
+
+    Idempotent: a shard whose marker is already committed is returned as is, so an input
+    that Modal reschedules after a crash (or the flow retries after a lost answer) costs
+    one marker read. A container killed between its data and its marker left data without
+    a marker, which is "not done": the shard is redone from the snapshot.
+    """
+    store = Store(root, gen, sync)
+    store.refresh()
+    marker = store.read_done(shard)
+    if marker is not None:
+        return marker
+    manifest = store.read_manifest()
+    chunk_shard(store, shard, manifest)
+    if isinstance(backend, dict):
+        backend = open_backend(model=manifest["model"]["model_id"], **backend)
+    start, end = manifest["plan"]["shards"][shard]
+    forms, int8_calibration = stored_forms(manifest)
+    return embed_shard(store, shard, backend, end - start, forms=forms, int8_calibration=int8_calibration)
+
+
+def prepare_store(settings: dict[str, Any], sync: StoreSync = LOCAL) -> dict[str, Any]:
+    """The download step at the store: snapshot the source and fix the shard plan (see `plan.prepare`)."""
+    sync.reload()
+    prepared = prepare(RunSettings(**settings))
+    sync.commit()
+    return {"store": str(prepared.store.root), "gen": prepared.store.gen, "previous_gen": prepared.previous_gen}
+
+
+def view_store(root: str, gen: str | None = None, sync: StoreSync = LOCAL) -> dict[str, Any]:
+    """What the flow and `status` need: the generation, the manifest's control fields, each shard's state."""
+    store = Store(root, gen, sync)
+    store.refresh()
+    manifest = store.read_manifest()
+    return {
+        "gen": store.gen,
+        "manifest": {k: manifest[k] for k in MANIFEST_VIEW if k in manifest},
+        "states": [asdict(s) for s in store.states(manifest)],
+    }
+
+
+def mark_failed(root: str, gen: str, shard: int, error: str, attempts: int, sync: StoreSync = LOCAL) -> None:
+    store = Store(root, gen, sync)
+    store.refresh()
+    store.mark_failed(shard, error, attempts)
+
+
+def forget(root: str, gen: str, shards: list[int], sync: StoreSync = LOCAL) -> None:
+    """Make shards pending again (for reruns)."""
+    store = Store(root, gen, sync)
+    store.refresh()
+    for k in shards:
+        store.forget(k)
+
+
+def export_store(root: str, gen: str, upload_to: str | None, sync: StoreSync = LOCAL) -> dict[str, Any]:
+    """The export step at the store: card, promotion of `gen`, then the upload (`hub:` / `dir:`)."""
+    store = Store(root, gen, sync)
+    store.refresh()
+    record_vector_kind(store)  # from the markers, which on a Volume only containers can read
+    write_card(store.dir)
+    promoted = promote(store)
+    sync.commit()
+    published = publish(Store(root).root, upload_to) if upload_to else None
+    return {"promoted": promoted, "published": published}
