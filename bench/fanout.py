@@ -1,0 +1,320 @@
+"""Benchmark: shard-level fan-out to Modal, without Modal: the control plane, the data plane, the traffic.
+
+What it may touch: CPU, a scratch folder (`--workdir`, default a temp dir), one TEI
+stand-in server on loopback (`tests/standins/tei_server.py`, in its own process), a
+Prefect API (ephemeral unless PREFECT_API_URL is set), and the `--json` file.
+
+Measured here:
+
+- `control_plane_shards_per_s`: the `embed-dataset` flow with `--backend modal` on a
+  Volume store, the remote shard function answering at once (`InstantCloud`: the store's
+  own operations run in-process on a local folder, a shard writes a one-byte data file and
+  its marker). N / (T_run - T_noop): T_run runs N pending shards, T_noop is the same command
+  again with nothing to do, so start-up, planning and export cancel out.
+- `noop_resume_10000_shards_s`: `wikiembed run` in a fresh process over a Volume store of
+  10,000 done shards: interpreter, Prefect, planning, the state of every shard, the report.
+- `shard_chars_per_s_per_core`: `wikiembed.fanout.run_shard` (read the snapshot, token
+  chunker, TEI client, parquet + marker) on this machine against the TEI stand-in, which
+  answers as fast as it can in another process (it stands for the GPU). Characters of the
+  shard's articles / CPU seconds of this process and its tokenizing workers.
+- `remote_bytes_per_shard_max`: pickled size of what one shard call sends (store mount
+  path, generation, shard id) plus what it gets back (the real marker of the runs above).
+
+Projected (not measured), from those figures and `--gpu-chars-per-s` (the per-GPU embedding
+rate; default: the engine anchor measured on an H100, see README):
+- `wikipedia_minutes_at_50` / `_at_100`: English Wikipedia's 19.56 billion characters with
+  50 / 100 containers. Per container: min(GPU rate, CPU rate of the shard function x the
+  shard classes' cores). Wall: container start + the larger of (characters / (containers x
+  per-container rate), shards / control-plane rate).
+
+    python bench/fanout.py --json bench/results/fanout.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+WIKIPEDIA_CHARS = 19.56e9  # English Wikipedia, as in the original write-up
+WIKIPEDIA_SHARD_ROWS = 20_000  # the default --shard-rows: ~6.8M articles -> ~340 shards
+WIKIPEDIA_ARTICLES = 6.8e6
+CONTAINER_START_S = 120.0  # a cold GPU container with the image cached: order of a minute or two (projection)
+SHARD_CPU = 8.0  # cores of the shard classes (modal_workers/tei_app.py SHARD_CPU)
+# The engine on pre-tokenized text, bge-small shape, bf16 + SDPA, eager, one H100 (measured 2026-11-26,
+# README, Performance: 16.8M chars/s); TEI on an A10G per the original write-up: ~0.2M chars/s.
+DEFAULT_GPU_CHARS_PER_S = 16.8e6
+ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
+       "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL", "HF_HUB_OFFLINE": "1",
+       "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------
+# A Modal that answers at once, in-process, over a local folder as the Volume
+# ---------------------------------------------------------------------------
+
+
+class InstantCloud:
+    """`modal.Cls.from_name` for the control-plane figures: the real store code, no container, no work."""
+
+    def __init__(self, volume_dir: Path) -> None:
+        self.volume_dir = volume_dir
+        self.shard_calls = 0
+
+    def _local(self, mount_path: str) -> str:
+        return str(self.volume_dir / mount_path.removeprefix("/store/"))
+
+    def from_name(self, app_name: str, class_name: str, **_: Any) -> Any:
+        cloud = self
+
+        class Obj:
+            def __getattr__(self, method: str) -> Any:
+                return type("M", (), {"remote": staticmethod(lambda *args: cloud.call(class_name, method, args))})
+
+            def with_options(self, **_: Any) -> "Obj":
+                return self
+
+            def __call__(self, **_: Any) -> "Obj":
+                return self
+
+        return Obj()
+
+    def call(self, cls: str, method: str, args: tuple) -> Any:
+        from wikiembed import fanout
+
+        if method == "run_shard":
+            self.shard_calls += 1
+            return instant_shard(self._local(args[0]), args[1], args[2])
+        if method == "prepare":
+            return fanout.prepare_store({**args[0], "store": self._local(args[0]["store"])})
+        func = {"view": fanout.view_store, "mark_failed": fanout.mark_failed, "forget": fanout.forget,
+                "export": fanout.export_store}[method]  # fmt: skip
+        return func(self._local(args[0]), *args[1:])
+
+    def install(self) -> None:
+        import modal
+
+        modal.Cls.from_name = self.from_name
+
+
+_ONE_ROW: bytes | None = None
+
+
+def _one_row_file() -> bytes:
+    """A valid data file of one chunk (the export step reads every file's schema)."""
+    global _ONE_ROW
+    if _ONE_ROW is None:
+        import io
+
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from wikiembed.checkpoint import data_schema
+
+        schema = data_schema(384)
+        row = {f.name: [None] for f in schema}
+        row.update(id=["0"], url=[""], title=[""], chunk_index=[0], char_start=[0], char_end=[1], text=["x"])
+        row["embedding"] = [[0.0] * 384]
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pydict(row, schema=schema), buf)
+        _ONE_ROW = buf.getvalue()
+    return _ONE_ROW
+
+
+def instant_shard(root: str, gen: str, shard: int) -> dict[str, Any]:
+    """A shard done at once: a one-chunk data file and its marker, as `embed_shard` would record them."""
+    from wikiembed.store import Store, sha256_file
+
+    store = Store(root, gen)
+    path = store.data_path(shard)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_one_row_file())
+    st = path.stat()
+    marker = {"shard": shard, "rows": 1, "chunks": 1, "embedded_chunks": 1, "reused_chunks": 0, "embedded_chars": 1,
+              "sha256": sha256_file(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino,
+              "model": "sentence-transformers/all-MiniLM-L6-v2", "seconds": 0.0}  # fmt: skip
+    store.mark_done(shard, marker)
+    return marker
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, **ENV, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def control_plane(work: Path, shards: int) -> dict[str, float]:
+    os.environ.update(ENV)
+    cloud = InstantCloud(work / "cp-volume")
+    cloud.install()
+    from wikiembed.flows.embed_dataset import embed_dataset
+
+    args = {"source": f"sample:{shards}", "store": "modal:wikiembed-store/cp", "shard_rows": 1, "backend": "modal"}
+    t0 = time.perf_counter()
+    first = embed_dataset(**args)
+    t_run = time.perf_counter() - t0
+    assert first["shards_done"] == shards, first
+    t0 = time.perf_counter()
+    again = embed_dataset(**args)
+    t_noop = time.perf_counter() - t0
+    assert again["shards_done"] == shards and cloud.shard_calls == shards
+    return {"shards": shards, "run_s": round(t_run, 2), "noop_s": round(t_noop, 2),
+            "shards_per_s": round(shards / max(t_run - t_noop, 1e-9), 1)}  # fmt: skip
+
+
+def noop_resume(work: Path, shards: int) -> dict[str, float]:
+    """A Volume store of `shards` done shards, then `wikiembed run` in a fresh process over it."""
+    from wikiembed import fanout
+
+    volume = work / "resume-volume"
+    planned = fanout.prepare_store({"source": f"sample:{shards}", "store": str(volume / "big"), "shard_rows": 1})
+    for k in range(shards):
+        instant_shard(planned["store"], planned["gen"], k)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--driver", str(volume), "--", "run", "--source", f"sample:{shards}",
+           "--store", "modal:wikiembed-store/big", "--shard-rows", "1", "--backend", "modal"]  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"no-op resume failed:\n{proc.stderr[-3000:]}")
+    return {"shards": shards, "seconds": round(seconds, 2)}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tree_cpu_s() -> float:
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def data_plane(work: Path, articles: int, shard_rows: int) -> dict[str, Any]:
+    """run_shard on every shard of `sample:articles`, the TEI stand-in answering from its own process."""
+    import pyarrow.parquet as pq
+
+    from wikiembed import fanout
+    from wikiembed.model import DEFAULT_MODEL
+    from wikiembed.store import Store
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.standins.tei_server", "--port", str(port), "--model-id", DEFAULT_MODEL,
+         "--max-client-batch-size", "256", "--max-batch-tokens", "1000000"],  # fmt: skip
+        cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        planned = fanout.prepare_store({"source": f"sample:{articles}", "store": str(work / "data-plane"), "shard_rows": shard_rows})
+        root, gen = planned["store"], planned["gen"]
+        store = Store(root, gen)
+        snapshot = pq.read_table(store.snapshot_path, columns=["text"]).column("text").to_pylist()
+        plan = store.read_manifest()["plan"]["shards"]
+        opts = {"backend": "tei", "tei_url": [url]}
+        for _ in range(100):  # wait for the server, then warm up: tokenizer, worker pool, connections
+            try:
+                fanout.run_shard(root, gen, 0, opts)
+                break
+            except Exception:  # noqa: BLE001 - not listening yet
+                time.sleep(0.2)
+        store.forget(0)
+        chars, bytes_max, markers = 0, 0, []
+        cpu0, t0 = _tree_cpu_s(), time.perf_counter()
+        for k, (start, end) in enumerate(plan):
+            marker = fanout.run_shard(root, gen, k, opts)
+            chars += sum(len(t) for t in snapshot[start:end])
+            bytes_max = max(bytes_max, len(pickle.dumps(("/store/enwiki", gen, k))) + len(pickle.dumps(marker)))
+            markers.append(marker)
+        wall, cpu = time.perf_counter() - t0, _tree_cpu_s() - cpu0
+    finally:
+        server.terminate()
+        server.wait()
+    return {"articles": articles, "shards": len(plan), "chars": chars, "chunks": sum(m["chunks"] for m in markers),
+            "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "chars_per_s_wall": round(chars / wall),
+            "chars_per_s_per_core": round(chars / cpu), "remote_bytes_per_shard_max": bytes_max}  # fmt: skip
+
+
+def project(per_core: float, shards_per_s: float, gpu_chars_per_s: float, containers: int) -> float:
+    per_container = min(gpu_chars_per_s, per_core * SHARD_CPU)
+    shards = WIKIPEDIA_ARTICLES / WIKIPEDIA_SHARD_ROWS
+    work = WIKIPEDIA_CHARS / (containers * per_container)
+    # A container does whole shards: the last wave waits for the slowest, so round the waves up.
+    waves = -(-shards // containers)
+    work = max(work, waves * (WIKIPEDIA_CHARS / shards) / per_container)
+    return (CONTAINER_START_S + max(work, shards / shards_per_s)) / 60
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--driver"]:  # the CLI in this process, against InstantCloud (for the resume figure)
+        os.environ.update(ENV)
+        InstantCloud(Path(argv[1])).install()
+        from wikiembed.flows.cli import main as cli_main
+
+        return cli_main(argv[argv.index("--") + 1 :])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", required=True)
+    p.add_argument("--workdir")
+    p.add_argument("--control-shards", type=int, default=500)
+    p.add_argument("--resume-shards", type=int, default=10_000)
+    p.add_argument("--articles", type=int, default=6000)
+    p.add_argument("--shard-rows", type=int, default=2000)
+    p.add_argument("--gpu-chars-per-s", type=float, default=DEFAULT_GPU_CHARS_PER_S)
+    args = p.parse_args(argv)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="wikiembed-fanout-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        data = data_plane(work, args.articles, args.shard_rows)
+        print(f"data plane: {data}", flush=True)
+        cp = control_plane(work, args.control_shards)
+        print(f"control plane: {cp}", flush=True)
+        resume = noop_resume(work, args.resume_shards)
+        print(f"no-op resume: {resume}", flush=True)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                    "note": "shared 2-core development machine; other engineers' jobs ran at the same time"},  # fmt: skip
+        "control_plane_shards_per_s": cp["shards_per_s"],
+        "noop_resume_10000_shards_s": resume["seconds"] if args.resume_shards == 10_000 else None,
+        "shard_chars_per_s_per_core": data["chars_per_s_per_core"],
+        "remote_bytes_per_shard_max": data["remote_bytes_per_shard_max"],
+        "wikipedia_minutes_at_50": round(project(data["chars_per_s_per_core"], cp["shards_per_s"], args.gpu_chars_per_s, 50), 1),
+        "wikipedia_minutes_at_100": round(project(data["chars_per_s_per_core"], cp["shards_per_s"], args.gpu_chars_per_s, 100), 1),
+        "projection_inputs": {"gpu_chars_per_s": args.gpu_chars_per_s, "shard_cpu": SHARD_CPU,
+                              "container_start_s": CONTAINER_START_S, "wikipedia_chars": WIKIPEDIA_CHARS,
+                              "wikipedia_shards": WIKIPEDIA_ARTICLES / WIKIPEDIA_SHARD_ROWS},  # fmt: skip
+        "details": {"data_plane": data, "control_plane": cp, "noop_resume": resume},
+        "command": "python bench/fanout.py " + " ".join(argv),
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("details", "machine")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
