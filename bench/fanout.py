@@ -154,12 +154,33 @@ def _env() -> dict[str, str]:
     return {**os.environ, **ENV, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
+def bare_prefect(n: int) -> float:
+    """Prefect's own floor on this machine now: `n` trivial tasks submitted from one flow, as our flow does."""
+    from prefect import flow, task
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    @task
+    def nothing(k: int) -> int:
+        return k
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=200))
+    def bare(n: int) -> None:
+        futures = [nothing.submit(k) for k in range(n)]
+        for f in futures:
+            f.result()
+
+    t0 = time.perf_counter()
+    bare(n)
+    return time.perf_counter() - t0
+
+
 def control_plane(work: Path, shards: int) -> dict[str, float]:
     os.environ.update(ENV)
     cloud = InstantCloud(work / "cp-volume")
     cloud.install()
     from wikiembed.flows.embed_dataset import embed_dataset
 
+    embed_dataset(source="sample:2", store="modal:wikiembed-store/warm-up", shard_rows=1, backend="modal")  # Prefect's start
     args = {"source": f"sample:{shards}", "store": "modal:wikiembed-store/cp", "shard_rows": 1, "backend": "modal"}
     t0 = time.perf_counter()
     first = embed_dataset(**args)
@@ -168,9 +189,11 @@ def control_plane(work: Path, shards: int) -> dict[str, float]:
     t0 = time.perf_counter()
     again = embed_dataset(**args)
     t_noop = time.perf_counter() - t0
-    assert again["shards_done"] == shards and cloud.shard_calls == shards
+    assert again["shards_done"] == shards and cloud.shard_calls == shards + 2
+    t_bare = bare_prefect(shards)
     return {"shards": shards, "run_s": round(t_run, 2), "noop_s": round(t_noop, 2),
-            "shards_per_s": round(shards / max(t_run - t_noop, 1e-9), 1)}  # fmt: skip
+            "shards_per_s": round(shards / max(t_run - t_noop, 1e-9), 1),
+            "bare_prefect_tasks_per_s": round(shards / t_bare, 1)}  # fmt: skip
 
 
 def noop_resume(work: Path, shards: int) -> dict[str, float]:
@@ -239,6 +262,14 @@ def data_plane(work: Path, articles: int, shard_rows: int) -> dict[str, Any]:
             except Exception:  # noqa: BLE001 - not listening yet
                 time.sleep(0.2)
         store.forget(0)
+        # Where the shard function's CPU goes: the token chunker alone, over the same shards.
+        from wikiembed.chunking import chunk_shard
+
+        manifest = store.read_manifest()
+        cpu0 = _tree_cpu_s()
+        for k in range(len(plan)):
+            chunk_shard(store, k, manifest)
+        chunk_cpu = _tree_cpu_s() - cpu0
         chars, bytes_max, markers = 0, 0, []
         cpu0, t0 = _tree_cpu_s(), time.perf_counter()
         for k, (start, end) in enumerate(plan):
@@ -252,7 +283,8 @@ def data_plane(work: Path, articles: int, shard_rows: int) -> dict[str, Any]:
         server.wait()
     return {"articles": articles, "shards": len(plan), "chars": chars, "chunks": sum(m["chunks"] for m in markers),
             "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "chars_per_s_wall": round(chars / wall),
-            "chars_per_s_per_core": round(chars / cpu), "remote_bytes_per_shard_max": bytes_max}  # fmt: skip
+            "chars_per_s_per_core": round(chars / cpu), "chunker_cpu_s": round(chunk_cpu, 2),
+            "chunker_share_of_cpu": round(chunk_cpu / cpu, 2), "remote_bytes_per_shard_max": bytes_max}  # fmt: skip
 
 
 def project(per_core: float, shards_per_s: float, gpu_chars_per_s: float, containers: int) -> float:
