@@ -220,9 +220,10 @@ def _announce_estimate(store: Store, manifest: dict[str, Any], pending: list[int
 
 def _finish(store: Store | VolumeStore, settings: RunSettings, run: dict[str, Any], started: float, changes=None, predicted=None) -> dict[str, Any]:  # noqa: ANN001
     all_done = all(s.state == "done" for s in store.states())
-    # Before the export, so the card it writes carries the check.
-    # The check reads vectors: local stores only (a Volume store's vectors stay in the cloud).
-    checked = eval_task(str(store.root), store.gen, settings.eval_sample) if all_done and settings.eval_sample and isinstance(store, Store) else None
+    # Before the export, so the card it writes carries the check. It reads vectors: local stores
+    # only (a Volume store's vectors stay in the cloud).
+    local = isinstance(store, Store)
+    checked = eval_task(str(store.root), store.gen, settings.eval_sample) if all_done and settings.eval_sample and local else None
     if all_done:
         export_task(str(store.root), store.gen, settings.upload_to)
     summary = _summary(store, run, time.perf_counter() - started)
