@@ -24,7 +24,6 @@ from prefect.tasks import exponential_backoff
 from wikiembed.backends.factory import open_backend
 from wikiembed.backends.modal_client import ModalShards
 from wikiembed.checkpoint import embed_shard
-from wikiembed.compact import stored_forms
 from wikiembed.plan import VectorIndex
 from wikiembed.progress import Progress
 from wikiembed.store import Store
@@ -62,10 +61,7 @@ def embed_task(
         backend = open_backend(model=manifest["model"]["model_id"], **backend_opts)
         reuse = reuse_index(store, reuse_gen) if reuse_gen else None
         rows = manifest["plan"]["shards"][shard][1] - manifest["plan"]["shards"][shard][0]
-        forms, int8_calibration = stored_forms(manifest)
-        marker = embed_shard(
-            s, shard, backend, rows, reuse=reuse, progress=Progress.current().add_chunks, forms=forms, int8_calibration=int8_calibration
-        )
+        marker = embed_shard(s, shard, backend, rows, reuse=reuse, progress=Progress.current().add_chunks)
     return {**marker, "attempts": task_run.run_count or 1}
 
 

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from wikiembed.backends.base import Backend, VectorKind, check_vectors
 from wikiembed.chunking import CHUNK_SCHEMA
-from wikiembed.compact import Form, arrow_column, encode
+from wikiembed.compact import Form, arrow_column, encode, stored_forms
 from wikiembed.errors import InputError
 from wikiembed.store import Store, sha256_file, store_os_error
 
@@ -110,16 +110,15 @@ def embed_shard(
     *,
     reuse: VectorSource | None = None,
     progress: ProgressFn | None = None,
-    forms: Sequence[Form] = (),
-    int8_calibration: dict[str, Any] | None = None,
 ) -> dict:
     """Embed `chunks/NNNNN.parquet` into `data/NNNNN.parquet` and mark the shard done; returns the marker.
 
-    `forms` are the store's compact forms (wikiembed/compact.py), written as extra columns
-    derived from the same float32 vectors.
+    The store's compact forms (manifest `compact`, wikiembed/compact.py) are written as extra
+    columns derived from the same float32 vectors, whoever calls this (a flow task or a worker).
     """
     started = time.perf_counter()
     manifest = store.read_manifest()
+    forms, int8_calibration = stored_forms(manifest)
     check_kind(store, manifest, backend.kind)
     dim = int(manifest["model"]["dim"])
     chunks_file = pq.ParquetFile(store.chunks_path(shard))
