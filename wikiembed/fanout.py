@@ -25,7 +25,6 @@ from wikiembed.backends.base import Backend
 from wikiembed.backends.factory import open_backend
 from wikiembed.checkpoint import embed_shard, record_vector_kind
 from wikiembed.chunking import chunk_shard
-from wikiembed.compact import stored_forms
 from wikiembed.plan import prepare, promote
 from wikiembed.publish import publish, write_card
 from wikiembed.settings import RunSettings
@@ -58,8 +57,7 @@ def run_shard(
     if isinstance(backend, dict):
         backend = open_backend(model=manifest["model"]["model_id"], **backend)
     start, end = manifest["plan"]["shards"][shard]
-    forms, int8_calibration = stored_forms(manifest)
-    return embed_shard(store, shard, backend, end - start, forms=forms, int8_calibration=int8_calibration)
+    return embed_shard(store, shard, backend, end - start)  # writes the store's compact forms too
 
 
 def prepare_store(settings: dict[str, Any], sync: StoreSync = LOCAL) -> dict[str, Any]:
