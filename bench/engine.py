@@ -17,8 +17,7 @@ included), in one process:
 
 and, with --compile, (c) again with torch.compile (its startup, compile included,
 reported apart), after every eager number is written; with --also-bf16 on CPU,
-(c) in bf16 too (an opt-in there: the CPU default is fp32); with --onednn-ab on CPU,
-(c) against itself without its packed oneDNN linears (the gain that keeps them). Each (c) vector is
+(c) in bf16 too (an opt-in there: the CPU default is fp32). Each (c) vector is
 compared with (a)'s by cosine. Repeats alternate the methods and keep each
 method's best time: other work on the machine only ever slows a run down, so
 the fastest repeat is the closest to its real speed.
@@ -291,7 +290,7 @@ def bench_model(
     result.update(
         methods=methods,
         engine_settings={"dtype": engine.dtype, "max_batch_tokens": engine.max_batch_tokens,
-                         "onednn_linears": engine.onednn_linears, "torch_threads": torch.get_num_threads()},
+                         "torch_threads": torch.get_num_threads()},
         engine_chars_per_s=methods["engine"]["chars_per_s"],
         st_fp32_chars_per_s=methods["st_fp32_b32"]["chars_per_s"],
         st_fp16_chars_per_s=methods["st_fp16_b256"]["chars_per_s"] if on_cuda else None,
@@ -330,46 +329,6 @@ def bench_compiled(
         compiled.close()
     except Exception as exc:  # a failed compile must not lose the eager numbers
         result["engine_compiled_error"] = f"{type(exc).__name__}: {exc}"[:500]
-
-
-def onednn_gain(path: Path, chunks: Sequence[str], *, repeats: int, result: dict[str, Any]) -> None:
-    """CPU: the engine with its packed oneDNN linears against the same engine on plain nn.Linear.
-
-    The packed path uses torch's private `torch.ops.mkldnn` ops, kept only for a
-    measured gain: this records it. Both wall time and process CPU time (all
-    threads) are kept, best of the repeats, alternating: CPU time is the steadier
-    figure on a machine shared with other work.
-    """
-    import warnings
-
-    from wikiembed.backends import engine as engine_module
-    from wikiembed.backends.engine import TorchEngine
-
-    packed = TorchEngine(str(path), device="cpu")
-    saved = engine_module.ONEDNN_PROBE_TOLERANCE
-    engine_module.ONEDNN_PROBE_TOLERANCE = -1.0  # no probe passes: the engine keeps plain nn.Linear
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            plain = TorchEngine(str(path), device="cpu")
-    finally:
-        engine_module.ONEDNN_PROBE_TOLERANCE = saved
-    assert packed.onednn_linears > 0 and plain.onednn_linears == 0
-    best = {"packed": [float("inf"), float("inf")], "plain": [float("inf"), float("inf")]}
-    outputs = {}
-    for _ in range(repeats):
-        for name, eng in (("packed", packed), ("plain", plain)):
-            wall, cpu = time.perf_counter(), time.process_time()
-            outputs[name] = eng.embed(chunks)
-            best[name] = [min(best[name][0], time.perf_counter() - wall), min(best[name][1], time.process_time() - cpu)]
-    result["onednn"] = {
-        "linears": packed.onednn_linears,
-        "speedup_wall": round(best["plain"][0] / best["packed"][0], 3),
-        "speedup_cpu_time": round(best["plain"][1] / best["packed"][1], 3),
-        "max_abs_diff": float(np.abs(outputs["packed"] - outputs["plain"]).max()),
-    }
-    packed.close()
-    plain.close()
 
 
 def _bge_small(explicit: str | None, scratch: Path) -> tuple[Path, str]:
@@ -461,7 +420,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(MODEL_CHOICES), help=f"comma-separated, of {MODEL_CHOICES}")
     parser.add_argument("--compile", action="store_true", help="also time the engine with torch.compile")
     parser.add_argument("--also-bf16", action="store_true", help="on CPU, also time the engine in bf16 (opt-in there)")
-    parser.add_argument("--onednn-ab", action="store_true", help="on CPU, also time the engine without its packed oneDNN linears")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per method (default: 1 cuda, 3 cpu)")
     parser.add_argument("--minilm", default=None, help="MiniLM folder (default: the bundled one; see --export-minilm)")
     parser.add_argument("--bge-small", default=None, help=f"a {BGE_SMALL_ID} folder (default: Hub cache, else random)")
@@ -526,8 +484,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             result, _, _ = _describe(name, path, weights, chunks)
             payload["models"][name] = result
             reference = bench_model(path, chunks, device, repeats=repeats, also_bf16=args.also_bf16, result=result)
-            if args.onednn_ab and device == "cpu":
-                onednn_gain(path, chunks, repeats=repeats, result=result)
             references[name] = (path, reference)
             _headline(payload)
             _write(args.json, payload)

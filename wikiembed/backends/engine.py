@@ -21,11 +21,7 @@ How it is fast:
 - CUDA: bf16 with SDPA attention; pinned host memory and non-blocking copies;
   results stay on the GPU until the next window is queued behind them, so the
   GPU never waits for the host to copy vectors back.
-- CPU: fp32, so the output matches sentence-transformers. Linear layers run
-  on torch's own oneDNN kernel with weights packed once at load (what
-  torch.compile's freezing pass does on CPU, without the compile), with an
-  exact GELU that follows folded into it; a probe at load checks the result
-  against the plain model and keeps the plain model if they differ. Batches
+- CPU: fp32, so the output matches sentence-transformers. Batches
   run in parallel on one single-threaded worker per core instead of one batch
   at a time split over all cores: no OpenMP fork/join around every operator,
   and small batches that stay in each core's cache.
@@ -43,7 +39,6 @@ alone (`[CLS] [SEP]` for BERT), again as sentence-transformers does.
 from __future__ import annotations
 
 import threading
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -95,11 +90,6 @@ TOKENIZE_PART_TEXTS = 1_024
 # so exact lengths (no padding, mostly no mask) are cheapest; a compiled graph
 # should see few, aligned shapes.
 LENGTH_BUCKET = {"eager": 1, "compiled": 16}
-
-# Packed oneDNN linears must reproduce the plain model on a probe batch to
-# within this (max abs difference of the hidden states; fp32 reorderings of
-# the same sums differ by ~1e-5).
-ONEDNN_PROBE_TOLERANCE = 1e-3
 
 # Default compute dtype per device type: bf16 keeps fp32's range (no overflow
 # in long sums) at tensor-core speed; CPU stays fp32 to match the reference.
@@ -248,76 +238,6 @@ def _out_of_memory_error(torch: Any) -> type[BaseException]:
     return getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
 
 
-def _is_exact_gelu(module: Any) -> bool:
-    import torch
-
-    if isinstance(module, torch.nn.GELU):
-        return module.approximate == "none"
-    # transformers' GELUActivation (BERT, RoBERTa, MPNet, ...) wrapping F.gelu.
-    return type(module).__name__ == "GELUActivation" and getattr(module, "act", None) is torch.nn.functional.gelu
-
-
-def _use_onednn_linears(model: Any, rows_hint: int) -> int:
-    """Run `model`'s nn.Linear layers on torch's oneDNN kernel with packed weights; return how many.
-
-    An exact GELU applied right after a linear (the `dense` +
-    `intermediate_act_fn` pair of BERT-family encoders) is folded into it. The
-    ops are torch's own (`torch.ops.mkldnn`, the ones torch.compile emits on
-    CPU) but not public API, so a probe batch must give the plain model's
-    output first; otherwise the model is left as it was and a warning says so.
-    The plain weights are dropped once packed, so memory does not double.
-    """
-    import torch
-
-    if not torch.backends.mkldnn.is_available():
-        return 0
-    probe_ids = torch.arange(1, 65, dtype=torch.long).reshape(2, 32) % 1000 + 1000
-    probe_mask = torch.ones_like(probe_ids)
-    probe_mask[1, 20:] = 0
-    saved: list[tuple[Any, str, Any]] = []  # (module, attribute, old value), to undo
-
-    def swap(module: Any, name: str, value: Any) -> None:
-        saved.append((module, name, module.__dict__.get(name, getattr(module, name))))
-        setattr(module, name, value)
-
-    with torch.inference_mode():
-        reference = model(input_ids=probe_ids, attention_mask=probe_mask).last_hidden_state
-        try:
-            fused = set()
-            for parent in model.modules():
-                dense, act = getattr(parent, "dense", None), getattr(parent, "intermediate_act_fn", None)
-                if isinstance(dense, torch.nn.Linear) and _is_exact_gelu(act):
-                    fused.add(dense)
-                    swap(parent, "intermediate_act_fn", torch.nn.Identity())
-            count = 0
-            for module in list(model.modules()):
-                if not isinstance(module, torch.nn.Linear):
-                    continue
-                packed = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), rows_hint)
-                bias, attr = module.bias, ("gelu" if module in fused else "none")
-                algorithm = "none" if attr == "gelu" else ""
-
-                def forward(x: Any, packed: Any = packed, bias: Any = bias, attr: str = attr, alg: str = algorithm) -> Any:
-                    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, attr, [], alg)
-
-                swap(module, "forward", forward)  # an instance attribute wins over the class's forward
-                swap(module, "weight", None)  # the packed copy replaces it (and the probe proves nothing reads it)
-                count += 1
-            got = model(input_ids=probe_ids, attention_mask=probe_mask).last_hidden_state
-            error = float((got - reference).abs().max())
-            if not error <= ONEDNN_PROBE_TOLERANCE:
-                raise ValueError(f"probe differs from the plain model by {error:.2e}")
-        except Exception as exc:  # any failure: keep the plain model, which is always right
-            for module, name, old in reversed(saved):
-                if name == "forward":
-                    del module.forward
-                else:
-                    setattr(module, name, old)
-            warnings.warn(f"oneDNN packed linears not used ({type(exc).__name__}: {exc}); running plain nn.Linear.")
-            return 0
-    return count
-
-
 def _join(start: int, parts: list[tuple[np.ndarray, np.ndarray]]) -> _Window:
     """One window from consecutive tokenized parts (each with offsets from 0)."""
     if len(parts) == 1:
@@ -413,9 +333,6 @@ class TorchEngine:
             ) from exc
         self._vocab_size = int(net.config.vocab_size)
         self._model = net.to(device=self.device, dtype=self._dtype).eval()
-        self.onednn_linears = 0  # how many linear layers run packed (CPU, fp32)
-        if kind == "cpu" and self._dtype == torch.float32 and not compile:
-            self.onednn_linears = _use_onednn_linears(self._model, rows_hint=self.max_batch_tokens)
         # Padded positions are masked out, but some models (RoBERTa) derive
         # position ids from the pad id, so pad with the model's own.
         self._pad_id = int(getattr(net.config, "pad_token_id", None) or 0)

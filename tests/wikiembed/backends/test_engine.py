@@ -234,21 +234,6 @@ def test_bge_small_shaped_random_folder_builds_and_matches(bench: object, tmp_pa
     assert cosines(got, want).min() >= MIN_COSINE
 
 
-def test_plain_linears_are_kept_when_the_packed_ones_fail_their_probe(
-    monkeypatch: pytest.MonkeyPatch, engine: TorchEngine, reference: SentenceTransformer
-) -> None:
-    monkeypatch.setattr(engine_module, "ONEDNN_PROBE_TOLERANCE", -1.0)  # no result can pass
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with TorchEngine(DEFAULT_MODEL, device="cpu") as plain:
-            assert plain.onednn_linears == 0
-            got = plain.embed(VARIED)
-    if torch.backends.mkldnn.is_available():
-        assert engine.onednn_linears > 0
-        assert any("oneDNN packed linears not used" in str(w.message) for w in caught)
-    np.testing.assert_allclose(got, st_encode(reference, VARIED), atol=1e-5)
-
-
 def test_cpu_workers_leave_torch_thread_settings_alone(engine: TorchEngine) -> None:
     before = torch.get_num_threads()
     with TorchEngine(DEFAULT_MODEL, device="cpu") as other:
