@@ -10,11 +10,14 @@ Touches: argv, stdout/stderr, and whatever the command's flow touches.
 from __future__ import annotations
 
 import argparse
+import contextvars
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 # Defaults for a terminal: no Prefect telemetry (it also causes SQLite "database is
 # locked" noise). The CLI prints its own progress bar, summary and errors, so
@@ -29,6 +32,8 @@ _ENV_DEFAULTS = {
 }
 
 EXIT_OK, EXIT_FAILED_SHARDS, EXIT_USAGE = 0, 1, 2
+# How long a stop (Ctrl-C, SIGTERM) waits for the temporary Prefect server to exit.
+STOP_SERVER_WAIT_S = 2.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="per-shard state of a store")
     status.add_argument("--store", required=True)
     status.add_argument("--json", action="store_true")
+    status.add_argument("--verify", action="store_true", help="hash every done shard's data file (slow, thorough)")
 
     rerun = sub.add_parser("rerun", help="re-embed chosen or failed shards with the store's settings")
     rerun.add_argument("--store", required=True)
@@ -75,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--store", required=True)
     export.add_argument("--to", required=True, help="destination folder")
     export.add_argument("--allow-partial", action="store_true", help="publish the done shards even if some are not")
+    export.add_argument("--replace", action="store_true", help="export into a folder wikiembed did not write, replacing its files")
 
     upload = sub.add_parser("upload", help="publish to the Hugging Face Hub (hub:ORG/NAME) or a folder (dir:PATH)")
     upload.add_argument("--store", required=True)
@@ -83,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     upload.add_argument("--revision")
     upload.add_argument("--create-pr", action="store_true")
     upload.add_argument("--allow-partial", action="store_true", help="publish the done shards even if some are not")
+    upload.add_argument("--replace", action="store_true", help="with dir:PATH, write into a folder wikiembed did not write")
 
     est = sub.add_parser("estimate", help="what a run would cost: chunks, tokens, GPU-hours, wall time, dollars")
     est.add_argument("--source", required=True, help="as for run")
@@ -188,18 +196,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = RunSettings(**params)
     check_store_for_backend(settings.backend, settings.store)  # before Prefect starts: fast, clean messages
     resolve(settings)
-    summary = embed_dataset(**params)
+    summary = _in_flow_thread(embed_dataset, **params)
     _print_summary(summary)
     _write_json(args.summary_json, summary)
     return EXIT_FAILED_SHARDS if summary["shards_failed"] or summary["shards_done"] < summary["shards_total"] else EXIT_OK
 
 
-def status_payload(store_dir: str) -> dict[str, Any]:
+def status_payload(store_dir: str, verify: bool = False) -> dict[str, Any]:
     from wikiembed.volume_store import open_store
 
     store = open_store(store_dir)
     manifest = store.read_manifest()
-    states = store.states(manifest)
+    states = store.states(manifest, verify=verify)
     return {
         "store": str(store.root),
         "generation": store.gen,
@@ -221,10 +229,11 @@ def status_payload(store_dir: str) -> dict[str, Any]:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    payload = status_payload(args.store)
+    payload = status_payload(args.store, verify=args.verify)
+    code = EXIT_FAILED_SHARDS if args.verify and payload["changed"] else EXIT_OK
     if args.json:
         print(json.dumps(payload, indent=1))
-        return EXIT_OK
+        return code
     print(f"store {payload['store']} (generation {payload['generation']})")
     print(f"source {payload['source']} | model {payload['model']} | chunking {payload['chunking']}")
     print(f"{'shard':>6}  {'state':<8} {'rows':>8} {'chunks':>8}  error")
@@ -233,11 +242,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"{s['shard']:>6}  {s['state']:<8} {s['rows']:>8} {chunks:>8}  {(s['error'] or '')[:100]}")
     print(f"done {payload['done']}, failed {payload['failed']}, pending {payload['pending']}, skipped rows {payload['skipped_rows']}")
     if payload["changed"]:
+        ids = ",".join(str(x["shard"]) for x in payload["shards"] if x["state"] == "changed")
         print(f"changed {payload['changed']}: data no longer matches its _done marker; "
-              f"`wikiembed rerun --failed --store {payload['store']}` redoes them")
+              f"`wikiembed rerun --store {payload['store']} --shards {ids}` redoes them")
     if payload["skipped"]:
         print("skipped rows by reason: " + ", ".join(f"{k}: {v}" for k, v in sorted(payload["skipped"].items())))
-    return EXIT_OK
+    if args.verify and not payload["changed"]:
+        print("verified: every done shard's data file matches its marker (sha256)")
+    return code
 
 
 def _cmd_rerun(args: argparse.Namespace) -> int:
@@ -251,16 +263,17 @@ def _cmd_rerun(args: argparse.Namespace) -> int:
             shards = [int(x) for x in args.shards.split(",") if x.strip()]
         except ValueError:
             raise InputError(f"--shards {args.shards!r}: give comma-separated shard ids, e.g. --shards 3,17.") from None
-    summary = rerun_shards(store=args.store, shards=shards)
+    summary = _in_flow_thread(rerun_shards, store=args.store, shards=shards)
     _print_summary(summary)
     _write_json(args.summary_json, summary)
-    return EXIT_FAILED_SHARDS if summary["shards_failed"] else EXIT_OK
+    unfinished = summary["shards_failed"] or summary["shards_done"] < summary["shards_total"]
+    return EXIT_FAILED_SHARDS if unfinished else EXIT_OK
 
 
 def _cmd_publish(args: argparse.Namespace, target: str) -> int:
     from wikiembed.publish import publish
 
-    kwargs: dict[str, Any] = {"allow_partial": args.allow_partial}
+    kwargs: dict[str, Any] = {"allow_partial": args.allow_partial, "replace": args.replace}
     if args.command == "upload":
         kwargs.update(private=args.private, revision=args.revision, create_pr=args.create_pr)
     result = publish(Path(args.store), target, **kwargs)
@@ -338,6 +351,64 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _in_flow_thread(flow: Callable[..., dict[str, Any]], **params: Any) -> dict[str, Any]:
+    """Run a flow in a worker thread, so the main thread keeps the signals: Prefect installs no
+    SIGTERM handler off the main thread, and a stop never waits for a shard in flight."""
+    _start_own_api_server()
+    outcome: dict[str, Any] = {}
+    context = contextvars.copy_context()
+
+    def target() -> None:
+        try:
+            outcome["summary"] = context.run(flow, **params)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="wikiembed-flow", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)  # short waits: signal handlers run between them
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["summary"]
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM stop at once: one line, the temporary server stopped, exit 128 + signal.
+
+    What is on disk stays resumable as after a SIGKILL: data and markers are written to temp
+    names and renamed, the store's flock dies with the process, and the next run removes the
+    temp files of dead processes."""
+
+    def stop(signum: int, frame: object) -> None:
+        what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        print(f"wikiembed: {what}; finished shards are kept, run the same command to resume.", file=sys.stderr, flush=True)
+        _stop_own_api_server(wait_s=STOP_SERVER_WAIT_S)
+        sys.stdout.flush()
+        os._exit(128 + signum)  # don't wait for shard threads: their work is redone on resume
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
+_OWN_SERVER: list[Any] = []  # the temporary Prefect API server this process started, if any
+
+
+def _start_own_api_server() -> None:
+    """Start the Prefect API this run talks to, unless one is configured (see api_server.py)."""
+    from wikiembed.flows.api_server import ApiServer, needs_own_server
+
+    if not _OWN_SERVER and needs_own_server():
+        server = ApiServer()
+        _OWN_SERVER.append(server)
+        server.start()
+
+
+def _stop_own_api_server(wait_s: float = 5.0) -> None:
+    while _OWN_SERVER:
+        _OWN_SERVER.pop().stop(wait_s=wait_s)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     for key, value in _ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -349,6 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("run", "rerun", "search", "eval"):
         # Our progress bar is the one to watch; transformers' weight-loading bar would break its line.
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if args.command in ("run", "rerun"):
+        _stop_on_signals()
     try:
         if args.command == "run":
             return _cmd_run(args)
@@ -376,6 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("wikiembed: interrupted; finished shards are kept, run the same command to resume.", file=sys.stderr)
         return 130
+    finally:
+        _stop_own_api_server()
 
 
 if __name__ == "__main__":

@@ -20,12 +20,13 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from wikiembed.backends.factory import backend_retries
+from wikiembed.backends.factory import backend_retries, open_backend
 from wikiembed.checkpoint import record_vector_kind
-from wikiembed.errors import InputError, StoreError, WikiembedError
+from wikiembed.errors import BackendError, InputError, StoreError, TransientBackendError, WikiembedError
 from wikiembed.estimate import compare, markdown as estimate_markdown, one_line, run_hardware, store_estimate
+from wikiembed.plan import check_snapshot
 from wikiembed.progress import Progress
-from wikiembed.settings import DEFAULT_SHARD_ROWS, RunSettings
+from wikiembed.settings import RunSettings
 from wikiembed.store import Store
 from wikiembed.tasks.calibrate import calibrate_task
 from wikiembed.tasks.download import download_task
@@ -218,6 +219,15 @@ def _announce_estimate(store: Store, manifest: dict[str, Any], pending: list[int
     return predicted
 
 
+def check_backend(settings: RunSettings, model: str) -> None:
+    """Open the backend once before any shard starts: a wrong URL, an unreachable server or a
+    missing model fails the run in seconds with one clear message, not once per shard."""
+    try:
+        open_backend(model=model, **_backend_opts(settings))
+    except TransientBackendError as exc:  # already retried inside the backend
+        raise BackendError(f"the {settings.backend} backend could not be opened: {exc}") from exc
+
+
 def _finish(store: Store | VolumeStore, settings: RunSettings, run: dict[str, Any], started: float, changes=None, predicted=None) -> dict[str, Any]:  # noqa: ANN001
     all_done = all(s.state == "done" for s in store.states())
     # Before the export, so the card it writes carries the check. It reads vectors: local stores
@@ -257,7 +267,7 @@ def embed_dataset(
     chunker: Literal["tokens", "chars"] = "tokens",
     chunk_size: int | None = None,
     chunk_overlap: int = 0,
-    shard_rows: int = DEFAULT_SHARD_ROWS,
+    shard_rows: int | None = None,
     tei_url: list[str] | None = None,
     modal_app: str | None = None,
     modal_class: Literal["TEI", "Torch"] = "TEI",
@@ -276,9 +286,12 @@ def embed_dataset(
     with open_store(settings.store).lock():
         planned = download_task(settings)
         s = open_store(planned["store"], planned["gen"])
-        _calibrate(s, settings)
         manifest = s.read_manifest()
         pending = [st.shard for st in s.states(manifest) if st.state != "done"]
+        if pending and isinstance(s, Store):  # on a Volume the shards open their backend remotely
+            check_backend(settings, manifest["model"]["model_id"])
+        _calibrate(s, settings)
+        manifest = s.read_manifest()
         # Article-level changes need both snapshots: on a Volume they stay in the cloud, unreported.
         changes = _changes(planned, manifest) if planned["previous_gen"] and isinstance(s, Store) else None
         # The estimate reads the snapshot, which a Volume store keeps in the cloud.
@@ -324,12 +337,24 @@ def rerun_shards(store: str, shards: list[int] | Literal["failed"] = "failed") -
         ids = sorted({int(k) for k in shards})
     settings = RunSettings(**manifest["settings"])
     with s.lock():
+        reuse_gen = manifest.get("previous_generation")
+        if isinstance(s, Store):
+            # Everything a rerun needs is checked before it starts; a shard's old file and marker
+            # stay until its new file replaces them (atomically), so a failed rerun loses nothing.
+            s.ensure_writable()
+            check_snapshot(s, manifest)
+            check_backend(settings, manifest["model"]["model_id"])
+            reuse_gen = reuse_gen if reuse_gen and Store(s.root, reuse_gen).exists() else None
         _calibrate(s, settings)
-        for k in ids:
-            s.forget(k)
-        run = run_shards(s, ids, settings, reuse_gen=manifest.get("previous_generation"))
+        if not isinstance(s, Store):
+            for k in ids:  # a remote shard skips what its marker says is done
+                s.forget(k)
+        run = run_shards(s, ids, settings, reuse_gen=reuse_gen)
         summary = _finish(s, settings, run, started)
     summary["rerun_shards"] = ids
+    if run["failures"]:  # a shard whose rerun failed keeps its previous data, but the rerun did not succeed
+        summary["failed_shards"] = sorted(set(summary["failed_shards"]) | set(run["failures"]))
+        summary["shards_failed"] = len(summary["failed_shards"])
     return summary
 
 

@@ -6,17 +6,18 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
-from wikiembed.errors import BackendError, InputError, TransientBackendError
+from wikiembed.errors import TransientBackendError, WikiembedError
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry what can heal (timeouts, 429/503, dropped connections, a store hiccup); not a bad
-    input or a backend that answered "invalid", which would fail the same way again."""
+    """Retry what can heal (timeouts, 429/503, dropped connections, unknown errors); never one of
+    our own errors otherwise: a bad input, a refused store, a backend that answered "invalid" or
+    a full disk fail the same way again, and a retry could step around a refusal."""
     try:
         state.result()
     except TransientBackendError:
         return True
-    except (InputError, BackendError):
+    except WikiembedError:
         return False
     except Exception:  # noqa: BLE001 - unknown errors get the benefit of the doubt
         return True

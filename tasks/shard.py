@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyarrow as pa
 from prefect import task
 
 from wikiembed.chunking import chunk_shard
+from wikiembed.plan import check_snapshot
 from wikiembed.store import Store
 from wikiembed.tasks.retry import counted_attempts, retry_transient
 
@@ -16,4 +18,9 @@ def shard_task(store: str, gen: str, shard: int) -> dict[str, Any]:
     """Chunk one shard; return its chunk file's info (chunks, sha256)."""
     with counted_attempts():
         s = Store(store, gen)
-        return chunk_shard(s, shard, s.read_manifest())
+        manifest = s.read_manifest()
+        try:
+            return chunk_shard(s, shard, manifest)
+        except (OSError, pa.ArrowException):
+            check_snapshot(s, manifest)  # a damaged snapshot: say so, and name the repair
+            raise

@@ -7,7 +7,8 @@ sha256, mtime and inode. A kill at any point leaves either no data file, a
 data file without a marker (redone on resume), or a complete pair.
 
 What is written is checked first: every vector against the manifest's
-dimension (`check_written`), and the backend's kind of vectors (model,
+dimension, for being finite and not all zero, and for L2 norm 1 where the
+backend normalizes (`check_written`), and the backend's kind of vectors (model,
 revision, pooling, normalization) against the kind the generation already
 holds, so one store never mixes vectors that are not comparable. The marker
 records the kind.
@@ -31,7 +32,7 @@ import pyarrow.parquet as pq
 from wikiembed.backends.base import Backend, VectorKind, check_vectors
 from wikiembed.chunking import CHUNK_SCHEMA
 from wikiembed.compact import Form, arrow_column, encode, stored_forms
-from wikiembed.errors import InputError
+from wikiembed.errors import BackendError, InputError
 from wikiembed.store import Store, sha256_file, store_os_error
 
 # Chunks embedded and written per parquet row group: bounds memory for any shard
@@ -39,6 +40,9 @@ from wikiembed.store import Store, sha256_file, store_os_error
 # engine sorts a call's chunks by length, and a GPU wants many chunks of each
 # length to fill its 64k-token batches without padding.
 EMBED_GROUP = 16_384
+# How far a vector's L2 norm may be from 1 when the backend normalizes: bf16 engines and
+# float32 rounding stay within 1e-3; anything further is not what the dataset card promises.
+NORM_TOLERANCE = 1e-2
 
 
 def data_schema(dim: int, forms: Sequence[Form] = ()) -> pa.Schema:
@@ -64,10 +68,27 @@ class VectorSource(Protocol):
 ProgressFn = Callable[[int], None]
 
 
-def check_written(vectors: np.ndarray, n: int, dim: int, where: str) -> np.ndarray:
+def check_written(vectors: np.ndarray, n: int, dim: int, where: str, unit_norm: bool = False) -> np.ndarray:
     """The one check of vectors before they are written to a store: `n` rows of the store's
-    dimension (the manifest's, not whatever the backend says), finite; float32 C-contiguous."""
-    return check_vectors(vectors, n, dim, where)
+    dimension (the manifest's, not whatever the backend says), finite, never all zero, and of L2
+    norm 1 where the backend normalizes (`unit_norm`); float32 C-contiguous."""
+    arr = check_vectors(vectors, n, dim, where)
+    norms = np.linalg.norm(arr, axis=1)
+    zero = np.flatnonzero(norms == 0)
+    if len(zero):
+        raise BackendError(
+            f"{where} returned {len(zero)} all-zero vector(s) (rows {zero[:5].tolist()}); a backend that answers "
+            "zeros is broken: check its logs, or embed with --backend local. Nothing was written."
+        )
+    if unit_norm:
+        off = np.flatnonzero(np.abs(norms - 1.0) > NORM_TOLERANCE)
+        if len(off):
+            raise BackendError(
+                f"{where} returned {len(off)} vector(s) with an L2 norm far from 1 (row {int(off[0])}: norm "
+                f"{float(norms[off[0]]):.4g}) though its vectors are meant to be normalized: the backend serves "
+                "another model or skips normalization (TEI: the request's normalize=true). Nothing was written."
+            )
+    return arr
 
 
 def check_kind(store: Store, manifest: dict, kind: VectorKind) -> None:
@@ -142,7 +163,7 @@ def embed_shard(
                 missing = [t for t, need in zip(texts, todo) if need]
                 if missing:
                     where = f"{backend.kind.backend} backend for {backend.model_id} (store {store.root})"
-                    fresh = check_written(_embed(backend, batch, todo, missing), len(missing), dim, where)
+                    fresh = check_written(_embed(backend, batch, todo, missing), len(missing), dim, where, backend.kind.normalize)
                     vectors[todo] = fresh
                 embedded += len(missing)
                 reused += len(texts) - len(missing)

@@ -23,16 +23,17 @@ from importlib import metadata
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wikiembed.checkpoint import read_vectors, text_key
 from wikiembed.compact import parse_compact
 from wikiembed.sources import Source, fingerprint, parse_source, pin, write_snapshot
-from wikiembed.errors import StoreError
+from wikiembed.errors import InputError, StoreError
 from wikiembed.model import ModelInfo, model_info
-from wikiembed.settings import RunSettings
+from wikiembed.settings import DEFAULT_SHARD_ROWS, RunSettings
 from wikiembed.chunking import Chunking, make_chunking, plan_shards
-from wikiembed.store import Store
+from wikiembed.store import Store, sha256_file
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def prepare(settings: RunSettings) -> Prepared:
     """Resolve the source, choose the generation, write snapshot + manifest if new."""
     source, info, chunking = resolve(settings)
     root = Store(settings.store)
+    root.check_root()
     root.root.mkdir(parents=True, exist_ok=True)
     source = pin(source)
     fp = fingerprint(source)
@@ -91,7 +93,7 @@ def prepare(settings: RunSettings) -> Prepared:
     if current is not None:
         published = Store(root.root, current).read_manifest()
         if _identity(published) != identity:
-            raise StoreError(
+            raise InputError(
                 f"store {root.root} holds model {published['model']['model_id']} with chunking "
                 f"{published['chunking']} and compact forms {published.get('compact')}; this run asks for "
                 f"{info.model_id} with {chunking.as_dict()} and {compact.as_dict() if compact else None}. "
@@ -103,21 +105,44 @@ def prepare(settings: RunSettings) -> Prepared:
     target = Store(root.root, gen)
     if target.exists():
         manifest = target.read_manifest()
-        if manifest["source"]["fingerprint"] == fp and manifest["plan"]["shard_rows"] == settings.shard_rows:
-            _point(root, current, gen)
-            target.clean_temp_files()
-            return Prepared(target, manifest, previous)
-        shutil.rmtree(target.dir)  # a different plan for the same rows: start this generation over
+        recorded = manifest["plan"]["shard_rows"]
+        if settings.shard_rows not in (None, recorded):
+            # Re-planning would re-embed every shard and could leave the store empty
+            # mid-run; the recorded plan is kept, and the user picks how to proceed.
+            raise InputError(
+                f"store {root.root} was planned with --shard-rows {recorded} for this source; this run asks "
+                f"for --shard-rows {settings.shard_rows}. Omit --shard-rows (or pass {recorded}) to resume "
+                "with the recorded plan, or use a new --store for a new plan."
+            )
+        if any(st.state != "done" for st in target.states(manifest)) and snapshot_damage(target, manifest):
+            # Same fingerprint, same rows: re-reading the source repairs the snapshot the
+            # remaining shards are cut from (done shards never read it again).
+            write_snapshot(source, target.snapshot_path)
+            manifest = {**manifest, "snapshot": _snapshot_record(target)}
+            target.write_manifest(manifest)
+        _point(root, current, gen)
+        target.clean_temp_files()
+        return Prepared(target, manifest, previous)
+    shard_rows = settings.shard_rows or _recorded_shard_rows(root, current) or DEFAULT_SHARD_ROWS
+    settings = settings.model_copy(update={"shard_rows": shard_rows})
     target.ensure_writable()
     report = write_snapshot(source, target.snapshot_path)
     rows = pq.ParquetFile(target.snapshot_path).metadata.num_rows
+    if rows == 0:
+        shutil.rmtree(target.dir, ignore_errors=True)  # made by this call, holds nothing
+        why = ", ".join(f"{reason}: {n}" for reason, n in sorted(report.skipped.items())) or "no rows"
+        raise InputError(
+            f"--source {settings.source}: every row was skipped ({why}), so there is nothing to embed; "
+            "fix those rows, or map your columns with --columns (e.g. --columns text=body,id=page_id)."
+        )
     manifest = {
         "source": {**source.as_dict(), "fingerprint": fp},
         "model": model,
         "chunking": chunking.as_dict(),
         "compact": compact.as_dict() if compact else None,
         "settings": settings.model_dump(),
-        "plan": {"shard_rows": settings.shard_rows, "rows": rows, "shards": plan_shards(rows, settings.shard_rows)},
+        "plan": {"shard_rows": shard_rows, "rows": rows, "shards": plan_shards(rows, shard_rows)},
+        "snapshot": _snapshot_record(target),
         "skipped": dict(report.skipped),
         "skipped_examples": report.examples,
         "repaired": dict(report.repaired),
@@ -131,6 +156,43 @@ def prepare(settings: RunSettings) -> Prepared:
     target.write_manifest(manifest)
     _point(root, current, gen)
     return Prepared(target, manifest, previous)
+
+
+def _snapshot_record(store: Store) -> dict[str, Any]:
+    return {"sha256": sha256_file(store.snapshot_path), "bytes": store.snapshot_path.stat().st_size}
+
+
+def snapshot_damage(store: Store, manifest: dict[str, Any]) -> str | None:
+    """What is wrong with a generation's snapshot (missing, unreadable, changed), or None."""
+    path = store.snapshot_path
+    try:
+        rows = pq.ParquetFile(path).metadata.num_rows
+        if rows != manifest["plan"]["rows"]:
+            return f"it holds {rows} rows, the plan {manifest['plan']['rows']}"
+        recorded = manifest.get("snapshot", {}).get("sha256")
+        if recorded and sha256_file(path) != recorded:
+            return "its sha256 differs from the one recorded when it was written"
+    except (OSError, pa.ArrowException) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def check_snapshot(store: Store, manifest: dict[str, Any]) -> None:
+    """Refuse to cut shards from a damaged snapshot, naming the command that repairs it."""
+    damage = snapshot_damage(store, manifest)
+    if damage:
+        raise StoreError(
+            f"store {store.root}: the snapshot {store.snapshot_path} is damaged ({damage}). Run the same "
+            f"`wikiembed run --source {manifest['source']['spec']} ...` command again: it re-reads the source, "
+            "rewrites the snapshot and keeps every done shard."
+        )
+
+
+def _recorded_shard_rows(root: Store, current: str | None) -> int | None:
+    """The published generation's shard size: a new source version keeps the store's plan."""
+    if current is None:
+        return None
+    return int(Store(root.root, current).read_manifest()["plan"]["shard_rows"])
 
 
 def _point(root: Store, current: str | None, gen: str) -> None:

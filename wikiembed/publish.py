@@ -21,6 +21,8 @@ used by huggingface_hub >= 1.0).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import inspect
 import json
@@ -29,7 +31,7 @@ import os
 import re
 import shutil
 import string
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +65,8 @@ DATA_FILES_PATTERN = f"data/**/{SPLIT}-*.parquet"
 STAGING_DIR = "_publish"
 # Inside the staging folder but never published (upload and copy only take README.md + data/).
 STATE_FILE = ".wikiembed-publish.json"
+# Left in a `dir:` export: the folder is ours to update (datasets ignores dot files).
+EXPORT_MARKER = ".wikiembed-export.json"
 # Beside the card in the store: the digest of the card's inputs when it was last written.
 CARD_KEY_FILE = ".wikiembed-card.json"
 # Bump when the bytes of a merged file would change for the same inputs (writer options, naming).
@@ -182,8 +186,9 @@ def _write_merged(store: Store, dest: Path, shards: Sequence[ShardState], schema
     for state in shards:
         if store.verify_done(state.shard) is None:
             raise StoreError(
-                f"shard {state.shard:05d}: {store.data_path(state.shard)} no longer matches its _done marker; "
-                f"redo it with `wikiembed rerun --failed --store {store.root}`, then publish again."
+                f"shard {state.shard:05d}: {store.data_path(state.shard)} no longer matches its _done marker "
+                f"(sha256); redo it with `wikiembed rerun --store {store.root} --shards {state.shard}`, then "
+                "publish again (`wikiembed status --verify` checks every shard)."
             )
     with atomic.atomic_path(dest) as tmp, pq.ParquetWriter(tmp, schema, **_WRITER_OPTIONS) as writer:
         for state in shards:
@@ -528,8 +533,50 @@ def _parse_target(target: str, store: Path) -> tuple[Literal["dir", "hub"], str]
     )
 
 
+def _refuse_foreign_dir(dest: Path, replace: bool) -> None:
+    """A `dir:` target is ours when it is new, empty, or holds our export marker: never overwrite
+    someone's dataset folder by accident."""
+    if dest.exists() and not dest.is_dir():
+        raise InputError(f"--to {dest} is a file; give a folder to export into.")
+    if replace or not dest.exists() or (dest / EXPORT_MARKER).exists():
+        return
+    theirs = sorted(p.name for p in dest.iterdir())
+    if theirs:
+        shown = ", ".join(theirs[:5]) + (f" and {len(theirs) - 5} more" if len(theirs) > 5 else "")
+        raise InputError(
+            f"--to {dest} holds files wikiembed did not write ({shown}); export into a new or empty folder, "
+            "or pass --replace to replace its README.md and data/ files with this export."
+        )
+
+
+@contextlib.contextmanager
+def _explained_os_errors(store: Path, dest: Path | None) -> Iterator[None]:
+    """An OS error while exporting names the path and the fix (read-only folder, full disk)."""
+    try:
+        yield
+    except OSError as exc:
+        # A copy's error names its source first and its destination second (`filename2`).
+        paths = [Path(p) for p in (getattr(exc, "filename2", None), getattr(exc, "filename", None)) if p]
+        inside = [p for p in paths if dest is not None and (p == dest or dest in p.parents)]
+        where = inside[0] if inside else (paths[-1] if paths else (dest or store))
+        text = str(exc.strerror or exc)
+        if exc.errno == errno.ENOSPC or "No space left" in text:
+            fix = "free space on that disk" + (" or export to a folder on another one" if inside else
+                                               f" (export stages its files in {store / STAGING_DIR})")
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) or "ermission denied" in text or "Read-only" in text:
+            fix = ("make that folder writable or export to a writable one" if inside else
+                   f"export stages its files in {store / STAGING_DIR}: make the store writable")
+        else:
+            fix = "check that disk and its permissions"
+        error = InputError if inside else StoreError
+        raise error(f"export to {dest or 'the Hub'} failed at {where}: {text}; {fix}, then run the same command "
+                    "again. The store's shards are unchanged.") from None
+
+
 def _copy_to_dir(staging: Path, files: dict[str, dict[str, Any]], dest: Path) -> bool:
     """Mirror the published tree into `dest`; return whether anything changed there."""
+    # Marked first, so an interrupted first export is still recognised as ours.
+    atomic.write_json(dest / EXPORT_MARKER, {"written_by": "wikiembed"})
     changed = False
     for rel, info in sorted(files.items()) + [("README.md", {"size": (staging / "README.md").stat().st_size})]:
         target = dest / rel
@@ -631,12 +678,14 @@ def publish(
     token: str | None = None,
     allow_partial: bool = False,
     file_bytes: int = DEFAULT_FILE_BYTES,
+    replace: bool = False,
 ) -> dict[str, Any]:
     """Publish the store's done shards to `hub:ORG/NAME` (a dataset repo) or `dir:PATH`.
 
     Both targets get the same tree, built in STORE/_publish/: `README.md` (the card) and
     `data/train-XXXXX-of-YYYYY.parquet` (consecutive shards merged up to `file_bytes`). Refuses
-    when a shard is not done unless `allow_partial`. Rerunning resumes an interrupted upload and,
+    when a shard is not done unless `allow_partial`, and a `dir:` folder that wikiembed did not
+    write unless `replace`. Rerunning resumes an interrupted upload and,
     with nothing changed, makes no commit. `token` overrides HF_TOKEN / the Prefect Secret block;
     never make it a flow parameter (parameters are stored and shown in the UI).
 
@@ -660,6 +709,8 @@ def publish(
             f"store {store}: no shard is done yet, so there is nothing to publish; "
             f"see why with `wikiembed status --store {store}`."
         )
+    if kind == "dir":
+        _refuse_foreign_dir(Path(where), replace)
 
     token_source = "the token argument"
     if kind == "hub":
@@ -672,9 +723,8 @@ def publish(
             )
 
     staging = store / STAGING_DIR
-    staging.mkdir(parents=True, exist_ok=True)
     # Its own lock, not the store's: a run holds that one while its flow publishes.
-    with StoreLock(staging / ".lock"):
+    with _explained_os_errors(store, Path(where) if kind == "dir" else None), StoreLock(staging / ".lock"):
         files = _build_staging(source, staging, done, file_bytes)
         card = store / "README.md"
         _write_text_if_changed(

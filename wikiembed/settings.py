@@ -4,11 +4,12 @@ The same model backs the CLI flags, the Prefect flow parameters (so the UI
 shows a form) and the manifest (so `rerun` uses the store's recorded
 settings). Validation errors name the flag and the fix.
 
-Touches: nothing (pure data).
+Touches: nothing but a look at whether `model` names a local folder.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
@@ -36,7 +37,9 @@ class RunSettings(BaseModel):
     chunker: Literal["tokens", "chars"] = "tokens"
     chunk_size: int | None = Field(None, ge=1, description="tokens (tokens chunker) or characters (chars chunker)")
     chunk_overlap: int = Field(0, ge=0)
-    shard_rows: int = Field(DEFAULT_SHARD_ROWS, ge=1)
+    shard_rows: int | None = Field(
+        None, ge=1, description=f"articles per shard (default: the store's recorded plan, or {DEFAULT_SHARD_ROWS:,} for a new store)"
+    )
     tei_url: list[str] = Field(default_factory=list, description="TEI server URLs for --backend tei")
     modal_app: str | None = Field(None, description="deployed Modal app (default: wikiembed-tei or wikiembed-torch by class)")
     modal_class: Literal["TEI", "Torch"] = "TEI"
@@ -61,6 +64,13 @@ class RunSettings(BaseModel):
         if isinstance(value, str):
             return [p.strip() for p in value.split(",") if p.strip()]
         return value or []
+
+    @field_validator("model")
+    @classmethod
+    def _absolute_model_folder(cls, value: str) -> str:
+        # A model folder is recorded as an absolute path, so a rerun from another directory finds it.
+        folder = Path(value).expanduser()
+        return str(folder.resolve()) if folder.is_dir() else value
 
     @field_validator("tei_url", mode="before")
     @classmethod

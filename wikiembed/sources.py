@@ -48,6 +48,7 @@ _HASH_BLOCK = 1 << 22
 # wikimedia/wikipedia's (`20231101.simple`); the date sorts as text.
 LATEST_PREFIX = "latest."
 _DUMP_CONFIG = re.compile(r"(\d{8})\.(.+)")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -165,9 +166,17 @@ def _local_kind(path: Path) -> str:
         raise InputError(f"--source {path}: unsupported file type {suffix!r}; use .parquet or .jsonl.")
     if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() or (path / "state.json").exists():
         return "disk"
-    if list(path.rglob("*.parquet")):
+    parquet = _data_files(path, ("*.parquet",))
+    lines = _data_files(path, ("*.jsonl", "*.ndjson"))
+    if parquet and lines:
+        # One folder, one format: reading only one kind would drop the other's rows silently.
+        raise InputError(
+            f"--source {path}: the folder mixes parquet files ({_names(parquet)}) and JSON Lines files "
+            f"({_names(lines)}); give one kind per source: move one kind to its own folder, or convert it."
+        )
+    if parquet:
         return "parquet"
-    if list(path.rglob("*.jsonl")) or list(path.rglob("*.json")):
+    if lines or _data_files(path, ("*.json",)):
         return "jsonl"
     raise InputError(
         f"--source {path}: folder holds no .parquet, .jsonl or datasets save_to_disk files; "
@@ -175,12 +184,21 @@ def _local_kind(path: Path) -> str:
     )
 
 
+def _data_files(folder: Path, patterns: tuple[str, ...]) -> list[Path]:
+    """Data files under a folder; hidden and `_`-prefixed ones (temp files, metadata) are not data."""
+    return sorted({f for pat in patterns for f in folder.rglob(pat) if not f.name.startswith((".", "_"))})
+
+
+def _names(files: list[Path]) -> str:
+    return ", ".join(f.name for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+
+
 def _local_files(source: Source) -> list[Path]:
     path = Path(source.location)
     if path.is_file():
         return [path]
     patterns = ("*.parquet",) if source.kind == "parquet" else ("*.jsonl", "*.json", "*.ndjson")
-    files = sorted({f for pat in patterns for f in path.rglob(pat) if not f.name.startswith((".", "_"))})
+    files = _data_files(path, patterns)
     if not files:
         raise InputError(f"--source {path}: no {source.kind} files found in the folder.")
     return files
@@ -496,7 +514,7 @@ def clean_rows(batches: Iterable[list[dict]], source: Source, report: RowReport)
                 try:
                     value.encode("utf-8")
                 except UnicodeEncodeError:
-                    out[col] = value.encode("utf-8", errors="replace").decode("utf-8")
+                    out[col] = _SURROGATE.sub("\ufffd", value)
                     report.repaired["invalid UTF-8 replaced with U+FFFD"] += 1
             report.rows += 1
             yield out

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from wikiembed import atomic
-from wikiembed.errors import StoreError
+from wikiembed.errors import InputError, StoreError
 
 FORMAT = 1
 _HASH_BLOCK = 1 << 22
@@ -175,19 +175,38 @@ class Store:
                         raise StoreError(f"store {self.root}: {top} is not a wikiembed link; use an empty folder for --store.")
                     os.symlink(f"current/{entry}", top)
 
+    def check_root(self) -> None:
+        """Refuse a --store that is a file, or a folder holding files of its own where the store's
+        links go: checked before anything is written, so a refused folder is left as it was."""
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"--store {self.root} is a file; give a folder (a new one, or a wikiembed store).")
+        foreign = [name for name in self.LINKS if (self.root / name).exists() and not (self.root / name).is_symlink()]
+        if foreign:
+            raise InputError(
+                f"--store {self.root} holds {', '.join(foreign)} of its own, so it is not a wikiembed store; "
+                "use an empty folder (or a wikiembed store) for --store. Nothing was changed there."
+            )
+
     # paths -----------------------------------------------------------------------
     @property
     def dir(self) -> Path:
         if self._flat is not None:
             return self._flat
         if self.gen is None:
-            what = ("does not exist" if not self.root.exists()
-                    else "has no manifest.json and no `current` link, so it holds no wikiembed run")
-            raise StoreError(
-                f"store {self.root} {what}; point --store at a run store made by `wikiembed run`, "
-                f"or start one with `wikiembed run --source ... --store {self.root}`."
-            )
+            raise StoreError(self._no_generation())
         return self.root / "gens" / self.gen
+
+    def _no_generation(self) -> str:
+        """Why there is no generation to read: never started, or a damaged store (say which)."""
+        gens = sorted(p.name for p in (self.root / "gens").glob("*") if p.is_dir()) if (self.root / "gens").is_dir() else []
+        if not gens:
+            what = ("does not exist, so no run was started here" if not self.root.exists()
+                    else "has no manifest.json and no `current` link, so no run was started here")
+            return (f"store {self.root} {what}; point --store at a run store made by `wikiembed run`, "
+                    f"or start one with `wikiembed run --source ... --store {self.root}`.")
+        return (f"store {self.root}: no generation is published (no link `current`), but generations "
+                f"{', '.join(gens)} are there: a first run was stopped while planning, or the link was lost. Run the "
+                "same `wikiembed run` command again: it finishes planning (or re-creates the link) and resumes.")
 
     @property
     def manifest_path(self) -> Path:
@@ -222,8 +241,9 @@ class Store:
             manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise StoreError(
-                f"store {self.root}: no manifest.json, so no run was started here; "
-                f"start one with `wikiembed run --source ... --store {self.root}`."
+                f"store {self.root}: {self.manifest_path} is missing, so the store was damaged or a run was killed "
+                "while creating it; run the same `wikiembed run` command again to rebuild it, or restore the store "
+                "from a backup."
             ) from None
         except (json.JSONDecodeError, OSError) as exc:
             raise StoreError(f"store {self.root}: manifest.json is unreadable ({exc}); restore it or start a new store.") from exc
@@ -359,6 +379,7 @@ class Store:
 
     # lock ------------------------------------------------------------------------
     def lock(self, wait_s: float = 0.0) -> "StoreLock":
+        self.check_root()
         return StoreLock(self.root / ".lock", wait_s)
 
 
@@ -401,8 +422,8 @@ class StoreLock:
                     holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
                     os.close(fd)
                     raise StoreError(
-                        f"store {self.path.parent} is in use by {holder}; wait for that run to finish "
-                        "(or pass --wait SECONDS), or use another --store. A killed run releases it at once."
+                        f"store {self.path.parent} is in use by {holder}; wait for that run to finish, "
+                        "or use another --store. A killed run releases it at once."
                     ) from None
                 time.sleep(0.2)
         os.ftruncate(fd, 0)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing as mp
 import os
+import signal
 import threading
 import time
 import warnings
@@ -62,6 +63,9 @@ def _worker_start(parent: int) -> None:
         os._exit(0)
 
     threading.Thread(target=leave_when_orphaned, name="parent-watch", daemon=True).start()
+    # A terminal's Ctrl-C reaches the whole process group: the parent stops the run, and a worker
+    # leaves once orphaned; it must not die on its own with a traceback on the terminal.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _pool() -> ProcessPoolExecutor:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from wikiembed.flows.embed_dataset import embed_dataset, rerun_shards
-from wikiembed.errors import InputError, StoreError
+from wikiembed.errors import InputError
 from wikiembed.store import Store
 
 
@@ -90,7 +90,7 @@ def test_rerun_one_shard_reembeds_only_that_shard(sample_run):
 
 def test_other_model_or_chunking_into_the_same_store_is_refused(sample_run):
     store, _ = sample_run
-    with pytest.raises(StoreError, match="new --store"):
+    with pytest.raises(InputError, match="new --store"):
         embed_dataset(source="sample:240", store=str(store), shard_rows=80, chunk_size=128)
 
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import subprocess
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import yaml
 from tests.standins.hub_server import HubServer
 from wikiembed import publish as upload
 from wikiembed.errors import InputError, StoreError
-from wikiembed.publish import plan_files, publish, resolve_token, write_card
+from wikiembed.publish import EXPORT_MARKER, plan_files, publish, resolve_token, write_card
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "hf_stand_in_secret_token_0123456789"
@@ -177,7 +178,8 @@ def test_dir_export_loads_through_its_card_and_reruns_byte_identical(store: Path
     summary = publish(store, f"dir:{out}", file_bytes=two_shards_per_file(store))
     assert summary["committed"] is True and summary["url"] == str(out)
     assert summary["data_files"] == ["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet"]
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == ["README.md", *summary["data_files"]]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        EXPORT_MARKER, "README.md", *summary["data_files"]]
     assert (out / "README.md").read_bytes() == (store / "README.md").read_bytes()
 
     ds = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "hf-cache"))
@@ -468,3 +470,57 @@ def test_token_from_prefect_secret_block(cli_env: dict[str, str]) -> None:
     assert "BEFORE None" in proc.stdout and "AFTER True" in proc.stdout, proc.stdout + proc.stderr
     assert "IN LOOP True" in proc.stdout, proc.stdout + proc.stderr  # a running event loop gets the value, not a coroutine
     assert TOKEN not in proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------------------- mistakes and faults
+
+
+def test_export_never_overwrites_a_folder_it_did_not_write(store: Path, tmp_path: Path) -> None:
+    theirs = tmp_path / "their-dataset"
+    (theirs / "data").mkdir(parents=True)
+    for i in range(3):
+        (theirs / "data" / f"train-0000{i}-of-00003.parquet").write_bytes(b"their rows")
+    (theirs / "README.md").write_text("their card")
+    before = {p: p.read_bytes() for p in theirs.rglob("*") if p.is_file()}
+    with pytest.raises(InputError, match=r"did not write \(README.md, data\).*--replace"):
+        publish(store, f"dir:{theirs}")
+    assert {p: p.read_bytes() for p in theirs.rglob("*") if p.is_file()} == before
+    with pytest.raises(InputError, match="is a file"):
+        publish(store, f"dir:{theirs / 'README.md'}")
+    # asked to replace: it is ours from then on, and a later export updates it without asking
+    publish(store, f"dir:{theirs}", replace=True)
+    assert (theirs / "README.md").read_bytes() == (store / "README.md").read_bytes()
+    assert not (theirs / "data" / "train-00002-of-00003.parquet").exists()
+    assert publish(store, f"dir:{theirs}")["committed"] is False
+
+
+def _tmpfs(path: Path, options: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+
+
+def test_export_to_a_read_only_or_full_disk_says_so_and_leaves_no_temp_files(store: Path, tmp_path: Path) -> None:
+    readonly, full, fullstore = tmp_path / "ro", tmp_path / "full", tmp_path / "fullstore"
+    _tmpfs(readonly, "size=1m,ro")
+    try:
+        _tmpfs(full, "size=4k")
+        _tmpfs(fullstore, "size=256k")
+        with pytest.raises(InputError, match=rf"{readonly}.*Read-only file system; make that folder writable"):
+            publish(store, f"dir:{readonly / 'out'}")
+        with pytest.raises(InputError, match="No space left on device; free space on that disk"):
+            publish(store, f"dir:{full / 'out'}")
+        assert not [p for p in full.rglob(".*.tmp")]
+        # the store's own disk is full: staging fails, names the staging folder, and cleans up
+        shutil.copytree(store, fullstore / "store")
+        filler = fullstore / "filler"
+        with pytest.raises(OSError), filler.open("wb") as fh:
+            while True:
+                fh.write(b"\0" * 4096)
+                fh.flush()
+        with pytest.raises(StoreError, match=r"No space left on device; free space on that disk \(export stages"):
+            publish(fullstore / "store", f"dir:{tmp_path / 'out'}")
+        assert not [p for p in fullstore.rglob("*.tmp")]
+    finally:
+        for mount in (readonly, full, fullstore):
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True)

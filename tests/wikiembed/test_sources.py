@@ -169,3 +169,25 @@ def test_unreadable_file_names_the_file(tmp_path: Path):
     src.write_bytes(b"this is not parquet")
     with pytest.raises(InputError, match="bad.parquet"):
         write_snapshot(parse_source(str(src)), tmp_path / "snap.parquet")
+
+
+def test_a_lone_surrogate_becomes_the_replacement_character(tmp_path: Path):
+    src = tmp_path / "src.jsonl"
+    src.write_text('{"id": "1", "title": "t\\ud800", "text": "before \\udc00 after"}\n', encoding="utf-8")
+    report = write_snapshot(parse_source(str(src)), tmp_path / "snap.parquet")
+    row = pq.read_table(tmp_path / "snap.parquet").to_pylist()[0]
+    assert row["text"] == "before \ufffd after" and row["title"] == "t\ufffd"
+    assert report.repaired["invalid UTF-8 replaced with U+FFFD"] == 2
+
+
+def test_a_folder_mixing_parquet_and_jsonl_is_refused_by_name(tmp_path: Path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist([{"id": "1", "text": "from parquet"}]), folder / "a.parquet")
+    (folder / "b.jsonl").write_text(json.dumps({"id": "2", "text": "from jsonl"}) + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"a\.parquet.*b\.jsonl"):
+        parse_source(str(folder))
+    # a JSON metadata file beside parquet files is not data: the folder reads as parquet
+    (folder / "b.jsonl").unlink()
+    (folder / "dataset_infos.json").write_text("{}", encoding="utf-8")
+    assert parse_source(str(folder)).kind == "parquet"

@@ -108,9 +108,10 @@ def test_lock_refuses_a_second_run_and_dies_with_sigkill(tmp_path):
         cwd=Path(__file__).resolve().parents[2],
     )
     assert holder.stdout.readline().strip() == "locked"
-    with pytest.raises(StoreError, match=f"pid {holder.pid}"):
+    with pytest.raises(StoreError, match=f"pid {holder.pid}") as busy:
         with Store(root).lock():
             pass
+    assert "--wait" not in str(busy.value)  # no option the CLI does not have
     holder.kill()  # SIGKILL: no cleanup code runs
     holder.wait()
     started = time.monotonic()
@@ -121,3 +122,73 @@ def test_lock_refuses_a_second_run_and_dies_with_sigkill(tmp_path):
 def test_reading_a_store_that_was_never_started(tmp_path):
     with pytest.raises(StoreError, match="wikiembed run"):
         Store(tmp_path).read_manifest()
+
+
+class BrokenBackend(HashBackend):
+    """Answers vectors of the right shape that are not what the card promises."""
+
+    def __init__(self, scale: float, normalize: bool = True) -> None:
+        self.scale = scale
+        self.kind = VectorKind("local", "hash-test", "r1", "mean", normalize, "float32")
+
+    def embed(self, texts):
+        return super().embed(texts) * self.scale
+
+
+@pytest.mark.parametrize("scale, needle", [(0.0, "all-zero"), (7.0, "norm 7")])
+def test_vectors_unlike_the_promise_are_never_marked_done(tmp_path, scale, needle):
+    from wikiembed.errors import BackendError
+
+    store = _store(tmp_path)
+    with pytest.raises(BackendError, match=needle):
+        embed_shard(store, 0, BrokenBackend(scale), rows=2)
+    assert store.read_done(0) is None and not store.data_path(0).exists()
+    assert not [p for p in (store.dir / "data").iterdir() if p.name.startswith(".")]  # no temp left
+    # a model that does not normalize may answer any norm, but never zeros
+    assert embed_shard(store, 1, BrokenBackend(7.0, normalize=False), rows=2)["chunks"] == 5
+    with pytest.raises(BackendError, match="all-zero"):
+        embed_shard(store, 2, BrokenBackend(0.0, normalize=False), rows=2)
+
+
+def test_verify_finds_damage_that_kept_size_mtime_and_inode(tmp_path):
+    store = _store(tmp_path)
+    for k in range(3):
+        embed_shard(store, k, HashBackend(), rows=2)
+    data = store.data_path(1)
+    st = data.stat()
+    with data.open("r+b") as fh:  # flip one byte in place: same size and inode
+        fh.seek(st.st_size // 2)
+        byte = fh.read(1)
+        fh.seek(st.st_size // 2)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the same mtime
+    assert [s.state for s in store.states()] == ["done", "done", "done"]  # the stat shortcut trusts it
+    states = store.states(verify=True)
+    assert [s.state for s in states] == ["done", "changed", "done"]
+
+
+def test_a_store_path_that_is_a_file_or_a_foreign_folder_is_refused_untouched(tmp_path):
+    from wikiembed.errors import InputError
+
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    with pytest.raises(InputError, match="is a file"):
+        Store(afile).lock()
+    theirs = tmp_path / "dataset"
+    (theirs / "data").mkdir(parents=True)
+    (theirs / "README.md").write_text("their card")
+    before = sorted(p.relative_to(theirs) for p in theirs.rglob("*"))
+    with pytest.raises(InputError, match="data, README.md"):
+        Store(theirs).check_root()
+    assert sorted(p.relative_to(theirs) for p in theirs.rglob("*")) == before
+
+
+def test_a_damaged_store_is_not_called_never_started(tmp_path):
+    store = _store(tmp_path)
+    (store.root / "current").unlink()
+    with pytest.raises(StoreError, match=r"no link `current`.*generations g1 are there.*run the same|Run the same"):
+        Store(store.root).read_manifest()
+    store.set_pointer("current", "g1")
+    store.manifest_path.unlink()
+    with pytest.raises(StoreError, match="gens/g1/manifest.json is missing.*run the same"):
+        Store(store.root).read_manifest()

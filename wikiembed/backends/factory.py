@@ -15,6 +15,7 @@ from wikiembed.model import model_info
 
 _BACKENDS: dict[tuple, Backend] = {}
 _BACKENDS_LOCK = threading.Lock()
+_OPENING: dict[tuple, threading.Lock] = {}
 
 
 def _key(backend: str, model: str, device: str | None, tei_url: Sequence[str], modal_app: str | None,
@@ -45,26 +46,45 @@ def open_backend(
     with _BACKENDS_LOCK:
         if key in _BACKENDS:
             return _BACKENDS[key]
-        if backend == "local":
-            from wikiembed.backends.engine import TorchEngine
-
-            # One engine already uses every core (or the whole GPU): shard tasks
-            # take turns on it instead of oversubscribing it.
-            opened: Backend = Serialized(TorchEngine(model, device))
-        elif backend == "tei":
-            if not tei_url:
-                raise BackendError("--backend tei needs --tei-url URL[,URL...] (the TEI servers to call).")
-            from wikiembed.backends.tei import TEIBackend
-
-            opened = TEIBackend(list(tei_url), model_id=model, revision=revision)
-        elif backend == "modal":
-            from wikiembed.backends.modal_client import ModalBackend
-
-            opened = ModalBackend(modal_app, modal_class, model_id=model, gpu=gpu)
-        else:
-            raise BackendError(f"--backend {backend!r}: use local, tei or modal.")
-        _BACKENDS[key] = opened
+        opening = _OPENING.setdefault(key, threading.Lock())
+    # One lock per backend, not one for all: opening one backend (model load, TEI /info with
+    # retries) never holds up another, and the threads that want this one wait for one open.
+    with opening:
+        if key in _BACKENDS:
+            return _BACKENDS[key]
+        opened = _open(backend, model, revision, device, tei_url, modal_app, modal_class, gpu)
+        with _BACKENDS_LOCK:
+            _BACKENDS[key] = opened
         return opened
+
+
+def _open(
+    backend: str,
+    model: str,
+    revision: str,
+    device: str | None,
+    tei_url: Sequence[str],
+    modal_app: str | None,
+    modal_class: str,
+    gpu: str | None,
+) -> Backend:
+    if backend == "local":
+        from wikiembed.backends.engine import TorchEngine
+
+        # One engine already uses every core (or the whole GPU): shard tasks
+        # take turns on it instead of oversubscribing it.
+        return Serialized(TorchEngine(model, device))
+    if backend == "tei":
+        if not tei_url:
+            raise BackendError("--backend tei needs --tei-url URL[,URL...] (the TEI servers to call).")
+        from wikiembed.backends.tei import TEIBackend
+
+        return TEIBackend(list(tei_url), model_id=model, revision=revision)
+    if backend == "modal":
+        from wikiembed.backends.modal_client import ModalBackend
+
+        return ModalBackend(modal_app, modal_class, model_id=model, gpu=gpu)
+    raise BackendError(f"--backend {backend!r}: use local, tei or modal.")
 
 
 def backend_retries(

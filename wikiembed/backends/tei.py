@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 # TEI's overloaded (429), backend (424) and unhealthy (503), plus what a proxy in front of it
 # answers while it restarts (502, 504). Everything else is a refusal that retrying won't change.
 RETRY_STATUSES = frozenset({424, 429, 502, 503, 504})
+# The first contact with each server: long enough for a far-away host to accept a
+# connection, short enough that a wrong URL fails the run in seconds.
+REACH_TIMEOUT_S = 5.0
 # TEI's own messages; they are matched (not the status) because too-long inputs are 413 in TEI
 # but 422 in some proxies and older docs, and 413 also means "body too large".
 _TOO_LONG = re.compile(r"must have less than (\d+) tokens")
@@ -323,6 +326,7 @@ class TEIBackend:
                     self._slots.put_nowait(server)
 
     async def _get_info(self, url: str) -> dict[str, Any]:
+        await self._reachable(url)
         attempt = 0
         while True:
             try:
@@ -331,7 +335,13 @@ class TEIBackend:
                 reason = f"{type(exc).__name__}: {exc}"
             else:
                 if resp.status_code == 200:
-                    info = orjson.loads(resp.content)
+                    try:
+                        info = orjson.loads(resp.content)
+                    except orjson.JSONDecodeError:
+                        raise BackendError(
+                            f"{url}/info answered {resp.headers.get('content-type', 'something')} that is not JSON "
+                            f"({resp.content[:60]!r}); is --tei-url a TEI server (text-embeddings-router)?"
+                        ) from None
                     if not isinstance(info, dict) or "model_id" not in info:
                         raise BackendError(f"{url}/info is not a TEI /info answer; is --tei-url a TEI server?")
                     return info
@@ -349,6 +359,19 @@ class TEIBackend:
                 )
             self.retries += 1
             await asyncio.sleep(self._backoff(attempt, None))
+
+    async def _reachable(self, url: str) -> None:
+        """One connection attempt first: a server that is not there (refused, unknown host) fails
+        in seconds with its URL, instead of after the retry ladder meant for a busy server."""
+        try:
+            await self._client.get(url + "/info", timeout=httpx.Timeout(REACH_TIMEOUT_S))
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
+            raise BackendError(
+                f"TEI at {url} cannot be reached ({type(exc).__name__}: {exc or 'no answer'}); start the server, "
+                "or fix --tei-url (host and port)."
+            ) from None
+        except httpx.HTTPError:
+            pass  # it answered something, or is slow: the retry ladder in _get_info handles that
 
     async def _probe(self, server: _Server) -> int:
         """Learn the dimension, and whether the fast base64 route is there and allowed."""

@@ -254,11 +254,13 @@ def test_checks_the_model_it_is_given(server, backend):
         backend([url, other])
 
 
-def test_unreachable_server_is_transient_and_bad_arguments_are_input_errors(server, backend):
+def test_unreachable_server_fails_at_once_and_bad_arguments_are_input_errors(server, backend):
     url, handle = server()
     handle.stop()
-    with pytest.raises(TransientBackendError, match="did not answer /info after 3 tries"):
-        backend([url], max_retries=2)
+    # nothing listening: no retry ladder (meant for a busy server), the URL and the cause at once
+    with pytest.raises(BackendError, match=rf"TEI at {url} cannot be reached \(ConnectError") as refused:
+        backend([url], max_retries=6, backoff_s=10)
+    assert not isinstance(refused.value, TransientBackendError)
     with pytest.raises(InputError, match="http://"):
         backend(["localhost:8080"])
 
@@ -305,3 +307,29 @@ def test_close_during_a_call_fails_that_call_instead_of_hanging(server):
     caller.join(timeout=5)
     assert not caller.is_alive()
     assert len(outcome) == 1 and isinstance(outcome[0], BackendError) and "closed while" in str(outcome[0])
+
+
+def test_an_info_page_that_is_not_json_names_the_url():
+    """A web server (or a proxy's error page) at --tei-url: HTML instead of TEI's JSON."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Html(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            body = b"<html><body>Welcome to nginx!</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Html)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        with pytest.raises(BackendError, match=rf"{url}/info answered text/html that is not JSON.*TEI server"):
+            TEIBackend([url], **FAST)
+    finally:
+        httpd.shutdown()
