@@ -203,11 +203,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def status_payload(store_dir: str, verify: bool = False) -> dict[str, Any]:
+    from wikiembed.errors import InputError
+    from wikiembed.store import Store
     from wikiembed.volume_store import open_store
 
     store = open_store(store_dir)
     manifest = store.read_manifest()
-    states = store.states(manifest, verify=verify)
+    if verify and not isinstance(store, Store):
+        raise InputError(f"--verify reads every data file, so it needs a local store; {store_dir} is on a Modal Volume.")
+    states = store.states(manifest, verify=True) if verify else store.states(manifest)
     return {
         "store": str(store.root),
         "generation": store.gen,
