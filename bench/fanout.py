@@ -100,8 +100,9 @@ class InstantCloud:
             return instant_shard(self._local(args[0]), args[1], args[2])
         if method == "prepare":
             return fanout.prepare_store({**args[0], "store": self._local(args[0]["store"])})
-        func = {"view": fanout.view_store, "mark_failed": fanout.mark_failed, "forget": fanout.forget,
-                "export": fanout.export_store}[method]  # fmt: skip
+        if method == "view":
+            return fanout.view_store(self._local(args[0]), args[1], with_states=args[2])
+        func = {"mark_failed": fanout.mark_failed, "forget": fanout.forget, "export": fanout.export_store}[method]
         return func(self._local(args[0]), *args[1:])
 
     def install(self) -> None:
@@ -111,6 +112,9 @@ class InstantCloud:
 
 
 _ONE_ROW: bytes | None = None
+# What a real marker records of the backend's vectors (the export step pins it from the first marker).
+_KIND = {"backend": "modal", "model": "sentence-transformers/all-MiniLM-L6-v2", "revision": "bundled", "pooling": "mean",
+         "normalize": True, "dtype": "unknown"}  # fmt: skip
 
 
 def _one_row_file() -> bytes:
@@ -145,7 +149,7 @@ def instant_shard(root: str, gen: str, shard: int) -> dict[str, Any]:
     st = path.stat()
     marker = {"shard": shard, "rows": 1, "chunks": 1, "embedded_chunks": 1, "reused_chunks": 0, "embedded_chars": 1,
               "sha256": sha256_file(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino,
-              "model": "sentence-transformers/all-MiniLM-L6-v2", "seconds": 0.0}  # fmt: skip
+              "model": "sentence-transformers/all-MiniLM-L6-v2", "seconds": 0.0, "vectors": _KIND}  # fmt: skip
     store.mark_done(shard, marker)
     return marker
 

@@ -107,8 +107,8 @@ class StoreOps:
         return fanout.prepare_store(settings, self.sync)
 
     @modal.method()
-    def view(self, root: str, gen: str | None) -> dict[str, Any]:
-        return fanout.view_store(root, gen, self.sync)
+    def view(self, root: str, gen: str | None, with_states: bool = True) -> dict[str, Any]:
+        return fanout.view_store(root, gen, self.sync, with_states)
 
     @modal.method()
     def mark_failed(self, root: str, gen: str, shard: int, error: str, attempts: int) -> None:

@@ -18,7 +18,6 @@ Touches: the store under `root` (through `wikiembed.store`), the backend that em
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from wikiembed.backends.base import Backend
@@ -30,6 +29,8 @@ from wikiembed.publish import publish, write_card
 from wikiembed.settings import RunSettings
 from wikiembed.store import LOCAL, Store, StoreSync
 
+# The shard-state fields the flow reads.
+STATE_VIEW = ("shard", "state", "rows", "chunks", "error", "attempts")
 # The manifest fields the flow reads (the rest stays in the store).
 MANIFEST_VIEW = ("source", "model", "chunking", "plan", "settings", "skipped", "compact", "generation", "previous_generation")
 
@@ -68,15 +69,17 @@ def prepare_store(settings: dict[str, Any], sync: StoreSync = LOCAL) -> dict[str
     return {"store": str(prepared.store.root), "gen": prepared.store.gen, "previous_gen": prepared.previous_gen}
 
 
-def view_store(root: str, gen: str | None = None, sync: StoreSync = LOCAL) -> dict[str, Any]:
-    """What the flow and `status` need: the generation, the manifest's control fields, each shard's state."""
+def view_store(root: str, gen: str | None = None, sync: StoreSync = LOCAL, with_states: bool = True) -> dict[str, Any]:
+    """What the flow and `status` need: the generation, the manifest's control fields, each shard's
+    state (without its marker: tens of bytes a shard, so 10,000 shards are well under a megabyte)."""
     store = Store(root, gen, sync)
     store.refresh()
     manifest = store.read_manifest()
+    states = store.states(manifest) if with_states else []
     return {
         "gen": store.gen,
         "manifest": {k: manifest[k] for k in MANIFEST_VIEW if k in manifest},
-        "states": [asdict(s) for s in store.states(manifest)],
+        "states": [{f: getattr(s, f) for f in STATE_VIEW} for s in states],
     }
 
 

@@ -275,9 +275,14 @@ class Store:
         record is trusted without rehashing (resuming 1,000 shards must not read
         them all); any difference triggers a full sha256 check.
         """
+        return self._read_done_at(shard, str(self.done_path(shard)), str(self.data_path(shard)))
+
+    def _read_done_at(self, shard: int, done_file: str, data_file: str) -> dict[str, Any] | None:
+        # Plain strings: `states()` calls this for every shard, and pathlib's joins cost more than the check.
         try:
-            marker = json.loads(self.done_path(shard).read_text(encoding="utf-8"))
-            st = self.data_path(shard).stat()
+            with open(done_file, encoding="utf-8") as fh:
+                marker = json.load(fh)
+            st = os.stat(data_file)
         except (FileNotFoundError, json.JSONDecodeError, OSError):
             return None
         if st.st_size != marker.get("bytes"):
@@ -348,10 +353,16 @@ class Store:
             ) from None
         done_names = {p.name for p in (self.dir / "_done").glob("*.json")}
         failed_names = {p.name for p in (self.dir / "_failed").glob("*.json")}
+        done_dir, data_dir = str(self.dir / "_done"), str(self.dir / "data")
         out = []
         for k, (start, end) in enumerate(planned):
             name = f"{k:05d}.json"
-            marker = (self.verify_done(k) if verify else self.read_done(k)) if name in done_names else None
+            if name not in done_names:
+                marker = None
+            elif verify:
+                marker = self.verify_done(k)
+            else:
+                marker = self._read_done_at(k, os.path.join(done_dir, name), os.path.join(data_dir, f"{k:05d}.parquet"))
             if marker is not None:
                 out.append(ShardState(k, "done", end - start, marker.get("chunks"), marker=marker))
                 continue

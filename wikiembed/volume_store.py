@@ -96,8 +96,8 @@ class VolumeStore:
         self._manifest: dict[str, Any] | None = None
         self.gen = gen  # None: the generation status and rerun work on, learnt from the first view
 
-    def _view(self) -> dict[str, Any]:
-        view = self._ops.call("view", mount_path(self.root), self.gen)
+    def _view(self, with_states: bool = True) -> dict[str, Any]:
+        view = self._ops.call("view", mount_path(self.root), self.gen, with_states)
         self.gen = view["gen"]
         self._manifest = view["manifest"]  # fixed for a generation: read once
         return view
@@ -111,7 +111,7 @@ class VolumeStore:
 
     def read_manifest(self) -> dict[str, Any]:
         if self._manifest is None:
-            self._view()
+            self._view(with_states=False)
         assert self._manifest is not None
         return self._manifest
 

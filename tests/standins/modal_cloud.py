@@ -234,7 +234,7 @@ def _serve(cloud: CloudDir, private: Path, out: BinaryIO, inp: BinaryIO) -> None
                 settings = dict(args[0], store=_local_root(args[0]["store"], private))
                 result = fanout.prepare_store(settings, sync)
             elif method == "view":
-                result = fanout.view_store(_local_root(args[0], private), args[1], sync)
+                result = fanout.view_store(_local_root(args[0], private), args[1], sync, *args[2:])
             elif method == "mark_failed":
                 result = fanout.mark_failed(_local_root(args[0], private), *args[1:], sync=sync)
             elif method == "forget":
