@@ -1,6 +1,6 @@
 """Benchmark the PyTorch engine against sentence-transformers on the same chunks.
 
-Room: bench/. Reads model folders (the bundled all-MiniLM-L6-v2, or a copy
+What it may touch: reads model folders (the bundled all-MiniLM-L6-v2, or a copy
 given with --minilm; bge-small-en-v1.5 from --bge-small or the Hugging Face
 cache) and `wikiembed.sample` for text; builds a bge-small-en-v1.5 shaped model
 with seeded random weights in a temp folder when the real one is absent;
@@ -53,12 +53,12 @@ from wikiembed.sample import generate_articles  # noqa: E402
 
 # --- knobs -------------------------------------------------------------------
 
-# Chunk size in characters: the DESIGN anchors were measured on 512-character windows.
+# Chunk size in characters: the reference figures were measured on 512-character windows.
 CHUNK_CHARS = 512
 
 # What most users run: sentence-transformers' default batch size, in fp32.
 ST_BATCH = 32
-# The tuned sentence-transformers baseline of the DESIGN anchors.
+# The tuned sentence-transformers baseline of the reference figures.
 ST_FAST_BATCH = 256
 
 # Chunks each method embeds once, untimed, before timing: CUDA context, cuBLAS

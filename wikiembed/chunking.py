@@ -7,9 +7,9 @@ byte-identical file.
 
 Chunkers keep `text == article[char_start:char_end]` for every chunk and cover
 every non-blank character of the article:
-- `chars`: the seed's fixed windows of N characters, no overlap (parity mode;
-  windows may exceed the model's token limit and are then truncated by the
-  backend, which the summary counts as `over_limit_chunks`).
+- `chars`: fixed windows of N characters, no overlap (parity with the original
+  write-up; a window may exceed the model's token limit: the local engine then
+  cuts it to the limit, a TEI server refuses it).
 - `tokens` (default): windows counted in the model's own tokenizer, never
   above its max sequence length (special tokens included), cut at paragraph,
   then sentence, then word boundaries; optional overlap in tokens.
