@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.standins.hub_datasets import REPO, ROOT, articles, dump, hub_env, readme
 from tests.standins.hub_server import HubServer
 
@@ -48,6 +50,7 @@ out(rows=rows, fp_again=fingerprint(src), now_revision=now.revision, now_config=
 """
 
 
+@pytest.mark.slow  # a subprocess that imports datasets, and a server
 def test_pinned_revision_latest_config_and_errors(tmp_path: Path) -> None:
     with HubServer() as hub:
         hub.push_files(REPO, {"README.md": readme(["20240101.simple", "20240101.en"]),
