@@ -70,6 +70,15 @@ def _concurrency(settings: RunSettings) -> int:
     return LOCAL_CONCURRENCY if settings.backend == "local" else REMOTE_CONCURRENCY
 
 
+def _record_vector_kind(store: Store, logger) -> None:  # noqa: ANN001
+    """Pin the generation's kind of vectors in its manifest; a store that cannot be written (a full
+    disk) only delays that: every marker records its kind, and the next run pins it."""
+    try:
+        record_vector_kind(store)
+    except StoreError as exc:
+        logger.error("could not record the kind of vectors in the manifest: %s", exc)
+
+
 def _failure(state) -> tuple[str, int]:  # noqa: ANN001
     """(error text, attempts the task made) of a task that did not complete."""
     try:
@@ -100,7 +109,7 @@ def run_shards(
     model = manifest["model"]["model_id"]
     retries_before = backend_retries(model=model, **opts)
     if isinstance(store, Store):  # on a Volume the export step records it, where the markers are
-        record_vector_kind(store)  # a killed run's markers pin the kind before anything else is embedded
+        _record_vector_kind(store, logger)  # a killed run's markers pin the kind before anything else is embedded
     window = min(_concurrency(settings), MAX_CONCURRENCY)
     todo = list(shard_ids)
     inflight: dict[Any, tuple[int, Any]] = {}
@@ -135,7 +144,7 @@ def run_shards(
     if reuse_gen:
         release_reuse_index(str(store.root), reuse_gen)
     if results and isinstance(store, Store):
-        record_vector_kind(store)
+        _record_vector_kind(store, logger)
     # Request-level retries of this run only: the backend is shared by the runs of one process.
     request_retries = backend_retries(model=model, **opts) - retries_before
     return {"results": results, "failures": failures, "failed_attempts": failed_attempts, "request_retries": request_retries}
