@@ -10,6 +10,7 @@ Touches: argv, stdout/stderr, and whatever the command's flow touches.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextvars
 import json
 import os
@@ -405,6 +406,9 @@ def _start_own_api_server() -> None:
     if not _OWN_SERVER and needs_own_server():
         server = ApiServer()
         _OWN_SERVER.append(server)
+        # Stopped at exit after Prefect's own exit handlers (registered later, so run earlier)
+        # have sent their last logs and events: stopping it first would make them retry for a minute.
+        atexit.register(_stop_own_api_server)
         server.start()
 
 
@@ -453,8 +457,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("wikiembed: interrupted; finished shards are kept, run the same command to resume.", file=sys.stderr)
         return 130
-    finally:
-        _stop_own_api_server()
 
 
 if __name__ == "__main__":

@@ -121,3 +121,28 @@ def test_nothing_the_cli_started_outlives_a_sigkill(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not _wait_gone(started, 15), "the CLI's children outlived a SIGKILL"
+
+
+def test_a_run_that_fails_exits_at_once_and_leaves_nothing_behind(tmp_path):
+    """Prefect's last logs reach the temporary server before it is stopped: no minute of retries
+    against a server that is already gone, and no server left running."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"  # nothing listens here once closed
+    env = {**_env(tmp_path), "PREFECT_LOGGING_LEVEL": "INFO"}  # a user's default: logs go to the API
+    proc = subprocess.Popen([sys.executable, "-m", "wikiembed.flows.cli", "run", "--source", "sample:40", "--shard-rows", "20",
+                             "--store", str(tmp_path / "store"), "--backend", "tei", "--tei-url", url],
+                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    started: set[int] = set()
+    for line in proc.stderr:
+        started |= _descendants(proc.pid)
+        if "cannot be reached" in line:
+            break
+    said = time.monotonic()
+    rest = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == 2 and url in line and "Traceback" not in rest
+    assert time.monotonic() - said < 15, f"exited {time.monotonic() - said:.0f} s after its message: {rest[-500:]}"
+    assert not _wait_gone(started, 10)
