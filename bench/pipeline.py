@@ -236,15 +236,18 @@ def main() -> None:
                          "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
         results.update(chunking_vs_tokenizer(1000 if args.quick else 5000))
         print(f"chunking_vs_tokenizer {results['chunking_vs_tokenizer']:.2f}", flush=True)
-        results.update(host_ceiling(20_000 if args.quick else 40_000))
-        print(f"host_ceiling_vs_tokenizer {results['host_ceiling_vs_tokenizer']:.2f}", flush=True)
+        # Before anything loads a model: a subprocess reports this process's peak RSS as its own
+        # when that is higher (Linux counts the memory its exec replaces), so this runs while we are small.
         results.update(rss_growth(2000 if args.quick else 5000, tmp))
         print(f"rss_growth {results['rss_growth']:.2f}", flush=True)
+        results.update(host_ceiling(20_000 if args.quick else 40_000))
+        print(f"host_ceiling_vs_tokenizer {results['host_ceiling_vs_tokenizer']:.2f}", flush=True)
         results.update(overhead(n, tmp))
         print(f"overhead_ratio {results['overhead_ratio']:.3f}", flush=True)
         results.update(resume_1000_shards(tmp))
         print(f"resume_1000_shards_s {results['resume_1000_shards_s']:.1f}", flush=True)
     results["bench_seconds"] = time.perf_counter() - started
+    results["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]  # other work on a shared machine
     results["targets"] = {"overhead_ratio": "<= 1.25", "rss_growth": "<= 1.25", "chunking_vs_tokenizer": ">= 0.8",
                           "host_ceiling_vs_tokenizer": ">= 0.85",
                           "resume_1000_shards_s": "<= 30"}
