@@ -17,6 +17,8 @@ import os
 import signal
 import sys
 import threading
+import types
+import typing
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -37,34 +39,33 @@ EXIT_OK, EXIT_FAILED_SHARDS, EXIT_USAGE = 0, 1, 2
 STOP_SERVER_WAIT_S = 2.0
 
 
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per run option, generated from its definition in `wikiembed.settings`: the
+    name (--chunk-size for chunk_size), choices, type, description and default all come from there."""
+    from wikiembed.settings import option_fields
+
+    for name, field in option_fields():
+        kind = field.annotation
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None: the flag takes an X
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "required": field.is_required()}
+        if typing.get_origin(kind) is typing.Literal:
+            kwargs["choices"] = list(typing.get_args(kind))
+        elif kind is int:
+            kwargs["type"] = int
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        shown = f" (default: {default})" if default not in (None, []) else ""
+        kwargs["help"] = f"{field.description}{shown}".replace("%", "%%")
+        parser.add_argument(f"--{name.replace('_', '-')}", **kwargs)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wikiembed", description="Embed a text corpus into a Hugging Face dataset, resumably.")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="embed a source into a store (resumes what is there)")
-    run.add_argument("--source", default="sample:1000", help="sample:N, a parquet/jsonl file or folder, a save_to_disk folder, or a HF dataset id")
-    run.add_argument("--store", required=True, help="run store folder")
-    run.add_argument("--config", help="HF dataset config, e.g. 20231101.simple, or latest.simple: the newest YYYYMMDD.simple")
-    run.add_argument("--split", default="train")
-    run.add_argument("--limit", type=int, help="read only the first N source rows")
-    run.add_argument("--columns", help="column mapping ours=theirs, e.g. text=body,id=page_id")
-    run.add_argument("--backend", default="local", choices=["local", "tei", "modal"])
-    run.add_argument("--model", default=None, help="sentence-transformers model id or folder (default: all-MiniLM-L6-v2, bundled)")
-    run.add_argument("--device", choices=["cpu", "cuda"])
-    run.add_argument("--chunker", default="tokens", choices=["tokens", "chars"])
-    run.add_argument("--chunk-size", type=int)
-    run.add_argument("--chunk-overlap", type=int, default=0)
-    run.add_argument("--shard-rows", type=int)
-    run.add_argument("--tei-url", help="TEI server URL(s), comma-separated (with --backend tei)")
-    run.add_argument("--modal-app", help="deployed Modal app name (default: wikiembed-tei / wikiembed-torch)")
-    run.add_argument("--modal-class", default="TEI", choices=["TEI", "Torch"])
-    run.add_argument("--gpu", help="GPU type the Modal app was deployed with (default: as deployed)")
-    run.add_argument("--concurrency", type=int, help="shards embedded at once")
-    run.add_argument("--upload-to", help="publish when done: dir:PATH or hub:ORG/NAME")
+    _add_run_options(run)
     run.add_argument("--summary-json", help="write the run summary as JSON here")
-    run.add_argument("--dimensions", help="also store vectors truncated to these dimensions, comma-separated, e.g. 384,128 (Matryoshka)")
-    run.add_argument("--precision", help="extra stored precisions, comma-separated: float32,float16,int8,binary")
-    run.add_argument("--eval", dest="eval_sample", type=int, metavar="N", help="when done, check retrieval on N articles (as `wikiembed eval`)")
 
     status = sub.add_parser("status", help="per-shard state of a store")
     status.add_argument("--store", required=True)
@@ -169,35 +170,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from wikiembed.settings import RunSettings
     from wikiembed.volume_store import check_store_for_backend
 
-    given = {
-        "source": args.source,
-        "store": args.store,
-        "config": args.config,
-        "split": args.split,
-        "limit": args.limit,
-        "columns": args.columns,
-        "backend": args.backend,
-        "model": args.model,
-        "device": args.device,
-        "chunker": args.chunker,
-        "chunk_size": args.chunk_size,
-        "chunk_overlap": args.chunk_overlap,
-        "shard_rows": args.shard_rows,
-        "tei_url": [u.strip() for u in args.tei_url.split(",") if u.strip()] if args.tei_url else None,
-        "modal_app": args.modal_app,
-        "modal_class": args.modal_class,
-        "gpu": args.gpu,
-        "concurrency": args.concurrency,
-        "upload_to": args.upload_to,
-        "dimensions": _split_list(args.dimensions) or None,
-        "precision": _split_list(args.precision) or None,
-        "eval_sample": args.eval_sample,
-    }
-    params = {k: v for k, v in given.items() if v is not None}
-    settings = RunSettings(**params)
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "summary_json")}
+    settings = RunSettings(**options)
     check_store_for_backend(settings.backend, settings.store)  # before Prefect starts: fast, clean messages
     resolve(settings)
-    summary = _in_flow_thread(embed_dataset, **params)
+    summary = _in_flow_thread(embed_dataset, **settings.model_dump())
     _print_summary(summary)
     _write_json(args.summary_json, summary)
     return EXIT_FAILED_SHARDS if summary["shards_failed"] or summary["shards_done"] < summary["shards_total"] else EXIT_OK
@@ -259,15 +236,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_rerun(args: argparse.Namespace) -> int:
     from wikiembed.flows.embed_dataset import rerun_shards
-    from wikiembed.errors import InputError
+    from wikiembed.settings import parse_shards
 
-    if args.failed:
-        shards: Any = "failed"
-    else:
-        try:
-            shards = [int(x) for x in args.shards.split(",") if x.strip()]
-        except ValueError:
-            raise InputError(f"--shards {args.shards!r}: give comma-separated shard ids, e.g. --shards 3,17.") from None
+    shards = "failed" if args.failed else parse_shards(args.shards)
     summary = _in_flow_thread(rerun_shards, store=args.store, shards=shards)
     _print_summary(summary)
     _write_json(args.summary_json, summary)
@@ -357,8 +328,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _in_flow_thread(flow: Callable[..., dict[str, Any]], **params: Any) -> dict[str, Any]:
-    """Run a flow in a worker thread, so the main thread keeps the signals: Prefect installs no
+    """Run a flow in a worker thread and return its summary (also when shards failed), so the main thread keeps the signals: Prefect installs no
     SIGTERM handler off the main thread, and a stop never waits for a shard in flight."""
+    from wikiembed.errors import ShardsFailed
+
     _start_own_api_server()
     outcome: dict[str, Any] = {}
     context = contextvars.copy_context()
@@ -366,6 +339,8 @@ def _in_flow_thread(flow: Callable[..., dict[str, Any]], **params: Any) -> dict[
     def target() -> None:
         try:
             outcome["summary"] = context.run(flow, **params)
+        except ShardsFailed as exc:  # the flow run ended Failed; its error carries what it finished
+            outcome["summary"] = exc.summary
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             outcome["error"] = exc
 
@@ -451,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wikiembed {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ValidationError as exc:
-        problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"--{[p for p in e['loc'] if isinstance(p, str)][-1].replace('_', '-')}: {e['msg']}" for e in exc.errors())
         print(f"wikiembed {args.command}: error: {problems}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -11,22 +11,28 @@ Touches: the run store, Prefect's API (task runs, artifacts), the backend.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import re
 import sys
 import time
-from typing import Any, Literal
+from typing import Any, Callable
 
-from prefect import flow, get_run_logger, tags
+from prefect import flow, get_client, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.context import FlowRunContext
 from prefect.futures import as_completed
+from prefect.runtime import flow_run
+from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from wikiembed.backends.factory import backend_retries, open_backend
 from wikiembed.checkpoint import record_vector_kind
-from wikiembed.errors import BackendError, InputError, StoreError, TransientBackendError, WikiembedError
+from wikiembed.errors import BackendError, InputError, ShardsFailed, StoreError, TransientBackendError, WikiembedError
 from wikiembed.estimate import compare, markdown as estimate_markdown, one_line, run_hardware, store_estimate
 from wikiembed.plan import check_snapshot
 from wikiembed.progress import Progress
-from wikiembed.settings import RunSettings
+from wikiembed.settings import RunSettings, ShardSelection, parse_shards
 from wikiembed.store import Store
 from wikiembed.tasks.calibrate import calibrate_task
 from wikiembed.tasks.download import download_task
@@ -49,20 +55,25 @@ MAX_CONCURRENCY = 100
 PROGRESS_ARTIFACT_EVERY_S = 2.0
 
 
+# The deployment of `rerun-shards` in prefect.yaml, named in rerun instructions.
+RERUN_DEPLOYMENT = "rerun-shards/wikiembed-rerun"
+
+
 def _backend_opts(settings: RunSettings) -> dict[str, Any]:
+    c = settings.compute
     return {
         "backend": settings.backend,
-        "device": settings.device,
-        "tei_url": tuple(settings.tei_url),
-        "modal_app": settings.modal_app,
-        "modal_class": settings.modal_class,
-        "gpu": settings.gpu,
+        "device": c.device,
+        "tei_url": tuple(c.tei_url),
+        "modal_app": c.modal_app,
+        "modal_class": c.modal_class,
+        "gpu": c.gpu,
     }
 
 
 def _concurrency(settings: RunSettings) -> int:
-    if settings.concurrency:
-        return settings.concurrency
+    if settings.compute.concurrency:
+        return settings.compute.concurrency
     if settings.backend == "modal":
         # Shards beyond the deployed max_containers wait in Modal's queue at no cost; asking the
         # deployment its size would start a GPU container just to read a number.
@@ -101,7 +112,9 @@ def run_shards(
     total = len(manifest["plan"]["shards"])
     opts = _backend_opts(settings)
     progress = Progress.start(total=total, done=total - len(shard_ids))
-    artifact_id = create_progress_artifact(progress.fraction * 100, key="wikiembed-progress", description=f"shards of {store.root}")
+    artifact_id = create_progress_artifact(
+        progress.fraction * 100, key=artifact_key("progress", store), description=f"shards of {store.root}"
+    )
     artifact_updated = time.monotonic()
     results: dict[int, dict[str, Any]] = {}
     failures: dict[int, str] = {}
@@ -113,8 +126,8 @@ def run_shards(
     window = min(_concurrency(settings), MAX_CONCURRENCY)
     todo = list(shard_ids)
     inflight: dict[Any, tuple[int, Any]] = {}
-    source_tag = manifest["source"]["spec"][:60]
-    with tags(f"model:{manifest['model']['model_id']}", f"source:{source_tag}"):
+    finished = 0
+    with tags(*run_tags(settings, manifest)):
         while todo or inflight:
             while todo and len(inflight) < window:
                 k = todo.pop(0)
@@ -127,11 +140,21 @@ def run_shards(
             k, chunked = inflight.pop(future)
             future.wait()  # as_completed can yield before the final state is recorded
             state = future.state
+            finished += 1
             if state.is_completed():
-                results[k] = future.result()
+                results[k] = marker = future.result()
+                seconds = float(marker.get("seconds") or 0.0)
+                logger.info(
+                    "shard %05d done: %s chunks in %.1f s (%s chunks/s), %d/%d",
+                    k, f"{marker['chunks']:,}", seconds, f"{marker['chunks'] / seconds:,.0f}" if seconds else "-",
+                    finished, len(shard_ids),
+                )
             else:
                 failures[k], failed_attempts[k] = _failure(chunked.state if chunked and not chunked.state.is_completed() else state)
-                logger.error("shard %05d failed after %d attempt(s): %s", k, failed_attempts[k], failures[k])
+                logger.error(
+                    "shard %05d failed after %d attempt(s): %s, %d/%d; once the cause is fixed: %s",
+                    k, failed_attempts[k], failures[k], finished, len(shard_ids), rerun_command(store.root, str(k)),
+                )
                 try:
                     store.mark_failed(k, failures[k], attempts=failed_attempts[k])
                 except StoreError as exc:  # e.g. the disk that failed the shard is full
@@ -150,7 +173,7 @@ def run_shards(
     return {"results": results, "failures": failures, "failed_attempts": failed_attempts, "request_retries": request_retries}
 
 
-def _summary(store: Store | VolumeStore, run: dict[str, Any], seconds: float) -> dict[str, Any]:
+def _summary(store: Store | VolumeStore, settings: RunSettings, run: dict[str, Any], seconds: float, device: str) -> dict[str, Any]:
     manifest = store.read_manifest()
     states = store.states(manifest)
     done = [s for s in states if s.state == "done"]
@@ -159,6 +182,12 @@ def _summary(store: Store | VolumeStore, run: dict[str, Any], seconds: float) ->
     return {
         "store": str(store.root),
         "generation": store.gen,
+        "source": source_label(settings),
+        "model": manifest["model"]["model_id"],
+        "revision": manifest["model"]["revision"],
+        "backend": settings.backend,
+        "device": device,
+        "chunking": manifest["chunking"],
         "shards_total": len(states),
         "shards_done": len(done),
         "shards_failed": sum(s.state == "failed" for s in states),
@@ -178,17 +207,22 @@ def _summary(store: Store | VolumeStore, run: dict[str, Any], seconds: float) ->
 
 
 def _report(store: Store | VolumeStore, summary: dict[str, Any], changes: dict[str, Any] | None = None) -> None:
-    """The UI's view of the run: a shard-state table and a markdown summary."""
+    """The UI's view of the run: a shard-state table and a markdown summary, keyed per store."""
     states = store.states()
     create_table_artifact(
         [{"shard": s.shard, "state": s.state, "rows": s.rows, "chunks": s.chunks, "error": (s.error or "")[:200]} for s in states],
-        key="wikiembed-shards",
+        key=artifact_key("shards", store),
         description=f"shard states of {store.root}",
     )
+    chunking = ", ".join([str(summary["chunking"].get("chunker"))] + [f"{k} {v}" for k, v in summary["chunking"].items() if k != "chunker"])
     lines = [
         f"# wikiembed run: {summary['shards_done']}/{summary['shards_total']} shards done",
         "",
         f"- store: `{summary['store']}` (generation `{summary['generation']}`)",
+        f"- source: `{summary['source']}`",
+        f"- model: `{summary['model']}` (revision `{summary['revision']}`)",
+        f"- backend: {summary['backend']} on {summary['device']}",
+        f"- chunking: {chunking}",
         f"- rows: {summary['rows']:,} ({summary['skipped_rows']:,} skipped)",
         f"- chunks: {summary['chunks']:,} ({summary['embedded_chunks']:,} embedded, {summary['reused_chunks']:,} reused)",
         f"- time: {summary['seconds']:.1f} s, {summary['chars_per_s']:,.0f} chars/s, {summary['retries']} retries",
@@ -208,8 +242,88 @@ def _report(store: Store | VolumeStore, summary: dict[str, Any], changes: dict[s
         ids = ",".join(str(k) for k in summary["failed_shards"])
         lines += ["", "## Failed shards", ""]
         lines += [f"- {s.shard:05d}: {(s.error or '')[:300]}" for s in states if s.state == "failed"]
-        lines += ["", "Rerun them once the cause is fixed:", "", f"    wikiembed rerun --store {summary['store']} --shards {ids}"]
-    create_markdown_artifact("\n".join(lines), key="wikiembed-summary", description="run summary")
+        lines += [
+            "",
+            "Rerun them once the cause is fixed, from a terminal:",
+            "",
+            f"    {rerun_command(store.root, ids)}",
+            "",
+            "or through the rerun deployment (a worker on the pool runs it; `-p shards=failed` takes every failed one):",
+            "",
+            f"    {rerun_deployment_command(store.root, ids)}",
+        ]
+    create_markdown_artifact("\n".join(lines), key=artifact_key("summary", store), description=f"run summary of {store.root}")
+
+
+def artifact_key(kind: str, store: Store) -> str:
+    """`wikiembed-<kind>-<store slug>`: each store's latest progress, table and summary under
+    their own keys. Prefect keys allow lowercase letters, digits and dashes; a long path keeps
+    its end and a hash of the whole."""
+    path = str(store.root)
+    slug = re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-")
+    if len(slug) > 60:
+        slug = f"{slug[-50:].lstrip('-')}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+    return f"wikiembed-{kind}-{slug}"
+
+
+def rerun_command(store: Any, shards: str) -> str:
+    which = "--failed" if shards == "failed" else f"--shards {shards}"
+    return f"wikiembed rerun --store {store} {which}"
+
+
+def rerun_deployment_command(store: Any, shards: str) -> str:
+    return f"prefect deployment run {RERUN_DEPLOYMENT} -p store={store} -p shards={shards}"
+
+
+def source_label(settings: RunSettings) -> str:
+    """The source as a user names it: the spec, with the Hub config after a colon."""
+    return f"{settings.source}:{settings.config}" if settings.config else settings.source
+
+
+def run_tags(settings: RunSettings, manifest: dict[str, Any]) -> list[str]:
+    """Tags that say what ran, on the flow run and its task runs (filterable in the UI)."""
+    return [f"model:{manifest['model']['model_id']}", f"source:{source_label(settings)}", f"backend:{settings.backend}"]
+
+
+def _tag_flow_run(settings: RunSettings, manifest: dict[str, Any]) -> None:
+    # A flow run's tags are fixed when it is created (by a deployment or a caller) before the
+    # model is resolved; add ours to the ones it has.
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return
+    current = list(context.flow_run.tags)
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(context.flow_run.id, tags=current + [t for t in run_tags(settings, manifest) if t not in current])
+
+
+def _what_runs(settings: RunSettings, manifest: dict[str, Any]) -> str:
+    return f"source {source_label(settings)}, model {manifest['model']['model_id']}, backend {settings.backend}"
+
+
+def _embed_run_name() -> str:
+    settings = RunSettings(**flow_run.parameters)
+    model = settings.model.rstrip("/").rsplit("/", 1)[-1]
+    return f"embed {source_label(settings)} with {model} on {settings.backend} into {settings.store}"
+
+
+def _rerun_run_name() -> str:
+    params = flow_run.parameters
+    selection = params.get("shards", "failed")
+    what = "the failed shards" if str(selection).strip() == "failed" else f"shards {selection}"
+    return f"re-embed {what} of {params['store']}"
+
+
+def _device(settings: RunSettings, model: str, embedded: bool) -> str:
+    """Where the run's vectors were computed. The local engine says which device it chose; it is
+    asked only when shards were embedded here (so it is already open), never opened to report."""
+    c = settings.compute
+    if settings.backend == "tei":
+        return ", ".join(c.tei_url)
+    if settings.backend == "modal":
+        return f"Modal {c.modal_class} on {c.gpu or 'its deployed GPU'}"
+    if not embedded:
+        return c.device or "nothing embedded"
+    return str(getattr(open_backend(model=model, **_backend_opts(settings)), "device", None) or c.device or "the local device")
 
 
 def _announce_estimate(store: Store, manifest: dict[str, Any], pending: list[int], settings: RunSettings) -> dict[str, Any] | None:
@@ -218,13 +332,14 @@ def _announce_estimate(store: Store, manifest: dict[str, Any], pending: list[int
     try:
         predicted = store_estimate(
             store.snapshot_path, [tuple(shards[k]) for k in pending], manifest, backend=settings.backend,
-            hardware=run_hardware(settings.backend, settings.device, settings.gpu),
+            hardware=run_hardware(settings.backend, settings.compute.device, settings.compute.gpu),
         )
     except WikiembedError as exc:  # an estimate must never stop a run
         get_run_logger().warning("no estimate for this run: %s", exc)
         return None
     print(one_line(predicted), file=sys.stderr, flush=True)
-    create_markdown_artifact(estimate_markdown(predicted), key="wikiembed-estimate", description="what this run should take")
+    create_markdown_artifact(estimate_markdown(predicted), key=artifact_key("estimate", store),
+                              description=f"what this run of {store.root} should take")
     return predicted
 
 
@@ -242,10 +357,11 @@ def _finish(store: Store | VolumeStore, settings: RunSettings, run: dict[str, An
     # Before the export, so the card it writes carries the check. It reads vectors: local stores
     # only (a Volume store's vectors stay in the cloud).
     local = isinstance(store, Store)
-    checked = eval_task(str(store.root), store.gen, settings.eval_sample) if all_done and settings.eval_sample and local else None
+    checked = eval_task(str(store.root), store.gen, settings.output.eval_sample) if all_done and settings.output.eval_sample and local else None
     if all_done:
         export_task(str(store.root), store.gen, settings.upload_to)
-    summary = _summary(store, run, time.perf_counter() - started)
+    device = _device(settings, store.read_manifest()["model"]["model_id"], bool(run["results"]))
+    summary = _summary(store, settings, run, time.perf_counter() - started, device)
     if changes:
         summary["changes"] = changes
     if checked:
@@ -257,45 +373,64 @@ def _finish(store: Store | VolumeStore, settings: RunSettings, run: dict[str, An
     return summary
 
 
+def _outcome(summary: dict[str, Any]) -> dict[str, Any] | State:
+    """Completed (the summary) only when every shard is done; otherwise a Failed state whose
+    message says how many, why, and the rerun, so the UI, the dashboard and automations see it."""
+    missing = summary["shards_total"] - summary["shards_done"]
+    failed = summary["shards_failed"]  # a rerun's failed shard may still hold its earlier data
+    if not missing and not failed:
+        return summary
+    what = f"{failed}/{summary['shards_total']} shards failed" if failed >= missing else (
+        f"{missing}/{summary['shards_total']} shards not done ({failed} failed)"
+    )
+    store = open_store(summary["store"], summary["generation"])
+    errors = sorted({(s.error or "").splitlines()[0][:200] for s in store.states() if s.state == "failed"} - {""})
+    cause = f": {errors[0]}" + (f" (and {len(errors) - 1} other errors)" if len(errors) > 1 else "") if errors else ""
+    message = (
+        f"{what}{cause}; rerun with `{rerun_command(summary['store'], 'failed')}` "
+        f"or `{rerun_deployment_command(summary['store'], 'failed')}`"
+    )
+    get_run_logger().error(message)
+    return Failed(message=message, data=ShardsFailed(message, summary))
+
+
+def _takes_run_settings(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Make `fn(**options)` take exactly RunSettings' fields: the same names, types, defaults and
+    order, with each field's description as an `Args:` entry. Prefect builds the flow's UI form
+    and validates every run's parameters from this signature and docstring."""
+    fn.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=field.annotation,
+                default=inspect.Parameter.empty if field.is_required() else field.get_default(call_default_factory=True),
+            )
+            for name, field in RunSettings.model_fields.items()
+        ],
+        return_annotation=dict[str, Any],
+    )
+    args = "".join(f"    {name}: {field.description}\n" for name, field in RunSettings.model_fields.items())
+    fn.__doc__ = f"{RunSettings.__doc__}\n\nArgs:\n{args}"
+    return fn
+
+
 @flow(
     name="embed-dataset",
-    flow_run_name="embed {source} into {store}",
+    flow_run_name=_embed_run_name,
     log_prints=True,
     task_runner=ThreadPoolTaskRunner(max_workers=2 * MAX_CONCURRENCY),
 )
-def embed_dataset(
-    source: str = "sample:1000",
-    store: str = "runs/sample",
-    config: str | None = None,
-    split: str = "train",
-    limit: int | None = None,
-    columns: str | None = None,
-    backend: Literal["local", "tei", "modal"] = "local",
-    model: str = "sentence-transformers/all-MiniLM-L6-v2",
-    device: Literal["cpu", "cuda"] | None = None,
-    chunker: Literal["tokens", "chars"] = "tokens",
-    chunk_size: int | None = None,
-    chunk_overlap: int = 0,
-    shard_rows: int | None = None,
-    tei_url: list[str] | None = None,
-    modal_app: str | None = None,
-    modal_class: Literal["TEI", "Torch"] = "TEI",
-    gpu: str | None = None,
-    concurrency: int | None = None,
-    upload_to: str | None = None,
-    dimensions: list[int] | None = None,
-    precision: list[Literal["float32", "float16", "int8", "binary"]] | None = None,
-    eval_sample: int | None = None,
-) -> dict[str, Any]:
-    """Embed a dataset into a run store; resume whatever a previous run left undone."""
-    given = dict(locals())
-    settings = RunSettings(**{k: v for k, v in given.items() if v is not None or k in ("config", "limit")})
+@_takes_run_settings
+def embed_dataset(**options: Any) -> dict[str, Any] | State:
+    settings = RunSettings(**options)
     check_store_for_backend(settings.backend, settings.store)
     started = time.perf_counter()
     with open_store(settings.store).lock():
         planned = download_task(settings)
         s = open_store(planned["store"], planned["gen"])
         manifest = s.read_manifest()
+        _tag_flow_run(settings, manifest)
         pending = [st.shard for st in s.states(manifest) if st.state != "done"]
         if pending and isinstance(s, Store):  # on a Volume the shards open their backend remotely
             check_backend(settings, manifest["model"]["model_id"])
@@ -305,8 +440,12 @@ def embed_dataset(
         changes = _changes(planned, manifest) if planned["previous_gen"] and isinstance(s, Store) else None
         # The estimate reads the snapshot, which a Volume store keeps in the cloud.
         predicted = _announce_estimate(s, manifest, pending, settings) if pending and isinstance(s, Store) else None
+        total = len(manifest["plan"]["shards"])
+        get_run_logger().info(
+            "%s: %d shards, %d pending (%d done); %s", s.root, total, len(pending), total - len(pending), _what_runs(settings, manifest)
+        )
         run = run_shards(s, pending, settings, reuse_gen=planned["previous_gen"])
-        return _finish(s, settings, run, started, changes, predicted)
+        return _outcome(_finish(s, settings, run, started, changes, predicted))
 
 
 def _calibrate(store: Store | VolumeStore, settings: RunSettings) -> None:
@@ -326,25 +465,36 @@ def _changes(planned: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any
 
 @flow(
     name="rerun-shards",
-    flow_run_name="rerun {shards} in {store}",
+    flow_run_name=_rerun_run_name,
     log_prints=True,
     task_runner=ThreadPoolTaskRunner(max_workers=2 * MAX_CONCURRENCY),
 )
-def rerun_shards(store: str, shards: list[int] | Literal["failed"] = "failed") -> dict[str, Any]:
-    """Re-embed the given shards (or every failed one) with the store's recorded settings."""
+def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any] | State:
+    """Re-embed chosen shards, or every failed one, with the store's recorded settings.
+
+    Args:
+        store: Run store folder to repair (as given to the run that filled it).
+        shards: Shard ids as a list [3, 17] or text 3,17, or failed for every failed shard (see the run's shard table).
+    """
     started = time.perf_counter()
+    selection = parse_shards(shards)
     s = open_store(store)
     manifest = s.read_manifest()
     total = len(manifest["plan"]["shards"])
-    if shards == "failed":
+    if selection == "failed":
         # Failed shards, and shards whose data no longer matches their marker (damaged since).
         ids = [st.shard for st in s.states(manifest) if st.state in ("failed", "changed")]
     else:
-        bad = [k for k in shards if not 0 <= int(k) < total]
+        bad = [k for k in selection if not 0 <= k < total]
         if bad:
             raise InputError(f"--shards {bad}: this store has shards 0..{total - 1}; see `wikiembed status --store {store}`.")
-        ids = sorted({int(k) for k in shards})
+        ids = selection
     settings = RunSettings(**manifest["settings"])
+    _tag_flow_run(settings, manifest)
+    get_run_logger().info(
+        "%s: re-embedding %d of %d shards (%s); %s", s.root, len(ids), total, ",".join(map(str, ids)) or "none failed",
+        _what_runs(settings, manifest),
+    )
     with s.lock():
         reuse_gen = manifest.get("previous_generation")
         if isinstance(s, Store):
@@ -364,8 +514,8 @@ def rerun_shards(store: str, shards: list[int] | Literal["failed"] = "failed") -
     if run["failures"]:  # a shard whose rerun failed keeps its previous data, but the rerun did not succeed
         summary["failed_shards"] = sorted(set(summary["failed_shards"]) | set(run["failures"]))
         summary["shards_failed"] = len(summary["failed_shards"])
-    return summary
+    return _outcome(summary)
 
 
 if __name__ == "__main__":
-    embed_dataset()
+    embed_dataset(store="runs/sample")

@@ -29,3 +29,18 @@ class TransientBackendError(BackendError):
 
 class UploadError(WikiembedError):
     """Publishing the dataset failed (missing/rejected token, Hub error)."""
+
+
+class ShardsFailed(WikiembedError):
+    """A run ended with shards not done; the message says how many, why, and the rerun to run.
+
+    Carries the run's summary: finished shards stay finished, so a caller (the CLI)
+    still reports what was done.
+    """
+
+    def __init__(self, message: str, summary: dict) -> None:
+        super().__init__(message, summary)  # both in args, so the error pickles (Prefect may persist it)
+        self.summary = summary
+
+    def __str__(self) -> str:
+        return str(self.args[0])

@@ -68,10 +68,11 @@ def _identity(manifest: dict[str, Any]) -> tuple:
 
 def resolve(settings: RunSettings) -> tuple[Source, ModelInfo, Chunking]:
     """Check the source, model and chunking options without reading data (fast; before Prefect starts)."""
-    source = parse_source(settings.source, settings.config, settings.split, settings.limit, settings.columns)
+    source = parse_source(settings.source, settings.config, settings.reading.split, settings.limit, settings.reading.columns)
     info = model_info(settings.model)
-    chunking = make_chunking(settings.chunker, settings.chunk_size, settings.chunk_overlap, info.max_tokens)
-    parse_compact(settings.dimensions, settings.precision, info.dim)
+    c = settings.chunking
+    chunking = make_chunking(c.chunker, c.chunk_size, c.chunk_overlap, info.max_tokens)
+    parse_compact(settings.output.dimensions, settings.output.precision, info.dim)
     return source, info, chunking
 
 
@@ -85,7 +86,7 @@ def prepare(settings: RunSettings) -> Prepared:
     fp = fingerprint(source)
     gen = hashlib.sha256(f"{fp}\0{info.revision}".encode()).hexdigest()[:16]
     model = {"model_id": info.model_id, "revision": info.revision, "dim": info.dim, "max_tokens": info.max_tokens}
-    compact = parse_compact(settings.dimensions, settings.precision, info.dim)
+    compact = parse_compact(settings.output.dimensions, settings.output.precision, info.dim)
     identity = _identity({"model": model, "chunking": chunking.as_dict(), "compact": compact.as_dict() if compact else None})
     current = root.pointer("current")
     previous: str | None = None  # the published generation whose vectors this one may reuse

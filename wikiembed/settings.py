@@ -1,8 +1,10 @@
-"""Run settings: one typed, validated object for everything a run needs.
+"""Run settings: the one definition of every option a run takes.
 
-The same model backs the CLI flags, the Prefect flow parameters (so the UI
-shows a form) and the manifest (so `rerun` uses the store's recorded
-settings). Validation errors name the flag and the fix.
+Each option is defined once here (name, type, default, description, order).
+The `wikiembed run` flags are generated from these fields (flows/cli.py), the
+`embed-dataset` flow's parameters are these fields (so the Prefect UI form shows
+their descriptions, most important first, with the advanced ones in groups), and
+the manifest records them so `rerun` re-embeds with the store's settings.
 
 Touches: nothing but a look at whether `model` names a local folder.
 """
@@ -10,10 +12,12 @@ Touches: nothing but a look at whether `model` names a local folder.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
+from wikiembed.errors import InputError
 from wikiembed.model import DEFAULT_MODEL
 
 # Tens of MB of text per shard at Wikipedia's ~3k chars/article (English), ~1.1k
@@ -22,38 +26,74 @@ from wikiembed.model import DEFAULT_MODEL
 DEFAULT_SHARD_ROWS = 20_000
 
 
-class RunSettings(BaseModel):
-    """Everything `wikiembed run` / the `embed-dataset` flow takes."""
+def _in_definition_order(schema: dict[str, Any]) -> None:
+    # Prefect's form sorts an object's fields alphabetically unless each carries a
+    # `position`; the order they are defined in here is the order of importance.
+    for position, prop in enumerate(schema.get("properties", {}).values()):
+        prop["position"] = position
 
-    source: str = Field("sample:1000", description="sample:N, a parquet/jsonl file or folder, a save_to_disk folder, or a HF dataset id")
-    store: str = Field("runs/sample", description="run store folder (one per source, model and chunking)")
-    config: str | None = Field(None, description="HF dataset config, e.g. 20231101.simple, or latest.simple for the newest dump")
-    split: str = "train"
-    limit: int | None = Field(None, ge=1, description="read only the first N source rows")
-    columns: str | None = Field(None, description="column mapping ours=theirs, e.g. text=body,id=page_id")
-    backend: Literal["local", "tei", "modal"] = "local"
-    model: str = Field(DEFAULT_MODEL, description="sentence-transformers model id or local folder")
-    device: Literal["cpu", "cuda"] | None = None
-    chunker: Literal["tokens", "chars"] = "tokens"
-    chunk_size: int | None = Field(None, ge=1, description="tokens (tokens chunker) or characters (chars chunker)")
-    chunk_overlap: int = Field(0, ge=0)
-    shard_rows: int | None = Field(
-        None, ge=1, description=f"articles per shard (default: the store's recorded plan, or {DEFAULT_SHARD_ROWS:,} for a new store)"
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_in_definition_order)
+
+
+class ReadOptions(_Options):
+    """How the source is read: which split, and which of its columns are ours."""
+
+    split: str = Field("train", description="Dataset split to read (Hub datasets and save_to_disk folders).")
+    columns: str | None = Field(
+        None, description="Column mapping ours=theirs for datasets with other column names, e.g. text=body,id=page_id."
     )
-    tei_url: list[str] = Field(default_factory=list, description="TEI server URLs for --backend tei")
-    modal_app: str | None = Field(None, description="deployed Modal app (default: wikiembed-tei or wikiembed-torch by class)")
-    modal_class: Literal["TEI", "Torch"] = "TEI"
-    gpu: str | None = Field(None, description="GPU the Modal app was deployed with (default: as deployed)")
-    concurrency: int | None = Field(None, ge=1, description="shards embedded at once (default: per backend)")
-    upload_to: str | None = Field(None, description="dir:PATH or hub:ORG/NAME to publish to when all shards are done")
+
+
+class ChunkingOptions(_Options):
+    """How articles are cut into the texts that are embedded. Changing them needs a new store."""
+
+    chunker: Literal["tokens", "chars"] = Field(
+        "tokens",
+        description="tokens: paragraph/sentence-aware windows counted in the model's tokens (nothing truncated); "
+        "chars: fixed character windows.",
+    )
+    chunk_size: int | None = Field(
+        None, ge=1, description="Window size in tokens (tokens chunker) or characters (chars chunker); default: the model's limit / 512 chars."
+    )
+    chunk_overlap: int = Field(0, ge=0, description="Tokens or characters shared by consecutive windows.")
+
+
+class ComputeOptions(_Options):
+    """Where the embedding runs and how wide: device, shards in flight, TEI servers, the Modal app."""
+
+    device: Literal["cpu", "cuda"] | None = Field(None, description="Device of the local backend (default: cuda when present).")
+    concurrency: int | None = Field(
+        None, ge=1, description="Shards embedded at once (default: 2 local, 16 TEI, the deployed capacity on Modal)."
+    )
+    tei_url: list[str] = Field(
+        default_factory=list, description="TEI server URLs for backend tei (a list, or one comma-separated string)."
+    )
+    modal_app: str | None = Field(None, description="Deployed Modal app (default: wikiembed-tei or wikiembed-torch, by class).")
+    modal_class: Literal["TEI", "Torch"] = Field("TEI", description="Modal class: TEI, or our PyTorch engine (Torch).")
+    gpu: str | None = Field(None, description="GPU for the Modal app's calls, e.g. H100 (default: as deployed).")
+
+    @field_validator("tei_url", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [u.strip() for u in value.split(",") if u.strip()]
+        return value or []
+
+
+class OutputOptions(_Options):
+    """What is stored and checked beside the float32 vectors: smaller forms (fewer dimensions, lower precisions), a retrieval check."""
+
     dimensions: list[int] = Field(
-        default_factory=list, description="also store vectors truncated to these numbers of dimensions, renormalized (Matryoshka)"
-    )
-    eval_sample: int | None = Field(
-        None, ge=1, description="after a complete run, check retrieval on this many articles (titles as queries)"
+        default_factory=list,
+        description="Also store vectors truncated to these numbers of dimensions, renormalized (Matryoshka), e.g. 384,128.",
     )
     precision: list[Literal["float32", "float16", "int8", "binary"]] = Field(
-        default_factory=list, description="extra stored precisions of the vectors: float32, float16, int8, binary"
+        default_factory=list, description="Extra stored precisions of the vectors: float32, float16, int8, binary."
+    )
+    eval_sample: int | None = Field(
+        None, ge=1, description="After a complete run, check retrieval on this many articles, titles as queries (as wikiembed eval)."
     )
 
     @field_validator("precision", "dimensions", mode="before")
@@ -65,6 +105,40 @@ class RunSettings(BaseModel):
             return [p.strip() for p in value.split(",") if p.strip()]
         return value or []
 
+
+class RunSettings(_Options):
+    """Embed a dataset into a run store; resume whatever a previous run left undone."""
+
+    source: str = Field(
+        "sample:1000",
+        description="What to embed: a Hugging Face dataset id (e.g. wikimedia/wikipedia), a parquet/jsonl file or folder, "
+        "a save_to_disk folder, or sample:N (built-in articles, no network).",
+    )
+    config: str | None = Field(
+        None, description="Hugging Face dataset config, e.g. 20231101.simple, or latest.simple: the newest YYYYMMDD.simple dump (Hub sources only)."
+    )
+    store: str = Field(
+        description="Run store folder: one per source, model and chunking; a rerun of the same settings resumes it."
+    )
+    model: str = Field(DEFAULT_MODEL, description="sentence-transformers model id, or the folder of a fine-tuned model.")
+    backend: Literal["local", "tei", "modal"] = Field(
+        "local", description="Where vectors are computed: local (in-process PyTorch), tei (servers by URL), modal (a deployed app)."
+    )
+    upload_to: str | None = Field(
+        None, description="Publish when every shard is done: hub:ORG/NAME (a Hub dataset repo) or dir:PATH; empty: keep it in the store."
+    )
+    limit: int | None = Field(None, ge=1, description="Read only the first N source rows (for a trial run).")
+    shard_rows: int | None = Field(
+        None,
+        ge=1,
+        description="Source rows per shard, the unit of work, retry and rerun "
+        f"(default: the store's recorded plan, or {DEFAULT_SHARD_ROWS:,} for a new store).",
+    )
+    chunking: ChunkingOptions = Field(default_factory=ChunkingOptions, description=ChunkingOptions.__doc__)
+    reading: ReadOptions = Field(default_factory=ReadOptions, description=ReadOptions.__doc__)
+    compute: ComputeOptions = Field(default_factory=ComputeOptions, description=ComputeOptions.__doc__)
+    output: OutputOptions = Field(default_factory=OutputOptions, description=OutputOptions.__doc__)
+
     @field_validator("model")
     @classmethod
     def _absolute_model_folder(cls, value: str) -> str:
@@ -72,9 +146,54 @@ class RunSettings(BaseModel):
         folder = Path(value).expanduser()
         return str(folder.resolve()) if folder.is_dir() else value
 
-    @field_validator("tei_url", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _split_urls(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [u.strip() for u in value.split(",") if u.strip()]
-        return value or []
+    def _group_flat_options(cls, data: Any) -> Any:
+        """Move flat options (the CLI's flags, manifests written before options were grouped) into their group."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for group, model in GROUPS.items():
+            flat = {k: data.pop(k) for k in list(data) if k in model.model_fields}
+            if flat:
+                given = data.get(group) or {}
+                data[group] = {**(given.model_dump() if isinstance(given, BaseModel) else given), **flat}
+        return data
+
+
+GROUPS: dict[str, type[_Options]] = {
+    "chunking": ChunkingOptions,
+    "reading": ReadOptions,
+    "compute": ComputeOptions,
+    "output": OutputOptions,
+}
+
+
+def option_fields() -> list[tuple[str, FieldInfo]]:
+    """Every option as (name, field), flat and in order of importance: the CLI's flags."""
+    fields: list[tuple[str, FieldInfo]] = []
+    for name, field in RunSettings.model_fields.items():
+        group = GROUPS.get(name)
+        fields += list(group.model_fields.items()) if group else [(name, field)]
+    return fields
+
+
+# Which shards a rerun re-embeds. `prefect deployment run -p shards=...` sends a value that
+# parses as JSON as JSON (1, [1, 2]) and anything else as text ("1,2", "failed"): all are accepted.
+ShardSelection = list[int] | int | Annotated[str, StringConstraints(pattern=r"^\s*(failed|\d+(\s*,\s*\d+)*)\s*$")]
+
+
+def parse_shards(selection: ShardSelection) -> list[int] | Literal["failed"]:
+    """`"failed"`, or the sorted, distinct shard ids of `[0, 1]`, `1` or `"0,1"`."""
+    if isinstance(selection, str) and selection.strip() == "failed":
+        return "failed"
+    try:
+        ids = [selection] if isinstance(selection, int) else selection
+        if isinstance(ids, str):
+            ids = [int(x) for x in ids.split(",") if x.strip()]
+        ids = sorted({int(k) for k in ids})
+    except (TypeError, ValueError):
+        ids = []
+    if not ids:
+        raise InputError(f"--shards {selection!r}: give shard ids (3,17 or [3, 17]) or 'failed'.")
+    return ids

@@ -26,6 +26,7 @@ class FaultyBackend:
     def __init__(self, inner, *, fail_every: int = 0, poison: str | None = None, seed: int = 0) -> None:
         self.inner = inner
         self.model_id, self.dim, self.max_tokens, self.kind = inner.model_id, inner.dim, inner.max_tokens, inner.kind
+        self.device = getattr(inner, "device", None)
         self.fail_every = fail_every
         self.poison = poison
         self.rng = random.Random(seed)

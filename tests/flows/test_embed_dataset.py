@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,7 @@ def test_rerun_one_shard_reembeds_only_that_shard(sample_run):
 def test_other_model_or_chunking_into_the_same_store_is_refused(sample_run):
     store, _ = sample_run
     with pytest.raises(InputError, match="new --store"):
-        embed_dataset(source="sample:240", store=str(store), shard_rows=80, chunk_size=128)
+        embed_dataset(source="sample:240", store=str(store), shard_rows=80, chunking={"chunk_size": 128})
 
 
 def test_bad_rerun_shard_ids_name_the_range(sample_run):
@@ -142,3 +143,50 @@ def test_an_unchanged_rerun_reads_no_data_file(prefect_api, tmp_path, monkeypatc
     again = embed_dataset(source="sample:60", store=str(store), shard_rows=30)
     assert again["shards_done"] == 2 and again["embedded_chunks"] == 0
     assert reads == []
+
+
+def test_a_run_with_failed_shards_ends_failed_and_says_what_ran_and_how_to_rerun(prefect_api, tmp_path, monkeypatch, caplog):
+    """What the UI shows: a Failed flow run whose message gives the count, the cause and the rerun;
+    tags and a name that say what ran; per-store artifacts; the plan and each shard in the run log."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    from tests.flows import faults
+    from wikiembed.errors import ShardsFailed
+    from wikiembed.flows.embed_dataset import artifact_key
+
+    caplog.set_level(logging.INFO, logger="prefect.flow_runs")  # the test session logs only warnings
+    faults.install(monkeypatch, poison="Region")  # a word in shards 1 and 2 of sample:120, not in shard 0
+    store = tmp_path / "store"
+    state = embed_dataset(source="sample:120", store=str(store), shard_rows=40, return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith("2/3 shards failed: BackendError: injected"), state.message
+    assert f"`wikiembed rerun --store {store} --failed`" in state.message
+    assert f"`prefect deployment run rerun-shards/wikiembed-rerun -p store={store} -p shards=failed`" in state.message
+    with pytest.raises(ShardsFailed) as ended:
+        state.result()
+    assert ended.value.summary["shards_done"] == 1 and ended.value.summary["failed_shards"] == [1, 2]
+
+    APILogHandler().flush()  # log records reach the API in batches
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+        assert run.name == f"embed sample:120 with all-MiniLM-L6-v2 on local into {store}"
+        assert {"model:sentence-transformers/all-MiniLM-L6-v2", "source:sample:120", "backend:local"} <= set(run.tags)
+        key = artifact_key("summary", Store(store))
+        assert str(store.name) in key and key.startswith("wikiembed-summary-")
+        summary = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))[0].data
+        assert "- model: `sentence-transformers/all-MiniLM-L6-v2` (revision `" in summary
+        assert "- backend: local on cpu" in summary and "- chunking: tokens, chunk_overlap 0, chunk_size 256" in summary, summary
+        assert f"wikiembed rerun --store {store} --shards 1,2" in summary
+        assert f"prefect deployment run rerun-shards/wikiembed-rerun -p store={store} -p shards=1,2" in summary
+        logs = [log.message for log in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))]
+    assert any("3 shards, 3 pending (0 done)" in m for m in logs), logs
+    assert any(m.startswith("shard 00000 done: ") and "chunks/s" in m for m in logs), logs
+    assert any(m.startswith("shard 00001 failed: ") and f"wikiembed rerun --store {store} --shards 1" in m for m in logs), logs
+
+    monkeypatch.undo()
+    fixed = rerun_shards(store=str(store), shards="1,2", return_state=True)
+    assert fixed.is_completed() and fixed.result()["shards_done"] == 3
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(fixed.state_details.flow_run_id).name == f"re-embed shards 1,2 of {store}"

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from wikiembed.errors import ShardsFailed
 from wikiembed.flows.embed_dataset import embed_dataset, rerun_shards
 from wikiembed.sample import generate_articles
 from tests.flows import faults
@@ -74,7 +75,9 @@ def test_switch_is_atomic_and_failed_incremental_keeps_the_old_version(prefect_a
     embed_dataset(source=str(versions / "v1.jsonl"), store=str(store), shard_rows=40)
     before = _table(store)
     faulty = faults.install(monkeypatch, poison="A new closing paragraph")
-    summary = embed_dataset(source=str(versions / "v2.jsonl"), store=str(store), shard_rows=40)
+    with pytest.raises(ShardsFailed, match="1/") as ended:
+        embed_dataset(source=str(versions / "v2.jsonl"), store=str(store), shard_rows=40)
+    summary = ended.value.summary
     assert summary["shards_failed"] == 1 and faulty.calls > 0
     # readers still see the complete old version, not half of each
     after = _table(store)

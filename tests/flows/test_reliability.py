@@ -95,7 +95,8 @@ def test_tei_backend_through_faults_returns_exactly_the_right_vectors(prefect_ap
 
     url, server = start_server(model_id=MODEL, max_client_batch_size=8, error_rate=0.1, drop_rate=0.1, slow_rate=0.05, slow_s=0.3, seed=3)
     try:
-        summary = embed_dataset(source="sample:120", store=str(tmp_path / "store"), shard_rows=40, backend="tei", tei_url=[url])
+        summary = embed_dataset(source="sample:120", store=str(tmp_path / "store"), shard_rows=40, backend="tei",
+                                compute={"tei_url": [url]})
     finally:
         server.stop()
     assert summary["shards_done"] == 3 and summary["retries"] > 0
@@ -150,6 +151,7 @@ def test_a_second_run_on_a_busy_store_is_refused_clearly(tmp_path, cli_env):
 
 
 def test_full_disk_fails_shards_cleanly_and_keeps_done_ones(prefect_api, tmp_path, monkeypatch):
+    from wikiembed.errors import ShardsFailed
     from wikiembed.flows.embed_dataset import embed_dataset
     import wikiembed.flows.embed_dataset as flow_module
 
@@ -159,7 +161,9 @@ def test_full_disk_fails_shards_cleanly_and_keeps_done_ones(prefect_api, tmp_pat
         pytest.skip("cannot mount a small tmpfs here (needs root); the ENOSPC path is covered by tests/wikiembed/test_store.py")
     try:
         monkeypatch.setattr(flow_module, "embed_task", flow_module.embed_task.with_options(retry_delay_seconds=0.1))
-        summary = embed_dataset(source="sample:300", store=str(mount / "store"), shard_rows=50)
+        with pytest.raises(ShardsFailed) as ended:  # the flow run ends Failed, with what it finished
+            embed_dataset(source="sample:300", store=str(mount / "store"), shard_rows=50)
+        summary = ended.value.summary
         assert 0 < summary["shards_done"] < summary["shards_total"]
         from wikiembed.store import Store
 

@@ -96,6 +96,7 @@ class Serialized:
         self.inner = inner
         self.model_id, self.dim, self.max_tokens = inner.model_id, inner.dim, inner.max_tokens
         self.kind = inner.kind
+        self.device: str | None = getattr(inner, "device", None)  # what the run summary reports
         self._lock = threading.Lock()
         if hasattr(inner, "embed_ids"):
             self.embed_ids = self._embed_ids
