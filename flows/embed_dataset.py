@@ -6,6 +6,12 @@ keeps shards in flight, and reports to the UI. Shards already done (marker
 matches file) are never submitted, so a resumed run, or a flow run retried from
 the UI, costs one listing of `_done/`.
 
+What the UI shows is the truth about the run: a flow run is Completed only when
+every shard is done, and otherwise Failed with a message that gives the count,
+the cause and the rerun; its name and tags say what ran (source, model,
+backend); its log has the plan and one line per shard; its artifacts are keyed
+per store. The flow's parameters are RunSettings' fields (wikiembed/settings.py).
+
 Touches: the run store, Prefect's API (task runs, artifacts), the backend.
 """
 
@@ -182,7 +188,7 @@ def _summary(store: Store | VolumeStore, settings: RunSettings, run: dict[str, A
     return {
         "store": str(store.root),
         "generation": store.gen,
-        "source": source_label(settings),
+        "source": source_label(settings.source, settings.config),
         "model": manifest["model"]["model_id"],
         "revision": manifest["model"]["revision"],
         "backend": settings.backend,
@@ -275,14 +281,14 @@ def rerun_deployment_command(store: Any, shards: str) -> str:
     return f"prefect deployment run {RERUN_DEPLOYMENT} -p store={store} -p shards={shards}"
 
 
-def source_label(settings: RunSettings) -> str:
+def source_label(source: str, config: str | None) -> str:
     """The source as a user names it: the spec, with the Hub config after a colon."""
-    return f"{settings.source}:{settings.config}" if settings.config else settings.source
+    return f"{source}:{config}" if config else source
 
 
 def run_tags(settings: RunSettings, manifest: dict[str, Any]) -> list[str]:
     """Tags that say what ran, on the flow run and its task runs (filterable in the UI)."""
-    return [f"model:{manifest['model']['model_id']}", f"source:{source_label(settings)}", f"backend:{settings.backend}"]
+    return [f"model:{manifest['model']['model_id']}", f"source:{source_label(settings.source, settings.config)}", f"backend:{settings.backend}"]
 
 
 def _tag_flow_run(settings: RunSettings, manifest: dict[str, Any]) -> None:
@@ -297,13 +303,14 @@ def _tag_flow_run(settings: RunSettings, manifest: dict[str, Any]) -> None:
 
 
 def _what_runs(settings: RunSettings, manifest: dict[str, Any]) -> str:
-    return f"source {source_label(settings)}, model {manifest['model']['model_id']}, backend {settings.backend}"
+    return f"source {source_label(settings.source, settings.config)}, model {manifest['model']['model_id']}, backend {settings.backend}"
 
 
 def _embed_run_name() -> str:
-    settings = RunSettings(**flow_run.parameters)
-    model = settings.model.rstrip("/").rsplit("/", 1)[-1]
-    return f"embed {source_label(settings)} with {model} on {settings.backend} into {settings.store}"
+    # From the raw parameters: a name must not fail before the run can report a bad one.
+    params = {name: field.default for name, field in RunSettings.model_fields.items()} | flow_run.parameters
+    model = str(params["model"]).rstrip("/").rsplit("/", 1)[-1]
+    return f"embed {source_label(params['source'], params['config'])} with {model} on {params['backend']} into {params['store']}"
 
 
 def _rerun_run_name() -> str:

@@ -19,6 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.standins.tei_server import start_server
+from wikiembed.flows.embed_dataset import artifact_key
+from wikiembed.store import Store
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 TOKEN = "hf_wikiembedTestSecret0123456789"
@@ -89,43 +93,81 @@ def server(tmp_path_factory):
         _stop(proc)
 
 
-def test_deploy_sample_then_rerun_one_shard(server, tmp_path):
+@pytest.fixture(scope="module")
+def deployed(server):
+    """The README's steps: a process pool, `prefect deploy --all`, a worker; yields (env, api, deployments)."""
     env, api = server
     _prefect(env, "work-pool", "create", "wikiembed-pool", "--type", "process")
     deployed = _prefect(env, "--no-prompt", "deploy", "--all")
     for name in ("wikiembed-daily", "wikiembed-rerun", "wikiembed-sample"):
         assert name in deployed
     deployments = {d["name"]: d for d in httpx.post(f"{api}/deployments/filter", json={}).json()}
-    daily = deployments["wikiembed-daily"]
-    assert daily["schedules"] and daily["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
-    assert not deployments["wikiembed-rerun"]["schedules"]
-
     worker_env = dict(env, PREFECT_WORKER_QUERY_SECONDS="1", HF_TOKEN=TOKEN, HF_HUB_OFFLINE="1")
     worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "wikiembed-pool"], env=worker_env,
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    store = tmp_path / "store"
     try:
-        run = _run_deployment(env, api, "embed-dataset/wikiembed-sample",
-                              "source=sample:120", f"store={store}", "shard_rows=40", f"upload_to=dir:{tmp_path / 'pub'}")
-        assert run["state"]["type"] == "COMPLETED", run["state"]
-        assert run["name"].startswith("embed sample:120")
-        markers = {p.name: p.stat().st_mtime_ns for p in (store / "_done").glob("*.json")}
-        assert sorted(markers) == ["00000.json", "00001.json", "00002.json"]
-
-        rerun = _run_deployment(env, api, "rerun-shards/wikiembed-rerun", f"store={store}", "shards=[1]")
-        assert rerun["state"]["type"] == "COMPLETED", rerun["state"]
-        after = {p.name: p.stat().st_mtime_ns for p in (store / "_done").glob("*.json")}
-        assert after["00000.json"] == markers["00000.json"] and after["00002.json"] == markers["00002.json"]
-        assert after["00001.json"] != markers["00001.json"]
+        yield env, api, deployments
     finally:
         _stop(worker)
 
-    # The UI's view: progress, shard table and summary artifacts; the token nowhere.
+
+def test_deployments_have_a_schedule_and_a_described_form(deployed):
+    _, _, deployments = deployed
+    daily = deployments["wikiembed-daily"]
+    assert daily["schedules"] and daily["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
+    assert not deployments["wikiembed-rerun"]["schedules"]
+    assert "upload_to" in daily["description"] and daily["parameters"]["upload_to"] is None
+    for name in ("wikiembed-daily", "wikiembed-rerun", "wikiembed-sample"):
+        schema = deployments[name]["parameter_openapi_schema"]
+        for param, prop in schema["properties"].items():
+            group = schema["definitions"][prop["$ref"].rsplit("/", 1)[-1]] if "$ref" in prop else None
+            assert (group or prop)["description"], f"{name}: {param} has no description"
+            assert not group or all(f["description"] for f in group["properties"].values()), f"{name}: {param}"
+
+
+def test_deploy_sample_then_rerun_two_shards(deployed, tmp_path):
+    env, api, _ = deployed
+    store = tmp_path / "store"
+    run = _run_deployment(env, api, "embed-dataset/wikiembed-sample",
+                          "source=sample:120", f"store={store}", "shard_rows=40", f"upload_to=dir:{tmp_path / 'pub'}")
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    assert run["name"] == f"embed sample:120 with all-MiniLM-L6-v2 on local into {store}"
+    assert {"model:sentence-transformers/all-MiniLM-L6-v2", "source:sample:120", "backend:local"} <= set(run["tags"])
+    markers = {p.name: p.stat().st_mtime_ns for p in (store / "_done").glob("*.json")}
+    assert sorted(markers) == ["00000.json", "00001.json", "00002.json"]
+
+    rerun = _run_deployment(env, api, "rerun-shards/wikiembed-rerun", f"store={store}", "shards=0,1")  # text, as typed
+    assert rerun["state"]["type"] == "COMPLETED", rerun["state"]
+    assert rerun["name"] == f"re-embed shards 0,1 of {store}"
+    after = {p.name: p.stat().st_mtime_ns for p in (store / "_done").glob("*.json")}
+    assert after["00002.json"] == markers["00002.json"]
+    assert after["00000.json"] != markers["00000.json"] and after["00001.json"] != markers["00001.json"]
+
+    # The UI's view: progress, shard table and summary artifacts under this store's keys; the token nowhere.
     artifacts = httpx.post(f"{api}/artifacts/filter", json={}).json()
-    kinds = {a["type"] for a in artifacts}
-    assert {"progress", "table", "markdown"} <= kinds
-    summary = next(a for a in artifacts if a["key"] == "wikiembed-summary")
-    assert "3/3 shards done" in summary["data"]
+    keys = {artifact_key(kind, Store(store)) for kind in ("progress", "shards", "summary")}
+    mine = {a["type"]: a for a in artifacts if a["key"] in keys}
+    assert {"progress", "table", "markdown"} <= set(mine), [a["key"] for a in artifacts]
+    assert "3/3 shards done" in mine["markdown"]["data"]
     logs = httpx.post(f"{api}/logs/filter", json={"limit": 200}).json()
     blob = json.dumps(artifacts) + json.dumps(logs) + json.dumps(httpx.post(f"{api}/flow_runs/filter", json={}).json())
     assert TOKEN not in blob
+
+
+@pytest.mark.parametrize("poison,failed", [("e", 3), ("Region", 2)])  # every shard; shards 1 and 2 of sample:120
+def test_a_run_with_failed_shards_ends_failed_with_the_rerun(deployed, tmp_path, poison, failed):
+    """A TEI server that rejects (422) any input holding `poison`: the flow run is Failed, and says how to rerun."""
+    env, api, _ = deployed
+    url, tei = start_server(model_id="sentence-transformers/all-MiniLM-L6-v2", poison=poison)
+    store = tmp_path / "store"
+    try:
+        run = _run_deployment(env, api, "embed-dataset/wikiembed-sample", "source=sample:120", f"store={store}",
+                              "shard_rows=40", "backend=tei", f'compute={{"tei_url": ["{url}"]}}')
+    finally:
+        tei.stop()
+    assert run["state"]["type"] == "FAILED", run["state"]
+    message = run["state"]["message"]
+    assert message.startswith(f"{failed}/3 shards failed: "), message
+    assert f"wikiembed rerun --store {store} --failed" in message
+    assert f"prefect deployment run rerun-shards/wikiembed-rerun -p store={store} -p shards=failed" in message
+    assert "backend:tei" in run["tags"]
