@@ -27,8 +27,8 @@ def topics(tmp_path_factory):
 def compact_store(prefect_api, topics, tmp_path_factory):
     store = tmp_path_factory.mktemp("compact") / "store"
     summary = embed_dataset(
-        source=str(topics), store=str(store), shard_rows=12, dimensions=[384, 128], precision=["float32", "float16", "int8", "binary"],
-        eval_sample=10,
+        source=str(topics), store=str(store), shard_rows=12,
+        output={"dimensions": [384, 128], "precision": ["float32", "float16", "int8", "binary"], "eval_sample": 10},
     )
     assert summary["shards_done"] == summary["shards_total"] == 3
     # The estimate shown before the run sampled every article here, so it is exact.
@@ -142,7 +142,7 @@ def test_eval_reports_each_form_and_records_it_in_the_card(compact_store, tmp_pa
 
 def test_eval_against_a_second_store_pairs_the_same_articles(compact_store, topics, tmp_path, prefect_api):
     other = tmp_path / "chars"
-    embed_dataset(source=str(topics), store=str(other), shard_rows=50, chunker="chars", chunk_size=400)
+    embed_dataset(source=str(topics), store=str(other), shard_rows=50, chunking={"chunker": "chars", "chunk_size": 400})
     out = tmp_path / "against.json"
     assert main(["eval", "--store", str(compact_store), "--against", str(other), "--sample", "20", "--no-record",
                  "--json", str(out)]) == 0

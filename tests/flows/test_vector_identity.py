@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import wikiembed.backends.factory as factory
-from wikiembed.errors import BackendError, TransientBackendError
+from wikiembed.errors import BackendError, ShardsFailed, TransientBackendError
 from wikiembed.flows.embed_dataset import embed_dataset, rerun_shards
 from wikiembed.model import DEFAULT_MODEL, model_info
 from wikiembed.store import Store
@@ -94,8 +94,10 @@ def test_vectors_of_another_kind_are_refused_and_kinds_that_agree_share_a_store(
     url, tei = start_server(model_id=str(model_copy), dim=384)
     try:
         Store(store).forget(1)
-        refused = embed_dataset(source=SOURCE, store=str(store), model=str(model_copy), shard_rows=SHARD_ROWS,
-                                backend="tei", tei_url=[url])
+        with pytest.raises(ShardsFailed) as ended:
+            embed_dataset(source=SOURCE, store=str(store), model=str(model_copy), shard_rows=SHARD_ROWS,
+                          backend="tei", compute={"tei_url": [url]})
+        refused = ended.value.summary
         assert refused["failed_shards"] == [1] and tei.stats.statuses.get(("/v1/embeddings", 200), 0) <= 1  # the probe only
         failed = json.loads((store / "_failed" / "00001.json").read_text())
         assert "not normalized" in failed["error"] and "L2-normalized" in failed["error"]
@@ -110,7 +112,7 @@ def test_vectors_of_another_kind_are_refused_and_kinds_that_agree_share_a_store(
         shared = tmp_path / "shared"
         embed_dataset(source=SOURCE, store=str(shared), shard_rows=SHARD_ROWS)
         Store(shared).forget(1)
-        mixed = embed_dataset(source=SOURCE, store=str(shared), shard_rows=SHARD_ROWS, backend="tei", tei_url=[url])
+        mixed = embed_dataset(source=SOURCE, store=str(shared), shard_rows=SHARD_ROWS, backend="tei", compute={"tei_url": [url]})
         assert mixed["shards_done"] == 2 and mixed["shards_failed"] == 0
         assert [_marker(shared, k)["vectors"]["backend"] for k in (0, 1)] == ["local", "tei"]
     finally:
@@ -121,7 +123,9 @@ def test_a_backend_answering_the_wrong_dimension_fails_its_shards(prefect_api, t
     url, tei = start_server(model_id=DEFAULT_MODEL, dim=768)  # a 768-wide answer for a 384-wide model
     store = tmp_path / "store"
     try:
-        summary = embed_dataset(source=SOURCE, store=str(store), shard_rows=SHARD_ROWS, backend="tei", tei_url=[url])
+        with pytest.raises(ShardsFailed) as ended:
+            embed_dataset(source=SOURCE, store=str(store), shard_rows=SHARD_ROWS, backend="tei", compute={"tei_url": [url]})
+        summary = ended.value.summary
         assert summary["failed_shards"] == [0, 1] and summary["shards_done"] == 0
         assert not list((store / "_done").glob("*.json")) and not list((store / "data").glob("*.parquet"))
         for k in (0, 1):
@@ -156,7 +160,9 @@ def test_attempts_and_retries_are_the_ones_that_happened(prefect_api, tmp_path, 
     # A permanent error is tried once, and recorded as one attempt.
     faulty = faults.install(monkeypatch, poison=" ")  # every text has a space: every call is rejected
     store = tmp_path / "store"
-    summary = embed_dataset(source=SOURCE, store=str(store), shard_rows=SHARD_ROWS)
+    with pytest.raises(ShardsFailed) as ended:
+        embed_dataset(source=SOURCE, store=str(store), shard_rows=SHARD_ROWS)
+    summary = ended.value.summary
     assert summary["failed_shards"] == [0, 1] and summary["retries"] == 0
     assert faulty.calls == 2
     assert [s["attempts"] for s in map(json.loads, (p.read_text() for p in sorted((store / "_failed").iterdir())))] == [1, 1]
@@ -164,7 +170,9 @@ def test_attempts_and_retries_are_the_ones_that_happened(prefect_api, tmp_path, 
     # A transient error is retried EMBED_RETRIES times: that many retries, one more attempt.
     flaky = _AlwaysTransient(faulty.inner)
     monkeypatch.setattr("wikiembed.tasks.embed.open_backend", lambda **_: flaky)
-    again = rerun_shards(store=str(store), shards=[0])
+    with pytest.raises(ShardsFailed) as ended:
+        rerun_shards(store=str(store), shards=[0])
+    again = ended.value.summary
     assert flaky.calls == EMBED_RETRIES + 1
     assert again["retries"] == EMBED_RETRIES
     assert json.loads((store / "_failed" / "00000.json").read_text())["attempts"] == 1 + EMBED_RETRIES + 1
@@ -174,12 +182,12 @@ def test_request_retries_count_this_run_only(prefect_api, tmp_path):
     url, tei = start_server(model_id=DEFAULT_MODEL, error_rate=0.3, error_statuses=(503,), seed=1)
     store = tmp_path / "store"
     try:
-        first = embed_dataset(source=SOURCE, store=str(store), shard_rows=SHARD_ROWS, backend="tei", tei_url=[url])
+        first = embed_dataset(source=SOURCE, store=str(store), shard_rows=SHARD_ROWS, backend="tei", compute={"tei_url": [url]})
         answered_503 = tei.stats.statuses.get(("/v1/embeddings", 503), 0)
         assert first["shards_done"] == 2 and answered_503 > 0 and first["retries"] == answered_503
         tei.faults = type(tei.faults)()  # healthy from now on
         Store(store).forget(1)
-        second = embed_dataset(source=SOURCE, store=str(store), shard_rows=SHARD_ROWS, backend="tei", tei_url=[url])
+        second = embed_dataset(source=SOURCE, store=str(store), shard_rows=SHARD_ROWS, backend="tei", compute={"tei_url": [url]})
         assert second["embedded_chunks"] > 0 and second["retries"] == 0
     finally:
         tei.stop()
