@@ -6,6 +6,7 @@ Slow (a server, a worker and two flow-run subprocesses), and it runs in CI.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -154,9 +156,57 @@ def test_deploy_sample_then_rerun_two_shards(deployed, tmp_path):
     assert TOKEN not in blob
 
 
+# The README's automation, with a webhook block on this machine instead of Slack.
+_ALERTS = """
+from prefect.automations import Automation
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
+from prefect.events.actions import SendNotification
+from prefect.events.schemas.automations import EventTrigger
+
+block_id = CustomWebhookNotificationBlock(name="alerts", url="{url}", json_data={{"text": "{{{{subject}}}}: {{{{body}}}}"}}).save(
+    "wikiembed-alerts", overwrite=True)
+Automation(
+    name="wikiembed run failed",
+    trigger=EventTrigger(
+        expect={{"prefect.flow-run.Failed"}},
+        match_related={{"prefect.resource.role": "flow", "prefect.resource.name": ["embed-dataset", "rerun-shards"]}},
+    ),
+    actions=[SendNotification(block_document_id=block_id, subject="wikiembed: {{{{ flow_run.name }}}} failed",
+                              body="{{{{ flow_run.state.message }}}}")],
+).create()
+"""
+
+
+@pytest.fixture(scope="module")
+def alerts(deployed):
+    """Webhook posts received from an automation on Failed flow runs (as the README sets one up)."""
+    received: list[str] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            received.append(self.rfile.read(int(self.headers["Content-Length"])).decode())
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    env = deployed[0]
+    proc = subprocess.run([sys.executable, "-c", _ALERTS.format(url=f"http://127.0.0.1:{hook.server_port}/")], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    try:
+        yield received
+    finally:
+        hook.shutdown()
+
+
 @pytest.mark.parametrize("poison,failed", [("e", 3), ("Region", 2)])  # every shard; shards 1 and 2 of sample:120
-def test_a_run_with_failed_shards_ends_failed_with_the_rerun(deployed, tmp_path, poison, failed):
-    """A TEI server that rejects (422) any input holding `poison`: the flow run is Failed, and says how to rerun."""
+def test_a_run_with_failed_shards_ends_failed_with_the_rerun(deployed, alerts, tmp_path, poison, failed):
+    """A TEI server that rejects (422) any input holding `poison`: the flow run is Failed, says how to
+    rerun, and the automation on Failed flow runs delivers that message."""
     env, api, _ = deployed
     url, tei = start_server(model_id="sentence-transformers/all-MiniLM-L6-v2", poison=poison)
     store = tmp_path / "store"
@@ -171,3 +221,9 @@ def test_a_run_with_failed_shards_ends_failed_with_the_rerun(deployed, tmp_path,
     assert f"wikiembed rerun --store {store} --failed" in message
     assert f"prefect deployment run rerun-shards/wikiembed-rerun -p store={store} -p shards=failed" in message
     assert "backend:tei" in run["tags"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(str(store) in post for post in alerts):
+        time.sleep(1)
+    post = next((p for p in alerts if str(store) in p), None)
+    assert post is not None, f"no notification for {store}: {alerts}"
+    assert f"wikiembed: {run['name']} failed" in json.loads(post)["text"] and f"{failed}/3 shards failed" in post

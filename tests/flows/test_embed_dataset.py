@@ -183,7 +183,7 @@ def test_a_run_with_failed_shards_ends_failed_and_says_what_ran_and_how_to_rerun
         logs = [log.message for log in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))]
     assert any("3 shards, 3 pending (0 done)" in m for m in logs), logs
     assert any(m.startswith("shard 00000 done: ") and "chunks/s" in m for m in logs), logs
-    assert any(m.startswith("shard 00001 failed: ") and f"wikiembed rerun --store {store} --shards 1" in m for m in logs), logs
+    assert any(m.startswith("shard 00001 failed after 1 attempt(s): ") and f"wikiembed rerun --store {store} --shards 1" in m for m in logs), logs
 
     monkeypatch.undo()
     fixed = rerun_shards(store=str(store), shards="1,2", return_state=True)
