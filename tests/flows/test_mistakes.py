@@ -106,7 +106,7 @@ def test_an_unreachable_tei_server_fails_the_run_once_with_the_url(prefect_api, 
     url = f"http://127.0.0.1:{_closed_port()}"
     started = time.monotonic()
     with pytest.raises(BackendError, match=rf"{url}.*(refused|ConnectError)"):
-        embed_dataset(source="sample:80", store=str(tmp_path / "store"), shard_rows=20, backend="tei", tei_url=[url])
+        embed_dataset(source="sample:80", store=str(tmp_path / "store"), shard_rows=20, backend="tei", compute={"tei_url": [url]})
     # one check before any shard, not a retry ladder per shard (four shards took minutes)
     assert time.monotonic() - started < 60
     assert not list((tmp_path / "store").rglob("_done/*.json")) and not list((tmp_path / "store").rglob("_failed/*.json"))
