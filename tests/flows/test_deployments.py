@@ -203,7 +203,7 @@ def alerts(deployed):
         hook.shutdown()
 
 
-@pytest.mark.parametrize("poison,failed", [("e", 3), ("Brepen", 2)])  # every shard; shards 0 and 1 of sample:120
+@pytest.mark.parametrize("poison,failed", [("a", 3), ("Brepen", 2)])  # "a": every shard, not the backend check's probe text; shards 0 and 1 of sample:120
 def test_a_run_with_failed_shards_ends_failed_with_the_rerun(deployed, alerts, tmp_path, poison, failed):
     """A TEI server that rejects (422) any input holding `poison`: the flow run is Failed, says how to
     rerun, and the automation on Failed flow runs delivers that message."""
