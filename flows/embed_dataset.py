@@ -111,8 +111,12 @@ def run_shards(
     settings: RunSettings,
     *,
     reuse_gen: str | None,
+    retries_before: int | None = None,
 ) -> dict[str, Any]:
-    """Submit shard → embed for each shard id; record failures; return per-run counts."""
+    """Submit shard → embed for each shard id; record failures; return per-run counts.
+
+    `retries_before`: the backend's request-retry count when this run began (before the
+    up-front backend check, whose retries belong to this run too)."""
     logger = get_run_logger()
     manifest = store.read_manifest()
     total = len(manifest["plan"]["shards"])
@@ -126,7 +130,8 @@ def run_shards(
     failures: dict[int, str] = {}
     failed_attempts: dict[int, int] = {}
     model = manifest["model"]["model_id"]
-    retries_before = backend_retries(model=model, **opts)
+    if retries_before is None:
+        retries_before = backend_retries(model=model, **opts)
     if isinstance(store, Store):  # on a Volume the export step records it, where the markers are
         _record_vector_kind(store, logger)  # a killed run's markers pin the kind before anything else is embedded
     window = min(_concurrency(settings), MAX_CONCURRENCY)
@@ -350,13 +355,17 @@ def _announce_estimate(store: Store, manifest: dict[str, Any], pending: list[int
     return predicted
 
 
-def check_backend(settings: RunSettings, model: str) -> None:
+def check_backend(settings: RunSettings, model: str) -> int:
     """Open the backend once before any shard starts: a wrong URL, an unreachable server or a
-    missing model fails the run in seconds with one clear message, not once per shard."""
+    missing model fails the run in seconds with one clear message, not once per shard.
+
+    Returns the backend's request-retry count from before this open, the run's starting point."""
+    before = backend_retries(model=model, **_backend_opts(settings))
     try:
         open_backend(model=model, **_backend_opts(settings))
     except TransientBackendError as exc:  # already retried inside the backend
         raise BackendError(f"the {settings.backend} backend could not be opened: {exc}") from exc
+    return before
 
 
 def _finish(store: Store | VolumeStore, settings: RunSettings, run: dict[str, Any], started: float, changes=None, predicted=None) -> dict[str, Any]:  # noqa: ANN001
@@ -439,8 +448,9 @@ def embed_dataset(**options: Any) -> dict[str, Any] | State:
         manifest = s.read_manifest()
         _tag_flow_run(settings, manifest)
         pending = [st.shard for st in s.states(manifest) if st.state != "done"]
+        retries_before = None
         if pending and isinstance(s, Store):  # on a Volume the shards open their backend remotely
-            check_backend(settings, manifest["model"]["model_id"])
+            retries_before = check_backend(settings, manifest["model"]["model_id"])
         _calibrate(s, settings)
         manifest = s.read_manifest()
         # Article-level changes need both snapshots: on a Volume they stay in the cloud, unreported.
@@ -451,7 +461,7 @@ def embed_dataset(**options: Any) -> dict[str, Any] | State:
         get_run_logger().info(
             "%s: %d shards, %d pending (%d done); %s", s.root, total, len(pending), total - len(pending), _what_runs(settings, manifest)
         )
-        run = run_shards(s, pending, settings, reuse_gen=planned["previous_gen"])
+        run = run_shards(s, pending, settings, reuse_gen=planned["previous_gen"], retries_before=retries_before)
         return _outcome(_finish(s, settings, run, started, changes, predicted))
 
 
@@ -504,18 +514,19 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
     )
     with s.lock():
         reuse_gen = manifest.get("previous_generation")
+        retries_before = None
         if isinstance(s, Store):
             # Everything a rerun needs is checked before it starts; a shard's old file and marker
             # stay until its new file replaces them (atomically), so a failed rerun loses nothing.
             s.ensure_writable()
             check_snapshot(s, manifest)
-            check_backend(settings, manifest["model"]["model_id"])
+            retries_before = check_backend(settings, manifest["model"]["model_id"])
             reuse_gen = reuse_gen if reuse_gen and Store(s.root, reuse_gen).exists() else None
         _calibrate(s, settings)
         if not isinstance(s, Store):
             for k in ids:  # a remote shard skips what its marker says is done
                 s.forget(k)
-        run = run_shards(s, ids, settings, reuse_gen=reuse_gen)
+        run = run_shards(s, ids, settings, reuse_gen=reuse_gen, retries_before=retries_before)
         summary = _finish(s, settings, run, started)
     summary["rerun_shards"] = ids
     if run["failures"]:  # a shard whose rerun failed keeps its previous data, but the rerun did not succeed
