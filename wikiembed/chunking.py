@@ -117,7 +117,7 @@ def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
 
 
 def chunk_chars(text: str, size: int) -> list[tuple[int, int]]:
-    """The seed's fixed windows: `[k*size, (k+1)*size)`, whitespace-trimmed, blank ones dropped."""
+    """Fixed windows of `size` characters: `[k*size, (k+1)*size)`, whitespace-trimmed, blank ones dropped."""
     spans = []
     for start in range(0, len(text), size):
         s, e = _strip_span(text, start, min(start + size, len(text)))
