@@ -1,6 +1,6 @@
 # wikiembed: one venv, the right torch for the machine, then the project.
 #   make sample   install, then embed the built-in sample on the CPU (no network)
-#   make test     install with test extras, then run the whole test suite (what CI runs)
+#   make test     install with the test and index extras, then run the whole test suite (what CI runs)
 #   make test-fast  the same without the `slow` tier (whole flows, servers, subprocesses)
 PY ?= python3
 VENV ?= .venv
@@ -19,7 +19,7 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,index]'
 	touch $@
 
 install: $(VENV)/.installed

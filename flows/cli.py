@@ -1,4 +1,4 @@
-"""The `wikiembed` command line: run, status, rerun, export, upload, estimate, search, eval.
+"""The `wikiembed` command line: run, status, rerun, export, upload, estimate, search, index, eval.
 
 Each command is a thin shell over a flow or a plain function. Errors a user
 can fix print one message that names the input and the fix (exit 2); a run
@@ -111,14 +111,20 @@ def _parser() -> argparse.ArgumentParser:
     est.add_argument("--seed", type=int, default=0)
     est.add_argument("--json", dest="json_path", metavar="PATH", help="also write the estimate as JSON here")
 
-    search = sub.add_parser("search", help="the chunks of a store nearest to a query (exact scan)")
+    search = sub.add_parser("search", help="the chunks of a store nearest to a query (its index where built, else an exact scan)")
     search.add_argument("--store", required=True)
     search.add_argument("query", help="the text to search for")
     search.add_argument("-k", type=int, default=10, help="hits to return (default 10)")
     search.add_argument("--form", default="float32", help="stored form to search: float32 (default), float16, int8, binary, or e.g. int8@128")
     search.add_argument("--rescore", type=int, default=4, help="binary: rescore k x this many Hamming candidates with the float query (1: off)")
     search.add_argument("--device", choices=["cpu", "cuda"], help="where the query is embedded")
+    search.add_argument("--exact", action="store_true", help="scan every vector even where an index of the form is built")
     search.add_argument("--json", dest="json_path", metavar="PATH", help="also write the hits as JSON here")
+
+    index = sub.add_parser("index", help="build an approximate index of a stored form, used by search and eval (needs wikiembed[index])")
+    index.add_argument("--store", required=True)
+    index.add_argument("--form", default="float32", help="stored form to index: float32 (default), float16, int8, binary, or e.g. int8@128")
+    index.add_argument("--json", dest="json_path", metavar="PATH", help="also write what was built as JSON here")
 
     ev = sub.add_parser("eval", help="label-free retrieval check: titles as queries, recall@1/@10 and MRR")
     ev.add_argument("--store", required=True)
@@ -129,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--against", help="a second store of the same source, checked on the same articles")
     ev.add_argument("--device", choices=["cpu", "cuda"], help="where the queries are embedded")
     ev.add_argument("--no-record", action="store_true", help="do not write eval.json and the dataset card")
+    ev.add_argument("--exact", action="store_true", help="scan every vector even where an index of a form is built")
     ev.add_argument("--json", dest="json_path", metavar="PATH", help="also write the result as JSON here")
     return p
 
@@ -295,12 +302,25 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 def _cmd_search(args: argparse.Namespace) -> int:
     from wikiembed.search import search
 
-    result = search(args.store, args.query, args.k, form=args.form, rescore=args.rescore, device=args.device)
-    print(f"{len(result['hits'])} hits for {args.query!r} in {result['chunks_searched']:,} chunks ({result['form']}, {result['model']})")
+    result = search(args.store, args.query, args.k, form=args.form, rescore=args.rescore, device=args.device, exact=args.exact)
+    if result["index_note"]:
+        print(f"wikiembed search: warning: {result['index_note']}", file=sys.stderr)
+    how = "approximate index" if result["method"] == "index" else "exact scan"
+    print(f"{len(result['hits'])} hits for {args.query!r} in {result['chunks_searched']:,} chunks ({result['form']}, {how}, {result['model']})")
     for rank, hit in enumerate(result["hits"], 1):
         snippet = " ".join(hit["text"].split())[:160]
         print(f"{rank:>3}. {hit['score']:.4f}  {hit['title']}  {hit['url']}  [chunk {hit['chunk_index']}, chars {hit['char_start']}-{hit['char_end']}]")
         print(f"     {snippet}")
+    _write_json(args.json_path, result)
+    return EXIT_OK
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from wikiembed.search import build_index
+
+    result = build_index(args.store, args.form)
+    print(f"indexed {result['rows']:,} vectors of {result['form']} ({result['metric']}, {result['scalar']}) in "
+          f"{result['seconds']:.1f}s: {result['path']} ({result['bytes'] / 1e6:,.1f} MB, {result['library']})")
     _write_json(args.json_path, result)
     return EXIT_OK
 
@@ -310,15 +330,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     forms = [f.strip() for f in args.forms.split(",") if f.strip()]
     result = evaluate(args.store, sample=args.sample, seed=args.seed, forms=forms, rescore=args.rescore,
-                      against=args.against, device=args.device, record=not args.no_record)
+                      against=args.against, device=args.device, record=not args.no_record, exact=args.exact)
+    notes = {f["index_note"] for block in (result, result.get("against") or {}) for f in block.get("forms", []) if f["index_note"]}
+    for note in sorted(notes):
+        print(f"wikiembed eval: warning: {note}", file=sys.stderr)
     for label, block in [("", result), ("against ", result.get("against"))]:
         if not block:
             continue
         print(f"{label}{block['store']} ({block['model']}, {block['chunks']:,} chunks): {block['n']} titles as queries")
-        print(f"  {'form':<28} {'bytes':>6}  {'recall@1':<22} {'recall@10':<22} {'MRR@10':<22}")
+        print(f"  {'form':<28} {'bytes':>6}  {'recall@1':<22} {'recall@10':<22} {'MRR@10':<22} search")
         for f in block["forms"]:
             cells = [f"{f[m]:.3f} [{f[m + '_ci95'][0]:.3f}, {f[m + '_ci95'][1]:.3f}]" for m in ("recall_at_1", "recall_at_10", "mrr")]
-            print(f"  {f['form']:<28} {f['bytes_per_vector']:>6}  {cells[0]:<22} {cells[1]:<22} {cells[2]:<22}")
+            print(f"  {f['form']:<28} {f['bytes_per_vector']:>6}  {cells[0]:<22} {cells[1]:<22} {cells[2]:<22} {f['method']}")
     for d in (result.get("difference") or {}).get("forms", []):
         print(f"  difference ({d['form']}, against - store): recall@10 {d['recall_at_10']:+.3f} "
               f"[{d['recall_at_10_ci95'][0]:+.3f}, {d['recall_at_10_ci95'][1]:+.3f}], MRR {d['mrr']:+.3f} "
@@ -418,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_estimate(args)
         if args.command == "eval":
             return _cmd_eval(args)
+        if args.command == "index":
+            return _cmd_index(args)
         if args.command == "export":
             target = args.to if args.to.startswith(("dir:", "hub:")) else f"dir:{args.to}"
             return _cmd_publish(args, target)

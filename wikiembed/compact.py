@@ -228,6 +228,14 @@ class Scorer:
         elif form.precision == "binary":
             self._q_signs = np.where(self.q > 0, 1.0, -1.0).astype(np.float32)
 
+    @property
+    def weights(self) -> np.ndarray:
+        """Float and int8 forms: the queries as weights on the stored values, [n_queries, dim]:
+        the score is `weights · stored` plus a constant per query (none for float forms)."""
+        if self.form.precision == "binary":
+            raise ValueError("binary scores are Hamming distances, not weighted sums of the stored bytes")
+        return self._q_scaled if self.form.precision == "int8" else self.q
+
     def score(self, stored: np.ndarray) -> np.ndarray:
         """[n_queries, n_vectors] first-stage scores."""
         p = self.form.precision

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from wikiembed.compact import available_forms
 from wikiembed.errors import InputError, StoreError
-from wikiembed.search import DEFAULT_RESCORE, StoreVectors
+from wikiembed.search import DEFAULT_RESCORE, Ranking, StoreVectors
 from wikiembed.store import write_json_atomic
 
 DEFAULT_SAMPLE = 500
@@ -79,17 +79,19 @@ def sample_articles(vectors: StoreVectors, n: int, seed: int) -> list[tuple[str,
     return [(ids[order[i]], titles[order[i]]) for i in np.sort(picked)]
 
 
-def _ranks(vectors: StoreVectors, articles: Sequence[tuple[str, str]], queries: np.ndarray, form_name: str, rescore: int) -> np.ndarray:
-    """Rank (1-based) of each article's first chunk in its title's top DEPTH; 0 when absent."""
-    _, positions = vectors.scan(queries, DEPTH, vectors.form(form_name), rescore)
-    rows = vectors.rows(positions, columns=("id",))
+def _ranks(
+    vectors: StoreVectors, articles: Sequence[tuple[str, str]], queries: np.ndarray, form_name: str, rescore: int, exact: bool
+) -> tuple[np.ndarray, Ranking]:
+    """Rank (1-based) of each article's first chunk in its title's top DEPTH (0 when absent), and the ranking."""
+    ranking = vectors.top(queries, DEPTH, vectors.form(form_name), rescore, exact=exact)
+    rows = vectors.rows(ranking.positions, columns=("id",))
     ranks = np.zeros(len(articles), dtype=np.int64)
     for q, (article_id, _) in enumerate(articles):
-        for r, p in enumerate(positions[q], 1):
-            if rows[int(p)]["id"] == article_id:
+        for r, p in enumerate(ranking.positions[q], 1):
+            if p >= 0 and rows[int(p)]["id"] == article_id:
                 ranks[q] = r
                 break
-    return ranks
+    return ranks, ranking
 
 
 def _metrics(ranks: np.ndarray) -> dict[str, Any]:
@@ -118,20 +120,23 @@ def _forms(vectors: StoreVectors, forms: Sequence[str] | None) -> list[str]:
 
 
 def _evaluate_store(
-    vectors: StoreVectors, articles: Sequence[tuple[str, str]], forms: Sequence[str], rescore: int, device: str | None
+    vectors: StoreVectors, articles: Sequence[tuple[str, str]], forms: Sequence[str], rescore: int, device: str | None,
+    exact: bool,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     queries = vectors.embed_queries([t for _, t in articles], device=device)
     results, ranks = [], {}
     for name in forms:
         form = vectors.form(name)
-        ranks[name] = _ranks(vectors, articles, queries, name, rescore)
+        ranks[name], ranking = _ranks(vectors, articles, queries, name, rescore, exact)
         results.append({"form": name, "column": form.column, "bytes_per_vector": form.bytes_per_vector,
-                        "rescore": rescore if form.precision == "binary" else None, **_metrics(ranks[name])})
+                        "rescore": rescore if form.precision == "binary" else None, "method": ranking.method,
+                        "index_note": ranking.note, **_metrics(ranks[name])})
     # Binary forms also without rescoring: what the Hamming stage alone finds.
     for r in [r for r in results if r["rescore"] and r["rescore"] > 1]:
-        plain = _ranks(vectors, articles, queries, r["form"], 1)
+        plain, ranking = _ranks(vectors, articles, queries, r["form"], 1, exact)
         ranks[r["form"] + " (hamming only)"] = plain
-        results.append({**r, "form": r["form"] + " (hamming only)", "rescore": None, **_metrics(plain)})
+        results.append({**r, "form": r["form"] + " (hamming only)", "rescore": None, "method": ranking.method,
+                        "index_note": ranking.note, **_metrics(plain)})
     chunks = sum(pq.ParquetFile(f).metadata.num_rows for f in vectors.files)
     head = results[0]
     return {
@@ -142,6 +147,7 @@ def _evaluate_store(
         "recall_at_1": head["recall_at_1"],
         "recall_at_10": head["recall_at_10"],
         "mrr": head["mrr"],
+        "method": head["method"],
         "forms": results,
     }, ranks
 
@@ -157,19 +163,21 @@ def evaluate(
     device: str | None = None,
     record: bool = True,
     gen: str | None = None,
+    exact: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a store (and optionally a second one on the same articles); return the `--json` payload.
 
     `forms`: names of stored forms (`float32`, `int8`, `binary@128`, ...), or ["all"]; default float32.
     `record`: write the result to the generation's `eval.json` and refresh its dataset card.
     `gen`: the generation to check (default: the published one).
+    `exact`: scan even where an approximate index of a form is built (see `wikiembed.search`).
     """
     if sample < 1:
         raise InputError(f"--sample {sample}: evaluate at least 1 article (500 gives intervals of about ±4 points).")
     vectors = StoreVectors(store, gen)
     names = _forms(vectors, forms)
     articles = sample_articles(vectors, sample, seed)
-    result, ranks = _evaluate_store(vectors, articles, names, rescore, device)
+    result, ranks = _evaluate_store(vectors, articles, names, rescore, device, exact)
     result.update(seed=seed, query="title", hit="any chunk of the article in the top k", k=DEPTH)
     if against is not None:
         other = StoreVectors(against)
@@ -180,7 +188,7 @@ def evaluate(
                 "compare stores embedded from the same source, so both answer the same questions."
             )
         other_names = _forms(other, forms)
-        compared, other_ranks = _evaluate_store(other, articles, other_names, rescore, device)
+        compared, other_ranks = _evaluate_store(other, articles, other_names, rescore, device, exact)
         diffs = []
         for name in ranks:
             if name not in other_ranks:

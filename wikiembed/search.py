@@ -9,18 +9,25 @@ other columns (title, url, text, ...) are read afterwards, only from the row gro
 Queries are embedded with the store's own model (the manifest's model id and revision), on the
 local engine.
 
-Touches: the store's `manifest.json`, `_done/` and `data/` (read only); the model's files.
+Where the generation has an approximate index of the searched form (`wikiembed index`, see
+`wikiembed.index`) that matches its data, search asks it for candidates instead of scanning and
+rescores them from the stored column; a stale index is ignored (the result says why) and
+`exact=True` always scans. Results say which was used (`method`: `index` or `exact`).
+
+Touches: the store's `manifest.json`, `_done/` and `data/` (read only), the generation's `index/`
+(read; written by `build_index`); the model's files.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from wikiembed import index as ann
 from wikiembed.compact import Form, Scorer, column_values, form_by_name, spec_from_manifest
 from wikiembed.errors import InputError, StoreError
 from wikiembed.store import Store
@@ -48,6 +55,17 @@ class Hit:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """The top k per query: scores and positions [nq, k] (file index << 32 | row), best first;
+    `method` is `index` or `exact`; `note` says why an index present was not used."""
+
+    scores: np.ndarray
+    positions: np.ndarray
+    method: str
+    note: str | None = None
+
+
 class StoreVectors:
     """One generation of a store (the published one unless named), as something to search."""
 
@@ -61,7 +79,10 @@ class StoreVectors:
             )
         self.store = Store(root.root, current)
         self.manifest = self.store.read_manifest()
-        self.files = [self.store.data_path(s.shard) for s in self.store.states(self.manifest) if s.state == "done"]
+        done = [s for s in self.store.states(self.manifest) if s.state == "done"]
+        self.files = [self.store.data_path(s.shard) for s in done]
+        # What each file is, as its marker vouches: an index records these to tell whether it is stale.
+        self.sources = [{"shard": s.shard, "sha256": (s.marker or {}).get("sha256")} for s in done]
         if not self.files:
             raise StoreError(f"store {root.root}: no shard is done yet; finish the run first (`wikiembed status --store {root.root}`).")
         self.model_id: str = self.manifest["model"]["model_id"]
@@ -126,9 +147,29 @@ class StoreVectors:
         order = np.argsort(-final, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(final, order, axis=1), np.take_along_axis(best_pos, order, axis=1)
 
+    def top(self, queries: np.ndarray, k: int, form: Form, rescore: int = DEFAULT_RESCORE, *, exact: bool = False) -> Ranking:
+        """Top k per query through the form's index when one matches the data, else by `scan`."""
+        if k < 1:
+            raise InputError(f"-k {k}: ask for at least 1 hit.")
+        if exact:
+            return Ranking(*self.scan(queries, k, form, rescore), method="exact")
+        index, note = ann.open_index(self.store.dir, form, self.sources, self.root)
+        if index is None:
+            return Ranking(*self.scan(queries, k, form, rescore), method="exact", note=note)
+        scorer = Scorer(queries, form, self.int8_calibration)
+        two_stage = form.precision == "binary" and rescore > 1
+        candidates = index.candidates(scorer, k * rescore if two_stage else k)
+        found = np.unique(candidates[candidates >= 0])
+        stored = index.values(found)
+        scores = scorer.rescore(stored) if two_stage else scorer.score(stored)
+        column = np.searchsorted(found, np.maximum(candidates, 0))
+        picked = np.where(candidates >= 0, np.take_along_axis(scores, column, axis=1), -np.inf).astype(np.float32)
+        order = np.argsort(-picked, axis=1, kind="stable")[:, :k]
+        return Ranking(np.take_along_axis(picked, order, axis=1), np.take_along_axis(candidates, order, axis=1), method="index")
+
     def rows(self, positions: np.ndarray, columns: Sequence[str] = HIT_COLUMNS) -> dict[int, dict[str, Any]]:
-        """The given columns of the rows at `positions` (file index << 32 | row), read by row group."""
-        wanted = sorted({int(p) for p in np.asarray(positions).reshape(-1)})
+        """The given columns of the rows at `positions` (file index << 32 | row; -1: none), read by row group."""
+        wanted = sorted({int(p) for p in np.asarray(positions).reshape(-1) if p >= 0})
         out: dict[int, dict[str, Any]] = {}
         by_file: dict[int, list[int]] = {}
         for p in wanted:
@@ -151,6 +192,27 @@ class StoreVectors:
                 out[(fi << 32) | r] = row
         return out
 
+def build_index(store: str | Path, form: str = "float32", gen: str | None = None) -> dict[str, Any]:
+    """Build the approximate index of one stored form of a generation (default: the published one),
+    streaming its data files batch by batch; returns the `wikiembed index --json` payload."""
+    vectors = StoreVectors(store, gen)
+    chosen = vectors.form(form)
+    rows = 0
+    for path in vectors.files:
+        parquet = pq.ParquetFile(path)
+        if chosen.column not in parquet.schema_arrow.names:
+            raise StoreError(f"{path} has no column {chosen.column!r}; rerun that shard so every shard has the store's forms.")
+        rows += parquet.metadata.num_rows
+
+    def batches() -> Iterator[tuple[int, np.ndarray]]:
+        for fi, path in enumerate(vectors.files):
+            for batch in pq.ParquetFile(path, memory_map=True).iter_batches(batch_size=SCAN_ROWS, columns=[chosen.column]):
+                yield fi, column_values(batch.column(0), chosen)
+
+    sidecar = ann.build(vectors.store.dir, chosen, vectors.sources, batches(), rows)
+    index_path, _ = ann.paths(vectors.store.dir, chosen)
+    return {"store": str(vectors.root), "generation": vectors.store.gen, "path": str(index_path), **sidecar}
+
 
 def search(
     store: str | Path,
@@ -160,14 +222,18 @@ def search(
     form: str = "float32",
     rescore: int = DEFAULT_RESCORE,
     device: str | None = None,
+    exact: bool = False,
 ) -> dict[str, Any]:
-    """The top k chunks of a store for one query; returns the payload `wikiembed search --json` writes."""
+    """The top k chunks of a store for one query; returns the payload `wikiembed search --json` writes.
+
+    `exact`: scan even where an index of the form is built."""
     if not query.strip():
         raise InputError("search query is empty; give the text to search for, e.g. wikiembed search --store S \"who wrote Hamlet\".")
     vectors = StoreVectors(store)
     chosen = vectors.form(form)
     q = vectors.embed_queries([query], device=device)
-    scores, positions = vectors.scan(q, k, chosen, rescore)
+    ranking = vectors.top(q, k, chosen, rescore, exact=exact)
+    scores, positions = ranking.scores, ranking.positions
     rows = vectors.rows(positions[0])
     hits = [
         Hit(float(s), **{c: rows[int(p)][c] for c in HIT_COLUMNS}).as_dict()
@@ -181,6 +247,8 @@ def search(
         "k": k,
         "form": chosen.name,
         "rescore": rescore if chosen.precision == "binary" else None,
+        "method": ranking.method,
+        "index_note": ranking.note,
         "chunks_searched": sum(pq.ParquetFile(f).metadata.num_rows for f in vectors.files),
         "hits": hits,
     }

@@ -1,4 +1,5 @@
-"""Shared runs for the flow tests: one uninterrupted CLI run that other runs must equal."""
+"""Shared runs for the flow tests: one uninterrupted CLI run that other runs must equal, and a store of
+real text (Python's reference topics) with every compact form for search, index and eval."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.corpus import python_topics
+from wikiembed.flows.embed_dataset import embed_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 # The run every interrupted / flaky run is compared with: 6 shards of 50 articles.
@@ -35,3 +39,28 @@ def reference(tmp_path_factory, prefect_api):
                    "--upload-to", f"dir:{base / 'published'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return store, json.loads(summary_path.read_text()), proc
+
+
+@pytest.fixture(scope="session")
+def topics(tmp_path_factory):
+    """Python's reference topics up to 1,200 characters (34 articles) as a jsonl source."""
+    return python_topics(tmp_path_factory.mktemp("topics") / "topics.jsonl", max_chars=1200)
+
+
+@pytest.fixture(scope="session")
+def compact_store(prefect_api, topics, tmp_path_factory):
+    """A store of `topics` with every compact form at 384 and 128 dimensions (3 shards), for search, index and eval."""
+    store = tmp_path_factory.mktemp("compact") / "store"
+    summary = embed_dataset(
+        source=str(topics), store=str(store), shard_rows=12,
+        output={"dimensions": [384, 128], "precision": ["float32", "float16", "int8", "binary"], "eval_sample": 10},
+    )
+    assert summary["shards_done"] == summary["shards_total"] == 3
+    # The estimate shown before the run sampled every article here, so it is exact.
+    pva = summary["predicted_vs_actual"]
+    assert pva["chunks"]["predicted"] == pva["chunks"]["actual"] == summary["chunks"]
+    assert pva["seconds"]["predicted"] > 0 and "measured rate for local on CPU" in pva["seconds"]["basis"]
+    # The run's own retrieval check, recorded before the card was written.
+    assert summary["eval"]["n"] == 10 and 0 <= summary["eval"]["recall_at_10"] <= 1
+    assert "## Retrieval check" in (store / "README.md").read_text()
+    return store

@@ -10,35 +10,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.corpus import python_topics
 from wikiembed.flows.cli import main
 from wikiembed.flows.embed_dataset import embed_dataset
 from wikiembed.search import StoreVectors
 
 FORMS = ["float32", "float16", "int8", "binary", "float32@128", "float16@128", "int8@128", "binary@128"]
-
-
-@pytest.fixture(scope="module")
-def topics(tmp_path_factory):
-    return python_topics(tmp_path_factory.mktemp("topics") / "topics.jsonl", max_chars=1200)
-
-
-@pytest.fixture(scope="module")
-def compact_store(prefect_api, topics, tmp_path_factory):
-    store = tmp_path_factory.mktemp("compact") / "store"
-    summary = embed_dataset(
-        source=str(topics), store=str(store), shard_rows=12,
-        output={"dimensions": [384, 128], "precision": ["float32", "float16", "int8", "binary"], "eval_sample": 10},
-    )
-    assert summary["shards_done"] == summary["shards_total"] == 3
-    # The estimate shown before the run sampled every article here, so it is exact.
-    pva = summary["predicted_vs_actual"]
-    assert pva["chunks"]["predicted"] == pva["chunks"]["actual"] == summary["chunks"]
-    assert pva["seconds"]["predicted"] > 0 and "measured rate for local on CPU" in pva["seconds"]["basis"]
-    # The run's own retrieval check, recorded before the card was written.
-    assert summary["eval"]["n"] == 10 and 0 <= summary["eval"]["recall_at_10"] <= 1
-    assert "## Retrieval check" in (store / "README.md").read_text()
-    return store
 
 
 def _all(store: Path):
