@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def main() -> None:
     titles = [t for _, t in sample_articles(vectors, args.queries, 0)]
     queries = vectors.embed_queries(titles)
     result = {
-        "command": "python bench/index.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
+        "command": " ".join(["python", "bench/index.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared with other work; load average {os.getloadavg()[0]:.1f} at the start",
         "store": str(vectors.root),

@@ -39,12 +39,18 @@ EXIT_OK, EXIT_FAILED_SHARDS, EXIT_USAGE = 0, 1, 2
 STOP_SERVER_WAIT_S = 2.0
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    """One flag per run option, generated from its definition in `wikiembed.settings`: the
-    name (--chunk-size for chunk_size), choices, type, description and default all come from there."""
+# The run options that decide what an estimate counts: what is read, and how it is cut into chunks.
+ESTIMATE_OPTIONS = ("source", "config", "model", "limit", "split", "columns", "chunker", "chunk_size", "chunk_overlap")
+
+
+def _add_run_options(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
+    """One flag per run option (or per option in `only`), generated from its definition in `wikiembed.settings`:
+    the name (--chunk-size for chunk_size), choices, type, description and default all come from there."""
     from wikiembed.settings import option_fields
 
     for name, field in option_fields():
+        if only is not None and name not in only:
+            continue
         kind = field.annotation
         if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None: the flag takes an X
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
@@ -95,15 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     upload.add_argument("--replace", action="store_true", help="with dir:PATH, write into a folder wikiembed did not write")
 
     est = sub.add_parser("estimate", help="what a run would cost: chunks, tokens, GPU-hours, wall time, dollars")
-    est.add_argument("--source", required=True, help="as for run")
-    est.add_argument("--config")
-    est.add_argument("--split", default="train")
-    est.add_argument("--limit", type=int)
-    est.add_argument("--columns")
-    est.add_argument("--model", default=None, help="as for run (default: all-MiniLM-L6-v2, bundled)")
-    est.add_argument("--chunker", default="tokens", choices=["tokens", "chars"])
-    est.add_argument("--chunk-size", type=int)
-    est.add_argument("--chunk-overlap", type=int, default=0)
+    _add_run_options(est, only=ESTIMATE_OPTIONS)
     est.add_argument("--backend", help="backends to price, comma-separated: local,tei,modal (default: every recorded rate)")
     est.add_argument("--gpu", help="hardware, comma-separated: " + ",".join(("CPU", "T4", "A10G", "L4", "L40S", "A100", "H100", "H200", "B200")))
     est.add_argument("--containers", type=int, default=1, help="containers working at once, for the wall time (default 1)")
@@ -274,10 +272,13 @@ def _fmt_range(value: float, ci: list[float]) -> str:
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
     from wikiembed.estimate import estimate
+    from wikiembed.settings import RunSettings
 
+    # Validated and defaulted as a run would be; the store is not part of an estimate and is never opened.
+    run = RunSettings(store="", **{name: getattr(args, name) for name in ESTIMATE_OPTIONS if hasattr(args, name)})
     result = estimate(
-        args.source, config=args.config, split=args.split, limit=args.limit, columns=args.columns, model=args.model,
-        chunker=args.chunker, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap,
+        run.source, config=run.config, split=run.reading.split, limit=run.limit, columns=run.reading.columns, model=run.model,
+        chunker=run.chunking.chunker, chunk_size=run.chunking.chunk_size, chunk_overlap=run.chunking.chunk_overlap,
         backends=_split_list(args.backend), gpus=_split_list(args.gpu), containers=args.containers,
         sample=args.sample, seed=args.seed,
     )

@@ -3,6 +3,7 @@ the whole source, intervals that hold the truth when it is not, and rates/prices
 
 from __future__ import annotations
 
+import argparse
 import json
 import tomllib
 from pathlib import Path
@@ -88,6 +89,24 @@ def test_cli_writes_the_json_contract(topics, tmp_path, capsys):
     assert {"chars", "chunks", "tokens", "options"} <= set(result)
     assert set(result["options"][0]) >= {"backend", "gpu", "containers", "gpu_hours", "wall_minutes", "usd"}
     assert "GPU-h" in capsys.readouterr().out
+
+
+def test_cli_takes_the_runs_own_source_and_chunking_flags(topics, tmp_path, capsys):
+    from wikiembed.flows.cli import ESTIMATE_OPTIONS, _parser
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    flags = {name: {a.dest: (a.help, a.choices, a.type) for a in sub[name]._actions} for name in ("run", "estimate")}
+    assert all(flags["estimate"][name] == flags["run"][name] for name in ESTIMATE_OPTIONS)
+    # Validated as run validates them.
+    assert main(["estimate", "--source", str(topics), "--chunk-overlap", "-1"]) == 2
+    assert "--chunk-overlap: Input should be greater than or equal to 0" in capsys.readouterr().err
+    # And applied: 200-character windows make more chunks than the default token windows.
+    out = tmp_path / "chars.json"
+    assert main(["estimate", "--source", str(topics), "--limit", "10", "--chunker", "chars", "--chunk-size", "200",
+                 "--gpu", "cpu", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["articles"] == 10 and result["chunking"] == {"chunker": "chars", "chunk_size": 200, "chunk_overlap": 0}
+    assert result["chunks"] >= result["chars"] / 200
 
 
 @pytest.mark.parametrize(
