@@ -12,7 +12,8 @@ Measured here:
   its marker). N / (T_run - T_noop): T_run runs N pending shards, T_noop is the same command
   again with nothing to do, so start-up, planning and export cancel out.
 - `noop_resume_10000_shards_s`: `wikiembed run` in a fresh process over a Volume store of
-  10,000 done shards: interpreter, Prefect, planning, the state of every shard, the report.
+  10,000 done shards: interpreter, Prefect, the store's lease, planning, the state of every
+  shard, the export (card, promotion), the report.
 - `shard_chars_per_s_per_core`: `wikiembed.fanout.run_shard` (read the snapshot, token
   chunker, TEI client, parquet + marker) on this machine against the TEI stand-in, which
   answers as fast as it can in another process (it stands for the GPU). Characters of the
@@ -68,7 +69,8 @@ ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WA
 
 
 class InstantCloud:
-    """`modal.Cls.from_name` for the control-plane figures: the real store code, no container, no work."""
+    """`modal.Cls.from_name` for the control-plane figures: the real store code, no container, no work;
+    `modal.Dict.from_name` for the store's lease: the Modal stand-in's Dict (a file)."""
 
     def __init__(self, volume_dir: Path) -> None:
         self.volume_dir = volume_dir
@@ -108,7 +110,12 @@ class InstantCloud:
     def install(self) -> None:
         import modal
 
+        from tests.standins.modal_cloud import CloudDict, CloudDir
+
         modal.Cls.from_name = self.from_name
+        # The store's lease (wikiembed.volume_store.VolumeLease) in the stand-in's file-backed Dict.
+        dicts = CloudDir(self.volume_dir.parent / f"{self.volume_dir.name}-dicts")
+        modal.Dict.from_name = lambda name, create_if_missing=False, **_: CloudDict(dicts, name, create_if_missing)
 
 
 _ONE_ROW: bytes | None = None
@@ -140,6 +147,7 @@ def _one_row_file() -> bytes:
 
 def instant_shard(root: str, gen: str, shard: int) -> dict[str, Any]:
     """A shard done at once: a one-chunk data file and its marker, as `embed_shard` would record them."""
+    from wikiembed.checkpoint import uncompressed_bytes
     from wikiembed.store import Store, sha256_file
 
     store = Store(root, gen)
@@ -148,7 +156,7 @@ def instant_shard(root: str, gen: str, shard: int) -> dict[str, Any]:
     path.write_bytes(_one_row_file())
     st = path.stat()
     marker = {"shard": shard, "rows": 1, "chunks": 1, "embedded_chunks": 1, "reused_chunks": 0, "embedded_chars": 1,
-              "sha256": sha256_file(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino,
+              "sha256": sha256_file(path), "bytes": st.st_size, "arrow_bytes": uncompressed_bytes(path), "mtime_ns": st.st_mtime_ns, "inode": st.st_ino,
               "model": "sentence-transformers/all-MiniLM-L6-v2", "seconds": 0.0, "vectors": _KIND}  # fmt: skip
     store.mark_done(shard, marker)
     return marker

@@ -39,7 +39,7 @@ from wikiembed.estimate import compare, markdown as estimate_markdown, one_line,
 from wikiembed.plan import check_snapshot
 from wikiembed.progress import Progress
 from wikiembed.settings import RunSettings, ShardSelection, parse_shards
-from wikiembed.store import Store
+from wikiembed.store import ShardState, Store
 from wikiembed.tasks.calibrate import calibrate_task
 from wikiembed.tasks.download import download_task
 from wikiembed.tasks.embed import embed_remote_task, embed_task, release_reuse_index
@@ -184,9 +184,10 @@ def run_shards(
     return {"results": results, "failures": failures, "failed_attempts": failed_attempts, "request_retries": request_retries}
 
 
-def _summary(store: Store | VolumeStore, settings: RunSettings, run: dict[str, Any], seconds: float, device: str) -> dict[str, Any]:
+def _summary(
+    store: Store | VolumeStore, settings: RunSettings, run: dict[str, Any], seconds: float, device: str, states: list[ShardState]
+) -> dict[str, Any]:
     manifest = store.read_manifest()
-    states = store.states(manifest)
     done = [s for s in states if s.state == "done"]
     results = run["results"].values()
     embedded_chars = sum(r.get("embedded_chars", 0) for r in results)
@@ -217,9 +218,8 @@ def _summary(store: Store | VolumeStore, settings: RunSettings, run: dict[str, A
     }
 
 
-def _report(store: Store | VolumeStore, summary: dict[str, Any], changes: dict[str, Any] | None = None) -> None:
+def _report(store: Store | VolumeStore, summary: dict[str, Any], states: list[ShardState], changes: dict[str, Any] | None = None) -> None:
     """The UI's view of the run: a shard-state table and a markdown summary, keyed per store."""
-    states = store.states()
     create_table_artifact(
         [{"shard": s.shard, "state": s.state, "rows": s.rows, "chunks": s.chunks, "error": (s.error or "")[:200]} for s in states],
         key=artifact_key("shards", store),
@@ -369,7 +369,10 @@ def check_backend(settings: RunSettings, model: str) -> int:
 
 
 def _finish(store: Store | VolumeStore, settings: RunSettings, run: dict[str, Any], started: float, changes=None, predicted=None) -> dict[str, Any]:  # noqa: ANN001
-    all_done = all(s.state == "done" for s in store.states())
+    # One view of every shard for the export decision, the summary and the table: on a Volume
+    # store each view is a remote call that reads every marker.
+    states = store.states()
+    all_done = all(s.state == "done" for s in states)
     # Before the export, so the card it writes carries the check. It reads vectors: local stores
     # only (a Volume store's vectors stay in the cloud).
     local = isinstance(store, Store)
@@ -377,7 +380,7 @@ def _finish(store: Store | VolumeStore, settings: RunSettings, run: dict[str, An
     if all_done:
         export_task(str(store.root), store.gen, settings.upload_to)
     device = _device(settings, store.read_manifest()["model"]["model_id"], bool(run["results"]))
-    summary = _summary(store, settings, run, time.perf_counter() - started, device)
+    summary = _summary(store, settings, run, time.perf_counter() - started, device, states)
     if changes:
         summary["changes"] = changes
     if checked:
@@ -385,7 +388,7 @@ def _finish(store: Store | VolumeStore, settings: RunSettings, run: dict[str, An
     if predicted:
         done = sum(r.get("chunks", 0) for r in run["results"].values())
         summary["predicted_vs_actual"] = compare(predicted, done, summary["seconds"])
-    _report(store, summary, changes)
+    _report(store, summary, states, changes)
     return summary
 
 

@@ -382,7 +382,7 @@ class Store:
         for sub in ("snapshot", "chunks", "data", "_done", "_failed", "."):
             for tmp in (self.dir / sub).glob(".*.tmp-*"):
                 pid = tmp.name.rsplit("-", 1)[-1]
-                if pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid():
+                if pid.isdigit() and pid_alive(int(pid)) and int(pid) != os.getpid():
                     continue
                 tmp.unlink(missing_ok=True)
                 removed += 1
@@ -394,7 +394,8 @@ class Store:
         return StoreLock(self.root / ".lock", wait_s)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

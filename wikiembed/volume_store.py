@@ -5,30 +5,51 @@ Two views of the same store, one interface:
 - Inside a container the Volume is mounted at `STORE_MOUNT`, and the store is the
   ordinary filesystem `Store` at `STORE_MOUNT/PATH` with a `VolumeSync`: `reload()`
   before reading, `commit()` after writing (a shard's data before its marker).
-- Outside Modal (the flow's machine, `wikiembed status` / `rerun`) `VolumeStore`
-  answers the same calls the flow makes on a local `Store` (`read_manifest`,
-  `states`, `mark_failed`, `forget`, `lock`) by calling the deployed `StoreOps`
-  class (`modal_workers/store_app.py`), which runs `wikiembed.fanout` at the mount.
-  Only control data travels: the manifest's plan, shard states, error texts.
+- Outside Modal (the flow's machine, `wikiembed status` / `rerun` / `export` /
+  `upload`) `VolumeStore` answers the same calls the flow makes on a local `Store`
+  (`read_manifest`, `states`, `mark_failed`, `forget`) by calling the deployed
+  `StoreOps` class (`modal_workers/store_app.py`), which runs `wikiembed.fanout` at
+  the mount. Only control data travels: the manifest's plan, shard states, error texts.
+
+A Volume has no lock that works across machines, so one run per Volume store is a
+lease (`VolumeLease`) in the named `modal.Dict` `LOCK_DICT`, renewed by a heartbeat
+and expiring on its own when its run dies without releasing it.
 
 `open_store(spec)` picks the view from the spec, so the flow and the CLI take either.
 
 Touches: Modal's API (through the `modal` client and the user's Modal token) for a
-Volume store; nothing else.
+Volume store: the `StoreOps` class and the `LOCK_DICT` Dict; nothing else.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
 from typing import Any, Iterator
 
-from wikiembed.errors import InputError
-from wikiembed.store import ShardState, Store
+from wikiembed.errors import BackendError, InputError, StoreError
+from wikiembed.store import ShardState, Store, pid_alive
 
 PREFIX = "modal:"
 # Where the deployed apps mount the store Volume; a store `modal:VOLUME/PATH` is at STORE_MOUNT/PATH there.
 STORE_MOUNT = "/store"
 DEFAULT_VOLUME = "wikiembed-store"
+
+# The named Dict that holds one lease per Volume store (key `VOLUME/PATH`). Modal drops an entry
+# after 7 days without reads or writes, which also clears the takeover records below.
+LOCK_DICT = "wikiembed-locks"
+# How long a lease outlives its last renewal: a run killed without releasing it (SIGKILL, a lost
+# machine) blocks its store this long at most. Long enough to ride out a few missed renewals
+# (network hiccups) and modest clock differences between machines (expiry is wall-clock time
+# written by the holder, read by the next run); tests shorten it with the environment variable.
+LEASE_S = float(os.environ.get("WIKIEMBED_VOLUME_LEASE_S", "90"))
+# Renewals per lease period: a holder must miss this many in a row before another run may take over.
+RENEWALS_PER_LEASE = 6
 
 
 class VolumeSync:
@@ -124,12 +145,9 @@ class VolumeStore:
     def forget(self, shard: int) -> None:
         self._ops.call("forget", mount_path(self.root), self.gen, [shard])
 
-    @contextlib.contextmanager
-    def lock(self, wait_s: float = 0.0) -> Iterator[None]:
-        # A Volume has no lock a flock could hold across containers; two runs on one Volume
-        # store would each redo the other's in-flight shards (wasted GPU time, never a wrong
-        # file: markers are committed after their data). One run per Volume store is the user's job.
-        yield
+    def lock(self, wait_s: float = 0.0) -> "VolumeLease":
+        """One run per Volume store: a lease in `LOCK_DICT`, refused (after `wait_s`) while another run holds it."""
+        return VolumeLease(self.root, f"{self.volume}/{self.path}", wait_s)
 
     def prepare(self, settings: dict[str, Any]) -> dict[str, Any]:
         """The download step in the cloud: the source goes straight from the Hub into the Volume."""
@@ -139,3 +157,158 @@ class VolumeStore:
     def export(self, upload_to: str | None) -> dict[str, Any]:
         """The export step in the cloud: card, promotion, upload from Modal to the Hub."""
         return self._ops.call("export", mount_path(self.root), self.gen, upload_to)
+
+
+def lock_dict() -> Any:
+    """The `LOCK_DICT` Dict (created on first use)."""
+    import modal  # lazy: a local store needs no Modal
+
+    return modal.Dict.from_name(LOCK_DICT, create_if_missing=True)
+
+
+class VolumeLease:
+    """An exclusive, expiring lease on one Volume store, held by one run.
+
+    Taking it is one atomic `Dict.put(key, lease, skip_if_exists=True)`: True means ours. A
+    lease names its holder (host, pid, start) and carries its expiry; a heartbeat thread
+    renews it `RENEWALS_PER_LEASE` times per `LEASE_S`. A run that finds an expired lease
+    may take it over, but only the first such run: Modal's Dict has no compare-and-swap, so
+    each taker must first create the record `KEY#took:TOKEN` of the dead lease's token
+    (again `skip_if_exists`), and only the run that created it overwrites the lease.
+
+    A holder that finds its lease taken over (it missed renewals for a whole period) warns
+    on stderr and leaves the lease alone; the two runs then redo some of each other's shards,
+    which wastes time but never writes a wrong file (markers follow their data).
+    """
+
+    def __init__(self, store: str, key: str, wait_s: float = 0.0, locks: Any = None, lease_s: float | None = None) -> None:
+        self.store = store
+        self.key = key
+        self.wait_s = wait_s
+        self.lease_s = LEASE_S if lease_s is None else lease_s
+        self._locks = locks
+        self.token = uuid.uuid4().hex
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.lost: dict[str, Any] | None = None  # the lease that replaced ours, if it was taken over
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    @property
+    def locks(self) -> Any:
+        if self._locks is None:
+            self._locks = lock_dict()
+        return self._locks
+
+    def _lease(self) -> dict[str, Any]:
+        return {"token": self.token, "host": socket.gethostname(), "machine": _machine(), "pid": os.getpid(),
+                "started": self.started, "store": self.store, "lease_s": self.lease_s,
+                "expires": time.time() + self.lease_s}  # fmt: skip
+
+    @staticmethod
+    def _dead(held: dict[str, Any]) -> bool:
+        """Expired, or held by a process of this machine that no longer exists (no need to wait then)."""
+        if float(held.get("expires", 0)) <= time.time():
+            return True
+        here = _machine()
+        return here is not None and held.get("machine") == here and not pid_alive(int(held.get("pid", 0)))
+
+    def _took(self, token: str) -> str:
+        return f"{self.key}#took:{token}"
+
+    def _try_take(self) -> dict[str, Any] | None:
+        """None once the lease is ours; else the live lease that holds the store."""
+        while True:
+            if self.locks.put(self.key, self._lease(), skip_if_exists=True):
+                return None
+            held = self.locks.get(self.key)
+            if held is None:
+                continue  # released between our put and our get: try again
+            if not self._dead(held):
+                return held
+            if not self.locks.put(self._took(held["token"]), self.token, skip_if_exists=True):
+                return held  # another run is taking this dead lease over
+            if (self.locks.get(self.key) or {}).get("token") != held["token"]:
+                continue  # its holder came back and released or renewed it: start over
+            self.locks.put(self.key, self._lease())
+            return None
+
+    def __enter__(self) -> "VolumeLease":
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            with _dict_errors(self.store):
+                held = self._try_take()
+            if held is None:
+                break
+            if time.monotonic() >= deadline:
+                raise StoreError(self._in_use(held))
+            time.sleep(min(1.0, max(deadline - time.monotonic(), 0.01)))
+        self._beat = threading.Thread(target=self._renew, name="wikiembed-lease", daemon=True)
+        self._beat.start()
+        return self
+
+    def _in_use(self, held: dict[str, Any]) -> str:
+        left = max(float(held.get("expires", 0)) - time.time(), 0.0)
+        return (
+            f"store {self.store} is in use by the run on host {held.get('host')}, pid {held.get('pid')}, "
+            f"started {held.get('started')}. Wait for that run to finish (or stop it), or use another --store. "
+            f"If that run is dead, its lease expires within {left:.0f} s (it is renewed every "
+            f"{float(held.get('lease_s', self.lease_s)) / RENEWALS_PER_LEASE:.0f} s while the run lives); run the same command again then."
+        )
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease_s / RENEWALS_PER_LEASE):
+            try:
+                held = self.locks.get(self.key)
+                if (held or {}).get("token") != self.token or self.locks.contains(self._took(self.token)):
+                    self.lost = held or {}
+                    print(
+                        f"wikiembed: the lease on store {self.store} expired (this run missed its renewals) and "
+                        f"was taken by host {self.lost.get('host')}, pid {self.lost.get('pid')}; both runs now "
+                        "work on it: stop one of them.", file=sys.stderr, flush=True,
+                    )  # fmt: skip
+                    return
+                self.locks.put(self.key, self._lease())
+            except Exception as exc:  # noqa: BLE001 - a failed renewal is retried at the next beat
+                print(f"wikiembed: could not renew the lease on store {self.store}: {type(exc).__name__}: {exc}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+        if self.lost is not None:
+            return
+        try:
+            if (self.locks.get(self.key) or {}).get("token") == self.token:
+                self.locks.pop(self.key, None)
+        except Exception as exc:  # noqa: BLE001 - the lease then expires on its own
+            print(f"wikiembed: could not release the lease on store {self.store} ({type(exc).__name__}: {exc}); "
+                  f"it expires within {self.lease_s:.0f} s.", file=sys.stderr, flush=True)  # fmt: skip
+
+
+def _machine() -> str | None:
+    """This machine, as a lease records it: host name and boot id (containers on one host share the
+    boot id but not, by default, the host name; a pid means something only on its own machine).
+    None where there is no boot id (not Linux): a lease is then dead only once it expires."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            return f"{socket.gethostname()}/{fh.read().strip()}"
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def _dict_errors(store: str) -> Iterator[None]:
+    """Modal's failures while taking a lease, as the project's error with its fix."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except Exception as exc:
+        import modal.exception
+
+        fix = ("run `modal token new` or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET" if isinstance(exc, modal.exception.AuthError)
+               else "check the network and Modal's status, then run the same command again")  # fmt: skip
+        raise BackendError(
+            f"store {store}: could not take its lease in the Modal Dict {LOCK_DICT!r} ({type(exc).__name__}: {exc}); {fix}."
+        ) from exc

@@ -1,4 +1,4 @@
-"""A stand-in for Modal's cloud as the flow uses it: deployed classes, containers, one Volume.
+"""A stand-in for Modal's cloud as the flow uses it: deployed classes, containers, one Volume, Dicts.
 
 What it may touch: a folder of its own (`CloudDir`), the subprocesses it starts as
 containers, and whatever the real library code they run touches (the store on the
@@ -17,6 +17,11 @@ documents (modal.com/docs/guide/volumes, /docs/guide/retries):
 - An exception raised by the function reaches the caller as that exception.
 - A container that dies while working is replaced and its input rescheduled on a new
   container, which mounts the committed state.
+- A named Dict (`modal.Dict.from_name(name, create_if_missing=...)`, modal.com/docs/
+  reference/modal.Dict) is one key-value store for every process: values are stored
+  pickled (a changed value is seen only once it is put back), `put(..., skip_if_exists=
+  True)` is atomic and returns whether it wrote, and an entry expires after 7 days
+  without a read or a write. A missing Dict without `create_if_missing` is NotFoundError.
 
 Faults, switchable while running (`CloudDir.set_faults`): `kill_after_data` (shard ids
 whose container dies once, after committing the shard's data and before its marker),
@@ -107,6 +112,89 @@ class CloudDir:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------------
+# Named Dicts: one pickled file per Dict, each operation atomic under a file lock
+# ---------------------------------------------------------------------------
+
+DICT_IDLE_EXPIRY_S = 7 * 24 * 3600  # Modal: an entry expires after 7 days without a read or write
+_NO_DEFAULT = object()
+
+
+class CloudDict:
+    """`modal.Dict` as the contract above describes it, shared by every process of the cloud folder."""
+
+    def __init__(self, cloud: CloudDir, name: str, create_if_missing: bool = False) -> None:
+        self.cloud = cloud
+        self.name = name
+        self.path = cloud.path / "dicts" / f"{name}.pickle"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            if not create_if_missing:
+                import modal.exception
+
+                raise modal.exception.NotFoundError(f"Dict '{name}' not found")
+            with self._entries():
+                pass
+
+    @contextlib.contextmanager
+    def _entries(self) -> Iterator[dict[Any, list]]:
+        """key -> [pickled value, last read or write]; written back when the block ends."""
+        with open(self.path.with_suffix(".lock"), "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                entries = pickle.loads(self.path.read_bytes()) if self.path.exists() else {}
+                now = time.time()
+                entries = {k: v for k, v in entries.items() if now - v[1] < DICT_IDLE_EXPIRY_S}
+                yield entries
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_bytes(pickle.dumps(entries))
+                os.replace(tmp, self.path)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def put(self, key: Any, value: Any, *, skip_if_exists: bool = False) -> bool:
+        """True if the pair was written; False if the key existed and `skip_if_exists` was set."""
+        data = pickle.dumps(value)
+        with self._entries() as entries:
+            if skip_if_exists and key in entries:
+                return False
+            entries[key] = [data, time.time()]
+            return True
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.put(key, value)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        with self._entries() as entries:
+            if key not in entries:
+                return default
+            entries[key][1] = time.time()  # a read keeps an entry alive too
+            return pickle.loads(entries[key][0])
+
+    def __getitem__(self, key: Any) -> Any:
+        value = self.get(key, _NO_DEFAULT)
+        if value is _NO_DEFAULT:
+            raise KeyError(f"{key} not in dict {self.name}")
+        return value
+
+    def contains(self, key: Any) -> bool:
+        with self._entries() as entries:
+            return key in entries
+
+    __contains__ = contains
+
+    def pop(self, key: Any, default: Any = _NO_DEFAULT) -> Any:
+        with self._entries() as entries:
+            if key in entries:
+                return pickle.loads(entries.pop(key)[0])
+        if default is _NO_DEFAULT:
+            raise KeyError(f"{key} not in dict {self.name}")
+        return default
+
+    def __delitem__(self, key: Any) -> None:
+        self.pop(key)
 
 
 # ---------------------------------------------------------------------------
@@ -370,6 +458,9 @@ class ModalCloud:
     def from_name(self, app_name: str, class_name: str, **_: Any) -> "_FakeCls":
         return _FakeCls(self, class_name)
 
+    def dict_from_name(self, name: str, *, create_if_missing: bool = False, **_: Any) -> CloudDict:
+        return CloudDict(self.cloud, name, create_if_missing)
+
     def stop(self) -> None:
         for container in self._all:
             container.stop()
@@ -380,8 +471,10 @@ class ModalCloud:
 
         if monkeypatch is not None:
             monkeypatch.setattr(modal.Cls, "from_name", self.from_name)
-        else:
-            modal.Cls.from_name = self.from_name  # a driver process of its own
+            monkeypatch.setattr(modal.Dict, "from_name", self.dict_from_name)
+        else:  # a driver process of its own
+            modal.Cls.from_name = self.from_name
+            modal.Dict.from_name = self.dict_from_name
         try:
             yield self
         finally:
