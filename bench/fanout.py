@@ -54,7 +54,7 @@ WIKIPEDIA_CHARS = 19.56e9  # English Wikipedia, as in the original write-up
 WIKIPEDIA_SHARD_ROWS = 20_000  # the default --shard-rows: ~6.8M articles -> ~340 shards
 WIKIPEDIA_ARTICLES = 6.8e6
 CONTAINER_START_S = 120.0  # a cold GPU container with the image cached: order of a minute or two (projection)
-SHARD_CPU = 8.0  # cores of the shard classes (modal_workers/tei_app.py SHARD_CPU)
+SHARD_CPU = 16.0  # cores of a TorchShards container (modal_workers/torch_app.py CPU): the engine path projected here
 # The engine on pre-tokenized text, bge-small shape, bf16 + SDPA, eager, one H100 (measured 2026-11-26,
 # README, Performance: 16.8M chars/s); TEI on an A10G per the original write-up: ~0.2M chars/s.
 DEFAULT_GPU_CHARS_PER_S = 16.8e6
@@ -232,13 +232,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _tree_cpu_s() -> float:
+def _tree_cpu_s(exclude: int | None = None) -> float:
+    """CPU seconds of this process and its children (the tokenizing workers), `exclude`'s tree left out."""
     import psutil
 
     me = psutil.Process()
     total = sum(me.cpu_times()[:2])
     for child in me.children(recursive=True):
         try:
+            if child.pid == exclude or (exclude is not None and child.ppid() == exclude):
+                continue
             total += sum(child.cpu_times()[:2])
         except psutil.NoSuchProcess:
             pass
@@ -278,25 +281,34 @@ def data_plane(work: Path, articles: int, shard_rows: int) -> dict[str, Any]:
         from wikiembed.chunking import chunk_shard
 
         manifest = store.read_manifest()
-        cpu0 = _tree_cpu_s()
+        cpu0 = _tree_cpu_s(server.pid)
         for k in range(len(plan)):
             chunk_shard(store, k, manifest)
-        chunk_cpu = _tree_cpu_s() - cpu0
+        chunk_cpu = _tree_cpu_s(server.pid) - cpu0
         chars, bytes_max, markers = 0, 0, []
-        cpu0, t0 = _tree_cpu_s(), time.perf_counter()
+        cpu0, t0 = _tree_cpu_s(server.pid), time.perf_counter()
         for k, (start, end) in enumerate(plan):
             marker = fanout.run_shard(root, gen, k, opts)
             chars += sum(len(t) for t in snapshot[start:end])
             bytes_max = max(bytes_max, len(pickle.dumps(("/store/enwiki", gen, k))) + len(pickle.dumps(marker)))
             markers.append(marker)
-        wall, cpu = time.perf_counter() - t0, _tree_cpu_s() - cpu0
+        wall, cpu = time.perf_counter() - t0, _tree_cpu_s(server.pid) - cpu0
+        # The floor under any token chunker: the bare tokenizer over the same articles, CPU seconds
+        # of its own threads (this process only: encode_batch runs on the tokenizer's thread pool).
+        from wikiembed.model import load_tokenizer
+
+        tokenizer = load_tokenizer(DEFAULT_MODEL)
+        own0 = sum(os.times()[:2])
+        tokenizer.encode_batch(snapshot, add_special_tokens=False)
+        tokenizer_cpu = sum(os.times()[:2]) - own0
     finally:
         server.terminate()
         server.wait()
     return {"articles": articles, "shards": len(plan), "chars": chars, "chunks": sum(m["chunks"] for m in markers),
             "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "chars_per_s_wall": round(chars / wall),
             "chars_per_s_per_core": round(chars / cpu), "chunker_cpu_s": round(chunk_cpu, 2),
-            "chunker_share_of_cpu": round(chunk_cpu / cpu, 2), "remote_bytes_per_shard_max": bytes_max}  # fmt: skip
+            "chunker_share_of_cpu": round(chunk_cpu / cpu, 2), "remote_bytes_per_shard_max": bytes_max,
+            "tokenizer_chars_per_s_per_core": round(chars / tokenizer_cpu)}  # fmt: skip
 
 
 def project(per_core: float, shards_per_s: float, gpu_chars_per_s: float, containers: int) -> float:
@@ -345,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         "control_plane_shards_per_s": cp["shards_per_s"],
         "noop_resume_10000_shards_s": resume["seconds"] if args.resume_shards == 10_000 else None,
         "shard_chars_per_s_per_core": data["chars_per_s_per_core"],
+        "tokenizer_chars_per_s_per_core": data["tokenizer_chars_per_s_per_core"],
+        "shard_vs_tokenizer_per_core": round(data["chars_per_s_per_core"] / data["tokenizer_chars_per_s_per_core"], 3),
         "remote_bytes_per_shard_max": data["remote_bytes_per_shard_max"],
         "wikipedia_minutes_at_50": round(project(data["chars_per_s_per_core"], cp["shards_per_s"], args.gpu_chars_per_s, 50), 1),
         "wikipedia_minutes_at_100": round(project(data["chars_per_s_per_core"], cp["shards_per_s"], args.gpu_chars_per_s, 100), 1),

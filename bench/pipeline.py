@@ -6,6 +6,9 @@ Measures, in one run on this machine, and writes them as JSON:
   local backend (Prefect's start-up measured separately and excluded: a
   trivial flow starts the ephemeral API first) divided by the bare engine's
   time on the same chunks (same warm engine, texts read from the run's store).
+  overhead_cpu_ratio is the same in CPU seconds of this process tree (the engine's
+  CPU workers are single-threaded, so no spinning is counted): other load on a shared
+  machine slows both sides' wall time unevenly, but barely moves their CPU time.
 - rss_growth: peak RSS of the chunk-only path (download + shard + chunk, in
   a fresh subprocess) over 10x the articles, divided by that of the smaller run.
 - chunking_vs_tokenizer: the token chunker's throughput (`chunk_table`, every
@@ -155,6 +158,20 @@ def host_ceiling(n_chunks: int, repeats: int = 3) -> dict:
     }
 
 
+def _tree_cpu_s() -> float:
+    """CPU seconds of this process and of every process it started (Prefect's API server, tokenizing workers)."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def overhead(n: int, tmp: Path) -> dict:
     import numpy as np
     import pyarrow.parquet as pq
@@ -171,15 +188,15 @@ def overhead(n: int, tmp: Path) -> dict:
     warmup()
     prefect_startup = time.perf_counter() - t0
     store = tmp / "overhead"
-    t0 = time.perf_counter()
+    cpu0, t0 = _tree_cpu_s(), time.perf_counter()
     summary = embed_dataset(source=f"sample:{n}", store=str(store))
-    run_s = time.perf_counter() - t0
+    run_s, run_cpu = time.perf_counter() - t0, _tree_cpu_s() - cpu0
     assert summary["shards_failed"] == 0, summary
     texts = pq.read_table(store / "data", columns=["text"]).column("text").to_pylist()
     engine = open_backend("local", "sentence-transformers/all-MiniLM-L6-v2")  # the same warm engine the run used
-    t0 = time.perf_counter()
+    cpu0, t0 = _tree_cpu_s(), time.perf_counter()
     vectors = engine.embed(texts)
-    engine_s = time.perf_counter() - t0
+    engine_s, engine_cpu = time.perf_counter() - t0, _tree_cpu_s() - cpu0
     assert vectors.shape[0] == len(texts) and np.isfinite(vectors).all()
     return {
         "articles": n,
@@ -188,6 +205,9 @@ def overhead(n: int, tmp: Path) -> dict:
         "run_s": run_s,
         "engine_s": engine_s,
         "overhead_ratio": run_s / engine_s,
+        "run_cpu_s": run_cpu,
+        "engine_cpu_s": engine_cpu,
+        "overhead_cpu_ratio": run_cpu / engine_cpu,
     }
 
 

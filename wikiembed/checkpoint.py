@@ -23,7 +23,7 @@ import hashlib
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -131,8 +131,12 @@ def embed_shard(
     *,
     reuse: VectorSource | None = None,
     progress: ProgressFn | None = None,
+    chunks: Iterable[pa.Table] | None = None,
 ) -> dict:
     """Embed `chunks/NNNNN.parquet` into `data/NNNNN.parquet` and mark the shard done; returns the marker.
+
+    `chunks`: the shard's chunks as they are cut (`chunking.chunk_shard_parts`, which puts the
+    chunk file in place once it is exhausted), instead of reading the finished chunk file.
 
     The store's compact forms (manifest `compact`, wikiembed/compact.py) are written as extra
     columns derived from the same float32 vectors, whoever calls this (a flow task or a worker).
@@ -142,7 +146,7 @@ def embed_shard(
     forms, int8_calibration = stored_forms(manifest)
     check_kind(store, manifest, backend.kind)
     dim = int(manifest["model"]["dim"])
-    chunks_file = pq.ParquetFile(store.chunks_path(shard))
+    batches = _groups(chunks) if chunks is not None else pq.ParquetFile(store.chunks_path(shard)).iter_batches(batch_size=EMBED_GROUP)
     dest = store.data_path(shard)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     schema = data_schema(dim, forms)
@@ -151,7 +155,7 @@ def embed_shard(
         dest.parent.mkdir(parents=True, exist_ok=True)
         writer = pq.ParquetWriter(tmp, schema, compression="zstd")
         try:
-            for batch in chunks_file.iter_batches(batch_size=EMBED_GROUP):
+            for batch in batches:
                 texts = batch.column("text").to_pylist()
                 vectors = np.empty((len(texts), dim), dtype=np.float32)
                 todo = np.ones(len(texts), dtype=bool)
@@ -208,6 +212,21 @@ def embed_shard(
     }
     store.mark_done(shard, marker)
     return marker
+
+
+def _groups(tables: Iterable[pa.Table]) -> Iterator[pa.RecordBatch]:
+    """The rows of `tables` in record batches of EMBED_GROUP rows (the last one smaller)."""
+    pending: list[pa.Table] = []
+    held = 0
+    for table in tables:
+        pending.append(table)
+        held += table.num_rows
+        while held >= EMBED_GROUP:
+            joined = pa.concat_tables(pending)
+            yield from joined.slice(0, EMBED_GROUP).combine_chunks().to_batches()
+            pending, held = [joined.slice(EMBED_GROUP)], held - EMBED_GROUP
+    if held:
+        yield from pa.concat_tables(pending).combine_chunks().to_batches()
 
 
 def _embed(backend: Backend, batch: pa.RecordBatch, todo: np.ndarray, texts: list[str]) -> np.ndarray:

@@ -19,7 +19,6 @@ Touches: the snapshot (read) and `STORE/chunks/` (temp + rename).
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from wikiembed.atomic import atomic_path
 from wikiembed.sources import read_snapshot_rows
 from wikiembed.errors import InputError
 from wikiembed.model import load_tokenizer
@@ -469,34 +469,43 @@ def _parts(texts: Sequence[str], part_chars: int) -> list[tuple[int, int]]:
     return out
 
 
-def chunk_texts(texts: Sequence[str], chunking: Chunking, tokenizer=None, workers: int | None = None) -> ChunkArrays:
-    """The chunks of `texts` as flat arrays; token chunking runs on every core for large inputs.
+def _chunk_parts(
+    texts: Sequence[str], chunking: Chunking, tokenizer=None, workers: int | None = None
+) -> Iterator[tuple[int, int, ChunkArrays]]:
+    """`(start, end, chunks of texts[start:end])` for consecutive parts of `texts`, in order.
 
-    The result does not depend on `workers`: every text is chunked on its own.
+    Token chunking of a large input runs on the worker processes, which chunk the parts
+    after the one being yielded while the caller uses it. The chunks do not depend on
+    `workers` or on where parts are cut: every text is chunked on its own.
     """
     if chunking.chunker == "chars":
-        return ChunkArrays.build([chunk_chars(t, chunking.chunk_size) for t in texts])
+        yield 0, len(texts), ChunkArrays.build([chunk_chars(t, chunking.chunk_size) for t in texts])
+        return
     if tokenizer is None:
         raise ValueError("the tokens chunker needs the model's tokenizer")
     workers = cores() if workers is None else workers
     chunker = _chunker(tokenizer, chunking.chunk_size, chunking.chunk_overlap)  # bad options fail here, not in a worker
     total = sum(map(len, texts))
     if workers < 2 or total < PARALLEL_MIN_CHARS:
-        return chunker.chunk_many(texts)
+        yield 0, len(texts), chunker.chunk_many(texts)
+        return
     part_chars = max(min(PART_CHARS, total // (4 * workers)), 1)
-    parts = [(chunker.spec, chunking.chunk_size, chunking.chunk_overlap, list(texts[a:b])) for a, b in _parts(texts, part_chars)]
-    return ChunkArrays.concat(list(run_parts(_chunk_part, parts, workers)))
+    bounds = _parts(texts, part_chars)
+    parts = [(chunker.spec, chunking.chunk_size, chunking.chunk_overlap, list(texts[a:b])) for a, b in bounds]
+    for (a, b), found in zip(bounds, run_parts(_chunk_part, parts, workers)):
+        yield a, b, found
 
 
-def chunk_table(rows: pa.Table, chunking: Chunking, tokenizer=None, workers: int | None = None) -> pa.Table:
-    """All chunks of a table of articles (`id, url, title, text`), in row then chunk order.
+def chunk_texts(texts: Sequence[str], chunking: Chunking, tokenizer=None, workers: int | None = None) -> ChunkArrays:
+    """The chunks of `texts` as flat arrays; token chunking runs on every core for large inputs.
 
-    The token chunker adds `input_ids`: each chunk's token ids, special tokens
-    included, exactly what the model's tokenizer gives for its text, so the
-    local engine embeds them without tokenizing again.
+    The result does not depend on `workers`: every text is chunked on its own.
     """
-    texts = rows.column("text").to_pylist()
-    found = chunk_texts(texts, chunking, tokenizer, workers)
+    return ChunkArrays.concat([found for _, _, found in _chunk_parts(texts, chunking, tokenizer, workers)])
+
+
+def _rows_table(rows: pa.Table, texts: Sequence[str], found: ChunkArrays) -> pa.Table:
+    """The chunk rows of the articles `rows` (whose texts are `texts`), given their chunks."""
     take = np.repeat(np.arange(len(texts)), found.counts)
     chunk_index = (
         np.arange(len(take), dtype=np.int64) - np.repeat(np.cumsum(found.counts) - found.counts, found.counts)
@@ -520,18 +529,75 @@ def chunk_table(rows: pa.Table, chunking: Chunking, tokenizer=None, workers: int
     return pa.Table.from_arrays([*columns, ids], schema=TOKEN_CHUNK_SCHEMA)
 
 
-def write_parquet_atomic(table: pa.Table, dest: Path, row_group_size: int = 8192) -> None:
+def chunk_schema(chunking: Chunking) -> pa.Schema:
+    """The columns of a chunk file: the token chunker's carry each chunk's token ids."""
+    return TOKEN_CHUNK_SCHEMA if chunking.chunker == "tokens" else CHUNK_SCHEMA
+
+
+def chunk_tables(rows: pa.Table, chunking: Chunking, tokenizer=None, workers: int | None = None) -> Iterator[pa.Table]:
+    """`chunk_table`'s rows part by part, in order: while the caller uses one part, the
+    worker processes chunk the next ones (a GPU embeds part k as part k + 1 is cut)."""
+    texts = rows.column("text").to_pylist()
+    for start, end, found in _chunk_parts(texts, chunking, tokenizer, workers):
+        yield _rows_table(rows.slice(start, end - start), texts[start:end], found)
+
+
+def chunk_table(rows: pa.Table, chunking: Chunking, tokenizer=None, workers: int | None = None) -> pa.Table:
+    """All chunks of a table of articles (`id, url, title, text`), in row then chunk order.
+
+    The token chunker adds `input_ids`: each chunk's token ids, special tokens
+    included, exactly what the model's tokenizer gives for its text, so the
+    local engine embeds them without tokenizing again.
+    """
+    tables = list(chunk_tables(rows, chunking, tokenizer, workers))
+    if len(tables) == 1:
+        return tables[0]
+    return pa.concat_tables(tables).combine_chunks() if tables else chunk_schema(chunking).empty_table()
+
+
+# Rows per row group of a chunk file.
+CHUNK_ROW_GROUP = 8192
+
+
+def write_parquet_atomic(table: pa.Table, dest: Path, row_group_size: int = CHUNK_ROW_GROUP) -> None:
     """Write to a hidden temp name, fsync, then rename: readers never see a partial file."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(dest) as tmp:
         pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
-        with tmp.open("rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+
+def chunk_shard_parts(store: Store, shard: int, manifest: dict) -> Iterator[pa.Table]:
+    """Cut shard `shard`'s rows into `chunks/NNNNN.parquet`, yielding each part's chunks as soon as
+    it is cut (worker processes cut the next parts meanwhile), so a caller can embed while the
+    shard is still being chunked.
+
+    The file is written as the parts go, in fixed row groups, and put in place once the last
+    part has been yielded: it is byte-identical to what `chunk_shard` writes. Closing the
+    iterator early (or an error) leaves no file behind.
+    """
+    start, end = manifest["plan"]["shards"][shard]
+    chunking = Chunking(**manifest["chunking"])
+    rows = read_snapshot_rows(store.snapshot_path, start, end)
+    tokenizer = load_tokenizer(manifest["model"]["model_id"]) if chunking.chunker == "tokens" else None
+    schema = chunk_schema(chunking)
+    dest = store.chunks_path(shard)
+    try:
+        with atomic_path(dest) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            # Row groups of exactly CHUNK_ROW_GROUP rows whatever the parts' sizes, each one
+            # contiguous: the same file as one write_table of the whole shard.
+            pending: list[pa.Table] = []
+            held = written = 0
+            for table in chunk_tables(rows, chunking, tokenizer):
+                pending.append(table)
+                held += table.num_rows
+                while held >= CHUNK_ROW_GROUP:
+                    joined = pa.concat_tables(pending)
+                    writer.write_table(joined.slice(0, CHUNK_ROW_GROUP).combine_chunks())
+                    pending, held, written = [joined.slice(CHUNK_ROW_GROUP)], held - CHUNK_ROW_GROUP, written + 1
+                yield table
+            if held or not written:
+                writer.write_table(pa.concat_tables(pending).combine_chunks() if pending else schema.empty_table())
+    except OSError as exc:
+        raise store_os_error(exc, dest) from exc
 
 
 def chunk_shard(store: Store, shard: int, manifest: dict) -> dict:
@@ -540,14 +606,9 @@ def chunk_shard(store: Store, shard: int, manifest: dict) -> dict:
     Deterministic: the same snapshot rows and chunking give a byte-identical file,
     so a rerun after a kill rewrites exactly what was there.
     """
-    start, end = manifest["plan"]["shards"][shard]
-    chunking = Chunking(**manifest["chunking"])
-    rows = read_snapshot_rows(store.snapshot_path, start, end)
-    tokenizer = load_tokenizer(manifest["model"]["model_id"]) if chunking.chunker == "tokens" else None
-    table = chunk_table(rows, chunking, tokenizer)
+    chunks = sum(table.num_rows for table in chunk_shard_parts(store, shard, manifest))
     dest = store.chunks_path(shard)
     try:
-        write_parquet_atomic(table, dest)
-        return {"chunks": table.num_rows, "sha256": sha256_file(dest)}
+        return {"chunks": chunks, "sha256": sha256_file(dest)}
     except OSError as exc:
         raise store_os_error(exc, dest) from exc

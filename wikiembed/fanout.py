@@ -18,12 +18,13 @@ Touches: the store under `root` (through `wikiembed.store`), the backend that em
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from wikiembed.backends.base import Backend
 from wikiembed.backends.factory import open_backend
 from wikiembed.checkpoint import embed_shard, record_vector_kind
-from wikiembed.chunking import chunk_shard
+from wikiembed.chunking import chunk_shard_parts
 from wikiembed.plan import prepare, promote
 from wikiembed.publish import publish, write_card
 from wikiembed.settings import RunSettings
@@ -54,11 +55,13 @@ def run_shard(
     if marker is not None:
         return marker
     manifest = store.read_manifest()
-    chunk_shard(store, shard, manifest)
     if isinstance(backend, dict):
         backend = open_backend(model=manifest["model"]["model_id"], **backend)
     start, end = manifest["plan"]["shards"][shard]
-    return embed_shard(store, shard, backend, end - start)  # writes the store's compact forms too
+    # Embedding starts with the shard's first chunks while worker processes cut the rest, so
+    # the GPU and the CPU work at the same time; the chunk file is complete before the marker.
+    with contextlib.closing(chunk_shard_parts(store, shard, manifest)) as chunks:
+        return embed_shard(store, shard, backend, end - start, chunks=chunks)  # writes the store's compact forms too
 
 
 def prepare_store(settings: dict[str, Any], sync: StoreSync = LOCAL) -> dict[str, Any]:

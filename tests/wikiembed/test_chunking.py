@@ -125,3 +125,38 @@ def test_non_bert_tokenizers_are_rechecked_and_their_ids_match(tokenizer):
     _check_invariants(articles, chunks)
     want = [e.ids for e in other.encode_batch(chunks.column("text").to_pylist())]
     assert chunks.column("input_ids").to_pylist() == want and max(map(len, want)) <= 64
+
+
+def test_a_shard_chunked_part_by_part_writes_the_same_file_and_nothing_when_stopped(tmp_path, monkeypatch):
+    """chunk_shard_parts hands out parts while worker processes cut the next ones; the file it
+    leaves is byte-identical to one write of the whole table, and closing it early leaves none."""
+    import pyarrow.parquet as pq
+
+    from wikiembed import chunking
+    from wikiembed.plan import prepare
+    from wikiembed.settings import RunSettings
+    from wikiembed.sources import read_snapshot_rows
+
+    prepared = prepare(RunSettings(source="sample:400", store=str(tmp_path / "store"), shard_rows=400))
+    store, manifest = prepared.store, prepared.manifest
+    monkeypatch.setattr(chunking, "CHUNK_ROW_GROUP", 100)  # several row groups, cut across parts
+    whole = chunk_table(read_snapshot_rows(store.snapshot_path, 0, 400), Chunking(**manifest["chunking"]), load_tokenizer(), workers=1)
+    chunking.write_parquet_atomic(whole, tmp_path / "whole.parquet", row_group_size=100)
+
+    monkeypatch.setattr(chunking, "PARALLEL_MIN_CHARS", 0)
+    monkeypatch.setattr(chunking, "PART_CHARS", 20_000)  # many parts, on the worker processes
+    dest = store.chunks_path(0)
+    parts = chunking.chunk_shard_parts(store, 0, manifest)
+    first = next(parts)
+    assert 0 < first.num_rows < whole.num_rows and not dest.exists()  # handed out before the shard is cut
+    rest = list(parts)
+    assert pa.concat_tables([first, *rest]).combine_chunks().equals(whole)
+    assert dest.read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+    assert pq.ParquetFile(dest).num_row_groups == -(-whole.num_rows // 100)
+
+    dest.unlink()
+    stopped = chunking.chunk_shard_parts(store, 0, manifest)
+    next(stopped)
+    stopped.close()  # the embedding failed: no chunk file, no temp file
+    assert not dest.exists() and not list(dest.parent.glob(".*"))
+
