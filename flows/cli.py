@@ -154,6 +154,9 @@ def _print_summary(summary: dict[str, Any], out=sys.stdout) -> None:  # noqa: AN
         e = summary["eval"]
         print(f"eval ({e['n']} titles as queries, float32): recall@1 {e['recall_at_1']:.3f}, recall@10 {e['recall_at_10']:.3f}, "
               f"MRR@10 {e['mrr']:.3f}; every form in {summary['store']}/README.md", file=out)
+    if summary.get("index"):
+        print("index: " + "; ".join(f"{i['form']} ({i['rows']:,} vectors, {i['bytes'] / 1e6:,.1f} MB, {i['seconds']:.1f}s)"
+                                     for i in summary["index"]) + "; search and eval use it", file=out)
     if summary.get("changes"):
         c = summary["changes"]
         print(f"source changes: {c['added']} added, {c['edited']} edited, {c['removed']} removed articles", file=out)

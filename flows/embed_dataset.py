@@ -36,6 +36,7 @@ from wikiembed.backends.factory import backend_retries, open_backend
 from wikiembed.checkpoint import record_vector_kind
 from wikiembed.errors import BackendError, InputError, ShardsFailed, StoreError, TransientBackendError, WikiembedError
 from wikiembed.estimate import compare, markdown as estimate_markdown, one_line, run_hardware, store_estimate
+from wikiembed.index import require_library
 from wikiembed.plan import check_snapshot
 from wikiembed.progress import Progress
 from wikiembed.settings import RunSettings, ShardSelection, parse_shards
@@ -45,6 +46,7 @@ from wikiembed.tasks.download import download_task
 from wikiembed.tasks.embed import embed_remote_task, embed_task, release_reuse_index
 from wikiembed.tasks.evaluate import eval_task
 from wikiembed.tasks.export import export_task
+from wikiembed.tasks.index import index_task
 from wikiembed.tasks.retry import attempts_of
 from wikiembed.tasks.shard import shard_task
 from wikiembed.volume_store import VolumeStore, check_store_for_backend, open_store
@@ -377,6 +379,7 @@ def _finish(store: Store | VolumeStore, settings: RunSettings, run: dict[str, An
     # only (a Volume store's vectors stay in the cloud).
     local = isinstance(store, Store)
     checked = eval_task(str(store.root), store.gen, settings.output.eval_sample) if all_done and settings.output.eval_sample and local else None
+    indexed = index_task(str(store.root), store.gen, settings.output.index) if all_done and settings.output.index and local else None
     if all_done:
         export_task(str(store.root), store.gen, settings.upload_to)
     device = _device(settings, store.read_manifest()["model"]["model_id"], bool(run["results"]))
@@ -385,6 +388,8 @@ def _finish(store: Store | VolumeStore, settings: RunSettings, run: dict[str, An
         summary["changes"] = changes
     if checked:
         summary["eval"] = checked
+    if indexed:
+        summary["index"] = indexed
     if predicted:
         done = sum(r.get("chunks", 0) for r in run["results"].values())
         summary["predicted_vs_actual"] = compare(predicted, done, summary["seconds"])
@@ -455,6 +460,7 @@ def embed_dataset(**options: Any) -> dict[str, Any] | State:
         if pending and isinstance(s, Store):  # on a Volume the shards open their backend remotely
             retries_before = check_backend(settings, manifest["model"]["model_id"])
         _calibrate(s, settings)
+        _check_index(s, settings)
         manifest = s.read_manifest()
         # Article-level changes need both snapshots: on a Volume they stay in the cloud, unreported.
         changes = _changes(planned, manifest) if planned["previous_gen"] and isinstance(s, Store) else None
@@ -474,6 +480,15 @@ def _calibrate(store: Store | VolumeStore, settings: RunSettings) -> None:
         calibrate_task(str(store.root), store.gen, _backend_opts(settings))
     elif "int8" in (store.read_manifest().get("compact") or {}).get("precisions", ()):
         raise InputError("--precision int8 needs a local --store for now: its calibration runs on the flow's machine.")
+
+
+def _check_index(store: Store | VolumeStore, settings: RunSettings) -> None:
+    """The index is built after the last shard, on the flow's machine: check that it can be, before the first."""
+    if not settings.output.index:
+        return
+    if not isinstance(store, Store):
+        raise InputError("--index needs a local --store for now: the index is built on the flow's machine from the data files.")
+    require_library()
 
 
 def _changes(planned: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:

@@ -251,14 +251,14 @@ class Scorer:
         return self.q @ _signs(stored, self.form.dim).T / np.sqrt(self.form.dim)
 
 
-def form_by_name(name: str, spec: CompactSpec | None, full_dim: int) -> Form:
+def form_by_name(name: str, spec: CompactSpec | None, full_dim: int, flag: str = "--form") -> Form:
     """The stored form a user named (`float32`, `int8`, `binary@128`, ...), or an InputError listing those present."""
     available = available_forms(spec, full_dim)
     for form in available:
         if form.name == name:
             return form
     raise InputError(
-        f"--form {name!r}: this store holds {', '.join(f.name for f in available)}; pick one of those, "
+        f"{flag} {name!r}: this store holds {', '.join(f.name for f in available)}; pick one of those, "
         "or build a store with more forms (`wikiembed run --dimensions N --precision float16,int8,binary`)."
     )
 

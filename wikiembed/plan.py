@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wikiembed.checkpoint import read_vectors, text_key
-from wikiembed.compact import parse_compact
+from wikiembed.compact import form_by_name, parse_compact
 from wikiembed.sources import Source, fingerprint, parse_source, pin, write_snapshot
 from wikiembed.errors import InputError, StoreError
 from wikiembed.model import ModelInfo, model_info
@@ -72,7 +72,9 @@ def resolve(settings: RunSettings) -> tuple[Source, ModelInfo, Chunking]:
     info = model_info(settings.model)
     c = settings.chunking
     chunking = make_chunking(c.chunker, c.chunk_size, c.chunk_overlap, info.max_tokens)
-    parse_compact(settings.output.dimensions, settings.output.precision, info.dim)
+    compact = parse_compact(settings.output.dimensions, settings.output.precision, info.dim)
+    for name in settings.output.index:
+        form_by_name(name, compact, info.dim, flag="--index")
     return source, info, chunking
 
 

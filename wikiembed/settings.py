@@ -95,8 +95,13 @@ class OutputOptions(_Options):
     eval_sample: int | None = Field(
         None, ge=1, description="After a complete run, check retrieval on this many articles, titles as queries (as wikiembed eval)."
     )
+    index: list[str] = Field(
+        default_factory=list,
+        description="After a complete run, build an approximate index of these stored forms for search and eval "
+        "(as wikiembed index), e.g. float32,binary; needs pip install 'wikiembed[index]'.",
+    )
 
-    @field_validator("precision", "dimensions", mode="before")
+    @field_validator("precision", "dimensions", "index", mode="before")
     @classmethod
     def _split_lists(cls, value: object) -> object:
         if isinstance(value, int):

@@ -127,3 +127,19 @@ def test_without_the_extra_index_fails_clearly_and_search_still_scans(store, tmp
 def test_index_of_a_form_the_store_lacks_names_the_forms_it_has(store, capsys):
     assert main(["index", "--store", str(store), "--form", "int4"]) == 2
     assert "this store holds float32, float16, int8, binary, float32@128" in capsys.readouterr().err
+
+
+def test_a_run_builds_the_indexes_it_is_asked_for(store, topics, prefect_api, tmp_path, capsys):
+    from wikiembed.flows.embed_dataset import embed_dataset
+
+    output = {"dimensions": [384, 128], "precision": ["float32", "float16", "int8", "binary"]}
+    # Every shard is done already: the run only finishes, and builds the indexes on the way.
+    summary = embed_dataset(source=str(topics), store=str(store), shard_rows=12, output={**output, "index": ["float32", "binary@128"]})
+    assert [(i["form"], i["rows"]) for i in summary["index"]] == [("float32", summary["chunks"]), ("binary@128", summary["chunks"])]
+    out = tmp_path / "hits.json"
+    assert main(["search", "--store", str(store), "leave the innermost loop", "--form", "binary@128", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["method"] == "index"
+    # A form the store lacks is refused before anything runs, naming the flag.
+    assert main(["run", "--source", str(topics), "--store", str(store), "--shard-rows", "12", "--dimensions", "384,128",
+                 "--precision", "float32,float16,int8,binary", "--index", "int8@64"]) == 2
+    assert "--index 'int8@64': this store holds float32, float16, int8, binary, float32@128" in capsys.readouterr().err
