@@ -541,6 +541,7 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
             retries_before = check_backend(settings, manifest["model"]["model_id"])
             reuse_gen = reuse_gen if reuse_gen and Store(s.root, reuse_gen).exists() else None
         _calibrate(s, settings)
+        _check_index(s, settings)
         if not isinstance(s, Store):
             for k in ids:  # a remote shard skips what its marker says is done
                 s.forget(k)
