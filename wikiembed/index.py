@@ -43,8 +43,8 @@ from wikiembed.errors import InputError, StoreError
 
 INSTALL = "pip install 'wikiembed[index]'"
 INDEX_DIR = "index"
-# usearch's HNSW defaults (16 links per node, 128 candidates while adding): on the stores measured
-# in the README they keep recall@10 against the exact scan above 0.99.
+# usearch's HNSW defaults (16 links per node, 128 candidates while adding): on the man-page store
+# measured in the README they keep recall@10 against the exact scan at 0.97-0.99.
 CONNECTIVITY = 16
 EXPANSION_ADD = 128
 # Candidates kept while searching: at least this many, and never fewer than asked for.
@@ -148,7 +148,6 @@ class VectorIndex:
         valid = np.arange(count)[None, :] < np.asarray(found.counts)[:, None]
         out[valid] = keys[valid]
         return out
-
 
     def values(self, positions: np.ndarray) -> np.ndarray:
         """The stored values of `form` at `positions` ([n, form.width]), as the index holds them:

@@ -192,6 +192,7 @@ class StoreVectors:
                 out[(fi << 32) | r] = row
         return out
 
+
 def build_index(store: str | Path, form: str = "float32", gen: str | None = None) -> dict[str, Any]:
     """Build the approximate index of one stored form of a generation (default: the published one),
     streaming its data files batch by batch; returns the `wikiembed index --json` payload."""
