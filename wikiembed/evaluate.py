@@ -242,5 +242,6 @@ def card_section(result: dict[str, Any] | None) -> list[str]:
             return f"{f[key]:.3f} [{lo:.3f}, {hi:.3f}]"
 
         form = f["form"] + (f" (rescored ×{f['rescore']})" if f.get("rescore") else "")
+        form += " (approximate index)" if f.get("method") == "index" else ""
         lines.append(f"| {form} | {f['bytes_per_vector']} | {cell('recall_at_1')} | {cell('recall_at_10')} | {cell('mrr')} |")
     return lines + [""]

@@ -80,6 +80,8 @@ def test_search_and_eval_use_the_index_and_exact_forces_the_scan(store, tmp_path
     result = json.loads(ev.read_text())
     assert result["method"] == "index"
     assert {f["form"]: f["method"] for f in result["forms"]} == {"float32": "index", "int8": "exact"}  # int8 has no index
+    assert main(["eval", "--store", str(store), "--forms", "float32", "--json", str(ev)]) == 0
+    assert "| float32 (approximate index) | 1536 |" in (store / "README.md").read_text()  # the card says how it was searched
     assert main(["eval", "--store", str(store), "--no-record", "--exact", "--json", str(ev)]) == 0
     scanned_eval = json.loads(ev.read_text())
     assert scanned_eval["method"] == "exact"
