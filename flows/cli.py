@@ -87,11 +87,12 @@ def _parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="write the HF-ready folder (data + dataset card)")
     export.add_argument("--store", required=True)
-    export.add_argument("--to", required=True, help="destination folder")
+    export.add_argument("--to", required=True, help="destination folder (modal:VOLUME/PATH for a store on a Modal Volume)")
     export.add_argument("--allow-partial", action="store_true", help="publish the done shards even if some are not")
     export.add_argument("--replace", action="store_true", help="export into a folder wikiembed did not write, replacing its files")
 
-    upload = sub.add_parser("upload", help="publish to the Hugging Face Hub (hub:ORG/NAME) or a folder (dir:PATH)")
+    upload = sub.add_parser("upload", help="publish to the Hugging Face Hub (hub:ORG/NAME) or a folder (dir:PATH; "
+                            "modal:VOLUME/PATH from a store on a Modal Volume)")
     upload.add_argument("--store", required=True)
     upload.add_argument("--to", required=True)
     upload.add_argument("--private", action="store_true")
@@ -256,11 +257,19 @@ def _cmd_rerun(args: argparse.Namespace) -> int:
 
 def _cmd_publish(args: argparse.Namespace, target: str) -> int:
     from wikiembed.publish import publish
+    from wikiembed.volume_store import VolumeStore, open_store
 
     kwargs: dict[str, Any] = {"allow_partial": args.allow_partial, "replace": args.replace}
     if args.command == "upload":
         kwargs.update(private=args.private, revision=args.revision, create_pr=args.create_pr)
-    result = publish(Path(args.store), target, **kwargs)
+    store = open_store(args.store)
+    if isinstance(store, VolumeStore):
+        # In a container at the Volume, under the store's lease: a Volume has no file lock that
+        # keeps a run's export and this one from writing the same staging folder.
+        with store.lock():
+            result = store.publish(target, **kwargs)
+    else:
+        result = publish(Path(args.store), target, **kwargs)
     print(json.dumps(result, indent=1, default=str))
     return EXIT_OK
 
@@ -433,6 +442,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("run", "rerun"):
         _stop_on_signals()
     try:
+        if args.command in ("search", "index", "eval"):
+            from wikiembed.volume_store import check_vectors_here
+
+            check_vectors_here(args.command, args.store, getattr(args, "against", None))
         if args.command == "run":
             return _cmd_run(args)
         if args.command == "status":
@@ -448,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "index":
             return _cmd_index(args)
         if args.command == "export":
-            target = args.to if args.to.startswith(("dir:", "hub:")) else f"dir:{args.to}"
+            target = args.to if args.to.startswith(("dir:", "hub:", "modal:")) else f"dir:{args.to}"
             return _cmd_publish(args, target)
         return _cmd_publish(args, args.to)
     except WikiembedError as exc:

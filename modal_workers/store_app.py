@@ -8,9 +8,10 @@ machine that runs the flow). CPU only.
 The flow and the CLI reach it through `wikiembed.volume_store.VolumeStore` for any
 `--store modal:VOLUME/PATH`: `prepare` (the download step: snapshot + shard plan),
 `view` (manifest and shard states), `mark_failed`, `forget`, `export` (card,
-promotion, upload). Each method is one call to `wikiembed.fanout`, which reloads
-the Volume before reading and commits after writing. The GPU side (whole shards)
-is `TEIShards` / `TorchShards` in `tei_app.py` / `torch_app.py`, on the same Volume.
+promotion, upload), `publish` (`wikiembed export` / `upload`). Each method is one
+call to `wikiembed.fanout`, which reloads the Volume before reading and commits
+after writing. The GPU side (whole shards) is `TEIShards` / `TorchShards` in
+`tei_app.py` / `torch_app.py`, on the same Volume.
 
 Deploy (the Volume is chosen at deploy time and must be the one the shard classes mount):
 
@@ -121,3 +122,7 @@ class StoreOps:
     @modal.method()
     def export(self, root: str, gen: str, upload_to: str | None) -> dict[str, Any]:
         return fanout.export_store(root, gen, upload_to, self.sync)
+
+    @modal.method()
+    def publish(self, root: str, target: str, options: dict[str, Any]) -> dict[str, Any]:
+        return fanout.publish_store(root, target, options, self.sync)

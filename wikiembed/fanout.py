@@ -110,3 +110,13 @@ def export_store(root: str, gen: str, upload_to: str | None, sync: StoreSync = L
     sync.commit()
     published = publish(Store(root).root, upload_to) if upload_to else None
     return {"promoted": promoted, "published": published}
+
+
+def publish_store(root: str, target: str, options: dict[str, Any], sync: StoreSync = LOCAL) -> dict[str, Any]:
+    """`wikiembed export` / `upload` at the store: its done shards to `hub:ORG/NAME` or `dir:PATH`
+    (see `publish.publish`, which takes `options`); what it writes in the store (the card, the
+    staging folder) and a `dir:` folder on the same Volume are committed."""
+    sync.reload()
+    published = publish(Store(root).root, target, **options)
+    sync.commit()
+    return published

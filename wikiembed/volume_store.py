@@ -100,6 +100,23 @@ def check_store_for_backend(backend: str, store: str) -> None:
         raise InputError(f"--store {store!r} is on a Modal Volume: use --backend modal, or a local --store folder.")
 
 
+def check_vectors_here(command: str, *specs: str | None) -> None:
+    """`search`, `index` and `eval` read every vector on this machine; a Volume store's vectors
+    stay in the cloud, so those commands take a local copy of one of its generations."""
+    for spec in specs:
+        parsed = parse_spec(spec) if spec else None
+        if parsed is None:
+            continue
+        volume, path = parsed
+        name = path.rstrip("/").split("/")[-1]
+        raise InputError(
+            f"wikiembed {command} --store {spec}: {command} reads the store's vectors on this machine, and this "
+            f"store's stay on the Modal Volume {volume!r}. Copy its generation down first: "
+            f"`modal volume get {volume} {path}/gens/GEN ./{name}` (GEN: the generation `wikiembed status --store "
+            f"{spec}` prints), then `wikiembed {command} --store ./{name}`."
+        )
+
+
 def open_store(spec: str, gen: str | None = None) -> "Store | VolumeStore":
     """The store behind `--store`: a local folder, or `modal:VOLUME/PATH` on a Modal Volume."""
     return VolumeStore(spec, gen) if parse_spec(spec) else Store(spec, gen)
@@ -151,12 +168,48 @@ class VolumeStore:
 
     def prepare(self, settings: dict[str, Any]) -> dict[str, Any]:
         """The download step in the cloud: the source goes straight from the Hub into the Volume."""
+        self.cloud_target(settings.get("upload_to"))  # a wrong --upload-to fails now, not after every shard
         planned = self._ops.call("prepare", {**settings, "store": mount_path(self.root)})
         return {**planned, "store": self.root}
 
     def export(self, upload_to: str | None) -> dict[str, Any]:
-        """The export step in the cloud: card, promotion, upload from Modal to the Hub."""
-        return self._ops.call("export", mount_path(self.root), self.gen, upload_to)
+        """The export step in the cloud: card, promotion, upload from Modal to the Hub (or a folder on the Volume)."""
+        result = self._ops.call("export", mount_path(self.root), self.gen, self.cloud_target(upload_to))
+        if result.get("published"):
+            result["published"] = self._as_seen_here(result["published"], upload_to)
+        return result
+
+    def publish(self, target: str, **options: Any) -> dict[str, Any]:
+        """`wikiembed export` / `upload` of a Volume store, run in a `StoreOps` container: the done
+        shards go from the Volume to the Hub (`hub:ORG/NAME`) or to a folder on the same Volume
+        (`modal:VOLUME/PATH`), never through this machine. `options` are `publish.publish`'s."""
+        published = self._ops.call("publish", mount_path(self.root), self.cloud_target(target), options)
+        return self._as_seen_here(published, target)
+
+    def cloud_target(self, target: str | None) -> str | None:
+        """A publishing target as the container sees it: `hub:` as is, `modal:VOLUME/PATH` as a folder
+        at the mount. A folder of this machine is refused: the data would have to come down first."""
+        if not target or target.startswith("hub:"):
+            return target
+        parsed = parse_spec(target) if target.startswith(PREFIX) else None
+        if parsed is None:
+            raise InputError(
+                f"--to/--upload-to {target!r}: the store {self.root} is on a Modal Volume, so it publishes from "
+                f"there: give hub:ORG/NAME (Volume to Hub), or modal:{self.volume}/FOLDER for a folder on the same "
+                f"Volume (then `modal volume get {self.volume} FOLDER` fetches it, if you want it here)."
+            )
+        if parsed[0] != self.volume:
+            raise InputError(
+                f"--to/--upload-to {target!r}: the store is on the Volume {self.volume!r}, and its containers mount "
+                f"only that one; give modal:{self.volume}/FOLDER."
+            )
+        return f"dir:{mount_path(target)}"
+
+    def _as_seen_here(self, published: dict[str, Any], target: str | None) -> dict[str, Any]:
+        """The container's answer with the target and folder as the user named them (not the mount path)."""
+        if target and target.startswith(PREFIX):
+            return {**published, "target": target, "url": target}
+        return published
 
 
 def lock_dict() -> Any:

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.flows.conftest import ROOT
+from tests.standins.hub_server import HubServer
 from tests.standins.modal_cloud import CloudDict, CloudDir, ModalCloud
 from tests.standins.tei_server import embed_texts, start_server
 from wikiembed.model import DEFAULT_MODEL
@@ -175,3 +176,47 @@ def test_one_run_per_volume_store_and_a_killed_runs_lease_expires(cli_env, tmp_p
     assert key not in locks  # released at the end of a run
     assert len(list((cloud_dir.store("wiki") / "_done").glob("*.json"))) == 4
     _assert_store_matches_the_stand_in(cloud_dir.store("wiki"))
+
+
+def test_export_and_upload_of_a_volume_store_run_in_the_cloud(prefect_api, tmp_path: Path, tei: str, monkeypatch, capsys) -> None:
+    from wikiembed.flows.cli import main
+
+    with HubServer() as hub:
+        # The containers' environment: the Hub they reach and the `huggingface` secret's token.
+        for name, value in {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1",
+                            "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": "hf_test_token"}.items():  # fmt: skip
+            monkeypatch.setenv(name, value)
+        with _cloud(tmp_path, tei).installed(monkeypatch) as cloud:
+            assert main(["run", "--source", "sample:60", "--store", STORE, "--shard-rows", "30", "--backend", "modal"]) == 0
+            capsys.readouterr()
+            assert main(["export", "--store", STORE, "--to", "modal:wikiembed-store/published"]) == 0
+            exported = json.loads(capsys.readouterr().out)
+            assert main(["upload", "--store", STORE, "--to", "hub:alice/wiki-minilm"]) == 0
+            uploaded = json.loads(capsys.readouterr().out)
+            # What would bring the data down to this machine is refused, with the way to do it.
+            assert main(["export", "--store", STORE, "--to", str(tmp_path / "here")]) == 2
+            to_here = capsys.readouterr().err
+            assert main(["upload", "--store", STORE, "--to", "modal:other-volume/published"]) == 2
+            other_volume = capsys.readouterr().err
+            assert main(["run", "--source", "sample:60", "--store", STORE, "--backend", "modal",
+                         "--upload-to", f"dir:{tmp_path / 'here'}"]) == 2  # fmt: skip
+            upload_to_here = capsys.readouterr().err
+            assert main(["search", "--store", STORE, "rivers"]) == 2
+            search = capsys.readouterr().err
+            assert main(["eval", "--store", "runs/local", "--against", STORE]) == 2
+            against = capsys.readouterr().err
+        calls = cloud.cloud.calls()
+        hub_files = hub.files("alice/wiki-minilm")
+    published = cloud.cloud.store("published")
+    chunks = pq.read_table(cloud.cloud.store("wiki") / "data").num_rows
+    assert exported["url"] == exported["target"] == "modal:wikiembed-store/published" and exported["rows"] == chunks
+    assert pq.read_table(published / "data").num_rows == chunks and (published / "README.md").exists()
+    assert uploaded["rows"] == chunks and uploaded["committed"]
+    assert "README.md" in hub_files and any(name.startswith("data/train-") for name in hub_files)
+    assert not (tmp_path / "here").exists() and "hub:ORG/NAME" in to_here and "modal:wikiembed-store/FOLDER" in to_here
+    assert "mount only that one" in other_volume and "--upload-to" in upload_to_here and "hub:ORG/NAME" in upload_to_here
+    assert "modal volume get wikiembed-store wiki/gens/GEN ./wiki" in search and "modal volume get" in against
+    # Only the request and a summary crossed: the data went from the Volume to the Hub.
+    publish_calls = [c for c in calls if c["method"] == "publish"]
+    assert len(publish_calls) == 2 and max(c["bytes_out"] + c["bytes_in"] for c in publish_calls) < MAX_REMOTE_BYTES_PER_SHARD
+    assert STORE.removeprefix("modal:") not in CloudDict(cloud.cloud, LOCK_DICT)  # each command released its lease

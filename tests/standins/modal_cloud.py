@@ -297,6 +297,13 @@ def _local_root(arg: str, private: Path) -> str:
     return str(private / arg[len(MOUNT) + 1 :])
 
 
+def _local_target(target: str | None, private: Path) -> str | None:
+    """A publishing target: a `dir:` folder under the mount is in the container's copy of the Volume."""
+    if target and target.startswith(f"dir:{MOUNT}/"):
+        return "dir:" + _local_root(target[len("dir:") :], private)
+    return target
+
+
 def _serve(cloud: CloudDir, private: Path, out: BinaryIO, inp: BinaryIO) -> None:
     """The container's loop: one request at a time, the real library function, the answer back."""
     from wikiembed import fanout
@@ -328,7 +335,11 @@ def _serve(cloud: CloudDir, private: Path, out: BinaryIO, inp: BinaryIO) -> None
             elif method == "forget":
                 result = fanout.forget(_local_root(args[0], private), *args[1:], sync=sync)
             elif method == "export":
-                result = fanout.export_store(_local_root(args[0], private), *args[1:], sync=sync)
+                root, gen, upload_to = args
+                result = fanout.export_store(_local_root(root, private), gen, _local_target(upload_to, private), sync=sync)
+            elif method == "publish":
+                root, target, options = args
+                result = fanout.publish_store(_local_root(root, private), _local_target(target, private), options, sync=sync)
             else:
                 raise AttributeError(f"{cls} has no method {method!r}")
             answer = ("ok", result)
