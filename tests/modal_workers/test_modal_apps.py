@@ -6,9 +6,10 @@
   Modal class's enter/method/exit hooks around it.
 - PyTorch: the Modal class on the CPU with the bundled model, against the engine called directly.
 - The app objects: GPU, image tag, limits, as modal 1.6 exposes them without network.
-- ModalBackend: against a double of the slice of Modal's client API it uses
-  (`Cls.from_name` -> `with_options` -> `(model_id=...)` -> `.remote` / `.map`),
-  whose calls run the real classes locally; and against the real client with no token.
+- ModalShards (the flow's client of the shard classes): against a double of the slice of
+  Modal's client API it uses (`Cls.from_name` -> `with_options` -> `(model_id=...)` ->
+  `.run_shard.remote`), for what it sends and how Modal's failures map to ours; and against
+  the real client with no token.
 """
 
 import json
@@ -32,7 +33,7 @@ if str(ROOT) not in sys.path:  # `tests.` importable however pytest is started
     sys.path.insert(0, str(ROOT))
 
 from modal_workers import tei_app, torch_app  # noqa: E402
-from wikiembed.backends.modal_client import APP_NAMES, ModalBackend  # noqa: E402
+from wikiembed.backends.modal_client import APP_NAMES, ModalShards  # noqa: E402
 from wikiembed.errors import BackendError, InputError, TransientBackendError  # noqa: E402
 from wikiembed.model import DEFAULT_MODEL  # noqa: E402
 from tests.standins.tei_server import DIM, embed_texts  # noqa: E402
@@ -198,40 +199,25 @@ def test_torch_class_runs_the_engine_on_cpu(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 # ---------------------------------------------------------------------------
-# ModalBackend
+# ModalShards
 # ---------------------------------------------------------------------------
 
-
-class _Method:
-    """`.remote(x)` / `.map(xs)` of a deployed method, answered by a local call (or a failure)."""
-
-    def __init__(self, call: Callable[..., Any], fail: BaseException | None) -> None:
-        self.call, self.fail, self.calls = call, fail, 0
-
-    def remote(self, *args: Any) -> Any:
-        self.calls += 1
-        if self.fail is not None:
-            raise self.fail
-        return self.call(*args)
-
-    def map(self, inputs: Any) -> Any:
-        for item in inputs:
-            yield self.remote(item)
+MARKER = {"shard": 3, "rows": 30, "chunks": 91, "sha256": "ab" * 32}
 
 
 class FakeModal:
-    """Modal's `Cls.from_name(app, cls).with_options(...)(model_id=...)`, over the real local classes."""
+    """Modal's `Cls.from_name(app, cls).with_options(...)(model_id=...).run_shard.remote(...)`:
+    records what is asked, answers with a marker or raises the failure it was given."""
 
-    def __init__(self, fail_describe: BaseException | None = None, fail_embed: BaseException | None = None) -> None:
-        self.fail_describe, self.fail_embed = fail_describe, fail_embed
+    def __init__(self, fail: BaseException | None = None) -> None:
+        self.fail = fail
         self.looked_up: list[tuple[str, str]] = []
         self.options: dict[str, Any] = {}
-        self.objects: list[Any] = []
-        self.embed: _Method | None = None
+        self.params: dict[str, Any] = {}
+        self.sent: list[tuple] = []
 
     def from_name(self, app_name: str, class_name: str, **_: Any) -> "FakeModal":
         self.looked_up.append((app_name, class_name))
-        self.target = {"TEI": tei_app.TEI, "Torch": torch_app.Torch}[class_name]
         return self
 
     def with_options(self, **options: Any) -> "FakeModal":
@@ -239,51 +225,41 @@ class FakeModal:
         return self
 
     def __call__(self, **params: Any) -> SimpleNamespace:
-        obj = self.target(**params)
-        self.objects.append(obj)
-        self.embed = _Method(obj.embed.local, self.fail_embed)
-        return SimpleNamespace(embed=self.embed, describe=_Method(obj.describe.local, self.fail_describe))
+        self.params = params
+        return SimpleNamespace(run_shard=SimpleNamespace(remote=self._run_shard))
 
-    def stop(self) -> None:
-        for obj in self.objects:
-            router = getattr(obj, "router", None)  # set by @modal.enter, if it ran
-            if router is not None:
-                router.stop()
+    def _run_shard(self, *args: Any) -> dict[str, Any]:
+        self.sent.append(args)
+        if self.fail is not None:
+            raise self.fail
+        return MARKER
 
 
 @pytest.fixture
-def fake_modal(fake_router: pytest.MonkeyPatch):
-    made: list[FakeModal] = []
-
-    def install(**failures: BaseException) -> FakeModal:
-        fake = FakeModal(**failures)
-        fake_router.setattr(modal.Cls, "from_name", fake.from_name)
-        made.append(fake)
+def fake_modal(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeModal]:
+    def install(fail: BaseException | None = None) -> FakeModal:
+        fake = FakeModal(fail)
+        monkeypatch.setattr(modal.Cls, "from_name", fake.from_name)
         return fake
 
-    yield install
-    for fake in made:
-        fake.stop()
+    return install
 
 
-def test_modal_backend_runs_the_deployed_class_in_order(fake_modal: Callable[..., FakeModal]) -> None:
+def test_modal_shards_sends_a_reference_and_gets_the_marker(fake_modal: Callable[..., FakeModal]) -> None:
     fake = fake_modal()
-    backend = ModalBackend(None, "TEI", model_id=MODEL, gpu="A10G", batch_texts=16)
-    assert fake.looked_up == [(tei_app.APP_NAME, "TEI")] and fake.options == {"gpu": "A10G"}
-    assert (backend.model_id, backend.dim, backend.max_tokens, backend.deployed_gpu) == (MODEL, DIM, 512, tei_app.GPU)
-    # The flow keeps every input slot of the deployment busy: as deployed, not as configured here.
-    assert backend.capacity == tei_app.MAX_CONTAINERS * tei_app.CONCURRENT_INPUTS
-    texts = [f"shard text {i}" for i in range(50)]
-    np.testing.assert_array_equal(backend.embed(texts), embed_texts(texts))
-    assert fake.embed is not None and fake.embed.calls == 4  # 50 texts in remote calls of 16
-    assert backend.embed([]).shape == (0, DIM)
-    backend.close()
+    shards = ModalShards(None, "TEI", model_id=MODEL, gpu="A10G")
+    assert shards.run("/store/wiki", "0123abcd", 3) == MARKER
+    assert fake.looked_up == [(tei_app.APP_NAME, "TEIShards")] and fake.options == {"gpu": "A10G"}
+    assert fake.params == {"model_id": MODEL} and fake.sent == [("/store/wiki", "0123abcd", 3)]
+    fake = fake_modal()
+    ModalShards("my-torch", "Torch", model_id=MODEL).run("/store/wiki", "0123abcd", 0)
+    assert fake.looked_up == [("my-torch", "TorchShards")] and fake.options == {}
 
 
-def test_modal_backend_missing_app_says_to_deploy(fake_modal: Callable[..., FakeModal]) -> None:
-    fake_modal(fail_describe=modal.exception.NotFoundError("App 'wikiembed-tei' not found in environment 'main'"))
-    with pytest.raises(BackendError, match=r"'wikiembed-tei' class TEI.*`modal deploy modal_workers/tei_app.py`"):
-        ModalBackend(None, "TEI", model_id=MODEL)
+def test_modal_shards_missing_app_says_to_deploy(fake_modal: Callable[..., FakeModal]) -> None:
+    fake_modal(modal.exception.NotFoundError("App 'wikiembed-tei' not found in environment 'main'"))
+    with pytest.raises(BackendError, match=r"'wikiembed-tei' class TEIShards.*`modal deploy modal_workers/tei_app.py`"):
+        ModalShards(None, "TEI", model_id=MODEL).run("/store/wiki", "g", 0)
 
 
 @pytest.mark.parametrize(
@@ -298,39 +274,27 @@ def test_modal_backend_missing_app_says_to_deploy(fake_modal: Callable[..., Fake
     ],
     ids=["internal", "timeout", "preempted", "ours-transient", "ours-final", "other"],
 )
-def test_modal_backend_maps_failures(
+def test_modal_shards_map_failures(
     fake_modal: Callable[..., FakeModal], failure: BaseException, expected: type[Exception]
 ) -> None:
-    fake_modal(fail_embed=failure)
-    backend = ModalBackend("my-tei", "TEI", model_id=MODEL)
+    fake_modal(failure)
     with pytest.raises(expected) as caught:
-        backend.embed(TEXTS)
+        ModalShards("my-tei", "TEI", model_id=MODEL).run("/store/wiki", "g", 7)
     assert type(caught.value) is expected
     if not isinstance(failure, BackendError):
-        assert "'my-tei' class TEI.embed" in str(caught.value)
+        assert "'my-tei' class TEIShards.run_shard (shard 7)" in str(caught.value)
 
 
-def test_modal_backend_refuses_a_different_model(
-    fake_modal: Callable[..., FakeModal], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Asked for one model, the class answers for another: an outdated deploy.
-    fake_modal()
-    served = tei_app.TEIRouter.describe
-    monkeypatch.setattr(tei_app.TEIRouter, "describe", lambda self: {**served(self), "model_id": "another/model"})
-    with pytest.raises(BackendError, match=r"serves 'another/model', not .*modal deploy"):
-        ModalBackend(None, "TEI", model_id=MODEL)
-
-
-def test_modal_backend_without_a_token_says_how_to_log_in(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_modal_shards_without_a_token_say_how_to_log_in(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MODAL_TOKEN_ID", raising=False)
     monkeypatch.delenv("MODAL_TOKEN_SECRET", raising=False)
     if modal.config.config.get("token_id"):
         pytest.skip("a Modal token is configured on this machine; this test needs none")
     with pytest.raises(BackendError, match="modal token new"):
-        ModalBackend(None, "Torch", model_id=DEFAULT_MODEL)
+        ModalShards(None, "Torch", model_id=DEFAULT_MODEL).run("/store/wiki", "g", 0)
 
 
-def test_modal_backend_rejects_unknown_classes() -> None:
+def test_modal_shards_reject_unknown_classes() -> None:
     with pytest.raises(InputError, match="--modal-class"):
-        ModalBackend(None, "Triton", model_id=MODEL)  # type: ignore[arg-type]
+        ModalShards(None, "Triton", model_id=MODEL)  # type: ignore[arg-type]
     assert APP_NAMES == {"TEI": tei_app.APP_NAME, "Torch": torch_app.APP_NAME}

@@ -1,4 +1,7 @@
-"""Pick and open a backend: `local` (the PyTorch engine), `tei` (servers by URL), `modal` (a deployed app).
+"""Pick and open a backend: `local` (the PyTorch engine) or `tei` (servers by URL).
+
+`--backend modal` has no backend here: whole shards go to a deployed Modal app, which opens its own
+(TEI or the engine) next to the store's Volume (`wikiembed.backends.modal_client.ModalShards`).
 
 Sits above the backends and the interface they share (`base.py`); the flow only
 ever calls `open_backend(...)` and then `embed(texts)`.
@@ -81,9 +84,12 @@ def _open(
 
         return TEIBackend(list(tei_url), model_id=model, revision=revision)
     if backend == "modal":
-        from wikiembed.backends.modal_client import ModalBackend
-
-        return ModalBackend(modal_app, modal_class, model_id=model, gpu=gpu)
+        # Whole shards go to Modal (`wikiembed.tasks.embed.embed_remote_task`), where the store's
+        # Volume is; no text is embedded in this process, so there is nothing to open here.
+        raise BackendError(
+            "--backend modal embeds whole shards on Modal, next to a store on a Modal Volume "
+            "(--store modal:VOLUME/PATH), not texts in this process; use local or tei here."
+        )
     raise BackendError(f"--backend {backend!r}: use local, tei or modal.")
 
 

@@ -1,11 +1,12 @@
-"""The client side of the deployed Modal apps (`modal_workers/`): whole shards, store operations, texts.
+"""The client side of the deployed Modal apps (`modal_workers/`): whole shards and store operations.
 
 - `ModalShards`: what `--backend modal` runs. A shard reference goes to `TEIShards` /
   `TorchShards`, which chunk, embed and checkpoint the shard on the store's Volume; the
   marker comes back. Nothing else travels.
 - `StoreOps`: the store's own operations on its Volume (`wikiembed.volume_store.VolumeStore`).
-- `ModalBackend`: the `Backend` interface over the per-text `TEI` / `Torch` classes, for
-  callers that hold texts themselves (`modal run` smoke tests, notebooks).
+
+No text is embedded through this client: the per-text `TEI` / `Torch` classes of the apps are
+there for `modal run modal_workers/...` smoke tests of a deployment.
 
 What it may touch: Modal's API, through the `modal` client and the user's Modal
 token. Nothing on disk, no local GPU. This module only calls the deployed classes
@@ -17,21 +18,16 @@ and turns Modal's failures into the project's errors:
   the shard;
 - everything else -> `BackendError`, whose message names the app and class and,
   where the app is missing or stale, says to run `modal deploy`.
-
-`ModalBackend` sends texts in calls of `REMOTE_BATCH_TEXTS`, so even one batch spreads over
-several containers.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal
 
 import modal
 import modal.exception
-import numpy as np
 
-from wikiembed.backends.base import VectorKind
 from wikiembed.errors import BackendError, InputError, TransientBackendError
 
 ClassName = Literal["TEI", "Torch"]
@@ -45,10 +41,6 @@ SHARD_CLASSES: dict[str, str] = {"TEI": "TEIShards", "Torch": "TorchShards"}
 # The CPU app that runs the store's own operations (download, states, export) where its Volume is mounted.
 STORE_APP = "wikiembed-store"
 STORE_DEPLOY_FILE = "modal_workers/store_app.py"
-
-# Texts per remote call: large enough that a call's fixed cost (tens of ms) is small next to its
-# GPU time, small enough that one shard spreads over containers and a retried call redoes little.
-REMOTE_BATCH_TEXTS = 2048
 
 _TRANSIENT: tuple[type[BaseException], ...] = (
     modal.exception.TimeoutError,  # includes FunctionTimeoutError
@@ -66,75 +58,6 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
 def _check_class(class_name: str) -> None:
     if class_name not in APP_NAMES:
         raise InputError(f"--modal-class {class_name!r}: use 'TEI' or 'Torch'.")
-
-
-class ModalBackend:
-    """`Backend` over a deployed Modal class: `embed(texts)` -> float32 `[n, dim]`, in order, checked.
-
-    `gpu=None` runs on the GPU the app was deployed with; a GPU name overrides it per call
-    (`Cls.with_options`). The TEI image is built for one GPU architecture, so a TEI override must
-    stay within it (A10G; L4/L40S; H100/H200; A100): the container refuses others with a clear error.
-    Construction asks a container what it serves (model_id, dim, max_tokens), which starts one.
-    """
-
-    def __init__(
-        self,
-        app_name: str | None,
-        class_name: ClassName = "TEI",
-        *,
-        model_id: str,
-        gpu: str | None = None,
-        batch_texts: int = REMOTE_BATCH_TEXTS,
-    ) -> None:
-        _check_class(class_name)
-        if batch_texts < 1:
-            raise InputError(f"batch_texts={batch_texts}: must be at least 1.")
-        self.app_name = app_name or APP_NAMES[class_name]
-        self.class_name = class_name
-        self.gpu = gpu
-        self.batch_texts = batch_texts
-        with self._errors("describe"):
-            cls = modal.Cls.from_name(self.app_name, class_name)  # lazy: a missing app fails on the first call
-            if gpu:
-                cls = cls.with_options(gpu=gpu)
-            self._obj = cls(model_id=model_id)
-            facts = self._obj.describe.remote()
-        if facts.get("model_id") != model_id:
-            raise BackendError(
-                f"Modal app {self.app_name!r} class {class_name} serves {facts.get('model_id')!r}, "
-                f"not {model_id!r}; redeploy with `modal deploy {DEPLOY_FILES[class_name]}`."
-            )
-        self.model_id: str = model_id
-        self.dim: int = int(facts["dim"])
-        self.max_tokens: int = int(facts["max_tokens"])
-        self.deployed_gpu: str | None = facts.get("gpu")
-        if not isinstance(facts.get("kind"), dict):
-            raise BackendError(
-                f"Modal app {self.app_name!r} class {class_name} does not say what kind of vectors it makes "
-                f"(pooling, normalization); it is older than this code: redeploy it with `modal deploy {DEPLOY_FILES[class_name]}`."
-            )
-        self.kind = VectorKind.from_dict({**facts["kind"], "backend": "modal"})
-        # Input slots of the deployment: what was deployed decides, not this machine's environment.
-        self.capacity: int = int(facts.get("max_containers", 1)) * int(facts.get("concurrent_inputs", 1))
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        texts = list(texts)
-        if not texts:
-            return np.empty((0, self.dim), dtype=np.float32)
-        batches = [texts[i : i + self.batch_texts] for i in range(0, len(texts), self.batch_texts)]
-        with self._errors("embed"):
-            if len(batches) == 1:
-                parts = [self._obj.embed.remote(batches[0])]
-            else:
-                parts = list(self._obj.embed.map(batches))  # ordered; Modal spreads them over containers
-        # Checked once, where the shard is written (wikiembed/checkpoint.py).
-        return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts])
-
-    def close(self) -> None:
-        """Nothing to release: containers scale down on their own after `scaledown_window`."""
-
-    def _errors(self, method: str) -> contextlib.AbstractContextManager[None]:
-        return modal_errors(f"Modal app {self.app_name!r} class {self.class_name}.{method}", DEPLOY_FILES[self.class_name])
 
 
 class ModalShards:
