@@ -370,10 +370,11 @@ def check_backend(settings: RunSettings, model: str) -> int:
     return before
 
 
-def _finish(store: Store | VolumeStore, settings: RunSettings, run: dict[str, Any], started: float, changes=None, predicted=None) -> dict[str, Any]:  # noqa: ANN001
-    # One view of every shard for the export decision, the summary and the table: on a Volume
-    # store each view is a remote call that reads every marker.
-    states = store.states()
+def _finish(store: Store | VolumeStore, settings: RunSettings, run: dict[str, Any], started: float, changes=None, predicted=None,  # noqa: ANN001
+            states: list[ShardState] | None = None) -> dict[str, Any]:
+    # One view of every shard for the export decision, the summary and the table (on a Volume
+    # store each view is a remote call that reads every marker); `states` when the run changed none.
+    states = states if states is not None else store.states()
     all_done = all(s.state == "done" for s in states)
     # Before the export, so the card it writes carries the check. It reads vectors: local stores
     # only (a Volume store's vectors stay in the cloud).
@@ -455,7 +456,8 @@ def embed_dataset(**options: Any) -> dict[str, Any] | State:
         s = open_store(planned["store"], planned["gen"])
         manifest = s.read_manifest()
         _tag_flow_run(settings, manifest)
-        pending = [st.shard for st in s.states(manifest) if st.state != "done"]
+        states = s.states(manifest)
+        pending = [st.shard for st in states if st.state != "done"]
         retries_before = None
         if pending and isinstance(s, Store):  # on a Volume the shards open their backend remotely
             retries_before = check_backend(settings, manifest["model"]["model_id"])
@@ -471,7 +473,8 @@ def embed_dataset(**options: Any) -> dict[str, Any] | State:
             "%s: %d shards, %d pending (%d done); %s", s.root, total, len(pending), total - len(pending), _what_runs(settings, manifest)
         )
         run = run_shards(s, pending, settings, reuse_gen=planned["previous_gen"], retries_before=retries_before)
-        return _outcome(_finish(s, settings, run, started, changes, predicted))
+        # With nothing pending, no shard changed state (the store is locked): the states above still hold.
+        return _outcome(_finish(s, settings, run, started, changes, predicted, states=None if pending else states))
 
 
 def _calibrate(store: Store | VolumeStore, settings: RunSettings) -> None:

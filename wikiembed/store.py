@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
+
 from wikiembed import atomic
 from wikiembed.errors import InputError, StoreError
 
@@ -280,8 +282,8 @@ class Store:
     def _read_done_at(self, shard: int, done_file: str, data_file: str) -> dict[str, Any] | None:
         # Plain strings: `states()` calls this for every shard, and pathlib's joins cost more than the check.
         try:
-            with open(done_file, encoding="utf-8") as fh:
-                marker = json.load(fh)
+            with open(done_file, "rb") as fh:
+                marker = orjson.loads(fh.read())  # a third of json.load's time, which dominated a resume's scan
             st = os.stat(data_file)
         except (FileNotFoundError, json.JSONDecodeError, OSError):
             return None
