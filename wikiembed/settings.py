@@ -130,7 +130,8 @@ class RunSettings(_Options):
         "local", description="Where vectors are computed: local (in-process PyTorch), tei (servers by URL), modal (a deployed app)."
     )
     upload_to: str | None = Field(
-        None, description="Publish when every shard is done: hub:ORG/NAME (a Hub dataset repo) or dir:PATH; empty: keep it in the store."
+        None, description="Publish when every shard is done: hub:ORG/NAME (a Hub dataset repo) or dir:PATH "
+        "(modal:VOLUME/PATH from a store on a Modal Volume); empty: keep it in the store."
     )
     limit: int | None = Field(None, ge=1, description="Read only the first N source rows (for a trial run).")
     shard_rows: int | None = Field(

@@ -224,10 +224,11 @@ class VolumeLease:
 
     Taking it is one atomic `Dict.put(key, lease, skip_if_exists=True)`: True means ours. A
     lease names its holder (host, pid, start) and carries its expiry; a heartbeat thread
-    renews it `RENEWALS_PER_LEASE` times per `LEASE_S`. A run that finds an expired lease
-    may take it over, but only the first such run: Modal's Dict has no compare-and-swap, so
-    each taker must first create the record `KEY#took:TOKEN` of the dead lease's token
-    (again `skip_if_exists`), and only the run that created it overwrites the lease.
+    renews it `RENEWALS_PER_LEASE` times per `LEASE_S`. A run that finds a dead lease (expired,
+    or held by a process of its own machine that no longer exists, as when the same command
+    follows a SIGKILL) may take it over, but only the first such run: Modal's Dict has no
+    compare-and-swap, so each taker must first create the record `KEY#took:TOKEN` of the dead
+    lease's token (again `skip_if_exists`), and only the run that created it overwrites the lease.
 
     A holder that finds its lease taken over (it missed renewals for a whole period) warns
     on stderr and leaves the lease alone; the two runs then redo some of each other's shards,
