@@ -1,4 +1,4 @@
-"""Benchmark: decoding TEI's answers, our client's path against the original write-up's.
+"""Benchmark: the client side of `--backend tei`: decoding TEI's answers, and the flow's ceiling.
 
 What it may touch: CPU and memory, and the `--json` file it writes. No network,
 no server: the answers are built here, byte for byte as TEI 1.9 shapes them, so
@@ -18,6 +18,22 @@ Both decoders must return the exact vectors (checked). Also reported: our
 fallback for servers without the base64 route (`decode_embed`, orjson floats).
 
     python bench/tei_client.py --json bench/results/tei_client.json
+
+With `--flow`, the flow's ceiling instead: `wikiembed run --backend tei` (a CLI
+process, as a user runs it) over `--articles` articles of the built-in sample
+(calibrated to Wikipedia's density; written to a parquet file first, so the
+sample's generation is not timed), against the TEI stand-in
+(`tests/standins/tei_server.py`) in its own process, answering as fast as it
+can: the figure is what the flow's machine can feed, not a GPU. Once per chunker
+(`tokens`, `chars`), `--repeats` times. The rate is the run summary's
+`chars_per_s` (embedded characters over the flow's own time, from planning to
+export; the interpreter's and Prefect's start-up excluded). `--before-python`
+runs the same commands with another interpreter (one whose installed wikiembed is
+an earlier checkout), alternating with this one, so both sides run under the same
+load. The stand-in's CPU seconds are reported: on a small machine it competes
+with the flow for the cores.
+
+    python bench/tei_client.py --flow --json bench/results/tei_flow.json
 """
 
 from __future__ import annotations
@@ -27,7 +43,11 @@ import base64
 import json
 import os
 import platform
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -35,7 +55,7 @@ from typing import Callable
 import httpx
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere (and the stand-in)
 
 from wikiembed.backends.tei import decode_embed, decode_v1_embeddings  # noqa: E402
 
@@ -72,8 +92,111 @@ def best_of(trials: int, fn: Callable[[], np.ndarray]) -> tuple[float, np.ndarra
     return best, out
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+ROOT = Path(__file__).resolve().parents[1]
+FLOW_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1",
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}  # fmt: skip
+
+
+def _cpu_s(pid: int) -> float:
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def _tei_stand_in() -> tuple[str, subprocess.Popen]:
+    from wikiembed.model import DEFAULT_MODEL
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.standins.tei_server", "--port", str(port), "--model-id", DEFAULT_MODEL,
+         "--max-client-batch-size", "256", "--max-batch-tokens", "1000000", "--max-concurrent-requests", "4096"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            httpx.get(url + "/info", timeout=1.0).raise_for_status()
+            return url, server
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    server.kill()
+    raise SystemExit("the TEI stand-in did not start")
+
+
+def flow_run(python: str, source: Path, store: Path, url: str, chunker: str, shard_rows: int, server: int) -> dict[str, float]:
+    """One `wikiembed run --backend tei` in a fresh process; its summary's rate and the stand-in's CPU."""
+    summary_path = store.with_suffix(".json")
+    cmd = [python, "-m", "wikiembed.flows.cli", "run", "--source", str(source), "--store", str(store), "--backend", "tei",
+           "--tei-url", url, "--chunker", chunker, "--shard-rows", str(shard_rows), "--summary-json", str(summary_path)]  # fmt: skip
+    # Run outside the repository: `-m` puts the working directory first on the path, and the
+    # interpreter must import its own installed checkout.
+    server_cpu = _cpu_s(server)
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=store.parent, env={**os.environ, **FLOW_ENV}, capture_output=True, text=True, timeout=3600)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    summary = json.loads(summary_path.read_text())
+    return {"chars_per_s": summary["chars_per_s"], "flow_s": summary["seconds"], "process_wall_s": round(wall, 2),
+            "chunks": summary["chunks"], "stand_in_cpu_s": round(_cpu_s(server) - server_cpu, 2)}  # fmt: skip
+
+
+def flow_ceiling(args: argparse.Namespace) -> dict[str, object]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from wikiembed.sample import generate_articles
+
+    work = Path(tempfile.mkdtemp(prefix="wikiembed-tei-flow-"))
+    try:
+        source = work / "articles.parquet"
+        pq.write_table(pa.Table.from_pylist(list(generate_articles(args.articles))), source)
+        chars = sum(len(t) for t in pq.read_table(source, columns=["text"]).column("text").to_pylist())
+        sides = {"after": sys.executable} | ({"before": args.before_python} if args.before_python else {})
+        url, server = _tei_stand_in()
+        runs: dict[str, dict[str, list[dict[str, float]]]] = {c: {side: [] for side in sides} for c in ("tokens", "chars")}
+        try:
+            for repeat in range(args.repeats):
+                for chunker in runs:
+                    for side in sorted(sides, key=lambda name: (name == "after") == (repeat % 2 == 0)):
+                        store = work / f"{side}-{chunker}-{repeat}"
+                        store.mkdir()
+                        store = store / "store"
+                        got = flow_run(sides[side], source, store, url, chunker, args.shard_rows, server.pid)
+                        runs[chunker][side].append(got)
+                        print(f"{chunker:6s} {side:6s} {got}", flush=True)
+                        shutil.rmtree(store.parent)
+        finally:
+            server.terminate()
+            server.wait()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    best = {c: {side: max(r["chars_per_s"] for r in rs) for side, rs in by_side.items()} for c, by_side in runs.items()}
+    result: dict[str, object] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "articles": args.articles,
+        "chars": chars,
+        "shard_rows": args.shard_rows,
+        "best_chars_per_s": best,
+        "runs": runs,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+    }
+    if args.before_python:
+        result["speedup"] = {c: round(b["after"] / b["before"], 2) for c, b in best.items()}
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--flow", action="store_true", help="measure the flow's ceiling instead of decoding (see above)")
+    parser.add_argument("--articles", type=int, default=16_000, help="--flow: sample articles (16,000: about 19M characters)")
+    parser.add_argument("--shard-rows", type=int, default=1000, help="--flow: articles per shard")
+    parser.add_argument("--repeats", type=int, default=2, help="--flow: runs per chunker and side (the best is reported)")
+    parser.add_argument("--before-python", help="--flow: also run with this interpreter, alternating")
+    parser.add_argument("--note", default="", help="--flow: recorded with the results (e.g. the load on the machine)")
     parser.add_argument("--vectors", type=int, default=8192)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--batch", type=int, default=32, help="inputs per TEI answer")
@@ -81,6 +204,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
+    if args.flow:
+        flow = flow_ceiling(args)
+        flow["note"] = args.note
+        flow["command"] = "python bench/tei_client.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        print(json.dumps({k: flow[k] for k in ("best_chars_per_s", "speedup") if k in flow}, indent=1))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(flow, indent=1) + "\n")
+        return flow
 
     vectors = make_vectors(args.vectors, args.dim, args.unique)
     # float32 -> shortest decimal that round-trips (what TEI's serde_json/ryu prints), once per distinct row.

@@ -32,6 +32,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from wikiembed import shard_workers
 from wikiembed.backends.factory import backend_retries, open_backend
 from wikiembed.checkpoint import record_vector_kind
 from wikiembed.errors import BackendError, InputError, ShardsFailed, StoreError, TransientBackendError, WikiembedError
@@ -43,12 +44,13 @@ from wikiembed.settings import RunSettings, ShardSelection, parse_shards
 from wikiembed.store import ShardState, Store
 from wikiembed.tasks.calibrate import calibrate_task
 from wikiembed.tasks.download import download_task
-from wikiembed.tasks.embed import embed_remote_task, embed_task, release_reuse_index
+from wikiembed.tasks.embed import embed_remote_task, embed_task, embed_worker_task, release_reuse_index
 from wikiembed.tasks.evaluate import eval_task
 from wikiembed.tasks.export import export_task
 from wikiembed.tasks.index import index_task
 from wikiembed.tasks.retry import attempts_of
 from wikiembed.tasks.shard import shard_task
+from wikiembed.tokenizing import cores
 from wikiembed.volume_store import VolumeStore, check_store_for_backend, open_store
 
 # Shards in flight at once. Local: 2 = one shard chunking on the CPU while the
@@ -86,7 +88,10 @@ def _concurrency(settings: RunSettings) -> int:
         # Shards beyond the deployed max_containers wait in Modal's queue at no cost; asking the
         # deployment its size would start a GPU container just to read a number.
         return MAX_CONCURRENCY
-    return LOCAL_CONCURRENCY if settings.backend == "local" else REMOTE_CONCURRENCY
+    if settings.backend == "tei":
+        # Every shard worker busy, with its next shard queued behind it.
+        return min(max(REMOTE_CONCURRENCY, 2 * (settings.compute.shard_workers or cores())), MAX_CONCURRENCY)
+    return LOCAL_CONCURRENCY
 
 
 def _record_vector_kind(store: Store, logger) -> None:  # noqa: ANN001
@@ -137,6 +142,7 @@ def run_shards(
     if isinstance(store, Store):  # on a Volume the export step records it, where the markers are
         _record_vector_kind(store, logger)  # a killed run's markers pin the kind before anything else is embedded
     window = min(_concurrency(settings), MAX_CONCURRENCY)
+    workers = settings.compute.shard_workers
     todo = list(shard_ids)
     inflight: dict[Any, tuple[int, Any]] = {}
     finished = 0
@@ -146,6 +152,9 @@ def run_shards(
                 k = todo.pop(0)
                 if isinstance(store, VolumeStore):  # the whole shard runs where the store is: chunk, embed, checkpoint
                     inflight[embed_remote_task.submit(str(store.root), store.gen, k, model, opts)] = (k, None)
+                    continue
+                if settings.backend == "tei":  # the whole shard in a worker process: chunk, embed, checkpoint
+                    inflight[embed_worker_task.submit(str(store.root), store.gen, k, opts, workers, reuse_gen)] = (k, None)
                     continue
                 chunked = shard_task.submit(str(store.root), store.gen, k)
                 inflight[embed_task.submit(str(store.root), store.gen, k, chunked, opts, reuse_gen)] = (k, chunked)
@@ -177,12 +186,14 @@ def run_shards(
                 update_progress_artifact(artifact_id, progress.fraction * 100)
                 artifact_updated = time.monotonic()
     progress.close()
+    shard_workers.release()
     if reuse_gen:
         release_reuse_index(str(store.root), reuse_gen)
     if results and isinstance(store, Store):
         _record_vector_kind(store, logger)
     # Request-level retries of this run only: the backend is shared by the runs of one process.
-    request_retries = backend_retries(model=model, **opts) - retries_before
+    # (shards run in worker processes report their own client's retries)
+    request_retries = backend_retries(model=model, **opts) - retries_before + sum(r.get("request_retries", 0) for r in results.values())
     return {"results": results, "failures": failures, "failed_attempts": failed_attempts, "request_retries": request_retries}
 
 

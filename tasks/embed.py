@@ -7,6 +7,8 @@ finished shards through them.
 
 For a store on a Modal Volume (`--backend modal`) the task sends the shard's reference to a
 GPU container that chunks, embeds and checkpoints it next to the data, and gets the marker back.
+With `--backend tei` the task hands the same reference to a worker process on this machine
+(`wikiembed.shard_workers`), which runs the same shard function with its own TEI client.
 
 Retries live here, once, for every backend: a shard that failed with a transient error is
 retried by Prefect (`EMBED_RETRIES`, exponential backoff with jitter, counted in the summary).
@@ -26,6 +28,7 @@ from wikiembed.backends.modal_client import ModalShards
 from wikiembed.checkpoint import embed_shard
 from wikiembed.plan import VectorIndex
 from wikiembed.progress import Progress
+from wikiembed.shard_workers import run as run_in_worker
 from wikiembed.store import Store
 from wikiembed.tasks.retry import counted_attempts, retry_transient
 from wikiembed.volume_store import mount_path
@@ -74,6 +77,20 @@ def embed_remote_task(store: str, gen: str, shard: int, model_id: str, backend_o
     with counted_attempts():
         shards = ModalShards(backend_opts["modal_app"], backend_opts["modal_class"], model_id=model_id, gpu=backend_opts["gpu"])
         marker = shards.run(mount_path(store), gen, shard)
+    Progress.current().add_chunks(int(marker.get("chunks", 0)))
+    return {**marker, "attempts": task_run.run_count or 1}
+
+
+@task(name="embed", task_run_name="embed-{shard:05d}", **_RETRY_POLICY)
+def embed_worker_task(
+    store: str, gen: str, shard: int, backend_opts: dict[str, Any], workers: int | None = None, reuse_gen: str | None = None
+) -> dict[str, Any]:
+    """Run one whole shard (chunk, embed, checkpoint) in a worker process of this machine; return
+    its marker, the worker's pid and the attempts it took."""
+    from prefect.runtime import task_run
+
+    with counted_attempts():
+        marker = run_in_worker(store, gen, shard, backend_opts, workers=workers, reuse_gen=reuse_gen)
     Progress.current().add_chunks(int(marker.get("chunks", 0)))
     return {**marker, "attempts": task_run.run_count or 1}
 

@@ -565,10 +565,11 @@ def write_parquet_atomic(table: pa.Table, dest: Path, row_group_size: int = CHUN
         pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
 
 
-def chunk_shard_parts(store: Store, shard: int, manifest: dict) -> Iterator[pa.Table]:
+def chunk_shard_parts(store: Store, shard: int, manifest: dict, workers: int | None = None) -> Iterator[pa.Table]:
     """Cut shard `shard`'s rows into `chunks/NNNNN.parquet`, yielding each part's chunks as soon as
     it is cut (worker processes cut the next parts meanwhile), so a caller can embed while the
-    shard is still being chunked.
+    shard is still being chunked. `workers`: as `chunk_texts` (1: in this process, for a caller
+    that is already one of several processes).
 
     The file is written as the parts go, in fixed row groups, and put in place once the last
     part has been yielded: it is byte-identical to what `chunk_shard` writes. Closing the
@@ -586,7 +587,7 @@ def chunk_shard_parts(store: Store, shard: int, manifest: dict) -> Iterator[pa.T
             # contiguous: the same file as one write_table of the whole shard.
             pending: list[pa.Table] = []
             held = written = 0
-            for table in chunk_tables(rows, chunking, tokenizer):
+            for table in chunk_tables(rows, chunking, tokenizer, workers):
                 pending.append(table)
                 held += table.num_rows
                 while held >= CHUNK_ROW_GROUP:

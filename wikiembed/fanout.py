@@ -23,7 +23,7 @@ from typing import Any
 
 from wikiembed.backends.base import Backend
 from wikiembed.backends.factory import open_backend
-from wikiembed.checkpoint import embed_shard, record_vector_kind
+from wikiembed.checkpoint import VectorSource, embed_shard, record_vector_kind
 from wikiembed.chunking import chunk_shard_parts
 from wikiembed.plan import prepare, promote
 from wikiembed.publish import publish, write_card
@@ -37,12 +37,22 @@ MANIFEST_VIEW = ("source", "model", "chunking", "plan", "settings", "skipped", "
 
 
 def run_shard(
-    root: str, gen: str, shard: int, backend: Backend | dict[str, Any], sync: StoreSync = LOCAL
+    root: str,
+    gen: str,
+    shard: int,
+    backend: Backend | dict[str, Any],
+    sync: StoreSync = LOCAL,
+    *,
+    chunk_workers: int | None = None,
+    reuse: VectorSource | None = None,
 ) -> dict[str, Any]:
     """Chunk and embed one shard into `data/NNNNN.parquet` + `_done/NNNNN.json`; return the marker.
 
     `backend` is an open backend (a container's TEI client or engine) or the options of
     `open_backend` (`{"backend": "tei", "tei_url": [...]}`), opened once per process.
+    `chunk_workers`: processes the token chunker may use (default: every core; 1 where this
+    process is already one of a pool, `wikiembed.shard_workers`). `reuse`: vectors of the
+    published generation, taken where a chunk's text is unchanged.
 
     Idempotent: a shard whose marker is already committed is returned as is, so an input
     that Modal reschedules after a crash (or the flow retries after a lost answer) costs
@@ -60,8 +70,8 @@ def run_shard(
     start, end = manifest["plan"]["shards"][shard]
     # Embedding starts with the shard's first chunks while worker processes cut the rest, so
     # the GPU and the CPU work at the same time; the chunk file is complete before the marker.
-    with contextlib.closing(chunk_shard_parts(store, shard, manifest)) as chunks:
-        return embed_shard(store, shard, backend, end - start, chunks=chunks)  # writes the store's compact forms too
+    with contextlib.closing(chunk_shard_parts(store, shard, manifest, chunk_workers)) as chunks:
+        return embed_shard(store, shard, backend, end - start, chunks=chunks, reuse=reuse)  # writes the store's compact forms too
 
 
 def prepare_store(settings: dict[str, Any], sync: StoreSync = LOCAL) -> dict[str, Any]:

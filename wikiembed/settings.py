@@ -70,6 +70,9 @@ class ComputeOptions(_Options):
     tei_url: list[str] = Field(
         default_factory=list, description="TEI server URLs for backend tei (a list, or one comma-separated string)."
     )
+    shard_workers: int | None = Field(
+        None, ge=1, description="Processes on this machine that chunk, send and write shards for backend tei (default: one per core)."
+    )
     modal_app: str | None = Field(None, description="Deployed Modal app (default: wikiembed-tei or wikiembed-torch, by class).")
     modal_class: Literal["TEI", "Torch"] = Field("TEI", description="Modal class: TEI, or our PyTorch engine (Torch).")
     gpu: str | None = Field(None, description="GPU for the Modal app's calls, e.g. H100 (default: as deployed).")

@@ -98,7 +98,8 @@ def test_vectors_of_another_kind_are_refused_and_kinds_that_agree_share_a_store(
             embed_dataset(source=SOURCE, store=str(store), model=str(model_copy), shard_rows=SHARD_ROWS,
                           backend="tei", compute={"tei_url": [url]})
         refused = ended.value.summary
-        assert refused["failed_shards"] == [1] and tei.stats.statuses.get(("/v1/embeddings", 200), 0) <= 1  # the probe only
+        # Probes only (one input each: the flow's up-front check, then the shard worker's client); no chunk was sent.
+        assert refused["failed_shards"] == [1] and set(tei.stats.batch_sizes) == {1} and len(tei.stats.batch_sizes) <= 3
         failed = json.loads((store / "_failed" / "00001.json").read_text())
         assert "not normalized" in failed["error"] and "L2-normalized" in failed["error"]
         assert "new --store" in failed["error"] and failed["attempts"] == 1

@@ -22,10 +22,10 @@ _OPENING: dict[tuple, threading.Lock] = {}
 
 
 def _key(backend: str, model: str, device: str | None, tei_url: Sequence[str], modal_app: str | None,
-         modal_class: str, gpu: str | None) -> tuple:
+         modal_class: str, gpu: str | None, clients: int = 1) -> tuple:
     # The model's revision is part of the key: a model folder whose files changed
     # (a fine-tune saved over it) opens a new backend.
-    return (backend, model, model_info(model).revision, device, tuple(tei_url), modal_app, modal_class, gpu)
+    return (backend, model, model_info(model).revision, device, tuple(tei_url), modal_app, modal_class, gpu, clients)
 
 
 def open_backend(
@@ -37,14 +37,17 @@ def open_backend(
     modal_app: str | None = None,
     modal_class: str = "TEI",
     gpu: str | None = None,
+    clients: int = 1,
 ) -> Backend:
     """The backend for these settings, opened once per process and shared by all shard tasks.
 
     Loading a model costs seconds; Prefect runs shard tasks as threads of one
     process, so they share one engine (and one TEI connection pool) instead of
     each loading their own. Inputs are plain values so task inputs stay hashable.
+    `clients`: processes that each open this backend at once (`wikiembed.shard_workers`);
+    a TEI client then takes that share of its servers' permits.
     """
-    key = _key(backend, model, device, tei_url, modal_app, modal_class, gpu)
+    key = _key(backend, model, device, tei_url, modal_app, modal_class, gpu, clients)
     revision = key[2]
     with _BACKENDS_LOCK:
         if key in _BACKENDS:
@@ -55,7 +58,7 @@ def open_backend(
     with opening:
         if key in _BACKENDS:
             return _BACKENDS[key]
-        opened = _open(backend, model, revision, device, tei_url, modal_app, modal_class, gpu)
+        opened = _open(backend, model, revision, device, tei_url, modal_app, modal_class, gpu, clients)
         with _BACKENDS_LOCK:
             _BACKENDS[key] = opened
         return opened
@@ -70,6 +73,7 @@ def _open(
     modal_app: str | None,
     modal_class: str,
     gpu: str | None,
+    clients: int,
 ) -> Backend:
     if backend == "local":
         from wikiembed.backends.engine import TorchEngine
@@ -82,7 +86,7 @@ def _open(
             raise BackendError("--backend tei needs --tei-url URL[,URL...] (the TEI servers to call).")
         from wikiembed.backends.tei import TEIBackend
 
-        return TEIBackend(list(tei_url), model_id=model, revision=revision)
+        return TEIBackend(list(tei_url), model_id=model, revision=revision, clients=clients)
     if backend == "modal":
         # Whole shards go to Modal (`wikiembed.tasks.embed.embed_remote_task`), where the store's
         # Volume is; no text is embedded in this process, so there is nothing to open here.

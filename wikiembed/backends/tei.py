@@ -158,7 +158,9 @@ class TEIBackend:
     """`Backend` over TEI servers: `embed(texts)` -> float32 `[n, dim]`, in order, checked.
 
     `max_in_flight` is per server and is further capped so that
-    `in_flight * batch_size <= max_concurrent_requests` from /info. `retries`
+    `in_flight * batch_size <= max_concurrent_requests / clients` from /info, where
+    `clients` is the number of processes that each hold such a client to the same
+    servers (`wikiembed.shard_workers`), so together they stay within it. `retries`
     counts retried requests since construction (the pipeline reports it).
     `embed` is safe to call from several threads at once; all calls share the
     same slots, so the bound on in-flight inputs holds across them.
@@ -177,6 +179,7 @@ class TEIBackend:
         payload_limit: int = 2_000_000,
         batch_size: int | None = None,
         revision: str | None = None,
+        clients: int = 1,
     ) -> None:
         if isinstance(urls, str):
             urls = [u for u in urls.split(",") if u.strip()]
@@ -186,12 +189,13 @@ class TEIBackend:
         for url in self.urls:
             if not url.startswith(("http://", "https://")):
                 raise InputError(f"--tei-url {url!r}: a TEI URL starts with http:// or https://.")
-        if max_in_flight < 1 or max_retries < 0 or timeout_s <= 0 or payload_limit < 1024:
+        if max_in_flight < 1 or max_retries < 0 or timeout_s <= 0 or payload_limit < 1024 or clients < 1:
             raise InputError(
-                "TEIBackend: max_in_flight >= 1, max_retries >= 0, timeout_s > 0 and payload_limit >= 1024 "
-                f"are required (got {max_in_flight}, {max_retries}, {timeout_s}, {payload_limit})."
+                "TEIBackend: max_in_flight >= 1, max_retries >= 0, timeout_s > 0, payload_limit >= 1024 and clients >= 1 "
+                f"are required (got {max_in_flight}, {max_retries}, {timeout_s}, {payload_limit}, {clients})."
             )
         self.max_in_flight = max_in_flight
+        self.clients = clients
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.backoff_s = backoff_s
@@ -304,7 +308,7 @@ class TEIBackend:
         self._servers = []
         for url, info in zip(self.urls, infos):
             permits = int(info.get("max_concurrent_requests") or 512)
-            in_flight = max(1, min(self.max_in_flight, permits // self.batch_size))
+            in_flight = max(1, min(self.max_in_flight, permits // (self.batch_size * self.clients)))
             self._servers.append(_Server(url, info, "/v1/embeddings", in_flight))
         dims = await asyncio.gather(*(self._probe(server) for server in self._servers))
         if len(set(dims)) > 1:

@@ -1,0 +1,121 @@
+"""Whole shards on every core of the flow's machine: a pool of worker processes running `run_shard`.
+
+With `--backend tei` every chunk is sent from the machine that runs the flow and
+every vector comes back to it. In one process the chunker, the JSON of the
+requests, the decoding of the answers, the checks and the parquet writer all
+take turns on one interpreter, so a run could go no faster than one core however
+many TEI servers answer. Here each shard runs whole in a worker process (the
+same `wikiembed.fanout.run_shard` a Modal container runs: chunk, embed, write
+data, then its marker), one worker per core by default, and the flow's embed
+task waits for the shard's marker.
+
+Each worker opens its TEI client once (`open_backend` keeps it for the process)
+and takes its share of the servers' permits, so all workers together keep the
+bound on inputs in flight that one client keeps. A worker chunks in its own
+process: the workers already fill the cores, and a tokenizing pool under each
+would only oversubscribe them.
+
+Workers start as the tokenizing pool's do (`wikiembed.tokenizing`: spawn, leave
+when orphaned, ignore the terminal's Ctrl-C). The pool lives for one run
+(`release` at its end drops the workers with their clients and indexes).
+
+A worker that dies mid-shard (SIGKILL, out of memory) breaks the pool: every
+shard in it fails with a `TransientBackendError`, which the embed task retries
+on a fresh pool. Such a shard has no marker, so it is never taken for done; its
+temp file is removed at once, and its data file, if any, is an earlier complete
+one (files are renamed into place whole).
+
+Touches: worker processes; in them, the run store (through `run_shard`) and the TEI servers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from wikiembed.errors import TransientBackendError
+from wikiembed.fanout import run_shard
+from wikiembed.plan import VectorIndex
+from wikiembed.store import Store
+from wikiembed.tokenizing import _worker_start, cores
+
+_POOL: ProcessPoolExecutor | None = None
+_POOL_WORKERS = 0
+_POOL_LOCK = threading.Lock()
+# In a worker: the published generation's vectors, one index per (store, generation).
+_REUSE: dict[tuple[str, str], VectorIndex] = {}
+
+
+def run(
+    root: str, gen: str, shard: int, backend_opts: dict[str, Any], *, workers: int | None = None, reuse_gen: str | None = None
+) -> dict[str, Any]:
+    """Run shard `shard` in a worker process (`workers` of them, default one per core); wait for it.
+
+    Returns the shard's marker plus `worker_pid` (the process that ran it) and
+    `request_retries` (requests its TEI client retried for this shard).
+    """
+    workers = workers or cores()
+    pool = _pool(workers)
+    try:
+        return pool.submit(_run_in_worker, root, gen, shard, backend_opts, workers, reuse_gen).result()
+    except BrokenProcessPool as exc:
+        _drop_pool(pool)
+        pool.shutdown(wait=True)  # the pool's other workers are ended too: their temp files are stale once they are gone
+        removed = Store(root, gen).clean_temp_files()  # files of dead processes only (by the pid in their names)
+        raise TransientBackendError(
+            f"shard {shard:05d}: a shard worker process died ({exc}; {removed} temp file(s) removed); "
+            "the shard has no marker and is redone in a new worker. If workers keep dying, look for the "
+            "out-of-memory killer in the system log and lower --shard-workers."
+        ) from None
+
+
+def release() -> None:
+    """End the workers (at the end of a run): their TEI clients and reuse indexes go with them."""
+    global _POOL
+    with _POOL_LOCK:
+        pool, _POOL = _POOL, None
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    global _POOL, _POOL_WORKERS
+    with _POOL_LOCK:
+        if _POOL is not None and _POOL_WORKERS != workers:
+            _POOL.shutdown(wait=False)
+            _POOL = None
+        if _POOL is None:
+            _POOL = ProcessPoolExecutor(
+                max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_start, initargs=(os.getpid(),)
+            )
+            _POOL_WORKERS = workers
+        return _POOL
+
+
+def _drop_pool(broken: ProcessPoolExecutor) -> None:
+    # Only the pool that broke: shards failing together must not drop the fresh one a retry made.
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is broken:
+            _POOL = None
+    broken.shutdown(wait=False, cancel_futures=True)
+
+
+def _run_in_worker(
+    root: str, gen: str, shard: int, backend_opts: dict[str, Any], workers: int, reuse_gen: str | None
+) -> dict[str, Any]:
+    """Worker body: the shard through `run_shard`, with this process's client and index."""
+    from wikiembed.backends.factory import open_backend
+
+    model = Store(root, gen).read_manifest()["model"]["model_id"]
+    backend = open_backend(model=model, clients=workers, **backend_opts)
+    before = int(getattr(backend, "retries", 0))
+    reuse = None
+    if reuse_gen:
+        reuse = _REUSE.setdefault((root, reuse_gen), VectorIndex(Store(root, reuse_gen)))
+    marker = run_shard(root, gen, shard, backend, chunk_workers=1, reuse=reuse)
+    return {**marker, "worker_pid": os.getpid(), "request_retries": int(getattr(backend, "retries", 0)) - before}
