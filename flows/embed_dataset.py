@@ -191,9 +191,10 @@ def run_shards(
         release_reuse_index(str(store.root), reuse_gen)
     if results and isinstance(store, Store):
         _record_vector_kind(store, logger)
-    # Request-level retries of this run only: the backend is shared by the runs of one process.
-    # (shards run in worker processes report their own client's retries)
-    request_retries = backend_retries(model=model, **opts) - retries_before + sum(r.get("request_retries", 0) for r in results.values())
+    # Request-level retries of this run only: the flow's backend is shared by the runs of one
+    # process; a shard worker's client reports its shard's retries with the marker.
+    request_retries = backend_retries(model=model, **opts) - retries_before
+    request_retries += sum(r.get("request_retries", 0) for r in results.values())
     return {"results": results, "failures": failures, "failed_attempts": failed_attempts, "request_retries": request_retries}
 
 
