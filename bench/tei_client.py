@@ -30,8 +30,13 @@ can: the figure is what the flow's machine can feed, not a GPU. Once per chunker
 export; the interpreter's and Prefect's start-up excluded). `--before-python`
 runs the same commands with another interpreter (one whose installed wikiembed is
 an earlier checkout), alternating with this one, so both sides run under the same
-load. The stand-in's CPU seconds are reported: on a small machine it competes
-with the flow for the cores.
+load. Also measured per run: the CPU seconds of the flow's own process and of its
+worker processes (sampled while it runs; Prefect's API server left out), whence
+`flow_process_ceiling_chars_per_s` (characters over the flow process's CPU
+seconds: what one interpreter can feed, however many cores the machine has) and
+`chars_per_cpu_s` (characters over all of them: the rate each core adds). The
+stand-in's CPU seconds are reported too: on a small machine it competes with the
+flow for the cores.
 
     python bench/tei_client.py --flow --json bench/results/tei_flow.json
 """
@@ -126,22 +131,53 @@ def _tei_stand_in() -> tuple[str, subprocess.Popen]:
     raise SystemExit("the TEI stand-in did not start")
 
 
-def flow_run(python: str, source: Path, store: Path, url: str, chunker: str, shard_rows: int, server: int) -> dict[str, float]:
+def flow_run(
+    python: str, source: Path, store: Path, url: str, chunker: str, shard_rows: int, server: int, extra: list[str]
+) -> dict[str, float]:
     """One `wikiembed run --backend tei` in a fresh process; its summary's rate and the stand-in's CPU."""
     summary_path = store.with_suffix(".json")
     cmd = [python, "-m", "wikiembed.flows.cli", "run", "--source", str(source), "--store", str(store), "--backend", "tei",
-           "--tei-url", url, "--chunker", chunker, "--shard-rows", str(shard_rows), "--summary-json", str(summary_path)]  # fmt: skip
+           "--tei-url", url, "--chunker", chunker, "--shard-rows", str(shard_rows), "--summary-json", str(summary_path),
+           *extra]  # fmt: skip
     # Run outside the repository: `-m` puts the working directory first on the path, and the
     # interpreter must import its own installed checkout.
     server_cpu = _cpu_s(server)
     started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=store.parent, env={**os.environ, **FLOW_ENV}, capture_output=True, text=True, timeout=3600)
+    log = store.with_suffix(".log").open("w+")
+    proc = subprocess.Popen(cmd, cwd=store.parent, env={**os.environ, **FLOW_ENV}, stdout=subprocess.DEVNULL, stderr=log)
+    flow_cpu, worker_cpu = _watch(proc)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+        log.seek(0)
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{log.read()[-3000:]}")
     summary = json.loads(summary_path.read_text())
     return {"chars_per_s": summary["chars_per_s"], "flow_s": summary["seconds"], "process_wall_s": round(wall, 2),
-            "chunks": summary["chunks"], "stand_in_cpu_s": round(_cpu_s(server) - server_cpu, 2)}  # fmt: skip
+            "chunks": summary["chunks"], "flow_process_cpu_s": round(flow_cpu, 2), "worker_cpu_s": round(worker_cpu, 2),
+            "stand_in_cpu_s": round(_cpu_s(server) - server_cpu, 2)}  # fmt: skip
+
+
+def _watch(proc: subprocess.Popen, every_s: float = 0.1) -> tuple[float, float]:
+    """Wait for `proc`; return the CPU seconds of the process itself and of its worker processes
+    (tokenizing or shard workers; Prefect's own API server, where it starts one, is left out),
+    as last seen (each process is sampled every `every_s` until it exits)."""
+    import psutil
+
+    root = psutil.Process(proc.pid)
+    seen: dict[int, float] = {}
+    own = 0.0
+    while proc.poll() is None:
+        try:
+            times = root.cpu_times()
+            own = times.user + times.system
+            for child in root.children(recursive=True):
+                if any("uvicorn" in part or "prefect" in part for part in child.cmdline()):
+                    continue
+                times = child.cpu_times()
+                seen[child.pid] = times.user + times.system
+        except psutil.Error:  # a process that just ended
+            pass
+        time.sleep(every_s)
+    return own, sum(seen.values())
 
 
 def flow_ceiling(args: argparse.Namespace) -> dict[str, object]:
@@ -165,7 +201,8 @@ def flow_ceiling(args: argparse.Namespace) -> dict[str, object]:
                         store = work / f"{side}-{chunker}-{repeat}"
                         store.mkdir()
                         store = store / "store"
-                        got = flow_run(sides[side], source, store, url, chunker, args.shard_rows, server.pid)
+                        extra = ["--shard-workers", str(args.shard_workers)] if args.shard_workers and side == "after" else []
+                        got = flow_run(sides[side], source, store, url, chunker, args.shard_rows, server.pid, extra)
                         runs[chunker][side].append(got)
                         print(f"{chunker:6s} {side:6s} {got}", flush=True)
                         shutil.rmtree(store.parent)
@@ -175,12 +212,21 @@ def flow_ceiling(args: argparse.Namespace) -> dict[str, object]:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     best = {c: {side: max(r["chars_per_s"] for r in rs) for side, rs in by_side.items()} for c, by_side in runs.items()}
+    # What one interpreter can feed: the run's characters over the CPU seconds of the flow's own
+    # process (its ceiling whatever the number of cores); and over all of its processes' CPU
+    # seconds (the rate each core adds, where the work is spread over processes).
+    one_interpreter = {c: {side: round(max(chars / r["flow_process_cpu_s"] for r in rs)) for side, rs in by_side.items()}
+                       for c, by_side in runs.items()}  # fmt: skip
+    per_core = {c: {side: round(max(chars / (r["flow_process_cpu_s"] + r["worker_cpu_s"]) for r in rs)) for side, rs in by_side.items()}
+                for c, by_side in runs.items()}  # fmt: skip
     result: dict[str, object] = {
         "date": time.strftime("%Y-%m-%d"),
         "articles": args.articles,
         "chars": chars,
         "shard_rows": args.shard_rows,
         "best_chars_per_s": best,
+        "flow_process_ceiling_chars_per_s": one_interpreter,
+        "chars_per_cpu_s": per_core,
         "runs": runs,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
     }
@@ -196,6 +242,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--shard-rows", type=int, default=1000, help="--flow: articles per shard")
     parser.add_argument("--repeats", type=int, default=2, help="--flow: runs per chunker and side (the best is reported)")
     parser.add_argument("--before-python", help="--flow: also run with this interpreter, alternating")
+    parser.add_argument("--shard-workers", type=int, help="--flow: this interpreter's runs only (the other may predate it)")
     parser.add_argument("--note", default="", help="--flow: recorded with the results (e.g. the load on the machine)")
     parser.add_argument("--vectors", type=int, default=8192)
     parser.add_argument("--dim", type=int, default=384)
@@ -208,7 +255,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         flow = flow_ceiling(args)
         flow["note"] = args.note
         flow["command"] = "python bench/tei_client.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        print(json.dumps({k: flow[k] for k in ("best_chars_per_s", "speedup") if k in flow}, indent=1))
+        shown = ("best_chars_per_s", "speedup", "flow_process_ceiling_chars_per_s", "chars_per_cpu_s")
+        print(json.dumps({k: flow[k] for k in shown if k in flow}, indent=1))
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(flow, indent=1) + "\n")

@@ -65,7 +65,7 @@ class ComputeOptions(_Options):
 
     device: Literal["cpu", "cuda"] | None = Field(None, description="Device of the local backend (default: cuda when present).")
     concurrency: int | None = Field(
-        None, ge=1, description="Shards embedded at once (default: 2 local, 16 TEI, the deployed capacity on Modal)."
+        None, ge=1, description="Shards embedded at once (default: 2 local, 16 TEI or twice the shard workers, the deployed capacity on Modal)."
     )
     tei_url: list[str] = Field(
         default_factory=list, description="TEI server URLs for backend tei (a list, or one comma-separated string)."
