@@ -111,3 +111,24 @@ def test_a_bad_tei_url_fails_before_any_shard(prefect_api, tmp_path: Path) -> No
         embed_dataset(source="sample:80", store=str(tmp_path / "store"), shard_rows=20, backend="tei",
                       compute={"tei_url": [url], "shard_workers": 2})  # fmt: skip
     assert not list((tmp_path / "store").rglob("chunks/*.parquet")) and not list((tmp_path / "store").rglob("_failed/*"))
+
+
+def test_an_incremental_run_reuses_vectors_in_the_workers(prefect_api, tmp_path: Path, tei: str) -> None:
+    import json
+
+    from wikiembed.flows.embed_dataset import embed_dataset
+    from wikiembed.sample import generate_articles
+
+    articles = list(generate_articles(80))
+    live = tmp_path / "live.jsonl"
+    live.write_text("".join(json.dumps(r) + "\n" for r in articles))
+    store = tmp_path / "store"
+    options = {"store": str(store), "shard_rows": 20, "backend": "tei", "compute": {"tei_url": [tei], "shard_workers": 2}}
+    first = embed_dataset(source=str(live), **options)
+    articles[5]["text"] += "\n\nA new closing paragraph about bridges and rivers."
+    live.write_text("".join(json.dumps(r) + "\n" for r in articles))
+    daily = embed_dataset(source=str(live), **options)
+    assert daily["changes"]["edited"] == 1 and daily["shards_done"] == 4
+    assert 0 < daily["embedded_chunks"] < first["chunks"] // 5
+    assert daily["embedded_chunks"] + daily["reused_chunks"] == daily["chunks"]
+    _assert_done_and_exact(store, 4)
