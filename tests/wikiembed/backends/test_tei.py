@@ -8,6 +8,7 @@ embedding, so "survived" means "returned exactly the right answer", not
 import asyncio
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,20 @@ def test_in_flight_inputs_stay_within_tei_permits(server, backend):
     np.testing.assert_array_equal(tei.embed(texts), embed_texts(texts))
     assert handle.stats.count("/v1/embeddings", 429) == 0
     assert 8 < handle.stats.max_inputs_in_flight <= 16
+
+
+def test_clients_of_several_processes_share_the_permits(server, backend):
+    # Two clients (as two shard worker processes hold) on 32 permits, 8 inputs per request: each
+    # keeps at most 2 requests in flight, so together they stay within TEI's permits.
+    url, handle = server(max_client_batch_size=8, max_concurrent_requests=32, latency_s=0.05)
+    clients = [backend([url], max_in_flight=10, clients=2) for _ in range(2)]
+    texts = [corpus(160, offset=1000 * k) for k in range(2)]
+    with ThreadPoolExecutor(2) as threads:
+        got = list(threads.map(lambda k: clients[k].embed(texts[k]), range(2)))
+    for k in range(2):
+        np.testing.assert_array_equal(got[k], embed_texts(texts[k]))
+    assert handle.stats.count("/v1/embeddings", 429) == 0
+    assert 16 < handle.stats.max_inputs_in_flight <= 32
 
 
 def test_concurrent_callers_share_the_bound(server, backend):
