@@ -9,6 +9,7 @@ the store code are the real ones.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -137,41 +138,40 @@ def test_flow_killed_mid_run_resumes_and_a_crashed_container_is_rescheduled(cli_
     assert not list((cloud_dir.store("wiki") / "_failed").glob("*.json"))
 
 
-def test_one_run_per_volume_store_and_a_killed_runs_lease_expires(cli_env, tmp_path: Path) -> None:
-    # Slow answers keep the first run busy while the second one starts; they speed up after the kill.
-    url, server = start_server(model_id=DEFAULT_MODEL, max_client_batch_size=16, latency_s=3.0)
+def test_one_run_per_volume_store_and_a_killed_runs_lease_expires(cli_env, tmp_path: Path, tei: str) -> None:
     cloud_dir = CloudDir(tmp_path / "cloud")
-    cloud_dir.configure({"TEIShards": {"backend": "tei", "tei_url": [url]}}, max_containers=2)
+    cloud_dir.configure({"TEIShards": {"backend": "tei", "tei_url": [tei]}}, max_containers=2)
+    cloud_dir.set_faults(hold_prepare=True)  # the first run takes the store's lease, then hangs in its download step
     locks = CloudDict(cloud_dir, LOCK_DICT, create_if_missing=True)
     key = STORE.removeprefix("modal:")
     env = dict(cli_env, WIKIEMBED_VOLUME_LEASE_S="4")  # a dead run's lease expires within 4 s
     args = [sys.executable, "-m", "tests.standins.modal_cloud", str(cloud_dir.path), "--",
             "run", "--source", "sample:120", "--store", STORE, "--shard-rows", "30", "--backend", "modal"]  # fmt: skip
+    first = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        first = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and first.poll() is None and (locks.get(key) or {}).get("pid") != first.pid:
+        while time.monotonic() < deadline and first.poll() is None and not cloud_dir.held_prepares():
             time.sleep(0.1)
         assert first.poll() is None, first.stderr.read().decode()[-3000:]  # type: ignore[union-attr]
         lease = locks.get(key)
         assert lease["pid"] == first.pid
 
+        cloud_dir.set_faults()
         second = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert second.returncode == 2, second.stderr[-3000:]
         assert f"in use by the run on host {lease['host']}, pid {first.pid}, started {lease['started']}" in second.stderr
         assert first.poll() is None  # the first run goes on
-
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-        server.config.latency_s = 0.0
-        left = locks.get(key)
-        assert left is not None and left["pid"] == first.pid  # a killed run could not release it...
-        # ...and had it run on another machine, no one here could tell it died: the lease must expire.
-        locks.put(key, {**left, "host": "elsewhere", "machine": "elsewhere/boot"})
-        time.sleep(max(left["expires"] - time.time(), 0.0) + 0.2)
-        third = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     finally:
-        server.stop()
+        first.kill()  # SIGKILL: the flow, then the container it was waiting for
+        first.wait()
+        for pid in cloud_dir.held_prepares():
+            os.kill(pid, signal.SIGKILL)
+    left = locks.get(key)
+    assert left is not None and left["pid"] == first.pid  # a killed run could not release it...
+    # ...and had it run on another machine, no one here could tell it died: the lease must expire.
+    locks.put(key, {**left, "host": "elsewhere", "machine": "elsewhere/boot"})
+    time.sleep(max(left["expires"] - time.time(), 0.0) + 0.2)
+    third = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert third.returncode == 0, third.stderr[-3000:]
     assert key not in locks  # released at the end of a run
     assert len(list((cloud_dir.store("wiki") / "_done").glob("*.json"))) == 4

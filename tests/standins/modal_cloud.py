@@ -25,7 +25,9 @@ documents (modal.com/docs/guide/volumes, /docs/guide/retries):
 
 Faults, switchable while running (`CloudDir.set_faults`): `kill_after_data` (shard ids
 whose container dies once, after committing the shard's data and before its marker),
-`fail_shards` (shard id -> message: `run_shard` raises a permanent `BackendError`).
+`fail_shards` (shard id -> message: `run_shard` raises a permanent `BackendError`),
+`hold_prepare` (a `prepare` call, the download step, hangs until its container is killed:
+a run stuck early, holding its store).
 Every call's pickled request and answer sizes go to `calls.jsonl`.
 
 Use: `with ModalCloud(CloudDir(tmp), backend_opts={...}).installed(monkeypatch): ...` in a
@@ -83,16 +85,21 @@ class CloudDir:
     def config(self) -> dict[str, Any]:
         return json.loads(self.config_file.read_text())
 
-    def set_faults(self, kill_after_data: list[int] = (), fail_shards: dict[int, str] | None = None) -> None:
+    def set_faults(self, kill_after_data: list[int] = (), fail_shards: dict[int, str] | None = None, hold_prepare: bool = False) -> None:
         tmp = self.faults_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"kill_after_data": list(kill_after_data), "fail_shards": {str(k): v for k, v in (fail_shards or {}).items()}}))
+        tmp.write_text(json.dumps({"kill_after_data": list(kill_after_data), "fail_shards": {str(k): v for k, v in (fail_shards or {}).items()},
+                                   "hold_prepare": hold_prepare}))  # fmt: skip
         os.replace(tmp, self.faults_file)
 
     def faults(self) -> dict[str, Any]:
         try:
             return json.loads(self.faults_file.read_text())
         except FileNotFoundError:
-            return {"kill_after_data": [], "fail_shards": {}}
+            return {"kill_after_data": [], "fail_shards": {}, "hold_prepare": False}
+
+    def held_prepares(self) -> list[int]:
+        """Pids of the containers whose `prepare` call is held (see `hold_prepare`)."""
+        return [int(p.read_text()) for p in self.path.glob("holding-*")]
 
     def calls(self) -> list[dict[str, Any]]:
         if not self.calls_file.exists():
@@ -326,6 +333,10 @@ def _serve(cloud: CloudDir, private: Path, out: BinaryIO, inp: BinaryIO) -> None
                     raise BackendError(f"shard {shard}: {failure}")
                 result = fanout.run_shard(_local_root(root, private), gen, shard, backend_opts[cls], sync)
             elif method == "prepare":
+                if cloud.faults().get("hold_prepare"):
+                    (cloud.path / f"holding-{os.getpid()}").write_text(str(os.getpid()))
+                    while True:
+                        time.sleep(1)
                 settings = dict(args[0], store=_local_root(args[0]["store"], private))
                 result = fanout.prepare_store(settings, sync)
             elif method == "view":
