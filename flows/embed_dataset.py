@@ -38,7 +38,7 @@ from wikiembed.checkpoint import record_vector_kind
 from wikiembed.errors import BackendError, InputError, ShardsFailed, StoreError, TransientBackendError, WikiembedError
 from wikiembed.estimate import compare, markdown as estimate_markdown, one_line, run_hardware, store_estimate
 from wikiembed.index import require_library
-from wikiembed.plan import check_snapshot
+from wikiembed.plan import VectorIndex, check_snapshot
 from wikiembed.progress import Progress
 from wikiembed.settings import RunSettings, ShardSelection, parse_shards
 from wikiembed.store import ShardState, Store
@@ -143,6 +143,9 @@ def run_shards(
         _record_vector_kind(store, logger)  # a killed run's markers pin the kind before anything else is embedded
     window = min(_concurrency(settings), MAX_CONCURRENCY)
     workers = settings.compute.shard_workers
+    if reuse_gen and settings.backend == "tei" and isinstance(store, Store):
+        # Each shard worker process opens its own index of the published generation: build it once, here.
+        VectorIndex(Store(store.root, reuse_gen)).save()
     todo = list(shard_ids)
     inflight: dict[Any, tuple[int, Any]] = {}
     finished = 0

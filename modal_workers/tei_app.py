@@ -442,7 +442,7 @@ class TEIShards:
     @modal.method()
     def run_shard(self, root: str, gen: str, shard: int) -> dict[str, Any]:
         assert self.router.client is not None
-        return fanout.run_shard(root, gen, shard, self.router.client, self.sync)
+        return fanout.run_shard(root, gen, shard, self.router.client, self.sync, reuse_previous=True)
 
     @modal.exit()
     def stop(self) -> None:

@@ -220,7 +220,7 @@ class TorchShards:
 
     @modal.method()
     def run_shard(self, root: str, gen: str, shard: int) -> dict[str, Any]:
-        return fanout.run_shard(root, gen, shard, self.worker.engine, self.sync)
+        return fanout.run_shard(root, gen, shard, self.worker.engine, self.sync, reuse_previous=True)
 
     @modal.exit()
     def unload(self) -> None:

@@ -25,7 +25,7 @@ from wikiembed.backends.base import Backend
 from wikiembed.backends.factory import open_backend
 from wikiembed.checkpoint import VectorSource, embed_shard, record_vector_kind
 from wikiembed.chunking import chunk_shard_parts
-from wikiembed.plan import prepare, promote
+from wikiembed.plan import VectorIndex, prepare, promote
 from wikiembed.publish import publish, write_card
 from wikiembed.settings import RunSettings
 from wikiembed.store import LOCAL, Store, StoreSync
@@ -45,6 +45,7 @@ def run_shard(
     *,
     chunk_workers: int | None = None,
     reuse: VectorSource | None = None,
+    reuse_previous: bool = False,
 ) -> dict[str, Any]:
     """Chunk and embed one shard into `data/NNNNN.parquet` + `_done/NNNNN.json`; return the marker.
 
@@ -52,7 +53,8 @@ def run_shard(
     `open_backend` (`{"backend": "tei", "tei_url": [...]}`), opened once per process.
     `chunk_workers`: processes the token chunker may use (default: every core; 1 where this
     process is already one of a pool, `wikiembed.shard_workers`). `reuse`: vectors of the
-    published generation, taken where a chunk's text is unchanged.
+    published generation, taken where a chunk's text is unchanged; `reuse_previous`: the same,
+    from the generation the manifest names as previous (its index saved by `prepare_store`).
 
     Idempotent: a shard whose marker is already committed is returned as is, so an input
     that Modal reschedules after a crash (or the flow retries after a lost answer) costs
@@ -68,16 +70,35 @@ def run_shard(
     if isinstance(backend, dict):
         backend = open_backend(model=manifest["model"]["model_id"], **backend)
     start, end = manifest["plan"]["shards"][shard]
+    if reuse is None and reuse_previous and manifest.get("previous_generation"):
+        reuse = _previous_vectors(root, manifest["previous_generation"], sync)
     # Embedding starts with the shard's first chunks while worker processes cut the rest, so
     # the GPU and the CPU work at the same time; the chunk file is complete before the marker.
     with contextlib.closing(chunk_shard_parts(store, shard, manifest, chunk_workers)) as chunks:
         return embed_shard(store, shard, backend, end - start, chunks=chunks, reuse=reuse)  # writes the store's compact forms too
 
 
+# Indexes of previous generations, one per process (a container runs many shards).
+_PREVIOUS: dict[tuple[str, str], VectorIndex] = {}
+
+
+def _previous_vectors(root: str, gen: str, sync: StoreSync) -> VectorIndex | None:
+    previous = Store(root, gen, sync)
+    if not previous.exists():
+        return None  # promoted away meanwhile: nothing to take from
+    return _PREVIOUS.setdefault((root, gen), VectorIndex(previous))
+
+
 def prepare_store(settings: dict[str, Any], sync: StoreSync = LOCAL) -> dict[str, Any]:
-    """The download step at the store: snapshot the source and fix the shard plan (see `plan.prepare`)."""
+    """The download step at the store: snapshot the source and fix the shard plan (see `plan.prepare`).
+
+    A new generation of a published store gets the published one's reuse index saved here,
+    once, so the shard containers load its keys rather than each reading every old chunk.
+    """
     sync.reload()
     prepared = prepare(RunSettings(**settings))
+    if prepared.previous_gen:
+        VectorIndex(Store(prepared.store.root, prepared.previous_gen, sync)).save()
     sync.commit()
     return {"store": str(prepared.store.root), "gen": prepared.store.gen, "previous_gen": prepared.previous_gen}
 

@@ -15,8 +15,10 @@ Touches: the store (manifest, snapshot, pointers) and the source (read).
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import threading
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import metadata
@@ -26,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from wikiembed.atomic import atomic_path
 from wikiembed.checkpoint import read_vectors, text_key
 from wikiembed.compact import form_by_name, parse_compact
 from wikiembed.sources import Source, fingerprint, parse_source, pin, write_snapshot
@@ -230,25 +233,40 @@ class VectorIndex:
 
     Keys are 16-byte blake2b digests held in one sorted numpy array (about 24
     bytes per chunk: ~1 GB for all of English Wikipedia); vectors are read
-    from the old data files on demand, a few files cached at a time.
+    from the old data files on demand, a few files cached at a time. Building the
+    keys reads every old chunk text; `save` keeps them next to that generation's
+    data, and every later index of it (another worker process, a Modal container)
+    loads them instead.
     """
 
     _CACHE_FILES = 4
+    # The saved index, in the indexed generation's folder (`save`): keys, where, files and the
+    # fingerprint of the data files it was built from (each done shard's sha256).
+    SAVED = "reuse-index.npz"
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._fingerprint = ""
+        self._saved = False
         self._keys: np.ndarray | None = None
         self._where: np.ndarray | None = None  # (file index, row) per key
         self._files: list[int] = []
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()  # shard tasks run as threads and share one index
 
-    def _build(self) -> None:
+    def _done(self) -> list[tuple[int, str]]:
+        """(shard, data file sha256) of every done shard: what the index covers."""
         manifest = self.store.read_manifest()
+        found = ((k, self.store.read_done(k)) for k in range(len(manifest["plan"]["shards"])))
+        return [(k, marker["sha256"]) for k, marker in found if marker is not None]
+
+    def _build(self) -> None:
+        done = self._done()
+        fingerprint = hashlib.sha256(json.dumps(done).encode()).hexdigest()
+        if self._load(fingerprint):
+            return
         keys, where = [], []
-        for k in range(len(manifest["plan"]["shards"])):
-            if self.store.read_done(k) is None:
-                continue
+        for k, _ in done:
             texts = pq.read_table(self.store.data_path(k), columns=["text"]).column("text").to_pylist()
             keys.append(np.array([text_key(t) for t in texts], dtype="S16"))
             where.append(np.stack([np.full(len(texts), len(self._files)), np.arange(len(texts))], axis=1))
@@ -257,6 +275,36 @@ class VectorIndex:
         self._where = np.concatenate(where) if where else np.zeros((0, 2), dtype=np.int64)
         order = np.argsort(self._keys, kind="stable")
         self._keys, self._where = self._keys[order], self._where[order]
+        self._fingerprint = fingerprint
+
+    def _load(self, fingerprint: str) -> bool:
+        """Take the saved index if it covers exactly the generation's current data files."""
+        path = self.store.dir / self.SAVED
+        try:
+            with np.load(path) as saved:
+                if str(saved["fingerprint"]) != fingerprint:
+                    return False  # a shard was re-embedded since: the saved keys are stale
+                self._keys, self._where, self._files = saved["keys"], saved["where"], saved["files"].tolist()
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            return False  # unreadable: rebuilt from the data files, and saved again by save()
+        self._fingerprint, self._saved = fingerprint, True
+        return True
+
+    def save(self) -> None:
+        """Build the index (if needed) and keep it in the generation's folder, so the processes and
+        containers that reuse this generation load its keys instead of reading every old chunk text."""
+        with self._lock:
+            if self._keys is None:
+                self._build()
+            if self._saved:
+                return
+            with atomic_path(self.store.dir / self.SAVED) as tmp:
+                with tmp.open("wb") as fh:
+                    np.savez(fh, keys=self._keys, where=self._where, files=np.asarray(self._files, dtype=np.int64),
+                             fingerprint=np.asarray(self._fingerprint))  # fmt: skip
+            self._saved = True
 
     def _vectors(self, file_index: int) -> np.ndarray:
         if file_index not in self._cache:

@@ -220,3 +220,17 @@ def test_export_and_upload_of_a_volume_store_run_in_the_cloud(prefect_api, tmp_p
     publish_calls = [c for c in calls if c["method"] == "publish"]
     assert len(publish_calls) == 2 and max(c["bytes_out"] + c["bytes_in"] for c in publish_calls) < MAX_REMOTE_BYTES_PER_SHARD
     assert STORE.removeprefix("modal:") not in CloudDict(cloud.cloud, LOCK_DICT)  # each command released its lease
+
+
+def test_a_new_source_version_on_a_volume_store_reuses_unchanged_vectors(prefect_api, tmp_path: Path, tei: str, monkeypatch) -> None:
+    from wikiembed.flows.embed_dataset import embed_dataset
+
+    with _cloud(tmp_path, tei).installed(monkeypatch) as cloud:
+        first = embed_dataset(source="sample:60", store=STORE, shard_rows=30, backend="modal")
+        second = embed_dataset(source="sample:90", store=STORE, shard_rows=30, backend="modal")  # 30 articles added
+    assert first["embedded_chunks"] == first["chunks"]
+    # The first 60 articles are unchanged: their chunks are taken from the published generation
+    # (through the index the download step saved there), only the added ones are embedded.
+    assert second["reused_chunks"] == first["chunks"]
+    assert second["embedded_chunks"] == second["chunks"] - first["chunks"] > 0
+    assert _assert_store_matches_the_stand_in(cloud.cloud.store("wiki")) == second["chunks"]

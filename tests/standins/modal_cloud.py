@@ -331,7 +331,8 @@ def _serve(cloud: CloudDir, private: Path, out: BinaryIO, inp: BinaryIO) -> None
                 failure = cloud.faults()["fail_shards"].get(str(shard))
                 if failure:
                     raise BackendError(f"shard {shard}: {failure}")
-                result = fanout.run_shard(_local_root(root, private), gen, shard, backend_opts[cls], sync)
+                # As TEIShards.run_shard / TorchShards.run_shard call it.
+                result = fanout.run_shard(_local_root(root, private), gen, shard, backend_opts[cls], sync, reuse_previous=True)
             elif method == "prepare":
                 if cloud.faults().get("hold_prepare"):
                     (cloud.path / f"holding-{os.getpid()}").write_text(str(os.getpid()))
