@@ -46,6 +46,7 @@ from wikiembed.tokenizing import _worker_start, cores
 _POOL: ProcessPoolExecutor | None = None
 _POOL_WORKERS = 0
 _POOL_LOCK = threading.Lock()
+_DROP_LOCK = threading.Lock()
 # In a worker: the published generation's vectors, one index per (store, generation).
 _REUSE: dict[tuple[str, str], VectorIndex] = {}
 
@@ -63,8 +64,7 @@ def run(
     try:
         return pool.submit(_run_in_worker, root, gen, shard, backend_opts, workers, reuse_gen).result()
     except BrokenProcessPool as exc:
-        _drop_pool(pool)
-        pool.shutdown(wait=True)  # the pool's other workers are ended too: their temp files are stale once they are gone
+        _drop_pool(pool)  # returns once every worker of the broken pool is gone (and reaped)
         removed = Store(root, gen).clean_temp_files()  # files of dead processes only (by the pid in their names)
         raise TransientBackendError(
             f"shard {shard:05d}: a shard worker process died ({exc}; {removed} temp file(s) removed); "
@@ -102,7 +102,12 @@ def _drop_pool(broken: ProcessPoolExecutor) -> None:
     with _POOL_LOCK:
         if _POOL is broken:
             _POOL = None
-    broken.shutdown(wait=False, cancel_futures=True)
+    # The executor ends the pool's other workers too, and reaps them before its manager thread
+    # exits: wait for that, so their temp files belong to dead pids when the caller cleans up (an
+    # unreaped worker still answers as alive). The first caller's shutdown forgets the thread, so
+    # the shards that broke together take turns here and each returns only after the join.
+    with _DROP_LOCK:
+        broken.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_in_worker(
