@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from prefect import flow, get_client, get_run_logger, tags
+from prefect import flow, get_client, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed
@@ -149,45 +149,44 @@ def run_shards(
     todo = list(shard_ids)
     inflight: dict[Any, tuple[int, Any]] = {}
     finished = 0
-    with tags(*run_tags(settings, manifest)):
-        while todo or inflight:
-            while todo and len(inflight) < window:
-                k = todo.pop(0)
-                if isinstance(store, VolumeStore):  # the whole shard runs where the store is: chunk, embed, checkpoint
-                    inflight[embed_remote_task.submit(str(store.root), store.gen, k, model, opts)] = (k, None)
-                    continue
-                if settings.backend == "tei":  # the whole shard in a worker process: chunk, embed, checkpoint
-                    inflight[embed_worker_task.submit(str(store.root), store.gen, k, opts, workers, reuse_gen)] = (k, None)
-                    continue
-                chunked = shard_task.submit(str(store.root), store.gen, k)
-                inflight[embed_task.submit(str(store.root), store.gen, k, chunked, opts, reuse_gen)] = (k, chunked)
-            future = next(as_completed(list(inflight)))
-            k, chunked = inflight.pop(future)
-            future.wait()  # as_completed can yield before the final state is recorded
-            state = future.state
-            finished += 1
-            if state.is_completed():
-                results[k] = marker = future.result()
-                seconds = float(marker.get("seconds") or 0.0)
-                logger.info(
-                    "shard %05d done: %s chunks in %.1f s (%s chunks/s), %d/%d",
-                    k, f"{marker['chunks']:,}", seconds, f"{marker['chunks'] / seconds:,.0f}" if seconds else "-",
-                    finished, len(shard_ids),
-                )
-            else:
-                failures[k], failed_attempts[k] = _failure(chunked.state if chunked and not chunked.state.is_completed() else state)
-                logger.error(
-                    "shard %05d failed after %d attempt(s): %s, %d/%d; once the cause is fixed: %s",
-                    k, failed_attempts[k], failures[k], finished, len(shard_ids), rerun_command(store.root, str(k)),
-                )
-                try:
-                    store.mark_failed(k, failures[k], attempts=failed_attempts[k])
-                except StoreError as exc:  # e.g. the disk that failed the shard is full
-                    logger.error("could not record the failure of shard %05d: %s", k, exc)
-            progress.shard_finished(failed=k in failures)
-            if time.monotonic() - artifact_updated >= PROGRESS_ARTIFACT_EVERY_S or not (todo or inflight):
-                update_progress_artifact(artifact_id, progress.fraction * 100)
-                artifact_updated = time.monotonic()
+    while todo or inflight:
+        while todo and len(inflight) < window:
+            k = todo.pop(0)
+            if isinstance(store, VolumeStore):  # the whole shard runs where the store is: chunk, embed, checkpoint
+                inflight[embed_remote_task.submit(str(store.root), store.gen, k, model, opts)] = (k, None)
+                continue
+            if settings.backend == "tei":  # the whole shard in a worker process: chunk, embed, checkpoint
+                inflight[embed_worker_task.submit(str(store.root), store.gen, k, opts, workers, reuse_gen)] = (k, None)
+                continue
+            chunked = shard_task.submit(str(store.root), store.gen, k)
+            inflight[embed_task.submit(str(store.root), store.gen, k, chunked, opts, reuse_gen)] = (k, chunked)
+        future = next(as_completed(list(inflight)))
+        k, chunked = inflight.pop(future)
+        future.wait()  # as_completed can yield before the final state is recorded
+        state = future.state
+        finished += 1
+        if state.is_completed():
+            results[k] = marker = future.result()
+            seconds = float(marker.get("seconds") or 0.0)
+            logger.info(
+                "shard %05d done: %s chunks in %.1f s (%s chunks/s), %d/%d",
+                k, f"{marker['chunks']:,}", seconds, f"{marker['chunks'] / seconds:,.0f}" if seconds else "-",
+                finished, len(shard_ids),
+            )
+        else:
+            failures[k], failed_attempts[k] = _failure(chunked.state if chunked and not chunked.state.is_completed() else state)
+            logger.error(
+                "shard %05d failed after %d attempt(s): %s, %d/%d; once the cause is fixed: %s",
+                k, failed_attempts[k], failures[k], finished, len(shard_ids), rerun_command(store.root, str(k)),
+            )
+            try:
+                store.mark_failed(k, failures[k], attempts=failed_attempts[k])
+            except StoreError as exc:  # e.g. the disk that failed the shard is full
+                logger.error("could not record the failure of shard %05d: %s", k, exc)
+        progress.shard_finished(failed=k in failures)
+        if time.monotonic() - artifact_updated >= PROGRESS_ARTIFACT_EVERY_S or not (todo or inflight):
+            update_progress_artifact(artifact_id, progress.fraction * 100)
+            artifact_updated = time.monotonic()
     progress.close()
     shard_workers.release()
     if reuse_gen:
@@ -309,7 +308,11 @@ def source_label(source: str, config: str | None) -> str:
 
 
 def run_tags(settings: RunSettings, manifest: dict[str, Any]) -> list[str]:
-    """Tags that say what ran, on the flow run and its task runs (filterable in the UI)."""
+    """Tags that say what ran, on the flow run (filterable in the UI).
+
+    Not on the shard task runs: Prefect takes a tag-based concurrency slot for every tag of a
+    task run as it starts (one more API call per task, lease included), which cut a Modal run's
+    dispatch rate here by more than half (58 against 20 shards/s, `bench/fanout.py`)."""
     return [f"model:{manifest['model']['model_id']}", f"source:{source_label(settings.source, settings.config)}", f"backend:{settings.backend}"]
 
 
