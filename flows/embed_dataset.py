@@ -119,11 +119,15 @@ def run_shards(
     *,
     reuse_gen: str | None,
     retries_before: int | None = None,
+    lease: Any = None,
 ) -> dict[str, Any]:
     """Submit shard → embed for each shard id; record failures; return per-run counts.
 
     `retries_before`: the backend's request-retry count when this run began (before the
-    up-front backend check, whose retries belong to this run too)."""
+    up-front backend check, whose retries belong to this run too). `lease`: the store's lock;
+    a Volume store's lease that another run took over (`VolumeLease.lost`) stops this run from
+    sending more shards: the shards in flight finish, then the run fails with `StoreError`,
+    leaving the store (and its export) to the run that holds it."""
     logger = get_run_logger()
     manifest = store.read_manifest()
     total = len(manifest["plan"]["shards"])
@@ -150,6 +154,10 @@ def run_shards(
     inflight: dict[Any, tuple[int, Any]] = {}
     finished = 0
     while todo or inflight:
+        if todo and getattr(lease, "lost", None) is not None:
+            stopped = len(todo)
+            todo.clear()
+            logger.error("the lease on %s was taken over by another run: %d shard(s) not sent", store.root, stopped)
         while todo and len(inflight) < window:
             k = todo.pop(0)
             if isinstance(store, VolumeStore):  # the whole shard runs where the store is: chunk, embed, checkpoint
@@ -191,6 +199,14 @@ def run_shards(
     shard_workers.release()
     if reuse_gen:
         release_reuse_index(str(store.root), reuse_gen)
+    if getattr(lease, "lost", None) is not None:
+        held = lease.lost
+        raise StoreError(
+            f"store {store.root}: this run lost its lease (it missed its renewals for {lease.lease_s:.0f} s) and the run "
+            f"on host {held.get('host')}, pid {held.get('pid')} took the store over; this run stopped sending shards "
+            f"after {len(results) + len(failures)} of {len(shard_ids)} and leaves the store and its export to that run. "
+            f"Its finished shards are kept; `wikiembed status --store {store.root}` shows them once that run ends."
+        )
     if results and isinstance(store, Store):
         _record_vector_kind(store, logger)
     # Request-level retries of this run only: the flow's backend is shared by the runs of one
@@ -469,7 +485,7 @@ def embed_dataset(**options: Any) -> dict[str, Any] | State:
     settings = RunSettings(**options)
     check_store_for_backend(settings.backend, settings.store)
     started = time.perf_counter()
-    with open_store(settings.store).lock():
+    with open_store(settings.store).lock() as lease:
         planned = download_task(settings)
         s = open_store(planned["store"], planned["gen"])
         manifest = s.read_manifest()
@@ -490,7 +506,7 @@ def embed_dataset(**options: Any) -> dict[str, Any] | State:
         get_run_logger().info(
             "%s: %d shards, %d pending (%d done); %s", s.root, total, len(pending), total - len(pending), _what_runs(settings, manifest)
         )
-        run = run_shards(s, pending, settings, reuse_gen=planned["previous_gen"], retries_before=retries_before)
+        run = run_shards(s, pending, settings, reuse_gen=planned["previous_gen"], retries_before=retries_before, lease=lease)
         # With nothing pending, no shard changed state (the store is locked): the states above still hold.
         return _outcome(_finish(s, settings, run, started, changes, predicted, states=None if pending else states))
 
@@ -551,7 +567,7 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
         "%s: re-embedding %d of %d shards (%s); %s", s.root, len(ids), total, ",".join(map(str, ids)) or "none failed",
         _what_runs(settings, manifest),
     )
-    with s.lock():
+    with s.lock() as lease:
         reuse_gen = manifest.get("previous_generation")
         retries_before = None
         if isinstance(s, Store):
@@ -566,7 +582,7 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
         if not isinstance(s, Store):
             for k in ids:  # a remote shard skips what its marker says is done
                 s.forget(k)
-        run = run_shards(s, ids, settings, reuse_gen=reuse_gen, retries_before=retries_before)
+        run = run_shards(s, ids, settings, reuse_gen=reuse_gen, retries_before=retries_before, lease=lease)
         summary = _finish(s, settings, run, started)
     summary["rerun_shards"] = ids
     if run["failures"]:  # a shard whose rerun failed keeps its previous data, but the rerun did not succeed

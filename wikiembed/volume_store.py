@@ -231,8 +231,9 @@ class VolumeLease:
     lease's token (again `skip_if_exists`), and only the run that created it overwrites the lease.
 
     A holder that finds its lease taken over (it missed renewals for a whole period) warns
-    on stderr and leaves the lease alone; the two runs then redo some of each other's shards,
-    which wastes time but never writes a wrong file (markers follow their data).
+    on stderr, sets `lost` and leaves the lease alone; the flow then sends no more shards and
+    fails once those in flight finish (`run_shards`). Until then both runs may write the same
+    shard, which wastes time but never writes a wrong file (markers follow their data).
     """
 
     def __init__(self, store: str, key: str, wait_s: float = 0.0, locks: Any = None, lease_s: float | None = None) -> None:

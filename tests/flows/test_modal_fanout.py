@@ -234,3 +234,45 @@ def test_a_new_source_version_on_a_volume_store_reuses_unchanged_vectors(prefect
     assert second["reused_chunks"] == first["chunks"]
     assert second["embedded_chunks"] == second["chunks"] - first["chunks"] > 0
     assert _assert_store_matches_the_stand_in(cloud.cloud.store("wiki")) == second["chunks"]
+
+
+def test_a_run_that_lost_its_lease_stops_sending_shards_and_fails(prefect_api, tmp_path: Path, tei: str, monkeypatch) -> None:
+    import threading
+
+    from wikiembed import volume_store
+    from wikiembed.errors import StoreError
+    from wikiembed.flows.embed_dataset import embed_dataset
+
+    monkeypatch.setattr(volume_store, "LEASE_S", 1.2)  # renewed every 0.2 s
+    key = STORE.removeprefix("modal:")
+    with _cloud(tmp_path, tei).installed(monkeypatch) as cloud:
+        locks = CloudDict(cloud.cloud, LOCK_DICT, create_if_missing=True)  # as `from_name(..., create_if_missing=True)` would
+        done = cloud.cloud.store("wiki") / "_done"
+
+        def take_over_after_the_first_shard() -> None:
+            # As a second run does once this one missed its renewals: its takeover record, then the lease.
+            deadline = time.monotonic() + 120
+            while not list(done.glob("*.json")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            ours = locks.get(key)
+            locks.put(f"{key}#took:{ours['token']}", "other", skip_if_exists=True)
+            locks.put(key, {"token": "other", "host": "elsewhere", "pid": 4242, "expires": time.time() + 600})
+
+        thief = threading.Thread(target=take_over_after_the_first_shard, daemon=True)
+        thief.start()
+        with pytest.raises(StoreError, match=r"lost its lease.*host elsewhere, pid 4242.*stopped sending shards"):
+            embed_dataset(source="sample:200", store=STORE, shard_rows=10, backend="modal", compute={"concurrency": 2})
+        thief.join(timeout=5)
+        sent = sorted(c["shard"] for c in cloud.cloud.calls() if c["method"] == "run_shard")
+        assert 1 <= len(sent) < 20  # the shards in flight finished; the rest were never sent
+        assert locks.get(key)["token"] == "other"  # the new holder keeps the store
+        assert not (cloud.cloud.store("wiki") / "README.md").exists()  # and its export
+        _assert_store_matches_the_stand_in(cloud.cloud.store("wiki"))  # what did finish is whole
+        finished = {int(p.stem) for p in done.glob("*.json")}
+        assert finished and finished <= set(sent)
+
+        locks.pop(key)  # the other run ended
+        summary = embed_dataset(source="sample:200", store=STORE, shard_rows=10, backend="modal", compute={"concurrency": 2})
+    assert summary["shards_done"] == 20
+    resent = [c["shard"] for c in cloud.cloud.calls() if c["method"] == "run_shard"][len(sent):]
+    assert sorted(resent) == sorted(set(range(20)) - finished)  # only what the stopped run had not finished
