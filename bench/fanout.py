@@ -342,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard-rows", type=int, default=2000)
     p.add_argument("--gpu-chars-per-s", type=float, default=DEFAULT_GPU_CHARS_PER_S)
     args = p.parse_args(argv)
+    load_at_start = [round(x, 2) for x in os.getloadavg()]  # other work on the machine (1, 5, 15 min)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="wikiembed-fanout-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "note": "shared 2-core development machine; other engineers' jobs ran at the same time"},  # fmt: skip
+                    "load_avg_at_start": load_at_start, "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]},  # fmt: skip
         "control_plane_shards_per_s": cp["shards_per_s"],
         "noop_resume_10000_shards_s": resume["seconds"] if args.resume_shards == 10_000 else None,
         "shard_chars_per_s_per_core": data["chars_per_s_per_core"],
