@@ -34,6 +34,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from wikiembed import shard_workers
 from wikiembed.backends.factory import backend_retries, open_backend
+from wikiembed.calibration import needs_calibration
 from wikiembed.checkpoint import record_vector_kind
 from wikiembed.errors import BackendError, InputError, ShardsFailed, StoreError, TransientBackendError, WikiembedError
 from wikiembed.estimate import compare, markdown as estimate_markdown, one_line, run_hardware, store_estimate
@@ -42,7 +43,7 @@ from wikiembed.plan import VectorIndex, check_snapshot
 from wikiembed.progress import Progress
 from wikiembed.settings import RunSettings, ShardSelection, parse_shards
 from wikiembed.store import ShardState, Store
-from wikiembed.tasks.calibrate import calibrate_task
+from wikiembed.tasks.calibrate import calibrate_remote_task, calibrate_task
 from wikiembed.tasks.download import download_task
 from wikiembed.tasks.embed import embed_remote_task, embed_task, embed_worker_task, release_reuse_index
 from wikiembed.tasks.evaluate import eval_task
@@ -512,11 +513,12 @@ def embed_dataset(**options: Any) -> dict[str, Any] | State:
 
 
 def _calibrate(store: Store | VolumeStore, settings: RunSettings) -> None:
-    """Fix the generation's int8 ranges before any shard is embedded (see tasks/calibrate.py)."""
+    """Fix the generation's int8 ranges before any shard is embedded (see wikiembed/calibration.py)."""
     if isinstance(store, Store):
         calibrate_task(str(store.root), store.gen, _backend_opts(settings))
-    elif "int8" in (store.read_manifest().get("compact") or {}).get("precisions", ()):
-        raise InputError("--precision int8 needs a local --store for now: its calibration runs on the flow's machine.")
+    elif needs_calibration(manifest := store.read_manifest()):
+        # In a shard container at the Volume, with the backend that embeds the shards.
+        calibrate_remote_task(str(store.root), store.gen, manifest["model"]["model_id"], _backend_opts(settings))
 
 
 def _check_index(store: Store | VolumeStore, settings: RunSettings) -> None:

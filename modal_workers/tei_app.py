@@ -444,6 +444,11 @@ class TEIShards:
         assert self.router.client is not None
         return fanout.run_shard(root, gen, shard, self.router.client, self.sync, reuse_previous=True)
 
+    @modal.method()
+    def calibrate(self, root: str, gen: str) -> dict[str, Any] | None:
+        assert self.router.client is not None
+        return fanout.calibrate_store(root, gen, self.router.client, self.sync)
+
     @modal.exit()
     def stop(self) -> None:
         self.router.stop()

@@ -222,6 +222,10 @@ class TorchShards:
     def run_shard(self, root: str, gen: str, shard: int) -> dict[str, Any]:
         return fanout.run_shard(root, gen, shard, self.worker.engine, self.sync, reuse_previous=True)
 
+    @modal.method()
+    def calibrate(self, root: str, gen: str) -> dict[str, Any] | None:
+        return fanout.calibrate_store(root, gen, self.worker.engine, self.sync)
+
     @modal.exit()
     def unload(self) -> None:
         self.worker.close()

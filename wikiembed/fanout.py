@@ -3,7 +3,8 @@
 With `--backend modal` the flow fans out shard references, not text: a GPU
 container runs `run_shard` on the store mounted from a Modal Volume (read the
 shard's rows from the snapshot, chunk, embed, write `data/NNNNN.parquet`, then its
-marker) and returns the marker. The flow's machine never sees a chunk or a vector;
+marker) and returns the marker; before the first shard, one such container fixes the
+generation's int8 ranges (`calibrate_store`). The flow's machine never sees a chunk or a vector;
 it reads the store's manifest and shard states, records failures and forgets shards
 to rerun through the `StoreOps` functions below, run in a CPU container at the same
 mount. Each function is plain code over a store root and a `StoreSync`, so tests
@@ -23,6 +24,7 @@ from typing import Any
 
 from wikiembed.backends.base import Backend
 from wikiembed.backends.factory import open_backend
+from wikiembed.calibration import calibrate
 from wikiembed.checkpoint import VectorSource, embed_shard, record_vector_kind
 from wikiembed.chunking import chunk_shard_parts
 from wikiembed.plan import VectorIndex, prepare, promote
@@ -87,6 +89,15 @@ def _previous_vectors(root: str, gen: str, sync: StoreSync) -> VectorIndex | Non
     if not previous.exists():
         return None  # promoted away meanwhile: nothing to take from
     return _PREVIOUS.setdefault((root, gen), VectorIndex(previous))
+
+
+def calibrate_store(root: str, gen: str, backend: Backend | dict[str, Any], sync: StoreSync = LOCAL) -> dict[str, Any] | None:
+    """The calibrate step at the store: the generation's int8 ranges, embedded by this container's
+    backend and committed to its manifest before any shard reads it (see `wikiembed.calibration`)."""
+    sync.reload()
+    calibration = calibrate(Store(root, gen, sync), backend)
+    sync.commit()
+    return calibration
 
 
 def prepare_store(settings: dict[str, Any], sync: StoreSync = LOCAL) -> dict[str, Any]:

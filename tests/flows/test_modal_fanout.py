@@ -276,3 +276,27 @@ def test_a_run_that_lost_its_lease_stops_sending_shards_and_fails(prefect_api, t
     assert summary["shards_done"] == 20
     resent = [c["shard"] for c in cloud.cloud.calls() if c["method"] == "run_shard"][len(sent):]
     assert sorted(resent) == sorted(set(range(20)) - finished)  # only what the stopped run had not finished
+
+
+def test_int8_on_a_volume_store_is_calibrated_in_the_cloud_as_a_local_run_calibrates(
+    prefect_api, tmp_path: Path, tei: str, monkeypatch
+) -> None:
+    from wikiembed.flows.embed_dataset import embed_dataset
+
+    output = {"dimensions": [384, 64], "precision": ["float32", "int8"]}
+    local = tmp_path / "local"
+    embed_dataset(source="sample:60", store=str(local), shard_rows=30, backend="tei", compute={"tei_url": [tei]}, output=output)
+    with _cloud(tmp_path, tei).installed(monkeypatch) as cloud:
+        summary = embed_dataset(source="sample:60", store=STORE, shard_rows=30, backend="modal", output=output)
+        calls = [c["method"] for c in cloud.cloud.calls()]
+    assert summary["shards_done"] == 2
+    assert calls.count("calibrate") == 1 and calls.index("calibrate") < calls.index("run_shard")  # before any shard
+    volume = Store(cloud.cloud.store("wiki"))
+    ranges = volume.read_manifest()["compact"]["int8"]
+    # The same backend embeds the same first chunks: the same ranges and the same int8 codes as a local run.
+    assert ranges and ranges == Store(local).read_manifest()["compact"]["int8"]
+    columns = ["embedding_int8", "embedding_64_int8"]
+    cloud_codes = pq.read_table(volume.dir / "data", columns=columns)
+    local_codes = pq.read_table(Store(local).dir / "data", columns=columns)
+    assert cloud_codes.num_rows == summary["chunks"] and cloud_codes.equals(local_codes)
+    assert "int8" in (cloud.cloud.store("wiki") / "README.md").read_text()  # the card carries the ranges' form

@@ -333,6 +333,9 @@ def _serve(cloud: CloudDir, private: Path, out: BinaryIO, inp: BinaryIO) -> None
                     raise BackendError(f"shard {shard}: {failure}")
                 # As TEIShards.run_shard / TorchShards.run_shard call it.
                 result = fanout.run_shard(_local_root(root, private), gen, shard, backend_opts[cls], sync, reuse_previous=True)
+            elif method == "calibrate":  # as TEIShards.calibrate / TorchShards.calibrate call it
+                root, gen = args
+                result = fanout.calibrate_store(_local_root(root, private), gen, backend_opts[cls], sync)
             elif method == "prepare":
                 if cloud.faults().get("hold_prepare"):
                     (cloud.path / f"holding-{os.getpid()}").write_text(str(os.getpid()))

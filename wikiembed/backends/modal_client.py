@@ -87,6 +87,12 @@ class ModalShards:
         with modal_errors(f"Modal app {self.app_name!r} class {self.class_name}.run_shard (shard {shard})", self.deploy):
             return self._obj.run_shard.remote(root, gen, shard)
 
+    def calibrate(self, root: str, gen: str) -> dict[str, Any] | None:
+        """Fix the int8 ranges of the generation at mount path `root` with the deployed backend (see
+        `wikiembed.calibration`); return them."""
+        with modal_errors(f"Modal app {self.app_name!r} class {self.class_name}.calibrate", self.deploy):
+            return self._obj.calibrate.remote(root, gen)
+
 
 class StoreOps:
     """The deployed `StoreOps` class of `modal_workers/store_app.py`: the store's own operations at its mount."""
