@@ -499,8 +499,7 @@ def embed_dataset(**options: Any) -> dict[str, Any] | State:
         _calibrate(s, settings)
         _check_index(s, settings)
         manifest = s.read_manifest()
-        # Article-level changes need both snapshots: on a Volume they stay in the cloud, unreported.
-        changes = _changes(planned, manifest) if planned["previous_gen"] and isinstance(s, Store) else None
+        changes = planned["changes"]  # articles added / edited / removed since the published generation, if any
         # The estimate reads the snapshot, which a Volume store keeps in the cloud.
         predicted = _announce_estimate(s, manifest, pending, settings) if pending and isinstance(s, Store) else None
         total = len(manifest["plan"]["shards"])
@@ -528,13 +527,6 @@ def _check_index(store: Store | VolumeStore, settings: RunSettings) -> None:
     if not isinstance(store, Store):
         raise InputError("--index needs a local --store for now: the index is built on the flow's machine from the data files.")
     require_library()
-
-
-def _changes(planned: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
-    """Articles added / edited / removed between the published generation and this one."""
-    from wikiembed.plan import diff_generations
-
-    return diff_generations(Store(planned["store"], planned["previous_gen"]), Store(planned["store"], planned["gen"]))
 
 
 @flow(

@@ -27,7 +27,7 @@ from wikiembed.backends.factory import open_backend
 from wikiembed.calibration import calibrate
 from wikiembed.checkpoint import VectorSource, embed_shard, record_vector_kind
 from wikiembed.chunking import chunk_shard_parts
-from wikiembed.plan import VectorIndex, prepare, promote
+from wikiembed.plan import VectorIndex, diff_generations, prepare, promote
 from wikiembed.publish import publish, write_card
 from wikiembed.settings import RunSettings
 from wikiembed.store import LOCAL, Store, StoreSync
@@ -104,14 +104,18 @@ def prepare_store(settings: dict[str, Any], sync: StoreSync = LOCAL) -> dict[str
     """The download step at the store: snapshot the source and fix the shard plan (see `plan.prepare`).
 
     A new generation of a published store gets the published one's reuse index saved here,
-    once, so the shard containers load its keys rather than each reading every old chunk.
+    once, so the shard containers load its keys rather than each reading every old chunk, and
+    the articles added, edited and removed since (`changes`), counted where both snapshots are.
     """
     sync.reload()
     prepared = prepare(RunSettings(**settings))
+    changes = None
     if prepared.previous_gen:
-        VectorIndex(Store(prepared.store.root, prepared.previous_gen, sync)).save()
+        previous = Store(prepared.store.root, prepared.previous_gen, sync)
+        VectorIndex(previous).save()
+        changes = diff_generations(previous, prepared.store)
     sync.commit()
-    return {"store": str(prepared.store.root), "gen": prepared.store.gen, "previous_gen": prepared.previous_gen}
+    return {"store": str(prepared.store.root), "gen": prepared.store.gen, "previous_gen": prepared.previous_gen, "changes": changes}
 
 
 def view_store(root: str, gen: str | None = None, sync: StoreSync = LOCAL, with_states: bool = True) -> dict[str, Any]:

@@ -232,6 +232,7 @@ def test_a_new_source_version_on_a_volume_store_reuses_unchanged_vectors(prefect
     # The first 60 articles are unchanged: their chunks are taken from the published generation
     # (through the index the download step saved there), only the added ones are embedded.
     assert second["reused_chunks"] == first["chunks"]
+    assert second["changes"] == {"added": 30, "removed": 0, "edited": 0}  # counted at the Volume
     assert second["embedded_chunks"] == second["chunks"] - first["chunks"] > 0
     assert _assert_store_matches_the_stand_in(cloud.cloud.store("wiki")) == second["chunks"]
 
