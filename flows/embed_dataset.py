@@ -148,9 +148,6 @@ def run_shards(
         _record_vector_kind(store, logger)  # a killed run's markers pin the kind before anything else is embedded
     window = min(_concurrency(settings), MAX_CONCURRENCY)
     workers = settings.compute.shard_workers
-    if reuse_gen and settings.backend == "tei" and isinstance(store, Store):
-        # Each shard worker process opens its own index of the published generation: build it once, here.
-        VectorIndex(Store(store.root, reuse_gen)).save()
     todo = list(shard_ids)
     inflight: dict[Any, tuple[int, Any]] = {}
     finished = 0
@@ -571,6 +568,8 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
             check_snapshot(s, manifest)
             retries_before = check_backend(settings, manifest["model"]["model_id"])
             reuse_gen = reuse_gen if reuse_gen and Store(s.root, reuse_gen).exists() else None
+            if reuse_gen:  # as the download step does: shard workers load it instead of each building it
+                VectorIndex(Store(s.root, reuse_gen)).save()
         _calibrate(s, settings)
         _check_index(s, settings)
         if not isinstance(s, Store):

@@ -73,18 +73,19 @@ def run_shard(
         backend = open_backend(model=manifest["model"]["model_id"], **backend)
     start, end = manifest["plan"]["shards"][shard]
     if reuse is None and reuse_previous and manifest.get("previous_generation"):
-        reuse = _previous_vectors(root, manifest["previous_generation"], sync)
+        reuse = previous_vectors(root, manifest["previous_generation"], sync)
     # Embedding starts with the shard's first chunks while worker processes cut the rest, so
     # the GPU and the CPU work at the same time; the chunk file is complete before the marker.
     with contextlib.closing(chunk_shard_parts(store, shard, manifest, chunk_workers)) as chunks:
         return embed_shard(store, shard, backend, end - start, chunks=chunks, reuse=reuse)  # writes the store's compact forms too
 
 
-# Indexes of previous generations, one per process (a container runs many shards).
+# Indexes of previous generations, one per process (a container or shard worker runs many shards).
 _PREVIOUS: dict[tuple[str, str], VectorIndex] = {}
 
 
-def _previous_vectors(root: str, gen: str, sync: StoreSync) -> VectorIndex | None:
+def previous_vectors(root: str, gen: str, sync: StoreSync = LOCAL) -> VectorIndex | None:
+    """This process's index of generation `gen`'s vectors (loaded once), or None if it is gone."""
     previous = Store(root, gen, sync)
     if not previous.exists():
         return None  # promoted away meanwhile: nothing to take from

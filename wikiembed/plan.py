@@ -254,15 +254,15 @@ class VectorIndex:
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()  # shard tasks run as threads and share one index
 
-    def _done(self) -> list[tuple[int, str]]:
-        """(shard, data file sha256) of every done shard: what the index covers."""
+    def _done(self) -> tuple[list[tuple[int, str]], str]:
+        """(shard, data file sha256) of every done shard, what the index covers, and their fingerprint."""
         manifest = self.store.read_manifest()
         found = ((k, self.store.read_done(k)) for k in range(len(manifest["plan"]["shards"])))
-        return [(k, marker["sha256"]) for k, marker in found if marker is not None]
+        done = [(k, marker["sha256"]) for k, marker in found if marker is not None]
+        return done, hashlib.sha256(json.dumps(done).encode()).hexdigest()
 
     def _build(self) -> None:
-        done = self._done()
-        fingerprint = hashlib.sha256(json.dumps(done).encode()).hexdigest()
+        done, fingerprint = self._done()
         if self._load(fingerprint):
             return
         keys, where = [], []
@@ -277,13 +277,16 @@ class VectorIndex:
         self._keys, self._where = self._keys[order], self._where[order]
         self._fingerprint = fingerprint
 
-    def _load(self, fingerprint: str) -> bool:
-        """Take the saved index if it covers exactly the generation's current data files."""
+    def _load(self, fingerprint: str, keys: bool = True) -> bool:
+        """Take the saved index if it covers exactly the generation's current data files (with
+        `keys` false, only say whether it does: the keys are the bulk of the file)."""
         path = self.store.dir / self.SAVED
         try:
             with np.load(path) as saved:
                 if str(saved["fingerprint"]) != fingerprint:
                     return False  # a shard was re-embedded since: the saved keys are stale
+                if not keys:
+                    return True
                 self._keys, self._where, self._files = saved["keys"], saved["where"], saved["files"].tolist()
         except FileNotFoundError:
             return False
@@ -297,6 +300,8 @@ class VectorIndex:
         containers that reuse this generation load its keys instead of reading every old chunk text."""
         with self._lock:
             if self._keys is None:
+                if self._load(self._done()[1], keys=False):
+                    return  # saved already for exactly these data files (a resumed run): nothing to read
                 self._build()
             if self._saved:
                 return

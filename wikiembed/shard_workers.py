@@ -38,8 +38,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from wikiembed.errors import TransientBackendError
-from wikiembed.fanout import run_shard
-from wikiembed.plan import VectorIndex
+from wikiembed.fanout import previous_vectors, run_shard
 from wikiembed.store import Store
 from wikiembed.tokenizing import _worker_start, cores
 
@@ -47,8 +46,6 @@ _POOL: ProcessPoolExecutor | None = None
 _POOL_WORKERS = 0
 _POOL_LOCK = threading.Lock()
 _DROP_LOCK = threading.Lock()
-# In a worker: the published generation's vectors, one index per (store, generation).
-_REUSE: dict[tuple[str, str], VectorIndex] = {}
 
 
 def run(
@@ -119,8 +116,6 @@ def _run_in_worker(
     model = Store(root, gen).read_manifest()["model"]["model_id"]
     backend = open_backend(model=model, clients=workers, **backend_opts)
     before = int(getattr(backend, "retries", 0))
-    reuse = None
-    if reuse_gen:
-        reuse = _REUSE.setdefault((root, reuse_gen), VectorIndex(Store(root, reuse_gen)))
+    reuse = previous_vectors(root, reuse_gen) if reuse_gen else None
     marker = run_shard(root, gen, shard, backend, chunk_workers=1, reuse=reuse)
     return {**marker, "worker_pid": os.getpid(), "request_retries": int(getattr(backend, "retries", 0)) - before}

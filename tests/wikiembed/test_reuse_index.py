@@ -76,3 +76,14 @@ def test_a_damaged_saved_index_is_rebuilt(done_store: Store) -> None:
     texts, _ = read_vectors(done_store.data_path(2))
     _, found = VectorIndex(done_store).lookup(texts)
     assert found.all()
+
+
+def test_saving_an_index_already_saved_for_the_same_data_reads_and_writes_nothing(done_store: Store, monkeypatch) -> None:
+    VectorIndex(done_store).save()
+    path = done_store.dir / VectorIndex.SAVED
+    before = path.stat().st_mtime_ns, path.read_bytes()
+    reads = _text_reads(monkeypatch)
+    again = VectorIndex(Store(done_store.root, done_store.gen))
+    again.save()  # a resumed run's download step
+    assert reads == [] and (path.stat().st_mtime_ns, path.read_bytes()) == before
+    assert again.lookup([pq.read_table(done_store.data_path(0)).column("text")[0].as_py()])[1].tolist() == [True]
