@@ -29,11 +29,20 @@ How it is fast:
   padded lengths are then rounded up to a bucket so the compiled graph sees
   few, aligned shapes.
 
-The output is what `SentenceTransformer(path).encode(texts)` returns for the
-same model (cosine >= 0.999; on CPU equal to ~1e-7): inputs longer than the
-model's max length are truncated to it, special tokens included, exactly as
-sentence-transformers does; the empty string embeds as its special tokens
-alone (`[CLS] [SEP]` for BERT), again as sentence-transformers does.
+The output is what `SentenceTransformer(path).encode_document(texts)` returns
+for the same model (cosine >= 0.999; on CPU equal to ~1e-7), and with the
+query prompt what `encode_query` returns: every pooling mode, Dense layers,
+Normalize and `truncate_dim` run as the model's module list says
+(`wikiembed.backends.pooling`); a model with a part that cannot be reproduced
+is refused when the engine is made (`ModelInfo.check_supported`). Inputs
+longer than the model's max length are truncated to it, special tokens
+included, exactly as sentence-transformers does; the empty string embeds as its
+special tokens alone (`[CLS] [SEP]` for BERT), again as sentence-transformers does.
+
+Decoder models (last-token pooling, EOS appended by their tokenizer) run
+right-padded: sentence-transformers pads them on the left, but with rotary
+positions and causal attention a real token sees the same neighbours at the
+same relative positions either way, and the pooled last token is the last real one.
 """
 
 from __future__ import annotations
@@ -46,8 +55,9 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from wikiembed.backends.base import VectorKind
+from wikiembed.backends.pooling import Head
 from wikiembed.errors import BackendError, InputError
-from wikiembed.model import DEFAULT_MODEL, load_tokenizer, model_info
+from wikiembed.model import DEFAULT_MODEL, load_tokenizer, model_info, prompt_length
 from wikiembed.tokenizing import cores, encode_ids, encode_ids_part, run_parts, spec
 
 # --- knobs -------------------------------------------------------------------
@@ -272,6 +282,7 @@ class TorchEngine:
         max_batch_tokens: int | None = None,
         compile: bool = False,
         tokenize_workers: int | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         import torch
         from tokenizers import Tokenizer
@@ -281,11 +292,11 @@ class TorchEngine:
         info = model_info(model)
         if info.dim <= 0:
             raise InputError(f"model {model!r}: its config.json names no hidden_size; it is not an encoder we can run.")
+        info.check_supported(trust_remote_code)
         self.model_id = info.model_id
         self.dim = info.dim
         self.max_tokens = info.max_tokens
-        self._pooling = info.pooling
-        self._normalize = info.normalize
+        self.info = info
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
@@ -300,7 +311,7 @@ class TorchEngine:
             raise InputError(f"dtype {dtype!r}: unknown; use one of float32, bfloat16, float16.")
         self.dtype = _DTYPES[name]
         self._dtype = getattr(torch, self.dtype)
-        self.kind = VectorKind("local", info.model_id, info.revision, info.pooling, info.normalize, self.dtype)
+        self.kind = VectorKind.of_model(info, "local", self.dtype)
 
         self.max_batch_tokens = int(max_batch_tokens or MAX_BATCH_TOKENS.get(kind, MAX_BATCH_TOKENS["cpu"]))
         if self.max_batch_tokens < 1:
@@ -325,7 +336,7 @@ class TorchEngine:
         try:
             # The dtype is applied with .to() below rather than passed here:
             # transformers 4.x calls the argument torch_dtype, 5.x dtype.
-            net = AutoModel.from_pretrained(info.path, attn_implementation="sdpa")
+            net = AutoModel.from_pretrained(info.path, attn_implementation="sdpa", trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as exc:
             raise BackendError(
                 f"model {model!r}: transformers could not load the weights in {info.path} "
@@ -336,6 +347,8 @@ class TorchEngine:
         # Padded positions are masked out, but some models (RoBERTa) derive
         # position ids from the pad id, so pad with the model's own.
         self._pad_id = int(getattr(net.config, "pad_token_id", None) or 0)
+        self._head = Head(info, self.device)
+        self._prompt_tokens: dict[str, int] = {}
         self._forward: Callable[..., Any] = self._model
         workers = torch.get_num_threads()
         self._cpu_workers = _CpuWorkers(workers) if kind == "cpu" and workers > 1 and not compile else None
@@ -347,18 +360,25 @@ class TorchEngine:
 
     # -- public API --
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """float32 vectors `[len(texts), dim]` in input order (L2-normalized iff the model normalizes)."""
+    def embed(self, texts: Sequence[str], prompt: str = "") -> np.ndarray:
+        """float32 vectors `[len(texts), dim]` in input order (L2-normalized iff the model normalizes).
+
+        `prompt` is put before every text, as sentence-transformers' `encode(..., prompt=...)` does
+        (the model's document prompt for documents, its query prompt for queries)."""
         self._check_open()
         texts = list(texts)
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise InputError(f"text {i} is a {type(text).__name__}, not a str; embed only takes strings.")
-        return self._embed_windows(self._text_windows(texts), len(texts))
+        if prompt:
+            texts = [prompt + text for text in texts]
+        return self._embed_windows(self._text_windows(texts), len(texts), self._excluded(prompt))
 
-    def embed_ids(self, ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    def embed_ids(self, ids: np.ndarray, offsets: np.ndarray, prompt: str = "") -> np.ndarray:
         """float32 vectors of pre-tokenized texts: text i's token ids, special tokens included, are
-        `ids[offsets[i]:offsets[i + 1]]` (what this model's tokenizer gives, as the token chunker stores)."""
+        `ids[offsets[i]:offsets[i + 1]]` (what this model's tokenizer gives, as the token chunker stores).
+        `prompt`: the prompt the ids already begin with (the token chunker puts it there); the engine
+        needs its text only where pooling leaves the prompt out."""
         self._check_open()
         ids = np.asarray(ids)
         offsets = np.asarray(offsets, dtype=np.int64)
@@ -382,7 +402,7 @@ class TorchEngine:
             _Window(start, min(self._window, len(lengths) - start), ids, offsets[start : start + self._window + 1])
             for start in range(0, len(lengths), self._window)
         )
-        return self._embed_windows(windows, len(lengths))
+        return self._embed_windows(windows, len(lengths), self._excluded(prompt))
 
     def close(self) -> None:
         """Release the worker threads and the model (and its GPU memory). Safe to call twice."""
@@ -400,6 +420,14 @@ class TorchEngine:
         self.close()
 
     # -- the pipeline: token ids in windows -> batches -> vectors --
+
+    def _excluded(self, prompt: str) -> int:
+        """Tokens at the start of every text that pooling leaves out (the prompt's, where the model says so)."""
+        if not prompt or self.info.include_prompt:
+            return 0
+        if prompt not in self._prompt_tokens:
+            self._prompt_tokens[prompt] = prompt_length(self._tokenizer, prompt)
+        return self._prompt_tokens[prompt]
 
     def _check_open(self) -> None:
         if self._model is None:
@@ -424,18 +452,18 @@ class TorchEngine:
         if gathered:
             yield _join(start, gathered)
 
-    def _embed_windows(self, windows: Iterator[_Window], n: int) -> np.ndarray:
+    def _embed_windows(self, windows: Iterator[_Window], n: int, prompt_tokens: int = 0) -> np.ndarray:
         out = np.empty((n, self.dim), dtype=np.float32)
         if self._cpu_workers is not None:
             for window in windows:
-                out[window.start : window.start + window.size] = self._run_window_on_workers(window)
+                out[window.start : window.start + window.size] = self._run_window_on_workers(window, prompt_tokens)
             return out
         # One batch at a time on the device (a GPU, or a CPU without workers). A
         # window's vectors are copied back only once the next window's batches
         # are queued behind them, so the device never waits for the host.
         previous: tuple[_Window, Any] | None = None
         for window in windows:
-            queued = (window, self._launch_window(window))
+            queued = (window, self._launch_window(window, prompt_tokens))
             if previous is not None:
                 out[previous[0].start : previous[0].start + previous[0].size] = previous[1].cpu().numpy()
             previous = queued
@@ -450,7 +478,7 @@ class TorchEngine:
             ids, mask = pack_batch(window.ids, window.offsets, batch.rows, batch.length, self._pad_id, self._always_mask)
             yield batch.rows, ids, mask
 
-    def _launch_window(self, window: _Window) -> Any:
+    def _launch_window(self, window: _Window, prompt_tokens: int = 0) -> Any:
         """Queue every batch of a window on the device; returns the (device) tensor its vectors land in."""
         torch = self._torch
         vectors = torch.empty((window.size, self.dim), dtype=torch.float32, device=self.device)
@@ -460,10 +488,10 @@ class TorchEngine:
                 if self._on_cuda:
                     tensors = [t.pin_memory().to(self.device, non_blocking=True) for t in tensors]
                 rows_t, ids_t, *mask_t = tensors
-                vectors[rows_t] = self._pool_batch(ids_t, mask_t[0] if mask_t else None)
+                vectors[rows_t] = self._pool_batch(ids_t, mask_t[0] if mask_t else None, prompt_tokens)
         return vectors
 
-    def _run_window_on_workers(self, window: _Window) -> np.ndarray:
+    def _run_window_on_workers(self, window: _Window, prompt_tokens: int = 0) -> np.ndarray:
         """Embed one window on the CPU worker threads, a whole batch per worker; vectors in window order."""
         torch = self._torch
         out = np.empty((window.size, self.dim), dtype=np.float32)
@@ -471,14 +499,14 @@ class TorchEngine:
         def run(batch: tuple[np.ndarray, np.ndarray, np.ndarray | None]) -> None:
             rows, ids, mask = batch
             with torch.inference_mode():  # thread-local: entered in the worker that computes
-                out[rows] = self._pool_batch(torch.from_numpy(ids), None if mask is None else torch.from_numpy(mask)).numpy()
+                out[rows] = self._pool_batch(torch.from_numpy(ids), None if mask is None else torch.from_numpy(mask), prompt_tokens).numpy()
 
         assert self._cpu_workers is not None
         self._cpu_workers.run(run, list(self._batches(window)))
         return out
 
-    def _pool_batch(self, ids: Any, mask: Any) -> Any:
-        """One forward pass, pooled (in the model dtype) and normalized (in fp32)."""
+    def _pool_batch(self, ids: Any, mask: Any, prompt_tokens: int = 0) -> Any:
+        """One forward pass, then the model's pooling, Dense layers, normalization and truncation."""
         torch = self._torch
         try:
             hidden = self._forward(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -487,19 +515,7 @@ class TorchEngine:
                 f"out of memory on {self.device} for a batch of {ids.shape[0]} x {ids.shape[1]} tokens; "
                 f"pass a smaller max_batch_tokens (now {self.max_batch_tokens})."
             ) from exc
-        if self._pooling == "cls":
-            pooled = hidden[:, 0]
-        elif mask is None:
-            pooled = hidden.mean(dim=1)
-        else:
-            # Weights of 1/count on real tokens: one batched matmul gives the
-            # mean, and fp16 never holds the (possibly overflowing) plain sum.
-            weights = mask / mask.sum(dim=1, keepdim=True)
-            pooled = torch.bmm(weights.to(hidden.dtype).unsqueeze(1), hidden).squeeze(1)
-        pooled = pooled.float()
-        if self._normalize:
-            pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=-1)
-        return pooled
+        return self._head(hidden, mask, prompt_tokens)
 
     def _warm_up(self) -> None:
         """Pay torch.compile's cost at start so no call to embed() compiles.
