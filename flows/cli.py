@@ -59,8 +59,10 @@ def _add_run_options(parser: argparse.ArgumentParser, only: Sequence[str] | None
             kwargs["choices"] = list(typing.get_args(kind))
         elif kind is int:
             kwargs["type"] = int
+        elif kind is bool:  # a switch: present means true
+            kwargs["action"] = "store_true"
         default = None if field.is_required() else field.get_default(call_default_factory=True)
-        shown = f" (default: {default})" if default not in (None, []) else ""
+        shown = f" (default: {default})" if default not in (None, [], False) else ""
         kwargs["help"] = f"{field.description}{shown}".replace("%", "%%")
         parser.add_argument(f"--{name.replace('_', '-')}", **kwargs)
 

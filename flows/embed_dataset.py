@@ -79,6 +79,7 @@ def _backend_opts(settings: RunSettings) -> dict[str, Any]:
         "modal_app": c.modal_app,
         "modal_class": c.modal_class,
         "gpu": c.gpu,
+        "trust_remote_code": settings.trust_remote_code,
     }
 
 

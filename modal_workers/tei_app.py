@@ -270,10 +270,10 @@ class TEIRouter:
         lines = list(self._stderr) or list(self._stdout)
         return "".join(lines).rstrip() or "(no output)"
 
-    def embed(self, texts: list[str]) -> np.ndarray:
+    def embed(self, texts: list[str], prompt: str = "") -> np.ndarray:
         if self.client is None:
             raise BackendError("the TEI router is not running; start() it first.")
-        return self.client.embed(texts)
+        return self.client.embed(texts, prompt)
 
     def describe(self) -> dict[str, Any]:
         if self.client is None:
@@ -399,9 +399,9 @@ class TEI:
             cache_volume.commit()  # keep the weights the first container downloaded
 
     @modal.method()
-    def embed(self, texts: list[str]) -> np.ndarray:
-        """float32 `[len(texts), dim]`, L2-normalized, in order."""
-        return self.router.embed(texts)
+    def embed(self, texts: list[str], prompt: str = "") -> np.ndarray:
+        """float32 `[len(texts), dim]` of `prompt + text` each, L2-normalized, in order."""
+        return self.router.embed(texts, prompt)
 
     @modal.method()
     def describe(self) -> dict[str, Any]:

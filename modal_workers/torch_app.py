@@ -112,9 +112,9 @@ class TorchWorker:
         # Concurrent inputs would race for GPU memory; one batch at a time is also the fastest.
         self._lock = threading.Lock()
 
-    def embed(self, texts: list[str]) -> np.ndarray:
+    def embed(self, texts: list[str], prompt: str = "") -> np.ndarray:
         with self._lock:
-            return self.engine.embed(texts)
+            return self.engine.embed(texts, prompt)
 
     def describe(self) -> dict[str, Any]:
         e = self.engine
@@ -179,9 +179,9 @@ class Torch:
             cache_volume.commit()  # keep weights the first container downloaded
 
     @modal.method()
-    def embed(self, texts: list[str]) -> np.ndarray:
-        """float32 `[len(texts), dim]`, L2-normalized, in order."""
-        return self.worker.embed(texts)
+    def embed(self, texts: list[str], prompt: str = "") -> np.ndarray:
+        """float32 `[len(texts), dim]` of `prompt + text` each, as the model makes them, in order."""
+        return self.worker.embed(texts, prompt)
 
     @modal.method()
     def describe(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from wikiembed.backends.base import Backend
+from wikiembed.checkpoint import document_prompt
 from wikiembed.chunking import Chunking, chunk_table
 from wikiembed.compact import CALIBRATION_CHUNKS, calibrate_int8, spec_from_manifest
 from wikiembed.model import load_tokenizer
@@ -37,7 +38,8 @@ def calibration_texts(store: Store, manifest: dict[str, Any], n: int = CALIBRATI
     start = 0
     while len(texts) < n and start < rows:
         end = min(start + _ARTICLES_PER_STEP, rows)
-        texts += chunk_table(read_snapshot_rows(store.snapshot_path, start, end), chunking, tokenizer).column("text").to_pylist()
+        rows_table = read_snapshot_rows(store.snapshot_path, start, end)
+        texts += chunk_table(rows_table, chunking, tokenizer, prompt=document_prompt(manifest)).column("text").to_pylist()
         start = end
     return texts[:n]
 
@@ -70,7 +72,7 @@ def calibrate(store: Store, backend: Backend | dict[str, Any]) -> dict[str, Any]
         backend = open_backend(model=manifest["model"]["model_id"], **backend)
     spec = spec_from_manifest(manifest)
     assert spec is not None
-    vectors = backend.embed(calibration_texts(store, manifest))
+    vectors = backend.embed(calibration_texts(store, manifest), document_prompt(manifest))
     calibration = calibrate_int8(vectors, spec.dims(int(manifest["model"]["dim"])))
     store.write_manifest({**manifest, "compact": {**compact, "int8": calibration}})
     return calibration

@@ -146,7 +146,11 @@ def embed_shard(
     started = time.perf_counter()
     manifest = store.read_manifest()
     forms, int8_calibration = stored_forms(manifest)
-    check_kind(store, manifest, backend.kind)
+    # The document prompt is the generation's (resolved from the model and --prompt-name when it was
+    # planned): it goes before every text, and it is part of the vectors' kind.
+    prompt = document_prompt(manifest)
+    kind = backend.kind.with_prompt(prompt)
+    check_kind(store, manifest, kind)
     dim = int(manifest["model"]["dim"])
     batches = _groups(chunks) if chunks is not None else pq.ParquetFile(store.chunks_path(shard)).iter_batches(batch_size=EMBED_GROUP)
     dest = store.data_path(shard)
@@ -169,7 +173,8 @@ def embed_shard(
                 missing = [t for t, need in zip(texts, todo) if need]
                 if missing:
                     where = f"{backend.kind.backend} backend for {backend.model_id} (store {store.root})"
-                    fresh = check_written(_embed(backend, batch, todo, missing), len(missing), dim, where, backend.kind.normalize)
+                    unit = kind.normalize and not kind.truncate_dim  # a cut vector is no longer unit length
+                    fresh = check_written(_embed(backend, batch, todo, missing, prompt), len(missing), dim, where, unit)
                     vectors[todo] = fresh
                 embedded += len(missing)
                 reused += len(texts) - len(missing)
@@ -209,7 +214,7 @@ def embed_shard(
         "mtime_ns": st.st_mtime_ns,
         "inode": st.st_ino,
         "model": backend.model_id,
-        "vectors": backend.kind.as_dict(),
+        "vectors": kind.as_dict(),
         "seconds": round(time.perf_counter() - started, 3),
     }
     store.mark_done(shard, marker)
@@ -231,19 +236,25 @@ def _groups(tables: Iterable[pa.Table]) -> Iterator[pa.RecordBatch]:
         yield from pa.concat_tables(pending).combine_chunks().to_batches()
 
 
-def _embed(backend: Backend, batch: pa.RecordBatch, todo: np.ndarray, texts: list[str]) -> np.ndarray:
+def document_prompt(manifest: dict) -> str:
+    """The prompt a generation's documents are embedded with ("" for none, and for stores made before prompts)."""
+    return str(manifest["model"].get("document_prompt") or "")
+
+
+def _embed(backend: Backend, batch: pa.RecordBatch, todo: np.ndarray, texts: list[str], prompt: str = "") -> np.ndarray:
     """Vectors of the chunks in `batch` marked `todo`: from their token ids where the chunk file
-    carries them and the backend takes ids (the local engine), else from their text."""
+    carries them and the backend takes ids (the local engine; the ids begin with the prompt's),
+    else from their text, with the prompt put before it."""
     embed_ids = getattr(backend, "embed_ids", None)
     if embed_ids is None or "input_ids" not in batch.schema.names:
-        return backend.embed(texts)
+        return backend.embed(texts, prompt)
     column = batch.column("input_ids")
     if not todo.all():
         column = column.filter(pa.array(todo))
     column = pa.concat_arrays([column]) if isinstance(column, pa.ChunkedArray) else column
     offsets = column.offsets.to_numpy().astype(np.int64)
     ids = column.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
-    return embed_ids(ids, offsets - offsets[0])
+    return embed_ids(ids, offsets - offsets[0], prompt)
 
 
 def uncompressed_bytes(path: Path) -> int:

@@ -152,19 +152,32 @@ class TokenChunker:
     minus the special tokens the model adds; a chunk's ids carry those special
     tokens, so they are exactly what the model's tokenizer gives for its text.
 
+    With a document `prompt` (e5's "passage: ", an instruction), a chunk's ids are what the
+    tokenizer gives for `prompt + text`, the model's whole input, and the prompt's tokens count
+    against the budget, so prompt and chunk fit the model's limit together. Where the prompt
+    ends at a word boundary of a BERT-style tokenizer, its tokens are put in front of each chunk's;
+    anywhere else each chunk is tokenized again with its prompt, and its length checked.
+
     Per token the work is numpy only: word starts come from a table of the
     vocabulary's continuation pieces (`##...`), and the few character offsets
     a chunk needs (its own edges, the paragraph and sentence breaks) are
     looked up one by one instead of converting every token's offsets.
     """
 
-    def __init__(self, tokenizer, chunk_size: int, overlap: int = 0) -> None:
+    def __init__(self, tokenizer, chunk_size: int, overlap: int = 0, prompt: str = "") -> None:
         self.tokenizer = tokenizer
         self.specials = tokenizer.num_special_tokens_to_add(False)
-        self.budget = chunk_size - self.specials
+        self.prompt = prompt
+        prompt_ids = np.asarray(tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else [], dtype=np.int32)
+        self.limit = chunk_size - self.specials  # tokens of prompt + text a chunk may hold
+        self.budget = self.limit - len(prompt_ids)  # of which the text's
         self.overlap = overlap
         if self.budget < 4:
-            raise InputError(f"--chunk-size {chunk_size}: leaves {self.budget} tokens after special tokens; use more.")
+            raise InputError(
+                f"--chunk-size {chunk_size}: leaves {self.budget} tokens after special tokens"
+                + (f" and the {len(prompt_ids)}-token prompt {prompt!r}" if prompt else "")
+                + "; use more."
+            )
         pre = tokenizer.pre_tokenizer
         model = tokenizer.model
         # BERT's pre-tokenizer splits on whitespace and punctuation only, and its
@@ -172,7 +185,13 @@ class TokenChunker:
         self.exact = (
             pre is not None and type(pre).__name__ == "BertPreTokenizer" and type(model).__name__ == "WordPiece"
         )
+        # BertPreTokenizer ends a word at whitespace and punctuation: a prompt ending there
+        # tokenizes the same alone as in front of any text, so its tokens can be put in front.
+        if prompt and self.exact and not (prompt[-1].isspace() or _is_bert_punctuation(prompt[-1])):
+            self.exact = False
         self.prefix, self.suffix = _special_ids(tokenizer)
+        if self.exact and prompt:
+            self.prefix = np.concatenate([self.prefix, prompt_ids])
         self.spec = spec(tokenizer)  # what a worker process rebuilds the tokenizer from
         if self.exact:
             # A WordPiece token continues a word iff it carries the continuation prefix.
@@ -285,10 +304,10 @@ class TokenChunker:
         out: list[tuple[int, int]] = []
         todo = list(spans)
         while todo:
-            encs = self.tokenizer.encode_batch([text[s:e] for s, e in todo], add_special_tokens=False)
+            encs = self.tokenizer.encode_batch([self.prompt + text[s:e] for s, e in todo], add_special_tokens=False)
             again = []
             for (s, e), enc in zip(todo, encs):
-                if len(enc.ids) <= self.budget or e - s < 2:
+                if len(enc.ids) <= self.limit or e - s < 2:
                     out.append((s, e))
                     continue
                 mid = text.rfind(" ", s + 1, (s + e) // 2 + 1)
@@ -301,8 +320,8 @@ class TokenChunker:
         return sorted(out)
 
     def _encode_chunks(self, texts: Sequence[str], spans: list[list[tuple[int, int]]]) -> list[list[np.ndarray]]:
-        """Token ids of each chunk's own text (where cuts are not exact, the chunk is what gets tokenized)."""
-        flat = [texts[t][s:e] for t, found in enumerate(spans) for s, e in found]
+        """Token ids of each chunk's own text, after its prompt (where cuts are not exact, the chunk is what gets tokenized)."""
+        flat = [self.prompt + texts[t][s:e] for t, found in enumerate(spans) for s, e in found]
         encs = self.tokenizer.encode_batch(flat, add_special_tokens=False) if flat else []
         it = iter(encs)
         return [[np.asarray(next(it).ids, dtype=np.int32) for _ in found] for found in spans]
@@ -339,6 +358,16 @@ def _last_in(candidates: np.ndarray, lo: int, hi: int) -> int:
     if j >= 0 and candidates[j] > lo:
         return int(candidates[j])
     return 0
+
+
+def _is_bert_punctuation(char: str) -> bool:
+    """Punctuation as BertPreTokenizer splits on it: ASCII symbols and Unicode P* categories."""
+    import unicodedata
+
+    code = ord(char)
+    if 33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126:
+        return True
+    return unicodedata.category(char).startswith("P")
 
 
 def _special_ids(tokenizer) -> tuple[np.ndarray, np.ndarray]:
@@ -436,24 +465,24 @@ PARALLEL_MIN_CHARS = 300_000
 PART_CHARS = 1_000_000
 
 
-_CHUNKERS: dict[tuple[int, int, int], TokenChunker] = {}
+_CHUNKERS: dict[tuple[int, int, int, str], TokenChunker] = {}
 
 
-def _chunker(tokenizer, chunk_size: int, overlap: int) -> TokenChunker:
-    """A chunker per (tokenizer, size, overlap), made once per process: making one reads the
+def _chunker(tokenizer, chunk_size: int, overlap: int, prompt: str = "") -> TokenChunker:
+    """A chunker per (tokenizer, size, overlap, prompt), made once per process: making one reads the
     whole vocabulary (~0.1 s), which would otherwise be paid again for every part."""
-    key = (id(tokenizer), chunk_size, overlap)
+    key = (id(tokenizer), chunk_size, overlap, prompt)
     found = _CHUNKERS.get(key)
     if found is None or found.tokenizer is not tokenizer:
         if len(_CHUNKERS) >= 8:
             _CHUNKERS.clear()
-        found = _CHUNKERS[key] = TokenChunker(tokenizer, chunk_size, overlap)
+        found = _CHUNKERS[key] = TokenChunker(tokenizer, chunk_size, overlap, prompt)
     return found
 
 
-def _chunk_part(tokenizer_spec: str, chunk_size: int, overlap: int, texts: list[str]) -> ChunkArrays:
+def _chunk_part(tokenizer_spec: str, chunk_size: int, overlap: int, prompt: str, texts: list[str]) -> ChunkArrays:
     """Worker body: chunk `texts` with the tokenizer `tokenizer_spec` describes."""
-    return _chunker(tokenizer_from_spec(tokenizer_spec), chunk_size, overlap).chunk_many(texts)
+    return _chunker(tokenizer_from_spec(tokenizer_spec), chunk_size, overlap, prompt).chunk_many(texts)
 
 
 def _parts(texts: Sequence[str], part_chars: int) -> list[tuple[int, int]]:
@@ -470,7 +499,7 @@ def _parts(texts: Sequence[str], part_chars: int) -> list[tuple[int, int]]:
 
 
 def _chunk_parts(
-    texts: Sequence[str], chunking: Chunking, tokenizer=None, workers: int | None = None
+    texts: Sequence[str], chunking: Chunking, tokenizer=None, workers: int | None = None, prompt: str = ""
 ) -> Iterator[tuple[int, int, ChunkArrays]]:
     """`(start, end, chunks of texts[start:end])` for consecutive parts of `texts`, in order.
 
@@ -484,24 +513,27 @@ def _chunk_parts(
     if tokenizer is None:
         raise ValueError("the tokens chunker needs the model's tokenizer")
     workers = cores() if workers is None else workers
-    chunker = _chunker(tokenizer, chunking.chunk_size, chunking.chunk_overlap)  # bad options fail here, not in a worker
+    chunker = _chunker(tokenizer, chunking.chunk_size, chunking.chunk_overlap, prompt)  # bad options fail here, not in a worker
     total = sum(map(len, texts))
     if workers < 2 or total < PARALLEL_MIN_CHARS:
         yield 0, len(texts), chunker.chunk_many(texts)
         return
     part_chars = max(min(PART_CHARS, total // (4 * workers)), 1)
     bounds = _parts(texts, part_chars)
-    parts = [(chunker.spec, chunking.chunk_size, chunking.chunk_overlap, list(texts[a:b])) for a, b in bounds]
+    parts = [(chunker.spec, chunking.chunk_size, chunking.chunk_overlap, prompt, list(texts[a:b])) for a, b in bounds]
     for (a, b), found in zip(bounds, run_parts(_chunk_part, parts, workers)):
         yield a, b, found
 
 
-def chunk_texts(texts: Sequence[str], chunking: Chunking, tokenizer=None, workers: int | None = None) -> ChunkArrays:
+def chunk_texts(
+    texts: Sequence[str], chunking: Chunking, tokenizer=None, workers: int | None = None, prompt: str = ""
+) -> ChunkArrays:
     """The chunks of `texts` as flat arrays; token chunking runs on every core for large inputs.
 
-    The result does not depend on `workers`: every text is chunked on its own.
+    The result does not depend on `workers`: every text is chunked on its own. `prompt`: the
+    model's document prompt, which the token chunker counts and puts in front of each chunk's ids.
     """
-    return ChunkArrays.concat([found for _, _, found in _chunk_parts(texts, chunking, tokenizer, workers)])
+    return ChunkArrays.concat([found for _, _, found in _chunk_parts(texts, chunking, tokenizer, workers, prompt)])
 
 
 def _rows_table(rows: pa.Table, texts: Sequence[str], found: ChunkArrays) -> pa.Table:
@@ -534,22 +566,27 @@ def chunk_schema(chunking: Chunking) -> pa.Schema:
     return TOKEN_CHUNK_SCHEMA if chunking.chunker == "tokens" else CHUNK_SCHEMA
 
 
-def chunk_tables(rows: pa.Table, chunking: Chunking, tokenizer=None, workers: int | None = None) -> Iterator[pa.Table]:
+def chunk_tables(
+    rows: pa.Table, chunking: Chunking, tokenizer=None, workers: int | None = None, prompt: str = ""
+) -> Iterator[pa.Table]:
     """`chunk_table`'s rows part by part, in order: while the caller uses one part, the
     worker processes chunk the next ones (a GPU embeds part k as part k + 1 is cut)."""
     texts = rows.column("text").to_pylist()
-    for start, end, found in _chunk_parts(texts, chunking, tokenizer, workers):
+    for start, end, found in _chunk_parts(texts, chunking, tokenizer, workers, prompt):
         yield _rows_table(rows.slice(start, end - start), texts[start:end], found)
 
 
-def chunk_table(rows: pa.Table, chunking: Chunking, tokenizer=None, workers: int | None = None) -> pa.Table:
+def chunk_table(
+    rows: pa.Table, chunking: Chunking, tokenizer=None, workers: int | None = None, prompt: str = ""
+) -> pa.Table:
     """All chunks of a table of articles (`id, url, title, text`), in row then chunk order.
 
     The token chunker adds `input_ids`: each chunk's token ids, special tokens
     included, exactly what the model's tokenizer gives for its text, so the
-    local engine embeds them without tokenizing again.
+    local engine embeds them without tokenizing again. With a document `prompt`, the ids are those
+    of `prompt + text` (the model's whole input) and the prompt counts against the chunk size.
     """
-    tables = list(chunk_tables(rows, chunking, tokenizer, workers))
+    tables = list(chunk_tables(rows, chunking, tokenizer, workers, prompt))
     if len(tables) == 1:
         return tables[0]
     return pa.concat_tables(tables).combine_chunks() if tables else chunk_schema(chunking).empty_table()
@@ -587,7 +624,7 @@ def chunk_shard_parts(store: Store, shard: int, manifest: dict, workers: int | N
             # contiguous: the same file as one write_table of the whole shard.
             pending: list[pa.Table] = []
             held = written = 0
-            for table in chunk_tables(rows, chunking, tokenizer, workers):
+            for table in chunk_tables(rows, chunking, tokenizer, workers, str(manifest["model"].get("document_prompt") or "")):
                 pending.append(table)
                 held += table.num_rows
                 while held >= CHUNK_ROW_GROUP:

@@ -69,10 +69,49 @@ def _identity(manifest: dict[str, Any]) -> tuple:
     )
 
 
+def model_record(info: ModelInfo, settings: RunSettings) -> dict[str, Any]:
+    """The manifest's `model`: the model, and everything beside its weights that shapes its vectors.
+
+    The prompts are resolved here, once, from the model's own prompts and the run's
+    --prompt-name / --query-prompt-name: every later step (chunker, backends, search) reads them here.
+    """
+    return {
+        "model_id": info.model_id,
+        "revision": info.revision,
+        "dim": info.dim,
+        "max_tokens": info.max_tokens,
+        "document_prompt": info.prompt(settings.prompt_name, "document"),
+        "query_prompt": info.prompt(settings.query_prompt_name, "query"),
+        "shape": info.shape(),
+    }
+
+
+# What the engine made before it read a model's whole module list: mean or CLS pooling, nothing
+# else. Generations of such models keep their names, so their stores resume as they were.
+_PLAIN_SHAPES = ({"pooling": "mean", "include_prompt": True, "dense": [], "truncate_dim": None},
+                 {"pooling": "cls", "include_prompt": True, "dense": [], "truncate_dim": None})
+
+
+def vector_key(model: dict[str, Any]) -> str:
+    """What besides the weights decides a generation's vectors ("" for a plain mean/CLS model with no
+    prompt); a change of it is a new generation, embedded afresh."""
+    shape = {k: v for k, v in (model.get("shape") or {}).items() if k != "normalize"}
+    prompt = str(model.get("document_prompt") or "")
+    if not prompt and (not shape or shape in _PLAIN_SHAPES):
+        return ""
+    return json.dumps({"prompt": prompt, **(model.get("shape") or {})}, sort_keys=True)
+
+
 def resolve(settings: RunSettings) -> tuple[Source, ModelInfo, Chunking]:
-    """Check the source, model and chunking options without reading data (fast; before Prefect starts)."""
+    """Check the source, model and chunking options without reading data (fast; before Prefect starts).
+
+    A model whose vectors the chosen backend cannot make exactly as sentence-transformers does is
+    refused here, by name, before anything is written."""
     source = parse_source(settings.source, settings.config, settings.reading.split, settings.limit, settings.reading.columns)
     info = model_info(settings.model)
+    if settings.backend != "tei":  # a TEI server runs its own model code; its /info is checked when it is reached
+        info.check_supported(settings.trust_remote_code, settings.backend)
+    model_record(info, settings)  # an unknown --prompt-name fails here
     c = settings.chunking
     chunking = make_chunking(c.chunker, c.chunk_size, c.chunk_overlap, info.max_tokens)
     compact = parse_compact(settings.output.dimensions, settings.output.precision, info.dim)
@@ -89,8 +128,9 @@ def prepare(settings: RunSettings) -> Prepared:
     root.root.mkdir(parents=True, exist_ok=True)
     source = pin(source)
     fp = fingerprint(source)
-    gen = hashlib.sha256(f"{fp}\0{info.revision}".encode()).hexdigest()[:16]
-    model = {"model_id": info.model_id, "revision": info.revision, "dim": info.dim, "max_tokens": info.max_tokens}
+    model = model_record(info, settings)
+    key = vector_key(model)
+    gen = hashlib.sha256(f"{fp}\0{info.revision}".encode() + (f"\0{key}".encode() if key else b"")).hexdigest()[:16]
     compact = parse_compact(settings.output.dimensions, settings.output.precision, info.dim)
     identity = _identity({"model": model, "chunking": chunking.as_dict(), "compact": compact.as_dict() if compact else None})
     current = root.pointer("current")
@@ -105,12 +145,18 @@ def prepare(settings: RunSettings) -> Prepared:
                 f"{info.model_id} with {chunking.as_dict()} and {compact.as_dict() if compact else None}. "
                 "One store holds one model, chunking and set of forms: use a new --store for this one."
             )
-        if current != gen and published["model"]["revision"] == info.revision:
+        same_vectors = published["model"]["revision"] == info.revision and vector_key(published["model"]) == key
+        if current != gen and same_vectors:
             previous = current
             inherited_kind = published.get("vectors")
     target = Store(root.root, gen)
     if target.exists():
         manifest = target.read_manifest()
+        if manifest["model"] != model:
+            # Same vectors (the name says so); the record gains what older versions did not write
+            # and the query prompt this run names (queries do not shape the stored vectors).
+            manifest = {**manifest, "model": model}
+            target.write_manifest(manifest)
         recorded = manifest["plan"]["shard_rows"]
         if settings.shard_rows not in (None, recorded):
             # Re-planning would re-embed every shard and could leave the store empty

@@ -97,8 +97,13 @@ class StoreVectors:
     def form(self, name: str = "float32") -> Form:
         return form_by_name(name, self.compact, self.dim)
 
+    @property
+    def query_prompt(self) -> str:
+        """The prompt queries get (the model's query prompt, or --query-prompt-name's, as recorded at planning)."""
+        return str(self.manifest["model"].get("query_prompt") or "")
+
     def embed_queries(self, texts: Sequence[str], device: str | None = None) -> np.ndarray:
-        """Queries embedded like the store's chunks: same model, L2-normalized float32."""
+        """Queries embedded as `encode_query` embeds them: same model, with its query prompt, float32."""
         from wikiembed.backends.factory import open_backend
         from wikiembed.model import model_info
 
@@ -110,7 +115,7 @@ class StoreVectors:
                 f"this store was embedded with (revision {recorded}); queries must use the same model."
             )
         backend = open_backend("local", self.model_id, device=device)
-        return np.asarray(backend.embed(list(texts)), dtype=np.float32)
+        return np.asarray(backend.embed(list(texts), self.query_prompt), dtype=np.float32)
 
     def scan(self, queries: np.ndarray, k: int, form: Form, rescore: int = DEFAULT_RESCORE) -> tuple[np.ndarray, np.ndarray]:
         """Top k per query: (scores [nq, k], positions [nq, k] as file index << 32 | row), best first."""

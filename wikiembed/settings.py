@@ -129,6 +129,17 @@ class RunSettings(_Options):
         description="Run store folder: one per source, model and chunking; a rerun of the same settings resumes it."
     )
     model: str = Field(DEFAULT_MODEL, description="sentence-transformers model id, or the folder of a fine-tuned model.")
+    prompt_name: str | None = Field(
+        None,
+        description="The model's prompt put before every document (default: its document/passage/corpus prompt, "
+        "else its default prompt, as encode_document picks it; '' for none).",
+    )
+    query_prompt_name: str | None = Field(
+        None, description="The model's prompt put before queries by search and eval (default: its query prompt, as encode_query picks it; '' for none)."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run model code shipped inside the model folder (auto_map); only for models you trust."
+    )
     backend: Literal["local", "tei", "modal"] = Field(
         "local", description="Where vectors are computed: local (in-process PyTorch), tei (servers by URL), modal (a deployed app)."
     )

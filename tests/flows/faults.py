@@ -33,7 +33,7 @@ class FaultyBackend:
         self.calls = self.injected = self.retries = 0
         self._lock = threading.Lock()
 
-    def embed(self, texts):
+    def embed(self, texts, prompt=""):
         with self._lock:
             self.calls += 1
             fail = bool(self.fail_every) and self.calls % self.fail_every == 2 % self.fail_every
@@ -43,7 +43,7 @@ class FaultyBackend:
             raise TransientBackendError(f"injected: {self.rng.choice(TRANSIENT_ERRORS)}")
         if self.poison and any(self.poison in t for t in texts):
             raise BackendError(f"injected: input containing {self.poison!r} is always rejected")
-        return self.inner.embed(texts)
+        return self.inner.embed(texts, prompt)
 
     def close(self) -> None:
         pass

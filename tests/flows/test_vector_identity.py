@@ -149,7 +149,7 @@ class _AlwaysTransient:
         self.model_id, self.dim, self.max_tokens, self.kind = inner.model_id, inner.dim, inner.max_tokens, inner.kind
         self.calls = 0
 
-    def embed(self, texts):
+    def embed(self, texts, prompt=""):
         self.calls += 1
         raise TransientBackendError("injected: 503 model is loading")
 

@@ -129,7 +129,8 @@ def test_router_starts_serves_and_stops(fake_router: pytest.MonkeyPatch, tmp_pat
         assert {k: facts[k] for k in ("model_id", "dim", "max_tokens")} == {"model_id": MODEL, "dim": DIM, "max_tokens": 512}
         # TEI normalizes and reports its pooling and dtype; the stand-in's model has no Hub commit
         assert facts["kind"] == {"backend": "tei", "model": MODEL, "revision": "unknown", "pooling": "mean",
-                                 "normalize": True, "dtype": "float32"}
+                                 "normalize": True, "dtype": "float32", "prompt": "", "include_prompt": True,
+                                 "dense": [], "truncate_dim": None}
     finally:
         router.stop()
     assert router.proc is not None and router.proc.poll() is not None

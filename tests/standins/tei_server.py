@@ -123,6 +123,7 @@ class ServerConfig:
     latency_s: float = 0.0  # time every embed request takes while holding its permits
     openai_route: bool = True  # False: /v1/embeddings answers 404 (a server without it)
     base64_support: bool = True  # False: encoding_format is ignored and floats come back (older TEI)
+    pooling: str = "mean"  # what /info reports (TEI: cls, mean, splade, last_token; --pooling sets it)
 
 
 @dataclass
@@ -158,6 +159,7 @@ class Stats:
     dropped: int = 0
     embedded_inputs: int = 0
     truncate_requests: int = 0  # /embed requests with truncate=true
+    inputs: list[str] = field(default_factory=list)  # every input embedded, in arrival order
 
     def count(self, path: str, status: int) -> int:
         return self.statuses[(path, status)]
@@ -252,7 +254,7 @@ class _State:
             "model_id": c.model_id,
             "model_sha": None,
             "model_dtype": "float32",
-            "model_type": {"embedding": {"pooling": "mean"}},
+            "model_type": {"embedding": {"pooling": c.pooling}},
             "max_concurrent_requests": c.max_concurrent_requests,
             "max_input_length": c.max_input_length,
             "max_batch_tokens": c.max_batch_tokens,
@@ -419,6 +421,7 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.stats.batch_sizes.append(len(texts))
             state.stats.embedded_inputs += len(texts)
+            state.stats.inputs.extend(texts)
             state.stats.truncate_requests += int(not openai and bool(req.get("truncate")))
         if not openai:
             return json.dumps([v.tolist() for v in vectors], separators=(",", ":")).encode()

@@ -26,7 +26,7 @@ class HashBackend:
     model_id, dim, max_tokens = "hash-test", 8, 512
     kind = VectorKind("local", "hash-test", "r1", "mean", True, "float32")
 
-    def embed(self, texts):
+    def embed(self, texts, prompt=""):
         out = np.array([[(hash(t) >> (4 * i)) % 97 + 1 for i in range(self.dim)] for t in texts], dtype=np.float32)
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
@@ -131,7 +131,7 @@ class BrokenBackend(HashBackend):
         self.scale = scale
         self.kind = VectorKind("local", "hash-test", "r1", "mean", normalize, "float32")
 
-    def embed(self, texts):
+    def embed(self, texts, prompt=""):
         return super().embed(texts) * self.scale
 
 

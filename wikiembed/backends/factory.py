@@ -22,10 +22,10 @@ _OPENING: dict[tuple, threading.Lock] = {}
 
 
 def _key(backend: str, model: str, device: str | None, tei_url: Sequence[str], modal_app: str | None,
-         modal_class: str, gpu: str | None, clients: int = 1) -> tuple:
+         modal_class: str, gpu: str | None, clients: int = 1, trust_remote_code: bool = False) -> tuple:
     # The model's revision is part of the key: a model folder whose files changed
     # (a fine-tune saved over it) opens a new backend.
-    return (backend, model, model_info(model).revision, device, tuple(tei_url), modal_app, modal_class, gpu, clients)
+    return (backend, model, model_info(model).revision, device, tuple(tei_url), modal_app, modal_class, gpu, clients, trust_remote_code)
 
 
 def open_backend(
@@ -38,6 +38,7 @@ def open_backend(
     modal_class: str = "TEI",
     gpu: str | None = None,
     clients: int = 1,
+    trust_remote_code: bool = False,
 ) -> Backend:
     """The backend for these settings, opened once per process and shared by all shard tasks.
 
@@ -47,7 +48,7 @@ def open_backend(
     `clients`: processes that each open this backend at once (`wikiembed.shard_workers`);
     a TEI client then takes that share of its servers' permits.
     """
-    key = _key(backend, model, device, tei_url, modal_app, modal_class, gpu, clients)
+    key = _key(backend, model, device, tei_url, modal_app, modal_class, gpu, clients, trust_remote_code)
     revision = key[2]
     with _BACKENDS_LOCK:
         if key in _BACKENDS:
@@ -58,7 +59,7 @@ def open_backend(
     with opening:
         if key in _BACKENDS:
             return _BACKENDS[key]
-        opened = _open(backend, model, revision, device, tei_url, modal_app, modal_class, gpu, clients)
+        opened = _open(backend, model, revision, device, tei_url, modal_app, modal_class, gpu, clients, trust_remote_code)
         with _BACKENDS_LOCK:
             _BACKENDS[key] = opened
         return opened
@@ -74,13 +75,14 @@ def _open(
     modal_class: str,
     gpu: str | None,
     clients: int,
+    trust_remote_code: bool = False,
 ) -> Backend:
     if backend == "local":
         from wikiembed.backends.engine import TorchEngine
 
         # One engine already uses every core (or the whole GPU): shard tasks
         # take turns on it instead of oversubscribing it.
-        return Serialized(TorchEngine(model, device))
+        return Serialized(TorchEngine(model, device, trust_remote_code=trust_remote_code))
     if backend == "tei":
         if not tei_url:
             raise BackendError("--backend tei needs --tei-url URL[,URL...] (the TEI servers to call).")
@@ -106,10 +108,11 @@ def backend_retries(
     modal_app: str | None = None,
     modal_class: str = "TEI",
     gpu: str | None = None,
+    trust_remote_code: bool = False,
 ) -> int:
     """Requests the open backend for these settings has retried so far; 0 when none is open here
     (nothing was embedded in this process) or the backend does not retry on its own."""
-    key = _key(backend, model, device, tei_url, modal_app, modal_class, gpu)
+    key = _key(backend, model, device, tei_url, modal_app, modal_class, gpu, trust_remote_code=trust_remote_code)
     with _BACKENDS_LOCK:
         opened = _BACKENDS.get(key)
     return int(getattr(opened, "retries", 0)) if opened is not None else 0

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import dataclasses
 import concurrent.futures
 import logging
 import random
@@ -51,6 +52,7 @@ import orjson
 
 from wikiembed.backends.base import VectorKind
 from wikiembed.errors import BackendError, InputError, TransientBackendError
+from wikiembed.model import ModelInfo, model_info
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +156,39 @@ def _retry_after(resp: httpx.Response) -> float | None:
 # ---------------------------------------------------------------------------
 
 
+# TEI's names for the pooling modes it runs (`--pooling`), as sentence-transformers names them.
+TEI_POOLING = {"cls": "cls", "mean": "mean", "last_token": "lasttoken", "lasttoken": "lasttoken", "splade": "splade"}
+
+
+def _local_model_info(model_id: str) -> ModelInfo | None:
+    """The model's own files where they can be read here (a folder, the bundled default, the Hub cache),
+    so the server's pooling can be checked against the model's; None where they cannot."""
+    try:
+        return model_info(model_id)
+    except InputError:
+        return None
+
+
+def _check_served_shape(url: str, pooling: str, model: ModelInfo) -> None:
+    """Refuse a server whose vectors would not be the model's: another pooling, or a prompt
+    that pooling must leave out (TEI pools over the whole input)."""
+    if pooling != model.pooling:
+        tei_name = {v: k for k, v in TEI_POOLING.items()}.get(model.pooling)
+        fix = (
+            f"restart the router with --pooling {tei_name}" if tei_name
+            else "TEI has no such pooling: use --backend local (the engine runs every sentence-transformers pooling mode)"
+        )
+        raise BackendError(
+            f"TEI at {url} pools with {pooling!r} but model {model.model_id!r} pools with {model.pooling!r} "
+            f"(its Pooling module); the vectors would differ from sentence-transformers': {fix}."
+        )
+    if not model.include_prompt:
+        raise BackendError(
+            f"model {model.model_id!r} leaves its prompt out of pooling (include_prompt=false), which TEI "
+            "does not do; use --backend local for this model."
+        )
+
+
 class TEIBackend:
     """`Backend` over TEI servers: `embed(texts)` -> float32 `[n, dim]`, in order, checked.
 
@@ -222,11 +257,16 @@ class TEIBackend:
 
     # -- public -------------------------------------------------------------
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        texts = list(texts)
+    def embed(self, texts: Sequence[str], prompt: str = "") -> np.ndarray:
+        """Vectors of `prompt + text` for each text: the prompt travels in the request, as
+        sentence-transformers puts it before the text (TEI's own `prompt_name` needs the server to
+        know the model's prompts; the text works with any server)."""
+        texts = [prompt + t for t in texts] if prompt else list(texts)
         if not texts:
             return np.empty((0, self.dim), dtype=np.float32)
-        return self._call(self._embed(texts))
+        vectors = self._call(self._embed(texts))
+        # TEI normalizes whole vectors; sentence-transformers cuts to truncate_dim after normalizing.
+        return vectors[:, : self.dim] if vectors.shape[1] > self.dim else vectors
 
     def close(self) -> None:
         if self._closed:
@@ -318,10 +358,17 @@ class TEIBackend:
         # the pooling is the model's unless the router was started with --pooling.
         info = infos[0]
         pooling = ((info.get("model_type") or {}).get("embedding") or {}).get("pooling") or "unknown"
-        self.kind = VectorKind(
-            "tei", self.model_id, str(info.get("model_sha") or self.revision or "unknown"),
-            str(pooling), True, str(info.get("model_dtype") or "unknown"),
-        )
+        pooling = TEI_POOLING.get(str(pooling), str(pooling))
+        revision = str(info.get("model_sha") or self.revision or "unknown")
+        model = _local_model_info(self.model_id)
+        if model is not None:
+            _check_served_shape(self.urls[0], pooling, model)
+            if model.truncate_dim and self.dim > model.truncate_dim:
+                self.dim = model.truncate_dim
+            self.kind = VectorKind.of_model(model, "tei", str(info.get("model_dtype") or "unknown"))
+            self.kind = dataclasses.replace(self.kind, revision=revision, pooling=pooling, normalize=True)
+        else:
+            self.kind = VectorKind("tei", self.model_id, revision, pooling, True, str(info.get("model_dtype") or "unknown"))
         # Slots, interleaved so consecutive batches go to different servers.
         self._slots: asyncio.Queue[_Server] = asyncio.Queue()
         for i in range(max(s.in_flight for s in self._servers)):
