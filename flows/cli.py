@@ -40,7 +40,7 @@ STOP_SERVER_WAIT_S = 2.0
 
 
 # The run options that decide what an estimate counts: what is read, and how it is cut into chunks.
-ESTIMATE_OPTIONS = ("source", "config", "model", "limit", "split", "columns", "chunker", "chunk_size", "chunk_overlap")
+ESTIMATE_OPTIONS = ("source", "config", "model", "prompt_name", "limit", "split", "columns", "chunker", "chunk_size", "chunk_overlap")
 
 
 def _add_run_options(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
@@ -293,7 +293,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     result = estimate(
         run.source, config=run.config, split=run.reading.split, limit=run.limit, columns=run.reading.columns, model=run.model,
         chunker=run.chunking.chunker, chunk_size=run.chunking.chunk_size, chunk_overlap=run.chunking.chunk_overlap,
-        backends=_split_list(args.backend), gpus=_split_list(args.gpu), containers=args.containers,
+        prompt_name=run.prompt_name, backends=_split_list(args.backend), gpus=_split_list(args.gpu), containers=args.containers,
         sample=args.sample, seed=args.seed,
     )
     print(f"{result['source']} with {result['model']} ({result['chunking']}):")

@@ -151,18 +151,21 @@ def _hub_sample(source: Source, k: int, seed: int) -> tuple[list[dict[str, str]]
     return rows, population
 
 
-def _sample_counts(rows: Sequence[dict[str, str]], model: str, chunker: str, chunk_size: int | None, overlap: int) -> dict[str, np.ndarray]:
-    """Per sampled article: characters, chunks and tokens (model's tokenizer, special tokens included)."""
+def _sample_counts(
+    rows: Sequence[dict[str, str]], model: str, chunker: str, chunk_size: int | None, overlap: int, prompt: str = ""
+) -> dict[str, np.ndarray]:
+    """Per sampled article: characters, chunks and tokens (model's tokenizer, special tokens and the
+    document prompt included: the model reads the prompt's tokens with every chunk)."""
     info = model_info(model)
     chunking = make_chunking(chunker, chunk_size, overlap, info.max_tokens)
     tokenizer = load_tokenizer(model)
     table = pa.Table.from_pylist(list(rows), SNAPSHOT_SCHEMA)
-    chunks = chunk_table(table, chunking, tokenizer if chunking.chunker == "tokens" else None)
+    chunks = chunk_table(table, chunking, tokenizer if chunking.chunker == "tokens" else None, prompt=prompt)
     ids = chunks.column("id").to_pylist()
     index = {r["id"]: i for i, r in enumerate(rows)}
     owner = np.fromiter((index[i] for i in ids), dtype=np.int64, count=len(ids))
     lengths = np.fromiter(
-        (min(len(e.ids), info.max_tokens) for e in tokenizer.encode_batch(chunks.column("text").to_pylist())),
+        (min(len(e.ids), info.max_tokens) for e in tokenizer.encode_batch([prompt + t for t in chunks.column("text").to_pylist()])),
         dtype=np.int64,
         count=len(ids),
     )
@@ -253,9 +256,10 @@ def _result(
     containers: int,
     how: str,
     seed: int,
+    prompt: str = "",
 ) -> dict[str, Any]:
     """Totals from a sample (ratio estimates when the character total is known, else per-article means)."""
-    counts = _sample_counts(rows, model, chunker, chunk_size, chunk_overlap)
+    counts = _sample_counts(rows, model, chunker, chunk_size, chunk_overlap, prompt)
     if total_chars is not None:
         chars = Total(total_chars, total_chars, total_chars)
         chunks = ratio_total(total_chars, counts["chars"], counts["chunks"], articles)
@@ -291,6 +295,7 @@ def estimate(
     chunker: str = "tokens",
     chunk_size: int | None = None,
     chunk_overlap: int = 0,
+    prompt_name: str | None = None,
     backends: Sequence[str] = (),
     gpus: Sequence[str] = (),
     containers: int = 1,
@@ -303,7 +308,9 @@ def estimate(
     model = model or DEFAULT_MODEL
     _check_options(backends, gpus, containers, sample)
     src = parse_source(source, config, split, limit, columns)
-    make_chunking(chunker, chunk_size, chunk_overlap, model_info(model).max_tokens)  # bad options fail before reading
+    info = model_info(model)
+    make_chunking(chunker, chunk_size, chunk_overlap, info.max_tokens)  # bad options fail before reading
+    prompt = info.prompt(prompt_name, "document")
     total_chars: int | None
     if src.kind == "hub":
         rows, articles = _hub_sample(pin(src), sample, seed)  # one commit, `latest.<lang>` resolved
@@ -319,7 +326,7 @@ def estimate(
     else:
         combos = [(b, g) for b in (backends or ["modal"]) for g in (gpus or ["A10G"])]
     result = _result(rows, articles, total_chars, model=model, chunker=chunker, chunk_size=chunk_size,
-                     chunk_overlap=chunk_overlap, combos=combos, containers=containers, how=how, seed=seed)
+                     chunk_overlap=chunk_overlap, combos=combos, containers=containers, how=how, seed=seed, prompt=prompt)
     return {"source": src.spec, **result}
 
 
@@ -380,7 +387,7 @@ def store_estimate(
         rows, len(candidates), total_chars, model=manifest["model"]["model_id"], chunker=chunking["chunker"],
         chunk_size=chunking["chunk_size"], chunk_overlap=chunking["chunk_overlap"], combos=combos,
         containers=containers, how=f"snapshot read; {len(rows)} of {len(candidates)} articles to embed sampled (seed {seed})",
-        seed=seed,
+        seed=seed, prompt=str(manifest["model"].get("document_prompt") or ""),
     )
 
 

@@ -314,6 +314,14 @@ def _dimension_line(dim: int, vectors: dict[str, Any] | None) -> str:
             f"{vectors.get('pooling')} pooling, computed in {vectors.get('dtype')}")
 
 
+def _prompt_line(model: dict[str, Any]) -> str:
+    """The card's line on prompts: what was put before every document, what queries must get."""
+    document, query = str(model.get("document_prompt") or ""), str(model.get("query_prompt") or "")
+    made = f"documents were embedded with the prompt `{document!r}`" if document else "documents were embedded with no prompt"
+    asked = f"queries must be embedded with the query prompt `{query!r}`" if query else "queries take no query prompt"
+    return f"- {made}; {asked} (as `encode_query` does)"
+
+
 def _vector_bytes(store: Store, state: ShardState) -> int:
     """Uncompressed bytes of a shard's columns (what `datasets` records as num_bytes): from the
     marker where the checkpoint recorded it, else from the file's parquet footer."""
@@ -393,6 +401,8 @@ def _card_text(
         "revision": model.get("revision"),
         "dim": dim,
         "dimension_line": _dimension_line(dim, manifest.get("vectors")),
+        "prompt_line": _prompt_line(model),
+        "query_prompt_repr": repr(str(model.get("query_prompt") or "")),
         "revision_line": f"- revision: `{source['revision']}` (the commit the rows were read at)\n"
         if source.get("revision") else "",
         "max_tokens": model.get("max_tokens"),

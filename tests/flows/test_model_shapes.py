@@ -1,0 +1,123 @@
+"""Whole runs with models of other shapes: the stored vectors are `encode_document`'s, search
+scores are `encode_query(q) . vector`, a change of prompt re-embeds, a model the engine cannot
+reproduce is refused before anything is written, and the TEI path sends the prompt.
+
+Tiny random-weight models (`tests/model_shapes.py`), the real CLI in a subprocess, the real
+Prefect API; the TEI stand-in where a server is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests.model_shapes import build
+from tests.standins.tei_server import embed_texts, start_server
+from wikiembed.errors import BackendError
+from wikiembed.store import Store
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("shapes")
+
+
+def _cli(cli_env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wikiembed.flows.cli", *args], env=cli_env, capture_output=True, text=True, timeout=600)
+
+
+def _stored(store: Path) -> tuple[list[str], np.ndarray]:
+    table = pq.read_table(Store(store).dir / "data").sort_by([("id", "ascending"), ("chunk_index", "ascending")])
+    return table.column("text").to_pylist(), np.array(table.column("embedding").to_pylist(), dtype=np.float32)
+
+
+@pytest.mark.parametrize("name", ["e5-prompts", "decoder", "dense"])
+def test_a_run_stores_encode_document_and_search_scores_with_encode_query(cli_env, shapes, tmp_path, name) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    folder = build(name, shapes)
+    store = tmp_path / "store"
+    done = _cli(cli_env, "run", "--source", "sample:16", "--store", str(store), "--model", str(folder), "--shard-rows", "8")
+    assert done.returncode == 0, done.stderr[-2000:]
+    texts, vectors = _stored(store)
+    reference = SentenceTransformer(str(folder), device="cpu")
+    expected = reference.encode_document(texts, batch_size=16)
+    cosine = (vectors * expected).sum(1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(expected, axis=1)
+    assert len(texts) > 16 and cosine.min() >= 0.999
+
+    query = "the history of the river and its city"
+    found = _cli(cli_env, "search", "--store", str(store), query, "-k", "3", "--exact", "--json", str(tmp_path / "hits.json"))
+    assert found.returncode == 0, found.stderr[-2000:]
+    hits = json.loads((tmp_path / "hits.json").read_text())["hits"]
+    q = reference.encode_query([query])[0]
+    by_chunk = {(t): v for t, v in zip(texts, vectors)}
+    for hit in hits:
+        assert abs(hit["score"] - float(q @ by_chunk[hit["text"]])) <= 1e-3
+    manifest = json.loads((Store(store).dir / "manifest.json").read_text())
+    assert manifest["model"]["query_prompt"] == reference.prompts.get("query", "")
+    card = (store / "README.md").read_text()
+    assert "query prompt" in card.lower()
+
+
+def test_a_changed_prompt_reembeds_and_an_unknown_one_is_refused(cli_env, shapes, tmp_path) -> None:
+    folder = build("e5-prompts", shapes)
+    store = tmp_path / "store"
+    base = ["run", "--source", "sample:12", "--store", str(store), "--model", str(folder), "--shard-rows", "6"]
+    first = _cli(cli_env, *base, "--summary-json", str(tmp_path / "first.json"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = _cli(cli_env, *base, "--prompt-name", "", "--summary-json", str(tmp_path / "second.json"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("first.json", "second.json"))
+    assert two["embedded_chunks"] == one["embedded_chunks"] > 0 and two["reused_chunks"] == 0
+    texts, vectors = _stored(store)
+    from sentence_transformers import SentenceTransformer
+
+    expected = SentenceTransformer(str(folder), device="cpu").encode(texts, prompt="")
+    assert np.allclose(vectors, expected, atol=1e-4)  # no prompt now
+    wrong = _cli(cli_env, *base, "--prompt-name", "summary")
+    assert wrong.returncode == 2 and "--prompt-name 'summary'" in wrong.stderr and "'document', 'query'" in wrong.stderr
+
+
+def test_a_model_with_a_module_the_engine_cannot_run_is_refused_before_anything_is_written(cli_env, shapes, tmp_path) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(build("mean", shapes), folder)
+    modules = json.loads((folder / "modules.json").read_text())
+    modules.insert(2, {"idx": 2, "name": "2", "path": "2_WordWeights", "type": "sentence_transformers.models.WordWeights"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    store = tmp_path / "store"
+    refused = _cli(cli_env, "run", "--source", "sample:8", "--store", str(store), "--model", str(folder))
+    assert refused.returncode == 2
+    assert "WordWeights" in refused.stderr and "--backend tei" in refused.stderr
+    assert not store.exists() or not any(store.iterdir())
+
+
+def test_tei_gets_the_document_prompt_and_a_server_pooling_otherwise_is_refused(prefect_api, shapes, tmp_path) -> None:
+    from wikiembed.flows.embed_dataset import embed_dataset
+
+    folder = str(build("e5-prompts", shapes))
+    url, server = start_server(model_id=folder, dim=64, max_client_batch_size=16)
+    try:
+        summary = embed_dataset(source="sample:10", store=str(tmp_path / "tei"), shard_rows=5, model=folder, backend="tei",
+                                compute={"tei_url": [url], "shard_workers": 1})  # fmt: skip
+        assert summary["shards_done"] == 2
+        texts, vectors = _stored(tmp_path / "tei")
+        sent = [t for t in server.stats.inputs if t != "wikiembed probe"]  # the client's dimension probe at connect
+        assert len(sent) == len(texts) and all(t.startswith("passage: ") for t in sent)
+        assert np.array_equal(vectors, embed_texts(["passage: " + t for t in texts], dim=64))
+    finally:
+        server.stop()
+    url, server = start_server(model_id=folder, dim=64, pooling="cls")
+    try:
+        from wikiembed.backends.tei import TEIBackend
+
+        with pytest.raises(BackendError, match=r"pools with 'cls' but model .* pools with 'mean'.*--pooling mean"):
+            TEIBackend([url], model_id=folder)
+    finally:
+        server.stop()
