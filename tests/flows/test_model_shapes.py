@@ -121,3 +121,22 @@ def test_tei_gets_the_document_prompt_and_a_server_pooling_otherwise_is_refused(
             TEIBackend([url], model_id=folder)
     finally:
         server.stop()
+
+
+def test_a_changed_pooling_reembeds_every_chunk(cli_env, shapes, tmp_path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    folder = tmp_path / "model"
+    shutil.copytree(build("mean", shapes), folder)
+    store = tmp_path / "store"
+    base = ["run", "--source", "sample:12", "--store", str(store), "--model", str(folder), "--shard-rows", "6"]
+    first = _cli(cli_env, *base, "--summary-json", str(tmp_path / "first.json"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"embedding_dimension": 64, "pooling_mode": "max"}))
+    again = _cli(cli_env, *base, "--summary-json", str(tmp_path / "second.json"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("first.json", "second.json"))
+    assert two["embedded_chunks"] == one["embedded_chunks"] > 0 and two["reused_chunks"] == 0
+    texts, vectors = _stored(store)
+    assert np.allclose(vectors, SentenceTransformer(str(folder), device="cpu").encode_document(texts), atol=1e-4)
+    assert json.loads((Store(store).dir / "manifest.json").read_text())["vectors"]["pooling"] == "max"

@@ -215,7 +215,8 @@ def test_card_usage_snippet_finds_the_nearest_neighbour(store: Path, tmp_path: P
         "import numpy as np\n"
         "class SentenceTransformer:\n"
         "    def __init__(self, name): assert name == 'sentence-transformers/all-MiniLM-L6-v2'\n"
-        "    def encode(self, text, normalize_embeddings=False):\n"
+        "    def encode_query(self, text, prompt=None):\n"
+        "        assert prompt == '', prompt  # the query prompt the store recorded (this model has none)\n"
         f"        return np.load({str(stub / 'query.npy')!r})\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(PYTHONPATH=str(stub), HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="1")
