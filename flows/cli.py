@@ -14,6 +14,7 @@ import atexit
 import contextvars
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -163,8 +164,9 @@ def _print_summary(summary: dict[str, Any], out=sys.stdout) -> None:  # noqa: AN
         print(f"source changes: {c['added']} added, {c['edited']} edited, {c['removed']} removed articles", file=out)
     if summary["failed_shards"]:
         ids = ",".join(str(k) for k in summary["failed_shards"])
-        print(f"failed shards: {ids}; see `wikiembed status --store {summary['store']}`, then run", file=out)
-        print(f"    wikiembed rerun --store {summary['store']} --failed", file=out)
+        store = shlex.quote(str(summary["store"]))
+        print(f"failed shards: {ids}; see `wikiembed status --store {store}`, then run", file=out)
+        print(f"    wikiembed rerun --store {store} --failed", file=out)
 
 
 def _write_json(path: str | None, payload: dict[str, Any]) -> None:
@@ -235,7 +237,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if payload["changed"]:
         ids = ",".join(str(x["shard"]) for x in payload["shards"] if x["state"] == "changed")
         print(f"changed {payload['changed']}: data no longer matches its _done marker; "
-              f"`wikiembed rerun --store {payload['store']} --shards {ids}` redoes them")
+              f"`wikiembed rerun --store {shlex.quote(payload['store'])} --shards {ids}` redoes them")
     if payload["skipped"]:
         print("skipped rows by reason: " + ", ".join(f"{k}: {v}" for k, v in sorted(payload["skipped"].items())))
     if args.verify and not payload["changed"]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import re
+import shlex
 import sys
 import time
 from typing import Any, Callable
@@ -203,7 +204,7 @@ def run_shards(
             f"store {store.root}: this run lost its lease (it missed its renewals for {lease.lease_s:.0f} s) and the run "
             f"on host {held.get('host')}, pid {held.get('pid')} took the store over; this run stopped sending shards "
             f"after {len(results) + len(failures)} of {len(shard_ids)} and leaves the store and its export to that run. "
-            f"Its finished shards are kept; `wikiembed status --store {store.root}` shows them once that run ends."
+            f"Its finished shards are kept; `wikiembed status --store {shlex.quote(str(store.root))}` shows them once that run ends."
         )
     if results and isinstance(store, Store):
         _record_vector_kind(store, logger)
@@ -309,11 +310,11 @@ def artifact_key(kind: str, store: Store) -> str:
 
 def rerun_command(store: Any, shards: str) -> str:
     which = "--failed" if shards == "failed" else f"--shards {shards}"
-    return f"wikiembed rerun --store {store} {which}"
+    return f"wikiembed rerun --store {shlex.quote(str(store))} {which}"
 
 
 def rerun_deployment_command(store: Any, shards: str) -> str:
-    return f"prefect deployment run {RERUN_DEPLOYMENT} -p store={store} -p shards={shards}"
+    return f"prefect deployment run {RERUN_DEPLOYMENT} -p {shlex.quote(f'store={store}')} -p shards={shards}"
 
 
 def source_label(source: str, config: str | None) -> str:
@@ -550,7 +551,7 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
     else:
         bad = [k for k in selection if not 0 <= k < total]
         if bad:
-            raise InputError(f"--shards {bad}: this store has shards 0..{total - 1}; see `wikiembed status --store {store}`.")
+            raise InputError(f"--shards {bad}: this store has shards 0..{total - 1}; see `wikiembed status --store {shlex.quote(str(store))}`.")
         ids = selection
     settings = RunSettings(**manifest["settings"])
     _tag_flow_run(settings, manifest)
