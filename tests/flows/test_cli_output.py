@@ -4,6 +4,7 @@ and output that a pipe may close early."""
 from __future__ import annotations
 
 import io
+import json
 import re
 import shlex
 import subprocess
@@ -51,3 +52,31 @@ def test_export_refusal_commands_quote_the_store(tmp_path: Path) -> None:
     commands = _commands(str(info.value))
     assert [c[:2] for c in commands] == [["wikiembed", "status"], ["wikiembed", "rerun"]]
     assert {_store_arg(c) for c in commands} == {str(store)}
+
+
+def _closed_pipe_run(env: dict, *args: str) -> subprocess.CompletedProcess:
+    """Run the CLI with stdout a pipe whose reader has already gone, as after `| head -1`."""
+    import os
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([sys.executable, "-m", "wikiembed.flows.cli", *args], env=env, stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=600)
+    finally:
+        os.close(write)
+
+
+def test_status_into_a_closed_pipe_ends_quietly(reference, cli_env: dict) -> None:
+    proc = _closed_pipe_run(cli_env, "status", "--store", str(reference[0]))
+    assert proc.returncode == 141 and proc.stderr == ""
+
+
+def test_search_into_a_closed_pipe_ends_quietly_and_still_writes_its_json(reference, tmp_path: Path, cli_env: dict) -> None:
+    store = reference[0]
+    hits = tmp_path / "hits.json"
+    proc = _closed_pipe_run(cli_env, "search", "--store", str(store), "-k", "3", "--json", str(hits), "history of a river")
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+    assert len(json.loads(hits.read_text())["hits"]) == 3
