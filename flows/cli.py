@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     est = sub.add_parser("estimate", help="what a run would cost: chunks, tokens, GPU-hours, wall time, dollars")
     _add_run_options(est, only=ESTIMATE_OPTIONS)
     est.add_argument("--backend", help="backends to price, comma-separated: local,tei,modal (default: every recorded rate)")
-    est.add_argument("--gpu", help="hardware, comma-separated: " + ",".join(("CPU", "T4", "A10G", "L4", "L40S", "A100", "H100", "H200", "B200")))
+    est.add_argument("--gpu", help="hardware, comma-separated: " + ",".join(("CPU", "T4", "A10G", "L4", "L40S", "A100", "A100-40GB", "A100-80GB", "H100", "H200", "B200")))
     est.add_argument("--containers", type=int, default=1, help="containers working at once, for the wall time (default 1)")
     est.add_argument("--sample", type=int, default=300, help="articles tokenized to estimate chunks and tokens (default 300)")
     est.add_argument("--seed", type=int, default=0)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import random
 import tomllib
+from datetime import date
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -36,11 +37,13 @@ from wikiembed.sources import SNAPSHOT_SCHEMA, RowReport, Source, parse_source, 
 
 DEFAULT_SAMPLE = 300
 Z95 = 1.959964
-GPUS = ("CPU", "T4", "A10G", "L4", "L40S", "A100", "H100", "H200", "B200")
+GPUS = ("CPU", "T4", "A10G", "L4", "L40S", "A100", "A100-40GB", "A100-80GB", "H100", "H200", "B200")
 BACKENDS = ("local", "tei", "modal")
 # Which price list applies to a backend: Modal bills per GPU-second; local hardware and
 # self-hosted TEI servers have no list price we could know.
 _PROVIDER = {"modal": "modal"}
+# List prices move (new cards, cuts); an estimate says when the price it used is older than this.
+STALE_PRICE_DAYS = 90
 
 
 def _data_file(name: str) -> list[dict[str, Any]]:
@@ -183,9 +186,19 @@ def _pick_rate(backend: str, gpu: str) -> dict[str, Any] | None:
 
 
 def _pick_price(backend: str, gpu: str) -> dict[str, Any] | None:
+    """The newest list price of a GPU at the backend's provider, by its name or an alias."""
     provider = _PROVIDER.get(backend)
-    found = [p for p in prices() if p["provider"] == provider and p["hardware"].upper() == gpu.upper()]
-    return found[0] if found else None
+    found = [p for p in prices() if p["provider"] == provider
+             and gpu.upper() in {n.upper() for n in (p["hardware"], *p.get("aliases", ()))}]
+    return max(found, key=lambda p: str(p["as_of"])) if found else None
+
+
+def price_age_note(as_of: str, today: date) -> str | None:
+    """A warning for a price read more than STALE_PRICE_DAYS before `today`, else None."""
+    age = (today - date.fromisoformat(str(as_of))).days
+    if age <= STALE_PRICE_DAYS:
+        return None
+    return f"price of {as_of} is {age} days old (over {STALE_PRICE_DAYS}): check the provider's current price"
 
 
 def _sig(x: float, digits: int = 4) -> float:
@@ -215,9 +228,13 @@ def _option(backend: str, gpu: str, containers: int, chars: Total, model: str) -
         rate_date=rate.get("date"),
         rate_how=rate.get("command") or rate.get("source"),
     )
-    if price:
-        out.update(usd_per_hour=price["usd_per_hour"], price_as_of=price["as_of"], price_source=price["source"])
     notes = []
+    if price:
+        stale = price_age_note(price["as_of"], date.today())
+        out.update(usd_per_hour=price["usd_per_hour"], price_as_of=price["as_of"], price_source=price["source"],
+                   price_stale=stale is not None)
+        if stale:
+            notes.append(stale)
     if rate["model"] != model:
         notes.append(f"rate measured with {rate['model']}, not {model}: speed differs by model")
     if price is None:
@@ -392,6 +409,8 @@ def one_line(result: dict[str, Any]) -> str:
     for o in result["options"]:
         if o["gpu_hours"] is not None:
             usd = f", ${o['usd']:,.2f}" if o["usd"] is not None else ""
+            if o.get("price_stale"):
+                usd += f" at a price of {o['price_as_of']}, over {STALE_PRICE_DAYS} days old"
             line += f"; {o['backend']} on {o['gpu']}: ~{o['wall_minutes']:,.1f} min ({o['basis']} rate{usd})"
         else:
             line += f"; no recorded rate for {o['backend']} on {o['gpu']}"
