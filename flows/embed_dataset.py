@@ -384,7 +384,10 @@ def _announce_estimate(store: Store, manifest: dict[str, Any], pending: list[int
     except WikiembedError as exc:  # an estimate must never stop a run
         get_run_logger().warning("no estimate for this run: %s", exc)
         return None
-    print(one_line(predicted), file=sys.stderr, flush=True)
+    # Written, not printed: the flow's log_prints turns print() into a log record, which the CLI's
+    # console handler does not show. The UI has the artifact below.
+    sys.stderr.write(one_line(predicted) + "\n")
+    sys.stderr.flush()
     create_markdown_artifact(estimate_markdown(predicted), key=artifact_key("estimate", store),
                               description=f"what this run of {store.root} should take")
     return predicted

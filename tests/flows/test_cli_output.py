@@ -80,3 +80,11 @@ def test_search_into_a_closed_pipe_ends_quietly_and_still_writes_its_json(refere
     assert proc.returncode == 141, proc.stderr
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
     assert len(json.loads(hits.read_text())["hits"]) == 3
+
+
+def test_a_run_prints_its_estimate_line_before_embedding(reference) -> None:
+    lines = reference[2].stderr.splitlines()
+    estimate = next(i for i, line in enumerate(lines) if line.startswith("estimate: 300 articles"))
+    first_bar = next(i for i, line in enumerate(lines) if line.startswith("["))
+    assert estimate < first_bar
+    assert "local on CPU: ~" in lines[estimate]
