@@ -162,6 +162,14 @@ def _print_summary(summary: dict[str, Any], out=sys.stdout) -> None:  # noqa: AN
     if summary.get("changes"):
         c = summary["changes"]
         print(f"source changes: {c['added']} added, {c['edited']} edited, {c['removed']} removed articles", file=out)
+    if "rerun_shards" in summary:
+        print(f"rerun: {len(summary['rerun_done'])}/{len(summary['rerun_shards'])} of the shards it was asked to redo are done",
+              file=out)
+    if summary.get("pending_shards"):
+        ids = ",".join(str(k) for k in summary["pending_shards"])
+        print(f"pending shards (never started): {ids}; embed them with the store's settings with", file=out)
+        print(f"    wikiembed rerun --store {shlex.quote(str(summary['store']))} --shards {ids}", file=out)
+        print("or run the same `wikiembed run` command again", file=out)
     if summary["failed_shards"]:
         ids = ",".join(str(k) for k in summary["failed_shards"])
         store = shlex.quote(str(summary["store"]))

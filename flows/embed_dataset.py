@@ -120,11 +120,14 @@ def run_shards(
     settings: RunSettings,
     *,
     reuse_gen: str | None,
+    done_before: int,
     retries_before: int | None = None,
     lease: Any = None,
 ) -> dict[str, Any]:
     """Submit shard → embed for each shard id; record failures; return per-run counts.
 
+    `done_before`: the store's done shards outside `shard_ids`, where the progress starts (a
+    rerun of failed shards in a store with pending ones must not start at 100%).
     `retries_before`: the backend's request-retry count when this run began (before the
     up-front backend check, whose retries belong to this run too). `lease`: the store's lock;
     a Volume store's lease that another run took over (`VolumeLease.lost`) stops this run from
@@ -134,7 +137,7 @@ def run_shards(
     manifest = store.read_manifest()
     total = len(manifest["plan"]["shards"])
     opts = _backend_opts(settings)
-    progress = Progress.start(total=total, done=total - len(shard_ids))
+    progress = Progress.start(total=total, done=done_before)
     artifact_id = create_progress_artifact(
         progress.fraction * 100, key=artifact_key("progress", store), description=f"shards of {store.root}"
     )
@@ -235,6 +238,7 @@ def _summary(
         "shards_done": len(done),
         "shards_failed": sum(s.state == "failed" for s in states),
         "failed_shards": sorted(s.shard for s in states if s.state == "failed"),
+        "pending_shards": sorted(s.shard for s in states if s.state == "pending"),
         "rows": manifest["plan"]["rows"],
         "skipped_rows": sum(manifest.get("skipped", {}).values()),
         "chunks": sum(s.chunks or 0 for s in done),
@@ -260,6 +264,11 @@ def _report(store: Store | VolumeStore, summary: dict[str, Any], states: list[Sh
     lines = [
         f"# wikiembed run: {summary['shards_done']}/{summary['shards_total']} shards done",
         "",
+    ]
+    if "rerun_shards" in summary:
+        lines += [f"This rerun redid {len(summary['rerun_done'])} of the {len(summary['rerun_shards'])} shards it was asked "
+                  f"to redo ({','.join(map(str, summary['rerun_shards'])) or 'none'}); the rest of the store is below.", ""]
+    lines += [
         f"- store: `{summary['store']}` (generation `{summary['generation']}`)",
         f"- source: `{summary['source']}`",
         f"- model: `{summary['model']}` (revision `{summary['revision']}`)",
@@ -294,6 +303,10 @@ def _report(store: Store | VolumeStore, summary: dict[str, Any], states: list[Sh
             "",
             f"    {rerun_deployment_command(store.root, ids)}",
         ]
+    if summary["pending_shards"]:
+        ids = ",".join(str(k) for k in summary["pending_shards"])
+        lines += ["", "## Pending shards", "", f"Never started: {ids}. Embed them with the store's settings:", "",
+                  f"    {rerun_command(store.root, ids)}", "", "or run the same `wikiembed run` command again."]
     create_markdown_artifact("\n".join(lines), key=artifact_key("summary", store), description=f"run summary of {store.root}")
 
 
@@ -407,7 +420,7 @@ def check_backend(settings: RunSettings, model: str) -> int:
 
 
 def _finish(store: Store | VolumeStore, settings: RunSettings, run: dict[str, Any], started: float, changes=None, predicted=None,  # noqa: ANN001
-            states: list[ShardState] | None = None) -> dict[str, Any]:
+            states: list[ShardState] | None = None, rerun: list[int] | None = None) -> dict[str, Any]:
     # One view of every shard for the export decision, the summary and the table (on a Volume
     # store each view is a remote call that reads every marker); `states` when the run changed none.
     states = states if states is not None else store.states()
@@ -430,6 +443,9 @@ def _finish(store: Store | VolumeStore, settings: RunSettings, run: dict[str, An
     if predicted:
         done = sum(r.get("chunks", 0) for r in run["results"].values())
         summary["predicted_vs_actual"] = compare(predicted, done, summary["seconds"])
+    if rerun is not None:
+        summary["rerun_shards"] = rerun
+        summary["rerun_done"] = sorted(run["results"])
     _report(store, summary, states, changes)
     return summary
 
@@ -507,7 +523,8 @@ def embed_dataset(**options: Any) -> dict[str, Any] | State:
         get_run_logger().info(
             "%s: %d shards, %d pending (%d done); %s", s.root, total, len(pending), total - len(pending), _what_runs(settings, manifest)
         )
-        run = run_shards(s, pending, settings, reuse_gen=planned["previous_gen"], retries_before=retries_before, lease=lease)
+        run = run_shards(s, pending, settings, reuse_gen=planned["previous_gen"], done_before=total - len(pending),
+                         retries_before=retries_before, lease=lease)
         # With nothing pending, no shard changed state (the store is locked): the states above still hold.
         return _outcome(_finish(s, settings, run, started, changes, predicted, states=None if pending else states))
 
@@ -548,9 +565,10 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
     s = open_store(store)
     manifest = s.read_manifest()
     total = len(manifest["plan"]["shards"])
+    states = s.states(manifest)
     if selection == "failed":
         # Failed shards, and shards whose data no longer matches their marker (damaged since).
-        ids = [st.shard for st in s.states(manifest) if st.state in ("failed", "changed")]
+        ids = [st.shard for st in states if st.state in ("failed", "changed")]
     else:
         bad = [k for k in selection if not 0 <= k < total]
         if bad:
@@ -579,13 +597,30 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
         if not isinstance(s, Store):
             for k in ids:  # a remote shard skips what its marker says is done
                 s.forget(k)
-        run = run_shards(s, ids, settings, reuse_gen=reuse_gen, retries_before=retries_before, lease=lease)
-        summary = _finish(s, settings, run, started)
-    summary["rerun_shards"] = ids
+        done_before = sum(st.state == "done" and st.shard not in ids for st in states)
+        run = run_shards(s, ids, settings, reuse_gen=reuse_gen, done_before=done_before, retries_before=retries_before, lease=lease)
+        summary = _finish(s, settings, run, started, rerun=ids)
     if run["failures"]:  # a shard whose rerun failed keeps its previous data, but the rerun did not succeed
         summary["failed_shards"] = sorted(set(summary["failed_shards"]) | set(run["failures"]))
         summary["shards_failed"] = len(summary["failed_shards"])
-    return _outcome(summary)
+    return _rerun_outcome(summary, run["failures"])
+
+
+def _rerun_outcome(summary: dict[str, Any], failures: dict[int, str]) -> dict[str, Any] | State:
+    """Completed when every shard the rerun was asked to redo is done: the store's other failed or
+    pending shards are in its summary and shard table, not in the rerun's state."""
+    if not failures:
+        return summary
+    ids = sorted(failures)
+    errors = sorted({failures[k].splitlines()[0][:200] for k in ids} - {""})
+    cause = f": {errors[0]}" + (f" (and {len(errors) - 1} other errors)" if len(errors) > 1 else "") if errors else ""
+    which = ",".join(map(str, ids))
+    message = (
+        f"{len(ids)}/{len(summary['rerun_shards'])} shards of this rerun failed{cause}; once the cause is fixed, "
+        f"rerun them with `{rerun_command(summary['store'], which)}` or `{rerun_deployment_command(summary['store'], which)}`"
+    )
+    get_run_logger().error(message)
+    return Failed(message=message, data=ShardsFailed(message, summary))
 
 
 if __name__ == "__main__":
