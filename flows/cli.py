@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     upload.add_argument("--allow-partial", action="store_true", help="publish the done shards even if some are not")
     upload.add_argument("--replace", action="store_true", help="with dir:PATH, write into a folder wikiembed did not write")
 
-    est = sub.add_parser("estimate", help="what a run would cost: chunks, tokens, GPU-hours, wall time, dollars")
+    est = sub.add_parser("estimate", help="what a run would cost: chunks, tokens, GPU- or CPU-hours, wall time, dollars")
     _add_run_options(est, only=ESTIMATE_OPTIONS)
     est.add_argument("--backend", help="backends to price, comma-separated: local,tei,modal (default: every recorded rate)")
     est.add_argument("--gpu", help="hardware, comma-separated: " + ",".join(("CPU", "T4", "A10G", "L4", "L40S", "A100", "A100-40GB", "A100-80GB", "H100", "H200", "B200")))
@@ -316,7 +316,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
             print(f"{head} {o['note']}")
             continue
         usd = f"${o['usd']:,.2f}" if o["usd"] is not None else "$ n/a"
-        print(f"{head} {o['gpu_hours']:,.3f} GPU-h, {o['wall_minutes']:,.1f} min wall, {usd}  "
+        print(f"{head} {o['gpu_hours']:,.3f} {o['unit'].removesuffix('ours')}, {o['wall_minutes']:,.1f} min wall, {usd}  "
               f"[{o['basis']}: {o['rate_chars_per_s']:,.0f} chars/s, {o['rate_date']}]")
         print(f"{' ' * 19}{o['note']}")
     return EXIT_OK

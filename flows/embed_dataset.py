@@ -311,14 +311,13 @@ def _report(store: Store | VolumeStore, summary: dict[str, Any], states: list[Sh
 
 
 def artifact_key(kind: str, store: Store) -> str:
-    """`wikiembed-<kind>-<store slug>`: each store's latest progress, table and summary under
-    their own keys. Prefect keys allow lowercase letters, digits and dashes; a long path keeps
-    its end and a hash of the whole."""
+    """`wikiembed-<kind>-<store slug>-<hash>`: each store's latest progress, table and summary
+    under their own keys. Prefect keys allow lowercase letters, digits and dashes, so the slug
+    (the path's end, readable in the UI) drops case and punctuation; the hash of the exact path
+    keeps stores such as runs/a-b, runs/a_b and runs/A.B apart."""
     path = str(store.root)
-    slug = re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-")
-    if len(slug) > 60:
-        slug = f"{slug[-50:].lstrip('-')}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
-    return f"wikiembed-{kind}-{slug}"
+    slug = re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-")[-50:].lstrip("-")
+    return f"wikiembed-{kind}-{slug}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
 
 
 def rerun_command(store: Any, shards: str) -> str:

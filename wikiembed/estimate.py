@@ -1,4 +1,4 @@
-"""What a run will cost before it starts: size, chunks, tokens, GPU-hours, wall time and dollars.
+"""What a run will cost before it starts: size, chunks, tokens, GPU- (or CPU-) hours, wall time and dollars.
 
 - Size: a local source (and the built-in sample) is read whole, so articles and characters are
   exact; a Hub dataset gives its article count from its metadata and the rest from a streamed
@@ -209,7 +209,8 @@ def _sig(x: float, digits: int = 4) -> float:
 def _option(backend: str, gpu: str, containers: int, chars: Total, model: str) -> dict[str, Any]:
     rate = _pick_rate(backend, gpu)
     price = _pick_price(backend, gpu)
-    out: dict[str, Any] = {"backend": backend, "gpu": gpu, "containers": containers}
+    # `gpu_hours` keeps its name in the JSON; `unit` says what the hours are of.
+    out: dict[str, Any] = {"backend": backend, "gpu": gpu, "containers": containers, "unit": hours_unit(gpu)}
     if rate is None:
         return {**out, "gpu_hours": None, "wall_minutes": None, "usd": None, "basis": "no rate",
                 "note": f"no throughput recorded for backend {backend} on {gpu}; measure it (bench/engine.py, bench/device_check.py on a GPU box) "
@@ -242,6 +243,11 @@ def _option(backend: str, gpu: str, containers: int, chars: Total, model: str) -
     notes.append("container start-up and idle time not included")
     out["note"] = "; ".join(notes)
     return out
+
+
+def hours_unit(hardware: str) -> str:
+    """What an option's hours are of: a CPU's (the machine's cores) or a GPU's."""
+    return "CPU-hours" if hardware.upper() == "CPU" else "GPU-hours"
 
 
 def _check_options(backends: Sequence[str], gpus: Sequence[str], containers: int, sample: int) -> None:
@@ -433,7 +439,7 @@ def markdown(result: dict[str, Any]) -> str:
             continue
         usd = f", ${o['usd']:,.2f} at ${o['usd_per_hour']}/h ({o['price_as_of']})" if o["usd"] is not None else ""
         lines.append(
-            f"- {o['backend']} on {o['gpu']}: {o['gpu_hours']:,.4g} GPU-hours{usd}; {o['basis']} rate "
+            f"- {o['backend']} on {o['gpu']}: {o['gpu_hours']:,.4g} {o['unit']}{usd}; {o['basis']} rate "
             f"{o['rate_chars_per_s']:,.0f} chars/s ({o['rate_date']}: {o['rate_how']}); {o['note']}"
         )
     return "\n".join(lines)

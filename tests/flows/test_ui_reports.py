@@ -73,3 +73,16 @@ def test_a_rerun_whose_own_shard_fails_names_only_that_shard(prefect_api, tmp_pa
     assert _state_of(state).is_failed()
     assert state.message.startswith("1/1 shards of this rerun failed: BackendError: injected"), state.message
     assert "--shards 1`" in state.message
+
+
+def test_stores_whose_paths_differ_in_punctuation_or_case_get_their_own_artifacts() -> None:
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="k"))  # a short path, as a user's runs/... is
+    shutil.rmtree(base)
+    stores = [Store(base / "runs" / name) for name in ("a-b", "a_b", "A.B", "a b")]
+    for kind in ("progress", "shards", "summary", "estimate"):
+        keys = [artifact_key(kind, s) for s in stores]
+        assert len(set(keys)) == len(keys), keys
+        assert all(k.startswith(f"wikiembed-{kind}-") and "-a-b-" in k for k in keys), keys
+        assert all(k == k.lower() and set(k) <= set("abcdefghijklmnopqrstuvwxyz0123456789-") for k in keys)

@@ -88,7 +88,18 @@ def test_cli_writes_the_json_contract(topics, tmp_path, capsys):
     result = json.loads(out.read_text())
     assert {"chars", "chunks", "tokens", "options"} <= set(result)
     assert set(result["options"][0]) >= {"backend", "gpu", "containers", "gpu_hours", "wall_minutes", "usd"}
-    assert "GPU-h" in capsys.readouterr().out
+    assert " CPU-h, " in capsys.readouterr().out and result["options"][0]["unit"] == "CPU-hours"
+
+
+def test_cpu_hours_are_not_called_gpu_hours(topics):
+    from wikiembed.estimate import markdown
+
+    result = estimate(str(topics), sample=20, backends=["local", "modal"], gpus=["CPU", "A10G"])
+    by = {(o["backend"], o["gpu"]): o for o in result["options"]}
+    assert by[("local", "CPU")]["unit"] == "CPU-hours" and by[("modal", "A10G")]["unit"] == "GPU-hours"
+    text = markdown(result)
+    assert "- local on CPU: " in text and "CPU-hours" in text.split("- local on CPU: ")[1].splitlines()[0]
+    assert "GPU-hours" not in text.split("- local on CPU: ")[1].splitlines()[0]
 
 
 def test_cli_takes_the_runs_own_source_and_chunking_flags(topics, tmp_path, capsys):
