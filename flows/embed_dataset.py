@@ -557,7 +557,7 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
 
     Args:
         store: Run store folder to repair (as given to the run that filled it).
-        shards: Shard ids as a list [3, 17] or text 3,17, or failed for every failed shard (see the run's shard table).
+        shards: Shard ids, typed as 3,17 or [3, 17], or failed for every failed shard (see the run's shard table).
     """
     started = time.perf_counter()
     selection = parse_shards(shards)

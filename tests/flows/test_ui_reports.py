@@ -15,7 +15,10 @@ from prefect.client.schemas.sorting import ArtifactSort
 from tests.flows import faults
 from wikiembed.flows.cli import _print_summary
 from wikiembed.flows.embed_dataset import artifact_key, embed_dataset, rerun_shards
+from wikiembed.settings import parse_shards
 from wikiembed.store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _artifact(key: str):  # noqa: ANN202
@@ -86,3 +89,24 @@ def test_stores_whose_paths_differ_in_punctuation_or_case_get_their_own_artifact
         assert len(set(keys)) == len(keys), keys
         assert all(k.startswith(f"wikiembed-{kind}-") and "-a-b-" in k for k in keys), keys
         assert all(k == k.lower() and set(k) <= set("abcdefghijklmnopqrstuvwxyz0123456789-") for k in keys)
+
+
+@pytest.mark.parametrize("typed", ["[3, 17]", "3,17", " 3 , 17 ", "failed", [3, 17], 3])
+def test_the_rerun_form_takes_the_shards_as_its_help_writes_them(prefect_api: str, typed) -> None:  # noqa: ANN001
+    """The form's check is the server's /ui/schemas/validate on the flow's parameter schema."""
+    import httpx
+    from prefect.utilities.callables import parameter_schema
+
+    schema = parameter_schema(rerun_shards).model_dump_for_openapi()
+    assert "[3, 17]" in schema["properties"]["shards"]["description"]
+    answer = httpx.post(f"{prefect_api}/ui/schemas/validate", json={"schema": schema, "values": {"store": "runs/sample", "shards": typed}})
+    assert answer.status_code == 200 and answer.json()["valid"], answer.text
+    assert parse_shards(typed) in ([3, 17], "failed", [3])
+
+
+def test_the_rerun_deployment_opens_on_a_local_store() -> None:
+    import yaml
+
+    deployments = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+    store = deployments["wikiembed-rerun"]["parameters"]["store"]
+    assert not store.startswith("modal:") and store == deployments["wikiembed-sample"]["parameters"]["store"]
