@@ -14,6 +14,7 @@ import atexit
 import contextvars
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -103,10 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     upload.add_argument("--allow-partial", action="store_true", help="publish the done shards even if some are not")
     upload.add_argument("--replace", action="store_true", help="with dir:PATH, write into a folder wikiembed did not write")
 
-    est = sub.add_parser("estimate", help="what a run would cost: chunks, tokens, GPU-hours, wall time, dollars")
+    est = sub.add_parser("estimate", help="what a run would cost: chunks, tokens, GPU- or CPU-hours, wall time, dollars")
     _add_run_options(est, only=ESTIMATE_OPTIONS)
     est.add_argument("--backend", help="backends to price, comma-separated: local,tei,modal (default: every recorded rate)")
-    est.add_argument("--gpu", help="hardware, comma-separated: " + ",".join(("CPU", "T4", "A10G", "L4", "L40S", "A100", "H100", "H200", "B200")))
+    est.add_argument("--gpu", help="hardware, comma-separated: " + ",".join(("CPU", "T4", "A10G", "L4", "L40S", "A100", "A100-40GB", "A100-80GB", "H100", "H200", "B200")))
     est.add_argument("--containers", type=int, default=1, help="containers working at once, for the wall time (default 1)")
     est.add_argument("--sample", type=int, default=300, help="articles tokenized to estimate chunks and tokens (default 300)")
     est.add_argument("--seed", type=int, default=0)
@@ -163,10 +164,19 @@ def _print_summary(summary: dict[str, Any], out=sys.stdout) -> None:  # noqa: AN
     if summary.get("changes"):
         c = summary["changes"]
         print(f"source changes: {c['added']} added, {c['edited']} edited, {c['removed']} removed articles", file=out)
+    if "rerun_shards" in summary:
+        print(f"rerun: {len(summary['rerun_done'])}/{len(summary['rerun_shards'])} of the shards it was asked to redo are done",
+              file=out)
+    if summary.get("pending_shards"):
+        ids = ",".join(str(k) for k in summary["pending_shards"])
+        print(f"pending shards (never started): {ids}; embed them with the store's settings with", file=out)
+        print(f"    wikiembed rerun --store {shlex.quote(str(summary['store']))} --shards {ids}", file=out)
+        print("or run the same `wikiembed run` command again", file=out)
     if summary["failed_shards"]:
         ids = ",".join(str(k) for k in summary["failed_shards"])
-        print(f"failed shards: {ids}; see `wikiembed status --store {summary['store']}`, then run", file=out)
-        print(f"    wikiembed rerun --store {summary['store']} --failed", file=out)
+        store = shlex.quote(str(summary["store"]))
+        print(f"failed shards: {ids}; see `wikiembed status --store {store}`, then run", file=out)
+        print(f"    wikiembed rerun --store {store} --failed", file=out)
 
 
 def _write_json(path: str | None, payload: dict[str, Any]) -> None:
@@ -186,8 +196,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     check_store_for_backend(settings.backend, settings.store)  # before Prefect starts: fast, clean messages
     resolve(settings)
     summary = _in_flow_thread(embed_dataset, **settings.model_dump())
-    _print_summary(summary)
     _write_json(args.summary_json, summary)
+    _print_summary(summary)
     return EXIT_FAILED_SHARDS if summary["shards_failed"] or summary["shards_done"] < summary["shards_total"] else EXIT_OK
 
 
@@ -237,7 +247,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if payload["changed"]:
         ids = ",".join(str(x["shard"]) for x in payload["shards"] if x["state"] == "changed")
         print(f"changed {payload['changed']}: data no longer matches its _done marker; "
-              f"`wikiembed rerun --store {payload['store']} --shards {ids}` redoes them")
+              f"`wikiembed rerun --store {shlex.quote(payload['store'])} --shards {ids}` redoes them")
     if payload["skipped"]:
         print("skipped rows by reason: " + ", ".join(f"{k}: {v}" for k, v in sorted(payload["skipped"].items())))
     if args.verify and not payload["changed"]:
@@ -251,8 +261,8 @@ def _cmd_rerun(args: argparse.Namespace) -> int:
 
     shards = "failed" if args.failed else parse_shards(args.shards)
     summary = _in_flow_thread(rerun_shards, store=args.store, shards=shards)
-    _print_summary(summary)
     _write_json(args.summary_json, summary)
+    _print_summary(summary)
     unfinished = summary["shards_failed"] or summary["shards_done"] < summary["shards_total"]
     return EXIT_FAILED_SHARDS if unfinished else EXIT_OK
 
@@ -296,6 +306,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         prompt_name=run.prompt_name, backends=_split_list(args.backend), gpus=_split_list(args.gpu), containers=args.containers,
         sample=args.sample, seed=args.seed,
     )
+    _write_json(args.json_path, result)  # before printing: a reader that leaves early cannot cost the file
     print(f"{result['source']} with {result['model']} ({result['chunking']}):")
     print(f"  articles {result['articles']:,} | chars {_fmt_range(result['chars'], result['chars_ci95'])} | "
           f"chunks {_fmt_range(result['chunks'], result['chunks_ci95'])} | tokens {_fmt_range(result['tokens'], result['tokens_ci95'])}"
@@ -307,10 +318,9 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
             print(f"{head} {o['note']}")
             continue
         usd = f"${o['usd']:,.2f}" if o["usd"] is not None else "$ n/a"
-        print(f"{head} {o['gpu_hours']:,.3f} GPU-h, {o['wall_minutes']:,.1f} min wall, {usd}  "
+        print(f"{head} {o['gpu_hours']:,.3f} {o['unit'].removesuffix('ours')}, {o['wall_minutes']:,.1f} min wall, {usd}  "
               f"[{o['basis']}: {o['rate_chars_per_s']:,.0f} chars/s, {o['rate_date']}]")
         print(f"{' ' * 19}{o['note']}")
-    _write_json(args.json_path, result)
     return EXIT_OK
 
 
@@ -318,6 +328,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from wikiembed.search import search
 
     result = search(args.store, args.query, args.k, form=args.form, rescore=args.rescore, device=args.device, exact=args.exact)
+    _write_json(args.json_path, result)  # before printing: a reader that leaves early cannot cost the file
     if result["index_note"]:
         print(f"wikiembed search: warning: {result['index_note']}", file=sys.stderr)
     how = "approximate index" if result["method"] == "index" else "exact scan"
@@ -326,7 +337,6 @@ def _cmd_search(args: argparse.Namespace) -> int:
         snippet = " ".join(hit["text"].split())[:160]
         print(f"{rank:>3}. {hit['score']:.4f}  {hit['title']}  {hit['url']}  [chunk {hit['chunk_index']}, chars {hit['char_start']}-{hit['char_end']}]")
         print(f"     {snippet}")
-    _write_json(args.json_path, result)
     return EXIT_OK
 
 
@@ -334,9 +344,9 @@ def _cmd_index(args: argparse.Namespace) -> int:
     from wikiembed.search import build_index
 
     result = build_index(args.store, args.form)
+    _write_json(args.json_path, result)  # before printing: a reader that leaves early cannot cost the file
     print(f"indexed {result['rows']:,} vectors of {result['form']} ({result['metric']}, {result['scalar']}) in "
           f"{result['seconds']:.1f}s: {result['path']} ({result['bytes'] / 1e6:,.1f} MB, {result['library']})")
-    _write_json(args.json_path, result)
     return EXIT_OK
 
 
@@ -346,6 +356,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     forms = [f.strip() for f in args.forms.split(",") if f.strip()]
     result = evaluate(args.store, sample=args.sample, seed=args.seed, forms=forms, rescore=args.rescore,
                       against=args.against, device=args.device, record=not args.no_record, exact=args.exact)
+    _write_json(args.json_path, result)  # before printing: a reader that leaves early cannot cost the file
     notes = {f["index_note"] for block in (result, result.get("against") or {}) for f in block.get("forms", []) if f["index_note"]}
     for note in sorted(notes):
         print(f"wikiembed eval: warning: {note}", file=sys.stderr)
@@ -361,7 +372,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"  difference ({d['form']}, against - store): recall@10 {d['recall_at_10']:+.3f} "
               f"[{d['recall_at_10_ci95'][0]:+.3f}, {d['recall_at_10_ci95'][1]:+.3f}], MRR {d['mrr']:+.3f} "
               f"[{d['mrr_ci95'][0]:+.3f}, {d['mrr_ci95'][1]:+.3f}]")
-    _write_json(args.json_path, result)
     return EXIT_OK
 
 
@@ -430,6 +440,27 @@ def _stop_own_api_server(wait_s: float = 5.0) -> None:
         _OWN_SERVER.pop().stop(wait_s=wait_s)
 
 
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        return _cmd_run(args)
+    if args.command == "status":
+        return _cmd_status(args)
+    if args.command == "rerun":
+        return _cmd_rerun(args)
+    if args.command == "search":
+        return _cmd_search(args)
+    if args.command == "estimate":
+        return _cmd_estimate(args)
+    if args.command == "eval":
+        return _cmd_eval(args)
+    if args.command == "index":
+        return _cmd_index(args)
+    if args.command == "export":
+        target = args.to if args.to.startswith(("dir:", "hub:", "modal:")) else f"dir:{args.to}"
+        return _cmd_publish(args, target)
+    return _cmd_publish(args, args.to)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     for key, value in _ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -448,24 +479,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from wikiembed.volume_store import check_vectors_here
 
             check_vectors_here(args.command, args.store, getattr(args, "against", None))
-        if args.command == "run":
-            return _cmd_run(args)
-        if args.command == "status":
-            return _cmd_status(args)
-        if args.command == "rerun":
-            return _cmd_rerun(args)
-        if args.command == "search":
-            return _cmd_search(args)
-        if args.command == "estimate":
-            return _cmd_estimate(args)
-        if args.command == "eval":
-            return _cmd_eval(args)
-        if args.command == "index":
-            return _cmd_index(args)
-        if args.command == "export":
-            target = args.to if args.to.startswith(("dir:", "hub:", "modal:")) else f"dir:{args.to}"
-            return _cmd_publish(args, target)
-        return _cmd_publish(args, args.to)
+        code = _dispatch(args)
+        sys.stdout.flush()  # a reader that left shows up here, not as a traceback in Python's exit handler
+        return code
+    except BrokenPipeError:
+        # `wikiembed search ... | head -1`: the reader took what it wanted and closed the pipe. Nothing
+        # else may reach it, not even the final flush, so stdout goes to /dev/null; the exit status
+        # is the shell's for a process ended by SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except WikiembedError as exc:
         print(f"wikiembed {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

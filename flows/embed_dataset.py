@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import re
+import shlex
 import sys
 import time
 from typing import Any, Callable
@@ -120,11 +121,14 @@ def run_shards(
     settings: RunSettings,
     *,
     reuse_gen: str | None,
+    done_before: int,
     retries_before: int | None = None,
     lease: Any = None,
 ) -> dict[str, Any]:
     """Submit shard → embed for each shard id; record failures; return per-run counts.
 
+    `done_before`: the store's done shards outside `shard_ids`, where the progress starts (a
+    rerun of failed shards in a store with pending ones must not start at 100%).
     `retries_before`: the backend's request-retry count when this run began (before the
     up-front backend check, whose retries belong to this run too). `lease`: the store's lock;
     a Volume store's lease that another run took over (`VolumeLease.lost`) stops this run from
@@ -134,7 +138,7 @@ def run_shards(
     manifest = store.read_manifest()
     total = len(manifest["plan"]["shards"])
     opts = _backend_opts(settings)
-    progress = Progress.start(total=total, done=total - len(shard_ids))
+    progress = Progress.start(total=total, done=done_before)
     artifact_id = create_progress_artifact(
         progress.fraction * 100, key=artifact_key("progress", store), description=f"shards of {store.root}"
     )
@@ -204,7 +208,7 @@ def run_shards(
             f"store {store.root}: this run lost its lease (it missed its renewals for {lease.lease_s:.0f} s) and the run "
             f"on host {held.get('host')}, pid {held.get('pid')} took the store over; this run stopped sending shards "
             f"after {len(results) + len(failures)} of {len(shard_ids)} and leaves the store and its export to that run. "
-            f"Its finished shards are kept; `wikiembed status --store {store.root}` shows them once that run ends."
+            f"Its finished shards are kept; `wikiembed status --store {shlex.quote(str(store.root))}` shows them once that run ends."
         )
     if results and isinstance(store, Store):
         _record_vector_kind(store, logger)
@@ -235,6 +239,7 @@ def _summary(
         "shards_done": len(done),
         "shards_failed": sum(s.state == "failed" for s in states),
         "failed_shards": sorted(s.shard for s in states if s.state == "failed"),
+        "pending_shards": sorted(s.shard for s in states if s.state == "pending"),
         "rows": manifest["plan"]["rows"],
         "skipped_rows": sum(manifest.get("skipped", {}).values()),
         "chunks": sum(s.chunks or 0 for s in done),
@@ -260,6 +265,11 @@ def _report(store: Store | VolumeStore, summary: dict[str, Any], states: list[Sh
     lines = [
         f"# wikiembed run: {summary['shards_done']}/{summary['shards_total']} shards done",
         "",
+    ]
+    if "rerun_shards" in summary:
+        lines += [f"This rerun redid {len(summary['rerun_done'])} of the {len(summary['rerun_shards'])} shards it was asked "
+                  f"to redo ({','.join(map(str, summary['rerun_shards'])) or 'none'}); the rest of the store is below.", ""]
+    lines += [
         f"- store: `{summary['store']}` (generation `{summary['generation']}`)",
         f"- source: `{summary['source']}`",
         f"- model: `{summary['model']}` (revision `{summary['revision']}`)",
@@ -294,27 +304,30 @@ def _report(store: Store | VolumeStore, summary: dict[str, Any], states: list[Sh
             "",
             f"    {rerun_deployment_command(store.root, ids)}",
         ]
+    if summary["pending_shards"]:
+        ids = ",".join(str(k) for k in summary["pending_shards"])
+        lines += ["", "## Pending shards", "", f"Never started: {ids}. Embed them with the store's settings:", "",
+                  f"    {rerun_command(store.root, ids)}", "", "or run the same `wikiembed run` command again."]
     create_markdown_artifact("\n".join(lines), key=artifact_key("summary", store), description=f"run summary of {store.root}")
 
 
 def artifact_key(kind: str, store: Store) -> str:
-    """`wikiembed-<kind>-<store slug>`: each store's latest progress, table and summary under
-    their own keys. Prefect keys allow lowercase letters, digits and dashes; a long path keeps
-    its end and a hash of the whole."""
+    """`wikiembed-<kind>-<store slug>-<hash>`: each store's latest progress, table and summary
+    under their own keys. Prefect keys allow lowercase letters, digits and dashes, so the slug
+    (the path's end, readable in the UI) drops case and punctuation; the hash of the exact path
+    keeps stores such as runs/a-b, runs/a_b and runs/A.B apart."""
     path = str(store.root)
-    slug = re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-")
-    if len(slug) > 60:
-        slug = f"{slug[-50:].lstrip('-')}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
-    return f"wikiembed-{kind}-{slug}"
+    slug = re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-")[-50:].lstrip("-")
+    return f"wikiembed-{kind}-{slug}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
 
 
 def rerun_command(store: Any, shards: str) -> str:
     which = "--failed" if shards == "failed" else f"--shards {shards}"
-    return f"wikiembed rerun --store {store} {which}"
+    return f"wikiembed rerun --store {shlex.quote(str(store))} {which}"
 
 
 def rerun_deployment_command(store: Any, shards: str) -> str:
-    return f"prefect deployment run {RERUN_DEPLOYMENT} -p store={store} -p shards={shards}"
+    return f"prefect deployment run {RERUN_DEPLOYMENT} -p {shlex.quote(f'store={store}')} -p shards={shards}"
 
 
 def source_label(source: str, config: str | None) -> str:
@@ -384,7 +397,10 @@ def _announce_estimate(store: Store, manifest: dict[str, Any], pending: list[int
     except WikiembedError as exc:  # an estimate must never stop a run
         get_run_logger().warning("no estimate for this run: %s", exc)
         return None
-    print(one_line(predicted), file=sys.stderr, flush=True)
+    # Written, not printed: the flow's log_prints turns print() into a log record, which the CLI's
+    # console handler does not show. The UI has the artifact below.
+    sys.stderr.write(one_line(predicted) + "\n")
+    sys.stderr.flush()
     create_markdown_artifact(estimate_markdown(predicted), key=artifact_key("estimate", store),
                               description=f"what this run of {store.root} should take")
     return predicted
@@ -404,7 +420,7 @@ def check_backend(settings: RunSettings, model: str) -> int:
 
 
 def _finish(store: Store | VolumeStore, settings: RunSettings, run: dict[str, Any], started: float, changes=None, predicted=None,  # noqa: ANN001
-            states: list[ShardState] | None = None) -> dict[str, Any]:
+            states: list[ShardState] | None = None, rerun: list[int] | None = None) -> dict[str, Any]:
     # One view of every shard for the export decision, the summary and the table (on a Volume
     # store each view is a remote call that reads every marker); `states` when the run changed none.
     states = states if states is not None else store.states()
@@ -427,6 +443,9 @@ def _finish(store: Store | VolumeStore, settings: RunSettings, run: dict[str, An
     if predicted:
         done = sum(r.get("chunks", 0) for r in run["results"].values())
         summary["predicted_vs_actual"] = compare(predicted, done, summary["seconds"])
+    if rerun is not None:
+        summary["rerun_shards"] = rerun
+        summary["rerun_done"] = sorted(run["results"])
     _report(store, summary, states, changes)
     return summary
 
@@ -504,7 +523,8 @@ def embed_dataset(**options: Any) -> dict[str, Any] | State:
         get_run_logger().info(
             "%s: %d shards, %d pending (%d done); %s", s.root, total, len(pending), total - len(pending), _what_runs(settings, manifest)
         )
-        run = run_shards(s, pending, settings, reuse_gen=planned["previous_gen"], retries_before=retries_before, lease=lease)
+        run = run_shards(s, pending, settings, reuse_gen=planned["previous_gen"], done_before=total - len(pending),
+                         retries_before=retries_before, lease=lease)
         # With nothing pending, no shard changed state (the store is locked): the states above still hold.
         return _outcome(_finish(s, settings, run, started, changes, predicted, states=None if pending else states))
 
@@ -538,20 +558,21 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
 
     Args:
         store: Run store folder to repair (as given to the run that filled it).
-        shards: Shard ids as a list [3, 17] or text 3,17, or failed for every failed shard (see the run's shard table).
+        shards: Shard ids, typed as 3,17 or [3, 17], or failed for every failed shard (see the run's shard table).
     """
     started = time.perf_counter()
     selection = parse_shards(shards)
     s = open_store(store)
     manifest = s.read_manifest()
     total = len(manifest["plan"]["shards"])
+    states = s.states(manifest)
     if selection == "failed":
         # Failed shards, and shards whose data no longer matches their marker (damaged since).
-        ids = [st.shard for st in s.states(manifest) if st.state in ("failed", "changed")]
+        ids = [st.shard for st in states if st.state in ("failed", "changed")]
     else:
         bad = [k for k in selection if not 0 <= k < total]
         if bad:
-            raise InputError(f"--shards {bad}: this store has shards 0..{total - 1}; see `wikiembed status --store {store}`.")
+            raise InputError(f"--shards {bad}: this store has shards 0..{total - 1}; see `wikiembed status --store {shlex.quote(str(store))}`.")
         ids = selection
     settings = RunSettings(**manifest["settings"])
     _tag_flow_run(settings, manifest)
@@ -576,13 +597,30 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
         if not isinstance(s, Store):
             for k in ids:  # a remote shard skips what its marker says is done
                 s.forget(k)
-        run = run_shards(s, ids, settings, reuse_gen=reuse_gen, retries_before=retries_before, lease=lease)
-        summary = _finish(s, settings, run, started)
-    summary["rerun_shards"] = ids
+        done_before = sum(st.state == "done" and st.shard not in ids for st in states)
+        run = run_shards(s, ids, settings, reuse_gen=reuse_gen, done_before=done_before, retries_before=retries_before, lease=lease)
+        summary = _finish(s, settings, run, started, rerun=ids)
     if run["failures"]:  # a shard whose rerun failed keeps its previous data, but the rerun did not succeed
         summary["failed_shards"] = sorted(set(summary["failed_shards"]) | set(run["failures"]))
         summary["shards_failed"] = len(summary["failed_shards"])
-    return _outcome(summary)
+    return _rerun_outcome(summary, run["failures"])
+
+
+def _rerun_outcome(summary: dict[str, Any], failures: dict[int, str]) -> dict[str, Any] | State:
+    """Completed when every shard the rerun was asked to redo is done: the store's other failed or
+    pending shards are in its summary and shard table, not in the rerun's state."""
+    if not failures:
+        return summary
+    ids = sorted(failures)
+    errors = sorted({failures[k].splitlines()[0][:200] for k in ids} - {""})
+    cause = f": {errors[0]}" + (f" (and {len(errors) - 1} other errors)" if len(errors) > 1 else "") if errors else ""
+    which = ",".join(map(str, ids))
+    message = (
+        f"{len(ids)}/{len(summary['rerun_shards'])} shards of this rerun failed{cause}; once the cause is fixed, "
+        f"rerun them with `{rerun_command(summary['store'], which)}` or `{rerun_deployment_command(summary['store'], which)}`"
+    )
+    get_run_logger().error(message)
+    return Failed(message=message, data=ShardsFailed(message, summary))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
@@ -101,7 +102,7 @@ def check_kind(store: Store, manifest: dict, kind: VectorKind) -> None:
         raise InputError(
             f"store {store.root} holds vectors from {held.describe()}; this run's backend makes "
             f"{kind.describe()}. Vectors of different kinds are not comparable, so one store never mixes "
-            f"them: finish this store with its own settings (`wikiembed rerun --store {store.root} --failed`), "
+            f"them: finish this store with its own settings (`wikiembed rerun --store {shlex.quote(str(store.root))} --failed`), "
             "or use a new --store for this backend."
         )
 

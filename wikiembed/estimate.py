@@ -1,4 +1,4 @@
-"""What a run will cost before it starts: size, chunks, tokens, GPU-hours, wall time and dollars.
+"""What a run will cost before it starts: size, chunks, tokens, GPU- (or CPU-) hours, wall time and dollars.
 
 - Size: a local source (and the built-in sample) is read whole, so articles and characters are
   exact; a Hub dataset gives its article count from its metadata and the rest from a streamed
@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import random
 import tomllib
+from datetime import date
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -36,11 +37,13 @@ from wikiembed.sources import SNAPSHOT_SCHEMA, RowReport, Source, parse_source, 
 
 DEFAULT_SAMPLE = 300
 Z95 = 1.959964
-GPUS = ("CPU", "T4", "A10G", "L4", "L40S", "A100", "H100", "H200", "B200")
+GPUS = ("CPU", "T4", "A10G", "L4", "L40S", "A100", "A100-40GB", "A100-80GB", "H100", "H200", "B200")
 BACKENDS = ("local", "tei", "modal")
 # Which price list applies to a backend: Modal bills per GPU-second; local hardware and
 # self-hosted TEI servers have no list price we could know.
 _PROVIDER = {"modal": "modal"}
+# List prices move (new cards, cuts); an estimate says when the price it used is older than this.
+STALE_PRICE_DAYS = 90
 
 
 def _data_file(name: str) -> list[dict[str, Any]]:
@@ -186,9 +189,19 @@ def _pick_rate(backend: str, gpu: str) -> dict[str, Any] | None:
 
 
 def _pick_price(backend: str, gpu: str) -> dict[str, Any] | None:
+    """The newest list price of a GPU at the backend's provider, by its name or an alias."""
     provider = _PROVIDER.get(backend)
-    found = [p for p in prices() if p["provider"] == provider and p["hardware"].upper() == gpu.upper()]
-    return found[0] if found else None
+    found = [p for p in prices() if p["provider"] == provider
+             and gpu.upper() in {n.upper() for n in (p["hardware"], *p.get("aliases", ()))}]
+    return max(found, key=lambda p: str(p["as_of"])) if found else None
+
+
+def price_age_note(as_of: str, today: date) -> str | None:
+    """A warning for a price read more than STALE_PRICE_DAYS before `today`, else None."""
+    age = (today - date.fromisoformat(str(as_of))).days
+    if age <= STALE_PRICE_DAYS:
+        return None
+    return f"price of {as_of} is {age} days old (over {STALE_PRICE_DAYS}): check the provider's current price"
 
 
 def _sig(x: float, digits: int = 4) -> float:
@@ -199,7 +212,8 @@ def _sig(x: float, digits: int = 4) -> float:
 def _option(backend: str, gpu: str, containers: int, chars: Total, model: str) -> dict[str, Any]:
     rate = _pick_rate(backend, gpu)
     price = _pick_price(backend, gpu)
-    out: dict[str, Any] = {"backend": backend, "gpu": gpu, "containers": containers}
+    # `gpu_hours` keeps its name in the JSON; `unit` says what the hours are of.
+    out: dict[str, Any] = {"backend": backend, "gpu": gpu, "containers": containers, "unit": hours_unit(gpu)}
     if rate is None:
         return {**out, "gpu_hours": None, "wall_minutes": None, "usd": None, "basis": "no rate",
                 "note": f"no throughput recorded for backend {backend} on {gpu}; measure it (bench/engine.py, bench/device_check.py on a GPU box) "
@@ -218,9 +232,13 @@ def _option(backend: str, gpu: str, containers: int, chars: Total, model: str) -
         rate_date=rate.get("date"),
         rate_how=rate.get("command") or rate.get("source"),
     )
-    if price:
-        out.update(usd_per_hour=price["usd_per_hour"], price_as_of=price["as_of"], price_source=price["source"])
     notes = []
+    if price:
+        stale = price_age_note(price["as_of"], date.today())
+        out.update(usd_per_hour=price["usd_per_hour"], price_as_of=price["as_of"], price_source=price["source"],
+                   price_stale=stale is not None)
+        if stale:
+            notes.append(stale)
     if rate["model"] != model:
         notes.append(f"rate measured with {rate['model']}, not {model}: speed differs by model")
     if price is None:
@@ -228,6 +246,11 @@ def _option(backend: str, gpu: str, containers: int, chars: Total, model: str) -
     notes.append("container start-up and idle time not included")
     out["note"] = "; ".join(notes)
     return out
+
+
+def hours_unit(hardware: str) -> str:
+    """What an option's hours are of: a CPU's (the machine's cores) or a GPU's."""
+    return "CPU-hours" if hardware.upper() == "CPU" else "GPU-hours"
 
 
 def _check_options(backends: Sequence[str], gpus: Sequence[str], containers: int, sample: int) -> None:
@@ -399,6 +422,8 @@ def one_line(result: dict[str, Any]) -> str:
     for o in result["options"]:
         if o["gpu_hours"] is not None:
             usd = f", ${o['usd']:,.2f}" if o["usd"] is not None else ""
+            if o.get("price_stale"):
+                usd += f" at a price of {o['price_as_of']}, over {STALE_PRICE_DAYS} days old"
             line += f"; {o['backend']} on {o['gpu']}: ~{o['wall_minutes']:,.1f} min ({o['basis']} rate{usd})"
         else:
             line += f"; no recorded rate for {o['backend']} on {o['gpu']}"
@@ -421,7 +446,7 @@ def markdown(result: dict[str, Any]) -> str:
             continue
         usd = f", ${o['usd']:,.2f} at ${o['usd_per_hour']}/h ({o['price_as_of']})" if o["usd"] is not None else ""
         lines.append(
-            f"- {o['backend']} on {o['gpu']}: {o['gpu_hours']:,.4g} GPU-hours{usd}; {o['basis']} rate "
+            f"- {o['backend']} on {o['gpu']}: {o['gpu_hours']:,.4g} {o['unit']}{usd}; {o['basis']} rate "
             f"{o['rate_chars_per_s']:,.0f} chars/s ({o['rate_date']}: {o['rate_how']}); {o['note']}"
         )
     return "\n".join(lines)

@@ -31,6 +31,7 @@ Touches: the generation's `index/` folder (written by `build`, read by `open_ind
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -200,7 +201,7 @@ def open_index(generation_dir: Path, form: Form, sources: Sequence[dict[str, Any
 
 
 def _rebuild(store: Path, form: Form) -> str:
-    return f"scanned instead; rebuild it with `wikiembed index --store {store} --form {form.name}`"
+    return f"scanned instead; rebuild it with `wikiembed index --store {shlex.quote(str(store))} --form {shlex.quote(form.name)}`"
 
 
 def _difference(built_from: list[tuple[Any, Any]], now: list[tuple[Any, Any]]) -> str:

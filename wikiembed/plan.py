@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import shutil
 import threading
 import zipfile
@@ -235,7 +236,7 @@ def check_snapshot(store: Store, manifest: dict[str, Any]) -> None:
     if damage:
         raise StoreError(
             f"store {store.root}: the snapshot {store.snapshot_path} is damaged ({damage}). Run the same "
-            f"`wikiembed run --source {manifest['source']['spec']} ...` command again: it re-reads the source, "
+            f"`wikiembed run --source {shlex.quote(manifest['source']['spec'])} ...` command again: it re-reads the source, "
             "rewrites the snapshot and keeps every done shard."
         )
 

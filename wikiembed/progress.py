@@ -41,7 +41,8 @@ class Progress:
 
     @property
     def fraction(self) -> float:
-        return 1.0 if self.total == 0 else (self.done + self.failed) / self.total
+        """The share of the store's shards that are done: failed ones are not progress."""
+        return 1.0 if self.total == 0 else self.done / self.total
 
     def add_chunks(self, n: int) -> None:
         with self._lock:

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import string
 from collections.abc import Iterator, Sequence
@@ -113,8 +114,8 @@ def _refuse_unfinished(store: Path, states: Sequence[ShardState]) -> None:
              if any(s.state == status for s in not_done)]
     raise StoreError(
         f"store {store}: {len(not_done)} of {len(states)} shards are not done ({'; '.join(parts)}). "
-        f"See them with `wikiembed status --store {store}`, retry failed ones with "
-        f"`wikiembed rerun --failed --store {store}` (it also redoes shards whose data no longer matches "
+        f"See them with `wikiembed status --store {shlex.quote(str(store))}`, retry failed ones with "
+        f"`wikiembed rerun --failed --store {shlex.quote(str(store))}` (it also redoes shards whose data no longer matches "
         "their marker), finish pending ones by resuming the run; "
         "or publish only the done shards with allow_partial=True (--allow-partial)."
     )
@@ -187,7 +188,7 @@ def _write_merged(store: Store, dest: Path, shards: Sequence[ShardState], schema
         if store.verify_done(state.shard) is None:
             raise StoreError(
                 f"shard {state.shard:05d}: {store.data_path(state.shard)} no longer matches its _done marker "
-                f"(sha256); redo it with `wikiembed rerun --store {store.root} --shards {state.shard}`, then "
+                f"(sha256); redo it with `wikiembed rerun --store {shlex.quote(str(store.root))} --shards {state.shard}`, then "
                 "publish again (`wikiembed status --verify` checks every shard)."
             )
     with atomic.atomic_path(dest) as tmp, pq.ParquetWriter(tmp, schema, **_WRITER_OPTIONS) as writer:
@@ -342,7 +343,7 @@ def _card_text(
     if not done:
         raise StoreError(
             f"store {store.root}: no shard is done yet, so there is nothing to describe or publish; "
-            f"see why with `wikiembed status --store {store.root}`."
+            f"see why with `wikiembed status --store {shlex.quote(str(store.root))}`."
         )
     source = manifest.get("source", {}) or {}
     model = manifest.get("model", {}) or {}
@@ -717,7 +718,7 @@ def publish(
     if not done:
         raise StoreError(
             f"store {store}: no shard is done yet, so there is nothing to publish; "
-            f"see why with `wikiembed status --store {store}`."
+            f"see why with `wikiembed status --store {shlex.quote(str(store))}`."
         )
     if kind == "dir":
         _refuse_foreign_dir(Path(where), replace)

@@ -26,6 +26,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
+import shlex
 
 from wikiembed import index as ann
 from wikiembed.compact import Form, Scorer, column_values, form_by_name, spec_from_manifest
@@ -75,7 +76,7 @@ class StoreVectors:
         if current is None:
             raise StoreError(
                 f"store {root.root}: nothing is published there yet (no `current` generation); "
-                f"finish a run with `wikiembed run --store {root.root}` first."
+                f"finish a run with `wikiembed run --store {shlex.quote(str(root.root))}` first."
             )
         self.store = Store(root.root, current)
         self.manifest = self.store.read_manifest()
@@ -84,7 +85,7 @@ class StoreVectors:
         # What each file is, as its marker vouches: an index records these to tell whether it is stale.
         self.sources = [{"shard": s.shard, "sha256": (s.marker or {}).get("sha256")} for s in done]
         if not self.files:
-            raise StoreError(f"store {root.root}: no shard is done yet; finish the run first (`wikiembed status --store {root.root}`).")
+            raise StoreError(f"store {root.root}: no shard is done yet; finish the run first (`wikiembed status --store {shlex.quote(str(root.root))}`).")
         self.model_id: str = self.manifest["model"]["model_id"]
         self.dim = int(self.manifest["model"]["dim"])
         self.compact = spec_from_manifest(self.manifest)

@@ -200,17 +200,20 @@ def option_fields() -> list[tuple[str, FieldInfo]]:
 
 # Which shards a rerun re-embeds. `prefect deployment run -p shards=...` sends a value that
 # parses as JSON as JSON (1, [1, 2]) and anything else as text ("1,2", "failed"): all are accepted.
-ShardSelection = list[int] | int | Annotated[str, StringConstraints(pattern=r"^\s*(failed|\d+(\s*,\s*\d+)*)\s*$")]
+# The Prefect form shows a text box for this field: what its help names, `3,17`, `[3, 17]` or
+# `failed`, must pass the form's check as typed.
+_IDS = r"\d+(\s*,\s*\d+)*"
+ShardSelection = list[int] | int | Annotated[str, StringConstraints(pattern=rf"^\s*(failed|{_IDS}|\[\s*{_IDS}\s*\])\s*$")]
 
 
 def parse_shards(selection: ShardSelection) -> list[int] | Literal["failed"]:
-    """`"failed"`, or the sorted, distinct shard ids of `[0, 1]`, `1` or `"0,1"`."""
+    """`"failed"`, or the sorted, distinct shard ids of `[0, 1]`, `1`, `"0,1"` or `"[0, 1]"`."""
     if isinstance(selection, str) and selection.strip() == "failed":
         return "failed"
     try:
         ids = [selection] if isinstance(selection, int) else selection
         if isinstance(ids, str):
-            ids = [int(x) for x in ids.split(",") if x.strip()]
+            ids = [int(x) for x in ids.strip().removeprefix("[").removesuffix("]").split(",") if x.strip()]
         ids = sorted({int(k) for k in ids})
     except (TypeError, ValueError):
         ids = []

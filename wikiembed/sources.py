@@ -1,8 +1,8 @@
 """The download step: resolve a source, fingerprint it, and write a clean snapshot.
 
-Sources: `sample:N` (built in, no network), a local parquet / jsonl file or
-folder, a `datasets` `save_to_disk` folder, or a Hugging Face dataset id with
-a config. A Hub source is pinned first (`pin`): to the repo's current commit,
+Sources: `sample:N` (built in, no network), a local parquet / UTF-8 JSON Lines file or
+folder (JSON Lines plain or .gz/.bz2/.xz), a `datasets` `save_to_disk` folder, or a Hugging
+Face dataset id with a config. A Hub source is pinned first (`pin`): to the repo's current commit,
 with `latest.<lang>` resolved to the newest `YYYYMMDD.<lang>` config there, so
 its fingerprint (the config's data files, by content id) and its rows come from
 the same revision. Every source ends as `STORE/snapshot/source.parquet` with string
@@ -16,8 +16,12 @@ Touches: the source (read only) and `STORE/snapshot/` (written via temp + rename
 
 from __future__ import annotations
 
+import bz2
+import codecs
+import gzip
 import hashlib
 import json
+import lzma
 import os
 import re
 from collections import Counter
@@ -49,6 +53,16 @@ _HASH_BLOCK = 1 << 22
 LATEST_PREFIX = "latest."
 _DUMP_CONFIG = re.compile(r"(\d{8})\.(.+)")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# JSON Lines files, plain or compressed with a codec of the standard library (opened by suffix).
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+_COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+_JSONL_PATTERNS = tuple(f"*{s}{c}" for s in JSONL_SUFFIXES if s != ".json" for c in ("", *_COMPRESSED))
+# Byte-order marks of encodings JSON Lines must not be in (checked longest first: UTF-32 LE
+# starts with UTF-16 LE's mark).
+_FOREIGN_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"),
+)
 
 
 @dataclass(frozen=True)
@@ -161,13 +175,23 @@ def _local_kind(path: Path) -> str:
         suffix = path.suffix.lower()
         if suffix == ".parquet":
             return "parquet"
-        if suffix in (".jsonl", ".json", ".ndjson"):
+        if _is_jsonl(path):
             return "jsonl"
-        raise InputError(f"--source {path}: unsupported file type {suffix!r}; use .parquet or .jsonl.")
+        raise InputError(
+            f"--source {path}: unsupported file type {''.join(path.suffixes[-2:]) or suffix!r}; use .parquet or "
+            f".jsonl (plain or compressed: {', '.join('.jsonl' + c for c in _COMPRESSED)})."
+        )
     if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() or (path / "state.json").exists():
         return "disk"
     parquet = _data_files(path, ("*.parquet",))
-    lines = _data_files(path, ("*.jsonl", "*.ndjson"))
+    lines = _data_files(path, _JSONL_PATTERNS)
+    unreadable = [f for f in _data_files(path, ("*.jsonl.*", "*.ndjson.*")) if not _is_jsonl(f)]
+    if unreadable:
+        # Skipping them would drop their rows silently.
+        raise InputError(
+            f"--source {path}: the folder holds JSON Lines files in a compression wikiembed cannot read "
+            f"({_names(unreadable)}); decompress them or recompress them as {', '.join('.jsonl' + c for c in _COMPRESSED)}."
+        )
     if parquet and lines:
         # One folder, one format: reading only one kind would drop the other's rows silently.
         raise InputError(
@@ -184,6 +208,34 @@ def _local_kind(path: Path) -> str:
     )
 
 
+def _is_jsonl(path: Path) -> bool:
+    """A JSON Lines file by name: `.jsonl`, `.json`, `.ndjson`, each plain or compressed."""
+    name = path.name.lower()
+    for codec in ("", *_COMPRESSED):
+        if any(name.endswith(s + codec) for s in JSONL_SUFFIXES):
+            return True
+    return False
+
+
+def _open_jsonl(path: Path) -> Any:
+    """The file's bytes, decompressed by its suffix."""
+    opener = _COMPRESSED.get(path.suffix.lower())
+    return opener(path, "rb") if opener else path.open("rb")
+
+
+def _check_encoding(path: Path, head: bytes) -> None:
+    """Refuse a JSON Lines file that is not UTF-8: decoded as UTF-8 every line would be skipped.
+    JSON text starts with `{`, `[` or whitespace, so a NUL among its first bytes means a wider encoding."""
+    found = next((name for bom, name in _FOREIGN_BOMS if head.startswith(bom)), None)
+    if found is None and b"\0" in head[:4]:
+        found = "UTF-32" if head[:4].count(b"\0") >= 3 else "UTF-16"
+    if found:
+        raise InputError(
+            f"--source {path}: the file is {found}-encoded; JSON Lines must be UTF-8. Convert it, e.g. "
+            f"`iconv -f {found} -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}`, and point --source at the result."
+        )
+
+
 def _data_files(folder: Path, patterns: tuple[str, ...]) -> list[Path]:
     """Data files under a folder; hidden and `_`-prefixed ones (temp files, metadata) are not data."""
     return sorted({f for pat in patterns for f in folder.rglob(pat) if not f.name.startswith((".", "_"))})
@@ -197,7 +249,7 @@ def _local_files(source: Source) -> list[Path]:
     path = Path(source.location)
     if path.is_file():
         return [path]
-    patterns = ("*.parquet",) if source.kind == "parquet" else ("*.jsonl", "*.json", "*.ndjson")
+    patterns = ("*.parquet",) if source.kind == "parquet" else (*_JSONL_PATTERNS, "*.json")
     files = _data_files(path, patterns)
     if not files:
         raise InputError(f"--source {path}: no {source.kind} files found in the folder.")
@@ -372,11 +424,22 @@ def _jsonl_rows(source: Source, report: RowReport) -> Iterator[dict]:
     seen = 0  # rows yielded so far, to number skipped lines in source order
     for f in _local_files(source):
         try:
-            fh = f.open("rb")
+            fh = _open_jsonl(f)
         except OSError as exc:
             raise InputError(f"--source {f}: cannot be read ({exc.strerror}); check its permissions.") from exc
         with fh:
-            for line_no, raw in enumerate(fh, 1):
+            lines = enumerate(fh, 1)
+            while True:
+                try:
+                    line_no, raw = next(lines)
+                except StopIteration:
+                    break
+                except (OSError, EOFError, lzma.LZMAError) as exc:  # a damaged or truncated compressed file
+                    raise InputError(f"--source {f}: cannot be read to its end ({exc}); check or re-create it.") from exc
+                if line_no == 1:
+                    _check_encoding(f, raw[:4])
+                    # A UTF-8 byte-order mark (Windows editors write one) is not part of the JSON.
+                    raw = raw.removeprefix(codecs.BOM_UTF8)
                 if not raw.strip():
                     continue
                 try:

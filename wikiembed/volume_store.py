@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import socket
 import sys
 import threading
@@ -110,10 +111,11 @@ def check_vectors_here(command: str, *specs: str | None) -> None:
         volume, path = parsed
         name = path.rstrip("/").split("/")[-1]
         raise InputError(
-            f"wikiembed {command} --store {spec}: {command} reads the store's vectors on this machine, and this "
+            f"wikiembed {command} --store {shlex.quote(spec)}: {command} reads the store's vectors on this machine, and this "
             f"store's stay on the Modal Volume {volume!r}. Copy its generation down first: "
-            f"`modal volume get {volume} {path}/gens/GEN ./{name}` (GEN: the generation `wikiembed status --store "
-            f"{spec}` prints), then `wikiembed {command} --store ./{name}`."
+            f"`modal volume get {shlex.quote(volume)} {shlex.quote(path + '/gens/GEN')} {shlex.quote('./' + name)}` (GEN: the "
+            f"generation `wikiembed status --store {shlex.quote(spec)}` prints), then "
+            f"`wikiembed {command} --store {shlex.quote('./' + name)}`."
         )
 
 

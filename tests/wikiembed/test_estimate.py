@@ -88,7 +88,18 @@ def test_cli_writes_the_json_contract(topics, tmp_path, capsys):
     result = json.loads(out.read_text())
     assert {"chars", "chunks", "tokens", "options"} <= set(result)
     assert set(result["options"][0]) >= {"backend", "gpu", "containers", "gpu_hours", "wall_minutes", "usd"}
-    assert "GPU-h" in capsys.readouterr().out
+    assert " CPU-h, " in capsys.readouterr().out and result["options"][0]["unit"] == "CPU-hours"
+
+
+def test_cpu_hours_are_not_called_gpu_hours(topics):
+    from wikiembed.estimate import markdown
+
+    result = estimate(str(topics), sample=20, backends=["local", "modal"], gpus=["CPU", "A10G"])
+    by = {(o["backend"], o["gpu"]): o for o in result["options"]}
+    assert by[("local", "CPU")]["unit"] == "CPU-hours" and by[("modal", "A10G")]["unit"] == "GPU-hours"
+    text = markdown(result)
+    assert "- local on CPU: " in text and "CPU-hours" in text.split("- local on CPU: ")[1].splitlines()[0]
+    assert "GPU-hours" not in text.split("- local on CPU: ")[1].splitlines()[0]
 
 
 def test_cli_takes_the_runs_own_source_and_chunking_flags(topics, tmp_path, capsys):
@@ -127,3 +138,46 @@ def test_bad_options_name_the_flag(topics, kwargs, needle):
 def test_missing_source_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         estimate(str(tmp_path / "missing.parquet"))
+
+
+def test_every_gpu_the_modal_apps_take_has_a_dated_price():
+    from datetime import date
+
+    from modal_workers.tei_app import _ARCH_TAGS
+    from wikiembed.estimate import GPUS, _pick_price
+
+    for gpu in sorted(set(_ARCH_TAGS) | (set(GPUS) - {"CPU"})):
+        price = _pick_price("modal", gpu)
+        assert price is not None, gpu
+        assert price["usd_per_hour"] > 0 and date.fromisoformat(price["as_of"]) and price["source"].startswith("https://")
+    assert _pick_price("modal", "A10")["usd_per_hour"] == _pick_price("modal", "A10G")["usd_per_hour"]
+    assert _pick_price("modal", "A100")["hardware"] == "A100-40GB"
+
+
+def test_a_price_older_than_90_days_is_flagged():
+    from datetime import date
+
+    from wikiembed.estimate import price_age_note
+
+    assert price_age_note("2026-07-01", date(2026, 9, 29)) is None  # 90 days
+    assert price_age_note("2026-07-01", date(2026, 9, 30)) == (
+        "price of 2026-07-01 is 91 days old (over 90): check the provider's current price")
+
+
+def test_the_write_ups_gpu_gets_dollars_and_the_price_date(topics, tmp_path, capsys):
+    from datetime import date
+
+    from wikiembed.estimate import _pick_price, price_age_note
+
+    out = tmp_path / "a10g.json"
+    assert main(["estimate", "--source", str(topics), "--sample", "20", "--backend", "modal", "--gpu", "A10G",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    option = json.loads(out.read_text())["options"][0]
+    price = _pick_price("modal", "A10G")
+    assert option["usd"] == pytest.approx(option["gpu_hours"] * price["usd_per_hour"], rel=1e-3)
+    assert option["price_as_of"] == price["as_of"] and "$ n/a" not in printed and f"${option['usd']:,.2f}" in printed
+    stale = price_age_note(price["as_of"], date.today())
+    assert option["price_stale"] is (stale is not None)
+    if stale:
+        assert stale in printed

@@ -330,8 +330,10 @@ except WikiembedError as exc:
 def run_publish(hub: HubServer, store: Path, target: str, *, token: str | None = TOKEN,
                 extra_env: dict[str, str] | None = None, **kwargs: Any) -> tuple[dict | None, str, str]:
     """`publish` in a fresh interpreter pointed at the stand-in; returns (summary, error, all output)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "PREFECT_"))}
-    env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1",
+    # Online towards the stand-in whatever the test machine's shell says: huggingface_hub also takes
+    # TRANSFORMERS_OFFLINE=1 (set on many offline and CI machines) as offline mode.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "PREFECT_", "TRANSFORMERS_OFFLINE"))}
+    env.update(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1",
                HF_HUB_VERBOSITY="debug", HF_HOME=str(store.parent / "hf-home"),
                PYTHONPATH=str(REPO_ROOT), **(extra_env or {}))
     if token is not None:
@@ -412,6 +414,14 @@ def test_changed_shard_uploads_only_its_file_and_layout_change_deletes_stale_fil
     summary, error, _ = run_publish(hub, store, "hub:my-org/simplewiki", file_bytes=10**9)
     assert not error and summary is not None
     assert sorted(hub.files("my-org/simplewiki")) == [".gitattributes", "README.md", "data/train-00000-of-00001.parquet"]
+
+
+@pytest.mark.parametrize("offline", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
+def test_uploads_to_the_stand_in_ignore_the_shells_offline_settings(hub: HubServer, store: Path, offline: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(offline, "1")
+    summary, error, _ = run_publish(hub, store, "hub:my-org/offline-shell")
+    assert error == "" and summary is not None and summary["shards"] == 4
 
 
 def test_revision_and_pull_request(hub: HubServer, store: Path) -> None:

@@ -35,13 +35,13 @@ def test_every_option_is_described_once_and_named_once():
 
 
 @pytest.mark.parametrize(
-    "given,ids", [([0, 1], [0, 1]), ("0,1", [0, 1]), (" 3 , 1,3", [1, 3]), (2, [2]), ("failed", "failed")]
+    "given,ids", [([0, 1], [0, 1]), ("0,1", [0, 1]), ("[3, 17]", [3, 17]), (" [ 1,0 ] ", [0, 1]), (" 3 , 1,3", [1, 3]), (2, [2]), ("failed", "failed")]
 )
 def test_shard_selection_takes_a_list_text_or_failed(given, ids):
     assert parse_shards(given) == ids
 
 
-@pytest.mark.parametrize("given", ["x,y", "", []])
+@pytest.mark.parametrize("given", ["x,y", "", [], "[]"])
 def test_a_bad_shard_selection_names_the_fix(given):
     with pytest.raises(InputError, match="--shards"):
         parse_shards(given)

@@ -191,3 +191,77 @@ def test_a_folder_mixing_parquet_and_jsonl_is_refused_by_name(tmp_path: Path):
     (folder / "b.jsonl").unlink()
     (folder / "dataset_infos.json").write_text("{}", encoding="utf-8")
     assert parse_source(str(folder)).kind == "parquet"
+
+
+def _jsonl_bytes(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+
+
+def test_a_utf8_byte_order_mark_does_not_cost_the_first_article(tmp_path: Path):
+    src = tmp_path / "bom.jsonl"
+    src.write_bytes(b"\xef\xbb\xbf" + _jsonl_bytes(_rows(3)))
+    report = write_snapshot(parse_source(str(src)), tmp_path / "snap.parquet")
+    assert pq.read_table(tmp_path / "snap.parquet").column("id").to_pylist() == [r["id"] for r in _rows(3)]
+    assert report.rows == 3 and not report.skipped
+
+
+@pytest.mark.parametrize("encoding, named", [("utf-16", "UTF-16"), ("utf-16-le", "UTF-16"), ("utf-16-be", "UTF-16"),
+                                             ("utf-32", "UTF-32"), ("utf-32-le", "UTF-32")])
+def test_a_utf16_or_utf32_file_is_refused_naming_its_encoding(tmp_path: Path, encoding: str, named: str):
+    src = tmp_path / "wide.jsonl"
+    src.write_bytes(_jsonl_bytes(_rows(3)).decode("utf-8").encode(encoding))
+    dest = tmp_path / "snap.parquet"
+    with pytest.raises(InputError, match=rf"wide\.jsonl.*{named}-encoded.*must be UTF-8.*iconv -f {named} -t UTF-8"):
+        write_snapshot(parse_source(str(src)), dest)
+    assert not dest.exists()
+
+
+def test_compressed_json_lines_are_read_alone_and_in_a_folder(tmp_path: Path):
+    import bz2
+    import gzip
+    import lzma
+
+    rows = _rows(40)
+    single = tmp_path / "one.jsonl.gz"
+    single.write_bytes(gzip.compress(_jsonl_bytes(rows[:10])))
+    assert parse_source(str(single)).kind == "jsonl"
+    assert write_snapshot(parse_source(str(single)), tmp_path / "a.parquet").rows == 10
+
+    folder = tmp_path / "dump"
+    folder.mkdir()
+    (folder / "part-0.jsonl.gz").write_bytes(gzip.compress(_jsonl_bytes(rows[:10])))
+    (folder / "part-1.jsonl.bz2").write_bytes(bz2.compress(_jsonl_bytes(rows[10:20])))
+    (folder / "part-2.ndjson.xz").write_bytes(lzma.compress(_jsonl_bytes(rows[20:30])))
+    (folder / "part-3.jsonl").write_bytes(_jsonl_bytes(rows[30:]))
+    report = write_snapshot(parse_source(str(folder)), tmp_path / "b.parquet")
+    assert report.rows == 40
+    assert sorted(pq.read_table(tmp_path / "b.parquet").column("id").to_pylist()) == sorted(r["id"] for r in rows)
+
+
+def test_a_folder_mixing_parquet_and_compressed_json_lines_is_refused_by_name(tmp_path: Path):
+    import gzip
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist(_rows(30)[:15]), folder / "a.parquet")
+    (folder / "b.jsonl.gz").write_bytes(gzip.compress(_jsonl_bytes(_rows(30)[15:])))
+    with pytest.raises(InputError, match=r"mixes parquet files \(a\.parquet\) and JSON Lines files \(b\.jsonl\.gz\)"):
+        parse_source(str(folder))
+
+
+def test_json_lines_in_an_unreadable_compression_are_refused_by_name(tmp_path: Path):
+    folder = tmp_path / "zst"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist(_rows(5)), folder / "a.parquet")
+    (folder / "b.jsonl.zst").write_bytes(b"(\xb5/\xfd not really")
+    with pytest.raises(InputError, match=r"compression wikiembed cannot read \(b\.jsonl\.zst\)"):
+        parse_source(str(folder))
+
+
+def test_a_truncated_gzip_file_is_named(tmp_path: Path):
+    import gzip
+
+    src = tmp_path / "cut.jsonl.gz"
+    src.write_bytes(gzip.compress(_jsonl_bytes(_rows(200)))[:-200])
+    with pytest.raises(InputError, match=r"cut\.jsonl\.gz: cannot be read to its end"):
+        write_snapshot(parse_source(str(src)), tmp_path / "snap.parquet")

@@ -1,0 +1,90 @@
+"""What the command line prints for a user to read or paste: commands that survive copy and paste,
+and output that a pipe may close early."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.wikiembed.test_publish import make_store
+from wikiembed.errors import StoreError
+from wikiembed.flows.cli import _print_summary
+from wikiembed.flows.embed_dataset import rerun_command, rerun_deployment_command
+from wikiembed.publish import publish
+
+# A path a shell would split at the space and expand at the dollar sign.
+AWKWARD = "my runs/$HOME's store"
+
+
+def _commands(text: str) -> list[list[str]]:
+    """Each backticked command in a message, split as a POSIX shell would."""
+    return [shlex.split(c) for c in re.findall(r"`([^`]+)`", text)]
+
+
+def _store_arg(words: list[str]) -> str:
+    return words[words.index("--store") + 1]
+
+
+def test_printed_rerun_commands_quote_the_store(tmp_path: Path) -> None:
+    store = str(tmp_path / AWKWARD)
+    out = io.StringIO()
+    _print_summary({"shards_done": 1, "shards_total": 2, "shards_failed": 1, "rows": 3, "skipped_rows": 0, "chunks": 4,
+                    "embedded_chunks": 4, "reused_chunks": 0, "seconds": 1.0, "chars_per_s": 1.0,
+                    "failed_shards": [1], "store": store}, out=out)
+    lines = out.getvalue().splitlines()
+    assert shlex.split(lines[-1]) == ["wikiembed", "rerun", "--store", store, "--failed"]
+    assert _store_arg(_commands(lines[-2])[0]) == store
+    assert shlex.split(rerun_command(store, "3,17")) == ["wikiembed", "rerun", "--store", store, "--shards", "3,17"]
+    assert shlex.split(rerun_deployment_command(store, "failed"))[-4:] == ["-p", f"store={store}", "-p", "shards=failed"]
+
+
+def test_export_refusal_commands_quote_the_store(tmp_path: Path) -> None:
+    root = tmp_path / AWKWARD
+    store = make_store(root, done={0}, failed=frozenset({1}))
+    with pytest.raises(StoreError) as info:
+        publish(store, f"dir:{tmp_path / 'out'}")
+    commands = _commands(str(info.value))
+    assert [c[:2] for c in commands] == [["wikiembed", "status"], ["wikiembed", "rerun"]]
+    assert {_store_arg(c) for c in commands} == {str(store)}
+
+
+def _closed_pipe_run(env: dict, *args: str) -> subprocess.CompletedProcess:
+    """Run the CLI with stdout a pipe whose reader has already gone, as after `| head -1`."""
+    import os
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([sys.executable, "-m", "wikiembed.flows.cli", *args], env=env, stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=600)
+    finally:
+        os.close(write)
+
+
+def test_status_into_a_closed_pipe_ends_quietly(reference, cli_env: dict) -> None:
+    proc = _closed_pipe_run(cli_env, "status", "--store", str(reference[0]))
+    assert proc.returncode == 141 and proc.stderr == ""
+
+
+def test_search_into_a_closed_pipe_ends_quietly_and_still_writes_its_json(reference, tmp_path: Path, cli_env: dict) -> None:
+    store = reference[0]
+    hits = tmp_path / "hits.json"
+    proc = _closed_pipe_run(cli_env, "search", "--store", str(store), "-k", "3", "--json", str(hits), "history of a river")
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+    assert len(json.loads(hits.read_text())["hits"]) == 3
+
+
+def test_a_run_prints_its_estimate_line_before_embedding(reference) -> None:
+    lines = reference[2].stderr.splitlines()
+    estimate = next(i for i, line in enumerate(lines) if line.startswith("estimate: 300 articles"))
+    first_bar = next(i for i, line in enumerate(lines) if line.startswith("["))
+    assert estimate < first_bar
+    assert "local on CPU: ~" in lines[estimate]

@@ -1,0 +1,112 @@
+"""What the Prefect UI shows about a run, read through the API the UI reads: flow run states,
+artifacts (progress, summary), deployment parameter schemas."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
+
+from tests.flows import faults
+from wikiembed.flows.cli import _print_summary
+from wikiembed.flows.embed_dataset import artifact_key, embed_dataset, rerun_shards
+from wikiembed.settings import parse_shards
+from wikiembed.store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _artifact(key: str):  # noqa: ANN202
+    """The newest artifact of a key, as the UI shows it."""
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC)
+    return found[0].data if found else None
+
+
+def _state_of(state):  # noqa: ANN001, ANN202
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(state.state_details.flow_run_id).state
+
+
+def test_progress_rerun_state_and_pending_shards(prefect_api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "store"
+    faults.install(monkeypatch, poison=" ")  # every chunk holds a space: every shard fails
+    failed = embed_dataset(source="sample:80", store=str(store), shard_rows=20, return_state=True)
+    assert _state_of(failed).is_failed()
+    key = artifact_key("progress", Store(store))
+    assert _artifact(key) == 0.0  # 0 of 4 shards done is 0%, not 100%
+
+    # A rerun of chosen shards that all succeed completes, whatever the rest of the store holds.
+    monkeypatch.undo()
+    fixed = rerun_shards(store=str(store), shards=[0, 1], return_state=True)
+    assert _state_of(fixed).is_completed()
+    summary = fixed.result()
+    assert summary["rerun_shards"] == [0, 1] and summary["rerun_done"] == [0, 1]
+    assert summary["shards_done"] == 2 and summary["failed_shards"] == [2, 3]  # reported, not inherited
+    assert _artifact(key) == 50.0
+    report = _artifact(artifact_key("summary", Store(store)))
+    assert "This rerun redid 2 of the 2 shards it was asked to redo (0,1)" in report and "## Failed shards" in report
+
+    # Shard 3 becomes pending (never started); `rerun --failed` redoes shard 2 and says how to finish 3.
+    (Store(store).failed_path(3)).unlink()
+    again = rerun_shards(store=str(store), shards="failed", return_state=True)
+    assert _state_of(again).is_completed()
+    summary = again.result()
+    assert summary["rerun_shards"] == [2] and summary["pending_shards"] == [3]
+    assert _artifact(key) == 75.0  # 3 of 4, not a full bar
+    out = io.StringIO()
+    _print_summary(summary, out=out)
+    printed = out.getvalue()
+    assert "3/4 shards done, 0 failed" in printed and "rerun: 1/1 of the shards it was asked to redo are done" in printed
+    assert f"pending shards (never started): 3; embed them with the store's settings with\n    wikiembed rerun --store {store} --shards 3" in printed
+    report = _artifact(artifact_key("summary", Store(store)))
+    assert "## Pending shards" in report and f"wikiembed rerun --store {store} --shards 3" in report
+
+
+def test_a_rerun_whose_own_shard_fails_names_only_that_shard(prefect_api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "store"
+    faults.install(monkeypatch, poison=" ")
+    embed_dataset(source="sample:60", store=str(store), shard_rows=20, return_state=True)  # shards 0-2 fail
+    state = rerun_shards(store=str(store), shards=[1], return_state=True)
+    assert _state_of(state).is_failed()
+    assert state.message.startswith("1/1 shards of this rerun failed: BackendError: injected"), state.message
+    assert "--shards 1`" in state.message
+
+
+def test_stores_whose_paths_differ_in_punctuation_or_case_get_their_own_artifacts() -> None:
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="k"))  # a short path, as a user's runs/... is
+    shutil.rmtree(base)
+    stores = [Store(base / "runs" / name) for name in ("a-b", "a_b", "A.B", "a b")]
+    for kind in ("progress", "shards", "summary", "estimate"):
+        keys = [artifact_key(kind, s) for s in stores]
+        assert len(set(keys)) == len(keys), keys
+        assert all(k.startswith(f"wikiembed-{kind}-") and "-a-b-" in k for k in keys), keys
+        assert all(k == k.lower() and set(k) <= set("abcdefghijklmnopqrstuvwxyz0123456789-") for k in keys)
+
+
+@pytest.mark.parametrize("typed", ["[3, 17]", "3,17", " 3 , 17 ", "failed", [3, 17], 3])
+def test_the_rerun_form_takes_the_shards_as_its_help_writes_them(prefect_api: str, typed) -> None:  # noqa: ANN001
+    """The form's check is the server's /ui/schemas/validate on the flow's parameter schema."""
+    import httpx
+    from prefect.utilities.callables import parameter_schema
+
+    schema = parameter_schema(rerun_shards).model_dump_for_openapi()
+    assert "[3, 17]" in schema["properties"]["shards"]["description"]
+    answer = httpx.post(f"{prefect_api}/ui/schemas/validate", json={"schema": schema, "values": {"store": "runs/sample", "shards": typed}})
+    assert answer.status_code == 200 and answer.json()["valid"], answer.text
+    assert parse_shards(typed) in ([3, 17], "failed", [3])
+
+
+def test_the_rerun_deployment_opens_on_a_local_store() -> None:
+    import yaml
+
+    deployments = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+    store = deployments["wikiembed-rerun"]["parameters"]["store"]
+    assert not store.startswith("modal:") and store == deployments["wikiembed-sample"]["parameters"]["store"]
