@@ -205,9 +205,12 @@ def render(results: Path = RESULTS) -> str:
         if kind is None:
             raise SystemExit(f"{path}: no section of bench/report.py renders this kind of result; add one to KINDS")
         _, title, _, rows_of = kind
+        command = d["command"]
+        if d.get("note") and d["note"] in command:  # the note is prose about the run, recorded apart from it
+            command = command.replace(d["note"], "…")
         for figure, measured, target in rows_of(d):
             sections[title][1].append(f"| {figure} | {measured} | {target} | {d['date']} | {hardware(d)} | "
-                                      f"`{d['command']}` ([json](../bench/results/{path.name})) |")
+                                      f"`{command}` ([json](../bench/results/{path.name})) |")
     out = [
         "# Performance: every measured figure",
         "",
