@@ -6,7 +6,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # A bare `torch` requirement can pull a multi-GB CUDA build; on a CPU machine
-# pin the CPU build first (this one lies on our machines' disk). On a GPU box:
+# pin the CPU build first. On a GPU machine:
 #   make install TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
 SAMPLE ?= sample:2000

@@ -253,7 +253,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="wikiembed-bench-") as tmpdir:
         tmp = Path(tmpdir)
         results: dict = {"mode": "quick" if args.quick else "full", "date": time.strftime("%Y-%m-%d"),
-                         "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+                         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                         "command": " ".join(["python", "bench/pipeline.py", *sys.argv[1:]])}
         results.update(chunking_vs_tokenizer(1000 if args.quick else 5000))
         print(f"chunking_vs_tokenizer {results['chunking_vs_tokenizer']:.2f}", flush=True)
         # Before anything loads a model: a subprocess reports this process's peak RSS as its own

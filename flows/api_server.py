@@ -3,17 +3,18 @@
 Prefect would start its own temporary server (a uvicorn subprocess) in the
 CLI's process group: a Ctrl-C in the terminal then kills that server too, the
 run hangs retrying it, and after a SIGKILL of the CLI the server lives on.
-This one is started the same way (Prefect's app factory, the same settings),
-but in its own session, so the terminal's signals reach only the CLI; on Linux
-it also gets SIGTERM from the kernel the moment the CLI dies, however it dies.
+This one is Prefect's public `prefect server start` (the same SQLite database
+under PREFECT_HOME), run in its own session, so the terminal's signals reach
+only the CLI, under a small watchdog (this module run as a script) that stops
+the server as soon as the CLI is gone, however it went.
 
-Touches: one child process, a free localhost port, and PREFECT_API_URL in this
-process's environment and Prefect's settings.
+Touches: two child processes (the watchdog and the server), a free localhost
+port, a log file under PREFECT_HOME, and PREFECT_API_URL in this process's
+environment and Prefect's settings.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -22,20 +23,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
-
-from wikiembed.errors import WikiembedError
+from pathlib import Path
 
 # The server starts in about 10 s on a loaded 2-core machine; Prefect's own default wait is 20 s.
 STARTUP_TIMEOUT_S = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"))
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent: int) -> None:
-    """In the child, before exec: ask the kernel for SIGTERM when the parent dies (Linux)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
+# How often the watchdog checks that the CLI is still alive (seconds): the server outlives a
+# SIGKILLed CLI by at most this, plus its own shutdown.
+PARENT_CHECK_S = 0.5
+# How long the watchdog lets the server shut down after SIGTERM before it kills it.
+SERVER_STOP_S = 5.0
+LOG_NAME = "wikiembed-api-server.log"
 
 
 def _free_port() -> int:
@@ -59,33 +56,43 @@ def needs_own_server() -> bool:
     return not settings.api.url and bool(settings.server.ephemeral.enabled)
 
 
+def server_command(port: int) -> list[str]:
+    """`prefect server start` on localhost with only what a run needs: no UI, no scheduler, no late-run service."""
+    return [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+            "--no-ui", "--no-scheduler", "--no-late-runs", "--analytics-off"]
+
+
 class ApiServer:
     """A temporary Prefect API server, in its own session, that dies with this process."""
 
     def __init__(self) -> None:
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: subprocess.Popen[bytes] | None = None  # the watchdog; the server is its child
         self.url = ""
+        self.log = Path()
 
     def start(self) -> str:
         """Start the server, wait until it answers, point this process's Prefect at it; return its URL."""
+        from prefect.settings import get_current_settings
+
+        from wikiembed.errors import WikiembedError
+
         port = _free_port()
-        parent = os.getpid()
-        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
-             "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=lambda: _die_with_parent(parent),
-        )
+        home = Path(get_current_settings().home)
+        home.mkdir(parents=True, exist_ok=True)
+        self.log = home / LOG_NAME
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "wikiembed.flows.api_server", str(os.getpid()), *server_command(port)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            )
         self.url = f"http://127.0.0.1:{port}/api"
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise WikiembedError(
-                    f"the temporary Prefect API server exited with code {self.process.returncode} while starting; "
-                    "run `prefect server start` and set PREFECT_API_URL, then run the same command again."
+                    f"the temporary Prefect API server exited with code {self.process.returncode} while starting "
+                    f"(its log: {self.log}); run `prefect server start` and set PREFECT_API_URL, then run the same "
+                    "command again."
                 )
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=2) as resp:
@@ -97,12 +104,12 @@ class ApiServer:
             time.sleep(0.2)
         self.stop()
         raise WikiembedError(
-            f"the temporary Prefect API server did not answer within {STARTUP_TIMEOUT_S:.0f} s; raise "
-            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or run `prefect server start` and set PREFECT_API_URL."
+            f"the temporary Prefect API server did not answer within {STARTUP_TIMEOUT_S:.0f} s (its log: {self.log}); "
+            "raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or run `prefect server start` and set PREFECT_API_URL."
         )
 
     def stop(self, wait_s: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL after `wait_s`; safe to call twice."""
+        """Ask the watchdog to stop the server; kill both after `wait_s`. Safe to call twice."""
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
@@ -110,5 +117,30 @@ class ApiServer:
         try:
             process.wait(timeout=wait_s)
         except subprocess.TimeoutExpired:
-            process.kill()
+            # The watchdog leads its own process group, the server in it: kill the group at once.
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def _watch(parent: int, command: list[str]) -> int:
+    """Run `command` until it exits, this process gets SIGTERM, or `parent` is gone; return its exit code.
+
+    Polling the parent (a process that is orphaned gets a new parent) works wherever Python does,
+    and costs nothing the server does not already pay."""
+    server = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
+    while server.poll() is None and not stopping and os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    if server.poll() is None:
+        server.terminate()
+        try:
+            server.wait(timeout=SERVER_STOP_S)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    return server.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(_watch(int(sys.argv[1]), sys.argv[2:]))
