@@ -261,12 +261,13 @@ def _self_check_texts() -> list[str]:
 _FAST: dict[int, tuple[Any, FastWordPiece | None]] = {}
 
 
-def fast_wordpiece(tokenizer: Any) -> FastWordPiece | None:
+def fast_wordpiece(tokenizer: Any, which: TokenizerChoice | None = None) -> FastWordPiece | None:
     """The fast path for `tokenizer`, or None where it does not apply (then use `tokenizer` itself).
 
-    Made once per tokenizer object and process; respects the process's `choice()`.
+    `which`: "tokenizers" never takes the fast path; None: this process's `choice()`. Made once per
+    tokenizer object and process.
     """
-    if choice() == "tokenizers":
+    if (which or choice()) == "tokenizers":
         return None
     found = _FAST.get(id(tokenizer))
     if found is not None and found[0] is tokenizer:

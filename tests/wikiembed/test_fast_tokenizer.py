@@ -272,6 +272,57 @@ def test_without_blingfire_the_reference_is_used(monkeypatch):
     assert fast_wordpiece(load_tokenizer()) is None
 
 
+def _mixed_articles(tmp_path: Path) -> Path:
+    """A jsonl source of sample articles, man pages and the adversarial texts (as whole articles)."""
+    rows = [dict(a) for a in generate_articles(300)]
+    rows += [{"id": f"man{i}", "url": "", "title": "man", "text": t} for i, t in enumerate(_man_pages(40) if MAN.is_dir() else [])]
+    rows += [{"id": f"adv{i}", "url": "", "title": "adversarial", "text": t * 30} for i, t in enumerate(ADVERSARIAL) if t.strip()]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("size,overlap", [(256, 0), (64, 0), (128, 16)])
+def test_fast_chunks_are_the_reference_chunks(tmp_path, monkeypatch, size, overlap):
+    """The token chunker on the fast path gives the same chunks (boundaries, offsets, ids) as with
+    tokenizers alone, and each chunk's ids are what the tokenizer gives its text."""
+    import pyarrow as pa
+
+    from wikiembed.chunking import Chunking, TokenChunker, chunk_table
+
+    tokenizer = load_tokenizer()
+    rows = pa.Table.from_pylist([json.loads(line) for line in _mixed_articles(tmp_path).read_text().splitlines()])
+    chunking = Chunking("tokens", size, overlap)
+    assert TokenChunker(tokenizer, size, overlap, "auto").tokenizer_name == "blingfire"
+    assert TokenChunker(tokenizer, size, overlap, "tokenizers").tokenizer_name == "tokenizers"
+    monkeypatch.setenv(fast_tokenizer.CHOICE_ENV, "tokenizers")
+    reference = chunk_table(rows, chunking, tokenizer, workers=1)
+    monkeypatch.delenv(fast_tokenizer.CHOICE_ENV)
+    fast = chunk_table(rows, chunking, tokenizer, workers=1)
+    assert fast.equals(reference)
+    texts = fast.column("text").to_pylist()
+    assert fast.column("input_ids").to_pylist() == [e.ids for e in tokenizer.encode_batch(texts)]
+
+
+def test_a_store_cut_with_either_tokenizer_is_byte_identical(tmp_path, monkeypatch):
+    """chunk_shard on the worker processes, once per choice: the same chunk file, byte for byte."""
+    from wikiembed import chunking
+    from wikiembed.plan import prepare
+    from wikiembed.settings import RunSettings
+
+    source = _mixed_articles(tmp_path)
+    monkeypatch.setattr(chunking, "PARALLEL_MIN_CHARS", 0)
+    monkeypatch.setattr(chunking, "PART_CHARS", 50_000)  # several parts, on the worker processes
+    files = {}
+    for which in ("tokenizers", "auto"):
+        monkeypatch.setenv(fast_tokenizer.CHOICE_ENV, which)
+        prepared = prepare(RunSettings(source=str(source), store=str(tmp_path / which), shard_rows=100_000))
+        chunking.chunk_shard(prepared.store, 0, prepared.manifest)
+        files[which] = prepared.store.chunks_path(0).read_bytes()
+        assert fast_tokenizer.name(load_tokenizer()) == ("blingfire" if which == "auto" else "tokenizers")
+    assert files["auto"] == files["tokenizers"]
+
+
 def write_table(path: Path) -> None:
     ranges = _ranges(agreeing_chars())
     rows = [", ".join(f"(0x{a:04X}, 0x{b:04X})" for a, b in ranges[i : i + 6]) for i in range(0, len(ranges), 6)]
