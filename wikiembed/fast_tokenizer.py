@@ -128,6 +128,13 @@ class FastWordPiece:
         self._unk = ctypes.c_int(unk)
         self.chars = 0
         self.fallback_chars = 0
+        # The special tokens the tokenizer puts around a single text ([CLS] ... [SEP] for BERT).
+        bare = self.reference.encode("a", add_special_tokens=False).ids
+        full = self.reference.encode("a", add_special_tokens=True).ids
+        at = next((i for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare), None)
+        self.prefix = np.asarray(full[:at] if at is not None else [], dtype=np.int32)
+        self.suffix = np.asarray(full[at + len(bare) :] if at is not None else [], dtype=np.int32)
+        self.wraps = at is not None  # False: the specials sit inside the text; encode_ids is not offered
 
     def fallback_runs(self, text: str) -> list[tuple[int, int]]:
         """`[start, end)` of the whitespace-delimited runs of `text` that `tokenizers` must tokenize, in order."""
@@ -178,6 +185,18 @@ class FastWordPiece:
 
     def encode_batch(self, texts: Sequence[str]) -> list[FastEncoding]:
         return [self.encode(text) for text in texts]
+
+    def encode_ids(self, texts: Sequence[str], max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """As `wikiembed.tokenizing.encode_ids`: each text's ids with the special tokens, flat, cut
+        to `max_length` tokens (special tokens included) on the right as tokenizers' truncation does."""
+        keep = None if max_length is None else max(max_length - len(self.prefix) - len(self.suffix), 0)
+        bodies = [self.encode(text).ids[:keep] for text in texts]
+        lengths = np.fromiter(map(len, bodies), dtype=np.int64, count=len(bodies)) + len(self.prefix) + len(self.suffix)
+        offsets = np.zeros(len(bodies) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        pieces = [part for body in bodies for part in (self.prefix, body, self.suffix)]
+        ids = np.concatenate(pieces).astype(np.int32, copy=False) if pieces else np.zeros(0, np.int32)
+        return ids, offsets
 
     def _blingfire(self, text: str, base: int) -> FastEncoding:
         data = text.encode("utf-8")

@@ -323,6 +323,28 @@ def test_a_store_cut_with_either_tokenizer_is_byte_identical(tmp_path, monkeypat
     assert files["auto"] == files["tokenizers"]
 
 
+@pytest.mark.parametrize("max_length", [None, 128, 8])
+def test_encode_ids_on_the_fast_path_is_the_tokenizers_output(max_length):
+    """What the engine's `embed` of raw text and `estimate` count: ids with special tokens, truncated
+    as the tokenizer is set to, identical on either path, in this process and on worker processes."""
+    from tokenizers import Tokenizer
+
+    from wikiembed.tokenizing import encode_ids, encode_ids_part, run_parts, spec
+
+    tokenizer = Tokenizer.from_str(load_tokenizer().to_str())
+    if max_length:
+        tokenizer.enable_truncation(max_length=max_length)
+    texts = [a["text"] for a in generate_articles(200)] + ADVERSARIAL
+    want = [e.ids for e in tokenizer.encode_batch(texts)]
+    assert fast_wordpiece(tokenizer) is not None
+    for which in ("auto", "tokenizers"):
+        ids, offsets = encode_ids(tokenizer, texts, which)
+        assert ids.dtype.name == "int32" and [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])] == want
+    parts = [(spec(tokenizer), "auto", texts[i : i + 50]) for i in range(0, len(texts), 50)]
+    flat = [ids[a:b].tolist() for ids, offsets in run_parts(encode_ids_part, parts, workers=2) for a, b in zip(offsets[:-1], offsets[1:])]
+    assert flat == want
+
+
 def write_table(path: Path) -> None:
     ranges = _ranges(agreeing_chars())
     rows = [", ".join(f"(0x{a:04X}, 0x{b:04X})" for a, b in ranges[i : i + 6]) for i in range(0, len(ranges), 6)]
