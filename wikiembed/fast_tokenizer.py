@@ -94,8 +94,8 @@ class FastEncoding:
     `ids`, and character offsets `[starts[i], ends[i])` of token i in the text."""
 
     ids: np.ndarray  # int32
-    starts: np.ndarray  # int64
-    ends: np.ndarray  # int64
+    starts: np.ndarray  # int32 or int64
+    ends: np.ndarray
 
     def char_to_token(self, pos: int) -> int | None:
         """The token whose characters include `pos`, or None (whitespace, dropped characters)."""
@@ -124,7 +124,17 @@ class FastWordPiece:
         self.reference.no_padding()
         self._lib = lib
         self._handle = ctypes.c_void_p(handle)
-        self._added = added
+        # An added token is matched in the raw text, before normalizing: runs holding one go to tokenizers.
+        self._added = re.compile("|".join(map(re.escape, added))) if added else None
+        vocab = self.reference.get_vocab(with_added_tokens=True)
+        self._continues = np.zeros(max(vocab.values()) + 1, dtype=bool)  # by id: a "##" word piece
+        self._continues[[i for token, i in vocab.items() if token.startswith("##")]] = True
+        # A word over the length limit comes out of blingfire as [UNK] or as at least this many
+        # word pieces in a row (its first piece and each "##" piece hold at most so many characters).
+        first = max(len(token) for token in vocab if not token.startswith("##"))
+        piece = max(len(token) - 2 for token in vocab if token.startswith("##"))
+        self._long_word_pieces = b"\x01" * -(-(_MAX_WORD_CHARS + 1 - first) // piece)
+        self._unk_id = unk
         self._unk = ctypes.c_int(unk)
         self.chars = 0
         self.fallback_chars = 0
@@ -137,51 +147,72 @@ class FastWordPiece:
         self.wraps = at is not None  # False: the specials sit inside the text; encode_ids is not offered
 
     def fallback_runs(self, text: str) -> list[tuple[int, int]]:
-        """`[start, end)` of the whitespace-delimited runs of `text` that `tokenizers` must tokenize, in order."""
+        """`[start, end)` of the whitespace-delimited runs of `text` that hold a character outside the
+        safe set or an added token's text: `tokenizers` tokenizes them. (Words over the length limit
+        are found in blingfire's output instead, see `_fast`.)"""
         unsafe = _UNSAFE_ASCII if text.isascii() else _UNSAFE
         spots = [m.start() for m in unsafe.finditer(text)]
-        spots += [m.start() for m in _LONG_RUN.finditer(text)]
-        for token in self._added:
-            at = text.find(token)
-            while at >= 0:
-                spots.append(at)
-                at = text.find(token, at + 1)
-        if not spots:
-            return []
-        runs: list[tuple[int, int]] = []
-        for spot in sorted(spots):
-            if runs and spot < runs[-1][1]:
-                continue  # inside the run already taken
-            start = max(text.rfind(sep, 0, spot) for sep in _SEPARATORS) + 1
-            found = _SEPARATOR.search(text, spot)
-            end = found.start() if found else len(text)
-            if runs and start <= runs[-1][1]:
-                runs[-1] = (runs[-1][0], end)
-            else:
-                runs.append((start, end))
-        return runs
+        if self._added is not None:
+            spots += [m.start() for m in self._added.finditer(text)]
+        return _runs_at(text, sorted(spots)) if spots else []
 
     def encode(self, text: str) -> FastEncoding:
         """`text`'s tokens (no special tokens): the same ids and offsets as the model's tokenizer."""
         self.chars += len(text)
-        runs = self.fallback_runs(text)
+        return self._assemble(text, self.fallback_runs(text), 0, True)
+
+    def _assemble(self, text: str, runs: list[tuple[int, int]], base: int, check_words: bool) -> FastEncoding:
+        """`runs` through tokenizers, the text between them through blingfire, joined in order."""
         if not runs:
-            return self._blingfire(text, 0)
+            return self._fast(text, base, check_words)
         parts: list[FastEncoding] = []
         done = 0
         for start, end in runs:
             if start > done:
-                parts.append(self._blingfire(text[done:start], done))
-            parts.append(self._reference(text[start:end], start))
+                parts.append(self._fast(text[done:start], base + done, check_words))
+            parts.append(self._reference(text[start:end], base + start))
             self.fallback_chars += end - start
             done = end
         if done < len(text):
-            parts.append(self._blingfire(text[done:], done))
+            parts.append(self._fast(text[done:], base + done, check_words))
         return FastEncoding(
             np.concatenate([p.ids for p in parts]),
             np.concatenate([p.starts for p in parts]),
             np.concatenate([p.ends for p in parts]),
         )
+
+    def _fast(self, text: str, base: int, check_words: bool) -> FastEncoding:
+        """blingfire on text of safe characters; where it holds a word over WordPiece's length limit
+        (tokenizers gives that word one [UNK]), the runs of separator-free characters longer than the
+        limit go to tokenizers instead (a word's span in characters is at least its normalized length)."""
+        enc = self._blingfire(text, base)
+        m = len(enc.ids)
+        if not check_words or not self._may_hold_long_word(enc.ids):
+            return enc
+        first = np.flatnonzero(~self._continues[enc.ids])  # each word's first token
+        last = np.empty_like(first)
+        last[:-1] = first[1:] - 1
+        last[-1] = m - 1
+        if (enc.ends[last] - enc.starts[first]).max() <= _MAX_WORD_CHARS:
+            return enc
+        spots = [found.start() for found in _LONG_RUN.finditer(text)]
+        return self._assemble(text, _runs_at(text, spots), base, False)
+
+    def _may_hold_long_word(self, ids: np.ndarray) -> bool:
+        """Cheap test on ids alone: False means no word of the text is over the length limit."""
+        return self._continues[ids].tobytes().find(self._long_word_pieces) >= 0 or bool((ids == self._unk_id).any())
+
+    def _ids(self, text: str) -> np.ndarray:
+        """`encode(text).ids`, with blingfire's faster ids-only call where nothing needs a closer look."""
+        if not self.fallback_runs(text):
+            data = text.encode("utf-8")
+            size = len(data) + 1
+            ids = np.empty(size, dtype=np.int32)
+            count = self._lib.TextToIds(self._handle, data, len(data), ids.ctypes.data, size, self._unk)
+            if 0 <= count <= size and not self._may_hold_long_word(ids[:count]):
+                self.chars += len(text)
+                return ids[:count]
+        return self.encode(text).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[FastEncoding]:
         return [self.encode(text) for text in texts]
@@ -190,7 +221,7 @@ class FastWordPiece:
         """As `wikiembed.tokenizing.encode_ids`: each text's ids with the special tokens, flat, cut
         to `max_length` tokens (special tokens included) on the right as tokenizers' truncation does."""
         keep = None if max_length is None else max(max_length - len(self.prefix) - len(self.suffix), 0)
-        bodies = [self.encode(text).ids[:keep] for text in texts]
+        bodies = [self._ids(text)[:keep] for text in texts]
         lengths = np.fromiter(map(len, bodies), dtype=np.int64, count=len(bodies)) + len(self.prefix) + len(self.suffix)
         offsets = np.zeros(len(bodies) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
@@ -210,7 +241,7 @@ class FastWordPiece:
         if count < 0 or count > size:  # never seen; the reference is always right
             self.fallback_chars += len(text)
             return self._reference(text, base)
-        ids, starts, ends = ids[:count], starts[:count].astype(np.int64), ends[:count].astype(np.int64)
+        ids, starts, ends = ids[:count], starts[:count], ends[:count]
         # blingfire's offsets are UTF-8 byte positions, its ends inclusive: make them characters.
         if len(data) != len(text):
             char_of_byte = np.cumsum((np.frombuffer(data, dtype=np.uint8) & 0xC0) != 0x80) - 1
@@ -221,6 +252,22 @@ class FastWordPiece:
         enc = self.reference.encode(text, add_special_tokens=False)
         offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
         return FastEncoding(np.asarray(enc.ids, dtype=np.int32), offsets[:, 0] + base, offsets[:, 1] + base)
+
+
+def _runs_at(text: str, spots: list[int]) -> list[tuple[int, int]]:
+    """The separator-delimited runs of `text` holding the positions `spots` (sorted), merged, in order."""
+    runs: list[tuple[int, int]] = []
+    for spot in spots:
+        if runs and spot < runs[-1][1]:
+            continue  # inside the run already taken
+        start = max(text.rfind(sep, 0, spot) for sep in _SEPARATORS) + 1
+        found = _SEPARATOR.search(text, spot)
+        end = found.start() if found else len(text)
+        if runs and start <= runs[-1][1]:
+            runs[-1] = (runs[-1][0], end)
+        else:
+            runs.append((start, end))
+    return runs
 
 
 def _blingfire_lib() -> tuple[Any, str] | None:
@@ -235,6 +282,7 @@ def _blingfire_lib() -> tuple[Any, str] | None:
         ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
         ctypes.c_int, ctypes.c_int,
     ]
+    lib.TextToIds.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     return lib, os.path.dirname(blingfire.__file__)
 
 
@@ -325,6 +373,6 @@ def _make(tokenizer: Any) -> FastWordPiece | None:
     return fast
 
 
-def name(tokenizer: Any) -> str:
-    """Which tokenizer counts `tokenizer`'s tokens in this process: "blingfire" or "tokenizers"."""
-    return "blingfire" if fast_wordpiece(tokenizer) is not None else "tokenizers"
+def name(tokenizer: Any, which: TokenizerChoice | None = None) -> str:
+    """Which tokenizer counts `tokenizer`'s tokens (`which` as `fast_wordpiece`): "blingfire" or "tokenizers"."""
+    return "blingfire" if fast_wordpiece(tokenizer, which) is not None else "tokenizers"
