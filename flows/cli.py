@@ -143,10 +143,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print_summary(summary: dict[str, Any], out=sys.stdout) -> None:  # noqa: ANN001
+    counted = f", tokens counted by {summary['tokenizer']}" if summary.get("tokenizer") else ""
     print(
         f"wikiembed: {summary['shards_done']}/{summary['shards_total']} shards done, "
         f"{summary['shards_failed']} failed | rows {summary['rows']:,} ({summary['skipped_rows']:,} skipped) | "
-        f"chunks {summary['chunks']:,} ({summary['embedded_chunks']:,} embedded, {summary['reused_chunks']:,} reused) | "
+        f"chunks {summary['chunks']:,} ({summary['embedded_chunks']:,} embedded, {summary['reused_chunks']:,} reused{counted}) | "
         f"{summary['seconds']:.1f}s, {summary['chars_per_s']:,.0f} chars/s",
         file=out,
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
 import re
 import shlex
 import sys
@@ -33,13 +34,14 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from wikiembed import shard_workers
+from wikiembed import fast_tokenizer, shard_workers
 from wikiembed.backends.factory import backend_retries, open_backend
 from wikiembed.calibration import needs_calibration
 from wikiembed.checkpoint import record_vector_kind
 from wikiembed.errors import BackendError, InputError, ShardsFailed, StoreError, TransientBackendError, WikiembedError
 from wikiembed.estimate import compare, markdown as estimate_markdown, one_line, run_hardware, store_estimate
 from wikiembed.index import require_library
+from wikiembed.model import load_tokenizer
 from wikiembed.plan import VectorIndex, check_snapshot
 from wikiembed.progress import Progress
 from wikiembed.settings import RunSettings, ShardSelection, parse_shards
@@ -235,6 +237,7 @@ def _summary(
         "backend": settings.backend,
         "device": device,
         "chunking": manifest["chunking"],
+        "tokenizer": _tokenizer_name(settings, manifest),
         "shards_total": len(states),
         "shards_done": len(done),
         "shards_failed": sum(s.state == "failed" for s in states),
@@ -252,6 +255,24 @@ def _summary(
         "seconds": round(seconds, 3),
         "chars_per_s": round(embedded_chars / seconds, 1) if seconds > 0 else 0.0,
     }
+
+
+def _tokenizer_name(settings: RunSettings, manifest: dict[str, Any]) -> str | None:
+    """Which tokenizer cut the token chunker's chunks: blingfire or tokenizers (same chunks either way).
+    Modal containers choose for themselves (the fast path where it applies)."""
+    if manifest["chunking"]["chunker"] != "tokens":
+        return None
+    which = "auto" if settings.backend == "modal" else settings.compute.tokenizer
+    try:
+        return fast_tokenizer.name(load_tokenizer(manifest["model"]["model_id"]), which)
+    except WikiembedError:  # a model only the containers can reach
+        return None
+
+
+def _use_tokenizer(settings: RunSettings) -> None:
+    """Make the run's tokenizer choice this process's: the processes it starts (tokenizing and shard
+    workers) inherit it."""
+    os.environ[fast_tokenizer.CHOICE_ENV] = settings.compute.tokenizer
 
 
 def _report(store: Store | VolumeStore, summary: dict[str, Any], states: list[ShardState], changes: dict[str, Any] | None = None) -> None:
@@ -274,7 +295,7 @@ def _report(store: Store | VolumeStore, summary: dict[str, Any], states: list[Sh
         f"- source: `{summary['source']}`",
         f"- model: `{summary['model']}` (revision `{summary['revision']}`)",
         f"- backend: {summary['backend']} on {summary['device']}",
-        f"- chunking: {chunking}",
+        f"- chunking: {chunking}" + (f", tokens counted by {summary['tokenizer']}" if summary.get("tokenizer") else ""),
         f"- rows: {summary['rows']:,} ({summary['skipped_rows']:,} skipped)",
         f"- chunks: {summary['chunks']:,} ({summary['embedded_chunks']:,} embedded, {summary['reused_chunks']:,} reused)",
         f"- time: {summary['seconds']:.1f} s, {summary['chars_per_s']:,.0f} chars/s, {summary['retries']} retries",
@@ -501,6 +522,7 @@ def _takes_run_settings(fn: Callable[..., Any]) -> Callable[..., Any]:
 @_takes_run_settings
 def embed_dataset(**options: Any) -> dict[str, Any] | State:
     settings = RunSettings(**options)
+    _use_tokenizer(settings)
     check_store_for_backend(settings.backend, settings.store)
     started = time.perf_counter()
     with open_store(settings.store).lock() as lease:
@@ -575,6 +597,7 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
             raise InputError(f"--shards {bad}: this store has shards 0..{total - 1}; see `wikiembed status --store {shlex.quote(str(store))}`.")
         ids = selection
     settings = RunSettings(**manifest["settings"])
+    _use_tokenizer(settings)
     _tag_flow_run(settings, manifest)
     get_run_logger().info(
         "%s: re-embedding %d of %d shards (%s); %s", s.root, len(ids), total, ",".join(map(str, ids)) or "none failed",

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from wikiembed.atomic import atomic_path
 from wikiembed.sources import read_snapshot_rows
 from wikiembed.errors import InputError
+from wikiembed.fast_tokenizer import TokenizerChoice, choice, fast_wordpiece
 from wikiembed.model import load_tokenizer
 from wikiembed.store import Store, sha256_file, store_os_error
 from wikiembed.tokenizing import cores, run_parts, spec, tokenizer_from_spec
@@ -164,7 +165,9 @@ class TokenChunker:
     looked up one by one instead of converting every token's offsets.
     """
 
-    def __init__(self, tokenizer, chunk_size: int, overlap: int = 0, prompt: str = "") -> None:
+    def __init__(
+        self, tokenizer, chunk_size: int, overlap: int = 0, which: TokenizerChoice | None = None, prompt: str = ""
+    ) -> None:
         self.tokenizer = tokenizer
         self.specials = tokenizer.num_special_tokens_to_add(False)
         self.prompt = prompt
@@ -199,6 +202,9 @@ class TokenChunker:
             vocab = tokenizer.get_vocab(with_added_tokens=True)
             self.continues = np.zeros(max(vocab.values()) + 1, dtype=bool)
             self.continues[[i for tok, i in vocab.items() if tok.startswith(mark)]] = True
+        # blingfire where it gives exactly the tokenizer's ids and offsets (wikiembed/fast_tokenizer.py).
+        self.fast = fast_wordpiece(tokenizer, which) if self.exact else None
+        self.tokenizer_name = "blingfire" if self.fast else "tokenizers"
 
     def chunk_many(self, texts: Sequence[str]) -> "ChunkArrays":
         """Every chunk of every text, in text then chunk order."""
@@ -208,7 +214,11 @@ class TokenChunker:
         spans: list[list[tuple[int, int]]] = [[] for _ in texts]
         ids: list[list[np.ndarray]] = [[] for _ in texts]
         for group in _groups(pieces):
-            encs = self.tokenizer.encode_batch([texts[t][s:e] for t, s, e in group], add_special_tokens=False)
+            group_texts = [texts[t][s:e] for t, s, e in group]
+            if self.fast:
+                encs = self.fast.encode_batch(group_texts)
+            else:
+                encs = self.tokenizer.encode_batch(group_texts, add_special_tokens=False)
             for (t, s, e), enc in zip(group, encs):
                 if self.exact:
                     self._cut_exact(texts[t], s, e, enc, spans[t], ids[t])
@@ -465,24 +475,26 @@ PARALLEL_MIN_CHARS = 300_000
 PART_CHARS = 1_000_000
 
 
-_CHUNKERS: dict[tuple[int, int, int, str], TokenChunker] = {}
+_CHUNKERS: dict[tuple, TokenChunker] = {}
 
 
-def _chunker(tokenizer, chunk_size: int, overlap: int, prompt: str = "") -> TokenChunker:
-    """A chunker per (tokenizer, size, overlap, prompt), made once per process: making one reads the
-    whole vocabulary (~0.1 s), which would otherwise be paid again for every part."""
-    key = (id(tokenizer), chunk_size, overlap, prompt)
+def _chunker(tokenizer, chunk_size: int, overlap: int, which: TokenizerChoice, prompt: str = "") -> TokenChunker:
+    """A chunker per (tokenizer, size, overlap, tokenizer choice, prompt), made once per process: making
+    one reads the whole vocabulary (~0.1 s), which would otherwise be paid again for every part."""
+    key = (id(tokenizer), chunk_size, overlap, which, prompt)
     found = _CHUNKERS.get(key)
     if found is None or found.tokenizer is not tokenizer:
         if len(_CHUNKERS) >= 8:
             _CHUNKERS.clear()
-        found = _CHUNKERS[key] = TokenChunker(tokenizer, chunk_size, overlap, prompt)
+        found = _CHUNKERS[key] = TokenChunker(tokenizer, chunk_size, overlap, which, prompt)
     return found
 
 
-def _chunk_part(tokenizer_spec: str, chunk_size: int, overlap: int, prompt: str, texts: list[str]) -> ChunkArrays:
-    """Worker body: chunk `texts` with the tokenizer `tokenizer_spec` describes."""
-    return _chunker(tokenizer_from_spec(tokenizer_spec), chunk_size, overlap, prompt).chunk_many(texts)
+def _chunk_part(
+    tokenizer_spec: str, chunk_size: int, overlap: int, which: TokenizerChoice, prompt: str, texts: list[str]
+) -> ChunkArrays:
+    """Worker body: chunk `texts` with the tokenizer `tokenizer_spec` describes (`which`: the caller's choice)."""
+    return _chunker(tokenizer_from_spec(tokenizer_spec), chunk_size, overlap, which, prompt).chunk_many(texts)
 
 
 def _parts(texts: Sequence[str], part_chars: int) -> list[tuple[int, int]]:
@@ -513,14 +525,15 @@ def _chunk_parts(
     if tokenizer is None:
         raise ValueError("the tokens chunker needs the model's tokenizer")
     workers = cores() if workers is None else workers
-    chunker = _chunker(tokenizer, chunking.chunk_size, chunking.chunk_overlap, prompt)  # bad options fail here, not in a worker
+    which = choice()
+    chunker = _chunker(tokenizer, chunking.chunk_size, chunking.chunk_overlap, which, prompt)  # bad options fail here, not in a worker
     total = sum(map(len, texts))
     if workers < 2 or total < PARALLEL_MIN_CHARS:
         yield 0, len(texts), chunker.chunk_many(texts)
         return
     part_chars = max(min(PART_CHARS, total // (4 * workers)), 1)
     bounds = _parts(texts, part_chars)
-    parts = [(chunker.spec, chunking.chunk_size, chunking.chunk_overlap, prompt, list(texts[a:b])) for a, b in bounds]
+    parts = [(chunker.spec, chunking.chunk_size, chunking.chunk_overlap, which, prompt, list(texts[a:b])) for a, b in bounds]
     for (a, b), found in zip(bounds, run_parts(_chunk_part, parts, workers)):
         yield a, b, found
 

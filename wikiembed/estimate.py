@@ -34,6 +34,7 @@ from wikiembed.chunking import chunk_table, make_chunking
 from wikiembed.errors import InputError
 from wikiembed.model import load_tokenizer, model_info
 from wikiembed.sources import SNAPSHOT_SCHEMA, RowReport, Source, parse_source, pin, read_source
+from wikiembed.tokenizing import encode_ids
 
 DEFAULT_SAMPLE = 300
 Z95 = 1.959964
@@ -167,11 +168,8 @@ def _sample_counts(
     ids = chunks.column("id").to_pylist()
     index = {r["id"]: i for i, r in enumerate(rows)}
     owner = np.fromiter((index[i] for i in ids), dtype=np.int64, count=len(ids))
-    lengths = np.fromiter(
-        (min(len(e.ids), info.max_tokens) for e in tokenizer.encode_batch([prompt + t for t in chunks.column("text").to_pylist()])),
-        dtype=np.int64,
-        count=len(ids),
-    )
+    texts = [prompt + t for t in chunks.column("text").to_pylist()]  # the model reads the prompt with every chunk
+    lengths = np.minimum(np.diff(encode_ids(tokenizer, texts)[1]), info.max_tokens)
     n = len(rows)
     return {
         "chars": np.fromiter((len(r["text"]) for r in rows), dtype=np.float64, count=n),

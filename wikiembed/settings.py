@@ -76,6 +76,11 @@ class ComputeOptions(_Options):
     modal_app: str | None = Field(None, description="Deployed Modal app (default: wikiembed-tei or wikiembed-torch, by class).")
     modal_class: Literal["TEI", "Torch"] = Field("TEI", description="Modal class: TEI, or our PyTorch engine (Torch).")
     gpu: str | None = Field(None, description="GPU for the Modal app's calls, e.g. H100 (default: as deployed).")
+    tokenizer: Literal["auto", "tokenizers"] = Field(
+        "auto",
+        description="Who counts tokens on this machine: auto (blingfire where it gives exactly the ids of tokenizers, "
+        "several times faster) or tokenizers (always the reference). The chunks are the same either way.",
+    )
 
     @field_validator("tei_url", mode="before")
     @classmethod

@@ -31,6 +31,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from wikiembed.fast_tokenizer import TokenizerChoice, fast_wordpiece
+
 # Parts in flight per worker: enough that no worker waits for its next part,
 # few enough that results do not pile up in memory ahead of their consumer.
 IN_FLIGHT_PER_WORKER = 4
@@ -102,12 +104,22 @@ def tokenizer_from_spec(tokenizer_spec: str) -> Any:
     return found
 
 
-def encode_ids(tokenizer: Any, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def encode_ids(tokenizer: Any, texts: Sequence[str], which: TokenizerChoice | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Token ids of each text (special tokens added, the tokenizer's truncation applied), flat.
 
     Returns `(ids, offsets)`: int32 ids of all texts concatenated, and int64
     offsets of length `len(texts) + 1` (text i is `ids[offsets[i]:offsets[i + 1]]`).
+    Where the fast path applies (`wikiembed.fast_tokenizer`; `which` as there), the same ids from it.
     """
+    fast = fast_wordpiece(tokenizer, which)
+    truncation = tokenizer.truncation
+    if (
+        fast is not None
+        and fast.wraps
+        and tokenizer.padding is None
+        and (truncation is None or (truncation["direction"] == "right" and truncation["stride"] == 0))
+    ):
+        return fast.encode_ids(texts, None if truncation is None else truncation["max_length"])
     encodings = tokenizer.encode_batch(list(texts), add_special_tokens=True)
     offsets = np.zeros(len(encodings) + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings)), out=offsets[1:])
@@ -117,9 +129,9 @@ def encode_ids(tokenizer: Any, texts: Sequence[str]) -> tuple[np.ndarray, np.nda
     return ids, offsets
 
 
-def encode_ids_part(tokenizer_spec: str, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Worker body of `encode_ids` (the tokenizer travels as its spec)."""
-    return encode_ids(tokenizer_from_spec(tokenizer_spec), texts)
+def encode_ids_part(tokenizer_spec: str, which: TokenizerChoice, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Worker body of `encode_ids` (the tokenizer travels as its spec, the caller's choice with it)."""
+    return encode_ids(tokenizer_from_spec(tokenizer_spec), texts, which)
 
 
 def run_parts(fn: Callable[..., Any], parts: Sequence[tuple], workers: int | None = None) -> Iterator[Any]:

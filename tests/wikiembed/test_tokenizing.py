@@ -22,7 +22,7 @@ def test_encode_ids_is_flat_and_matches_the_tokenizer():
 
 def test_worker_processes_return_parts_in_order():
     tokenizer_spec = spec(load_tokenizer())
-    parts = [(tokenizer_spec, [text]) for text in TEXTS] * 3
+    parts = [(tokenizer_spec, "auto", [text]) for text in TEXTS] * 3
     got = list(run_parts(encode_ids_part, parts, workers=2))
     want = [encode_ids(load_tokenizer(), [text]) for text in TEXTS] * 3
     assert [g[0].tolist() for g in got] == [w[0].tolist() for w in want]
@@ -39,7 +39,7 @@ def test_a_broken_pool_falls_back_to_this_process_with_a_warning():
         got = list(run_parts(_double_unless_in_a_worker, [(os.getpid(), i) for i in range(6)], workers=2))
     assert got == [0, 2, 4, 6, 8, 10]
     # The next call starts a fresh pool.
-    assert [len(o) - 1 for _, o in run_parts(encode_ids_part, [(spec(load_tokenizer()), TEXTS)], workers=2)] == [5]
+    assert [len(o) - 1 for _, o in run_parts(encode_ids_part, [(spec(load_tokenizer()), "auto", TEXTS)], workers=2)] == [5]
 
 
 def test_workers_leave_when_their_parent_is_killed(tmp_path):
@@ -54,7 +54,7 @@ def test_workers_leave_when_their_parent_is_killed(tmp_path):
         "from wikiembed import tokenizing\n"
         "from wikiembed.model import load_tokenizer\n"
         "if __name__ == '__main__':\n"
-        "    parts = [(tokenizing.spec(load_tokenizer()), ['hello'])] * 4\n"
+        "    parts = [(tokenizing.spec(load_tokenizer()), 'auto', ['hello'])] * 4\n"
         "    list(tokenizing.run_parts(tokenizing.encode_ids_part, parts, workers=2))\n"
         "    print(*tokenizing._POOL._processes, flush=True)\n"
         "    time.sleep(600)\n"

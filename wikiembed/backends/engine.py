@@ -57,6 +57,7 @@ import numpy as np
 from wikiembed.backends.base import VectorKind
 from wikiembed.backends.pooling import Head
 from wikiembed.errors import BackendError, InputError
+from wikiembed.fast_tokenizer import choice
 from wikiembed.model import DEFAULT_MODEL, load_tokenizer, model_info, prompt_length
 from wikiembed.tokenizing import cores, encode_ids, encode_ids_part, run_parts, spec
 
@@ -440,7 +441,8 @@ class TorchEngine:
                 ids, offsets = encode_ids(self._tokenizer, texts[start : start + self._window])
                 yield _Window(start, len(offsets) - 1, ids, offsets)
             return
-        parts = [(self._tokenizer_spec, texts[a : a + TOKENIZE_PART_TEXTS]) for a in range(0, len(texts), TOKENIZE_PART_TEXTS)]
+        which = choice()
+        parts = [(self._tokenizer_spec, which, texts[a : a + TOKENIZE_PART_TEXTS]) for a in range(0, len(texts), TOKENIZE_PART_TEXTS)]
         gathered: list[tuple[np.ndarray, np.ndarray]] = []
         start = size = 0
         for ids, offsets in run_parts(encode_ids_part, parts, self.tokenize_workers):
