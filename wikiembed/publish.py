@@ -739,6 +739,8 @@ def publish(
             "data_files": sorted(files),
             "shards": len(done),
             "rows": sum(int((s.marker or {}).get("chunks", 0)) for s in done),
+            "generation": source.gen,
+            "building": source.building(),
         }
         if kind == "dir":
             dest = Path(where)

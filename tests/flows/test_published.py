@@ -1,0 +1,98 @@
+"""The published version stays usable: a stopped run of a new source version, a lost manifest, a bad
+model folder or a wrong path never hides, blocks or claims what is published. Real CLI runs, real
+stores, a real SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.flows.conftest import ROOT, run_cli
+from wikiembed.flows import cli
+from wikiembed.store import Store
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    """Every file under a folder (symlinks as their targets): what a refused command must leave as it was."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_symlink():
+            out[rel] = os.readlink(p).encode()
+        elif p.is_file() and p.name != ".lock":
+            out[rel] = p.read_bytes()
+    return out
+
+
+def _kill_when(args: list[str], env: dict[str, str], store: Path, ready: str) -> None:
+    """Run the CLI and SIGKILL it as soon as `ready` (a glob under the store) matches."""
+    proc = subprocess.Popen([sys.executable, "-m", "wikiembed.flows.cli", *args], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(store.glob(ready)):
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before it could be killed: {proc.communicate()[1][-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the run wrote no {ready} within 300 s")
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_a_stopped_run_of_a_new_source_version_leaves_the_published_one_in_charge(cli_env, tmp_path):
+    store = tmp_path / "store"
+    first = run_cli(cli_env, "run", "--source", "sample:60", "--shard-rows", "20", "--store", str(store))
+    assert first.returncode == 0, first.stderr[-2000:]
+    published = Store(store).pointer("current")
+    chunks = sum(s.chunks for s in Store(store, published).states())
+    _kill_when(["run", "--source", "sample:400", "--store", str(store)], cli_env, store, "next/_done/*.json")
+    building = Store(store).pointer("next")
+    assert building and building != published and Store(store).pointer("current") == published
+
+    status = run_cli(cli_env, "status", "--store", str(store), "--json")
+    payload = json.loads(status.stdout)
+    assert payload["generation"] == payload["published"] == published and payload["done"] == 3 and payload["pending"] == 0
+    assert payload["building"]["generation"] == building and payload["building"]["total"] == 20
+    assert 1 <= payload["building"]["done"] < 20 and payload["building"]["source"] == "sample:400"
+    text = run_cli(cli_env, "status", "--store", str(store)).stdout
+    assert f"generation {published}, published" in text and f"a newer generation {building} (source sample:400)" in text
+    assert f"wikiembed status --store {store / 'gens' / building}" in text
+
+    # export (and upload to a folder, the same code) publish the published generation, and say what is unfinished
+    out = tmp_path / "published"
+    export = run_cli(cli_env, "export", "--store", str(store), "--to", str(out))
+    assert export.returncode == 0, export.stderr[-2000:]
+    assert json.loads(export.stdout)["generation"] == published and "is being built beside it" in export.stderr
+    assert sum(pq.ParquetFile(f).metadata.num_rows for f in (out / "data").glob("*.parquet")) == chunks
+    # the unfinished one only when asked for by its folder, and then as what it is
+    asked = run_cli(cli_env, "export", "--store", str(store / "gens" / building), "--to", str(tmp_path / "partial"))
+    assert asked.returncode == 2 and "shards are not done" in asked.stderr
+    shown = run_cli(cli_env, "status", "--store", str(store / "gens" / building), "--json")
+    assert json.loads(shown.stdout)["generation"] == building
+
+    # the same command finishes the new version and publishes it
+    again = run_cli(cli_env, "run", "--source", "sample:400", "--store", str(store))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert Store(store).pointer("current") == building and Store(store).pointer("next") is None
+
+
+@pytest.mark.parametrize("command", [["status"], ["export", "--to", "somewhere"], ["upload", "--to", "dir:somewhere"],
+                                     ["search", "a query"], ["eval"], ["index"]])
+def test_a_store_path_that_is_a_file_is_named_as_a_file(tmp_path, capsys, monkeypatch, command):
+    path = tmp_path / "notes.txt"
+    path.write_text("not a store")
+    monkeypatch.chdir(tmp_path)
+    code = cli.main([command[0], "--store", str(path), *command[1:]])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--store {path} is a file, not a run store" in err
+    assert "wikiembed run --source" not in err  # no advice to start a run where a run is refused
+    assert path.read_text() == "not a store" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
