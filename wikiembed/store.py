@@ -266,10 +266,12 @@ class Store:
         try:
             manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
+            done = len(list((self.dir / "_done").glob("*.json"))) if (self.dir / "_done").is_dir() else 0
             raise StoreError(
                 f"store {self.root}: {self.manifest_path} is missing, so the store was damaged or a run was killed "
-                "while creating it; run the same `wikiembed run` command again to rebuild it, or restore the store "
-                "from a backup."
+                f"while creating it; run the same `wikiembed run` that made this generation again (its source, model "
+                f"and options): it rebuilds manifest.json from the source and keeps the {done} done shard(s) whose "
+                "rows its plan cuts alike; or restore the store from a backup."
             ) from None
         except (json.JSONDecodeError, OSError) as exc:
             raise StoreError(f"store {self.root}: manifest.json is unreadable ({exc}); restore it or start a new store.") from exc

@@ -148,3 +148,30 @@ def test_rerun_after_the_model_files_changed_is_refused_before_any_file_changes(
     (model / "notes.txt").unlink()
     redone = rerun_shards(store=str(store), shards=[1])
     assert redone["shards_done"] == 2 and redone["rerun_shards"] == [1] and redone["shards_failed"] == 0
+
+
+def test_a_lost_manifest_is_rebuilt_by_the_run_the_messages_name(prefect_api, tmp_path, capsys):
+    store = tmp_path / "store"
+    first = embed_dataset(source="sample:60", store=str(store), shard_rows=20)
+    assert first["shards_done"] == 3
+    gen = Store(store).pointer("current")
+    kept = {k: (Store(store).data_path(k).read_bytes(), Store(store).done_path(k).read_bytes()) for k in (0, 2)}
+    redo_chunks = json.loads(Store(store).done_path(1).read_text())["chunks"]
+    (store / "gens" / gen / "manifest.json").unlink()
+    Store(store).done_path(1).unlink()  # one shard left to do, as when a run was stopped
+
+    assert cli.main(["status", "--store", str(store)]) == 2
+    err = capsys.readouterr().err
+    assert "manifest.json is missing" in err and "run the same `wikiembed run` that made this generation again" in err
+    assert "keeps the 2 done shard(s)" in err
+    # a shard size that would cut other rows than the done shards hold: refused, and they are kept
+    with pytest.raises(InputError, match=r"pass the --shard-rows of the run that made them"):
+        embed_dataset(source="sample:60", store=str(store), shard_rows=30)
+    assert all(Store(store, gen).done_path(k).read_bytes() == kept[k][1] for k in kept)
+    # the command that made it (here without --shard-rows: the done shards tell it) rebuilds it
+    again = embed_dataset(source="sample:60", store=str(store))
+    assert again["shards_done"] == 3 and again["embedded_chunks"] == redo_chunks and again["generation"] == gen
+    assert {k: (Store(store).data_path(k).read_bytes(), Store(store).done_path(k).read_bytes()) for k in (0, 2)} == kept
+    manifest = Store(store).read_manifest()
+    assert manifest["plan"]["shard_rows"] == 20 and manifest["source"]["spec"] == "sample:60"
+    assert cli.main(["status", "--store", str(store)]) == 0
