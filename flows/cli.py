@@ -205,9 +205,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def status_payload(store_dir: str, verify: bool = False) -> dict[str, Any]:
     from wikiembed.errors import InputError
     from wikiembed.store import Store
-    from wikiembed.volume_store import open_store
+    from wikiembed.volume_store import open_store, parse_spec
 
-    store = open_store(store_dir)
+    # A local store is shown at its published generation (or the one a STORE/gens/ID path names);
+    # an unfinished newer one is reported beside it, never instead of it.
+    store = Store.at(store_dir) if parse_spec(store_dir) is None else open_store(store_dir)
     manifest = store.read_manifest()
     if verify and not isinstance(store, Store):
         raise InputError(f"--verify reads every data file, so it needs a local store; {store_dir} is on a Modal Volume.")
@@ -229,6 +231,8 @@ def status_payload(store_dir: str, verify: bool = False) -> dict[str, Any]:
         "failed": sum(s.state == "failed" for s in states),
         "pending": sum(s.state == "pending" for s in states),
         "changed": sum(s.state == "changed" for s in states),
+        "published": store.pointer("current") if isinstance(store, Store) else None,
+        "building": store.building() if isinstance(store, Store) else None,
     }
 
 
@@ -238,7 +242,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(payload, indent=1))
         return code
-    print(f"store {payload['store']} (generation {payload['generation']})")
+    published = payload["published"]
+    role = "" if published is None else ", published" if published == payload["generation"] else f", not published: that is {published}"
+    print(f"store {payload['store']} (generation {payload['generation']}{role})")
     print(f"source {payload['source']} | model {payload['model']} | chunking {payload['chunking']}")
     print(f"{'shard':>6}  {'state':<8} {'rows':>8} {'chunks':>8}  error")
     for s in payload["shards"]:
@@ -253,7 +259,20 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print("skipped rows by reason: " + ", ".join(f"{k}: {v}" for k, v in sorted(payload["skipped"].items())))
     if args.verify and not payload["changed"]:
         print("verified: every done shard's data file matches its marker (sha256)")
+    if payload["building"]:
+        print(building_line(payload["store"], payload["building"]))
     return code
+
+
+def building_line(store: str, building: dict[str, Any]) -> str:
+    """One line on an unfinished newer generation: what it is, how far it got, and how to finish or see it."""
+    b = building
+    if b.get("error"):
+        return f"a newer generation {b['generation']} is unfinished and unreadable: {b['error']}"
+    return (f"a newer generation {b['generation']} (source {b.get('source')}) is being built beside it: {b['done']} of "
+            f"{b['total']} shards done, {b['failed']} failed. The `wikiembed run` that started it, run again, finishes "
+            f"and publishes it; `wikiembed status --store {shlex.quote(b['path'])}` shows it. Until then export, upload, "
+            "search, eval and index act on the published generation.")
 
 
 def _cmd_rerun(args: argparse.Namespace) -> int:
@@ -283,6 +302,9 @@ def _cmd_publish(args: argparse.Namespace, target: str) -> int:
             result = store.publish(target, **kwargs)
     else:
         result = publish(Path(args.store), target, **kwargs)
+        if result.get("building"):
+            print(f"wikiembed {args.command}: exported generation {result['generation']}, the published one; "
+                  + building_line(str(Path(args.store).resolve()), result["building"]), file=sys.stderr)
     print(json.dumps(result, indent=1, default=str))
     return EXIT_OK
 

@@ -41,7 +41,7 @@ from wikiembed.checkpoint import record_vector_kind
 from wikiembed.errors import BackendError, InputError, ShardsFailed, StoreError, TransientBackendError, WikiembedError
 from wikiembed.estimate import compare, markdown as estimate_markdown, one_line, run_hardware, store_estimate
 from wikiembed.index import require_library
-from wikiembed.model import load_tokenizer
+from wikiembed.model import load_tokenizer, model_info
 from wikiembed.plan import VectorIndex, check_snapshot
 from wikiembed.progress import Progress
 from wikiembed.settings import RunSettings, ShardSelection, parse_shards
@@ -437,7 +437,31 @@ def check_backend(settings: RunSettings, model: str) -> int:
         open_backend(model=model, **_backend_opts(settings))
     except TransientBackendError as exc:  # already retried inside the backend
         raise BackendError(f"the {settings.backend} backend could not be opened: {exc}") from exc
+    except WikiembedError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a model folder a loader chokes on (truncated weights, bad files)
+        cause = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+        raise InputError(
+            f"model {model!r} could not be loaded by the {settings.backend} backend ({cause}); its files are damaged "
+            "or incomplete (a copy or download cut short leaves truncated weights): copy or download it again, "
+            "or point --model at a complete model folder. Nothing was written to the store."
+        ) from exc
     return before
+
+
+def check_model_revision(store: Store, manifest: dict[str, Any]) -> None:
+    """A rerun redoes shards with the generation's own model: refuse (before any file changes) when the
+    model's files are no longer the ones its other shards were embedded with."""
+    recorded = manifest["model"]["revision"]
+    info = model_info(manifest["model"]["model_id"])
+    if info.revision != recorded:
+        raise InputError(
+            f"model {manifest['model']['model_id']!r}: its files at {info.path} changed since store {store.root} was "
+            f"embedded (revision {recorded} then, {info.revision} now), and a rerun must use the weights its other "
+            "shards were made with. Put those files back to rerun; or, to embed with the new files, run the "
+            "`wikiembed run` that made the store again: it builds a new generation from the new revision and "
+            "publishes it when done. Nothing was changed."
+        )
 
 
 def _finish(store: Store | VolumeStore, settings: RunSettings, run: dict[str, Any], started: float, changes=None, predicted=None,  # noqa: ANN001
@@ -525,6 +549,11 @@ def embed_dataset(**options: Any) -> dict[str, Any] | State:
     _use_tokenizer(settings)
     check_store_for_backend(settings.backend, settings.store)
     started = time.perf_counter()
+    retries_before = None
+    if isinstance(open_store(settings.store), Store):  # on a Volume the shards open their backend remotely
+        # The model is loaded (or the servers asked) before the store is touched: a model folder that
+        # cannot embed must not be recorded as the store's model, nor leave a lock file in a new folder.
+        retries_before = check_backend(settings, settings.model)
     with open_store(settings.store).lock() as lease:
         planned = download_task(settings)
         s = open_store(planned["store"], planned["gen"])
@@ -532,9 +561,6 @@ def embed_dataset(**options: Any) -> dict[str, Any] | State:
         _tag_flow_run(settings, manifest)
         states = s.states(manifest)
         pending = [st.shard for st in states if st.state != "done"]
-        retries_before = None
-        if pending and isinstance(s, Store):  # on a Volume the shards open their backend remotely
-            retries_before = check_backend(settings, manifest["model"]["model_id"])
         _calibrate(s, settings)
         _check_index(s, settings)
         manifest = s.read_manifest()
@@ -611,6 +637,7 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
             # stay until its new file replaces them (atomically), so a failed rerun loses nothing.
             s.ensure_writable()
             check_snapshot(s, manifest)
+            check_model_revision(s, manifest)
             retries_before = check_backend(settings, manifest["model"]["model_id"])
             reuse_gen = reuse_gen if reuse_gen and Store(s.root, reuse_gen).exists() else None
             if reuse_gen:  # as the download step does: shard workers load it instead of each building it

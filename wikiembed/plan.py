@@ -109,7 +109,13 @@ def resolve(settings: RunSettings) -> tuple[Source, ModelInfo, Chunking]:
     A model whose vectors the chosen backend cannot make exactly as sentence-transformers does is
     refused here, by name, before anything is written."""
     source = parse_source(settings.source, settings.config, settings.reading.split, settings.limit, settings.reading.columns)
-    info = model_info(settings.model)
+    try:
+        info = model_info(settings.model)
+    except (ValueError, OSError) as exc:  # a config file that is not JSON, a file that cannot be read
+        raise InputError(
+            f"model {settings.model!r}: its files cannot be read ({type(exc).__name__}: {exc}); point --model at a "
+            "complete sentence-transformers or transformers model folder (its config.json must be valid JSON)."
+        ) from exc
     if settings.backend != "tei":  # a TEI server runs its own model code; its /info is checked when it is reached
         info.check_supported(settings.trust_remote_code, settings.backend)
     model_record(info, settings)  # an unknown --prompt-name fails here
@@ -137,7 +143,18 @@ def prepare(settings: RunSettings) -> Prepared:
     current = root.pointer("current")
     previous: str | None = None  # the published generation whose vectors this one may reuse
     inherited_kind = None
-    if current is not None:
+    if current is not None and not Store(root.root, current).manifest_path.exists():
+        if current != gen:
+            raise InputError(
+                f"store {root.root}: the published generation {current} lost its manifest.json, and this run is of "
+                f"another source version (or model revision), generation {gen}. Run the `wikiembed run` that made "
+                f"{current} (its source and options) first: it rebuilds the manifest from the snapshot and keeps the "
+                "done shards; then run this one."
+            )
+        current_lost = True  # this run made it: the manifest is rebuilt below, from this run's options
+    else:
+        current_lost = False
+    if current is not None and not current_lost:
         published = Store(root.root, current).read_manifest()
         if _identity(published) != identity:
             raise InputError(
@@ -176,11 +193,15 @@ def prepare(settings: RunSettings) -> Prepared:
         _point(root, current, gen)
         target.clean_temp_files()
         return Prepared(target, manifest, previous)
-    shard_rows = settings.shard_rows or _recorded_shard_rows(root, current) or DEFAULT_SHARD_ROWS
-    settings = settings.model_copy(update={"shard_rows": shard_rows})
+    # A generation folder without its manifest (lost, or a run killed while creating it): its done
+    # shards are kept when the plan rebuilt from this run's options cuts the same rows.
+    kept = _done_rows(target)
+    recorded = None if current_lost else _recorded_shard_rows(root, current)
     target.ensure_writable()
     report = write_snapshot(source, target.snapshot_path)
     rows = pq.ParquetFile(target.snapshot_path).metadata.num_rows
+    shard_rows = _shard_rows_for(root, settings.shard_rows, kept, rows, recorded)
+    settings = settings.model_copy(update={"shard_rows": shard_rows})
     if rows == 0:
         shutil.rmtree(target.dir, ignore_errors=True)  # made by this call, holds nothing
         why = ", ".join(f"{reason}: {n}" for reason, n in sorted(report.skipped.items())) or "no rows"
@@ -239,6 +260,36 @@ def check_snapshot(store: Store, manifest: dict[str, Any]) -> None:
             f"`wikiembed run --source {shlex.quote(manifest['source']['spec'])} ...` command again: it re-reads the source, "
             "rewrites the snapshot and keeps every done shard."
         )
+
+
+def _done_rows(store: Store) -> dict[int, int]:
+    """{shard: rows} of the done markers a generation folder holds (none for a new generation)."""
+    out = {}
+    for path in sorted((store.dir / "_done").glob("*.json")) if (store.dir / "_done").is_dir() else []:
+        try:
+            marker = json.loads(path.read_text(encoding="utf-8"))
+            out[int(path.stem)] = int(marker["rows"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a readable marker: that shard is simply not done
+    return out
+
+
+def _shard_rows_for(root: Store, asked: int | None, kept: dict[int, int], rows: int, recorded: int | None) -> int:
+    """The shard size of a new plan: the one asked for, else one that cuts every kept shard's rows as
+    its marker records them (a rebuilt manifest), else the store's recorded one, else the default."""
+    if not kept:
+        return asked or recorded or DEFAULT_SHARD_ROWS
+    candidates = [asked] if asked else [max(kept.values()), recorded, DEFAULT_SHARD_ROWS]
+    for size in candidates:
+        if size:
+            plan = plan_shards(rows, size)
+            if all(k < len(plan) and plan[k][1] - plan[k][0] == n for k, n in kept.items()):
+                return size
+    raise InputError(
+        f"store {root.root}: a generation's manifest.json is being rebuilt, but its {len(kept)} done shard(s) were not cut "
+        f"with {'--shard-rows ' + str(asked) if asked else 'the shard size this run can tell'} (shard {min(kept)} holds "
+        f"{kept[min(kept)]} rows); pass the --shard-rows of the run that made them to keep them, or use a new --store."
+    )
 
 
 def _recorded_shard_rows(root: Store, current: str | None) -> int | None:

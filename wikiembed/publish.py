@@ -179,18 +179,29 @@ def _schema_of(path: Path) -> pa.Schema:
     return pq.read_schema(path).remove_metadata()
 
 
-def _write_merged(store: Store, dest: Path, shards: Sequence[ShardState], schema: pa.Schema) -> None:
-    """Concatenate shard files row group by row group (one row group in memory at a time).
+def _verify_inputs(store: Store, shards: Sequence[ShardState]) -> None:
+    """Hash every shard file being published against its marker; refuse, naming each one that differs.
 
-    Only files being rebuilt are read, so their inputs get the full sha256 check here; unchanged
-    merged files cost nothing (`wikiembed status --verify` checks the whole store)."""
-    for state in shards:
-        if store.verify_done(state.shard) is None:
-            raise StoreError(
-                f"shard {state.shard:05d}: {store.data_path(state.shard)} no longer matches its _done marker "
-                f"(sha256); redo it with `wikiembed rerun --store {shlex.quote(str(store.root))} --shards {state.shard}`, then "
-                "publish again (`wikiembed status --verify` checks every shard)."
-            )
+    Also for merged files kept from an earlier export: a data file damaged in place with its stat
+    unchanged would otherwise be published from that cache while the store itself is broken.
+    Hashing runs in threads (hashlib releases the GIL), so it costs about one read of the data."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        checked = list(pool.map(lambda state: (state.shard, store.verify_done(state.shard)), shards))
+    bad = [shard for shard, marker in checked if marker is None]
+    if bad:
+        ids = ",".join(str(k) for k in bad)
+        raise StoreError(
+            f"shard(s) {', '.join(f'{k:05d}' for k in bad[:20])}{' ...' if len(bad) > 20 else ''}: "
+            f"{store.data_path(bad[0])}{' and others' if len(bad) > 1 else ''} no longer match their _done marker "
+            f"(sha256), so the store is damaged and nothing was published; redo them with "
+            f"`wikiembed rerun --store {shlex.quote(str(store.root))} --shards {ids}`, then publish again "
+            "(`wikiembed status --verify` checks every shard)."
+        )
+
+
+def _write_merged(store: Store, dest: Path, shards: Sequence[ShardState], schema: pa.Schema) -> None:
+    """Concatenate shard files row group by row group (one row group in memory at a time); their
+    inputs were hashed against their markers first (`_verify_inputs`)."""
     with atomic.atomic_path(dest) as tmp, pq.ParquetWriter(tmp, schema, **_WRITER_OPTIONS) as writer:
         for state in shards:
             source = pq.ParquetFile(store.data_path(state.shard))
@@ -228,6 +239,7 @@ def _build_staging(store: Store, staging: Path, done: Sequence[ShardState], file
     plan = plan_files([(s.shard, int((s.marker or {})["bytes"])) for s in done], file_bytes, MAX_FILES_PER_FOLDER)
     schema = _schema_of(store.data_path(done[0].shard))
     previous = _load_state(staging)
+    _verify_inputs(store, done)
     current: dict[str, dict[str, Any]] = {}
     rebuilt = 0
     for item in plan:
@@ -750,6 +762,8 @@ def publish(
             "data_files": sorted(files),
             "shards": len(done),
             "rows": sum(int((s.marker or {}).get("chunks", 0)) for s in done),
+            "generation": source.gen,
+            "building": source.building(),
         }
         if kind == "dir":
             dest = Path(where)

@@ -73,6 +73,8 @@ class StoreVectors:
     def __init__(self, store: str | Path, gen: str | None = None) -> None:
         root = Store(store)
         current = gen or root.pointer("current")
+        if current is None and not root.root.is_dir():
+            raise StoreError(root.why_no_generation())
         if current is None:
             raise StoreError(
                 f"store {root.root}: nothing is published there yet (no `current` generation); "

@@ -131,16 +131,37 @@ class Store:
 
     @classmethod
     def at(cls, path: str | Path) -> "Store":
-        """The store a path names: a store root (read at its active generation), one generation
-        folder `ROOT/gens/ID`, or a plain folder with the same layout (`manifest.json`, `data/`,
-        `_done/`, ...) such as a copy of one generation."""
+        """The store a path names, for reading and publishing: a store root (read at its published
+        generation: a run stopped while building the next version never hides the one that is
+        published), one generation folder `ROOT/gens/ID` (how a user asks for the unfinished one),
+        or a plain folder with the same layout (`manifest.json`, `data/`, `_done/`, ...) such as a
+        copy of one generation."""
         resolved = Path(path).expanduser().resolve()
         if resolved.parent.name == "gens" and (resolved / "manifest.json").exists():
             return cls(resolved.parent.parent, resolved.name)
         store = cls(resolved)
+        store.gen = store.pointer("current") or store.gen
         if store.gen is None and (resolved / "manifest.json").is_file() and not (resolved / "gens").exists():
             store.gen, store._flat = resolved.name, resolved
         return store
+
+    def building(self) -> dict[str, Any] | None:
+        """The generation `next` names while it is not the one this Store reads: its id, folder, and
+        shard counts, so a reader of the published version is told that a newer one is unfinished
+        (and how to look at it) without acting on it."""
+        nxt = self.pointer("next")
+        if nxt is None or nxt == self.gen or self._flat is not None:
+            return None
+        other = Store(self.root, nxt, self.sync)
+        info: dict[str, Any] = {"generation": nxt, "path": str(other.dir)}
+        try:
+            manifest = other.read_manifest()
+            states = other.states(manifest)
+        except StoreError as exc:
+            return {**info, "error": str(exc)}
+        info.update(source=(manifest.get("source") or {}).get("spec"), total=len(states),
+                    done=sum(s.state == "done" for s in states), failed=sum(s.state == "failed" for s in states))
+        return info
 
     def refresh(self) -> None:
         """See what other machines committed (a Volume's `reload()`; nothing on a local disk)."""
@@ -195,11 +216,14 @@ class Store:
         if self._flat is not None:
             return self._flat
         if self.gen is None:
-            raise StoreError(self._no_generation())
+            raise StoreError(self.why_no_generation())
         return self.root / "gens" / self.gen
 
-    def _no_generation(self) -> str:
-        """Why there is no generation to read: never started, or a damaged store (say which)."""
+    def why_no_generation(self) -> str:
+        """Why there is no generation to read: not a folder, never started, or a damaged store (say which)."""
+        if self.root.exists() and not self.root.is_dir():
+            return (f"--store {self.root} is a file, not a run store; give the folder a `wikiembed run` wrote "
+                    "(the path given to its --store), or a new folder to `wikiembed run` into.")
         gens = sorted(p.name for p in (self.root / "gens").glob("*") if p.is_dir()) if (self.root / "gens").is_dir() else []
         if not gens:
             what = ("does not exist, so no run was started here" if not self.root.exists()
@@ -242,10 +266,12 @@ class Store:
         try:
             manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
+            done = len(list((self.dir / "_done").glob("*.json"))) if (self.dir / "_done").is_dir() else 0
             raise StoreError(
                 f"store {self.root}: {self.manifest_path} is missing, so the store was damaged or a run was killed "
-                "while creating it; run the same `wikiembed run` command again to rebuild it, or restore the store "
-                "from a backup."
+                f"while creating it; run the same `wikiembed run` that made this generation again (its source, model "
+                f"and options): it rebuilds manifest.json from the source and keeps the {done} done shard(s) whose "
+                "rows its plan cuts alike; or restore the store from a backup."
             ) from None
         except (json.JSONDecodeError, OSError) as exc:
             raise StoreError(f"store {self.root}: manifest.json is unreadable ({exc}); restore it or start a new store.") from exc

@@ -535,3 +535,30 @@ def test_export_to_a_read_only_or_full_disk_says_so_and_leaves_no_temp_files(sto
     finally:
         for mount in (readonly, full, fullstore):
             subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_damage_behind_an_earlier_exports_cache_is_refused_by_name(store: Path, tmp_path: Path) -> None:
+    """A data file damaged in place (size, mtime and inode as the marker recorded them) after an
+    export: the next export must say so, not publish the cached merged file as if all were well."""
+    for k in range(4):  # markers as the checkpoint writes them: the stat shortcut trusts these files
+        marker_path = store / "_done" / f"{k:05d}.json"
+        st = (store / "data" / f"{k:05d}.parquet").stat()
+        marker_path.write_text(json.dumps({**json.loads(marker_path.read_text()), "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}))
+    out = tmp_path / "published"
+    first = publish(store, f"dir:{out}", file_bytes=two_shards_per_file(store))
+    exported = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    data = store / "data" / "00002.parquet"
+    st = data.stat()
+    with data.open("r+b") as fh:  # one byte flipped in place
+        fh.seek(st.st_size // 2)
+        byte = fh.read(1)
+        fh.seek(st.st_size // 2)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (data.stat().st_size, data.stat().st_mtime_ns, data.stat().st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
+    with pytest.raises(StoreError, match=rf"shard\(s\) 00002: .* no longer match their _done marker .*"
+                                         rf"`wikiembed rerun --store {store} --shards 2`"):
+        publish(store, f"dir:{out}", file_bytes=two_shards_per_file(store))
+    # the earlier export is left as it was
+    assert {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()} == exported
+    assert first["committed"] is True
