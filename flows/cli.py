@@ -188,14 +188,17 @@ def _write_json(path: str | None, payload: dict[str, Any]) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from wikiembed.flows.embed_dataset import embed_dataset
-    from wikiembed.plan import resolve
+    from wikiembed.plan import check_store, resolve
     from wikiembed.settings import RunSettings
-    from wikiembed.volume_store import check_store_for_backend
+    from wikiembed.volume_store import check_store_for_backend, parse_spec
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "summary_json")}
     settings = RunSettings(**options)
-    check_store_for_backend(settings.backend, settings.store)  # before Prefect starts: fast, clean messages
-    resolve(settings)
+    # Before Prefect starts (seconds): the options, the source's path, the model, the store.
+    check_store_for_backend(settings.backend, settings.store)
+    _, info, chunking = resolve(settings)
+    if parse_spec(settings.store) is None:  # a Volume store is checked where it is, in the flow
+        check_store(settings, info, chunking)
     summary = _in_flow_thread(embed_dataset, **settings.model_dump())
     _write_json(args.summary_json, summary)
     _print_summary(summary)

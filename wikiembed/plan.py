@@ -127,11 +127,32 @@ def resolve(settings: RunSettings) -> tuple[Source, ModelInfo, Chunking]:
     return source, info, chunking
 
 
+def check_store(settings: RunSettings, info: ModelInfo, chunking: Chunking) -> None:
+    """Refuse a local --store this run cannot use, reading only the store's own small files: a file
+    or a folder of someone else's, or a store whose published generation holds another model,
+    chunking or set of forms. The CLI calls it before Prefect starts; `prepare` before writing."""
+    root = Store(settings.store)
+    root.check_root()
+    current = root.pointer("current")
+    if current is None or not Store(root.root, current).manifest_path.exists():
+        return  # nothing published, or a lost manifest that `prepare` rebuilds (or names the run that can)
+    published = Store(root.root, current).read_manifest()
+    compact = parse_compact(settings.output.dimensions, settings.output.precision, info.dim)
+    asked = {"model": {"model_id": info.model_id}, "chunking": chunking.as_dict(), "compact": compact.as_dict() if compact else None}
+    if _identity(published) != _identity(asked):
+        raise InputError(
+            f"store {root.root} holds model {published['model']['model_id']} with chunking "
+            f"{published['chunking']} and compact forms {published.get('compact')}; this run asks for "
+            f"{info.model_id} with {chunking.as_dict()} and {compact.as_dict() if compact else None}. "
+            "One store holds one model, chunking and set of forms: use a new --store for this one."
+        )
+
+
 def prepare(settings: RunSettings) -> Prepared:
     """Resolve the source, choose the generation, write snapshot + manifest if new."""
     source, info, chunking = resolve(settings)
+    check_store(settings, info, chunking)
     root = Store(settings.store)
-    root.check_root()
     root.root.mkdir(parents=True, exist_ok=True)
     source = pin(source)
     fp = fingerprint(source)
@@ -139,7 +160,6 @@ def prepare(settings: RunSettings) -> Prepared:
     key = vector_key(model)
     gen = hashlib.sha256(f"{fp}\0{info.revision}".encode() + (f"\0{key}".encode() if key else b"")).hexdigest()[:16]
     compact = parse_compact(settings.output.dimensions, settings.output.precision, info.dim)
-    identity = _identity({"model": model, "chunking": chunking.as_dict(), "compact": compact.as_dict() if compact else None})
     current = root.pointer("current")
     previous: str | None = None  # the published generation whose vectors this one may reuse
     inherited_kind = None
@@ -156,13 +176,6 @@ def prepare(settings: RunSettings) -> Prepared:
         current_lost = False
     if current is not None and not current_lost:
         published = Store(root.root, current).read_manifest()
-        if _identity(published) != identity:
-            raise InputError(
-                f"store {root.root} holds model {published['model']['model_id']} with chunking "
-                f"{published['chunking']} and compact forms {published.get('compact')}; this run asks for "
-                f"{info.model_id} with {chunking.as_dict()} and {compact.as_dict() if compact else None}. "
-                "One store holds one model, chunking and set of forms: use a new --store for this one."
-            )
         same_vectors = published["model"]["revision"] == info.revision and vector_key(published["model"]) == key
         if current != gen and same_vectors:
             previous = current

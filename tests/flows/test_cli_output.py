@@ -88,3 +88,35 @@ def test_a_run_prints_its_estimate_line_before_embedding(reference) -> None:
     first_bar = next(i for i, line in enumerate(lines) if line.startswith("["))
     assert estimate < first_bar
     assert "local on CPU: ~" in lines[estimate]
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_store_refusals_come_before_any_prefect_server(reference, tmp_path: Path, cli_env: dict) -> None:
+    """With the Prefect API unreachable, a run that got as far as Prefect would fail on it (or start
+    a server): the refusals below name the store, so they came first."""
+    import os
+    import sys
+    import time
+
+    env = {**cli_env, "PREFECT_API_URL": f"http://127.0.0.1:{_closed_port()}/api"}
+    foreign = tmp_path / "mine"
+    (foreign / "data").mkdir(parents=True)
+    (foreign / "data" / "notes.txt").write_text("mine")
+    cases = [
+        (["--store", str(foreign)], "holds data of its own, so it is not a wikiembed store"),
+        (["--store", str(reference[0]), "--chunk-size", "128"], "One store holds one model, chunking and set of forms"),
+    ]
+    for args, needle in cases:
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "wikiembed.flows.cli", "run", "--source", "sample:20", *args],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert time.monotonic() - started < 60  # seconds of imports, not a server's start-up
+    assert os.listdir(foreign) == ["data"] and os.listdir(foreign / "data") == ["notes.txt"]

@@ -62,6 +62,11 @@ RETRY_STATUSES = frozenset({424, 429, 502, 503, 504})
 # The first contact with each server: long enough for a far-away host to accept a
 # connection, short enough that a wrong URL fails the run in seconds.
 REACH_TIMEOUT_S = 5.0
+# A reachable server must answer that first /info within this: TEI answers /info from its router
+# (no model work, no queue), even under load or while the model loads (503). A server that takes
+# the connection and stays silent fails the up-front check with its URL, instead of after the
+# retry ladder of long request timeouts (minutes).
+INFO_ANSWER_TIMEOUT_S = 20.0
 # TEI's own messages; they are matched (not the status) because too-long inputs are 413 in TEI
 # but 422 in some proxies and older docs, and 413 also means "body too large".
 _TOO_LONG = re.compile(r"must have less than (\d+) tokens")
@@ -412,17 +417,24 @@ class TEIBackend:
             await asyncio.sleep(self._backoff(attempt, None))
 
     async def _reachable(self, url: str) -> None:
-        """One connection attempt first: a server that is not there (refused, unknown host) fails
-        in seconds with its URL, instead of after the retry ladder meant for a busy server."""
+        """One attempt first: a server that is not there (refused, unknown host), or that takes the
+        connection and never answers, fails in seconds with its URL, instead of after the retry
+        ladder meant for a busy server."""
         try:
-            await self._client.get(url + "/info", timeout=httpx.Timeout(REACH_TIMEOUT_S))
+            await self._client.get(url + "/info", timeout=httpx.Timeout(INFO_ANSWER_TIMEOUT_S, connect=REACH_TIMEOUT_S))
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
             raise BackendError(
                 f"TEI at {url} cannot be reached ({type(exc).__name__}: {exc or 'no answer'}); start the server, "
                 "or fix --tei-url (host and port)."
             ) from None
+        except httpx.ReadTimeout:
+            raise BackendError(
+                f"TEI at {url} took the connection but sent no answer to /info within {INFO_ANSWER_TIMEOUT_S:g} s "
+                "(ReadTimeout); a TEI server answers /info at once, so something else listens there or the "
+                "server is hung: check --tei-url (host and port) and restart the server."
+            ) from None
         except httpx.HTTPError:
-            pass  # it answered something, or is slow: the retry ladder in _get_info handles that
+            pass  # it answered something, or dropped the connection: the retry ladder in _get_info handles that
 
     async def _probe(self, server: _Server) -> int:
         """Learn the dimension, and whether the fast base64 route is there and allowed."""

@@ -348,3 +348,24 @@ def test_an_info_page_that_is_not_json_names_the_url():
             TEIBackend([url], **FAST)
     finally:
         httpd.shutdown()
+
+
+def test_a_server_that_takes_the_connection_and_never_answers_fails_the_check_in_seconds():
+    """Something listening at --tei-url that never sends a byte (a hung server, the wrong service)."""
+    import socket
+    import time
+
+    from wikiembed.backends.tei import INFO_ANSWER_TIMEOUT_S
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)  # connections are accepted by the kernel and never read
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    started = time.monotonic()
+    try:
+        with pytest.raises(BackendError, match=rf"TEI at {url} took the connection but sent no answer to /info within 20 s") as hung:
+            TEIBackend([url])  # the defaults: 60 s requests, 3 retries
+    finally:
+        listener.close()
+    assert not isinstance(hung.value, TransientBackendError)
+    assert time.monotonic() - started < INFO_ANSWER_TIMEOUT_S + 10 <= 30
