@@ -3,30 +3,33 @@
 On a GPU box the tokenizer, not the GPU, limits how fast text is embedded. blingfire (Microsoft's
 finite-state tokenizer) ships a compiled BERT-uncased WordPiece model that tokenizes English text
 several times faster per core than `tokenizers`, with the same vocabulary. It is not a drop-in
-replacement: on a few characters and settings the two differ (blingfire keeps some characters that
-BERT's normalizer drops or splits, never gives `[UNK]` for a word over 100 characters, and does not
-match added tokens such as a literal `[CLS]`). So `tokenizers` stays the reference, and a text takes
+replacement: on some characters and settings the two differ (about 13,000 of the 145,000
+assigned code points are left out: Hangul syllables, which BERT's normalizer decomposes, and
+control, format and combining characters, among others; blingfire never gives
+`[UNK]` for a word over 100 characters, and does not match added tokens such as a literal `[CLS]`). So `tokenizers` stays the reference, and a text takes
 the fast path only where the two are proven to agree:
 
 - the model's tokenizer must be the one blingfire reproduces: BertNormalizer (clean text, CJK
   spacing, lowercase, accents stripped), BertPreTokenizer, WordPiece with `[UNK]`, `##` and
   100-character words, and the vocabulary of `bert-base-uncased` (checked by hash). Anything else
   (another vocabulary, cased, SentencePiece, byte-level BPE) gets `None` here and uses `tokenizers`;
-- inside a text, every whitespace-delimited run that holds a character outside `SAFE_CHARS`, an
-  added token's text, or more than 100 characters is tokenized by `tokenizers`; the rest by
-  blingfire. Cutting at spaces, tabs and line breaks is exact for BERT: its normalizer works per
-  character, and its pre-tokenizer splits there, so the ids of a text are the ids of its runs in
-  order (the token chunker relies on the same fact).
+- inside a text, every whitespace-delimited run that holds a character outside the safe set
+  (`SAFE_RANGES`) or an added token's text is tokenized by `tokenizers`, the rest by blingfire;
+  where blingfire's output holds a word over 100 characters (tokenizers gives it one `[UNK]`),
+  the runs of over 100 characters are tokenized by `tokenizers` too. Cutting at spaces, tabs and
+  line breaks is exact for BERT: its normalizer works per character and its pre-tokenizer splits
+  there, so the ids of a text are the ids of its runs in order (the token chunker relies on the
+  same fact). For the same reason texts are sent to blingfire joined by line breaks, many per call.
 
-`SAFE_CHARS` (wikiembed/fast_tokenizer_chars.py) lists the characters on which both give the same
+`SAFE_RANGES` (wikiembed/fast_tokenizer_chars.py) lists the characters on which both give the same
 ids and offsets in every context tried; `tests/wikiembed/test_fast_tokenizer.py` derives it, proves
 it against both libraries, and regenerates it. A short self-check runs when a fast tokenizer is
 made: if the installed `tokenizers` or blingfire ever disagrees on it, the fast path is not used.
 
 Why blingfire (0.1.8): MIT licence; one wheel for every Python 3 (a ctypes wrapper over a C++
-library, prebuilt for Linux x86-64, macOS x86-64 and Windows; elsewhere, e.g. Linux ARM, the library
-does not load and `tokenizers` is used); no dependency beyond numpy; Microsoft's production tokenizer
-for Bing. Its last release is from 2021, so it is treated as frozen: the proof above pins what it
+library, prebuilt for Linux x86-64, macOS x86-64 and Windows; where its library cannot load, e.g.
+Linux ARM, importing it fails and `tokenizers` is used); no dependency beyond numpy; used by
+Microsoft in Bing. Its last release is from 2021, so it is treated as frozen: the proof above pins what it
 does, and nothing depends on it being present (`WIKIEMBED_TOKENIZER=tokenizers`, or an absent or
 unloadable blingfire, gives the same ids through `tokenizers`).
 
