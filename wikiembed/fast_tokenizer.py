@@ -43,6 +43,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
@@ -130,6 +131,9 @@ class FastWordPiece:
         self.reference.no_padding()
         self._lib = lib
         self._handle = ctypes.c_void_p(handle)
+        # blingfire does not say its calls may share a model across threads (a run's shards can be
+        # chunked by two threads of one process): one call at a time.
+        self._lock = threading.Lock()
         # An added token is matched in the raw text, before normalizing: runs holding one go to tokenizers.
         self._added = re.compile("|".join(map(re.escape, added))) if added else None
         vocab = self.reference.get_vocab(with_added_tokens=True)
@@ -282,9 +286,10 @@ class FastWordPiece:
         ids = np.empty(size, dtype=np.int32)
         starts = np.empty(size, dtype=np.int32)
         ends = np.empty(size, dtype=np.int32)
-        count = self._lib.TextToIdsWithOffsets(
-            self._handle, data, len(data), ids.ctypes.data, starts.ctypes.data, ends.ctypes.data, size, self._unk
-        )
+        with self._lock:
+            count = self._lib.TextToIdsWithOffsets(
+                self._handle, data, len(data), ids.ctypes.data, starts.ctypes.data, ends.ctypes.data, size, self._unk
+            )
         if count < 0 or count > size:  # never seen; the reference is always right
             self.fallback_chars += len(text)
             return self._reference(text, base)
