@@ -18,6 +18,12 @@ Text: the built-in sample (`wikiembed.sample`, calibrated to Wikipedia's ~121 to
 windows. Measured in one process, one run, on the same text:
 
 - tokenizer_chars_per_s: `tokenizers` `encode_batch` of the windows on all cores (the limit of one box);
+- fast_tokenizer_chars_per_s: the same windows through `wikiembed.tokenizing.encode_ids` on one worker
+  process per core, as the engine tokenizes, with the fast path (`wikiembed.fast_tokenizer`:
+  blingfire where it gives exactly the ids of tokenizers) and, beside it, with tokenizers only
+  (fast_tokenizer_reference_chars_per_s); fast_tokenizer_identical_ids says whether both gave the
+  same ids. blingfire is optional here (`pip install --no-deps blingfire-0.1.8-py3-none-any.whl`
+  carries it to a GPU box): without it `fast_tokenizer` says so and these rates are left out;
 - engine_chars_per_s / engine_ids_chars_per_s: `TorchEngine.embed(windows)` (tokenizing included)
   and `embed_ids` (the token chunker's ids), per model shape, best of the repeats;
 - st_fp32_chars_per_s: `SentenceTransformer(...).encode(windows)`, fp32, batch 32 (what most users run);
@@ -209,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from wikiembed.backends.engine import TorchEngine
     from wikiembed.model import model_info
-    from wikiembed.tokenizing import cores, encode_ids
+    from wikiembed import fast_tokenizer
+    from wikiembed.tokenizing import cores, encode_ids, encode_ids_part, run_parts, spec
 
     bench = _bench_engine()
     mode = "quick" if args.quick else "full"
@@ -274,6 +281,31 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         write()
 
+        # The fast path beside tokenizers, both on one worker process per core (as the engine tokenizes).
+        result["fast_tokenizer"] = fast_tokenizer.name(tokenizer, "auto")
+        if result["fast_tokenizer"] == "blingfire":
+            tokenizer_spec = spec(tokenizer)
+            per_part = max(len(chunks) // (8 * cores()), 1)
+
+            def on_workers(which: str) -> list:
+                parts = [(tokenizer_spec, which, chunks[a : a + per_part]) for a in range(0, len(chunks), per_part)]
+                return list(run_parts(encode_ids_part, parts))
+
+            on_workers("auto")  # starts the worker processes
+            fast_s, fast_parts = best_time(lambda: on_workers("auto"), repeats, lambda: None)
+            ref_s, ref_parts = best_time(lambda: on_workers("tokenizers"), repeats, lambda: None)
+            result.update(
+                fast_tokenizer_chars_per_s=round(chars / fast_s, 1),
+                fast_tokenizer_reference_chars_per_s=round(chars / ref_s, 1),
+                fast_tokenizer_vs_tokenizer=round(tok_s / fast_s, 3),
+                fast_tokenizer_identical_ids=all(
+                    np.array_equal(f[0], r[0]) and np.array_equal(f[1], r[1]) for f, r in zip(fast_parts, ref_parts)
+                ),
+            )  # fmt: skip
+        else:
+            result["fast_tokenizer"] = "tokenizers only: blingfire is not installed or does not load here"
+        write()
+
         for name, path in models.items():
             if over_budget(f"engine {name}"):
                 continue
@@ -286,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
             result["engine_ids_chars_per_s"][name] = round(chars / ids_seconds, 1)
             result["engine_vs_tokenizer"][name] = round(tok_s / seconds, 3)
             result["engine_settings"][name] = {"dtype": engine.dtype, "max_batch_tokens": engine.max_batch_tokens,
-                                               "tokenize_workers": engine.tokenize_workers}  # fmt: skip
+                                               "tokenize_workers": engine.tokenize_workers,
+                                               "tokenizer": fast_tokenizer.name(engine._tokenizer)}  # fmt: skip
             engine.close()
             write()
             if over_budget(f"sentence-transformers {name}"):

@@ -23,6 +23,12 @@ alternating; CPU time, because on a shared machine other load stretches wall tim
 
     python bench/fast_tokenizer.py --json bench/results/fast-tokenizer.json --manpages build/manpages.jsonl
 
+With `--before-after`, also the figures the fast path should raise elsewhere, each with tokenizers
+only (before) and with the fast path (after), alternating, twice, in this run: `bench/fanout.py`'s
+`shard_chars_per_s_per_core` (its data plane: whole shards through `wikiembed.fanout.run_shard`
+against the TEI stand-in, 6,000 sample articles) and `bench/pipeline.py`'s `chunking_vs_tokenizer`
+(the token chunker on every core against `tokenizers` on every core, 1,000 sample articles).
+
 Target: `chunker_chars_per_s_per_core` >= 3x `hf_chars_per_s_per_core`.
 
 (Not `bench/tokenize.py`: a script's folder comes first on the import path, so a `tokenize.py` in
@@ -61,6 +67,7 @@ def main() -> None:
     p.add_argument("--sample", type=int, default=3000, help="built-in sample articles (default 3,000: ~3.4M characters)")
     p.add_argument("--manpages", help="a jsonl of man pages from bench/manpages.py (optional)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--before-after", action="store_true", help="also fanout's and pipeline's figures, before and after")
     args = p.parse_args()
 
     import numpy as np
@@ -145,12 +152,54 @@ def main() -> None:
         "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],  # other work on a shared machine
         "targets": {"chunker_vs_hf": ">= 3", "identical_ids_fraction": "== 1.0"},
     }
+    if args.before_after:
+        results["before_after"] = before_after()
+        results["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     text = json.dumps(results, indent=1)
     print(text)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(text + "\n")
     if results["identical_ids_fraction"] != 1.0 or not chunks_identical:
         sys.exit("the fast path gave different ids or chunks: see the figures above")
+
+
+def _bench_module(name: str):  # noqa: ANN202
+    """bench/<name>.py, loaded by path (bench/ is no package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"wikiembed_bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def before_after() -> dict:
+    """fanout's shard rate per core and pipeline's chunking figure, tokenizers only then the fast path, twice."""
+    import tempfile
+
+    from wikiembed.fast_tokenizer import CHOICE_ENV
+
+    fanout, pipeline = _bench_module("fanout"), _bench_module("pipeline")
+    os.environ.pop("TOKENIZERS_PARALLELISM", None)  # these figures use every core, as their own benches do
+    out: dict = {"before": [], "after": []}
+    for which in ("tokenizers", "auto", "tokenizers", "auto"):
+        os.environ[CHOICE_ENV] = which
+        with tempfile.TemporaryDirectory(prefix="wikiembed-fast-tokenizer-") as work:
+            shards = fanout.data_plane(Path(work), 6000, 2000)
+        chunking = pipeline.chunking_vs_tokenizer(1000, repeats=2)
+        row = {
+            "shard_chars_per_s_per_core": shards["chars_per_s_per_core"],
+            "chunker_share_of_shard_cpu": shards["chunker_share_of_cpu"],
+            "chunking_vs_tokenizer": round(chunking["chunking_vs_tokenizer"], 3),
+            "chunker_chars_per_s": round(chunking["chunker_chars_per_s"]),
+            "load_avg": [round(x, 2) for x in os.getloadavg()],
+        }
+        out["before" if which == "tokenizers" else "after"].append(row)
+        print(which, row, flush=True)
+    del os.environ[CHOICE_ENV]
+    return out
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ image = (
         "huggingface_hub>=1.0",
         "hf_xet>=1.1",
         "tokenizers>=0.20",
+        "blingfire>=0.1.8",  # the token chunker's fast path (wikiembed/fast_tokenizer.py)
         "transformers>=4.46",
         "pydantic>=2.7",
         "pyyaml>=6",

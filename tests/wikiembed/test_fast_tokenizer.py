@@ -204,6 +204,18 @@ def test_sample_articles_agree_and_mostly_take_the_fast_path():
     assert fast.fallback_chars / fast.chars < 0.02  # only the runs around the sample's rare characters
 
 
+def test_threads_sharing_the_fast_path_get_the_same_tokens():
+    """Two shards of a run can be chunked by two threads of one process, with one cached fast path."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fast = _fast()
+    texts = [a["text"] for a in generate_articles(200)] + ADVERSARIAL
+    alone = [e.ids.tolist() for e in fast.encode_batch(texts)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda _: [e.ids.tolist() for e in fast.encode_batch(texts)], range(8)))
+    assert all(got == alone for got in together)
+
+
 def _man_pages(count: int) -> list[str]:
     """Raw troff sources of installed man pages (every language present), decoded as UTF-8."""
     files = sorted(p for p in MAN.rglob("*.gz") if p.is_file())
