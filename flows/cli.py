@@ -125,8 +125,10 @@ def _parser() -> argparse.ArgumentParser:
     index.add_argument("--form", default="float32", help="stored form to index: float32 (default), float16, int8, binary, or e.g. int8@128")
     index.add_argument("--json", dest="json_path", metavar="PATH", help="also write what was built as JSON here")
 
-    ev = sub.add_parser("eval", help="label-free retrieval check: titles as queries, recall@1/@10 and MRR")
+    ev = sub.add_parser("eval", help="retrieval check on your judged queries (--queries), else titles as queries: recall, MRR, nDCG")
     ev.add_argument("--store", required=True)
+    ev.add_argument("--queries", metavar="FILE", help="jsonl or parquet: \"query\" with its relevant \"id\", \"ids\" or \"id\" + "
+                    "\"chunk_index\" (default: titles of --sample articles)")
     ev.add_argument("--sample", type=int, default=500, help="articles drawn at random (default 500)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--forms", default="float32", help="stored forms to check, comma-separated, or all (default float32)")
@@ -339,26 +341,30 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from wikiembed.evaluate import evaluate
+    from wikiembed.evaluate import METRICS, evaluate
 
     forms = [f.strip() for f in args.forms.split(",") if f.strip()]
     result = evaluate(args.store, sample=args.sample, seed=args.seed, forms=forms, rescore=args.rescore,
-                      against=args.against, device=args.device, record=not args.no_record, exact=args.exact)
+                      against=args.against, device=args.device, record=not args.no_record, exact=args.exact,
+                      queries=args.queries)
+    if result.get("queries_unmatched"):
+        print(f"wikiembed eval: warning: {result['queries_unmatched']} of {result['queries_read']} queries name no article "
+              f"or chunk of the store ({result['relevant_missing']} relevant items missing); they are left out", file=sys.stderr)
+    asked = "judged queries" if result["query"] == "file" else "titles as queries"
     notes = {f["index_note"] for block in (result, result.get("against") or {}) for f in block.get("forms", []) if f["index_note"]}
     for note in sorted(notes):
         print(f"wikiembed eval: warning: {note}", file=sys.stderr)
     for label, block in [("", result), ("against ", result.get("against"))]:
         if not block:
             continue
-        print(f"{label}{block['store']} ({block['model']}, {block['chunks']:,} chunks): {block['n']} titles as queries")
-        print(f"  {'form':<28} {'bytes':>6}  {'recall@1':<22} {'recall@10':<22} {'MRR@10':<22} search")
+        print(f"{label}{block['store']} ({block['model']}, {block['chunks']:,} chunks): {block['n']} {asked}")
+        print(f"  {'form':<28} {'bytes':>6}  {'recall@1':<22} {'recall@10':<22} {'MRR@10':<22} {'nDCG@10':<22} search")
         for f in block["forms"]:
-            cells = [f"{f[m]:.3f} [{f[m + '_ci95'][0]:.3f}, {f[m + '_ci95'][1]:.3f}]" for m in ("recall_at_1", "recall_at_10", "mrr")]
-            print(f"  {f['form']:<28} {f['bytes_per_vector']:>6}  {cells[0]:<22} {cells[1]:<22} {cells[2]:<22} {f['method']}")
+            cells = [f"{f[m]:.3f} [{f[m + '_ci95'][0]:.3f}, {f[m + '_ci95'][1]:.3f}]" for m in METRICS]
+            print(f"  {f['form']:<28} {f['bytes_per_vector']:>6}  {cells[0]:<22} {cells[1]:<22} {cells[2]:<22} {cells[3]:<22} {f['method']}")
     for d in (result.get("difference") or {}).get("forms", []):
-        print(f"  difference ({d['form']}, against - store): recall@10 {d['recall_at_10']:+.3f} "
-              f"[{d['recall_at_10_ci95'][0]:+.3f}, {d['recall_at_10_ci95'][1]:+.3f}], MRR {d['mrr']:+.3f} "
-              f"[{d['mrr_ci95'][0]:+.3f}, {d['mrr_ci95'][1]:+.3f}]")
+        print(f"  difference ({d['form']}, against - store): " + ", ".join(
+            f"{m} {d[m]:+.3f} [{d[m + '_ci95'][0]:+.3f}, {d[m + '_ci95'][1]:+.3f}]" for m in ("recall_at_10", "mrr", "ndcg_at_10")))
     _write_json(args.json_path, result)
     return EXIT_OK
 
