@@ -1,4 +1,4 @@
-"""The `wikiembed` command line: run, status, rerun, export, upload, estimate, search, index, eval.
+"""The `wikiembed` command line: run, status, rerun, export, upload, estimate, search, index, eval, finetune.
 
 Each command is a thin shell over a flow or a plain function. Errors a user
 can fix print one message that names the input and the fix (exit 2); a run
@@ -138,6 +138,19 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-record", action="store_true", help="do not write eval.json and the dataset card")
     ev.add_argument("--exact", action="store_true", help="scan every vector even where an index of a form is built")
     ev.add_argument("--json", dest="json_path", metavar="PATH", help="also write the result as JSON here")
+
+    ft = sub.add_parser("finetune", help="fine-tune the store's model on judged queries (hard negatives from the store, a held-out share)")
+    ft.add_argument("--store", required=True)
+    ft.add_argument("--pairs", required=True, metavar="FILE", help="judged queries, as for eval --queries")
+    ft.add_argument("--out", required=True, metavar="DIR", help="a new folder for the fine-tuned model")
+    ft.add_argument("--device", choices=["cpu", "cuda"], help="where to train (default: cuda when present)")
+    ft.add_argument("--epochs", type=int, default=1)
+    ft.add_argument("--batch-size", type=int, default=32, help="above 64 the cached loss trains it in mini-batches of 32")
+    ft.add_argument("--learning-rate", type=float, default=2e-5)
+    ft.add_argument("--negatives", type=int, default=1, help="hard negatives mined per pair (default 1)")
+    ft.add_argument("--holdout", type=float, default=0.2, help="share of the queries held out, never trained on (default 0.2)")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--json", dest="json_path", metavar="PATH", help="also write the result as JSON here")
     return p
 
 
@@ -369,6 +382,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from wikiembed.finetune import FinetuneSettings, finetune
+
+    settings = FinetuneSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                                negatives=args.negatives, holdout=args.holdout, seed=args.seed, device=args.device)
+    result = finetune(args.store, args.pairs, args.out, settings)
+    p = result["pairs"]
+    if p["unmatched"]:
+        print(f"wikiembed finetune: warning: {p['unmatched']} of {p['read']} queries name no article or chunk of the store; "
+              "they are left out", file=sys.stderr)
+    print(f"fine-tuned {result['base_model']} on {result['train']} queries ({result['examples']} examples, {result['loss']}, "
+          f"{result['settings']['epochs']} epoch(s), {result['device']}, {result['seconds']:.0f}s) into {result['out']}")
+    print(f"held out {result['holdout']} queries, ranked against {result['pool']:,} chunks:")
+    for label, key in (("base", "before"), ("fine-tuned", "after"), ("difference", "difference")):
+        sign = "+" if key == "difference" else ""
+        print(f"  {label:<11} " + ", ".join(
+            f"{m} {result[key][m]:{sign}.3f} [{result[key][m + '_ci95'][0]:{sign}.3f}, {result[key][m + '_ci95'][1]:{sign}.3f}]"
+            for m in ("recall_at_1", "recall_at_10", "mrr")))
+    _write_json(args.json_path, result)
+    return EXIT_OK
+
+
 def _in_flow_thread(flow: Callable[..., dict[str, Any]], **params: Any) -> dict[str, Any]:
     """Run a flow in a worker thread and return its summary (also when shards failed), so the main thread keeps the signals: Prefect installs no
     SIGTERM handler off the main thread, and a stop never waits for a shard in flight."""
@@ -442,13 +477,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from wikiembed.errors import WikiembedError
 
-    if args.command in ("run", "rerun", "search", "eval"):
+    if args.command in ("run", "rerun", "search", "eval", "finetune"):
         # Our progress bar is the one to watch; transformers' weight-loading bar would break its line.
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if args.command in ("run", "rerun"):
         _stop_on_signals()
     try:
-        if args.command in ("search", "index", "eval"):
+        if args.command in ("search", "index", "eval", "finetune"):
             from wikiembed.volume_store import check_vectors_here
 
             check_vectors_here(args.command, args.store, getattr(args, "against", None))
@@ -466,6 +501,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_eval(args)
         if args.command == "index":
             return _cmd_index(args)
+        if args.command == "finetune":
+            return _cmd_finetune(args)
         if args.command == "export":
             target = args.to if args.to.startswith(("dir:", "hub:", "modal:")) else f"dir:{args.to}"
             return _cmd_publish(args, target)

@@ -89,29 +89,22 @@ def sample_articles(vectors: StoreVectors, n: int, seed: int) -> list[tuple[str,
     return [(ids[order[i]], titles[order[i]]) for i in np.sort(picked)]
 
 
-def _ranks(
-    vectors: StoreVectors, judged: Sequence[JudgedQuery], queries: np.ndarray, form_name: str, rescore: int, exact: bool
-) -> tuple[np.ndarray, np.ndarray, Ranking]:
-    """Per query: the rank (1-based) of its first relevant chunk in the top DEPTH (0 when absent) and its nDCG@DEPTH;
-    and the ranking.
+def judge(judged: Sequence[JudgedQuery], ranked: Sequence[Sequence[tuple[str, int]]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: the rank (1-based) of its first relevant chunk among its ranked (id, chunk_index) keys,
+    cut at DEPTH (0 when absent), and its nDCG@DEPTH.
 
     nDCG uses binary gains: each relevant item (an article, or one chunk) counts once, at its best rank, so
     three chunks of one relevant article are not three answers; the ideal ranks every item first."""
-    ranking = vectors.top(queries, DEPTH, vectors.form(form_name), rescore, exact=exact)
-    rows = vectors.rows(ranking.positions, columns=("id", "chunk_index"))
     ranks = np.zeros(len(judged), dtype=np.int64)
     ndcg = np.zeros(len(judged), dtype=np.float64)
     discount = 1.0 / np.log2(np.arange(2, DEPTH + 2))
     for q, query in enumerate(judged):
         credited: set[tuple[str, int | None]] = set()
         dcg = 0.0
-        for r, p in enumerate(ranking.positions[q], 1):
-            if p < 0:
-                continue
-            row = rows[int(p)]
-            key = (row["id"], int(row["chunk_index"]))
+        for r, (article_id, chunk_index) in enumerate(ranked[q][:DEPTH], 1):
+            key: tuple[str, int | None] = (article_id, int(chunk_index))
             if key not in query.relevant:
-                key = (row["id"], None)
+                key = (article_id, None)
             if key not in query.relevant or key in credited:
                 continue
             credited.add(key)
@@ -119,10 +112,21 @@ def _ranks(
             if not ranks[q]:
                 ranks[q] = r
         ndcg[q] = dcg / discount[: min(len(query.relevant), DEPTH)].sum()
-    return ranks, ndcg, ranking
+    return ranks, ndcg
 
 
-def _metrics(ranks: np.ndarray, ndcg: np.ndarray) -> dict[str, Any]:
+def _ranks(
+    vectors: StoreVectors, judged: Sequence[JudgedQuery], queries: np.ndarray, form_name: str, rescore: int, exact: bool
+) -> tuple[np.ndarray, np.ndarray, Ranking]:
+    """`judge` of each query's top DEPTH in the store, and the ranking."""
+    ranking = vectors.top(queries, DEPTH, vectors.form(form_name), rescore, exact=exact)
+    rows = vectors.rows(ranking.positions, columns=("id", "chunk_index"))
+    ranked = [[(rows[int(p)]["id"], rows[int(p)]["chunk_index"]) for p in line if p >= 0] for line in ranking.positions]
+    return (*judge(judged, ranked), ranking)
+
+
+def metrics(ranks: np.ndarray, ndcg: np.ndarray) -> dict[str, Any]:
+    """The reported figures with their 95% intervals, from `judge`'s per-query ranks and nDCG."""
     n = len(ranks)
     at1, at10 = int(np.sum(ranks == 1)), int(np.sum(ranks > 0))
     rr = np.where(ranks > 0, 1.0 / np.maximum(ranks, 1), 0.0)
@@ -177,13 +181,13 @@ def _evaluate_store(
         *ranks[name], ranking = _ranks(vectors, judged, queries, name, rescore, exact)
         results.append({"form": name, "column": form.column, "bytes_per_vector": form.bytes_per_vector,
                         "rescore": rescore if form.precision == "binary" else None, "method": ranking.method,
-                        "index_note": ranking.note, **_metrics(*ranks[name])})
+                        "index_note": ranking.note, **metrics(*ranks[name])})
     # Binary forms also without rescoring: what the Hamming stage alone finds.
     for r in [r for r in results if r["rescore"] and r["rescore"] > 1]:
         *plain, ranking = _ranks(vectors, judged, queries, r["form"], 1, exact)
         ranks[r["form"] + " (hamming only)"] = tuple(plain)
         results.append({**r, "form": r["form"] + " (hamming only)", "rescore": None, "method": ranking.method,
-                        "index_note": ranking.note, **_metrics(*plain)})
+                        "index_note": ranking.note, **metrics(*plain)})
     chunks = sum(pq.ParquetFile(f).metadata.num_rows for f in vectors.files)
     head = results[0]
     return {
