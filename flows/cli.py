@@ -1,4 +1,4 @@
-"""The `wikiembed` command line: run, status, rerun, export, upload, estimate, search, index, eval.
+"""The `wikiembed` command line: run, status, rerun, export, upload, estimate, search, index, eval, finetune.
 
 Each command is a thin shell over a flow or a plain function. Errors a user
 can fix print one message that names the input and the fix (exit 2); a run
@@ -128,8 +128,10 @@ def _parser() -> argparse.ArgumentParser:
     index.add_argument("--form", default="float32", help="stored form to index: float32 (default), float16, int8, binary, or e.g. int8@128")
     index.add_argument("--json", dest="json_path", metavar="PATH", help="also write what was built as JSON here")
 
-    ev = sub.add_parser("eval", help="label-free retrieval check: titles as queries, recall@1/@10 and MRR")
+    ev = sub.add_parser("eval", help="retrieval check on your judged queries (--queries), else titles as queries: recall, MRR, nDCG")
     ev.add_argument("--store", required=True)
+    ev.add_argument("--queries", metavar="FILE", help="jsonl or parquet: \"query\" with its relevant \"id\", \"ids\" or \"id\" + "
+                    "\"chunk_index\" (default: titles of --sample articles)")
     ev.add_argument("--sample", type=int, default=500, help="articles drawn at random (default 500)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--forms", default="float32", help="stored forms to check, comma-separated, or all (default float32)")
@@ -139,6 +141,19 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-record", action="store_true", help="do not write eval.json and the dataset card")
     ev.add_argument("--exact", action="store_true", help="scan every vector even where an index of a form is built")
     ev.add_argument("--json", dest="json_path", metavar="PATH", help="also write the result as JSON here")
+
+    ft = sub.add_parser("finetune", help="fine-tune the store's model on judged queries (hard negatives from the store, a held-out share)")
+    ft.add_argument("--store", required=True)
+    ft.add_argument("--pairs", required=True, metavar="FILE", help="judged queries, as for eval --queries")
+    ft.add_argument("--out", required=True, metavar="DIR", help="a new folder for the fine-tuned model")
+    ft.add_argument("--device", choices=["cpu", "cuda"], help="where to train (default: cuda when present)")
+    ft.add_argument("--epochs", type=int, default=1)
+    ft.add_argument("--batch-size", type=int, default=32, help="above 64 the cached loss trains it in mini-batches of 32")
+    ft.add_argument("--learning-rate", type=float, default=2e-5)
+    ft.add_argument("--negatives", type=int, default=1, help="hard negatives mined per pair (default 1)")
+    ft.add_argument("--holdout", type=float, default=0.2, help="share of the queries held out, never trained on (default 0.2)")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--json", dest="json_path", metavar="PATH", help="also write the result as JSON here")
     return p
 
 
@@ -377,27 +392,53 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from wikiembed.evaluate import evaluate
+    from wikiembed.evaluate import METRICS, evaluate
 
     forms = [f.strip() for f in args.forms.split(",") if f.strip()]
     result = evaluate(args.store, sample=args.sample, seed=args.seed, forms=forms, rescore=args.rescore,
-                      against=args.against, device=args.device, record=not args.no_record, exact=args.exact)
+                      against=args.against, device=args.device, record=not args.no_record, exact=args.exact,
+                      queries=args.queries)
     _write_json(args.json_path, result)  # before printing: a reader that leaves early cannot cost the file
+    if result.get("queries_unmatched"):
+        print(f"wikiembed eval: warning: {result['queries_unmatched']} of {result['queries_read']} queries name no article "
+              f"or chunk of the store ({result['relevant_missing']} relevant items missing); they are left out", file=sys.stderr)
+    asked = "judged queries" if result["query"] == "file" else "titles as queries"
     notes = {f["index_note"] for block in (result, result.get("against") or {}) for f in block.get("forms", []) if f["index_note"]}
     for note in sorted(notes):
         print(f"wikiembed eval: warning: {note}", file=sys.stderr)
     for label, block in [("", result), ("against ", result.get("against"))]:
         if not block:
             continue
-        print(f"{label}{block['store']} ({block['model']}, {block['chunks']:,} chunks): {block['n']} titles as queries")
-        print(f"  {'form':<28} {'bytes':>6}  {'recall@1':<22} {'recall@10':<22} {'MRR@10':<22} search")
+        print(f"{label}{block['store']} ({block['model']}, {block['chunks']:,} chunks): {block['n']} {asked}")
+        print(f"  {'form':<28} {'bytes':>6}  {'recall@1':<22} {'recall@10':<22} {'MRR@10':<22} {'nDCG@10':<22} search")
         for f in block["forms"]:
-            cells = [f"{f[m]:.3f} [{f[m + '_ci95'][0]:.3f}, {f[m + '_ci95'][1]:.3f}]" for m in ("recall_at_1", "recall_at_10", "mrr")]
-            print(f"  {f['form']:<28} {f['bytes_per_vector']:>6}  {cells[0]:<22} {cells[1]:<22} {cells[2]:<22} {f['method']}")
+            cells = [f"{f[m]:.3f} [{f[m + '_ci95'][0]:.3f}, {f[m + '_ci95'][1]:.3f}]" for m in METRICS]
+            print(f"  {f['form']:<28} {f['bytes_per_vector']:>6}  {cells[0]:<22} {cells[1]:<22} {cells[2]:<22} {cells[3]:<22} {f['method']}")
     for d in (result.get("difference") or {}).get("forms", []):
-        print(f"  difference ({d['form']}, against - store): recall@10 {d['recall_at_10']:+.3f} "
-              f"[{d['recall_at_10_ci95'][0]:+.3f}, {d['recall_at_10_ci95'][1]:+.3f}], MRR {d['mrr']:+.3f} "
-              f"[{d['mrr_ci95'][0]:+.3f}, {d['mrr_ci95'][1]:+.3f}]")
+        print(f"  difference ({d['form']}, against - store): " + ", ".join(
+            f"{m} {d[m]:+.3f} [{d[m + '_ci95'][0]:+.3f}, {d[m + '_ci95'][1]:+.3f}]" for m in ("recall_at_10", "mrr", "ndcg_at_10")))
+    return EXIT_OK
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from wikiembed.finetune import FinetuneSettings, finetune
+
+    settings = FinetuneSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                                negatives=args.negatives, holdout=args.holdout, seed=args.seed, device=args.device)
+    result = finetune(args.store, args.pairs, args.out, settings)
+    _write_json(args.json_path, result)  # before printing: a reader that leaves early cannot cost the file
+    p = result["pairs"]
+    if p["unmatched"]:
+        print(f"wikiembed finetune: warning: {p['unmatched']} of {p['read']} queries name no article or chunk of the store; "
+              "they are left out", file=sys.stderr)
+    print(f"fine-tuned {result['base_model']} on {result['train']} queries ({result['examples']} examples, {result['loss']}, "
+          f"{result['settings']['epochs']} epoch(s), {result['device']}, {result['seconds']:.0f}s) into {result['out']}")
+    print(f"held out {result['holdout']} queries, ranked against {result['pool']:,} chunks:")
+    for label, key in (("base", "before"), ("fine-tuned", "after"), ("difference", "difference")):
+        sign = "+" if key == "difference" else ""
+        print(f"  {label:<11} " + ", ".join(
+            f"{m} {result[key][m]:{sign}.3f} [{result[key][m + '_ci95'][0]:{sign}.3f}, {result[key][m + '_ci95'][1]:{sign}.3f}]"
+            for m in ("recall_at_1", "recall_at_10", "mrr")))
     return EXIT_OK
 
 
@@ -481,6 +522,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _cmd_eval(args)
     if args.command == "index":
         return _cmd_index(args)
+    if args.command == "finetune":
+        return _cmd_finetune(args)
     if args.command == "export":
         target = args.to if args.to.startswith(("dir:", "hub:", "modal:")) else f"dir:{args.to}"
         return _cmd_publish(args, target)
@@ -495,13 +538,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from wikiembed.errors import WikiembedError
 
-    if args.command in ("run", "rerun", "search", "eval"):
+    if args.command in ("run", "rerun", "search", "eval", "finetune"):
         # Our progress bar is the one to watch; transformers' weight-loading bar would break its line.
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if args.command in ("run", "rerun"):
         _stop_on_signals()
     try:
-        if args.command in ("search", "index", "eval"):
+        if args.command in ("search", "index", "eval", "finetune"):
             from wikiembed.volume_store import check_vectors_here
 
             check_vectors_here(args.command, args.store, getattr(args, "against", None))

@@ -1,4 +1,12 @@
-"""A retrieval check that needs no labels: can an article's title find the article?
+"""Retrieval checks: the user's own judged queries, or, needing no labels, titles as queries.
+
+With a queries file (`wikiembed.queries`: a query and its relevant articles or chunks), each query is
+searched for and scored: recall@1 and recall@10 (a relevant item in the top 1 / 10), MRR@10 and
+nDCG@10 (binary gains, each relevant item counted once), with 95% intervals; queries whose relevant
+items are not in the store are counted and left out. Queries are embedded by
+`StoreVectors.embed_queries`, so they get the model's query treatment.
+
+Without one, the check needs no labels: can an article's title find the article?
 
 For a random sample of a store's articles (seeded, so reruns and other stores get the same
 sample), each title is a query and a hit is any chunk of that article among the top k. Reported
@@ -27,6 +35,7 @@ import pyarrow.parquet as pq
 
 from wikiembed.compact import available_forms
 from wikiembed.errors import InputError, StoreError
+from wikiembed.queries import JudgedQuery, match, read_queries, store_keys
 from wikiembed.search import DEFAULT_RESCORE, Ranking, StoreVectors
 from wikiembed.store import write_json_atomic
 
@@ -34,6 +43,7 @@ DEFAULT_SAMPLE = 500
 DEPTH = 10  # recall@10 and MRR@10 need the top 10
 Z95 = 1.959964
 EVAL_FILE = "eval.json"
+METRICS = ("recall_at_1", "recall_at_10", "mrr", "ndcg_at_10")
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -79,22 +89,44 @@ def sample_articles(vectors: StoreVectors, n: int, seed: int) -> list[tuple[str,
     return [(ids[order[i]], titles[order[i]]) for i in np.sort(picked)]
 
 
-def _ranks(
-    vectors: StoreVectors, articles: Sequence[tuple[str, str]], queries: np.ndarray, form_name: str, rescore: int, exact: bool
-) -> tuple[np.ndarray, Ranking]:
-    """Rank (1-based) of each article's first chunk in its title's top DEPTH (0 when absent), and the ranking."""
-    ranking = vectors.top(queries, DEPTH, vectors.form(form_name), rescore, exact=exact)
-    rows = vectors.rows(ranking.positions, columns=("id",))
-    ranks = np.zeros(len(articles), dtype=np.int64)
-    for q, (article_id, _) in enumerate(articles):
-        for r, p in enumerate(ranking.positions[q], 1):
-            if p >= 0 and rows[int(p)]["id"] == article_id:
+def judge(judged: Sequence[JudgedQuery], ranked: Sequence[Sequence[tuple[str, int]]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: the rank (1-based) of its first relevant chunk among its ranked (id, chunk_index) keys,
+    cut at DEPTH (0 when absent), and its nDCG@DEPTH.
+
+    nDCG uses binary gains: each relevant item (an article, or one chunk) counts once, at its best rank, so
+    three chunks of one relevant article are not three answers; the ideal ranks every item first."""
+    ranks = np.zeros(len(judged), dtype=np.int64)
+    ndcg = np.zeros(len(judged), dtype=np.float64)
+    discount = 1.0 / np.log2(np.arange(2, DEPTH + 2))
+    for q, query in enumerate(judged):
+        credited: set[tuple[str, int | None]] = set()
+        dcg = 0.0
+        for r, (article_id, chunk_index) in enumerate(ranked[q][:DEPTH], 1):
+            key: tuple[str, int | None] = (article_id, int(chunk_index))
+            if key not in query.relevant:
+                key = (article_id, None)
+            if key not in query.relevant or key in credited:
+                continue
+            credited.add(key)
+            dcg += discount[r - 1]
+            if not ranks[q]:
                 ranks[q] = r
-                break
-    return ranks, ranking
+        ndcg[q] = dcg / discount[: min(len(query.relevant), DEPTH)].sum()
+    return ranks, ndcg
 
 
-def _metrics(ranks: np.ndarray) -> dict[str, Any]:
+def _ranks(
+    vectors: StoreVectors, judged: Sequence[JudgedQuery], queries: np.ndarray, form_name: str, rescore: int, exact: bool
+) -> tuple[np.ndarray, np.ndarray, Ranking]:
+    """`judge` of each query's top DEPTH in the store, and the ranking."""
+    ranking = vectors.top(queries, DEPTH, vectors.form(form_name), rescore, exact=exact)
+    rows = vectors.rows(ranking.positions, columns=("id", "chunk_index"))
+    ranked = [[(rows[int(p)]["id"], rows[int(p)]["chunk_index"]) for p in line if p >= 0] for line in ranking.positions]
+    return (*judge(judged, ranked), ranking)
+
+
+def metrics(ranks: np.ndarray, ndcg: np.ndarray) -> dict[str, Any]:
+    """The reported figures with their 95% intervals, from `judge`'s per-query ranks and nDCG."""
     n = len(ranks)
     at1, at10 = int(np.sum(ranks == 1)), int(np.sum(ranks > 0))
     rr = np.where(ranks > 0, 1.0 / np.maximum(ranks, 1), 0.0)
@@ -106,7 +138,26 @@ def _metrics(ranks: np.ndarray) -> dict[str, Any]:
         "recall_at_10_ci95": list(wilson(at10, n)),
         "mrr": float(rr.mean()),
         "mrr_ci95": list(mean_interval(rr)),
+        "ndcg_at_10": float(ndcg.mean()),
+        "ndcg_at_10_ci95": list(mean_interval(ndcg)),
     }
+
+
+def paired_difference(mine: tuple[np.ndarray, np.ndarray], theirs: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """Theirs minus mine, per metric, with a 95% interval of the mean of the per-query differences
+    ((ranks, ndcg) of the same queries under two stores)."""
+    (a, a_ndcg), (b, b_ndcg) = mine, theirs
+    per_query = {
+        "recall_at_1": (b == 1).astype(float) - (a == 1).astype(float),
+        "recall_at_10": (b > 0).astype(float) - (a > 0).astype(float),
+        "mrr": np.where(b > 0, 1.0 / np.maximum(b, 1), 0.0) - np.where(a > 0, 1.0 / np.maximum(a, 1), 0.0),
+        "ndcg_at_10": b_ndcg - a_ndcg,
+    }
+    out: dict[str, Any] = {}
+    for name, d in per_query.items():
+        out[name] = float(d.mean())
+        out[name + "_ci95"] = list(mean_interval(d, (-1.0, 1.0)))
+    return out
 
 
 def _forms(vectors: StoreVectors, forms: Sequence[str] | None) -> list[str]:
@@ -120,36 +171,34 @@ def _forms(vectors: StoreVectors, forms: Sequence[str] | None) -> list[str]:
 
 
 def _evaluate_store(
-    vectors: StoreVectors, articles: Sequence[tuple[str, str]], forms: Sequence[str], rescore: int, device: str | None,
+    vectors: StoreVectors, judged: Sequence[JudgedQuery], forms: Sequence[str], rescore: int, device: str | None,
     exact: bool,
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    queries = vectors.embed_queries([t for _, t in articles], device=device)
+) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    queries = vectors.embed_queries([q.text for q in judged], device=device)
     results, ranks = [], {}
     for name in forms:
         form = vectors.form(name)
-        ranks[name], ranking = _ranks(vectors, articles, queries, name, rescore, exact)
+        *ranks[name], ranking = _ranks(vectors, judged, queries, name, rescore, exact)
         results.append({"form": name, "column": form.column, "bytes_per_vector": form.bytes_per_vector,
                         "rescore": rescore if form.precision == "binary" else None, "method": ranking.method,
-                        "index_note": ranking.note, **_metrics(ranks[name])})
+                        "index_note": ranking.note, **metrics(*ranks[name])})
     # Binary forms also without rescoring: what the Hamming stage alone finds.
     for r in [r for r in results if r["rescore"] and r["rescore"] > 1]:
-        plain, ranking = _ranks(vectors, articles, queries, r["form"], 1, exact)
-        ranks[r["form"] + " (hamming only)"] = plain
+        *plain, ranking = _ranks(vectors, judged, queries, r["form"], 1, exact)
+        ranks[r["form"] + " (hamming only)"] = tuple(plain)
         results.append({**r, "form": r["form"] + " (hamming only)", "rescore": None, "method": ranking.method,
-                        "index_note": ranking.note, **_metrics(plain)})
+                        "index_note": ranking.note, **metrics(*plain)})
     chunks = sum(pq.ParquetFile(f).metadata.num_rows for f in vectors.files)
     head = results[0]
     return {
         "store": str(vectors.root),
+        "generation": vectors.store.gen,
         "model": vectors.model_id,
         "chunks": chunks,
-        "n": head["n"],
-        "recall_at_1": head["recall_at_1"],
-        "recall_at_10": head["recall_at_10"],
-        "mrr": head["mrr"],
+        **{key: head[key] for key in ("n", *METRICS, *(m + "_ci95" for m in METRICS))},
         "method": head["method"],
         "forms": results,
-    }, ranks
+    }, {name: (r[0], r[1]) for name, r in ranks.items()}
 
 
 def evaluate(
@@ -164,47 +213,52 @@ def evaluate(
     record: bool = True,
     gen: str | None = None,
     exact: bool = False,
+    queries: str | Path | Sequence[JudgedQuery] | None = None,
+    against_gen: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a store (and optionally a second one on the same articles); return the `--json` payload.
+    """Evaluate a store (and optionally a second one on the same queries); return the `--json` payload.
 
+    `queries`: a judged-queries file (see `wikiembed.queries`) or its parsed queries; without it, the
+    titles of `sample` articles drawn with `seed` are the queries.
     `forms`: names of stored forms (`float32`, `int8`, `binary@128`, ...), or ["all"]; default float32.
     `record`: write the result to the generation's `eval.json` and refresh its dataset card.
-    `gen`: the generation to check (default: the published one).
+    `gen`, `against_gen`: the generations to check (default: the published ones).
     `exact`: scan even where an approximate index of a form is built (see `wikiembed.search`).
     """
-    if sample < 1:
-        raise InputError(f"--sample {sample}: evaluate at least 1 article (500 gives intervals of about ±4 points).")
     vectors = StoreVectors(store, gen)
     names = _forms(vectors, forms)
-    articles = sample_articles(vectors, sample, seed)
-    result, ranks = _evaluate_store(vectors, articles, names, rescore, device, exact)
-    result.update(seed=seed, query="title", hit="any chunk of the article in the top k", k=DEPTH)
+    other = None
     if against is not None:
-        other = StoreVectors(against)
+        other = StoreVectors(against, against_gen)
         mine, theirs = vectors.manifest["source"]["fingerprint"], other.manifest["source"]["fingerprint"]
         if mine != theirs:
             raise InputError(
                 f"--against {other.root}: built from a different source (fingerprint {theirs[:12]} vs {mine[:12]}); "
                 "compare stores embedded from the same source, so both answer the same questions."
             )
+    if queries is None:
+        if sample < 1:
+            raise InputError(f"--sample {sample}: evaluate at least 1 article (500 gives intervals of about ±4 points).")
+        judged = [JudgedQuery(title, frozenset({(article_id, None)})) for article_id, title in sample_articles(vectors, sample, seed)]
+        about: dict[str, Any] = {"seed": seed, "query": "title", "hit": "any chunk of the article in the top k"}
+    else:
+        named = str(queries) if isinstance(queries, (str, Path)) else "the queries given"
+        parsed = read_queries(queries) if isinstance(queries, (str, Path)) else list(queries)
+        keys = store_keys(vectors.files)
+        if other is not None:
+            keys &= store_keys(other.files)  # paired: only what both stores can answer
+        matched = match(parsed, keys, f"store {vectors.root}" + (f" and {other.root}" if other else ""))
+        judged = matched.queries
+        about = {"query": "file", "queries_file": named, "queries_read": matched.read, "queries_unmatched": matched.unmatched,
+                 "relevant_missing": matched.missing_items, "hit": "a relevant article or chunk in the top k"}
+    result, ranks = _evaluate_store(vectors, judged, names, rescore, device, exact)
+    result.update(about, k=DEPTH)
+    if other is not None:
         other_names = _forms(other, forms)
-        compared, other_ranks = _evaluate_store(other, articles, other_names, rescore, device, exact)
-        diffs = []
-        for name in ranks:
-            if name not in other_ranks:
-                continue
-            a, b = ranks[name], other_ranks[name]
-            d10 = (b > 0).astype(float) - (a > 0).astype(float)
-            d1 = (b == 1).astype(float) - (a == 1).astype(float)
-            drr = np.where(b > 0, 1.0 / np.maximum(b, 1), 0.0) - np.where(a > 0, 1.0 / np.maximum(a, 1), 0.0)
-            diffs.append({
-                "form": name,
-                "recall_at_1": float(d1.mean()), "recall_at_1_ci95": list(mean_interval(d1, (-1.0, 1.0))),
-                "recall_at_10": float(d10.mean()), "recall_at_10_ci95": list(mean_interval(d10, (-1.0, 1.0))),
-                "mrr": float(drr.mean()), "mrr_ci95": list(mean_interval(drr, (-1.0, 1.0))),
-            })
+        compared, other_ranks = _evaluate_store(other, judged, other_names, rescore, device, exact)
+        diffs = [{"form": name, **paired_difference(ranks[name], other_ranks[name])} for name in ranks if name in other_ranks]
         result["against"] = compared
-        result["difference"] = {"meaning": "against minus this store, paired on the same articles", "forms": diffs}
+        result["difference"] = {"meaning": "against minus this store, paired on the same queries", "forms": diffs}
     if record:
         write_json_atomic(vectors.store.dir / EVAL_FILE, result)
         from wikiembed.publish import write_card
@@ -225,16 +279,23 @@ def card_section(result: dict[str, Any] | None) -> list[str]:
     """The dataset card's markdown lines for a recorded eval (none when there is no eval)."""
     if not result:
         return []
+    if result.get("query") == "file":
+        intro = (f"{result['n']} judged queries (of {result['queries_read']} in the file; the others name nothing in this "
+                 f"store) searched for over all {result['chunks']} chunks; a hit is a relevant article or chunk in the top "
+                 f"{result.get('k', DEPTH)}. 95% intervals in brackets. Reproduce with `wikiembed eval --store STORE --queries FILE`.")
+    else:
+        intro = (f"Each of {result['n']} randomly drawn articles (seed {result.get('seed')}) is searched for by its title over all "
+                 f"{result['chunks']} chunks; a hit is any chunk of that article in the top {result.get('k', DEPTH)}. "
+                 "Titles are an easy, label-free proxy: compare forms and models with it, not with other benchmarks. "
+                 "95% intervals in brackets. Reproduce with `wikiembed eval --store STORE`.")
+    ndcg = all("ndcg_at_10" in f for f in result["forms"])  # recorded before nDCG was reported: no column
     lines = [
         "## Retrieval check",
         "",
-        f"Each of {result['n']} randomly drawn articles (seed {result.get('seed')}) is searched for by its title over all "
-        f"{result['chunks']} chunks; a hit is any chunk of that article in the top {result.get('k', DEPTH)}. "
-        "Titles are an easy, label-free proxy: compare forms and models with it, not with other benchmarks. "
-        "95% intervals in brackets. Reproduce with `wikiembed eval --store STORE`.",
+        intro,
         "",
-        "| form | bytes/vector | recall@1 | recall@10 | MRR@10 |",
-        "| --- | --- | --- | --- | --- |",
+        "| form | bytes/vector | recall@1 | recall@10 | MRR@10 |" + (" nDCG@10 |" if ndcg else ""),
+        "| --- | --- | --- | --- | --- |" + (" --- |" if ndcg else ""),
     ]
     for f in result["forms"]:
         def cell(key: str) -> str:
@@ -243,5 +304,6 @@ def card_section(result: dict[str, Any] | None) -> list[str]:
 
         form = f["form"] + (f" (rescored ×{f['rescore']})" if f.get("rescore") else "")
         form += " (approximate index)" if f.get("method") == "index" else ""
-        lines.append(f"| {form} | {f['bytes_per_vector']} | {cell('recall_at_1')} | {cell('recall_at_10')} | {cell('mrr')} |")
+        cells = [cell(m) for m in (METRICS if ndcg else METRICS[:3])]
+        lines.append(f"| {form} | {f['bytes_per_vector']} | " + " | ".join(cells) + " |")
     return lines + [""]

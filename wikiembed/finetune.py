@@ -1,0 +1,338 @@
+"""Fine-tune a store's model on judged queries: the first step of the improve loop.
+
+From a store and a pairs file (the judged-queries format of `wikiembed.queries`), `finetune` writes a
+sentence-transformers folder trained with sentence-transformers' own trainer:
+
+- pairs whose ids the store does not hold are counted and left out; a seeded share of the queries
+  (default 20%) is held out and never trained on;
+- each training query's positive is the chunk of a relevant article that the store's own vectors rank
+  highest for it (or the named chunk); its hard negatives are the store's top hits for it that belong
+  to no relevant article, found through the approximate index where one is built;
+- the loss is MultipleNegativesRankingLoss (in-batch negatives plus the hard ones), its cached variant
+  (GradCache) for batches too large to hold at once, with batches free of duplicate texts;
+- the held-out queries are scored before and after on one candidate pool (their top store hits plus
+  every chunk of their relevant articles, embedded by each model): a quick verdict for the card; the
+  full verdict over every chunk is re-embedding the store and `wikiembed eval --queries`.
+
+The folder holds the model, `README.md` (its model card with what it was trained from and on, and the
+figures), `finetune.json` (the same as data), and `train.jsonl` / `heldout.jsonl` (the split). It is
+written under a temporary name and renamed, so a folder at `out` is always complete; asking again for
+the same fine-tune returns the recorded one, and a different one refuses to overwrite it.
+
+Touches: the store's data files (read), the pairs file (read), the model's files (read), `out` (written).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+from wikiembed.compact import column_values
+from wikiembed.errors import InputError
+from wikiembed.evaluate import DEPTH, judge, metrics, paired_difference
+from wikiembed.model import model_info
+from wikiembed.queries import JudgedQuery, match, read_queries, split_holdout, store_keys
+from wikiembed.search import StoreVectors
+
+RECORD = "finetune.json"
+# Fewer training queries than this teach noise, not the users' intent: refuse rather than publish it.
+MIN_TRAIN_QUERIES = 20
+# Batches above this are trained with the cached loss (GradCache), in mini-batches of CACHED_MINI_BATCH:
+# the in-batch negatives of a large batch then fit a GPU that could not hold the whole batch at once.
+CACHED_ABOVE = 64
+CACHED_MINI_BATCH = 32
+# Store hits looked at per query: hard negatives are the first non-relevant ones, and the held-out pool
+# takes this many per held-out query (20 per query keeps the pool a few thousand chunks at 200 queries).
+MINE_DEPTH = 20
+# The engine must give the model's own vectors (cosine to sentence-transformers' encode) for the
+# fine-tuned folder to re-embed the store; bfloat16 on a GPU stays above 0.99.
+PARITY_COSINE = 0.98
+PARITY_TEXTS = 8
+
+
+class FinetuneSettings(BaseModel):
+    """How to fine-tune; every field is recorded in the model card and `finetune.json`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(1, ge=1, description="passes over the training pairs")
+    batch_size: int = Field(32, ge=2, description="pairs per batch: each query's in-batch negatives are the other positives")
+    learning_rate: float = Field(2e-5, gt=0, description="AdamW learning rate, warmed up over the first 10% of steps")
+    holdout: float = Field(0.2, gt=0, lt=1, description="share of the queries held out, never trained on")
+    seed: int = Field(0, description="seeds the held-out split and the training order")
+    negatives: int = Field(1, ge=0, le=MINE_DEPTH - 1, description="hard negatives mined per pair from the store's vectors")
+    device: str | None = Field(None, description="cpu or cuda (default: cuda when present)")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_queries(path: Path, queries: Sequence[JudgedQuery]) -> None:
+    """Queries in the judged-queries format, one row per relevant item (rows of one query merge on reading)."""
+    with path.open("w", encoding="utf-8") as fh:
+        for q in queries:
+            for article_id, chunk_index in sorted(q.relevant, key=lambda k: (k[0], -1 if k[1] is None else k[1])):
+                row: dict[str, Any] = {"query": q.text, "id": article_id}
+                if chunk_index is not None:
+                    row["chunk_index"] = chunk_index
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _relevant_chunks(vectors: StoreVectors, ids: set[str]) -> dict[tuple[str, int], tuple[str, np.ndarray]]:
+    """(text, float32 vector) of every chunk of the given articles, read in one pass over the store."""
+    form = vectors.form("float32")
+    wanted = pa.array(sorted(ids), type=pa.string())
+    out: dict[tuple[str, int], tuple[str, np.ndarray]] = {}
+    for path in vectors.files:
+        for batch in pq.ParquetFile(path, memory_map=True).iter_batches(columns=["id", "chunk_index", "text", form.column]):
+            keep = pc.is_in(batch.column("id"), value_set=wanted)
+            if not pc.any(keep).as_py():
+                continue
+            picked = batch.filter(keep)
+            values = column_values(picked.column(form.column), form)
+            for i, c, t, v in zip(picked.column("id").to_pylist(), picked.column("chunk_index").to_pylist(),
+                                  picked.column("text").to_pylist(), values):
+                out[(i, int(c))] = (t, np.asarray(v, dtype=np.float32))
+    return out
+
+
+def _device(asked: str | None) -> str:
+    import torch
+
+    if asked:
+        if asked == "cuda" and not torch.cuda.is_available():
+            raise InputError("--device cuda: torch sees no CUDA GPU here; use --device cpu.")
+        return asked
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _encode(model: Any, texts: Sequence[str], kind: str) -> np.ndarray:
+    """Queries or documents as the model encodes them (its prompts applied), L2-normalized float32."""
+    encode = model.encode_query if kind == "query" else model.encode_document
+    return np.asarray(encode(list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
+                             show_progress_bar=False), dtype=np.float32)
+
+
+def _pool_figures(model: Any, held: Sequence[JudgedQuery], pool_keys: list[tuple[str, int]], pool_texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """`judge` of the held-out queries ranked against the pool by one model."""
+    docs = _encode(model, pool_texts, "document")
+    queries = _encode(model, [q.text for q in held], "query")
+    order = np.argsort(-(queries @ docs.T), axis=1, kind="stable")[:, :DEPTH]
+    return judge(held, [[pool_keys[j] for j in line] for line in order])
+
+
+def _check_engine_parity(model_id: str, model: Any, texts: Sequence[str], device: str) -> None:
+    """Refuse a model whose vectors the engine would not reproduce: a fine-tune of it could not re-embed the store."""
+    from wikiembed.backends.factory import open_backend
+
+    engine = np.asarray(open_backend("local", model_id, device=device).embed(list(texts)), dtype=np.float32)
+    reference = _encode(model, texts, "document")
+    engine = engine / np.maximum(np.linalg.norm(engine, axis=1, keepdims=True), 1e-12)
+    worst = float(np.min(np.sum(engine * reference, axis=1)))
+    if worst < PARITY_COSINE:
+        raise InputError(
+            f"model {model_id!r}: the engine's vectors differ from sentence-transformers' own (cosine {worst:.3f} < "
+            f"{PARITY_COSINE}), so a fine-tune of it could not re-embed the store faithfully; fine-tune a model the "
+            "engine supports (a BERT-style encoder with mean or CLS pooling)."
+        )
+
+
+def _card(record: dict[str, Any]) -> str:
+    """The model card's markdown section on how this model was made and how it scores."""
+    s, p = record["settings"], record["pairs"]
+
+    def cell(block: dict[str, Any], m: str) -> str:
+        lo, hi = block[m + "_ci95"]
+        return f"{block[m]:.3f} [{lo:.3f}, {hi:.3f}]" if block is not record["difference"] else f"{block[m]:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+    rows = "\n".join(
+        f"| {label} | " + " | ".join(cell(block, m) for m in ("recall_at_1", "recall_at_10", "mrr", "ndcg_at_10")) + " |"
+        for label, block in (("base", record["before"]), ("fine-tuned", record["after"]), ("difference", record["difference"]))
+    )
+    return f"""# Fine-tuned {record['base_model']}
+
+Fine-tuned with `wikiembed finetune` (sentence-transformers' trainer, {record['loss']}).
+
+- **Base model**: `{record['base_model']}`, revision `{record['base_revision']}`
+- **Store**: `{record['store']}`, generation `{record['generation']}` ({record['chunks']:,} chunks)
+- **Pairs**: {p['read']} queries read from `{record['pairs_file']}`, {p['matched']} matching the store \
+({p['unmatched']} naming nothing in it); {record['train']} trained on, {record['holdout']} held out (never trained on)
+- **Settings**: {s['epochs']} epoch(s), batch size {s['batch_size']}, learning rate {s['learning_rate']}, \
+{s['negatives']} hard negative(s) per pair from the store's vectors ({record['negatives_from']}), held out {s['holdout']:.0%} \
+with seed {s['seed']}, device {record['device']}, {record['seconds']:.0f} s
+
+## Held-out queries, before and after
+
+Each of the {record['holdout']} held-out queries ranked against one pool of {record['pool']:,} chunks (their top \
+{MINE_DEPTH} store hits and every chunk of their relevant articles), embedded by each model; 95% intervals in \
+brackets, the difference paired per query. The verdict over the whole corpus is re-embedding the store with this \
+model and `wikiembed eval --queries heldout.jsonl --against NEW_STORE`.
+
+| model | recall@1 | recall@10 | MRR@10 | nDCG@10 |
+| --- | --- | --- | --- | --- |
+{rows}
+"""
+
+
+def finetune(
+    store: str | Path, pairs: str | Path, out: str | Path, settings: FinetuneSettings | None = None, *, gen: str | None = None
+) -> dict[str, Any]:
+    """Fine-tune the store's model on the pairs into `out`; return the `--json` payload (also `out/finetune.json`)."""
+    settings = settings or FinetuneSettings()
+    pairs, out = Path(pairs).expanduser(), Path(out).expanduser().resolve()
+    vectors = StoreVectors(store, gen)
+    info = model_info(vectors.model_id)
+    recorded = vectors.manifest["model"].get("revision")
+    if recorded and info.revision != recorded:
+        raise InputError(
+            f"model {vectors.model_id!r}: the files found here (revision {info.revision}) are not the ones store "
+            f"{vectors.root} was embedded with (revision {recorded}); fine-tune from the store's own model files."
+        )
+    queries = read_queries(pairs)
+    inputs = {"store": str(vectors.root), "generation": vectors.store.gen, "pairs_sha256": _sha256(pairs),
+              "base_revision": info.revision, "settings": settings.model_dump()}
+    if out.exists():
+        try:
+            done = json.loads((out / RECORD).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            done = None
+        if done and done.get("inputs") == inputs:
+            return done  # this very fine-tune is already there (a rerun of an interrupted loop)
+        raise InputError(f"--out {out}: exists and holds something else; give a new folder (e.g. one per week), or remove it.")
+
+    matched = match(queries, store_keys(vectors.files), f"store {vectors.root}")
+    train, held = split_holdout(matched.queries, settings.holdout, settings.seed)
+    if len(train) < MIN_TRAIN_QUERIES:
+        raise InputError(
+            f"--pairs {pairs}: {len(train)} queries left to train on ({matched.unmatched} of {matched.read} name nothing "
+            f"in the store, {len(held)} held out); at least {MIN_TRAIN_QUERIES} are needed: collect more feedback."
+        )
+    device = _device(settings.device)
+    started = time.perf_counter()
+
+    # Mining: each query's top store hits (through the index where one is built) and its relevant chunks.
+    everything = [*train, *held]
+    qvecs = vectors.embed_queries([q.text for q in everything], device=device)
+    ranking = vectors.top(qvecs, MINE_DEPTH, vectors.form("float32"))
+    hits = vectors.rows(ranking.positions, columns=("id", "chunk_index", "text"))
+    relevant = _relevant_chunks(vectors, {i for q in everything for i in q.article_ids})
+    examples: list[dict[str, str]] = []
+    for qi, q in enumerate(train):
+        negatives = [hits[int(p)]["text"] for p in ranking.positions[qi] if p >= 0 and hits[int(p)]["id"] not in q.article_ids]
+        for article_id in sorted(q.article_ids):
+            # Chunk-level judgements name their chunk; an article's positive is its chunk nearest the query.
+            named = [(article_id, c) for a, c in q.relevant if a == article_id and c is not None]
+            candidates = named or [k for k in relevant if k[0] == article_id]
+            best = max(candidates, key=lambda k: float(relevant[k][1] @ qvecs[qi]))
+            example = {"anchor": q.text, "positive": relevant[best][0]}
+            for n, text in enumerate(negatives[: settings.negatives]):
+                example[f"negative_{n + 1}"] = text
+            examples.append(example)
+    width = min(len(e) for e in examples)  # every row needs the same columns: the fewest negatives found
+    examples = [{k: e[k] for k in list(e)[:width]} for e in examples]
+
+    # The held-out pool: their top hits and every chunk of their relevant articles.
+    pool: dict[tuple[str, int], str] = {}
+    for qi in range(len(train), len(everything)):
+        for p in ranking.positions[qi]:
+            if p >= 0:
+                pool[(hits[int(p)]["id"], int(hits[int(p)]["chunk_index"]))] = hits[int(p)]["text"]
+        for key, (text, _) in relevant.items():
+            if key[0] in everything[qi].article_ids:
+                pool[key] = text
+    pool_keys, pool_texts = list(pool), list(pool.values())
+
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss, MultipleNegativesRankingLoss
+
+    model = SentenceTransformer(info.path, device=device)
+    _check_engine_parity(vectors.model_id, model, [e["positive"] for e in examples[:PARITY_TEXTS]], device)
+    before = _pool_figures(model, held, pool_keys, pool_texts)
+
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if settings.batch_size > CACHED_ABOVE:
+        loss: Any = CachedMultipleNegativesRankingLoss(model, mini_batch_size=CACHED_MINI_BATCH)
+    else:
+        loss = MultipleNegativesRankingLoss(model)
+    # The model's own prompts go on during training as they will in use (e5's "query: ", bge's instruction).
+    prompts = {"anchor": (model.prompts or {}).get("query")}
+    document_prompt = (model.prompts or {}).get("document")
+    prompts.update({k: document_prompt for k in examples[0] if k != "anchor"})
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp / "_trainer"),
+        num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        warmup_steps=0.1,  # a float: the share of steps spent warming up
+        seed=settings.seed,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,  # a duplicate text in a batch would be a false negative
+        prompts={k: v for k, v in prompts.items() if v} or None,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=max(1, len(examples) // settings.batch_size // 10),
+        disable_tqdm=True,
+        use_cpu=device == "cpu",
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), loss=loss)
+    result = trainer.train()
+    shutil.rmtree(tmp / "_trainer", ignore_errors=True)
+    after = _pool_figures(model, held, pool_keys, pool_texts)
+    model.save(str(tmp))
+
+    record: dict[str, Any] = {
+        "out": str(out),
+        "base_model": vectors.model_id,
+        "base_revision": info.revision,
+        "store": str(vectors.root),
+        "generation": vectors.store.gen,
+        "chunks": sum(pq.ParquetFile(f).metadata.num_rows for f in vectors.files),
+        "pairs_file": str(pairs),
+        "pairs": {"read": matched.read, "matched": len(matched.queries), "unmatched": matched.unmatched,
+                  "relevant_missing": matched.missing_items},
+        "train": len(train),
+        "holdout": len(held),
+        "examples": len(examples),
+        "negatives_from": "approximate index" if ranking.method == "index" else "exact scan",
+        "loss": type(loss).__name__,
+        "settings": settings.model_dump(),
+        "device": device,
+        "train_loss": float(result.training_loss),
+        "pool": len(pool_keys),
+        "before": metrics(*before),
+        "after": metrics(*after),
+        "difference": {"meaning": "fine-tuned minus base, paired on the held-out queries", **paired_difference(before, after)},
+        "seconds": time.perf_counter() - started,
+        "inputs": inputs,
+    }
+    _write_queries(tmp / "train.jsonl", train)
+    _write_queries(tmp / "heldout.jsonl", held)
+    # sentence-transformers wrote its own card (architecture, usage): ours goes first, after its YAML header.
+    generated = (tmp / "README.md").read_text(encoding="utf-8") if (tmp / "README.md").exists() else ""
+    header, body = "", generated
+    if generated.startswith("---\n") and "\n---\n" in generated[4:]:
+        end = generated.index("\n---\n", 4) + 5
+        header, body = generated[:end], generated[end:]
+    (tmp / "README.md").write_text(header + _card(record) + "\n" + body, encoding="utf-8")
+    (tmp / RECORD).write_text(json.dumps(record, indent=1), encoding="utf-8")
+    os.replace(tmp, out)
+    return record
