@@ -183,7 +183,6 @@ class TokenChunker:
             self.continues[[i for tok, i in vocab.items() if tok.startswith(mark)]] = True
         # blingfire where it gives exactly the tokenizer's ids and offsets (wikiembed/fast_tokenizer.py).
         self.fast = fast_wordpiece(tokenizer, which) if self.exact else None
-        self.tokenizer_name = "blingfire" if self.fast else "tokenizers"
 
     def chunk_many(self, texts: Sequence[str]) -> "ChunkArrays":
         """Every chunk of every text, in text then chunk order."""
@@ -448,7 +447,7 @@ _CHUNKERS: dict[tuple[int, int, int, str], TokenChunker] = {}
 
 
 def _chunker(tokenizer, chunk_size: int, overlap: int, which: TokenizerChoice) -> TokenChunker:
-    """A chunker per (tokenizer, size, overlap), made once per process: making one reads the
+    """A chunker per (tokenizer, size, overlap, choice), made once per process: making one reads the
     whole vocabulary (~0.1 s), which would otherwise be paid again for every part."""
     key = (id(tokenizer), chunk_size, overlap, which)
     found = _CHUNKERS.get(key)

@@ -119,8 +119,6 @@ class FastWordPiece:
     Counts the characters it tokenized and those it left to `tokenizers` (`chars`, `fallback_chars`).
     """
 
-    name = "blingfire"
-
     def __init__(self, tokenizer: Any, lib: Any, handle: int, added: list[str], unk: int) -> None:
         from tokenizers import Tokenizer
 
