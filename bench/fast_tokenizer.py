@@ -131,6 +131,7 @@ def main() -> None:
 
     results = {
         "date": time.strftime("%Y-%m-%d"),
+        "command": "python bench/fast_tokenizer.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "text": f"sample:{args.sample}" + (f" + {args.manpages}" if args.manpages else ""),
         "articles": len(texts),

@@ -204,7 +204,6 @@ class TokenChunker:
             self.continues[[i for tok, i in vocab.items() if tok.startswith(mark)]] = True
         # blingfire where it gives exactly the tokenizer's ids and offsets (wikiembed/fast_tokenizer.py).
         self.fast = fast_wordpiece(tokenizer, which) if self.exact else None
-        self.tokenizer_name = "blingfire" if self.fast else "tokenizers"
 
     def chunk_many(self, texts: Sequence[str]) -> "ChunkArrays":
         """Every chunk of every text, in text then chunk order."""

@@ -119,8 +119,6 @@ class FastWordPiece:
     Counts the characters it tokenized and those it left to `tokenizers` (`chars`, `fallback_chars`).
     """
 
-    name = "blingfire"
-
     def __init__(self, tokenizer: Any, lib: Any, handle: int, added: list[str], unk: int) -> None:
         from tokenizers import Tokenizer
 
@@ -307,7 +305,8 @@ class FastWordPiece:
         return FastEncoding(ids, starts + base if base else starts, ends + base if base else ends)
 
     def _reference(self, text: str, base: int, enc: Any = None) -> FastEncoding:
-        enc = enc or self.reference.encode(text, add_special_tokens=False)
+        if enc is None:
+            enc = self.reference.encode(text, add_special_tokens=False)
         offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
         return FastEncoding(np.asarray(enc.ids, dtype=np.int32), offsets[:, 0] + base, offsets[:, 1] + base)
 
