@@ -42,13 +42,14 @@ from wikiembed.errors import BackendError, InputError, ShardsFailed, StoreError,
 from wikiembed.estimate import compare, markdown as estimate_markdown, one_line, run_hardware, store_estimate
 from wikiembed.index import require_library
 from wikiembed.model import load_tokenizer, model_info
-from wikiembed.plan import VectorIndex, check_snapshot
+from wikiembed import reuse_index
+from wikiembed.plan import check_snapshot
 from wikiembed.progress import Progress
 from wikiembed.settings import RunSettings, ShardSelection, parse_shards
 from wikiembed.store import ShardState, Store
 from wikiembed.tasks.calibrate import calibrate_remote_task, calibrate_task
 from wikiembed.tasks.download import download_task
-from wikiembed.tasks.embed import embed_remote_task, embed_task, embed_worker_task, release_reuse_index
+from wikiembed.tasks.embed import embed_remote_task, embed_task, embed_worker_task
 from wikiembed.tasks.evaluate import eval_task
 from wikiembed.tasks.export import export_task
 from wikiembed.tasks.index import index_task
@@ -203,7 +204,7 @@ def run_shards(
     progress.close()
     shard_workers.release()
     if reuse_gen:
-        release_reuse_index(str(store.root), reuse_gen)
+        reuse_index.release(str(store.root), reuse_gen)
     if getattr(lease, "lost", None) is not None:
         held = lease.lost
         raise StoreError(
@@ -641,7 +642,7 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
             retries_before = check_backend(settings, manifest["model"]["model_id"])
             reuse_gen = reuse_gen if reuse_gen and Store(s.root, reuse_gen).exists() else None
             if reuse_gen:  # as the download step does: shard workers load it instead of each building it
-                VectorIndex(Store(s.root, reuse_gen)).save()
+                reuse_index.ReuseIndex(Store(s.root, reuse_gen)).save()
         _calibrate(s, settings)
         _check_index(s, settings)
         if not isinstance(s, Store):

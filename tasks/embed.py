@@ -17,7 +17,6 @@ The Modal shard classes retry nothing themselves (`retries=0`).
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from prefect import task
@@ -26,7 +25,7 @@ from prefect.tasks import exponential_backoff
 from wikiembed.backends.factory import open_backend
 from wikiembed.backends.modal_client import ModalShards
 from wikiembed.checkpoint import embed_shard
-from wikiembed.plan import VectorIndex
+from wikiembed import reuse_index
 from wikiembed.progress import Progress
 from wikiembed.shard_workers import run as run_in_worker
 from wikiembed.store import Store
@@ -40,10 +39,6 @@ _RETRY_POLICY = {
     "retry_jitter_factor": 0.5,
     "retry_condition_fn": retry_transient,
 }
-
-_REUSE: dict[tuple[str, str], VectorIndex] = {}
-_REUSE_LOCK = threading.Lock()
-
 
 @task(name="embed", task_run_name="embed-{shard:05d}", **_RETRY_POLICY)
 def embed_task(
@@ -62,7 +57,7 @@ def embed_task(
         s = Store(store, gen)
         manifest = s.read_manifest()
         backend = open_backend(model=manifest["model"]["model_id"], **backend_opts)
-        reuse = reuse_index(store, reuse_gen) if reuse_gen else None
+        reuse = reuse_index.shared(store, reuse_gen) if reuse_gen else None
         rows = manifest["plan"]["shards"][shard][1] - manifest["plan"]["shards"][shard][0]
         marker = embed_shard(s, shard, backend, rows, reuse=reuse, progress=Progress.current().add_chunks)
     return {**marker, "attempts": task_run.run_count or 1}
@@ -93,15 +88,3 @@ def embed_worker_task(
         marker = run_in_worker(store, gen, shard, backend_opts, workers=workers, reuse_gen=reuse_gen)
     Progress.current().add_chunks(int(marker.get("chunks", 0)))
     return {**marker, "attempts": task_run.run_count or 1}
-
-
-def reuse_index(store: str, gen: str) -> VectorIndex:
-    """One index of the published generation per run, shared by the shard tasks (threads)."""
-    with _REUSE_LOCK:
-        return _REUSE.setdefault((store, gen), VectorIndex(Store(store, gen)))
-
-
-def release_reuse_index(store: str, gen: str) -> None:
-    """Drop a run's index (~24 bytes a chunk) so a long-lived worker does not keep it."""
-    with _REUSE_LOCK:
-        _REUSE.pop((store, gen), None)

@@ -27,7 +27,9 @@ from wikiembed.backends.factory import open_backend
 from wikiembed.calibration import calibrate
 from wikiembed.checkpoint import VectorSource, embed_shard, record_vector_kind
 from wikiembed.chunking import chunk_shard_parts
-from wikiembed.plan import VectorIndex, diff_generations, prepare, promote
+from wikiembed import reuse_index
+from wikiembed.plan import diff_generations, prepare, promote
+from wikiembed.reuse_index import ReuseIndex
 from wikiembed.publish import publish, write_card
 from wikiembed.settings import RunSettings
 from wikiembed.store import LOCAL, Store, StoreSync
@@ -73,23 +75,11 @@ def run_shard(
         backend = open_backend(model=manifest["model"]["model_id"], **backend)
     start, end = manifest["plan"]["shards"][shard]
     if reuse is None and reuse_previous and manifest.get("previous_generation"):
-        reuse = previous_vectors(root, manifest["previous_generation"], sync)
+        reuse = reuse_index.shared(root, manifest["previous_generation"], sync)
     # Embedding starts with the shard's first chunks while worker processes cut the rest, so
     # the GPU and the CPU work at the same time; the chunk file is complete before the marker.
     with contextlib.closing(chunk_shard_parts(store, shard, manifest, chunk_workers)) as chunks:
         return embed_shard(store, shard, backend, end - start, chunks=chunks, reuse=reuse)  # writes the store's compact forms too
-
-
-# Indexes of previous generations, one per process (a container or shard worker runs many shards).
-_PREVIOUS: dict[tuple[str, str], VectorIndex] = {}
-
-
-def previous_vectors(root: str, gen: str, sync: StoreSync = LOCAL) -> VectorIndex | None:
-    """This process's index of generation `gen`'s vectors (loaded once), or None if it is gone."""
-    previous = Store(root, gen, sync)
-    if not previous.exists():
-        return None  # promoted away meanwhile: nothing to take from
-    return _PREVIOUS.setdefault((root, gen), VectorIndex(previous))
 
 
 def calibrate_store(root: str, gen: str, backend: Backend | dict[str, Any], sync: StoreSync = LOCAL) -> dict[str, Any] | None:
@@ -113,7 +103,7 @@ def prepare_store(settings: dict[str, Any], sync: StoreSync = LOCAL) -> dict[str
     changes = None
     if prepared.previous_gen:
         previous = Store(prepared.store.root, prepared.previous_gen, sync)
-        VectorIndex(previous).save()
+        ReuseIndex(previous).save()
         changes = diff_generations(previous, prepared.store)
     sync.commit()
     return {"store": str(prepared.store.root), "gen": prepared.store.gen, "previous_gen": prepared.previous_gen, "changes": changes}

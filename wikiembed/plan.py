@@ -4,7 +4,7 @@ A store is one (model, chunking); within it each (source fingerprint, model
 revision) is one generation. Computing the fingerprint reads a local source whole
 (a Hub source costs one API call for its commit). Same pair as before: resume
 it, with no new snapshot. New source fingerprint: build a new generation next to
-the published one, reusing vectors of unchanged chunk texts (`VectorIndex`),
+the published one, reusing vectors of unchanged chunk texts (`wikiembed.reuse_index`),
 and promote it atomically when every shard is done. New model revision (a
 fine-tune saved over the model's folder, a new Hub commit): the same, but
 nothing is reused, since the old vectors come from other weights.
@@ -18,9 +18,6 @@ import hashlib
 import json
 import shlex
 import shutil
-import threading
-import zipfile
-from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -29,8 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wikiembed.atomic import atomic_path
-from wikiembed.checkpoint import read_vectors, text_key
+from wikiembed.checkpoint import text_key
 from wikiembed.compact import form_by_name, parse_compact
 from wikiembed.sources import Source, fingerprint, parse_source, pin, write_snapshot
 from wikiembed.errors import InputError, StoreError
@@ -337,124 +333,6 @@ def promote(store: Store) -> bool:
     if current and current != nxt:
         shutil.rmtree(root.root / "gens" / current, ignore_errors=True)
     return True
-
-
-class VectorIndex:
-    """Vectors of the published generation, found by chunk-text content key.
-
-    Keys are 16-byte blake2b digests held in one sorted numpy array (about 24
-    bytes per chunk: ~1 GB for all of English Wikipedia); vectors are read
-    from the old data files on demand, a few files cached at a time. Building the
-    keys reads every old chunk text; `save` keeps them next to that generation's
-    data, and every later index of it (another worker process, a Modal container)
-    loads them instead.
-    """
-
-    _CACHE_FILES = 4
-    # The saved index, in the indexed generation's folder (`save`): keys, where, files and the
-    # fingerprint of the data files it was built from (each done shard's sha256).
-    SAVED = "reuse-index.npz"
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._fingerprint = ""
-        self._saved = False
-        self._keys: np.ndarray | None = None
-        self._where: np.ndarray | None = None  # (file index, row) per key
-        self._files: list[int] = []
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()  # shard tasks run as threads and share one index
-
-    def _done(self) -> tuple[list[tuple[int, str]], str]:
-        """(shard, data file sha256) of every done shard, what the index covers, and their fingerprint."""
-        manifest = self.store.read_manifest()
-        found = ((k, self.store.read_done(k)) for k in range(len(manifest["plan"]["shards"])))
-        done = [(k, marker["sha256"]) for k, marker in found if marker is not None]
-        return done, hashlib.sha256(json.dumps(done).encode()).hexdigest()
-
-    def _build(self) -> None:
-        done, fingerprint = self._done()
-        if self._load(fingerprint):
-            return
-        keys, where = [], []
-        for k, _ in done:
-            texts = pq.read_table(self.store.data_path(k), columns=["text"]).column("text").to_pylist()
-            keys.append(np.array([text_key(t) for t in texts], dtype="S16"))
-            where.append(np.stack([np.full(len(texts), len(self._files)), np.arange(len(texts))], axis=1))
-            self._files.append(k)
-        self._keys = np.concatenate(keys) if keys else np.zeros(0, dtype="S16")
-        self._where = np.concatenate(where) if where else np.zeros((0, 2), dtype=np.int64)
-        order = np.argsort(self._keys, kind="stable")
-        self._keys, self._where = self._keys[order], self._where[order]
-        self._fingerprint = fingerprint
-
-    def _load(self, fingerprint: str, keys: bool = True) -> bool:
-        """Take the saved index if it covers exactly the generation's current data files (with
-        `keys` false, only say whether it does: the keys are the bulk of the file)."""
-        path = self.store.dir / self.SAVED
-        try:
-            with np.load(path) as saved:
-                if str(saved["fingerprint"]) != fingerprint:
-                    return False  # a shard was re-embedded since: the saved keys are stale
-                if not keys:
-                    return True
-                self._keys, self._where, self._files = saved["keys"], saved["where"], saved["files"].tolist()
-        except FileNotFoundError:
-            return False
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-            return False  # unreadable: rebuilt from the data files, and saved again by save()
-        self._fingerprint, self._saved = fingerprint, True
-        return True
-
-    def save(self) -> None:
-        """Build the index (if needed) and keep it in the generation's folder, so the processes and
-        containers that reuse this generation load its keys instead of reading every old chunk text."""
-        with self._lock:
-            if self._keys is None:
-                if self._load(self._done()[1], keys=False):
-                    return  # saved already for exactly these data files (a resumed run): nothing to read
-                self._build()
-            if self._saved:
-                return
-            with atomic_path(self.store.dir / self.SAVED) as tmp:
-                with tmp.open("wb") as fh:
-                    np.savez(fh, keys=self._keys, where=self._where, files=np.asarray(self._files, dtype=np.int64),
-                             fingerprint=np.asarray(self._fingerprint))  # fmt: skip
-            self._saved = True
-
-    def _vectors(self, file_index: int) -> np.ndarray:
-        if file_index not in self._cache:
-            _, vectors = read_vectors(self.store.data_path(self._files[file_index]))
-            self._cache[file_index] = vectors
-            while len(self._cache) > self._CACHE_FILES:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(file_index)
-        return self._cache[file_index]
-
-    def lookup(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        with self._lock:
-            return self._lookup(texts)
-
-    def _lookup(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        if self._keys is None:
-            self._build()
-        assert self._keys is not None and self._where is not None
-        query = np.array([text_key(t) for t in texts], dtype="S16")
-        pos = np.searchsorted(self._keys, query)
-        pos = np.minimum(pos, max(len(self._keys) - 1, 0))
-        found = (len(self._keys) > 0) & (self._keys[pos] == query) if len(self._keys) else np.zeros(len(texts), bool)
-        dim = None
-        out = None
-        for i in np.flatnonzero(found):
-            f, row = self._where[pos[i]]
-            vecs = self._vectors(int(f))
-            if out is None:
-                dim = vecs.shape[1]
-                out = np.zeros((len(texts), dim), dtype=np.float32)
-            out[i] = vecs[row]
-        if out is None:
-            out = np.zeros((len(texts), 0), dtype=np.float32)
-        return out, found
 
 
 def _article_digests(store: Store) -> tuple[np.ndarray, np.ndarray]:

@@ -38,7 +38,8 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from wikiembed.errors import TransientBackendError
-from wikiembed.fanout import previous_vectors, run_shard
+from wikiembed import reuse_index
+from wikiembed.fanout import run_shard
 from wikiembed.store import Store
 from wikiembed.tokenizing import _worker_start, cores
 
@@ -116,6 +117,6 @@ def _run_in_worker(
     model = Store(root, gen).read_manifest()["model"]["model_id"]
     backend = open_backend(model=model, clients=workers, **backend_opts)
     before = int(getattr(backend, "retries", 0))
-    reuse = previous_vectors(root, reuse_gen) if reuse_gen else None
+    reuse = reuse_index.shared(root, reuse_gen) if reuse_gen else None
     marker = run_shard(root, gen, shard, backend, chunk_workers=1, reuse=reuse)
     return {**marker, "worker_pid": os.getpid(), "request_retries": int(getattr(backend, "retries", 0)) - before}

@@ -12,7 +12,8 @@ from wikiembed import plan
 from wikiembed.backends.factory import open_backend
 from wikiembed.checkpoint import embed_shard, read_vectors
 from wikiembed.chunking import chunk_shard
-from wikiembed.plan import VectorIndex, prepare
+from wikiembed.plan import prepare
+from wikiembed.reuse_index import ReuseIndex
 from wikiembed.settings import RunSettings
 from wikiembed.store import Store
 
@@ -44,11 +45,11 @@ def _text_reads(monkeypatch) -> list[Path]:
 
 def test_a_saved_index_is_loaded_without_reading_old_texts_and_finds_the_same_vectors(done_store: Store, monkeypatch) -> None:
     texts, vectors = read_vectors(done_store.data_path(1))
-    VectorIndex(done_store).save()
-    assert (done_store.dir / VectorIndex.SAVED).exists()
+    ReuseIndex(done_store).save()
+    assert (done_store.dir / ReuseIndex.SAVED).exists()
 
     reads = _text_reads(monkeypatch)
-    loaded = VectorIndex(Store(done_store.root, done_store.gen))
+    loaded = ReuseIndex(Store(done_store.root, done_store.gen))
     found_vecs, found = loaded.lookup(texts + ["a chunk text no generation holds"])
     assert reads == []  # the keys came from the saved index
     assert found.tolist() == [True] * len(texts) + [False]
@@ -56,34 +57,34 @@ def test_a_saved_index_is_loaded_without_reading_old_texts_and_finds_the_same_ve
 
 
 def test_a_saved_index_is_stale_once_a_shard_is_re_embedded(done_store: Store, monkeypatch) -> None:
-    VectorIndex(done_store).save()
-    saved = (done_store.dir / VectorIndex.SAVED).read_bytes()
+    ReuseIndex(done_store).save()
+    saved = (done_store.dir / ReuseIndex.SAVED).read_bytes()
     # Shard 0 re-embedded (a rerun): its data file and marker change, so the saved keys no longer cover it.
     marker = done_store.read_done(0)
     done_store.mark_done(0, {**marker, "sha256": "0" * 64})
     try:
         reads = _text_reads(monkeypatch)
-        rebuilt = VectorIndex(Store(done_store.root, done_store.gen))
+        rebuilt = ReuseIndex(Store(done_store.root, done_store.gen))
         rebuilt.save()
         assert len(reads) == 3  # rebuilt from every data file
-        assert (done_store.dir / VectorIndex.SAVED).read_bytes() != saved  # and saved again, with the new fingerprint
+        assert (done_store.dir / ReuseIndex.SAVED).read_bytes() != saved  # and saved again, with the new fingerprint
     finally:
         done_store.mark_done(0, marker)
 
 
 def test_a_damaged_saved_index_is_rebuilt(done_store: Store) -> None:
-    (done_store.dir / VectorIndex.SAVED).write_bytes(b"not an npz")
+    (done_store.dir / ReuseIndex.SAVED).write_bytes(b"not an npz")
     texts, _ = read_vectors(done_store.data_path(2))
-    _, found = VectorIndex(done_store).lookup(texts)
+    _, found = ReuseIndex(done_store).lookup(texts)
     assert found.all()
 
 
 def test_saving_an_index_already_saved_for_the_same_data_reads_and_writes_nothing(done_store: Store, monkeypatch) -> None:
-    VectorIndex(done_store).save()
-    path = done_store.dir / VectorIndex.SAVED
+    ReuseIndex(done_store).save()
+    path = done_store.dir / ReuseIndex.SAVED
     before = path.stat().st_mtime_ns, path.read_bytes()
     reads = _text_reads(monkeypatch)
-    again = VectorIndex(Store(done_store.root, done_store.gen))
+    again = ReuseIndex(Store(done_store.root, done_store.gen))
     again.save()  # a resumed run's download step
     assert reads == [] and (path.stat().st_mtime_ns, path.read_bytes()) == before
     assert again.lookup([pq.read_table(done_store.data_path(0)).column("text")[0].as_py()])[1].tolist() == [True]
