@@ -13,12 +13,13 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from wikiembed.evaluate import card_section, evaluate
+from wikiembed.card import eval_section
+from wikiembed.evaluate import evaluate
 
 
 @task(name="eval")
 def eval_task(store: str, gen: str, sample: int) -> dict[str, Any]:
     """Evaluate every stored form of `gen` on `sample` articles; return the headline figures."""
     result = evaluate(store, gen=gen, sample=sample, forms=["all"])
-    create_markdown_artifact("\n".join(card_section(result)), key="wikiembed-eval", description="retrieval check")
+    create_markdown_artifact("\n".join(eval_section(result)), key="wikiembed-eval", description="retrieval check")
     return {key: result[key] for key in ("n", "recall_at_1", "recall_at_10", "mrr")}

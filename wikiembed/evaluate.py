@@ -25,7 +25,6 @@ Touches: the stores' data files (read), their `eval.json` and dataset card (writ
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow.parquet as pq
 
+from wikiembed.card import EVAL_FILE, EVAL_METRICS, write_card
 from wikiembed.compact import available_forms
 from wikiembed.errors import InputError, StoreError
 from wikiembed.queries import JudgedQuery, match, read_queries, store_keys
@@ -42,8 +42,7 @@ from wikiembed.store import write_json_atomic
 DEFAULT_SAMPLE = 500
 DEPTH = 10  # recall@10 and MRR@10 need the top 10
 Z95 = 1.959964
-EVAL_FILE = "eval.json"
-METRICS = ("recall_at_1", "recall_at_10", "mrr", "ndcg_at_10")
+METRICS = EVAL_METRICS
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -261,49 +260,5 @@ def evaluate(
         result["difference"] = {"meaning": "against minus this store, paired on the same queries", "forms": diffs}
     if record:
         write_json_atomic(vectors.store.dir / EVAL_FILE, result)
-        from wikiembed.publish import write_card
-
         write_card(vectors.store.dir)
     return result
-
-
-def read_eval(generation_dir: Path) -> dict[str, Any] | None:
-    """The last recorded eval of a generation, if any (for the dataset card)."""
-    try:
-        return json.loads((generation_dir / EVAL_FILE).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def card_section(result: dict[str, Any] | None) -> list[str]:
-    """The dataset card's markdown lines for a recorded eval (none when there is no eval)."""
-    if not result:
-        return []
-    if result.get("query") == "file":
-        intro = (f"{result['n']} judged queries (of {result['queries_read']} in the file; the others name nothing in this "
-                 f"store) searched for over all {result['chunks']} chunks; a hit is a relevant article or chunk in the top "
-                 f"{result.get('k', DEPTH)}. 95% intervals in brackets. Reproduce with `wikiembed eval --store STORE --queries FILE`.")
-    else:
-        intro = (f"Each of {result['n']} randomly drawn articles (seed {result.get('seed')}) is searched for by its title over all "
-                 f"{result['chunks']} chunks; a hit is any chunk of that article in the top {result.get('k', DEPTH)}. "
-                 "Titles are an easy, label-free proxy: compare forms and models with it, not with other benchmarks. "
-                 "95% intervals in brackets. Reproduce with `wikiembed eval --store STORE`.")
-    ndcg = all("ndcg_at_10" in f for f in result["forms"])  # recorded before nDCG was reported: no column
-    lines = [
-        "## Retrieval check",
-        "",
-        intro,
-        "",
-        "| form | bytes/vector | recall@1 | recall@10 | MRR@10 |" + (" nDCG@10 |" if ndcg else ""),
-        "| --- | --- | --- | --- | --- |" + (" --- |" if ndcg else ""),
-    ]
-    for f in result["forms"]:
-        def cell(key: str) -> str:
-            lo, hi = f[key + "_ci95"]
-            return f"{f[key]:.3f} [{lo:.3f}, {hi:.3f}]"
-
-        form = f["form"] + (f" (rescored ×{f['rescore']})" if f.get("rescore") else "")
-        form += " (approximate index)" if f.get("method") == "index" else ""
-        cells = [cell(m) for m in (METRICS if ndcg else METRICS[:3])]
-        lines.append(f"| {form} | {f['bytes_per_vector']} | " + " | ".join(cells) + " |")
-    return lines + [""]

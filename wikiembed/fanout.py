@@ -30,7 +30,8 @@ from wikiembed.chunking import chunk_shard_parts
 from wikiembed import reuse_index
 from wikiembed.plan import diff_generations, prepare, promote
 from wikiembed.reuse_index import ReuseIndex
-from wikiembed.publish import publish, write_card
+from wikiembed.card import write_card
+from wikiembed.publish import publish
 from wikiembed.settings import RunSettings
 from wikiembed.store import LOCAL, Store, StoreSync
 

@@ -31,7 +31,6 @@ import os
 import re
 import shlex
 import shutil
-import string
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,13 +39,10 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
 from wikiembed import atomic
-from wikiembed.checkpoint import uncompressed_bytes
-from wikiembed.compact import card_section as compact_card_section
+from wikiembed.card import SPLIT, card_text, read_eval, schema_of, write_card_if_changed
 from wikiembed.errors import InputError, StoreError, UploadError, WikiembedError
-from wikiembed.evaluate import card_section as eval_card_section, read_eval
 from wikiembed.store import ShardState, Store, StoreLock, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -59,21 +55,14 @@ DEFAULT_FILE_BYTES = 300 * 1024 * 1024
 MAX_FILES_PER_FOLDER = 9_999
 # ... and repos with 100,000 files or more (README.md and .gitattributes count too).
 MAX_FILES_PER_REPO = 99_990
-SPLIT = "train"
-# One pattern for both layouts (flat `data/train-*.parquet`, or `data/NNNN/train-*.parquet`
-# past MAX_FILES_PER_FOLDER): `**` matches zero or more folders in `datasets`' globbing.
-DATA_FILES_PATTERN = f"data/**/{SPLIT}-*.parquet"
 STAGING_DIR = "_publish"
 # Inside the staging folder but never published (upload and copy only take README.md + data/).
 STATE_FILE = ".wikiembed-publish.json"
 # Left in a `dir:` export: the folder is ours to update (datasets ignores dot files).
 EXPORT_MARKER = ".wikiembed-export.json"
-# Beside the card in the store: the digest of the card's inputs when it was last written.
-CARD_KEY_FILE = ".wikiembed-card.json"
 # Bump when the bytes of a merged file would change for the same inputs (writer options, naming).
 LAYOUT_VERSION = 1
 SECRET_BLOCK = "hf-token"
-WIKIPEDIA_LICENSE = "cc-by-sa-3.0"
 # zstd, as the checkpoint writes shard files (wikiembed/checkpoint.py). Content-defined chunking
 # (pyarrow >= 21) cuts parquet pages at content-defined boundaries, so after a shard is appended
 # or re-embedded most pages of a re-merged file are byte-identical to the last upload and Xet
@@ -81,8 +70,6 @@ WIKIPEDIA_LICENSE = "cc-by-sa-3.0"
 _WRITER_OPTIONS: dict[str, Any] = {"compression": "zstd"}
 if "use_content_defined_chunking" in inspect.signature(pq.ParquetWriter.__init__).parameters:
     _WRITER_OPTIONS["use_content_defined_chunking"] = True
-# The card's human part; `$name` fields are filled from the manifest and markers.
-_CARD_TEMPLATE = string.Template((Path(__file__).with_name("card.md")).read_text(encoding="utf-8"))
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _PUBLISHED_NAME = re.compile(rf"^{SPLIT}-\d{{5}}-of-\d{{5}}\.parquet$")
 
@@ -175,10 +162,6 @@ def _merge_key(shards: Sequence[ShardState]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _schema_of(path: Path) -> pa.Schema:
-    return pq.read_schema(path).remove_metadata()
-
-
 def _verify_inputs(store: Store, shards: Sequence[ShardState]) -> None:
     """Hash every shard file being published against its marker; refuse, naming each one that differs.
 
@@ -237,7 +220,7 @@ def _build_staging(store: Store, staging: Path, done: Sequence[ShardState], file
     (staging / "data").mkdir(parents=True, exist_ok=True)
     by_id = {s.shard: s for s in done}
     plan = plan_files([(s.shard, int((s.marker or {})["bytes"])) for s in done], file_bytes, MAX_FILES_PER_FOLDER)
-    schema = _schema_of(store.data_path(done[0].shard))
+    schema = schema_of(store.data_path(done[0].shard))
     previous = _load_state(staging)
     _verify_inputs(store, done)
     current: dict[str, dict[str, Any]] = {}
@@ -272,222 +255,6 @@ def _build_staging(store: Store, staging: Path, done: Sequence[ShardState], file
 
 
 # ---------------------------------------------------------------------------- dataset card
-
-
-_ARROW_TO_DTYPE = {"halffloat": "float16", "float": "float32", "double": "float64", "bool": "bool"}
-
-
-def _feature(field: pa.Field | pa.DataType) -> dict[str, Any]:
-    """An arrow type in the YAML `features` form that `datasets` reads."""
-    kind = field.type if isinstance(field, pa.Field) else field
-    if pa.types.is_fixed_size_list(kind):
-        inner = _feature(kind.value_type)
-        # `sequence` + `length` is read as a fixed-length float list by datasets 3 through 5.
-        return {"sequence": inner.get("dtype", inner), "length": kind.list_size}
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        inner = _feature(kind.value_type)
-        return {"sequence": inner.get("dtype", inner)}
-    if pa.types.is_large_string(kind):
-        return {"dtype": "large_string"}
-    if pa.types.is_string(kind):
-        return {"dtype": "string"}
-    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
-        # Arrow spells float32/float64/float16 "float"/"double"/"halffloat"; datasets wants the sized names.
-        return {"dtype": _ARROW_TO_DTYPE.get(str(kind), str(kind))}
-    raise StoreError(
-        f"column type {kind} has no dataset-card feature mapping; the store's data files "
-        "should follow docs/STORE.md (strings, integers, a fixed-size float32 embedding)."
-    )
-
-
-def _size_category(n: int) -> str:
-    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
-                         (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"),
-                         (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")):
-        if n < limit:
-            return label
-    return "1B<n<10B"
-
-
-def _license(source: dict[str, Any]) -> str:
-    if source.get("license"):
-        return str(source["license"])
-    # Wikipedia text is CC BY-SA 3.0 (and GFDL); embeddings of it are shared under the same terms.
-    if "wikipedia" in str(source.get("spec", "")).lower():
-        return WIKIPEDIA_LICENSE
-    return "unknown"
-
-
-def _dimension_line(dim: int, vectors: dict[str, Any] | None) -> str:
-    """The card's line on the vectors: their dimension and, where recorded, what made them."""
-    if not vectors:
-        return f"- dimension: {dim} (float32)"
-    norm = "L2-normalized: a dot product is the cosine similarity" if vectors.get("normalize") else "not normalized"
-    return (f"- dimension: {dim} (float32, {norm}); made by the {vectors.get('backend')} backend, "
-            f"{vectors.get('pooling')} pooling, computed in {vectors.get('dtype')}")
-
-
-def _prompt_line(model: dict[str, Any]) -> str:
-    """The card's line on prompts: what was put before every document, what queries must get."""
-    document, query = str(model.get("document_prompt") or ""), str(model.get("query_prompt") or "")
-    made = f"documents were embedded with the prompt `{document!r}`" if document else "documents were embedded with no prompt"
-    asked = f"queries must be embedded with the query prompt `{query!r}`" if query else "queries take no query prompt"
-    return f"- {made}; {asked} (as `encode_query` does)"
-
-
-def _vector_bytes(store: Store, state: ShardState) -> int:
-    """Uncompressed bytes of a shard's columns (what `datasets` records as num_bytes): from the
-    marker where the checkpoint recorded it, else from the file's parquet footer."""
-    recorded = (state.marker or {}).get("arrow_bytes")
-    return int(recorded) if recorded is not None else uncompressed_bytes(store.data_path(state.shard))
-
-
-def _card_text(
-    store: Store, manifest: dict[str, Any], states: Sequence[ShardState], repo_id: str | None,
-    evaluation: dict[str, Any] | None = None,
-) -> str:
-    """The dataset card: YAML front matter `datasets` reads, then the human part (`card.md`).
-
-    Built from the manifest and the markers; of the data files only one schema is read (and
-    the footers of shards whose marker predates `arrow_bytes`), so an unchanged store costs
-    no data reads."""
-    done = [s for s in states if s.state == "done"]
-    if not done:
-        raise StoreError(
-            f"store {store.root}: no shard is done yet, so there is nothing to describe or publish; "
-            f"see why with `wikiembed status --store {shlex.quote(str(store.root))}`."
-        )
-    source = manifest.get("source", {}) or {}
-    model = manifest.get("model", {}) or {}
-    chunking = manifest.get("chunking", {}) or {}
-    first = store.data_path(done[0].shard)
-    schema = _schema_of(first)
-    if "embedding" not in schema.names:
-        raise StoreError(f"{first} has no `embedding` column; the store does not follow docs/STORE.md.")
-    dim = schema.field("embedding").type
-    dim = dim.list_size if pa.types.is_fixed_size_list(dim) else None
-    if dim is None or (model.get("dim") and int(model["dim"]) != dim):
-        raise StoreError(
-            f"{first}: embedding is {schema.field('embedding').type}, expected a fixed-size "
-            f"list of {model.get('dim')} float32 (the manifest's model.dim); rerun the shard."
-        )
-    chunks = sum(int((s.marker or {}).get("chunks", 0)) for s in done)
-    num_bytes = sum(_vector_bytes(store, s) for s in done)
-    articles = sum(int((s.marker or {}).get("rows", 0)) for s in done)
-    seconds = sum(float((s.marker or {}).get("seconds", 0.0)) for s in done)
-    reused = sum(int((s.marker or {}).get("reused_chunks", 0)) for s in done)
-    model_id = str(model.get("model_id", "unknown"))
-    description = str(source.get("description") or source.get("spec") or "unknown source")
-    license_id = _license(source)
-    tags = ["embeddings", "vector-search", "rag", "wikiembed"]
-    if "wikipedia" in str(source.get("spec", "")).lower():
-        tags.insert(0, "wikipedia")
-    meta = {
-        "license": license_id,
-        "pretty_name": f"{description} embedded with {model_id}",
-        "tags": tags,
-        "task_categories": ["feature-extraction", "sentence-similarity"],
-        "size_categories": [_size_category(chunks)],
-        "configs": [{"config_name": "default", "data_files": [{"split": SPLIT, "path": DATA_FILES_PATTERN}]}],
-        "dataset_info": {
-            "features": [{"name": f.name, **_feature(f)} for f in schema],
-            # datasets ignores a split without num_bytes, and checks num_examples against the data.
-            "splits": [{"name": SPLIT, "num_bytes": num_bytes, "num_examples": chunks}],
-            "dataset_size": num_bytes,
-        },
-    }
-    versions = manifest.get("versions", {}) or {}
-    skipped = manifest.get("skipped", {}) or {}
-    partial = len(done) < len(states)
-    fields = {
-        "front_matter": yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000).rstrip("\n"),
-        "description": description,
-        "model_id": model_id,
-        "spec": source.get("spec"),
-        "kind": source.get("kind"),
-        "config": source.get("config"),
-        "split": source.get("split"),
-        "limit": source.get("limit"),
-        "fingerprint": source.get("fingerprint"),
-        "license_line": license_id + (" (inherited from Wikipedia: attribute the authors, share alike)"
-                                      if license_id == WIKIPEDIA_LICENSE else ""),
-        "revision": model.get("revision"),
-        "dim": dim,
-        "dimension_line": _dimension_line(dim, manifest.get("vectors")),
-        "prompt_line": _prompt_line(model),
-        "query_prompt_repr": repr(str(model.get("query_prompt") or "")),
-        "revision_line": f"- revision: `{source['revision']}` (the commit the rows were read at)\n"
-        if source.get("revision") else "",
-        "max_tokens": model.get("max_tokens"),
-        "chunker": chunking.get("chunker"),
-        "chunk_size": chunking.get("chunk_size"),
-        "chunk_overlap": chunking.get("chunk_overlap"),
-        "articles": articles,
-        "chunks": chunks,
-        "shards_line": f"{len(done)} of {len(states)}" + (" (partial: the remaining shards are not published yet)" if partial else ""),
-        "skipped_line": ("- skipped source rows: " + ", ".join(f"{reason}: {n}" for reason, n in sorted(skipped.items())) + "\n")
-        if skipped else "",
-        "seconds": f"{seconds:.0f}",
-        "reused_note": f" ({reused} chunks reused from an earlier run)." if reused else ".",
-        "versions": ", ".join(f"{name} {version}" for name, version in sorted(versions.items())),
-        "sections": "".join(line + "\n" for line in [*compact_card_section(manifest), *eval_card_section(evaluation)]),
-        "load_id": repo_id or "ORG/NAME",
-        "split_name": SPLIT,
-    }
-    return _CARD_TEMPLATE.substitute(fields)
-
-
-def _write_text_if_changed(path: Path, text: str) -> None:
-    # At a store's top, README.md is a link into the published generation (wikiembed/store.py):
-    # write through it, never over it.
-    if path.is_symlink():
-        path = path.resolve()
-    if path.exists() and path.read_text(encoding="utf-8") == text:
-        return
-    atomic.write_text(path, text)
-
-
-def write_card(store: Path, *, repo_id: str | None = None) -> Path:
-    """Write STORE/README.md, the dataset card, from the manifest, the done shards' markers and
-    one data file's schema.
-
-    `repo_id` only fills the usage snippet's `load_dataset(...)` line. The card has no timestamps,
-    so an unchanged store gives a byte-identical card (and no new commit); and when neither the
-    manifest nor any marker changed since the card was written (a sidecar holds their digest),
-    not even that schema is read: a run that changed nothing reads no data file.
-    """
-    s = Store.at(store)
-    manifest = s.read_manifest()
-    states = s.states(manifest)
-    card = Path(store) / "README.md"
-    sidecar = s.dir / CARD_KEY_FILE
-    evaluation = read_eval(s.dir)
-    key = _card_key(manifest, states, repo_id, evaluation)
-    try:
-        fresh = card.exists() and json.loads(sidecar.read_text(encoding="utf-8")).get("key") == key
-    except (OSError, ValueError, AttributeError):
-        fresh = False
-    if not fresh:
-        _write_text_if_changed(card, _card_text(s, manifest, states, repo_id, evaluation))
-        atomic.write_json(sidecar, {"key": key})
-    return card
-
-
-def _card_key(
-    manifest: dict[str, Any], states: Sequence[ShardState], repo_id: str | None, evaluation: dict[str, Any] | None = None
-) -> str:
-    """Digest of everything the card is made from, except the data files the markers vouch for."""
-    payload = {
-        **({"evaluation": evaluation} if evaluation else {}),
-        "manifest": {k: v for k, v in manifest.items() if k != "updated"},
-        "shards": [[st.shard, st.state, (st.marker or {}).get("sha256")] for st in states],
-        "repo_id": repo_id,
-        "template": _CARD_TEMPLATE.template,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-# ---------------------------------------------------------------------------- token
 
 
 def _token_and_source() -> tuple[str | None, str]:
@@ -750,10 +517,10 @@ def publish(
     with _explained_os_errors(store, Path(where) if kind == "dir" else None), StoreLock(staging / ".lock"):
         files = _build_staging(source, staging, done, file_bytes)
         card = store / "README.md"
-        _write_text_if_changed(
-            card, _card_text(source, manifest, states, where if kind == "hub" else None, read_eval(source.dir))
+        write_card_if_changed(
+            card, card_text(source, manifest, states, where if kind == "hub" else None, read_eval(source.dir))
         )
-        _write_text_if_changed(staging / "README.md", card.read_text(encoding="utf-8"))
+        write_card_if_changed(staging / "README.md", card.read_text(encoding="utf-8"))
         total_bytes = sum(int(f["size"]) for f in files.values()) + (staging / "README.md").stat().st_size
         summary: dict[str, Any] = {
             "target": target,

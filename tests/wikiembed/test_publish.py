@@ -25,7 +25,8 @@ import yaml
 from tests.standins.hub_server import HubServer
 from wikiembed import publish as upload
 from wikiembed.errors import InputError, StoreError
-from wikiembed.publish import EXPORT_MARKER, plan_files, publish, resolve_token, write_card
+from wikiembed.card import write_card
+from wikiembed.publish import EXPORT_MARKER, plan_files, publish, resolve_token
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "hf_stand_in_secret_token_0123456789"
