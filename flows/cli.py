@@ -472,12 +472,15 @@ def _stop_on_signals() -> None:
     """Ctrl-C and SIGTERM stop at once: one line, the temporary server stopped, exit 128 + signal.
 
     What is on disk stays resumable as after a SIGKILL: data and markers are written to temp
-    names and renamed, the store's flock dies with the process, and the next run removes the
-    temp files of dead processes."""
+    names and renamed, the store's flock dies with the process, and the temp files this process
+    was writing are removed (the next run removes those of dead worker processes)."""
+
+    from wikiembed import atomic
 
     def stop(signum: int, frame: object) -> None:
         what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
         print(f"wikiembed: {what}; finished shards are kept, run the same command to resume.", file=sys.stderr, flush=True)
+        atomic.remove_unfinished()
         _stop_own_api_server(wait_s=STOP_SERVER_WAIT_S)
         sys.stdout.flush()
         os._exit(128 + signum)  # don't wait for shard threads: their work is redone on resume

@@ -13,6 +13,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+# Temp files this process is writing now. A stop that ends the process without unwinding its
+# threads (the CLI's Ctrl-C and SIGTERM handler, `os._exit`) removes them first: a snapshot being
+# written can be many megabytes, and would otherwise stay until a later run of that generation.
+_WRITING: set[Path] = set()
+
 
 @contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
@@ -21,6 +26,7 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     which knows what the path is and how to word the fix."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    _WRITING.add(tmp)
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
@@ -32,6 +38,18 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        _WRITING.discard(tmp)
+
+
+def remove_unfinished() -> None:
+    """Remove every temp file this process is still writing, for a stop that exits at once: the
+    threads writing them are not unwound, and what they wrote is redone on resume anyway."""
+    for tmp in list(_WRITING):  # a copy: writer threads may add or discard entries meanwhile
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # a stop must not fail; a later run of the generation removes what is left
 
 
 def write_bytes(dest: Path, data: bytes) -> None:

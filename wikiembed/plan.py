@@ -14,6 +14,7 @@ Touches: the store (manifest, snapshot, pointers) and the source (read).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import shlex
@@ -28,12 +29,12 @@ import pyarrow.parquet as pq
 
 from wikiembed.checkpoint import text_key
 from wikiembed.compact import form_by_name, parse_compact
-from wikiembed.sources import Source, fingerprint, parse_source, pin, write_snapshot
+from wikiembed.sources import RowReport, Source, fingerprint, parse_source, pin, write_snapshot
 from wikiembed.errors import InputError, StoreError
 from wikiembed.model import ModelInfo, model_info
 from wikiembed.settings import DEFAULT_SHARD_ROWS, RunSettings
 from wikiembed.chunking import Chunking, make_chunking, plan_shards
-from wikiembed.store import Store, sha256_file
+from wikiembed.store import Store, sha256_file, store_os_error
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,7 @@ def prepare(settings: RunSettings) -> Prepared:
         if any(st.state != "done" for st in target.states(manifest)) and snapshot_damage(target, manifest):
             # Same fingerprint, same rows: re-reading the source repairs the snapshot the
             # remaining shards are cut from (done shards never read it again).
-            write_snapshot(source, target.snapshot_path)
+            _write_snapshot(source, target)
             manifest = {**manifest, "snapshot": _snapshot_record(target)}
             target.write_manifest(manifest)
         _point(root, current, gen)
@@ -207,7 +208,7 @@ def prepare(settings: RunSettings) -> Prepared:
     kept = _done_rows(target)
     recorded = None if current_lost else _recorded_shard_rows(root, current)
     target.ensure_writable()
-    report = write_snapshot(source, target.snapshot_path)
+    report = _write_snapshot(source, target)
     rows = pq.ParquetFile(target.snapshot_path).metadata.num_rows
     shard_rows = _shard_rows_for(root, settings.shard_rows, kept, rows, recorded)
     settings = settings.model_copy(update={"shard_rows": shard_rows})
@@ -239,6 +240,17 @@ def prepare(settings: RunSettings) -> Prepared:
     target.write_manifest(manifest)
     _point(root, current, gen)
     return Prepared(target, manifest, previous)
+
+
+def _write_snapshot(source: Source, store: Store) -> RowReport:
+    """The source's rows into the generation's snapshot; a disk that fills up or refuses the write is
+    named with its fix (the temp file is already gone), not shown as a traceback."""
+    try:
+        return write_snapshot(source, store.snapshot_path)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise store_os_error(exc, store.snapshot_path) from None
 
 
 def _snapshot_record(store: Store) -> dict[str, Any]:

@@ -155,6 +155,12 @@ def parse_source(
         raw = spec.partition(":")[2] or "1000"
         if not raw.isdigit() or int(raw) <= 0:
             raise InputError(f"--source {spec!r}: use sample:N with N a positive integer, e.g. sample:1000.")
+        if int(raw) > sample.MAX_ARTICLES:
+            raise InputError(
+                f"--source {spec!r}: the built-in sample makes at most {sample.MAX_ARTICLES:,} articles (more than English "
+                "Wikipedia has: about 12 GB of text, over an hour to write); use a smaller N, or a real source for a "
+                "corpus that size."
+            )
         return Source(spec, "sample", raw, None, split, limit, cols)
     path = Path(spec).expanduser()
     if path.exists():
