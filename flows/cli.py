@@ -359,7 +359,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
             print(f"{head} {o['note']}")
             continue
         usd = f"${o['usd']:,.2f}" if o["usd"] is not None else "$ n/a"
-        print(f"{head} {o['gpu_hours']:,.3f} {o['unit'].removesuffix('ours')}, {o['wall_minutes']:,.1f} min wall, {usd}  "
+        print(f"{head} {o['gpu_hours']:,.3f} {o['unit'].replace('-hours', '-h')}, {o['wall_minutes']:,.1f} min wall, {usd}  "
               f"[{o['basis']}: {o['rate_chars_per_s']:,.0f} chars/s, {o['rate_date']}]")
         print(f"{' ' * 19}{o['note']}")
     return EXIT_OK

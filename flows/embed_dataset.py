@@ -78,7 +78,7 @@ def _backend_opts(settings: RunSettings) -> dict[str, Any]:
     c = settings.compute
     return {
         "backend": settings.backend,
-        "device": c.device,
+        "device": None if c.device == "auto" else c.device,  # the engine picks cuda when present
         "tei_url": tuple(c.tei_url),
         "modal_app": c.modal_app,
         "modal_class": c.modal_class,
@@ -404,8 +404,8 @@ def _device(settings: RunSettings, model: str, embedded: bool) -> str:
     if settings.backend == "modal":
         return f"Modal {c.modal_class} on {c.gpu or 'its deployed GPU'}"
     if not embedded:
-        return c.device or "nothing embedded"
-    return str(getattr(open_backend(model=model, **_backend_opts(settings)), "device", None) or c.device or "the local device")
+        return "nothing embedded" if c.device == "auto" else c.device
+    return str(getattr(open_backend(model=model, **_backend_opts(settings)), "device", None) or "the local device")
 
 
 def _announce_estimate(store: Store, manifest: dict[str, Any], pending: list[int], settings: RunSettings) -> dict[str, Any] | None:

@@ -63,7 +63,8 @@ class ChunkingOptions(_Options):
 class ComputeOptions(_Options):
     """Where the embedding runs and how wide: device, shards in flight, TEI servers, the Modal app."""
 
-    device: Literal["cpu", "cuda"] | None = Field(None, description="Device of the local backend (default: cuda when present).")
+    # A plain choice with a default (no null), so the Prefect form shows a list to pick from.
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device of the local backend: auto (cuda when present), cpu or cuda.")
     concurrency: int | None = Field(
         None, ge=1, description="Shards embedded at once (default: 2 local, 16 TEI or twice the shard workers, the deployed capacity on Modal)."
     )
@@ -81,6 +82,11 @@ class ComputeOptions(_Options):
         description="Who counts tokens on this machine: auto (blingfire where it gives exactly the ids of tokenizers, "
         "several times faster) or tokenizers (always the reference). The chunks are the same either way.",
     )
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _unset_device_is_auto(cls, value: object) -> object:
+        return "auto" if value is None else value  # the settings of stores made when "unset" was null
 
     @field_validator("tei_url", mode="before")
     @classmethod

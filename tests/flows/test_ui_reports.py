@@ -110,3 +110,25 @@ def test_the_rerun_deployment_opens_on_a_local_store() -> None:
     deployments = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
     store = deployments["wikiembed-rerun"]["parameters"]["store"]
     assert not store.startswith("modal:") and store == deployments["wikiembed-sample"]["parameters"]["store"]
+
+
+def test_device_is_a_choice_in_the_run_form(prefect_api: str) -> None:
+    import httpx
+    from prefect.utilities.callables import parameter_schema
+
+    from wikiembed.settings import RunSettings
+
+    schema = parameter_schema(embed_dataset).model_dump_for_openapi()
+    compute = schema["definitions"][schema["properties"]["compute"]["$ref"].rsplit("/", 1)[-1]]
+    device = compute["properties"]["device"]
+    # A plain enum with a default is what the form draws as a list (anyOf with null is not).
+    assert device["enum"] == ["auto", "cpu", "cuda"] and device["default"] == "auto" and "anyOf" not in device
+
+    def valid(value: object) -> bool:
+        answer = httpx.post(f"{prefect_api}/ui/schemas/validate",
+                            json={"schema": schema, "values": {"store": "runs/sample", "compute": {"device": value}}})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["valid"]
+
+    assert valid("cuda") and valid("auto") and not valid("gpu0")
+    assert RunSettings(store="s", compute={"device": None}).compute.device == "auto"  # settings of earlier stores
