@@ -10,6 +10,10 @@ BIN := $(VENV)/bin
 #   make install TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
 SAMPLE ?= sample:2000
+# Tests run on 2 worker processes: much of a test's time is a subprocess starting or a server
+# answering, so two keep both cores busy. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: install sample test test-fast bench clean
 
@@ -28,10 +32,10 @@ sample: install
 	$(BIN)/wikiembed run --source $(SAMPLE) --store runs/sample --shard-rows 500 --summary-json runs/sample-summary.json
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q $(XDIST) tests
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow" tests
 
 bench: install
 	$(BIN)/python bench/pipeline.py --quick --json bench/results/pipeline-quick.json

@@ -4,9 +4,10 @@ Two tiers: `slow` is every test under tests/flows/ (whole flows through Prefect,
 subprocesses, servers, signals) plus the few library tests marked so; `make test-fast` runs
 the rest for the edit loop, CI runs everything.
 
-Prefect's ephemeral server takes ~10 s to start here, so one server (Prefect's
-own test harness: a real API on SQLite in a subprocess) serves the whole
-session; subprocess tests get its URL through `cli_env`.
+Prefect's server takes ~10 s to start on 2 cores, so one server (Prefect's own test
+harness: a real API on SQLite in a subprocess) serves the whole run, xdist workers
+included; subprocess tests get its URL through `cli_env`. `make test` runs the suite on
+2 xdist workers, a test file's tests on one worker, so each module fixture is built once.
 """
 
 from __future__ import annotations
@@ -39,9 +40,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under `pytest -n N` with the slow tier selected, one server for all workers: the controller
+    starts it before the workers exist, and they inherit its URL through PREFECT_API_URL."""
+    workers = getattr(config.option, "numprocesses", None)
+    if hasattr(config, "workerinput") or not workers or "not slow" in (config.option.markexpr or ""):
+        return
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    harness = prefect_test_harness(server_startup_timeout=120)
+    harness.__enter__()  # held until pytest_unconfigure
+    config.stash[_HARNESS] = harness
+    os.environ["PREFECT_API_URL"] = os.environ[_SHARED_API] = PREFECT_API_URL.value()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    harness = config.stash.get(_HARNESS, None)
+    if harness is not None:
+        harness.__exit__(None, None, None)
+
+
+_HARNESS = pytest.StashKey[object]()
+_SHARED_API = "WIKIEMBED_TESTS_PREFECT_API_URL"  # set only by the controller above, never by a user's shell
+
+
 @pytest.fixture(scope="session")
 def prefect_api():
-    """A real Prefect API server (SQLite) shared by every test in the session; yields its URL."""
+    """A real Prefect API server (SQLite) shared by every test in the session; yields its URL.
+
+    An xdist worker uses the controller's (see pytest_configure); otherwise the first test that
+    needs one starts it."""
+    if os.environ.get(_SHARED_API):
+        yield os.environ[_SHARED_API]
+        return
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
