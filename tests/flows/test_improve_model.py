@@ -94,3 +94,26 @@ def test_a_killed_loop_resumes_where_it_stopped(published_store, topics, tmp_pat
     assert result["reembed"]["shards_done"] == 9
     assert pq.read_table(new / "data").num_rows == pq.read_table(store / "data").num_rows
     assert result["old"]["n"] == result["new"]["n"] == 7 and isinstance(result["publish"], bool)
+
+
+LEET = str.maketrans({"a": "4", "e": "3", "o": "0", "i": "1", "s": "5", "t": "7"})
+
+
+def test_a_better_model_is_published(published_store, topics, tmp_path):
+    """Titles in leetspeak ("7h3 \"br34k\" 57473m3n7"): word pieces the base model has no meaning for, so it ranks
+    poorly; three epochs teach the common words (statement, literals, operations), which the held-out titles share."""
+    store, published = published_store
+    rows = [{"query": r["title"].lower().translate(LEET), "id": r["id"]} for r in map(json.loads, topics.read_text().splitlines())]
+    pairs = tmp_path / "leet.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out, new = tmp_path / "model", tmp_path / "new-store"
+    result = improve_model(str(store), str(pairs), str(out), str(new), upload_to=f"dir:{published}", metric="recall_at_10",
+                           margin=0.05, finetune={"batch_size": 8, "epochs": 3, "learning_rate": 1e-4})
+    print(json.dumps({k: result[k] for k in ("publish", "reason", "difference")}, indent=1))
+    assert result["publish"] is True and result["published"] is not None, result["reason"]
+    lo, _ = result["difference"]["recall_at_10_ci95"]
+    assert result["difference"]["recall_at_10"] >= 0.05 and lo > 0
+    card = (published / "README.md").read_text()
+    assert str(out.resolve()) in card  # the published folder now holds the fine-tuned model's vectors
+    table = pq.read_table(published / "data")
+    assert table.num_rows == pq.read_table(new / "data").num_rows
