@@ -9,7 +9,7 @@
 4. publish: the new store's upload (`upload_to`) only when `wikiembed.improve.decide` says it is better;
    otherwise the old store stays published, and the flow says why.
 
-The decision, the figures and both models are artifacts of the flow run. Running the flow again with
+The decision, the figures and both models are a markdown artifact of the flow run, keyed by the store. Running the flow again with
 the same parameters resumes it: finished steps return what they recorded.
 
 Touches: the old store (read), the model folder and the new store (written), the publish target.
@@ -23,12 +23,13 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from wikiembed.errors import InputError, ShardsFailed
+from wikiembed.errors import InputError, ShardsFailed, StoreError
 from wikiembed.finetune import FinetuneSettings
-from wikiembed.flows.embed_dataset import embed_dataset
+from wikiembed.flows.embed_dataset import artifact_key, embed_dataset
 from wikiembed.improve import ImproveSettings, Metric, decide
 from wikiembed.model import model_info
 from wikiembed.search import StoreVectors
+from wikiembed.store import Store
 from wikiembed.tasks.compare import compare_task
 from wikiembed.tasks.export import export_task
 from wikiembed.tasks.finetune import finetune_task
@@ -114,12 +115,11 @@ def improve_model(
     run = {**old.manifest["settings"], "store": settings.new_store, "model": tuned["out"], "upload_to": None}
     state = embed_dataset(**run, return_state=True)
     if not state.is_completed():
-        summary = getattr(state.data, "summary", None) if isinstance(state.data, ShardsFailed) else None
+        summary = state.data.summary if isinstance(state.data, ShardsFailed) else None
         done = f" ({summary['shards_done']}/{summary['shards_total']} shards done)" if summary else ""
-        raise InputError(
-            f"re-embedding into {settings.new_store} did not finish{done}: {state.message}; run improve-model again with the "
-            "same parameters to resume it (finished shards are kept). The old store stays published."
-        )
+        message = (f"re-embedding into {settings.new_store} did not finish{done}: {state.message}; run improve-model again "
+                   "with the same parameters to resume it (finished shards are kept). The old store stays published.")
+        raise ShardsFailed(message, summary) if summary else StoreError(message)
     reembedded = state.result()
 
     compared = compare_task(settings.store, settings.new_store, str(Path(tuned["out"]) / "heldout.jsonl"))
@@ -130,8 +130,9 @@ def improve_model(
         published = export_task(settings.new_store, compared["against"]["generation"], settings.upload_to)
     logger.info("%s: %s", "publish" if publish else "keep the old store", why)
     new_revision = model_info(tuned["out"]).revision
+    # Keyed by the improved store: each store's latest decision under its own key.
     create_markdown_artifact(_report(settings, tuned, compared, publish, why, published, new_revision),
-                             key="improve-model", description="the decision, the figures and both models")
+                             key=artifact_key("improve", Store(settings.store)), description="the decision, the figures and both models")
     return {
         "publish": publish,
         "reason": why,

@@ -161,13 +161,13 @@ def _card(record: dict[str, Any]) -> str:
     """The model card's markdown section on how this model was made and how it scores."""
     s, p = record["settings"], record["pairs"]
 
-    def cell(block: dict[str, Any], m: str) -> str:
+    def cell(block: dict[str, Any], m: str, sign: str = "") -> str:
         lo, hi = block[m + "_ci95"]
-        return f"{block[m]:.3f} [{lo:.3f}, {hi:.3f}]" if block is not record["difference"] else f"{block[m]:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        return f"{block[m]:{sign}.3f} [{lo:{sign}.3f}, {hi:{sign}.3f}]"
 
     rows = "\n".join(
-        f"| {label} | " + " | ".join(cell(block, m) for m in ("recall_at_1", "recall_at_10", "mrr", "ndcg_at_10")) + " |"
-        for label, block in (("base", record["before"]), ("fine-tuned", record["after"]), ("difference", record["difference"]))
+        f"| {label} | " + " | ".join(cell(record[key], m, sign) for m in ("recall_at_1", "recall_at_10", "mrr", "ndcg_at_10")) + " |"
+        for label, key, sign in (("base", "before", ""), ("fine-tuned", "after", ""), ("difference", "difference", "+"))
     )
     return f"""# Fine-tuned {record['base_model']}
 

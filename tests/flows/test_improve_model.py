@@ -59,6 +59,18 @@ def test_a_worse_model_is_not_published(published_store, topics, tmp_path):
     assert result["old"]["n"] == result["new"]["n"] == len(held) == 7
     diff = result["difference"]
     assert diff["mrr"] == pytest.approx(result["new"]["mrr"] - result["old"]["mrr"])
+    # The UI shows the decision, the figures and both models.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from wikiembed.flows.embed_dataset import artifact_key
+    from wikiembed.store import Store
+
+    with get_client(sync_client=True) as client:
+        key = artifact_key("improve", Store(store))
+        report = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))[0].data
+    assert "# improve-model: keep" in report and result["reason"] in report and "| new − old |" in report
+    assert result["finetune"]["base_revision"] in report and str(out.resolve()) in report
 
 
 def _markers(store: Path) -> dict[str, int]:
