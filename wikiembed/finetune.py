@@ -19,6 +19,9 @@ figures), `finetune.json` (the same as data), and `train.jsonl` / `heldout.jsonl
 written under a temporary name and renamed, so a folder at `out` is always complete; asking again for
 the same fine-tune returns the recorded one, and a different one refuses to overwrite it.
 
+`finetune_at_store` is the same where the store lives on a Modal Volume (`modal_workers/finetune_app.py`):
+the model is trained next to the vectors and written back to the Volume; nothing passes the flow's machine.
+
 Touches: the store's data files (read), the pairs file (read), the model's files (read), `out` (written).
 """
 
@@ -44,6 +47,7 @@ from wikiembed.evaluate import DEPTH, judge, metrics, paired_difference
 from wikiembed.model import model_info
 from wikiembed.queries import JudgedQuery, match, read_queries, split_holdout, store_keys
 from wikiembed.search import StoreVectors
+from wikiembed.store import LOCAL, StoreSync
 
 RECORD = "finetune.json"
 # Fewer training queries than this teach noise, not the users' intent: refuse rather than publish it.
@@ -157,13 +161,13 @@ def _card(record: dict[str, Any]) -> str:
     """The model card's markdown section on how this model was made and how it scores."""
     s, p = record["settings"], record["pairs"]
 
-    def cell(block: dict[str, Any], m: str) -> str:
+    def cell(block: dict[str, Any], m: str, sign: str = "") -> str:
         lo, hi = block[m + "_ci95"]
-        return f"{block[m]:.3f} [{lo:.3f}, {hi:.3f}]" if block is not record["difference"] else f"{block[m]:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        return f"{block[m]:{sign}.3f} [{lo:{sign}.3f}, {hi:{sign}.3f}]"
 
     rows = "\n".join(
-        f"| {label} | " + " | ".join(cell(block, m) for m in ("recall_at_1", "recall_at_10", "mrr", "ndcg_at_10")) + " |"
-        for label, block in (("base", record["before"]), ("fine-tuned", record["after"]), ("difference", record["difference"]))
+        f"| {label} | " + " | ".join(cell(record[key], m, sign) for m in ("recall_at_1", "recall_at_10", "mrr", "ndcg_at_10")) + " |"
+        for label, key, sign in (("base", "before", ""), ("fine-tuned", "after", ""), ("difference", "difference", "+"))
     )
     return f"""# Fine-tuned {record['base_model']}
 
@@ -335,4 +339,12 @@ def finetune(
     (tmp / "README.md").write_text(header + _card(record) + "\n" + body, encoding="utf-8")
     (tmp / RECORD).write_text(json.dumps(record, indent=1), encoding="utf-8")
     os.replace(tmp, out)
+    return record
+
+
+def finetune_at_store(root: str, pairs: str, out: str, settings: dict[str, Any], sync: StoreSync = LOCAL) -> dict[str, Any]:
+    """`finetune` where the store is: see others' commits first, publish the model folder after."""
+    sync.reload()
+    record = finetune(root, pairs, out, FinetuneSettings(**settings))
+    sync.commit()
     return record

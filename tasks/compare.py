@@ -1,0 +1,19 @@
+"""The compare step of the improve loop: the old and the new store scored on the same held-out queries.
+
+Touches: both stores' data files (read), the models' files; writes nothing in either store.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from wikiembed.evaluate import evaluate
+from wikiembed.tasks.retry import retry_transient
+
+
+@task(name="compare", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_transient)
+def compare_task(old_store: str, new_store: str, queries: str) -> dict[str, Any]:
+    """`wikiembed eval --store OLD --against NEW --queries HELDOUT` (float32), without recording it in either card."""
+    return evaluate(old_store, queries=queries, against=new_store, record=False)

@@ -1,0 +1,22 @@
+"""The fine-tune step of the improve loop (wikiembed/finetune.py).
+
+Retried once on an unknown failure (a worker lost mid-training); a rerun after a finished fine-tune
+returns the one recorded in its folder instead of training again.
+
+Touches: the store's data files and the pairs file (read), the model folder (written).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from wikiembed.finetune import FinetuneSettings, finetune
+from wikiembed.tasks.retry import retry_transient
+
+
+@task(name="finetune", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
+def finetune_task(store: str, pairs: str, out: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """Fine-tune the store's model into `out`; return its record (`finetune.json`)."""
+    return finetune(store, pairs, out, FinetuneSettings(**settings))

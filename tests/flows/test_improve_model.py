@@ -1,0 +1,131 @@
+"""The `improve-model` flow on real text (Python's reference topics, 9 shards) with the bundled model, 1 epoch on
+the CPU: re-embedding into a new store, keeping the old one published when the new model is not better
+(trained on shuffled pairs), and resuming after a SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.flows.conftest import ROOT
+from tests.flows.test_finetune import title_pairs
+from wikiembed.flows.embed_dataset import embed_dataset
+from wikiembed.flows.improve_model import improve_model
+
+
+@pytest.fixture(scope="module")
+def published_store(prefect_api, topics, tmp_path_factory):
+    """(store, its published folder) of the topics in 9 shards, published to a folder."""
+    base = tmp_path_factory.mktemp("improve")
+    store, published = base / "store", base / "published"
+    summary = embed_dataset(source=str(topics), store=str(store), shard_rows=4, upload_to=f"dir:{published}")
+    assert summary["shards_done"] == summary["shards_total"] == 9
+    return store, published
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_worse_model_is_not_published(published_store, topics, tmp_path):
+    store, published = published_store
+    before = _files(published)
+    pairs = title_pairs(topics, tmp_path / "pairs.jsonl")
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    ids = [r["id"] for r in rows]
+    random.Random(0).shuffle(ids)  # every title now points at some other topic
+    pairs.write_text("".join(json.dumps({"query": r["query"], "id": i}) + "\n" for r, i in zip(rows, ids)))
+    out, new = tmp_path / "model", tmp_path / "new-store"
+    result = improve_model(str(store), str(pairs), str(out), str(new), upload_to=f"dir:{published}",
+                           finetune={"batch_size": 8, "learning_rate": 1e-4})
+    assert result["publish"] is False and result["published"] is None
+    assert "the old store stays published" in result["reason"]
+    assert _files(published) == before  # the published folder is untouched
+    # Re-embedded with the new model: every chunk embedded, none reused from the old model's vectors.
+    assert result["reembed"]["embedded_chunks"] == result["reembed"]["chunks"] > 0 and result["reembed"]["reused_chunks"] == 0
+    assert json.loads((new / "manifest.json").read_text())["model"]["model_id"] == str(out.resolve())
+    assert result["new"]["model"] == str(out.resolve()) and result["old"]["model"] == result["finetune"]["base_model"]
+    # Both stores were scored on the held-out queries only (the pairs file's are shuffled, these are as written).
+    held = {json.loads(line)["query"] for line in (out / "heldout.jsonl").read_text().splitlines()}
+    assert result["old"]["n"] == result["new"]["n"] == len(held) == 7
+    diff = result["difference"]
+    assert diff["mrr"] == pytest.approx(result["new"]["mrr"] - result["old"]["mrr"])
+    # The UI shows the decision, the figures and both models.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from wikiembed.flows.embed_dataset import artifact_key
+    from wikiembed.store import Store
+
+    with get_client(sync_client=True) as client:
+        key = artifact_key("improve", Store(store))
+        report = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))[0].data
+    assert "# improve-model: keep" in report and result["reason"] in report and "| new − old |" in report
+    assert result["finetune"]["base_revision"] in report and str(out.resolve()) in report
+
+
+def _markers(store: Path) -> dict[str, int]:
+    done = store / "_done"
+    return {p.name: p.stat().st_mtime_ns for p in done.iterdir()} if done.exists() else {}
+
+
+def test_a_killed_loop_resumes_where_it_stopped(published_store, topics, tmp_path, cli_env):
+    store, _ = published_store
+    pairs = title_pairs(topics, tmp_path / "pairs.jsonl")
+    out, new = tmp_path / "model", tmp_path / "new-store"
+    script = ("import sys; from wikiembed.flows.improve_model import improve_model; "
+              "improve_model(*sys.argv[1:5], finetune={'batch_size': 8})")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(store), str(pairs), str(out), str(new)], env=cli_env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 900
+        while not (1 <= len(_markers(new)) < 9) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the loop ended before it could be killed mid re-embed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    kept = _markers(new)
+    weights = (out / "model.safetensors").stat().st_mtime_ns
+    assert 1 <= len(kept) < 9
+    result = improve_model(str(store), str(pairs), str(out), str(new), finetune={"batch_size": 8})
+    assert (out / "model.safetensors").stat().st_mtime_ns == weights  # the fine-tune was not redone
+    after = _markers(new)
+    assert len(after) == 9 and all(after[name] == stamp for name, stamp in kept.items())  # done shards not redone
+    assert result["reembed"]["shards_done"] == 9
+    assert pq.read_table(new / "data").num_rows == pq.read_table(store / "data").num_rows
+    assert result["old"]["n"] == result["new"]["n"] == 7 and isinstance(result["publish"], bool)
+
+
+LEET = str.maketrans({"a": "4", "e": "3", "o": "0", "i": "1", "s": "5", "t": "7"})
+
+
+def test_a_better_model_is_published(published_store, topics, tmp_path):
+    """Titles in leetspeak ("7h3 \"br34k\" 57473m3n7"): word pieces the base model has no meaning for, so it ranks
+    poorly; three epochs teach the common words (statement, literals, operations), which the held-out titles share."""
+    store, published = published_store
+    rows = [{"query": r["title"].lower().translate(LEET), "id": r["id"]} for r in map(json.loads, topics.read_text().splitlines())]
+    pairs = tmp_path / "leet.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out, new = tmp_path / "model", tmp_path / "new-store"
+    result = improve_model(str(store), str(pairs), str(out), str(new), upload_to=f"dir:{published}", metric="recall_at_10",
+                           margin=0.05, finetune={"batch_size": 8, "epochs": 3, "learning_rate": 1e-4})
+    print(json.dumps({k: result[k] for k in ("publish", "reason", "difference")}, indent=1))
+    assert result["publish"] is True and result["published"] is not None, result["reason"]
+    lo, _ = result["difference"]["recall_at_10_ci95"]
+    assert result["difference"]["recall_at_10"] >= 0.05 and lo > 0
+    card = (published / "README.md").read_text()
+    assert str(out.resolve()) in card  # the published folder now holds the fine-tuned model's vectors
+    table = pq.read_table(published / "data")
+    assert table.num_rows == pq.read_table(new / "data").num_rows
