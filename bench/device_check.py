@@ -1,4 +1,4 @@
-"""The device check: the whole local path's speed on one GPU box, in one run of at most 6 minutes.
+"""The device check: the whole local path's speed on one GPU machine, in one run of at most 6 minutes.
 
 Needs this repository (run from a plain copy: it puts the repository on the import path),
 torch, transformers, sentence-transformers, tokenizers, numpy and pyarrow; nothing from the
@@ -23,7 +23,7 @@ windows. Measured in one process, one run, on the same text:
   blingfire where it gives exactly the ids of tokenizers) and, beside it, with tokenizers only
   (fast_tokenizer_reference_chars_per_s); fast_tokenizer_identical_ids says whether both gave the
   same ids. blingfire is optional here (`pip install --no-deps blingfire-0.1.8-py3-none-any.whl`
-  carries it to a GPU box): without it `fast_tokenizer` says so and these rates are left out;
+  copies it to a GPU machine): without it `fast_tokenizer` says so and these rates are left out;
 - engine_chars_per_s / engine_ids_chars_per_s: `TorchEngine.embed(windows)` (tokenizing included)
   and `embed_ids` (the token chunker's ids), per model shape, best of the repeats;
 - st_fp32_chars_per_s: `SentenceTransformer(...).encode(windows)`, fp32, batch 32 (what most users run);

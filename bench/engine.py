@@ -25,7 +25,7 @@ the fastest repeat is the closest to its real speed.
 Usage:
   python bench/engine.py --device cpu --chunks 512 --json bench/results/DATE-cpu.json
   python bench/engine.py --device cuda --chunks 40000 --compile --json out.json
-  python bench/engine.py --export-minilm build/minilm-fp16   # a <64 MiB copy to carry to a GPU box
+  python bench/engine.py --export-minilm build/minilm-fp16   # a <64 MiB copy for a GPU machine without the package
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from a plain checkout (the GPU box has no editable install)
+if str(ROOT) not in sys.path:  # run as a script from a plain checkout (a GPU machine may have no editable install)
     sys.path.insert(0, str(ROOT))
 
 from wikiembed.model import DEFAULT_MODEL, load_tokenizer, model_info, resolve_model_path  # noqa: E402
@@ -169,7 +169,7 @@ def build_random_bert_folder(
 
 
 def export_minilm_fp16(dest: Path) -> Path:
-    """Copy the bundled MiniLM with its weights rounded to fp16 (43 MiB: small enough to carry to a GPU box).
+    """Copy the bundled MiniLM with its weights rounded to fp16 (43 MiB: small enough to copy to a GPU machine).
 
     Both sentence-transformers and the engine then load the same rounded
     weights, so the cosine comparison stays exact in meaning.

@@ -50,13 +50,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-WIKIPEDIA_CHARS = 19.56e9  # English Wikipedia, as in the original write-up
+WIKIPEDIA_CHARS = 19.56e9  # English Wikipedia, as in Modal's English-Wikipedia embedding example
 WIKIPEDIA_SHARD_ROWS = 20_000  # the default --shard-rows: ~6.8M articles -> ~340 shards
 WIKIPEDIA_ARTICLES = 6.8e6
 CONTAINER_START_S = 120.0  # a cold GPU container with the image cached: order of a minute or two (projection)
 SHARD_CPU = 16.0  # cores of a TorchShards container (modal_workers/torch_app.py CPU): the engine path projected here
 # The engine on pre-tokenized text, bge-small shape, bf16 + SDPA, eager, one H100 (measured 2026-11-26,
-# README, Performance: 16.8M chars/s); TEI on an A10G per the original write-up: ~0.2M chars/s.
+# README, Performance: 16.8M chars/s); TEI on an A10G per Modal's English-Wikipedia embedding example: ~0.2M chars/s.
 DEFAULT_GPU_CHARS_PER_S = 16.8e6
 ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL", "HF_HUB_OFFLINE": "1",

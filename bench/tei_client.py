@@ -10,7 +10,7 @@ The payload: `--vectors` unit vectors of `--dim`, answered in responses of
 two ways:
 
 - seed: `/embed` JSON floats (float32 printed shortest, as TEI's serde does),
-  decoded as the original write-up did, `np.array(res.json())` per response;
+  decoded as Modal's English-Wikipedia embedding example did, `np.array(res.json())` per response;
 - ours: `/v1/embeddings` with `encoding_format: "base64"`, decoded by
   `wikiembed.backends.tei.decode_v1_embeddings`, the function `TEIBackend` uses.
 

@@ -53,7 +53,7 @@ APP_NAME = APP_NAMES["TEI"]
 
 # GPU type. Modal evaluates decorators at import, so it comes from the environment at deploy time:
 # `WIKIEMBED_GPU=H100 modal deploy modal_workers/tei_app.py`. A10G is the cheapest GPU on which
-# TEI's flash-attention kernels run (sm86), and what the original write-up used.
+# TEI's flash-attention kernels run (sm86), and what Modal's English-Wikipedia embedding example used.
 GPU = os.environ.get("WIKIEMBED_GPU", "A10G")
 
 # TEI ships one image per GPU architecture; a container on another architecture fails to start.
@@ -85,7 +85,7 @@ def tei_image_tag(gpu: str, version: str = TEI_VERSION) -> str:
 
 TEI_IMAGE = f"ghcr.io/huggingface/text-embeddings-inference:{tei_image_tag(GPU)}"
 
-# Up to this many GPU containers at once. 10 keeps a first run's bill bounded; the original write-up
+# Up to this many GPU containers at once. 10 keeps a first run's bill bounded; Modal's English-Wikipedia example
 # used 100 (`WIKIEMBED_MAX_CONTAINERS=100 modal deploy ...`) to embed English Wikipedia in ~15 min.
 MAX_CONTAINERS = int(os.environ.get("WIKIEMBED_MAX_CONTAINERS", "10"))
 

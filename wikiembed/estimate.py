@@ -214,7 +214,7 @@ def _option(backend: str, gpu: str, containers: int, chars: Total, model: str) -
     out: dict[str, Any] = {"backend": backend, "gpu": gpu, "containers": containers, "unit": hours_unit(gpu)}
     if rate is None:
         return {**out, "gpu_hours": None, "wall_minutes": None, "usd": None, "basis": "no rate",
-                "note": f"no throughput recorded for backend {backend} on {gpu}; measure it (bench/engine.py, bench/device_check.py on a GPU box) "
+                "note": f"no throughput recorded for backend {backend} on {gpu}; measure it (bench/engine.py, bench/device_check.py on a GPU machine) "
                         "and add it to wikiembed/data/rates.toml"}
     per_s = float(rate["chars_per_s"])
     hours = Total(chars.value / per_s / 3600, chars.low / per_s / 3600, chars.high / per_s / 3600)

@@ -1,6 +1,6 @@
 """A fast path for BERT-uncased WordPiece tokenizing, with exactly the ids of Hugging Face `tokenizers`.
 
-On a GPU box the tokenizer, not the GPU, limits how fast text is embedded. blingfire (Microsoft's
+On a GPU machine the tokenizer, not the GPU, limits how fast text is embedded. blingfire (Microsoft's
 finite-state tokenizer) ships a compiled BERT-uncased WordPiece model that tokenizes English text
 several times faster per core than `tokenizers`, with the same vocabulary. It is not a drop-in
 replacement: on some characters and settings the two differ (about 13,000 of the 145,000
