@@ -141,7 +141,8 @@ def check_store(settings: RunSettings, info: ModelInfo, chunking: Chunking) -> N
             f"store {root.root} holds model {published['model']['model_id']} with chunking "
             f"{published['chunking']} and compact forms {published.get('compact')}; this run asks for "
             f"{info.model_id} with {chunking.as_dict()} and {compact.as_dict() if compact else None}. "
-            "One store holds one model, chunking and set of forms: use a new --store for this one."
+            "One store holds one model, chunking and set of forms: use a new store for this one (--store, or "
+            "`-p store=...` for a deployment run such as the sample's)."
         )
 
 

@@ -111,7 +111,7 @@ def test_store_refusals_come_before_any_prefect_server(reference, tmp_path: Path
     (foreign / "data" / "notes.txt").write_text("mine")
     cases = [
         (["--store", str(foreign)], "holds data of its own, so it is not a wikiembed store"),
-        (["--store", str(reference[0]), "--chunk-size", "128"], "One store holds one model, chunking and set of forms"),
+        (["--store", str(reference[0]), "--chunk-size", "128"], "use a new store for this one (--store, or `-p store=...` for a deployment run"),
     ]
     for args, needle in cases:
         started = time.monotonic()
