@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import socket
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,7 +230,7 @@ class Store:
             what = ("does not exist, so no run was started here" if not self.root.exists()
                     else "has no manifest.json and no `current` link, so no run was started here")
             return (f"store {self.root} {what}; point --store at a run store made by `wikiembed run`, "
-                    f"or start one with `wikiembed run --source ... --store {self.root}`.")
+                    f"or start one with `wikiembed run --source ... --store {shlex.quote(str(self.root))}`.")
         return (f"store {self.root}: no generation is published (no link `current`), but generations "
                 f"{', '.join(gens)} are there: a first run was stopped while planning, or the link was lost. Run the "
                 "same `wikiembed run` command again: it finishes planning (or re-creates the link) and resumes.")
