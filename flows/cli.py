@@ -293,6 +293,17 @@ def building_line(store: str, building: dict[str, Any]) -> str:
             "search, eval and index act on the published generation.")
 
 
+def _note_building(command: str, store_dir: str) -> None:
+    """search, eval and index read the published generation; say so on stderr when a newer one is unfinished."""
+    from wikiembed.store import Store
+
+    store = Store.at(store_dir)
+    building = store.building() if store.root.is_dir() else None
+    if building:
+        print(f"wikiembed {command}: reading generation {store.gen}, the published one; "
+              + building_line(str(store.root), building), file=sys.stderr)
+
+
 def _cmd_rerun(args: argparse.Namespace) -> int:
     from wikiembed.flows.embed_dataset import rerun_shards
     from wikiembed.settings import parse_shards
@@ -551,6 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from wikiembed.volume_store import check_vectors_here
 
             check_vectors_here(args.command, args.store, getattr(args, "against", None))
+            _note_building(args.command, args.store)
         code = _dispatch(args)
         sys.stdout.flush()  # a reader that left shows up here, not as a traceback in Python's exit handler
         return code

@@ -551,9 +551,10 @@ def embed_dataset(**options: Any) -> dict[str, Any] | State:
     check_store_for_backend(settings.backend, settings.store)
     started = time.perf_counter()
     retries_before = None
-    if isinstance(open_store(settings.store), Store):  # on a Volume the shards open their backend remotely
-        # The model is loaded (or the servers asked) before the store is touched: a model folder that
-        # cannot embed must not be recorded as the store's model, nor leave a lock file in a new folder.
+    if settings.backend == "local":
+        # The model is loaded before the store is touched: a model folder that cannot embed must not
+        # be recorded as the store's model, nor leave a lock file in a new folder. (TEI and Modal
+        # servers hold their own copy of the model; they are asked once there are shards to send.)
         retries_before = check_backend(settings, settings.model)
     with open_store(settings.store).lock() as lease:
         planned = download_task(settings)
@@ -562,6 +563,8 @@ def embed_dataset(**options: Any) -> dict[str, Any] | State:
         _tag_flow_run(settings, manifest)
         states = s.states(manifest)
         pending = [st.shard for st in states if st.state != "done"]
+        if pending and retries_before is None and isinstance(s, Store):  # on a Volume the shards open their backend remotely
+            retries_before = check_backend(settings, manifest["model"]["model_id"])
         _calibrate(s, settings)
         _check_index(s, settings)
         manifest = s.read_manifest()

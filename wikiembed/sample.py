@@ -27,8 +27,8 @@ from typing import Iterator
 # Bumping this changes every sample fingerprint (and so every sample store's plan).
 GENERATOR_VERSION = 2
 # The largest `sample:N`: more articles than English Wikipedia has (about 6.9 million), so any size
-# worth simulating fits (about 12 GB of text; 20,000 articles took 8.6 s to generate here, so over
-# an hour), while a typo of extra digits is refused instead of writing for years.
+# worth simulating fits (about 12 GB of text, over an hour to generate at about 2,000 articles a
+# second on one core), while a typo of extra digits is refused instead of writing for years.
 MAX_ARTICLES = 10_000_000
 
 # log-normal: mean = exp(mu + sigma^2 / 2) ~ 1,100 characters, median ~ 670.

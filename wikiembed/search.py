@@ -73,7 +73,7 @@ class StoreVectors:
     def __init__(self, store: str | Path, gen: str | None = None) -> None:
         root = Store(store)
         current = gen or root.pointer("current")
-        if current is None and not root.root.is_dir():
+        if current is None and root.root.is_file():
             raise StoreError(root.why_no_generation())
         if current is None:
             raise StoreError(

@@ -76,6 +76,9 @@ def test_a_stopped_run_of_a_new_source_version_leaves_the_published_one_in_charg
     assert export.returncode == 0, export.stderr[-2000:]
     assert json.loads(export.stdout)["generation"] == published and "is being built beside it" in export.stderr
     assert sum(pq.ParquetFile(f).metadata.num_rows for f in (out / "data").glob("*.parquet")) == chunks
+    search = run_cli(cli_env, "search", "--store", str(store), "history", "-k", "1")
+    assert search.returncode == 0 and f"in {chunks:,} chunks" in search.stdout, search.stderr[-2000:]
+    assert f"reading generation {published}, the published one; a newer generation {building}" in search.stderr
     # the unfinished one only when asked for by its folder, and then as what it is
     asked = run_cli(cli_env, "export", "--store", str(store / "gens" / building), "--to", str(tmp_path / "partial"))
     assert asked.returncode == 2 and "shards are not done" in asked.stderr
