@@ -60,6 +60,29 @@ def engine(d: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def fast_tokenizer(d: dict[str, Any]) -> list[Row]:
+    targets = d.get("targets", {})
+    rows = [
+        ("`tokenizers` `encode_batch`, per core", _rate(d["hf_chars_per_s_per_core"]), ""),
+        ("the fast path (blingfire where it gives the same ids), per core", _rate(d["fast_chars_per_s_per_core"]), ""),
+        ("`chunker_vs_hf`: the whole token chunker on the fast path ÷ `tokenizers`, per core",
+         f"{d['chunker_vs_hf']:.2f} ({_rate(d['chunker_chars_per_s_per_core'])} ÷ {_rate(d['hf_chars_per_s_per_core'])}; "
+         f"the chunker on `tokenizers` only: {_rate(d['chunker_reference_chars_per_s_per_core'])})", targets.get("chunker_vs_hf", "")),
+        ("`identical_ids_fraction` (texts whose ids equal `tokenizers`'), chunks identical",
+         f"{d['identical_ids_fraction']:.4f}, {'yes' if d['chunks_identical'] else 'NO'}", targets.get("identical_ids_fraction", "")),
+        ("`fallback_fraction`: characters left to `tokenizers`", f"{d['fallback_fraction']:.4f}", ""),
+    ]
+    for key, label in (("shard_chars_per_s_per_core", "`bench/fanout.py` shard rate per core"),
+                       ("chunking_vs_tokenizer", "`bench/pipeline.py` `chunking_vs_tokenizer`")):
+        pairs = d.get("before_after") or {}
+        if pairs.get("before") and pairs.get("after"):
+            show = _rate if key.endswith("per_core") else (lambda x: f"{x:.2f}")
+            before = " / ".join(show(r[key]) for r in pairs["before"])
+            after = " / ".join(show(r[key]) for r in pairs["after"])
+            rows.append((f"{label}, `tokenizers` only → fast path (alternating in one run)", f"{before} → {after}", ""))
+    return rows
+
+
 def pipeline(d: dict[str, Any]) -> list[Row]:
     rows = [("`overhead_ratio`: flow ÷ bare engine on the same chunks, Prefect start-up excluded",
              f"{d['overhead_ratio']:.2f} ({d['run_s']:.0f} s ÷ {d['engine_s']:.0f} s, {d['articles']:,} articles, {d['chunks']:,} chunks)",
@@ -163,6 +186,9 @@ KINDS: list[tuple[Callable[[dict[str, Any]], bool], str, str, Callable[[dict[str
     (lambda d: "models" in d and "engine_chars_per_s" in d, "Engine (CPU)",
      "512-character windows of the built-in sample embedded by the engine and by sentence-transformers "
      "(fp32, batch 32), tokenization included for every method, best of the repeats, methods alternating.", engine),
+    (lambda d: "fast_chars_per_s_per_core" in d and "e2e" not in d, "Fast tokenizer (`bench/fast_tokenizer.py`)",
+     "The built-in sample and man pages: `tokenizers` against the fast path and the whole token chunker, per core "
+     "(CPU seconds of one process), best of the repeats; every text's ids compared.", fast_tokenizer),
     (lambda d: "e2e" in d, "GPU path check (`bench/device_check.py`)",
      "Tokenizer, engine and end-to-end rates in one run; `--quick` runs every step on a few chunks.", device_check),
     (lambda d: "overhead_ratio" in d, "Pipeline (`bench/pipeline.py`)",

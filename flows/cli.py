@@ -489,6 +489,9 @@ def _stop_on_signals() -> None:
     from wikiembed import atomic
 
     def stop(signum: int, frame: object) -> None:
+        from wikiembed.progress import Progress
+
+        Progress.mute()  # the stop message is the last line, not a progress bar drawn after it
         what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
         print(f"wikiembed: {what}; finished shards are kept, run the same command to resume.", file=sys.stderr, flush=True)
         atomic.remove_unfinished()

@@ -16,6 +16,8 @@ import time
 
 class Progress:
     _current: "Progress | None" = None
+    # Held while a line is written: `mute` waits for a line being written, so nothing follows it.
+    _writing = threading.Lock()
 
     def __init__(self, total: int, done: int, stream=sys.stderr) -> None:  # noqa: ANN001
         self.total = total
@@ -76,11 +78,25 @@ class Progress:
         if not force and now - self._last_draw < 0.5:
             return
         self._last_draw = now
-        if self.tty:
-            self.stream.write("\r" + self.line())
-        else:
-            self.stream.write(self.line() + "\n")
-        self.stream.flush()
+        with Progress._writing:
+            if self.stream is None:  # muted meanwhile
+                return
+            if self.tty:
+                self.stream.write("\r" + self.line())
+            else:
+                self.stream.write(self.line() + "\n")
+            self.stream.flush()
+
+    @classmethod
+    def mute(cls) -> None:
+        """Draw nothing more (a run being stopped: its last line is the stop message, not a bar)."""
+        with cls._writing:
+            current = cls._current
+            if current is not None and current.stream is not None:
+                if current.tty:
+                    current.stream.write("\n")
+                    current.stream.flush()
+                current.stream = None
 
     def close(self) -> None:
         if self.stream is not None and self.tty:
