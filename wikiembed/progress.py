@@ -90,13 +90,18 @@ class Progress:
     @classmethod
     def mute(cls) -> None:
         """Draw nothing more (a run being stopped: its last line is the stop message, not a bar)."""
-        with cls._writing:
+        # A timeout, not a plain wait: a signal handler may run in the thread that holds the lock.
+        held = cls._writing.acquire(timeout=1.0)
+        try:
             current = cls._current
             if current is not None and current.stream is not None:
                 if current.tty:
                     current.stream.write("\n")
                     current.stream.flush()
                 current.stream = None
+        finally:
+            if held:
+                cls._writing.release()
 
     def close(self) -> None:
         if self.stream is not None and self.tty:
