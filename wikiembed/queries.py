@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from wikiembed.errors import InputError
 
-Key = tuple[str, "int | None"]
+Key = tuple[str, int | None]
 FORMAT_HINT = ('each row needs "query" and one of "id" (a relevant article), "ids" (several) or "id" + "chunk_index" '
                '(one chunk), e.g. {"query": "who wrote Hamlet", "id": "12345"}')
 
