@@ -39,9 +39,6 @@ class JudgedQuery:
     text: str
     relevant: frozenset[Key]
 
-    def is_hit(self, article_id: str, chunk_index: int) -> bool:
-        return (article_id, None) in self.relevant or (article_id, chunk_index) in self.relevant
-
     @property
     def article_ids(self) -> frozenset[str]:
         return frozenset(i for i, _ in self.relevant)
