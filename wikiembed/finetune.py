@@ -236,13 +236,16 @@ def finetune(
     ranking = vectors.top(qvecs, MINE_DEPTH, vectors.form("float32"))
     hits = vectors.rows(ranking.positions, columns=("id", "chunk_index", "text"))
     relevant = _relevant_chunks(vectors, {i for q in everything for i in q.article_ids})
+    chunks_of: dict[str, list[tuple[str, int]]] = {}
+    for key in relevant:
+        chunks_of.setdefault(key[0], []).append(key)
     examples: list[dict[str, str]] = []
     for qi, q in enumerate(train):
         negatives = [hits[int(p)]["text"] for p in ranking.positions[qi] if p >= 0 and hits[int(p)]["id"] not in q.article_ids]
         for article_id in sorted(q.article_ids):
             # Chunk-level judgements name their chunk; an article's positive is its chunk nearest the query.
             named = [(article_id, c) for a, c in q.relevant if a == article_id and c is not None]
-            candidates = named or [k for k in relevant if k[0] == article_id]
+            candidates = named or chunks_of[article_id]
             best = max(candidates, key=lambda k: float(relevant[k][1] @ qvecs[qi]))
             example = {"anchor": q.text, "positive": relevant[best][0]}
             for n, text in enumerate(negatives[: settings.negatives]):
@@ -257,9 +260,8 @@ def finetune(
         for p in ranking.positions[qi]:
             if p >= 0:
                 pool[(hits[int(p)]["id"], int(hits[int(p)]["chunk_index"]))] = hits[int(p)]["text"]
-        for key, (text, _) in relevant.items():
-            if key[0] in everything[qi].article_ids:
-                pool[key] = text
+        for article_id in everything[qi].article_ids:
+            pool.update((key, relevant[key][0]) for key in chunks_of[article_id])
     pool_keys, pool_texts = list(pool), list(pool.values())
 
     from datasets import Dataset
@@ -271,8 +273,10 @@ def finetune(
     _check_engine_parity(vectors.model_id, model, [e["positive"] for e in examples[:PARITY_TEXTS]], device)
     before = _pool_figures(model, held, pool_keys, pool_texts)
 
+    # A fine-tune killed before its rename leaves its temporary folder: nothing in it is reused.
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     if settings.batch_size > CACHED_ABOVE:
         loss: Any = CachedMultipleNegativesRankingLoss(model, mini_batch_size=CACHED_MINI_BATCH)

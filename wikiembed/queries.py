@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from wikiembed.errors import InputError
 
-Key = tuple[str, "int | None"]
+Key = tuple[str, int | None]
 FORMAT_HINT = ('each row needs "query" and one of "id" (a relevant article), "ids" (several) or "id" + "chunk_index" '
                '(one chunk), e.g. {"query": "who wrote Hamlet", "id": "12345"}')
 
@@ -38,9 +38,6 @@ class JudgedQuery:
 
     text: str
     relevant: frozenset[Key]
-
-    def is_hit(self, article_id: str, chunk_index: int) -> bool:
-        return (article_id, None) in self.relevant or (article_id, chunk_index) in self.relevant
 
     @property
     def article_ids(self) -> frozenset[str]:

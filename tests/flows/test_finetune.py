@@ -107,3 +107,26 @@ def test_bad_input_exits_2_with_one_message_and_writes_nothing(case, needle, com
     err = capsys.readouterr().err
     assert needle in err and err.count("error:") == 1
     assert not out.exists() and not list(tmp_path.glob(".model*"))
+
+
+def test_batches_above_64_train_with_the_cached_loss(compact_store, topics, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from wikiembed.finetune import FinetuneSettings, finetune
+
+    pairs = title_pairs(topics, tmp_path / "pairs.jsonl")
+    (tmp_path / ".model.tmp-999999").mkdir()  # what a fine-tune killed before its rename leaves
+    record = finetune(compact_store, pairs, tmp_path / "model", FinetuneSettings(batch_size=80))
+    assert record["loss"] == "CachedMultipleNegativesRankingLoss" and record["examples"] == 27
+    assert SentenceTransformer(str(tmp_path / "model"), device="cpu").encode(["x"]).shape == (1, 384)
+    assert not list(tmp_path.glob(".model.tmp-*"))
+
+
+def test_hard_negatives_come_through_the_approximate_index_where_one_is_built(compact_store, topics, tmp_path):
+    from wikiembed.finetune import FinetuneSettings, finetune
+    from wikiembed.search import build_index
+
+    store = shutil.copytree(compact_store, tmp_path / "store", symlinks=True)
+    build_index(store, "float32")
+    record = finetune(store, title_pairs(topics, tmp_path / "pairs.jsonl"), tmp_path / "model", FinetuneSettings(batch_size=8))
+    assert record["negatives_from"] == "approximate index" and record["examples"] == 27
