@@ -144,8 +144,10 @@ def _pool_figures(model: Any, held: Sequence[JudgedQuery], pool_keys: list[tuple
 def _check_engine_parity(model_id: str, model: Any, texts: Sequence[str], device: str) -> None:
     """Refuse a model whose vectors the engine would not reproduce: a fine-tune of it could not re-embed the store."""
     from wikiembed.backends.factory import open_backend
+    from wikiembed.model import model_info
 
-    engine = np.asarray(open_backend("local", model_id, device=device).embed(list(texts)), dtype=np.float32)
+    prompt = model_info(model_id).prompt(None, "document")  # the one encode_document puts before each text
+    engine = np.asarray(open_backend("local", model_id, device=device).embed(list(texts), prompt), dtype=np.float32)
     reference = _encode(model, texts, "document")
     engine = engine / np.maximum(np.linalg.norm(engine, axis=1, keepdims=True), 1e-12)
     worst = float(np.min(np.sum(engine * reference, axis=1)))
@@ -153,7 +155,7 @@ def _check_engine_parity(model_id: str, model: Any, texts: Sequence[str], device
         raise InputError(
             f"model {model_id!r}: the engine's vectors differ from sentence-transformers' own (cosine {worst:.3f} < "
             f"{PARITY_COSINE}), so a fine-tune of it could not re-embed the store faithfully; fine-tune a model the "
-            "engine supports (a BERT-style encoder with mean or CLS pooling)."
+            "engine reproduces (docs/MODELS.md lists the shapes)."
         )
 
 
