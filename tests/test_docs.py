@@ -25,3 +25,12 @@ def test_no_document_describes_the_development_machine():
     found = [f"{p.relative_to(ROOT)}:{n}: {line.strip()}" for p in _documents()
              for n, line in enumerate(p.read_text().splitlines(), 1) if DEVELOPMENT_WORDING.search(line)]
     assert not found, "\n".join(found)
+
+
+def test_documented_deployment_runs_with_other_chunking_use_their_own_store():
+    """A sample run with other chunking into the deployment's default store is refused (one store, one
+    chunking), so every documented run that changes chunking names its own store."""
+    runs = [line for p in _documents() for line in p.read_text().splitlines()
+            if "prefect deployment run embed-dataset/" in line and "chunking=" in line]
+    assert runs, "the docs show a deployment run with other chunking"
+    assert all("-p store=" in line for line in runs), "\n".join(runs)
