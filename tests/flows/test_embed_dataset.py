@@ -91,7 +91,7 @@ def test_rerun_one_shard_reembeds_only_that_shard(sample_run):
 
 def test_other_model_or_chunking_into_the_same_store_is_refused(sample_run):
     store, _ = sample_run
-    with pytest.raises(InputError, match="new --store"):
+    with pytest.raises(InputError, match="use a new store for this one"):
         embed_dataset(source="sample:240", store=str(store), shard_rows=80, chunking={"chunk_size": 128})
 
 

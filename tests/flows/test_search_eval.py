@@ -134,7 +134,7 @@ def test_eval_against_a_second_store_pairs_the_same_articles(compact_store, topi
 @pytest.mark.parametrize(
     "argv, needle",
     [
-        (["search", "--store", "{missing}", "q"], "does not exist, so no run was started here"),
+        (["search", "--store", "{missing}", "q"], "nothing is published there yet"),
         (["search", "--store", "{store}", "q", "--form", "int4"], "this store holds float32, float16, int8, binary, float32@128"),
         (["search", "--store", "{store}", "   "], "search query is empty"),
         (["eval", "--store", "{store}", "--sample", "0"], "--sample 0"),
