@@ -144,7 +144,6 @@ def _pool_figures(model: Any, held: Sequence[JudgedQuery], pool_keys: list[tuple
 def _check_engine_parity(model_id: str, model: Any, texts: Sequence[str], device: str) -> None:
     """Refuse a model whose vectors the engine would not reproduce: a fine-tune of it could not re-embed the store."""
     from wikiembed.backends.factory import open_backend
-    from wikiembed.model import model_info
 
     prompt = model_info(model_id).prompt(None, "document")  # the one encode_document puts before each text
     engine = np.asarray(open_backend("local", model_id, device=device).embed(list(texts), prompt), dtype=np.float32)
@@ -203,13 +202,7 @@ def finetune(
     settings = settings or FinetuneSettings()
     pairs, out = Path(pairs).expanduser(), Path(out).expanduser().resolve()
     vectors = StoreVectors(store, gen)
-    info = model_info(vectors.model_id)
-    recorded = vectors.manifest["model"].get("revision")
-    if recorded and info.revision != recorded:
-        raise InputError(
-            f"model {vectors.model_id!r}: the files found here (revision {info.revision}) are not the ones store "
-            f"{vectors.root} was embedded with (revision {recorded}); fine-tune from the store's own model files."
-        )
+    info = vectors.model_files("fine-tune from the store's own model files")
     queries = read_queries(pairs)
     inputs = {"store": str(vectors.root), "generation": vectors.store.gen, "pairs_sha256": _sha256(pairs),
               "base_revision": info.revision, "settings": settings.model_dump()}

@@ -105,18 +105,25 @@ class StoreVectors:
         """The prompt queries get (the model's query prompt, or --query-prompt-name's, as recorded at planning)."""
         return str(self.manifest["model"].get("query_prompt") or "")
 
-    def embed_queries(self, texts: Sequence[str], device: str | None = None) -> np.ndarray:
-        """Queries embedded as `encode_query` embeds them: same model, with its query prompt, float32."""
-        from wikiembed.backends.factory import open_backend
+    def model_files(self, why: str) -> Any:
+        """The store's model (`wikiembed.model.ModelInfo`), refused when the files found here are not the
+        ones the store was embedded with; `why` says what needs those very files."""
         from wikiembed.model import model_info
 
         info = model_info(self.model_id)
         recorded = self.manifest["model"].get("revision")
         if recorded and info.revision != recorded:
             raise InputError(
-                f"model {self.model_id!r}: the files found here (revision {info.revision}) differ from the ones "
-                f"this store was embedded with (revision {recorded}); queries must use the same model."
+                f"model {self.model_id!r}: the files found here (revision {info.revision}) are not the ones store "
+                f"{self.root} was embedded with (revision {recorded}); {why}."
             )
+        return info
+
+    def embed_queries(self, texts: Sequence[str], device: str | None = None) -> np.ndarray:
+        """Queries embedded as `encode_query` embeds them: same model, with its query prompt, float32."""
+        from wikiembed.backends.factory import open_backend
+
+        self.model_files("queries must use the same model")
         backend = open_backend("local", self.model_id, device=device)
         return np.asarray(backend.embed(list(texts), self.query_prompt), dtype=np.float32)
 
