@@ -262,6 +262,7 @@ def data_plane(work: Path, articles: int, shard_rows: int) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from wikiembed import fanout
+    from wikiembed.backends.factory import BackendOptions
     from wikiembed.model import DEFAULT_MODEL
     from wikiembed.store import Store
 
@@ -278,7 +279,7 @@ def data_plane(work: Path, articles: int, shard_rows: int) -> dict[str, Any]:
         store = Store(root, gen)
         snapshot = pq.read_table(store.snapshot_path, columns=["text"]).column("text").to_pylist()
         plan = store.read_manifest()["plan"]["shards"]
-        opts = {"backend": "tei", "tei_url": [url]}
+        opts = BackendOptions("tei", tei_url=(url,))
         for _ in range(100):  # wait for the server, then warm up: tokenizer, worker pool, connections
             try:
                 fanout.run_shard(root, gen, 0, opts)

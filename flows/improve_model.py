@@ -24,11 +24,13 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from wikiembed.errors import InputError, ShardsFailed, StoreError
+from wikiembed.executors import executor_for
 from wikiembed.finetune import FinetuneSettings
 from wikiembed.flows.embed_dataset import artifact_key, embed_dataset
 from wikiembed.improve import ImproveSettings, Metric, decide
 from wikiembed.model import model_info
 from wikiembed.search import StoreVectors
+from wikiembed.settings import RunSettings
 from wikiembed.store import Store
 from wikiembed.tasks.compare import compare_task
 from wikiembed.tasks.export import export_task
@@ -127,7 +129,8 @@ def improve_model(
     publish, why = decide(difference, settings.metric, settings.margin)
     published = None
     if publish and settings.upload_to:
-        published = export_task(settings.new_store, compared["against"]["generation"], settings.upload_to)
+        executor = executor_for(RunSettings(**run))
+        published = export_task(executor, settings.new_store, compared["against"]["generation"], settings.upload_to)
     logger.info("%s: %s", "publish" if publish else "keep the old store", why)
     new_revision = model_info(tuned["out"]).revision
     # Keyed by the improved store: each store's latest decision under its own key.

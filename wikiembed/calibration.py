@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from wikiembed.backends.base import Backend
+from wikiembed.backends.factory import BackendOptions
 from wikiembed.checkpoint import document_prompt
 from wikiembed.chunking import Chunking, chunk_table
 from wikiembed.compact import CALIBRATION_CHUNKS, calibrate_int8, spec_from_manifest
@@ -50,7 +51,7 @@ def needs_calibration(manifest: dict[str, Any]) -> bool:
     return spec is not None and "int8" in spec.precisions and not (manifest.get("compact") or {}).get("int8")
 
 
-def calibrate(store: Store, backend: Backend | dict[str, Any]) -> dict[str, Any] | None:
+def calibrate(store: Store, backend: Backend | BackendOptions) -> dict[str, Any] | None:
     """Record the generation's int8 ranges in its manifest if it stores int8 and has none yet;
     return them (None: the generation stores no int8). `backend`: an open backend, or the options
     of `open_backend`, opened only when the sample must be embedded."""
@@ -66,10 +67,8 @@ def calibrate(store: Store, backend: Backend | dict[str, Any]) -> dict[str, Any]
             if calibration:
                 store.write_manifest({**manifest, "compact": {**compact, "int8": calibration}})
                 return calibration
-    if isinstance(backend, dict):
-        from wikiembed.backends.factory import open_backend
-
-        backend = open_backend(model=manifest["model"]["model_id"], **backend)
+    if isinstance(backend, BackendOptions):
+        backend = backend.open(manifest["model"]["model_id"])
     spec = spec_from_manifest(manifest)
     assert spec is not None
     vectors = backend.embed(calibration_texts(store, manifest), document_prompt(manifest))

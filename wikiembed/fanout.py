@@ -23,7 +23,7 @@ import contextlib
 from typing import Any
 
 from wikiembed.backends.base import Backend
-from wikiembed.backends.factory import open_backend
+from wikiembed.backends.factory import BackendOptions
 from wikiembed.calibration import calibrate
 from wikiembed.checkpoint import VectorSource, embed_shard, record_vector_kind
 from wikiembed.chunking import chunk_shard_parts
@@ -45,7 +45,7 @@ def run_shard(
     root: str,
     gen: str,
     shard: int,
-    backend: Backend | dict[str, Any],
+    backend: Backend | BackendOptions,
     sync: StoreSync = LOCAL,
     *,
     chunk_workers: int | None = None,
@@ -54,8 +54,8 @@ def run_shard(
 ) -> dict[str, Any]:
     """Chunk and embed one shard into `data/NNNNN.parquet` + `_done/NNNNN.json`; return the marker.
 
-    `backend` is an open backend (a container's TEI client or engine) or the options of
-    `open_backend` (`{"backend": "tei", "tei_url": [...]}`), opened once per process.
+    `backend` is an open backend (a container's TEI client or engine) or the run's
+    `BackendOptions`, opened once per process.
     `chunk_workers`: processes the token chunker may use (default: every core; 1 where this
     process is already one of a pool, `wikiembed.shard_workers`). `reuse`: vectors of the
     published generation, taken where a chunk's text is unchanged; `reuse_previous`: the same,
@@ -72,8 +72,8 @@ def run_shard(
     if marker is not None:
         return marker
     manifest = store.read_manifest()
-    if isinstance(backend, dict):
-        backend = open_backend(model=manifest["model"]["model_id"], **backend)
+    if isinstance(backend, BackendOptions):
+        backend = backend.open(manifest["model"]["model_id"])
     start, end = manifest["plan"]["shards"][shard]
     if reuse is None and reuse_previous and manifest.get("previous_generation"):
         reuse = reuse_index.shared(root, manifest["previous_generation"], sync)
@@ -83,7 +83,7 @@ def run_shard(
         return embed_shard(store, shard, backend, end - start, chunks=chunks, reuse=reuse)  # writes the store's compact forms too
 
 
-def calibrate_store(root: str, gen: str, backend: Backend | dict[str, Any], sync: StoreSync = LOCAL) -> dict[str, Any] | None:
+def calibrate_store(root: str, gen: str, backend: Backend | BackendOptions, sync: StoreSync = LOCAL) -> dict[str, Any] | None:
     """The calibrate step at the store: the generation's int8 ranges, embedded by this container's
     backend and committed to its manifest before any shard reads it (see `wikiembed.calibration`)."""
     sync.reload()

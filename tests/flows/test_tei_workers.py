@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.standins.tei_server import embed_texts, start_server
+from wikiembed.backends.factory import BackendOptions
 from wikiembed import fanout, shard_workers
 from wikiembed.errors import BackendError
 from wikiembed.model import DEFAULT_MODEL
@@ -47,7 +48,7 @@ def _assert_done_and_exact(store: Path, shards: int) -> None:
 def test_shards_run_in_worker_processes_with_the_in_process_result(prefect_api, tmp_path: Path, tei: str) -> None:
     from wikiembed.flows.embed_dataset import embed_dataset
 
-    opts = {"backend": "tei", "tei_url": (tei,)}
+    opts = BackendOptions("tei", tei_url=(tei,))
     pooled = fanout.prepare_store({"source": "sample:120", "store": str(tmp_path / "pooled"), "shard_rows": 30})
     try:
         with ThreadPoolExecutor(4) as threads:

@@ -317,7 +317,11 @@ def _serve(cloud: CloudDir, private: Path, out: BinaryIO, inp: BinaryIO) -> None
     from wikiembed.errors import BackendError
 
     sync = EmulatedVolume(cloud, private)
-    backend_opts = cloud.config()["backend_opts"]
+    from wikiembed.backends.factory import BackendOptions
+
+    # The backend each deployed class opens in its container (TEI for TEIShards, the engine for TorchShards).
+    backend_opts = {cls: BackendOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()})
+                    for cls, opts in cloud.config()["backend_opts"].items()}
     while True:
         request = _read_frame(inp)
         if request is None:
