@@ -166,7 +166,7 @@ def prepare_store(articles_path: Path, store_dir: Path, model: str, device: str,
 def end_to_end(articles_path: Path, store_dir: Path, model: str, device: str, shard_rows: int) -> dict[str, Any]:
     """Parquet of whole articles -> finished store, timed; the engine is loaded (and warm) before the clock starts."""
     from wikiembed.backends.factory import open_backend
-    from wikiembed.checkpoint import embed_shard
+    from wikiembed.embedding import embed_shard
     from wikiembed.chunking import chunk_shard
 
     backend = open_backend("local", model, device=device)  # what `wikiembed run` opens: one shared engine

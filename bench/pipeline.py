@@ -213,7 +213,7 @@ def overhead(n: int, tmp: Path) -> dict:
 
 def resume_1000_shards(tmp: Path) -> dict:
     """Build a real store of 1,000 done shards (plain functions, no Prefect), then time a no-op CLI run."""
-    from wikiembed.checkpoint import embed_shard
+    from wikiembed.embedding import embed_shard
     from wikiembed.backends.factory import open_backend
     from wikiembed.plan import prepare
     from wikiembed.settings import RunSettings

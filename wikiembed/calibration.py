@@ -7,7 +7,7 @@ shard (local or remote) reads them. A new generation of the same store keeps the
 generation's ranges, so unchanged chunks keep byte-identical int8 codes.
 
 Plain code that takes a store: the flow's calibrate task runs it on its machine for a local
-store, a Modal shard container (`wikiembed.fanout.calibrate_store`) at the Volume for a Volume
+store, a Modal shard container (`wikiembed.store_ops.calibrate_store`) at the Volume for a Volume
 store, with the backend that embeds the shards, so both give the same ranges.
 
 Touches: the generation's snapshot (read) and `manifest.json` (written), the backend (one call).
@@ -19,7 +19,7 @@ from typing import Any
 
 from wikiembed.backends.base import Backend
 from wikiembed.backends.factory import BackendOptions
-from wikiembed.checkpoint import document_prompt
+from wikiembed.embedding import document_prompt
 from wikiembed.chunking import Chunking, chunk_table
 from wikiembed.compact import CALIBRATION_CHUNKS, calibrate_int8, spec_from_manifest
 from wikiembed.model import load_tokenizer

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import string
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from wikiembed import atomic
-from wikiembed.checkpoint import uncompressed_bytes
+from wikiembed.embedding import uncompressed_bytes
 from wikiembed.compact import card_section as compact_card_section
 from wikiembed.errors import StoreError
 from wikiembed.store import ShardState, Store

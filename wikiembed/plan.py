@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wikiembed.checkpoint import text_key
+from wikiembed.embedding import text_key
 from wikiembed.compact import form_by_name, parse_compact
 from wikiembed.sources import RowReport, Source, fingerprint, parse_source, pin, write_snapshot
 from wikiembed.errors import InputError, StoreError

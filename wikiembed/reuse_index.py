@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from wikiembed.atomic import atomic_path
-from wikiembed.checkpoint import read_vectors, text_key
+from wikiembed.embedding import read_vectors, text_key
 from wikiembed.store import LOCAL, Store, StoreSync
 
 

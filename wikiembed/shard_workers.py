@@ -5,7 +5,7 @@ every vector comes back to it. In one process the chunker, the JSON of the
 requests, the decoding of the answers, the checks and the parquet writer all
 take turns on one interpreter, so a run could go no faster than one core however
 many TEI servers answer. Here each shard runs whole in a worker process (the
-same `wikiembed.fanout.run_shard` a Modal container runs: chunk, embed, write
+same `wikiembed.store_ops.run_shard` a Modal container runs: chunk, embed, write
 data, then its marker), one worker per core by default, and the flow's embed
 task waits for the shard's marker.
 
@@ -40,7 +40,7 @@ from typing import Any
 from wikiembed.backends.factory import BackendOptions
 from wikiembed.errors import TransientBackendError
 from wikiembed import reuse_index
-from wikiembed.fanout import run_shard
+from wikiembed.store_ops import run_shard
 from wikiembed.store import Store
 from wikiembed.tokenizing import _worker_start, cores
 

@@ -8,7 +8,7 @@ Two views of the same store, one interface:
 - Outside Modal (the flow's machine, `wikiembed status` / `rerun` / `export` /
   `upload`) `VolumeStore` answers the same calls the flow makes on a local `Store`
   (`read_manifest`, `states`, `mark_failed`, `forget`) by calling the deployed
-  `StoreOps` class (`modal_workers/store_app.py`), which runs `wikiembed.fanout` at
+  `StoreOps` class (`modal_workers/store_app.py`), which runs `wikiembed.store_ops` at
   the mount. Only control data travels: the manifest's plan, shard states, error texts.
 
 A Volume has no lock that works across machines, so one run per Volume store is a

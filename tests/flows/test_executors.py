@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from wikiembed import executors, fanout
+from wikiembed import executors, store_ops
 from wikiembed.backends.factory import BackendOptions
 from wikiembed.calibration import calibrate
 from wikiembed.errors import TransientBackendError
@@ -39,7 +39,7 @@ class ToyExecutor(Executor):
 
     def prepare(self) -> Planned:
         ToyExecutor.calls.append(("prepare", None))
-        return Planned.of(fanout.prepare_store(self.settings.model_dump()))
+        return Planned.of(store_ops.prepare_store(self.settings.model_dump()))
 
     def check_backend(self, model: str) -> None:
         ENGINE.open(model)
@@ -53,7 +53,7 @@ class ToyExecutor(Executor):
             ToyExecutor.fail_once.discard(job.shard)
             raise TransientBackendError(f"toy: the worker of shard {job.shard} went away")
         with ThreadPoolExecutor(1) as pool:
-            return pool.submit(fanout.run_shard, job.root, job.gen, job.shard, ENGINE, chunk_workers=1).result()
+            return pool.submit(store_ops.run_shard, job.root, job.gen, job.shard, ENGINE, chunk_workers=1).result()
 
     def prepare_rerun(self, store: StoreView, manifest: dict[str, Any], shards: list[int]) -> str | None:
         ToyExecutor.calls.append(("prepare_rerun", tuple(shards)))
@@ -61,7 +61,7 @@ class ToyExecutor(Executor):
 
     def export(self, root: str, gen: str, upload_to: str | None) -> dict[str, Any]:
         ToyExecutor.calls.append(("export", gen))
-        return fanout.export_store(root, gen, upload_to)
+        return store_ops.export_store(root, gen, upload_to)
 
 
 @pytest.fixture

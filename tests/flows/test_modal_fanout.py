@@ -1,6 +1,6 @@
 """`--backend modal` with the store on a Modal Volume: shards fan out as references, markers come back.
 
-Modal's cloud is `tests/standins/modal_cloud.py`: the real `wikiembed.fanout` code in
+Modal's cloud is `tests/standins/modal_cloud.py`: the real `wikiembed.store_ops` code in
 container subprocesses over an emulated Volume (commit/reload visibility, crashes
 rescheduled on a new container), embedding with the TEI stand-in. The flow, Prefect and
 the store code are the real ones.

@@ -10,7 +10,7 @@ import pytest
 
 from wikiembed import plan
 from wikiembed.backends.factory import open_backend
-from wikiembed.checkpoint import embed_shard, read_vectors
+from wikiembed.embedding import embed_shard, read_vectors
 from wikiembed.chunking import chunk_shard
 from wikiembed.plan import prepare
 from wikiembed.reuse_index import ReuseIndex

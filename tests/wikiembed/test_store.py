@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from wikiembed.backends.base import VectorKind
-from wikiembed.checkpoint import embed_shard, read_vectors
+from wikiembed.embedding import embed_shard, read_vectors
 from wikiembed.errors import StoreError
 from wikiembed.chunking import CHUNK_SCHEMA, write_parquet_atomic
 from wikiembed.store import Store

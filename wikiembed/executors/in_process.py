@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from wikiembed import reuse_index
-from wikiembed.checkpoint import embed_shard
+from wikiembed.embedding import embed_shard
 from wikiembed.chunking import chunk_shard
 from wikiembed.executors.base import ShardJob
 from wikiembed.executors.on_disk import OnDisk

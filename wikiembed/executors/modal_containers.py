@@ -2,7 +2,7 @@
 
 Only references go out (`modal:VOLUME/PATH`, the generation, a shard id) and only markers and
 shard states come back: a container of the deployed shard class (`TEIShards` / `TorchShards`)
-chunks, embeds and checkpoints the shard on the Volume (`wikiembed.fanout.run_shard`); the
+chunks, embeds and checkpoints the shard on the Volume (`wikiembed.store_ops.run_shard`); the
 store's small operations (plan, states, failures, export) run in `StoreOps` containers at the
 same mount (`wikiembed.volume_store.VolumeStore`). The flow's machine never sees a chunk or a
 vector, so the run's estimate, eval sample and index are not made here (`data_here`).

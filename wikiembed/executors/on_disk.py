@@ -1,7 +1,7 @@
 """The half the on-machine executors share: a store in a folder of the flow's machine.
 
 The download, calibrate and export steps run in the flow's process on the store's files
-(`wikiembed.fanout`: the same functions a Modal container runs at a Volume); a rerun is
+(`wikiembed.store_ops`: the same functions a Modal container runs at a Volume); a rerun is
 checked here before it starts. `InProcess` and `WorkerProcesses` differ only in where a shard's
 chunks are embedded.
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from wikiembed import fanout, reuse_index
+from wikiembed import reuse_index, store_ops
 from wikiembed.calibration import calibrate
-from wikiembed.checkpoint import record_vector_kind
+from wikiembed.embedding import record_vector_kind
 from wikiembed.errors import InputError
 from wikiembed.executors.base import Executor, Planned, StoreView
 from wikiembed.model import model_info
@@ -31,7 +31,7 @@ class OnDisk(Executor):
         return Store(spec, gen)
 
     def prepare(self) -> Planned:
-        return Planned.of(fanout.prepare_store(self.settings.model_dump()))
+        return Planned.of(store_ops.prepare_store(self.settings.model_dump()))
 
     def calibrate(self, root: str, gen: str) -> dict[str, Any] | None:
         return calibrate(Store(root, gen), self.backend)
@@ -54,7 +54,7 @@ class OnDisk(Executor):
         return reuse_gen
 
     def export(self, root: str, gen: str, upload_to: str | None) -> dict[str, Any]:
-        return fanout.export_store(root, gen, upload_to)
+        return store_ops.export_store(root, gen, upload_to)
 
 
 def check_model_revision(store: Store, manifest: dict[str, Any]) -> None:

@@ -333,7 +333,7 @@ def test_a_token_chunked_shard_is_embedded_from_its_ids(
     import pyarrow.parquet as pq
 
     from wikiembed.backends.base import Serialized
-    from wikiembed.checkpoint import embed_shard, read_vectors
+    from wikiembed.embedding import embed_shard, read_vectors
     from wikiembed.chunking import Chunking, chunk_table, write_parquet_atomic
     from wikiembed.sample import generate_articles
     from wikiembed.store import Store

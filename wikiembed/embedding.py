@@ -1,4 +1,5 @@
-"""The checkpoint step: embed one shard's chunks and commit `data/NNNNN.parquet` + its marker.
+"""The embed step's core: embed one shard's chunks and commit `data/NNNNN.parquet` + its marker
+(the checkpoint), whoever runs the shard (`wikiembed.executors`).
 
 Order of writes is what makes resume safe: rows are streamed into a hidden
 temp file, fsynced, renamed to `data/NNNNN.parquet`, and only then is the
@@ -24,7 +25,7 @@ import os
 import shlex
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa

@@ -1,6 +1,8 @@
-"""Work done where the store is: one whole shard, and the store's own small operations.
+"""The store's operations, run where the store is: one whole shard, and the store's own small steps.
 
-With `--backend modal` the flow fans out shard references, not text: a GPU
+The executors call these functions: in the flow's process for a local store, in a shard worker
+process (`wikiembed.shard_workers`), or in a Modal container at a store's Volume. With
+`--backend modal` the flow fans out shard references, not text: a GPU
 container runs `run_shard` on the store mounted from a Modal Volume (read the
 shard's rows from the snapshot, chunk, embed, write `data/NNNNN.parquet`, then its
 marker) and returns the marker; before the first shard, one such container fixes the
@@ -25,7 +27,7 @@ from typing import Any
 from wikiembed.backends.base import Backend
 from wikiembed.backends.factory import BackendOptions
 from wikiembed.calibration import calibrate
-from wikiembed.checkpoint import VectorSource, embed_shard, record_vector_kind
+from wikiembed.embedding import VectorSource, embed_shard, record_vector_kind
 from wikiembed.chunking import chunk_shard_parts
 from wikiembed import reuse_index
 from wikiembed.plan import diff_generations, prepare, promote
