@@ -278,7 +278,7 @@ def data_plane(work: Path, articles: int, shard_rows: int) -> dict[str, Any]:
         root, gen = planned["store"], planned["gen"]
         store = Store(root, gen)
         snapshot = pq.read_table(store.snapshot_path, columns=["text"]).column("text").to_pylist()
-        plan = store.read_manifest()["plan"]["shards"]
+        plan = store.read_manifest().plan.shards
         opts = BackendOptions("tei", tei_url=(url,))
         for _ in range(100):  # wait for the server, then warm up: tokenizer, worker pool, connections
             try:

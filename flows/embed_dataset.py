@@ -55,6 +55,7 @@ from wikiembed.tasks.export import export_task
 from wikiembed.tasks.index import index_task
 from wikiembed.tasks.retry import attempts_of
 from wikiembed.volume_store import open_store
+from wikiembed.records import Manifest
 
 # Each shard in flight holds a pool thread (its embed task); see the executors' concurrency.
 # The UI's progress artifact is updated at most this often: each update is an API call
@@ -106,7 +107,7 @@ def run_shards(
     (and its export) to the run that holds it."""
     logger = get_run_logger()
     manifest = store.read_manifest()
-    total = len(manifest["plan"]["shards"])
+    total = len(manifest.plan.shards)
     progress = Progress.start(total=total, done=done_before)
     artifact_id = create_progress_artifact(
         progress.fraction * 100, key=artifact_key("progress", store), description=f"shards of {store.root}"
@@ -115,7 +116,7 @@ def run_shards(
     results: dict[int, dict[str, Any]] = {}
     failures: dict[int, str] = {}
     failed_attempts: dict[int, int] = {}
-    model = manifest["model"]["model_id"]
+    model = manifest.model.model_id
     if retries_before is None:
         retries_before = executor.request_retries(model)
     _record_vector_kind(executor, store, logger)
@@ -190,19 +191,19 @@ def _summary(
         "store": str(store.root),
         "generation": store.gen,
         "source": source_label(settings.source, settings.config),
-        "model": manifest["model"]["model_id"],
-        "revision": manifest["model"]["revision"],
+        "model": manifest.model.model_id,
+        "revision": manifest.model.revision,
         "backend": settings.backend,
         "device": device,
-        "chunking": manifest["chunking"],
+        "chunking": manifest.chunking,
         "tokenizer": _tokenizer_name(executor, manifest),
         "shards_total": len(states),
         "shards_done": len(done),
         "shards_failed": sum(s.state == "failed" for s in states),
         "failed_shards": sorted(s.shard for s in states if s.state == "failed"),
         "pending_shards": sorted(s.shard for s in states if s.state == "pending"),
-        "rows": manifest["plan"]["rows"],
-        "skipped_rows": sum(manifest.get("skipped", {}).values()),
+        "rows": manifest.plan.rows,
+        "skipped_rows": sum(manifest.skipped.values()),
         "chunks": sum(s.chunks or 0 for s in done),
         "embedded_chunks": sum(r.get("embedded_chunks", 0) for r in results),
         "reused_chunks": sum(r.get("reused_chunks", 0) for r in results),
@@ -215,12 +216,12 @@ def _summary(
     }
 
 
-def _tokenizer_name(executor: Executor, manifest: dict[str, Any]) -> str | None:
+def _tokenizer_name(executor: Executor, manifest: Manifest) -> str | None:
     """Which tokenizer cut the token chunker's chunks: blingfire or tokenizers (same chunks either way)."""
-    if manifest["chunking"]["chunker"] != "tokens":
+    if manifest.chunking["chunker"] != "tokens":
         return None
     try:
-        return fast_tokenizer.name(load_tokenizer(manifest["model"]["model_id"]), executor.tokenizer_choice())
+        return fast_tokenizer.name(load_tokenizer(manifest.model.model_id), executor.tokenizer_choice())
     except WikiembedError:  # a model only the executor's machines can reach
         return None
 
@@ -312,16 +313,16 @@ def source_label(source: str, config: str | None) -> str:
     return f"{source}:{config}" if config else source
 
 
-def run_tags(settings: RunSettings, manifest: dict[str, Any]) -> list[str]:
+def run_tags(settings: RunSettings, manifest: Manifest) -> list[str]:
     """Tags that say what ran, on the flow run (filterable in the UI).
 
     Not on the shard task runs: Prefect takes a tag-based concurrency slot for every tag of a
     task run as it starts (one more API call per task, lease included), which cut a Modal run's
     dispatch rate here by more than half (58 against 20 shards/s, `bench/fanout.py`)."""
-    return [f"model:{manifest['model']['model_id']}", f"source:{source_label(settings.source, settings.config)}", f"backend:{settings.backend}"]
+    return [f"model:{manifest.model.model_id}", f"source:{source_label(settings.source, settings.config)}", f"backend:{settings.backend}"]
 
 
-def _tag_flow_run(settings: RunSettings, manifest: dict[str, Any]) -> None:
+def _tag_flow_run(settings: RunSettings, manifest: Manifest) -> None:
     # A flow run's tags are fixed when it is created (by a deployment or a caller) before the
     # model is resolved; add ours to the ones it has.
     context = FlowRunContext.get()
@@ -332,8 +333,8 @@ def _tag_flow_run(settings: RunSettings, manifest: dict[str, Any]) -> None:
         client.update_flow_run(context.flow_run.id, tags=current + [t for t in run_tags(settings, manifest) if t not in current])
 
 
-def _what_runs(settings: RunSettings, manifest: dict[str, Any]) -> str:
-    return f"source {source_label(settings.source, settings.config)}, model {manifest['model']['model_id']}, backend {settings.backend}"
+def _what_runs(settings: RunSettings, manifest: Manifest) -> str:
+    return f"source {source_label(settings.source, settings.config)}, model {manifest.model.model_id}, backend {settings.backend}"
 
 
 def _embed_run_name() -> str:
@@ -350,9 +351,9 @@ def _rerun_run_name() -> str:
     return f"re-embed {what} of {params['store']}"
 
 
-def _announce_estimate(store: Any, manifest: dict[str, Any], pending: list[int], settings: RunSettings) -> dict[str, Any] | None:
+def _announce_estimate(store: Any, manifest: Manifest, pending: list[int], settings: RunSettings) -> dict[str, Any] | None:
     """What the pending shards should take, from the snapshot: one line on stderr and a markdown artifact."""
-    shards = manifest["plan"]["shards"]
+    shards = manifest.plan.shards
     try:
         predicted = store_estimate(
             store.snapshot_path, [tuple(shards[k]) for k in pending], manifest, backend=settings.backend,
@@ -384,7 +385,7 @@ def _finish(executor: Executor, store: StoreView, run: dict[str, Any], started: 
     indexed = index_task(str(store.root), store.gen, settings.output.index) if here and settings.output.index else None
     if all_done:
         export_task(executor, str(store.root), str(store.gen), settings.upload_to)
-    device = executor.device(store.read_manifest()["model"]["model_id"], bool(run["results"]))
+    device = executor.device(store.read_manifest().model.model_id, bool(run["results"]))
     summary = _summary(executor, store, run, time.perf_counter() - started, device, states)
     if changes:
         summary["changes"] = changes
@@ -464,7 +465,7 @@ def embed_dataset(**options: Any) -> dict[str, Any] | State:
         _tag_flow_run(settings, manifest)
         states = s.states(manifest)
         pending = [st.shard for st in states if st.state != "done"]
-        model = manifest["model"]["model_id"]
+        model = manifest.model.model_id
         retries_before = executor.request_retries(model)
         if pending:
             executor.check_backend(model)
@@ -473,7 +474,7 @@ def embed_dataset(**options: Any) -> dict[str, Any] | State:
         manifest = s.read_manifest()
         # The estimate reads the snapshot, so only where it is on this machine.
         predicted = _announce_estimate(s, manifest, pending, settings) if pending and executor.data_here else None
-        total = len(manifest["plan"]["shards"])
+        total = len(manifest.plan.shards)
         get_run_logger().info(
             "%s: %d shards, %d pending (%d done); %s", s.root, total, len(pending), total - len(pending), _what_runs(settings, manifest)
         )
@@ -511,7 +512,7 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
     selection = parse_shards(shards)
     s = open_store(store)
     manifest = s.read_manifest()
-    total = len(manifest["plan"]["shards"])
+    total = len(manifest.plan.shards)
     states = s.states(manifest)
     if selection == "failed":
         # Failed shards, and shards whose data no longer matches their marker (damaged since).
@@ -521,7 +522,7 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
         if bad:
             raise InputError(f"--shards {bad}: this store has shards 0..{total - 1}; see `wikiembed status --store {shlex.quote(str(store))}`.")
         ids = selection
-    settings = RunSettings(**manifest["settings"])
+    settings = RunSettings(**manifest.settings)
     executor = executor_for(settings)
     _use_tokenizer(settings)
     _tag_flow_run(settings, manifest)
@@ -530,7 +531,7 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
         _what_runs(settings, manifest),
     )
     with s.lock() as lease:
-        model = manifest["model"]["model_id"]
+        model = manifest.model.model_id
         retries_before = executor.request_retries(model)
         reuse_gen = executor.prepare_rerun(s, manifest, ids)  # everything it needs, checked before it starts
         calibrate_task(executor, str(s.root), str(s.gen))

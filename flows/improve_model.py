@@ -114,7 +114,7 @@ def improve_model(
                 tuned["before"]["mrr"], tuned["after"]["mrr"])
 
     # The old store's own settings with the new model, into the new store; published only below, if better.
-    run = {**old.manifest["settings"], "store": settings.new_store, "model": tuned["out"], "upload_to": None}
+    run = {**old.manifest.settings, "store": settings.new_store, "model": tuned["out"], "upload_to": None}
     state = embed_dataset(**run, return_state=True)
     if not state.is_completed():
         summary = state.data.summary if isinstance(state.data, ShardsFailed) else None

@@ -427,7 +427,7 @@ def publish(
             dest = Path(where)
             summary.update(url=str(dest), committed=_copy_to_dir(staging, files, dest))
         else:
-            model_id = (manifest.get("model") or {}).get("model_id", "unknown")
+            model_id = manifest.model.model_id
             url, committed = upload_folder(
                 staging,
                 where,

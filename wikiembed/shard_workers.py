@@ -113,7 +113,7 @@ def _run_in_worker(
     root: str, gen: str, shard: int, options: BackendOptions, workers: int, reuse_gen: str | None
 ) -> dict[str, Any]:
     """Worker body: the shard through `run_shard`, with this process's client and index."""
-    model = Store(root, gen).read_manifest()["model"]["model_id"]
+    model = Store(root, gen).read_manifest().model.model_id
     backend = options.open(model, clients=workers)
     before = int(getattr(backend, "retries", 0))
     reuse = reuse_index.shared(root, reuse_gen) if reuse_gen else None

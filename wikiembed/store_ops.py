@@ -75,10 +75,10 @@ def run_shard(
         return marker
     manifest = store.read_manifest()
     if isinstance(backend, BackendOptions):
-        backend = backend.open(manifest["model"]["model_id"])
-    start, end = manifest["plan"]["shards"][shard]
-    if reuse is None and reuse_previous and manifest.get("previous_generation"):
-        reuse = reuse_index.shared(root, manifest["previous_generation"], sync)
+        backend = backend.open(manifest.model.model_id)
+    start, end = manifest.plan.shards[shard]
+    if reuse is None and reuse_previous and manifest.previous_generation:
+        reuse = reuse_index.shared(root, manifest.previous_generation, sync)
     # Embedding starts with the shard's first chunks while worker processes cut the rest, so
     # the GPU and the CPU work at the same time; the chunk file is complete before the marker.
     with contextlib.closing(chunk_shard_parts(store, shard, manifest, chunk_workers)) as chunks:
@@ -121,7 +121,7 @@ def view_store(root: str, gen: str | None = None, sync: StoreSync = LOCAL, with_
     states = store.states(manifest) if with_states else []
     return {
         "gen": store.gen,
-        "manifest": {k: manifest[k] for k in MANIFEST_VIEW if k in manifest},
+        "manifest": manifest.model_dump(mode="json", include=set(MANIFEST_VIEW)),
         "states": [{f: getattr(s, f) for f in STATE_VIEW} for s in states],
     }
 

@@ -17,6 +17,7 @@ from wikiembed.backends.base import VectorKind
 from wikiembed.embedding import embed_shard, read_vectors
 from wikiembed.errors import StoreError
 from wikiembed.chunking import CHUNK_SCHEMA, write_parquet_atomic
+from wikiembed.records import Manifest, ModelRecord, ShardPlan
 from wikiembed.store import Store
 
 
@@ -38,8 +39,8 @@ def _store(tmp_path: Path, shards: int = 3) -> Store:
     root = Store(tmp_path / "store", "g1")
     root.ensure_writable()
     root.set_pointer("current", "g1")
-    root.write_manifest({"plan": {"shards": [[i * 2, i * 2 + 2] for i in range(shards)], "rows": shards * 2, "shard_rows": 2},
-                         "model": {"model_id": "hash-test", "dim": 8}})
+    root.write_manifest(Manifest(plan=ShardPlan(shards=[(i * 2, i * 2 + 2) for i in range(shards)], rows=shards * 2, shard_rows=2),
+                                 model=ModelRecord(model_id="hash-test", revision="test", dim=8), chunking={"chunker": "chars"}))
     for k in range(shards):
         rows = [
             {"id": str(k), "url": "", "title": "", "chunk_index": i, "char_start": 0, "char_end": 5, "text": f"s{k}c{i}"}

@@ -32,6 +32,7 @@ from wikiembed import reuse_index
 from wikiembed.backends.factory import BackendOptions
 from wikiembed.errors import BackendError, InputError, TransientBackendError, WikiembedError
 from wikiembed.volume_store import check_store_for_backend
+from wikiembed.records import Manifest
 
 if TYPE_CHECKING:
     from wikiembed.settings import RunSettings
@@ -49,7 +50,7 @@ class StoreView(Protocol):
 
     def exists(self) -> bool: ...
     def read_manifest(self) -> dict[str, Any]: ...
-    def states(self, manifest: dict[str, Any] | None = None) -> "list[ShardState]": ...
+    def states(self, manifest: Manifest | None = None) -> "list[ShardState]": ...
     def mark_failed(self, shard: int, error: str, attempts: int) -> None: ...
     def forget(self, shard: int) -> None: ...
     def lock(self, wait_s: float = 0.0) -> ContextManager[Any]: ...
@@ -144,7 +145,7 @@ class Executor(ABC):
         machine can read them (else the export step does, where the store is)."""
 
     @abstractmethod
-    def prepare_rerun(self, store: StoreView, manifest: dict[str, Any], shards: list[int]) -> str | None:
+    def prepare_rerun(self, store: StoreView, manifest: Manifest, shards: list[int]) -> str | None:
         """Everything a rerun of `shards` needs, checked before it starts; return the generation
         whose vectors the shards may reuse."""
 

@@ -42,7 +42,7 @@ class InProcess(OnDisk):
             raise
         backend = self.backend.open(job.model)
         reuse = reuse_index.shared(job.root, job.reuse_gen) if job.reuse_gen else None
-        start, end = manifest["plan"]["shards"][job.shard]
+        start, end = manifest.plan.shards[job.shard]
         return embed_shard(store, job.shard, backend, end - start, reuse=reuse, progress=Progress.current().add_chunks)
 
     def device(self, model: str, embedded: bool) -> str:

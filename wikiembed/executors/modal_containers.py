@@ -19,6 +19,7 @@ from wikiembed.calibration import needs_calibration
 from wikiembed.executors.base import MAX_CONCURRENCY, Executor, Planned, ShardJob, StoreView
 from wikiembed.progress import Progress
 from wikiembed.volume_store import VolumeStore, mount_path
+from wikiembed.records import Manifest
 
 
 class ModalContainers(Executor):
@@ -42,9 +43,9 @@ class ModalContainers(Executor):
     def calibrate(self, root: str, gen: str) -> dict[str, Any] | None:
         manifest = VolumeStore(root, gen).read_manifest()
         if not needs_calibration(manifest):
-            return (manifest.get("compact") or {}).get("int8")
+            return manifest.int8
         # In a shard container at the Volume, with the backend that embeds the shards.
-        return self._shards(manifest["model"]["model_id"]).calibrate(mount_path(root), gen)
+        return self._shards(manifest.model.model_id).calibrate(mount_path(root), gen)
 
     def run_shard(self, job: ShardJob) -> dict[str, Any]:
         # The container takes the previous generation's vectors itself (its reuse index on the Volume).
@@ -52,7 +53,7 @@ class ModalContainers(Executor):
         Progress.current().add_chunks(int(marker.get("chunks", 0)))
         return marker
 
-    def prepare_rerun(self, store: StoreView, manifest: dict[str, Any], shards: list[int]) -> str | None:
+    def prepare_rerun(self, store: StoreView, manifest: Manifest, shards: list[int]) -> str | None:
         for k in shards:  # a remote shard skips what its marker says is done
             store.forget(k)
         return None

@@ -20,6 +20,7 @@ from wikiembed.executors.base import Executor, Planned, StoreView
 from wikiembed.model import model_info
 from wikiembed.plan import check_snapshot
 from wikiembed.store import Store
+from wikiembed.records import Manifest
 
 
 class OnDisk(Executor):
@@ -39,15 +40,15 @@ class OnDisk(Executor):
     def pin_kind(self, store: StoreView) -> None:
         record_vector_kind(Store(store.root, store.gen))
 
-    def prepare_rerun(self, store: StoreView, manifest: dict[str, Any], shards: list[int]) -> str | None:
+    def prepare_rerun(self, store: StoreView, manifest: Manifest, shards: list[int]) -> str | None:
         # A shard's old file and marker stay until its new file replaces them (atomically), so a
         # failed rerun loses nothing; everything it needs is checked before it starts.
         s = Store(store.root, store.gen)
         s.ensure_writable()
         check_snapshot(s, manifest)
         check_model_revision(s, manifest)
-        self.check_backend(manifest["model"]["model_id"])
-        reuse_gen = manifest.get("previous_generation")
+        self.check_backend(manifest.model.model_id)
+        reuse_gen = manifest.previous_generation
         reuse_gen = reuse_gen if reuse_gen and Store(s.root, reuse_gen).exists() else None
         if reuse_gen:  # as the download step does: shard workers load it instead of each building it
             reuse_index.ReuseIndex(Store(s.root, reuse_gen)).save()
@@ -57,14 +58,14 @@ class OnDisk(Executor):
         return store_ops.export_store(root, gen, upload_to)
 
 
-def check_model_revision(store: Store, manifest: dict[str, Any]) -> None:
+def check_model_revision(store: Store, manifest: Manifest) -> None:
     """A rerun redoes shards with the generation's own model: refuse (before any file changes) when the
     model's files are no longer the ones its other shards were embedded with."""
-    recorded = manifest["model"]["revision"]
-    info = model_info(manifest["model"]["model_id"])
+    recorded = manifest.model.revision
+    info = model_info(manifest.model.model_id)
     if info.revision != recorded:
         raise InputError(
-            f"model {manifest['model']['model_id']!r}: its files at {info.path} changed since store {store.root} was "
+            f"model {manifest.model.model_id!r}: its files at {info.path} changed since store {store.root} was "
             f"embedded (revision {recorded} then, {info.revision} now), and a rerun must use the weights its other "
             "shards were made with. Put those files back to rerun; or, to embed with the new files, run the "
             "`wikiembed run` that made the store again: it builds a new generation from the new revision and "
