@@ -15,6 +15,7 @@ import pytest
 from wikiembed.evaluate import sample_articles
 from wikiembed.flows.cli import main
 from wikiembed.search import StoreVectors
+from wikiembed.records import Marker
 from wikiembed.store import Store, sha256_file
 
 # One form of each index kind: f32, f16, i8 and b1 (binary at 128 dimensions: 16 bytes a vector).
@@ -97,7 +98,8 @@ def test_an_index_of_other_data_is_ignored_with_a_warning(store, tmp_path, capsy
     pq.write_table(table.take(list(range(table.num_rows))[::-1]), path, compression="zstd")
     st = path.stat()
     marker = json.loads(s.done_path(1).read_text())
-    s.mark_done(1, {**marker, "sha256": sha256_file(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino})
+    s.mark_done(1, Marker.model_validate({**marker, "sha256": sha256_file(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                          "inode": st.st_ino}))
 
     out = tmp_path / "hits.json"
     assert main(["search", "--store", str(store), "leave the innermost loop", "-k", "3", "--json", str(out)]) == 0
