@@ -13,8 +13,10 @@ included; subprocess tests get its URL through `cli_env`. `make test` runs the s
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,29 @@ def cli_env(prefect_api):
 def wikiembed_cmd():
     """argv prefix that runs the CLI with this interpreter."""
     return [sys.executable, "-m", "wikiembed.flows.cli"]
+
+
+def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder that `build(folder)` fills once per test run, xdist workers included; returns it.
+
+    Under xdist the first worker that asks builds it in the run's shared temp root (under a file
+    lock, so the other waits rather than building it again); a failed build leaves nothing, and the
+    next worker that asks builds it again (and fails the same way). Callers must not change the
+    folder: copy it first (`shutil.copytree`) where a test writes into it."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # pytest-N/, shared by this run's workers (each has pytest-N/popen-gwK/)
+    folder, done = base / f"shared-{name}", base / f"shared-{name}.done"
+    with FileLock(str(base / f"shared-{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            try:
+                build(folder)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            done.touch()
+    return folder
