@@ -84,3 +84,22 @@ def compact_store(prefect_api, topics, tmp_path_factory):
     store = tmp_path_factory.mktemp("compact") / "store"
     shutil.copytree(built / "store", store, symlinks=True)
     return store
+
+
+@pytest.fixture(scope="module")
+def published_store(prefect_api, topics, tmp_path_factory):
+    """(store, its published folder) of the topics in 9 shards, published to a folder, for the improve-model tests.
+
+    Embedded once per test run (see `build_once`); each test module gets its own copy of both folders,
+    since the flow publishes into the folder and writes into the store."""
+
+    def build(base: Path) -> None:
+        summary = embed_dataset(source=str(topics), store=str(base / "store"), shard_rows=4,
+                                upload_to=f"dir:{base / 'published'}")
+        assert summary["shards_done"] == summary["shards_total"] == 9
+
+    built = build_once(tmp_path_factory, "improve", build)
+    base = tmp_path_factory.mktemp("improve")
+    for name in ("store", "published"):
+        shutil.copytree(built / name, base / name, symlinks=True)
+    return base / "store", base / "published"
