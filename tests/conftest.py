@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Seconds each of the longest test files took (`--durations=0`, summed per file, on a busy 2-core
 # machine: only the order matters). `make test` runs files on 2 xdist workers in collection order
-# (--dist loadgroup --no-loadscope-reorder, a file being a group), and the files are collected longest first, so that no long file starts last
+# (--no-loadscope-reorder), and the files are collected longest first, so that no long file starts last
 # and leaves the other worker idle. A file not listed counts as 0 s and keeps its place.
 FILE_SECONDS = {
     "tests/flows/test_improve_model_publish.py": 245,
@@ -73,26 +73,11 @@ FILE_SECONDS = {
 }
 
 
-# The quick tier's files that compare with sentence-transformers (a ~6 s import in each process that
-# makes one) share one xdist group, so one worker imports it and the other never does.
-SENTENCE_TRANSFORMERS_FILES = frozenset({
-    "tests/wikiembed/backends/test_engine.py",
-    "tests/wikiembed/backends/test_model_shapes.py",
-    "tests/wikiembed/test_finetune_parity.py",
-})
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks (--dist loadgroup)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     flows = ROOT / "tests" / "flows"
     for item in items:
         if flows in Path(str(item.path)).parents:
             item.add_marker(pytest.mark.slow)
-        # Under `--dist loadgroup` (the Makefile's) a test file is a group: its tests run on one worker,
-        # in order, and its module fixtures are built once.
-        if not any(item.iter_markers("xdist_group")):
-            file = _file(item)
-            item.add_marker(pytest.mark.xdist_group("sentence-transformers" if file in SENTENCE_TRANSFORMERS_FILES else file))
     # Longest files first; a file's own tests keep their order (the sort is stable).
     items.sort(key=lambda item: -FILE_SECONDS.get(_file(item), 0))
 

@@ -19,17 +19,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-if importlib.util.find_spec("sentence_transformers") is None:
-    pytest.skip("could not import 'sentence_transformers'", allow_module_level=True)
-
-
-def SentenceTransformer(*args, **kwargs):  # noqa: N802
-    """sentence_transformers.SentenceTransformer, imported (~6 s of CPU) by the first test that needs it, not at
-    collection: under xdist only the worker that runs the reference comparisons pays for the import."""
-    from sentence_transformers import SentenceTransformer as reference
-
-    return reference(*args, **kwargs)
-
+SentenceTransformer = pytest.importorskip("sentence_transformers").SentenceTransformer
 
 from wikiembed.backends import engine as engine_module  # noqa: E402
 from wikiembed.backends.engine import TorchEngine, plan_batches  # noqa: E402
