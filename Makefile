@@ -11,9 +11,11 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 SAMPLE ?= sample:2000
 # Tests run on 2 worker processes: much of a test's time is a subprocess starting or a server
-# answering, so two keep both cores busy. TEST_WORKERS=0 runs them in this process.
+# answering, so two keep both cores busy. TEST_WORKERS=0 runs them in this process. A test file runs
+# on one worker (its module fixtures built once), files handed out in collection order: longest first
+# (tests/conftest.py FILE_SECONDS), so that the last file to start is a short one.
 TEST_WORKERS ?= 2
-XDIST := -n $(TEST_WORKERS) --dist loadfile
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: install sample test test-fast bench clean
 

@@ -13,8 +13,10 @@ included; subprocess tests get its URL through `cli_env`. `make test` runs the s
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,11 +35,64 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# Seconds each of the longest test files took (`--durations=0`, summed per file, in a whole run on a
+# 2-core machine shared with two other test runs: only the order matters). `make test` runs files on 2 xdist workers in collection order
+# (--no-loadscope-reorder), and the files are collected longest first, so that no long file starts last
+# and leaves the other worker idle. A file not listed counts as 0 s and keeps its place.
+FILE_SECONDS = {
+    "tests/flows/test_reliability.py": 799,
+    "tests/flows/test_prefect_versions.py": 480,
+    "tests/flows/test_published.py": 449,
+    "tests/flows/test_finetune.py": 399,
+    "tests/flows/test_improve_model_publish.py": 379,
+    "tests/flows/test_improve_model.py": 352,
+    "tests/flows/test_model_shapes.py": 327,
+    "tests/flows/test_deployments.py": 212,
+    "tests/flows/test_cli.py": 197,
+    "tests/flows/test_signals.py": 191,
+    "tests/flows/test_mistakes.py": 178,
+    "tests/wikiembed/test_fast_tokenizer.py": 175,
+    "tests/flows/test_embed_dataset.py": 147,
+    "tests/flows/test_modal_fanout.py": 140,
+    "tests/flows/test_incremental.py": 135,
+    "tests/flows/test_hub_daily.py": 119,
+    "tests/modal_workers/test_finetune_app.py": 113,
+    "tests/flows/test_tokenizer_choice.py": 102,
+    "tests/flows/test_snapshot_stops.py": 94,
+    "tests/flows/test_vector_identity.py": 57,
+    "tests/flows/test_tei_workers.py": 53,
+    "tests/wikiembed/test_publish.py": 44,
+    "tests/wikiembed/backends/test_model_shapes.py": 33,
+    "tests/flows/test_cli_output.py": 24,
+    "tests/wikiembed/backends/test_engine.py": 24,
+    "tests/wikiembed/backends/test_tei.py": 16,
+    "tests/flows/test_ui_reports.py": 15,
+    "tests/wikiembed/test_hub_source.py": 12,
+    "tests/modal_workers/test_modal_apps.py": 11,
+    "tests/wikiembed/test_reuse_index.py": 11,
+    "tests/wikiembed/test_finetune_parity.py": 11,
+    "tests/wikiembed/test_sources.py": 10,
+}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     flows = ROOT / "tests" / "flows"
     for item in items:
         if flows in Path(str(item.path)).parents:
             item.add_marker(pytest.mark.slow)
+    # Longest files first; a file's own tests keep their order (the sort is stable).
+    items.sort(key=lambda item: -FILE_SECONDS.get(_file(item), 0))
+
+
+def _file(item: pytest.Item) -> str:
+    return Path(str(item.path)).relative_to(ROOT).as_posix()
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """`-m "not slow"` (make test-fast) does not import tests/flows/: every test there is slow (above)."""
+    if (config.option.markexpr or "").strip() == "not slow" and collection_path == ROOT / "tests" / "flows":
+        return True
+    return None
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -94,3 +149,29 @@ def cli_env(prefect_api):
 def wikiembed_cmd():
     """argv prefix that runs the CLI with this interpreter."""
     return [sys.executable, "-m", "wikiembed.flows.cli"]
+
+
+def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder that `build(folder)` fills once per test run, xdist workers included; returns it.
+
+    Under xdist the first worker that asks builds it in the run's shared temp root (under a file
+    lock, so the other waits rather than building it again); a failed build leaves nothing, and the
+    next worker that asks builds it again (and fails the same way). Callers must not change the
+    folder: copy it first (`shutil.copytree`) where a test writes into it."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # pytest-N/, shared by this run's workers (each has pytest-N/popen-gwK/)
+    folder, done = base / f"shared-{name}", base / f"shared-{name}.done"
+    with FileLock(str(base / f"shared-{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            try:
+                build(folder)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            done.touch()
+    return folder

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import build_once
 from tests.corpus import python_topics
 from wikiembed.flows.embed_dataset import embed_dataset
 
@@ -31,26 +33,33 @@ def data_files(store: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory, prefect_api):
-    """(store, summary, completed process) of an uninterrupted `wikiembed run`, exported to a folder."""
+    """(store, summary, completed process) of an uninterrupted `wikiembed run`, exported to a folder.
+
+    One run per test run (see `build_once`): tests only read it."""
     env = dict(os.environ, PREFECT_API_URL=prefect_api)
-    base = tmp_path_factory.mktemp("reference")
-    store, summary_path = base / "store", base / "summary.json"
-    proc = run_cli(env, "run", *REFERENCE_ARGS, "--store", str(store), "--summary-json", str(summary_path),
-                   "--upload-to", f"dir:{base / 'published'}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return store, json.loads(summary_path.read_text()), proc
+
+    def build(base: Path) -> None:
+        store, summary_path = base / "store", base / "summary.json"
+        proc = run_cli(env, "run", *REFERENCE_ARGS, "--store", str(store), "--summary-json", str(summary_path),
+                       "--upload-to", f"dir:{base / 'published'}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (base / "proc.json").write_text(json.dumps({"args": proc.args, "returncode": proc.returncode,
+                                                    "stdout": proc.stdout, "stderr": proc.stderr}))
+
+    base = build_once(tmp_path_factory, "reference", build)
+    proc = subprocess.CompletedProcess(**json.loads((base / "proc.json").read_text()))
+    return base / "store", json.loads((base / "summary.json").read_text()), proc
 
 
 @pytest.fixture(scope="session")
 def topics(tmp_path_factory):
-    """Python's reference topics up to 1,200 characters (34 articles) as a jsonl source."""
-    return python_topics(tmp_path_factory.mktemp("topics") / "topics.jsonl", max_chars=1200)
+    """Python's reference topics up to 1,200 characters (34 articles) as a jsonl source (one file per test run)."""
+    folder = build_once(tmp_path_factory, "topics",
+                        lambda folder: python_topics(folder / "topics.jsonl", max_chars=1200))
+    return folder / "topics.jsonl"
 
 
-@pytest.fixture(scope="session")
-def compact_store(prefect_api, topics, tmp_path_factory):
-    """A store of `topics` with every compact form at 384 and 128 dimensions (3 shards), for search, index and eval."""
-    store = tmp_path_factory.mktemp("compact") / "store"
+def _build_compact_store(store: Path, topics: Path) -> None:
     summary = embed_dataset(
         source=str(topics), store=str(store), shard_rows=12,
         output={"dimensions": [384, 128], "precision": ["float32", "float16", "int8", "binary"], "eval_sample": 10},
@@ -63,4 +72,34 @@ def compact_store(prefect_api, topics, tmp_path_factory):
     # The run's own retrieval check, recorded before the card was written.
     assert summary["eval"]["n"] == 10 and 0 <= summary["eval"]["recall_at_10"] <= 1
     assert "## Retrieval check" in (store / "README.md").read_text()
+
+
+@pytest.fixture(scope="session")
+def compact_store(prefect_api, topics, tmp_path_factory):
+    """A store of `topics` with every compact form at 384 and 128 dimensions (3 shards), for search, index and eval.
+
+    Embedded once per test run (see `build_once`); each xdist worker gets its own copy, since eval
+    records into the store's card."""
+    built = build_once(tmp_path_factory, "compact", lambda folder: _build_compact_store(folder / "store", topics))
+    store = tmp_path_factory.mktemp("compact") / "store"
+    shutil.copytree(built / "store", store, symlinks=True)
     return store
+
+
+@pytest.fixture(scope="module")
+def published_store(prefect_api, topics, tmp_path_factory):
+    """(store, its published folder) of the topics in 9 shards, published to a folder, for the improve-model tests.
+
+    Embedded once per test run (see `build_once`); each test module gets its own copy of both folders,
+    since the flow publishes into the folder and writes into the store."""
+
+    def build(base: Path) -> None:
+        summary = embed_dataset(source=str(topics), store=str(base / "store"), shard_rows=4,
+                                upload_to=f"dir:{base / 'published'}")
+        assert summary["shards_done"] == summary["shards_total"] == 9
+
+    built = build_once(tmp_path_factory, "improve", build)
+    base = tmp_path_factory.mktemp("improve")
+    for name in ("store", "published"):
+        shutil.copytree(built / name, base / name, symlinks=True)
+    return base / "store", base / "published"

@@ -1,6 +1,8 @@
 """The `improve-model` flow on real text (Python's reference topics, 9 shards) with the bundled model, 1 epoch on
 the CPU: re-embedding into a new store, keeping the old one published when the new model is not better
-(trained on shuffled pairs), and resuming after a SIGKILL."""
+(trained on shuffled pairs), and resuming after a SIGKILL. Publishing a better model (3 epochs) is in
+test_improve_model_publish.py, so that the two files run side by side on two xdist workers; the published store
+they start from is the `published_store` fixture (tests/flows/conftest.py)."""
 
 from __future__ import annotations
 
@@ -18,18 +20,7 @@ import pytest
 
 from tests.flows.conftest import ROOT
 from tests.flows.test_finetune import title_pairs
-from wikiembed.flows.embed_dataset import embed_dataset
 from wikiembed.flows.improve_model import improve_model
-
-
-@pytest.fixture(scope="module")
-def published_store(prefect_api, topics, tmp_path_factory):
-    """(store, its published folder) of the topics in 9 shards, published to a folder."""
-    base = tmp_path_factory.mktemp("improve")
-    store, published = base / "store", base / "published"
-    summary = embed_dataset(source=str(topics), store=str(store), shard_rows=4, upload_to=f"dir:{published}")
-    assert summary["shards_done"] == summary["shards_total"] == 9
-    return store, published
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -107,26 +98,3 @@ def test_a_killed_loop_resumes_where_it_stopped(published_store, topics, tmp_pat
     assert result["reembed"]["shards_done"] == 9
     assert pq.read_table(new / "data").num_rows == pq.read_table(store / "data").num_rows
     assert result["old"]["n"] == result["new"]["n"] == 7 and isinstance(result["publish"], bool)
-
-
-LEET = str.maketrans({"a": "4", "e": "3", "o": "0", "i": "1", "s": "5", "t": "7"})
-
-
-def test_a_better_model_is_published(published_store, topics, tmp_path):
-    """Titles in leetspeak ("7h3 \"br34k\" 57473m3n7"): word pieces the base model has no meaning for, so it ranks
-    poorly; three epochs teach the common words (statement, literals, operations), which the held-out titles share."""
-    store, published = published_store
-    rows = [{"query": r["title"].lower().translate(LEET), "id": r["id"]} for r in map(json.loads, topics.read_text().splitlines())]
-    pairs = tmp_path / "leet.jsonl"
-    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out, new = tmp_path / "model", tmp_path / "new-store"
-    result = improve_model(str(store), str(pairs), str(out), str(new), upload_to=f"dir:{published}", metric="recall_at_10",
-                           margin=0.05, finetune={"batch_size": 8, "epochs": 3, "learning_rate": 1e-4})
-    print(json.dumps({k: result[k] for k in ("publish", "reason", "difference")}, indent=1))
-    assert result["publish"] is True and result["published"] is not None, result["reason"]
-    lo, _ = result["difference"]["recall_at_10_ci95"]
-    assert result["difference"]["recall_at_10"] >= 0.05 and lo > 0
-    card = (published / "README.md").read_text()
-    assert str(out.resolve()) in card  # the published folder now holds the fine-tuned model's vectors
-    table = pq.read_table(published / "data")
-    assert table.num_rows == pq.read_table(new / "data").num_rows
