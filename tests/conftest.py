@@ -58,6 +58,7 @@ FILE_SECONDS = {
     "tests/flows/test_hub_daily.py": 119,
     "tests/modal_workers/test_finetune_app.py": 113,
     "tests/flows/test_tokenizer_choice.py": 102,
+    "tests/flows/test_executors.py": 100,
     "tests/flows/test_snapshot_stops.py": 94,
     "tests/flows/test_vector_identity.py": 57,
     "tests/flows/test_tei_workers.py": 53,
