@@ -24,13 +24,12 @@ Volume store, Modal's API only.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from wikiembed.errors import InputError, ShardsFailed, StoreError
+from wikiembed.errors import ShardsFailed, StoreError
 from wikiembed.finetune import FinetuneSettings
 from wikiembed.flows.embed_dataset import artifact_key, embed_dataset
 from wikiembed.improve import ImproveSettings, Metric, decide
@@ -108,8 +107,6 @@ def improve_model(
     logger = get_run_logger()
     volume = check_paths(settings.store, settings.pairs, settings.out, settings.new_store)
     if volume is None:
-        if Path(settings.new_store).expanduser().resolve() == Path(settings.store).expanduser().resolve():
-            raise InputError(f"new_store {settings.new_store}: is the store being improved; give a new folder for the new vectors.")
         recorded = StoreVectors(settings.store).manifest["settings"]
     else:
         old_store = VolumeStore(settings.store)

@@ -16,7 +16,7 @@ Touches: Modal's API (the `wikiembed-finetune` app), through `wikiembed.backends
 from __future__ import annotations
 
 import shlex
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from wikiembed.errors import InputError
@@ -46,8 +46,8 @@ def volume_path(flag: str, spec: str, volume: str, example: str) -> str:
 
 
 def check_paths(store: str, pairs: str, out: str, new_store: str | None = None, *, flags: dict[str, str] | None = None) -> str | None:
-    """The store's Volume, with every other path checked to be on it (and the new store not the old one);
-    None for a local store, whose other paths must then be local too."""
+    """The store's Volume, with every other path checked to be on it; None for a local store, whose other
+    paths must then be local too. Either way the model folder and the new store must not be the store."""
     flags = {"pairs": "pairs", "out": "out", "new_store": "new_store", **(flags or {})}
     named = {"pairs": pairs, "out": out, **({"new_store": new_store} if new_store is not None else {})}
     parsed = parse_spec(store)
@@ -58,6 +58,9 @@ def check_paths(store: str, pairs: str, out: str, new_store: str | None = None, 
                     f"{flags[key]} {spec!r}: is on a Modal Volume, but the store {store!r} is a local folder and the loop "
                     "runs where the store is; give a local path, or improve a store on that Volume (modal:VOLUME/PATH)."
                 )
+        for key in ("out", "new_store"):
+            if key in named and Path(named[key]).expanduser().resolve() == Path(store).expanduser().resolve():
+                raise InputError(f"{flags[key]} {named[key]}: is the store being improved; give a new folder.")
         return None
     volume, root = parsed
     paths = {key: volume_path(flags[key], spec, volume, example)
