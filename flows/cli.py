@@ -505,7 +505,8 @@ def _cmd_improve(args: argparse.Namespace) -> int:
             f"{METRIC_NAMES[m]} {block[m]:{sign}.3f} [{block[m + '_ci95'][0]:{sign}.3f}, {block[m + '_ci95'][1]:{sign}.3f}]"
             for m in METRIC_NAMES))
     if result["publish"]:
-        where = f"published to {result['published']['target']}" if result["published"] else "no --upload-to given, nothing uploaded"
+        where = (f"published to {result['published']['published']['target']}" if result["published"]
+                 else "no --upload-to given, nothing uploaded")
         print(f"publish ({where}): {result['reason']}")
     else:
         print(f"keep: {result['reason']}")

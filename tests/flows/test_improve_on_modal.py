@@ -129,7 +129,7 @@ def test_improve_model_on_a_volume_store_fine_tunes_reembeds_compares_and_publis
     # Published only because better, from the Volume to a folder on it.
     assert (result["publish"], result["reason"]) == decide(result["difference"], "recall_at_10", 0.05)
     assert result["publish"] is True, result["reason"]
-    assert result["published"]["target"] == published
+    assert result["published"]["published"]["target"] == published
     folder_published = cloud_dir.store("published")
     assert pq.read_table(folder_published / "data").num_rows == table.num_rows
     assert "/store/models/leet" in (folder_published / "README.md").read_text()
