@@ -452,11 +452,11 @@ def _given(args: argparse.Namespace, model: Any, skip: Sequence[str] = ()) -> di
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from wikiembed.finetune import FinetuneSettings, finetune
-    from wikiembed.volume_improve import finetune_on_volume
-    from wikiembed.volume_store import parse_spec
+    from wikiembed.volume_improve import check_paths, finetune_on_volume
 
     settings = FinetuneSettings(**_given(args, FinetuneSettings))
-    if parse_spec(args.store):  # on a Modal GPU next to the store's Volume: the model folder is written there
+    if check_paths(args.store, args.pairs, args.out, flags={"pairs": "--pairs", "out": "--out"}):
+        # On a Modal GPU next to the store's Volume: the model folder is written there.
         result = finetune_on_volume(args.store, args.pairs, args.out, settings.model_dump())
     else:
         result = finetune(args.store, args.pairs, args.out, settings)
