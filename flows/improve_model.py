@@ -41,6 +41,8 @@ from wikiembed.volume_improve import check_paths, model_mount_path
 from wikiembed.volume_store import VolumeStore, open_store
 
 METRIC_NAMES = {"recall_at_1": "recall@1", "recall_at_10": "recall@10", "mrr": "MRR@10", "ndcg_at_10": "nDCG@10"}
+# Each store's figures in the result: what was scored, and each metric with its 95% interval.
+FIGURES = ("store", "generation", "model", "n", *METRIC_NAMES, *(m + "_ci95" for m in METRIC_NAMES))
 
 
 def _report(settings: ImproveSettings, tuned: dict[str, Any], compared: dict[str, Any], publish: bool, why: str,
@@ -146,8 +148,8 @@ def improve_model(
         "published": published,
         "metric": settings.metric,
         "margin": settings.margin,
-        "old": {key: compared[key] for key in ("store", "generation", "model", "n", *METRIC_NAMES)},
-        "new": {key: compared["against"][key] for key in ("store", "generation", "model", "n", *METRIC_NAMES)},
+        "old": {key: compared[key] for key in FIGURES},
+        "new": {key: compared["against"][key] for key in FIGURES},
         "difference": difference,
         "finetune": tuned,
         "reembed": {key: reembedded[key] for key in ("chunks", "embedded_chunks", "reused_chunks", "shards_done", "shards_total")},
