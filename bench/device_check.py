@@ -142,6 +142,7 @@ def prepare_store(articles_path: Path, store_dir: Path, model: str, device: str,
         from wikiembed.chunking import make_chunking, plan_shards
         from wikiembed.model import model_info
         from wikiembed.sources import fingerprint, parse_source, write_snapshot
+        from wikiembed.records import Manifest
         from wikiembed.store import Store
 
         info = model_info(model)
@@ -150,13 +151,13 @@ def prepare_store(articles_path: Path, store_dir: Path, model: str, device: str,
         store.ensure_writable()
         write_snapshot(source, store.snapshot_path)
         rows = pq.ParquetFile(store.snapshot_path).metadata.num_rows
-        manifest = {
+        manifest = Manifest.model_validate({
             "model": {"model_id": info.model_id, "revision": info.revision, "dim": info.dim, "max_tokens": info.max_tokens},
             "chunking": make_chunking("tokens", None, 0, info.max_tokens).as_dict(),
             "compact": None,
             "plan": {"shard_rows": shard_rows, "rows": rows, "shards": plan_shards(rows, shard_rows)},
             "vectors": None,
-        }
+        })
         store.write_manifest(manifest)
         return store, manifest, f"the device check's own planning ({type(exc).__name__}: {exc})"
     prepared = prepare(RunSettings(source=str(articles_path), store=str(store_dir), model=model, device=device, shard_rows=shard_rows))
@@ -166,7 +167,7 @@ def prepare_store(articles_path: Path, store_dir: Path, model: str, device: str,
 def end_to_end(articles_path: Path, store_dir: Path, model: str, device: str, shard_rows: int) -> dict[str, Any]:
     """Parquet of whole articles -> finished store, timed; the engine is loaded (and warm) before the clock starts."""
     from wikiembed.backends.factory import open_backend
-    from wikiembed.checkpoint import embed_shard
+    from wikiembed.embedding import embed_shard
     from wikiembed.chunking import chunk_shard
 
     backend = open_backend("local", model, device=device)  # what `wikiembed run` opens: one shared engine
@@ -177,17 +178,17 @@ def end_to_end(articles_path: Path, store_dir: Path, model: str, device: str, sh
     planned = time.perf_counter()
 
     def one_shard(k: int) -> dict:
-        first, last = manifest["plan"]["shards"][k]
+        first, last = manifest.plan.shards[k]
         chunk_shard(store, k, manifest)
         return embed_shard(store, k, backend, last - first)
 
     with ThreadPoolExecutor(max_workers=SHARDS_IN_FLIGHT) as pool:
-        markers = list(pool.map(one_shard, range(len(manifest["plan"]["shards"]))))
+        markers = list(pool.map(one_shard, range(len(manifest.plan.shards))))
     seconds = time.perf_counter() - start
     assert all(store.read_done(m["shard"]) == m for m in markers)
     return {
         "e2e_chars": chars,
-        "e2e_articles": manifest["plan"]["rows"],
+        "e2e_articles": manifest.plan.rows,
         "e2e_shards": len(markers),
         "e2e_chunks": sum(m["chunks"] for m in markers),
         "e2e_seconds": round(seconds, 3),

@@ -14,7 +14,7 @@ Measured here:
 - `noop_resume_10000_shards_s`: `wikiembed run` in a fresh process over a Volume store of
   10,000 done shards: interpreter, Prefect, the store's lease, planning, the state of every
   shard, the export (card, promotion), the report.
-- `shard_chars_per_s_per_core`: `wikiembed.fanout.run_shard` (read the snapshot, token
+- `shard_chars_per_s_per_core`: `wikiembed.store_ops.run_shard` (read the snapshot, token
   chunker, TEI client, parquet + marker) on this machine against the TEI stand-in, which
   answers as fast as it can in another process (it stands for the GPU). Characters of the
   shard's articles / CPU seconds of this process and its tokenizing workers.
@@ -95,16 +95,16 @@ class InstantCloud:
         return Obj()
 
     def call(self, cls: str, method: str, args: tuple) -> Any:
-        from wikiembed import fanout
+        from wikiembed import store_ops
 
         if method == "run_shard":
             self.shard_calls += 1
             return instant_shard(self._local(args[0]), args[1], args[2])
         if method == "prepare":
-            return fanout.prepare_store({**args[0], "store": self._local(args[0]["store"])})
+            return store_ops.prepare_store({**args[0], "store": self._local(args[0]["store"])})
         if method == "view":
-            return fanout.view_store(self._local(args[0]), args[1], with_states=args[2])
-        func = {"mark_failed": fanout.mark_failed, "forget": fanout.forget, "export": fanout.export_store}[method]
+            return store_ops.view_store(self._local(args[0]), args[1], with_states=args[2])
+        func = {"mark_failed": store_ops.mark_failed, "forget": store_ops.forget, "export": store_ops.export_store}[method]
         return func(self._local(args[0]), *args[1:])
 
     def install(self) -> None:
@@ -133,7 +133,7 @@ def _one_row_file() -> bytes:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from wikiembed.checkpoint import data_schema
+        from wikiembed.embedding import data_schema
 
         schema = data_schema(384)
         row = {f.name: [None] for f in schema}
@@ -147,7 +147,7 @@ def _one_row_file() -> bytes:
 
 def instant_shard(root: str, gen: str, shard: int) -> dict[str, Any]:
     """A shard done at once: a one-chunk data file and its marker, as `embed_shard` would record them."""
-    from wikiembed.checkpoint import uncompressed_bytes
+    from wikiembed.embedding import uncompressed_bytes
     from wikiembed.store import Store, sha256_file
 
     store = Store(root, gen)
@@ -190,14 +190,14 @@ def control_plane(work: Path, shards: int) -> dict[str, float]:
     os.environ.update(ENV)
     cloud = InstantCloud(work / "cp-volume")
     cloud.install()
-    from wikiembed import fanout
+    from wikiembed import store_ops
     from wikiembed.flows.embed_dataset import embed_dataset
 
     embed_dataset(source="sample:2", store="modal:wikiembed-store/warm-up", shard_rows=1, backend="modal")  # Prefect's start
     plan = {"source": f"sample:{shards}", "shard_rows": 1}
     # The no-op run goes first, over a store whose shards were written directly (no Prefect), so it
     # does not queue behind an API server still recording a real run's task runs and events.
-    done = fanout.prepare_store({**plan, "store": str(cloud.volume_dir / "cp-done")})
+    done = store_ops.prepare_store({**plan, "store": str(cloud.volume_dir / "cp-done")})
     for k in range(shards):
         instant_shard(done["store"], done["gen"], k)
     t0 = time.perf_counter()
@@ -219,10 +219,10 @@ def control_plane(work: Path, shards: int) -> dict[str, float]:
 
 def noop_resume(work: Path, shards: int) -> dict[str, float]:
     """A Volume store of `shards` done shards, then `wikiembed run` in a fresh process over it."""
-    from wikiembed import fanout
+    from wikiembed import store_ops
 
     volume = work / "resume-volume"
-    planned = fanout.prepare_store({"source": f"sample:{shards}", "store": str(volume / "big"), "shard_rows": 1})
+    planned = store_ops.prepare_store({"source": f"sample:{shards}", "store": str(volume / "big"), "shard_rows": 1})
     for k in range(shards):
         instant_shard(planned["store"], planned["gen"], k)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--driver", str(volume), "--", "run", "--source", f"sample:{shards}",
@@ -261,7 +261,8 @@ def data_plane(work: Path, articles: int, shard_rows: int) -> dict[str, Any]:
     """run_shard on every shard of `sample:articles`, the TEI stand-in answering from its own process."""
     import pyarrow.parquet as pq
 
-    from wikiembed import fanout
+    from wikiembed import store_ops
+    from wikiembed.backends.factory import BackendOptions
     from wikiembed.model import DEFAULT_MODEL
     from wikiembed.store import Store
 
@@ -273,15 +274,15 @@ def data_plane(work: Path, articles: int, shard_rows: int) -> dict[str, Any]:
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        planned = fanout.prepare_store({"source": f"sample:{articles}", "store": str(work / "data-plane"), "shard_rows": shard_rows})
+        planned = store_ops.prepare_store({"source": f"sample:{articles}", "store": str(work / "data-plane"), "shard_rows": shard_rows})
         root, gen = planned["store"], planned["gen"]
         store = Store(root, gen)
         snapshot = pq.read_table(store.snapshot_path, columns=["text"]).column("text").to_pylist()
-        plan = store.read_manifest()["plan"]["shards"]
-        opts = {"backend": "tei", "tei_url": [url]}
+        plan = store.read_manifest().plan.shards
+        opts = BackendOptions("tei", tei_url=(url,))
         for _ in range(100):  # wait for the server, then warm up: tokenizer, worker pool, connections
             try:
-                fanout.run_shard(root, gen, 0, opts)
+                store_ops.run_shard(root, gen, 0, opts)
                 break
             except Exception:  # noqa: BLE001 - not listening yet
                 time.sleep(0.2)
@@ -297,7 +298,7 @@ def data_plane(work: Path, articles: int, shard_rows: int) -> dict[str, Any]:
         chars, bytes_max, markers = 0, 0, []
         cpu0, t0 = _tree_cpu_s(server.pid), time.perf_counter()
         for k, (start, end) in enumerate(plan):
-            marker = fanout.run_shard(root, gen, k, opts)
+            marker = store_ops.run_shard(root, gen, k, opts)
             chars += sum(len(t) for t in snapshot[start:end])
             bytes_max = max(bytes_max, len(pickle.dumps(("/store/enwiki", gen, k))) + len(pickle.dumps(marker)))
             markers.append(marker)

@@ -25,7 +25,7 @@ alternating; CPU time, because on a shared machine other load stretches wall tim
 
 With `--before-after`, also the figures the fast path should raise elsewhere, each with tokenizers
 only (before) and with the fast path (after), alternating, twice, in this run: `bench/fanout.py`'s
-`shard_chars_per_s_per_core` (its data plane: whole shards through `wikiembed.fanout.run_shard`
+`shard_chars_per_s_per_core` (its data plane: whole shards through `wikiembed.store_ops.run_shard`
 against the TEI stand-in, 6,000 sample articles) and `bench/pipeline.py`'s `chunking_vs_tokenizer`
 (the token chunker on every core against `tokenizers` on every core, 1,000 sample articles).
 

@@ -57,7 +57,7 @@ def _child_chunk_only(n: int, store: str) -> None:
     from wikiembed.chunking import chunk_shard
 
     prepared = prepare(RunSettings(source=f"sample:{n}", store=store, shard_rows=2000))
-    for k in range(len(prepared.manifest["plan"]["shards"])):
+    for k in range(len(prepared.manifest.plan.shards)):
         chunk_shard(prepared.store, k, prepared.manifest)
     print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
@@ -213,7 +213,7 @@ def overhead(n: int, tmp: Path) -> dict:
 
 def resume_1000_shards(tmp: Path) -> dict:
     """Build a real store of 1,000 done shards (plain functions, no Prefect), then time a no-op CLI run."""
-    from wikiembed.checkpoint import embed_shard
+    from wikiembed.embedding import embed_shard
     from wikiembed.backends.factory import open_backend
     from wikiembed.plan import prepare
     from wikiembed.settings import RunSettings
@@ -224,7 +224,7 @@ def resume_1000_shards(tmp: Path) -> dict:
     prepared = prepare(settings)
     backend = open_backend("local", settings.model)
     t0 = time.perf_counter()
-    for k, (start, end) in enumerate(prepared.manifest["plan"]["shards"]):
+    for k, (start, end) in enumerate(prepared.manifest.plan.shards):
         chunk_shard(prepared.store, k, prepared.manifest)
         embed_shard(prepared.store, k, backend, end - start)
     build_s = time.perf_counter() - t0

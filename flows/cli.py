@@ -249,12 +249,12 @@ def status_payload(store_dir: str, verify: bool = False) -> dict[str, Any]:
     return {
         "store": str(store.root),
         "generation": store.gen,
-        "source": manifest["source"]["spec"],
-        "model": manifest["model"]["model_id"],
-        "chunking": manifest["chunking"],
-        "skipped_rows": sum(manifest.get("skipped", {}).values()),
-        "skipped": manifest.get("skipped", {}),
-        "repaired": manifest.get("repaired", {}),
+        "source": manifest.source["spec"],
+        "model": manifest.model.model_id,
+        "chunking": manifest.chunking,
+        "skipped_rows": sum(manifest.skipped.values()),
+        "skipped": manifest.skipped,
+        "repaired": manifest.repaired,
         "shards": [
             {"shard": s.shard, "state": s.state, "rows": s.rows, "chunks": s.chunks, "error": s.error, "attempts": s.attempts}
             for s in states

@@ -12,7 +12,10 @@ the cause and the rerun; its name and tags say what ran (source, model,
 backend); its log has the plan and one line per shard; its artifacts are keyed
 per store. The flow's parameters are RunSettings' fields (wikiembed/settings.py).
 
-Touches: the run store, Prefect's API (task runs, artifacts), the backend.
+Where each step runs is the run's executor (`wikiembed.executors`, chosen by `backend`): this
+module has one path for all of them.
+
+Touches: the run store, Prefect's API (task runs, artifacts), the backend (through the executor).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import re
 import shlex
 import sys
 import time
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 from prefect import flow, get_client, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
@@ -34,37 +37,27 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from wikiembed import fast_tokenizer, shard_workers
-from wikiembed.backends.factory import backend_retries, open_backend
-from wikiembed.calibration import needs_calibration
-from wikiembed.checkpoint import record_vector_kind
-from wikiembed.errors import BackendError, InputError, ShardsFailed, StoreError, TransientBackendError, WikiembedError
+from wikiembed import fast_tokenizer
+from wikiembed.errors import InputError, ShardsFailed, StoreError, WikiembedError
 from wikiembed.estimate import compare, markdown as estimate_markdown, one_line, run_hardware, store_estimate
+from wikiembed.executors import executor_for
+from wikiembed.executors.base import MAX_CONCURRENCY, Executor, ShardJob, StoreView
 from wikiembed.index import require_library
-from wikiembed.model import load_tokenizer, model_info
-from wikiembed import reuse_index
-from wikiembed.plan import check_snapshot
+from wikiembed.model import load_tokenizer
 from wikiembed.progress import Progress
 from wikiembed.settings import RunSettings, ShardSelection, parse_shards
-from wikiembed.store import ShardState, Store
-from wikiembed.tasks.calibrate import calibrate_remote_task, calibrate_task
+from wikiembed.store import ShardState
+from wikiembed.tasks.calibrate import calibrate_task
 from wikiembed.tasks.download import download_task
-from wikiembed.tasks.embed import embed_remote_task, embed_task, embed_worker_task
+from wikiembed.tasks.embed import embed_task
 from wikiembed.tasks.evaluate import eval_task
 from wikiembed.tasks.export import export_task
 from wikiembed.tasks.index import index_task
 from wikiembed.tasks.retry import attempts_of
-from wikiembed.tasks.shard import shard_task
-from wikiembed.tokenizing import cores
-from wikiembed.volume_store import VolumeStore, check_store_for_backend, open_store
+from wikiembed.volume_store import open_store
+from wikiembed.records import Manifest
 
-# Shards in flight at once. Local: 2 = one shard chunking on the CPU while the
-# engine embeds another. TEI/Modal: enough to keep remote GPUs busy; Prefect's
-# thread pool is unbounded by default, so it is always set.
-LOCAL_CONCURRENCY = 2
-REMOTE_CONCURRENCY = 16
-# Each shard in flight holds two pool threads (its shard task and its embed task).
-MAX_CONCURRENCY = 100
+# Each shard in flight holds a pool thread (its embed task); see the executors' concurrency.
 # The UI's progress artifact is updated at most this often: each update is an API call
 # (about a quarter of a second here), which would otherwise cap a run at a few shards a second.
 PROGRESS_ARTIFACT_EVERY_S = 2.0
@@ -74,37 +67,12 @@ PROGRESS_ARTIFACT_EVERY_S = 2.0
 RERUN_DEPLOYMENT = "rerun-shards/wikiembed-rerun"
 
 
-def _backend_opts(settings: RunSettings) -> dict[str, Any]:
-    c = settings.compute
-    return {
-        "backend": settings.backend,
-        "device": None if c.device == "auto" else c.device,  # the engine picks cuda when present
-        "tei_url": tuple(c.tei_url),
-        "modal_app": c.modal_app,
-        "modal_class": c.modal_class,
-        "gpu": c.gpu,
-        "trust_remote_code": settings.trust_remote_code,
-    }
-
-
-def _concurrency(settings: RunSettings) -> int:
-    if settings.compute.concurrency:
-        return settings.compute.concurrency
-    if settings.backend == "modal":
-        # Shards beyond the deployed max_containers wait in Modal's queue at no cost; asking the
-        # deployment its size would start a GPU container just to read a number.
-        return MAX_CONCURRENCY
-    if settings.backend == "tei":
-        # Every shard worker busy, with its next shard queued behind it.
-        return min(max(REMOTE_CONCURRENCY, 2 * (settings.compute.shard_workers or cores())), MAX_CONCURRENCY)
-    return LOCAL_CONCURRENCY
-
-
-def _record_vector_kind(store: Store, logger) -> None:  # noqa: ANN001
-    """Pin the generation's kind of vectors in its manifest; a store that cannot be written (a full
-    disk) only delays that: every marker records its kind, and the next run pins it."""
+def _record_vector_kind(executor: Executor, store: StoreView, logger) -> None:  # noqa: ANN001
+    """Pin the generation's kind of vectors in its manifest where the executor can (a killed run's
+    markers pin it before anything else is embedded); a store that cannot be written (a full disk)
+    only delays that: every marker records its kind, and the next run pins it."""
     try:
-        record_vector_kind(store)
+        executor.pin_kind(store)
     except StoreError as exc:
         logger.error("could not record the kind of vectors in the manifest: %s", exc)
 
@@ -119,28 +87,27 @@ def _failure(state) -> tuple[str, int]:  # noqa: ANN001
 
 
 def run_shards(
-    store: Store | VolumeStore,
+    executor: Executor,
+    store: StoreView,
     shard_ids: list[int],
-    settings: RunSettings,
     *,
     reuse_gen: str | None,
     done_before: int,
     retries_before: int | None = None,
     lease: Any = None,
 ) -> dict[str, Any]:
-    """Submit shard → embed for each shard id; record failures; return per-run counts.
+    """Submit one embed task per shard id to the executor; record failures; return per-run counts.
 
     `done_before`: the store's done shards outside `shard_ids`, where the progress starts (a
     rerun of failed shards in a store with pending ones must not start at 100%).
     `retries_before`: the backend's request-retry count when this run began (before the
     up-front backend check, whose retries belong to this run too). `lease`: the store's lock;
-    a Volume store's lease that another run took over (`VolumeLease.lost`) stops this run from
-    sending more shards: the shards in flight finish, then the run fails with `StoreError`,
-    leaving the store (and its export) to the run that holds it."""
+    a lease that another run took over (`VolumeLease.lost`) stops this run from sending more
+    shards: the shards in flight finish, then the run fails with `StoreError`, leaving the store
+    (and its export) to the run that holds it."""
     logger = get_run_logger()
     manifest = store.read_manifest()
-    total = len(manifest["plan"]["shards"])
-    opts = _backend_opts(settings)
+    total = len(manifest.plan.shards)
     progress = Progress.start(total=total, done=done_before)
     artifact_id = create_progress_artifact(
         progress.fraction * 100, key=artifact_key("progress", store), description=f"shards of {store.root}"
@@ -149,15 +116,13 @@ def run_shards(
     results: dict[int, dict[str, Any]] = {}
     failures: dict[int, str] = {}
     failed_attempts: dict[int, int] = {}
-    model = manifest["model"]["model_id"]
+    model = manifest.model.model_id
     if retries_before is None:
-        retries_before = backend_retries(model=model, **opts)
-    if isinstance(store, Store):  # on a Volume the export step records it, where the markers are
-        _record_vector_kind(store, logger)  # a killed run's markers pin the kind before anything else is embedded
-    window = min(_concurrency(settings), MAX_CONCURRENCY)
-    workers = settings.compute.shard_workers
+        retries_before = executor.request_retries(model)
+    _record_vector_kind(executor, store, logger)
+    window = executor.concurrency()
     todo = list(shard_ids)
-    inflight: dict[Any, tuple[int, Any]] = {}
+    inflight: dict[Any, int] = {}
     finished = 0
     while todo or inflight:
         if todo and getattr(lease, "lost", None) is not None:
@@ -166,16 +131,10 @@ def run_shards(
             logger.error("the lease on %s was taken over by another run: %d shard(s) not sent", store.root, stopped)
         while todo and len(inflight) < window:
             k = todo.pop(0)
-            if isinstance(store, VolumeStore):  # the whole shard runs where the store is: chunk, embed, checkpoint
-                inflight[embed_remote_task.submit(str(store.root), store.gen, k, model, opts)] = (k, None)
-                continue
-            if settings.backend == "tei":  # the whole shard in a worker process: chunk, embed, checkpoint
-                inflight[embed_worker_task.submit(str(store.root), store.gen, k, opts, workers, reuse_gen)] = (k, None)
-                continue
-            chunked = shard_task.submit(str(store.root), store.gen, k)
-            inflight[embed_task.submit(str(store.root), store.gen, k, chunked, opts, reuse_gen)] = (k, chunked)
+            job = ShardJob(str(store.root), str(store.gen), k, model, reuse_gen)
+            inflight[embed_task.submit(executor, job)] = k
         future = next(as_completed(list(inflight)))
-        k, chunked = inflight.pop(future)
+        k = inflight.pop(future)
         future.wait()  # as_completed can yield before the final state is recorded
         state = future.state
         finished += 1
@@ -188,7 +147,7 @@ def run_shards(
                 finished, len(shard_ids),
             )
         else:
-            failures[k], failed_attempts[k] = _failure(chunked.state if chunked and not chunked.state.is_completed() else state)
+            failures[k], failed_attempts[k] = _failure(state)
             logger.error(
                 "shard %05d failed after %d attempt(s): %s, %d/%d; once the cause is fixed: %s",
                 k, failed_attempts[k], failures[k], finished, len(shard_ids), rerun_command(store.root, str(k)),
@@ -202,9 +161,7 @@ def run_shards(
             update_progress_artifact(artifact_id, progress.fraction * 100)
             artifact_updated = time.monotonic()
     progress.close()
-    shard_workers.release()
-    if reuse_gen:
-        reuse_index.release(str(store.root), reuse_gen)
+    executor.end_run(str(store.root), reuse_gen)
     if getattr(lease, "lost", None) is not None:
         held = lease.lost
         raise StoreError(
@@ -213,18 +170,19 @@ def run_shards(
             f"after {len(results) + len(failures)} of {len(shard_ids)} and leaves the store and its export to that run. "
             f"Its finished shards are kept; `wikiembed status --store {shlex.quote(str(store.root))}` shows them once that run ends."
         )
-    if results and isinstance(store, Store):
-        _record_vector_kind(store, logger)
+    if results:
+        _record_vector_kind(executor, store, logger)
     # Request-level retries of this run only: the flow's backend is shared by the runs of one
     # process; a shard worker's client reports its shard's retries with the marker.
-    request_retries = backend_retries(model=model, **opts) - retries_before
+    request_retries = executor.request_retries(model) - retries_before
     request_retries += sum(r.get("request_retries", 0) for r in results.values())
     return {"results": results, "failures": failures, "failed_attempts": failed_attempts, "request_retries": request_retries}
 
 
 def _summary(
-    store: Store | VolumeStore, settings: RunSettings, run: dict[str, Any], seconds: float, device: str, states: list[ShardState]
+    executor: Executor, store: StoreView, run: dict[str, Any], seconds: float, device: str, states: list[ShardState]
 ) -> dict[str, Any]:
+    settings = executor.settings
     manifest = store.read_manifest()
     done = [s for s in states if s.state == "done"]
     results = run["results"].values()
@@ -233,19 +191,19 @@ def _summary(
         "store": str(store.root),
         "generation": store.gen,
         "source": source_label(settings.source, settings.config),
-        "model": manifest["model"]["model_id"],
-        "revision": manifest["model"]["revision"],
+        "model": manifest.model.model_id,
+        "revision": manifest.model.revision,
         "backend": settings.backend,
         "device": device,
-        "chunking": manifest["chunking"],
-        "tokenizer": _tokenizer_name(settings, manifest),
+        "chunking": manifest.chunking,
+        "tokenizer": _tokenizer_name(executor, manifest),
         "shards_total": len(states),
         "shards_done": len(done),
         "shards_failed": sum(s.state == "failed" for s in states),
         "failed_shards": sorted(s.shard for s in states if s.state == "failed"),
         "pending_shards": sorted(s.shard for s in states if s.state == "pending"),
-        "rows": manifest["plan"]["rows"],
-        "skipped_rows": sum(manifest.get("skipped", {}).values()),
+        "rows": manifest.plan.rows,
+        "skipped_rows": sum(manifest.skipped.values()),
         "chunks": sum(s.chunks or 0 for s in done),
         "embedded_chunks": sum(r.get("embedded_chunks", 0) for r in results),
         "reused_chunks": sum(r.get("reused_chunks", 0) for r in results),
@@ -258,15 +216,13 @@ def _summary(
     }
 
 
-def _tokenizer_name(settings: RunSettings, manifest: dict[str, Any]) -> str | None:
-    """Which tokenizer cut the token chunker's chunks: blingfire or tokenizers (same chunks either way).
-    Modal containers choose for themselves (the fast path where it applies)."""
-    if manifest["chunking"]["chunker"] != "tokens":
+def _tokenizer_name(executor: Executor, manifest: Manifest) -> str | None:
+    """Which tokenizer cut the token chunker's chunks: blingfire or tokenizers (same chunks either way)."""
+    if manifest.chunking["chunker"] != "tokens":
         return None
-    which = "auto" if settings.backend == "modal" else settings.compute.tokenizer
     try:
-        return fast_tokenizer.name(load_tokenizer(manifest["model"]["model_id"]), which)
-    except WikiembedError:  # a model only the containers can reach
+        return fast_tokenizer.name(load_tokenizer(manifest.model.model_id), executor.tokenizer_choice())
+    except WikiembedError:  # a model only the executor's machines can reach
         return None
 
 
@@ -276,7 +232,7 @@ def _use_tokenizer(settings: RunSettings) -> None:
     os.environ[fast_tokenizer.CHOICE_ENV] = settings.compute.tokenizer
 
 
-def _report(store: Store | VolumeStore, summary: dict[str, Any], states: list[ShardState], changes: dict[str, Any] | None = None) -> None:
+def _report(store: StoreView, summary: dict[str, Any], states: list[ShardState], changes: dict[str, Any] | None = None) -> None:
     """The UI's view of the run: a shard-state table and a markdown summary, keyed per store."""
     create_table_artifact(
         [{"shard": s.shard, "state": s.state, "rows": s.rows, "chunks": s.chunks, "error": (s.error or "")[:200]} for s in states],
@@ -333,7 +289,7 @@ def _report(store: Store | VolumeStore, summary: dict[str, Any], states: list[Sh
     create_markdown_artifact("\n".join(lines), key=artifact_key("summary", store), description=f"run summary of {store.root}")
 
 
-def artifact_key(kind: str, store: Store) -> str:
+def artifact_key(kind: str, store: StoreView) -> str:
     """`wikiembed-<kind>-<store slug>-<hash>`: each store's latest progress, table and summary
     under their own keys. Prefect keys allow lowercase letters, digits and dashes, so the slug
     (the path's end, readable in the UI) drops case and punctuation; the hash of the exact path
@@ -357,16 +313,16 @@ def source_label(source: str, config: str | None) -> str:
     return f"{source}:{config}" if config else source
 
 
-def run_tags(settings: RunSettings, manifest: dict[str, Any]) -> list[str]:
+def run_tags(settings: RunSettings, manifest: Manifest) -> list[str]:
     """Tags that say what ran, on the flow run (filterable in the UI).
 
     Not on the shard task runs: Prefect takes a tag-based concurrency slot for every tag of a
     task run as it starts (one more API call per task, lease included), which cut a Modal run's
     dispatch rate here by more than half (58 against 20 shards/s, `bench/fanout.py`)."""
-    return [f"model:{manifest['model']['model_id']}", f"source:{source_label(settings.source, settings.config)}", f"backend:{settings.backend}"]
+    return [f"model:{manifest.model.model_id}", f"source:{source_label(settings.source, settings.config)}", f"backend:{settings.backend}"]
 
 
-def _tag_flow_run(settings: RunSettings, manifest: dict[str, Any]) -> None:
+def _tag_flow_run(settings: RunSettings, manifest: Manifest) -> None:
     # A flow run's tags are fixed when it is created (by a deployment or a caller) before the
     # model is resolved; add ours to the ones it has.
     context = FlowRunContext.get()
@@ -377,8 +333,8 @@ def _tag_flow_run(settings: RunSettings, manifest: dict[str, Any]) -> None:
         client.update_flow_run(context.flow_run.id, tags=current + [t for t in run_tags(settings, manifest) if t not in current])
 
 
-def _what_runs(settings: RunSettings, manifest: dict[str, Any]) -> str:
-    return f"source {source_label(settings.source, settings.config)}, model {manifest['model']['model_id']}, backend {settings.backend}"
+def _what_runs(settings: RunSettings, manifest: Manifest) -> str:
+    return f"source {source_label(settings.source, settings.config)}, model {manifest.model.model_id}, backend {settings.backend}"
 
 
 def _embed_run_name() -> str:
@@ -395,22 +351,9 @@ def _rerun_run_name() -> str:
     return f"re-embed {what} of {params['store']}"
 
 
-def _device(settings: RunSettings, model: str, embedded: bool) -> str:
-    """Where the run's vectors were computed. The local engine says which device it chose; it is
-    asked only when shards were embedded here (so it is already open), never opened to report."""
-    c = settings.compute
-    if settings.backend == "tei":
-        return ", ".join(c.tei_url)
-    if settings.backend == "modal":
-        return f"Modal {c.modal_class} on {c.gpu or 'its deployed GPU'}"
-    if not embedded:
-        return "nothing embedded" if c.device == "auto" else c.device
-    return str(getattr(open_backend(model=model, **_backend_opts(settings)), "device", None) or "the local device")
-
-
-def _announce_estimate(store: Store, manifest: dict[str, Any], pending: list[int], settings: RunSettings) -> dict[str, Any] | None:
+def _announce_estimate(store: Any, manifest: Manifest, pending: list[int], settings: RunSettings) -> dict[str, Any] | None:
     """What the pending shards should take, from the snapshot: one line on stderr and a markdown artifact."""
-    shards = manifest["plan"]["shards"]
+    shards = manifest.plan.shards
     try:
         predicted = store_estimate(
             store.snapshot_path, [tuple(shards[k]) for k in pending], manifest, backend=settings.backend,
@@ -428,58 +371,22 @@ def _announce_estimate(store: Store, manifest: dict[str, Any], pending: list[int
     return predicted
 
 
-def check_backend(settings: RunSettings, model: str) -> int:
-    """Open the backend once before any shard starts: a wrong URL, an unreachable server or a
-    missing model fails the run in seconds with one clear message, not once per shard.
-
-    Returns the backend's request-retry count from before this open, the run's starting point."""
-    before = backend_retries(model=model, **_backend_opts(settings))
-    try:
-        open_backend(model=model, **_backend_opts(settings))
-    except TransientBackendError as exc:  # already retried inside the backend
-        raise BackendError(f"the {settings.backend} backend could not be opened: {exc}") from exc
-    except WikiembedError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a model folder a loader chokes on (truncated weights, bad files)
-        cause = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
-        raise InputError(
-            f"model {model!r} could not be loaded by the {settings.backend} backend ({cause}); its files are damaged "
-            "or incomplete (a copy or download cut short leaves truncated weights): copy or download it again, "
-            "or point --model at a complete model folder. Nothing was written to the store."
-        ) from exc
-    return before
-
-
-def check_model_revision(store: Store, manifest: dict[str, Any]) -> None:
-    """A rerun redoes shards with the generation's own model: refuse (before any file changes) when the
-    model's files are no longer the ones its other shards were embedded with."""
-    recorded = manifest["model"]["revision"]
-    info = model_info(manifest["model"]["model_id"])
-    if info.revision != recorded:
-        raise InputError(
-            f"model {manifest['model']['model_id']!r}: its files at {info.path} changed since store {store.root} was "
-            f"embedded (revision {recorded} then, {info.revision} now), and a rerun must use the weights its other "
-            "shards were made with. Put those files back to rerun; or, to embed with the new files, run the "
-            "`wikiembed run` that made the store again: it builds a new generation from the new revision and "
-            "publishes it when done. Nothing was changed."
-        )
-
-
-def _finish(store: Store | VolumeStore, settings: RunSettings, run: dict[str, Any], started: float, changes=None, predicted=None,  # noqa: ANN001
+def _finish(executor: Executor, store: StoreView, run: dict[str, Any], started: float, changes=None, predicted=None,  # noqa: ANN001
             states: list[ShardState] | None = None, rerun: list[int] | None = None) -> dict[str, Any]:
+    settings = executor.settings
     # One view of every shard for the export decision, the summary and the table (on a Volume
     # store each view is a remote call that reads every marker); `states` when the run changed none.
     states = states if states is not None else store.states()
     all_done = all(s.state == "done" for s in states)
-    # Before the export, so the card it writes carries the check. It reads vectors: local stores
-    # only (a Volume store's vectors stay in the cloud).
-    local = isinstance(store, Store)
-    checked = eval_task(str(store.root), store.gen, settings.output.eval_sample) if all_done and settings.output.eval_sample and local else None
-    indexed = index_task(str(store.root), store.gen, settings.output.index) if all_done and settings.output.index and local else None
+    # Before the export, so the card it writes carries the check. It reads vectors, so only where
+    # they are on this machine (a Volume store's stay in the cloud).
+    here = executor.data_here and all_done
+    checked = eval_task(str(store.root), store.gen, settings.output.eval_sample) if here and settings.output.eval_sample else None
+    indexed = index_task(str(store.root), store.gen, settings.output.index) if here and settings.output.index else None
     if all_done:
-        export_task(str(store.root), store.gen, settings.upload_to)
-    device = _device(settings, store.read_manifest()["model"]["model_id"], bool(run["results"]))
-    summary = _summary(store, settings, run, time.perf_counter() - started, device, states)
+        export_task(executor, str(store.root), str(store.gen), settings.upload_to)
+    device = executor.device(store.read_manifest().model.model_id, bool(run["results"]))
+    summary = _summary(executor, store, run, time.perf_counter() - started, device, states)
     if changes:
         summary["changes"] = changes
     if checked:
@@ -496,7 +403,7 @@ def _finish(store: Store | VolumeStore, settings: RunSettings, run: dict[str, An
     return summary
 
 
-def _outcome(summary: dict[str, Any]) -> dict[str, Any] | State:
+def _outcome(executor: Executor, summary: dict[str, Any]) -> dict[str, Any] | State:
     """Completed (the summary) only when every shard is done; otherwise a Failed state whose
     message says how many, why, and the rerun, so the UI, the dashboard and automations see it."""
     missing = summary["shards_total"] - summary["shards_done"]
@@ -506,7 +413,7 @@ def _outcome(summary: dict[str, Any]) -> dict[str, Any] | State:
     what = f"{failed}/{summary['shards_total']} shards failed" if failed >= missing else (
         f"{missing}/{summary['shards_total']} shards not done ({failed} failed)"
     )
-    store = open_store(summary["store"], summary["generation"])
+    store = executor.store(summary["store"], summary["generation"])
     errors = sorted({(s.error or "").splitlines()[0][:200] for s in store.states() if s.state == "failed"} - {""})
     cause = f": {errors[0]}" + (f" (and {len(errors) - 1} other errors)" if len(errors) > 1 else "") if errors else ""
     message = (
@@ -526,7 +433,7 @@ def _takes_run_settings(fn: Callable[..., Any]) -> Callable[..., Any]:
             inspect.Parameter(
                 name,
                 inspect.Parameter.KEYWORD_ONLY,
-                annotation=field.annotation,
+                annotation=Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation,
                 default=inspect.Parameter.empty if field.is_required() else field.get_default(call_default_factory=True),
             )
             for name, field in RunSettings.model_fields.items()
@@ -547,54 +454,43 @@ def _takes_run_settings(fn: Callable[..., Any]) -> Callable[..., Any]:
 @_takes_run_settings
 def embed_dataset(**options: Any) -> dict[str, Any] | State:
     settings = RunSettings(**options)
+    executor = executor_for(settings)
     _use_tokenizer(settings)
-    check_store_for_backend(settings.backend, settings.store)
     started = time.perf_counter()
-    retries_before = None
-    if settings.backend == "local":
-        # The model is loaded before the store is touched: a model folder that cannot embed must not
-        # be recorded as the store's model, nor leave a lock file in a new folder. (TEI and Modal
-        # servers hold their own copy of the model; they are asked once there are shards to send.)
-        retries_before = check_backend(settings, settings.model)
-    with open_store(settings.store).lock() as lease:
-        planned = download_task(settings)
-        s = open_store(planned["store"], planned["gen"])
+    executor.check()  # before the store is touched: a store it cannot reach, a model it cannot load
+    with executor.store(settings.store).lock() as lease:
+        planned = download_task(executor)
+        s = executor.store(planned.store, planned.gen)
         manifest = s.read_manifest()
         _tag_flow_run(settings, manifest)
         states = s.states(manifest)
         pending = [st.shard for st in states if st.state != "done"]
-        if pending and retries_before is None and isinstance(s, Store):  # on a Volume the shards open their backend remotely
-            retries_before = check_backend(settings, manifest["model"]["model_id"])
-        _calibrate(s, settings)
-        _check_index(s, settings)
+        model = manifest.model.model_id
+        retries_before = executor.request_retries(model)
+        if pending:
+            executor.check_backend(model)
+        calibrate_task(executor, str(s.root), str(s.gen))
+        _check_index(executor)
         manifest = s.read_manifest()
-        changes = planned["changes"]  # articles added / edited / removed since the published generation, if any
-        # The estimate reads the snapshot, which a Volume store keeps in the cloud.
-        predicted = _announce_estimate(s, manifest, pending, settings) if pending and isinstance(s, Store) else None
-        total = len(manifest["plan"]["shards"])
+        # The estimate reads the snapshot, so only where it is on this machine.
+        predicted = _announce_estimate(s, manifest, pending, settings) if pending and executor.data_here else None
+        total = len(manifest.plan.shards)
         get_run_logger().info(
             "%s: %d shards, %d pending (%d done); %s", s.root, total, len(pending), total - len(pending), _what_runs(settings, manifest)
         )
-        run = run_shards(s, pending, settings, reuse_gen=planned["previous_gen"], done_before=total - len(pending),
+        run = run_shards(executor, s, pending, reuse_gen=planned.previous_gen, done_before=total - len(pending),
                          retries_before=retries_before, lease=lease)
         # With nothing pending, no shard changed state (the store is locked): the states above still hold.
-        return _outcome(_finish(s, settings, run, started, changes, predicted, states=None if pending else states))
+        # `changes`: articles added / edited / removed since the published generation, if any.
+        finished = _finish(executor, s, run, started, planned.changes, predicted, states=None if pending else states)
+        return _outcome(executor, finished)
 
 
-def _calibrate(store: Store | VolumeStore, settings: RunSettings) -> None:
-    """Fix the generation's int8 ranges before any shard is embedded (see wikiembed/calibration.py)."""
-    if isinstance(store, Store):
-        calibrate_task(str(store.root), store.gen, _backend_opts(settings))
-    elif needs_calibration(manifest := store.read_manifest()):
-        # In a shard container at the Volume, with the backend that embeds the shards.
-        calibrate_remote_task(str(store.root), store.gen, manifest["model"]["model_id"], _backend_opts(settings))
-
-
-def _check_index(store: Store | VolumeStore, settings: RunSettings) -> None:
+def _check_index(executor: Executor) -> None:
     """The index is built after the last shard, on the flow's machine: check that it can be, before the first."""
-    if not settings.output.index:
+    if not executor.settings.output.index:
         return
-    if not isinstance(store, Store):
+    if not executor.data_here:
         raise InputError("--index needs a local --store for now: the index is built on the flow's machine from the data files.")
     require_library()
 
@@ -616,7 +512,7 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
     selection = parse_shards(shards)
     s = open_store(store)
     manifest = s.read_manifest()
-    total = len(manifest["plan"]["shards"])
+    total = len(manifest.plan.shards)
     states = s.states(manifest)
     if selection == "failed":
         # Failed shards, and shards whose data no longer matches their marker (damaged since).
@@ -626,7 +522,8 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
         if bad:
             raise InputError(f"--shards {bad}: this store has shards 0..{total - 1}; see `wikiembed status --store {shlex.quote(str(store))}`.")
         ids = selection
-    settings = RunSettings(**manifest["settings"])
+    settings = RunSettings(**manifest.settings)
+    executor = executor_for(settings)
     _use_tokenizer(settings)
     _tag_flow_run(settings, manifest)
     get_run_logger().info(
@@ -634,26 +531,14 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
         _what_runs(settings, manifest),
     )
     with s.lock() as lease:
-        reuse_gen = manifest.get("previous_generation")
-        retries_before = None
-        if isinstance(s, Store):
-            # Everything a rerun needs is checked before it starts; a shard's old file and marker
-            # stay until its new file replaces them (atomically), so a failed rerun loses nothing.
-            s.ensure_writable()
-            check_snapshot(s, manifest)
-            check_model_revision(s, manifest)
-            retries_before = check_backend(settings, manifest["model"]["model_id"])
-            reuse_gen = reuse_gen if reuse_gen and Store(s.root, reuse_gen).exists() else None
-            if reuse_gen:  # as the download step does: shard workers load it instead of each building it
-                reuse_index.ReuseIndex(Store(s.root, reuse_gen)).save()
-        _calibrate(s, settings)
-        _check_index(s, settings)
-        if not isinstance(s, Store):
-            for k in ids:  # a remote shard skips what its marker says is done
-                s.forget(k)
+        model = manifest.model.model_id
+        retries_before = executor.request_retries(model)
+        reuse_gen = executor.prepare_rerun(s, manifest, ids)  # everything it needs, checked before it starts
+        calibrate_task(executor, str(s.root), str(s.gen))
+        _check_index(executor)
         done_before = sum(st.state == "done" and st.shard not in ids for st in states)
-        run = run_shards(s, ids, settings, reuse_gen=reuse_gen, done_before=done_before, retries_before=retries_before, lease=lease)
-        summary = _finish(s, settings, run, started, rerun=ids)
+        run = run_shards(executor, s, ids, reuse_gen=reuse_gen, done_before=done_before, retries_before=retries_before, lease=lease)
+        summary = _finish(executor, s, run, started, rerun=ids)
     if run["failures"]:  # a shard whose rerun failed keeps its previous data, but the rerun did not succeed
         summary["failed_shards"] = sorted(set(summary["failed_shards"]) | set(run["failures"]))
         summary["shards_failed"] = len(summary["failed_shards"])

@@ -30,10 +30,12 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from wikiembed.errors import ShardsFailed, StoreError
+from wikiembed.executors import executor_for
 from wikiembed.finetune import FinetuneSettings
 from wikiembed.flows.embed_dataset import artifact_key, embed_dataset
 from wikiembed.improve import ImproveSettings, Metric, decide
 from wikiembed.search import StoreVectors
+from wikiembed.settings import RunSettings
 from wikiembed.tasks.compare import compare_task
 from wikiembed.tasks.export import export_task
 from wikiembed.tasks.finetune import finetune_task
@@ -109,11 +111,11 @@ def improve_model(
     logger = get_run_logger()
     volume = check_paths(settings.store, settings.pairs, settings.out, settings.new_store)
     if volume is None:
-        recorded = StoreVectors(settings.store).manifest["settings"]
+        recorded = StoreVectors(settings.store).manifest.settings
     else:
         old_store = VolumeStore(settings.store)
         old_store.cloud_target(settings.upload_to)  # a target the Volume cannot publish to fails now, not after the fine-tune
-        recorded = old_store.read_manifest()["settings"]
+        recorded = old_store.read_manifest().settings
 
     tuned = finetune_task(settings.store, settings.pairs, settings.out, settings.finetune.model_dump())
     logger.info("fine-tuned %s into %s: held-out MRR@10 on the pool %.3f -> %.3f", tuned["base_model"], tuned["out"],
@@ -137,7 +139,8 @@ def improve_model(
     publish, why = decide(difference, settings.metric, settings.margin)
     published = None
     if publish and settings.upload_to:
-        published = export_task(settings.new_store, compared["against"]["generation"], settings.upload_to)
+        executor = executor_for(RunSettings(**run))
+        published = export_task(executor, settings.new_store, compared["against"]["generation"], settings.upload_to)
     logger.info("%s: %s", "publish" if publish else "keep the old store", why)
     # Keyed by the improved store: each store's latest decision under its own key.
     create_markdown_artifact(_report(settings, tuned, compared, publish, why, published, reembedded["revision"]),

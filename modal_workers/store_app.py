@@ -9,7 +9,7 @@ The flow and the CLI reach it through `wikiembed.volume_store.VolumeStore` for a
 `--store modal:VOLUME/PATH`: `prepare` (the download step: snapshot + shard plan),
 `view` (manifest and shard states), `mark_failed`, `forget`, `export` (card,
 promotion, upload), `publish` (`wikiembed export` / `upload`). Each method is one
-call to `wikiembed.fanout`, which reloads the Volume before reading and commits
+call to `wikiembed.store_ops`, which reloads the Volume before reading and commits
 after writing. The GPU side (whole shards) is `TEIShards` / `TorchShards` in
 `tei_app.py` / `torch_app.py`, on the same Volume.
 
@@ -26,7 +26,7 @@ from typing import Any
 
 import modal
 
-from wikiembed import fanout
+from wikiembed import store_ops
 from wikiembed.backends.modal_client import STORE_APP
 from wikiembed.errors import InputError
 from wikiembed.volume_store import DEFAULT_VOLUME, STORE_MOUNT, VolumeSync
@@ -106,24 +106,24 @@ class StoreOps:
 
     @modal.method()
     def prepare(self, settings: dict[str, Any]) -> dict[str, Any]:
-        return fanout.prepare_store(settings, self.sync)
+        return store_ops.prepare_store(settings, self.sync)
 
     @modal.method()
     def view(self, root: str, gen: str | None, with_states: bool = True) -> dict[str, Any]:
-        return fanout.view_store(root, gen, self.sync, with_states)
+        return store_ops.view_store(root, gen, self.sync, with_states)
 
     @modal.method()
     def mark_failed(self, root: str, gen: str, shard: int, error: str, attempts: int) -> None:
-        fanout.mark_failed(root, gen, shard, error, attempts, self.sync)
+        store_ops.mark_failed(root, gen, shard, error, attempts, self.sync)
 
     @modal.method()
     def forget(self, root: str, gen: str, shards: list[int]) -> None:
-        fanout.forget(root, gen, shards, self.sync)
+        store_ops.forget(root, gen, shards, self.sync)
 
     @modal.method()
     def export(self, root: str, gen: str, upload_to: str | None) -> dict[str, Any]:
-        return fanout.export_store(root, gen, upload_to, self.sync)
+        return store_ops.export_store(root, gen, upload_to, self.sync)
 
     @modal.method()
     def publish(self, root: str, target: str, options: dict[str, Any]) -> dict[str, Any]:
-        return fanout.publish_store(root, target, options, self.sync)
+        return store_ops.publish_store(root, target, options, self.sync)

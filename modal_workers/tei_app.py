@@ -38,7 +38,7 @@ import httpx
 import modal
 import numpy as np
 
-from wikiembed import fanout
+from wikiembed import store_ops
 from wikiembed.backends.tei import TEIBackend
 from wikiembed.backends.modal_client import APP_NAMES
 from wikiembed.errors import BackendError, InputError
@@ -427,7 +427,7 @@ class TEI:
 )
 @modal.concurrent(max_inputs=SHARD_CONCURRENT_INPUTS)
 class TEIShards:
-    """Whole shards: a store reference in, the shard's marker out (see `wikiembed.fanout.run_shard`)."""
+    """Whole shards: a store reference in, the shard's marker out (see `wikiembed.store_ops.run_shard`)."""
 
     model_id: str = modal.parameter(default=DEFAULT_MODEL)
 
@@ -442,12 +442,12 @@ class TEIShards:
     @modal.method()
     def run_shard(self, root: str, gen: str, shard: int) -> dict[str, Any]:
         assert self.router.client is not None
-        return fanout.run_shard(root, gen, shard, self.router.client, self.sync, reuse_previous=True)
+        return store_ops.run_shard(root, gen, shard, self.router.client, self.sync, reuse_previous=True)
 
     @modal.method()
     def calibrate(self, root: str, gen: str) -> dict[str, Any] | None:
         assert self.router.client is not None
-        return fanout.calibrate_store(root, gen, self.router.client, self.sync)
+        return store_ops.calibrate_store(root, gen, self.router.client, self.sync)
 
     @modal.exit()
     def stop(self) -> None:

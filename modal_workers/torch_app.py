@@ -25,7 +25,7 @@ from typing import Any
 import modal
 import numpy as np
 
-from wikiembed import fanout
+from wikiembed import store_ops
 from wikiembed.backends.modal_client import APP_NAMES
 from wikiembed.model import DEFAULT_MODEL
 from wikiembed.volume_store import DEFAULT_VOLUME, STORE_MOUNT, VolumeSync
@@ -208,7 +208,7 @@ class Torch:
 )
 @modal.concurrent(max_inputs=SHARD_CONCURRENT_INPUTS)
 class TorchShards:
-    """Whole shards: a store reference in, the shard's marker out (see `wikiembed.fanout.run_shard`)."""
+    """Whole shards: a store reference in, the shard's marker out (see `wikiembed.store_ops.run_shard`)."""
 
     model_id: str = modal.parameter(default=DEFAULT_MODEL)
 
@@ -221,11 +221,11 @@ class TorchShards:
 
     @modal.method()
     def run_shard(self, root: str, gen: str, shard: int) -> dict[str, Any]:
-        return fanout.run_shard(root, gen, shard, self.worker.engine, self.sync, reuse_previous=True)
+        return store_ops.run_shard(root, gen, shard, self.worker.engine, self.sync, reuse_previous=True)
 
     @modal.method()
     def calibrate(self, root: str, gen: str) -> dict[str, Any] | None:
-        return fanout.calibrate_store(root, gen, self.worker.engine, self.sync)
+        return store_ops.calibrate_store(root, gen, self.worker.engine, self.sync)
 
     @modal.exit()
     def unload(self) -> None:

@@ -5,16 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from wikiembed.fanout import export_store
+from wikiembed.executors.base import Executor
 from wikiembed.tasks.retry import retry_transient
-from wikiembed.volume_store import VolumeStore, open_store
 
 
-@task(name="export", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
-def export_task(store: str, gen: str, upload_to: str | None) -> dict[str, Any]:
-    """Card, then promotion of `gen` to the published generation, then the upload (`hub:` / `dir:`)."""
-    s = open_store(store, gen)
-    if isinstance(s, VolumeStore):  # in the cloud: from the Volume to the Hub
-        return s.export(upload_to)
-    return export_store(store, gen, upload_to)
+@task(name="export", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+def export_task(executor: Executor, store: str, gen: str, upload_to: str | None) -> dict[str, Any]:
+    """Card, then promotion of `gen` to the published generation, then the upload (`hub:` / `dir:`),
+    where the store is."""
+    return executor.export(store, gen, upload_to)

@@ -7,7 +7,7 @@ shard (local or remote) reads them. A new generation of the same store keeps the
 generation's ranges, so unchanged chunks keep byte-identical int8 codes.
 
 Plain code that takes a store: the flow's calibrate task runs it on its machine for a local
-store, a Modal shard container (`wikiembed.fanout.calibrate_store`) at the Volume for a Volume
+store, a Modal shard container (`wikiembed.store_ops.calibrate_store`) at the Volume for a Volume
 store, with the backend that embeds the shards, so both give the same ranges.
 
 Touches: the generation's snapshot (read) and `manifest.json` (written), the backend (one call).
@@ -18,22 +18,24 @@ from __future__ import annotations
 from typing import Any
 
 from wikiembed.backends.base import Backend
-from wikiembed.checkpoint import document_prompt
+from wikiembed.backends.factory import BackendOptions
+from wikiembed.embedding import document_prompt
 from wikiembed.chunking import Chunking, chunk_table
 from wikiembed.compact import CALIBRATION_CHUNKS, calibrate_int8, spec_from_manifest
 from wikiembed.model import load_tokenizer
 from wikiembed.sources import read_snapshot_rows
 from wikiembed.store import Store
+from wikiembed.records import Manifest
 
 # Articles chunked per step while collecting the calibration sample.
 _ARTICLES_PER_STEP = 64
 
 
-def calibration_texts(store: Store, manifest: dict[str, Any], n: int = CALIBRATION_CHUNKS) -> list[str]:
+def calibration_texts(store: Store, manifest: Manifest, n: int = CALIBRATION_CHUNKS) -> list[str]:
     """The first `n` chunk texts of the generation, in snapshot order (deterministic)."""
-    rows = int(manifest["plan"]["rows"])
-    chunking = Chunking(**manifest["chunking"])
-    tokenizer = load_tokenizer(manifest["model"]["model_id"]) if chunking.chunker == "tokens" else None
+    rows = int(manifest.plan.rows)
+    chunking = Chunking(**manifest.chunking)
+    tokenizer = load_tokenizer(manifest.model.model_id) if chunking.chunker == "tokens" else None
     texts: list[str] = []
     start = 0
     while len(texts) < n and start < rows:
@@ -44,35 +46,33 @@ def calibration_texts(store: Store, manifest: dict[str, Any], n: int = CALIBRATI
     return texts[:n]
 
 
-def needs_calibration(manifest: dict[str, Any]) -> bool:
+def needs_calibration(manifest: Manifest) -> bool:
     """Whether the generation stores int8 and has no ranges yet."""
     spec = spec_from_manifest(manifest)
-    return spec is not None and "int8" in spec.precisions and not (manifest.get("compact") or {}).get("int8")
+    return spec is not None and "int8" in spec.precisions and not manifest.int8
 
 
-def calibrate(store: Store, backend: Backend | dict[str, Any]) -> dict[str, Any] | None:
+def calibrate(store: Store, backend: Backend | BackendOptions) -> dict[str, Any] | None:
     """Record the generation's int8 ranges in its manifest if it stores int8 and has none yet;
     return them (None: the generation stores no int8). `backend`: an open backend, or the options
     of `open_backend`, opened only when the sample must be embedded."""
     manifest = store.read_manifest()
-    compact = manifest.get("compact") or {}
+    compact = (manifest.compact or {})
     if not needs_calibration(manifest):
         return compact.get("int8")
-    previous = manifest.get("previous_generation")
+    previous = manifest.previous_generation
     if previous:
         published = Store(store.root, previous, store.sync).read_manifest()
-        if published.get("compact", {}) and {**published["compact"], "int8": None} == {**compact, "int8": None}:
-            calibration = published["compact"].get("int8")
+        if published.compact and {**published.compact, "int8": None} == {**compact, "int8": None}:
+            calibration = published.compact.get("int8")
             if calibration:
-                store.write_manifest({**manifest, "compact": {**compact, "int8": calibration}})
+                store.write_manifest(manifest.changed(compact={**compact, "int8": calibration}))
                 return calibration
-    if isinstance(backend, dict):
-        from wikiembed.backends.factory import open_backend
-
-        backend = open_backend(model=manifest["model"]["model_id"], **backend)
+    if isinstance(backend, BackendOptions):
+        backend = backend.open(manifest.model.model_id)
     spec = spec_from_manifest(manifest)
     assert spec is not None
     vectors = backend.embed(calibration_texts(store, manifest), document_prompt(manifest))
-    calibration = calibrate_int8(vectors, spec.dims(int(manifest["model"]["dim"])))
-    store.write_manifest({**manifest, "compact": {**compact, "int8": calibration}})
+    calibration = calibrate_int8(vectors, spec.dims(int(manifest.model.dim)))
+    store.write_manifest(manifest.changed(compact={**compact, "int8": calibration}))
     return calibration

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import string
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,10 +22,11 @@ import pyarrow.parquet as pq
 import yaml
 
 from wikiembed import atomic
-from wikiembed.checkpoint import uncompressed_bytes
+from wikiembed.embedding import uncompressed_bytes
 from wikiembed.compact import card_section as compact_card_section
 from wikiembed.errors import StoreError
 from wikiembed.store import ShardState, Store
+from wikiembed.records import Manifest
 
 SPLIT = "train"
 # One pattern for both layouts (flat `data/train-*.parquet`, or `data/NNNN/train-*.parquet`
@@ -113,7 +115,7 @@ def _vector_bytes(store: Store, state: ShardState) -> int:
 
 
 def card_text(
-    store: Store, manifest: dict[str, Any], states: Sequence[ShardState], repo_id: str | None,
+    store: Store, manifest: Manifest, states: Sequence[ShardState], repo_id: str | None,
     evaluation: dict[str, Any] | None = None,
 ) -> str:
     """The dataset card: YAML front matter `datasets` reads, then the human part (`card.md`).
@@ -127,9 +129,9 @@ def card_text(
             f"store {store.root}: no shard is done yet, so there is nothing to describe or publish; "
             f"see why with `wikiembed status --store {shlex.quote(str(store.root))}`."
         )
-    source = manifest.get("source", {}) or {}
-    model = manifest.get("model", {}) or {}
-    chunking = manifest.get("chunking", {}) or {}
+    source = manifest.source
+    model = manifest.model.model_dump()
+    chunking = manifest.chunking
     first = store.data_path(done[0].shard)
     schema = schema_of(first)
     if "embedding" not in schema.names:
@@ -166,8 +168,8 @@ def card_text(
             "dataset_size": num_bytes,
         },
     }
-    versions = manifest.get("versions", {}) or {}
-    skipped = manifest.get("skipped", {}) or {}
+    versions = manifest.versions
+    skipped = manifest.skipped
     partial = len(done) < len(states)
     fields = {
         "front_matter": yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000).rstrip("\n"),
@@ -183,7 +185,7 @@ def card_text(
                                       if license_id == WIKIPEDIA_LICENSE else ""),
         "revision": model.get("revision"),
         "dim": dim,
-        "dimension_line": _dimension_line(dim, manifest.get("vectors")),
+        "dimension_line": _dimension_line(dim, manifest.vectors),
         "prompt_line": _prompt_line(model),
         "query_prompt_repr": repr(str(model.get("query_prompt") or "")),
         "revision_line": f"- revision: `{source['revision']}` (the commit the rows were read at)\n"
@@ -244,12 +246,12 @@ def write_card(store: Path, *, repo_id: str | None = None) -> Path:
 
 
 def _card_key(
-    manifest: dict[str, Any], states: Sequence[ShardState], repo_id: str | None, evaluation: dict[str, Any] | None = None
+    manifest: Manifest, states: Sequence[ShardState], repo_id: str | None, evaluation: dict[str, Any] | None = None
 ) -> str:
     """Digest of everything the card is made from, except the data files the markers vouch for."""
     payload = {
         **({"evaluation": evaluation} if evaluation else {}),
-        "manifest": {k: v for k, v in manifest.items() if k != "updated"},
+        "manifest": manifest.model_dump(mode="json", exclude={"updated"}),
         "shards": [[st.shard, st.state, (st.marker or {}).get("sha256")] for st in states],
         "repo_id": repo_id,
         "template": _CARD_TEMPLATE.template,

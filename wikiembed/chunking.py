@@ -35,6 +35,7 @@ from wikiembed.fast_tokenizer import TokenizerChoice, choice, fast_wordpiece
 from wikiembed.model import load_tokenizer
 from wikiembed.store import Store, sha256_file, store_os_error
 from wikiembed.tokenizing import cores, run_parts, spec, tokenizer_from_spec
+from wikiembed.records import Manifest
 
 CHUNK_SCHEMA = pa.schema(
     [
@@ -614,7 +615,7 @@ def write_parquet_atomic(table: pa.Table, dest: Path, row_group_size: int = CHUN
         pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
 
 
-def chunk_shard_parts(store: Store, shard: int, manifest: dict, workers: int | None = None) -> Iterator[pa.Table]:
+def chunk_shard_parts(store: Store, shard: int, manifest: Manifest, workers: int | None = None) -> Iterator[pa.Table]:
     """Cut shard `shard`'s rows into `chunks/NNNNN.parquet`, yielding each part's chunks as soon as
     it is cut (worker processes cut the next parts meanwhile), so a caller can embed while the
     shard is still being chunked. `workers`: as `chunk_texts` (1: in this process, for a caller
@@ -624,10 +625,10 @@ def chunk_shard_parts(store: Store, shard: int, manifest: dict, workers: int | N
     part has been yielded: it is byte-identical to what `chunk_shard` writes. Closing the
     iterator early (or an error) leaves no file behind.
     """
-    start, end = manifest["plan"]["shards"][shard]
-    chunking = Chunking(**manifest["chunking"])
+    start, end = manifest.plan.shards[shard]
+    chunking = Chunking(**manifest.chunking)
     rows = read_snapshot_rows(store.snapshot_path, start, end)
-    tokenizer = load_tokenizer(manifest["model"]["model_id"]) if chunking.chunker == "tokens" else None
+    tokenizer = load_tokenizer(manifest.model.model_id) if chunking.chunker == "tokens" else None
     schema = chunk_schema(chunking)
     dest = store.chunks_path(shard)
     try:
@@ -636,7 +637,7 @@ def chunk_shard_parts(store: Store, shard: int, manifest: dict, workers: int | N
             # contiguous: the same file as one write_table of the whole shard.
             pending: list[pa.Table] = []
             held = written = 0
-            for table in chunk_tables(rows, chunking, tokenizer, workers, str(manifest["model"].get("document_prompt") or "")):
+            for table in chunk_tables(rows, chunking, tokenizer, workers, manifest.model.document_prompt):
                 pending.append(table)
                 held += table.num_rows
                 while held >= CHUNK_ROW_GROUP:
@@ -650,7 +651,7 @@ def chunk_shard_parts(store: Store, shard: int, manifest: dict, workers: int | N
         raise store_os_error(exc, dest) from exc
 
 
-def chunk_shard(store: Store, shard: int, manifest: dict) -> dict:
+def chunk_shard(store: Store, shard: int, manifest: Manifest) -> dict:
     """Cut shard `shard`'s rows into `chunks/NNNNN.parquet`; returns `{"chunks", "sha256"}`.
 
     Deterministic: the same snapshot rows and chunking give a byte-identical file,

@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from wikiembed.errors import InputError, StoreError
+from wikiembed.records import Manifest
 
 PRECISIONS = ("float32", "float16", "int8", "binary")
 _ARROW = {"float32": pa.float32(), "float16": pa.float16(), "int8": pa.int8(), "binary": pa.uint8()}
@@ -130,16 +131,16 @@ def parse_compact(
     return spec if spec.forms(full_dim) else None
 
 
-def stored_forms(manifest: dict[str, Any]) -> tuple[list[Form], dict[str, Any] | None]:
+def stored_forms(manifest: Manifest) -> tuple[list[Form], dict[str, Any] | None]:
     """(the extra forms a store's data files carry, their int8 calibration) from its manifest."""
     spec = spec_from_manifest(manifest)
     if spec is None:
         return [], None
-    return spec.forms(int(manifest["model"]["dim"])), (manifest.get("compact") or {}).get("int8")
+    return spec.forms(int(manifest.model.dim)), manifest.int8
 
 
-def spec_from_manifest(manifest: dict[str, Any]) -> CompactSpec | None:
-    compact = manifest.get("compact")
+def spec_from_manifest(manifest: Manifest) -> CompactSpec | None:
+    compact = manifest.compact
     if not compact:
         return None
     return CompactSpec(tuple(compact.get("dimensions") or ()), tuple(compact.get("precisions", ())))
@@ -267,7 +268,7 @@ def available_forms(spec: CompactSpec | None, full_dim: int) -> list[Form]:
     return [Form("float32", full_dim, full_dim), *(spec.forms(full_dim) if spec else [])]
 
 
-def card_section(manifest: dict[str, Any]) -> list[str]:
+def card_section(manifest: Manifest) -> list[str]:
     """The dataset card's markdown lines describing a store's compact forms (none when it has none)."""
     forms, calibration = stored_forms(manifest)
     if not forms:

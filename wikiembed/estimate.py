@@ -35,6 +35,7 @@ from wikiembed.errors import InputError
 from wikiembed.model import load_tokenizer, model_info
 from wikiembed.sources import SNAPSHOT_SCHEMA, RowReport, Source, parse_source, pin, read_source
 from wikiembed.tokenizing import encode_ids
+from wikiembed.records import Manifest
 
 DEFAULT_SAMPLE = 300
 Z95 = 1.959964
@@ -370,7 +371,7 @@ def run_hardware(backend: str, device: str | None, gpu: str | None) -> str | Non
 def store_estimate(
     snapshot: Path,
     ranges: Sequence[tuple[int, int]],
-    manifest: dict[str, Any],
+    manifest: Manifest,
     *,
     backend: str,
     hardware: str | None,
@@ -402,13 +403,13 @@ def store_estimate(
             lo, hi = np.searchsorted(picked, [offset, offset + n])
             rows += batch.take(pa.array(picked[lo:hi] - offset)).to_pylist()
         offset += n
-    chunking = manifest["chunking"]
+    chunking = manifest.chunking
     combos = [(backend, hardware)] if hardware else []
     return _result(
-        rows, len(candidates), total_chars, model=manifest["model"]["model_id"], chunker=chunking["chunker"],
+        rows, len(candidates), total_chars, model=manifest.model.model_id, chunker=chunking["chunker"],
         chunk_size=chunking["chunk_size"], chunk_overlap=chunking["chunk_overlap"], combos=combos,
         containers=containers, how=f"snapshot read; {len(rows)} of {len(candidates)} articles to embed sampled (seed {seed})",
-        seed=seed, prompt=str(manifest["model"].get("document_prompt") or ""),
+        seed=seed, prompt=manifest.model.document_prompt,
     )
 
 

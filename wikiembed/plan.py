@@ -27,13 +27,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wikiembed.checkpoint import text_key
+from wikiembed.embedding import text_key
 from wikiembed.compact import form_by_name, parse_compact
 from wikiembed.sources import RowReport, Source, fingerprint, parse_source, pin, write_snapshot
 from wikiembed.errors import InputError, StoreError
 from wikiembed.model import ModelInfo, model_info
 from wikiembed.settings import DEFAULT_SHARD_ROWS, RunSettings
 from wikiembed.chunking import Chunking, make_chunking, plan_shards
+from wikiembed.records import Manifest, ModelRecord, ShardPlan
 from wikiembed.store import Store, sha256_file, store_os_error
 
 
@@ -42,7 +43,7 @@ class Prepared:
     """What the flow needs after planning: the generation to fill and how it relates to the last."""
 
     store: Store
-    manifest: dict[str, Any]
+    manifest: Manifest
     previous_gen: str | None  # the published generation vectors can be reused from (incremental)
 
 
@@ -56,32 +57,32 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _identity(manifest: dict[str, Any]) -> tuple:
-    compact = manifest.get("compact") or {}
+def _identity(model_id: str, chunking: dict[str, Any], compact: dict[str, Any] | None) -> tuple:
     # The model's revision is not part of a store's identity: a new revision (new weights) is a new
     # generation of the same store, embedded afresh.
+    compact = compact or {}
     return (
-        manifest["model"]["model_id"],
-        tuple(sorted(manifest["chunking"].items())),
+        model_id,
+        tuple(sorted(chunking.items())),
         (tuple(compact.get("dimensions") or ()), tuple(compact.get("precisions", ()))),
     )
 
 
-def model_record(info: ModelInfo, settings: RunSettings) -> dict[str, Any]:
+def model_record(info: ModelInfo, settings: RunSettings) -> ModelRecord:
     """The manifest's `model`: the model, and everything beside its weights that shapes its vectors.
 
     The prompts are resolved here, once, from the model's own prompts and the run's
     --prompt-name / --query-prompt-name: every later step (chunker, backends, search) reads them here.
     """
-    return {
-        "model_id": info.model_id,
-        "revision": info.revision,
-        "dim": info.dim,
-        "max_tokens": info.max_tokens,
-        "document_prompt": info.prompt(settings.prompt_name, "document"),
-        "query_prompt": info.prompt(settings.query_prompt_name, "query"),
-        "shape": info.shape(),
-    }
+    return ModelRecord(
+        model_id=info.model_id,
+        revision=info.revision,
+        dim=info.dim,
+        max_tokens=info.max_tokens,
+        document_prompt=info.prompt(settings.prompt_name, "document"),
+        query_prompt=info.prompt(settings.query_prompt_name, "query"),
+        shape=info.shape(),
+    )
 
 
 # What the engine made before it read a model's whole module list: mean or CLS pooling, nothing
@@ -90,14 +91,14 @@ _PLAIN_SHAPES = ({"pooling": "mean", "include_prompt": True, "dense": [], "trunc
                  {"pooling": "cls", "include_prompt": True, "dense": [], "truncate_dim": None})
 
 
-def vector_key(model: dict[str, Any]) -> str:
+def vector_key(model: ModelRecord) -> str:
     """What besides the weights decides a generation's vectors ("" for a plain mean/CLS model with no
     prompt); a change of it is a new generation, embedded afresh."""
-    shape = {k: v for k, v in (model.get("shape") or {}).items() if k != "normalize"}
-    prompt = str(model.get("document_prompt") or "")
+    shape = {k: v for k, v in (model.shape or {}).items() if k != "normalize"}
+    prompt = model.document_prompt
     if not prompt and (not shape or shape in _PLAIN_SHAPES):
         return ""
-    return json.dumps({"prompt": prompt, **(model.get("shape") or {})}, sort_keys=True)
+    return json.dumps({"prompt": prompt, **(model.shape or {})}, sort_keys=True)
 
 
 def resolve(settings: RunSettings) -> tuple[Source, ModelInfo, Chunking]:
@@ -135,11 +136,11 @@ def check_store(settings: RunSettings, info: ModelInfo, chunking: Chunking) -> N
         return  # nothing published, or a lost manifest that `prepare` rebuilds (or names the run that can)
     published = Store(root.root, current).read_manifest()
     compact = parse_compact(settings.output.dimensions, settings.output.precision, info.dim)
-    asked = {"model": {"model_id": info.model_id}, "chunking": chunking.as_dict(), "compact": compact.as_dict() if compact else None}
-    if _identity(published) != _identity(asked):
+    asked = _identity(info.model_id, chunking.as_dict(), compact.as_dict() if compact else None)
+    if _identity(published.model.model_id, published.chunking, published.compact) != asked:
         raise InputError(
-            f"store {root.root} holds model {published['model']['model_id']} with chunking "
-            f"{published['chunking']} and compact forms {published.get('compact')}; this run asks for "
+            f"store {root.root} holds model {published.model.model_id} with chunking "
+            f"{published.chunking} and compact forms {published.compact}; this run asks for "
             f"{info.model_id} with {chunking.as_dict()} and {compact.as_dict() if compact else None}. "
             "One store holds one model, chunking and set of forms: use a new store for this one (--store, or "
             "`-p store=...` for a deployment run such as the sample's)."
@@ -174,19 +175,19 @@ def prepare(settings: RunSettings) -> Prepared:
         current_lost = False
     if current is not None and not current_lost:
         published = Store(root.root, current).read_manifest()
-        same_vectors = published["model"]["revision"] == info.revision and vector_key(published["model"]) == key
+        same_vectors = published.model.revision == info.revision and vector_key(published.model) == key
         if current != gen and same_vectors:
             previous = current
-            inherited_kind = published.get("vectors")
+            inherited_kind = published.vectors
     target = Store(root.root, gen)
     if target.exists():
         manifest = target.read_manifest()
-        if manifest["model"] != model:
+        if manifest.model != model:
             # Same vectors (the name says so); the record gains what older versions did not write
             # and the query prompt this run names (queries do not shape the stored vectors).
-            manifest = {**manifest, "model": model}
+            manifest = manifest.changed(model=model)
             target.write_manifest(manifest)
-        recorded = manifest["plan"]["shard_rows"]
+        recorded = manifest.plan.shard_rows
         if settings.shard_rows not in (None, recorded):
             # Re-planning would re-embed every shard and could leave the store empty
             # mid-run; the recorded plan is kept, and the user picks how to proceed.
@@ -199,7 +200,7 @@ def prepare(settings: RunSettings) -> Prepared:
             # Same fingerprint, same rows: re-reading the source repairs the snapshot the
             # remaining shards are cut from (done shards never read it again).
             _write_snapshot(source, target)
-            manifest = {**manifest, "snapshot": _snapshot_record(target)}
+            manifest = manifest.changed(snapshot=_snapshot_record(target))
             target.write_manifest(manifest)
         _point(root, current, gen)
         target.clean_temp_files()
@@ -220,24 +221,24 @@ def prepare(settings: RunSettings) -> Prepared:
             f"--source {settings.source}: every row was skipped ({why}), so there is nothing to embed; "
             "fix those rows, or map your columns with --columns (e.g. --columns text=body,id=page_id)."
         )
-    manifest = {
-        "source": {**source.as_dict(), "fingerprint": fp},
-        "model": model,
-        "chunking": chunking.as_dict(),
-        "compact": compact.as_dict() if compact else None,
-        "settings": settings.model_dump(),
-        "plan": {"shard_rows": shard_rows, "rows": rows, "shards": plan_shards(rows, shard_rows)},
-        "snapshot": _snapshot_record(target),
-        "skipped": dict(report.skipped),
-        "skipped_examples": report.examples,
-        "repaired": dict(report.repaired),
-        "versions": _versions(),
-        "generation": gen,
-        "previous_generation": previous,
-        # The kind of vectors this generation holds (see wikiembed.checkpoint): the published
+    manifest = Manifest(
+        source={**source.as_dict(), "fingerprint": fp},
+        model=model,
+        chunking=chunking.as_dict(),
+        compact=compact.as_dict() if compact else None,
+        settings=settings.model_dump(),
+        plan=ShardPlan(shard_rows=shard_rows, rows=rows, shards=plan_shards(rows, shard_rows)),
+        snapshot=_snapshot_record(target),
+        skipped=dict(report.skipped),
+        skipped_examples=report.examples,
+        repaired=dict(report.repaired),
+        versions=_versions(),
+        generation=gen,
+        previous_generation=previous,
+        # The kind of vectors this generation holds (see wikiembed.embedding): the published
         # generation's when vectors carry over, else set by the first shard embedded.
-        "vectors": inherited_kind,
-    }
+        vectors=inherited_kind,
+    )
     target.write_manifest(manifest)
     _point(root, current, gen)
     return Prepared(target, manifest, previous)
@@ -258,14 +259,14 @@ def _snapshot_record(store: Store) -> dict[str, Any]:
     return {"sha256": sha256_file(store.snapshot_path), "bytes": store.snapshot_path.stat().st_size}
 
 
-def snapshot_damage(store: Store, manifest: dict[str, Any]) -> str | None:
+def snapshot_damage(store: Store, manifest: Manifest) -> str | None:
     """What is wrong with a generation's snapshot (missing, unreadable, changed), or None."""
     path = store.snapshot_path
     try:
         rows = pq.ParquetFile(path).metadata.num_rows
-        if rows != manifest["plan"]["rows"]:
-            return f"it holds {rows} rows, the plan {manifest['plan']['rows']}"
-        recorded = manifest.get("snapshot", {}).get("sha256")
+        if rows != manifest.plan.rows:
+            return f"it holds {rows} rows, the plan {manifest.plan.rows}"
+        recorded = (manifest.snapshot or {}).get("sha256")
         if recorded and sha256_file(path) != recorded:
             return "its sha256 differs from the one recorded when it was written"
     except (OSError, pa.ArrowException) as exc:
@@ -273,13 +274,13 @@ def snapshot_damage(store: Store, manifest: dict[str, Any]) -> str | None:
     return None
 
 
-def check_snapshot(store: Store, manifest: dict[str, Any]) -> None:
+def check_snapshot(store: Store, manifest: Manifest) -> None:
     """Refuse to cut shards from a damaged snapshot, naming the command that repairs it."""
     damage = snapshot_damage(store, manifest)
     if damage:
         raise StoreError(
             f"store {store.root}: the snapshot {store.snapshot_path} is damaged ({damage}). Run the same "
-            f"`wikiembed run --source {shlex.quote(manifest['source']['spec'])} ...` command again: it re-reads the source, "
+            f"`wikiembed run --source {shlex.quote(manifest.source['spec'])} ...` command again: it re-reads the source, "
             "rewrites the snapshot and keeps every done shard."
         )
 
@@ -318,7 +319,7 @@ def _recorded_shard_rows(root: Store, current: str | None) -> int | None:
     """The published generation's shard size: a new source version keeps the store's plan."""
     if current is None:
         return None
-    return int(Store(root.root, current).read_manifest()["plan"]["shard_rows"])
+    return int(Store(root.root, current).read_manifest().plan.shard_rows)
 
 
 def _point(root: Store, current: str | None, gen: str) -> None:

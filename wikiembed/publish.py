@@ -1,5 +1,6 @@
-"""Publishing: a run store's finished shards as a Hugging Face dataset (the card, the merged
-parquet layout, a `dir:` copy or a `hub:` upload).
+"""Publishing: a run store's finished shards as a Hugging Face dataset: the staging folder (the
+merged parquet layout and the card, `wikiembed.card`), then a `dir:` copy or a `hub:` upload
+(`wikiembed.hub_upload`: the token and the Hub calls).
 
 What it may touch:
 - reads the store through `wikiembed.store.Store` (manifest, markers, data files; never changes
@@ -11,12 +12,8 @@ What it may touch:
   sees nothing new);
 - `dir:PATH` writes `PATH/README.md` and `PATH/data/`; `hub:ORG/NAME` talks to the Hugging Face
   Hub through `huggingface_hub` (whoami, create_repo, create_branch, upload_folder);
-- reads the token from the `token` argument, `HF_TOKEN`, or the Prefect Secret block `hf-token`.
-  The token never appears in logs, return values or error messages.
-
-Upload speed: with `hf_xet` installed (the default) `upload_folder` streams through Xet and
-resumes by re-running; set `HF_XET_HIGH_PERFORMANCE=1` for the fast path (`hf_transfer` is not
-used by huggingface_hub >= 1.0).
+- the Hub token: the `token` argument, else `wikiembed.hub_upload.resolve_token` (`HF_TOKEN`, the
+  Prefect Secret block `hf-token`). The token never appears in logs, return values or error messages.
 """
 
 from __future__ import annotations
@@ -42,7 +39,8 @@ import pyarrow.parquet as pq
 
 from wikiembed import atomic
 from wikiembed.card import SPLIT, card_text, read_eval, schema_of, write_card_if_changed
-from wikiembed.errors import InputError, StoreError, UploadError, WikiembedError
+from wikiembed.errors import InputError, StoreError, UploadError
+from wikiembed.hub_upload import SECRET_BLOCK, token_and_source, upload_folder
 from wikiembed.store import ShardState, Store, StoreLock, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -62,8 +60,7 @@ STATE_FILE = ".wikiembed-publish.json"
 EXPORT_MARKER = ".wikiembed-export.json"
 # Bump when the bytes of a merged file would change for the same inputs (writer options, naming).
 LAYOUT_VERSION = 1
-SECRET_BLOCK = "hf-token"
-# zstd, as the checkpoint writes shard files (wikiembed/checkpoint.py). Content-defined chunking
+# zstd, as the checkpoint writes shard files (wikiembed/embedding.py). Content-defined chunking
 # (pyarrow >= 21) cuts parquet pages at content-defined boundaries, so after a shard is appended
 # or re-embedded most pages of a re-merged file are byte-identical to the last upload and Xet
 # deduplicates them; older pyarrow writes plain pages.
@@ -254,48 +251,6 @@ def _build_staging(store: Store, staging: Path, done: Sequence[ShardState], file
     return current
 
 
-# ---------------------------------------------------------------------------- dataset card
-
-
-def _token_and_source() -> tuple[str | None, str]:
-    token = os.environ.get("HF_TOKEN", "").strip()
-    if token:
-        return token, "HF_TOKEN"
-    try:
-        from prefect.blocks.system import Secret
-
-        # `Secret.load` hands back a coroutine when called inside an async flow or event loop; a
-        # thread of our own has neither (context variables do not follow into it), so it is sync.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            block = pool.submit(Secret.load, SECRET_BLOCK).result()
-        value = block.get()
-    except Exception as exc:  # no such block, no Prefect API, no Prefect: all mean "no token here"
-        logger.debug("no Prefect Secret block %r (%s)", SECRET_BLOCK, type(exc).__name__)
-        return None, ""
-    token = str(value).strip() if value else ""
-    return (token or None), f"the Prefect Secret block {SECRET_BLOCK!r}"
-
-
-def resolve_token() -> str | None:
-    """The Hub token: `HF_TOKEN`, else the Prefect Secret block `hf-token`, else None."""
-    return _token_and_source()[0]
-
-
-def _scrub(text: str, token: str | None) -> str:
-    return text.replace(token, "***") if token else text
-
-
-def _describe(exc: BaseException, token: str | None) -> str:
-    """An exception and its causes as one line, with the token removed."""
-    parts: list[str] = []
-    seen: BaseException | None = exc
-    while seen is not None and len(parts) < 4:
-        message = " ".join(str(seen).split())
-        parts.append(f"{type(seen).__name__}: {message}" if message else type(seen).__name__)
-        seen = seen.__cause__
-    return _scrub("; caused by ".join(parts), token)
-
-
 # ---------------------------------------------------------------------------- targets
 
 
@@ -391,70 +346,6 @@ def _copy_to_dir(staging: Path, files: dict[str, dict[str, Any]], dest: Path) ->
     return changed
 
 
-def _upload_to_hub(
-    staging: Path,
-    repo_id: str,
-    *,
-    token: str,
-    token_source: str,
-    private: bool,
-    revision: str | None,
-    create_pr: bool,
-    commit_message: str,
-) -> tuple[str, bool]:
-    """whoami, create_repo, create_branch, upload_folder; return (commit or PR url, committed)."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
-
-    api = HfApi(token=token, library_name="wikiembed")
-    # Check the token first, so a missing or rejected one fails before any data moves.
-    try:
-        user = api.whoami(token=token)
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        if status == 401:
-            raise UploadError(
-                f"the Hugging Face token from {token_source} was rejected (401 Unauthorized); create a "
-                "token with write access at https://huggingface.co/settings/tokens and set HF_TOKEN "
-                f"(or the Prefect Secret block {SECRET_BLOCK!r})."
-            ) from None
-        raise UploadError(f"checking the token with the Hub failed: {_describe(exc, token)}; try again later.") from None
-    except Exception as exc:
-        raise UploadError(
-            f"could not reach the Hugging Face Hub to check the token ({_describe(exc, token)}); "
-            "check the network (and HF_ENDPOINT if set) and run the same command again."
-        ) from None
-    logger.info("publishing to dataset %s as %s", repo_id, user.get("name", "?"))
-    try:
-        # private=None lets the Hub apply the namespace's default visibility; an existing repo
-        # keeps its visibility either way.
-        api.create_repo(repo_id, repo_type="dataset", private=True if private else None, exist_ok=True)
-        if revision:
-            api.create_branch(repo_id, repo_type="dataset", branch=revision, exist_ok=True)
-        head = api.repo_info(repo_id, repo_type="dataset", revision=revision).sha
-        info = api.upload_folder(
-            repo_id=repo_id,
-            repo_type="dataset",
-            folder_path=staging,
-            revision=revision,
-            create_pr=create_pr,
-            commit_message=commit_message,
-            allow_patterns=["README.md", "data/*"],
-            # Remote data files that are not in this layout would be read by the card's glob.
-            delete_patterns=["data/*"],
-        )
-    except WikiembedError:
-        raise
-    except Exception as exc:
-        # `from None`: the chained original could carry the token in its text; the message keeps its gist.
-        raise UploadError(
-            f"upload to hub:{repo_id} failed: {_describe(exc, token)}. Run the same command again to "
-            "resume: files the Hub already has are not sent again."
-        ) from None
-    committed = info.oid != head or info.pr_url is not None
-    return (info.pr_url or info.commit_url), committed
-
-
 # ---------------------------------------------------------------------------- publish
 
 
@@ -505,7 +396,7 @@ def publish(
     token_source = "the token argument"
     if kind == "hub":
         if token is None:
-            token, token_source = _token_and_source()
+            token, token_source = token_and_source()
         if not token:
             raise UploadError(
                 f"no Hugging Face token for {target}: set HF_TOKEN, or store one in Prefect with "
@@ -536,8 +427,8 @@ def publish(
             dest = Path(where)
             summary.update(url=str(dest), committed=_copy_to_dir(staging, files, dest))
         else:
-            model_id = (manifest.get("model") or {}).get("model_id", "unknown")
-            url, committed = _upload_to_hub(
+            model_id = manifest.model.model_id
+            url, committed = upload_folder(
                 staging,
                 where,
                 token=str(token),

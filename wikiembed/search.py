@@ -88,10 +88,10 @@ class StoreVectors:
         self.sources = [{"shard": s.shard, "sha256": (s.marker or {}).get("sha256")} for s in done]
         if not self.files:
             raise StoreError(f"store {root.root}: no shard is done yet; finish the run first (`wikiembed status --store {shlex.quote(str(root.root))}`).")
-        self.model_id: str = self.manifest["model"]["model_id"]
-        self.dim = int(self.manifest["model"]["dim"])
+        self.model_id: str = self.manifest.model.model_id
+        self.dim = int(self.manifest.model.dim)
         self.compact = spec_from_manifest(self.manifest)
-        self.int8_calibration = (self.manifest.get("compact") or {}).get("int8")
+        self.int8_calibration = self.manifest.int8
 
     @property
     def root(self) -> Path:
@@ -103,7 +103,7 @@ class StoreVectors:
     @property
     def query_prompt(self) -> str:
         """The prompt queries get (the model's query prompt, or --query-prompt-name's, as recorded at planning)."""
-        return str(self.manifest["model"].get("query_prompt") or "")
+        return self.manifest.model.query_prompt
 
     def model_files(self, why: str) -> Any:
         """The store's model (`wikiembed.model.ModelInfo`), refused when the files found here are not the
@@ -111,7 +111,7 @@ class StoreVectors:
         from wikiembed.model import model_info
 
         info = model_info(self.model_id)
-        recorded = self.manifest["model"].get("revision")
+        recorded = self.manifest.model.revision
         if recorded and info.revision != recorded:
             raise InputError(
                 f"model {self.model_id!r}: the files found here (revision {info.revision}) are not the ones store "

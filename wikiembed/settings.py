@@ -14,9 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
+from wikiembed import executors
 from wikiembed.errors import InputError
 from wikiembed.model import DEFAULT_MODEL
 
@@ -125,6 +126,17 @@ class OutputOptions(_Options):
         return value or []
 
 
+def _known_executor(name: str) -> str:
+    known = executors.names()
+    if name not in known:
+        raise ValueError(f"backend {name!r} is not an executor here: use one of {', '.join(known)}")
+    return name
+
+
+# Any registered executor (`wikiembed.executors`); the form lists the ones known when it is built.
+ExecutorName = Annotated[str, AfterValidator(_known_executor), WithJsonSchema({"type": "string", "enum": executors.names()})]
+
+
 class RunSettings(_Options):
     """Embed a dataset into a run store; resume whatever a previous run left undone."""
 
@@ -151,7 +163,7 @@ class RunSettings(_Options):
     trust_remote_code: bool = Field(
         False, description="Run model code shipped inside the model folder (auto_map); only for models you trust."
     )
-    backend: Literal["local", "tei", "modal"] = Field(
+    backend: ExecutorName = Field(
         "local", description="Where vectors are computed: local (in-process PyTorch), tei (servers by URL), modal (a deployed app)."
     )
     upload_to: str | None = Field(

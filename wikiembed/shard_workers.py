@@ -5,7 +5,7 @@ every vector comes back to it. In one process the chunker, the JSON of the
 requests, the decoding of the answers, the checks and the parquet writer all
 take turns on one interpreter, so a run could go no faster than one core however
 many TEI servers answer. Here each shard runs whole in a worker process (the
-same `wikiembed.fanout.run_shard` a Modal container runs: chunk, embed, write
+same `wikiembed.store_ops.run_shard` a Modal container runs: chunk, embed, write
 data, then its marker), one worker per core by default, and the flow's embed
 task waits for the shard's marker.
 
@@ -37,9 +37,10 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from wikiembed.backends.factory import BackendOptions
 from wikiembed.errors import TransientBackendError
 from wikiembed import reuse_index
-from wikiembed.fanout import run_shard
+from wikiembed.store_ops import run_shard
 from wikiembed.store import Store
 from wikiembed.tokenizing import _worker_start, cores
 
@@ -50,7 +51,7 @@ _DROP_LOCK = threading.Lock()
 
 
 def run(
-    root: str, gen: str, shard: int, backend_opts: dict[str, Any], *, workers: int | None = None, reuse_gen: str | None = None
+    root: str, gen: str, shard: int, backend: BackendOptions, *, workers: int | None = None, reuse_gen: str | None = None
 ) -> dict[str, Any]:
     """Run shard `shard` in a worker process (`workers` of them, default one per core); wait for it.
 
@@ -60,7 +61,7 @@ def run(
     workers = workers or cores()
     pool = _pool(workers)
     try:
-        return pool.submit(_run_in_worker, root, gen, shard, backend_opts, workers, reuse_gen).result()
+        return pool.submit(_run_in_worker, root, gen, shard, backend, workers, reuse_gen).result()
     except BrokenProcessPool as exc:
         _drop_pool(pool)  # returns once every worker of the broken pool is gone (and reaped)
         removed = Store(root, gen).clean_temp_files()  # files of dead processes only (by the pid in their names)
@@ -109,13 +110,11 @@ def _drop_pool(broken: ProcessPoolExecutor) -> None:
 
 
 def _run_in_worker(
-    root: str, gen: str, shard: int, backend_opts: dict[str, Any], workers: int, reuse_gen: str | None
+    root: str, gen: str, shard: int, options: BackendOptions, workers: int, reuse_gen: str | None
 ) -> dict[str, Any]:
     """Worker body: the shard through `run_shard`, with this process's client and index."""
-    from wikiembed.backends.factory import open_backend
-
-    model = Store(root, gen).read_manifest()["model"]["model_id"]
-    backend = open_backend(model=model, clients=workers, **backend_opts)
+    model = Store(root, gen).read_manifest().model.model_id
+    backend = options.open(model, clients=workers)
     before = int(getattr(backend, "retries", 0))
     reuse = reuse_index.shared(root, reuse_gen) if reuse_gen else None
     marker = run_shard(root, gen, shard, backend, chunk_workers=1, reuse=reuse)

@@ -33,8 +33,8 @@ import orjson
 
 from wikiembed import atomic
 from wikiembed.errors import InputError, StoreError
+from wikiembed.records import FORMAT, Manifest
 
-FORMAT = 1
 _HASH_BLOCK = 1 << 22
 
 
@@ -160,7 +160,7 @@ class Store:
             states = other.states(manifest)
         except StoreError as exc:
             return {**info, "error": str(exc)}
-        info.update(source=(manifest.get("source") or {}).get("spec"), total=len(states),
+        info.update(source=manifest.source.get("spec"), total=len(states),
                     done=sum(s.state == "done" for s in states), failed=sum(s.state == "failed" for s in states))
         return info
 
@@ -263,7 +263,8 @@ class Store:
     def exists(self) -> bool:
         return self.gen is not None and self.manifest_path.exists()
 
-    def read_manifest(self) -> dict[str, Any]:
+    def read_manifest(self) -> Manifest:
+        """The generation's manifest (`wikiembed.records.Manifest`): the one place it is read."""
         try:
             manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -276,13 +277,12 @@ class Store:
             ) from None
         except (json.JSONDecodeError, OSError) as exc:
             raise StoreError(f"store {self.root}: manifest.json is unreadable ({exc}); restore it or start a new store.") from exc
-        if manifest.get("format") != FORMAT:
-            raise StoreError(f"store {self.root}: manifest format {manifest.get('format')!r} is not {FORMAT}; use a new --store.")
-        return manifest
+        return manifest_of(manifest, f"store {self.root}")
 
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        manifest = {**manifest, "format": FORMAT, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        write_json_atomic(self.manifest_path, manifest)
+    def write_manifest(self, manifest: Manifest) -> None:
+        """Write the generation's manifest (atomically), stamped with this layout's format: the one place it is written."""
+        record = manifest.model_dump(mode="json") | {"format": FORMAT, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        write_json_atomic(self.manifest_path, record)
         self.sync.commit()
 
     def ensure_writable(self) -> None:
@@ -367,19 +367,13 @@ class Store:
         self.data_path(shard).unlink(missing_ok=True)
         self.sync.commit()
 
-    def states(self, manifest: dict[str, Any] | None = None, *, verify: bool = False) -> list[ShardState]:
+    def states(self, manifest: Manifest | None = None, *, verify: bool = False) -> list[ShardState]:
         """Every planned shard's state, from one listing of `_done/` and `_failed/`.
 
         A marker is trusted by its file's stat (see `read_done`); `verify=True` rehashes every
         data file instead, which finds silent corruption at the cost of reading the whole store.
         """
-        manifest = manifest or self.read_manifest()
-        try:
-            planned = manifest["plan"]["shards"]
-        except (KeyError, TypeError):
-            raise StoreError(
-                f"store {self.root}: manifest.json has no plan.shards; the store is incomplete, rerun `wikiembed run`."
-            ) from None
+        planned = (manifest or self.read_manifest()).plan.shards
         done_names = {p.name for p in (self.dir / "_done").glob("*.json")}
         failed_names = {p.name for p in (self.dir / "_failed").glob("*.json")}
         done_dir, data_dir = str(self.dir / "_done"), str(self.dir / "data")
@@ -477,3 +471,27 @@ class StoreLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def manifest_of(record: Any, where: str) -> Manifest:
+    """A manifest from its JSON: one of an older layout opens (missing fields take their defaults),
+    one of a newer layout is refused with the upgrade that reads it, a damaged one is named."""
+    from pydantic import ValidationError
+
+    found = record.get("format") if isinstance(record, dict) else None
+    if isinstance(found, int) and found > FORMAT:
+        raise StoreError(
+            f"{where}: manifest.json has layout {found}, made by a newer wikiembed than this one (which reads up to "
+            f"{FORMAT}); upgrade wikiembed (`pip install -U wikiembed`, or pull the repository) to open it. Nothing was changed."
+        )
+    if found != FORMAT:
+        raise StoreError(f"{where}: manifest format {found!r} is not {FORMAT}; use a new --store.")
+    try:
+        return Manifest.model_validate(record)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        field = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        raise StoreError(
+            f"{where}: manifest.json is damaged at {field} ({problem['msg']}); restore it from a backup, or run the same "
+            "`wikiembed run` that made the store again to rebuild it."
+        ) from None

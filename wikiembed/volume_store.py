@@ -8,7 +8,7 @@ Two views of the same store, one interface:
 - Outside Modal (the flow's machine, `wikiembed status` / `rerun` / `export` /
   `upload`) `VolumeStore` answers the same calls the flow makes on a local `Store`
   (`read_manifest`, `states`, `mark_failed`, `forget`) by calling the deployed
-  `StoreOps` class (`modal_workers/store_app.py`), which runs `wikiembed.fanout` at
+  `StoreOps` class (`modal_workers/store_app.py`), which runs `wikiembed.store_ops` at
   the mount. Only control data travels: the manifest's plan, shard states, error texts.
 
 A Volume has no lock that works across machines, so one run per Volume store is a
@@ -34,7 +34,8 @@ import uuid
 from typing import Any, Iterator
 
 from wikiembed.errors import BackendError, InputError, StoreError
-from wikiembed.store import ShardState, Store, pid_alive
+from wikiembed.records import FORMAT, Manifest
+from wikiembed.store import ShardState, Store, manifest_of, pid_alive
 
 PREFIX = "modal:"
 # Where the deployed apps mount the store Volume; a store `modal:VOLUME/PATH` is at STORE_MOUNT/PATH there.
@@ -133,13 +134,13 @@ class VolumeStore:
         self.volume, self.path = parse_spec(spec) or ("", "")
         self.root = spec  # what the flow shows and passes on: the spec, never a local path
         self._ops = ops or store_ops(self.volume)
-        self._manifest: dict[str, Any] | None = None
+        self._manifest: Manifest | None = None
         self.gen = gen  # None: the generation status and rerun work on, learnt from the first view
 
     def _view(self, with_states: bool = True) -> dict[str, Any]:
         view = self._ops.call("view", mount_path(self.root), self.gen, with_states)
         self.gen = view["gen"]
-        self._manifest = view["manifest"]  # fixed for a generation: read once
+        self._manifest = manifest_of({"format": FORMAT, **view["manifest"]}, f"store {self.root}")  # fixed for a generation: read once
         return view
 
     def exists(self) -> bool:
@@ -149,13 +150,13 @@ class VolumeStore:
             return False
         return True
 
-    def read_manifest(self) -> dict[str, Any]:
+    def read_manifest(self) -> Manifest:
         if self._manifest is None:
             self._view(with_states=False)
         assert self._manifest is not None
         return self._manifest
 
-    def states(self, manifest: dict[str, Any] | None = None) -> list[ShardState]:
+    def states(self, manifest: Manifest | None = None) -> list[ShardState]:
         return [ShardState(**s) for s in self._view()["states"]]
 
     def mark_failed(self, shard: int, error: str, attempts: int) -> None:

@@ -50,13 +50,12 @@ class FaultyBackend:
 
 
 def install(monkeypatch, **faults) -> FaultyBackend:
-    """Route the flow's backend (and the embed task's) through a FaultyBackend around the real local engine."""
+    """Route the run's backend through a FaultyBackend around the real local engine."""
+    import wikiembed.backends.factory as factory
     import wikiembed.flows.embed_dataset as flow_module
-    import wikiembed.tasks.embed as embed_module
 
     faulty = FaultyBackend(open_backend("local", "sentence-transformers/all-MiniLM-L6-v2"), **faults)
-    monkeypatch.setattr(flow_module, "open_backend", lambda **_: faulty)
-    monkeypatch.setattr(embed_module, "open_backend", lambda **_: faulty)
+    monkeypatch.setattr(factory, "open_backend", lambda **_: faulty)  # what every executor opens through
     # retries stay real, only faster
     monkeypatch.setattr(flow_module, "embed_task", flow_module.embed_task.with_options(retry_delay_seconds=0.2))
     return faulty

@@ -27,7 +27,7 @@ def _finished(store: Path) -> dict[str, tuple[bytes, int]]:
 
 
 def test_a_forgotten_or_different_shard_size_keeps_the_published_store(prefect_api, tmp_path, monkeypatch):
-    import wikiembed.fanout as download  # the download task plans through fanout.prepare_store
+    import wikiembed.store_ops as download  # the download task plans through store_ops.prepare_store
 
     store = tmp_path / "store"
     first = embed_dataset(source="sample:60", store=str(store), shard_rows=20)

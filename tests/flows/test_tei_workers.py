@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.standins.tei_server import embed_texts, start_server
-from wikiembed import fanout, shard_workers
+from wikiembed.backends.factory import BackendOptions
+from wikiembed import shard_workers, store_ops
 from wikiembed.errors import BackendError
 from wikiembed.model import DEFAULT_MODEL
 from wikiembed.store import Store
@@ -47,8 +48,8 @@ def _assert_done_and_exact(store: Path, shards: int) -> None:
 def test_shards_run_in_worker_processes_with_the_in_process_result(prefect_api, tmp_path: Path, tei: str) -> None:
     from wikiembed.flows.embed_dataset import embed_dataset
 
-    opts = {"backend": "tei", "tei_url": (tei,)}
-    pooled = fanout.prepare_store({"source": "sample:120", "store": str(tmp_path / "pooled"), "shard_rows": 30})
+    opts = BackendOptions("tei", tei_url=(tei,))
+    pooled = store_ops.prepare_store({"source": "sample:120", "store": str(tmp_path / "pooled"), "shard_rows": 30})
     try:
         with ThreadPoolExecutor(4) as threads:
             markers = list(threads.map(lambda k: shard_workers.run(pooled["store"], pooled["gen"], k, opts, workers=2), range(4)))
@@ -58,9 +59,9 @@ def test_shards_run_in_worker_processes_with_the_in_process_result(prefect_api, 
     assert os.getpid() not in pids and 1 <= len(pids) <= 2
 
     # The same shard function in this process, and the whole flow with its workers: the same bytes.
-    alone = fanout.prepare_store({"source": "sample:120", "store": str(tmp_path / "alone"), "shard_rows": 30})
+    alone = store_ops.prepare_store({"source": "sample:120", "store": str(tmp_path / "alone"), "shard_rows": 30})
     for k in range(4):
-        fanout.run_shard(alone["store"], alone["gen"], k, opts)
+        store_ops.run_shard(alone["store"], alone["gen"], k, opts)
     summary = embed_dataset(source="sample:120", store=str(tmp_path / "flow"), shard_rows=30, backend="tei",
                             compute={"tei_url": [tei], "shard_workers": 2})  # fmt: skip
     assert summary["shards_done"] == 4 and summary["embedded_chunks"] == sum(m["chunks"] for m in markers)

@@ -170,7 +170,7 @@ def test_attempts_and_retries_are_the_ones_that_happened(prefect_api, tmp_path, 
 
     # A transient error is retried EMBED_RETRIES times: that many retries, one more attempt.
     flaky = _AlwaysTransient(faulty.inner)
-    monkeypatch.setattr("wikiembed.tasks.embed.open_backend", lambda **_: flaky)
+    monkeypatch.setattr("wikiembed.backends.factory.open_backend", lambda **_: flaky)
     with pytest.raises(ShardsFailed) as ended:
         rerun_shards(store=str(store), shards=[0])
     again = ended.value.summary

@@ -5,7 +5,7 @@ containers, and whatever the real library code they run touches (the store on th
 emulated Volume, the TEI stand-in server it is pointed at).
 
 It replaces `modal.Cls.from_name(app, cls)` and runs the real code behind the deployed
-classes (`wikiembed.fanout`) in separate processes, following the contract Modal
+classes (`wikiembed.store_ops`) in separate processes, following the contract Modal
 documents (modal.com/docs/guide/volumes, /docs/guide/retries):
 
 - A container mounts the Volume as it was last committed. Its own writes reach the
@@ -339,14 +339,18 @@ def _as_mounted(value: Any, private: Path) -> Any:
 
 def _serve(cloud: CloudDir, private: Path, out: BinaryIO, inp: BinaryIO) -> None:
     """The container's loop: one request at a time, the real library function, the answer back."""
-    from wikiembed import fanout
+    from wikiembed import store_ops
     from wikiembed.errors import BackendError
     from wikiembed.evaluate import compare_at_store
     from wikiembed.finetune import finetune_at_store
 
     sync = EmulatedVolume(cloud, private)
     _see_the_mount(private)
-    backend_opts = cloud.config()["backend_opts"]
+    from wikiembed.backends.factory import BackendOptions
+
+    # The backend each deployed class opens in its container (TEI for TEIShards, the engine for TorchShards).
+    backend_opts = {cls: BackendOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()})
+                    for cls, opts in cloud.config()["backend_opts"].items()}
     while True:
         request = _read_frame(inp)
         if request is None:
@@ -361,29 +365,29 @@ def _serve(cloud: CloudDir, private: Path, out: BinaryIO, inp: BinaryIO) -> None
                 if failure:
                     raise BackendError(f"shard {shard}: {failure}")
                 # As TEIShards.run_shard / TorchShards.run_shard call it.
-                result = fanout.run_shard(_local_root(root, private), gen, shard, backend_opts[cls], sync, reuse_previous=True)
+                result = store_ops.run_shard(_local_root(root, private), gen, shard, backend_opts[cls], sync, reuse_previous=True)
             elif method == "calibrate":  # as TEIShards.calibrate / TorchShards.calibrate call it
                 root, gen = args
-                result = fanout.calibrate_store(_local_root(root, private), gen, backend_opts[cls], sync)
+                result = store_ops.calibrate_store(_local_root(root, private), gen, backend_opts[cls], sync)
             elif method == "prepare":
                 if cloud.faults().get("hold_prepare"):
                     (cloud.path / f"holding-{os.getpid()}").write_text(str(os.getpid()))
                     while True:
                         time.sleep(1)
                 settings = dict(args[0], store=_local_root(args[0]["store"], private))
-                result = fanout.prepare_store(settings, sync)
+                result = store_ops.prepare_store(settings, sync)
             elif method == "view":
-                result = fanout.view_store(_local_root(args[0], private), args[1], sync, *args[2:])
+                result = store_ops.view_store(_local_root(args[0], private), args[1], sync, *args[2:])
             elif method == "mark_failed":
-                result = fanout.mark_failed(_local_root(args[0], private), *args[1:], sync=sync)
+                result = store_ops.mark_failed(_local_root(args[0], private), *args[1:], sync=sync)
             elif method == "forget":
-                result = fanout.forget(_local_root(args[0], private), *args[1:], sync=sync)
+                result = store_ops.forget(_local_root(args[0], private), *args[1:], sync=sync)
             elif method == "export":
                 root, gen, upload_to = args
-                result = fanout.export_store(_local_root(root, private), gen, _local_target(upload_to, private), sync=sync)
+                result = store_ops.export_store(_local_root(root, private), gen, _local_target(upload_to, private), sync=sync)
             elif method == "publish":
                 root, target, options = args
-                result = fanout.publish_store(_local_root(root, private), _local_target(target, private), options, sync=sync)
+                result = store_ops.publish_store(_local_root(root, private), _local_target(target, private), options, sync=sync)
             elif (cls, method) == ("Finetune", "run"):  # as Finetune.run calls it: paths relative to the Volume's root
                 *paths, settings = args
                 result = _as_mounted(finetune_at_store(*(_local_root(f"{MOUNT}/{p.strip('/')}", private) for p in paths),

@@ -26,7 +26,8 @@ from tests.standins.hub_server import HubServer
 from wikiembed import publish as upload
 from wikiembed.errors import InputError, StoreError
 from wikiembed.card import write_card
-from wikiembed.publish import EXPORT_MARKER, plan_files, publish, resolve_token
+from wikiembed.hub_upload import resolve_token
+from wikiembed.publish import EXPORT_MARKER, plan_files, publish
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "hf_stand_in_secret_token_0123456789"
@@ -142,6 +143,13 @@ def test_plan_groups_consecutive_shards_up_to_the_file_size() -> None:
         "data/0000/train-00000-of-00005.parquet", "data/0000/train-00001-of-00005.parquet",
         "data/0001/train-00002-of-00005.parquet", "data/0001/train-00003-of-00005.parquet",
         "data/0002/train-00004-of-00005.parquet"]
+
+
+def test_a_card_of_a_store_with_no_shard_done_names_the_status_command(store: Path) -> None:
+    for marker in (store / "_done").glob("*.json"):
+        marker.unlink()
+    with pytest.raises(StoreError, match=r"no shard is done yet.*wikiembed status --store"):
+        write_card(store)
 
 
 def test_card_front_matter_and_human_section(store: Path) -> None:
@@ -464,7 +472,7 @@ def test_token_from_prefect_secret_block(cli_env: dict[str, str]) -> None:
     so no other test sees a token)."""
     script = (
         "from prefect.blocks.system import Secret\n"
-        "from wikiembed.publish import resolve_token\n"
+        "from wikiembed.hub_upload import resolve_token\n"
         "print('BEFORE', resolve_token())\n"
         f"Secret(value=' {TOKEN}\\n').save('hf-token')\n"
         "import asyncio\n"

@@ -10,7 +10,7 @@ import pytest
 
 from wikiembed import plan
 from wikiembed.backends.factory import open_backend
-from wikiembed.checkpoint import embed_shard, read_vectors
+from wikiembed.embedding import embed_shard, read_vectors
 from wikiembed.chunking import chunk_shard
 from wikiembed.plan import prepare
 from wikiembed.reuse_index import ReuseIndex
@@ -22,8 +22,8 @@ from wikiembed.store import Store
 def done_store(tmp_path_factory) -> Store:
     """A generation of 3 done shards, embedded with the local engine."""
     prepared = prepare(RunSettings(source="sample:45", store=str(tmp_path_factory.mktemp("reuse") / "store"), shard_rows=15))
-    backend = open_backend("local", prepared.manifest["model"]["model_id"])
-    for k, (start, end) in enumerate(prepared.manifest["plan"]["shards"]):
+    backend = open_backend("local", prepared.manifest.model.model_id)
+    for k, (start, end) in enumerate(prepared.manifest.plan.shards):
         chunk_shard(prepared.store, k, prepared.manifest)
         embed_shard(prepared.store, k, backend, end - start)
     return prepared.store

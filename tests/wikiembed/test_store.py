@@ -14,9 +14,10 @@ import pyarrow as pa
 import pytest
 
 from wikiembed.backends.base import VectorKind
-from wikiembed.checkpoint import embed_shard, read_vectors
+from wikiembed.embedding import embed_shard, read_vectors
 from wikiembed.errors import StoreError
 from wikiembed.chunking import CHUNK_SCHEMA, write_parquet_atomic
+from wikiembed.records import Manifest, ModelRecord, ShardPlan
 from wikiembed.store import Store
 
 
@@ -38,8 +39,8 @@ def _store(tmp_path: Path, shards: int = 3) -> Store:
     root = Store(tmp_path / "store", "g1")
     root.ensure_writable()
     root.set_pointer("current", "g1")
-    root.write_manifest({"plan": {"shards": [[i * 2, i * 2 + 2] for i in range(shards)], "rows": shards * 2, "shard_rows": 2},
-                         "model": {"model_id": "hash-test", "dim": 8}})
+    root.write_manifest(Manifest(plan=ShardPlan(shards=[(i * 2, i * 2 + 2) for i in range(shards)], rows=shards * 2, shard_rows=2),
+                                 model=ModelRecord(model_id="hash-test", revision="test", dim=8), chunking={"chunker": "chars"}))
     for k in range(shards):
         rows = [
             {"id": str(k), "url": "", "title": "", "chunk_index": i, "char_start": 0, "char_end": 5, "text": f"s{k}c{i}"}
@@ -192,3 +193,42 @@ def test_a_damaged_store_is_not_called_never_started(tmp_path):
     store.manifest_path.unlink()
     with pytest.raises(StoreError, match="gens/g1/manifest.json is missing.*run the same"):
         Store(store.root).read_manifest()
+
+
+def _raw_manifest(store: Store) -> dict:
+    return json.loads(store.manifest_path.read_text())
+
+
+def test_an_older_manifest_opens_with_defaults_and_keeps_fields_it_does_not_know(tmp_path):
+    store = _store(tmp_path)
+    raw = _raw_manifest(store)
+    # As an early wikiembed wrote it: no prompts, no shape, no compact forms, no kind of vectors; and a
+    # field from a later version this one does not know.
+    raw["model"] = {"model_id": "hash-test", "revision": "r1", "dim": 8}
+    for key in ("compact", "vectors", "versions", "skipped"):
+        raw.pop(key, None)
+    raw["written_by_a_later_version"] = {"keep": True}
+    store.manifest_path.write_text(json.dumps(raw))
+    manifest = store.read_manifest()
+    assert manifest.model.document_prompt == "" and manifest.model.shape is None and manifest.compact is None
+    assert manifest.vectors is None and manifest.skipped == {} and len(manifest.plan) == 3 and manifest.plan.rows_of(1) == 2
+    store.write_manifest(manifest.changed(vectors={"backend": "local"}))
+    again = _raw_manifest(store)
+    assert again["written_by_a_later_version"] == {"keep": True} and again["vectors"] == {"backend": "local"}
+
+
+def test_a_manifest_of_a_newer_layout_is_refused_with_the_upgrade(tmp_path):
+    store = _store(tmp_path)
+    raw = _raw_manifest(store)
+    store.manifest_path.write_text(json.dumps({**raw, "format": 2}))
+    with pytest.raises(StoreError, match=r"layout 2, made by a newer wikiembed.*upgrade wikiembed"):
+        store.read_manifest()
+
+
+def test_a_damaged_manifest_names_the_field(tmp_path):
+    store = _store(tmp_path)
+    raw = _raw_manifest(store)
+    raw["plan"]["shards"] = "not a list"
+    store.manifest_path.write_text(json.dumps(raw))
+    with pytest.raises(StoreError, match=r"damaged at plan\.shards"):
+        store.read_manifest()

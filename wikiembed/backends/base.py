@@ -90,7 +90,7 @@ class Backend(Protocol):
     each text with `prompt` put before it (the model's document or query prompt); `kind`
     says what they are (normalized or not: they are L2-normalized where the model says so, and TEI
     always normalizes). Backends that retry requests themselves count them in `retries`. What is
-    written is checked once, in `wikiembed.checkpoint`.
+    written is checked once, in `wikiembed.embedding`.
     """
 
     model_id: str

@@ -10,11 +10,35 @@ ever calls `open_backend(...)` and then `embed(texts)`.
 from __future__ import annotations
 
 import threading
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 from wikiembed.backends.base import Backend, Serialized
 from wikiembed.errors import BackendError
 from wikiembed.model import model_info
+
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """How a run reaches its backend: the run settings' backend fields, typed, in one value that
+    pickles to worker processes. `open(model)` gives the process's shared backend for them."""
+
+    backend: str = "local"
+    device: str | None = None  # None: the engine picks cuda when present
+    tei_url: tuple[str, ...] = ()
+    modal_app: str | None = None
+    modal_class: str = "TEI"
+    gpu: str | None = None
+    trust_remote_code: bool = False
+
+    def open(self, model: str, *, clients: int = 1) -> Backend:
+        return open_backend(model=model, clients=clients, **asdict(self))
+
+    def retries(self, model: str) -> int:
+        """Requests the backend open in this process for `model` has retried so far (see `backend_retries`)."""
+        return backend_retries(model=model, **asdict(self))
+
 
 _BACKENDS: dict[tuple, Backend] = {}
 _BACKENDS_LOCK = threading.Lock()
@@ -90,7 +114,7 @@ def _open(
 
         return TEIBackend(list(tei_url), model_id=model, revision=revision, clients=clients)
     if backend == "modal":
-        # Whole shards go to Modal (`wikiembed.tasks.embed.embed_remote_task`), where the store's
+        # Whole shards go to Modal (`wikiembed.executors.modal_containers`), where the store's
         # Volume is; no text is embedded in this process, so there is nothing to open here.
         raise BackendError(
             "--backend modal embeds whole shards on Modal, next to a store on a Modal Volume "

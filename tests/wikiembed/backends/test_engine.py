@@ -333,15 +333,16 @@ def test_a_token_chunked_shard_is_embedded_from_its_ids(
     import pyarrow.parquet as pq
 
     from wikiembed.backends.base import Serialized
-    from wikiembed.checkpoint import embed_shard, read_vectors
+    from wikiembed.embedding import embed_shard, read_vectors
     from wikiembed.chunking import Chunking, chunk_table, write_parquet_atomic
     from wikiembed.sample import generate_articles
+    from wikiembed.records import Manifest, ModelRecord, ShardPlan
     from wikiembed.store import Store
 
     store = Store(tmp_path / "store", "g1")
     store.ensure_writable()
-    store.write_manifest({"plan": {"shards": [[0, 12]], "rows": 12, "shard_rows": 12},
-                          "model": {"model_id": DEFAULT_MODEL, "dim": 384}})  # fmt: skip
+    store.write_manifest(Manifest(plan=ShardPlan(shards=[(0, 12)], rows=12, shard_rows=12), chunking=Chunking("tokens", 128, 0).as_dict(),
+                                  model=ModelRecord(model_id=DEFAULT_MODEL, revision="bundled", dim=384)))  # fmt: skip
     chunks = chunk_table(pa.Table.from_pylist(list(generate_articles(12))), Chunking("tokens", 128, 0), load_tokenizer())
     write_parquet_atomic(chunks, store.chunks_path(0))
     want = engine.embed(chunks.column("text").to_pylist())

@@ -1,4 +1,5 @@
-"""The checkpoint step: embed one shard's chunks and commit `data/NNNNN.parquet` + its marker.
+"""The embed step's core: embed one shard's chunks and commit `data/NNNNN.parquet` + its marker
+(the checkpoint), whoever runs the shard (`wikiembed.executors`).
 
 Order of writes is what makes resume safe: rows are streamed into a hidden
 temp file, fsynced, renamed to `data/NNNNN.parquet`, and only then is the
@@ -24,7 +25,7 @@ import os
 import shlex
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +36,7 @@ from wikiembed.chunking import CHUNK_SCHEMA
 from wikiembed.compact import Form, arrow_column, encode, stored_forms
 from wikiembed.errors import BackendError, InputError
 from wikiembed.store import Store, sha256_file, store_os_error
+from wikiembed.records import Manifest
 
 # Chunks embedded and written per parquet row group: bounds memory for any shard
 # size (~20 MB of text and vectors) and keeps the backend's batches large: the
@@ -92,9 +94,9 @@ def check_written(vectors: np.ndarray, n: int, dim: int, where: str, unit_norm: 
     return arr
 
 
-def check_kind(store: Store, manifest: dict, kind: VectorKind) -> None:
+def check_kind(store: Store, manifest: Manifest, kind: VectorKind) -> None:
     """Refuse a backend whose vectors are of another kind than the ones this generation holds."""
-    recorded = manifest.get("vectors")
+    recorded = manifest.vectors
     if recorded is None:
         return
     held = VectorKind.from_dict(recorded)
@@ -114,14 +116,14 @@ def record_vector_kind(store: Store) -> dict | None:
     so a run killed before it could record the kind still pins it on resume.
     """
     manifest = store.read_manifest()
-    if manifest.get("vectors") is not None:
-        return manifest["vectors"]
+    if manifest.vectors is not None:
+        return manifest.vectors
     # Names, not Paths, in order: sorting 10,000 Path objects took over a second.
     for name in sorted(p.name for p in (store.dir / "_done").glob("*.json")):
         stem = name.removesuffix(".json")
         marker = store.read_done(int(stem)) if stem.isdigit() else None
         if marker and marker.get("vectors"):
-            store.write_manifest({**manifest, "vectors": marker["vectors"]})
+            store.write_manifest(manifest.changed(vectors=marker["vectors"]))
             return marker["vectors"]
     return None
 
@@ -152,7 +154,7 @@ def embed_shard(
     prompt = document_prompt(manifest)
     kind = backend.kind.with_prompt(prompt)
     check_kind(store, manifest, kind)
-    dim = int(manifest["model"]["dim"])
+    dim = int(manifest.model.dim)
     batches = _groups(chunks) if chunks is not None else pq.ParquetFile(store.chunks_path(shard)).iter_batches(batch_size=EMBED_GROUP)
     dest = store.data_path(shard)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
@@ -237,9 +239,9 @@ def _groups(tables: Iterable[pa.Table]) -> Iterator[pa.RecordBatch]:
         yield from pa.concat_tables(pending).combine_chunks().to_batches()
 
 
-def document_prompt(manifest: dict) -> str:
+def document_prompt(manifest: Manifest) -> str:
     """The prompt a generation's documents are embedded with ("" for none, and for stores made before prompts)."""
-    return str(manifest["model"].get("document_prompt") or "")
+    return manifest.model.document_prompt
 
 
 def _embed(backend: Backend, batch: pa.RecordBatch, todo: np.ndarray, texts: list[str], prompt: str = "") -> np.ndarray:

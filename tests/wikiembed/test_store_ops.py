@@ -1,4 +1,4 @@
-"""Whole shards where the store is (`wikiembed.fanout`), on a local store and on the emulated Volume.
+"""Whole shards where the store is (`wikiembed.store_ops`), on a local store and on the emulated Volume.
 
 The Volume is `tests/standins/modal_cloud.py`'s: private copies per container, `commit()`
 to publish, `reload()` to see others' commits (refused with a file open), last commit wins.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ import pytest
 
 from tests.standins.modal_cloud import CloudDir, EmulatedVolume, ModalCloud
 from tests.standins.tei_server import embed_texts, start_server
-from wikiembed import fanout
+from wikiembed import store_ops
+from wikiembed.backends.factory import BackendOptions
 from wikiembed.model import DEFAULT_MODEL
 from wikiembed.store import Store
 
@@ -24,7 +26,7 @@ from wikiembed.store import Store
 @pytest.fixture(scope="module")
 def tei():
     url, server = start_server(model_id=DEFAULT_MODEL, max_client_batch_size=64)
-    yield {"backend": "tei", "tei_url": [url]}
+    yield BackendOptions("tei", tei_url=(url,))
     server.stop()
 
 
@@ -32,10 +34,10 @@ def _settings(store: str, rows: int = 60, shard_rows: int = 30) -> dict:
     return {"source": f"sample:{rows}", "store": store, "shard_rows": shard_rows}
 
 
-def test_run_shard_writes_data_then_marker_and_a_second_call_redoes_nothing(tmp_path: Path, tei: dict) -> None:
-    planned = fanout.prepare_store(_settings(str(tmp_path / "store")))
+def test_run_shard_writes_data_then_marker_and_a_second_call_redoes_nothing(tmp_path: Path, tei: BackendOptions) -> None:
+    planned = store_ops.prepare_store(_settings(str(tmp_path / "store")))
     root, gen = planned["store"], planned["gen"]
-    marker = fanout.run_shard(root, gen, 1, tei)
+    marker = store_ops.run_shard(root, gen, 1, tei)
     store = Store(root, gen)
     assert store.read_done(1) == marker and store.verify_done(1) == marker
     table = pq.read_table(store.data_path(1))
@@ -43,9 +45,9 @@ def test_run_shard_writes_data_then_marker_and_a_second_call_redoes_nothing(tmp_
     vectors = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
     assert np.array_equal(vectors, embed_texts(table.column("text").to_pylist()))
     mtime = store.data_path(1).stat().st_mtime_ns
-    assert fanout.run_shard(root, gen, 1, tei) == marker  # e.g. an input Modal rescheduled after a crash
+    assert store_ops.run_shard(root, gen, 1, tei) == marker  # e.g. an input Modal rescheduled after a crash
     assert store.data_path(1).stat().st_mtime_ns == mtime
-    view = fanout.view_store(root)
+    view = store_ops.view_store(root)
     assert [s["state"] for s in view["states"]] == ["pending", "done"] and view["gen"] == gen
 
 
@@ -61,23 +63,23 @@ class _Recording(EmulatedVolume):
         self.history.append({str(p.relative_to(self.cloud.committed)) for p in self.cloud.committed.rglob("*.*")})
 
 
-def test_volume_contract_data_committed_before_marker_and_seen_only_after_reload(tmp_path: Path, tei: dict) -> None:
+def test_volume_contract_data_committed_before_marker_and_seen_only_after_reload(tmp_path: Path, tei: BackendOptions) -> None:
     cloud = CloudDir(tmp_path / "cloud")
     a = _Recording(cloud, tmp_path / "a")
     b = EmulatedVolume(cloud, tmp_path / "b")
-    planned = fanout.prepare_store(_settings(str(a.private / "s")), a)
+    planned = store_ops.prepare_store(_settings(str(a.private / "s")), a)
     gen = planned["gen"]
-    b_view_before = fanout.view_store(str(b.private / "s"), gen, b)  # b reloads: sees the committed plan
+    b_view_before = store_ops.view_store(str(b.private / "s"), gen, b)  # b reloads: sees the committed plan
     assert [s["state"] for s in b_view_before["states"]] == ["pending", "pending"]
 
-    fanout.run_shard(str(a.private / "s"), gen, 0, tei, a)
+    store_ops.run_shard(str(a.private / "s"), gen, 0, tei, a)
     data, done = f"s/gens/{gen}/data/00000.parquet", f"s/gens/{gen}/_done/00000.json"
     first_with_marker = next(i for i, files in enumerate(a.history) if done in files)
     assert first_with_marker > 0 and data in a.history[first_with_marker - 1]  # data was committed first
 
     # Without a reload, b's copy still has no trace of a's shard; after one, b sees it done.
     assert not (b.private / done).exists()
-    view = fanout.view_store(str(b.private / "s"), gen, b)
+    view = store_ops.view_store(str(b.private / "s"), gen, b)
     assert [s["state"] for s in view["states"]] == ["done", "pending"]
     assert Store(b.private / "s", gen).verify_done(0) is not None  # b's own copy: another inode, same bytes
 
@@ -90,9 +92,9 @@ def test_volume_contract_data_committed_before_marker_and_seen_only_after_reload
             a.reload()
 
 
-def test_container_killed_between_data_and_marker_is_rescheduled_on_another(tmp_path: Path, tei: dict) -> None:
+def test_container_killed_between_data_and_marker_is_rescheduled_on_another(tmp_path: Path, tei: BackendOptions) -> None:
     cloud = CloudDir(tmp_path / "cloud")
-    modal_cloud = ModalCloud(cloud, {"TEIShards": tei}, max_containers=2)
+    modal_cloud = ModalCloud(cloud, {"TEIShards": asdict(tei)}, max_containers=2)
     cloud.set_faults(kill_after_data=[0])
     try:
         planned = modal_cloud.call("StoreOps", "prepare", (_settings("/store/s"),))

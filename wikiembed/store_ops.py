@@ -1,6 +1,8 @@
-"""Work done where the store is: one whole shard, and the store's own small operations.
+"""The store's operations, run where the store is: one whole shard, and the store's own small steps.
 
-With `--backend modal` the flow fans out shard references, not text: a GPU
+The executors call these functions: in the flow's process for a local store, in a shard worker
+process (`wikiembed.shard_workers`), or in a Modal container at a store's Volume. With
+`--backend modal` the flow fans out shard references, not text: a GPU
 container runs `run_shard` on the store mounted from a Modal Volume (read the
 shard's rows from the snapshot, chunk, embed, write `data/NNNNN.parquet`, then its
 marker) and returns the marker; before the first shard, one such container fixes the
@@ -23,9 +25,9 @@ import contextlib
 from typing import Any
 
 from wikiembed.backends.base import Backend
-from wikiembed.backends.factory import open_backend
+from wikiembed.backends.factory import BackendOptions
 from wikiembed.calibration import calibrate
-from wikiembed.checkpoint import VectorSource, embed_shard, record_vector_kind
+from wikiembed.embedding import VectorSource, embed_shard, record_vector_kind
 from wikiembed.chunking import chunk_shard_parts
 from wikiembed import reuse_index
 from wikiembed.plan import diff_generations, prepare, promote
@@ -45,7 +47,7 @@ def run_shard(
     root: str,
     gen: str,
     shard: int,
-    backend: Backend | dict[str, Any],
+    backend: Backend | BackendOptions,
     sync: StoreSync = LOCAL,
     *,
     chunk_workers: int | None = None,
@@ -54,8 +56,8 @@ def run_shard(
 ) -> dict[str, Any]:
     """Chunk and embed one shard into `data/NNNNN.parquet` + `_done/NNNNN.json`; return the marker.
 
-    `backend` is an open backend (a container's TEI client or engine) or the options of
-    `open_backend` (`{"backend": "tei", "tei_url": [...]}`), opened once per process.
+    `backend` is an open backend (a container's TEI client or engine) or the run's
+    `BackendOptions`, opened once per process.
     `chunk_workers`: processes the token chunker may use (default: every core; 1 where this
     process is already one of a pool, `wikiembed.shard_workers`). `reuse`: vectors of the
     published generation, taken where a chunk's text is unchanged; `reuse_previous`: the same,
@@ -72,18 +74,18 @@ def run_shard(
     if marker is not None:
         return marker
     manifest = store.read_manifest()
-    if isinstance(backend, dict):
-        backend = open_backend(model=manifest["model"]["model_id"], **backend)
-    start, end = manifest["plan"]["shards"][shard]
-    if reuse is None and reuse_previous and manifest.get("previous_generation"):
-        reuse = reuse_index.shared(root, manifest["previous_generation"], sync)
+    if isinstance(backend, BackendOptions):
+        backend = backend.open(manifest.model.model_id)
+    start, end = manifest.plan.shards[shard]
+    if reuse is None and reuse_previous and manifest.previous_generation:
+        reuse = reuse_index.shared(root, manifest.previous_generation, sync)
     # Embedding starts with the shard's first chunks while worker processes cut the rest, so
     # the GPU and the CPU work at the same time; the chunk file is complete before the marker.
     with contextlib.closing(chunk_shard_parts(store, shard, manifest, chunk_workers)) as chunks:
         return embed_shard(store, shard, backend, end - start, chunks=chunks, reuse=reuse)  # writes the store's compact forms too
 
 
-def calibrate_store(root: str, gen: str, backend: Backend | dict[str, Any], sync: StoreSync = LOCAL) -> dict[str, Any] | None:
+def calibrate_store(root: str, gen: str, backend: Backend | BackendOptions, sync: StoreSync = LOCAL) -> dict[str, Any] | None:
     """The calibrate step at the store: the generation's int8 ranges, embedded by this container's
     backend and committed to its manifest before any shard reads it (see `wikiembed.calibration`)."""
     sync.reload()
@@ -119,7 +121,7 @@ def view_store(root: str, gen: str | None = None, sync: StoreSync = LOCAL, with_
     states = store.states(manifest) if with_states else []
     return {
         "gen": store.gen,
-        "manifest": {k: manifest[k] for k in MANIFEST_VIEW if k in manifest},
+        "manifest": manifest.model_dump(mode="json", include=set(MANIFEST_VIEW)),
         "states": [{f: getattr(s, f) for f in STATE_VIEW} for s in states],
     }
 

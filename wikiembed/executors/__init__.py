@@ -1,0 +1,69 @@
+"""Where a run's shards are embedded: one interface (`base.Executor`), one module per executor.
+
+The flows (`wikiembed.flows.embed_dataset`) know only the interface: they plan a generation,
+calibrate it, hand each shard to the executor inside one embed task (the same retries,
+markers and UI reports for every executor), read the shard states and export. Which
+executor runs is `RunSettings.backend`:
+
+| backend | executor | where a shard runs |
+| --- | --- | --- |
+| `local` | `in_process.InProcess` | threads of the flow's process, the PyTorch engine |
+| `tei` | `worker_processes.WorkerProcesses` | worker processes of the flow's machine, TEI servers by URL |
+| `modal` | `modal_containers.ModalContainers` | Modal GPU containers next to a store on a Modal Volume |
+
+Another executor (a Ray cluster, a second cloud) is one new module with an `Executor` subclass,
+made known by `register("name", Class)` or, from another package, by an entry point in the
+`wikiembed.executors` group (`name = "package.module:Class"`); then `--backend name` runs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from wikiembed.executors.base import Executor
+    from wikiembed.settings import RunSettings
+
+# The built-in executors, imported only when a run picks one (the Modal one imports `modal`).
+BUILTIN: dict[str, str] = {
+    "local": "wikiembed.executors.in_process:InProcess",
+    "tei": "wikiembed.executors.worker_processes:WorkerProcesses",
+    "modal": "wikiembed.executors.modal_containers:ModalContainers",
+}
+ENTRY_POINT_GROUP = "wikiembed.executors"
+_REGISTERED: dict[str, "type[Executor] | str"] = {}
+
+
+def register(name: str, executor: "type[Executor] | str") -> None:
+    """Make `--backend name` run `executor` (a class, or `module:Class` imported when first used)."""
+    _REGISTERED[name] = executor
+
+
+def unregister(name: str) -> None:
+    _REGISTERED.pop(name, None)
+
+
+def _plugins() -> dict[str, str]:
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def names() -> list[str]:
+    """Every executor a run may name: the built-ins first, then plugins and registered ones."""
+    return list(dict.fromkeys([*BUILTIN, *_plugins(), *_REGISTERED]))
+
+
+def executor_class(name: str) -> "type[Executor]":
+    found = _REGISTERED.get(name) or _plugins().get(name) or BUILTIN.get(name)
+    if found is None:
+        raise KeyError(name)
+    if isinstance(found, str):
+        module, _, attr = found.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    return found
+
+
+def executor_for(settings: "RunSettings") -> "Executor":
+    """The executor a run's settings name (`backend`), holding those settings."""
+    return executor_class(settings.backend)(settings)

@@ -1,0 +1,53 @@
+"""`--backend local`: shards in threads of the flow's process, embedded by the PyTorch engine.
+
+A shard is chunked (`chunks/NNNNN.parquet`, cut by the tokenizing pool) and then embedded by
+the process's one engine (`open_backend` shares it between shard tasks, which take turns on
+it); with two shards in flight one is chunking on the CPU while the engine embeds the other.
+
+Touches: the run store's folder, the engine (CPU or the local GPU).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from wikiembed import reuse_index
+from wikiembed.embedding import embed_shard
+from wikiembed.chunking import chunk_shard
+from wikiembed.executors.base import ShardJob
+from wikiembed.executors.on_disk import OnDisk
+from wikiembed.plan import check_snapshot
+from wikiembed.progress import Progress
+from wikiembed.store import Store
+
+
+class InProcess(OnDisk):
+    name = "local"
+
+    def check(self) -> None:
+        super().check()
+        # The model is loaded before the store is touched: a model folder that cannot embed must not
+        # be recorded as the store's model, nor leave a lock file in a new folder.
+        self.check_backend(self.settings.model)
+
+    def run_shard(self, job: ShardJob) -> dict[str, Any]:
+        store = Store(job.root, job.gen)
+        manifest = store.read_manifest()
+        try:
+            chunk_shard(store, job.shard, manifest)
+        except (OSError, pa.ArrowException):
+            check_snapshot(store, manifest)  # a damaged snapshot: say so, and name the repair
+            raise
+        backend = self.backend.open(job.model)
+        reuse = reuse_index.shared(job.root, job.reuse_gen) if job.reuse_gen else None
+        start, end = manifest.plan.shards[job.shard]
+        return embed_shard(store, job.shard, backend, end - start, reuse=reuse, progress=Progress.current().add_chunks)
+
+    def device(self, model: str, embedded: bool) -> str:
+        # The engine says which device it chose; it is asked only when shards were embedded here
+        # (so it is already open), never opened to report.
+        if not embedded:
+            return "nothing embedded" if self.settings.compute.device == "auto" else self.settings.compute.device
+        return str(getattr(self.backend.open(model), "device", None) or "the local device")
