@@ -55,7 +55,7 @@ from wikiembed.tasks.export import export_task
 from wikiembed.tasks.index import index_task
 from wikiembed.tasks.retry import attempts_of
 from wikiembed.volume_store import open_store
-from wikiembed.records import Manifest
+from wikiembed.records import Manifest, ShardResult
 
 # Each shard in flight holds a pool thread (its embed task); see the executors' concurrency.
 # The UI's progress artifact is updated at most this often: each update is an API call
@@ -113,7 +113,7 @@ def run_shards(
         progress.fraction * 100, key=artifact_key("progress", store), description=f"shards of {store.root}"
     )
     artifact_updated = time.monotonic()
-    results: dict[int, dict[str, Any]] = {}
+    results: dict[int, ShardResult] = {}
     failures: dict[int, str] = {}
     failed_attempts: dict[int, int] = {}
     model = manifest.model.model_id
@@ -140,10 +140,10 @@ def run_shards(
         finished += 1
         if state.is_completed():
             results[k] = marker = future.result()
-            seconds = float(marker.get("seconds") or 0.0)
+            seconds = marker.seconds
             logger.info(
                 "shard %05d done: %s chunks in %.1f s (%s chunks/s), %d/%d",
-                k, f"{marker['chunks']:,}", seconds, f"{marker['chunks'] / seconds:,.0f}" if seconds else "-",
+                k, f"{marker.chunks:,}", seconds, f"{marker.chunks / seconds:,.0f}" if seconds else "-",
                 finished, len(shard_ids),
             )
         else:
@@ -175,7 +175,7 @@ def run_shards(
     # Request-level retries of this run only: the flow's backend is shared by the runs of one
     # process; a shard worker's client reports its shard's retries with the marker.
     request_retries = executor.request_retries(model) - retries_before
-    request_retries += sum(r.get("request_retries", 0) for r in results.values())
+    request_retries += sum(r.request_retries for r in results.values())
     return {"results": results, "failures": failures, "failed_attempts": failed_attempts, "request_retries": request_retries}
 
 
@@ -186,7 +186,7 @@ def _summary(
     manifest = store.read_manifest()
     done = [s for s in states if s.state == "done"]
     results = run["results"].values()
-    embedded_chars = sum(r.get("embedded_chars", 0) for r in results)
+    embedded_chars = sum(r.embedded_chars for r in results)
     return {
         "store": str(store.root),
         "generation": store.gen,
@@ -205,11 +205,11 @@ def _summary(
         "rows": manifest.plan.rows,
         "skipped_rows": sum(manifest.skipped.values()),
         "chunks": sum(s.chunks or 0 for s in done),
-        "embedded_chunks": sum(r.get("embedded_chunks", 0) for r in results),
-        "reused_chunks": sum(r.get("reused_chunks", 0) for r in results),
+        "embedded_chunks": sum(r.embedded_chunks for r in results),
+        "reused_chunks": sum(r.reused_chunks for r in results),
         # Measured: retried requests inside the backend, plus retried task runs of done and failed shards.
         "retries": run.get("request_retries", 0)
-        + sum(max(r.get("attempts", 1) - 1, 0) for r in results)
+        + sum(max(r.attempts - 1, 0) for r in results)
         + sum(a - 1 for a in run.get("failed_attempts", {}).values()),
         "seconds": round(seconds, 3),
         "chars_per_s": round(embedded_chars / seconds, 1) if seconds > 0 else 0.0,
@@ -394,7 +394,7 @@ def _finish(executor: Executor, store: StoreView, run: dict[str, Any], started: 
     if indexed:
         summary["index"] = indexed
     if predicted:
-        done = sum(r.get("chunks", 0) for r in run["results"].values())
+        done = sum(r.chunks for r in run["results"].values())
         summary["predicted_vs_actual"] = compare(predicted, done, summary["seconds"])
     if rerun is not None:
         summary["rerun_shards"] = rerun

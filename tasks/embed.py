@@ -16,13 +16,12 @@ The Modal shard classes retry nothing themselves (`retries=0`).
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from wikiembed.executors.base import Executor, ShardJob
+from wikiembed.records import ShardResult
 from wikiembed.tasks.retry import counted_attempts, retry_transient
 
 EMBED_RETRIES = 3
@@ -39,10 +38,10 @@ EMBED_RETRIES = 3
     retry_condition_fn=retry_transient,
     cache_policy=NO_CACHE,
 )
-def embed_task(executor: Executor, job: ShardJob) -> dict[str, Any]:
+def embed_task(executor: Executor, job: ShardJob) -> ShardResult:
     """Run one whole shard through the executor; return its marker plus the attempts it took."""
     from prefect.runtime import task_run
 
     with counted_attempts():
         marker = executor.run_shard(job)
-    return {**marker, "attempts": task_run.run_count or 1}
+    return ShardResult.model_validate({**marker.model_dump(), "attempts": task_run.run_count or 1})

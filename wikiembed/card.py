@@ -110,7 +110,7 @@ def _prompt_line(model: dict[str, Any]) -> str:
 def _vector_bytes(store: Store, state: ShardState) -> int:
     """Uncompressed bytes of a shard's columns (what `datasets` records as num_bytes): from the
     marker where the checkpoint recorded it, else from the file's parquet footer."""
-    recorded = (state.marker or {}).get("arrow_bytes")
+    recorded = state.marker.arrow_bytes if state.marker else None
     return int(recorded) if recorded is not None else uncompressed_bytes(store.data_path(state.shard))
 
 
@@ -143,11 +143,12 @@ def card_text(
             f"{first}: embedding is {schema.field('embedding').type}, expected a fixed-size "
             f"list of {model.get('dim')} float32 (the manifest's model.dim); rerun the shard."
         )
-    chunks = sum(int((s.marker or {}).get("chunks", 0)) for s in done)
+    markers = [s.marker for s in done if s.marker]
+    chunks = sum(m.chunks for m in markers)
     num_bytes = sum(_vector_bytes(store, s) for s in done)
-    articles = sum(int((s.marker or {}).get("rows", 0)) for s in done)
-    seconds = sum(float((s.marker or {}).get("seconds", 0.0)) for s in done)
-    reused = sum(int((s.marker or {}).get("reused_chunks", 0)) for s in done)
+    articles = sum(m.rows for m in markers)
+    seconds = sum(m.seconds for m in markers)
+    reused = sum(m.reused_chunks for m in markers)
     model_id = str(model.get("model_id", "unknown"))
     description = str(source.get("description") or source.get("spec") or "unknown source")
     license_id = _license(source)
@@ -252,7 +253,7 @@ def _card_key(
     payload = {
         **({"evaluation": evaluation} if evaluation else {}),
         "manifest": manifest.model_dump(mode="json", exclude={"updated"}),
-        "shards": [[st.shard, st.state, (st.marker or {}).get("sha256")] for st in states],
+        "shards": [[st.shard, st.state, st.marker.sha256 if st.marker else None] for st in states],
         "repo_id": repo_id,
         "template": _CARD_TEMPLATE.template,
     }

@@ -36,7 +36,7 @@ from wikiembed.chunking import CHUNK_SCHEMA
 from wikiembed.compact import Form, arrow_column, encode, stored_forms
 from wikiembed.errors import BackendError, InputError
 from wikiembed.store import Store, sha256_file, store_os_error
-from wikiembed.records import Manifest
+from wikiembed.records import Manifest, Marker
 
 # Chunks embedded and written per parquet row group: bounds memory for any shard
 # size (~20 MB of text and vectors) and keeps the backend's batches large: the
@@ -122,9 +122,9 @@ def record_vector_kind(store: Store) -> dict | None:
     for name in sorted(p.name for p in (store.dir / "_done").glob("*.json")):
         stem = name.removesuffix(".json")
         marker = store.read_done(int(stem)) if stem.isdigit() else None
-        if marker and marker.get("vectors"):
-            store.write_manifest(manifest.changed(vectors=marker["vectors"]))
-            return marker["vectors"]
+        if marker and marker.vectors:
+            store.write_manifest(manifest.changed(vectors=marker.vectors))
+            return marker.vectors
     return None
 
 
@@ -137,7 +137,7 @@ def embed_shard(
     reuse: VectorSource | None = None,
     progress: ProgressFn | None = None,
     chunks: Iterable[pa.Table] | None = None,
-) -> dict:
+) -> Marker:
     """Embed `chunks/NNNNN.parquet` into `data/NNNNN.parquet` and mark the shard done; returns the marker.
 
     `chunks`: the shard's chunks as they are cut (`chunking.chunk_shard_parts`, which puts the
@@ -204,22 +204,22 @@ def embed_shard(
         tmp.unlink(missing_ok=True)
         raise
     st = dest.stat()
-    marker = {
-        "shard": shard,
-        "rows": rows,
-        "chunks": chunks,
-        "embedded_chunks": embedded,
-        "reused_chunks": reused,
-        "embedded_chars": chars,
-        "sha256": sha256_file(dest),
-        "bytes": st.st_size,
-        "arrow_bytes": uncompressed_bytes(dest),
-        "mtime_ns": st.st_mtime_ns,
-        "inode": st.st_ino,
-        "model": backend.model_id,
-        "vectors": kind.as_dict(),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    marker = Marker(
+        shard=shard,
+        rows=rows,
+        chunks=chunks,
+        embedded_chunks=embedded,
+        reused_chunks=reused,
+        embedded_chars=chars,
+        sha256=sha256_file(dest),
+        bytes=st.st_size,
+        arrow_bytes=uncompressed_bytes(dest),
+        mtime_ns=st.st_mtime_ns,
+        inode=st.st_ino,
+        model=backend.model_id,
+        vectors=kind.as_dict(),
+        seconds=round(time.perf_counter() - started, 3),
+    )
     store.mark_done(shard, marker)
     return marker
 

@@ -154,7 +154,7 @@ def _merge_key(shards: Sequence[ShardState]) -> str:
         "layout": LAYOUT_VERSION,
         "pyarrow": pa.__version__,
         "writer": _WRITER_OPTIONS,
-        "inputs": [[s.shard, s.marker["sha256"]] for s in shards if s.marker],
+        "inputs": [[s.shard, s.marker.sha256] for s in shards if s.marker],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -216,7 +216,7 @@ def _build_staging(store: Store, staging: Path, done: Sequence[ShardState], file
     """
     (staging / "data").mkdir(parents=True, exist_ok=True)
     by_id = {s.shard: s for s in done}
-    plan = plan_files([(s.shard, int((s.marker or {})["bytes"])) for s in done], file_bytes, MAX_FILES_PER_FOLDER)
+    plan = plan_files([(s.shard, s.marker.bytes) for s in done if s.marker], file_bytes, MAX_FILES_PER_FOLDER)
     schema = schema_of(store.data_path(done[0].shard))
     previous = _load_state(staging)
     _verify_inputs(store, done)
@@ -419,7 +419,7 @@ def publish(
             "bytes": total_bytes,
             "data_files": sorted(files),
             "shards": len(done),
-            "rows": sum(int((s.marker or {}).get("chunks", 0)) for s in done),
+            "rows": sum(s.marker.chunks for s in done if s.marker),
             "generation": source.gen,
             "building": source.building(),
         }

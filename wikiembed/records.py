@@ -97,3 +97,32 @@ class Manifest(_Record):
     def int8(self) -> dict[str, Any] | None:
         """The generation's int8 ranges, once calibrated."""
         return (self.compact or {}).get("int8")
+
+
+class Marker(_Record):
+    """A shard's `_done/NNNNN.json`: the data file it vouches for (size, sha256, and the stat that
+    lets a resume trust it without rehashing) and what went into it. Written after the data file;
+    a shard is done exactly when its marker matches its file (`Store.read_done`)."""
+
+    shard: int
+    rows: int  # source rows of the shard
+    chunks: int
+    embedded_chunks: int = 0
+    reused_chunks: int = 0  # taken from the published generation (unchanged text)
+    embedded_chars: int = 0
+    sha256: str
+    bytes: int
+    arrow_bytes: int | None = None  # uncompressed column bytes (the card's num_bytes)
+    mtime_ns: int | None = None
+    inode: int | None = None
+    model: str | None = None
+    vectors: dict[str, Any] | None = None  # the kind of vectors (`VectorKind.as_dict()`)
+    seconds: float = 0.0
+
+
+class ShardResult(Marker):
+    """A marker as the flow gets it back from a shard's embed task: what the run cost besides."""
+
+    attempts: int = 1  # task runs it took (Prefect's retries)
+    request_retries: int = 0  # requests its backend retried (a shard worker's TEI client)
+    worker_pid: int | None = None  # the shard worker process that ran it

@@ -55,7 +55,7 @@ class ReuseIndex:
         """(shard, data file sha256) of every done shard, what the index covers, and their fingerprint."""
         manifest = self.store.read_manifest()
         found = ((k, self.store.read_done(k)) for k in range(len(manifest.plan.shards)))
-        done = [(k, marker["sha256"]) for k, marker in found if marker is not None]
+        done = [(k, marker.sha256) for k, marker in found if marker is not None]
         return done, hashlib.sha256(json.dumps(done).encode()).hexdigest()
 
     def _build(self) -> None:

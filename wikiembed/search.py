@@ -85,7 +85,7 @@ class StoreVectors:
         done = [s for s in self.store.states(self.manifest) if s.state == "done"]
         self.files = [self.store.data_path(s.shard) for s in done]
         # What each file is, as its marker vouches: an index records these to tell whether it is stale.
-        self.sources = [{"shard": s.shard, "sha256": (s.marker or {}).get("sha256")} for s in done]
+        self.sources = [{"shard": s.shard, "sha256": s.marker.sha256 if s.marker else None} for s in done]
         if not self.files:
             raise StoreError(f"store {root.root}: no shard is done yet; finish the run first (`wikiembed status --store {shlex.quote(str(root.root))}`).")
         self.model_id: str = self.manifest.model.model_id

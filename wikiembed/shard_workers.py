@@ -35,10 +35,10 @@ import os
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
 
 from wikiembed.backends.factory import BackendOptions
 from wikiembed.errors import TransientBackendError
+from wikiembed.records import ShardResult
 from wikiembed import reuse_index
 from wikiembed.store_ops import run_shard
 from wikiembed.store import Store
@@ -52,7 +52,7 @@ _DROP_LOCK = threading.Lock()
 
 def run(
     root: str, gen: str, shard: int, backend: BackendOptions, *, workers: int | None = None, reuse_gen: str | None = None
-) -> dict[str, Any]:
+) -> ShardResult:
     """Run shard `shard` in a worker process (`workers` of them, default one per core); wait for it.
 
     Returns the shard's marker plus `worker_pid` (the process that ran it) and
@@ -111,11 +111,13 @@ def _drop_pool(broken: ProcessPoolExecutor) -> None:
 
 def _run_in_worker(
     root: str, gen: str, shard: int, options: BackendOptions, workers: int, reuse_gen: str | None
-) -> dict[str, Any]:
+) -> ShardResult:
     """Worker body: the shard through `run_shard`, with this process's client and index."""
     model = Store(root, gen).read_manifest().model.model_id
     backend = options.open(model, clients=workers)
     before = int(getattr(backend, "retries", 0))
     reuse = reuse_index.shared(root, reuse_gen) if reuse_gen else None
     marker = run_shard(root, gen, shard, backend, chunk_workers=1, reuse=reuse)
-    return {**marker, "worker_pid": os.getpid(), "request_retries": int(getattr(backend, "retries", 0)) - before}
+    return ShardResult.model_validate(
+        {**marker.model_dump(), "worker_pid": os.getpid(), "request_retries": int(getattr(backend, "retries", 0)) - before}
+    )

@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
+from pydantic import ValidationError
 
 from wikiembed import atomic
 from wikiembed.errors import InputError, StoreError
-from wikiembed.records import FORMAT, Manifest
+from wikiembed.records import FORMAT, Manifest, Marker
 
 _HASH_BLOCK = 1 << 22
 
@@ -107,7 +108,7 @@ class ShardState:
     chunks: int | None
     error: str | None = None
     attempts: int = 0
-    marker: dict[str, Any] | None = None  # the `_done` marker, when done
+    marker: Marker | None = None  # the `_done` marker, when done
 
 
 class Store:
@@ -297,7 +298,7 @@ class Store:
             raise store_os_error(exc, self.root) from exc
 
     # markers ---------------------------------------------------------------------
-    def read_done(self, shard: int) -> dict[str, Any] | None:
+    def read_done(self, shard: int) -> Marker | None:
         """The done marker if (and only if) it matches its data file; otherwise None.
 
         Like git's index, a file whose size, mtime and inode equal the marker's
@@ -306,39 +307,39 @@ class Store:
         """
         return self._read_done_at(shard, str(self.done_path(shard)), str(self.data_path(shard)))
 
-    def _read_done_at(self, shard: int, done_file: str, data_file: str) -> dict[str, Any] | None:
+    def _read_done_at(self, shard: int, done_file: str, data_file: str) -> Marker | None:
         # Plain strings: `states()` calls this for every shard, and pathlib's joins cost more than the check.
         try:
             with open(done_file, "rb") as fh:
-                marker = orjson.loads(fh.read())  # a third of json.load's time, which dominated a resume's scan
+                marker = _marker(orjson.loads(fh.read()))  # orjson: a third of json.load's time, which dominated a resume's scan
             st = os.stat(data_file)
         except (FileNotFoundError, json.JSONDecodeError, OSError):
             return None
-        if st.st_size != marker.get("bytes"):
+        if marker is None or st.st_size != marker.bytes:
             return None
         if not self.sync.stable_stat:
             # Each container holds its own copy of a Volume file (its own inode); the data was
             # committed before its marker and hashed by the writer, and publishing re-hashes it.
             return marker
-        if (st.st_mtime_ns, st.st_ino) != (marker.get("mtime_ns"), marker.get("inode")):
+        if (st.st_mtime_ns, st.st_ino) != (marker.mtime_ns, marker.inode):
             return self.verify_done(shard)
         return marker
 
-    def verify_done(self, shard: int) -> dict[str, Any] | None:
+    def verify_done(self, shard: int) -> Marker | None:
         """A full sha256 check of the data file against its marker (used before publishing)."""
         try:
-            marker = json.loads(self.done_path(shard).read_text(encoding="utf-8"))
-            if sha256_file(self.data_path(shard)) != marker.get("sha256"):
+            marker = _marker(json.loads(self.done_path(shard).read_text(encoding="utf-8")))
+            if marker is None or sha256_file(self.data_path(shard)) != marker.sha256:
                 return None
         except (FileNotFoundError, json.JSONDecodeError, OSError):
             return None
         return marker
 
-    def mark_done(self, shard: int, marker: dict[str, Any]) -> None:
+    def mark_done(self, shard: int, marker: Marker) -> None:
         """Record a shard as done. Its data is committed first: a marker never becomes visible
         anywhere before the data it vouches for."""
         self.sync.commit()
-        write_json_atomic(self.done_path(shard), marker)
+        write_json_atomic(self.done_path(shard), marker.model_dump(mode="json"))
         self.failed_path(shard).unlink(missing_ok=True)
         self.sync.commit()
 
@@ -387,7 +388,7 @@ class Store:
             else:
                 marker = self._read_done_at(k, os.path.join(done_dir, name), os.path.join(data_dir, f"{k:05d}.parquet"))
             if marker is not None:
-                out.append(ShardState(k, "done", end - start, marker.get("chunks"), marker=marker))
+                out.append(ShardState(k, "done", end - start, marker.chunks, marker=marker))
                 continue
             if name in done_names:
                 out.append(ShardState(k, "changed", end - start, None, "data file missing or changed since marked done"))
@@ -476,8 +477,6 @@ class StoreLock:
 def manifest_of(record: Any, where: str) -> Manifest:
     """A manifest from its JSON: one of an older layout opens (missing fields take their defaults),
     one of a newer layout is refused with the upgrade that reads it, a damaged one is named."""
-    from pydantic import ValidationError
-
     found = record.get("format") if isinstance(record, dict) else None
     if isinstance(found, int) and found > FORMAT:
         raise StoreError(
@@ -495,3 +494,11 @@ def manifest_of(record: Any, where: str) -> Manifest:
             f"{where}: manifest.json is damaged at {field} ({problem['msg']}); restore it from a backup, or run the same "
             "`wikiembed run` that made the store again to rebuild it."
         ) from None
+
+
+def _marker(record: Any) -> Marker | None:
+    """A marker from its JSON; one that is not a whole marker (cut short, hand-edited) vouches for nothing."""
+    try:
+        return Marker.model_validate(record)
+    except ValidationError:
+        return None

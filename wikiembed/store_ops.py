@@ -31,6 +31,7 @@ from wikiembed.embedding import VectorSource, embed_shard, record_vector_kind
 from wikiembed.chunking import chunk_shard_parts
 from wikiembed import reuse_index
 from wikiembed.plan import diff_generations, prepare, promote
+from wikiembed.records import Marker
 from wikiembed.reuse_index import ReuseIndex
 from wikiembed.card import write_card
 from wikiembed.publish import publish
@@ -53,7 +54,7 @@ def run_shard(
     chunk_workers: int | None = None,
     reuse: VectorSource | None = None,
     reuse_previous: bool = False,
-) -> dict[str, Any]:
+) -> Marker:
     """Chunk and embed one shard into `data/NNNNN.parquet` + `_done/NNNNN.json`; return the marker.
 
     `backend` is an open backend (a container's TEI client or engine) or the run's

@@ -55,7 +55,7 @@ def test_shards_run_in_worker_processes_with_the_in_process_result(prefect_api, 
             markers = list(threads.map(lambda k: shard_workers.run(pooled["store"], pooled["gen"], k, opts, workers=2), range(4)))
     finally:
         shard_workers.release()
-    pids = {m["worker_pid"] for m in markers}
+    pids = {m.worker_pid for m in markers}
     assert os.getpid() not in pids and 1 <= len(pids) <= 2
 
     # The same shard function in this process, and the whole flow with its workers: the same bytes.
@@ -64,7 +64,7 @@ def test_shards_run_in_worker_processes_with_the_in_process_result(prefect_api, 
         store_ops.run_shard(alone["store"], alone["gen"], k, opts)
     summary = embed_dataset(source="sample:120", store=str(tmp_path / "flow"), shard_rows=30, backend="tei",
                             compute={"tei_url": [tei], "shard_workers": 2})  # fmt: skip
-    assert summary["shards_done"] == 4 and summary["embedded_chunks"] == sum(m["chunks"] for m in markers)
+    assert summary["shards_done"] == 4 and summary["embedded_chunks"] == sum(m.chunks for m in markers)
     assert _data(tmp_path / "pooled") == _data(tmp_path / "alone") == _data(tmp_path / "flow")
     _assert_done_and_exact(tmp_path / "flow", 4)
 

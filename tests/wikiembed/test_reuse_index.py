@@ -61,7 +61,7 @@ def test_a_saved_index_is_stale_once_a_shard_is_re_embedded(done_store: Store, m
     saved = (done_store.dir / ReuseIndex.SAVED).read_bytes()
     # Shard 0 re-embedded (a rerun): its data file and marker change, so the saved keys no longer cover it.
     marker = done_store.read_done(0)
-    done_store.mark_done(0, {**marker, "sha256": "0" * 64})
+    done_store.mark_done(0, marker.changed(sha256="0" * 64))
     try:
         reads = _text_reads(monkeypatch)
         rebuilt = ReuseIndex(Store(done_store.root, done_store.gen))

@@ -53,7 +53,7 @@ def _store(tmp_path: Path, shards: int = 3) -> Store:
 def test_done_means_marker_matches_file(tmp_path):
     store = _store(tmp_path)
     marker = embed_shard(store, 0, HashBackend(), rows=2)
-    assert store.read_done(0) == marker and marker["chunks"] == 5
+    assert store.read_done(0) == marker and marker.chunks == 5
     texts, vectors = read_vectors(store.data_path(0))
     assert texts == [f"s0c{i}" for i in range(5)] and vectors.shape == (5, 8)
     # top-level links go through `current`
@@ -146,7 +146,7 @@ def test_vectors_unlike_the_promise_are_never_marked_done(tmp_path, scale, needl
     assert store.read_done(0) is None and not store.data_path(0).exists()
     assert not [p for p in (store.dir / "data").iterdir() if p.name.startswith(".")]  # no temp left
     # a model that does not normalize may answer any norm, but never zeros
-    assert embed_shard(store, 1, BrokenBackend(7.0, normalize=False), rows=2)["chunks"] == 5
+    assert embed_shard(store, 1, BrokenBackend(7.0, normalize=False), rows=2).chunks == 5
     with pytest.raises(BackendError, match="all-zero"):
         embed_shard(store, 2, BrokenBackend(0.0, normalize=False), rows=2)
 

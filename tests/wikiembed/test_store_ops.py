@@ -41,7 +41,7 @@ def test_run_shard_writes_data_then_marker_and_a_second_call_redoes_nothing(tmp_
     store = Store(root, gen)
     assert store.read_done(1) == marker and store.verify_done(1) == marker
     table = pq.read_table(store.data_path(1))
-    assert marker["chunks"] == table.num_rows > 0 and len(json.dumps(marker)) < 1000
+    assert marker.chunks == table.num_rows > 0 and len(marker.model_dump_json()) < 1000
     vectors = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
     assert np.array_equal(vectors, embed_texts(table.column("text").to_pylist()))
     mtime = store.data_path(1).stat().st_mtime_ns

@@ -32,7 +32,7 @@ from wikiembed import reuse_index
 from wikiembed.backends.factory import BackendOptions
 from wikiembed.errors import BackendError, InputError, TransientBackendError, WikiembedError
 from wikiembed.volume_store import check_store_for_backend
-from wikiembed.records import Manifest
+from wikiembed.records import Manifest, Marker
 
 if TYPE_CHECKING:
     from wikiembed.settings import RunSettings
@@ -136,7 +136,7 @@ class Executor(ABC):
         """Record the generation's int8 ranges if it stores int8 and has none yet; return them."""
 
     @abstractmethod
-    def run_shard(self, job: ShardJob) -> dict[str, Any]:
+    def run_shard(self, job: ShardJob) -> Marker:
         """Chunk, embed and checkpoint one shard; return its marker. Runs inside the flow's embed
         task (retried there); reports chunks to `wikiembed.progress.Progress.current()`."""
 

@@ -9,8 +9,6 @@ Touches: the run store's folder, the engine (CPU or the local GPU).
 
 from __future__ import annotations
 
-from typing import Any
-
 import pyarrow as pa
 
 from wikiembed import reuse_index
@@ -20,6 +18,7 @@ from wikiembed.executors.base import ShardJob
 from wikiembed.executors.on_disk import OnDisk
 from wikiembed.plan import check_snapshot
 from wikiembed.progress import Progress
+from wikiembed.records import Marker
 from wikiembed.store import Store
 
 
@@ -32,7 +31,7 @@ class InProcess(OnDisk):
         # be recorded as the store's model, nor leave a lock file in a new folder.
         self.check_backend(self.settings.model)
 
-    def run_shard(self, job: ShardJob) -> dict[str, Any]:
+    def run_shard(self, job: ShardJob) -> Marker:
         store = Store(job.root, job.gen)
         manifest = store.read_manifest()
         try:

@@ -18,8 +18,8 @@ from wikiembed.backends.modal_client import ModalShards
 from wikiembed.calibration import needs_calibration
 from wikiembed.executors.base import MAX_CONCURRENCY, Executor, Planned, ShardJob, StoreView
 from wikiembed.progress import Progress
+from wikiembed.records import Manifest, Marker
 from wikiembed.volume_store import VolumeStore, mount_path
-from wikiembed.records import Manifest
 
 
 class ModalContainers(Executor):
@@ -47,10 +47,10 @@ class ModalContainers(Executor):
         # In a shard container at the Volume, with the backend that embeds the shards.
         return self._shards(manifest.model.model_id).calibrate(mount_path(root), gen)
 
-    def run_shard(self, job: ShardJob) -> dict[str, Any]:
+    def run_shard(self, job: ShardJob) -> Marker:
         # The container takes the previous generation's vectors itself (its reuse index on the Volume).
-        marker = self._shards(job.model).run(mount_path(job.root), job.gen, job.shard)
-        Progress.current().add_chunks(int(marker.get("chunks", 0)))
+        marker = Marker.model_validate(self._shards(job.model).run(mount_path(job.root), job.gen, job.shard))
+        Progress.current().add_chunks(marker.chunks)
         return marker
 
     def prepare_rerun(self, store: StoreView, manifest: Manifest, shards: list[int]) -> str | None:

@@ -9,12 +9,11 @@ Touches: worker processes; in them, the run store's folder and the TEI servers.
 
 from __future__ import annotations
 
-from typing import Any
-
 from wikiembed import shard_workers
 from wikiembed.executors.base import MAX_CONCURRENCY, ShardJob
 from wikiembed.executors.on_disk import OnDisk
 from wikiembed.progress import Progress
+from wikiembed.records import ShardResult
 from wikiembed.tokenizing import cores
 
 # Enough shards in flight to keep remote GPUs busy.
@@ -24,11 +23,11 @@ REMOTE_CONCURRENCY = 16
 class WorkerProcesses(OnDisk):
     name = "tei"
 
-    def run_shard(self, job: ShardJob) -> dict[str, Any]:
+    def run_shard(self, job: ShardJob) -> ShardResult:
         marker = shard_workers.run(
             job.root, job.gen, job.shard, self.backend, workers=self.settings.compute.shard_workers, reuse_gen=job.reuse_gen
         )
-        Progress.current().add_chunks(int(marker.get("chunks", 0)))
+        Progress.current().add_chunks(marker.chunks)
         return marker
 
     def default_concurrency(self) -> int:

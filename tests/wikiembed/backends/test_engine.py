@@ -349,6 +349,6 @@ def test_a_token_chunked_shard_is_embedded_from_its_ids(
     monkeypatch.setattr(engine, "embed", lambda texts: pytest.fail("the text was tokenized again"))
     marker = embed_shard(store, 0, Serialized(engine), rows=12)
     texts, vectors = read_vectors(store.data_path(0))
-    assert marker["chunks"] == len(texts) == chunks.num_rows
+    assert marker.chunks == len(texts) == chunks.num_rows
     np.testing.assert_allclose(vectors, want, atol=1e-6)
     assert "input_ids" not in pq.read_schema(store.data_path(0)).names  # the ids stay in chunks/
