@@ -1,4 +1,4 @@
-"""The `wikiembed` command line: run, status, rerun, export, upload, estimate, search, index, eval, finetune.
+"""The `wikiembed` command line: run, status, rerun, export, upload, estimate, search, index, eval, finetune, improve.
 
 Each command is a thin shell over a flow or a plain function. Errors a user
 can fix print one message that names the input and the fix (exit 2); a run
@@ -52,20 +52,32 @@ def _add_run_options(parser: argparse.ArgumentParser, only: Sequence[str] | None
     for name, field in option_fields():
         if only is not None and name not in only:
             continue
-        kind = field.annotation
-        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None: the flag takes an X
-            kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "required": field.is_required()}
-        if typing.get_origin(kind) is typing.Literal:
-            kwargs["choices"] = list(typing.get_args(kind))
-        elif kind is int:
-            kwargs["type"] = int
-        elif kind is bool:  # a switch: present means true
-            kwargs["action"] = "store_true"
-        default = None if field.is_required() else field.get_default(call_default_factory=True)
-        shown = f" (default: {default})" if default not in (None, [], False) else ""
-        kwargs["help"] = f"{field.description}{shown}".replace("%", "%%")
-        parser.add_argument(f"--{name.replace('_', '-')}", **kwargs)
+        _add_field_option(parser, name, field)
+
+
+def _add_model_options(parser: argparse.ArgumentParser, model: Any, skip: Sequence[str] = ()) -> None:
+    """One flag per field of a pydantic settings model (`FinetuneSettings`, `ImproveSettings`), as for the run options."""
+    for name, field in model.model_fields.items():
+        if name not in skip:
+            _add_field_option(parser, name, field)
+
+
+def _add_field_option(parser: argparse.ArgumentParser, name: str, field: Any) -> None:
+    """The flag of one settings field: its name (--chunk-size for chunk_size), choices, type, description and default."""
+    kind = field.annotation
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None: the flag takes an X
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "required": field.is_required()}
+    if typing.get_origin(kind) is typing.Literal:
+        kwargs["choices"] = list(typing.get_args(kind))
+    elif kind in (int, float):
+        kwargs["type"] = kind
+    elif kind is bool:  # a switch: present means true
+        kwargs["action"] = "store_true"
+    default = None if field.is_required() else field.get_default(call_default_factory=True)
+    shown = f" (default: {default})" if default not in (None, [], False) else ""
+    kwargs["help"] = f"{field.description}{shown}".replace("%", "%%")
+    parser.add_argument(f"--{name.replace('_', '-')}", **kwargs)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -142,18 +154,20 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--exact", action="store_true", help="scan every vector even where an index of a form is built")
     ev.add_argument("--json", dest="json_path", metavar="PATH", help="also write the result as JSON here")
 
+    from wikiembed.finetune import FinetuneSettings
+    from wikiembed.improve import ImproveSettings
+
     ft = sub.add_parser("finetune", help="fine-tune the store's model on judged queries (hard negatives from the store, a held-out share)")
-    ft.add_argument("--store", required=True)
-    ft.add_argument("--pairs", required=True, metavar="FILE", help="judged queries, as for eval --queries")
-    ft.add_argument("--out", required=True, metavar="DIR", help="a new folder for the fine-tuned model")
-    ft.add_argument("--device", choices=["cpu", "cuda"], help="where to train (default: cuda when present)")
-    ft.add_argument("--epochs", type=int, default=1)
-    ft.add_argument("--batch-size", type=int, default=32, help="above 64 the cached loss trains it in mini-batches of 32")
-    ft.add_argument("--learning-rate", type=float, default=2e-5)
-    ft.add_argument("--negatives", type=int, default=1, help="hard negatives mined per pair (default 1)")
-    ft.add_argument("--holdout", type=float, default=0.2, help="share of the queries held out, never trained on (default 0.2)")
-    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--store", required=True, help="the store: a local folder, or modal:VOLUME/PATH (the fine-tune then runs on a Modal GPU next to it)")
+    ft.add_argument("--pairs", required=True, metavar="FILE", help="judged queries, as for eval --queries (modal:VOLUME/PATH for a Volume store)")
+    ft.add_argument("--out", required=True, metavar="DIR", help="a new folder for the fine-tuned model (modal:VOLUME/PATH for a Volume store)")
+    _add_model_options(ft, FinetuneSettings)
     ft.add_argument("--json", dest="json_path", metavar="PATH", help="also write the result as JSON here")
+
+    imp = sub.add_parser("improve", help="fine-tune, re-embed into a new store, compare on held-out queries, publish only if better")
+    _add_model_options(imp, ImproveSettings, skip=("finetune",))
+    _add_model_options(imp, FinetuneSettings)
+    imp.add_argument("--json", dest="json_path", metavar="PATH", help="also write the result as JSON here")
     return p
 
 
@@ -431,12 +445,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _given(args: argparse.Namespace, model: Any, skip: Sequence[str] = ()) -> dict[str, Any]:
+    """The options of a settings model that were given on the command line (the rest take the model's defaults)."""
+    return {name: getattr(args, name) for name in model.model_fields if name not in skip and hasattr(args, name)}
+
+
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from wikiembed.finetune import FinetuneSettings, finetune
+    from wikiembed.volume_improve import check_paths, finetune_on_volume
 
-    settings = FinetuneSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                                negatives=args.negatives, holdout=args.holdout, seed=args.seed, device=args.device)
-    result = finetune(args.store, args.pairs, args.out, settings)
+    settings = FinetuneSettings(**_given(args, FinetuneSettings))
+    if check_paths(args.store, args.pairs, args.out, flags={"pairs": "--pairs", "out": "--out"}):
+        # On a Modal GPU next to the store's Volume: the model folder is written there.
+        result = finetune_on_volume(args.store, args.pairs, args.out, settings.model_dump())
+    else:
+        result = finetune(args.store, args.pairs, args.out, settings)
     _write_json(args.json_path, result)  # before printing: a reader that leaves early cannot cost the file
     p = result["pairs"]
     if p["unmatched"]:
@@ -453,9 +476,47 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _in_flow_thread(flow: Callable[..., dict[str, Any]], **params: Any) -> dict[str, Any]:
-    """Run a flow in a worker thread and return its summary (also when shards failed), so the main thread keeps the signals: Prefect installs no
-    SIGTERM handler off the main thread, and a stop never waits for a shard in flight."""
+def _cmd_improve(args: argparse.Namespace) -> int:
+    from wikiembed.errors import ShardsFailed
+    from wikiembed.finetune import FinetuneSettings
+    from wikiembed.flows.improve_model import METRIC_NAMES, improve_model
+    from wikiembed.improve import ImproveSettings
+    from wikiembed.volume_improve import check_paths
+
+    settings = ImproveSettings(**_given(args, ImproveSettings, skip=("finetune",)), finetune=_given(args, FinetuneSettings))
+    # Before Prefect starts (seconds): every path where the loop can reach it.
+    check_paths(settings.store, settings.pairs, settings.out, settings.new_store,
+                flags={"pairs": "--pairs", "out": "--out", "new_store": "--new-store"})
+    try:
+        result = _in_flow_thread(improve_model, summary_on_failure=False, **settings.model_dump())
+    except ShardsFailed as exc:  # the re-embed stopped: what it finished is kept, the same command resumes
+        _print_summary(exc.summary, out=sys.stderr)
+        print(f"wikiembed improve: {exc}", file=sys.stderr)
+        return EXIT_FAILED_SHARDS
+    _write_json(args.json_path, result)  # before printing: a reader that leaves early cannot cost the file
+    tuned, reembed = result["finetune"], result["reembed"]
+    print(f"fine-tuned {tuned['base_model']} on {tuned['train']} queries ({tuned['settings']['epochs']} epoch(s), "
+          f"{tuned['device']}, {tuned['seconds']:.0f}s) into {tuned['out']}")
+    print(f"re-embedded {reembed['chunks']:,} chunks into {result['new']['store']} ({reembed['shards_done']}/"
+          f"{reembed['shards_total']} shards)")
+    print(f"held out {result['old']['n']} queries, scored over every chunk of each store:")
+    for label, block, sign in (("old", result["old"], ""), ("new", result["new"], ""), ("new - old", result["difference"], "+")):
+        print(f"  {label:<10} " + ", ".join(
+            f"{METRIC_NAMES[m]} {block[m]:{sign}.3f} [{block[m + '_ci95'][0]:{sign}.3f}, {block[m + '_ci95'][1]:{sign}.3f}]"
+            for m in METRIC_NAMES))
+    if result["publish"]:
+        where = (f"published to {result['published']['published']['target']}" if result["published"]
+                 else "no --upload-to given, nothing uploaded")
+        print(f"publish ({where}): {result['reason']}")
+    else:
+        print(f"keep: {result['reason']}")
+    return EXIT_OK
+
+
+def _in_flow_thread(flow: Callable[..., dict[str, Any]], /, summary_on_failure: bool = True, **params: Any) -> dict[str, Any]:
+    """Run a flow in a worker thread and return its summary (also when shards failed, unless `summary_on_failure` is
+    false: then `ShardsFailed` is raised), so the main thread keeps the signals: Prefect installs no SIGTERM handler off
+    the main thread, and a stop never waits for a shard in flight."""
     from wikiembed.errors import ShardsFailed
 
     _start_own_api_server()
@@ -466,7 +527,10 @@ def _in_flow_thread(flow: Callable[..., dict[str, Any]], **params: Any) -> dict[
         try:
             outcome["summary"] = context.run(flow, **params)
         except ShardsFailed as exc:  # the flow run ended Failed; its error carries what it finished
-            outcome["summary"] = exc.summary
+            if summary_on_failure:
+                outcome["summary"] = exc.summary
+            else:
+                outcome["error"] = exc
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             outcome["error"] = exc
 
@@ -541,6 +605,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _cmd_index(args)
     if args.command == "finetune":
         return _cmd_finetune(args)
+    if args.command == "improve":
+        return _cmd_improve(args)
     if args.command == "export":
         target = args.to if args.to.startswith(("dir:", "hub:", "modal:")) else f"dir:{args.to}"
         return _cmd_publish(args, target)
@@ -555,15 +621,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from wikiembed.errors import WikiembedError
 
-    if args.command in ("run", "rerun", "search", "eval", "finetune"):
+    if args.command in ("run", "rerun", "search", "eval", "finetune", "improve"):
         # Our progress bar is the one to watch; transformers' weight-loading bar would break its line.
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    if args.command in ("run", "rerun"):
+    if args.command in ("run", "rerun", "improve"):
         _stop_on_signals()
     try:
-        if args.command in ("search", "index", "eval", "finetune"):
-            from wikiembed.volume_store import check_vectors_here
+        from wikiembed.volume_store import check_vectors_here, parse_spec
 
+        if args.command in ("search", "index", "eval") or (args.command == "finetune" and not parse_spec(args.store)):
             check_vectors_here(args.command, args.store, getattr(args, "against", None))
             _note_building(args.command, args.store)
         code = _dispatch(args)

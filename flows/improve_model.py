@@ -12,32 +12,39 @@
 The decision, the figures and both models are a markdown artifact of the flow run, keyed by the store. Running the flow again with
 the same parameters resumes it: finished steps return what they recorded.
 
-Touches: the old store (read), the model folder and the new store (written), the publish target.
+A store on a Modal Volume (`modal:VOLUME/PATH`) is improved where it is, as its shards are embedded: the
+pairs file, the model folder and the new store are `modal:VOLUME/PATH` on the same Volume; the fine-tune
+and the comparison run in the `wikiembed-finetune` app (a GPU at the Volume), the re-embed's shard
+containers load the new model from the Volume, and the export goes from the Volume. This machine moves
+only paths, settings and figures (`wikiembed.volume_improve`).
+
+Touches: the old store (read), the model folder and the new store (written), the publish target; for a
+Volume store, Modal's API only.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from wikiembed.errors import InputError, ShardsFailed, StoreError
+from wikiembed.errors import ShardsFailed, StoreError
 from wikiembed.executors import executor_for
 from wikiembed.finetune import FinetuneSettings
 from wikiembed.flows.embed_dataset import artifact_key, embed_dataset
 from wikiembed.improve import ImproveSettings, Metric, decide
-from wikiembed.model import model_info
 from wikiembed.search import StoreVectors
 from wikiembed.settings import RunSettings
-from wikiembed.store import Store
 from wikiembed.tasks.compare import compare_task
 from wikiembed.tasks.export import export_task
 from wikiembed.tasks.finetune import finetune_task
-from wikiembed.volume_store import parse_spec
+from wikiembed.volume_improve import check_paths, model_mount_path
+from wikiembed.volume_store import VolumeStore, open_store
 
 METRIC_NAMES = {"recall_at_1": "recall@1", "recall_at_10": "recall@10", "mrr": "MRR@10", "ndcg_at_10": "nDCG@10"}
+# Each store's figures in the result: what was scored, and each metric with its 95% interval.
+FIGURES = ("store", "generation", "model", "n", *METRIC_NAMES, *(m + "_ci95" for m in METRIC_NAMES))
 
 
 def _report(settings: ImproveSettings, tuned: dict[str, Any], compared: dict[str, Any], publish: bool, why: str,
@@ -90,11 +97,11 @@ def improve_model(
     """Fine-tune a store's model on judged queries, re-embed its source, and publish the new vectors only if better.
 
     Args:
-        store: The published store whose model is improved (a local run store folder).
-        pairs: Judged queries (jsonl or parquet: query with its relevant id, ids, or id + chunk_index).
-        out: A new folder for the fine-tuned model (e.g. models/2026-w49).
-        new_store: A new run store for the source re-embedded with the fine-tuned model.
-        upload_to: Where the better store is published: hub:ORG/NAME or dir:PATH; empty: only decide and report.
+        store: The published store whose model is improved: a local run store folder, or modal:VOLUME/PATH.
+        pairs: Judged queries (jsonl or parquet: query with its relevant id, ids, or id + chunk_index); on the store's Volume for a Volume store.
+        out: A new folder for the fine-tuned model (e.g. models/2026-w49); modal:VOLUME/PATH on the store's Volume for a Volume store.
+        new_store: A new run store for the source re-embedded with the fine-tuned model; on the store's Volume for a Volume store.
+        upload_to: Where the better store is published: hub:ORG/NAME or dir:PATH (modal:VOLUME/PATH from a Volume store); empty: only decide and report.
         metric: The figure that decides: mrr (MRR@10), recall_at_1, recall_at_10 or ndcg_at_10.
         margin: How much better the new store must be on that figure, at least.
         finetune: Fine-tune settings (epochs, batch size, learning rate, held-out share, seed, negatives, device).
@@ -102,19 +109,22 @@ def improve_model(
     settings = ImproveSettings(store=store, pairs=pairs, out=out, new_store=new_store, upload_to=upload_to, metric=metric,
                                margin=margin, finetune=finetune or FinetuneSettings())
     logger = get_run_logger()
-    for name, value in (("store", settings.store), ("new_store", settings.new_store)):
-        if parse_spec(value):
-            raise InputError(f"{name} {value}: improve-model reads both stores' vectors on this machine; give local run stores.")
-    if Path(settings.new_store).expanduser().resolve() == Path(settings.store).expanduser().resolve():
-        raise InputError(f"new_store {settings.new_store}: is the store being improved; give a new folder for the new vectors.")
-    old = StoreVectors(settings.store)
+    volume = check_paths(settings.store, settings.pairs, settings.out, settings.new_store)
+    if volume is None:
+        recorded = StoreVectors(settings.store).manifest.settings
+    else:
+        old_store = VolumeStore(settings.store)
+        old_store.cloud_target(settings.upload_to)  # a target the Volume cannot publish to fails now, not after the fine-tune
+        recorded = old_store.read_manifest().settings
 
     tuned = finetune_task(settings.store, settings.pairs, settings.out, settings.finetune.model_dump())
     logger.info("fine-tuned %s into %s: held-out MRR@10 on the pool %.3f -> %.3f", tuned["base_model"], tuned["out"],
                 tuned["before"]["mrr"], tuned["after"]["mrr"])
 
     # The old store's own settings with the new model, into the new store; published only below, if better.
-    run = {**old.manifest.settings, "store": settings.new_store, "model": tuned["out"], "upload_to": None}
+    # On a Volume the shard containers load the model from its folder there, under their mount.
+    model = tuned["out"] if volume is None else model_mount_path(settings.out)
+    run = {**recorded, "store": settings.new_store, "model": model, "upload_to": None}
     state = embed_dataset(**run, return_state=True)
     if not state.is_completed():
         summary = state.data.summary if isinstance(state.data, ShardsFailed) else None
@@ -124,7 +134,7 @@ def improve_model(
         raise ShardsFailed(message, summary) if summary else StoreError(message)
     reembedded = state.result()
 
-    compared = compare_task(settings.store, settings.new_store, str(Path(tuned["out"]) / "heldout.jsonl"))
+    compared = compare_task(settings.store, settings.new_store, f"{tuned['out'].rstrip('/')}/heldout.jsonl")
     difference = compared["difference"]["forms"][0]
     publish, why = decide(difference, settings.metric, settings.margin)
     published = None
@@ -132,18 +142,17 @@ def improve_model(
         executor = executor_for(RunSettings(**run))
         published = export_task(executor, settings.new_store, compared["against"]["generation"], settings.upload_to)
     logger.info("%s: %s", "publish" if publish else "keep the old store", why)
-    new_revision = model_info(tuned["out"]).revision
     # Keyed by the improved store: each store's latest decision under its own key.
-    create_markdown_artifact(_report(settings, tuned, compared, publish, why, published, new_revision),
-                             key=artifact_key("improve", Store(settings.store)), description="the decision, the figures and both models")
+    create_markdown_artifact(_report(settings, tuned, compared, publish, why, published, reembedded["revision"]),
+                             key=artifact_key("improve", open_store(settings.store)), description="the decision, the figures and both models")
     return {
         "publish": publish,
         "reason": why,
         "published": published,
         "metric": settings.metric,
         "margin": settings.margin,
-        "old": {key: compared[key] for key in ("store", "generation", "model", "n", *METRIC_NAMES)},
-        "new": {key: compared["against"][key] for key in ("store", "generation", "model", "n", *METRIC_NAMES)},
+        "old": {key: compared[key] for key in FIGURES},
+        "new": {key: compared["against"][key] for key in FIGURES},
         "difference": difference,
         "finetune": tuned,
         "reembed": {key: reembedded[key] for key in ("chunks", "embedded_chunks", "reused_chunks", "shards_done", "shards_total")},

@@ -1,7 +1,13 @@
-"""Modal app `wikiembed-finetune`: `wikiembed.finetune` on a GPU, next to the store's Volume.
+"""Modal app `wikiembed-finetune`: the improve loop's GPU steps, next to the store's Volume.
+
+`Finetune.run` is `wikiembed.finetune` (the model trained on the store's own vectors, written onto the
+Volume); `Finetune.compare` is the loop's comparison (`wikiembed.evaluate.compare_at_store`: the old
+and the re-embedded store scored on the held-out queries, each query embedded by its store's model).
+The `improve-model` flow and `wikiembed finetune --store modal:VOLUME/PATH` call them through
+`wikiembed.backends.modal_client.FinetuneApp`.
 
 What it may touch: on Modal, the container's GPU, the store Volume (`wikiembed-store` by default:
-the store's data files and the pairs file are read there, the model folder is written there) and the
+the stores' data files and the pairs file are read there, the model folder is written there) and the
 `wikiembed-hf-cache` Volume (base model weights). Neither the vectors nor the model pass through the
 machine that asks for the fine-tune: it sends paths on the Volume and gets the record back.
 
@@ -13,7 +19,8 @@ Call (the pairs file first goes up with `modal volume put wikiembed-store pairs.
 
     import modal
     Finetune = modal.Cls.from_name("wikiembed-finetune", "Finetune")
-    record = Finetune().run.remote("wiki-minilm", "feedback/pairs.jsonl", "models/2026-w49", {"epochs": 1})
+    record = Finetune(volume="wikiembed-store").run.remote("wiki-minilm", "feedback/pairs.jsonl", "models/2026-w49", {"epochs": 1})
+    compared = Finetune(volume="wikiembed-store").compare.remote("wiki-minilm", "wiki-minilm-w49", "models/2026-w49/heldout.jsonl")
 """
 
 # No `from __future__ import annotations`: Modal reads parameter types at decoration time.
@@ -22,6 +29,8 @@ from typing import Any
 
 import modal
 
+from wikiembed.errors import InputError
+from wikiembed.evaluate import compare_at_store
 from wikiembed.finetune import finetune_at_store
 from wikiembed.store import LOCAL
 from wikiembed.volume_store import DEFAULT_VOLUME, STORE_MOUNT, VolumeSync
@@ -100,10 +109,18 @@ def at_mount(path: str, mount: str = STORE_MOUNT) -> str:
     timeout=TIMEOUT_S,
 )
 class Finetune:
-    """One fine-tune per call: Volume paths in, the fine-tune's record (`finetune.json`) out."""
+    """One fine-tune or one comparison per call: Volume paths in, the record or the figures out."""
+
+    # The Volume the caller means (`modal:VOLUME/PATH`), checked against the one mounted here.
+    volume: str = modal.parameter(default=DEFAULT_VOLUME)
 
     @modal.enter()
     def attach(self) -> None:
+        if self.volume != STORE_VOLUME:
+            raise InputError(
+                f"store Volume {self.volume!r} is not the one this app mounts ({STORE_VOLUME!r}); "
+                f"redeploy with WIKIEMBED_STORE_VOLUME={self.volume} modal deploy modal_workers/finetune_app.py."
+            )
         # Off Modal (`.local()`), the folder standing for the Volume is an ordinary disk: nothing to sync.
         self.sync = LOCAL if modal.is_local() else VolumeSync(store_volume)
         self.mount = os.environ.get(MOUNT_ENV) or STORE_MOUNT
@@ -115,3 +132,7 @@ class Finetune:
         if not modal.is_local():
             cache_volume.commit()  # keep the base weights the first container downloaded
         return record
+
+    @modal.method()
+    def compare(self, old: str, new: str, queries: str) -> dict[str, Any]:
+        return compare_at_store(at_mount(old, self.mount), at_mount(new, self.mount), at_mount(queries, self.mount), self.sync)

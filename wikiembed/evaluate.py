@@ -37,7 +37,7 @@ from wikiembed.compact import available_forms
 from wikiembed.errors import InputError, StoreError
 from wikiembed.queries import JudgedQuery, match, read_queries, store_keys
 from wikiembed.search import DEFAULT_RESCORE, Ranking, StoreVectors
-from wikiembed.store import write_json_atomic
+from wikiembed.store import LOCAL, StoreSync, write_json_atomic
 
 DEFAULT_SAMPLE = 500
 DEPTH = 10  # recall@10 and MRR@10 need the top 10
@@ -262,3 +262,11 @@ def evaluate(
         write_json_atomic(vectors.store.dir / EVAL_FILE, result)
         write_card(vectors.store.dir)
     return result
+
+
+def compare_at_store(old: str, new: str, queries: str, sync: StoreSync = LOCAL) -> dict[str, Any]:
+    """The improve loop's comparison where both stores are (`modal_workers/finetune_app.py` on a Modal
+    Volume): see others' commits first, then `evaluate(old, against=new)` on the judged queries
+    (float32, over every chunk), recorded in neither store, so there is nothing to commit."""
+    sync.reload()
+    return evaluate(old, queries=queries, against=new, record=False)

@@ -33,7 +33,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -76,7 +76,7 @@ class FinetuneSettings(BaseModel):
     holdout: float = Field(0.2, gt=0, lt=1, description="share of the queries held out, never trained on")
     seed: int = Field(0, description="seeds the held-out split and the training order")
     negatives: int = Field(1, ge=0, le=MINE_DEPTH - 1, description="hard negatives mined per pair from the store's vectors")
-    device: str | None = Field(None, description="cpu or cuda (default: cuda when present)")
+    device: Literal["cpu", "cuda"] | None = Field(None, description="where to train: cpu or cuda (default: cuda when present)")
 
 
 def _sha256(path: Path) -> str:

@@ -25,12 +25,12 @@ class ImproveSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    store: str = Field(description="The published store whose model is improved (a local run store folder).")
-    pairs: str = Field(description="Judged queries (jsonl or parquet: query with its relevant id, ids, or id + chunk_index).")
-    out: str = Field(description="A new folder for the fine-tuned model (e.g. models/2026-w49).")
-    new_store: str = Field(description="A new run store for the source re-embedded with the fine-tuned model.")
+    store: str = Field(description="The published store whose model is improved: a local run store folder, or modal:VOLUME/PATH.")
+    pairs: str = Field(description="Judged queries (jsonl or parquet: query with its relevant id, ids, or id + chunk_index); on the store's Volume for a Volume store.")
+    out: str = Field(description="A new folder for the fine-tuned model (e.g. models/2026-w49); modal:VOLUME/PATH on the store's Volume for a Volume store.")
+    new_store: str = Field(description="A new run store for the source re-embedded with the fine-tuned model; on the store's Volume for a Volume store.")
     upload_to: str | None = Field(
-        None, description="Where the better store is published: hub:ORG/NAME or dir:PATH; empty: only decide and report."
+        None, description="Where the better store is published: hub:ORG/NAME or dir:PATH (modal:VOLUME/PATH from a Volume store); empty: only decide and report."
     )
     metric: Metric = Field("mrr", description="The figure that decides: mrr (MRR@10), recall_at_1, recall_at_10 or ndcg_at_10.")
     margin: float = Field(0.01, ge=0, le=1, description="How much better the new store must be on that figure, at least.")

@@ -148,8 +148,10 @@ def export_store(root: str, gen: str, upload_to: str | None, sync: StoreSync = L
     record_vector_kind(store)  # from the markers, which on a Volume only containers can read
     write_card(store.dir)
     promoted = promote(store)
-    sync.commit()
+    sync.commit()  # published in the store before the upload: a failed upload leaves it so
     published = publish(Store(root).root, upload_to) if upload_to else None
+    if published is not None:
+        sync.commit()  # what the upload wrote on the Volume: a `dir:` folder there, the store's staging folder
     return {"promoted": promoted, "published": published}
 
 

@@ -98,3 +98,53 @@ def test_a_killed_loop_resumes_where_it_stopped(published_store, topics, tmp_pat
     assert result["reembed"]["shards_done"] == 9
     assert pq.read_table(new / "data").num_rows == pq.read_table(store / "data").num_rows
     assert result["old"]["n"] == result["new"]["n"] == 7 and isinstance(result["publish"], bool)
+
+
+def test_wikiembed_improve_runs_the_loop_from_the_command_line(compact_store, topics, tmp_path, capsys):
+    """`wikiembed improve` with the flow's options: the titles as pairs, 1 epoch; the decision is the flow's."""
+    from wikiembed.flows.cli import main
+    from wikiembed.improve import decide
+
+    pairs = title_pairs(topics, tmp_path / "pairs.jsonl")
+    out, new, payload = tmp_path / "model", tmp_path / "new-store", tmp_path / "improve.json"
+    code = main(["improve", "--store", str(compact_store), "--pairs", str(pairs), "--out", str(out), "--new-store", str(new),
+                 "--batch-size", "8", "--metric", "recall_at_10", "--margin", "0.02", "--json", str(payload)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-3000:]
+    result = json.loads(payload.read_text())
+    assert (result["metric"], result["margin"], result["finetune"]["settings"]["batch_size"]) == ("recall_at_10", 0.02, 8)
+    assert (result["publish"], result["reason"]) == decide(result["difference"], "recall_at_10", 0.02)
+    assert result["published"] is None and result["old"]["n"] == result["new"]["n"] == 7
+    assert result["reembed"]["embedded_chunks"] == result["reembed"]["chunks"] == pq.read_table(compact_store / "data").num_rows
+    assert json.loads((new / "manifest.json").read_text())["model"]["model_id"] == str(out.resolve())
+    assert f"into {out.resolve()}" in printed.out and "held out 7 queries" in printed.out
+    assert f"{'publish' if result['publish'] else 'keep'}" in printed.out.splitlines()[-1] and result["reason"] in printed.out
+
+
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("same store", "is the store being improved"),
+        ("volume new store", "is on a Modal Volume, but the store"),
+        ("margin", "--margin:"),
+        ("no pairs", "no such file"),
+    ],
+)
+def test_wikiembed_improve_bad_input_exits_2_with_one_message(case, needle, compact_store, tmp_path, capsys):
+    from wikiembed.flows.cli import main
+
+    pairs, new, extra = tmp_path / "pairs.jsonl", str(tmp_path / "new-store"), []
+    pairs.write_text('{"query": "a", "id": "x"}\n')
+    if case == "same store":
+        new = str(compact_store)
+    elif case == "volume new store":
+        new = "modal:wikiembed-store/new"
+    elif case == "margin":
+        extra = ["--margin", "2"]
+    else:
+        pairs = tmp_path / "missing.jsonl"
+    out = tmp_path / "model"
+    assert main(["improve", "--store", str(compact_store), "--pairs", str(pairs), "--out", str(out), "--new-store", new, *extra]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("error:") == 1, err
+    assert not out.exists() and not (tmp_path / "new-store").exists()

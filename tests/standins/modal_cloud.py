@@ -17,6 +17,9 @@ documents (modal.com/docs/guide/volumes, /docs/guide/retries):
 - An exception raised by the function reaches the caller as that exception.
 - A container that dies while working is replaced and its input rescheduled on a new
   container, which mounts the committed state.
+- A container sees the Volume at its mount (`/store`): a model folder named by its path
+  there (a fine-tune's output, which the shard containers load) is the container's copy,
+  and paths in its answers are the mount's.
 - A named Dict (`modal.Dict.from_name(name, create_if_missing=...)`, modal.com/docs/
   reference/modal.Dict) is one key-value store for every process: values are stored
   pickled (a changed value is seen only once it is put back), `put(..., skip_if_exists=
@@ -311,12 +314,38 @@ def _local_target(target: str | None, private: Path) -> str | None:
     return target
 
 
+def _see_the_mount(private: Path) -> None:
+    """Model folders named by their path under the mount resolve to this container's copy of the Volume."""
+    from wikiembed import model
+
+    resolve = model.resolve_model_path
+
+    def at_mount(name: str) -> Path:
+        return resolve(_local_root(name, private) if name.startswith(MOUNT + "/") else name)
+
+    model.resolve_model_path = at_mount
+
+
+def _as_mounted(value: Any, private: Path) -> Any:
+    """An answer with this container's copy of the Volume written as the mount, as a container on Modal sees it."""
+    if isinstance(value, str) and (value == str(private) or value.startswith(str(private) + os.sep)):
+        return MOUNT + value[len(str(private)):]
+    if isinstance(value, dict):
+        return {k: _as_mounted(v, private) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_mounted(v, private) for v in value]
+    return value
+
+
 def _serve(cloud: CloudDir, private: Path, out: BinaryIO, inp: BinaryIO) -> None:
     """The container's loop: one request at a time, the real library function, the answer back."""
     from wikiembed import store_ops
     from wikiembed.errors import BackendError
+    from wikiembed.evaluate import compare_at_store
+    from wikiembed.finetune import finetune_at_store
 
     sync = EmulatedVolume(cloud, private)
+    _see_the_mount(private)
     from wikiembed.backends.factory import BackendOptions
 
     # The backend each deployed class opens in its container (TEI for TEIShards, the engine for TorchShards).
@@ -359,6 +388,12 @@ def _serve(cloud: CloudDir, private: Path, out: BinaryIO, inp: BinaryIO) -> None
             elif method == "publish":
                 root, target, options = args
                 result = store_ops.publish_store(_local_root(root, private), _local_target(target, private), options, sync=sync)
+            elif (cls, method) == ("Finetune", "run"):  # as Finetune.run calls it: paths relative to the Volume's root
+                *paths, settings = args
+                result = _as_mounted(finetune_at_store(*(_local_root(f"{MOUNT}/{p.strip('/')}", private) for p in paths),
+                                                       settings, sync), private)
+            elif (cls, method) == ("Finetune", "compare"):  # as Finetune.compare calls it
+                result = _as_mounted(compare_at_store(*(_local_root(f"{MOUNT}/{p.strip('/')}", private) for p in args), sync), private)
             else:
                 raise AttributeError(f"{cls} has no method {method!r}")
             answer = ("ok", result)
@@ -519,7 +554,7 @@ class _FakeCls:
         return self
 
     def __call__(self, **params: Any) -> "_FakeObj":
-        if self.name == "StoreOps" and params.get("volume") != self.cloud.cloud.volume_name:
+        if self.name in ("StoreOps", "Finetune") and params.get("volume") != self.cloud.cloud.volume_name:
             from wikiembed.errors import InputError
 
             raise InputError(f"store Volume {params.get('volume')!r} is not the one this app mounts")

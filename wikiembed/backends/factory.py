@@ -136,6 +136,10 @@ def backend_retries(
 ) -> int:
     """Requests the open backend for these settings has retried so far; 0 when none is open here
     (nothing was embedded in this process) or the backend does not retry on its own."""
+    if backend == "modal":
+        # Nothing opens here (whole shards go to Modal), and the model may be reachable only there
+        # (a fine-tuned folder on the store's Volume): its files are never looked for on this machine.
+        return 0
     key = _key(backend, model, device, tei_url, modal_app, modal_class, gpu, trust_remote_code=trust_remote_code)
     with _BACKENDS_LOCK:
         opened = _BACKENDS.get(key)

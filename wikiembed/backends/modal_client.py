@@ -4,6 +4,8 @@
   `TorchShards`, which chunk, embed and checkpoint the shard on the store's Volume; the
   marker comes back. Nothing else travels.
 - `StoreOps`: the store's own operations on its Volume (`wikiembed.volume_store.VolumeStore`).
+- `FinetuneApp`: the improve loop's GPU steps at the Volume (fine-tune, comparison): Volume paths
+  go out, the fine-tune's record or the comparison's figures come back.
 
 No text is embedded through this client: the per-text `TEI` / `Torch` classes of the apps are
 there for `modal run modal_workers/...` smoke tests of a deployment.
@@ -28,7 +30,7 @@ from typing import Any, Iterator, Literal
 import modal
 import modal.exception
 
-from wikiembed.errors import BackendError, InputError, TransientBackendError
+from wikiembed.errors import BackendError, InputError, TransientBackendError, WikiembedError
 
 ClassName = Literal["TEI", "Torch"]
 
@@ -41,6 +43,9 @@ SHARD_CLASSES: dict[str, str] = {"TEI": "TEIShards", "Torch": "TorchShards"}
 # The CPU app that runs the store's own operations (download, states, export) where its Volume is mounted.
 STORE_APP = "wikiembed-store"
 STORE_DEPLOY_FILE = "modal_workers/store_app.py"
+# The GPU app that fine-tunes a store's model and compares two stores where their Volume is mounted.
+FINETUNE_APP = "wikiembed-finetune"
+FINETUNE_DEPLOY_FILE = "modal_workers/finetune_app.py"
 
 _TRANSIENT: tuple[type[BaseException], ...] = (
     modal.exception.TimeoutError,  # includes FunctionTimeoutError
@@ -111,13 +116,36 @@ def store_ops(volume: str) -> StoreOps:
     return StoreOps(volume)
 
 
+class FinetuneApp:
+    """The deployed `Finetune` class of `modal_workers/finetune_app.py`; paths are relative to the Volume's root.
+
+    An error of our own raised in the container (a pairs file naming nothing in the store, a folder
+    that holds another fine-tune) comes back as it is: its message already names the input and the fix."""
+
+    def __init__(self, volume: str) -> None:
+        self.where = f"Modal app {FINETUNE_APP!r} class Finetune (Volume {volume!r})"
+        with modal_errors(self.where, FINETUNE_DEPLOY_FILE):
+            self._obj = modal.Cls.from_name(FINETUNE_APP, "Finetune")(volume=volume)
+
+    def run(self, store: str, pairs: str, out: str, settings: dict[str, Any]) -> dict[str, Any]:
+        """Fine-tune the store's model on the pairs into `out`; return its record (`finetune.json`)."""
+        with modal_errors(f"{self.where}.run", FINETUNE_DEPLOY_FILE, keep=(WikiembedError,)):
+            return self._obj.run.remote(store, pairs, out, settings)
+
+    def compare(self, old: str, new: str, queries: str) -> dict[str, Any]:
+        """Both stores scored on the judged queries with paired differences (`evaluate(old, against=new)`)."""
+        with modal_errors(f"{self.where}.compare", FINETUNE_DEPLOY_FILE, keep=(WikiembedError,)):
+            return self._obj.compare.remote(old, new, queries)
+
+
 @contextlib.contextmanager
-def modal_errors(where: str, deploy_file: str) -> Iterator[None]:
-    """Turn Modal's failures into the project's: transient ones retryable, the rest with their fix."""
+def modal_errors(where: str, deploy_file: str, keep: tuple[type[BaseException], ...] = (BackendError,)) -> Iterator[None]:
+    """Turn Modal's failures into the project's: transient ones retryable, the rest with their fix.
+    `keep`: errors raised by our own code inside the container that pass as they are."""
     deploy = f"modal deploy {deploy_file}"
     try:
         yield
-    except BackendError:
+    except keep:
         raise  # raised by our own code inside the container: already says what happened
     except modal.exception.NotFoundError as exc:
         raise BackendError(
