@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # and leaves the other worker idle. A file not listed counts as 0 s and keeps its place.
 FILE_SECONDS = {
     "tests/flows/test_reliability.py": 799,
+    "tests/flows/test_improve_on_modal.py": 520,
     "tests/flows/test_prefect_versions.py": 480,
     "tests/flows/test_published.py": 449,
     "tests/flows/test_finetune.py": 399,
