@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.flows.test_finetune import title_pairs
-from tests.flows.test_improve_model import LEET
+from tests.flows.test_improve_model_publish import LEET
 from tests.standins.modal_cloud import CloudDir, ModalCloud
 from wikiembed.flows.cli import main
 
