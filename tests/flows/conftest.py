@@ -17,8 +17,9 @@ from tests.corpus import python_topics
 from wikiembed.flows.embed_dataset import embed_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
-# The run every interrupted / flaky run is compared with: 6 shards of 50 articles.
-REFERENCE_ARGS = ["--source", "sample:300", "--shard-rows", "50"]
+# The run every interrupted / flaky run is compared with: 6 shards of 20 articles (about 200 chunks).
+REFERENCE_SOURCE, REFERENCE_SHARD_ROWS = "sample:120", 20
+REFERENCE_ARGS = ["--source", REFERENCE_SOURCE, "--shard-rows", str(REFERENCE_SHARD_ROWS)]
 
 
 def run_cli(env: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -24,7 +24,7 @@ from packaging.requirements import Requirement
 
 from tests.flows.conftest import ROOT
 
-ARGS = ["--source", "sample:300", "--shard-rows", "20"]
+ARGS = ["--source", "sample:150", "--shard-rows", "10"]
 
 
 def lowest_allowed_prefect() -> str:

@@ -57,7 +57,7 @@ def test_a_stopped_run_of_a_new_source_version_leaves_the_published_one_in_charg
     assert first.returncode == 0, first.stderr[-2000:]
     published = Store(store).pointer("current")
     chunks = sum(s.chunks for s in Store(store, published).states())
-    _kill_when(["run", "--source", "sample:400", "--store", str(store)], cli_env, store, "next/_done/*.json")
+    _kill_when(["run", "--source", "sample:200", "--shard-rows", "10", "--store", str(store)], cli_env, store, "next/_done/*.json")
     building = Store(store).pointer("next")
     assert building and building != published and Store(store).pointer("current") == published
 
@@ -65,9 +65,9 @@ def test_a_stopped_run_of_a_new_source_version_leaves_the_published_one_in_charg
     payload = json.loads(status.stdout)
     assert payload["generation"] == payload["published"] == published and payload["done"] == 3 and payload["pending"] == 0
     assert payload["building"]["generation"] == building and payload["building"]["total"] == 20
-    assert 1 <= payload["building"]["done"] < 20 and payload["building"]["source"] == "sample:400"
+    assert 1 <= payload["building"]["done"] < 20 and payload["building"]["source"] == "sample:200"
     text = run_cli(cli_env, "status", "--store", str(store)).stdout
-    assert f"generation {published}, published" in text and f"a newer generation {building} (source sample:400)" in text
+    assert f"generation {published}, published" in text and f"a newer generation {building} (source sample:200)" in text
     assert f"wikiembed status --store {store / 'gens' / building}" in text
 
     # export (and upload to a folder, the same code) publish the published generation, and say what is unfinished
@@ -86,7 +86,7 @@ def test_a_stopped_run_of_a_new_source_version_leaves_the_published_one_in_charg
     assert json.loads(shown.stdout)["generation"] == building
 
     # the same command finishes the new version and publishes it
-    again = run_cli(cli_env, "run", "--source", "sample:400", "--store", str(store))
+    again = run_cli(cli_env, "run", "--source", "sample:200", "--shard-rows", "10", "--store", str(store))
     assert again.returncode == 0, again.stderr[-2000:]
     assert Store(store).pointer("current") == building and Store(store).pointer("next") is None
 

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.flows import faults
-from tests.flows.conftest import REFERENCE_ARGS, ROOT, data_files, run_cli
+from tests.flows.conftest import REFERENCE_ARGS, REFERENCE_SHARD_ROWS, REFERENCE_SOURCE, ROOT, data_files, run_cli
 from tests.standins.tei_server import embed_texts, start_server
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -83,7 +83,7 @@ def test_flaky_backend_a_fifth_of_calls_fail_and_output_is_identical(reference, 
     from wikiembed.flows.embed_dataset import embed_dataset
     ref_store, ref_summary, _ = reference
     faulty = faults.install(monkeypatch, fail_every=5)
-    summary = embed_dataset(source="sample:300", store=str(tmp_path / "store"), shard_rows=50)
+    summary = embed_dataset(source=REFERENCE_SOURCE, store=str(tmp_path / "store"), shard_rows=REFERENCE_SHARD_ROWS)
     assert summary["shards_failed"] == 0 and faulty.injected > 0
     assert summary["retries"] >= faulty.injected
     assert data_files(tmp_path / "store") == data_files(ref_store)
@@ -135,13 +135,15 @@ def test_permanent_failure_then_fix_then_rerun_failed(tmp_path, cli_env):
 
 def test_a_second_run_on_a_busy_store_is_refused_clearly(tmp_path, cli_env):
     store = tmp_path / "store"
-    first = subprocess.Popen([sys.executable, "-m", "wikiembed.flows.cli", "run", *REFERENCE_ARGS, "--store", str(store)],
+    # Long enough that the first run is still embedding when the second has started (it is killed after).
+    args = ["--source", "sample:600", "--shard-rows", "50"]
+    first = subprocess.Popen([sys.executable, "-m", "wikiembed.flows.cli", "run", *args, "--store", str(store)],
                              env=cli_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (store / "manifest.json").exists():
             time.sleep(0.1)
-        second = run_cli(cli_env, "run", *REFERENCE_ARGS, "--store", str(store))
+        second = run_cli(cli_env, "run", *args, "--store", str(store))
         assert second.returncode == 2
         assert "in use by pid" in second.stderr and "Traceback" not in second.stderr
     finally:
@@ -157,12 +159,12 @@ def test_full_disk_fails_shards_cleanly_and_keeps_done_ones(prefect_api, tmp_pat
 
     mount = tmp_path / "small"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=900k", "tmpfs", str(mount)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=450k", "tmpfs", str(mount)], capture_output=True).returncode:
         pytest.skip("cannot mount a small tmpfs here (needs root); the ENOSPC path is covered by tests/wikiembed/test_store.py")
     try:
         monkeypatch.setattr(flow_module, "embed_task", flow_module.embed_task.with_options(retry_delay_seconds=0.1))
         with pytest.raises(ShardsFailed) as ended:  # the flow run ends Failed, with what it finished
-            embed_dataset(source="sample:300", store=str(mount / "store"), shard_rows=50)
+            embed_dataset(source=REFERENCE_SOURCE, store=str(mount / "store"), shard_rows=REFERENCE_SHARD_ROWS)
         summary = ended.value.summary
         assert 0 < summary["shards_done"] < summary["shards_total"]
         from wikiembed.store import Store

@@ -116,7 +116,7 @@ def test_sigterm_during_a_slow_tei_answer_stops_in_seconds(tmp_path):
 
 def test_nothing_the_cli_started_outlives_a_sigkill(tmp_path):
     store = tmp_path / "store"
-    proc, started = _start_mid_run(["run", "--source", "sample:300", "--shard-rows", "20", "--store", str(store)],
+    proc, started = _start_mid_run(["run", "--source", "sample:150", "--shard-rows", "10", "--store", str(store)],
                                    _env(tmp_path), store)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
