@@ -28,6 +28,21 @@ def run_cli(env: dict, *args: str, timeout: float = 600) -> subprocess.Completed
     )
 
 
+def cli_here(capsys: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess:
+    """`wikiembed ARGS` by the CLI's `main` in this process: its exit code and what it printed, as `run_cli` returns
+    them, without a new interpreter's start-up (about 6 s of imports). For what does not depend on being a process of
+    its own; signals, kills and "no Traceback on stderr" go through `run_cli`."""
+    from wikiembed.flows.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse's own refusals
+        code = exc.code if isinstance(exc.code, int) else 2
+    printed = capsys.readouterr()
+    return subprocess.CompletedProcess(["wikiembed", *args], code, printed.out, printed.err)
+
+
 def data_files(store: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((store / "data").iterdir())}
 

@@ -2,22 +2,22 @@
 scores are `encode_query(q) . vector`, a change of prompt re-embeds, a model the engine cannot
 reproduce is refused before anything is written, and the TEI path sends the prompt.
 
-Tiny random-weight models (`tests/model_shapes.py`), the real CLI in a subprocess, the real
-Prefect API; the TEI stand-in where a server is needed.
+Tiny random-weight models (`tests/model_shapes.py`), the CLI's `main` (in the test process: a
+model folder changed between two runs must not be served from a cache), the real Prefect API; the
+TEI stand-in where a server is needed.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from tests.flows.conftest import cli_here
 from tests.model_shapes import build
 from tests.standins.tei_server import embed_texts, start_server
 from wikiembed.errors import BackendError
@@ -29,22 +29,18 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("shapes")
 
 
-def _cli(cli_env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "wikiembed.flows.cli", *args], env=cli_env, capture_output=True, text=True, timeout=600)
-
-
 def _stored(store: Path) -> tuple[list[str], np.ndarray]:
     table = pq.read_table(Store(store).dir / "data").sort_by([("id", "ascending"), ("chunk_index", "ascending")])
     return table.column("text").to_pylist(), np.array(table.column("embedding").to_pylist(), dtype=np.float32)
 
 
 @pytest.mark.parametrize("name", ["e5-prompts", "decoder", "dense"])
-def test_a_run_stores_encode_document_and_search_scores_with_encode_query(cli_env, shapes, tmp_path, name) -> None:
+def test_a_run_stores_encode_document_and_search_scores_with_encode_query(prefect_api, capsys, shapes, tmp_path, name) -> None:
     from sentence_transformers import SentenceTransformer
 
     folder = build(name, shapes)
     store = tmp_path / "store"
-    done = _cli(cli_env, "run", "--source", "sample:16", "--store", str(store), "--model", str(folder), "--shard-rows", "8")
+    done = cli_here(capsys, "run", "--source", "sample:16", "--store", str(store), "--model", str(folder), "--shard-rows", "8")
     assert done.returncode == 0, done.stderr[-2000:]
     texts, vectors = _stored(store)
     reference = SentenceTransformer(str(folder), device="cpu")
@@ -53,7 +49,7 @@ def test_a_run_stores_encode_document_and_search_scores_with_encode_query(cli_en
     assert len(texts) > 16 and cosine.min() >= 0.999
 
     query = "the history of the river and its city"
-    found = _cli(cli_env, "search", "--store", str(store), query, "-k", "3", "--exact", "--json", str(tmp_path / "hits.json"))
+    found = cli_here(capsys, "search", "--store", str(store), query, "-k", "3", "--exact", "--json", str(tmp_path / "hits.json"))
     assert found.returncode == 0, found.stderr[-2000:]
     hits = json.loads((tmp_path / "hits.json").read_text())["hits"]
     q = reference.encode_query([query])[0]
@@ -66,13 +62,13 @@ def test_a_run_stores_encode_document_and_search_scores_with_encode_query(cli_en
     assert "query prompt" in card.lower()
 
 
-def test_a_changed_prompt_reembeds_and_an_unknown_one_is_refused(cli_env, shapes, tmp_path) -> None:
+def test_a_changed_prompt_reembeds_and_an_unknown_one_is_refused(prefect_api, capsys, shapes, tmp_path) -> None:
     folder = build("e5-prompts", shapes)
     store = tmp_path / "store"
     base = ["run", "--source", "sample:12", "--store", str(store), "--model", str(folder), "--shard-rows", "6"]
-    first = _cli(cli_env, *base, "--summary-json", str(tmp_path / "first.json"))
+    first = cli_here(capsys, *base, "--summary-json", str(tmp_path / "first.json"))
     assert first.returncode == 0, first.stderr[-2000:]
-    again = _cli(cli_env, *base, "--prompt-name", "", "--summary-json", str(tmp_path / "second.json"))
+    again = cli_here(capsys, *base, "--prompt-name", "", "--summary-json", str(tmp_path / "second.json"))
     assert again.returncode == 0, again.stderr[-2000:]
     one, two = (json.loads((tmp_path / f).read_text()) for f in ("first.json", "second.json"))
     assert two["embedded_chunks"] == one["embedded_chunks"] > 0 and two["reused_chunks"] == 0
@@ -81,18 +77,18 @@ def test_a_changed_prompt_reembeds_and_an_unknown_one_is_refused(cli_env, shapes
 
     expected = SentenceTransformer(str(folder), device="cpu").encode(texts, prompt="")
     assert np.allclose(vectors, expected, atol=1e-4)  # no prompt now
-    wrong = _cli(cli_env, *base, "--prompt-name", "summary")
+    wrong = cli_here(capsys, *base, "--prompt-name", "summary")
     assert wrong.returncode == 2 and "--prompt-name 'summary'" in wrong.stderr and "'document', 'query'" in wrong.stderr
 
 
-def test_a_model_with_a_module_the_engine_cannot_run_is_refused_before_anything_is_written(cli_env, shapes, tmp_path) -> None:
+def test_a_model_with_a_module_the_engine_cannot_run_is_refused_before_anything_is_written(prefect_api, capsys, shapes, tmp_path) -> None:
     folder = tmp_path / "model"
     shutil.copytree(build("mean", shapes), folder)
     modules = json.loads((folder / "modules.json").read_text())
     modules.insert(2, {"idx": 2, "name": "2", "path": "2_WordWeights", "type": "sentence_transformers.models.WordWeights"})
     (folder / "modules.json").write_text(json.dumps(modules))
     store = tmp_path / "store"
-    refused = _cli(cli_env, "run", "--source", "sample:8", "--store", str(store), "--model", str(folder))
+    refused = cli_here(capsys, "run", "--source", "sample:8", "--store", str(store), "--model", str(folder))
     assert refused.returncode == 2
     assert "WordWeights" in refused.stderr and "--backend tei" in refused.stderr
     assert not store.exists() or not any(store.iterdir())
@@ -123,17 +119,17 @@ def test_tei_gets_the_document_prompt_and_a_server_pooling_otherwise_is_refused(
         server.stop()
 
 
-def test_a_changed_pooling_reembeds_every_chunk(cli_env, shapes, tmp_path) -> None:
+def test_a_changed_pooling_reembeds_every_chunk(prefect_api, capsys, shapes, tmp_path) -> None:
     from sentence_transformers import SentenceTransformer
 
     folder = tmp_path / "model"
     shutil.copytree(build("mean", shapes), folder)
     store = tmp_path / "store"
     base = ["run", "--source", "sample:12", "--store", str(store), "--model", str(folder), "--shard-rows", "6"]
-    first = _cli(cli_env, *base, "--summary-json", str(tmp_path / "first.json"))
+    first = cli_here(capsys, *base, "--summary-json", str(tmp_path / "first.json"))
     assert first.returncode == 0, first.stderr[-2000:]
     (folder / "1_Pooling" / "config.json").write_text(json.dumps({"embedding_dimension": 64, "pooling_mode": "max"}))
-    again = _cli(cli_env, *base, "--summary-json", str(tmp_path / "second.json"))
+    again = cli_here(capsys, *base, "--summary-json", str(tmp_path / "second.json"))
     assert again.returncode == 0, again.stderr[-2000:]
     one, two = (json.loads((tmp_path / f).read_text()) for f in ("first.json", "second.json"))
     assert two["embedded_chunks"] == one["embedded_chunks"] > 0 and two["reused_chunks"] == 0

@@ -1,6 +1,6 @@
 """The published version stays usable: a stopped run of a new source version, a lost manifest, a bad
-model folder or a wrong path never hides, blocks or claims what is published. Real CLI runs, real
-stores, a real SIGKILL."""
+model folder or a wrong path never hides, blocks or claims what is published. The CLI's commands (in
+the test process, and a run in a process of its own where it is killed), real stores, a real SIGKILL."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.flows.conftest import ROOT, run_cli
+from tests.flows.conftest import ROOT, cli_here
 from wikiembed.errors import InputError
 from wikiembed.flows import cli
 from wikiembed.flows.embed_dataset import embed_dataset, rerun_shards
@@ -51,9 +51,9 @@ def _kill_when(args: list[str], env: dict[str, str], store: Path, ready: str) ->
     proc.wait(timeout=30)
 
 
-def test_a_stopped_run_of_a_new_source_version_leaves_the_published_one_in_charge(cli_env, tmp_path):
+def test_a_stopped_run_of_a_new_source_version_leaves_the_published_one_in_charge(cli_env, capsys, tmp_path):
     store = tmp_path / "store"
-    first = run_cli(cli_env, "run", "--source", "sample:60", "--shard-rows", "20", "--store", str(store))
+    first = cli_here(capsys, "run", "--source", "sample:60", "--shard-rows", "20", "--store", str(store))
     assert first.returncode == 0, first.stderr[-2000:]
     published = Store(store).pointer("current")
     chunks = sum(s.chunks for s in Store(store, published).states())
@@ -61,32 +61,32 @@ def test_a_stopped_run_of_a_new_source_version_leaves_the_published_one_in_charg
     building = Store(store).pointer("next")
     assert building and building != published and Store(store).pointer("current") == published
 
-    status = run_cli(cli_env, "status", "--store", str(store), "--json")
+    status = cli_here(capsys, "status", "--store", str(store), "--json")
     payload = json.loads(status.stdout)
     assert payload["generation"] == payload["published"] == published and payload["done"] == 3 and payload["pending"] == 0
     assert payload["building"]["generation"] == building and payload["building"]["total"] == 20
     assert 1 <= payload["building"]["done"] < 20 and payload["building"]["source"] == "sample:200"
-    text = run_cli(cli_env, "status", "--store", str(store)).stdout
+    text = cli_here(capsys, "status", "--store", str(store)).stdout
     assert f"generation {published}, published" in text and f"a newer generation {building} (source sample:200)" in text
     assert f"wikiembed status --store {store / 'gens' / building}" in text
 
     # export (and upload to a folder, the same code) publish the published generation, and say what is unfinished
     out = tmp_path / "published"
-    export = run_cli(cli_env, "export", "--store", str(store), "--to", str(out))
+    export = cli_here(capsys, "export", "--store", str(store), "--to", str(out))
     assert export.returncode == 0, export.stderr[-2000:]
     assert json.loads(export.stdout)["generation"] == published and "is being built beside it" in export.stderr
     assert sum(pq.ParquetFile(f).metadata.num_rows for f in (out / "data").glob("*.parquet")) == chunks
-    search = run_cli(cli_env, "search", "--store", str(store), "history", "-k", "1")
+    search = cli_here(capsys, "search", "--store", str(store), "history", "-k", "1")
     assert search.returncode == 0 and f"in {chunks:,} chunks" in search.stdout, search.stderr[-2000:]
     assert f"reading generation {published}, the published one; a newer generation {building}" in search.stderr
     # the unfinished one only when asked for by its folder, and then as what it is
-    asked = run_cli(cli_env, "export", "--store", str(store / "gens" / building), "--to", str(tmp_path / "partial"))
+    asked = cli_here(capsys, "export", "--store", str(store / "gens" / building), "--to", str(tmp_path / "partial"))
     assert asked.returncode == 2 and "shards are not done" in asked.stderr
-    shown = run_cli(cli_env, "status", "--store", str(store / "gens" / building), "--json")
+    shown = cli_here(capsys, "status", "--store", str(store / "gens" / building), "--json")
     assert json.loads(shown.stdout)["generation"] == building
 
     # the same command finishes the new version and publishes it
-    again = run_cli(cli_env, "run", "--source", "sample:200", "--shard-rows", "10", "--store", str(store))
+    again = cli_here(capsys, "run", "--source", "sample:200", "--shard-rows", "10", "--store", str(store))
     assert again.returncode == 0, again.stderr[-2000:]
     assert Store(store).pointer("current") == building and Store(store).pointer("next") is None
 
@@ -110,7 +110,7 @@ def _model_copy(tmp_path: Path, name: str) -> Path:
     return Path(shutil.copytree(get_model_path(), tmp_path / name))
 
 
-def test_a_model_that_cannot_load_is_refused_before_the_store_is_touched(prefect_api, cli_env, tmp_path):
+def test_a_model_that_cannot_load_is_refused_before_the_store_is_touched(prefect_api, capsys, tmp_path):
     junk = _model_copy(tmp_path, "junk-config")
     (junk / "config.json").write_text('{"junk": true}')
     unparsable = _model_copy(tmp_path, "unparsable-config")
@@ -119,7 +119,7 @@ def test_a_model_that_cannot_load_is_refused_before_the_store_is_touched(prefect
     os.truncate(truncated / "model.safetensors", 1_000_000)
     for model in (junk, unparsable, truncated):
         new = tmp_path / f"store-{model.name}"
-        proc = run_cli(cli_env, "run", "--source", "sample:40", "--store", str(new), "--model", str(model))
+        proc = cli_here(capsys, "run", "--source", "sample:40", "--store", str(new), "--model", str(model))
         assert proc.returncode == 2 and str(model) in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         assert not new.exists()  # not even a lock file: the corrected command starts from nothing
 
