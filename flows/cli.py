@@ -171,7 +171,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _print_summary(summary: dict[str, Any], out=sys.stdout) -> None:  # noqa: ANN001
+def _print_summary(summary: dict[str, Any], out=None) -> None:  # noqa: ANN001
+    out = out or sys.stdout  # looked up now: whoever replaced sys.stdout since the import gets the lines
     counted = f", tokens counted by {summary['tokenizer']}" if summary.get("tokenizer") else ""
     print(
         f"wikiembed: {summary['shards_done']}/{summary['shards_total']} shards done, "

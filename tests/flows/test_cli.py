@@ -1,4 +1,5 @@
-"""The `wikiembed` CLI in real subprocesses: the documented contract, SIGKILL + resume, bad input."""
+"""The `wikiembed` CLI: the documented contract (its main in the test process), SIGKILL + resume and bad input
+(real subprocesses)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.flows.conftest import REFERENCE_ARGS, data_files
+from tests.flows.conftest import REFERENCE_ARGS, cli_here, data_files
 
 ROOT = Path(__file__).resolve().parents[2]
 SUMMARY_KEYS = {
@@ -32,9 +33,9 @@ def test_run_prints_progress_and_writes_the_summary_contract(reference):
     assert "6/6 shards done" in proc.stdout  # the final summary line
 
 
-def test_status_json_contract(reference, cli_env, wikiembed_cmd):
+def test_status_json_contract(reference, capsys):
     store, summary, _ = reference
-    proc = _run(wikiembed_cmd, cli_env, "status", "--store", str(store), "--json")
+    proc = cli_here(capsys, "status", "--store", str(store), "--json")
     assert proc.returncode == 0, proc.stderr
     status = json.loads(proc.stdout)
     assert (status["done"], status["failed"], status["pending"]) == (6, 0, 0)
@@ -82,13 +83,13 @@ def test_bad_input_gets_one_clear_message(args, needle, tmp_path, cli_env, wikie
     assert needle in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_export_writes_a_folder_datasets_loads(reference, tmp_path, cli_env, wikiembed_cmd):
+def test_export_writes_a_folder_datasets_loads(reference, tmp_path, capsys):
     import datasets
 
     store, summary, _ = reference
-    proc = _run(wikiembed_cmd, cli_env, "export", "--store", str(store), "--to", str(tmp_path / "out"))
+    proc = cli_here(capsys, "export", "--store", str(store), "--to", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     ds = datasets.load_dataset(str(tmp_path / "out"), split="train")
     assert ds.num_rows == summary["chunks"] and ds.features["embedding"].length == 384
-    bad = _run(wikiembed_cmd, cli_env, "upload", "--store", str(store), "--to", "ftp:somewhere")
+    bad = cli_here(capsys, "upload", "--store", str(store), "--to", "ftp:somewhere")
     assert bad.returncode == 2 and "hub:" in bad.stderr and "Traceback" not in bad.stderr

