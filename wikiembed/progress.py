@@ -19,7 +19,8 @@ class Progress:
     # Held while a line is written: `mute` waits for a line being written, so nothing follows it.
     _writing = threading.Lock()
 
-    def __init__(self, total: int, done: int, stream=sys.stderr) -> None:  # noqa: ANN001
+    def __init__(self, total: int, done: int, stream=None) -> None:  # noqa: ANN001
+        stream = stream or sys.stderr  # the stderr of the moment, not of the import
         self.total = total
         self.done = done
         self.failed = 0
