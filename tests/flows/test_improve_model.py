@@ -1,6 +1,6 @@
 """The `improve-model` flow on real text (Python's reference topics, 9 shards) with the bundled model, 1 epoch on
 the CPU: re-embedding into a new store, keeping the old one published when the new model is not better
-(trained on shuffled pairs), and resuming after a SIGKILL. Publishing a better model (3 epochs) is in
+(trained on shuffled pairs), and resuming after a SIGKILL. Publishing a better model (2 epochs) is in
 test_improve_model_publish.py, so that the two files run side by side on two xdist workers; the published store
 they start from is the `published_store` fixture (tests/flows/conftest.py)."""
 
