@@ -236,17 +236,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def status_payload(store_dir: str, verify: bool = False) -> dict[str, Any]:
-    from wikiembed.errors import InputError
-    from wikiembed.store import Store
-    from wikiembed.volume_store import open_store, parse_spec
+    from wikiembed.volume_store import open_for_reading
 
     # A local store is shown at its published generation (or the one a STORE/gens/ID path names);
     # an unfinished newer one is reported beside it, never instead of it.
-    store = Store.at(store_dir) if parse_spec(store_dir) is None else open_store(store_dir)
+    store = open_for_reading(store_dir)
     manifest = store.read_manifest()
-    if verify and not isinstance(store, Store):
-        raise InputError(f"--verify reads every data file, so it needs a local store; {store_dir} is on a Modal Volume.")
-    states = store.states(manifest, verify=True) if verify else store.states(manifest)
+    states = store.states(manifest, verify=verify)
     return {
         "store": str(store.root),
         "generation": store.gen,
@@ -264,8 +260,8 @@ def status_payload(store_dir: str, verify: bool = False) -> dict[str, Any]:
         "failed": sum(s.state == "failed" for s in states),
         "pending": sum(s.state == "pending" for s in states),
         "changed": sum(s.state == "changed" for s in states),
-        "published": store.pointer("current") if isinstance(store, Store) else None,
-        "building": store.building() if isinstance(store, Store) else None,
+        "published": store.pointer("current"),
+        "building": store.building(),
     }
 
 
@@ -332,23 +328,16 @@ def _cmd_rerun(args: argparse.Namespace) -> int:
 
 
 def _cmd_publish(args: argparse.Namespace, target: str) -> int:
-    from wikiembed.publish import publish
-    from wikiembed.volume_store import VolumeStore, open_store
+    from wikiembed.volume_store import open_for_reading
 
     kwargs: dict[str, Any] = {"allow_partial": args.allow_partial, "replace": args.replace}
     if args.command == "upload":
         kwargs.update(private=args.private, revision=args.revision, create_pr=args.create_pr)
-    store = open_store(args.store)
-    if isinstance(store, VolumeStore):
-        # In a container at the Volume, under the store's lease: a Volume has no file lock that
-        # keeps a run's export and this one from writing the same staging folder.
-        with store.lock():
-            result = store.publish(target, **kwargs)
-    else:
-        result = publish(Path(args.store), target, **kwargs)
-        if result.get("building"):
-            print(f"wikiembed {args.command}: exported generation {result['generation']}, the published one; "
-                  + building_line(str(Path(args.store).resolve()), result["building"]), file=sys.stderr)
+    store = open_for_reading(args.store)
+    result = store.publish(target, **kwargs)
+    if result.get("building"):
+        print(f"wikiembed {args.command}: exported generation {result['generation']}, the published one; "
+              + building_line(str(store.root), result["building"]), file=sys.stderr)
     print(json.dumps(result, indent=1, default=str))
     return EXIT_OK
 

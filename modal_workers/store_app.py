@@ -109,8 +109,8 @@ class StoreOps:
         return store_ops.prepare_store(settings, self.sync)
 
     @modal.method()
-    def view(self, root: str, gen: str | None, with_states: bool = True) -> dict[str, Any]:
-        return store_ops.view_store(root, gen, self.sync, with_states)
+    def view(self, root: str, gen: str | None, with_states: bool = True, verify: bool = False) -> dict[str, Any]:
+        return store_ops.view_store(root, gen, self.sync, with_states, verify)
 
     @modal.method()
     def mark_failed(self, root: str, gen: str, shard: int, error: str, attempts: int) -> None:

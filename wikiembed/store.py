@@ -130,6 +130,7 @@ class Store:
         self.sync = sync
         self.gen = gen if gen is not None else self.active_gen()
         self._flat: Path | None = None
+        self.named = self.root  # the path it was opened by (`at` keeps a generation folder's)
 
     @classmethod
     def at(cls, path: str | Path) -> "Store":
@@ -140,7 +141,9 @@ class Store:
         copy of one generation."""
         resolved = Path(path).expanduser().resolve()
         if resolved.parent.name == "gens" and (resolved / "manifest.json").exists():
-            return cls(resolved.parent.parent, resolved.name)
+            store = cls(resolved.parent.parent, resolved.name)
+            store.named = resolved
+            return store
         store = cls(resolved)
         store.gen = store.pointer("current") or store.gen
         if store.gen is None and (resolved / "manifest.json").is_file() and not (resolved / "gens").exists():
@@ -164,6 +167,13 @@ class Store:
         info.update(source=manifest.source.get("spec"), total=len(states),
                     done=sum(s.state == "done" for s in states), failed=sum(s.state == "failed" for s in states))
         return info
+
+    def publish(self, target: str, **options: Any) -> dict[str, Any]:
+        """`wikiembed export` / `upload`: the done shards of the generation this store was opened at, to
+        `hub:ORG/NAME` or `dir:PATH` (`wikiembed.publish.publish`, whose `options` these are)."""
+        from wikiembed.publish import publish  # publish reads stores: imported when used
+
+        return publish(self.named, target, **options)
 
     def refresh(self) -> None:
         """See what other machines committed (a Volume's `reload()`; nothing on a local disk)."""

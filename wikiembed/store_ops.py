@@ -113,17 +113,20 @@ def prepare_store(settings: dict[str, Any], sync: StoreSync = LOCAL) -> dict[str
     return {"store": str(prepared.store.root), "gen": prepared.store.gen, "previous_gen": prepared.previous_gen, "changes": changes}
 
 
-def view_store(root: str, gen: str | None = None, sync: StoreSync = LOCAL, with_states: bool = True) -> dict[str, Any]:
+def view_store(root: str, gen: str | None = None, sync: StoreSync = LOCAL, with_states: bool = True,
+               verify: bool = False) -> dict[str, Any]:
     """What the flow and `status` need: the generation, the manifest's control fields, each shard's
-    state (without its marker: tens of bytes a shard, so 10,000 shards are well under a megabyte)."""
+    state (without its marker: tens of bytes a shard, so 10,000 shards are well under a megabyte;
+    `verify` rehashes every data file, as `status --verify` does), and the `current`/`next` pointers."""
     store = Store(root, gen, sync)
     store.refresh()
     manifest = store.read_manifest()
-    states = store.states(manifest) if with_states else []
+    states = store.states(manifest, verify=verify) if with_states else []
     return {
         "gen": store.gen,
         "manifest": manifest.model_dump(mode="json", include=set(MANIFEST_VIEW)),
         "states": [{f: getattr(s, f) for f in STATE_VIEW} for s in states],
+        "pointers": {name: store.pointer(name) for name in ("current", "next")},
     }
 
 

@@ -125,6 +125,12 @@ def open_store(spec: str, gen: str | None = None) -> "Store | VolumeStore":
     return VolumeStore(spec, gen) if parse_spec(spec) else Store(spec, gen)
 
 
+def open_for_reading(spec: str) -> "Store | VolumeStore":
+    """The store `status`, `export` and `upload` read: a local one at its published generation (or the
+    generation a `STORE/gens/ID` path names: `Store.at`), a Volume one at the generation its view works on."""
+    return VolumeStore(spec) if parse_spec(spec) else Store.at(spec)
+
+
 class VolumeStore:
     """A Volume store seen from outside Modal: each call runs the filesystem code in a `StoreOps` container."""
 
@@ -135,12 +141,15 @@ class VolumeStore:
         self.root = spec  # what the flow shows and passes on: the spec, never a local path
         self._ops = ops or store_ops(self.volume)
         self._manifest: Manifest | None = None
+        self._pointers: dict[str, str | None] | None = None
         self.gen = gen  # None: the generation status and rerun work on, learnt from the first view
 
-    def _view(self, with_states: bool = True) -> dict[str, Any]:
-        view = self._ops.call("view", mount_path(self.root), self.gen, with_states)
+    def _view(self, with_states: bool = True, verify: bool = False) -> dict[str, Any]:
+        # `verify` is sent only when asked: a StoreOps app deployed before it existed still answers the rest.
+        view = self._ops.call("view", mount_path(self.root), self.gen, with_states, *((True,) if verify else ()))
         self.gen = view["gen"]
         self._manifest = manifest_of({"format": FORMAT, **view["manifest"]}, f"store {self.root}")  # fixed for a generation: read once
+        self._pointers = view.get("pointers") or {}
         return view
 
     def exists(self) -> bool:
@@ -156,8 +165,20 @@ class VolumeStore:
         assert self._manifest is not None
         return self._manifest
 
-    def states(self, manifest: Manifest | None = None) -> list[ShardState]:
-        return [ShardState(**s) for s in self._view()["states"]]
+    def states(self, manifest: Manifest | None = None, *, verify: bool = False) -> list[ShardState]:
+        """Every shard's state, read in a container at the Volume (`verify`: rehashing every data file there)."""
+        return [ShardState(**s) for s in self._view(verify=verify)["states"]]
+
+    def pointer(self, name: str) -> str | None:
+        """The generation `current` (published) or `next` (being built) points at, as of the last view."""
+        if self._pointers is None:
+            self._view(with_states=False)
+        return (self._pointers or {}).get(name)
+
+    def building(self) -> dict[str, Any] | None:
+        """Always None: a Volume store is viewed at the generation being built (`next`, else `current`), which
+        `status` shows with what is published beside it; there is no other unfinished one to report."""
+        return None
 
     def mark_failed(self, shard: int, error: str, attempts: int) -> None:
         self._ops.call("mark_failed", mount_path(self.root), self.gen, shard, error, attempts)
@@ -186,7 +207,11 @@ class VolumeStore:
         """`wikiembed export` / `upload` of a Volume store, run in a `StoreOps` container: the done
         shards go from the Volume to the Hub (`hub:ORG/NAME`) or to a folder on the same Volume
         (`modal:VOLUME/PATH`), never through this machine. `options` are `publish.publish`'s."""
-        published = self._ops.call("publish", mount_path(self.root), self.cloud_target(target), options)
+        target_there = self.cloud_target(target)
+        # Under the store's lease: a Volume has no file lock that keeps a run's export and this one from
+        # writing the same staging folder.
+        with self.lock():
+            published = self._ops.call("publish", mount_path(self.root), target_there, options)
         return self._as_seen_here(published, target)
 
     def cloud_target(self, target: str | None) -> str | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.flows.conftest import REFERENCE_SOURCE
 from tests.wikiembed.test_publish import make_store
 from wikiembed.errors import StoreError
 from wikiembed.flows.cli import _print_summary
@@ -84,7 +85,8 @@ def test_search_into_a_closed_pipe_ends_quietly_and_still_writes_its_json(refere
 
 def test_a_run_prints_its_estimate_line_before_embedding(reference) -> None:
     lines = reference[2].stderr.splitlines()
-    estimate = next(i for i, line in enumerate(lines) if line.startswith("estimate: 300 articles"))
+    articles = int(REFERENCE_SOURCE.removeprefix("sample:"))
+    estimate = next(i for i, line in enumerate(lines) if line.startswith(f"estimate: {articles} articles"))
     first_bar = next(i for i, line in enumerate(lines) if line.startswith("["))
     assert estimate < first_bar
     assert "local on CPU: ~" in lines[estimate]

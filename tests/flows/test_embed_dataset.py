@@ -27,17 +27,17 @@ def _table(store: Path):
 @pytest.fixture(scope="module")
 def sample_run(prefect_api, tmp_path_factory):
     store = tmp_path_factory.mktemp("e2e") / "store"
-    summary = embed_dataset(source="sample:240", store=str(store), shard_rows=80)
+    summary = embed_dataset(source="sample:120", store=str(store), shard_rows=40)
     return store, summary
 
 
 def test_first_run_embeds_every_shard(sample_run):
     store, summary = sample_run
     assert summary["shards_total"] == 3 and summary["shards_done"] == 3 and summary["shards_failed"] == 0
-    assert summary["rows"] == 240 and summary["chunks"] == summary["embedded_chunks"] > 240
+    assert summary["rows"] == 120 and summary["chunks"] == summary["embedded_chunks"] > 120
     assert summary["reused_chunks"] == 0 and summary["chars_per_s"] > 0
     manifest = json.loads((store / "manifest.json").read_text())
-    assert manifest["plan"]["shards"] == [[0, 80], [80, 160], [160, 240]]
+    assert manifest["plan"]["shards"] == [[0, 40], [40, 80], [80, 120]]
     for k in range(3):
         marker = json.loads((store / "_done" / f"{k:05d}.json").read_text())
         assert {"rows", "chunks", "sha256", "model", "seconds"} <= set(marker)
@@ -70,7 +70,7 @@ def test_output_loads_with_datasets_and_matches_sentence_transformers(sample_run
 def test_rerunning_the_same_command_embeds_nothing(sample_run):
     store, _ = sample_run
     before = _marker_times(store)
-    summary = embed_dataset(source="sample:240", store=str(store), shard_rows=80)
+    summary = embed_dataset(source="sample:120", store=str(store), shard_rows=40)
     assert summary["embedded_chunks"] == 0 and summary["shards_done"] == 3
     assert _marker_times(store) == before
 
@@ -92,7 +92,7 @@ def test_rerun_one_shard_reembeds_only_that_shard(sample_run):
 def test_other_model_or_chunking_into_the_same_store_is_refused(sample_run):
     store, _ = sample_run
     with pytest.raises(InputError, match="use a new store for this one"):
-        embed_dataset(source="sample:240", store=str(store), shard_rows=80, chunking={"chunk_size": 128})
+        embed_dataset(source="sample:120", store=str(store), shard_rows=40, chunking={"chunk_size": 128})
 
 
 def test_bad_rerun_shard_ids_name_the_range(sample_run):

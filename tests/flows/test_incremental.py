@@ -37,7 +37,7 @@ def _same_output(a: Path, b: Path) -> None:
 @pytest.fixture(scope="module")
 def versions(tmp_path_factory):
     root = tmp_path_factory.mktemp("inc")
-    v1 = list(generate_articles(160))
+    v1 = list(generate_articles(80))
     v2 = [dict(r) for r in v1]
     v2[10]["text"] = v2[10]["text"] + "\n\nA new closing paragraph about bridges and rivers."  # edited
     del v2[20]  # removed
@@ -49,20 +49,20 @@ def versions(tmp_path_factory):
 
 def test_unchanged_edited_added_removed(prefect_api, versions, tmp_path):
     store = tmp_path / "store"
-    first = embed_dataset(source=str(versions / "v1.jsonl"), store=str(store), shard_rows=40)
+    first = embed_dataset(source=str(versions / "v1.jsonl"), store=str(store), shard_rows=20)
     assert first["shards_done"] == 4 and first["embedded_chunks"] == first["chunks"]
 
-    again = embed_dataset(source=str(versions / "v1.jsonl"), store=str(store), shard_rows=40)
+    again = embed_dataset(source=str(versions / "v1.jsonl"), store=str(store), shard_rows=20)
     assert again["embedded_chunks"] == 0 and again["shards_done"] == 4
 
     (versions / "live.jsonl").write_bytes((versions / "v2.jsonl").read_bytes())
-    daily = embed_dataset(source=str(versions / "live.jsonl"), store=str(store), shard_rows=40)
+    daily = embed_dataset(source=str(versions / "live.jsonl"), store=str(store), shard_rows=20)
     assert daily["changes"] == {"added": 3, "edited": 1, "removed": 1}
     assert daily["shards_done"] == daily["shards_total"]
     assert daily["reused_chunks"] > 0 and daily["embedded_chunks"] > 0
     # only chunks whose text is new were embedded
     clean_store = tmp_path / "clean"
-    clean = embed_dataset(source=str(versions / "v2.jsonl"), store=str(clean_store), shard_rows=40)
+    clean = embed_dataset(source=str(versions / "v2.jsonl"), store=str(clean_store), shard_rows=20)
     assert daily["embedded_chunks"] + daily["reused_chunks"] == clean["chunks"]
     assert daily["embedded_chunks"] < clean["chunks"] // 5
     _same_output(store, clean_store)
@@ -72,11 +72,11 @@ def test_unchanged_edited_added_removed(prefect_api, versions, tmp_path):
 
 def test_switch_is_atomic_and_failed_incremental_keeps_the_old_version(prefect_api, versions, tmp_path, monkeypatch):
     store = tmp_path / "store"
-    embed_dataset(source=str(versions / "v1.jsonl"), store=str(store), shard_rows=40)
+    embed_dataset(source=str(versions / "v1.jsonl"), store=str(store), shard_rows=20)
     before = _table(store)
     faulty = faults.install(monkeypatch, poison="A new closing paragraph")
     with pytest.raises(ShardsFailed, match="1/") as ended:
-        embed_dataset(source=str(versions / "v2.jsonl"), store=str(store), shard_rows=40)
+        embed_dataset(source=str(versions / "v2.jsonl"), store=str(store), shard_rows=20)
     summary = ended.value.summary
     assert summary["shards_failed"] == 1 and faulty.calls > 0
     # readers still see the complete old version, not half of each
@@ -86,5 +86,5 @@ def test_switch_is_atomic_and_failed_incremental_keeps_the_old_version(prefect_a
     fixed = rerun_shards(store=str(store), shards="failed")
     assert fixed["shards_failed"] == 0
     clean_store = tmp_path / "clean"
-    embed_dataset(source=str(versions / "v2.jsonl"), store=str(clean_store), shard_rows=40)
+    embed_dataset(source=str(versions / "v2.jsonl"), store=str(clean_store), shard_rows=20)
     _same_output(store, clean_store)

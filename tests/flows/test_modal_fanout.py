@@ -64,13 +64,25 @@ def test_modal_run_moves_references_and_markers_only(prefect_api, tmp_path: Path
     with _cloud(tmp_path, tei).installed(monkeypatch) as cloud:
         summary = embed_dataset(source="sample:150", store=STORE, shard_rows=30, backend="modal")
         status = status_payload(STORE)
+        calls_of_the_run = len(cloud.cloud.calls())
+        # A byte flipped in a data file on the Volume: `status --verify` rehashes the files in a container there.
+        # (That a same-stat flip is found only by --verify is tests/wikiembed/test_store_ops.py's.)
+        damaged = cloud.cloud.store("wiki") / "data" / "00002.parquet"
+        raw = bytearray(damaged.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        damaged.write_bytes(bytes(raw))
+        verified = status_payload(STORE, verify=True)
     assert summary["shards_done"] == summary["shards_total"] == 5 and summary["store"] == STORE
     assert status["done"] == 5 and status["source"] == "sample:150"
+    assert status["published"] == status["generation"] and status["building"] is None
+    assert verified["changed"] == 1 and [s["shard"] for s in verified["shards"] if s["state"] == "changed"] == [2]
+    raw[len(raw) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(raw))
     rows = _assert_store_matches_the_stand_in(cloud.cloud.store("wiki"))
     assert rows == summary["chunks"]
     assert (cloud.cloud.store("wiki") / "README.md").exists()  # exported on the Volume
 
-    calls = cloud.cloud.calls()
+    calls = cloud.cloud.calls()[:calls_of_the_run]
     shard_calls = [c for c in calls if c["method"] == "run_shard"]
     assert sorted(c["shard"] for c in shard_calls) == list(range(5))
     per_shard = max(c["bytes_out"] + c["bytes_in"] for c in shard_calls)

@@ -49,6 +49,18 @@ def test_run_shard_writes_data_then_marker_and_a_second_call_redoes_nothing(tmp_
     assert store.data_path(1).stat().st_mtime_ns == mtime
     view = store_ops.view_store(root)
     assert [s["state"] for s in view["states"]] == ["pending", "done"] and view["gen"] == gen
+    assert view["pointers"] == {"current": gen, "next": None}  # a first generation is the current one from the start
+
+    # A byte flipped with size, mtime and inode kept: the view trusts the stat; a verifying view (what
+    # `status --verify` asks a StoreOps container for) rehashes and reports the shard changed.
+    data = store.data_path(1)
+    st, raw = data.stat(), bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    with open(data, "r+b") as fh:  # in place: the same inode
+        fh.write(bytes(raw))
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert [s["state"] for s in store_ops.view_store(root)["states"]] == ["pending", "done"]
+    assert [s["state"] for s in store_ops.view_store(root, verify=True)["states"]] == ["pending", "changed"]
 
 
 class _Recording(EmulatedVolume):
