@@ -42,7 +42,7 @@ def _assert_consistent(store: Path) -> None:
         assert len(keys) == len(set(keys))
 
 
-def test_ten_sigkills_in_a_row_then_completion_equals_uninterrupted(reference, tmp_path, cli_env):
+def test_five_sigkills_in_a_row_then_completion_equals_uninterrupted(reference, tmp_path, cli_env):
     ref_store, ref_summary, _ = reference
     store, published = tmp_path / "store", tmp_path / "published"
     args = [sys.executable, "-m", "wikiembed.flows.cli", "run", *REFERENCE_ARGS, "--store", str(store), "--upload-to", f"dir:{published}"]
