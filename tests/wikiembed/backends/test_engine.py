@@ -9,10 +9,12 @@ as the plain function it is.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import random
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -72,9 +74,24 @@ def reference() -> SentenceTransformer:
     return SentenceTransformer(model_info(DEFAULT_MODEL).path, device="cpu")
 
 
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="module")
 def engine() -> TorchEngine:
-    with TorchEngine(DEFAULT_MODEL, device="cpu") as opened:
+    """The engine as a multi-core CPU runs it: one worker thread per torch thread (2 here, whatever the
+    test run's thread setting), each embedding its own batches."""
+    with torch_threads(2):
+        opened = TorchEngine(DEFAULT_MODEL, device="cpu")
+    with opened:
+        assert opened._cpu_workers is not None
         yield opened
 
 
@@ -235,15 +252,16 @@ def test_bge_small_shaped_random_folder_builds_and_matches(bench: object, tmp_pa
 
 
 def test_cpu_workers_leave_torch_thread_settings_alone(engine: TorchEngine) -> None:
-    before = torch.get_num_threads()
-    with TorchEngine(DEFAULT_MODEL, device="cpu") as other:
-        other.embed(["a thread-count check"])
-        seen: list[int] = []
-        probe = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
-        probe.start()
-        probe.join()
-    assert torch.get_num_threads() == before
-    assert seen == [before]  # threads started later still get the process default
+    with torch_threads(2):
+        with TorchEngine(DEFAULT_MODEL, device="cpu") as other:
+            assert other._cpu_workers is not None
+            other.embed(["a thread-count check"])
+            seen: list[int] = []
+            probe = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+            probe.start()
+            probe.join()
+        assert torch.get_num_threads() == 2
+        assert seen == [2]  # threads started later still get the process default
 
 
 # --- inputs the engine refuses -------------------------------------------------------
