@@ -224,6 +224,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "summary_json")}
     settings = RunSettings(**options)
+    if "source" not in options:
+        print(f"wikiembed: no --source given: embedding the built-in sample ({settings.source}); "
+              "pass --source to embed your own data.", file=sys.stderr)
     # Before Prefect starts (seconds): the options, the source's path, the model, the store.
     check_store_for_backend(settings.backend, settings.store)
     _, info, chunking = resolve(settings)
@@ -246,9 +249,9 @@ def status_payload(store_dir: str, verify: bool = False) -> dict[str, Any]:
     return {
         "store": str(store.root),
         "generation": store.gen,
-        "source": manifest.source["spec"],
+        "source": manifest.source.spec,
         "model": manifest.model.model_id,
-        "chunking": manifest.chunking,
+        "chunking": manifest.chunking.as_dict(),
         "skipped_rows": sum(manifest.skipped.values()),
         "skipped": manifest.skipped,
         "repaired": manifest.repaired,

@@ -195,7 +195,7 @@ def _summary(
         "revision": manifest.model.revision,
         "backend": settings.backend,
         "device": device,
-        "chunking": manifest.chunking,
+        "chunking": manifest.chunking.as_dict(),
         "tokenizer": _tokenizer_name(executor, manifest),
         "shards_total": len(states),
         "shards_done": len(done),
@@ -218,7 +218,7 @@ def _summary(
 
 def _tokenizer_name(executor: Executor, manifest: Manifest) -> str | None:
     """Which tokenizer cut the token chunker's chunks: blingfire or tokenizers (same chunks either way)."""
-    if manifest.chunking["chunker"] != "tokens":
+    if manifest.chunking.chunker != "tokens":
         return None
     try:
         return fast_tokenizer.name(load_tokenizer(manifest.model.model_id), executor.tokenizer_choice())

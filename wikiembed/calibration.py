@@ -34,7 +34,7 @@ _ARTICLES_PER_STEP = 64
 def calibration_texts(store: Store, manifest: Manifest, n: int = CALIBRATION_CHUNKS) -> list[str]:
     """The first `n` chunk texts of the generation, in snapshot order (deterministic)."""
     rows = int(manifest.plan.rows)
-    chunking = Chunking(**manifest.chunking)
+    chunking = manifest.chunking
     tokenizer = load_tokenizer(manifest.model.model_id) if chunking.chunker == "tokens" else None
     texts: list[str] = []
     start = 0
@@ -57,22 +57,21 @@ def calibrate(store: Store, backend: Backend | BackendOptions) -> dict[str, Any]
     return them (None: the generation stores no int8). `backend`: an open backend, or the options
     of `open_backend`, opened only when the sample must be embedded."""
     manifest = store.read_manifest()
-    compact = (manifest.compact or {})
-    if not needs_calibration(manifest):
-        return compact.get("int8")
+    compact = manifest.compact
+    if compact is None or not needs_calibration(manifest):
+        return manifest.int8
     previous = manifest.previous_generation
     if previous:
         published = Store(store.root, previous, store.sync).read_manifest()
-        if published.compact and {**published.compact, "int8": None} == {**compact, "int8": None}:
-            calibration = published.compact.get("int8")
-            if calibration:
-                store.write_manifest(manifest.changed(compact={**compact, "int8": calibration}))
-                return calibration
+        if published.compact and published.compact.forms() == compact.forms() and published.compact.int8:
+            calibration = published.compact.int8
+            store.write_manifest(manifest.changed(compact=compact.changed(int8=calibration)))
+            return calibration
     if isinstance(backend, BackendOptions):
         backend = backend.open(manifest.model.model_id)
     spec = spec_from_manifest(manifest)
     assert spec is not None
     vectors = backend.embed(calibration_texts(store, manifest), document_prompt(manifest))
     calibration = calibrate_int8(vectors, spec.dims(int(manifest.model.dim)))
-    store.write_manifest(manifest.changed(compact={**compact, "int8": calibration}))
+    store.write_manifest(manifest.changed(compact=compact.changed(int8=calibration)))
     return calibration

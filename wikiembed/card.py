@@ -26,7 +26,7 @@ from wikiembed.embedding import uncompressed_bytes
 from wikiembed.compact import card_section as compact_card_section
 from wikiembed.errors import StoreError
 from wikiembed.store import ShardState, Store
-from wikiembed.records import Manifest
+from wikiembed.records import Manifest, SourceRecord
 
 SPLIT = "train"
 # One pattern for both layouts (flat `data/train-*.parquet`, or `data/NNNN/train-*.parquet`
@@ -81,11 +81,11 @@ def _size_category(n: int) -> str:
     return "1B<n<10B"
 
 
-def _license(source: dict[str, Any]) -> str:
-    if source.get("license"):
-        return str(source["license"])
+def _license(source: SourceRecord) -> str:
+    if source.license:
+        return source.license
     # Wikipedia text is CC BY-SA 3.0 (and GFDL); embeddings of it are shared under the same terms.
-    if "wikipedia" in str(source.get("spec", "")).lower():
+    if "wikipedia" in source.spec.lower():
         return WIKIPEDIA_LICENSE
     return "unknown"
 
@@ -150,10 +150,10 @@ def card_text(
     seconds = sum(m.seconds for m in markers)
     reused = sum(m.reused_chunks for m in markers)
     model_id = str(model.get("model_id", "unknown"))
-    description = str(source.get("description") or source.get("spec") or "unknown source")
+    description = source.description or source.spec or "unknown source"
     license_id = _license(source)
     tags = ["embeddings", "vector-search", "rag", "wikiembed"]
-    if "wikipedia" in str(source.get("spec", "")).lower():
+    if "wikipedia" in source.spec.lower():
         tags.insert(0, "wikipedia")
     meta = {
         "license": license_id,
@@ -176,12 +176,12 @@ def card_text(
         "front_matter": yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000).rstrip("\n"),
         "description": description,
         "model_id": model_id,
-        "spec": source.get("spec"),
-        "kind": source.get("kind"),
-        "config": source.get("config"),
-        "split": source.get("split"),
-        "limit": source.get("limit"),
-        "fingerprint": source.get("fingerprint"),
+        "spec": source.spec,
+        "kind": source.kind,
+        "config": source.config,
+        "split": source.split,
+        "limit": source.limit,
+        "fingerprint": source.fingerprint,
         "license_line": license_id + (" (inherited from Wikipedia: attribute the authors, share alike)"
                                       if license_id == WIKIPEDIA_LICENSE else ""),
         "revision": model.get("revision"),
@@ -189,12 +189,12 @@ def card_text(
         "dimension_line": _dimension_line(dim, manifest.vectors),
         "prompt_line": _prompt_line(model),
         "query_prompt_repr": repr(str(model.get("query_prompt") or "")),
-        "revision_line": f"- revision: `{source['revision']}` (the commit the rows were read at)\n"
-        if source.get("revision") else "",
+        "revision_line": f"- revision: `{source.revision}` (the commit the rows were read at)\n"
+        if source.revision else "",
         "max_tokens": model.get("max_tokens"),
-        "chunker": chunking.get("chunker"),
-        "chunk_size": chunking.get("chunk_size"),
-        "chunk_overlap": chunking.get("chunk_overlap"),
+        "chunker": chunking.chunker,
+        "chunk_size": chunking.chunk_size,
+        "chunk_overlap": chunking.chunk_overlap,
         "articles": articles,
         "chunks": chunks,
         "shards_line": f"{len(done)} of {len(states)}" + (" (partial: the remaining shards are not published yet)" if partial else ""),

@@ -35,7 +35,7 @@ from wikiembed.fast_tokenizer import TokenizerChoice, choice, fast_wordpiece
 from wikiembed.model import load_tokenizer
 from wikiembed.store import Store, sha256_file, store_os_error
 from wikiembed.tokenizing import cores, run_parts, spec, tokenizer_from_spec
-from wikiembed.records import Manifest
+from wikiembed.records import Chunking, Manifest
 
 CHUNK_SCHEMA = pa.schema(
     [
@@ -64,18 +64,6 @@ SEGMENT_CHARS = 50_000
 _MIN_FILL = 0.5
 _PARA_RE = re.compile(r"\n\s*")
 _SENT_RE = re.compile(r"[.!?。！？][\"'”’)\]]*\s+")
-
-
-@dataclass(frozen=True)
-class Chunking:
-    """How articles become chunks; part of the store's identity."""
-
-    chunker: str = "tokens"
-    chunk_size: int = 256  # tokens (special tokens included) or characters
-    chunk_overlap: int = 0
-
-    def as_dict(self) -> dict:
-        return {"chunker": self.chunker, "chunk_size": self.chunk_size, "chunk_overlap": self.chunk_overlap}
 
 
 def make_chunking(chunker: str, chunk_size: int | None, chunk_overlap: int, max_tokens: int) -> Chunking:
@@ -626,7 +614,7 @@ def chunk_shard_parts(store: Store, shard: int, manifest: Manifest, workers: int
     iterator early (or an error) leaves no file behind.
     """
     start, end = manifest.plan.shards[shard]
-    chunking = Chunking(**manifest.chunking)
+    chunking = manifest.chunking
     rows = read_snapshot_rows(store.snapshot_path, start, end)
     tokenizer = load_tokenizer(manifest.model.model_id) if chunking.chunker == "tokens" else None
     schema = chunk_schema(chunking)

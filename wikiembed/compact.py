@@ -140,10 +140,10 @@ def stored_forms(manifest: Manifest) -> tuple[list[Form], dict[str, Any] | None]
 
 
 def spec_from_manifest(manifest: Manifest) -> CompactSpec | None:
-    compact = manifest.compact
-    if not compact:
+    if manifest.compact is None:
         return None
-    return CompactSpec(tuple(compact.get("dimensions") or ()), tuple(compact.get("precisions", ())))
+    dimensions, precisions = manifest.compact.forms()
+    return CompactSpec(dimensions, precisions)
 
 
 def truncate(vectors: np.ndarray, dim: int) -> np.ndarray:

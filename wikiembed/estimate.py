@@ -406,8 +406,8 @@ def store_estimate(
     chunking = manifest.chunking
     combos = [(backend, hardware)] if hardware else []
     return _result(
-        rows, len(candidates), total_chars, model=manifest.model.model_id, chunker=chunking["chunker"],
-        chunk_size=chunking["chunk_size"], chunk_overlap=chunking["chunk_overlap"], combos=combos,
+        rows, len(candidates), total_chars, model=manifest.model.model_id, chunker=chunking.chunker,
+        chunk_size=chunking.chunk_size, chunk_overlap=chunking.chunk_overlap, combos=combos,
         containers=containers, how=f"snapshot read; {len(rows)} of {len(candidates)} articles to embed sampled (seed {seed})",
         seed=seed, prompt=manifest.model.document_prompt,
     )

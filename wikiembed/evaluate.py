@@ -229,7 +229,7 @@ def evaluate(
     other = None
     if against is not None:
         other = StoreVectors(against, against_gen)
-        mine, theirs = vectors.manifest.source["fingerprint"], other.manifest.source["fingerprint"]
+        mine, theirs = vectors.manifest.source.fingerprint or "", other.manifest.source.fingerprint or ""
         if mine != theirs:
             raise InputError(
                 f"--against {other.root}: built from a different source (fingerprint {theirs[:12]} vs {mine[:12]}); "

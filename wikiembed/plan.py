@@ -34,7 +34,7 @@ from wikiembed.errors import InputError, StoreError
 from wikiembed.model import ModelInfo, model_info
 from wikiembed.settings import DEFAULT_SHARD_ROWS, RunSettings
 from wikiembed.chunking import Chunking, make_chunking, plan_shards
-from wikiembed.records import Manifest, ModelRecord, ShardPlan
+from wikiembed.records import CompactRecord, Manifest, ModelRecord, ShardPlan, SnapshotRecord, SourceRecord
 from wikiembed.store import Store, sha256_file, store_os_error
 
 
@@ -57,15 +57,10 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _identity(model_id: str, chunking: dict[str, Any], compact: dict[str, Any] | None) -> tuple:
+def _identity(model_id: str, chunking: Chunking, compact: CompactRecord | None) -> tuple:
     # The model's revision is not part of a store's identity: a new revision (new weights) is a new
     # generation of the same store, embedded afresh.
-    compact = compact or {}
-    return (
-        model_id,
-        tuple(sorted(chunking.items())),
-        (tuple(compact.get("dimensions") or ()), tuple(compact.get("precisions", ()))),
-    )
+    return model_id, chunking, compact.forms() if compact else ((), ())
 
 
 def model_record(info: ModelInfo, settings: RunSettings) -> ModelRecord:
@@ -136,11 +131,12 @@ def check_store(settings: RunSettings, info: ModelInfo, chunking: Chunking) -> N
         return  # nothing published, or a lost manifest that `prepare` rebuilds (or names the run that can)
     published = Store(root.root, current).read_manifest()
     compact = parse_compact(settings.output.dimensions, settings.output.precision, info.dim)
-    asked = _identity(info.model_id, chunking.as_dict(), compact.as_dict() if compact else None)
+    asked = _identity(info.model_id, chunking, CompactRecord.model_validate(compact.as_dict()) if compact else None)
     if _identity(published.model.model_id, published.chunking, published.compact) != asked:
+        forms = published.compact.model_dump(exclude={"int8"}) if published.compact else None
         raise InputError(
             f"store {root.root} holds model {published.model.model_id} with chunking "
-            f"{published.chunking} and compact forms {published.compact}; this run asks for "
+            f"{published.chunking.as_dict()} and compact forms {forms}; this run asks for "
             f"{info.model_id} with {chunking.as_dict()} and {compact.as_dict() if compact else None}. "
             "One store holds one model, chunking and set of forms: use a new store for this one (--store, or "
             "`-p store=...` for a deployment run such as the sample's)."
@@ -222,9 +218,9 @@ def prepare(settings: RunSettings) -> Prepared:
             "fix those rows, or map your columns with --columns (e.g. --columns text=body,id=page_id)."
         )
     manifest = Manifest(
-        source={**source.as_dict(), "fingerprint": fp},
+        source=SourceRecord(**source.as_dict(), fingerprint=fp),
         model=model,
-        chunking=chunking.as_dict(),
+        chunking=chunking,
         compact=compact.as_dict() if compact else None,
         settings=settings.model_dump(),
         plan=ShardPlan(shard_rows=shard_rows, rows=rows, shards=plan_shards(rows, shard_rows)),
@@ -255,8 +251,8 @@ def _write_snapshot(source: Source, store: Store) -> RowReport:
         raise store_os_error(exc, store.snapshot_path) from None
 
 
-def _snapshot_record(store: Store) -> dict[str, Any]:
-    return {"sha256": sha256_file(store.snapshot_path), "bytes": store.snapshot_path.stat().st_size}
+def _snapshot_record(store: Store) -> SnapshotRecord:
+    return SnapshotRecord(sha256=sha256_file(store.snapshot_path), bytes=store.snapshot_path.stat().st_size)
 
 
 def snapshot_damage(store: Store, manifest: Manifest) -> str | None:
@@ -266,7 +262,7 @@ def snapshot_damage(store: Store, manifest: Manifest) -> str | None:
         rows = pq.ParquetFile(path).metadata.num_rows
         if rows != manifest.plan.rows:
             return f"it holds {rows} rows, the plan {manifest.plan.rows}"
-        recorded = (manifest.snapshot or {}).get("sha256")
+        recorded = manifest.snapshot.sha256 if manifest.snapshot else None
         if recorded and sha256_file(path) != recorded:
             return "its sha256 differs from the one recorded when it was written"
     except (OSError, pa.ArrowException) as exc:
@@ -280,7 +276,7 @@ def check_snapshot(store: Store, manifest: Manifest) -> None:
     if damage:
         raise StoreError(
             f"store {store.root}: the snapshot {store.snapshot_path} is damaged ({damage}). Run the same "
-            f"`wikiembed run --source {shlex.quote(manifest.source['spec'])} ...` command again: it re-reads the source, "
+            f"`wikiembed run --source {shlex.quote(manifest.source.spec)} ...` command again: it re-reads the source, "
             "rewrites the snapshot and keeps every done shard."
         )
 

@@ -1,8 +1,9 @@
 """The run store's manifest as typed records: read and written only by `wikiembed.store.Store`.
 
-`manifest.json` of a generation is a `Manifest`: where the rows came from (`source`), the model
-and what shapes its vectors (`ModelRecord`), the chunking, the shard plan (`ShardPlan`), the
-options of the run that planned it (`settings`), the compact forms, the snapshot's checksum,
+`manifest.json` of a generation is a `Manifest`: where the rows came from (`SourceRecord`), the
+model and what shapes its vectors (`ModelRecord`), the `Chunking`, the shard plan (`ShardPlan`),
+the options of the run that planned it (`settings`), the compact forms (`CompactRecord`), the
+snapshot's checksum (`SnapshotRecord`),
 skipped and repaired rows, the versions of the libraries, the generation and the published one
 it reuses vectors from, and the kind of vectors it holds. Every module takes these objects;
 only `Store.read_manifest` / `write_manifest` see the JSON.
@@ -49,6 +50,58 @@ class ModelRecord(_Record):
     shape: dict[str, Any] | None = None
 
 
+class SourceRecord(_Record):
+    """Where a generation's rows came from (`Source.as_dict()`) and the fingerprint of what was read."""
+
+    spec: str = ""
+    kind: str | None = None  # sample | parquet | jsonl | disk | hub
+    config: str | None = None
+    revision: str | None = None  # Hub sources: the commit the rows were read at
+    split: str | None = None
+    limit: int | None = None
+    columns: dict[str, str] = Field(default_factory=dict)  # our name: the source's name
+    license: str | None = None
+    description: str | None = None
+    fingerprint: str | None = None  # of the rows read (`wikiembed.sources.fingerprint`)
+
+
+class Chunking(_Record):
+    """How articles become chunks; part of the store's identity (`wikiembed.chunking.make_chunking`
+    validates it against the model)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    chunker: str = "tokens"  # tokens | chars
+    chunk_size: int = 256  # tokens (special tokens included) or characters
+    chunk_overlap: int = 0
+
+    def __init__(self, chunker: str = "tokens", chunk_size: int = 256, chunk_overlap: int = 0, **extra: Any) -> None:
+        super().__init__(chunker=chunker, chunk_size=chunk_size, chunk_overlap=chunk_overlap, **extra)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class CompactRecord(_Record):
+    """The compact forms a generation's data files carry beside float32 (`wikiembed.compact`)."""
+
+    dimensions: list[int] = Field(default_factory=list)  # truncations; empty: the model's full dimension only
+    precisions: list[str] = Field(default_factory=list)  # float32 | float16 | int8 | binary
+    # Per-dimension int8 ranges (`calibrate_int8`), once calibrated; None until then.
+    int8: dict[str, Any] | None = None
+
+    def forms(self) -> tuple[tuple[int, ...], tuple[str, ...]]:
+        """What identifies the forms (the calibration is derived from the vectors, not asked for)."""
+        return tuple(self.dimensions), tuple(self.precisions)
+
+
+class SnapshotRecord(_Record):
+    """The checksum of a generation's `snapshot.parquet`, taken when it was written."""
+
+    sha256: str
+    bytes: int
+
+
 class ShardPlan(_Record):
     """The source's snapshot rows cut into shards: the unit of work, retry and rerun."""
 
@@ -68,13 +121,15 @@ class Manifest(_Record):
     """A generation's `manifest.json`."""
 
     format: int = FORMAT
-    source: dict[str, Any] = Field(default_factory=dict)  # `Source.as_dict()` and the fingerprint
+    source: SourceRecord = Field(default_factory=SourceRecord)
     model: ModelRecord
-    chunking: dict[str, Any]  # `Chunking.as_dict()`
-    compact: dict[str, Any] | None = None  # dimensions, precisions and int8 ranges (`wikiembed.compact`)
-    settings: dict[str, Any] = Field(default_factory=dict)  # the planning run's `RunSettings`
+    chunking: Chunking
+    compact: CompactRecord | None = None  # None: float32 at the model's dimension only
+    # The planning run's `RunSettings` as given (validated where a run takes them up again: an
+    # option a later version adds must not make this manifest unreadable).
+    settings: dict[str, Any] = Field(default_factory=dict)
     plan: ShardPlan
-    snapshot: dict[str, Any] | None = None  # sha256 and bytes of the snapshot
+    snapshot: SnapshotRecord | None = None
     skipped: dict[str, int] = Field(default_factory=dict)  # source rows left out, by reason
     skipped_examples: list[Any] = Field(default_factory=list)
     repaired: dict[str, int] = Field(default_factory=dict)
@@ -96,7 +151,7 @@ class Manifest(_Record):
     @property
     def int8(self) -> dict[str, Any] | None:
         """The generation's int8 ranges, once calibrated."""
-        return (self.compact or {}).get("int8")
+        return self.compact.int8 if self.compact else None
 
 
 class Marker(_Record):

@@ -164,7 +164,7 @@ class Store:
             states = other.states(manifest)
         except StoreError as exc:
             return {**info, "error": str(exc)}
-        info.update(source=manifest.source.get("spec"), total=len(states),
+        info.update(source=manifest.source.spec, total=len(states),
                     done=sum(s.state == "done" for s in states), failed=sum(s.state == "failed" for s in states))
         return info
 

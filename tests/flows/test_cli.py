@@ -93,3 +93,12 @@ def test_export_writes_a_folder_datasets_loads(reference, tmp_path, capsys):
     assert ds.num_rows == summary["chunks"] and ds.features["embedding"].length == 384
     bad = cli_here(capsys, "upload", "--store", str(store), "--to", "ftp:somewhere")
     assert bad.returncode == 2 and "hub:" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_run_without_a_source_says_it_embeds_the_built_in_sample(tmp_path, capsys, prefect_api):
+    proc = cli_here(capsys, "run", "--limit", "3", "--store", str(tmp_path / "store"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "no --source given: embedding the built-in sample (sample:1000)" in proc.stderr
+    assert json.loads(cli_here(capsys, "status", "--store", str(tmp_path / "store"), "--json").stdout)["source"] == "sample:1000"
+    given = cli_here(capsys, "run", "--source", "sample:3", "--store", str(tmp_path / "other"))
+    assert given.returncode == 0 and "no --source" not in given.stderr

@@ -305,9 +305,9 @@ def test_int8_on_a_volume_store_is_calibrated_in_the_cloud_as_a_local_run_calibr
     assert summary["shards_done"] == 2
     assert calls.count("calibrate") == 1 and calls.index("calibrate") < calls.index("run_shard")  # before any shard
     volume = Store(cloud.cloud.store("wiki"))
-    ranges = volume.read_manifest().compact["int8"]
+    ranges = volume.read_manifest().int8
     # The same backend embeds the same first chunks: the same ranges and the same int8 codes as a local run.
-    assert ranges and ranges == Store(local).read_manifest().compact["int8"]
+    assert ranges and ranges == Store(local).read_manifest().int8
     columns = ["embedding_int8", "embedding_64_int8"]
     cloud_codes = pq.read_table(volume.dir / "data", columns=columns)
     local_codes = pq.read_table(Store(local).dir / "data", columns=columns)

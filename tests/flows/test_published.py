@@ -176,5 +176,5 @@ def test_a_lost_manifest_is_rebuilt_by_the_run_the_messages_name(prefect_api, tm
     assert again["shards_done"] == 3 and again["embedded_chunks"] == redo_chunks and again["generation"] == gen
     assert {k: (Store(store).data_path(k).read_bytes(), Store(store).done_path(k).read_bytes()) for k in (0, 2)} == kept
     manifest = Store(store).read_manifest()
-    assert manifest.plan.shard_rows == 20 and manifest.source["spec"] == "sample:60"
+    assert manifest.plan.shard_rows == 20 and manifest.source.spec == "sample:60"
     assert cli.main(["status", "--store", str(store)]) == 0

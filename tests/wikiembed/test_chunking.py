@@ -140,7 +140,7 @@ def test_a_shard_chunked_part_by_part_writes_the_same_file_and_nothing_when_stop
     prepared = prepare(RunSettings(source="sample:400", store=str(tmp_path / "store"), shard_rows=400))
     store, manifest = prepared.store, prepared.manifest
     monkeypatch.setattr(chunking, "CHUNK_ROW_GROUP", 100)  # several row groups, cut across parts
-    whole = chunk_table(read_snapshot_rows(store.snapshot_path, 0, 400), Chunking(**manifest.chunking), load_tokenizer(), workers=1)
+    whole = chunk_table(read_snapshot_rows(store.snapshot_path, 0, 400), manifest.chunking, load_tokenizer(), workers=1)
     chunking.write_parquet_atomic(whole, tmp_path / "whole.parquet", row_group_size=100)
 
     monkeypatch.setattr(chunking, "PARALLEL_MIN_CHARS", 0)

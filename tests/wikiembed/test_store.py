@@ -17,7 +17,7 @@ from wikiembed.backends.base import VectorKind
 from wikiembed.embedding import embed_shard, read_vectors
 from wikiembed.errors import StoreError
 from wikiembed.chunking import CHUNK_SCHEMA, write_parquet_atomic
-from wikiembed.records import Manifest, ModelRecord, ShardPlan
+from wikiembed.records import CompactRecord, Manifest, ModelRecord, ShardPlan
 from wikiembed.store import Store
 
 
@@ -208,13 +208,21 @@ def test_an_older_manifest_opens_with_defaults_and_keeps_fields_it_does_not_know
     for key in ("compact", "vectors", "versions", "skipped"):
         raw.pop(key, None)
     raw["written_by_a_later_version"] = {"keep": True}
+    # Nested sections keep theirs too.
+    raw["source"] = {"spec": "sample:6", "fingerprint": "f" * 64, "a_later_source_field": 1}
+    raw["chunking"] = {"chunker": "tokens", "chunk_size": 128, "chunk_overlap": 0, "a_later_chunking_field": "x"}
     store.manifest_path.write_text(json.dumps(raw))
     manifest = store.read_manifest()
     assert manifest.model.document_prompt == "" and manifest.model.shape is None and manifest.compact is None
     assert manifest.vectors is None and manifest.skipped == {} and len(manifest.plan) == 3 and manifest.plan.rows_of(1) == 2
-    store.write_manifest(manifest.changed(vectors={"backend": "local"}))
+    assert (manifest.source.spec, manifest.source.kind, manifest.chunking.chunk_size) == ("sample:6", None, 128)
+    store.write_manifest(manifest.changed(vectors={"backend": "local"},
+                                          compact=CompactRecord(dimensions=[4], precisions=["int8"], int8={"chunks": 1})))
     again = _raw_manifest(store)
     assert again["written_by_a_later_version"] == {"keep": True} and again["vectors"] == {"backend": "local"}
+    assert again["source"]["a_later_source_field"] == 1 and again["chunking"]["a_later_chunking_field"] == "x"
+    assert again["compact"] == {"dimensions": [4], "precisions": ["int8"], "int8": {"chunks": 1}}
+    assert store.read_manifest().int8 == {"chunks": 1}
 
 
 def test_a_manifest_of_a_newer_layout_is_refused_with_the_upgrade(tmp_path):

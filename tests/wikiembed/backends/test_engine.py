@@ -359,7 +359,7 @@ def test_a_token_chunked_shard_is_embedded_from_its_ids(
 
     store = Store(tmp_path / "store", "g1")
     store.ensure_writable()
-    store.write_manifest(Manifest(plan=ShardPlan(shards=[(0, 12)], rows=12, shard_rows=12), chunking=Chunking("tokens", 128, 0).as_dict(),
+    store.write_manifest(Manifest(plan=ShardPlan(shards=[(0, 12)], rows=12, shard_rows=12), chunking=Chunking("tokens", 128, 0),
                                   model=ModelRecord(model_id=DEFAULT_MODEL, revision="bundled", dim=384)))  # fmt: skip
     chunks = chunk_table(pa.Table.from_pylist(list(generate_articles(12))), Chunking("tokens", 128, 0), load_tokenizer())
     write_parquet_atomic(chunks, store.chunks_path(0))
