@@ -177,7 +177,7 @@ def test_a_run_with_failed_shards_ends_failed_and_says_what_ran_and_how_to_rerun
         assert str(store.name) in key and key.startswith("wikiembed-summary-")
         summary = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))[0].data
         assert "- model: `sentence-transformers/all-MiniLM-L6-v2` (revision `" in summary
-        assert "- backend: local on cpu" in summary and "- chunking: tokens, chunk_overlap 0, chunk_size 256" in summary, summary
+        assert "- backend: local on cpu" in summary and "- chunking: tokens, chunk_size 256, chunk_overlap 0" in summary, summary
         assert f"wikiembed rerun --store {store} --shards 0,1" in summary
         assert f"prefect deployment run rerun-shards/wikiembed-rerun -p store={store} -p shards=0,1" in summary
         logs = [log.message for log in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))]

@@ -37,7 +37,7 @@ def test_a_worse_model_is_not_published(published_store, topics, tmp_path):
     pairs.write_text("".join(json.dumps({"query": r["query"], "id": i}) + "\n" for r, i in zip(rows, ids)))
     out, new = tmp_path / "model", tmp_path / "new-store"
     result = improve_model(str(store), str(pairs), str(out), str(new), upload_to=f"dir:{published}",
-                           finetune={"batch_size": 8, "learning_rate": 1e-4})
+                           finetune={"batch_size": 8, "learning_rate": 1e-4, "negatives": 0})
     assert result["publish"] is False and result["published"] is None
     assert "the old store stays published" in result["reason"]
     assert _files(published) == before  # the published folder is untouched
@@ -75,7 +75,7 @@ def test_a_killed_loop_resumes_where_it_stopped(published_store, topics, tmp_pat
     pairs = title_pairs(topics, tmp_path / "pairs.jsonl")
     out, new = tmp_path / "model", tmp_path / "new-store"
     script = ("import sys; from wikiembed.flows.improve_model import improve_model; "
-              "improve_model(*sys.argv[1:5], finetune={'batch_size': 8})")
+              "improve_model(*sys.argv[1:5], finetune={'batch_size': 8, 'negatives': 0})")
     proc = subprocess.Popen([sys.executable, "-c", script, str(store), str(pairs), str(out), str(new)], env=cli_env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -91,7 +91,7 @@ def test_a_killed_loop_resumes_where_it_stopped(published_store, topics, tmp_pat
     kept = _markers(new)
     weights = (out / "model.safetensors").stat().st_mtime_ns
     assert 1 <= len(kept) < 9
-    result = improve_model(str(store), str(pairs), str(out), str(new), finetune={"batch_size": 8})
+    result = improve_model(str(store), str(pairs), str(out), str(new), finetune={"batch_size": 8, "negatives": 0})
     assert (out / "model.safetensors").stat().st_mtime_ns == weights  # the fine-tune was not redone
     after = _markers(new)
     assert len(after) == 9 and all(after[name] == stamp for name, stamp in kept.items())  # done shards not redone
@@ -108,7 +108,7 @@ def test_wikiembed_improve_runs_the_loop_from_the_command_line(compact_store, to
     pairs = title_pairs(topics, tmp_path / "pairs.jsonl")
     out, new, payload = tmp_path / "model", tmp_path / "new-store", tmp_path / "improve.json"
     code = main(["improve", "--store", str(compact_store), "--pairs", str(pairs), "--out", str(out), "--new-store", str(new),
-                 "--batch-size", "8", "--metric", "recall_at_10", "--margin", "0.02", "--json", str(payload)])
+                 "--batch-size", "8", "--negatives", "0", "--metric", "recall_at_10", "--margin", "0.02", "--json", str(payload)])
     printed = capsys.readouterr()
     assert code == 0, printed.err[-3000:]
     result = json.loads(payload.read_text())

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.flows import faults
-from tests.flows.conftest import REFERENCE_ARGS, REFERENCE_SHARD_ROWS, REFERENCE_SOURCE, ROOT, data_files, run_cli
+from tests.flows.conftest import REFERENCE_ARGS, REFERENCE_SHARD_ROWS, REFERENCE_SOURCE, ROOT, cli_here, data_files, run_cli
 from tests.standins.tei_server import embed_texts, start_server
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -42,7 +42,7 @@ def _assert_consistent(store: Path) -> None:
         assert len(keys) == len(set(keys))
 
 
-def test_five_sigkills_in_a_row_then_completion_equals_uninterrupted(reference, tmp_path, cli_env):
+def test_five_sigkills_in_a_row_then_completion_equals_uninterrupted(reference, tmp_path, cli_env, capsys):
     ref_store, ref_summary, _ = reference
     store, published = tmp_path / "store", tmp_path / "published"
     args = [sys.executable, "-m", "wikiembed.flows.cli", "run", *REFERENCE_ARGS, "--store", str(store), "--upload-to", f"dir:{published}"]
@@ -66,7 +66,8 @@ def test_five_sigkills_in_a_row_then_completion_equals_uninterrupted(reference, 
         kills += 1
         if (store / "data").exists():
             _assert_consistent(store)
-    final = run_cli(cli_env, "run", *REFERENCE_ARGS, "--store", str(store), "--upload-to", f"dir:{published}")
+    # The run that completes it needs no process of its own (nothing kills it): the CLI's main, here.
+    final = cli_here(capsys, "run", *REFERENCE_ARGS, "--store", str(store), "--upload-to", f"dir:{published}")
     assert final.returncode == 0, final.stderr[-3000:]
     _assert_consistent(store)
     assert data_files(store) == data_files(ref_store)
@@ -106,18 +107,18 @@ def test_tei_backend_through_faults_returns_exactly_the_right_vectors(prefect_ap
     print(f"\nreliability: TEI stand-in dropped {server.stats.dropped} connections, {summary['retries']} retries, {len(got)} vectors exact")
 
 
-def test_permanent_failure_then_fix_then_rerun_failed(tmp_path, cli_env):
+def test_permanent_failure_then_fix_then_rerun_failed(tmp_path, prefect_api, capsys):
     store = tmp_path / "store"
     poison = "Company"  # a word in some sample titles' articles: those shards always get a 422
     url, server = start_server(model_id=MODEL, poison=poison, max_client_batch_size=16)
     try:
-        run = run_cli(cli_env, "run", "--source", "sample:120", "--shard-rows", "40", "--store", str(store),
-                      "--backend", "tei", "--tei-url", url)
+        run = cli_here(capsys, "run", "--source", "sample:120", "--shard-rows", "40", "--store", str(store),
+                       "--backend", "tei", "--tei-url", url)
     finally:
         server.stop()
     assert run.returncode == 1
     assert "wikiembed rerun --store" in run.stdout and "failed shards:" in run.stdout
-    status = json.loads(run_cli(cli_env, "status", "--store", str(store), "--json").stdout)
+    status = json.loads(cli_here(capsys, "status", "--store", str(store), "--json").stdout)
     failed = [s for s in status["shards"] if s["state"] == "failed"]
     assert failed and all("422" in s["error"] or poison in s["error"] for s in failed)
     assert status["done"] + status["failed"] == 3
@@ -125,11 +126,11 @@ def test_permanent_failure_then_fix_then_rerun_failed(tmp_path, cli_env):
     # the cause is fixed (the server no longer rejects the input): rerun only the failed shards
     fixed_url, fixed = start_server(model_id=MODEL, max_client_batch_size=16, port=int(url.rsplit(":", 1)[1]))
     try:
-        rerun = run_cli(cli_env, "rerun", "--store", str(store), "--failed")
+        rerun = cli_here(capsys, "rerun", "--store", str(store), "--failed")
     finally:
         fixed.stop()
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    status = json.loads(run_cli(cli_env, "status", "--store", str(store), "--json").stdout)
+    status = json.loads(cli_here(capsys, "status", "--store", str(store), "--json").stdout)
     assert status["done"] == 3 and status["failed"] == 0
 
 

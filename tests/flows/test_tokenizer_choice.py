@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.flows.conftest import REFERENCE_ARGS, data_files, run_cli
+from tests.flows.conftest import REFERENCE_ARGS, cli_here, data_files
+from wikiembed.fast_tokenizer import CHOICE_ENV
 
 
-def test_tokenizer_choice_is_reported_and_changes_no_byte(reference, tmp_path, cli_env):
+def test_tokenizer_choice_is_reported_and_changes_no_byte(reference, tmp_path, capsys, monkeypatch):
     ref_store, ref_summary, ref_proc = reference
     assert ref_summary["tokenizer"] == "blingfire"  # the default where the fast path applies
     assert "tokens counted by blingfire" in ref_proc.stdout
     store, summary_path = tmp_path / "store", tmp_path / "summary.json"
-    proc = run_cli(cli_env, "run", *REFERENCE_ARGS, "--store", str(store), "--tokenizer", "tokenizers",
-                   "--summary-json", str(summary_path))
+    # The run makes its choice its process's (its worker processes inherit it): this test's, restored after.
+    monkeypatch.setenv(CHOICE_ENV, "auto")
+    proc = cli_here(capsys, "run", *REFERENCE_ARGS, "--store", str(store), "--tokenizer", "tokenizers",
+                    "--summary-json", str(summary_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(summary_path.read_text())
     assert summary["tokenizer"] == "tokenizers" and "tokens counted by tokenizers" in proc.stdout
