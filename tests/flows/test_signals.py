@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.flows.conftest import REFERENCE_ARGS, ROOT, data_files, run_cli
+from tests.flows.conftest import REFERENCE_ARGS, ROOT, cli_here, data_files
 from tests.standins.tei_server import start_server
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -78,7 +78,7 @@ def _wait_gone(pids: set[int], timeout: float) -> set[int]:
     return {p for p in pids if _alive(p)}
 
 
-def test_ctrl_c_stops_in_seconds_with_one_line_then_the_same_command_finishes(reference, tmp_path, cli_env):
+def test_ctrl_c_stops_in_seconds_with_one_line_then_the_same_command_finishes(reference, tmp_path, capsys):
     ref_store, _, _ = reference
     store = tmp_path / "store"
     proc, started = _start_mid_run(["run", *REFERENCE_ARGS, "--store", str(store)], _env(tmp_path), store)
@@ -91,7 +91,7 @@ def test_ctrl_c_stops_in_seconds_with_one_line_then_the_same_command_finishes(re
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines[-1].startswith("wikiembed: interrupted; finished shards are kept") and "Traceback" not in err
     assert not _wait_gone(started, 10), "the CLI's children outlived it"
-    final = run_cli(cli_env, "run", *REFERENCE_ARGS, "--store", str(store))
+    final = cli_here(capsys, "run", *REFERENCE_ARGS, "--store", str(store))  # nothing stops this one: no process of its own
     assert final.returncode == 0, final.stderr[-2000:]
     assert data_files(store) == data_files(ref_store)
 
