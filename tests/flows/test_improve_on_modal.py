@@ -31,7 +31,9 @@ def cloud_dir(prefect_api, topics, tmp_path_factory) -> CloudDir:
     from wikiembed.flows.embed_dataset import embed_dataset
 
     cloud = CloudDir(tmp_path_factory.mktemp("modal-improve") / "cloud", VOLUME)
-    cloud.configure({"TorchShards": {"backend": "local", "device": "cpu"}})
+    # One container per class: the loop's steps are calls one after another, and the shards' concurrency is
+    # test_modal_fanout.py's subject; a second container would only start another process (torch, the model).
+    cloud.configure({"TorchShards": {"backend": "local", "device": "cpu"}}, max_containers=1)
     with pytest.MonkeyPatch.context() as mp, ModalCloud(cloud).installed(mp):
         summary = embed_dataset(source=str(topics), store=STORE, shard_rows=12, backend="modal", compute={"modal_class": "Torch"})
     assert summary["shards_done"] == summary["shards_total"] == 3
