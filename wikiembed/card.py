@@ -26,7 +26,7 @@ from wikiembed.embedding import uncompressed_bytes
 from wikiembed.compact import card_section as compact_card_section
 from wikiembed.errors import StoreError
 from wikiembed.store import ShardState, Store
-from wikiembed.records import Manifest, SourceRecord
+from wikiembed.records import Manifest, SourceRecord, VectorKind
 
 SPLIT = "train"
 # One pattern for both layouts (flat `data/train-*.parquet`, or `data/NNNN/train-*.parquet`
@@ -90,13 +90,13 @@ def _license(source: SourceRecord) -> str:
     return "unknown"
 
 
-def _dimension_line(dim: int, vectors: dict[str, Any] | None) -> str:
+def _dimension_line(dim: int, vectors: VectorKind | None) -> str:
     """The card's line on the vectors: their dimension and, where recorded, what made them."""
-    if not vectors:
+    if vectors is None:
         return f"- dimension: {dim} (float32)"
-    norm = "L2-normalized: a dot product is the cosine similarity" if vectors.get("normalize") else "not normalized"
-    return (f"- dimension: {dim} (float32, {norm}); made by the {vectors.get('backend')} backend, "
-            f"{vectors.get('pooling')} pooling, computed in {vectors.get('dtype')}")
+    norm = "L2-normalized: a dot product is the cosine similarity" if vectors.normalize else "not normalized"
+    return (f"- dimension: {dim} (float32, {norm}); made by the {vectors.backend} backend, "
+            f"{vectors.pooling} pooling, computed in {vectors.dtype}")
 
 
 def _prompt_line(model: dict[str, Any]) -> str:

@@ -96,10 +96,9 @@ def check_written(vectors: np.ndarray, n: int, dim: int, where: str, unit_norm: 
 
 def check_kind(store: Store, manifest: Manifest, kind: VectorKind) -> None:
     """Refuse a backend whose vectors are of another kind than the ones this generation holds."""
-    recorded = manifest.vectors
-    if recorded is None:
+    held = manifest.vectors
+    if held is None:
         return
-    held = VectorKind.from_dict(recorded)
     if not held.agrees_with(kind):
         raise InputError(
             f"store {store.root} holds vectors from {held.describe()}; this run's backend makes "
@@ -109,7 +108,7 @@ def check_kind(store: Store, manifest: Manifest, kind: VectorKind) -> None:
         )
 
 
-def record_vector_kind(store: Store) -> dict | None:
+def record_vector_kind(store: Store) -> VectorKind | None:
     """Write the kind of this generation's vectors into its manifest, from its done markers, if not there yet.
 
     Called by the flow (which holds the store lock) before and after embedding,
@@ -217,7 +216,7 @@ def embed_shard(
         mtime_ns=st.st_mtime_ns,
         inode=st.st_ino,
         model=backend.model_id,
-        vectors=kind.as_dict(),
+        vectors=kind,
         seconds=round(time.perf_counter() - started, 3),
     )
     store.mark_done(shard, marker)

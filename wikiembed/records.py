@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # The manifest layout this wikiembed writes and reads.
 FORMAT = 1
@@ -102,6 +102,86 @@ class SnapshotRecord(_Record):
     bytes: int
 
 
+class VectorKind(_Record):
+    """What produced a set of vectors, recorded with every shard (`Marker.vectors`) and for the
+    generation (`Manifest.vectors`).
+
+    Vectors are interchangeable (may share a store, may be reused for unchanged
+    text) when model, revision and everything that shapes them agree: pooling,
+    whether pooling sees the prompt, Dense layers, normalization, truncation and
+    the prompt put before each text. The backend and compute dtype are recorded
+    for provenance only, as they move a vector by float rounding, not in kind.
+    Records written before a field existed read it as its default (what the
+    engine did then: no prompt, no Dense, no truncation); a null reads as absent.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, protected_namespaces=())
+
+    backend: str | None  # local | tei | modal
+    model: str | None
+    revision: str | None
+    pooling: str | None  # sentence-transformers mode(s): mean, cls, max, ..., "+"-joined when concatenated
+    normalize: bool | None  # whether vectors are L2-normalized
+    dtype: str | None  # compute dtype (float32, bfloat16, ...) or "unknown" where the server does not say
+    prompt: str = ""  # the text put before every document
+    include_prompt: bool = True  # whether pooling saw the prompt's tokens
+    dense: tuple[str, ...] = ()  # each Dense layer as "in->out Activation"
+    truncate_dim: int | None = None
+
+    def __init__(self, backend: str | None = None, model: str | None = None, revision: str | None = None,
+                 pooling: str | None = None, normalize: bool | None = None, dtype: str | None = None, prompt: str = "",
+                 include_prompt: bool = True, dense: tuple[str, ...] = (), truncate_dim: int | None = None, **extra: Any) -> None:
+        super().__init__(backend=backend, model=model, revision=revision, pooling=pooling, normalize=normalize, dtype=dtype,
+                         prompt=prompt, include_prompt=include_prompt, dense=tuple(dense), truncate_dim=truncate_dim, **extra)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_absent(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            required = ("backend", "model", "revision", "pooling", "normalize", "dtype")
+            data = {k: v for k, v in data.items() if v is not None or k in required}
+            for name in required:
+                data.setdefault(name, None)
+        return data
+
+    @classmethod
+    def of_model(cls, info: Any, backend: str, dtype: str, prompt: str = "") -> "VectorKind":
+        """The kind of vectors a backend makes from a model (a `wikiembed.model.ModelInfo`)."""
+        return cls(
+            backend, info.model_id, info.revision, info.pooling, info.normalize, dtype, prompt,
+            info.include_prompt, tuple(layer.describe() for layer in info.dense), info.truncate_dim,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VectorKind":
+        return cls.model_validate(data)
+
+    def with_prompt(self, prompt: str) -> "VectorKind":
+        return self.model_copy(update={"prompt": prompt})
+
+    def _shape(self) -> tuple:
+        return (self.model, self.revision, self.pooling, self.normalize, self.prompt, self.include_prompt, self.dense, self.truncate_dim)
+
+    def agrees_with(self, other: "VectorKind") -> bool:
+        return self._shape() == other._shape()
+
+    def describe(self) -> str:
+        norm = "L2-normalized" if self.normalize else "not normalized"
+        parts = [f"{self.backend} backend", f"{self.model} at {self.revision}", f"{self.pooling} pooling"]
+        if not self.include_prompt:
+            parts.append("prompt left out of pooling")
+        parts += [f"Dense {layer}" for layer in self.dense]
+        parts.append(norm)
+        if self.truncate_dim:
+            parts.append(f"cut to {self.truncate_dim} dimensions")
+        parts.append(f"prompt {self.prompt!r}" if self.prompt else "no prompt")
+        parts.append(str(self.dtype))
+        return ", ".join(parts)
+
+
 class ShardPlan(_Record):
     """The source's snapshot rows cut into shards: the unit of work, retry and rerun."""
 
@@ -136,9 +216,9 @@ class Manifest(_Record):
     versions: dict[str, str] = Field(default_factory=dict)  # of the libraries that planned it
     generation: str | None = None
     previous_generation: str | None = None  # the published generation whose vectors it may reuse
-    # The kind of vectors it holds (`VectorKind.as_dict()`): set by the first shard embedded, or
-    # carried over from the previous generation.
-    vectors: dict[str, Any] | None = None
+    # The kind of vectors it holds: set by the first shard embedded, or carried over from the
+    # previous generation.
+    vectors: VectorKind | None = None
     updated: str | None = None
 
     def changed(self, **changes: Any) -> "Manifest":  # noqa: D102 - typed for callers
@@ -171,7 +251,7 @@ class Marker(_Record):
     mtime_ns: int | None = None
     inode: int | None = None
     model: str | None = None
-    vectors: dict[str, Any] | None = None  # the kind of vectors (`VectorKind.as_dict()`)
+    vectors: VectorKind | None = None  # the kind of vectors its data file holds
     seconds: float = 0.0
 
 

@@ -216,10 +216,16 @@ def test_an_older_manifest_opens_with_defaults_and_keeps_fields_it_does_not_know
     assert manifest.model.document_prompt == "" and manifest.model.shape is None and manifest.compact is None
     assert manifest.vectors is None and manifest.skipped == {} and len(manifest.plan) == 3 and manifest.plan.rows_of(1) == 2
     assert (manifest.source.spec, manifest.source.kind, manifest.chunking.chunk_size) == ("sample:6", None, 128)
-    store.write_manifest(manifest.changed(vectors={"backend": "local"},
+    # A kind of vectors as an older version wrote it: no prompt, Dense or truncation fields; nulls read as absent.
+    old_kind = {"backend": "local", "model": "hash-test", "revision": "r1", "pooling": "mean", "normalize": True,
+                "dtype": "float32", "truncate_dim": None, "a_later_kind_field": 3}
+    store.write_manifest(manifest.changed(vectors=old_kind,
                                           compact=CompactRecord(dimensions=[4], precisions=["int8"], int8={"chunks": 1})))
     again = _raw_manifest(store)
-    assert again["written_by_a_later_version"] == {"keep": True} and again["vectors"] == {"backend": "local"}
+    assert again["written_by_a_later_version"] == {"keep": True} and again["vectors"]["a_later_kind_field"] == 3
+    kind = store.read_manifest().vectors
+    assert (kind.prompt, kind.include_prompt, kind.dense, kind.truncate_dim) == ("", True, (), None)
+    assert kind.agrees_with(VectorKind("tei", "hash-test", "r1", "mean", True, "bfloat16"))  # backend, dtype: provenance
     assert again["source"]["a_later_source_field"] == 1 and again["chunking"]["a_later_chunking_field"] == "x"
     assert again["compact"] == {"dimensions": [4], "precisions": ["int8"], "int8": {"chunks": 1}}
     assert store.read_manifest().int8 == {"chunks": 1}

@@ -8,80 +8,12 @@ picks a backend (`factory.py`) sits above both.
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from wikiembed.errors import BackendError
-
-
-@dataclass(frozen=True)
-class VectorKind:
-    """What produced a set of vectors, recorded with every shard.
-
-    Vectors are interchangeable (may share a store, may be reused for unchanged
-    text) when model, revision and everything that shapes them agree: pooling,
-    whether pooling sees the prompt, Dense layers, normalization, truncation and
-    the prompt put before each text. The backend and compute dtype are recorded
-    for provenance only, as they move a vector by float rounding, not in kind.
-    Records written before a field existed read it as its default (what the
-    engine did then: no prompt, no Dense, no truncation).
-    """
-
-    backend: str  # local | tei | modal
-    model: str
-    revision: str
-    pooling: str  # sentence-transformers mode(s): mean, cls, max, ..., "+"-joined when concatenated
-    normalize: bool  # whether vectors are L2-normalized
-    dtype: str  # compute dtype (float32, bfloat16, ...) or "unknown" where the server does not say
-    prompt: str = ""  # the text put before every document
-    include_prompt: bool = True  # whether pooling saw the prompt's tokens
-    dense: tuple[str, ...] = ()  # each Dense layer as "in->out Activation"
-    truncate_dim: int | None = None
-
-    @classmethod
-    def of_model(cls, info: Any, backend: str, dtype: str, prompt: str = "") -> "VectorKind":
-        """The kind of vectors a backend makes from a model (a `wikiembed.model.ModelInfo`)."""
-        return cls(
-            backend, info.model_id, info.revision, info.pooling, info.normalize, dtype, prompt,
-            info.include_prompt, tuple(layer.describe() for layer in info.dense), info.truncate_dim,
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["dense"] = list(self.dense)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "VectorKind":
-        values = {name: data[name] for name in cls.__dataclass_fields__ if data.get(name) is not None}
-        values["dense"] = tuple(values.get("dense", ()))
-        for name in ("backend", "model", "revision", "pooling", "normalize", "dtype"):
-            values.setdefault(name, None)
-        return cls(**values)  # type: ignore[arg-type]
-
-    def with_prompt(self, prompt: str) -> "VectorKind":
-        return replace(self, prompt=prompt)
-
-    def _shape(self) -> tuple:
-        return (self.model, self.revision, self.pooling, self.normalize, self.prompt, self.include_prompt, self.dense, self.truncate_dim)
-
-    def agrees_with(self, other: "VectorKind") -> bool:
-        return self._shape() == other._shape()
-
-    def describe(self) -> str:
-        norm = "L2-normalized" if self.normalize else "not normalized"
-        parts = [f"{self.backend} backend", f"{self.model} at {self.revision}", f"{self.pooling} pooling"]
-        if not self.include_prompt:
-            parts.append("prompt left out of pooling")
-        parts += [f"Dense {layer}" for layer in self.dense]
-        parts.append(norm)
-        if self.truncate_dim:
-            parts.append(f"cut to {self.truncate_dim} dimensions")
-        parts.append(f"prompt {self.prompt!r}" if self.prompt else "no prompt")
-        parts.append(self.dtype)
-        return ", ".join(parts)
+from wikiembed.records import VectorKind  # noqa: F401 - part of the backend interface
 
 
 @runtime_checkable

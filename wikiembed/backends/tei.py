@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import dataclasses
 import concurrent.futures
 import logging
 import random
@@ -371,7 +370,7 @@ class TEIBackend:
             if model.truncate_dim and self.dim > model.truncate_dim:
                 self.dim = model.truncate_dim
             self.kind = VectorKind.of_model(model, "tei", str(info.get("model_dtype") or "unknown"))
-            self.kind = dataclasses.replace(self.kind, revision=revision, pooling=pooling, normalize=True)
+            self.kind = self.kind.model_copy(update={"revision": revision, "pooling": pooling, "normalize": True})
         else:
             self.kind = VectorKind("tei", self.model_id, revision, pooling, True, str(info.get("model_dtype") or "unknown"))
         # Slots, interleaved so consecutive batches go to different servers.
