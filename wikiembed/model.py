@@ -139,10 +139,16 @@ class ModelInfo:
             return self.prompts.get(self.default_prompt_name, "")
         return ""
 
-    def refusals(self, trust_remote_code: bool = False) -> list[str]:
+    def refusals(self, trust_remote_code: bool = False, backend: str = "local") -> list[str]:
         """Why the engine cannot embed this model exactly as sentence-transformers does (empty: it can)."""
         found = list(self.unsupported)
-        if self.remote_code and not trust_remote_code:
+        if self.remote_code and backend == "modal":
+            found.append(
+                "its config.json maps classes to code inside the model folder (auto_map), and the deployed Modal "
+                "shard classes load models without running their code; embed it with --backend local "
+                "--trust-remote-code on a machine you trust it on"
+            )
+        elif self.remote_code and not trust_remote_code:
             found.append(
                 "its config.json maps classes to code inside the model folder (auto_map): that code would run "
                 "on this machine; pass --trust-remote-code if you trust it"
@@ -151,7 +157,7 @@ class ModelInfo:
 
     def check_supported(self, trust_remote_code: bool = False, backend: str = "local") -> None:
         """Refuse, naming each part and the way out, a model whose vectors would not be sentence-transformers'."""
-        found = self.refusals(trust_remote_code)
+        found = self.refusals(trust_remote_code, backend)
         if found:
             way_out = (
                 "use a model without these parts, or --backend tei with a TEI server that supports them"
