@@ -33,7 +33,7 @@ os.environ.setdefault("WIKIEMBED_CACHE", str(Path(_HOME) / "wikiembed-cache"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # xdist workers share the cores: each gets its share of torch/OpenMP threads (read when torch starts, and
 # inherited by the CLI subprocesses a test starts). Two workers of two threads each on two cores spend about
-# a third more CPU on the same tests, OpenMP's threads spinning while they wait for a core.
+# half again as much CPU on the same tests, OpenMP's threads spinning while they wait for a core.
 if (_workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 

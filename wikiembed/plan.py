@@ -21,20 +21,19 @@ import shlex
 import shutil
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wikiembed.embedding import text_key
-from wikiembed.compact import form_by_name, parse_compact
+from wikiembed.compact import CompactSpec, form_by_name, parse_compact, spec_from_manifest
 from wikiembed.sources import RowReport, Source, fingerprint, parse_source, pin, write_snapshot
 from wikiembed.errors import InputError, StoreError
 from wikiembed.model import ModelInfo, model_info
 from wikiembed.settings import DEFAULT_SHARD_ROWS, RunSettings
 from wikiembed.chunking import Chunking, make_chunking, plan_shards
-from wikiembed.records import CompactRecord, Manifest, ModelRecord, ShardPlan, SnapshotRecord, SourceRecord
+from wikiembed.records import Manifest, ModelRecord, ShardPlan, SnapshotRecord, SourceRecord
 from wikiembed.store import Store, sha256_file, store_os_error
 
 
@@ -57,10 +56,10 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _identity(model_id: str, chunking: Chunking, compact: CompactRecord | None) -> tuple:
+def _identity(model_id: str, chunking: Chunking, compact: CompactSpec | None) -> tuple:
     # The model's revision is not part of a store's identity: a new revision (new weights) is a new
     # generation of the same store, embedded afresh.
-    return model_id, chunking, compact.forms() if compact else ((), ())
+    return model_id, chunking, (compact.dimensions, compact.precisions) if compact else ((), ())
 
 
 def model_record(info: ModelInfo, settings: RunSettings) -> ModelRecord:
@@ -131,12 +130,11 @@ def check_store(settings: RunSettings, info: ModelInfo, chunking: Chunking) -> N
         return  # nothing published, or a lost manifest that `prepare` rebuilds (or names the run that can)
     published = Store(root.root, current).read_manifest()
     compact = parse_compact(settings.output.dimensions, settings.output.precision, info.dim)
-    asked = _identity(info.model_id, chunking, CompactRecord.model_validate(compact.as_dict()) if compact else None)
-    if _identity(published.model.model_id, published.chunking, published.compact) != asked:
-        forms = published.compact.model_dump(exclude={"int8"}) if published.compact else None
+    held = spec_from_manifest(published)
+    if _identity(published.model.model_id, published.chunking, held) != _identity(info.model_id, chunking, compact):
         raise InputError(
             f"store {root.root} holds model {published.model.model_id} with chunking "
-            f"{published.chunking.as_dict()} and compact forms {forms}; this run asks for "
+            f"{published.chunking.as_dict()} and compact forms {held.as_dict() if held else None}; this run asks for "
             f"{info.model_id} with {chunking.as_dict()} and {compact.as_dict() if compact else None}. "
             "One store holds one model, chunking and set of forms: use a new store for this one (--store, or "
             "`-p store=...` for a deployment run such as the sample's)."

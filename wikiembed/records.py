@@ -155,10 +155,6 @@ class VectorKind(_Record):
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "VectorKind":
-        return cls.model_validate(data)
-
     def with_prompt(self, prompt: str) -> "VectorKind":
         return self.model_copy(update={"prompt": prompt})
 
