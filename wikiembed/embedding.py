@@ -108,15 +108,21 @@ def check_kind(store: Store, manifest: Manifest, kind: VectorKind) -> None:
         )
 
 
-def record_vector_kind(store: Store) -> VectorKind | None:
-    """Write the kind of this generation's vectors into its manifest, from its done markers, if not there yet.
+def record_vector_kind(store: Store, kind: VectorKind | None = None) -> VectorKind | None:
+    """Write the kind of this generation's vectors into its manifest, if not there yet: `kind` (that
+    of the run's first finished shard), else the kind of its first done marker.
 
-    Called by the flow (which holds the store lock) before and after embedding,
-    so a run killed before it could record the kind still pins it on resume.
+    Called by the flow (which holds the store lock) before embedding, after the first shard is
+    done (so every later shard is checked against it: a model whose files change during a run
+    cannot fill one generation with two kinds), and after embedding, so a run killed before it
+    could record the kind still pins it on resume.
     """
     manifest = store.read_manifest()
     if manifest.vectors is not None:
         return manifest.vectors
+    if kind is not None:
+        store.write_manifest(manifest.changed(vectors=kind))
+        return kind
     # Names, not Paths, in order: sorting 10,000 Path objects took over a second.
     for name in sorted(p.name for p in (store.dir / "_done").glob("*.json")):
         stem = name.removesuffix(".json")

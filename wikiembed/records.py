@@ -23,6 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # The manifest layout this wikiembed writes and reads.
 FORMAT = 1
+# The `_done/` marker layout this wikiembed writes and reads; a marker without the field is of
+# layout 1 (the first). A marker of another layout vouches for nothing here (`Store.states`).
+MARKER_FORMAT = 1
 
 
 class _Record(BaseModel):
@@ -233,8 +236,9 @@ class Manifest(_Record):
 class Marker(_Record):
     """A shard's `_done/NNNNN.json`: the data file it vouches for (size, sha256, and the stat that
     lets a resume trust it without rehashing) and what went into it. Written after the data file;
-    a shard is done exactly when its marker matches its file (`Store.read_done`)."""
+    a shard is done exactly when its marker matches its file and its generation (`Store.read_done`)."""
 
+    format: int = MARKER_FORMAT
     shard: int
     rows: int  # source rows of the shard
     chunks: int

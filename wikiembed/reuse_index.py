@@ -54,7 +54,7 @@ class ReuseIndex:
     def _done(self) -> tuple[list[tuple[int, str]], str]:
         """(shard, data file sha256) of every done shard, what the index covers, and their fingerprint."""
         manifest = self.store.read_manifest()
-        found = ((k, self.store.read_done(k)) for k in range(len(manifest.plan.shards)))
+        found = ((k, self.store.read_done(k, manifest)) for k in range(len(manifest.plan.shards)))
         done = [(k, marker.sha256) for k, marker in found if marker is not None]
         return done, hashlib.sha256(json.dumps(done).encode()).hexdigest()
 

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from wikiembed import atomic
 from wikiembed.errors import InputError, StoreError
-from wikiembed.records import FORMAT, Manifest, Marker
+from wikiembed.records import FORMAT, MARKER_FORMAT, Manifest, Marker, VectorKind
 
 _HASH_BLOCK = 1 << 22
 
@@ -308,14 +308,19 @@ class Store:
             raise store_os_error(exc, self.root) from exc
 
     # markers ---------------------------------------------------------------------
-    def read_done(self, shard: int) -> Marker | None:
-        """The done marker if (and only if) it matches its data file; otherwise None.
+    def read_done(self, shard: int, manifest: Manifest | None = None) -> Marker | None:
+        """The done marker if (and only if) it matches its data file and its generation; otherwise None.
 
         Like git's index, a file whose size, mtime and inode equal the marker's
         record is trusted without rehashing (resuming 1,000 shards must not read
-        them all); any difference triggers a full sha256 check.
+        them all); any difference triggers a full sha256 check. With the generation's
+        `manifest`, a marker whose vectors are of another kind than the ones the generation
+        holds vouches for nothing either (`misfit`).
         """
-        return self._read_done_at(shard, str(self.done_path(shard)), str(self.data_path(shard)))
+        marker = self._read_done_at(shard, str(self.done_path(shard)), str(self.data_path(shard)))
+        if marker is not None and manifest is not None and misfit(marker, manifest.vectors):
+            return None
+        return marker
 
     def _read_done_at(self, shard: int, done_file: str, data_file: str) -> Marker | None:
         # Plain strings: `states()` calls this for every shard, and pathlib's joins cost more than the check.
@@ -384,7 +389,11 @@ class Store:
         A marker is trusted by its file's stat (see `read_done`); `verify=True` rehashes every
         data file instead, which finds silent corruption at the cost of reading the whole store.
         """
-        planned = (manifest or self.read_manifest()).plan.shards
+        manifest = manifest or self.read_manifest()
+        planned = manifest.plan.shards
+        # The kind every done shard must hold: the generation's, or (before a run could pin it) the
+        # first done shard's, so a store of two kinds never reads as complete.
+        reference = manifest.vectors
         done_names = {p.name for p in (self.dir / "_done").glob("*.json")}
         failed_names = {p.name for p in (self.dir / "_failed").glob("*.json")}
         done_dir, data_dir = str(self.dir / "_done"), str(self.dir / "data")
@@ -397,11 +406,13 @@ class Store:
                 marker = self.verify_done(k)
             else:
                 marker = self._read_done_at(k, os.path.join(done_dir, name), os.path.join(data_dir, f"{k:05d}.parquet"))
-            if marker is not None:
+            problem = misfit(marker, reference) if marker is not None else None
+            if marker is not None and not problem:
+                reference = reference or marker.vectors
                 out.append(ShardState(k, "done", end - start, marker.chunks, marker=marker))
                 continue
             if name in done_names:
-                out.append(ShardState(k, "changed", end - start, None, "data file missing or changed since marked done"))
+                out.append(ShardState(k, "changed", end - start, None, problem or "data file missing or changed since marked done"))
                 continue
             failed = self.read_failed(k) if name in failed_names else None
             if failed is not None:
@@ -504,6 +515,19 @@ def manifest_of(record: Any, where: str) -> Manifest:
             f"{where}: manifest.json is damaged at {field} ({problem['msg']}); restore it from a backup, or run the same "
             "`wikiembed run` that made the store again to rebuild it."
         ) from None
+
+
+def misfit(marker: Marker, kind: VectorKind | None) -> str | None:
+    """Why a valid marker still does not vouch for its shard in this generation, or None when it does:
+    a marker layout this wikiembed does not read, or vectors of another kind than `kind` (the
+    generation's: another model revision, pooling, prompt ...)."""
+    if marker.format != MARKER_FORMAT:
+        return (f"its _done marker has layout {marker.format}, not {MARKER_FORMAT} (the one this wikiembed reads); "
+                "upgrade wikiembed, or redo the shard")
+    if kind is not None and marker.vectors is not None and not kind.agrees_with(marker.vectors):
+        return (f"its vectors come from {marker.vectors.describe()}, but the generation holds vectors from "
+                f"{kind.describe()}; redo the shard with the generation's own model")
+    return None
 
 
 def _marker(record: Any) -> Marker | None:

@@ -71,10 +71,10 @@ def run_shard(
     """
     store = Store(root, gen, sync)
     store.refresh()
-    marker = store.read_done(shard)
+    manifest = store.read_manifest()
+    marker = store.read_done(shard, manifest)
     if marker is not None:
         return marker
-    manifest = store.read_manifest()
     if isinstance(backend, BackendOptions):
         backend = backend.open(manifest.model.model_id)
     start, end = manifest.plan.shards[shard]

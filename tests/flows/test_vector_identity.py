@@ -82,6 +82,48 @@ def test_new_weights_in_the_same_folder_reembed_everything(prefect_api, model_co
     assert third["embedded_chunks"] == 0
 
 
+def test_weights_swapped_during_a_run_never_fill_one_generation_with_two_kinds(prefect_api, model_copy, tmp_path, monkeypatch):
+    """The model's files replaced after two shards are done: the shards after it are refused (the
+    generation's kind is pinned by its first shard), nothing of the new weights is marked done, and
+    status, export and a repeat run all see the store as unfinished."""
+    from wikiembed.executors.in_process import InProcess
+    from wikiembed.flows.cli import main as cli_main
+
+    real, finished = InProcess.run_shard, []
+
+    def run_then_swap(self, job):  # noqa: ANN001, ANN202
+        marker = real(self, job)
+        finished.append(job.shard)
+        if len(finished) == 2:
+            _perturb_weights(model_copy)
+        return marker
+
+    monkeypatch.setattr(InProcess, "run_shard", run_then_swap)
+    store = tmp_path / "store"
+    with pytest.raises(ShardsFailed) as ended:
+        embed_dataset(source="sample:40", store=str(store), model=str(model_copy), shard_rows=10, compute={"concurrency": 1})
+    summary = ended.value.summary
+    assert summary["shards_done"] == 2 and summary["failed_shards"] == [2, 3]
+    gen_dir = Store(store, summary["generation"]).dir
+    manifest = json.loads((gen_dir / "manifest.json").read_text())
+    revisions = {json.loads(p.read_text())["vectors"]["revision"] for p in (gen_dir / "_done").glob("*.json")}
+    assert revisions == {manifest["model"]["revision"]} == {manifest["vectors"]["revision"]}
+    failed = json.loads((gen_dir / "_failed" / "00002.json").read_text())["error"]
+    assert "new --store" in failed or "generation" in failed
+
+    # A marker written by another revision (or a layout this wikiembed does not read) vouches for nothing.
+    monkeypatch.setattr(InProcess, "run_shard", real)
+    foreign = json.loads((gen_dir / "_done" / "00000.json").read_text())
+    (gen_dir / "_done" / "00000.json").write_text(json.dumps({**foreign, "vectors": {**foreign["vectors"], "revision": "sha256:0000"}}))
+    (gen_dir / "_done" / "00001.json").write_text(json.dumps({**json.loads((gen_dir / "_done" / "00001.json").read_text()), "format": 99}))
+    states = {s.shard: s for s in Store(store, summary["generation"]).states()}
+    assert states[0].state == states[1].state == "changed"
+    assert "sha256:0000" in states[0].error and "layout 99" in states[1].error
+    assert cli_main(["status", "--store", str(gen_dir), "--verify"]) == 1
+    assert cli_main(["export", "--store", str(gen_dir), "--to", str(tmp_path / "out")]) != 0
+    assert not (tmp_path / "out" / "data").exists()
+
+
 def test_vectors_of_another_kind_are_refused_and_kinds_that_agree_share_a_store(prefect_api, model_copy, tmp_path):
     # A model without a Normalize module: the local engine leaves its vectors unnormalized, TEI normalizes.
     modules = json.loads((model_copy / "modules.json").read_text())

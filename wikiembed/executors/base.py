@@ -32,7 +32,7 @@ from wikiembed import reuse_index
 from wikiembed.backends.factory import BackendOptions
 from wikiembed.errors import BackendError, InputError, TransientBackendError, WikiembedError
 from wikiembed.volume_store import check_store_for_backend
-from wikiembed.records import Manifest, Marker
+from wikiembed.records import Manifest, Marker, VectorKind
 
 if TYPE_CHECKING:
     from wikiembed.settings import RunSettings
@@ -140,9 +140,10 @@ class Executor(ABC):
         """Chunk, embed and checkpoint one shard; return its marker. Runs inside the flow's embed
         task (retried there); reports chunks to `wikiembed.progress.Progress.current()`."""
 
-    def pin_kind(self, store: StoreView) -> None:
-        """Record the generation's kind of vectors in its manifest from its markers, where this
-        machine can read them (else the export step does, where the store is)."""
+    def pin_kind(self, store: StoreView, kind: VectorKind | None = None) -> None:
+        """Record the generation's kind of vectors in its manifest (`kind`, that of the run's first
+        finished shard, or else its markers'), where this machine can write it (else the export step
+        does, where the store is; the flow checks every shard's kind against the first meanwhile)."""
 
     @abstractmethod
     def prepare_rerun(self, store: StoreView, manifest: Manifest, shards: list[int]) -> str | None:

@@ -20,7 +20,7 @@ from wikiembed.executors.base import Executor, Planned, StoreView
 from wikiembed.model import model_info
 from wikiembed.plan import check_snapshot
 from wikiembed.store import Store
-from wikiembed.records import Manifest
+from wikiembed.records import Manifest, VectorKind
 
 
 class OnDisk(Executor):
@@ -37,8 +37,8 @@ class OnDisk(Executor):
     def calibrate(self, root: str, gen: str) -> dict[str, Any] | None:
         return calibrate(Store(root, gen), self.backend)
 
-    def pin_kind(self, store: StoreView) -> None:
-        record_vector_kind(Store(store.root, store.gen))
+    def pin_kind(self, store: StoreView, kind: VectorKind | None = None) -> None:
+        record_vector_kind(Store(store.root, store.gen), kind)
 
     def prepare_rerun(self, store: StoreView, manifest: Manifest, shards: list[int]) -> str | None:
         # A shard's old file and marker stay until its new file replaces them (atomically), so a
