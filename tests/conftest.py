@@ -63,6 +63,7 @@ FILE_SECONDS = {
     "tests/flows/test_incremental.py": 27,
     "tests/flows/test_snapshot_stops.py": 27,
     "tests/flows/test_hub_daily.py": 23,
+    "tests/test_packaging.py": 22,
     "tests/wikiembed/test_publish.py": 19,
     "tests/flows/test_executors.py": 17,
     "tests/flows/test_tei_workers.py": 16,
