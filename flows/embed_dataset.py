@@ -45,6 +45,7 @@ from wikiembed.executors.base import MAX_CONCURRENCY, Executor, ShardJob, StoreV
 from wikiembed.index import require_library
 from wikiembed.model import load_tokenizer
 from wikiembed.progress import Progress
+from wikiembed.publish import check_target
 from wikiembed.settings import RunSettings, ShardSelection, parse_shards
 from wikiembed.store import ShardState
 from wikiembed.tasks.calibrate import calibrate_task
@@ -54,7 +55,7 @@ from wikiembed.tasks.evaluate import eval_task
 from wikiembed.tasks.export import export_task
 from wikiembed.tasks.index import index_task
 from wikiembed.tasks.retry import attempts_of
-from wikiembed.volume_store import open_store
+from wikiembed.volume_store import open_store, parse_spec
 from wikiembed.records import Manifest, ShardResult
 
 # Each shard in flight holds a pool thread (its embed task); see the executors' concurrency.
@@ -457,6 +458,8 @@ def embed_dataset(**options: Any) -> dict[str, Any] | State:
     executor = executor_for(settings)
     _use_tokenizer(settings)
     started = time.perf_counter()
+    if parse_spec(settings.store) is None:  # a Volume store publishes from Modal with its token there; `prepare` checks it
+        check_target(settings.upload_to, settings.store)  # where it publishes, before any work: not after every shard
     executor.check()  # before the store is touched: a store it cannot reach, a model it cannot load
     with executor.store(settings.store).lock() as lease:
         planned = download_task(executor)

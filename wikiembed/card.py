@@ -211,11 +211,9 @@ def card_text(
 
 
 def write_card_if_changed(path: Path, text: str) -> None:
-    # At a store's top, README.md is a link into the published generation (wikiembed/store.py):
-    # write through it, never over it.
-    if path.is_symlink():
-        path = path.resolve()
-    if path.exists() and path.read_text(encoding="utf-8") == text:
+    # `path` is a generation's own card (`Store.card_path`), never the link at a store's top:
+    # a link there is someone else's, and `atomic` refuses to write through it.
+    if path.exists() and not path.is_symlink() and path.read_text(encoding="utf-8") == text:
         return
     atomic.write_text(path, text)
 
@@ -241,7 +239,7 @@ def write_card(store: Path, *, repo_id: str | None = None) -> Path:
     except (OSError, ValueError, AttributeError):
         fresh = False
     if not fresh:
-        write_card_if_changed(card, card_text(s, manifest, states, repo_id, evaluation))
+        write_card_if_changed(s.card_path, card_text(s, manifest, states, repo_id, evaluation))
         atomic.write_json(sidecar, {"key": key})
     return card
 

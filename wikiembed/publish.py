@@ -243,9 +243,9 @@ def _build_staging(store: Store, staging: Path, done: Sequence[ShardState], file
     for path in sorted((staging / "data").rglob("*"), reverse=True):
         rel = path.relative_to(staging).as_posix()
         if path.is_file() and rel not in current:
-            path.unlink()
+            atomic.remove(path)
         elif path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
+            atomic.remove_empty_dir(path)
     _save_state(staging, current)
     logger.info("staging %s: %d files (%d rebuilt, %d unchanged)", staging, len(plan), rebuilt, len(plan) - rebuilt)
     return current
@@ -294,6 +294,55 @@ def _refuse_foreign_dir(dest: Path, replace: bool) -> None:
         )
 
 
+def _refuse_hub_options(target: str, *, private: bool, revision: str | None, create_pr: bool) -> None:
+    """--private, --revision and --create-pr are about a Hub repo: a `dir:` folder has no visibility,
+    branches or pull requests, so they are refused there rather than silently ignored."""
+    given = [flag for flag, on in (("--private", private), ("--revision", revision), ("--create-pr", create_pr)) if on]
+    if given:
+        raise InputError(
+            f"{', '.join(given)} with {target!r}: {'they apply' if len(given) > 1 else 'it applies'} only to a Hub "
+            "dataset repo (hub:ORG/NAME), and a folder has no visibility, branches or pull requests; drop "
+            f"{'them' if len(given) > 1 else 'it'}, or publish to hub:ORG/NAME."
+        )
+
+
+def _hub_token(target: str) -> tuple[str, str]:
+    """(token, where it came from) for publishing to `target`; refused when there is none."""
+    token, source = token_and_source()
+    if not token:
+        raise UploadError(
+            f"no Hugging Face token for {target}: set HF_TOKEN, or store one in Prefect with "
+            f"`Secret(value=...).save({SECRET_BLOCK!r})` (a Secret block named {SECRET_BLOCK!r})."
+        )
+    return token, source
+
+
+def _refuse_unwritable_dir(dest: Path) -> None:
+    """A `dir:` folder that exists must be writable; one that does not must be creatable."""
+    existing = next(p for p in (dest, *dest.parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"--to {dest}: {existing} is a file, so the folder cannot be made there; give a folder path.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == dest else f"cannot be created: {existing} is not writable"
+        raise InputError(f"--to {dest} {what}; make that folder writable or publish to a writable one.")
+
+
+def check_target(target: str | None, store: str | Path) -> None:
+    """Before any work: refuse a publishing target that `publish` would refuse at the end of a run: a
+    target that is not hub:ORG/NAME or dir:PATH, a `dir:` folder inside the store, that cannot be
+    written or created, or that holds files wikiembed did not write, a `hub:` repo with no token.
+    Whether the Hub accepts the token is checked when publishing, before any data moves."""
+    if not target:
+        return
+    kind, where = _parse_target(target, Path(store))
+    if kind == "hub":
+        _hub_token(target)
+        return
+    dest = Path(where)
+    _refuse_foreign_dir(dest, replace=False)
+    _refuse_unwritable_dir(dest)
+
+
 @contextlib.contextmanager
 def _explained_os_errors(store: Path, dest: Path | None) -> Iterator[None]:
     """An OS error while exporting names the path and the fix (read-only folder, full disk)."""
@@ -339,10 +388,10 @@ def _copy_to_dir(staging: Path, files: dict[str, dict[str, Any]], dest: Path) ->
     for path in sorted(data.rglob("*"), reverse=True) if data.exists() else []:
         rel = path.relative_to(dest).as_posix()
         if path.is_file() and _PUBLISHED_NAME.match(path.name) and rel not in files:
-            path.unlink()
+            atomic.remove(path)
             changed = True
         elif path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
+            atomic.remove_empty_dir(path)
     return changed
 
 
@@ -374,6 +423,8 @@ def publish(
     """
     store = Path(store)
     kind, where = _parse_target(target, store)
+    if kind == "dir":
+        _refuse_hub_options(target, private=private, revision=revision, create_pr=create_pr)
     if create_pr and revision:
         raise InputError(
             f"revision {revision!r} with create_pr: a pull request is always opened against the main "
@@ -394,20 +445,23 @@ def publish(
         _refuse_foreign_dir(Path(where), replace)
 
     token_source = "the token argument"
-    if kind == "hub":
-        if token is None:
-            token, token_source = token_and_source()
-        if not token:
-            raise UploadError(
-                f"no Hugging Face token for {target}: set HF_TOKEN, or store one in Prefect with "
-                f"`Secret(value=...).save({SECRET_BLOCK!r})` (a Secret block named {SECRET_BLOCK!r})."
-            )
+    if kind == "hub" and not token:
+        token, token_source = _hub_token(target)
 
-    staging = store / STAGING_DIR
+    # The generation's card and the staging folder (the store's folder as resolved, so a link
+    # above the store is the user's), and where a `dir:` export writes and deletes: no link
+    # someone else put there is followed, and one found is refused before anything changes.
+    staging = source.named / STAGING_DIR
+    card = source.card_path
+    atomic.refuse_links(card)
+    atomic.refuse_links(staging, inside=True)
+    if kind == "dir":
+        for path in (Path(where) / EXPORT_MARKER, Path(where) / "README.md"):
+            atomic.refuse_links(path)
+        atomic.refuse_links(Path(where) / "data", inside=True)
     # Its own lock, not the store's: a run holds that one while its flow publishes.
     with _explained_os_errors(store, Path(where) if kind == "dir" else None), StoreLock(staging / ".lock"):
         files = _build_staging(source, staging, done, file_bytes)
-        card = store / "README.md"
         write_card_if_changed(
             card, card_text(source, manifest, states, where if kind == "hub" else None, read_eval(source.dir))
         )

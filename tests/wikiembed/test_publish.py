@@ -514,6 +514,87 @@ def test_export_never_overwrites_a_folder_it_did_not_write(store: Path, tmp_path
     assert publish(store, f"dir:{theirs}")["committed"] is False
 
 
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _store_root(tmp_path: Path) -> Path:
+    """A store root as a run leaves it: gens/g1 published through `current` and the links at the top."""
+    from wikiembed.store import Store
+
+    generation = Store(tmp_path / "root", gen="g1")
+    generation.dir.parent.mkdir(parents=True)
+    shutil.copytree(make_store(tmp_path / "plain"), generation.dir)
+    generation.set_pointer("current", "g1")
+    return generation.root
+
+
+def test_export_writes_and_deletes_through_no_link_it_did_not_make(tmp_path: Path) -> None:
+    """A link planted in the store (the card, the staging folder) or in an export's data folder is
+    refused by name before anything is written or deleted; the files it leads to stay as they were."""
+    root = _store_root(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "notes.txt").write_text("someone's notes")
+    (elsewhere / "train-00007-of-00009.parquet").write_bytes(b"someone's rows")
+    before = _files(elsewhere)
+    out = tmp_path / "out"
+
+    # the generation's card, a link to a file outside the store
+    card = root / "gens" / "g1" / "README.md"
+    card.unlink(missing_ok=True)
+    card.symlink_to(elsewhere / "notes.txt")
+    with pytest.raises(InputError, match=rf"{card} is a symbolic link .*replace the link with a real folder or file"):
+        publish(root, f"dir:{out}")
+    assert _files(elsewhere) == before and not out.exists() and not (root / "_publish").exists()
+    card.unlink()
+
+    # the staging folder, a link to someone's folder
+    (root / "_publish").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(InputError, match=rf"{root / '_publish'} is a symbolic link"):
+        publish(root, f"dir:{out}")
+    assert _files(elsewhere) == before and not out.exists()
+    (root / "_publish").unlink()
+
+    # an export of ours whose data/ became a link: its stale files would be deleted there
+    publish(root, f"dir:{out}")
+    shutil.rmtree(out / "data")
+    (out / "data").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(InputError, match=rf"{out / 'data'} is a symbolic link"):
+        publish(root, f"dir:{out}")
+    assert _files(elsewhere) == before
+    (out / "data").unlink()
+    assert publish(root, f"dir:{out}")["committed"] is True  # once the link is gone, the export completes
+
+
+def test_atomic_writes_and_removals_refuse_a_link_on_the_path(tmp_path: Path) -> None:
+    from wikiembed import atomic
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "kept.json").write_text("{}")
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    for act in (lambda: atomic.write_text(tmp_path / "link" / "new.txt", "x"),
+                lambda: atomic.write_json(tmp_path / "link" / "kept.json", {"a": 1}),
+                lambda: atomic.remove(tmp_path / "link" / "kept.json")):
+        with pytest.raises(InputError, match=rf"{tmp_path / 'link'} is a symbolic link \(to {tmp_path / 'real'}\)"):
+            act()
+    (tmp_path / "file.txt").symlink_to(tmp_path / "real" / "kept.json")
+    with pytest.raises(InputError, match="file.txt is a symbolic link"):
+        atomic.write_text(tmp_path / "file.txt", "x")
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["kept.json"]
+    assert (tmp_path / "real" / "kept.json").read_text() == "{}"
+    atomic.remove(tmp_path / "file.txt")  # a link itself may go: what it points to stays
+    assert (tmp_path / "real" / "kept.json").exists() and not (tmp_path / "file.txt").is_symlink()
+
+
+def test_hub_options_with_a_folder_target_are_refused(store: Path, tmp_path: Path) -> None:
+    for options, named in (({"private": True}, "--private"), ({"create_pr": True}, "--create-pr"),
+                           ({"revision": "dev"}, "--revision"), ({"private": True, "create_pr": True}, "--private, --create-pr")):
+        with pytest.raises(InputError, match=rf"{named} with 'dir:.*only to a Hub dataset repo \(hub:ORG/NAME\)"):
+            publish(store, f"dir:{tmp_path / 'out'}", **options)
+    assert not (tmp_path / "out").exists() and not (store / "_publish").exists()
+
+
 def _tmpfs(path: Path, options: str) -> None:
     path.mkdir(parents=True, exist_ok=True)
     if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode:
