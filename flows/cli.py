@@ -133,6 +133,8 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--rescore", type=int, default=4, help="binary: rescore k x this many Hamming candidates with the float query (1: off)")
     search.add_argument("--device", choices=["cpu", "cuda"], help="where the query is embedded")
     search.add_argument("--exact", action="store_true", help="scan every vector even where an index of the form is built")
+    search.add_argument("--trust-remote-code", action="store_true",
+                        help="let the store's model run code shipped in its folder (auto_map), as its run was allowed to; only for models you trust")
     search.add_argument("--json", dest="json_path", metavar="PATH", help="also write the hits as JSON here")
 
     index = sub.add_parser("index", help="build an approximate index of a stored form, used by search and eval (needs wikiembed[index])")
@@ -152,6 +154,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", choices=["cpu", "cuda"], help="where the queries are embedded")
     ev.add_argument("--no-record", action="store_true", help="do not write eval.json and the dataset card")
     ev.add_argument("--exact", action="store_true", help="scan every vector even where an index of a form is built")
+    ev.add_argument("--trust-remote-code", action="store_true",
+                    help="let the stores' models run code shipped in their folders (auto_map), as their runs were allowed to; only for models you trust")
     ev.add_argument("--json", dest="json_path", metavar="PATH", help="also write the result as JSON here")
 
     from wikiembed.finetune import FinetuneSettings
@@ -386,7 +390,8 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 def _cmd_search(args: argparse.Namespace) -> int:
     from wikiembed.search import search
 
-    result = search(args.store, args.query, args.k, form=args.form, rescore=args.rescore, device=args.device, exact=args.exact)
+    result = search(args.store, args.query, args.k, form=args.form, rescore=args.rescore, device=args.device, exact=args.exact,
+                    trust_remote_code=args.trust_remote_code)
     _write_json(args.json_path, result)  # before printing: a reader that leaves early cannot cost the file
     if result["index_note"]:
         print(f"wikiembed search: warning: {result['index_note']}", file=sys.stderr)
@@ -415,7 +420,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     forms = [f.strip() for f in args.forms.split(",") if f.strip()]
     result = evaluate(args.store, sample=args.sample, seed=args.seed, forms=forms, rescore=args.rescore,
                       against=args.against, device=args.device, record=not args.no_record, exact=args.exact,
-                      queries=args.queries)
+                      queries=args.queries, trust_remote_code=args.trust_remote_code)
     _write_json(args.json_path, result)  # before printing: a reader that leaves early cannot cost the file
     if result.get("queries_unmatched"):
         print(f"wikiembed eval: warning: {result['queries_unmatched']} of {result['queries_read']} queries name no article "

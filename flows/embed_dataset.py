@@ -382,7 +382,8 @@ def _finish(executor: Executor, store: StoreView, run: dict[str, Any], started: 
     # Before the export, so the card it writes carries the check. It reads vectors, so only where
     # they are on this machine (a Volume store's stay in the cloud).
     here = executor.data_here and all_done
-    checked = eval_task(str(store.root), store.gen, settings.output.eval_sample) if here and settings.output.eval_sample else None
+    checked = (eval_task(str(store.root), store.gen, settings.output.eval_sample, settings.trust_remote_code)
+               if here and settings.output.eval_sample else None)
     indexed = index_task(str(store.root), store.gen, settings.output.index) if here and settings.output.index else None
     if all_done:
         export_task(executor, str(store.root), str(store.gen), settings.upload_to)

@@ -18,8 +18,9 @@ from wikiembed.evaluate import evaluate
 
 
 @task(name="eval")
-def eval_task(store: str, gen: str, sample: int) -> dict[str, Any]:
-    """Evaluate every stored form of `gen` on `sample` articles; return the headline figures."""
-    result = evaluate(store, gen=gen, sample=sample, forms=["all"])
+def eval_task(store: str, gen: str, sample: int, trust_remote_code: bool = False) -> dict[str, Any]:
+    """Evaluate every stored form of `gen` on `sample` articles; return the headline figures. `trust_remote_code`:
+    the run's own consent to the model's code (`--trust-remote-code`), which embeds the queries too."""
+    result = evaluate(store, gen=gen, sample=sample, forms=["all"], trust_remote_code=trust_remote_code)
     create_markdown_artifact("\n".join(eval_section(result)), key="wikiembed-eval", description="retrieval check")
     return {key: result[key] for key in ("n", "recall_at_1", "recall_at_10", "mrr")}

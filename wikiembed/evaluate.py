@@ -214,6 +214,7 @@ def evaluate(
     exact: bool = False,
     queries: str | Path | Sequence[JudgedQuery] | None = None,
     against_gen: str | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a store (and optionally a second one on the same queries); return the `--json` payload.
 
@@ -223,12 +224,13 @@ def evaluate(
     `record`: write the result to the generation's `eval.json` and refresh its dataset card.
     `gen`, `against_gen`: the generations to check (default: the published ones).
     `exact`: scan even where an approximate index of a form is built (see `wikiembed.search`).
+    `trust_remote_code`: the stores' models may run code shipped in their folders (see `StoreVectors`).
     """
-    vectors = StoreVectors(store, gen)
+    vectors = StoreVectors(store, gen, trust_remote_code=trust_remote_code)
     names = _forms(vectors, forms)
     other = None
     if against is not None:
-        other = StoreVectors(against, against_gen)
+        other = StoreVectors(against, against_gen, trust_remote_code=trust_remote_code)
         mine, theirs = vectors.manifest.source.fingerprint or "", other.manifest.source.fingerprint or ""
         if mine != theirs:
             raise InputError(

@@ -68,9 +68,13 @@ class Ranking:
 
 
 class StoreVectors:
-    """One generation of a store (the published one unless named), as something to search."""
+    """One generation of a store (the published one unless named), as something to search.
 
-    def __init__(self, store: str | Path, gen: str | None = None) -> None:
+    `trust_remote_code`: the store's model may run code shipped in its folder (`auto_map`) to embed
+    queries, as the run that embedded it was allowed to (`--trust-remote-code`)."""
+
+    def __init__(self, store: str | Path, gen: str | None = None, *, trust_remote_code: bool = False) -> None:
+        self.trust_remote_code = trust_remote_code
         root = Store(store)
         current = gen or root.pointer("current")
         if current is None and root.root.is_file():
@@ -124,7 +128,7 @@ class StoreVectors:
         from wikiembed.backends.factory import open_backend
 
         self.model_files("queries must use the same model")
-        backend = open_backend("local", self.model_id, device=device)
+        backend = open_backend("local", self.model_id, device=device, trust_remote_code=self.trust_remote_code)
         return np.asarray(backend.embed(list(texts), self.query_prompt), dtype=np.float32)
 
     def scan(self, queries: np.ndarray, k: int, form: Form, rescore: int = DEFAULT_RESCORE) -> tuple[np.ndarray, np.ndarray]:
@@ -239,13 +243,14 @@ def search(
     rescore: int = DEFAULT_RESCORE,
     device: str | None = None,
     exact: bool = False,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """The top k chunks of a store for one query; returns the payload `wikiembed search --json` writes.
 
-    `exact`: scan even where an index of the form is built."""
+    `exact`: scan even where an index of the form is built. `trust_remote_code`: see `StoreVectors`."""
     if not query.strip():
         raise InputError("search query is empty; give the text to search for, e.g. wikiembed search --store S \"who wrote Hamlet\".")
-    vectors = StoreVectors(store)
+    vectors = StoreVectors(store, trust_remote_code=trust_remote_code)
     chosen = vectors.form(form)
     q = vectors.embed_queries([query], device=device)
     ranking = vectors.top(q, k, chosen, rescore, exact=exact)

@@ -136,3 +136,30 @@ def test_a_changed_pooling_reembeds_every_chunk(prefect_api, capsys, shapes, tmp
     texts, vectors = _stored(store)
     assert np.allclose(vectors, SentenceTransformer(str(folder), device="cpu").encode_document(texts), atol=1e-4)
     assert json.loads((Store(store).dir / "manifest.json").read_text())["vectors"]["pooling"] == "max"
+
+
+def test_a_store_of_a_model_with_its_own_code_is_searched_and_evaluated_when_trusted(prefect_api, capsys, shapes, tmp_path) -> None:
+    """A model whose folder ships its code (`auto_map`) embeds with --trust-remote-code; search and eval of its
+    store need the same consent to embed their queries, and are refused by name without it."""
+    folder = tmp_path / "model"
+    shutil.copytree(build("mean", shapes), folder)
+    (folder / "modeling_tiny.py").write_text("from transformers import BertModel\n\n\nclass TinyModel(BertModel):\n    pass\n")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "modeling_tiny.TinyModel"}}))
+    store = tmp_path / "store"
+    done = cli_here(capsys, "run", "--source", "sample:8", "--store", str(store), "--model", str(folder), "--trust-remote-code")
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    query = ["search", "--store", str(store), "the history of the river", "-k", "2", "--exact"]
+    refused = cli_here(capsys, *query)
+    assert refused.returncode == 2 and "--trust-remote-code" in refused.stderr, refused.stderr[-2000:]
+    found = cli_here(capsys, *query, "--trust-remote-code", "--json", str(tmp_path / "hits.json"))
+    assert found.returncode == 0, found.stderr[-2000:]
+    assert len(json.loads((tmp_path / "hits.json").read_text())["hits"]) == 2
+
+    check = ["eval", "--store", str(store), "--sample", "4", "--no-record"]
+    refused = cli_here(capsys, *check)
+    assert refused.returncode == 2 and "--trust-remote-code" in refused.stderr, refused.stderr[-2000:]
+    checked = cli_here(capsys, *check, "--trust-remote-code", "--json", str(tmp_path / "eval.json"))
+    assert checked.returncode == 0, checked.stderr[-2000:]
+    assert json.loads((tmp_path / "eval.json").read_text())["n"] == 4
