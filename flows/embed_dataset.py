@@ -47,7 +47,7 @@ from wikiembed.model import load_tokenizer
 from wikiembed.progress import Progress
 from wikiembed.publish import check_target
 from wikiembed.settings import RunSettings, ShardSelection, parse_shards
-from wikiembed.store import ShardState
+from wikiembed.store import ShardState, misfit
 from wikiembed.tasks.calibrate import calibrate_task
 from wikiembed.tasks.download import download_task
 from wikiembed.tasks.embed import embed_task
@@ -56,7 +56,7 @@ from wikiembed.tasks.export import export_task
 from wikiembed.tasks.index import index_task
 from wikiembed.tasks.retry import attempts_of
 from wikiembed.volume_store import open_store, parse_spec
-from wikiembed.records import Manifest, ShardResult
+from wikiembed.records import Manifest, ShardResult, VectorKind
 
 # Each shard in flight holds a pool thread (its embed task); see the executors' concurrency.
 # The UI's progress artifact is updated at most this often: each update is an API call
@@ -68,12 +68,13 @@ PROGRESS_ARTIFACT_EVERY_S = 2.0
 RERUN_DEPLOYMENT = "rerun-shards/wikiembed-rerun"
 
 
-def _record_vector_kind(executor: Executor, store: StoreView, logger) -> None:  # noqa: ANN001
+def _record_vector_kind(executor: Executor, store: StoreView, logger, kind: VectorKind | None = None) -> None:  # noqa: ANN001
     """Pin the generation's kind of vectors in its manifest where the executor can (a killed run's
-    markers pin it before anything else is embedded); a store that cannot be written (a full disk)
-    only delays that: every marker records its kind, and the next run pins it."""
+    markers pin it before anything else is embedded, else the run's first finished shard); a store
+    that cannot be written (a full disk) only delays that: every marker records its kind, and the
+    next run pins it."""
     try:
-        executor.pin_kind(store)
+        executor.pin_kind(store, kind)
     except StoreError as exc:
         logger.error("could not record the kind of vectors in the manifest: %s", exc)
 
@@ -121,6 +122,7 @@ def run_shards(
     if retries_before is None:
         retries_before = executor.request_retries(model)
     _record_vector_kind(executor, store, logger)
+    pinned = manifest.vectors  # every shard this run finishes must hold this kind (the first one's, if none yet)
     window = executor.concurrency()
     todo = list(shard_ids)
     inflight: dict[Any, int] = {}
@@ -139,8 +141,15 @@ def run_shards(
         future.wait()  # as_completed can yield before the final state is recorded
         state = future.state
         finished += 1
+        problem = None
         if state.is_completed():
-            results[k] = marker = future.result()
+            marker = future.result()
+            problem = misfit(marker, pinned)
+            if pinned is None and marker.vectors is not None:
+                pinned = marker.vectors
+                _record_vector_kind(executor, store, logger, pinned)
+        if state.is_completed() and not problem:
+            results[k] = marker
             seconds = marker.seconds
             logger.info(
                 "shard %05d done: %s chunks in %.1f s (%s chunks/s), %d/%d",
@@ -148,7 +157,11 @@ def run_shards(
                 finished, len(shard_ids),
             )
         else:
-            failures[k], failed_attempts[k] = _failure(state)
+            if problem:  # the shard's file is of another kind than the generation's: it is not done
+                store.forget(k)
+                failures[k], failed_attempts[k] = f"InputError: shard {k:05d}: {problem}", 1
+            else:
+                failures[k], failed_attempts[k] = _failure(state)
             logger.error(
                 "shard %05d failed after %d attempt(s): %s, %d/%d; once the cause is fixed: %s",
                 k, failed_attempts[k], failures[k], finished, len(shard_ids), rerun_command(store.root, str(k)),
@@ -527,6 +540,8 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
             raise InputError(f"--shards {bad}: this store has shards 0..{total - 1}; see `wikiembed status --store {shlex.quote(str(store))}`.")
         ids = selection
     settings = RunSettings(**manifest.settings)
+    if parse_spec(store) is None and all(st.state == "done" or st.shard in ids for st in states):
+        check_target(settings.upload_to, s.root)  # a rerun that completes the store publishes it: checked before any work
     executor = executor_for(settings)
     _use_tokenizer(settings)
     _tag_flow_run(settings, manifest)
