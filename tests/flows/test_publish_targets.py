@@ -6,6 +6,7 @@ Prefect API (no `hf-token` Secret block in it) and the bundled model.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,21 @@ def test_improve_checks_where_it_publishes_before_the_fine_tune(compact_store, t
     assert says in done.stderr and done.stderr.count("error:") == 1, done.stderr[-2000:]
     assert not out.exists() and not new.exists() and not payload.exists()
 
+
+
+def test_a_rerun_that_completes_the_store_checks_its_recorded_target_first(prefect_api, capsys, tmp_path, monkeypatch) -> None:
+    """A rerun publishes to the run's recorded --upload-to once every shard is done: with no token, it is refused
+    before any shard is redone."""
+    from wikiembed.store import Store
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    store = tmp_path / "store"
+    done = cli_here(capsys, "run", "--source", "sample:10", "--store", str(store), "--shard-rows", "5")
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = Store(store).manifest_path
+    record = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**record, "settings": {**record["settings"], "upload_to": "hub:my-org/simplewiki"}}))
+    Store(store).forget(0)  # shard 0 pending again: the rerun would embed it, then publish
+    again = cli_here(capsys, "rerun", "--store", str(store), "--shards", "0")
+    assert again.returncode == 2 and "no Hugging Face token for hub:my-org/simplewiki" in again.stderr, again.stderr[-2000:]
+    assert not Store(store).data_path(0).exists()  # refused before the shard was embedded
