@@ -1,4 +1,4 @@
-"""The `wikiembed` command line: run, status, rerun, export, upload, estimate, search, index, eval, finetune, improve.
+"""The `wikiembed` command line: run, status, rerun, export, upload, estimate, search, index, eval, finetune, improve, serve.
 
 Each command is a thin shell over a flow or a plain function. Errors a user
 can fix print one message that names the input and the fix (exit 2); a run
@@ -172,6 +172,13 @@ def _parser() -> argparse.ArgumentParser:
     _add_model_options(imp, ImproveSettings, skip=("finetune",))
     _add_model_options(imp, FinetuneSettings)
     imp.add_argument("--json", dest="json_path", metavar="PATH", help="also write the result as JSON here")
+
+    from wikiembed.serving.settings import ServeSettings
+
+    serve = sub.add_parser("serve", help="an HTTP search service over the published generation, recording feedback for improve")
+    _add_model_options(serve, ServeSettings, skip=("cors_origin",))
+    serve.add_argument("--cors-origin", action="append", default=argparse.SUPPRESS, metavar="ORIGIN",
+                       help=ServeSettings.model_fields["cors_origin"].description + " Repeat for several.")
     return p
 
 
@@ -511,6 +518,18 @@ def _cmd_improve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from wikiembed.serving.app import Service
+    from wikiembed.serving.settings import ServeSettings
+
+    service = Service(ServeSettings(**_given(args, ServeSettings)))
+    served = service.served
+    print(f"wikiembed serve: generation {served.generation} of {served.root} ({served.model_id}, {served.chunks:,} chunks, "
+          f"{served.chosen.name}) on {service.url}" + (f"; feedback to {service.feedback.path}" if service.feedback else ""), flush=True)
+    service.run()
+    return EXIT_OK
+
+
 def _in_flow_thread(flow: Callable[..., dict[str, Any]], /, summary_on_failure: bool = True, **params: Any) -> dict[str, Any]:
     """Run a flow in a worker thread and return its summary (also when shards failed, unless `summary_on_failure` is
     false: then `ShardsFailed` is raised), so the main thread keeps the signals: Prefect installs no SIGTERM handler off
@@ -605,6 +624,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _cmd_finetune(args)
     if args.command == "improve":
         return _cmd_improve(args)
+    if args.command == "serve":
+        return _cmd_serve(args)
     if args.command == "export":
         target = args.to if args.to.startswith(("dir:", "hub:", "modal:")) else f"dir:{args.to}"
         return _cmd_publish(args, target)
@@ -619,7 +640,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from wikiembed.errors import WikiembedError
 
-    if args.command in ("run", "rerun", "search", "eval", "finetune", "improve"):
+    if args.command in ("run", "rerun", "search", "eval", "finetune", "improve", "serve"):
         # Our progress bar is the one to watch; transformers' weight-loading bar would break its line.
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if args.command in ("run", "rerun", "improve"):
@@ -627,7 +648,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from wikiembed.volume_store import check_vectors_here, parse_spec
 
-        if args.command in ("search", "index", "eval") or (args.command == "finetune" and not parse_spec(args.store)):
+        if args.command in ("search", "index", "eval", "serve") or (args.command == "finetune" and not parse_spec(args.store)):
             check_vectors_here(args.command, args.store, getattr(args, "against", None))
             _note_building(args.command, args.store)
         code = _dispatch(args)

@@ -6,8 +6,9 @@
    store through `embed-dataset` itself (fan-out, markers, resume: a rerun embeds only what is missing;
    nothing is reused from the old model's vectors);
 3. compare: both stores scored on the held-out queries, with paired differences;
-4. publish: the new store's upload (`upload_to`) only when `wikiembed.improve.decide` says it is better;
-   otherwise the old store stays published, and the flow says why.
+4. publish: the new store's upload (`upload_to`) and the served link (`serve_link`, which `wikiembed serve`
+   follows) repointed at it, only when `wikiembed.improve.decide` says it is better; otherwise the old
+   store stays published, and the flow says why.
 
 The decision, the figures and both models are a markdown artifact of the flow run, keyed by the store. Running the flow again with
 the same parameters resumes it: finished steps return what they recorded.
@@ -18,8 +19,8 @@ and the comparison run in the `wikiembed-finetune` app (a GPU at the Volume), th
 containers load the new model from the Volume, and the export goes from the Volume. This machine moves
 only paths, settings and figures (`wikiembed.volume_improve`).
 
-Touches: the old store (read), the model folder and the new store (written), the publish target; for a
-Volume store, Modal's API only.
+Touches: the old store (read), the model folder and the new store (written), the publish target and the
+served link; for a Volume store, Modal's API only.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from wikiembed.flows.embed_dataset import artifact_key, embed_dataset
 from wikiembed.improve import ImproveSettings, Metric, decide
 from wikiembed.publish import check_target
 from wikiembed.search import StoreVectors
+from wikiembed.serving.link import check_link, point_link
 from wikiembed.settings import RunSettings
 from wikiembed.tasks.compare import compare_task
 from wikiembed.tasks.export import export_task
@@ -91,6 +93,7 @@ def improve_model(
     out: str,
     new_store: str,
     upload_to: str | None = None,
+    serve_link: str | None = None,
     metric: Metric = "mrr",
     margin: float = 0.01,
     finetune: FinetuneSettings | None = None,
@@ -103,14 +106,17 @@ def improve_model(
         out: A new folder for the fine-tuned model (e.g. models/2026-w49); modal:VOLUME/PATH on the store's Volume for a Volume store.
         new_store: A new run store for the source re-embedded with the fine-tuned model; on the store's Volume for a Volume store.
         upload_to: Where the better store is published: hub:ORG/NAME or dir:PATH (modal:VOLUME/PATH from a Volume store); empty: only decide and report.
+        serve_link: A symbolic link to a store, as `wikiembed serve --store` was given it: pointed at the new store when it is better, so the service answers from it without a restart (a local store only).
         metric: The figure that decides: mrr (MRR@10), recall_at_1, recall_at_10 or ndcg_at_10.
         margin: How much better the new store must be on that figure, at least.
         finetune: Fine-tune settings (epochs, batch size, learning rate, held-out share, seed, negatives, device).
     """
     settings = ImproveSettings(store=store, pairs=pairs, out=out, new_store=new_store, upload_to=upload_to, metric=metric,
-                               margin=margin, finetune=finetune or FinetuneSettings())
+                               margin=margin, finetune=finetune or FinetuneSettings(), serve_link=serve_link)
     logger = get_run_logger()
     volume = check_paths(settings.store, settings.pairs, settings.out, settings.new_store)
+    if settings.serve_link:
+        check_link(settings.serve_link, volume)
     if volume is None:
         check_target(settings.upload_to, settings.new_store)  # where the new store goes, before the fine-tune
         recorded = StoreVectors(settings.store).manifest.settings
@@ -143,6 +149,7 @@ def improve_model(
     if publish and settings.upload_to:
         executor = executor_for(RunSettings(**run))
         published = export_task(executor, settings.new_store, compared["against"]["generation"], settings.upload_to)
+    served = point_link(settings.serve_link, settings.new_store) if publish and settings.serve_link else None
     logger.info("%s: %s", "publish" if publish else "keep the old store", why)
     # Keyed by the improved store: each store's latest decision under its own key.
     create_markdown_artifact(_report(settings, tuned, compared, publish, why, published, reembedded["revision"]),
@@ -151,6 +158,7 @@ def improve_model(
         "publish": publish,
         "reason": why,
         "published": published,
+        "served": served,
         "metric": settings.metric,
         "margin": settings.margin,
         "old": {key: compared[key] for key in FIGURES},

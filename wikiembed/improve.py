@@ -32,6 +32,9 @@ class ImproveSettings(BaseModel):
     upload_to: str | None = Field(
         None, description="Where the better store is published: hub:ORG/NAME or dir:PATH (modal:VOLUME/PATH from a Volume store); empty: only decide and report."
     )
+    serve_link: str | None = Field(
+        None, description="A symbolic link to a store, as `wikiembed serve --store` was given it: pointed at the new store when it is better, so the service answers from it without a restart (a local store only)."
+    )
     metric: Metric = Field("mrr", description="The figure that decides: mrr (MRR@10), recall_at_1, recall_at_10 or ndcg_at_10.")
     margin: float = Field(0.01, ge=0, le=1, description="How much better the new store must be on that figure, at least.")
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings, description=FinetuneSettings.__doc__)

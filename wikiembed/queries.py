@@ -7,6 +7,10 @@ file with a `query` column and, per row, what answers it:
 - `ids`: several relevant articles;
 - `id` plus `chunk_index`: one relevant chunk of an article.
 
+A row may say `"relevant": false`: a judgement that the item does *not* answer the query (the search
+service records them beside the positive ones). Such rows are checked like the others and never read as
+relevant; any other field of a row (a hit's rank, the generation it came from, a time) is ignored.
+
 Rows with the same query text are one query whose relevant items are the union of theirs (a
 feedback log with one row per click reads as it is written). A relevant item is a key
 `(id, None)` for a whole article or `(id, chunk_index)` for one chunk; `match` keeps the items a
@@ -83,6 +87,7 @@ def read_queries(path: str | Path) -> list[JudgedQuery]:
     if not path.is_file():
         raise InputError(f"queries file {path}: no such file; give a .jsonl or .parquet file ({FORMAT_HINT}).")
     merged: dict[str, set[Key]] = {}
+    not_relevant = 0
     for where, row in _rows(path):
         text = row.get("query")
         if not isinstance(text, str) or not text.strip():
@@ -101,7 +106,16 @@ def read_queries(path: str | Path) -> list[JudgedQuery]:
             keys.add((str(one), None if chunk is None else int(chunk)))
         if not keys:
             raise InputError(f"{where}: no relevant \"id\" or \"ids\"; {FORMAT_HINT}.")
+        relevant = row.get("relevant")
+        if relevant is not None and not isinstance(relevant, bool):
+            raise InputError(f"{where}: \"relevant\" {relevant!r} is neither true nor false; leave it out for a relevant item.")
+        if relevant is False:  # the item does not answer the query: never a positive
+            not_relevant += 1
+            continue
         merged.setdefault(text.strip(), set()).update(keys)
+    if not merged and not_relevant:
+        raise InputError(f"queries file {path} holds only rows marked \"relevant\": false ({not_relevant}); "
+                         f"nothing in it says what answers a query yet; {FORMAT_HINT}.")
     if not merged:
         raise InputError(f"queries file {path} is empty; {FORMAT_HINT}.")
     return [JudgedQuery(text, frozenset(keys)) for text, keys in merged.items()]

@@ -105,6 +105,30 @@ class StoreVectors:
         return form_by_name(name, self.compact, self.dim)
 
     @property
+    def chunks(self) -> int:
+        """Rows the generation holds."""
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
+
+    def live_batches(self, columns: Sequence[str], batch_size: int = 65_536) -> Iterator[Any]:
+        """Every row the generation holds, as record batches of `columns`, file by file."""
+        for path in self.files:
+            yield from pq.ParquetFile(path, memory_map=True).iter_batches(columns=list(columns), batch_size=batch_size)
+
+    # How the files are reached: opened per call here; a reader that outlives a publish holds them
+    # open and caches what it reads instead (`wikiembed.serving.generation.ServedGeneration`).
+    def parquet(self, fi: int) -> pq.ParquetFile:
+        """Data file `fi`, opened for reading."""
+        return pq.ParquetFile(self.files[fi], memory_map=True)
+
+    def row_groups(self, fi: int, groups: Sequence[int], columns: Sequence[str]) -> Any:
+        """Row groups `groups` (ascending) of data file `fi`, as one arrow table of `columns`."""
+        return self.parquet(fi).read_row_groups(list(groups), columns=list(columns))
+
+    def index(self, form: Form) -> tuple[ann.VectorIndex | None, str | None]:
+        """The form's index when one matches the data, else (None, why not): see `wikiembed.index.open_index`."""
+        return ann.open_index(self.store.dir, form, self.sources, self.root)
+
+    @property
     def query_prompt(self) -> str:
         """The prompt queries get (the model's query prompt, or --query-prompt-name's, as recorded at planning)."""
         return self.manifest.model.query_prompt
@@ -123,13 +147,16 @@ class StoreVectors:
             )
         return info
 
-    def embed_queries(self, texts: Sequence[str], device: str | None = None) -> np.ndarray:
-        """Queries embedded as `encode_query` embeds them: same model, with its query prompt, float32."""
+    def query_backend(self, device: str | None = None) -> Any:
+        """The local engine of the store's model, refused when the model's files are not the store's."""
         from wikiembed.backends.factory import open_backend
 
         self.model_files("queries must use the same model")
-        backend = open_backend("local", self.model_id, device=device, trust_remote_code=self.trust_remote_code)
-        return np.asarray(backend.embed(list(texts), self.query_prompt), dtype=np.float32)
+        return open_backend("local", self.model_id, device=device, trust_remote_code=self.trust_remote_code)
+
+    def embed_queries(self, texts: Sequence[str], device: str | None = None) -> np.ndarray:
+        """Queries embedded as `encode_query` embeds them: same model, with its query prompt, float32."""
+        return np.asarray(self.query_backend(device).embed(list(texts), self.query_prompt), dtype=np.float32)
 
     def scan(self, queries: np.ndarray, k: int, form: Form, rescore: int = DEFAULT_RESCORE) -> tuple[np.ndarray, np.ndarray]:
         """Top k per query: (scores [nq, k], positions [nq, k] as file index << 32 | row), best first."""
@@ -143,7 +170,7 @@ class StoreVectors:
         best_pos = np.zeros((nq, 0), dtype=np.int64)
         best_second = np.zeros((nq, 0), dtype=np.float32)
         for fi, path in enumerate(self.files):
-            parquet = pq.ParquetFile(path, memory_map=True)
+            parquet = self.parquet(fi)
             if form.column not in parquet.schema_arrow.names:
                 raise StoreError(f"{path} has no column {form.column!r}; rerun that shard so every shard has the store's forms.")
             row0 = 0
@@ -172,7 +199,7 @@ class StoreVectors:
             raise InputError(f"-k {k}: ask for at least 1 hit.")
         if exact:
             return Ranking(*self.scan(queries, k, form, rescore), method="exact")
-        index, note = ann.open_index(self.store.dir, form, self.sources, self.root)
+        index, note = self.index(form)
         if index is None:
             return Ranking(*self.scan(queries, k, form, rescore), method="exact", note=note)
         scorer = Scorer(queries, form, self.int8_calibration)
@@ -194,12 +221,12 @@ class StoreVectors:
         for p in wanted:
             by_file.setdefault(p >> 32, []).append(p & 0xFFFFFFFF)
         for fi, rows in by_file.items():
-            parquet = pq.ParquetFile(self.files[fi], memory_map=True)
+            parquet = self.parquet(fi)
             sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
             starts = np.cumsum([0, *sizes])
             group_of = {r: int(np.searchsorted(starts, r, side="right") - 1) for r in rows}
             groups = sorted(set(group_of.values()))
-            table = parquet.read_row_groups(groups, columns=list(columns))
+            table = self.row_groups(fi, groups, columns)
             # Where each group read begins in `table`.
             first, base = {}, 0
             for g in groups:
@@ -210,6 +237,14 @@ class StoreVectors:
             for r, row in zip(rows, picked):
                 out[(fi << 32) | r] = row
         return out
+
+
+def ranked_hits(ranking: Ranking, rows: dict[int, dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Each query's hits (`Hit.as_dict()`), best first, from its ranking and the rows `StoreVectors.rows` read."""
+    return [
+        [Hit(float(s), **{c: rows[int(p)][c] for c in HIT_COLUMNS}).as_dict() for s, p in zip(scores, positions) if np.isfinite(s)]
+        for scores, positions in zip(ranking.scores, ranking.positions)
+    ]
 
 
 def build_index(store: str | Path, form: str = "float32", gen: str | None = None) -> dict[str, Any]:
@@ -254,13 +289,7 @@ def search(
     chosen = vectors.form(form)
     q = vectors.embed_queries([query], device=device)
     ranking = vectors.top(q, k, chosen, rescore, exact=exact)
-    scores, positions = ranking.scores, ranking.positions
-    rows = vectors.rows(positions[0])
-    hits = [
-        Hit(float(s), **{c: rows[int(p)][c] for c in HIT_COLUMNS}).as_dict()
-        for s, p in zip(scores[0], positions[0])
-        if np.isfinite(s)
-    ]
+    hits = ranked_hits(ranking, vectors.rows(ranking.positions))[0]
     return {
         "store": str(vectors.root),
         "model": vectors.model_id,
@@ -270,6 +299,6 @@ def search(
         "rescore": rescore if chosen.precision == "binary" else None,
         "method": ranking.method,
         "index_note": ranking.note,
-        "chunks_searched": sum(pq.ParquetFile(f).metadata.num_rows for f in vectors.files),
+        "chunks_searched": vectors.chunks,
         "hits": hits,
     }
