@@ -472,7 +472,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
               "they are left out", file=sys.stderr)
     print(f"fine-tuned {result['base_model']} on {result['train']} queries ({result['examples']} examples, {result['loss']}, "
           f"{result['settings']['epochs']} epoch(s), {result['device']}, {result['seconds']:.0f}s) into {result['out']}")
-    print(f"held out {result['holdout']} queries, ranked against {result['pool']:,} chunks:")
+    merged = p.get("near_duplicates", 0)
+    alike = f" ({merged} near-duplicate queries merged first: the model reads them as another)" if merged else ""
+    print(f"held out {result['holdout']} queries{alike}, ranked against {result['pool']:,} chunks:")
     for label, key in (("base", "before"), ("fine-tuned", "after"), ("difference", "difference")):
         sign = "+" if key == "difference" else ""
         print(f"  {label:<11} " + ", ".join(
@@ -504,7 +506,9 @@ def _cmd_improve(args: argparse.Namespace) -> int:
           f"{tuned['device']}, {tuned['seconds']:.0f}s) into {tuned['out']}")
     print(f"re-embedded {reembed['chunks']:,} chunks into {result['new']['store']} ({reembed['shards_done']}/"
           f"{reembed['shards_total']} shards)")
-    print(f"held out {result['old']['n']} queries, scored over every chunk of each store:")
+    merged = tuned["pairs"].get("near_duplicates", 0)
+    alike = f" ({merged} near-duplicate queries merged first: the model reads them as another)" if merged else ""
+    print(f"held out {result['old']['n']} queries{alike}, scored over every chunk of each store:")
     for label, block, sign in (("old", result["old"], ""), ("new", result["new"], ""), ("new - old", result["difference"], "+")):
         print(f"  {label:<10} " + ", ".join(
             f"{METRIC_NAMES[m]} {block[m]:{sign}.3f} [{block[m + '_ci95'][0]:{sign}.3f}, {block[m + '_ci95'][1]:{sign}.3f}]"

@@ -5,7 +5,8 @@
 2. re-embed: the store's source, with the store's recorded settings and the new model, into a new
    store through `embed-dataset` itself (fan-out, markers, resume: a rerun embeds only what is missing;
    nothing is reused from the old model's vectors);
-3. compare: both stores scored on the held-out queries, with paired differences;
+3. compare: both stores scored on the held-out queries, with paired differences (fewer than `min_holdout`
+   of them are refused before the fine-tune: too few to decide on);
 4. publish: the new store's upload (`upload_to`) and the served link (`serve_link`, which `wikiembed serve`
    follows) repointed at it, only when `wikiembed.improve.decide` says it is better; otherwise the old
    store stays published, and the flow says why.
@@ -32,9 +33,9 @@ from prefect.artifacts import create_markdown_artifact
 
 from wikiembed.errors import ShardsFailed, StoreError
 from wikiembed.executors import executor_for
-from wikiembed.finetune import FinetuneSettings
+from wikiembed.finetune import FinetuneSettings, check_holdout
 from wikiembed.flows.embed_dataset import artifact_key, embed_dataset
-from wikiembed.improve import ImproveSettings, Metric, decide
+from wikiembed.improve import MIN_HOLDOUT, ImproveSettings, Metric, decide
 from wikiembed.publish import check_target
 from wikiembed.search import StoreVectors
 from wikiembed.serving.link import check_link, point_link
@@ -97,6 +98,7 @@ def improve_model(
     metric: Metric = "mrr",
     margin: float = 0.01,
     finetune: FinetuneSettings | None = None,
+    min_holdout: int = MIN_HOLDOUT,
 ) -> dict[str, Any]:
     """Fine-tune a store's model on judged queries, re-embed its source, and publish the new vectors only if better.
 
@@ -110,9 +112,11 @@ def improve_model(
         metric: The figure that decides: mrr (MRR@10), recall_at_1, recall_at_10 or ndcg_at_10.
         margin: How much better the new store must be on that figure, at least.
         finetune: Fine-tune settings (epochs, batch size, learning rate, held-out share, seed, negatives, device).
+        min_holdout: The fewest held-out queries the decision is made on; fewer are refused before the fine-tune.
     """
     settings = ImproveSettings(store=store, pairs=pairs, out=out, new_store=new_store, upload_to=upload_to, metric=metric,
-                               margin=margin, finetune=finetune or FinetuneSettings(), serve_link=serve_link)
+                               margin=margin, finetune=finetune or FinetuneSettings(), serve_link=serve_link,
+                               min_holdout=min_holdout)
     logger = get_run_logger()
     volume = check_paths(settings.store, settings.pairs, settings.out, settings.new_store)
     if settings.serve_link:
@@ -125,7 +129,10 @@ def improve_model(
         old_store.cloud_target(settings.upload_to)  # a target the Volume cannot publish to fails now, not after the fine-tune
         recorded = old_store.read_manifest().settings
 
-    tuned = finetune_task(settings.store, settings.pairs, settings.out, settings.finetune.model_dump())
+    tuned = finetune_task(settings.store, settings.pairs, settings.out, settings.finetune.model_dump(), settings.min_holdout)
+    # A local fine-tune refused a split this small before training; a Volume's, or one recorded before, is refused here.
+    check_holdout(tuned["holdout"], tuned["train"] + tuned["holdout"], tuned["settings"]["holdout"], settings.min_holdout,
+                  settings.pairs)
     logger.info("fine-tuned %s into %s: held-out MRR@10 on the pool %.3f -> %.3f", tuned["base_model"], tuned["out"],
                 tuned["before"]["mrr"], tuned["after"]["mrr"])
 

@@ -22,8 +22,10 @@ from wikiembed.volume_store import parse_spec
 
 
 @task(name="finetune", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
-def finetune_task(store: str, pairs: str, out: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """Fine-tune the store's model into `out`; return its record (`finetune.json`)."""
+def finetune_task(store: str, pairs: str, out: str, settings: dict[str, Any], min_holdout: int = 1) -> dict[str, Any]:
+    """Fine-tune the store's model into `out`; return its record (`finetune.json`). A local store's fine-tune
+    refuses, before training, a split holding out fewer than `min_holdout` queries (the flow checks a Volume
+    store's record instead)."""
     if parse_spec(store):  # on a GPU at the Volume: the model folder is written there
         return finetune_on_volume(store, pairs, out, FinetuneSettings(**settings).model_dump())
-    return finetune(store, pairs, out, FinetuneSettings(**settings))
+    return finetune(store, pairs, out, FinetuneSettings(**settings), min_holdout=min_holdout)

@@ -57,12 +57,22 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
 
 
 def mean_interval(values: np.ndarray, bounds: tuple[float, float] = (0.0, 1.0), z: float = Z95) -> tuple[float, float]:
-    """Mean ± z standard errors, kept within the values' possible range."""
+    """Mean ± z standard errors, kept within the values' possible range (`bounds`).
+
+    A sample without spread (one value, or n equal ones) has a standard error of zero, yet it does not
+    show that what it was drawn from has none: its interval is then the one a proportion seen 0 times in
+    n gets (Clopper-Pearson, the same tail as z each side). A share up to 1 - tail^(1/n) of the
+    population may differ from the value seen (0.17 at n = 20, 0.975 at n = 1), and at worst it lies at
+    the far bound; so the interval is never zero wide, and one value alone spans nearly the whole range."""
     n = len(values)
-    if n < 2:
-        return (float(values.mean()) if n else 0.0,) * 2  # type: ignore[return-value]
+    if n == 0:
+        return bounds
+    mean = float(values.mean())
+    if float(np.ptp(values)) == 0.0:
+        unseen = 1.0 - (0.5 * math.erfc(z / math.sqrt(2))) ** (1.0 / n)
+        return (mean - unseen * (mean - bounds[0]), mean + unseen * (bounds[1] - mean))
     half = z * float(values.std(ddof=1)) / math.sqrt(n)
-    return (max(bounds[0], float(values.mean()) - half), min(bounds[1], float(values.mean()) + half))
+    return (max(bounds[0], mean - half), min(bounds[1], mean + half))
 
 
 def sample_articles(vectors: StoreVectors, n: int, seed: int) -> list[tuple[str, str]]:

@@ -3,8 +3,10 @@
 From a store and a pairs file (the judged-queries format of `wikiembed.queries`), `finetune` writes a
 sentence-transformers folder trained with sentence-transformers' own trainer:
 
-- pairs whose ids the store does not hold are counted and left out; a seeded share of the queries
-  (default 20%) is held out and never trained on;
+- pairs whose ids the store does not hold are counted and left out; queries the model reads as the same
+  (the same token ids, after Unicode NFKC and with whitespace collapsed: "Hamlet" and "hamlet " for an
+  uncased model) are one query, counted as near-duplicates; a seeded share of the queries (default 20%)
+  is then held out and never trained on, so no query is judged on its own twin;
 - each training query's positive is the chunk of a relevant article that the store's own vectors rank
   highest for it (or the named chunk); its hard negatives are the store's top hits for it that belong
   to no relevant article, found through the approximate index where one is built;
@@ -17,23 +19,28 @@ sentence-transformers folder trained with sentence-transformers' own trainer:
 The folder holds the model, `README.md` (its model card with what it was trained from and on, and the
 figures), `finetune.json` (the same as data), and `train.jsonl` / `heldout.jsonl` (the split). It is
 written under a temporary name and renamed, so a folder at `out` is always complete; asking again for
-the same fine-tune returns the recorded one, and a different one refuses to overwrite it.
+the same fine-tune returns the recorded one, and a different one refuses to overwrite it. One fine-tune
+at a time writes a given `out`: it holds the lock `.OUT.lock` beside it (the store's kind of lock, a
+`flock` the kernel drops when its process dies), and another is refused at once, naming the holder.
 
 `finetune_at_store` is the same where the store lives on a Modal Volume (`modal_workers/finetune_app.py`):
 the model is trained next to the vectors and written back to the Volume; nothing passes the flow's machine.
 
-Touches: the store's data files (read), the pairs file (read), the model's files (read), `out` (written).
+Touches: the store's data files (read), the pairs file (read), the model's files (read), `out` and its lock
+beside it (written).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
+import unicodedata
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Hashable, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -44,10 +51,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from wikiembed.compact import column_values
 from wikiembed.errors import InputError
 from wikiembed.evaluate import DEPTH, judge, metrics, paired_difference
-from wikiembed.model import model_info
+from wikiembed.model import load_tokenizer, model_info
 from wikiembed.queries import JudgedQuery, match, read_queries, split_holdout, store_keys
 from wikiembed.search import StoreVectors
-from wikiembed.store import LOCAL, StoreSync
+from wikiembed.store import LOCAL, StoreLock, StoreSync
 
 RECORD = "finetune.json"
 # Fewer training queries than this teach noise, not the users' intent: refuse rather than publish it.
@@ -85,6 +92,51 @@ def _sha256(path: Path) -> str:
         while block := fh.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+def model_reading(model: str) -> Callable[[str], Hashable]:
+    """A query as the model reads it: the token ids of its text in Unicode NFKC with whitespace collapsed
+    (the model's own tokenizer lowercases and strips accents where the model does)."""
+    tokenizer = load_tokenizer(model)
+    return lambda text: tuple(tokenizer.encode(" ".join(unicodedata.normalize("NFKC", text).split()), add_special_tokens=False).ids)
+
+
+def merge_alike(queries: Sequence[JudgedQuery], key: Callable[[str], Hashable]) -> tuple[list[JudgedQuery], int]:
+    """(queries, how many were merged into another): queries that `key` maps to the same value are one query,
+    whose relevant items are the union of theirs, as rows of one text are on reading.
+
+    With `key` the query as the model reads it, "Hamlet" and "hamlet" are one query to an uncased model:
+    split apart, one would be trained on and its twin judged as if never seen. The merged query keeps the
+    smallest of its texts, so the split does not depend on the order of the file."""
+    groups: dict[Hashable, list[JudgedQuery]] = {}
+    for q in queries:
+        groups.setdefault(key(q.text), []).append(q)
+    merged = [JudgedQuery(min(q.text for q in group), frozenset().union(*(q.relevant for q in group))) for group in groups.values()]
+    return merged, len(queries) - len(merged)
+
+
+def check_holdout(held: int, queries: int, fraction: float, minimum: int, pairs: str | Path) -> None:
+    """Refuse a held-out share too small to decide on: say how many queries it falls short, and what gives more."""
+    if held >= minimum:
+        return
+    needed = math.ceil(round(minimum / fraction, 6))  # queries that hold out the minimum at this share
+    share = math.ceil(round(100 * minimum / queries, 6)) / 100  # the share that holds out the minimum of these
+    raise_share = (f", or raise --holdout to {share:g} (keeping {queries - round(share * queries)} to train on)"
+                   if queries - round(share * queries) >= MIN_TRAIN_QUERIES else "")
+    raise InputError(
+        f"--pairs {pairs}: {held} of its {queries} queries that match the store held out (--holdout {fraction:g}), "
+        f"{minimum - held} short of the {minimum} the publish decision needs (--min-holdout): fewer cannot tell a gain "
+        f"from chance. Collect about {needed - queries} more judged queries ({needed} in all at --holdout "
+        f"{fraction:g}){raise_share}; or lower --min-holdout, and with it what the verdict can be trusted for."
+    )
+
+
+def out_lock(out: Path) -> StoreLock:
+    """The lock one fine-tune holds while it writes `out`: the store's kind of lock, on `.OUT.lock` beside it,
+    removed on release; another fine-tune into the same folder is refused at once, naming the holder."""
+    return StoreLock(out.parent / f".{out.name}.lock", what=f"--out {out}", remove=True,
+                     fix="another fine-tune is writing it: wait for that one to finish (the same command then returns "
+                         "its model), or give another --out")
 
 
 def _write_queries(path: Path, queries: Sequence[JudgedQuery]) -> None:
@@ -177,7 +229,8 @@ Fine-tuned with `wikiembed finetune` (sentence-transformers' trainer, {record['l
 - **Base model**: `{record['base_model']}`, revision `{record['base_revision']}`
 - **Store**: `{record['store']}`, generation `{record['generation']}` ({record['chunks']:,} chunks)
 - **Pairs**: {p['read']} queries read from `{record['pairs_file']}`, {p['matched']} matching the store \
-({p['unmatched']} naming nothing in it); {record['train']} trained on, {record['holdout']} held out (never trained on)
+({p['unmatched']} naming nothing in it, {p['near_duplicates']} merged into a query the model reads the same); \
+{record['train']} trained on, {record['holdout']} held out (never trained on)
 - **Settings**: {s['epochs']} epoch(s), batch size {s['batch_size']}, learning rate {s['learning_rate']}, \
 {s['negatives']} hard negative(s) per pair from the store's vectors ({record['negatives_from']}), held out {s['holdout']:.0%} \
 with seed {s['seed']}, device {record['device']}, {record['seconds']:.0f} s
@@ -196,11 +249,24 @@ model and `wikiembed eval --queries heldout.jsonl --against NEW_STORE`.
 
 
 def finetune(
-    store: str | Path, pairs: str | Path, out: str | Path, settings: FinetuneSettings | None = None, *, gen: str | None = None
+    store: str | Path, pairs: str | Path, out: str | Path, settings: FinetuneSettings | None = None, *, gen: str | None = None,
+    min_holdout: int = 1, lock: bool = True,
 ) -> dict[str, Any]:
-    """Fine-tune the store's model on the pairs into `out`; return the `--json` payload (also `out/finetune.json`)."""
+    """Fine-tune the store's model on the pairs into `out`; return the `--json` payload (also `out/finetune.json`).
+
+    `min_holdout`: refuse, before any training, a split that holds out fewer queries (the improve loop's
+    publish decision needs them). `lock`: hold `out_lock(out)` throughout (off on a Modal Volume, where a
+    flock reaches no other container)."""
     settings = settings or FinetuneSettings()
-    pairs, out = Path(pairs).expanduser(), Path(out).expanduser().resolve()
+    out = Path(out).expanduser().resolve()
+    if not lock:
+        return _finetune(store, Path(pairs).expanduser(), out, settings, gen, min_holdout)
+    with out_lock(out):
+        return _finetune(store, Path(pairs).expanduser(), out, settings, gen, min_holdout)
+
+
+def _finetune(store: str | Path, pairs: Path, out: Path, settings: FinetuneSettings, gen: str | None,
+              min_holdout: int) -> dict[str, Any]:
     vectors = StoreVectors(store, gen)
     info = vectors.model_files("fine-tune from the store's own model files")
     queries = read_queries(pairs)
@@ -216,12 +282,15 @@ def finetune(
         raise InputError(f"--out {out}: exists and holds something else; give a new folder (e.g. one per week), or remove it.")
 
     matched = match(queries, store_keys(vectors.files), f"store {vectors.root}")
-    train, held = split_holdout(matched.queries, settings.holdout, settings.seed)
+    alike, near_duplicates = merge_alike(matched.queries, model_reading(vectors.model_id))
+    train, held = split_holdout(alike, settings.holdout, settings.seed)
     if len(train) < MIN_TRAIN_QUERIES:
         raise InputError(
             f"--pairs {pairs}: {len(train)} queries left to train on ({matched.unmatched} of {matched.read} name nothing "
-            f"in the store, {len(held)} held out); at least {MIN_TRAIN_QUERIES} are needed: collect more feedback."
+            f"in the store, {near_duplicates} read by the model as another, {len(held)} held out); at least "
+            f"{MIN_TRAIN_QUERIES} are needed: collect more feedback."
         )
+    check_holdout(len(held), len(alike), settings.holdout, min_holdout, pairs)
     device = _device(settings.device)
     started = time.perf_counter()
 
@@ -268,7 +337,8 @@ def finetune(
     _check_engine_parity(vectors.model_id, model, [e["positive"] for e in examples[:PARITY_TEXTS]], device)
     before = _pool_figures(model, held, pool_keys, pool_texts)
 
-    # A fine-tune killed before its rename leaves its temporary folder: nothing in it is reused.
+    # A fine-tune killed before its rename leaves its temporary folder (under the lock, no other is running): nothing
+    # in it is reused.
     for stale in out.parent.glob(f".{out.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -311,7 +381,7 @@ def finetune(
         "chunks": sum(pq.ParquetFile(f).metadata.num_rows for f in vectors.files),
         "pairs_file": str(pairs),
         "pairs": {"read": matched.read, "matched": len(matched.queries), "unmatched": matched.unmatched,
-                  "relevant_missing": matched.missing_items},
+                  "relevant_missing": matched.missing_items, "near_duplicates": near_duplicates},
         "train": len(train),
         "holdout": len(held),
         "examples": len(examples),
@@ -344,6 +414,6 @@ def finetune(
 def finetune_at_store(root: str, pairs: str, out: str, settings: dict[str, Any], sync: StoreSync = LOCAL) -> dict[str, Any]:
     """`finetune` where the store is: see others' commits first, publish the model folder after."""
     sync.reload()
-    record = finetune(root, pairs, out, FinetuneSettings(**settings))
+    record = finetune(root, pairs, out, FinetuneSettings(**settings), lock=False)
     sync.commit()
     return record

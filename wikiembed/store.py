@@ -451,19 +451,39 @@ def pid_alive(pid: int) -> bool:
 
 
 class StoreLock:
-    """An exclusive `flock` on `STORE/.lock`.
+    """An exclusive `flock` on `STORE/.lock` (or on another lock file: a fine-tune's beside its `--out`).
 
     The kernel drops a flock when its process dies, so a run killed with
     SIGKILL never leaves the store locked; the file's contents only say who
-    holds it, for the error message.
+    holds it, for the error message, which `what` and `fix` word for something else than a store.
+    With `remove`, the holder deletes the file before it lets go (a lock beside a folder should not
+    outlive its use); a taker then checks that the file it locked is still the one at the path, and
+    otherwise takes the one there now.
     """
 
-    def __init__(self, path: Path, wait_s: float = 0.0) -> None:
+    def __init__(self, path: Path, wait_s: float = 0.0, *, what: str | None = None,
+                 fix: str = "wait for that run to finish, or use another --store", remove: bool = False) -> None:
         self.path = path
         self.wait_s = wait_s
+        self.what = what or f"store {path.parent}"
+        self.fix = fix
+        self.remove = remove
         self._fd: int | None = None
 
     def __enter__(self) -> "StoreLock":
+        while True:
+            fd = self._take()
+            if not self.remove or self._still_there(fd):
+                break
+            fcntl.flock(fd, fcntl.LOCK_UN)  # its holder removed it as it finished: a new file is the lock now
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        self._fd = fd
+        return self
+
+    def _take(self) -> int:
+        """The lock file, open and flocked (after up to `wait_s`), or the error naming its holder."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -473,23 +493,26 @@ class StoreLock:
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return fd
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
                     os.close(fd)
-                    raise StoreError(
-                        f"store {self.path.parent} is in use by {holder}; wait for that run to finish, "
-                        "or use another --store. A killed run releases it at once."
-                    ) from None
+                    raise StoreError(f"{self.what} is in use by {holder}; {self.fix}. A killed run releases it at once.") from None
                 time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-        self._fd = fd
-        return self
+
+    def _still_there(self, fd: int) -> bool:
+        try:
+            there = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino)
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
+            if self.remove:
+                self.path.unlink(missing_ok=True)  # while held: whoever opened it meanwhile finds it gone and retries
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

@@ -1,8 +1,9 @@
 """The `improve-model` flow on real text (Python's reference topics, 9 shards) with the bundled model, 1 epoch on
 the CPU: re-embedding into a new store, keeping the old one published when the new model is not better
-(trained on shuffled pairs), and resuming after a SIGKILL. Publishing a better model (2 epochs) is in
-test_improve_model_publish.py, so that the two files run side by side on two xdist workers; the published store
-they start from is the `published_store` fixture (tests/flows/conftest.py)."""
+(trained on shuffled pairs), resuming after a SIGKILL, and refusing too few held-out queries before the
+fine-tune. The 34 topics hold out 7 queries, so these runs lower `min_holdout` (default 20) to 5. Publishing a
+better model (2 epochs) is in test_improve_model_publish.py, so that the two files run side by side on two xdist
+workers; the published store they start from is the `published_store` fixture (tests/flows/conftest.py)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def test_a_worse_model_is_not_published(published_store, topics, tmp_path):
     pairs.write_text("".join(json.dumps({"query": r["query"], "id": i}) + "\n" for r, i in zip(rows, ids)))
     out, new = tmp_path / "model", tmp_path / "new-store"
     result = improve_model(str(store), str(pairs), str(out), str(new), upload_to=f"dir:{published}",
-                           finetune={"batch_size": 8, "learning_rate": 1e-4, "negatives": 0})
+                           finetune={"batch_size": 8, "learning_rate": 1e-4, "negatives": 0}, min_holdout=5)
     assert result["publish"] is False and result["published"] is None
     assert "the old store stays published" in result["reason"]
     assert _files(published) == before  # the published folder is untouched
@@ -75,7 +76,7 @@ def test_a_killed_loop_resumes_where_it_stopped(published_store, topics, tmp_pat
     pairs = title_pairs(topics, tmp_path / "pairs.jsonl")
     out, new = tmp_path / "model", tmp_path / "new-store"
     script = ("import sys; from wikiembed.flows.improve_model import improve_model; "
-              "improve_model(*sys.argv[1:5], finetune={'batch_size': 8, 'negatives': 0})")
+              "improve_model(*sys.argv[1:5], finetune={'batch_size': 8, 'negatives': 0}, min_holdout=5)")
     proc = subprocess.Popen([sys.executable, "-c", script, str(store), str(pairs), str(out), str(new)], env=cli_env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -91,7 +92,8 @@ def test_a_killed_loop_resumes_where_it_stopped(published_store, topics, tmp_pat
     kept = _markers(new)
     weights = (out / "model.safetensors").stat().st_mtime_ns
     assert 1 <= len(kept) < 9
-    result = improve_model(str(store), str(pairs), str(out), str(new), finetune={"batch_size": 8, "negatives": 0})
+    result = improve_model(str(store), str(pairs), str(out), str(new), finetune={"batch_size": 8, "negatives": 0},
+                           min_holdout=5)
     assert (out / "model.safetensors").stat().st_mtime_ns == weights  # the fine-tune was not redone
     after = _markers(new)
     assert len(after) == 9 and all(after[name] == stamp for name, stamp in kept.items())  # done shards not redone
@@ -108,7 +110,8 @@ def test_wikiembed_improve_runs_the_loop_from_the_command_line(compact_store, to
     pairs = title_pairs(topics, tmp_path / "pairs.jsonl")
     out, new, payload = tmp_path / "model", tmp_path / "new-store", tmp_path / "improve.json"
     code = main(["improve", "--store", str(compact_store), "--pairs", str(pairs), "--out", str(out), "--new-store", str(new),
-                 "--batch-size", "8", "--negatives", "0", "--metric", "recall_at_10", "--margin", "0.02", "--json", str(payload)])
+                 "--batch-size", "8", "--negatives", "0", "--metric", "recall_at_10", "--margin", "0.02", "--min-holdout", "5",
+                 "--json", str(payload)])
     printed = capsys.readouterr()
     assert code == 0, printed.err[-3000:]
     result = json.loads(payload.read_text())
@@ -148,3 +151,22 @@ def test_wikiembed_improve_bad_input_exits_2_with_one_message(case, needle, comp
     err = capsys.readouterr().err
     assert needle in err and err.count("error:") == 1, err
     assert not out.exists() and not (tmp_path / "new-store").exists()
+
+
+def test_wikiembed_improve_refuses_too_few_held_out_queries_before_the_fine_tune(compact_store, topics, tmp_path, capsys):
+    """21 queries, 5% held out: 1 query would decide; refused with how many are missing, before anything is trained."""
+    from wikiembed.flows.cli import main
+
+    pairs = title_pairs(topics, tmp_path / "pairs.jsonl")
+    pairs.write_text("".join(pairs.read_text().splitlines(keepends=True)[:21]))
+    out, new, payload = tmp_path / "model", tmp_path / "new-store", tmp_path / "improve.json"
+    started = time.monotonic()
+    code = main(["improve", "--store", str(compact_store), "--pairs", str(pairs), "--out", str(out), "--new-store", str(new),
+                 "--holdout", "0.05", "--json", str(payload)])
+    took = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    assert "1 of its 21 queries that match the store held out (--holdout 0.05), 19 short of the 20" in err, err
+    assert "--min-holdout" in err and err.count("error:") == 1, err
+    assert not out.exists() and not new.exists() and not payload.exists() and not list(tmp_path.glob(".model*"))
+    assert took < 60, took  # no training: a fine-tune of these takes minutes on this CPU

@@ -100,7 +100,7 @@ def test_improve_model_on_a_volume_store_fine_tunes_reembeds_compares_and_publis
     start = len(cloud_dir.calls())
     with ModalCloud(cloud_dir).installed(monkeypatch):
         result = improve_model(STORE, pairs, out, new, upload_to=published, metric="recall_at_10", margin=0.05,
-                               finetune={"batch_size": 8, "epochs": 2, "learning_rate": 1e-4})
+                               finetune={"batch_size": 8, "epochs": 2, "learning_rate": 1e-4}, min_holdout=5)
     calls = _calls_since(cloud_dir, start)
     methods = [(c["cls"], c["method"]) for c in calls]
     assert methods.count(("Finetune", "run")) == 1 and methods.count(("Finetune", "compare")) == 1
