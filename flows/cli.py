@@ -276,12 +276,16 @@ def status_payload(store_dir: str, verify: bool = False) -> dict[str, Any]:
         "changed": sum(s.state == "changed" for s in states),
         "published": store.pointer("current"),
         "building": store.building(),
+        # An incremental generation keeps the files of earlier ones that hold its unchanged articles.
+        "kept": {"files": len(manifest.base), "chunks": sum(b.live_chunks for b in manifest.base),
+                 "generations": len({b.gen for b in manifest.base}),
+                 "damaged": store.verify_base(manifest) if verify and manifest.base and hasattr(store, "verify_base") else []},
     }
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
     payload = status_payload(args.store, verify=args.verify)
-    code = EXIT_FAILED_SHARDS if args.verify and payload["changed"] else EXIT_OK
+    code = EXIT_FAILED_SHARDS if payload["changed"] or payload["kept"]["damaged"] else EXIT_OK
     if args.json:
         print(json.dumps(payload, indent=1))
         return code
@@ -296,11 +300,18 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"done {payload['done']}, failed {payload['failed']}, pending {payload['pending']}, skipped rows {payload['skipped_rows']}")
     if payload["changed"]:
         ids = ",".join(str(x["shard"]) for x in payload["shards"] if x["state"] == "changed")
-        print(f"changed {payload['changed']}: data no longer matches its _done marker; "
+        print(f"changed {payload['changed']}: not vouched for by its _done marker (the error column says why); "
               f"`wikiembed rerun --store {shlex.quote(payload['store'])} --shards {ids}` redoes them")
+    kept = payload["kept"]
+    if kept["files"]:
+        print(f"kept from {kept['generations']} earlier generation(s): {kept['chunks']:,} chunks of unchanged articles in "
+              f"{kept['files']} files")
+    if kept["damaged"]:
+        print(f"damaged: kept files {', '.join(kept['damaged'][:20])} no longer match their markers (sha256); embed the "
+              "source again into a new --store")
     if payload["skipped"]:
         print("skipped rows by reason: " + ", ".join(f"{k}: {v}" for k, v in sorted(payload["skipped"].items())))
-    if args.verify and not payload["changed"]:
+    if args.verify and not payload["changed"] and not kept["damaged"]:
         print("verified: every done shard's data file matches its marker (sha256)")
     if payload["building"]:
         print(building_line(payload["store"], payload["building"]))

@@ -221,6 +221,8 @@ def _summary(
         "chunks": sum(s.chunks or 0 for s in done),
         "embedded_chunks": sum(r.embedded_chunks for r in results),
         "reused_chunks": sum(r.reused_chunks for r in results),
+        # Rows the generation keeps from earlier ones (an incremental run: the articles that did not change).
+        "kept_chunks": sum(b.live_chunks for b in manifest.base),
         # Measured: retried requests inside the backend, plus retried task runs of done and failed shards.
         "retries": run.get("request_retries", 0)
         + sum(max(r.attempts - 1, 0) for r in results)

@@ -25,7 +25,7 @@ from wikiembed import atomic
 from wikiembed.embedding import uncompressed_bytes
 from wikiembed.compact import card_section as compact_card_section
 from wikiembed.errors import StoreError
-from wikiembed.store import ShardState, Store
+from wikiembed.store import Part, ShardState, Store
 from wikiembed.records import Manifest, SourceRecord, VectorKind
 
 SPLIT = "train"
@@ -107,11 +107,12 @@ def _prompt_line(model: dict[str, Any]) -> str:
     return f"- {made}; {asked} (as `encode_query` does)"
 
 
-def _vector_bytes(store: Store, state: ShardState) -> int:
-    """Uncompressed bytes of a shard's columns (what `datasets` records as num_bytes): from the
-    marker where the checkpoint recorded it, else from the file's parquet footer."""
-    recorded = state.marker.arrow_bytes if state.marker else None
-    return int(recorded) if recorded is not None else uncompressed_bytes(store.data_path(state.shard))
+def _vector_bytes(part: Part) -> int:
+    """Uncompressed bytes of a part's rows (what `datasets` records as num_bytes): from the marker
+    where the checkpoint recorded it, else from the file's parquet footer; a kept file of an earlier
+    generation counts its live rows' share."""
+    recorded = part.arrow_bytes if part.arrow_bytes is not None else uncompressed_bytes(part.path)
+    return int(recorded) if not part.dropped_chunks else int(recorded * part.live_chunks / max(part.chunks, 1))
 
 
 def card_text(
@@ -124,7 +125,8 @@ def card_text(
     the footers of shards whose marker predates `arrow_bytes`), so an unchanged store costs
     no data reads."""
     done = [s for s in states if s.state == "done"]
-    if not done:
+    parts = store.parts(manifest, states)
+    if not parts:
         raise StoreError(
             f"store {store.root}: no shard is done yet, so there is nothing to describe or publish; "
             f"see why with `wikiembed status --store {shlex.quote(str(store.root))}`."
@@ -132,7 +134,7 @@ def card_text(
     source = manifest.source
     model = manifest.model.model_dump()
     chunking = manifest.chunking
-    first = store.data_path(done[0].shard)
+    first = parts[0].path
     schema = schema_of(first)
     if "embedding" not in schema.names:
         raise StoreError(f"{first} has no `embedding` column; the store does not follow docs/STORE.md.")
@@ -144,9 +146,9 @@ def card_text(
             f"list of {model.get('dim')} float32 (the manifest's model.dim); rerun the shard."
         )
     markers = [s.marker for s in done if s.marker]
-    chunks = sum(m.chunks for m in markers)
-    num_bytes = sum(_vector_bytes(store, s) for s in done)
-    articles = sum(m.rows for m in markers)
+    chunks = sum(p.live_chunks for p in parts)
+    num_bytes = sum(_vector_bytes(p) for p in parts)
+    articles = sum(p.rows - p.dropped_rows for p in parts)
     seconds = sum(m.seconds for m in markers)
     reused = sum(m.reused_chunks for m in markers)
     model_id = str(model.get("model_id", "unknown"))
@@ -197,7 +199,9 @@ def card_text(
         "chunk_overlap": chunking.chunk_overlap,
         "articles": articles,
         "chunks": chunks,
-        "shards_line": f"{len(done)} of {len(states)}" + (" (partial: the remaining shards are not published yet)" if partial else ""),
+        "shards_line": f"{len(done)} of {len(states)}" + (" (partial: the remaining shards are not published yet)" if partial else "")
+        + (f", plus {len(manifest.base)} shard files kept from earlier versions of the source (their unchanged articles)"
+           if manifest.base else ""),
         "skipped_line": ("- skipped source rows: " + ", ".join(f"{reason}: {n}" for reason, n in sorted(skipped.items())) + "\n")
         if skipped else "",
         "seconds": f"{seconds:.0f}",

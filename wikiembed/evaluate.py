@@ -83,14 +83,12 @@ def sample_articles(vectors: StoreVectors, n: int, seed: int) -> list[tuple[str,
     """
     ids: list[str] = []
     titles: list[str] = []
-    for path in vectors.files:
-        parquet = pq.ParquetFile(path, memory_map=True)
-        for batch in parquet.iter_batches(columns=["id", "title", "chunk_index"], batch_size=65536):
-            first = np.asarray(batch.column("chunk_index").to_numpy(zero_copy_only=False)) == 0
-            for i, t, keep in zip(batch.column("id").to_pylist(), batch.column("title").to_pylist(), first):
-                if keep and t and t.strip():
-                    ids.append(i)
-                    titles.append(t)
+    for batch in vectors.live_batches(["id", "title", "chunk_index"]):
+        first = np.asarray(batch.column("chunk_index").to_numpy(zero_copy_only=False)) == 0
+        for i, t, keep in zip(batch.column("id").to_pylist(), batch.column("title").to_pylist(), first):
+            if keep and t and t.strip():
+                ids.append(i)
+                titles.append(t)
     if not ids:
         raise StoreError(f"store {vectors.root}: no article has a title, so titles cannot be queries; this check needs titles.")
     order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
@@ -197,7 +195,7 @@ def _evaluate_store(
         ranks[r["form"] + " (hamming only)"] = tuple(plain)
         results.append({**r, "form": r["form"] + " (hamming only)", "rescore": None, "method": ranking.method,
                         "index_note": ranking.note, **metrics(*plain)})
-    chunks = sum(pq.ParquetFile(f).metadata.num_rows for f in vectors.files)
+    chunks = vectors.chunks
     head = results[0]
     return {
         "store": str(vectors.root),
@@ -255,9 +253,9 @@ def evaluate(
     else:
         named = str(queries) if isinstance(queries, (str, Path)) else "the queries given"
         parsed = read_queries(queries) if isinstance(queries, (str, Path)) else list(queries)
-        keys = store_keys(vectors.files)
+        keys = store_keys(vectors.live_batches(["id", "chunk_index"]))
         if other is not None:
-            keys &= store_keys(other.files)  # paired: only what both stores can answer
+            keys &= store_keys(other.live_batches(["id", "chunk_index"]))  # paired: only what both stores can answer
         matched = match(parsed, keys, f"store {vectors.root}" + (f" and {other.root}" if other else ""))
         judged = matched.queries
         about = {"query": "file", "queries_file": named, "queries_read": matched.read, "queries_unmatched": matched.unmatched,

@@ -155,16 +155,15 @@ def _relevant_chunks(vectors: StoreVectors, ids: set[str]) -> dict[tuple[str, in
     form = vectors.form("float32")
     wanted = pa.array(sorted(ids), type=pa.string())
     out: dict[tuple[str, int], tuple[str, np.ndarray]] = {}
-    for path in vectors.files:
-        for batch in pq.ParquetFile(path, memory_map=True).iter_batches(columns=["id", "chunk_index", "text", form.column]):
-            keep = pc.is_in(batch.column("id"), value_set=wanted)
-            if not pc.any(keep).as_py():
-                continue
-            picked = batch.filter(keep)
-            values = column_values(picked.column(form.column), form)
-            for i, c, t, v in zip(picked.column("id").to_pylist(), picked.column("chunk_index").to_pylist(),
-                                  picked.column("text").to_pylist(), values):
-                out[(i, int(c))] = (t, np.asarray(v, dtype=np.float32))
+    for batch in vectors.live_batches(["id", "chunk_index", "text", form.column]):
+        keep = pc.is_in(batch.column("id"), value_set=wanted)
+        if not pc.any(keep).as_py():
+            continue
+        picked = batch.filter(keep)
+        values = column_values(picked.column(form.column), form)
+        for i, c, t, v in zip(picked.column("id").to_pylist(), picked.column("chunk_index").to_pylist(),
+                              picked.column("text").to_pylist(), values):
+            out[(i, int(c))] = (t, np.asarray(v, dtype=np.float32))
     return out
 
 
@@ -281,7 +280,7 @@ def _finetune(store: str | Path, pairs: Path, out: Path, settings: FinetuneSetti
             return done  # this very fine-tune is already there (a rerun of an interrupted loop)
         raise InputError(f"--out {out}: exists and holds something else; give a new folder (e.g. one per week), or remove it.")
 
-    matched = match(queries, store_keys(vectors.files), f"store {vectors.root}")
+    matched = match(queries, store_keys(vectors.live_batches(["id", "chunk_index"])), f"store {vectors.root}")
     alike, near_duplicates = merge_alike(matched.queries, model_reading(vectors.model_id))
     train, held = split_holdout(alike, settings.holdout, settings.seed)
     if len(train) < MIN_TRAIN_QUERIES:
@@ -378,7 +377,7 @@ def _finetune(store: str | Path, pairs: Path, out: Path, settings: FinetuneSetti
         "base_revision": info.revision,
         "store": str(vectors.root),
         "generation": vectors.store.gen,
-        "chunks": sum(pq.ParquetFile(f).metadata.num_rows for f in vectors.files),
+        "chunks": vectors.chunks,
         "pairs_file": str(pairs),
         "pairs": {"read": matched.read, "matched": len(matched.queries), "unmatched": matched.unmatched,
                   "relevant_missing": matched.missing_items, "near_duplicates": near_duplicates},

@@ -84,25 +84,31 @@ def build(
     generation_dir: Path,
     form: Form,
     sources: Sequence[dict[str, Any]],
-    batches: Iterable[tuple[int, np.ndarray]],
+    batches: Iterable[tuple[Any, ...]],
     rows: int,
 ) -> dict[str, Any]:
     """Build `form`'s index from `batches` ((file index, stored values [n, width]) in file order)
     and write it with its sidecar; returns the sidecar.
 
     `sources`: one entry per data file, in the order the file indexes refer to: {"shard", "sha256"}
-    as the done markers record them; `rows`: how many rows the files hold together.
+    as the done markers record them; `rows`: how many rows the files hold together. A batch may carry
+    a third item, a mask of the rows to index (the others belong to articles the generation dropped).
     """
     Index = require_library()
     started = time.monotonic()
     index = Index(ndim=form.dim, metric=_metric(form), dtype=_SCALARS[form.precision],
                   connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD, expansion_search=EXPANSION_SEARCH)
     next_row = [0] * len(sources)
-    for fi, values in batches:
+    indexed = 0
+    for fi, values, *live in batches:
         start = next_row[fi]
         keys = (np.uint64(fi) << np.uint64(32)) | np.arange(start, start + len(values), dtype=np.uint64)
-        index.add(keys, values)
-        next_row[fi] = start + len(values)
+        if live and live[0] is not None:  # rows of articles the generation no longer holds
+            keys, values = keys[live[0]], values[live[0]]
+        if len(keys):
+            index.add(keys, values)
+        indexed += len(keys)
+        next_row[fi] = start + len(live[0]) if live and live[0] is not None else start + len(values)
     if sum(next_row) != rows:
         raise StoreError(f"{generation_dir}: the data files held {sum(next_row)} rows while indexing, not {rows}; "
                          "a run is writing this generation, build the index when it is finished.")
@@ -115,7 +121,7 @@ def build(
         "metric": _metric(form),
         "scalar": _SCALARS[form.precision],
         "dim": form.dim,
-        "rows": rows,
+        "rows": indexed,
         "library": library_version(),
         "connectivity": CONNECTIVITY,
         "expansion_add": EXPANSION_ADD,

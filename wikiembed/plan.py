@@ -24,8 +24,11 @@ from importlib import metadata
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from wikiembed import articles
+from wikiembed.atomic import atomic_path
 from wikiembed.embedding import text_key
 from wikiembed.compact import CompactSpec, form_by_name, parse_compact, spec_from_manifest
 from wikiembed.sources import RowReport, Source, fingerprint, parse_source, pin, write_snapshot
@@ -33,7 +36,7 @@ from wikiembed.errors import InputError, StoreError
 from wikiembed.model import ModelInfo, model_info
 from wikiembed.settings import DEFAULT_SHARD_ROWS, RunSettings
 from wikiembed.chunking import Chunking, make_chunking, plan_shards
-from wikiembed.records import Manifest, ModelRecord, ShardPlan, SnapshotRecord, SourceRecord
+from wikiembed.records import BasePart, Manifest, ModelRecord, ShardPlan, SnapshotRecord, SourceRecord
 from wikiembed.store import Store, sha256_file, store_os_error
 
 
@@ -193,7 +196,10 @@ def prepare(settings: RunSettings) -> Prepared:
         if any(st.state != "done" for st in target.states(manifest)) and snapshot_damage(target, manifest):
             # Same fingerprint, same rows: re-reading the source repairs the snapshot the
             # remaining shards are cut from (done shards never read it again).
-            _write_snapshot(source, target)
+            if manifest.changes is not None:  # an incremental generation's snapshot holds only what changed
+                _write_version(source, target, gen, articles.Articles.load(Store(root.root, manifest.previous_generation).dir / articles.FILE))
+            else:
+                _write_snapshot(source, target)
             manifest = manifest.changed(snapshot=_snapshot_record(target))
             target.write_manifest(manifest)
         _point(root, current, gen)
@@ -204,11 +210,19 @@ def prepare(settings: RunSettings) -> Prepared:
     kept = _done_rows(target)
     recorded = None if current_lost else _recorded_shard_rows(root, current)
     target.ensure_writable()
-    report = _write_snapshot(source, target)
+    # A new version of the published source: only the articles added or edited since are this
+    # generation's own rows; the rest stay in the files that hold them (`_base`). A full
+    # generation where that is not possible or no longer pays (`_follows`).
+    old = _follows(Store(root.root, previous)) if previous and not kept else None
+    report, diff = _write_version(source, target, gen, old)
+    changes = diff.finish() if diff is not None else None
+    if diff is not None and sum(changes.values()) > DELTA_MAX_CHANGED * max(len(diff.old), 1):
+        report, diff = _write_version(source, target, gen, None)[0], None
     rows = pq.ParquetFile(target.snapshot_path).metadata.num_rows
     shard_rows = _shard_rows_for(root, settings.shard_rows, kept, rows, recorded)
     settings = settings.model_copy(update={"shard_rows": shard_rows})
-    if rows == 0:
+    base = _base(Store(root.root, previous), target, diff) if diff is not None else []
+    if rows == 0 and not base:
         shutil.rmtree(target.dir, ignore_errors=True)  # made by this call, holds nothing
         why = ", ".join(f"{reason}: {n}" for reason, n in sorted(report.skipped.items())) or "no rows"
         raise InputError(
@@ -229,6 +243,8 @@ def prepare(settings: RunSettings) -> Prepared:
         versions=_versions(),
         generation=gen,
         previous_generation=previous,
+        base=base,
+        changes=changes,
         # The kind of vectors this generation holds (see wikiembed.embedding): the published
         # generation's when vectors carry over, else set by the first shard embedded.
         vectors=inherited_kind,
@@ -238,15 +254,111 @@ def prepare(settings: RunSettings) -> Prepared:
     return Prepared(target, manifest, previous)
 
 
-def _write_snapshot(source: Source, store: Store) -> RowReport:
-    """The source's rows into the generation's snapshot; a disk that fills up or refuses the write is
-    named with its fix (the temp file is already gone), not shown as a traceback."""
+def _write_snapshot(source: Source, store: Store, select=None) -> RowReport:  # noqa: ANN001
+    """The source's rows into the generation's snapshot (`select`: see `write_snapshot`); a disk that
+    fills up or refuses the write is named with its fix (the temp file is already gone), not shown as
+    a traceback."""
     try:
-        return write_snapshot(source, store.snapshot_path)
+        return write_snapshot(source, store.snapshot_path, select)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS):
             raise
         raise store_os_error(exc, store.snapshot_path) from None
+
+
+# An incremental generation is a full one again when more than this share of the published one's
+# articles changed (a rewrite costs little more then, and keeps readers from skipping many rows), or
+# when its files would span more than MAX_BASE_GENERATIONS generations.
+DELTA_MAX_CHANGED = 0.3
+MAX_BASE_GENERATIONS = 16
+
+
+def _follows(previous: Store) -> "articles.Articles | None":
+    """The articles table of the published generation a new source version follows as a delta, or
+    None where the new version is a full generation (too many layers already, or no table can be had:
+    a generation made before tables were kept, whose snapshot is gone)."""
+    manifest = previous.read_manifest()
+    if len({b.gen for b in manifest.base} | {previous.gen}) > MAX_BASE_GENERATIONS:
+        return None
+    path = previous.dir / articles.FILE
+    if not path.exists():
+        if manifest.base or snapshot_damage(previous, manifest):
+            return None
+        with atomic_path(path) as tmp, articles.writer(tmp) as out:  # a generation made before tables were kept
+            first = 0
+            for batch in pq.ParquetFile(previous.snapshot_path).iter_batches(batch_size=4096):
+                rows = batch.to_pylist()
+                out.write_table(articles.rows_table(rows, str(previous.gen), first))
+                first += len(rows)
+    return articles.Articles.load(path)
+
+
+def _write_version(source: Source, target: Store, gen: str, old: "articles.Articles | None") -> tuple[RowReport, "articles.Diff | None"]:
+    """Write the generation's snapshot and its articles table: every row of the source, or (after a
+    published `old` one) only the articles added or edited since, plus the old table's unchanged rows."""
+    diff = articles.Diff(old) if old is not None else None
+    written = 0
+    with atomic_path(target.dir / articles.FILE) as tmp, articles.writer(tmp) as table:
+
+        def select(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+            nonlocal written
+            own = diff.select(rows) if diff is not None else rows
+            if own:
+                table.write_table(articles.rows_table(own, gen, written))
+                written += len(own)
+            return own
+
+        report = _write_snapshot(source, target, select)
+        if diff is not None:
+            diff.finish()
+            keep = diff.kept_mask()
+            start = 0
+            for batch in pq.ParquetFile(old.path).iter_batches(batch_size=65_536):
+                mask = keep[start : start + batch.num_rows]
+                start += batch.num_rows
+                if mask.any():
+                    table.write_table(pa.Table.from_batches([batch]).filter(pa.array(mask)))
+    return report, diff
+
+
+def _base(previous: Store, target: Store, diff: "articles.Diff") -> list[BasePart]:
+    """The files a generation that follows `previous` keeps: `previous`'s own shards and the ones it
+    kept itself, each less the articles edited or removed since (written to `target`'s
+    `dropped.parquet`); a file none of whose articles is left is not kept."""
+    manifest = previous.read_manifest()
+    parts = list(manifest.base) + [
+        BasePart(gen=str(previous.gen), shard=p.shard, sha256=p.sha256, bytes=p.bytes, rows=p.rows, chunks=p.chunks,
+                 arrow_bytes=p.arrow_bytes)
+        for p in previous.parts(manifest) if p.gen == previous.gen
+    ]
+    # Where each dropped article is: its generation's snapshot row, and so its shard in that generation's plan.
+    dropped = pq.read_table(diff.old.path, columns=["id", "gen", "row"]).take(pa.array(diff.dropped_rows()))
+    starts = {}
+    for g in set(dropped.column("gen").to_pylist()):
+        starts[g] = np.array([a for a, _ in Store(previous.root, g).read_manifest().plan.shards], dtype=np.int64)
+    gens = dropped.column("gen").to_numpy(zero_copy_only=False)
+    rows = dropped.column("row").to_numpy()
+    shard = np.zeros(len(rows), dtype=np.int32)
+    for g, first_rows in starts.items():
+        at = gens == g
+        shard[at] = np.searchsorted(first_rows, rows[at], side="right") - 1
+    new = pa.table({"gen": dropped.column("gen"), "shard": pa.array(shard, pa.int32()), "id": dropped.column("id")})
+    earlier = pq.read_table(previous.dropped_path) if previous.dropped_path.exists() else new.schema.empty_table()
+    every = pa.concat_tables([earlier.select(new.schema.names).cast(new.schema), new])
+    with atomic_path(target.dropped_path) as tmp:
+        pq.write_table(every, tmp, compression="zstd")
+    fresh = {(g, int(k)) for g, k in zip(gens.tolist(), shard.tolist())}
+    kept = []
+    for part in parts:
+        if (part.gen, part.shard) in fresh:
+            mask = pc.and_(pc.equal(every["gen"], part.gen), pc.equal(every["shard"], part.shard))
+            ids = every.filter(mask).column("id")
+            path = previous.root / "gens" / part.gen / "data" / f"{part.shard:05d}.parquet"
+            held = pq.read_table(path, columns=["id"]).column("id")
+            part = part.changed(dropped_rows=len(ids), dropped_chunks=int(pc.sum(pc.is_in(held, value_set=ids.combine_chunks())).as_py() or 0))
+        if part.dropped_rows < part.rows:
+            kept.append(part)
+    return kept
 
 
 def _snapshot_record(store: Store) -> SnapshotRecord:
@@ -324,14 +436,30 @@ def _point(root: Store, current: str | None, gen: str) -> None:
         root.set_pointer("next", gen)
     else:
         root.set_pointer("next", None)
-    keep = {current, gen}
+    _drop_unused(root, {current, gen})
+
+
+def _drop_unused(root: Store, live: set[str | None]) -> None:
+    """Delete every generation folder but the `live` ones and those whose files they keep (`base`); of a
+    generation kept only for its files, only its data and markers stay (its chunk files go)."""
+    keep = {g for g in live if g}
+    held: set[str] = set()
+    for g in keep:
+        path = root.root / "gens" / g / "manifest.json"
+        if path.exists():
+            held |= {b.gen for b in Store(root.root, g).read_manifest().base}
     for old in (root.root / "gens").glob("*"):
-        if old.name not in keep and old.is_dir():
+        if not old.is_dir() or old.name in keep:
+            continue
+        if old.name in held:
+            shutil.rmtree(old / "chunks", ignore_errors=True)
+        else:
             shutil.rmtree(old, ignore_errors=True)
 
 
 def promote(store: Store) -> bool:
-    """Publish a completed `next` generation: one atomic symlink swap, then drop the old one."""
+    """Publish a completed `next` generation: one atomic symlink swap, then drop the old one (all but
+    the files the new one keeps)."""
     root = Store(store.root)
     nxt, current = root.pointer("next"), root.pointer("current")
     if nxt is None or nxt != store.gen:
@@ -339,7 +467,7 @@ def promote(store: Store) -> bool:
     root.set_pointer("current", nxt)
     root.set_pointer("next", None)
     if current and current != nxt:
-        shutil.rmtree(root.root / "gens" / current, ignore_errors=True)
+        _drop_unused(root, {nxt})
     return True
 
 

@@ -41,7 +41,7 @@ from wikiembed import atomic
 from wikiembed.card import SPLIT, card_text, read_eval, schema_of, write_card_if_changed
 from wikiembed.errors import InputError, StoreError, UploadError
 from wikiembed.hub_upload import SECRET_BLOCK, token_and_source, upload_folder
-from wikiembed.store import ShardState, Store, StoreLock, sha256_file
+from wikiembed.store import Part, ShardState, Store, StoreLock, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -148,26 +148,44 @@ def plan_files(
     return files
 
 
-def _merge_key(shards: Sequence[ShardState]) -> str:
-    """Identity of a merged file's bytes: its inputs' content plus everything that shapes the writer."""
-    payload = {
-        "layout": LAYOUT_VERSION,
-        "pyarrow": pa.__version__,
-        "writer": _WRITER_OPTIONS,
-        "inputs": [[s.shard, s.marker.sha256] for s in shards if s.marker],
-    }
+def _merge_key(parts: Sequence[Part]) -> str:
+    """Identity of a merged file's bytes: its inputs' content (and the rows each leaves out) plus
+    everything that shapes the writer."""
+    inputs = []
+    for p in parts:
+        # An own shard keeps the key it always had: an export made before kept files existed stays valid.
+        item: list[Any] = [p.shard, p.sha256] if p.drop is None else [p.gen, p.shard, p.sha256]
+        if p.drop is not None and len(p.drop):
+            item.append(hashlib.sha256("\0".join(sorted(p.drop.to_pylist())).encode()).hexdigest())
+        inputs.append(item)
+    payload = {"layout": LAYOUT_VERSION, "pyarrow": pa.__version__, "writer": _WRITER_OPTIONS, "inputs": inputs}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _verify_inputs(store: Store, shards: Sequence[ShardState]) -> None:
-    """Hash every shard file being published against its marker; refuse, naming each one that differs.
+def _verify_inputs(store: Store, parts: Sequence[Part]) -> None:
+    """Hash every file being published against its marker; refuse, naming each one that differs.
 
     Also for merged files kept from an earlier export: a data file damaged in place with its stat
     unchanged would otherwise be published from that cache while the store itself is broken.
     Hashing runs in threads (hashlib releases the GIL), so it costs about one read of the data."""
+    def ok(part: Part) -> bool:
+        if part.gen != store.gen:
+            try:
+                return sha256_file(part.path) == part.sha256
+            except OSError:
+                return False
+        return store.verify_done(part.shard) is not None
+
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        checked = list(pool.map(lambda state: (state.shard, store.verify_done(state.shard)), shards))
-    bad = [shard for shard, marker in checked if marker is None]
+        checked = list(pool.map(lambda part: (part, ok(part)), parts))
+    kept_bad = [f"{p.gen}/{p.shard:05d}" for p, good in checked if not good and p.gen != store.gen]
+    if kept_bad:
+        raise StoreError(
+            f"store {store.root}: the files {', '.join(kept_bad[:20])} that this generation keeps from earlier ones no "
+            "longer match their _done markers (sha256), so the store is damaged and nothing was published; embed the "
+            "source again into a new --store (`wikiembed status --verify` checks every file)."
+        )
+    bad = [p.shard for p, good in checked if not good]
     if bad:
         ids = ",".join(str(k) for k in bad)
         raise StoreError(
@@ -179,19 +197,23 @@ def _verify_inputs(store: Store, shards: Sequence[ShardState]) -> None:
         )
 
 
-def _write_merged(store: Store, dest: Path, shards: Sequence[ShardState], schema: pa.Schema) -> None:
-    """Concatenate shard files row group by row group (one row group in memory at a time); their
-    inputs were hashed against their markers first (`_verify_inputs`)."""
+def _write_merged(store: Store, dest: Path, parts: Sequence[Part], schema: pa.Schema) -> None:
+    """Concatenate data files row group by row group (one row group in memory at a time), leaving out
+    the rows of articles a kept file no longer holds; the inputs were hashed against their markers
+    first (`_verify_inputs`)."""
     with atomic.atomic_path(dest) as tmp, pq.ParquetWriter(tmp, schema, **_WRITER_OPTIONS) as writer:
-        for state in shards:
-            source = pq.ParquetFile(store.data_path(state.shard))
+        for part in parts:
+            source = pq.ParquetFile(part.path)
             if source.schema_arrow.remove_metadata() != schema:
                 raise StoreError(
-                    f"shard {state.shard:05d}: {store.data_path(state.shard)} has columns {source.schema_arrow.names} "
+                    f"shard {part.shard:05d}: {part.path} has columns {source.schema_arrow.names} "
                     f"unlike the other shards ({schema.names}); rerun that shard so every shard has one schema."
                 )
             for group in range(source.num_row_groups):
                 table = source.read_row_group(group).replace_schema_metadata(None)
+                live = part.live(table.column("id"))
+                if live is not None:
+                    table = table.filter(live)
                 if table.num_rows:
                     writer.write_table(table, row_group_size=table.num_rows)
 
@@ -208,22 +230,21 @@ def _save_state(staging: Path, files: dict[str, dict[str, Any]]) -> None:
     atomic.write_json(staging / STATE_FILE, {"files": files})
 
 
-def _build_staging(store: Store, staging: Path, done: Sequence[ShardState], file_bytes: int) -> dict[str, dict[str, Any]]:
+def _build_staging(store: Store, staging: Path, done: Sequence[Part], file_bytes: int) -> dict[str, dict[str, Any]]:
     """Make STAGING/data/ hold exactly the planned merged files; return {path: {key, sha256, size, shards}}.
 
     A file whose inputs did not change since the last build is kept as is, so reruns are
     byte-identical and cost no writes; stale files of an older layout are removed.
     """
     (staging / "data").mkdir(parents=True, exist_ok=True)
-    by_id = {s.shard: s for s in done}
-    plan = plan_files([(s.shard, s.marker.bytes) for s in done if s.marker], file_bytes, MAX_FILES_PER_FOLDER)
-    schema = schema_of(store.data_path(done[0].shard))
-    previous = _load_state(staging)
+    plan = plan_files([(i, p.bytes) for i, p in enumerate(done)], file_bytes, MAX_FILES_PER_FOLDER)
     _verify_inputs(store, done)
+    schema = schema_of(done[0].path)
+    previous = _load_state(staging)
     current: dict[str, dict[str, Any]] = {}
     rebuilt = 0
     for item in plan:
-        inputs = [by_id[k] for k in item.shards]
+        inputs = [done[i] for i in item.shards]
         key = _merge_key(inputs)
         dest = staging / item.path_in_repo
         old = previous.get(item.path_in_repo)
@@ -235,7 +256,7 @@ def _build_staging(store: Store, staging: Path, done: Sequence[ShardState], file
             "key": key,
             "sha256": sha256_file(dest),
             "size": dest.stat().st_size,
-            "shards": list(item.shards),
+            "shards": [p.shard if p.gen == store.gen else f"{p.gen}/{p.shard:05d}" for p in inputs],
         }
         rebuilt += 1
         # Saved after every file so an interrupted build keeps what it finished.
@@ -435,7 +456,7 @@ def publish(
     states = source.states(manifest)
     if not allow_partial:
         _refuse_unfinished(store, states)
-    done = [s for s in states if s.state == "done"]
+    done = source.parts(manifest, states)
     if not done:
         raise StoreError(
             f"store {store}: no shard is done yet, so there is nothing to publish; "
@@ -473,7 +494,7 @@ def publish(
             "bytes": total_bytes,
             "data_files": sorted(files),
             "shards": len(done),
-            "rows": sum(s.marker.chunks for s in done if s.marker),
+            "rows": sum(p.live_chunks for p in done),
             "generation": source.gen,
             "building": source.building(),
         }

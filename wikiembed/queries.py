@@ -121,15 +121,15 @@ def read_queries(path: str | Path) -> list[JudgedQuery]:
     return [JudgedQuery(text, frozenset(keys)) for text, keys in merged.items()]
 
 
-def store_keys(files: Sequence[str | Path]) -> set[Key]:
-    """Every article key (id, None) and chunk key (id, chunk_index) of a store's data files."""
+def store_keys(batches: Iterable[Any]) -> set[Key]:
+    """Every article key (id, None) and chunk key (id, chunk_index) of a store's rows, given as record
+    batches with those two columns (`StoreVectors.live_batches`)."""
     keys: set[Key] = set()
-    for path in files:
-        for batch in pq.ParquetFile(path, memory_map=True).iter_batches(columns=["id", "chunk_index"], batch_size=65536):
-            ids = batch.column("id").to_pylist()
-            for i, c in zip(ids, batch.column("chunk_index").to_pylist()):
-                keys.add((i, int(c)))
-            keys.update((i, None) for i in ids)
+    for batch in batches:
+        ids = batch.column("id").to_pylist()
+        for i, c in zip(ids, batch.column("chunk_index").to_pylist()):
+            keys.add((i, int(c)))
+        keys.update((i, None) for i in ids)
     return keys
 
 

@@ -196,8 +196,32 @@ class ShardPlan(_Record):
         return end - start
 
 
+class BasePart(_Record):
+    """A done shard file of an earlier generation that a generation keeps as it is, less the rows of
+    the articles dropped since (edited or removed: their ids are in the generation's
+    `dropped.parquet`). An incremental run writes only the articles that changed (`wikiembed.plan`)."""
+
+    gen: str
+    shard: int
+    sha256: str
+    bytes: int
+    rows: int  # articles in the file
+    chunks: int  # rows in the file
+    arrow_bytes: int | None = None
+    dropped_rows: int = 0
+    dropped_chunks: int = 0
+
+    @property
+    def live_chunks(self) -> int:
+        return self.chunks - self.dropped_chunks
+
+
 class Manifest(_Record):
-    """A generation's `manifest.json`."""
+    """A generation's `manifest.json`.
+
+    A generation made by an incremental run holds its own shards (the plan: the articles added or
+    edited since the generation it follows) and `base`: the shard files of earlier generations it
+    keeps, less their dropped articles."""
 
     format: int = FORMAT
     source: SourceRecord = Field(default_factory=SourceRecord)
@@ -215,6 +239,8 @@ class Manifest(_Record):
     versions: dict[str, str] = Field(default_factory=dict)  # of the libraries that planned it
     generation: str | None = None
     previous_generation: str | None = None  # the published generation whose vectors it may reuse
+    base: list[BasePart] = Field(default_factory=list)
+    changes: dict[str, int] | None = None  # articles added, edited and removed since previous_generation
     # The kind of vectors it holds: set by the first shard embedded, or carried over from the
     # previous generation.
     vectors: VectorKind | None = None

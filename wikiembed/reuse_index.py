@@ -47,27 +47,29 @@ class ReuseIndex:
         self._saved = False
         self._keys: np.ndarray | None = None
         self._where: np.ndarray | None = None  # (file index, row) per key
-        self._files: list[int] = []
+        self._files: list[str] = []  # data files, relative to the store's root
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()  # shard tasks run as threads and share one index
 
-    def _done(self) -> tuple[list[tuple[int, str]], str]:
-        """(shard, data file sha256) of every done shard, what the index covers, and their fingerprint."""
-        manifest = self.store.read_manifest()
-        found = ((k, self.store.read_done(k, manifest)) for k in range(len(manifest.plan.shards)))
-        done = [(k, marker.sha256) for k, marker in found if marker is not None]
-        return done, hashlib.sha256(json.dumps(done).encode()).hexdigest()
+    def _done(self) -> tuple[list[tuple[str, str]], str]:
+        """(data file relative to the store's root, sha256) of every file the generation's rows are in
+        (its done shards and the files it keeps from earlier generations), what the index covers, and
+        their fingerprint."""
+        root = self.store.root
+        files = [(p.path.relative_to(root).as_posix(), p.sha256) for p in self.store.parts()]
+        return files, hashlib.sha256(json.dumps(files).encode()).hexdigest()
 
     def _build(self) -> None:
         done, fingerprint = self._done()
         if self._load(fingerprint):
             return
         keys, where = [], []
-        for k, _ in done:
-            texts = pq.read_table(self.store.data_path(k), columns=["text"]).column("text").to_pylist()
+        for name, _ in done:
+            # Every row of a kept file, dropped articles' too: a vector depends only on its chunk's text.
+            texts = pq.read_table(self.store.root / name, columns=["text"]).column("text").to_pylist()
             keys.append(np.array([text_key(t) for t in texts], dtype="S16"))
             where.append(np.stack([np.full(len(texts), len(self._files)), np.arange(len(texts))], axis=1))
-            self._files.append(k)
+            self._files.append(name)
         self._keys = np.concatenate(keys) if keys else np.zeros(0, dtype="S16")
         self._where = np.concatenate(where) if where else np.zeros((0, 2), dtype=np.int64)
         order = np.argsort(self._keys, kind="stable")
@@ -84,7 +86,9 @@ class ReuseIndex:
                     return False  # a shard was re-embedded since: the saved keys are stale
                 if not keys:
                     return True
-                self._keys, self._where, self._files = saved["keys"], saved["where"], saved["files"].tolist()
+                if saved["files"].dtype.kind not in "US":
+                    return False  # an index saved before files were named by path: rebuilt
+                self._keys, self._where, self._files = saved["keys"], saved["where"], [str(f) for f in saved["files"]]
         except FileNotFoundError:
             return False
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
@@ -104,13 +108,13 @@ class ReuseIndex:
                 return
             with atomic_path(self.store.dir / self.SAVED) as tmp:
                 with tmp.open("wb") as fh:
-                    np.savez(fh, keys=self._keys, where=self._where, files=np.asarray(self._files, dtype=np.int64),
+                    np.savez(fh, keys=self._keys, where=self._where, files=np.asarray(self._files, dtype=str),
                              fingerprint=np.asarray(self._fingerprint))  # fmt: skip
             self._saved = True
 
     def _vectors(self, file_index: int) -> np.ndarray:
         if file_index not in self._cache:
-            _, vectors = read_vectors(self.store.data_path(self._files[file_index]))
+            _, vectors = read_vectors(self.store.root / self._files[file_index])
             self._cache[file_index] = vectors
             while len(self._cache) > self._CACHE_FILES:
                 self._cache.popitem(last=False)

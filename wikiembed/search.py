@@ -31,7 +31,7 @@ import shlex
 from wikiembed import index as ann
 from wikiembed.compact import Form, Scorer, column_values, form_by_name, spec_from_manifest
 from wikiembed.errors import InputError, StoreError
-from wikiembed.store import Store
+from wikiembed.store import Part, Store
 
 # Vectors scored per step: [queries × SCAN_ROWS] float32 scores stay small (500 queries: 16 MB).
 SCAN_ROWS = 8192
@@ -86,10 +86,11 @@ class StoreVectors:
             )
         self.store = Store(root.root, current)
         self.manifest = self.store.read_manifest()
-        done = [s for s in self.store.states(self.manifest) if s.state == "done"]
-        self.files = [self.store.data_path(s.shard) for s in done]
+        # Its done shards, and the files it keeps from earlier generations less their dropped articles.
+        self.parts = self.store.parts(self.manifest)
+        self.files = [p.path for p in self.parts]
         # What each file is, as its marker vouches: an index records these to tell whether it is stale.
-        self.sources = [{"shard": s.shard, "sha256": s.marker.sha256 if s.marker else None} for s in done]
+        self.sources = [_source(p, self.store.gen) for p in self.parts]
         if not self.files:
             raise StoreError(f"store {root.root}: no shard is done yet; finish the run first (`wikiembed status --store {shlex.quote(str(root.root))}`).")
         self.model_id: str = self.manifest.model.model_id
@@ -101,18 +102,24 @@ class StoreVectors:
     def root(self) -> Path:
         return self.store.root
 
-    def form(self, name: str = "float32") -> Form:
-        return form_by_name(name, self.compact, self.dim)
-
     @property
     def chunks(self) -> int:
-        """Rows the generation holds."""
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
+        """Rows the generation holds (a kept file's dropped articles left out)."""
+        return sum(p.live_chunks for p in self.parts)
 
     def live_batches(self, columns: Sequence[str], batch_size: int = 65_536) -> Iterator[Any]:
-        """Every row the generation holds, as record batches of `columns`, file by file."""
-        for path in self.files:
-            yield from pq.ParquetFile(path, memory_map=True).iter_batches(columns=list(columns), batch_size=batch_size)
+        """Every row the generation holds, as record batches of `columns`, file by file (the rows of
+        articles a kept file no longer holds left out)."""
+        for part in self.parts:
+            extra = ["id"] if part.drop is not None and "id" not in columns else []
+            for batch in pq.ParquetFile(part.path, memory_map=True).iter_batches(columns=[*columns, *extra], batch_size=batch_size):
+                live = part.live(batch.column("id")) if part.drop is not None else None
+                if live is not None:
+                    batch = batch.filter(live)
+                yield batch.select(list(columns)) if extra else batch
+
+    def form(self, name: str = "float32") -> Form:
+        return form_by_name(name, self.compact, self.dim)
 
     # How the files are reached: opened per call here; a reader that outlives a publish holds them
     # open and caches what it reads instead (`wikiembed.serving.generation.ServedGeneration`).
@@ -174,10 +181,14 @@ class StoreVectors:
             if form.column not in parquet.schema_arrow.names:
                 raise StoreError(f"{path} has no column {form.column!r}; rerun that shard so every shard has the store's forms.")
             row0 = 0
-            for batch in parquet.iter_batches(batch_size=SCAN_ROWS, columns=[form.column]):
+            part = self.parts[fi]
+            for batch in parquet.iter_batches(batch_size=SCAN_ROWS, columns=[form.column, *(["id"] if part.drop is not None else [])]):
                 stored = column_values(batch.column(0), form)
                 n = len(stored)
                 scores = scorer.score(stored)
+                live = part.live(batch.column(1)) if part.drop is not None else None
+                if live is not None:  # rows of articles this generation no longer holds never rank
+                    scores[:, ~live.to_numpy(zero_copy_only=False)] = -np.inf
                 pos = (np.int64(fi) << 32) | np.arange(row0, row0 + n, dtype=np.int64)
                 merged = np.concatenate([best, scores.astype(np.float32)], axis=1)
                 merged_pos = np.concatenate([best_pos, np.broadcast_to(pos, (nq, n))], axis=1)
@@ -259,14 +270,25 @@ def build_index(store: str | Path, form: str = "float32", gen: str | None = None
             raise StoreError(f"{path} has no column {chosen.column!r}; rerun that shard so every shard has the store's forms.")
         rows += parquet.metadata.num_rows
 
-    def batches() -> Iterator[tuple[int, np.ndarray]]:
+    def batches() -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
         for fi, path in enumerate(vectors.files):
-            for batch in pq.ParquetFile(path, memory_map=True).iter_batches(batch_size=SCAN_ROWS, columns=[chosen.column]):
-                yield fi, column_values(batch.column(0), chosen)
+            part = vectors.parts[fi]
+            columns = [chosen.column, *(["id"] if part.drop is not None else [])]
+            for batch in pq.ParquetFile(path, memory_map=True).iter_batches(batch_size=SCAN_ROWS, columns=columns):
+                live = part.live(batch.column(1)) if part.drop is not None else None
+                yield fi, column_values(batch.column(0), chosen), None if live is None else live.to_numpy(zero_copy_only=False)
 
     sidecar = ann.build(vectors.store.dir, chosen, vectors.sources, batches(), rows)
     index_path, _ = ann.paths(vectors.store.dir, chosen)
     return {"store": str(vectors.root), "generation": vectors.store.gen, "path": str(index_path), **sidecar}
+
+
+def _source(part: Part, gen: str | None) -> dict[str, Any]:
+    """What an index records of a data file: its shard and sha256; a file kept from an earlier
+    generation is named by both, and the articles it no longer holds are part of what it is."""
+    if part.gen == gen:
+        return {"shard": part.shard, "sha256": part.sha256}
+    return {"shard": f"{part.gen}/{part.shard:05d}", "sha256": f"{part.sha256}-{part.dropped_rows}"}
 
 
 def search(

@@ -27,7 +27,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -609,18 +609,28 @@ def read_source(source: Source, report: RowReport) -> Iterator[dict[str, str]]:
         raise InputError(f"--source {source.spec}: it holds no rows; check the path, --split or --limit.")
 
 
-def write_snapshot(source: Source, dest: Path) -> RowReport:
-    """Write the source's clean rows to `dest` (temp file, then atomic rename)."""
+def write_snapshot(source: Source, dest: Path, select: Callable[[list[dict[str, str]]], list[dict[str, str]]] | None = None) -> RowReport:
+    """Write the source's clean rows to `dest` (temp file, then atomic rename); with `select`, only
+    the rows it returns of each block it is shown (in order: an incremental run keeps only the
+    articles that changed, `wikiembed.articles.Diff`)."""
     report = RowReport()
     with atomic_path(dest) as tmp, pq.ParquetWriter(tmp, SNAPSHOT_SCHEMA, compression="zstd") as writer:
         buf: list[dict[str, str]] = []
+        pending: list[dict[str, str]] = []
+
+        def flush(final: bool = False) -> None:
+            nonlocal buf, pending
+            pending += select(buf) if select is not None else buf
+            buf = []
+            while len(pending) >= SNAPSHOT_ROW_GROUP or (final and pending):
+                writer.write_table(pa.Table.from_pylist(pending[:SNAPSHOT_ROW_GROUP], SNAPSHOT_SCHEMA))
+                pending = pending[SNAPSHOT_ROW_GROUP:]
+
         for row in read_source(source, report):
             buf.append(row)
             if len(buf) == SNAPSHOT_ROW_GROUP:
-                writer.write_table(pa.Table.from_pylist(buf, SNAPSHOT_SCHEMA))
-                buf = []
-        if buf:
-            writer.write_table(pa.Table.from_pylist(buf, SNAPSHOT_SCHEMA))
+                flush()
+        flush(final=True)
     return report
 
 

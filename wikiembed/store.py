@@ -111,6 +111,37 @@ class ShardState:
     marker: Marker | None = None  # the `_done` marker, when done
 
 
+@dataclass(frozen=True)
+class Part:
+    """One data file of a generation as a reader takes it: one of its own done shards, or a shard file
+    of an earlier generation it keeps (`Manifest.base`), less the rows of the articles in `drop`."""
+
+    gen: str
+    shard: int
+    path: Path
+    sha256: str
+    bytes: int
+    rows: int  # articles in the file
+    chunks: int  # rows in the file
+    arrow_bytes: int | None = None
+    drop: Any = None  # pyarrow string array of article ids whose rows are not the generation's, or None
+    dropped_rows: int = 0
+    dropped_chunks: int = 0
+
+    @property
+    def live_chunks(self) -> int:
+        return self.chunks - self.dropped_chunks
+
+    def live(self, ids: Any) -> Any:
+        """A boolean mask over the `id` column values `ids` of this file: the rows the generation holds
+        (None: every row)."""
+        if self.drop is None or not len(self.drop):
+            return None
+        import pyarrow.compute as pc
+
+        return pc.invert(pc.is_in(ids, value_set=self.drop))
+
+
 class Store:
     """Paths, manifest and markers of one run store, at one generation.
 
@@ -306,6 +337,58 @@ class Store:
             probe.unlink()
         except OSError as exc:
             raise store_os_error(exc, self.root) from exc
+
+    # parts: what a reader reads --------------------------------------------------
+    @property
+    def dropped_path(self) -> Path:
+        """The ids of the articles each kept shard file of an earlier generation no longer holds for
+        this one (`gen`, `shard`, `id`); only a generation with a `base` has it."""
+        return self.dir / "dropped.parquet"
+
+    def dropped(self) -> dict[tuple[str, int], Any]:
+        """{(gen, shard): pyarrow array of the ids dropped from that kept file}."""
+        if not self.dropped_path.exists():
+            return {}
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(self.dropped_path)
+        out: dict[tuple[str, int], Any] = {}
+        keys = table.group_by(["gen", "shard"]).aggregate([]).to_pylist()
+        for key in keys:
+            mask = pc.and_(pc.equal(table["gen"], key["gen"]), pc.equal(table["shard"], key["shard"]))
+            out[(key["gen"], key["shard"])] = table.filter(mask).column("id").combine_chunks()
+        return out
+
+    def parts(self, manifest: Manifest | None = None, states: "list[ShardState] | None" = None) -> list[Part]:
+        """Every data file this generation's rows are in, in order: the kept files of earlier
+        generations (each with the ids it no longer holds), then its own done shards."""
+        manifest = manifest or self.read_manifest()
+        drops = self.dropped() if manifest.base else {}
+        out = [
+            Part(b.gen, b.shard, self.root / "gens" / b.gen / "data" / f"{b.shard:05d}.parquet", b.sha256, b.bytes, b.rows,
+                 b.chunks, b.arrow_bytes, drops.get((b.gen, b.shard)), b.dropped_rows, b.dropped_chunks)
+            for b in manifest.base
+        ]
+        for st in states if states is not None else self.states(manifest):
+            if st.state == "done" and st.marker is not None:
+                m = st.marker
+                out.append(Part(str(self.gen), st.shard, self.data_path(st.shard), m.sha256, m.bytes, m.rows, m.chunks, m.arrow_bytes))
+        return out
+
+    def verify_base(self, manifest: Manifest) -> list[str]:
+        """The kept files of earlier generations whose bytes no longer match their markers (sha256): each as
+        `GEN/NNNNN`, with why."""
+        bad = []
+        for b in manifest.base:
+            path = self.root / "gens" / b.gen / "data" / f"{b.shard:05d}.parquet"
+            try:
+                ok = path.stat().st_size == b.bytes and sha256_file(path) == b.sha256
+            except OSError:
+                ok = False
+            if not ok:
+                bad.append(f"{b.gen}/{b.shard:05d}")
+        return bad
 
     # markers ---------------------------------------------------------------------
     def read_done(self, shard: int, manifest: Manifest | None = None) -> Marker | None:

@@ -41,7 +41,8 @@ from wikiembed.store import LOCAL, Store, StoreSync
 # The shard-state fields the flow reads.
 STATE_VIEW = ("shard", "state", "rows", "chunks", "error", "attempts")
 # The manifest fields the flow reads (the rest stays in the store).
-MANIFEST_VIEW = ("source", "model", "chunking", "plan", "settings", "skipped", "compact", "generation", "previous_generation")
+MANIFEST_VIEW = ("source", "model", "chunking", "plan", "settings", "skipped", "compact", "generation", "previous_generation", "base",
+                 "changes")
 
 
 def run_shard(
@@ -104,11 +105,12 @@ def prepare_store(settings: dict[str, Any], sync: StoreSync = LOCAL) -> dict[str
     """
     sync.reload()
     prepared = prepare(RunSettings(**settings))
-    changes = None
+    changes = prepared.manifest.changes
     if prepared.previous_gen:
         previous = Store(prepared.store.root, prepared.previous_gen, sync)
         ReuseIndex(previous).save()
-        changes = diff_generations(previous, prepared.store)
+        if changes is None:
+            changes = diff_generations(previous, prepared.store)
     sync.commit()
     return {"store": str(prepared.store.root), "gen": prepared.store.gen, "previous_gen": prepared.previous_gen, "changes": changes}
 

@@ -20,8 +20,18 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def _table(store: Path):
-    t = pq.read_table(store / "data")
+    """The published generation's rows (a kept file's dropped articles left out), as readers see them."""
+    import pyarrow as pa
+
+    from wikiembed.search import StoreVectors
+
+    columns = ["id", "url", "title", "chunk_index", "char_start", "char_end", "text", "embedding"]
+    t = pa.Table.from_batches(list(StoreVectors(store).live_batches(columns)))
     return t.sort_by([("id", "ascending"), ("chunk_index", "ascending")])
+
+
+def _files(store: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(store)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in (store / "gens").rglob("*") if p.is_file()}
 
 
 def _same_output(a: Path, b: Path) -> None:
@@ -55,19 +65,40 @@ def test_unchanged_edited_added_removed(prefect_api, versions, tmp_path):
     again = embed_dataset(source=str(versions / "v1.jsonl"), store=str(store), shard_rows=20)
     assert again["embedded_chunks"] == 0 and again["shards_done"] == 4
 
+    day1_files = _files(store)
+    day1_texts = set(_table(store).column("text").to_pylist())
     (versions / "live.jsonl").write_bytes((versions / "v2.jsonl").read_bytes())
     daily = embed_dataset(source=str(versions / "live.jsonl"), store=str(store), shard_rows=20)
     assert daily["changes"] == {"added": 3, "edited": 1, "removed": 1}
-    assert daily["shards_done"] == daily["shards_total"]
-    assert daily["reused_chunks"] > 0 and daily["embedded_chunks"] > 0
-    # only chunks whose text is new were embedded
+    assert daily["shards_done"] == daily["shards_total"] == 1  # the 4 articles added or edited: one shard of its own
     clean_store = tmp_path / "clean"
     clean = embed_dataset(source=str(versions / "v2.jsonl"), store=str(clean_store), shard_rows=20)
-    assert daily["embedded_chunks"] + daily["reused_chunks"] == clean["chunks"]
-    assert daily["embedded_chunks"] < clean["chunks"] // 5
+    # only chunks whose text is new were embedded, counted from the outputs
+    new_texts = [t for t in _table(clean_store).column("text").to_pylist() if t not in day1_texts]
+    assert daily["embedded_chunks"] == len(new_texts) > 0
+    assert daily["chunks"] + daily["kept_chunks"] == clean["chunks"]
     _same_output(store, clean_store)
-    # the old generation is gone once the new one is published
-    assert len(list((store / "gens").iterdir())) == 1
+    # Day 1's data files and markers are kept as they were (not one byte rewritten); the new generation
+    # wrote its own shard, its snapshot of the 4 articles, its articles table and the dropped ids.
+    after = _files(store)
+    kept = {p: s for p, s in day1_files.items() if "/data/" in p or "/_done/" in p}
+    assert kept and all(after.get(p) == s for p, s in kept.items())
+    gen = daily["generation"]
+    written = sorted(p.split("/", 2)[2] for p in after if p.startswith(f"gens/{gen}/"))
+    assert written == [".wikiembed-card.json", "README.md", "_done/00000.json", "articles.parquet", "chunks/00000.parquet", "data/00000.parquet",
+                       "dropped.parquet", "manifest.json", "snapshot/source.parquet"], written
+    old_gen = next(p.name for p in (store / "gens").iterdir() if p.name != gen)
+    assert not (store / "gens" / old_gen / "chunks").exists()  # kept only for its data files
+    # exported, the two stores are the same dataset
+    from wikiembed.publish import publish
+
+    a = publish(store, f"dir:{tmp_path / 'a'}")
+    b = publish(clean_store, f"dir:{tmp_path / 'b'}")
+    assert a["rows"] == b["rows"] == clean["chunks"]
+    ta = pq.read_table(tmp_path / "a" / "data").sort_by([("id", "ascending"), ("chunk_index", "ascending")])
+    tb = pq.read_table(tmp_path / "b" / "data").sort_by([("id", "ascending"), ("chunk_index", "ascending")])
+    assert ta.column("text").to_pylist() == tb.column("text").to_pylist()
+    assert ta.column("id").to_pylist() == tb.column("id").to_pylist()
 
 
 def test_switch_is_atomic_and_failed_incremental_keeps_the_old_version(prefect_api, versions, tmp_path, monkeypatch):
@@ -88,3 +119,70 @@ def test_switch_is_atomic_and_failed_incremental_keeps_the_old_version(prefect_a
     clean_store = tmp_path / "clean"
     embed_dataset(source=str(versions / "v2.jsonl"), store=str(clean_store), shard_rows=20)
     _same_output(store, clean_store)
+
+
+def test_versions_chain_search_verify_and_a_full_generation_when_much_changed(prefect_api, tmp_path):
+    """Three source versions, each a generation keeping the files of the ones before (an article added on
+    day 2 and edited on day 3 is dropped from day 2's file); search, index, eval and export see exactly
+    the live rows; a damaged kept file is found by `status --verify` and refused by export; a version
+    that changed most articles is a full generation, and the generations it no longer needs are deleted."""
+    from wikiembed.errors import StoreError
+    from wikiembed.flows.cli import main as cli_main
+    from wikiembed.publish import publish
+    from wikiembed.search import StoreVectors, build_index
+
+    v1 = list(generate_articles(40))
+    v2 = [dict(r) for r in v1]
+    v2[5]["text"] += "\n\nA paragraph added on the second day."
+    v2 += [dict(r, id=f"new-{i}", title=f"New {i}") for i, r in enumerate(generate_articles(2, seed=7))]
+    v3 = [dict(r) for r in v2 if r["id"] != v1[7]["id"]]
+    for r in v3:
+        if r["id"] in ("new-0", v1[5]["id"]):
+            r["text"] += "\n\nAnd one more on the third."
+    store = tmp_path / "store"
+    gens = []
+    for day, rows in enumerate((v1, v2, v3), 1):
+        _write_jsonl(tmp_path / "live.jsonl", rows)
+        gens.append(embed_dataset(source=str(tmp_path / "live.jsonl"), store=str(store), shard_rows=20)["generation"])
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert {b["gen"] for b in manifest["base"]} == {gens[0], gens[1]}
+    assert manifest["changes"] == {"added": 0, "edited": 2, "removed": 1}
+    assert sorted(p.name for p in (store / "gens").iterdir()) == sorted(gens)
+    _write_jsonl(tmp_path / "v3.jsonl", v3)
+    clean_store = tmp_path / "clean"
+    embed_dataset(source=str(tmp_path / "v3.jsonl"), store=str(clean_store), shard_rows=20)
+    _same_output(store, clean_store)
+
+    vectors = StoreVectors(store)
+    assert vectors.chunks == _table(clean_store).num_rows
+    build_index(store, "float32")
+    removed, edited = v1[7], v1[5]
+    queries = vectors.embed_queries([removed["title"], edited["title"]])
+    form = vectors.form("float32")
+    exact = vectors.top(queries, 10, form, exact=True)
+    approx = vectors.top(queries, 10, form)
+    assert approx.method == "index" and exact.method == "exact"
+    for ranking in (exact, approx):
+        found = vectors.rows(ranking.positions)
+        assert removed["id"] not in {row["id"] for row in found.values()}
+        # the edited article ranks only through its live rows, those of the third day's own shard
+        homes = {vectors.parts[int(p) >> 32].gen for p, row in found.items() if row["id"] == edited["id"]}
+        assert homes <= {gens[2]}
+    assert cli_main(["eval", "--store", str(store), "--sample", "20", "--no-record"]) == 0
+    assert cli_main(["status", "--store", str(store), "--verify"]) == 0
+
+    kept_file = next((store / "gens" / gens[0] / "data").glob("*.parquet"))
+    good = kept_file.read_bytes()
+    kept_file.write_bytes(good + b"damage")
+    assert cli_main(["status", "--store", str(store), "--verify"]) == 1
+    with pytest.raises(StoreError, match="keeps from earlier ones"):
+        publish(store, f"dir:{tmp_path / 'out'}")
+    kept_file.write_bytes(good)
+
+    # Most articles edited: a full generation again; the generations only it kept are gone.
+    v4 = [dict(r, text=r["text"] + " Rewritten.") for r in v3]
+    _write_jsonl(tmp_path / "live.jsonl", v4)
+    full = embed_dataset(source=str(tmp_path / "live.jsonl"), store=str(store), shard_rows=20)
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["base"] == [] and full["kept_chunks"] == 0 and full["shards_done"] == 3
+    assert [p.name for p in (store / "gens").iterdir()] == [full["generation"]]
