@@ -70,7 +70,7 @@ def test_finetune_of_a_volume_store_runs_next_to_it(cloud_dir, topics, tmp_path,
     assert code == 0, printed.err
     result = json.loads(payload.read_text())
     assert result["out"] == out and result["store"] == STORE and result["pairs_file"] == pairs
-    assert result["pairs"] == {"read": 35, "matched": 34, "unmatched": 1, "relevant_missing": 1}
+    assert result["pairs"] == {"read": 35, "matched": 34, "unmatched": 1, "relevant_missing": 1, "near_duplicates": 0}
     assert (result["train"], result["holdout"]) == (27, 7) and result["device"] == "cpu"
     # The model folder was written on the Volume (committed), with its record.
     folder = cloud_dir.store("models/cli")
