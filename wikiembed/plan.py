@@ -208,6 +208,12 @@ def prepare(settings: RunSettings) -> Prepared:
     # A generation folder without its manifest (lost, or a run killed while creating it): its done
     # shards are kept when the plan rebuilt from this run's options cuts the same rows.
     kept = _done_rows(target)
+    if kept and target.dropped_path.exists():
+        raise InputError(
+            f"store {root.root}: generation {gen} was an incremental one (its own shards hold only the articles that "
+            f"changed) and its manifest.json is lost, so its done shards cannot be told apart from a full plan's; delete "
+            f"the folder {target.dir} and run the same command again: it embeds that version anew."
+        )
     recorded = None if current_lost else _recorded_shard_rows(root, current)
     target.ensure_writable()
     # A new version of the published source: only the articles added or edited since are this
@@ -485,7 +491,14 @@ def _article_digests(store: Store) -> tuple[np.ndarray, np.ndarray]:
 
 
 def diff_generations(old: Store, new: Store) -> dict[str, int]:
-    """Articles added, edited and removed between two generations (by id and text content)."""
+    """Articles added, edited and removed between two generations: by their articles tables (id, and
+    title, url and text), else (a generation made before tables were kept) by id and text in their
+    snapshots."""
+    if (old.dir / articles.FILE).exists() and (new.dir / articles.FILE).exists():
+        a, b = articles.Articles.load(old.dir / articles.FILE), articles.Articles.load(new.dir / articles.FILE)
+        common, a_pos, b_pos = np.intersect1d(a.id_key, b.id_key, assume_unique=True, return_indices=True)
+        edited = int(np.count_nonzero(a.content_key[a_pos] != b.content_key[b_pos]))
+        return {"added": int(len(b) - len(common)), "removed": int(len(a) - len(common)), "edited": edited}
     old_ids, old_texts = _article_digests(old)
     new_ids, new_texts = _article_digests(new)
     common, old_pos, new_pos = np.intersect1d(old_ids, new_ids, assume_unique=False, return_indices=True)

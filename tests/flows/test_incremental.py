@@ -186,3 +186,24 @@ def test_versions_chain_search_verify_and_a_full_generation_when_much_changed(pr
     manifest = json.loads((store / "manifest.json").read_text())
     assert manifest["base"] == [] and full["kept_chunks"] == 0 and full["shards_done"] == 3
     assert [p.name for p in (store / "gens").iterdir()] == [full["generation"]]
+
+
+def test_a_version_past_the_layer_limit_is_full_and_counts_its_changes(prefect_api, tmp_path, monkeypatch):
+    import wikiembed.plan as plan
+
+    v1 = list(generate_articles(30))
+    v2 = v1 + [dict(r, id=f"new-{i}", title=f"New {i}") for i, r in enumerate(generate_articles(1, seed=7))]
+    v3 = [dict(r) for r in v2[1:]]
+    v3[0]["text"] += "\n\nEdited on the third day."
+    store = tmp_path / "store"
+    for rows in (v1, v2):
+        _write_jsonl(tmp_path / "live.jsonl", rows)
+        embed_dataset(source=str(tmp_path / "live.jsonl"), store=str(store), shard_rows=20)
+    assert json.loads((store / "manifest.json").read_text())["base"]
+    monkeypatch.setattr(plan, "MAX_BASE_GENERATIONS", 1)
+    _write_jsonl(tmp_path / "live.jsonl", v3)
+    third = embed_dataset(source=str(tmp_path / "live.jsonl"), store=str(store), shard_rows=20)
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["base"] == [] and third["kept_chunks"] == 0
+    assert third["changes"] == {"added": 0, "edited": 1, "removed": 1}  # against the published version, though it was a delta
+    assert [p.name for p in (store / "gens").iterdir()] == [third["generation"]]
