@@ -1,13 +1,24 @@
 """The device check: the whole local path's speed on one GPU machine, in one run of at most 6 minutes.
 
 Needs this repository (run from a plain copy: it puts the repository on the import path),
-torch, transformers, sentence-transformers, tokenizers, numpy and pyarrow; nothing from the
-network and no bundled model package. pydantic, where installed, lets the end-to-end part plan
-the store with `wikiembed.plan.prepare` exactly as `wikiembed run` does; without it the check
-writes the same snapshot, plan and manifest fields itself (the JSON says which).
+torch, transformers, sentence-transformers, tokenizers, numpy and pyarrow (what the GPU machine
+has), and the packages in `CARRIED`, which the GPU machine lacks and wikiembed imports (its records
+and markers are pydantic models, its store reads markers with orjson): they travel as wheels. Here,
+in the repository's root (the device tool sends `.whl` when `carry` names it):
+
+    python bench/device_check.py --carry-command     # prints the `pip download` that fills .whl/
+
+and on the GPU machine, before the check:
+`python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site`.
+Nothing comes from the network and no bundled model package is needed. A missing carried package
+stops the check at once, naming it (exit 2), before any model loads.
 
     python bench/device_check.py MODEL_DIR OUT_DIR            # on the GPU
     python bench/device_check.py MODEL_DIR OUT_DIR --quick    # a few chunks, any device: checks the script
+
+The test suite runs `--quick --device cpu` from a plain copy of the repository with only the GPU
+machine's packages and `CARRIED` importable (tests/bench/test_smoke.py), so a check that would
+crash there fails here first.
 
 MODEL_DIR is an all-MiniLM-L6-v2 folder, e.g. the 43 MiB fp16 copy that
 `python bench/engine.py --export-minilm build/minilm-fp16` writes. Its tokenizer (BERT uncased)
@@ -28,6 +39,12 @@ windows. Measured in one process, one run, on the same text:
   and `embed_ids` (the token chunker's ids), per model shape, best of the repeats;
 - st_fp32_chars_per_s: `SentenceTransformer(...).encode(windows)`, fp32, batch 32 (what most users run);
 - min_cosine: the engine against sentence-transformers fp32 on MiniLM's real weights;
+- shapes: beyond BERT, the engine (its device's default dtype: bf16 on CUDA) against
+  sentence-transformers fp32 `encode_document` / `encode_query` by cosine (min_cosine_documents,
+  min_cosine_queries) and its rate: `decoder`, the Qwen3-Embedding shape (seeded random weights;
+  Qwen3-Embedding-0.6B's layers in a full run, a tiny one with --quick: left padding, last-token
+  pooling, EOS, an instruction as query prompt), and `prompts`, MiniLM's real weights with E5's
+  document / query prompts left out of pooling (the INSTRUCTOR way);
 - e2e_chars_per_s: article characters per second from the parquet of whole articles to a finished
   store (snapshot, plan, every shard chunked and embedded with its marker), through the plain
   functions `wikiembed run --device cuda` calls, two shards in flight as its local flow runs them.
@@ -64,11 +81,15 @@ import pyarrow.parquet as pq  # noqa: E402
 
 # --- knobs -------------------------------------------------------------------------
 
-# Full run: ~20M characters either way, the size of the speed anchors (40,000 windows).
-CHUNKS = {"full": 40_000, "quick": 32}
-ARTICLE_CHARS = {"full": 20_000_000, "quick": 30_000}
+# Full run: ~20M characters either way, the size of the speed anchors (40,000 windows). Quick: few,
+# but enough articles for several shards in the end-to-end part.
+CHUNKS = {"full": 40_000, "quick": 12}
+ARTICLE_CHARS = {"full": 20_000_000, "quick": 8_000}
 # Articles per shard in the end-to-end part: several shards, so chunking one overlaps embedding another.
-SHARD_ROWS = {"full": 2_000, "quick": 20}
+SHARD_ROWS = {"full": 2_000, "quick": 4}
+# The shapes beyond BERT: windows embedded (the fp32 reference of a 0.6B decoder is the slow side).
+SHAPE_CHUNKS = {"full": 2_048, "quick": 8}
+DECODER_SHAPE = {"full": "0.6b", "quick": "tiny"}
 # Shards in flight at once, as the local flow runs them (one chunking while another embeds).
 SHARDS_IN_FLIGHT = 2
 REPEATS = {"full": 2, "quick": 1}
@@ -76,6 +97,32 @@ REPEATS = {"full": 2, "quick": 1}
 # a quick run checks every step).
 BUDGET_S = {"full": 300, "quick": float("inf")}
 WINDOW_CHARS = 512
+
+# Distributions wikiembed imports that the GPU machine lacks (tests/bench/gpu_machine_packages.txt):
+# they travel as wheels; (distribution, module) pairs.
+CARRIED = (("pydantic", "pydantic"), ("pydantic-core", "pydantic_core"), ("annotated-types", "annotated_types"),
+           ("typing-inspection", "typing_inspection"), ("orjson", "orjson"))  # fmt: skip
+
+
+def carry_command() -> str:
+    """The `pip download` of CARRIED's wheels for the GPU machine (Python 3.12, x86-64 Linux), at the
+    versions installed here, into .whl/ (blingfire too, where installed: the fast tokenizer's)."""
+    from importlib import metadata
+
+    pinned = []
+    for dist in [name for name, _ in CARRIED] + ["blingfire"]:
+        try:
+            pinned.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            if dist != "blingfire":
+                pinned.append(dist)
+    platforms = " ".join(f"--platform {p}" for p in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"))
+    return (f"python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp {platforms} "
+            f"-d .whl {' '.join(pinned)}")  # fmt: skip
+
+
+def missing_carried() -> list[str]:
+    return [dist for dist, module in CARRIED if importlib.util.find_spec(module) is None]
 
 
 def _bench_engine() -> Any:
@@ -133,35 +180,13 @@ def device_slug(device: str) -> str:
 # --- end to end ----------------------------------------------------------------------
 
 
-def prepare_store(articles_path: Path, store_dir: Path, model: str, device: str, shard_rows: int) -> tuple[Any, dict, str]:
-    """Snapshot, plan and manifest: `wikiembed.plan.prepare` where pydantic is installed, else the same fields here."""
-    try:
-        from wikiembed.plan import prepare
-        from wikiembed.settings import RunSettings
-    except ImportError as exc:  # pydantic missing: plan the store with the library's lower-level functions
-        from wikiembed.chunking import make_chunking, plan_shards
-        from wikiembed.model import model_info
-        from wikiembed.sources import fingerprint, parse_source, write_snapshot
-        from wikiembed.records import Manifest
-        from wikiembed.store import Store
+def prepare_store(articles_path: Path, store_dir: Path, model: str, device: str, shard_rows: int) -> tuple[Any, Any]:
+    """Snapshot, plan and manifest, as `wikiembed run` makes them."""
+    from wikiembed.plan import prepare
+    from wikiembed.settings import RunSettings
 
-        info = model_info(model)
-        source = parse_source(str(articles_path))
-        store = Store(store_dir, fingerprint(source)[:16])
-        store.ensure_writable()
-        write_snapshot(source, store.snapshot_path)
-        rows = pq.ParquetFile(store.snapshot_path).metadata.num_rows
-        manifest = Manifest.model_validate({
-            "model": {"model_id": info.model_id, "revision": info.revision, "dim": info.dim, "max_tokens": info.max_tokens},
-            "chunking": make_chunking("tokens", None, 0, info.max_tokens).as_dict(),
-            "compact": None,
-            "plan": {"shard_rows": shard_rows, "rows": rows, "shards": plan_shards(rows, shard_rows)},
-            "vectors": None,
-        })
-        store.write_manifest(manifest)
-        return store, manifest, f"the device check's own planning ({type(exc).__name__}: {exc})"
     prepared = prepare(RunSettings(source=str(articles_path), store=str(store_dir), model=model, device=device, shard_rows=shard_rows))
-    return prepared.store, prepared.manifest, "wikiembed.plan.prepare"
+    return prepared.store, prepared.manifest
 
 
 def end_to_end(articles_path: Path, store_dir: Path, model: str, device: str, shard_rows: int) -> dict[str, Any]:
@@ -174,10 +199,10 @@ def end_to_end(articles_path: Path, store_dir: Path, model: str, device: str, sh
     backend.embed(["warm up the engine and its tokenizing workers"] * 64)
     chars = int(pc.sum(pc.utf8_length(pq.read_table(articles_path, columns=["text"]).column("text"))).as_py())
     start = time.perf_counter()
-    store, manifest, planning = prepare_store(articles_path, store_dir, model, device, shard_rows)
+    store, manifest = prepare_store(articles_path, store_dir, model, device, shard_rows)
     planned = time.perf_counter()
 
-    def one_shard(k: int) -> dict:
+    def one_shard(k: int) -> Any:
         first, last = manifest.plan.shards[k]
         chunk_shard(store, k, manifest)
         return embed_shard(store, k, backend, last - first)
@@ -185,17 +210,54 @@ def end_to_end(articles_path: Path, store_dir: Path, model: str, device: str, sh
     with ThreadPoolExecutor(max_workers=SHARDS_IN_FLIGHT) as pool:
         markers = list(pool.map(one_shard, range(len(manifest.plan.shards))))
     seconds = time.perf_counter() - start
-    assert all(store.read_done(m["shard"]) == m for m in markers)
+    assert all(store.read_done(m.shard) == m for m in markers)
     return {
         "e2e_chars": chars,
         "e2e_articles": manifest.plan.rows,
         "e2e_shards": len(markers),
-        "e2e_chunks": sum(m["chunks"] for m in markers),
+        "e2e_chunks": sum(m.chunks for m in markers),
         "e2e_seconds": round(seconds, 3),
         "e2e_plan_seconds": round(planned - start, 3),
         "e2e_chars_per_s": round(chars / seconds, 1),
-        "e2e_planning": planning,
     }
+
+
+# --- shapes beyond BERT ---------------------------------------------------------------
+
+
+def shape_parity(
+    bench: Any, path: Path, chunks: list[str], queries: list[str], device: str, repeats: int, sync: Callable[[], None]
+) -> dict[str, Any]:
+    """The engine on the model's document and query prompts against sentence-transformers fp32's
+    `encode_document` / `encode_query`, by cosine; and the engine's rate on the documents."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from wikiembed.backends.engine import TorchEngine
+    from wikiembed.model import model_info
+
+    info = model_info(str(path))
+    document, query = info.prompt(None, "document"), info.prompt(None, "query")
+    engine = TorchEngine(str(path), device=device)
+    engine.embed(chunks[:256], prompt=document)
+    seconds, documents = best_time(lambda: engine.embed(chunks, prompt=document), repeats, sync)
+    asked = engine.embed(queries, prompt=query)
+    out: dict[str, Any] = {
+        "model_shape": f"{'decoder' if info.decoder else 'encoder'}, {info.pooling} pooling, padded {info.padding_side}"
+                       + ("" if info.include_prompt else ", prompt left out of pooling"),
+        "dtype": engine.dtype, "document_prompt": document, "query_prompt": query,
+        "chunks": len(chunks), "queries": len(queries),
+        "engine_chars_per_s": round(sum(map(len, chunks)) / seconds, 1),
+    }  # fmt: skip
+    engine.close()
+    st = SentenceTransformer(str(path), device=device).to(torch.float32)
+    options = {"batch_size": bench.ST_BATCH, "show_progress_bar": False, "convert_to_numpy": True}
+    out["min_cosine_documents"] = round(bench.min_cosine(documents, st.encode_document(chunks, **options)), 6)
+    out["min_cosine_queries"] = round(bench.min_cosine(asked, st.encode_query(queries, **options)), 6)
+    del st
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return out
 
 
 # --- the check -------------------------------------------------------------------------
@@ -203,11 +265,21 @@ def end_to_end(articles_path: Path, store_dir: Path, model: str, device: str, sh
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model_dir", type=Path, help="an all-MiniLM-L6-v2 folder (e.g. its fp16 copy)")
-    parser.add_argument("out_dir", type=Path, help="where <date>-<device>.json is written")
+    parser.add_argument("model_dir", type=Path, nargs="?", help="an all-MiniLM-L6-v2 folder (e.g. its fp16 copy)")
+    parser.add_argument("out_dir", type=Path, nargs="?", help="where <date>-<device>.json is written")
     parser.add_argument("--quick", action="store_true", help="a few chunks on whatever device there is: checks the script")
     parser.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda if torch sees a GPU")
+    parser.add_argument("--carry-command", action="store_true", help="print the pip download of the wheels to carry, and exit")
     args = parser.parse_args(argv)
+    if args.carry_command:
+        print(carry_command())
+        return 0
+    if args.model_dir is None or args.out_dir is None:
+        parser.error("MODEL_DIR and OUT_DIR are required")
+    if missing := missing_carried():
+        print(f"not installed here: {', '.join(missing)}; wikiembed needs them. Carry their wheels "
+              "(`python bench/device_check.py --carry-command` on a machine with pip) and install them first.", file=sys.stderr)  # fmt: skip
+        return 2
     started = time.perf_counter()
 
     import torch
@@ -354,6 +426,21 @@ def main(argv: list[str] | None = None) -> int:
             head = result["e2e"].get("bge-small-shape") or result["e2e"]["minilm"]
             result["e2e_chars_per_s"] = head["e2e_chars_per_s"]
             result["e2e_model"] = "bge-small-shape" if "bge-small-shape" in result["e2e"] else "minilm"
+
+        # After the figures above: a full run that ran out of time skips these first.
+        result["shapes"] = {}
+        shape_texts = windows(articles, SHAPE_CHUNKS[mode])
+        queries = [article["title"] for article in articles[: len(shape_texts)]]
+        shapes = {  # the cheap one first
+            "prompts": lambda: bench.prompted_copy(minilm, tmp / "minilm-prompts", bench.E5_PROMPTS, include_prompt=False),
+            "decoder": lambda: bench.build_random_decoder_folder(tmp / "decoder-shape", DECODER_SHAPE[mode]),
+        }
+        for name, build in shapes.items():
+            if over_budget(f"shape {name}"):
+                continue
+            result["shapes"][name] = shape_parity(bench, build(), shape_texts, queries, device, repeats, sync)
+            write()
+
     result["targets"] = {
         "engine_vs_tokenizer": ">= 0.85 for both shapes", "speedup_vs_st_fp32": ">= 10",
         "min_cosine": ">= 0.999", "e2e_chars_per_s": ">= 0.75 x tokenizer_chars_per_s",

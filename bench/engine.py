@@ -3,7 +3,8 @@
 What it may touch: reads model folders (the bundled all-MiniLM-L6-v2, or a copy
 given with --minilm; bge-small-en-v1.5 from --bge-small or the Hugging Face
 cache) and `wikiembed.sample` for text; builds a bge-small-en-v1.5 shaped model
-with seeded random weights in a temp folder when the real one is absent;
+with seeded random weights in a temp folder when the real one is absent (and,
+for bench/device_check.py, the Qwen3-Embedding shape and a prompted MiniLM);
 writes only the JSON file named by --json. Loads models onto the device it is
 told to use; nothing else.
 
@@ -24,6 +25,7 @@ the fastest repeat is the closest to its real speed.
 
 Usage:
   python bench/engine.py --device cpu --chunks 512 --json bench/results/DATE-cpu.json
+  python bench/engine.py --smoke --json out.json    # a few chunks, one repeat, any device: checks the script
   python bench/engine.py --device cuda --chunks 40000 --compile --json out.json
   python bench/engine.py --export-minilm build/minilm-fp16   # a <64 MiB copy for a GPU machine without the package
 """
@@ -68,6 +70,8 @@ WARMUP_CHUNKS = 256
 # Chunks per run when --chunks is not given: the GPU anchor size, and what a
 # 2-core CPU embeds in about ten seconds per method.
 DEFAULT_CHUNKS = {"cuda": 40_000, "cpu": 512}
+# --smoke: every method runs once, on a few chunks (seconds on 2 cores).
+SMOKE_CHUNKS = 8
 
 # The bge-small-en-v1.5 architecture (BertModel, 12 layers x 384, CLS pooling,
 # normalized, 512 tokens, the BERT uncased vocabulary MiniLM also uses).
@@ -81,6 +85,22 @@ BGE_SMALL_SHAPE = {
 }
 # Random weights are drawn from this seed, so every run builds the same model.
 SEED = 0
+
+# Qwen3-Embedding's shape: a decoder (Qwen3Model) whose byte-level BPE tokenizer appends EOS, padded
+# on the left, last-token pooling, normalized, an instruction as its query prompt and none for
+# documents. "0.6b" is Qwen3-Embedding-0.6B's layer stack (440M parameters without its 151k-token
+# vocabulary; ours is a BPE of DECODER_VOCAB tokens trained on the sample); "tiny" runs in seconds
+# on a CPU.
+DECODER_SHAPES = {
+    "0.6b": {"num_hidden_layers": 28, "hidden_size": 1024, "num_attention_heads": 16, "num_key_value_heads": 8,
+             "head_dim": 128, "intermediate_size": 3072, "max_seq_length": 512},
+    "tiny": {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "head_dim": 16, "intermediate_size": 128, "max_seq_length": 256},
+}  # fmt: skip
+DECODER_VOCAB = 1_200
+DECODER_QUERY_PROMPT = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
+# E5's prompts: the prompt path of an encoder (the document prompt goes before every chunk).
+E5_PROMPTS = {"query": "query: ", "document": "passage: "}
 
 MODEL_CHOICES = ("minilm", "bge-small-shape")
 BGE_SMALL_ID = "BAAI/bge-small-en-v1.5"
@@ -142,9 +162,63 @@ def build_random_bert_folder(
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         if (source / name).exists():
             shutil.copy2(source / name, dest / name)
-    (dest / "sentence_bert_config.json").write_text(
-        json.dumps({"max_seq_length": max_position_embeddings, "do_lower_case": False})
-    )
+    _sentence_transformers_files(dest, hidden_size, pooling, max_position_embeddings, normalize=normalize)
+    return dest
+
+
+def build_random_decoder_folder(dest: Path, shape: str = "tiny", *, seed: int = SEED) -> Path:
+    """A sentence-transformers folder of the Qwen3-Embedding shape (`DECODER_SHAPES[shape]`) with
+    seeded random weights and a byte-level BPE trained on the built-in sample. Written as files
+    (no sentence-transformers module classes), so any sentence-transformers 5+ loads it. Returns `dest`."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
+
+    size = dict(DECODER_SHAPES[shape])
+    max_seq_length = size.pop("max_seq_length")
+    eos = "<|endoftext|>"
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=DECODER_VOCAB, special_tokens=[eos], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    tokenizer.train_from_iterator((row["text"] for row in generate_articles(300, seed=seed)), trainer=trainer)
+    eos_id = tokenizer.token_to_id(eos)
+    tokenizer.post_processor = processors.TemplateProcessing(single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, eos_id)])
+    dest.mkdir(parents=True, exist_ok=True)
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=eos, pad_token=eos, padding_side="left",
+                            model_max_length=max_seq_length).save_pretrained(str(dest))  # fmt: skip
+    config = Qwen3Config(vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=max_seq_length,
+                         eos_token_id=eos_id, pad_token_id=eos_id, **size)  # fmt: skip
+    torch.manual_seed(seed)
+    Qwen3Model(config).eval().save_pretrained(str(dest))
+    _sentence_transformers_files(dest, size["hidden_size"], "lasttoken", max_seq_length,
+                                 prompts={"query": DECODER_QUERY_PROMPT, "document": ""})  # fmt: skip
+    return dest
+
+
+def prompted_copy(source: Path, dest: Path, prompts: dict[str, str], *, include_prompt: bool = True) -> Path:
+    """`source` with document / query `prompts` and, with `include_prompt=False`, pooling that leaves
+    the prompt's tokens out (as INSTRUCTOR does); the weights are linked, not copied. Returns `dest`."""
+    modules = json.loads((source / "modules.json").read_text())
+    pooling = next(m["path"] for m in modules if m["type"].endswith("Pooling"))
+    dest.mkdir(parents=True, exist_ok=True)
+    for entry in source.iterdir():
+        if entry.name not in ("config_sentence_transformers.json", pooling):
+            (dest / entry.name).symlink_to(entry.resolve())
+    st_path = source / "config_sentence_transformers.json"
+    st_config = json.loads(st_path.read_text()) if st_path.exists() else {}
+    (dest / st_path.name).write_text(json.dumps({**st_config, "prompts": prompts, "default_prompt_name": None}))
+    (dest / pooling).mkdir()
+    pooling_config = json.loads((source / pooling / "config.json").read_text())
+    (dest / pooling / "config.json").write_text(json.dumps({**pooling_config, "include_prompt": include_prompt}))
+    return dest
+
+
+def _sentence_transformers_files(dest: Path, hidden: int, pooling: str, max_seq_length: int, *,
+                                 normalize: bool = True, prompts: dict[str, str] | None = None) -> None:
+    """modules.json (Transformer, Pooling, Normalize) and the configs sentence-transformers reads."""
+    (dest / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}))
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
@@ -154,18 +228,11 @@ def build_random_bert_folder(
         (dest / "2_Normalize").mkdir(exist_ok=True)
     (dest / "modules.json").write_text(json.dumps(modules))
     (dest / "1_Pooling").mkdir(exist_ok=True)
-    (dest / "1_Pooling" / "config.json").write_text(
-        json.dumps(
-            {
-                "word_embedding_dimension": hidden_size,
-                "pooling_mode_cls_token": pooling == "cls",
-                "pooling_mode_mean_tokens": pooling == "mean",
-                "pooling_mode_max_tokens": False,
-                "pooling_mode_mean_sqrt_len_tokens": False,
-            }
-        )
-    )
-    return dest
+    modes = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken")
+    flags = {f"pooling_mode_{mode}": mode.removesuffix("_token").removesuffix("_tokens") == pooling for mode in modes}
+    (dest / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": hidden, **flags}))
+    if prompts is not None:
+        (dest / "config_sentence_transformers.json").write_text(json.dumps({"prompts": prompts, "default_prompt_name": None}))
 
 
 def export_minilm_fp16(dest: Path) -> Path:
@@ -425,7 +492,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bge-small", default=None, help=f"a {BGE_SMALL_ID} folder (default: Hub cache, else random)")
     parser.add_argument("--export-minilm", type=Path, default=None, metavar="DEST",
                         help="write an fp16 copy of the bundled MiniLM to DEST and exit")
+    parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_CHUNKS} chunks, one repeat: checks the script")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.chunks, args.repeats = args.chunks or SMOKE_CHUNKS, args.repeats or 1
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     if args.export_minilm:

@@ -29,6 +29,9 @@ rate; default: the engine anchor measured on an H100, see README):
   per-container rate), shards / control-plane rate).
 
     python bench/fanout.py --json bench/results/fanout.json
+
+`--smoke` runs every step at a few shards (seconds: it checks the script; `noop_resume_10000_shards_s`
+is then null, the resume's own shard count and seconds are under `details`).
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ SHARD_CPU = 16.0  # cores of a TorchShards container (modal_workers/torch_app.py
 # The engine on pre-tokenized text, bge-small shape, bf16 + SDPA, eager, one H100 (measured 2026-11-26,
 # README, Performance: 16.8M chars/s); TEI on an A10G per Modal's English-Wikipedia embedding example: ~0.2M chars/s.
 DEFAULT_GPU_CHARS_PER_S = 16.8e6
+# --smoke: two data-plane shards, a handful of control-plane and resumed shards.
+SMOKE = {"control_shards": 4, "resume_shards": 20, "articles": 40, "shard_rows": 20}
 ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL", "HF_HUB_OFFLINE": "1",
        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}  # fmt: skip
@@ -145,9 +150,11 @@ def _one_row_file() -> bytes:
     return _ONE_ROW
 
 
-def instant_shard(root: str, gen: str, shard: int) -> dict[str, Any]:
-    """A shard done at once: a one-chunk data file and its marker, as `embed_shard` would record them."""
+def instant_shard(root: str, gen: str, shard: int) -> Any:
+    """A shard done at once: a one-chunk data file and its marker (a `wikiembed.records.Marker`), as
+    `embed_shard` would record them."""
     from wikiembed.embedding import uncompressed_bytes
+    from wikiembed.records import Marker
     from wikiembed.store import Store, sha256_file
 
     store = Store(root, gen)
@@ -155,9 +162,9 @@ def instant_shard(root: str, gen: str, shard: int) -> dict[str, Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(_one_row_file())
     st = path.stat()
-    marker = {"shard": shard, "rows": 1, "chunks": 1, "embedded_chunks": 1, "reused_chunks": 0, "embedded_chars": 1,
-              "sha256": sha256_file(path), "bytes": st.st_size, "arrow_bytes": uncompressed_bytes(path), "mtime_ns": st.st_mtime_ns, "inode": st.st_ino,
-              "model": "sentence-transformers/all-MiniLM-L6-v2", "seconds": 0.0, "vectors": _KIND}  # fmt: skip
+    marker = Marker(shard=shard, rows=1, chunks=1, embedded_chunks=1, reused_chunks=0, embedded_chars=1,
+                    sha256=sha256_file(path), bytes=st.st_size, arrow_bytes=uncompressed_bytes(path), mtime_ns=st.st_mtime_ns,
+                    inode=st.st_ino, model="sentence-transformers/all-MiniLM-L6-v2", seconds=0.0, vectors=_KIND)  # fmt: skip
     store.mark_done(shard, marker)
     return marker
 
@@ -314,7 +321,7 @@ def data_plane(work: Path, articles: int, shard_rows: int) -> dict[str, Any]:
     finally:
         server.terminate()
         server.wait()
-    return {"articles": articles, "shards": len(plan), "chars": chars, "chunks": sum(m["chunks"] for m in markers),
+    return {"articles": articles, "shards": len(plan), "chars": chars, "chunks": sum(m.chunks for m in markers),
             "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "chars_per_s_wall": round(chars / wall),
             "chars_per_s_per_core": round(chars / cpu), "chunker_cpu_s": round(chunk_cpu, 2),
             "chunker_share_of_cpu": round(chunk_cpu / cpu, 2), "remote_bytes_per_shard_max": bytes_max,
@@ -347,7 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--articles", type=int, default=6000)
     p.add_argument("--shard-rows", type=int, default=2000)
     p.add_argument("--gpu-chars-per-s", type=float, default=DEFAULT_GPU_CHARS_PER_S)
+    p.add_argument("--smoke", action="store_true", help=f"every step at a few shards: {SMOKE}")
     args = p.parse_args(argv)
+    if args.smoke:
+        vars(args).update(SMOKE)
     load_at_start = [round(x, 2) for x in os.getloadavg()]  # other work on the machine (1, 5, 15 min)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="wikiembed-fanout-"))
     work.mkdir(parents=True, exist_ok=True)

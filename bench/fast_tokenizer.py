@@ -31,6 +31,9 @@ against the TEI stand-in, 6,000 sample articles) and `bench/pipeline.py`'s `chun
 
 Target: `chunker_chars_per_s_per_core` >= 3x `hf_chars_per_s_per_core`.
 
+`--smoke`: every part, `--before-after` included (one round, a few shards), on a few dozen sample
+articles, one repeat: seconds; it checks the script, its figures mean nothing.
+
 (Not `bench/tokenize.py`: a script's folder comes first on the import path, so a `tokenize.py` in
 bench/ would stand in for the standard `tokenize` module, which `inspect` and `linecache` import,
 in every bench script.)
@@ -68,7 +71,10 @@ def main() -> None:
     p.add_argument("--manpages", help="a jsonl of man pages from bench/manpages.py (optional)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--before-after", action="store_true", help="also fanout's and pipeline's figures, before and after")
+    p.add_argument("--smoke", action="store_true", help="every part on a few dozen articles, one repeat: checks the script")
     args = p.parse_args()
+    if args.smoke:
+        args.sample, args.repeats, args.before_after = 30, 1, True
 
     import numpy as np
 
@@ -154,7 +160,7 @@ def main() -> None:
         "targets": {"chunker_vs_hf": ">= 3", "identical_ids_fraction": "== 1.0"},
     }
     if args.before_after:
-        results["before_after"] = before_after()
+        results["before_after"] = before_after(**(BEFORE_AFTER_SMOKE if args.smoke else BEFORE_AFTER))
         results["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     text = json.dumps(results, indent=1)
     print(text)
@@ -176,8 +182,14 @@ def _bench_module(name: str):  # noqa: ANN202
     return module
 
 
-def before_after() -> dict:
-    """fanout's shard rate per core and pipeline's chunking figure, tokenizers only then the fast path, twice."""
+# Sizes of the --before-after runs: fanout's data plane (articles, shard rows), pipeline's chunking
+# figure (articles), and the rounds of (tokenizers only, fast path).
+BEFORE_AFTER = {"articles": 6000, "shard_rows": 2000, "chunking_articles": 1000, "rounds": 2}
+BEFORE_AFTER_SMOKE = {"articles": 40, "shard_rows": 20, "chunking_articles": 20, "rounds": 1}
+
+
+def before_after(articles: int, shard_rows: int, chunking_articles: int, rounds: int) -> dict:
+    """fanout's shard rate per core and pipeline's chunking figure, tokenizers only then the fast path, `rounds` times."""
     import tempfile
 
     from wikiembed.fast_tokenizer import CHOICE_ENV
@@ -185,11 +197,11 @@ def before_after() -> dict:
     fanout, pipeline = _bench_module("fanout"), _bench_module("pipeline")
     os.environ.pop("TOKENIZERS_PARALLELISM", None)  # these figures use every core, as their own benches do
     out: dict = {"before": [], "after": []}
-    for which in ("tokenizers", "auto", "tokenizers", "auto"):
+    for which in ("tokenizers", "auto") * rounds:
         os.environ[CHOICE_ENV] = which
         with tempfile.TemporaryDirectory(prefix="wikiembed-fast-tokenizer-") as work:
-            shards = fanout.data_plane(Path(work), 6000, 2000)
-        chunking = pipeline.chunking_vs_tokenizer(1000, repeats=2)
+            shards = fanout.data_plane(Path(work), articles, shard_rows)
+        chunking = pipeline.chunking_vs_tokenizer(chunking_articles, repeats=2)
         row = {
             "shard_chars_per_s_per_core": shards["chars_per_s_per_core"],
             "chunker_share_of_shard_cpu": shards["chunker_share_of_cpu"],

@@ -11,7 +11,12 @@ with its default 20% held out.
 
 writes WORK/pages.jsonl and WORK/pairs.jsonl, embeds the pages into WORK/store (the bundled model),
 runs the loop into WORK/model and WORK/store-tuned, and prints the timings and the flow's result as
-JSON. Needs `man` and installed man pages (Debian: `apt-get install man-db manpages`).
+JSON (`pages`, `chunks`, `embed_s`, `loop_s`, `finetune_s`, `publish`, `reason`, `old`, `new`,
+`difference`, `finetune_pool`), also to `--json` where given. Needs `man` and installed man pages
+(Debian: `apt-get install man-db manpages`).
+
+`--smoke` runs the whole loop on the fewest pages it takes (20 to train on, 5 held out, one epoch):
+seconds, and stand-in pages where `man` is missing (`bench/manpages.py` says how they are made).
 """
 
 from __future__ import annotations
@@ -19,14 +24,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from manpages import MAN_DIR, NAME, render  # noqa: E402
+from manpages import NAME, man_pages_here, page_names, render, stand_in_pages  # noqa: E402
 
 SECTION = re.compile(r"^[A-Z][A-Z ]+$")  # a section heading as `man` renders it: NAME, SYNOPSIS, ...
 
@@ -47,25 +54,41 @@ def split_name(text: str) -> tuple[str, str] | None:
     return (description, rest) if description and rest else None
 
 
-def build(pages: int, max_chars: int, work: Path) -> tuple[Path, Path, int]:
-    names = sorted(p for p in MAN_DIR.iterdir() if NAME.match(p.name))
-    # Four candidates per page wanted: many pages are longer than max_chars or have no NAME description.
-    picked = names[:: max(1, len(names) // (pages * 4))]
+def candidates(n: int, stand_ins: bool) -> Iterator[tuple[str, str]]:
+    """(name, rendered text) of up to `n` pages, rendered as they are asked for: every k-th installed page, or stand-ins."""
+    if stand_ins:
+        yield from stand_in_pages(n)
+        return
+    names = page_names()
+    picked = names[:: max(1, len(names) // n)]
+    batch = 4 * (os.cpu_count() or 2)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        texts = list(pool.map(render, picked))
+        for start in range(0, len(picked), batch):
+            part = picked[start : start + batch]
+            for path, text in zip(part, pool.map(render, part)):
+                yield NAME.match(path.name).group(1), text  # type: ignore[union-attr]
+
+
+def build(pages: int, max_chars: int, work: Path, stand_ins: bool = False) -> tuple[Path, Path, int]:
     work.mkdir(parents=True, exist_ok=True)
     corpus, pairs = work / "pages.jsonl", work / "pairs.jsonl"
     kept = 0
     with corpus.open("w", encoding="utf-8") as fc, pairs.open("w", encoding="utf-8") as fp:
-        for path, text in zip(picked, texts):
+        # Up to four candidates per page: many pages are longer than max_chars or have no NAME description.
+        for name, text in candidates(pages * 4, stand_ins):
             parts = split_name(text) if text else None
-            if not parts or len(parts[1]) > max_chars or kept >= pages:
+            if not parts or len(parts[1]) > max_chars:
                 continue
-            name = NAME.match(path.name).group(1)  # type: ignore[union-attr]
             fc.write(json.dumps({"id": name, "title": name, "url": f"man:{name}(1)", "text": parts[1]}) + "\n")
             fp.write(json.dumps({"query": parts[0], "id": name}) + "\n")
             kept += 1
+            if kept == pages:
+                break
     return corpus, pairs, kept
+
+
+# The smallest loop the flow accepts: 20 queries to train on (its floor) and 5 held out.
+SMOKE = {"pages": 28, "max_chars": 2500, "epochs": 1, "batch_size": 8, "min_holdout": 5}
 
 
 def main() -> None:
@@ -75,24 +98,35 @@ def main() -> None:
     parser.add_argument("--work", default="build/improve-man")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--json", help="also write the result here")
+    parser.add_argument("--smoke", action="store_true", help=f"the whole loop on the fewest pages it takes: {SMOKE}")
     args = parser.parse_args()
+    if args.smoke:
+        vars(args).update({k: v for k, v in SMOKE.items() if k != "min_holdout"})
     from wikiembed.flows.embed_dataset import embed_dataset
     from wikiembed.flows.improve_model import improve_model
 
     work = Path(args.work).resolve()
-    corpus, pairs, kept = build(args.pages, args.max_chars, work)
+    stand_ins = args.smoke and not man_pages_here()
+    corpus, pairs, kept = build(args.pages, args.max_chars, work, stand_ins)
     started = time.perf_counter()
     embedded = embed_dataset(source=str(corpus), store=str(work / "store"), shard_rows=50)
     embed_s = time.perf_counter() - started
     started = time.perf_counter()
+    holdout = {"min_holdout": SMOKE["min_holdout"]} if args.smoke else {}
     result = improve_model(str(work / "store"), str(pairs), str(work / "model"), str(work / "store-tuned"),
-                           finetune={"epochs": args.epochs, "batch_size": args.batch_size})
+                           finetune={"epochs": args.epochs, "batch_size": args.batch_size}, **holdout)
     loop_s = time.perf_counter() - started
-    print(json.dumps({"pages": kept, "chunks": embedded["chunks"], "embed_s": round(embed_s, 1), "loop_s": round(loop_s, 1),
-                      "finetune_s": round(result["finetune"]["seconds"], 1), "publish": result["publish"],
-                      "reason": result["reason"], "old": result["old"], "new": result["new"],
-                      "difference": result["difference"], "finetune_pool": {k: result["finetune"][k] for k in ("before", "after", "difference")}},
-                     indent=1))
+    out = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", "bench/improve_manpages.py", *sys.argv[1:]]),
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores", "pages": kept, "corpus": "stand-ins (no man pages here)" if stand_ins else "man pages",
+           "chunks": embedded["chunks"], "embed_s": round(embed_s, 1), "loop_s": round(loop_s, 1),
+           "finetune_s": round(result["finetune"]["seconds"], 1), "publish": result["publish"],
+           "reason": result["reason"], "old": result["old"], "new": result["new"], "difference": result["difference"],
+           "finetune_pool": {k: result["finetune"][k] for k in ("before", "after", "difference")}}  # fmt: skip
+    print(json.dumps(out, indent=1))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":

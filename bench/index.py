@@ -8,6 +8,10 @@ Recall@10 is the share of the exact top 10 the index returns; top-1 the share of
 first hit is the same.
 
     python bench/index.py --store runs/manpages --forms float32,int8,binary --json bench/results/index.json
+
+`--smoke` needs no store: it embeds a few dozen sample articles with every form (the
+`embed-dataset` flow, through the Prefect API of PREFECT_API_URL where set) into a temp store and
+measures a few queries, once (seconds; it checks the script, its figures mean nothing).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +33,23 @@ from wikiembed.evaluate import sample_articles
 from wikiembed.search import StoreVectors, build_index
 
 K = 10
+# --smoke: a store of every form, from this many sample articles, and this many queries.
+SMOKE_ARTICLES = 40
+SMOKE_QUERIES = 8
+SMOKE_FORMS = "float32,int8,binary"
+
+
+def smoke_store(folder: Path) -> str:
+    """A published store of SMOKE_ARTICLES sample articles with every form, made by the embed-dataset flow."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # On a loaded machine the ephemeral API can take longer than Prefect's 20 s default to start.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    from wikiembed.flows.embed_dataset import embed_dataset
+
+    store = folder / "store"
+    embed_dataset(source=f"sample:{SMOKE_ARTICLES}", store=str(store), shard_rows=SMOKE_ARTICLES // 2,
+                  output={"precision": ["float32", "int8", "binary"]})  # fmt: skip
+    return str(store)
 
 
 def _timed(fn):  # noqa: ANN001, ANN202
@@ -75,12 +97,18 @@ def measure(vectors: StoreVectors, queries: np.ndarray, form_name: str, repeats:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", required=True)
+    parser.add_argument("--store")
     parser.add_argument("--forms", default="float32,int8,binary")
     parser.add_argument("--queries", type=int, default=500, help="article titles drawn as queries (default 500)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", dest="json_path")
+    parser.add_argument("--smoke", action="store_true", help="a temp store of a few articles, every form, a few queries once")
     args = parser.parse_args()
+    if args.smoke:
+        args.store = smoke_store(Path(tempfile.mkdtemp(prefix="wikiembed-index-")))
+        args.forms, args.queries, args.repeats = SMOKE_FORMS, SMOKE_QUERIES, 1
+    elif not args.store:
+        parser.error("--store is required (or --smoke)")
     vectors = StoreVectors(args.store)
     titles = [t for _, t in sample_articles(vectors, args.queries, 0)]
     queries = vectors.embed_queries(titles)

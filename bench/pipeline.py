@@ -21,11 +21,15 @@ Measures, in one run on this machine, and writes them as JSON:
   cores in the same run (host_ceiling_vs_tokenizer). host_ceiling_ids_chars_per_s
   is the same for `embed_ids` (the token chunker's ids: nothing to tokenize).
 - resume_1000_shards_s: `wikiembed run` (a real CLI subprocess, Prefect start-up
-  included) over a store whose 1,000 shards are all done.
+  included) over a store whose 1,000 shards are all done (resume_shards, resume_s: the
+  same for the shards of a smaller run).
 
     python bench/pipeline.py --quick --json bench/results/pipeline-quick.json
 
 Quick mode (N=3,000) finishes in well under 15 minutes on 2 cores; full mode uses N=20,000.
+`--smoke` runs every step on a few dozen articles (seconds: it checks the script, its figures
+mean nothing); its CLI run uses the Prefect API of PREFECT_API_URL where that is set, the
+others start their own as a user's would.
 """
 
 from __future__ import annotations
@@ -48,6 +52,14 @@ os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # On a loaded machine the ephemeral API can take longer than Prefect's 20 s default to start.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+# Articles and chunks per step, by mode.
+SIZES = {
+    "full": {"articles": 20_000, "chunking_articles": 5000, "rss_articles": 5000, "host_chunks": 40_000, "resume_shards": 1000, "chunking_repeats": 5, "host_repeats": 3},
+    "quick": {"articles": 3000, "chunking_articles": 1000, "rss_articles": 2000, "host_chunks": 20_000, "resume_shards": 1000, "chunking_repeats": 5, "host_repeats": 3},
+    "smoke": {"articles": 20, "chunking_articles": 20, "rss_articles": 10, "host_chunks": 100, "resume_shards": 4, "chunking_repeats": 1, "host_repeats": 1},
+}  # fmt: skip
 
 
 def _child_chunk_only(n: int, store: str) -> None:
@@ -133,7 +145,7 @@ def host_ceiling(n_chunks: int, repeats: int = 3) -> dict:
     engine._window = WINDOW_TEXTS["cuda"]  # the GPU's window and token budget: the host work a GPU run has
     dim = engine.dim
     # The model's place, taken by a no-op of the right output shape: what remains is the host side.
-    engine._pool_batch = lambda ids, mask: torch.zeros((ids.shape[0], dim))  # type: ignore[method-assign]
+    engine._pool_batch = lambda ids, mask, prompt_tokens=0: torch.zeros((ids.shape[0], dim))  # type: ignore[method-assign]
     tokenizer = engine._tokenizer  # the engine's own (truncating) tokenizer, so both tokenize the same way
     ids, offsets = encode_ids(tokenizer, chunks)
     engine.embed(chunks[:2000])  # start the worker processes
@@ -211,8 +223,8 @@ def overhead(n: int, tmp: Path) -> dict:
     }
 
 
-def resume_1000_shards(tmp: Path) -> dict:
-    """Build a real store of 1,000 done shards (plain functions, no Prefect), then time a no-op CLI run."""
+def resume_done_shards(tmp: Path, shards: int = 1000, own_api: bool = True) -> dict:
+    """Build a real store of `shards` done shards (plain functions, no Prefect), then time a no-op CLI run."""
     from wikiembed.embedding import embed_shard
     from wikiembed.backends.factory import open_backend
     from wikiembed.plan import prepare
@@ -220,7 +232,7 @@ def resume_1000_shards(tmp: Path) -> dict:
     from wikiembed.chunking import chunk_shard
 
     store = tmp / "resume"
-    settings = RunSettings(source="sample:1000", store=str(store), shard_rows=1)
+    settings = RunSettings(source=f"sample:{shards}", store=str(store), shard_rows=1)
     prepared = prepare(settings)
     backend = open_backend("local", settings.model)
     t0 = time.perf_counter()
@@ -228,45 +240,48 @@ def resume_1000_shards(tmp: Path) -> dict:
         chunk_shard(prepared.store, k, prepared.manifest)
         embed_shard(prepared.store, k, backend, end - start)
     build_s = time.perf_counter() - t0
-    cmd = [sys.executable, "-m", "wikiembed.flows.cli", "run", "--source", "sample:1000", "--shard-rows", "1", "--store", str(store),
+    cmd = [sys.executable, "-m", "wikiembed.flows.cli", "run", "--source", f"sample:{shards}", "--shard-rows", "1", "--store", str(store),
            "--summary-json", str(tmp / "resume.json")]
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # its own ephemeral API, as a user gets
+    env = {k: v for k, v in os.environ.items() if own_api is False or k != "PREFECT_API_URL"}  # its own ephemeral API, as a user gets
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, env=env)
     resume_s = time.perf_counter() - t0
     summary = json.loads((tmp / "resume.json").read_text())
-    assert summary["shards_done"] == 1000 and summary["embedded_chunks"] == 0, summary
-    return {"resume_build_s": build_s, "resume_1000_shards_s": resume_s}
+    assert summary["shards_done"] == shards and summary["embedded_chunks"] == 0, summary
+    return {"resume_build_s": build_s, "resume_shards": shards, "resume_s": resume_s,
+            "resume_1000_shards_s": resume_s if shards == 1000 else None}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="N=3,000 (about 10 minutes on 2 cores)")
+    p.add_argument("--smoke", action="store_true", help="every step on a few dozen articles: checks the script in seconds")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--_child-chunk-only", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._child_chunk_only:
         _child_chunk_only(int(args._child_chunk_only[0]), args._child_chunk_only[1])
         return
-    n = 3000 if args.quick else 20_000
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    size = SIZES[mode]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="wikiembed-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        results: dict = {"mode": "quick" if args.quick else "full", "date": time.strftime("%Y-%m-%d"),
+        results: dict = {"mode": mode, "date": time.strftime("%Y-%m-%d"),
                          "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                          "command": " ".join(["python", "bench/pipeline.py", *sys.argv[1:]])}
-        results.update(chunking_vs_tokenizer(1000 if args.quick else 5000))
+        results.update(chunking_vs_tokenizer(size["chunking_articles"], repeats=size["chunking_repeats"]))
         print(f"chunking_vs_tokenizer {results['chunking_vs_tokenizer']:.2f}", flush=True)
         # Before anything loads a model: a subprocess reports this process's peak RSS as its own
         # when that is higher (Linux counts the memory its exec replaces), so this runs while we are small.
-        results.update(rss_growth(2000 if args.quick else 5000, tmp))
+        results.update(rss_growth(size["rss_articles"], tmp))
         print(f"rss_growth {results['rss_growth']:.2f}", flush=True)
-        results.update(host_ceiling(20_000 if args.quick else 40_000))
+        results.update(host_ceiling(size["host_chunks"], repeats=size["host_repeats"]))
         print(f"host_ceiling_vs_tokenizer {results['host_ceiling_vs_tokenizer']:.2f}", flush=True)
-        results.update(overhead(n, tmp))
+        results.update(overhead(size["articles"], tmp))
         print(f"overhead_ratio {results['overhead_ratio']:.3f}", flush=True)
-        results.update(resume_1000_shards(tmp))
-        print(f"resume_1000_shards_s {results['resume_1000_shards_s']:.1f}", flush=True)
+        results.update(resume_done_shards(tmp, size["resume_shards"], own_api=mode != "smoke"))
+        print(f"resume_s {results['resume_s']:.1f} ({results['resume_shards']} shards)", flush=True)
     results["bench_seconds"] = time.perf_counter() - started
     results["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]  # other work on a shared machine
     results["targets"] = {"overhead_ratio": "<= 1.25", "rss_growth": "<= 1.25", "chunking_vs_tokenizer": ">= 0.8",

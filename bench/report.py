@@ -1,15 +1,17 @@
 """Write docs/PERFORMANCE.md from the measurements in bench/results/*.json.
 
 Every figure in that file comes from a results file written by a bench script or a `wikiembed`
-command, and every row says which command made it, when, and on what hardware. Nothing is typed
-in by hand: to add a measurement, save its JSON under bench/results/ (with `command`, `date` and
-`machine` or `device`) and run
+command, and every row says which command made it (so running that command measures it again),
+when, and on what hardware. Nothing is typed in by hand: to add a measurement, save its JSON under
+bench/results/ (with `command`, `date` and `machine` or `device`; `setup`, a list of commands, where
+the command reads what others make first, such as a corpus or a store) and run
 
     python bench/report.py            # rewrites docs/PERFORMANCE.md
     python bench/report.py --check    # exit 1 if docs/PERFORMANCE.md is not what the results give
 
-A results file of a kind this script does not know is an error that names the file, so no
-measurement is left out silently.
+A results file of a kind this script does not know, or whose command is not one that runs here
+(`python bench/SCRIPT.py ...` of a script in bench/, or `wikiembed ...`), is an error that names
+the file, so no measurement is left out silently and none points at a command that is gone.
 """
 
 from __future__ import annotations
@@ -106,6 +108,15 @@ def pipeline(d: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _shape_rows(d: dict[str, Any]) -> list[Row]:
+    rows = []
+    for name, shape in (d.get("shapes") or {}).items():
+        rows.append((f"{name} ({shape['model_shape']}, {shape['dtype']}): engine rate; min cosine against "
+                     "sentence-transformers fp32 `encode_document` / `encode_query`",
+                     f"{_rate(shape['engine_chars_per_s'])}; {shape['min_cosine_documents']:.6f} / {shape['min_cosine_queries']:.6f}", ""))
+    return rows
+
+
 def device_check(d: dict[str, Any]) -> list[Row]:
     rows = [("tokenizer `encode_batch`, all cores", _rate(d["tokenizer_chars_per_s"]), "")]
     for name, eng in d["engine_chars_per_s"].items():
@@ -117,7 +128,7 @@ def device_check(d: dict[str, Any]) -> list[Row]:
                      f"{_rate(e2e['e2e_chars_per_s'])} ({e2e['e2e_articles']} articles, {e2e['e2e_chunks']} chunks)",
                      _target(d, "e2e_chars_per_s")))
     rows.append(("min cosine against sentence-transformers", f"{d['min_cosine']:.6f}", _target(d, "min_cosine")))
-    return rows
+    return rows + _shape_rows(d)
 
 
 def fanout(d: dict[str, Any]) -> list[Row]:
@@ -181,8 +192,30 @@ def search(d: dict[str, Any]) -> list[Row]:
              f"{top['title']} ({top['score']:.4f})", "")]
 
 
+def serve(d: dict[str, Any]) -> list[Row]:
+    lat, thr, fb, pub = d["latency"], d["throughput"], d["feedback"], d["publish"]
+    store = f"{d['store']['chunks']:,} chunks"
+    many = thr[f"clients_{d['clients']}_per_s"]
+    return [
+        (f"GET /search k={d['k']}, one client, {lat['requests']} requests ({store}, {'/'.join(lat['methods'])})",
+         f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms", "p50 ≤ 30 ms"),
+        (f"{thr['requests']} searches: {d['clients']} clients at once against one after another",
+         f"{thr['ratio']:.2f}× ({many:.0f}/s against {thr['one_client_per_s']:.0f}/s), "
+         f"{thr['failed']} failed, {thr['mean_batch']:.1f} queries a batch", "≥ 3×, none failed"),
+        (f"POST /feedback, {fb['records']:,} records from {d['clients']} clients",
+         f"{fb['per_s']:.0f}/s; {'each on disk once' if fb['each_once'] else 'NOT each once'}, {fb['torn_lines']} torn, {fb['failed']} failed",
+         "each once, none torn"),
+        (f"a new generation published by `wikiembed run` during {pub['requests']:,} searches from {d['clients']} clients",
+         f"{pub['failed']} failed, {pub['mixed_or_wrong_answers']} answers from another generation than named; "
+         f"{len(pub['generations'])} generations answered", "none failed, none mixed"),
+    ]
+
+
 # (test for the kind, section title, what the bench measures, rows)
 KINDS: list[tuple[Callable[[dict[str, Any]], bool], str, str, Callable[[dict[str, Any]], list[Row]]]] = [
+    (lambda d: d.get("kind") == "serve", "Search service (`bench/serve.py`)",
+     "`wikiembed serve` in its own process on loopback, clients as threads of the bench's process on the same cores; "
+     "the store made by `wikiembed run --index float32` from short synthesized articles (one chunk each).", serve),
     (lambda d: "models" in d and "engine_chars_per_s" in d, "Engine (CPU)",
      "512-character windows of the built-in sample embedded by the engine and by sentence-transformers "
      "(fp32, batch 32), tokenization included for every method, best of the repeats, methods alternating.", engine),
@@ -220,6 +253,24 @@ def hardware(d: dict[str, Any]) -> str:
     return str(machine).split(";")[0].split(", shared")[0]
 
 
+def _command(path: Path, d: dict[str, Any]) -> str:
+    """The table cell that says how to measure the figure again: the setup commands, then the command."""
+    commands = [*d.get("setup", []), d["command"]]
+    for command in commands:
+        words = command.split()
+        runs_here = words[:1] == ["wikiembed"] or (
+            words[:1] == ["python"] and len(words) > 1 and words[1].startswith("bench/") and (ROOT / words[1]).is_file()
+        )
+        if not runs_here:
+            raise SystemExit(f"{path}: command {command!r} is not `python bench/SCRIPT.py ...` of a script in bench/ "
+                             "nor `wikiembed ...`; record the command that measures it again")  # fmt: skip
+    command = d["command"]
+    if d.get("note") and d["note"] in command:  # the note is prose about the run, recorded apart from it
+        command = command.replace(d["note"], "…")
+    setup = "".join(f"`{c}`, then " for c in d.get("setup", []))
+    return f"{setup}`{command}`"
+
+
 def render(results: Path = RESULTS) -> str:
     sections: dict[str, tuple[str, list[str]]] = {title: (about, []) for _, title, about, _ in KINDS}
     for path in sorted(results.glob("*.json")):
@@ -231,19 +282,18 @@ def render(results: Path = RESULTS) -> str:
         if kind is None:
             raise SystemExit(f"{path}: no section of bench/report.py renders this kind of result; add one to KINDS")
         _, title, _, rows_of = kind
-        command = d["command"]
-        if d.get("note") and d["note"] in command:  # the note is prose about the run, recorded apart from it
-            command = command.replace(d["note"], "…")
+        command = _command(path, d)
         for figure, measured, target in rows_of(d):
             sections[title][1].append(f"| {figure} | {measured} | {target} | {d['date']} | {hardware(d)} | "
-                                      f"`{command}` ([json](../bench/results/{path.name})) |")
+                                      f"{command} ([json](../bench/results/{path.name})) |")
     out = [
         "# Performance: every measured figure",
         "",
         "<!-- Generated by `python bench/report.py` from bench/results/*.json: edit those, not this file. -->",
         "",
         "Each row is one figure from one results file: what was measured, the value, the target where the",
-        "bench sets one, the date, the hardware, and the exact command. CPU figures come from a 2-core x86_64",
+        "bench sets one, the date, the hardware, and the exact command that measures it again (after the",
+        "commands that make its inputs, where it reads any). CPU figures come from a 2-core x86_64",
         "machine whose load varied between runs: ratios measured within one command compare across days,",
         "absolute rates less so. Projections of time and money are in [COST.md](COST.md), not here.",
         "",
@@ -269,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     OUT.write_text(text)
+    rows = sum(1 for line in text.splitlines() if line.startswith("| ") and not line.startswith(("| figure", "| ---")))
+    print(f"wrote {OUT.relative_to(ROOT)}: {rows} figures from {len(list(RESULTS.glob('*.json')))} results files, each with its command")
     return 0
 
 

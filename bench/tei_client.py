@@ -39,6 +39,10 @@ stand-in's CPU seconds are reported too: on a small machine it competes with the
 flow for the cores.
 
     python bench/tei_client.py --flow --json bench/results/tei_flow.json
+
+`--smoke` makes either a check of the script in seconds: the decoders on a few answers, once; with
+`--flow`, one run of the token chunker on a few articles (its CLI process uses the Prefect API of
+PREFECT_API_URL where set).
 """
 
 from __future__ import annotations
@@ -98,6 +102,9 @@ def best_of(trials: int, fn: Callable[[], np.ndarray]) -> tuple[float, np.ndarra
 
 
 ROOT = Path(__file__).resolve().parents[1]
+# --smoke sizes: the decoders on a few answers once; the flow on a few articles, the token chunker, once.
+SMOKE_DECODE = {"vectors": 256, "unique": 64, "trials": 1}
+SMOKE_FLOW = {"articles": 30, "shard_rows": 15, "repeats": 1, "chunkers": ("tokens",)}
 FLOW_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1",
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}  # fmt: skip
 
@@ -193,7 +200,7 @@ def flow_ceiling(args: argparse.Namespace) -> dict[str, object]:
         chars = sum(len(t) for t in pq.read_table(source, columns=["text"]).column("text").to_pylist())
         sides = {"after": sys.executable} | ({"before": args.before_python} if args.before_python else {})
         url, server = _tei_stand_in()
-        runs: dict[str, dict[str, list[dict[str, float]]]] = {c: {side: [] for side in sides} for c in ("tokens", "chars")}
+        runs: dict[str, dict[str, list[dict[str, float]]]] = {c: {side: [] for side in sides} for c in args.chunkers}
         try:
             for repeat in range(args.repeats):
                 for chunker in runs:
@@ -250,7 +257,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--unique", type=int, default=1024, help="distinct vectors (the rest repeat)")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--smoke", action="store_true", help="a few answers decoded once; with --flow, one small run")
     args = parser.parse_args(argv)
+    args.chunkers = ("tokens", "chars")
+    if args.smoke:
+        vars(args).update(SMOKE_FLOW if args.flow else SMOKE_DECODE)
     if args.flow:
         flow = flow_ceiling(args)
         flow["note"] = args.note
@@ -291,6 +302,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             raise SystemExit(f"{name} decoder returned different vectors; the benchmark is void")
 
     result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python bench/tei_client.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "vectors_per_s": args.vectors / t_ours,
         "seed_vectors_per_s": args.vectors / t_seed,
         "speedup_vs_seed": t_seed / t_ours,

@@ -46,3 +46,18 @@ def test_a_result_without_its_command_or_of_an_unknown_kind_is_refused_by_name(t
     (tmp_path / "a.json").write_text(json.dumps({"date": "2026-01-01", "machine": "x", "command": "c", "something": 1}))
     with pytest.raises(SystemExit, match=r"a\.json: no section of bench/report.py"):
         report.render(tmp_path)
+
+
+def test_a_command_that_does_not_run_here_is_refused_and_setup_comes_first(tmp_path):
+    report = _report()
+    base = {"date": "2026-01-01", "machine": "x", "shards_total": 1, "chunks": 1, "rows": 1, "shards_done": 1, "seconds": 1.0,
+            "chars_per_s": 1.0, "retries": 0}
+    (tmp_path / "a.json").write_text(json.dumps({**base, "command": "python bench/gone.py --json a.json"}))
+    with pytest.raises(SystemExit, match=r"a\.json: command 'python bench/gone.py --json a.json' is not"):
+        report.render(tmp_path)
+    (tmp_path / "a.json").write_text(json.dumps({**base, "command": "wikiembed run --source c.jsonl", "setup": ["make corpus"]}))
+    with pytest.raises(SystemExit, match=r"a\.json: command 'make corpus' is not"):
+        report.render(tmp_path)
+    (tmp_path / "a.json").write_text(json.dumps({**base, "command": "wikiembed run --source c.jsonl",
+                                                 "setup": ["python bench/manpages.py --out c.jsonl"]}))
+    assert "`python bench/manpages.py --out c.jsonl`, then `wikiembed run --source c.jsonl`" in report.render(tmp_path)
