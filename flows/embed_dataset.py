@@ -20,8 +20,10 @@ Touches: the run store, Prefect's API (task runs, artifacts), the backend (throu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
+import logging
 import os
 import re
 import shlex
@@ -441,6 +443,49 @@ def _outcome(executor: Executor, summary: dict[str, Any]) -> dict[str, Any] | St
     return Failed(message=message, data=ShardsFailed(message, summary))
 
 
+class _NoTracebackForUserErrors(logging.Filter):
+    """A user's mistake or a failed shard (a `WikiembedError`) is logged as its message, never as a traceback.
+
+    Prefect logs an exception a task or flow raised with its traceback, and the engine that runs a
+    deployment's flow run logs "Engine execution exited with unexpected exception" with the error
+    of every Failed state the flow returned (it re-raises it to end the process). For our errors the
+    message says all (what, why, the fix) and the flow run's state carries it: the traceback goes,
+    and so does the engine's record, which is no news after the run's own "Finished in state Failed"."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, WikiembedError):
+            return True
+        if record.getMessage().startswith("Engine execution exited with unexpected exception"):
+            return False
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+for _name in ("prefect.flow_runs", "prefect.task_runs"):
+    if not any(isinstance(f, _NoTracebackForUserErrors) for f in logging.getLogger(_name).filters):
+        logging.getLogger(_name).addFilter(_NoTracebackForUserErrors())
+
+
+def ends_failed_on_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A flow function that ends its run Failed with the message of a `WikiembedError` it raised, instead of
+    raising it: the run's state says what to fix and its log holds that line, not a traceback. A caller of
+    the flow still gets the error raised (Prefect raises a Failed state's error), so the CLI's messages and
+    exit codes are the same."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except WikiembedError as exc:
+            get_run_logger().error("%s", exc)
+            return Failed(message=str(exc), data=exc)
+
+    # Prefect reads the parameters' types from the signature, in this module's names: resolved in fn's own.
+    run.__signature__ = inspect.signature(fn, eval_str=True)  # type: ignore[attr-defined]
+    return run
+
+
 def _takes_run_settings(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Make `fn(**options)` take exactly RunSettings' fields: the same names, types, defaults and
     order, with each field's description as an `Args:` entry. Prefect builds the flow's UI form
@@ -468,6 +513,7 @@ def _takes_run_settings(fn: Callable[..., Any]) -> Callable[..., Any]:
     log_prints=True,
     task_runner=ThreadPoolTaskRunner(max_workers=2 * MAX_CONCURRENCY),
 )
+@ends_failed_on_user_errors
 @_takes_run_settings
 def embed_dataset(**options: Any) -> dict[str, Any] | State:
     settings = RunSettings(**options)
@@ -520,6 +566,7 @@ def _check_index(executor: Executor) -> None:
     log_prints=True,
     task_runner=ThreadPoolTaskRunner(max_workers=2 * MAX_CONCURRENCY),
 )
+@ends_failed_on_user_errors
 def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any] | State:
     """Re-embed chosen shards, or every failed one, with the store's recorded settings.
 

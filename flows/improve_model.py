@@ -34,7 +34,7 @@ from prefect.artifacts import create_markdown_artifact
 from wikiembed.errors import ShardsFailed, StoreError
 from wikiembed.executors import executor_for
 from wikiembed.finetune import FinetuneSettings, check_holdout
-from wikiembed.flows.embed_dataset import artifact_key, embed_dataset
+from wikiembed.flows.embed_dataset import artifact_key, embed_dataset, ends_failed_on_user_errors
 from wikiembed.improve import MIN_HOLDOUT, ImproveSettings, Metric, decide
 from wikiembed.publish import check_target
 from wikiembed.search import StoreVectors
@@ -88,6 +88,7 @@ paired difference above zero.
 
 
 @flow(name="improve-model", log_prints=True)
+@ends_failed_on_user_errors
 def improve_model(
     store: str,
     pairs: str,
