@@ -211,8 +211,31 @@ def serve(d: dict[str, Any]) -> list[Row]:
     ]
 
 
+def scale(d: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for size in d["sizes"]:
+        day1, day2, inc = size["steps"]["run_day1"], size["steps"]["run_day2"], size["incremental"]
+        at = f"{size['fraction']:g} of English Wikipedia ({size['chunks']:,} chunks)"
+        rows.append((f"day 1 at {at}, the engine free", f"{day1['seconds']:.0f} s, flow peak {day1['peak_rss_mb']:.0f} MB, "
+                     f"{day1['bytes_written'] / 1e6:,.0f} MB written", "flow ≤ 1.5 GB at 0.1"))
+        rows.append((f"day 2 at {at}: 1% edited, 0.5% added, 0.2% removed",
+                     f"{inc['reembedded_chunks']} of {inc['changed_chunks_expected']} changed chunks embedded; "
+                     f"{inc['seconds_ratio']:.1%} of day 1's seconds, {inc['bytes_ratio']:.1%} of its bytes",
+                     "= changed; ≤ 15% seconds, ≤ 10% bytes"))
+        if size["search"].get("index_p50_ms") is not None:
+            rows.append((f"search through the index at {at}, warm", f"p50 {size['search']['index_p50_ms']} ms", "≤ 50 ms"))
+        rows.append((f"status at {at}", f"{size['steps']['status']['seconds']:.1f} s", "≤ 2 s"))
+    for name, grow in (d.get("exponents") or {}).items():
+        if name in ("run_day1", "run_day2", "export", "status_verify", "index"):
+            rows.append((f"growth of {name} between the two largest sizes", f"seconds ^{grow['seconds']}, bytes ^{grow['bytes']}", "≤ 1.1"))
+    return rows
+
+
 # (test for the kind, section title, what the bench measures, rows)
 KINDS: list[tuple[Callable[[dict[str, Any]], bool], str, str, Callable[[dict[str, Any]], list[Row]]]] = [
+    (lambda d: d.get("kind") == "scale", "All of English Wikipedia by simulation (`bench/scale.py`)",
+     "Every step of `wikiembed` but the model's arithmetic at fractions of English Wikipedia's characters; "
+     "the tables per step are in docs/SCALE.md.", scale),
     (lambda d: d.get("kind") == "serve", "Search service (`bench/serve.py`)",
      "`wikiembed serve` in its own process on loopback, clients as threads of the bench's process on the same cores; "
      "the store made by `wikiembed run --index float32` from short synthesized articles (one chunk each).", serve),
