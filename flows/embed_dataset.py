@@ -341,14 +341,20 @@ def run_tags(settings: RunSettings, manifest: Manifest) -> list[str]:
 
 
 def _tag_flow_run(settings: RunSettings, manifest: Manifest) -> None:
-    # A flow run's tags are fixed when it is created (by a deployment or a caller) before the
-    # model is resolved; add ours to the ones it has.
+    add_flow_run_tags(run_tags(settings, manifest))
+
+
+def add_flow_run_tags(tags: list[str]) -> None:
+    """Add tags to the flow run this runs in (none outside one). A flow run's tags are fixed when it is
+    created (by a deployment or a caller), before the model is resolved; ours join the ones it has."""
     context = FlowRunContext.get()
     if context is None or context.flow_run is None:
         return
     current = list(context.flow_run.tags)
+    added = current + [t for t in tags if t not in current]
     with get_client(sync_client=True) as client:
-        client.update_flow_run(context.flow_run.id, tags=current + [t for t in run_tags(settings, manifest) if t not in current])
+        client.update_flow_run(context.flow_run.id, tags=added)
+    context.flow_run.tags = added  # the next call adds to these, not to the tags the run started with
 
 
 def _what_runs(settings: RunSettings, manifest: Manifest) -> str:

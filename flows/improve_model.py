@@ -30,11 +30,14 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
+from prefect.runtime import flow_run
+from prefect.states import Completed, State
 
 from wikiembed.errors import ShardsFailed, StoreError
 from wikiembed.executors import executor_for
 from wikiembed.finetune import FinetuneSettings, check_holdout
-from wikiembed.flows.embed_dataset import artifact_key, embed_dataset, ends_failed_on_user_errors
+from wikiembed.flows.embed_dataset import add_flow_run_tags, artifact_key, embed_dataset, ends_failed_on_user_errors
 from wikiembed.improve import MIN_HOLDOUT, ImproveSettings, Metric, decide
 from wikiembed.publish import check_target
 from wikiembed.search import StoreVectors
@@ -87,7 +90,21 @@ paired difference above zero.
 """
 
 
-@flow(name="improve-model", log_prints=True)
+def _improve_run_name() -> str:
+    params = flow_run.parameters
+    return f"improve {params['store']} on {params['pairs']} into {params['new_store']}"
+
+
+def _announce(store: str, decision: str, message: str, payload: dict[str, Any], related: list[dict[str, str]]) -> None:
+    """The decision where the run list and automations see it: a `decision:` tag and an event about the store,
+    `wikiembed.improve.published` or `wikiembed.improve.kept` (the figures in its payload)."""
+    add_flow_run_tags([f"decision:{decision}"])
+    emit_event(event=f"wikiembed.improve.{'published' if decision == 'publish' else 'kept'}",
+               resource={"prefect.resource.id": f"wikiembed.store.{store}", "prefect.resource.name": store},
+               related=related, payload={"message": message, **payload})
+
+
+@flow(name="improve-model", flow_run_name=_improve_run_name, log_prints=True)
 @ends_failed_on_user_errors
 def improve_model(
     store: str,
@@ -100,12 +117,12 @@ def improve_model(
     margin: float = 0.01,
     finetune: FinetuneSettings | None = None,
     min_holdout: int = MIN_HOLDOUT,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State:
     """Fine-tune a store's model on judged queries, re-embed its source, and publish the new vectors only if better.
 
     Args:
         store: The published store whose model is improved: a local run store folder, or modal:VOLUME/PATH.
-        pairs: Judged queries (jsonl or parquet: query with its relevant id, ids, or id + chunk_index); on the store's Volume for a Volume store.
+        pairs: Judged queries (jsonl or parquet: query with its relevant id, ids, or id + chunk_index), e.g. the file `wikiembed serve --feedback` appends to; it must exist. A relative path (here and in out, new_store, store) is read from the working folder: for a deployment's run, the worker's clone that `prefect deploy` ran in. On the store's Volume for a Volume store.
         out: A new folder for the fine-tuned model (e.g. models/2026-w49); modal:VOLUME/PATH on the store's Volume for a Volume store.
         new_store: A new run store for the source re-embedded with the fine-tuned model; on the store's Volume for a Volume store.
         upload_to: Where the better store is published: hub:ORG/NAME or dir:PATH (modal:VOLUME/PATH from a Volume store); empty: only decide and report.
@@ -124,11 +141,13 @@ def improve_model(
         check_link(settings.serve_link, volume)
     if volume is None:
         check_target(settings.upload_to, settings.new_store)  # where the new store goes, before the fine-tune
-        recorded = StoreVectors(settings.store).manifest.settings
+        manifest = StoreVectors(settings.store).manifest
     else:
         old_store = VolumeStore(settings.store)
         old_store.cloud_target(settings.upload_to)  # a target the Volume cannot publish to fails now, not after the fine-tune
-        recorded = old_store.read_manifest().settings
+        manifest = old_store.read_manifest()
+    recorded = manifest.settings
+    add_flow_run_tags([f"model:{manifest.model.model_id}"])
 
     tuned = finetune_task(settings.store, settings.pairs, settings.out, settings.finetune.model_dump(), settings.min_holdout)
     # A local fine-tune refused a split this small before training; a Volume's, or one recorded before, is refused here.
@@ -159,10 +178,23 @@ def improve_model(
         published = export_task(executor, settings.new_store, compared["against"]["generation"], settings.upload_to)
     served = point_link(settings.serve_link, settings.new_store) if publish and settings.serve_link else None
     logger.info("%s: %s", "publish" if publish else "keep the old store", why)
+    old_root = str(open_store(settings.store).root)
     # Keyed by the improved store: each store's latest decision under its own key.
     create_markdown_artifact(_report(settings, tuned, compared, publish, why, published, reembedded["revision"]),
                              key=artifact_key("improve", open_store(settings.store)), description="the decision, the figures and both models")
-    return {
+    decision = "publish" if publish else "keep"
+    message = f"{decision}: {why}"
+    _announce(old_root, decision, message, payload={
+        "metric": settings.metric, "margin": settings.margin, "difference": difference[settings.metric],
+        "ci95": list(difference[settings.metric + "_ci95"]), "upload_to": settings.upload_to if published else None,
+        "new_store": settings.new_store, "new_model": tuned["out"],
+    }, related=[
+        {"prefect.resource.id": f"wikiembed.store.{settings.new_store}", "prefect.resource.role": "new-store",
+         "prefect.resource.name": settings.new_store},
+        {"prefect.resource.id": f"wikiembed.model.{tuned['out']}", "prefect.resource.role": "new-model",
+         "prefect.resource.name": tuned["out"]},
+    ])
+    return Completed(message=message, data={
         "publish": publish,
         "reason": why,
         "published": published,
@@ -174,7 +206,7 @@ def improve_model(
         "difference": difference,
         "finetune": tuned,
         "reembed": {key: reembedded[key] for key in ("chunks", "embedded_chunks", "reused_chunks", "shards_done", "shards_total")},
-    }
+    })
 
 
 if __name__ == "__main__":

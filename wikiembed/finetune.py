@@ -37,6 +37,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import unicodedata
 from pathlib import Path
@@ -247,25 +248,53 @@ model and `wikiembed eval --queries heldout.jsonl --against NEW_STORE`.
 """
 
 
+# What a fine-tune says as it trains: a line a person reads, and the share of the training steps done.
+Report = Callable[[str, float], None]
+
+
+def _to_stderr(line: str, done: float) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def finetune(
     store: str | Path, pairs: str | Path, out: str | Path, settings: FinetuneSettings | None = None, *, gen: str | None = None,
-    min_holdout: int = 1, lock: bool = True,
+    min_holdout: int = 1, lock: bool = True, report: Report = _to_stderr,
 ) -> dict[str, Any]:
     """Fine-tune the store's model on the pairs into `out`; return the `--json` payload (also `out/finetune.json`).
 
     `min_holdout`: refuse, before any training, a split that holds out fewer queries (the improve loop's
     publish decision needs them). `lock`: hold `out_lock(out)` throughout (off on a Modal Volume, where a
-    flock reaches no other container)."""
+    flock reaches no other container). `report`: told each logging step (epoch, step of steps, loss) and the
+    end of training (default: a line on stderr)."""
     settings = settings or FinetuneSettings()
     out = Path(out).expanduser().resolve()
     if not lock:
-        return _finetune(store, Path(pairs).expanduser(), out, settings, gen, min_holdout)
+        return _finetune(store, Path(pairs).expanduser(), out, settings, gen, min_holdout, report)
     with out_lock(out):
-        return _finetune(store, Path(pairs).expanduser(), out, settings, gen, min_holdout)
+        return _finetune(store, Path(pairs).expanduser(), out, settings, gen, min_holdout, report)
+
+
+def _step_reports(report: Report) -> Any:
+    """A trainer callback that turns the trainer's logs into `report` lines: one per logging step
+    ("fine-tune: epoch 1.50 of 2, step 30 of 40, loss 0.4215") and one at the end, in place of the raw
+    dicts the trainer prints."""
+    from transformers import TrainerCallback
+
+    class StepReports(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+            logs, steps = logs or {}, max(state.max_steps, 1)
+            if "loss" in logs:
+                report(f"fine-tune: epoch {state.epoch:.2f} of {args.num_train_epochs:g}, step {state.global_step} of "
+                       f"{state.max_steps}, loss {logs['loss']:.4f}", state.global_step / steps)
+            elif "train_loss" in logs:
+                report(f"fine-tune: trained {state.global_step} steps in {logs.get('train_runtime', 0):.0f} s, mean loss "
+                       f"{logs['train_loss']:.4f}", 1.0)
+
+    return StepReports()
 
 
 def _finetune(store: str | Path, pairs: Path, out: Path, settings: FinetuneSettings, gen: str | None,
-              min_holdout: int) -> dict[str, Any]:
+              min_holdout: int, report: Report = _to_stderr) -> dict[str, Any]:
     vectors = StoreVectors(store, gen)
     info = vectors.model_files("fine-tune from the store's own model files")
     queries = read_queries(pairs)
@@ -365,7 +394,11 @@ def _finetune(store: str | Path, pairs: Path, out: Path, settings: FinetuneSetti
         disable_tqdm=True,
         use_cpu=device == "cpu",
     )
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), loss=loss)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), loss=loss,
+                                         callbacks=[_step_reports(report)])
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # its raw dicts ({'loss': ...}): `report` says the same in words
     result = trainer.train()
     shutil.rmtree(tmp / "_trainer", ignore_errors=True)
     after = _pool_figures(model, held, pool_keys, pool_texts)

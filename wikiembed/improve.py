@@ -32,7 +32,7 @@ class ImproveSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     store: str = Field(description="The published store whose model is improved: a local run store folder, or modal:VOLUME/PATH.")
-    pairs: str = Field(description="Judged queries (jsonl or parquet: query with its relevant id, ids, or id + chunk_index); on the store's Volume for a Volume store.")
+    pairs: str = Field(description="Judged queries (jsonl or parquet: query with its relevant id, ids, or id + chunk_index), e.g. the file `wikiembed serve --feedback` appends to; it must exist. A relative path (here and in out, new_store, store) is read from the working folder: for a deployment's run, the worker's clone that `prefect deploy` ran in. On the store's Volume for a Volume store.")
     out: str = Field(description="A new folder for the fine-tuned model (e.g. models/2026-w49); modal:VOLUME/PATH on the store's Volume for a Volume store.")
     new_store: str = Field(description="A new run store for the source re-embedded with the fine-tuned model; on the store's Volume for a Volume store.")
     upload_to: str | None = Field(

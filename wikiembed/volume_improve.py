@@ -61,6 +61,7 @@ def check_paths(store: str, pairs: str, out: str, new_store: str | None = None, 
         for key in ("out", "new_store"):
             if key in named and Path(named[key]).expanduser().resolve() == Path(store).expanduser().resolve():
                 raise InputError(f"{flags[key]} {named[key]}: is the store being improved; give a new folder.")
+        _check_pairs(pairs, flags["pairs"])
         return None
     volume, root = parsed
     paths = {key: volume_path(flags[key], spec, volume, example)
@@ -69,6 +70,22 @@ def check_paths(store: str, pairs: str, out: str, new_store: str | None = None, 
         if paths.get(key) == root.strip("/"):
             raise InputError(f"{flags[key]} {named[key]}: is the store being improved; give a new folder on the Volume.")
     return volume
+
+
+def _check_pairs(pairs: str, flag: str) -> None:
+    """A local pairs file must be there before anything is read or trained: a deployment's form offers a default
+    path that a fresh clone does not hold, and a relative path is read from the working folder (a worker's: the
+    clone `prefect deploy` ran in), which the form does not show."""
+    path = Path(pairs).expanduser()
+    if path.is_file():
+        return
+    what = "is a folder, not a file" if path.is_dir() else "no such file"
+    where = "" if path.is_absolute() else f" (a relative path is read from the working folder, here {Path.cwd()})"
+    raise InputError(
+        f"{flag} {pairs}: {what}{where}; give the judged queries: the file `wikiembed serve --feedback` appends to, or a "
+        ".jsonl or .parquet file of {\"query\": ..., \"id\": ...} rows (docs/IMPROVE.md), as an absolute path or one "
+        "relative to that folder."
+    )
 
 
 def model_mount_path(out: str) -> str:

@@ -8,6 +8,7 @@ workers; the published store they start from is the `published_store` fixture (t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -28,7 +29,27 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_a_worse_model_is_not_published(published_store, topics, tmp_path):
+def announced(state, store: Path) -> tuple[object, list[object]]:  # noqa: ANN001
+    """(the flow run, the wikiembed.improve.* events about `store`) of an improve-model run, as the UI and automations see them."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all()
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+        deadline = time.monotonic() + 30
+        while True:  # the server writes events a moment after it takes them
+            events = client.read_events(EventFilter(event=EventNameFilter(prefix=["wikiembed.improve."]),
+                                                    resource=EventResourceFilter(id=[f"wikiembed.store.{store}"])), limit=50).events
+            if events or time.monotonic() > deadline:
+                return run, events
+            time.sleep(0.5)
+
+
+def test_a_worse_model_is_not_published(published_store, topics, tmp_path, caplog):
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        caplog.set_level(logging.INFO, logger=name)  # the test session logs only warnings
     store, published = published_store
     before = _files(published)
     pairs = title_pairs(topics, tmp_path / "pairs.jsonl")
@@ -37,9 +58,34 @@ def test_a_worse_model_is_not_published(published_store, topics, tmp_path):
     random.Random(0).shuffle(ids)  # every title now points at some other topic
     pairs.write_text("".join(json.dumps({"query": r["query"], "id": i}) + "\n" for r, i in zip(rows, ids)))
     out, new = tmp_path / "model", tmp_path / "new-store"
-    result = improve_model(str(store), str(pairs), str(out), str(new), upload_to=f"dir:{published}",
-                           finetune={"batch_size": 8, "learning_rate": 1e-4, "negatives": 0}, min_holdout=5)
+    state = improve_model(str(store), str(pairs), str(out), str(new), upload_to=f"dir:{published}",
+                          finetune={"batch_size": 8, "learning_rate": 1e-4, "negatives": 0}, min_holdout=5, return_state=True)
+    result = state.result()
     assert result["publish"] is False and result["published"] is None
+    # The run list and automations tell a kept store from a published one: name, state message, tags, event.
+    run, events = announced(state, store)
+    assert run.name == f"improve {store} on {pairs} into {new}"
+    assert run.state.is_completed() and run.state.message == f"keep: {result['reason']}"
+    assert {"decision:keep", f"model:{result['finetune']['base_model']}"} <= set(run.tags), run.tags
+    assert [e.event for e in events] == ["wikiembed.improve.kept"]
+    assert events[0].payload["difference"] == pytest.approx(result["difference"]["mrr"])
+    assert {r.id for r in events[0].related} >= {f"wikiembed.store.{new}", f"prefect.flow-run.{run.id}"}
+    # The fine-tune's log: one line a person reads per logging step, no raw trainer dicts, no bytecode; and a progress bar.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType, LogFilter,
+                                                LogFilterFlowRunId)
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # log records reach the API in batches
+    with get_client(sync_client=True) as client:
+        logs = [log.message for log in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))]
+        bars = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
+                                                                    type=ArtifactFilterType(any_=["progress"])))
+    steps = [m for m in logs if m.startswith("fine-tune: epoch ")]
+    assert steps and all(", step " in m and " of " in m and ", loss " in m for m in steps), logs
+    assert any(m.startswith("fine-tune: trained ") for m in logs), logs
+    assert not [m for m in logs if "LOAD_GLOBAL" in m or "RESUME" in m or "{'loss'" in m], logs
+    assert [b.data for b in bars if "fine-tune" in (b.description or "")] == [100.0]
     assert "the old store stays published" in result["reason"]
     assert _files(published) == before  # the published folder is untouched
     # Re-embedded with the new model: every chunk embedded, none reused from the old model's vectors.

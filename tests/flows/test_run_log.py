@@ -40,6 +40,7 @@ def _no_traceback(messages: list[str]) -> None:
 
 
 def test_a_missing_store_ends_the_improve_run_with_its_message(prefect_api: str, tmp_path: Path) -> None:
+    (tmp_path / "pairs.jsonl").write_text('{"query": "a", "id": "x"}\n')
     state, messages, raised = run_as_deployment(
         improve_model, store=str(tmp_path / "missing"), pairs=str(tmp_path / "pairs.jsonl"), out=str(tmp_path / "model"),
         new_store=str(tmp_path / "new"))
@@ -63,3 +64,19 @@ def test_failed_shards_end_the_embed_run_with_the_message_alone(prefect_api: str
     assert state.is_failed() and state.message.startswith("1/1 shards failed: BackendError: injected"), state.message
     _no_traceback(messages)
     assert any(m.startswith("shard 00000 failed after") for m in messages)
+
+
+def test_the_improve_form_s_default_pairs_file_missing_stops_the_run_before_any_work(prefect_api: str, tmp_path: Path,
+                                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deployment's default pairs path is relative to the worker's folder, where a fresh clone holds no such file:
+    the run stops at once, naming the path, where it was looked for, and what to give instead."""
+    monkeypatch.chdir(tmp_path)  # the worker's clone
+    (tmp_path / "store").mkdir()
+    state, messages, raised = run_as_deployment(improve_model, store="store", pairs="feedback/served.jsonl", out="models/next",
+                                                new_store="runs/next")
+    assert state.is_failed() and raised is not None, state.message
+    assert state.message.startswith("pairs feedback/served.jsonl: no such file (a relative path is read from the working "
+                                    f"folder, here {tmp_path})"), state.message
+    assert "wikiembed serve --feedback" in state.message
+    assert not (tmp_path / "models").exists() and not (tmp_path / "runs").exists()
+    _no_traceback(messages)
