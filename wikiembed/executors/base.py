@@ -170,8 +170,8 @@ class Executor(ABC):
     def default_concurrency(self) -> int:
         return 2
 
-    def device(self, model: str, embedded: bool) -> str:
-        """Where the run's vectors were computed, in words."""
+    def device(self, model: str, embedded: bool) -> str | None:
+        """Where the run's vectors were computed, in words (None: nowhere, this run embedded nothing)."""
         return self.name
 
     def tokenizer_choice(self) -> str:

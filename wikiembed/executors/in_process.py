@@ -44,9 +44,9 @@ class InProcess(OnDisk):
         start, end = manifest.plan.shards[job.shard]
         return embed_shard(store, job.shard, backend, end - start, reuse=reuse, progress=Progress.current().add_chunks)
 
-    def device(self, model: str, embedded: bool) -> str:
+    def device(self, model: str, embedded: bool) -> str | None:
         # The engine says which device it chose; it is asked only when shards were embedded here
-        # (so it is already open), never opened to report.
+        # (so it is already open), never opened to report: None when it chose none.
         if not embedded:
-            return "nothing embedded" if self.settings.compute.device == "auto" else self.settings.compute.device
+            return None if self.settings.compute.device == "auto" else self.settings.compute.device
         return str(getattr(self.backend.open(model), "device", None) or "the local device")
