@@ -63,6 +63,8 @@ DAY2 = {"edited": 0.01, "added": 0.005, "removed": 0.002}
 SMOKE_FRACTION = 0.00002  # about 390k characters, 350 articles
 SMOKE_SHARD_ROWS = 60
 QUERIES = 100
+# The worker-process executor (`--backend tei`, against the TEI stand-in) runs day 1 again up to this size.
+TEI_MAX_FRACTION = 0.01
 # The Hub stand-in keeps every uploaded byte in this process's memory: above this, upload is skipped.
 UPLOAD_MAX_BYTES = 2_000_000_000
 
@@ -270,7 +272,7 @@ def _planned_shards(store: Path) -> int:
 
 # -- one size -------------------------------------------------------------------------------------
 
-def _size(work: Path, fraction: float, env: dict[str, str], shard_rows: int | None, hub: Any) -> dict[str, Any]:
+def _size(work: Path, fraction: float, env: dict[str, str], shard_rows: int | None, hub: Any, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
     folder = work / f"f{fraction:g}"
     folder.mkdir(parents=True, exist_ok=True)
     corpus = _write_corpus(folder, fraction)
@@ -325,7 +327,10 @@ def _size(work: Path, fraction: float, env: dict[str, str], shard_rows: int | No
     steps["export"] = _step(_cli("export", "--store", str(store), "--to", str(exported)), env, [store, exported])
     merged = sorted(exported.glob("data/*.parquet"))
     steps["export"]["largest_file_mb"] = round(max((p.stat().st_size for p in merged), default=0) / 1e6, 1)
-    steps["index"] = _step(_cli("index", "--store", str(store), "--form", "float32"), env, [store])
+    if "index" in skip:
+        steps["index"] = {"skipped": "not run (--skip index): searches below scan exactly"}
+    else:
+        steps["index"] = _step(_cli("index", "--store", str(store), "--form", "float32"), env, [store])
     steps["search_1"] = _step(_cli("search", "--store", str(store), "history of the river bridge"), env, [store])
     if fraction != SMOKE_FRACTION:  # the smoke run checks the exact scan in-process (below) only
         steps["search_1_exact"] = _step(_cli("search", "--store", str(store), "--exact", "history of the river bridge"), env, [store])
@@ -355,11 +360,42 @@ def _size(work: Path, fraction: float, env: dict[str, str], shard_rows: int | No
         "bytes_ratio": round(steps["run_day2"]["bytes_written"] / max(1, steps["run_day1"]["bytes_written"]), 4),
     }
     shutil.rmtree(exported, ignore_errors=True)
+    # The same day 1 through the worker-process executor: whole shards in one process per core, each
+    # with a TEI client, against the TEI stand-in (answering hash vectors as fast as it can).
+    if fraction <= TEI_MAX_FRACTION:
+        steps["run_day1_tei_workers"] = _tei_day1(folder, env, rows)
+    failed = {name: step.get("output_tail") for name, step in steps.items() if step.get("rc") not in (None, 0)}
+    if failed:
+        raise SystemExit(f"steps failed at fraction {fraction}: {failed}")
     return {
         "fraction": fraction, "articles": corpus["articles"], "chars": corpus["chars"], "chunks": chunks,
         "shards": len(summary["plan"]["shards"]), "data_bytes": data_bytes, "corpus": corpus,
         "steps": steps, "search": search, "resume": resume, "incremental": incremental,
     }
+
+
+def _tei_day1(folder: Path, env: dict[str, str], rows: list[str]) -> dict[str, Any]:
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tests.standins.tei_server", "--port", str(port), "--model-id",
+                               "sentence-transformers/all-MiniLM-L6-v2", "--max-client-batch-size", "256",
+                               "--max-batch-tokens", "65536"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        store = folder / "store-tei"
+        return _step(_cli("run", "--source", str(folder / "day1.parquet"), "--store", str(store), "--backend", "tei",
+                          "--tei-url", f"http://127.0.0.1:{port}", *rows), env, [store])
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        shutil.rmtree(folder / "store-tei", ignore_errors=True)
 
 
 def _chunk_texts(store: Path, multiset: bool = False) -> Any:
@@ -525,6 +561,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help=f"one tiny size ({SMOKE_FRACTION} with {SMOKE_SHARD_ROWS}-row shards)")
     parser.add_argument("--shard-rows", type=int, help="shard size (default: the store's default, as a user's run)")
     parser.add_argument("--work", help="work folder (default: a temp dir, removed after)")
+    parser.add_argument("--skip", default="", help="steps not to run, e.g. index (an HNSW build of digest vectors, which are as "
+                        "hard to index as random ones: far slower than real embeddings)")
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
     fractions = [SMOKE_FRACTION] if args.smoke else [float(f) for f in args.fractions.split(",")]
@@ -551,7 +589,7 @@ def main() -> None:
     try:
         with HubServer() as hub:
             for fraction in sorted(fractions):
-                size = _size(work, fraction, env, shard_rows, hub)
+                size = _size(work, fraction, env, shard_rows, hub, frozenset(x for x in args.skip.split(",") if x))
                 result["sizes"].append(size)
                 result["exponents"] = _exponents(result["sizes"])
                 result["incremental"] = size["incremental"]
