@@ -394,13 +394,20 @@ def _rerun_run_name() -> str:
     return f"re-embed {what} of {params['store']}"
 
 
-def _announce_estimate(store: Any, manifest: Manifest, pending: list[int], settings: RunSettings) -> dict[str, Any] | None:
-    """What the pending shards should take, from the snapshot: one line on stderr and a markdown artifact."""
+def _announce_estimate(store: Any, manifest: Manifest, states: list[ShardState], executor: Executor) -> dict[str, Any] | None:
+    """What the pending shards should take, from the snapshot: one line on stderr and a markdown artifact.
+
+    Its rate is the one measured where the run runs: by the store's done shards, else (the local engine,
+    open already) by a few seconds of the engine on the sample's chunks; the line says which."""
+    settings = executor.settings
     shards = manifest.plan.shards
+    model = manifest.model.model_id
     try:
         predicted = store_estimate(
-            store.snapshot_path, [tuple(shards[k]) for k in pending], manifest, backend=settings.backend,
-            hardware=run_hardware(settings.backend, settings.compute.device, settings.compute.gpu),
+            store.snapshot_path, [tuple(shards[st.shard]) for st in states if st.state != "done"], manifest,
+            backend=settings.backend, hardware=run_hardware(settings.backend, settings.compute.device, settings.compute.gpu),
+            done=[st.marker for st in states if st.state == "done" and st.marker is not None],
+            engine=executor.backend.open(model) if settings.backend == "local" else None,
         )
     except WikiembedError as exc:  # an estimate must never stop a run
         get_run_logger().warning("no estimate for this run: %s", exc)
@@ -563,7 +570,7 @@ def embed_dataset(**options: Any) -> dict[str, Any] | State:
         _check_index(executor)
         manifest = s.read_manifest()
         # The estimate reads the snapshot, so only where it is on this machine.
-        predicted = _announce_estimate(s, manifest, pending, settings) if pending and executor.data_here else None
+        predicted = _announce_estimate(s, manifest, states, executor) if pending and executor.data_here else None
         total = len(manifest.plan.shards)
         get_run_logger().info(
             "%s: %d shards, %d pending (%d done); %s", s.root, total, len(pending), total - len(pending), _what_runs(settings, manifest)

@@ -12,6 +12,10 @@
   measured by us with its command and date, or published by others with its source) and prices
   from `wikiembed/data/prices.toml` (each with its date and source). Nothing is extrapolated from
   one GPU to another: a backend/GPU without a recorded rate is listed as such.
+- A run's own estimate prefers a rate measured where it runs: its store's done shards' (their
+  markers record the characters they embedded and the seconds it took), else, for the local
+  engine (open already), a few seconds' calibration on the run's own sampled chunks; only then
+  the recorded one. Every option says which rate it used (`rate_source`).
 
 Touches: the source (read), the model's tokenizer files, the two data files.
 """
@@ -20,12 +24,13 @@ from __future__ import annotations
 
 import math
 import random
+import time
 import tomllib
 from datetime import date
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -35,7 +40,10 @@ from wikiembed.errors import InputError
 from wikiembed.model import load_tokenizer, model_info
 from wikiembed.sources import SNAPSHOT_SCHEMA, RowReport, Source, parse_source, pin, read_source
 from wikiembed.tokenizing import encode_ids
-from wikiembed.records import Manifest
+from wikiembed.records import Manifest, Marker
+
+if TYPE_CHECKING:
+    from wikiembed.backends.base import Backend
 
 DEFAULT_SAMPLE = 300
 Z95 = 1.959964
@@ -46,6 +54,17 @@ BACKENDS = ("local", "tei", "modal")
 _PROVIDER = {"modal": "modal"}
 # List prices move (new cards, cuts); an estimate says when the price it used is older than this.
 STALE_PRICE_DAYS = 90
+# A fresh local run times its own engine on its own sampled chunks for about this long before its
+# shards start: a rate measured on another machine was off by 2x on a CPU of the same core count.
+CALIBRATION_SECONDS = 2.5
+# ...but never on more than this share of the characters the run will embed (a tiny run's estimate
+# is not worth its own cost), and on at least one call of CALIBRATION_FIRST chunks.
+CALIBRATION_SHARE = 0.05
+CALIBRATION_FIRST = 8
+# Backends whose shards all run on one machine or one set of servers: their done shards' busy time
+# is the run's wall time, so a store's markers give their rate. (Modal's shards run in many
+# containers at once, each on its own GPU.)
+STORE_RATE_BACKENDS = ("local", "tei")
 
 
 def _data_file(name: str) -> list[dict[str, Any]]:
@@ -177,6 +196,7 @@ def _sample_counts(
         "chunks": np.bincount(owner, minlength=n).astype(np.float64),
         "tokens": np.bincount(owner, weights=lengths, minlength=n).astype(np.float64),
         "chunking": chunking.as_dict(),  # type: ignore[dict-item]
+        "texts": chunks.column("text").to_pylist(),  # type: ignore[dict-item]
     }
 
 
@@ -185,6 +205,75 @@ def _pick_rate(backend: str, gpu: str) -> dict[str, Any] | None:
     # Our own measurement first, then the newest.
     found.sort(key=lambda r: (r["kind"] != "measured", str(r.get("date", ""))), reverse=False)
     return found[0] if found else None
+
+
+def store_rate(markers: Iterable[Marker], backend: str, hardware: str, model: str) -> dict[str, Any] | None:
+    """The rate a store's done shards measured (None: none of them embedded anything with `backend`).
+
+    A marker records the characters its shard embedded and the seconds it took, ending at its data
+    file's mtime; shards in flight at once share the machine, so the rate is their characters over
+    the time any of them was running (the union of their intervals), not over the sum of their seconds."""
+    if backend not in STORE_RATE_BACKENDS:
+        return None
+    used = [m for m in markers if m.embedded_chars > 0 and m.seconds > 0 and m.vectors is not None
+            and m.vectors.backend == backend and m.model == model]
+    if not used:
+        return None
+    if any(m.mtime_ns is None for m in used):  # no end times: the shards' own seconds, as if one at a time
+        busy = sum(m.seconds for m in used)
+    else:
+        busy, reach = 0.0, -math.inf
+        for start, end in sorted((m.mtime_ns / 1e9 - m.seconds, m.mtime_ns / 1e9) for m in used):
+            busy += max(0.0, end - max(start, reach))
+            reach = max(reach, end)
+    chars = sum(m.embedded_chars for m in used)
+    return {"kind": "store-measured", "backend": backend, "hardware": hardware, "model": model,
+            "chars_per_s": _sig(chars / busy), "date": date.today().isoformat(), "shards": len(used),
+            "how": f"{len(used)} done shards of this store: {chars:,} characters in {busy:,.1f} s of embedding"}
+
+
+def calibrated_rate(engine: Backend, texts: Sequence[str], prompt: str, hardware: str, *, budget_chars: float,
+                    seconds: float = CALIBRATION_SECONDS, seed: int = 0) -> dict[str, Any] | None:
+    """The rate of `engine` on these chunk texts (a run's own sample), timed for about `seconds`.
+
+    Calls grow to fill the time left at the rate seen so far; the first call, which pays the
+    engine's warm-up, is left out of the rate when others follow. Stops at `budget_chars`
+    characters, or when the texts run out. None: no texts."""
+    order = list(texts)
+    random.Random(seed).shuffle(order)  # the sample's mix of short and long chunks in every call
+    if not order:
+        return None
+    timed: list[tuple[int, int, float]] = []  # (chunks, chars, seconds) of each call
+    done, spent, size = 0, 0.0, CALIBRATION_FIRST
+    while done < len(order):
+        part = order[done : done + size]
+        started = time.perf_counter()
+        engine.embed(part, prompt)
+        took = time.perf_counter() - started
+        timed.append((len(part), sum(len(t) for t in part), took))
+        done, spent = done + len(part), spent + took
+        chars_done = sum(c for _, c, _ in timed)
+        if spent >= seconds or chars_done >= budget_chars:
+            break
+        per_chunk = sum(s for _, _, s in timed[1:] or timed) / sum(n for n, _, _ in timed[1:] or timed)
+        size = max(CALIBRATION_FIRST, int((seconds - spent) / per_chunk))
+        size = min(size, max(CALIBRATION_FIRST, int((budget_chars - chars_done) / (chars_done / done))))
+    kept = timed[1:] or timed
+    chunks, chars, took = (sum(x[i] for x in kept) for i in range(3))
+    return {"kind": "calibrated", "backend": "local", "hardware": hardware, "model": engine.model_id,
+            "chars_per_s": _sig(chars / max(took, 1e-9)), "date": date.today().isoformat(),
+            "chunks": chunks, "seconds": round(took, 2),
+            "how": f"{chunks} of this run's sampled chunks ({chars:,} characters) embedded in {took:.2f} s before it started"}
+
+
+def rate_source(rate: dict[str, Any]) -> str:
+    """Where a rate comes from, as the estimate line and artifact say it."""
+    if rate["kind"] == "store-measured":
+        return f"measured by this store's {rate['shards']} done shard{'' if rate['shards'] == 1 else 's'}"
+    if rate["kind"] == "calibrated":
+        return f"calibrated here: {rate['chunks']} chunks in {rate['seconds']:.1f} s"
+    where = str(rate.get("detail", rate["hardware"])).split(";")[0]
+    return f"rate {rate['kind']} on {where} on {rate.get('date')}"
 
 
 def _pick_price(backend: str, gpu: str) -> dict[str, Any] | None:
@@ -208,8 +297,8 @@ def _sig(x: float, digits: int = 4) -> float:
     return float(f"{x:.{digits}g}")
 
 
-def _option(backend: str, gpu: str, containers: int, chars: Total, model: str) -> dict[str, Any]:
-    rate = _pick_rate(backend, gpu)
+def _option(backend: str, gpu: str, containers: int, chars: Total, model: str, rate: dict[str, Any] | None = None) -> dict[str, Any]:
+    rate = rate or _pick_rate(backend, gpu)
     price = _pick_price(backend, gpu)
     # `gpu_hours` keeps its name in the JSON; `unit` says what the hours are of.
     out: dict[str, Any] = {"backend": backend, "gpu": gpu, "containers": containers, "unit": hours_unit(gpu)}
@@ -229,7 +318,8 @@ def _option(backend: str, gpu: str, containers: int, chars: Total, model: str) -
         rate_model=rate["model"],
         rate_hardware=rate.get("detail", rate["hardware"]),
         rate_date=rate.get("date"),
-        rate_how=rate.get("command") or rate.get("source"),
+        rate_how=rate.get("command") or rate.get("source") or rate.get("how"),
+        rate_source=rate_source(rate),
     )
     notes = []
     if price:
@@ -280,8 +370,12 @@ def _result(
     how: str,
     seed: int,
     prompt: str = "",
+    rate: Callable[[list[str], float], dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
-    """Totals from a sample (ratio estimates when the character total is known, else per-article means)."""
+    """Totals from a sample (ratio estimates when the character total is known, else per-article means).
+
+    `rate(chunk texts of the sample, characters to embed)`: a rate measured for this run, which its
+    options take before a recorded one (None: there is none)."""
     counts = _sample_counts(rows, model, chunker, chunk_size, chunk_overlap, prompt)
     if total_chars is not None:
         chars = Total(total_chars, total_chars, total_chars)
@@ -291,6 +385,7 @@ def _result(
         chars = mean_total(articles, counts["chars"])
         chunks = mean_total(articles, counts["chunks"])
         tokens = mean_total(articles, counts["tokens"])
+    measured = rate(counts["texts"], chars.value) if rate and combos else None  # type: ignore[arg-type]
     return {
         "model": model,
         "chunking": counts["chunking"],
@@ -303,7 +398,7 @@ def _result(
         "tokens": round(tokens.value),
         "tokens_ci95": tokens.as_list(),
         "sample": {"articles": len(rows), "seed": seed, "how": how},
-        "options": [_option(b, g.upper(), containers, chars, model) for b, g in combos],
+        "options": [_option(b, g.upper(), containers, chars, model, measured) for b, g in combos],
     }
 
 
@@ -379,11 +474,16 @@ def store_estimate(
     containers: int = 1,
     sample: int = 100,
     seed: int = 0,
+    done: Iterable[Marker] = (),
+    engine: "Backend | None" = None,
 ) -> dict[str, Any]:
     """The estimate for the rows a run is about to embed (`ranges` of the generation's snapshot).
 
     Reads the snapshot's text column once for the exact character count; samples `sample`
     articles for chunks and tokens. Shown before the run and set beside the actual figures after.
+    Its rate: that of the generation's `done` shards' markers where they embedded with this
+    backend, else that of `engine` (the run's open local engine) calibrated on the sample's chunks,
+    else the recorded one.
     """
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -406,11 +506,19 @@ def store_estimate(
         offset += n
     chunking = manifest.chunking
     combos = [(backend, hardware)] if hardware else []
+    model, prompt = manifest.model.model_id, manifest.model.document_prompt
+    from_store = store_rate(done, backend, hardware or "", model)
+
+    def rate(texts: list[str], chars: float) -> dict[str, Any] | None:
+        if from_store is not None or engine is None:
+            return from_store
+        return calibrated_rate(engine, texts, prompt, hardware or "", budget_chars=CALIBRATION_SHARE * chars, seed=seed)
+
     return _result(
-        rows, len(candidates), total_chars, model=manifest.model.model_id, chunker=chunking.chunker,
+        rows, len(candidates), total_chars, model=model, chunker=chunking.chunker,
         chunk_size=chunking.chunk_size, chunk_overlap=chunking.chunk_overlap, combos=combos,
         containers=containers, how=f"snapshot read; {len(rows)} of {len(candidates)} articles to embed sampled (seed {seed})",
-        seed=seed, prompt=manifest.model.document_prompt,
+        seed=seed, prompt=prompt, rate=rate,
     )
 
 
@@ -424,7 +532,8 @@ def one_line(result: dict[str, Any]) -> str:
             usd = f", ${o['usd']:,.2f}" if o["usd"] is not None else ""
             if o.get("price_stale"):
                 usd += f" at a price of {o['price_as_of']}, over {STALE_PRICE_DAYS} days old"
-            line += f"; {o['backend']} on {o['gpu']}: ~{o['wall_minutes']:,.1f} min ({o['basis']} rate{usd})"
+            wall = f"{o['wall_minutes']:,.1f} min" if o["wall_minutes"] >= 1 else f"{o['wall_minutes'] * 60:.0f} s"
+            line += f"; {o['backend']} on {o['gpu']}: ~{wall} ({o['rate_source']}{usd})"
         else:
             line += f"; no recorded rate for {o['backend']} on {o['gpu']}"
     return line
@@ -446,8 +555,8 @@ def markdown(result: dict[str, Any]) -> str:
             continue
         usd = f", ${o['usd']:,.2f} at ${o['usd_per_hour']}/h ({o['price_as_of']})" if o["usd"] is not None else ""
         lines.append(
-            f"- {o['backend']} on {o['gpu']}: {o['gpu_hours']:,.4g} {o['unit']}{usd}; {o['basis']} rate "
-            f"{o['rate_chars_per_s']:,.0f} chars/s ({o['rate_date']}: {o['rate_how']}); {o['note']}"
+            f"- {o['backend']} on {o['gpu']}: {o['gpu_hours']:,.4g} {o['unit']}{usd}; {o['rate_chars_per_s']:,.0f} chars/s, "
+            f"{o['rate_source']} ({o['rate_date']}: {o['rate_how']}); {o['note']}"
         )
     return "\n".join(lines)
 

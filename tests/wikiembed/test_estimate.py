@@ -195,3 +195,27 @@ def test_the_write_ups_gpu_gets_dollars_and_the_price_date(topics, tmp_path, cap
     assert option["price_stale"] is (stale is not None)
     if stale:
         assert stale in printed
+
+
+def test_a_stores_rate_counts_the_time_any_shard_was_embedding_once():
+    """Two shards in flight at once share the machine: their characters over the union of their
+    intervals (end: the data file's mtime), not over the sum of their seconds; other backends' and
+    models' shards, and shards that embedded nothing (all reused), do not count."""
+    from wikiembed.estimate import rate_source, store_rate
+    from wikiembed.records import Marker, VectorKind
+
+    model = "sentence-transformers/all-MiniLM-L6-v2"
+    local, tei = VectorKind(backend="local", model=model), VectorKind(backend="tei", model=model)
+
+    def marker(shard: int, chars: int, seconds: float, end_s: float, kind: VectorKind = local) -> Marker:
+        return Marker(shard=shard, rows=10, chunks=10, embedded_chunks=10, embedded_chars=chars, sha256="0" * 64,
+                      bytes=1, mtime_ns=int(end_s * 1e9), model=model, vectors=kind, seconds=seconds)
+
+    done = [marker(0, 40_000, 4.0, 104.0), marker(1, 40_000, 4.0, 106.0),  # overlapping: 100-106
+            marker(2, 20_000, 2.0, 200.0),  # alone: 198-200
+            marker(3, 10**9, 1.0, 300.0, tei), marker(4, 0, 1.0, 400.0)]
+    rate = store_rate(done, "local", "CPU", model)
+    assert rate["chars_per_s"] == 100_000 / 8 and rate["shards"] == 3
+    assert rate_source(rate) == "measured by this store's 3 done shards"
+    assert store_rate(done, "local", "CPU", "another/model") is None
+    assert store_rate(done, "modal", "A10G", model) is None  # many containers at once: no one machine's rate
