@@ -273,9 +273,27 @@ class Store:
                     else "has no manifest.json and no `current` link, so no run was started here")
             return (f"store {self.root} {what}; point --store at a run store made by `wikiembed run`, "
                     f"or start one with `wikiembed run --source ... --store {shlex.quote(str(self.root))}`.")
+        planner = self.lock_holder()
+        if planner:
+            return (f"store {self.root}: no generation is published yet: the first run, {planner}, is still planning "
+                    f"generation {', '.join(gens)}; wait for it to publish one (`wikiembed status --store "
+                    f"{shlex.quote(str(self.root))}` shows it then), and run this again.")
         return (f"store {self.root}: no generation is published (no link `current`), but generations "
                 f"{', '.join(gens)} are there: a first run was stopped while planning, or the link was lost. Run the "
                 "same `wikiembed run` command again: it finishes planning (or re-creates the link) and resumes.")
+
+    def lock_holder(self) -> str | None:
+        """The run holding the store's lock ("pid N on HOST", as it wrote it), when that process is alive on this
+        machine; else None. Read from the lock file, never by taking the lock: a run starting meanwhile must find it free."""
+        try:
+            text = (self.root / ".lock").read_text(encoding="utf-8", errors="replace").strip()
+        except OSError:
+            return None
+        words = text.split()
+        if len(words) != 4 or words[0] != "pid" or not words[1].isdigit() or words[3] != socket.gethostname():
+            return None
+        pid = int(words[1])
+        return text if pid != os.getpid() and pid_alive(pid) else None
 
     @property
     def manifest_path(self) -> Path:
@@ -317,8 +335,16 @@ class Store:
                 f"and options): it rebuilds manifest.json from the source and keeps the {done} done shard(s) whose "
                 "rows its plan cuts alike; or restore the store from a backup."
             ) from None
-        except (json.JSONDecodeError, OSError) as exc:
-            raise StoreError(f"store {self.root}: manifest.json is unreadable ({exc}); restore it or start a new store.") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            done = len(list((self.dir / "_done").glob("*.json"))) if (self.dir / "_done").is_dir() else 0
+            raise StoreError(
+                f"store {self.root}: {self.manifest_path} is not valid JSON ({exc}), so it was damaged; remove it "
+                f"(`rm {shlex.quote(str(self.manifest_path))}`) and run the same `wikiembed run` that made this generation "
+                f"again (its source, model and options): it rebuilds manifest.json from the source and keeps the {done} done "
+                "shard(s) whose rows its plan cuts alike, embedding none of them again; or restore it from a backup."
+            ) from None
+        except OSError as exc:
+            raise StoreError(f"store {self.root}: {self.manifest_path} cannot be read ({exc}); check its permissions or the disk.") from exc
         return manifest_of(manifest, f"store {self.root}")
 
     def write_manifest(self, manifest: Manifest) -> None:
@@ -618,8 +644,8 @@ def manifest_of(record: Any, where: str) -> Manifest:
         problem = exc.errors()[0]
         field = ".".join(str(part) for part in problem["loc"]) or "(top level)"
         raise StoreError(
-            f"{where}: manifest.json is damaged at {field} ({problem['msg']}); restore it from a backup, or run the same "
-            "`wikiembed run` that made the store again to rebuild it."
+            f"{where}: manifest.json is damaged at {field} ({problem['msg']}); restore it from a backup, or remove it and run "
+            "the same `wikiembed run` that made the store again: it rebuilds manifest.json and keeps the done shards."
         ) from None
 
 

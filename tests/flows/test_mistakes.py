@@ -167,3 +167,40 @@ def test_silent_damage_is_found_by_verify_and_repaired_by_the_command_it_names(p
     assert status_payload(str(store), verify=True)["done"] == 2
     assert main(["status", "--store", str(store), "--verify"]) == 0
     assert publish(store, f"dir:{tmp_path / 'out'}")["shards"] == 2
+
+
+def test_a_manifest_of_broken_json_names_the_repair_that_keeps_every_done_shard(prefect_api, capsys, tmp_path):
+    """The message says what works: remove the file and run the same command, which rebuilds it and embeds nothing again."""
+    store = tmp_path / "store"
+    args = ("run", "--source", "sample:40", "--shard-rows", "20", "--store", str(store))
+    assert cli_here(capsys, *args).returncode == 0
+    manifest = Store(store).manifest_path
+    manifest.write_text(manifest.read_text()[:-40])  # cut short: not JSON any more
+    broken = cli_here(capsys, *args)
+    assert broken.returncode == 2 and "is not valid JSON" in broken.stderr and "start a new store" not in broken.stderr
+    assert f"remove it (`rm {manifest}`) and run the same `wikiembed run`" in broken.stderr, broken.stderr
+    assert "keeps the 2 done shard(s)" in broken.stderr
+    manifest.unlink()
+    again = cli_here(capsys, *args, "--summary-json", str(tmp_path / "summary.json"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["shards_done"] == 2 and summary["embedded_chunks"] == 0
+
+
+def test_export_while_the_first_run_is_planning_says_so(capsys, tmp_path):
+    """A store whose first generation is being planned (the run holds the lock) is not a stopped run."""
+    import socket
+
+    store = tmp_path / "store"
+    (store / "gens" / "g1").mkdir(parents=True)
+    planner = subprocess.Popen(["sleep", "60"])
+    try:
+        (store / ".lock").write_text(f"pid {planner.pid} on {socket.gethostname()}")
+        exported = cli_here(capsys, "export", "--store", str(store), "--to", str(tmp_path / "out"))
+        assert exported.returncode == 2 and "was stopped" not in exported.stderr, exported.stderr
+        assert f"the first run, pid {planner.pid} on {socket.gethostname()}, is still planning generation g1" in exported.stderr
+    finally:
+        planner.kill()
+        planner.wait()
+    stopped = cli_here(capsys, "export", "--store", str(store), "--to", str(tmp_path / "out"))  # its planner is gone
+    assert stopped.returncode == 2 and "a first run was stopped while planning" in stopped.stderr
