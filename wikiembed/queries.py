@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wikiembed.errors import InputError
@@ -62,7 +63,37 @@ def _rows(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
     """(where, row) for each row of a jsonl or parquet file."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
-        with path.open(encoding="utf-8") as fh:
+        yield from _jsonl_rows(path)
+    elif suffix == ".parquet":
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(f"{path}: not a readable parquet file ({exc}); it may be cut short (an interrupted copy or "
+                             "download): write or copy it again, or give the judged queries as .jsonl.") from None
+        if "query" not in table.column_names:
+            raise InputError(f"{path}: has columns {', '.join(table.column_names) or '(none)'} but no \"query\"; {FORMAT_HINT} "
+                             "(rename the columns to these names).")
+        for n, row in enumerate(table.to_pylist()):
+            yield f"{path} row {n}", row
+    else:
+        raise InputError(f"{path}: unknown file type {suffix or '(none)'}; give a .jsonl or .parquet file.")
+
+
+# Byte-order marks of the encodings a text editor or a Windows tool writes in place of UTF-8.
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def _jsonl_rows(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
+    """Rows of a UTF-8 jsonl file (a leading byte-order mark is allowed, as for sources); other encodings are refused
+    naming the fix."""
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    if head.startswith(_UTF16_BOMS):
+        raise InputError(f"{path}: is UTF-16 text, not UTF-8; save it as UTF-8 (e.g. `iconv -f UTF-16 -t UTF-8 "
+                         f"{path.name} > {path.stem}-utf8{path.suffix}`) and give that file.")
+    with path.open(encoding="utf-8-sig") as fh:
+        n = 0
+        try:
             for n, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
@@ -73,12 +104,9 @@ def _rows(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
                 if not isinstance(row, dict):
                     raise InputError(f"{path} line {n}: not a JSON object; {FORMAT_HINT}.")
                 yield f"{path} line {n}", row
-    elif suffix == ".parquet":
-        table = pq.read_table(path)
-        for n, row in enumerate(table.to_pylist()):
-            yield f"{path} row {n}", row
-    else:
-        raise InputError(f"{path}: unknown file type {suffix or '(none)'}; give a .jsonl or .parquet file.")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path} line {n + 1}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} cannot be "
+                             "decoded); save the file as UTF-8 (e.g. `iconv -f latin1 -t UTF-8`) and give that file.") from None
 
 
 def read_queries(path: str | Path) -> list[JudgedQuery]:
@@ -90,6 +118,8 @@ def read_queries(path: str | Path) -> list[JudgedQuery]:
     not_relevant = 0
     for where, row in _rows(path):
         text = row.get("query")
+        if "query" not in row:
+            raise InputError(f"{where}: no \"query\" (its fields: {', '.join(map(str, row)) or 'none'}); {FORMAT_HINT}.")
         if not isinstance(text, str) or not text.strip():
             raise InputError(f"{where}: no query text; {FORMAT_HINT}.")
         ids = row.get("ids")

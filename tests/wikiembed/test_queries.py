@@ -41,7 +41,8 @@ def test_each_row_shape_reads_and_rows_of_one_query_merge(tmp_path):
     "rows, needle",
     [
         (["{not json"], "line 1: not JSON"),
-        ([{"id": "1"}], "line 1: no query text"),
+        ([{"id": "1"}], r'line 1: no "query" \(its fields: id\)'),
+        ([{"query": " ", "id": "1"}], "line 1: no query text"),
         ([{"query": "a"}], "no relevant \"id\" or \"ids\""),
         ([{"query": "a", "ids": "1"}], "\"ids\" must be a list"),
         ([{"query": "a", "id": "1", "chunk_index": -1}], "is not a chunk number"),
@@ -91,3 +92,28 @@ def test_holdout_is_seeded_disjoint_and_independent_of_order():
         split_holdout(queries[:2], 0.2, seed=0)
     with pytest.raises(InputError, match="between 0 and 1"):
         split_holdout(queries, 0.0, seed=0)
+
+
+def test_files_in_other_encodings_or_cut_short_are_refused_naming_the_file_and_the_fix(tmp_path):
+    rows = '{"query": "Zürich café", "id": "1"}\n'
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + rows.encode())  # UTF-8 with a byte-order mark (as sources accept)
+    assert read_queries(bom) == [JudgedQuery("Zürich café", frozenset({("1", None)}))]
+    for name, data, needle in [
+        ("utf16.jsonl", rows.encode("utf-16"), "is UTF-16 text, not UTF-8; save it as UTF-8"),
+        ("latin1.jsonl", rows.encode("latin-1"), "line 1: not UTF-8 text .* save the file as UTF-8"),
+    ]:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(InputError, match=needle) as err:
+            read_queries(tmp_path / name)
+        assert str(tmp_path / name) in str(err.value)
+    whole = tmp_path / "whole.parquet"
+    pq.write_table(pa.table({"query": ["a"], "id": ["1"]}), whole)
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(InputError, match=r"cut.parquet: not a readable parquet file .* write or copy it again"):
+        read_queries(cut)
+    other = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"question": ["a"], "doc": ["1"]}), other)
+    with pytest.raises(InputError, match=r'other.parquet: has columns question, doc but no "query"'):
+        read_queries(other)
