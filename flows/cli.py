@@ -223,6 +223,48 @@ def _print_summary(summary: dict[str, Any], out=None) -> None:  # noqa: ANN001
         print(f"    wikiembed rerun --store {store} --failed", file=out)
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Where a command will write, checked before it does any work: a JSON file named by a folder, or a path on a
+    read-only disk, is refused with one message now, not with a traceback after the work (the improve loop's whole
+    round). The store an index is written into counts too."""
+    from wikiembed.errors import InputError
+    from wikiembed.volume_store import parse_spec
+
+    for flag, dest in (("--json", "json_path"), ("--summary-json", "summary_json")):
+        path = getattr(args, dest, None)
+        if not path:
+            continue
+        target = Path(path).expanduser()
+        if target.is_dir():
+            raise InputError(f"{flag} {path}: is a folder; give a file name for the JSON, e.g. {target / 'result.json'}.")
+        _check_writable(target.parent, flag, path)
+    if args.command in ("finetune", "improve") and not parse_spec(args.store):
+        _check_writable(Path(args.out).expanduser(), "--out", args.out)
+        if args.command == "improve":
+            _check_writable(Path(args.new_store).expanduser(), "--new-store", args.new_store)
+    if args.command == "index" and not parse_spec(args.store):
+        from wikiembed.store import Store
+
+        store = Store.at(args.store)
+        if store.gen is not None and store.dir.is_dir():
+            _check_writable(store.dir, "--store", args.store, why="the index is written into the store")
+
+
+def _check_writable(path: Path, flag: str, given: str, why: str = "") -> None:
+    """Refuse a path that cannot be written: the folder it is in (or the nearest one that exists) is read-only."""
+    from wikiembed.errors import InputError
+
+    folder = path if path.is_dir() else path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"{flag} {given}: {folder} is a file, not a folder; give a path in a folder.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        because = f" ({why})" if why else ""
+        raise InputError(f"{flag} {given}: cannot be written{because}: {folder} is read-only here (a read-only mount, or "
+                         "no write permission); give a path on a writable disk, or make it writable.")
+
+
 def _write_json(path: str | None, payload: dict[str, Any]) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -517,8 +559,12 @@ def _cmd_improve(args: argparse.Namespace) -> int:
     tuned, reembed = result["finetune"], result["reembed"]
     print(f"fine-tuned {tuned['base_model']} on {tuned['train']} queries ({tuned['settings']['epochs']} epoch(s), "
           f"{tuned['device']}, {tuned['seconds']:.0f}s) into {tuned['out']}")
-    print(f"re-embedded {reembed['chunks']:,} chunks into {result['new']['store']} ({reembed['shards_done']}/"
-          f"{reembed['shards_total']} shards)")
+    shards = f"{reembed['shards_done']}/{reembed['shards_total']} shards"
+    if reembed["embedded_chunks"] == reembed["chunks"]:
+        print(f"re-embedded {reembed['chunks']:,} chunks into {result['new']['store']} ({shards})")
+    else:  # a round run again: what its earlier runs embedded is kept, not embedded again
+        print(f"re-embedded {reembed['embedded_chunks']:,} of the {reembed['chunks']:,} chunks of {result['new']['store']} "
+              f"({shards}); the rest were embedded by an earlier run of this round")
     merged = tuned["pairs"].get("near_duplicates", 0)
     alike = f" ({merged} near-duplicate queries merged first: the model reads them as another)" if merged else ""
     print(f"held out {result['old']['n']} queries{alike}, scored over every chunk of each store:")
@@ -663,6 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("run", "rerun", "improve"):
         _stop_on_signals()
     try:
+        _check_outputs(args)
         from wikiembed.volume_store import check_vectors_here, parse_spec
 
         if args.command in ("search", "index", "eval", "serve") or (args.command == "finetune" and not parse_spec(args.store)):
