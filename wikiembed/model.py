@@ -306,6 +306,8 @@ def _read_modules(path: Path, hidden: int) -> dict:
     dim = hidden
     pooled = False
     for position, module in enumerate(modules):
+        if unsupported and not pooled:
+            break  # what follows a refused Pooling module works on vectors the engine cannot make: that one refusal says it
         kind = _module_kind(str(module.get("type", "")))
         folder = path / str(module.get("path", ""))
         where = f"module {position} ({module.get('type')}, {module.get('path') or 'the folder root'})"

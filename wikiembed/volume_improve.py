@@ -62,6 +62,8 @@ def check_paths(store: str, pairs: str, out: str, new_store: str | None = None, 
             if key in named and Path(named[key]).expanduser().resolve() == Path(store).expanduser().resolve():
                 raise InputError(f"{flags[key]} {named[key]}: is the store being improved; give a new folder.")
         _check_pairs(pairs, flags["pairs"])
+        if new_store is not None:
+            _check_new_store(new_store, flags["new_store"])
         return None
     volume, root = parsed
     paths = {key: volume_path(flags[key], spec, volume, example)
@@ -86,6 +88,24 @@ def _check_pairs(pairs: str, flag: str) -> None:
         ".jsonl or .parquet file of {\"query\": ..., \"id\": ...} rows (docs/IMPROVE.md), as an absolute path or one "
         "relative to that folder."
     )
+
+
+def _check_new_store(new_store: str, flag: str) -> None:
+    """The new store is a new or empty folder, or a store a stopped round left (the same round resumes it): never a
+    folder of someone else's files, which the re-embed would write its store into."""
+    path = Path(new_store).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {new_store}: is a file; give a new folder for the re-embedded store.")
+    if not path.is_dir() or (path / "gens").is_dir() or (path / "current").is_symlink() or (path / "manifest.json").is_file():
+        return
+    own = sorted(p.name for p in path.iterdir() if p.name != ".lock")
+    if own:
+        shown = ", ".join(own[:5]) + (f" and {len(own) - 5} more" if len(own) > 5 else "")
+        raise InputError(
+            f"{flag} {new_store}: a folder holding files of its own ({shown}), neither empty nor a wikiembed store; give a "
+            "new folder for the re-embedded store (one per round: the same one resumes a round that stopped). Nothing was "
+            "changed there."
+        )
 
 
 def model_mount_path(out: str) -> str:

@@ -146,3 +146,18 @@ def test_remote_code_runs_only_when_trusted(shapes: Path, tmp_path: Path) -> Non
     # The deployed Modal shard classes never run a model's code: refused on the flow's machine, before any call.
     with pytest.raises(InputError, match="deployed Modal shard classes load models without running their code"):
         model_info(str(folder)).check_supported(trust_remote_code=True, backend="modal")
+
+
+def test_an_unknown_pooling_mode_is_the_only_part_refused(shapes: Path, tmp_path: Path) -> None:
+    """The modules after a refused Pooling (Normalize) are not refused for it: they are fine after a pooling we know."""
+    folder = tmp_path / "model"
+    shutil.copytree(build("mean", shapes), folder)
+    modules = _modules(folder)
+    if not any(m["type"].endswith("Normalize") for m in modules):
+        modules.append({"idx": len(modules), "name": str(len(modules)), "path": "2_Normalize",
+                        "type": "sentence_transformers.models.Normalize"})
+        (folder / "modules.json").write_text(json.dumps(modules))
+    assert model_info(str(folder)).refusals() == []
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"embedding_dimension": 64, "pooling_mode": "attention"}))
+    refusals = model_info(str(folder)).refusals()
+    assert len(refusals) == 1 and "'attention'" in refusals[0] and "Normalize" not in refusals[0], refusals
