@@ -168,6 +168,12 @@ def test_wikiembed_improve_runs_the_loop_from_the_command_line(compact_store, to
     assert json.loads((new / "manifest.json").read_text())["model"]["model_id"] == str(out.resolve())
     assert f"into {out.resolve()}" in printed.out and "held out 7 queries" in printed.out
     assert f"{'publish' if result['publish'] else 'keep'}" in printed.out.splitlines()[-1] and result["reason"] in printed.out
+    assert f"re-embedded {result['reembed']['chunks']:,} chunks into {new}" in printed.out
+    # The same command again: the round is done, so nothing is embedded again, and the line says so.
+    assert main(["improve", "--store", str(compact_store), "--pairs", str(pairs), "--out", str(out), "--new-store", str(new),
+                 "--batch-size", "8", "--negatives", "0", "--metric", "recall_at_10", "--margin", "0.02", "--min-holdout", "5"]) == 0
+    again = capsys.readouterr().out
+    assert f"re-embedded 0 of the {result['reembed']['chunks']:,} chunks of {new} (3/3 shards)" in again, again
 
 
 @pytest.mark.parametrize(
