@@ -119,6 +119,11 @@ def test_deployments_have_a_schedule_and_a_described_form(deployed):
     assert daily["schedules"] and daily["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
     assert not deployments["wikiembed-rerun"]["schedules"]
     assert "upload_to" in daily["description"] and daily["parameters"]["upload_to"] is None
+    # The improve form says where its paths are read from, and that the pairs file must be there.
+    improve = deployments["wikiembed-improve"]
+    pairs = improve["parameter_openapi_schema"]["properties"]["pairs"]["description"]
+    assert "it must exist" in pairs and "worker's clone" in pairs, pairs
+    assert "Relative paths are read from the worker's working folder" in improve["description"]
     for name in ("wikiembed-daily", "wikiembed-rerun", "wikiembed-sample"):
         schema = deployments[name]["parameter_openapi_schema"]
         for param, prop in schema["properties"].items():
