@@ -397,17 +397,21 @@ def _rerun_run_name() -> str:
 def _announce_estimate(store: Any, manifest: Manifest, states: list[ShardState], executor: Executor) -> dict[str, Any] | None:
     """What the pending shards should take, from the snapshot: one line on stderr and a markdown artifact.
 
-    Its rate is the one measured where the run runs: by the store's done shards, else (the local engine,
-    open already) by a few seconds of the engine on the sample's chunks; the line says which."""
+    Its rate is the one measured where the run runs: by the store's done shards, else (the local engine on
+    the CPU, open already) by a few seconds of the engine on the sample's chunks; the line says which."""
     settings = executor.settings
     shards = manifest.plan.shards
     model = manifest.model.model_id
+    engine = executor.backend.open(model) if settings.backend == "local" else None
+    # A GPU is not timed: the sample's few hundred chunks are a batch or two, far from the full
+    # groups a shard hands it, so their rate would say more about the launch than the card.
+    engine = engine if str(getattr(engine, "device", "")).startswith("cpu") else None
     try:
         predicted = store_estimate(
             store.snapshot_path, [tuple(shards[st.shard]) for st in states if st.state != "done"], manifest,
             backend=settings.backend, hardware=run_hardware(settings.backend, settings.compute.device, settings.compute.gpu),
             done=[st.marker for st in states if st.state == "done" and st.marker is not None],
-            engine=executor.backend.open(model) if settings.backend == "local" else None,
+            engine=engine,
         )
     except WikiembedError as exc:  # an estimate must never stop a run
         get_run_logger().warning("no estimate for this run: %s", exc)

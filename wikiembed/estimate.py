@@ -14,10 +14,11 @@
   one GPU to another: a backend/GPU without a recorded rate is listed as such.
 - A run's own estimate prefers a rate measured where it runs: its store's done shards' (their
   markers record the characters they embedded and the seconds it took), else, for the local
-  engine (open already), a few seconds' calibration on the run's own sampled chunks; only then
+  engine on the CPU (open already), a few seconds' calibration on the run's own sampled chunks; only then
   the recorded one. Every option says which rate it used (`rate_source`).
 
-Touches: the source (read), the model's tokenizer files, the two data files.
+Touches: the source (read), the model's tokenizer files, the two data files; a run's own estimate
+also reads its store's done markers and embeds a few seconds of its sample with the engine it is given.
 """
 
 from __future__ import annotations
@@ -263,7 +264,7 @@ def calibrated_rate(engine: Backend, texts: Sequence[str], prompt: str, hardware
     return {"kind": "calibrated", "backend": "local", "hardware": hardware, "model": engine.model_id,
             "chars_per_s": _sig(chars / max(took, 1e-9)), "date": date.today().isoformat(),
             "chunks": chunks, "seconds": round(took, 2),
-            "how": f"{chunks} of this run's sampled chunks ({chars:,} characters) embedded in {took:.2f} s before it started"}
+            "how": f"{chars:,} characters of the run's sampled chunks, embedded by its own engine before its shards"}
 
 
 def rate_source(rate: dict[str, Any]) -> str:
@@ -272,8 +273,10 @@ def rate_source(rate: dict[str, Any]) -> str:
         return f"measured by this store's {rate['shards']} done shard{'' if rate['shards'] == 1 else 's'}"
     if rate["kind"] == "calibrated":
         return f"calibrated here: {rate['chunks']} chunks in {rate['seconds']:.1f} s"
+    if rate["kind"] == "published":
+        return f"rate published for {rate['hardware']} in {rate.get('date')}"
     where = str(rate.get("detail", rate["hardware"])).split(";")[0]
-    return f"rate {rate['kind']} on {where} on {rate.get('date')}"
+    return f"rate measured on {where} on {rate.get('date')}"
 
 
 def _pick_price(backend: str, gpu: str) -> dict[str, Any] | None:
@@ -556,7 +559,7 @@ def markdown(result: dict[str, Any]) -> str:
         usd = f", ${o['usd']:,.2f} at ${o['usd_per_hour']}/h ({o['price_as_of']})" if o["usd"] is not None else ""
         lines.append(
             f"- {o['backend']} on {o['gpu']}: {o['gpu_hours']:,.4g} {o['unit']}{usd}; {o['rate_chars_per_s']:,.0f} chars/s, "
-            f"{o['rate_source']} ({o['rate_date']}: {o['rate_how']}); {o['note']}"
+            f"{o['rate_source']} ({o['rate_how']}); {o['note']}"
         )
     return "\n".join(lines)
 
