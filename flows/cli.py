@@ -123,6 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     est.add_argument("--containers", type=int, default=1, help="containers working at once, for the wall time (default 1)")
     est.add_argument("--sample", type=int, default=300, help="articles tokenized to estimate chunks and tokens (default 300)")
     est.add_argument("--seed", type=int, default=0)
+    est.add_argument("--store", help="a run store whose done shards measured a rate on this machine: the backend and hardware "
+                                     "its run used take that rate (default: the recorded rates only)")
     est.add_argument("--json", dest="json_path", metavar="PATH", help="also write the estimate as JSON here")
 
     search = sub.add_parser("search", help="the chunks of a store nearest to a query (its index where built, else an exact scan)")
@@ -423,13 +425,13 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     from wikiembed.estimate import estimate
     from wikiembed.settings import RunSettings
 
-    # Validated and defaulted as a run would be; the store is not part of an estimate and is never opened.
+    # Validated and defaulted as a run would be; a --store is opened only for its done shards' rate.
     run = RunSettings(store="", **{name: getattr(args, name) for name in ESTIMATE_OPTIONS if hasattr(args, name)})
     result = estimate(
         run.source, config=run.config, split=run.reading.split, limit=run.limit, columns=run.reading.columns, model=run.model,
         chunker=run.chunking.chunker, chunk_size=run.chunking.chunk_size, chunk_overlap=run.chunking.chunk_overlap,
         prompt_name=run.prompt_name, backends=_split_list(args.backend), gpus=_split_list(args.gpu), containers=args.containers,
-        sample=args.sample, seed=args.seed,
+        sample=args.sample, seed=args.seed, store=args.store,
     )
     _write_json(args.json_path, result)  # before printing: a reader that leaves early cannot cost the file
     print(f"{result['source']} with {result['model']} ({result['chunking']}):")

@@ -373,12 +373,12 @@ def _result(
     how: str,
     seed: int,
     prompt: str = "",
-    rate: Callable[[list[str], float], dict[str, Any] | None] | None = None,
+    rate: Callable[[str, str, list[str], float], dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
     """Totals from a sample (ratio estimates when the character total is known, else per-article means).
 
-    `rate(chunk texts of the sample, characters to embed)`: a rate measured for this run, which its
-    options take before a recorded one (None: there is none)."""
+    `rate(backend, hardware, chunk texts of the sample, characters to embed)`: a rate measured where
+    the run runs, which that option takes before a recorded one (None: there is none)."""
     counts = _sample_counts(rows, model, chunker, chunk_size, chunk_overlap, prompt)
     if total_chars is not None:
         chars = Total(total_chars, total_chars, total_chars)
@@ -388,7 +388,6 @@ def _result(
         chars = mean_total(articles, counts["chars"])
         chunks = mean_total(articles, counts["chunks"])
         tokens = mean_total(articles, counts["tokens"])
-    measured = rate(counts["texts"], chars.value) if rate and combos else None  # type: ignore[arg-type]
     return {
         "model": model,
         "chunking": counts["chunking"],
@@ -401,7 +400,8 @@ def _result(
         "tokens": round(tokens.value),
         "tokens_ci95": tokens.as_list(),
         "sample": {"articles": len(rows), "seed": seed, "how": how},
-        "options": [_option(b, g.upper(), containers, chars, model, measured) for b, g in combos],
+        "options": [_option(b, g.upper(), containers, chars, model, rate(b, g.upper(), counts["texts"], chars.value) if rate else None)  # type: ignore[arg-type]
+                    for b, g in combos],
     }
 
 
@@ -422,8 +422,12 @@ def estimate(
     containers: int = 1,
     sample: int = DEFAULT_SAMPLE,
     seed: int = 0,
+    store: str | None = None,
 ) -> dict[str, Any]:
-    """The estimate `wikiembed estimate` prints; see the module docstring for how each figure is made."""
+    """The estimate `wikiembed estimate` prints; see the module docstring for how each figure is made.
+
+    `store`: a run store of this machine whose done shards measured a rate: the backend and hardware its
+    run used take that rate (where the model is the same) before a recorded one."""
     from wikiembed.model import DEFAULT_MODEL
 
     model = model or DEFAULT_MODEL
@@ -446,9 +450,32 @@ def estimate(
         combos = [(r["backend"], r["hardware"]) for r in rates()]
     else:
         combos = [(b, g) for b in (backends or ["modal"]) for g in (gpus or ["A10G"])]
+    measured = _store_rate_at(store, model) if store else None
+    if measured and not backends and not gpus and (measured["backend"], measured["hardware"]) not in combos:
+        combos.append((measured["backend"], measured["hardware"]))
+
+    def rate(backend: str, hardware: str, texts: list[str], chars: float) -> dict[str, Any] | None:
+        return measured if measured and (measured["backend"], measured["hardware"]) == (backend, hardware) else None
+
     result = _result(rows, articles, total_chars, model=model, chunker=chunker, chunk_size=chunk_size,
-                     chunk_overlap=chunk_overlap, combos=combos, containers=containers, how=how, seed=seed, prompt=prompt)
+                     chunk_overlap=chunk_overlap, combos=combos, containers=containers, how=how, seed=seed, prompt=prompt,
+                     rate=rate)
     return {"source": src.spec, **result}
+
+
+def _store_rate_at(spec: str, model: str) -> dict[str, Any] | None:
+    """The rate the done shards of the store at `spec` measured, for the backend and hardware its run used."""
+    from wikiembed.settings import RunSettings
+    from wikiembed.store import Store
+
+    store = Store(spec)
+    if not store.exists():
+        raise InputError(f"--store {spec}: no run store there; give a folder that a `wikiembed run --store` filled.")
+    manifest = store.read_manifest()
+    made = RunSettings(**manifest.settings)
+    hardware = run_hardware(made.backend, made.compute.device, made.compute.gpu)
+    done = [st.marker for st in store.states(manifest) if st.state == "done" and st.marker is not None]
+    return store_rate(done, made.backend, hardware, model) if hardware else None
 
 
 def run_hardware(backend: str, device: str | None, gpu: str | None) -> str | None:
@@ -512,10 +539,10 @@ def store_estimate(
     model, prompt = manifest.model.model_id, manifest.model.document_prompt
     from_store = store_rate(done, backend, hardware or "", model)
 
-    def rate(texts: list[str], chars: float) -> dict[str, Any] | None:
+    def rate(backend: str, hardware: str, texts: list[str], chars: float) -> dict[str, Any] | None:
         if from_store is not None or engine is None:
             return from_store
-        return calibrated_rate(engine, texts, prompt, hardware or "", budget_chars=CALIBRATION_SHARE * chars, seed=seed)
+        return calibrated_rate(engine, texts, prompt, hardware, budget_chars=CALIBRATION_SHARE * chars, seed=seed)
 
     return _result(
         rows, len(candidates), total_chars, model=model, chunker=chunking.chunker,

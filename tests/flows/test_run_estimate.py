@@ -3,11 +3,13 @@ by what (real Prefect API, real bundled model, the built-in sample)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
 
+from wikiembed.flows.cli import main
 from wikiembed.flows.embed_dataset import artifact_key, embed_dataset
 from wikiembed.store import Store
 
@@ -36,6 +38,15 @@ def test_a_resumed_run_takes_the_rate_its_stores_done_shards_measured(prefect_ap
     s = Store(store)
     kept = s.read_done(0)
     s.forget(1)  # as if the run had been stopped after its first shard
+    rate = kept.embedded_chars / kept.seconds
+    # `wikiembed estimate` takes it too when given the store, and only then.
+    options = {}
+    for extra in (["--store", str(store)], []):
+        out = tmp_path / "estimate.json"
+        assert main(["estimate", "--source", "sample:40", "--backend", "local", "--gpu", "CPU", "--json", str(out), *extra]) == 0
+        options[bool(extra)] = json.loads(out.read_text())["options"][0]
+    assert options[True]["basis"] == "store-measured" and options[True]["rate_chars_per_s"] == pytest.approx(rate, rel=0.01)
+    assert options[False]["basis"] == "measured"
     capsys.readouterr()
     summary = embed_dataset(source="sample:40", store=str(store), shard_rows=20, compute={"device": "cpu"})
     line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("estimate: 20 articles"))
@@ -43,7 +54,6 @@ def test_a_resumed_run_takes_the_rate_its_stores_done_shards_measured(prefect_ap
     seconds = summary["predicted_vs_actual"]["seconds"]
     assert seconds["basis"] == "store-measured rate for local on CPU"
     # The predicted seconds are the pending shard's characters at the done shard's own rate.
-    rate = kept.embedded_chars / kept.seconds
     assert seconds["predicted"] == pytest.approx(sum(len(r) for r in _texts(s, 20, 40)) / rate, rel=0.01, abs=0.1)
     assert "measured by this store's 1 done shard" in _estimate_artifact(store)
 
