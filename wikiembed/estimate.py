@@ -209,7 +209,8 @@ def _pick_rate(backend: str, gpu: str) -> dict[str, Any] | None:
 
 
 def store_rate(markers: Iterable[Marker], backend: str, hardware: str, model: str) -> dict[str, Any] | None:
-    """The rate a store's done shards measured (None: none of them embedded anything with `backend`).
+    """The rate a store's done shards measured (None: none of them embedded anything with `backend` and
+    `model`, or `backend` runs its shards in many places at once).
 
     A marker records the characters its shard embedded and the seconds it took, ending at its data
     file's mtime; shards in flight at once share the machine, so the rate is their characters over
