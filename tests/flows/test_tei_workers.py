@@ -126,10 +126,13 @@ def test_an_incremental_run_reuses_vectors_in_the_workers(prefect_api, tmp_path:
     store = tmp_path / "store"
     options = {"store": str(store), "shard_rows": 20, "backend": "tei", "compute": {"tei_url": [tei], "shard_workers": 2}}
     first = embed_dataset(source=str(live), **options)
-    articles[5]["text"] += "\n\nA new closing paragraph about bridges and rivers."
+    longest = max(range(len(articles)), key=lambda k: len(articles[k]["text"]))  # several chunks: some unchanged
+    articles[longest]["text"] += "\n\nA new closing paragraph about bridges and rivers."
     live.write_text("".join(json.dumps(r) + "\n" for r in articles))
     daily = embed_dataset(source=str(live), **options)
-    assert daily["changes"]["edited"] == 1 and daily["shards_done"] == 4
-    assert 0 < daily["embedded_chunks"] < first["chunks"] // 5
+    # The edited article is the new generation's one shard; its unchanged chunks take their old vectors.
+    assert daily["changes"]["edited"] == 1 and daily["shards_done"] == daily["shards_total"] == 1
+    assert daily["reused_chunks"] > 0 and 0 < daily["embedded_chunks"] < first["chunks"] // 5
     assert daily["embedded_chunks"] + daily["reused_chunks"] == daily["chunks"]
-    _assert_done_and_exact(store, 4)
+    assert daily["kept_chunks"] > 0 and daily["chunks"] + daily["kept_chunks"] >= first["chunks"]
+    _assert_done_and_exact(store, 1)
