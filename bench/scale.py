@@ -474,6 +474,7 @@ def report(result: dict[str, Any]) -> str:
         "2.8 times English Wikipedia's article count at the same characters, so per-article costs are overstated).",
         "Back to the [README](../README.md); the store's design for incremental runs is in [STORE.md](STORE.md).",
         "",
+        *([result["note"], ""] if result.get("note") else []),
     ]
     for size in sizes:
         lines += [
@@ -521,10 +522,10 @@ def report(result: dict[str, Any]) -> str:
         f"Linear from the largest size measured (x{scale:,.0f}): {last['chunks'] * scale / 1e6:,.1f} million chunks, "
         f"{last['data_bytes'] * scale / 1e9:,.1f} GB of data files, {last['shards'] * scale:,.0f} shards at the default shard size.",
         f"The CPU side of day 1 ran at {cpu_rate / 1e6:.2f}M characters/s on this machine (2 cores: snapshot, chunking,",
-        "writes, markers; the engine free). A GPU box runs the two sides at the same time, so a day 1 takes about the",
+        "writes, markers; the engine free). A GPU machine runs the two sides at the same time, so a day 1 takes about the",
         "longer of the two:",
         "",
-        "| GPU side | GPU hours for 19.56 B chars | one box, wall (CPU side at this machine's rate) |",
+        "| GPU side | GPU hours for 19.56 B chars | one machine, wall (CPU side at this machine's rate) |",
         "| --- | ---: | ---: |",
     ]
     for name, rate in GPU_RATES.items():
