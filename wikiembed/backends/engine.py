@@ -175,6 +175,24 @@ def plan_batches(
     return batches
 
 
+def spread(batches: list[Batch], lengths: np.ndarray, parts: int, bucket: int = 1) -> list[Batch]:
+    """`batches` with the costliest split in two by rows until there are `parts` of them (or each is
+    one text), so that a small call (a handful of queries) keeps every CPU worker busy instead of one.
+
+    Rows stay longest first; the shorter half pads only to its own longest text."""
+    out = list(batches)
+    while len(out) < parts:
+        i = max(range(len(out)), key=lambda j: len(out[j].rows) * out[j].length)
+        batch = out[i]
+        if len(batch.rows) < 2:
+            break
+        half = (len(batch.rows) + 1) // 2
+        rest = batch.rows[half:]
+        out[i : i + 1] = [Batch(batch.rows[:half], batch.length),
+                          Batch(rest, min(batch.length, bucketed(int(lengths[rest].max()), bucket)))]
+    return out
+
+
 def pack_batch(
     ids: np.ndarray, offsets: np.ndarray, rows: np.ndarray, length: int, pad_id: int, mask: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -229,6 +247,7 @@ class _CpuWorkers:
             torch.set_num_threads(1)
             ready.wait(timeout=60)
 
+        self.workers = workers
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embed-cpu")
         for _ in range(workers):
             self.pool.submit(single_threaded)
@@ -473,10 +492,11 @@ class TorchEngine:
             out[previous[0].start : previous[0].start + previous[0].size] = previous[1].cpu().numpy()
         return out
 
-    def _batches(self, window: _Window) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-        """(rows, padded ids, mask or None) of each batch of a window, longest texts first."""
+    def _batches(self, window: _Window, parts: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """(rows, padded ids, mask or None) of each batch of a window, longest texts first; at least
+        `parts` batches where the window has that many texts."""
         lengths = np.diff(window.offsets)
-        for batch in plan_batches(lengths, self.max_batch_tokens, self._bucket, self.max_tokens):
+        for batch in spread(plan_batches(lengths, self.max_batch_tokens, self._bucket, self.max_tokens), lengths, parts, self._bucket):
             ids, mask = pack_batch(window.ids, window.offsets, batch.rows, batch.length, self._pad_id, self._always_mask)
             yield batch.rows, ids, mask
 
@@ -504,7 +524,7 @@ class TorchEngine:
                 out[rows] = self._pool_batch(torch.from_numpy(ids), None if mask is None else torch.from_numpy(mask), prompt_tokens).numpy()
 
         assert self._cpu_workers is not None
-        self._cpu_workers.run(run, list(self._batches(window)))
+        self._cpu_workers.run(run, list(self._batches(window, self._cpu_workers.workers)))
         return out
 
     def _pool_batch(self, ids: Any, mask: Any, prompt_tokens: int = 0) -> Any:

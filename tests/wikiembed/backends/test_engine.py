@@ -24,7 +24,7 @@ torch = pytest.importorskip("torch")
 SentenceTransformer = pytest.importorskip("sentence_transformers").SentenceTransformer
 
 from wikiembed.backends import engine as engine_module  # noqa: E402
-from wikiembed.backends.engine import TorchEngine, plan_batches  # noqa: E402
+from wikiembed.backends.engine import TorchEngine, plan_batches, spread  # noqa: E402
 from wikiembed.backends.base import Backend  # noqa: E402
 from wikiembed.errors import BackendError, InputError  # noqa: E402
 from wikiembed.model import DEFAULT_MODEL, load_tokenizer, model_info  # noqa: E402
@@ -311,6 +311,40 @@ def test_plan_batches_packs_by_tokens_not_by_count() -> None:
     # 5 long texts fit a batch, 50 short ones do: the count follows the length.
     assert [len(b.rows) for b in batches] == [5, 5, 50, 50]
     assert [b.length for b in batches] == [100, 100, 10, 10]
+
+
+def test_spread_splits_a_small_call_over_the_workers() -> None:
+    lengths = np.array([12, 11, 11, 9, 8, 7, 7, 5])
+    batches = plan_batches(lengths, max_batch_tokens=2048)
+    assert len(batches) == 1  # eight short queries: one batch, which would keep one CPU worker busy
+    split = spread(batches, lengths, parts=2)
+    assert [b.rows.tolist() for b in split] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert [b.length for b in split] == [12, 8]  # the shorter half pads only to its own longest text
+    # Every text once, longest first in each batch, never below its own length; bucketing kept.
+    four = spread(plan_batches(lengths, 2048, bucket=4), lengths, parts=4, bucket=4)
+    assert sorted(np.concatenate([b.rows for b in four]).tolist()) == list(range(8))
+    assert all(b.length >= lengths[b.rows].max() and b.length % 4 == 0 for b in four)
+    assert len(four) == 4
+    # One text cannot be split; enough batches already are left as planned.
+    assert len(spread(plan_batches(lengths[:1], 2048), lengths[:1], parts=2)) == 1
+    many = plan_batches(np.full(100, 50), max_batch_tokens=500)
+    assert spread(many, np.full(100, 50), parts=2) == many
+
+
+def test_a_small_call_spread_over_cpu_workers_matches_one_batch() -> None:
+    import torch
+
+    if torch.get_num_threads() < 2:
+        pytest.skip("one torch thread: the engine runs without CPU workers")
+    texts = ["a short query", "another one, a little longer than the first", "third", "and a fourth query here"]
+    engine = TorchEngine(DEFAULT_MODEL, device="cpu")
+    assert engine._cpu_workers is not None and engine._cpu_workers.workers >= 2
+    try:
+        spread_out = engine.embed(texts)
+        together = np.stack([engine.embed([t])[0] for t in texts])
+    finally:
+        engine.close()
+    np.testing.assert_allclose(spread_out, together, atol=1e-5)
 
 
 def test_plan_batches_prefers_batches_of_one_length() -> None:
