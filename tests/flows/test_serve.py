@@ -68,7 +68,10 @@ def test_the_loop_feedback_improve_and_the_better_store_is_served_without_a_rest
         assert {q.text: q.relevant for q in read_queries(feedback)} == {
             a["title"].lower().translate(LEET): frozenset({(a["id"], None)}) for a in articles}
 
+        from wikiembed.backends import factory
         from wikiembed.flows.improve_model import improve_model
+
+        old_model = service.published.served.query_backend()
 
         out, new = tmp_path / "model", tmp_path / "new-store"
         result = improve_model(str(link), str(feedback), str(out), str(new), serve_link=str(link), metric="recall_at_10",
@@ -88,6 +91,8 @@ def test_the_loop_feedback_improve_and_the_better_store_is_served_without_a_rest
         assert [h["score"] for h in answer["hits"]] == pytest.approx([h["score"] for h in expected["hits"]], abs=1e-5)
         health = client.get("/healthz").json()
         assert health["generation"] == answer["generation"] and health["error"] is None
+        # The old model is no longer held by the process for the service: a daily improve does not pile models up.
+        assert all(opened is not old_model for opened in factory._BACKENDS.values())
         found_after = sum(
             a["id"] in [h["id"] for h in client.get("/search", params={"q": a["title"].lower().translate(LEET)}).json()["hits"]]
             for a in articles)

@@ -89,6 +89,15 @@ def open_backend(
         return opened
 
 
+def release(backend: Backend) -> None:
+    """Forget an opened backend, so that it is freed once its last user lets go (a long-running search
+    service that moved on to another generation's model does not keep every earlier model loaded)."""
+    with _BACKENDS_LOCK:
+        for key in [k for k, v in _BACKENDS.items() if v is backend]:
+            del _BACKENDS[key]
+            _OPENING.pop(key, None)
+
+
 def _open(
     backend: str,
     model: str,

@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from wikiembed.backends.factory import release
 from wikiembed.compact import Form
 from wikiembed.index import VectorIndex
 from wikiembed.search import StoreVectors, ranked_hits
@@ -195,6 +196,9 @@ class PublishedStore:
                 logger.warning("wikiembed serve: %s", self.error)
                 return served
             logger.info("wikiembed serve: now serving generation %s of %s (%s)", loaded.generation, root, loaded.model_id)
+            if served._backend is not None and served._backend is not loaded._backend:
+                # Another model: the old one is freed once a batch still answering from it is done.
+                release(served._backend)
             self._served, self.error = loaded, None
             self._failed.clear()
             return loaded
