@@ -205,7 +205,8 @@ def _print_summary(summary: dict[str, Any], out=None) -> None:  # noqa: ANN001
         print(f"eval ({e['n']} titles as queries, float32): recall@1 {e['recall_at_1']:.3f}, recall@10 {e['recall_at_10']:.3f}, "
               f"MRR@10 {e['mrr']:.3f}; every form in {summary['store']}/README.md", file=out)
     if summary.get("index"):
-        print("index: " + "; ".join(f"{i['form']} ({i['rows']:,} vectors, {i['bytes'] / 1e6:,.1f} MB, {i['seconds']:.1f}s)"
+        print("index: " + "; ".join(f"{i['form']} ({i['rows']:,} vectors, {i['bytes'] / 1e6:,.1f} MB, {i['seconds']:.1f}s; "
+                                     f"{i['parts_built']} data files indexed, {i['parts_reused']} reused)"
                                      for i in summary["index"]) + "; search and eval use it", file=out)
     if summary.get("changes"):
         c = summary["changes"]
@@ -474,7 +475,11 @@ def _cmd_index(args: argparse.Namespace) -> int:
     result = build_index(args.store, args.form)
     _write_json(args.json_path, result)  # before printing: a reader that leaves early cannot cost the file
     print(f"indexed {result['rows']:,} vectors of {result['form']} ({result['metric']}, {result['scalar']}) in "
-          f"{result['seconds']:.1f}s: {result['path']} ({result['bytes'] / 1e6:,.1f} MB, {result['library']})")
+          f"{result['seconds']:.1f}s: {result['parts_built']} of {result['parts']} data files' indexes built "
+          f"({result['rows_built']:,} rows), {result['parts_reused']} reused; {result['bytes'] / 1e6:,.1f} MB in all, "
+          f"this generation's in {result['path']} ({result['library']})")
+    for path in result["removed_older_layout"]:
+        print(f"removed {path} (the older layout: one graph for a whole generation)")
     return EXIT_OK
 
 

@@ -1,7 +1,8 @@
 """The index step: after a complete run, build the approximate index of the forms asked for
 (`--index`; wikiembed/index.py), so search and eval of the new generation use it from the start.
 
-Touches: the generation's data files (read) and its `index/` folder (written).
+Touches: the generation's data files (read) and the `index/` folders of the generations that wrote
+them (written: a data file's index lives beside it).
 """
 
 from __future__ import annotations
@@ -15,5 +16,8 @@ from wikiembed.search import build_index
 
 @task(name="index")
 def index_task(store: str, gen: str, forms: list[str]) -> list[dict[str, Any]]:
-    """Build each form's index over `gen`; return what was built (form, rows, bytes, seconds)."""
-    return [{key: built[key] for key in ("form", "rows", "bytes", "seconds")} for built in (build_index(store, f, gen) for f in forms)]
+    """Build each form's index over `gen` (only its data files that have none: a file kept from an earlier
+    generation keeps its index); return what was built: form, rows, bytes, seconds, and how many data
+    files' indexes were built and reused."""
+    keys = ("form", "rows", "bytes", "seconds", "parts_built", "parts_reused")
+    return [{key: built[key] for key in keys} for built in (build_index(store, f, gen) for f in forms)]

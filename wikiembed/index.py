@@ -1,18 +1,41 @@
 """Approximate nearest-neighbour index of one stored vector form, for stores too big to scan.
 
-An HNSW graph (usearch, the optional extra `pip install 'wikiembed[index]'`) over one vector
-column of a generation, built by streaming the shard files batch by batch: memory holds the index
-and one batch. It lives in the generation's folder, beside `data/`, and is not published with it:
+One HNSW graph (usearch, the optional extra `pip install 'wikiembed[index]'`) per data file of a
+generation ("part"), built by streaming that file batch by batch: memory holds one file's graph and
+one batch. A data file's index lives in the generation folder that wrote the file, beside its
+`data/`, and is not published with it:
 
-    gens/<id>/index/<column>.usearch   the graph and the vectors it links
-    gens/<id>/index/<column>.json      what it was built from: form, metric, rows, and each data
-                                       file's shard and sha256 (as its `_done` marker records them)
+    gens/<G>/index/<column>/NNNNN.usearch   the graph of gens/<G>/data/NNNNN.parquet's rows, and the
+                                            vectors it links (keys: row numbers in that file)
+    gens/<G>/index/<column>/NNNNN.json      its sidecar: form, column, metric, scalar, dim, rows, the
+                                            data file (`data`: its path in the store, `sha256`: as its
+                                            `_done` marker records it), library version, build
+                                            parameters, bytes, seconds, when it was built
+
+A data file is written once and kept by every later generation that does not change it (an
+incremental run's `base`, see docs/STORE.md), and so is its index: building the index of a
+generation (`wikiembed index`, `build_index`) builds only the files that have none yet (a new
+generation's own shards) and reuses the others, so the cost of indexing grows with the rows written,
+not with the rows held, and one graph never grows past a shard's rows.
 
 The sidecar is written after the index, like a marker after its data: an index without one is
-never used. An index whose sidecar names other data than the generation's done shards (a shard
-rerun, added or changed on disk) is stale: search ignores it, says so, and scans instead.
+never used. A sidecar whose data file or sha256 differs from what the generation holds now (a shard
+rerun or changed on disk) is stale: search ignores it, says so and names the rebuild command, and
+`wikiembed index` builds that file's index again. Before a stale index is replaced its sidecar is
+removed, so a half-replaced pair is never read as valid.
 
-Keys are the exact scan's positions (file index << 32 | row), so hits are read back the same way.
+Search asks every data file's graph for candidates and maps its keys to the exact scan's positions
+(file index in the generation's file list << 32 | row), so hits are read back the same way. A kept
+file's rows of articles the generation dropped stay in its graph (it is shared with the generation
+that wrote it) and are filtered out of its answer: a file with d dropped rows is asked for extra
+candidates, and where they are still too few live ones for a query, that file is searched exactly
+(usearch's brute-force search over the same graph's vectors) for its best k + d, which hold at least
+k live rows. A generation some of whose data files have no valid index is scanned exactly, with a
+note naming the files without one and the rebuild command (the ranking's `method` is `index` only
+when every file's index answered). An index of the older layout (one graph for a whole generation,
+`gens/<G>/index/<column>.usearch`) is not read: search notes that it needs a rebuild, and the
+rebuild removes it.
+
 Per form, the graph links the stored values themselves (the index is no bigger than the column):
 
 | form | index scalars | metric | query |
@@ -25,7 +48,8 @@ The index proposes candidates; search rescores them exactly from the values the 
 stored column's own values), so an index hit's score is the scan's score for that row, and binary
 candidates get the same float rescoring as in the scan.
 
-Touches: the generation's `index/` folder (written by `build`, read by `open_index`).
+Touches: the `index/` folders of the generations whose data files a generation holds (written by
+`build_part`, read by `open_index`).
 """
 
 from __future__ import annotations
@@ -33,14 +57,16 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from wikiembed.atomic import atomic_path, write_json
+from wikiembed.atomic import atomic_path, remove, write_json
 from wikiembed.compact import Form, Scorer
 from wikiembed.errors import InputError, StoreError
+from wikiembed.store import Part
 
 INSTALL = "pip install 'wikiembed[index]'"
 INDEX_DIR = "index"
@@ -50,6 +76,8 @@ CONNECTIVITY = 16
 EXPANSION_ADD = 128
 # Candidates kept while searching: at least this many, and never fewer than asked for.
 EXPANSION_SEARCH = 64
+# A file with dropped rows is first asked for count + min(dropped, max(count, DROPPED_EXTRA)) candidates.
+DROPPED_EXTRA = 32
 _SCALARS = {"float32": "f32", "float16": "f16", "int8": "i8", "binary": "b1"}
 
 
@@ -70,62 +98,104 @@ def library_version() -> str | None:
     return f"usearch {usearch.__version__}"
 
 
-def paths(generation_dir: Path, form: Form) -> tuple[Path, Path]:
-    """(index file, sidecar) of `form` in a generation folder."""
-    folder = generation_dir / INDEX_DIR
-    return folder / f"{form.column}.usearch", folder / f"{form.column}.json"
+def folder(generation_dir: Path, form: Form) -> Path:
+    """The folder of `form`'s data-file indexes in a generation folder."""
+    return generation_dir / INDEX_DIR / form.column
 
 
-def _metric(form: Form) -> str:
+def paths(data_file: Path, form: Form) -> tuple[Path, Path]:
+    """(index file, sidecar) of `form` for one data file (`gens/<G>/data/NNNNN.parquet`)."""
+    where = folder(data_file.parent.parent, form)
+    return where / f"{data_file.stem}.usearch", where / f"{data_file.stem}.json"
+
+
+def legacy_paths(generation_dir: Path, form: Form) -> tuple[Path, Path]:
+    """(index file, sidecar) of the older layout: one graph of `form` over a whole generation."""
+    return generation_dir / INDEX_DIR / f"{form.column}.usearch", generation_dir / INDEX_DIR / f"{form.column}.json"
+
+
+def metric(form: Form) -> str:
+    """The index's metric for a form: Hamming for binary, inner product for the others."""
     return "hamming" if form.precision == "binary" else "ip"
 
 
-def build(
-    generation_dir: Path,
-    form: Form,
-    sources: Sequence[dict[str, Any]],
-    batches: Iterable[tuple[Any, ...]],
-    rows: int,
-) -> dict[str, Any]:
-    """Build `form`'s index from `batches` ((file index, stored values [n, width]) in file order)
-    and write it with its sidecar; returns the sidecar.
+def scalar(form: Form) -> str:
+    """The index's scalar type for a form: the stored values' own."""
+    return _SCALARS[form.precision]
 
-    `sources`: one entry per data file, in the order the file indexes refer to: {"shard", "sha256"}
-    as the done markers record them; `rows`: how many rows the files hold together. A batch may carry
-    a third item, a mask of the rows to index (the others belong to articles the generation dropped).
-    """
+
+def relative(path: Path, store: Path) -> str:
+    """A data file's path as a sidecar names it: relative to the store's folder."""
+    try:
+        return path.relative_to(store).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+# -- one data file's index ------------------------------------------------------------------------
+
+def check_part(part: Part, form: Form, store: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(sidecar, None) when `part`'s index of `form` is built and matches the file the generation holds
+    (data file, sha256, rows, form, and the index file's size); else (None, why not), the why None when
+    no index of that file was ever built. Reads the sidecar and stats the index file only."""
+    index_path, sidecar_path = paths(part.path, form)
+    try:
+        sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
+        if not isinstance(sidecar, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:
+        return None, f"unreadable sidecar {sidecar_path} ({exc})"
+    data = relative(part.path, store)
+    if (sidecar.get("data"), sidecar.get("sha256")) != (data, part.sha256):
+        return None, "stale"
+    expected = {"column": form.column, "dim": form.dim, "scalar": scalar(form), "metric": metric(form),
+                "rows": part.chunks}
+    wrong = [key for key, value in expected.items() if sidecar.get(key) != value]
+    try:
+        size = index_path.stat().st_size
+    except OSError:
+        size = None
+    if size != sidecar.get("bytes"):
+        wrong.append("index file missing" if size is None else "index file size")
+    if wrong:
+        return None, f"index {index_path} does not match its sidecar ({', '.join(wrong)})"
+    return sidecar, None
+
+
+def build_part(part: Part, form: Form, batches: Iterable[np.ndarray], store: Path) -> dict[str, Any]:
+    """Build `form`'s index of one data file from `batches` (its stored values [n, width], every row
+    in file order) and write it, then its sidecar; returns the sidecar."""
     Index = require_library()
     started = time.monotonic()
-    index = Index(ndim=form.dim, metric=_metric(form), dtype=_SCALARS[form.precision],
+    index = Index(ndim=form.dim, metric=metric(form), dtype=scalar(form),
                   connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD, expansion_search=EXPANSION_SEARCH)
-    next_row = [0] * len(sources)
-    indexed = 0
-    for fi, values, *live in batches:
-        start = next_row[fi]
-        keys = (np.uint64(fi) << np.uint64(32)) | np.arange(start, start + len(values), dtype=np.uint64)
-        if live and live[0] is not None:  # rows of articles the generation no longer holds
-            keys, values = keys[live[0]], values[live[0]]
-        if len(keys):
-            index.add(keys, values)
-        indexed += len(keys)
-        next_row[fi] = start + len(live[0]) if live and live[0] is not None else start + len(values)
-    if sum(next_row) != rows:
-        raise StoreError(f"{generation_dir}: the data files held {sum(next_row)} rows while indexing, not {rows}; "
-                         "a run is writing this generation, build the index when it is finished.")
-    index_path, sidecar_path = paths(generation_dir, form)
+    rows = 0
+    for values in batches:
+        if len(values):
+            index.add(np.arange(rows, rows + len(values), dtype=np.uint64), values)
+        rows += len(values)
+    if rows != part.chunks:
+        raise StoreError(f"{part.path}: the data file held {rows} rows while indexing, not {part.chunks} as its marker "
+                         "records; a run is rewriting it, build the index when it is finished.")
+    index_path, sidecar_path = paths(part.path, form)
+    remove(sidecar_path)  # a stale sidecar goes first: it never vouches for the new index file
     with atomic_path(index_path) as tmp:
         index.save(str(tmp))
+    del index
     sidecar = {
         "form": form.name,
         "column": form.column,
-        "metric": _metric(form),
-        "scalar": _SCALARS[form.precision],
+        "metric": metric(form),
+        "scalar": scalar(form),
         "dim": form.dim,
-        "rows": indexed,
+        "rows": rows,
+        "data": relative(part.path, store),
+        "sha256": part.sha256,
         "library": library_version(),
         "connectivity": CONNECTIVITY,
         "expansion_add": EXPANSION_ADD,
-        "files": [{"shard": s["shard"], "sha256": s["sha256"]} for s in sources],
         "bytes": index_path.stat().st_size,
         "seconds": round(time.monotonic() - started, 3),
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -134,34 +204,116 @@ def build(
     return sidecar
 
 
-class VectorIndex:
-    """A built index opened for searching (memory-mapped, not read into RAM)."""
+def remove_legacy(generation_dir: Path, form: Form) -> list[Path]:
+    """Delete the older layout's index of `form` in a generation folder (sidecar first); the paths removed."""
+    gone = []
+    for path in reversed(legacy_paths(generation_dir, form)):
+        if path.is_file():
+            remove(path)
+            gone.append(path)
+    return gone
 
-    def __init__(self, index: Any, form: Form, sidecar: dict[str, Any]) -> None:
-        self._index = index
+
+# -- searching ------------------------------------------------------------------------------------
+
+@dataclass
+class PartIndex:
+    """One data file's graph, opened for searching: `fi` is the file's index in the generation's list."""
+
+    fi: int
+    index: Any
+    sidecar: dict[str, Any]
+    dropped: Callable[[], np.ndarray] | None = None  # the file's rows the generation dropped (sorted), when it has any
+    _dropped: np.ndarray | None = field(default=None, repr=False)
+
+    def dropped_rows(self) -> np.ndarray:
+        if self.dropped is None:
+            return np.zeros(0, dtype=np.int64)
+        if self._dropped is None:
+            self._dropped = np.asarray(self.dropped(), dtype=np.int64)
+        return self._dropped
+
+    def search(self, query: np.ndarray, depth: int, *, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(keys [nq, depth], valid [nq, depth]) of the best `depth` rows per query by the graph's metric."""
+        self.index.expansion_search = max(EXPANSION_SEARCH, depth)
+        found = self.index.search(query, depth, exact=exact)
+        keys = np.zeros((len(query), depth), dtype=np.int64)
+        valid = np.zeros((len(query), depth), dtype=bool)
+        if len(query) == 1:  # one query: usearch answers with its matches only, no padding
+            n = len(found.keys)
+            keys[0, :n], valid[0, :n] = found.keys, True
+            return keys, valid
+        valid[:] = np.arange(depth)[None, :] < np.asarray(found.counts)[:, None]
+        keys[valid] = np.asarray(found.keys, dtype=np.int64)[valid]
+        return keys, valid
+
+    def candidates(self, query: np.ndarray, count: int) -> np.ndarray:
+        """Positions (fi << 32 | row) of about the `count` best live rows per query, [nq, count]; -1 past them."""
+        rows = int(self.sidecar["rows"])
+        dropped = self.dropped_rows()
+        out = np.full((len(query), count), -1, dtype=np.int64)
+        want = min(count, rows - len(dropped))
+        if want <= 0:
+            return out
+        depth = min(rows, count + min(len(dropped), max(count, DROPPED_EXTRA)))
+        keys, live = self.search(query, depth)
+        if len(dropped):
+            live &= ~np.isin(keys, dropped)
+            short = np.flatnonzero(live.sum(axis=1) < want)
+            if len(short):
+                # Dropped rows crowd these queries' answers: the file's exact best count + dropped hold `count` live rows.
+                deep = min(rows, count + len(dropped))
+                more, more_live = self.search(query[short], deep, exact=True)
+                more_live &= ~np.isin(more, dropped)
+                pad = deep - depth
+                keys = np.pad(keys, ((0, 0), (0, pad)))
+                live = np.pad(live, ((0, 0), (0, pad)))
+                keys[short], live[short] = more, more_live
+        order = np.argsort(~live, axis=1, kind="stable")[:, :count]  # live rows first, in the graph's order
+        keys, live = np.take_along_axis(keys, order, axis=1), np.take_along_axis(live, order, axis=1)
+        out[:, : keys.shape[1]] = np.where(live, (np.int64(self.fi) << 32) | keys, -1)
+        return out
+
+    def values(self, rows: np.ndarray) -> np.ndarray:
+        return np.stack(self.index.get(np.asarray(rows, dtype=np.uint64), dtype=self.sidecar["scalar"]))
+
+
+class VectorIndex:
+    """The indexes of one form over every data file of a generation, opened for searching
+    (memory-mapped, not read into RAM)."""
+
+    def __init__(self, parts: Sequence[PartIndex], form: Form) -> None:
+        self.parts = list(parts)
         self.form = form
-        self.sidecar = sidecar
+        self._by_fi = {p.fi: p for p in self.parts}
+
+    @property
+    def rows(self) -> int:
+        """Rows the graphs hold together (a kept file's dropped rows included)."""
+        return sum(int(p.sidecar["rows"]) for p in self.parts)
 
     def candidates(self, scorer: Scorer, count: int) -> np.ndarray:
-        """Positions of about the `count` best rows per query by the index's metric, [nq, count];
-        -1 where the index has fewer rows."""
-        self._index.expansion_search = max(EXPANSION_SEARCH, count)
-        found = self._index.search(_query_values(scorer), count)
-        out = np.full((len(scorer.q), count), -1, dtype=np.int64)
-        if len(scorer.q) == 1:  # one query: usearch answers with its matches only, no padding
-            out[0, : len(found.keys)] = found.keys
-            return out
-        keys = np.asarray(found.keys, dtype=np.int64)
-        valid = np.arange(count)[None, :] < np.asarray(found.counts)[:, None]
-        out[valid] = keys[valid]
-        return out
+        """Positions of about the `count` best live rows per query and data file by the index's metric,
+        [nq, files × count]; -1 where a file has fewer."""
+        query = _query_values(scorer)
+        return np.concatenate([p.candidates(query, count) for p in self.parts], axis=1)
 
     def values(self, positions: np.ndarray) -> np.ndarray:
         """The stored values of `form` at `positions` ([n, form.width]), as the index holds them:
         the column's own values, so rescoring needs no read of the data files."""
+        positions = np.asarray(positions, dtype=np.int64)
         if len(positions) == 0:
             return np.zeros((0, self.form.width), dtype=np.float32)
-        return np.stack(self._index.get(np.asarray(positions, dtype=np.uint64), dtype=self.sidecar["scalar"]))
+        files = positions >> 32
+        out: np.ndarray | None = None
+        for fi in np.unique(files):
+            at = np.flatnonzero(files == fi)
+            got = self._by_fi[int(fi)].values(positions[at] & 0xFFFFFFFF)
+            if out is None:
+                out = np.empty((len(positions), got.shape[1]), dtype=got.dtype)
+            out[at] = got
+        assert out is not None
+        return out
 
 
 def _query_values(scorer: Scorer) -> np.ndarray:
@@ -176,54 +328,84 @@ def _query_values(scorer: Scorer) -> np.ndarray:
     return weights
 
 
-def open_index(generation_dir: Path, form: Form, sources: Sequence[dict[str, Any]], store: Path) -> tuple[VectorIndex | None, str | None]:
-    """(the index of `form`, None) when one is built and matches `sources`; otherwise (None, why
-    it was not used), where the why is None when no index was ever built for this form."""
-    index_path, sidecar_path = paths(generation_dir, form)
-    try:
-        sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+def open_index(
+    parts: Sequence[Part],
+    form: Form,
+    store: Path,
+    generation_dir: Path,
+    dropped_rows: Callable[[int], np.ndarray],
+    gen: str | None = None,
+) -> tuple[VectorIndex | None, str | None]:
+    """(the index of `form` over every one of `parts`, None) when each data file has a valid index;
+    otherwise (None, why it was not used), the why None when no index of this form was ever built for
+    any of them. `dropped_rows(fi)`: the rows of file `fi` the generation dropped (asked only when a
+    search needs them); `gen`: the generation's id, to name its own shards by number in a note."""
+    found: list[tuple[int, Part, dict[str, Any]]] = []
+    stale, missing, broken = [], [], []
+    for fi, part in enumerate(parts):
+        sidecar, why = check_part(part, form, store)
+        if sidecar is not None:
+            found.append((fi, part, sidecar))
+        elif why is None:
+            missing.append(part)
+        elif why == "stale":
+            stale.append(part)
+        else:
+            broken.append(why)
+    if not found and not stale and not broken:
+        legacy = [p for p in legacy_paths(generation_dir, form) if p.is_file()]
+        if legacy:
+            return None, (f"the index of {form.name} at {legacy[0]} has an older layout (one graph for the whole generation) "
+                          f"that is no longer read; {_rebuild(store, form)}")
         return None, None
-    except (OSError, json.JSONDecodeError) as exc:
-        return None, f"the index of {form.name} has an unreadable sidecar {sidecar_path} ({exc}); {_rebuild(store, form)}"
-    built_from = [(f.get("shard"), f.get("sha256")) for f in sidecar.get("files", [])]
-    now = [(s["shard"], s["sha256"]) for s in sources]
-    if built_from != now:
-        return None, f"the index of {form.name} was built from other data than the store holds now ({_difference(built_from, now)}); {_rebuild(store, form)}"
+    if stale or broken or missing:
+        what = []
+        if stale:
+            what.append(f"{_names(stale, gen)} rewritten")
+        if missing:
+            what.append(f"{_names(missing, gen)} not indexed")
+        what += broken
+        lead = (f"the index of {form.name} was built from other data than the store holds now" if stale
+                else f"the index of {form.name} covers {len(found)} of {len(parts)} data files")
+        return None, f"{lead} ({'; '.join(what)}); {_rebuild(store, form)}"
     try:
         Index = require_library()
     except InputError:
         return None, f"the store has an index of {form.name}, but the usearch library is not installed here; {INSTALL} to use it"
-    try:
-        index = Index.restore(str(index_path), view=True)
-    except Exception as exc:  # noqa: BLE001 - usearch raises plain RuntimeError/ValueError for bad files
-        index = None
-        reason = f"{type(exc).__name__}: {exc}"
-    else:
-        reason = "unreadable file"
-    if index is None or len(index) != sidecar.get("rows"):
-        return None, f"the index file {index_path} does not match its sidecar ({reason if index is None else 'row count differs'}); {_rebuild(store, form)}"
-    return VectorIndex(index, form, sidecar), None
+    opened = []
+    for fi, part, sidecar in found:
+        index_path, _ = paths(part.path, form)
+        try:
+            index = Index.restore(str(index_path), view=True)
+        except Exception as exc:  # noqa: BLE001 - usearch raises plain RuntimeError/ValueError for bad files
+            index, reason = None, f"{type(exc).__name__}: {exc}"
+        else:
+            reason = "unreadable file"
+        if index is None or len(index) != sidecar.get("rows"):
+            return None, (f"the index file {index_path} does not match its sidecar ({reason if index is None else 'row count differs'}); "
+                          f"{_rebuild(store, form)}")
+        has_dropped = part.drop is not None and len(part.drop) > 0
+        opened.append(PartIndex(fi, index, sidecar, (lambda fi=fi: dropped_rows(fi)) if has_dropped else None))
+    return VectorIndex(opened, form), None
 
 
 def _rebuild(store: Path, form: Form) -> str:
     return f"scanned instead; rebuild it with `wikiembed index --store {shlex.quote(str(store))} --form {shlex.quote(form.name)}`"
 
 
-def _difference(built_from: list[tuple[Any, Any]], now: list[tuple[Any, Any]]) -> str:
-    old, new = dict(built_from), dict(now)
-    changed = sorted(k for k in old.keys() & new.keys() if old[k] != new[k])
-    parts = []
-    if changed:
-        parts.append(f"shards {_ids(changed)} rewritten")
-    if new.keys() - old.keys():
-        parts.append(f"shards {_ids(sorted(new.keys() - old.keys()))} added")
-    if old.keys() - new.keys():
-        parts.append(f"shards {_ids(sorted(old.keys() - new.keys()))} no longer done")
-    return ", ".join(parts) or "files in another order"
+def _names(parts: Sequence[Part], gen: str | None) -> str:
+    """Data files as a note names them: `shards 1,2` (the generation's own), `GEN/NNNNN` (kept ones)."""
+    own = [p.shard for p in parts if p.gen == gen]
+    kept = [f"{p.gen}/{p.shard:05d}" for p in parts if p.gen != gen]
+    out = []
+    if own:
+        out.append(f"shards {_ids(own)}")
+    if kept:
+        out.append(f"kept files {_ids(kept)}")
+    return " and ".join(out)
 
 
-def _ids(shards: Sequence[Any]) -> str:
-    shown = ",".join(str(s) for s in shards[:10])
-    return shown + (f" and {len(shards) - 10} more" if len(shards) > 10 else "")
+def _ids(items: Sequence[Any]) -> str:
+    shown = ",".join(str(s) for s in items[:10])
+    return shown + (f" and {len(items) - 10} more" if len(items) > 10 else "")
 

@@ -9,17 +9,20 @@ other columns (title, url, text, ...) are read afterwards, only from the row gro
 Queries are embedded with the store's own model (the manifest's model id and revision), on the
 local engine.
 
-Where the generation has an approximate index of the searched form (`wikiembed index`, see
-`wikiembed.index`) that matches its data, search asks it for candidates instead of scanning and
-rescores them from the stored column; a stale index is ignored (the result says why) and
-`exact=True` always scans. Results say which was used (`method`: `index` or `exact`).
+Where every data file of the generation has an approximate index of the searched form
+(`wikiembed index`: one graph per data file, see `wikiembed.index`) that matches it, search asks
+each for candidates instead of scanning and rescores them from the stored column; where one file's
+index is missing or stale the whole generation is scanned (the result says why and names the
+rebuild command), and `exact=True` always scans. Results say which was used (`method`: `index` or
+`exact`).
 
-Touches: the store's `manifest.json`, `_done/` and `data/` (read only), the generation's `index/`
-(read; written by `build_index`); the model's files.
+Touches: the store's `manifest.json`, `_done/` and `data/` (read only), the `index/` folders of the
+generations whose data files it holds (read; written by `build_index`); the model's files.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -31,7 +34,7 @@ import shlex
 from wikiembed import index as ann
 from wikiembed.compact import Form, Scorer, column_values, form_by_name, spec_from_manifest
 from wikiembed.errors import InputError, StoreError
-from wikiembed.store import Part, Store
+from wikiembed.store import Store
 
 # Vectors scored per step: [queries × SCAN_ROWS] float32 scores stay small (500 queries: 16 MB).
 SCAN_ROWS = 8192
@@ -89,8 +92,7 @@ class StoreVectors:
         # Its done shards, and the files it keeps from earlier generations less their dropped articles.
         self.parts = self.store.parts(self.manifest)
         self.files = [p.path for p in self.parts]
-        # What each file is, as its marker vouches: an index records these to tell whether it is stale.
-        self.sources = [_source(p, self.store.gen) for p in self.parts]
+        self._dropped_rows: dict[int, np.ndarray] = {}
         if not self.files:
             raise StoreError(f"store {root.root}: no shard is done yet; finish the run first (`wikiembed status --store {shlex.quote(str(root.root))}`).")
         self.model_id: str = self.manifest.model.model_id
@@ -132,8 +134,24 @@ class StoreVectors:
         return self.parquet(fi).read_row_groups(list(groups), columns=list(columns))
 
     def index(self, form: Form) -> tuple[ann.VectorIndex | None, str | None]:
-        """The form's index when one matches the data, else (None, why not): see `wikiembed.index.open_index`."""
-        return ann.open_index(self.store.dir, form, self.sources, self.root)
+        """The form's index when every data file has one that matches it, else (None, why not): see
+        `wikiembed.index.open_index`."""
+        return ann.open_index(self.parts, form, self.root, self.store.dir, self.dropped_rows, self.store.gen)
+
+    def dropped_rows(self, fi: int) -> np.ndarray:
+        """The row numbers of data file `fi` that the generation does not hold (a kept file's rows of
+        articles it dropped), sorted; read from the file's `id` column once."""
+        if fi not in self._dropped_rows:
+            part = self.parts[fi]
+            rows, row0 = [], 0
+            if part.drop is not None:
+                for batch in self.parquet(fi).iter_batches(batch_size=65_536, columns=["id"]):
+                    live = part.live(batch.column(0))
+                    if live is not None:
+                        rows.append(row0 + np.flatnonzero(~live.to_numpy(zero_copy_only=False)))
+                    row0 += batch.num_rows
+            self._dropped_rows[fi] = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, dtype=np.int64)
+        return self._dropped_rows[fi]
 
     @property
     def query_prompt(self) -> str:
@@ -205,7 +223,8 @@ class StoreVectors:
         return np.take_along_axis(final, order, axis=1), np.take_along_axis(best_pos, order, axis=1)
 
     def top(self, queries: np.ndarray, k: int, form: Form, rescore: int = DEFAULT_RESCORE, *, exact: bool = False) -> Ranking:
-        """Top k per query through the form's index when one matches the data, else by `scan`."""
+        """Top k per query through the form's index when every data file has one that matches it (each
+        file's graph proposes candidates, all are rescored exactly), else by `scan`."""
         if k < 1:
             raise InputError(f"-k {k}: ask for at least 1 hit.")
         if exact:
@@ -259,36 +278,54 @@ def ranked_hits(ranking: Ranking, rows: dict[int, dict[str, Any]]) -> list[list[
 
 
 def build_index(store: str | Path, form: str = "float32", gen: str | None = None) -> dict[str, Any]:
-    """Build the approximate index of one stored form of a generation (default: the published one),
-    streaming its data files batch by batch; returns the `wikiembed index --json` payload."""
+    """Build the approximate index of one stored form of a generation (default: the published one): for
+    each of its data files without a valid index, one graph streamed from that file (memory: one file's
+    graph); files that have one (kept from an earlier generation, or built before) are reused. Returns
+    the `wikiembed index --json` payload: form, rows (the generation's), bytes (of every file's index),
+    seconds (this build's), and per data file whether its index was built or reused."""
+    ann.require_library()
     vectors = StoreVectors(store, gen)
     chosen = vectors.form(form)
-    rows = 0
-    for path in vectors.files:
-        parquet = pq.ParquetFile(path)
-        if chosen.column not in parquet.schema_arrow.names:
-            raise StoreError(f"{path} has no column {chosen.column!r}; rerun that shard so every shard has the store's forms.")
-        rows += parquet.metadata.num_rows
-
-    def batches() -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
-        for fi, path in enumerate(vectors.files):
-            part = vectors.parts[fi]
-            columns = [chosen.column, *(["id"] if part.drop is not None else [])]
-            for batch in pq.ParquetFile(path, memory_map=True).iter_batches(batch_size=SCAN_ROWS, columns=columns):
-                live = part.live(batch.column(1)) if part.drop is not None else None
-                yield fi, column_values(batch.column(0), chosen), None if live is None else live.to_numpy(zero_copy_only=False)
-
-    sidecar = ann.build(vectors.store.dir, chosen, vectors.sources, batches(), rows)
-    index_path, _ = ann.paths(vectors.store.dir, chosen)
-    return {"store": str(vectors.root), "generation": vectors.store.gen, "path": str(index_path), **sidecar}
-
-
-def _source(part: Part, gen: str | None) -> dict[str, Any]:
-    """What an index records of a data file: its shard and sha256; a file kept from an earlier
-    generation is named by both, and the articles it no longer holds are part of what it is."""
-    if part.gen == gen:
-        return {"shard": part.shard, "sha256": part.sha256}
-    return {"shard": f"{part.gen}/{part.shard:05d}", "sha256": f"{part.sha256}-{part.dropped_rows}"}
+    started = time.monotonic()
+    files = []
+    for part in vectors.parts:
+        sidecar, _ = ann.check_part(part, chosen, vectors.root)
+        built = sidecar is None
+        if built:
+            parquet = pq.ParquetFile(part.path, memory_map=True)
+            if chosen.column not in parquet.schema_arrow.names:
+                raise StoreError(f"{part.path} has no column {chosen.column!r}; rerun that shard so every shard has the store's forms.")
+            batches = (column_values(b.column(0), chosen) for b in parquet.iter_batches(batch_size=SCAN_ROWS, columns=[chosen.column]))
+            sidecar = ann.build_part(part, chosen, batches, vectors.root)
+        files.append({"data": sidecar["data"], "index": str(ann.paths(part.path, chosen)[0]), "rows": sidecar["rows"],
+                      "bytes": sidecar["bytes"], "seconds": sidecar["seconds"], "built": built})
+    # The older layout's graphs (one per generation) of this form are no longer read: removed.
+    folders = dict.fromkeys([vectors.store.dir, *(p.path.parent.parent for p in vectors.parts)])
+    removed = [str(path) for g in folders for path in ann.remove_legacy(g, chosen)]
+    built_files = [f for f in files if f["built"]]
+    return {
+        "store": str(vectors.root),
+        "generation": vectors.store.gen,
+        "form": chosen.name,
+        "column": chosen.column,
+        "metric": ann.metric(chosen),
+        "scalar": ann.scalar(chosen),
+        "dim": chosen.dim,
+        "library": ann.library_version(),
+        "connectivity": ann.CONNECTIVITY,
+        "expansion_add": ann.EXPANSION_ADD,
+        "path": str(ann.folder(vectors.store.dir, chosen)),
+        "rows": vectors.chunks,
+        "indexed_rows": sum(f["rows"] for f in files),
+        "bytes": sum(f["bytes"] for f in files),
+        "seconds": round(time.monotonic() - started, 3),
+        "parts": len(files),
+        "parts_built": len(built_files),
+        "parts_reused": len(files) - len(built_files),
+        "rows_built": sum(f["rows"] for f in built_files),
+        "files": files,
+        "removed_older_layout": removed,
+    }
 
 
 def search(

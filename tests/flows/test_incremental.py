@@ -207,3 +207,44 @@ def test_a_version_past_the_layer_limit_is_full_and_counts_its_changes(prefect_a
     assert manifest["base"] == [] and third["kept_chunks"] == 0
     assert third["changes"] == {"added": 0, "edited": 1, "removed": 1}  # against the published version, though it was a delta
     assert [p.name for p in (store / "gens").iterdir()] == [third["generation"]]
+
+
+def test_a_new_version_indexes_only_its_own_data_files(prefect_api, versions, tmp_path):
+    """One index per data file: the next version's run indexes its own new shard and reuses the indexes
+    of the files it keeps (not one byte rewritten); search through them finds what the exact scan finds
+    and never a row of an article the version dropped, even where those rows are the nearest."""
+    from wikiembed.search import StoreVectors
+
+    store = tmp_path / "store"
+    first = embed_dataset(source=str(versions / "v1.jsonl"), store=str(store), shard_rows=20, output={"index": ["float32"]})
+    assert [(i["parts_built"], i["parts_reused"]) for i in first["index"]] == [(4, 0)]
+    day1 = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (store / "gens").rglob("index/*/*")}
+    assert len(day1) == 8  # an index and its sidecar per data file
+    (versions / "live.jsonl").write_bytes((versions / "v2.jsonl").read_bytes())
+    daily = embed_dataset(source=str(versions / "live.jsonl"), store=str(store), shard_rows=20, output={"index": ["float32"]})
+    [indexed] = daily["index"]
+    assert (indexed["parts_built"], indexed["parts_reused"], indexed["rows"]) == (1, 4, daily["chunks"] + daily["kept_chunks"])
+    assert all((p.stat().st_ino, p.stat().st_mtime_ns) == s for p, s in day1.items())
+    gen = daily["generation"]
+    assert sorted(p.name for p in (store / "gens" / gen / "index" / "embedding").iterdir()) == ["00000.json", "00000.usearch"]
+
+    vectors = StoreVectors(store)
+    form = vectors.form("float32")
+    dropped = {fi: vectors.dropped_rows(fi) for fi, part in enumerate(vectors.parts) if part.drop is not None}
+    assert sum(len(rows) for rows in dropped.values()) == sum(p.dropped_chunks for p in vectors.parts) > 0
+    # As queries: every article's title, and the stored vectors of the dropped rows themselves (each nearest to itself).
+    titles = vectors.embed_queries([json.loads(line)["title"] for line in (versions / "v1.jsonl").read_text().splitlines()])
+    own = []
+    for fi, rows in dropped.items():
+        table = pq.read_table(vectors.files[fi], columns=["embedding"])
+        own.append(np.asarray(table.column(0).to_pylist(), dtype=np.float32)[rows])
+    queries = np.concatenate([titles, *own])
+    exact = vectors.top(queries, 10, form, exact=True)
+    approx = vectors.top(queries, 10, form)
+    assert (approx.method, approx.note) == ("index", None)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx.positions, exact.positions)])
+    assert recall >= 0.95, recall
+    positions = {int(p) for p in approx.positions.reshape(-1)}
+    assert not any((fi << 32) | int(r) in positions for fi, rows in dropped.items() for r in rows)
+    removed = json.loads((versions / "v1.jsonl").read_text().splitlines()[20])["id"]
+    assert removed not in {row["id"] for row in vectors.rows(approx.positions).values()}

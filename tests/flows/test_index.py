@@ -45,8 +45,14 @@ def test_index_finds_what_the_exact_scan_finds(store, form, tmp_path, monkeypatc
     chunks = sum(pq.ParquetFile(f).metadata.num_rows for f in vectors.files)
     assert built["rows"] == chunks and built["form"] == form
     assert built["metric"] == ("hamming" if form.startswith("binary") else "ip")
-    assert [f["shard"] for f in built["files"]] == [0, 1, 2]
-    assert os.path.getsize(built["path"]) == built["bytes"] > 0
+    # One graph per data file, beside it in the generation that wrote it.
+    gen = vectors.store.gen
+    assert [f["data"] for f in built["files"]] == [f"gens/{gen}/data/{k:05d}.parquet" for k in range(3)]
+    assert (built["parts"], built["parts_built"], built["parts_reused"], built["rows_built"]) == (3, 3, 0, chunks)
+    column = vectors.form(form).column
+    assert built["path"] == str(store.resolve() / "gens" / gen / "index" / column)
+    assert sorted(os.listdir(built["path"])) == [f"{k:05d}.{ext}" for k in range(3) for ext in ("json", "usearch")]
+    assert sum(os.path.getsize(f["index"]) for f in built["files"]) == built["bytes"] > 0
 
     # Every article's title as a query, plus questions in other words.
     queries = [t for _, t in sample_articles(vectors, 100, 0)] + ["leave the innermost loop", "how are integers written"]
@@ -73,7 +79,10 @@ def test_search_and_eval_use_the_index_and_exact_forces_the_scan(store, tmp_path
     assert "exact scan" in capsys.readouterr().out
     via_index, via_scan = json.loads(hits.read_text()), json.loads(scanned.read_text())
     assert (via_index["method"], via_scan["method"]) == ("index", "exact")
-    assert via_index["hits"][0] == via_scan["hits"][0] and via_index["hits"][0]["id"] == "break"
+    # The same hit; its score computed in another matrix product (of the candidates, not of a scan batch).
+    first, scanned_first = dict(via_index["hits"][0]), dict(via_scan["hits"][0])
+    assert first.pop("score") == pytest.approx(scanned_first.pop("score"), abs=1e-6)
+    assert first == scanned_first and first["id"] == "break"
     assert set(via_index["hits"][0]) == set(via_scan["hits"][0])
 
     ev = tmp_path / "eval.json"
@@ -108,10 +117,50 @@ def test_an_index_of_other_data_is_ignored_with_a_warning(store, tmp_path, capsy
     assert result["method"] == "exact" and result["hits"][0]["id"] == "break"
     assert "built from other data than the store holds now (shards 1 rewritten)" in err
     assert f"wikiembed index --store {store.resolve()} --form float32" in err and result["index_note"] in err
-    # Rebuilt, it is used again.
-    _index(store, "float32", tmp_path / "index.json")
+    # Rebuilt, it is used again: only the rewritten file's index is built anew.
+    untouched = Store(store).dir / "index" / "embedding" / "00000.usearch"
+    before = untouched.stat()
+    rebuilt = _index(store, "float32", tmp_path / "index.json")
+    assert (rebuilt["parts_built"], rebuilt["parts_reused"]) == (1, 2)
+    assert [f["built"] for f in rebuilt["files"]] == [False, True, False]
+    assert (untouched.stat().st_ino, untouched.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert main(["search", "--store", str(store), "leave the innermost loop", "-k", "3", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["method"] == "index" and "warning" not in capsys.readouterr().err
+
+
+def test_a_data_file_without_an_index_scans_the_generation_and_says_which(store, tmp_path, capsys):
+    _index(store, "float32", tmp_path / "index.json")
+    folder = Store(store).dir / "index" / "embedding"
+    (folder / "00002.json").unlink()  # an index without its sidecar is never used
+    out = tmp_path / "hits.json"
+    assert main(["search", "--store", str(store), "leave the innermost loop", "-k", "3", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["method"] == "exact" and result["hits"][0]["id"] == "break"
+    assert "the index of float32 covers 2 of 3 data files (shards 2 not indexed)" in result["index_note"]
+    assert f"wikiembed index --store {store.resolve()} --form float32" in capsys.readouterr().err
+    rebuilt = _index(store, "float32", tmp_path / "index.json")
+    assert [f["built"] for f in rebuilt["files"]] == [False, False, True]
+    assert main(["search", "--store", str(store), "leave the innermost loop", "-k", "3", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["method"] == "index"
+
+
+def test_an_index_of_the_older_layout_is_not_read_and_a_rebuild_removes_it(store, tmp_path, capsys):
+    """The layout before one graph per data file: `index/<column>.usearch` over a whole generation."""
+    gen_dir = Store(store).dir
+    (gen_dir / "index").mkdir()
+    (gen_dir / "index" / "embedding.usearch").write_bytes(b"an older graph")
+    (gen_dir / "index" / "embedding.json").write_text(json.dumps({"form": "float32", "rows": 3, "files": [{"shard": 0, "sha256": "x"}]}))
+    out = tmp_path / "hits.json"
+    assert main(["search", "--store", str(store), "leave the innermost loop", "-k", "3", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["method"] == "exact" and result["hits"][0]["id"] == "break"
+    assert "has an older layout (one graph for the whole generation) that is no longer read" in result["index_note"]
+    assert f"wikiembed index --store {store.resolve()} --form float32" in capsys.readouterr().err
+    assert main(["index", "--store", str(store), "--form", "float32"]) == 0
+    assert "removed " in capsys.readouterr().out
+    assert sorted(p.name for p in (gen_dir / "index").iterdir()) == ["embedding"]
+    assert main(["search", "--store", str(store), "leave the innermost loop", "-k", "3", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["method"] == "index"
 
 
 def test_without_the_extra_index_fails_clearly_and_search_still_scans(store, tmp_path, capsys, monkeypatch):
@@ -139,7 +188,8 @@ def test_a_run_builds_the_indexes_it_is_asked_for(store, topics, prefect_api, tm
     output = {"dimensions": [384, 128], "precision": ["float32", "float16", "int8", "binary"]}
     # Every shard is done already: the run only finishes, and builds the indexes on the way.
     summary = embed_dataset(source=str(topics), store=str(store), shard_rows=12, output={**output, "index": ["float32", "binary@128"]})
-    assert [(i["form"], i["rows"]) for i in summary["index"]] == [("float32", summary["chunks"]), ("binary@128", summary["chunks"])]
+    assert [(i["form"], i["rows"], i["parts_built"], i["parts_reused"]) for i in summary["index"]] == [
+        ("float32", summary["chunks"], 3, 0), ("binary@128", summary["chunks"], 3, 0)]
     out = tmp_path / "hits.json"
     assert main(["search", "--store", str(store), "leave the innermost loop", "--form", "binary@128", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["method"] == "index"
