@@ -24,17 +24,18 @@ rerun or changed on disk) is stale: search ignores it, says so and names the reb
 `wikiembed index` builds that file's index again. Before a stale index is replaced its sidecar is
 removed, so a half-replaced pair is never read as valid.
 
-Search asks every data file's graph for candidates and maps its keys to the exact scan's positions
-(file index in the generation's file list << 32 | row), so hits are read back the same way. A kept
-file's rows of articles the generation dropped stay in its graph (it is shared with the generation
-that wrote it) and are filtered out of its answer: a file with d dropped rows is asked for extra
-candidates, and where they are still too few live ones for a query, that file is searched exactly
-(usearch's brute-force search over the same graph's vectors) for its best k + d, which hold at least
-k live rows. A generation some of whose data files have no valid index is scanned exactly, with a
-note naming the files without one and the rebuild command (the ranking's `method` is `index` only
-when every file's index answered). An index of the older layout (one graph for a whole generation,
-`gens/<G>/index/<column>.usearch`) is not read: search notes that it needs a rebuild, and the
-rebuild removes it.
+Search asks every data file's graph for candidates, keeps the best of them all by the graph's
+metric as it goes (what one graph over every row would propose), and maps their keys to the exact
+scan's positions (file index in the generation's file list << 32 | row), so hits are read back the
+same way. A kept file's rows of articles the generation dropped stay in its graph (it is shared with
+the generation that wrote it) and are left out of its answer: a file with d dropped rows is asked
+for extra candidates, and where they still hold too few live ones for a query, that file is
+searched exactly (usearch's brute-force pass over the same file's vectors) for its best k + d, which
+hold at least k live rows. A generation some of whose data files have no valid index is scanned
+exactly, with a note naming the files without one and the rebuild command (the ranking's `method`
+is `index` only when every file's index answered). An index of the older layout (one graph for a
+whole generation, `gens/<G>/index/<column>.usearch`) is not read: search notes that it needs a
+rebuild, and the rebuild removes it.
 
 Per form, the graph links the stored values themselves (the index is no bigger than the column):
 
@@ -233,46 +234,52 @@ class PartIndex:
             self._dropped = np.asarray(self.dropped(), dtype=np.int64)
         return self._dropped
 
-    def search(self, query: np.ndarray, depth: int, *, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(keys [nq, depth], valid [nq, depth]) of the best `depth` rows per query by the graph's metric."""
+    def search(self, query: np.ndarray, depth: int, *, exact: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(keys, distances, valid), each [nq, depth]: the best `depth` rows per query by the graph's
+        metric (`exact`: by a brute-force pass over the file's vectors instead of the graph)."""
         self.index.expansion_search = max(EXPANSION_SEARCH, depth)
-        found = self.index.search(query, depth, exact=exact)
+        # One query: on this thread (a pool's start costs more than a small graph's search); a batch: every core.
+        found = self.index.search(query, depth, exact=exact, threads=1 if len(query) == 1 else 0)
         keys = np.zeros((len(query), depth), dtype=np.int64)
+        distances = np.full((len(query), depth), np.inf, dtype=np.float32)
         valid = np.zeros((len(query), depth), dtype=bool)
         if len(query) == 1:  # one query: usearch answers with its matches only, no padding
             n = len(found.keys)
-            keys[0, :n], valid[0, :n] = found.keys, True
-            return keys, valid
+            keys[0, :n], distances[0, :n], valid[0, :n] = found.keys, found.distances, True
+            return keys, distances, valid
         valid[:] = np.arange(depth)[None, :] < np.asarray(found.counts)[:, None]
         keys[valid] = np.asarray(found.keys, dtype=np.int64)[valid]
-        return keys, valid
+        distances[valid] = np.asarray(found.distances, dtype=np.float32)[valid]
+        return keys, distances, valid
 
-    def candidates(self, query: np.ndarray, count: int) -> np.ndarray:
-        """Positions (fi << 32 | row) of about the `count` best live rows per query, [nq, count]; -1 past them."""
+    def candidates(self, query: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(positions as fi << 32 | row, distances), each [nq, count]: about the `count` best live rows
+        per query by the graph's metric; -1 and inf past them."""
         rows = int(self.sidecar["rows"])
         dropped = self.dropped_rows()
-        out = np.full((len(query), count), -1, dtype=np.int64)
+        positions = np.full((len(query), count), -1, dtype=np.int64)
+        distances = np.full((len(query), count), np.inf, dtype=np.float32)
         want = min(count, rows - len(dropped))
         if want <= 0:
-            return out
+            return positions, distances
         depth = min(rows, count + min(len(dropped), max(count, DROPPED_EXTRA)))
-        keys, live = self.search(query, depth)
+        keys, dist, live = self.search(query, depth)
         if len(dropped):
             live &= ~np.isin(keys, dropped)
             short = np.flatnonzero(live.sum(axis=1) < want)
             if len(short):
                 # Dropped rows crowd these queries' answers: the file's exact best count + dropped hold `count` live rows.
                 deep = min(rows, count + len(dropped))
-                more, more_live = self.search(query[short], deep, exact=True)
+                more, more_dist, more_live = self.search(query[short], deep, exact=True)
                 more_live &= ~np.isin(more, dropped)
-                pad = deep - depth
-                keys = np.pad(keys, ((0, 0), (0, pad)))
-                live = np.pad(live, ((0, 0), (0, pad)))
-                keys[short], live[short] = more, more_live
+                pad = ((0, 0), (0, deep - depth))
+                keys, dist, live = np.pad(keys, pad), np.pad(dist, pad, constant_values=np.inf), np.pad(live, pad)
+                keys[short], dist[short], live[short] = more, more_dist, more_live
         order = np.argsort(~live, axis=1, kind="stable")[:, :count]  # live rows first, in the graph's order
-        keys, live = np.take_along_axis(keys, order, axis=1), np.take_along_axis(live, order, axis=1)
-        out[:, : keys.shape[1]] = np.where(live, (np.int64(self.fi) << 32) | keys, -1)
-        return out
+        keys, dist, live = (np.take_along_axis(a, order, axis=1) for a in (keys, dist, live))
+        positions[:, : keys.shape[1]] = np.where(live, (np.int64(self.fi) << 32) | keys, -1)
+        distances[:, : keys.shape[1]] = np.where(live, dist, np.inf)
+        return positions, distances
 
     def values(self, rows: np.ndarray) -> np.ndarray:
         return np.stack(self.index.get(np.asarray(rows, dtype=np.uint64), dtype=self.sidecar["scalar"]))
@@ -293,10 +300,20 @@ class VectorIndex:
         return sum(int(p.sidecar["rows"]) for p in self.parts)
 
     def candidates(self, scorer: Scorer, count: int) -> np.ndarray:
-        """Positions of about the `count` best live rows per query and data file by the index's metric,
-        [nq, files × count]; -1 where a file has fewer."""
+        """Positions of about the `count` best live rows per query by the index's metric, [nq, count];
+        -1 where the generation has fewer. Each data file's graph proposes its best `count`, and the
+        best `count` of them all by the metric's distance are kept as the files are searched (what
+        one graph over every row would propose; memory: [nq, 2 × count])."""
         query = _query_values(scorer)
-        return np.concatenate([p.candidates(query, count) for p in self.parts], axis=1)
+        best = np.full((len(query), 0), -1, dtype=np.int64)
+        best_distance = np.full((len(query), 0), np.inf, dtype=np.float32)
+        for part in self.parts:
+            positions, distances = part.candidates(query, count)
+            best, best_distance = np.concatenate([best, positions], axis=1), np.concatenate([best_distance, distances], axis=1)
+            if best.shape[1] > count:
+                keep = np.argpartition(best_distance, count - 1, axis=1)[:, :count]
+                best, best_distance = np.take_along_axis(best, keep, axis=1), np.take_along_axis(best_distance, keep, axis=1)
+        return best
 
     def values(self, positions: np.ndarray) -> np.ndarray:
         """The stored values of `form` at `positions` ([n, form.width]), as the index holds them:

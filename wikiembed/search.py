@@ -93,6 +93,7 @@ class StoreVectors:
         self.parts = self.store.parts(self.manifest)
         self.files = [p.path for p in self.parts]
         self._dropped_rows: dict[int, np.ndarray] = {}
+        self._opened: dict[str, ann.VectorIndex] = {}
         if not self.files:
             raise StoreError(f"store {root.root}: no shard is done yet; finish the run first (`wikiembed status --store {shlex.quote(str(root.root))}`).")
         self.model_id: str = self.manifest.model.model_id
@@ -135,8 +136,15 @@ class StoreVectors:
 
     def index(self, form: Form) -> tuple[ann.VectorIndex | None, str | None]:
         """The form's index when every data file has one that matches it, else (None, why not): see
-        `wikiembed.index.open_index`."""
-        return ann.open_index(self.parts, form, self.root, self.store.dir, self.dropped_rows, self.store.gen)
+        `wikiembed.index.open_index`. An index found stays open for this object's later searches (the
+        data files it was checked against are this object's); without one, the folders are looked at
+        again on the next call."""
+        if form.name in self._opened:
+            return self._opened[form.name], None
+        found, note = ann.open_index(self.parts, form, self.root, self.store.dir, self.dropped_rows, self.store.gen)
+        if found is not None:
+            self._opened[form.name] = found
+        return found, note
 
     def dropped_rows(self, fi: int) -> np.ndarray:
         """The row numbers of data file `fi` that the generation does not hold (a kept file's rows of
