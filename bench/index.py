@@ -82,6 +82,8 @@ def measure(vectors: StoreVectors, queries: np.ndarray, form_name: str, repeats:
         "index_bytes": built["bytes"],
         "column_bytes_raw": form.bytes_per_vector * built["rows"],
         "build_seconds": built["seconds"],
+        "index_files": built["parts"],
+        "index_files_built": built["parts_built"],
         "metric": built["metric"],
         "one_query_ms": {
             "exact_median": 1000 * statistics.median(exact_s),
