@@ -315,31 +315,45 @@ def _size(work: Path, fraction: float, env: dict[str, str], shard_rows: int | No
     data_bytes = sum(p.stat().st_size for p in (store / "data").glob("*.parquet"))
     chunks = sum(json.loads(p.read_text())["chunks"] for p in (store / "_done").glob("*.json"))
 
-    steps["status"] = _step(_cli("status", "--store", str(store), "--json"), env, [store])
-    steps["status_verify"] = _step(_cli("status", "--store", str(store), "--verify"), env, [store])
-    started = time.perf_counter()
-    for p in sorted((store / "data").glob("*.parquet")):
-        with open(p, "rb") as fh:
-            while fh.read(1 << 22):
-                pass
-    read_s = time.perf_counter() - started
-    steps["status_verify"]["read_mb_s"] = round(data_bytes / 1e6 / steps["status_verify"]["seconds"], 1)
-    steps["status_verify"]["plain_read_mb_s"] = round(data_bytes / 1e6 / read_s, 1)
-    steps["export"] = _step(_cli("export", "--store", str(store), "--to", str(exported)), env, [store, exported])
-    merged = sorted(exported.glob("data/*.parquet"))
-    steps["export"]["largest_file_mb"] = round(max((p.stat().st_size for p in merged), default=0) / 1e6, 1)
+    def skipped(name: str) -> bool:
+        if name in skip:
+            steps[name] = {"skipped": f"not run (--skip {name})"}
+        return name in skip
+
+    if not skipped("status"):
+        steps["status"] = _step(_cli("status", "--store", str(store), "--json"), env, [store])
+    if not skipped("status_verify"):
+        steps["status_verify"] = _step(_cli("status", "--store", str(store), "--verify"), env, [store])
+        started = time.perf_counter()
+        for p in sorted((store / "data").glob("*.parquet")):
+            with open(p, "rb") as fh:
+                while fh.read(1 << 22):
+                    pass
+        read_s = time.perf_counter() - started
+        steps["status_verify"]["read_mb_s"] = round(data_bytes / 1e6 / steps["status_verify"]["seconds"], 1)
+        steps["status_verify"]["plain_read_mb_s"] = round(data_bytes / 1e6 / read_s, 1)
+    if not skipped("export"):
+        steps["export"] = _step(_cli("export", "--store", str(store), "--to", str(exported)), env, [store, exported])
+        merged = sorted(exported.glob("data/*.parquet"))
+        steps["export"]["largest_file_mb"] = round(max((p.stat().st_size for p in merged), default=0) / 1e6, 1)
     if "index" in skip:
         steps["index"] = {"skipped": "not run (--skip index): searches below scan exactly"}
     else:
         steps["index"] = _step(_cli("index", "--store", str(store), "--form", "float32"), env, [store])
-    steps["search_1"] = _step(_cli("search", "--store", str(store), "history of the river bridge"), env, [store])
-    if fraction != SMOKE_FRACTION:  # the smoke run checks the exact scan in-process (below) only
+    if not skipped("search_1"):
+        steps["search_1"] = _step(_cli("search", "--store", str(store), "history of the river bridge"), env, [store])
+    if fraction != SMOKE_FRACTION and not skipped("search_1_exact"):  # the smoke run checks the exact scan in-process (below) only
         steps["search_1_exact"] = _step(_cli("search", "--store", str(store), "--exact", "history of the river bridge"), env, [store])
-    probe = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--as-search", str(store)], cwd=ROOT, env=env,
-                           capture_output=True, text=True)
-    search = json.loads(probe.stdout.strip().splitlines()[-1]) if probe.returncode == 0 else {"error": probe.stderr[-2000:]}
-    steps["eval_sample"] = _step(_cli("eval", "--store", str(store), "--sample", "500", "--no-record"), env, [store])
-    if data_bytes <= UPLOAD_MAX_BYTES and hub is not None:
+    search: dict[str, Any] = {}
+    if "search" not in skip:
+        probe = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--as-search", str(store)], cwd=ROOT, env=env,
+                               capture_output=True, text=True)
+        search = json.loads(probe.stdout.strip().splitlines()[-1]) if probe.returncode == 0 else {"error": probe.stderr[-2000:]}
+    if not skipped("eval_sample"):
+        steps["eval_sample"] = _step(_cli("eval", "--store", str(store), "--sample", "500", "--no-record"), env, [store])
+    if skipped("upload"):
+        pass
+    elif data_bytes <= UPLOAD_MAX_BYTES and hub is not None:
         upload_env = {k: v for k, v in env.items() if k != "HF_HUB_OFFLINE"}
         upload_env.update(HF_ENDPOINT=hub.url, HF_TOKEN="hf_test_token", HF_HUB_DISABLE_XET="1")
         steps["upload"] = _step(_cli("upload", "--store", str(store), "--to", "hub:alice/scale"), upload_env, [store])
@@ -372,7 +386,7 @@ def _size(work: Path, fraction: float, env: dict[str, str], shard_rows: int | No
     shutil.rmtree(exported, ignore_errors=True)
     # The same day 1 through the worker-process executor: whole shards in one process per core, each
     # with a TEI client, against the TEI stand-in (answering hash vectors as fast as it can).
-    if fraction <= TEI_MAX_FRACTION:
+    if fraction <= TEI_MAX_FRACTION and not skipped("run_day1_tei_workers"):
         steps["run_day1_tei_workers"] = _tei_day1(folder, env, rows)
     failed = {name: step.get("output_tail") for name, step in steps.items() if step.get("rc") not in (None, 0)}
     if failed:
@@ -572,8 +586,10 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help=f"one tiny size ({SMOKE_FRACTION} with {SMOKE_SHARD_ROWS}-row shards)")
     parser.add_argument("--shard-rows", type=int, help="shard size (default: the store's default, as a user's run)")
     parser.add_argument("--work", help="work folder (default: a temp dir, removed after)")
-    parser.add_argument("--skip", default="", help="steps not to run, e.g. index (an HNSW build of digest vectors, which are as "
-                        "hard to index as random ones: far slower than real embeddings)")
+    parser.add_argument("--skip", default="", help="steps not to run, comma-separated: index (an HNSW build of digest vectors, "
+                        "which are as hard to index as random ones: far slower than real embeddings), status, status_verify, "
+                        "export, search_1, search_1_exact, search (the warm in-process figures), eval_sample, upload, "
+                        "run_day1_tei_workers; day 1 and day 2 always run")
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
     fractions = [SMOKE_FRACTION] if args.smoke else [float(f) for f in args.fractions.split(",")]

@@ -7,7 +7,8 @@ so its shard follows from that generation's plan. It is written while the snapsh
 (in the snapshot's order) and read whole only by the next source version's planning: about 45
 bytes an article on disk, 44 in memory (~280 MB for English Wikipedia's 6.4 million articles).
 
-`Diff` streams the new version's rows past the published generation's table: an article whose
+`Diff` streams the new version's rows past the published generation's table, by their digests
+(`table_keys` makes them from a table's bytes, no Python string per row): an article whose
 id and content digest are unchanged stays where it is; the others (added or edited) are the new
 generation's own rows. The articles edited or removed are dropped from the shard files that hold
 them (`wikiembed.store` keeps those files, less the dropped ids).
@@ -20,7 +21,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -46,14 +46,57 @@ def content_key(row: dict[str, str]) -> bytes:
     return h.digest()
 
 
-def rows_table(rows: Sequence[dict[str, str]], gen: str, first_row: int) -> pa.Table:
-    """The table rows of `rows`, generation `gen`'s snapshot rows from `first_row` on."""
+def _values(array: pa.Array) -> tuple[list[int], memoryview]:
+    """(offsets, bytes) of a string or binary array without nulls: value i is bytes[offsets[i]:offsets[i + 1]]."""
+    _, offsets_buffer, data_buffer = array.buffers()[:3]
+    wide = pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type)
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int64 if wide else np.int32)[array.offset : array.offset + len(array) + 1]
+    return offsets.tolist(), memoryview(data_buffer) if data_buffer is not None else memoryview(b"")
+
+
+def _column(table: pa.Table, name: str) -> pa.Array:
+    column = table.column(name)
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+def table_keys(rows: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(`id_key`, `content_key`) of each row of a table of clean rows (columns id, url, title, text),
+    as S16 arrays, hashed from the table's own bytes: no Python string is made."""
+    n = rows.num_rows
+    if n == 0:
+        return np.zeros(0, dtype="S16"), np.zeros(0, dtype="S16")
+    blake2b = hashlib.blake2b
+    io, iv = _values(_column(rows, "id"))
+    ids = b"".join([blake2b(iv[io[i] : io[i + 1]], digest_size=16).digest() for i in range(n)])
+    (to, tv), (uo, uv), (xo, xv) = (_values(_column(rows, c)) for c in ("title", "url", "text"))
+    contents = []
+    for i in range(n):  # title \0 url \0 text \0: the bytes `content_key` hashes
+        h = blake2b(tv[to[i] : to[i + 1]], digest_size=16)
+        h.update(b"\0")
+        h.update(uv[uo[i] : uo[i + 1]])
+        h.update(b"\0")
+        h.update(xv[xo[i] : xo[i + 1]])
+        h.update(b"\0")
+        contents.append(h.digest())
+    return np.frombuffer(ids, dtype="S16"), np.frombuffer(b"".join(contents), dtype="S16")
+
+
+def _binary16(keys: np.ndarray) -> pa.Array:
+    """An S16 array as a binary(16) column (one copy of its bytes)."""
+    return pa.Array.from_buffers(pa.binary(16), len(keys), [None, pa.py_buffer(np.ascontiguousarray(keys, dtype="S16").tobytes())])
+
+
+def rows_table(rows: pa.Table, gen: str, first_row: int, keys: tuple[np.ndarray, np.ndarray] | None = None) -> pa.Table:
+    """The table rows of `rows` (clean rows: id, url, title, text), generation `gen`'s snapshot rows
+    from `first_row` on; `keys`: their (`id_key`, `content_key`), where the caller has them."""
+    ids, contents = keys if keys is not None else table_keys(rows)
+    n = rows.num_rows
     return pa.table({
-        "id": pa.array([r["id"] for r in rows], pa.string()),
-        "id_key": pa.array([id_key(r["id"]) for r in rows], pa.binary(16)),
-        "content_key": pa.array([content_key(r) for r in rows], pa.binary(16)),
-        "gen": pa.array([gen] * len(rows), pa.string()),
-        "row": pa.array(np.arange(first_row, first_row + len(rows)), pa.int64()),
+        "id": _column(rows, "id").cast(pa.string()),
+        "id_key": _binary16(ids),
+        "content_key": _binary16(contents),
+        "gen": pa.array([gen] * n, pa.string()),
+        "row": pa.array(np.arange(first_row, first_row + n), pa.int64()),
     }, schema=SCHEMA)
 
 
@@ -102,24 +145,23 @@ class Diff:
         self.seen = np.zeros(len(self.old), dtype=bool)
         self.dropped = np.zeros(len(self.old), dtype=bool)
 
-    def select(self, rows: Sequence[dict[str, str]]) -> list[dict[str, str]]:
-        """The rows of `rows` the new generation embeds itself: added or edited articles, in order."""
-        if not rows:
-            return []
-        keys = np.array([id_key(r["id"]) for r in rows], dtype="S16")
+    def select(self, ids: np.ndarray, contents: np.ndarray) -> np.ndarray:
+        """Per row of the new version (given by its `id_key` and `content_key`, S16 arrays, in source
+        order): whether the new generation embeds it itself (an added or edited article)."""
+        if not len(ids):
+            return np.zeros(0, dtype=bool)
         if len(self.old):
-            pos = np.minimum(np.searchsorted(self.old.id_key, keys), len(self.old) - 1)
-            found = self.old.id_key[pos] == keys
+            pos = np.minimum(np.searchsorted(self.old.id_key, ids), len(self.old) - 1)
+            found = self.old.id_key[pos] == ids
         else:
-            pos, found = np.zeros(len(rows), dtype=np.int64), np.zeros(len(rows), dtype=bool)
-        contents = np.array([content_key(r) if hit else b"" for r, hit in zip(rows, found)], dtype="S16")
+            pos, found = np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
         same = found & (self.old.content_key[pos] == contents) if len(self.old) else found
         self.seen[pos[found]] = True
         edited = found & ~same
         self.dropped[pos[edited]] = True
         self.edited += int(edited.sum())
         self.added += int((~found).sum())
-        return [r for r, keep in zip(rows, same) if not keep]
+        return ~same
 
     def finish(self) -> dict[str, int]:
         """Mark the articles the new version no longer holds as dropped; the counts of the change."""

@@ -2,10 +2,12 @@
 (the checkpoint), whoever runs the shard (`wikiembed.executors`).
 
 Order of writes is what makes resume safe: rows are streamed into a hidden
-temp file, fsynced, renamed to `data/NNNNN.parquet`, and only then is the
-marker `_done/NNNNN.json` written (also temp + rename) with the file's size,
-sha256, mtime and inode. A kill at any point leaves either no data file, a
-data file without a marker (redone on resume), or a complete pair.
+temp file, fsynced, renamed to `data/NNNNN.parquet`, then the content keys of
+its rows are kept beside it (`keys/NNNNN.npz`, with the file's sha256: see
+`wikiembed.chunk_keys`), and only then is the marker `_done/NNNNN.json` written
+(also temp + rename) with the file's size, sha256, mtime and inode. A kill at
+any point leaves either no data file, a data file without a marker (redone on
+resume), or a complete pair.
 
 What is written is checked first: every vector against the manifest's
 dimension, for being finite and not all zero, and for L2 norm 1 where the
@@ -15,12 +17,11 @@ holds, so one store never mixes vectors that are not comparable. The marker
 records the kind.
 
 Touches: `STORE/chunks/NNNNN.parquet` (read), `STORE/manifest.json` (the
-recorded kind), `STORE/data/`, `STORE/_done/`.
+recorded kind), `STORE/data/`, `STORE/keys/`, `STORE/_done/`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shlex
 import time
@@ -31,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from wikiembed import chunk_keys
 from wikiembed.backends.base import Backend, VectorKind, check_vectors
 from wikiembed.chunking import CHUNK_SCHEMA
 from wikiembed.compact import Form, arrow_column, encode, stored_forms
@@ -55,16 +57,15 @@ def data_schema(dim: int, forms: Sequence[Form] = ()) -> pa.Schema:
     return schema
 
 
-def text_key(text: str) -> bytes:
-    """Content key of a chunk's text: vectors are reusable between runs iff model+chunking+text match."""
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+# Content key of a chunk's text (see `wikiembed.chunk_keys`).
+text_key = chunk_keys.key
 
 
 class VectorSource(Protocol):
     """Vectors already computed for some texts (by content key): the incremental path."""
 
-    def lookup(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(vectors [n, dim] float32, found mask [n] bool)."""
+    def lookup(self, texts: list[str], keys: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors [n, dim] float32, found mask [n] bool); `keys`: the texts' content keys, where known."""
         ...
 
 
@@ -165,16 +166,19 @@ def embed_shard(
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     schema = data_schema(dim, forms)
     embedded = reused = chunks = chars = 0
+    row_keys: list[np.ndarray] = []  # the content keys of the file's rows, kept beside it (`wikiembed.chunk_keys`)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         writer = pq.ParquetWriter(tmp, schema, compression="zstd")
         try:
             for batch in batches:
                 texts = batch.column("text").to_pylist()
+                keys = chunk_keys.keys(texts)
+                row_keys.append(keys)
                 vectors = np.empty((len(texts), dim), dtype=np.float32)
                 todo = np.ones(len(texts), dtype=bool)
                 if reuse is not None and texts:
-                    found_vecs, found = reuse.lookup(texts)
+                    found_vecs, found = reuse.lookup(texts, keys)
                     if found.any():
                         vectors[found] = found_vecs[found]
                         todo = ~found
@@ -209,6 +213,11 @@ def embed_shard(
         tmp.unlink(missing_ok=True)
         raise
     st = dest.stat()
+    sha256 = sha256_file(dest)
+    try:
+        chunk_keys.write(dest, np.concatenate(row_keys) if row_keys else np.zeros(0, dtype="S16"), sha256)
+    except OSError as exc:
+        raise store_os_error(exc, chunk_keys.path_for(dest)) from exc
     marker = Marker(
         shard=shard,
         rows=rows,
@@ -216,7 +225,7 @@ def embed_shard(
         embedded_chunks=embedded,
         reused_chunks=reused,
         embedded_chars=chars,
-        sha256=sha256_file(dest),
+        sha256=sha256,
         bytes=st.st_size,
         arrow_bytes=uncompressed_bytes(dest),
         mtime_ns=st.st_mtime_ns,

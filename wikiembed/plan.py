@@ -293,9 +293,8 @@ def _follows(previous: Store) -> "articles.Articles | None":
         with atomic_path(path) as tmp, articles.writer(tmp) as out:  # a generation made before tables were kept
             first = 0
             for batch in pq.ParquetFile(previous.snapshot_path).iter_batches(batch_size=4096):
-                rows = batch.to_pylist()
-                out.write_table(articles.rows_table(rows, str(previous.gen), first))
-                first += len(rows)
+                out.write_table(articles.rows_table(pa.Table.from_batches([batch]), str(previous.gen), first))
+                first += batch.num_rows
     return articles.Articles.load(path)
 
 
@@ -306,13 +305,16 @@ def _write_version(source: Source, target: Store, gen: str, old: "articles.Artic
     written = 0
     with atomic_path(target.dir / articles.FILE) as tmp, articles.writer(tmp) as table:
 
-        def select(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+        def select(rows: pa.Table) -> pa.Table:
             nonlocal written
-            own = diff.select(rows) if diff is not None else rows
-            if own:
-                table.write_table(articles.rows_table(own, gen, written))
-                written += len(own)
-            return own
+            ids, contents = articles.table_keys(rows)
+            own = diff.select(ids, contents) if diff is not None else None
+            if own is not None and not own.all():
+                rows, ids, contents = rows.filter(pa.array(own)), ids[own], contents[own]
+            if rows.num_rows:
+                table.write_table(articles.rows_table(rows, gen, written, (ids, contents)))
+                written += rows.num_rows
+            return rows
 
         report = _write_snapshot(source, target, select)
         if diff is not None:

@@ -5,149 +5,141 @@ taken from the published generation through this index. One index per (store, ge
 process (`shared`): the shard tasks of a run (threads), a shard worker process or a Modal container
 running many shards all load it once and share it; `release` drops it when a run ends.
 
-Touches: the indexed generation's data files and markers (read) and its `reuse-index.npz` (written
-by `save`, read by every later index of that generation).
+Its keys are the key files kept beside the generation's data files (`wikiembed.chunk_keys`: 16
+bytes a row, written with each data file), so loading it reads no chunk text; a data file without
+valid keys (one written before they were kept) has them made from its text, and `save` keeps them.
+Its vectors are read only where a chunk is found: the `embedding` column of the row groups that
+hold the rows asked for, nothing else of the file.
+
+Touches: the indexed generation's data files, markers and key files (read), and the key files of
+its data files that have none (written by `save`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
-import zipfile
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wikiembed.atomic import atomic_path
-from wikiembed.embedding import read_vectors, text_key
+from wikiembed import chunk_keys
+from wikiembed.atomic import remove
 from wikiembed.store import LOCAL, Store, StoreSync
 
 
 class ReuseIndex:
     """Vectors of the published generation, found by chunk-text content key.
 
-    Keys are 16-byte blake2b digests held in one sorted numpy array (about 24
-    bytes per chunk: ~1 GB for all of English Wikipedia); vectors are read
-    from the old data files on demand, a few files cached at a time. Building the
-    keys reads every old chunk text; `save` keeps them next to that generation's
-    data, and every later index of it (another worker process, a Modal container)
-    loads them instead.
+    Keys are 16-byte blake2b digests held in one sorted numpy array with each key's file and row
+    (32 bytes per chunk), loaded from the data files' key files. Vectors are read from the old data files on demand: only the row groups that hold a
+    row asked for, only their `embedding` column, a few row groups cached at a time.
     """
 
-    _CACHE_FILES = 4
-    # The saved index, in the indexed generation's folder (`save`): keys, where, files and the
-    # fingerprint of the data files it was built from (each done shard's sha256).
-    SAVED = "reuse-index.npz"
+    _CACHE_GROUPS = 8
+    # The whole-generation index file an earlier version kept in the indexed generation's folder:
+    # no longer read (the per-file key files replace it), and removed by `save`.
+    LEGACY = "reuse-index.npz"
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._fingerprint = ""
-        self._saved = False
         self._keys: np.ndarray | None = None
         self._where: np.ndarray | None = None  # (file index, row) per key
-        self._files: list[str] = []  # data files, relative to the store's root
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._files: list[Path] = []  # data files, in the generation's order
+        self._starts: dict[int, np.ndarray] = {}  # file index -> first row of each row group (and the row count)
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()  # shard tasks run as threads and share one index
-
-    def _done(self) -> tuple[list[tuple[str, str]], str]:
-        """(data file relative to the store's root, sha256) of every file the generation's rows are in
-        (its done shards and the files it keeps from earlier generations), what the index covers, and
-        their fingerprint."""
-        root = self.store.root
-        files = [(p.path.relative_to(root).as_posix(), p.sha256) for p in self.store.parts()]
-        return files, hashlib.sha256(json.dumps(files).encode()).hexdigest()
+        self.built_from_text = 0  # data files whose keys were made from their text (no valid key file)
 
     def _build(self) -> None:
-        done, fingerprint = self._done()
-        if self._load(fingerprint):
-            return
         keys, where = [], []
-        for name, _ in done:
-            # Every row of a kept file, dropped articles' too: a vector depends only on its chunk's text.
-            texts = pq.read_table(self.store.root / name, columns=["text"]).column("text").to_pylist()
-            keys.append(np.array([text_key(t) for t in texts], dtype="S16"))
-            where.append(np.stack([np.full(len(texts), len(self._files)), np.arange(len(texts))], axis=1))
-            self._files.append(name)
+        # Every row of a kept file, dropped articles' too: a vector depends only on its chunk's text.
+        for part in self.store.parts():
+            found = chunk_keys.read(part.path, part.sha256, part.chunks)
+            if found is None:
+                found = chunk_keys.from_text(part.path)
+                self.built_from_text += 1
+            keys.append(found)
+            where.append(np.stack([np.full(len(found), len(self._files)), np.arange(len(found))], axis=1))
+            self._files.append(part.path)
         self._keys = np.concatenate(keys) if keys else np.zeros(0, dtype="S16")
         self._where = np.concatenate(where) if where else np.zeros((0, 2), dtype=np.int64)
         order = np.argsort(self._keys, kind="stable")
         self._keys, self._where = self._keys[order], self._where[order]
-        self._fingerprint = fingerprint
 
-    def _load(self, fingerprint: str, keys: bool = True) -> bool:
-        """Take the saved index if it covers exactly the generation's current data files (with
-        `keys` false, only say whether it does: the keys are the bulk of the file)."""
-        path = self.store.dir / self.SAVED
-        try:
-            with np.load(path) as saved:
-                if str(saved["fingerprint"]) != fingerprint:
-                    return False  # a shard was re-embedded since: the saved keys are stale
-                if not keys:
-                    return True
-                if saved["files"].dtype.kind not in "US":
-                    return False  # an index saved before files were named by path: rebuilt
-                self._keys, self._where, self._files = saved["keys"], saved["where"], [str(f) for f in saved["files"]]
-        except FileNotFoundError:
-            return False
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-            return False  # unreadable: rebuilt from the data files, and saved again by save()
-        self._fingerprint, self._saved = fingerprint, True
-        return True
-
-    def save(self) -> None:
-        """Build the index (if needed) and keep it in the generation's folder, so the processes and
-        containers that reuse this generation load its keys instead of reading every old chunk text."""
+    def save(self) -> int:
+        """Make sure every data file of the generation has its key file, writing the missing ones
+        from the file's text, so the processes and containers that reuse this generation load keys
+        instead of reading old texts; returns how many were written (none for a generation whose
+        files were all written with their keys)."""
         with self._lock:
-            if self._keys is None:
-                if self._load(self._done()[1], keys=False):
-                    return  # saved already for exactly these data files (a resumed run): nothing to read
-                self._build()
-            if self._saved:
-                return
-            with atomic_path(self.store.dir / self.SAVED) as tmp:
-                with tmp.open("wb") as fh:
-                    np.savez(fh, keys=self._keys, where=self._where, files=np.asarray(self._files, dtype=str),
-                             fingerprint=np.asarray(self._fingerprint))  # fmt: skip
-            self._saved = True
+            written = sum(chunk_keys.ensure(part.path, part.sha256, part.chunks) for part in self.store.parts())
+            legacy = self.store.dir / self.LEGACY
+            if legacy.exists():
+                remove(legacy)
+            return written
 
-    def _vectors(self, file_index: int) -> np.ndarray:
-        if file_index not in self._cache:
-            _, vectors = read_vectors(self.store.root / self._files[file_index])
-            self._cache[file_index] = vectors
-            while len(self._cache) > self._CACHE_FILES:
+    def _row_groups(self, file_index: int) -> np.ndarray:
+        """First row of each row group of a data file, then its row count."""
+        if file_index not in self._starts:
+            meta = pq.ParquetFile(self._files[file_index]).metadata
+            sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+            self._starts[file_index] = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        return self._starts[file_index]
+
+    def _group(self, file_index: int, group: int) -> np.ndarray:
+        """The vectors of one row group of a data file ([rows, dim] float32), cached."""
+        key = (file_index, group)
+        if key not in self._cache:
+            column = pq.ParquetFile(self._files[file_index]).read_row_group(group, columns=["embedding"]).column("embedding")
+            column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+            dim = column.type.list_size
+            self._cache[key] = column.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+            while len(self._cache) > self._CACHE_GROUPS:
                 self._cache.popitem(last=False)
-        self._cache.move_to_end(file_index)
-        return self._cache[file_index]
+        self._cache.move_to_end(key)
+        return self._cache[key]
 
-    def lookup(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def lookup(self, texts: list[str], keys: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors [n, dim] float32, found mask [n] bool) of `texts` (`keys`: their content keys, where
+        the caller has them)."""
         with self._lock:
-            return self._lookup(texts)
+            return self._lookup(texts, keys)
 
-    def _lookup(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def _lookup(self, texts: list[str], keys: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         if self._keys is None:
             self._build()
         assert self._keys is not None and self._where is not None
-        query = np.array([text_key(t) for t in texts], dtype="S16")
-        pos = np.searchsorted(self._keys, query)
-        pos = np.minimum(pos, max(len(self._keys) - 1, 0))
-        found = (len(self._keys) > 0) & (self._keys[pos] == query) if len(self._keys) else np.zeros(len(texts), bool)
-        dim = None
-        out = None
-        for i in np.flatnonzero(found):
-            f, row = self._where[pos[i]]
-            vecs = self._vectors(int(f))
-            if out is None:
-                dim = vecs.shape[1]
-                out = np.zeros((len(texts), dim), dtype=np.float32)
-            out[i] = vecs[row]
-        if out is None:
-            out = np.zeros((len(texts), 0), dtype=np.float32)
+        query = keys if keys is not None else chunk_keys.keys(texts)
+        if len(self._keys):
+            pos = np.minimum(np.searchsorted(self._keys, query), len(self._keys) - 1)
+            found = self._keys[pos] == query
+        else:
+            pos, found = np.zeros(len(texts), dtype=np.int64), np.zeros(len(texts), dtype=bool)
+        hits = np.flatnonzero(found)
+        if not len(hits):
+            return np.zeros((len(texts), 0), dtype=np.float32), found
+        where = self._where[pos[hits]]
+        out: np.ndarray | None = None
+        # File by file, row group by row group, in the order they are stored.
+        for file_index in np.unique(where[:, 0]).tolist():
+            in_file = np.flatnonzero(where[:, 0] == file_index)
+            rows = where[in_file, 1]
+            starts = self._row_groups(file_index)
+            groups = np.searchsorted(starts, rows, side="right") - 1
+            for group in np.unique(groups).tolist():
+                at = groups == group
+                vectors = self._group(file_index, group)
+                if out is None:
+                    out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
+                out[hits[in_file[at]]] = vectors[rows[at] - starts[group]]
+        assert out is not None
         return out, found
 
 
-# This process's indexes, by (store root, generation): loading one reads its keys (~24 bytes a chunk).
+# This process's indexes, by (store root, generation): loading one reads its keys (16 bytes a chunk).
 _SHARED: dict[tuple[str, str], ReuseIndex] = {}
 _SHARED_LOCK = threading.Lock()
 

@@ -29,7 +29,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from wikiembed.errors import InputError
@@ -47,6 +49,8 @@ OPTIONAL = ("url", "title")
 # Examples of skipped rows kept in the manifest (the counts are always complete).
 MAX_SKIP_EXAMPLES = 50
 _READ_BATCH = 1000
+# Rows per table read from an Arrow source (parquet, save_to_disk) on its way into the snapshot.
+_ARROW_BATCH = 8192
 _HASH_BLOCK = 1 << 22
 # `--config latest.<lang>` asks for the newest dump of a language among configs named like
 # wikimedia/wikipedia's (`20231101.simple`); the date sorts as text.
@@ -410,14 +414,18 @@ def _read_sample(source: Source) -> Iterator[list[dict]]:
 
 
 def _read_parquet(source: Source) -> Iterator[list[dict]]:
+    return (table.to_pylist() for table in _parquet_tables(source, _READ_BATCH))
+
+
+def _parquet_tables(source: Source, batch_size: int) -> Iterator[pa.Table]:
     for f in _local_files(source):
         try:
             pf = pq.ParquetFile(f)
             names = pf.schema_arrow.names
             _check_columns(source, names, f)
             wanted = [c for c in _their_names(source) if c in names]
-            for batch in pf.iter_batches(batch_size=_READ_BATCH, columns=wanted):
-                yield batch.to_pylist()
+            for batch in pf.iter_batches(batch_size=batch_size, columns=wanted):
+                yield pa.Table.from_batches([batch])
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(f"--source {f}: not a readable parquet file ({exc}); re-export it or remove it.") from exc
 
@@ -466,6 +474,10 @@ def _jsonl_rows(source: Source, report: RowReport) -> Iterator[dict]:
 
 
 def _read_disk(source: Source) -> Iterator[list[dict]]:
+    return (table.to_pylist() for table in _disk_tables(source, _READ_BATCH))
+
+
+def _disk_tables(source: Source, batch_size: int) -> Iterator[pa.Table]:
     import datasets
 
     try:
@@ -477,7 +489,7 @@ def _read_disk(source: Source) -> Iterator[list[dict]]:
             raise InputError(f"--source {source.location}: no split {source.split!r}; it has {sorted(ds)}. Use --split.")
         ds = ds[source.split]
     _check_columns(source, ds.column_names, source.location)
-    yield from (b.to_pylist() for b in ds.with_format("arrow").iter(batch_size=_READ_BATCH))
+    yield from ds.with_format("arrow").iter(batch_size=batch_size)
 
 
 def _read_hub(source: Source) -> Iterator[list[dict]]:
@@ -528,65 +540,187 @@ def _as_text(value: Any) -> tuple[str | None, str | None]:
 
 def clean_rows(batches: Iterable[list[dict]], source: Source, report: RowReport) -> Iterator[dict[str, str]]:
     """Validate rows one by one: skip what can't be embedded (with a reason), repair the rest."""
-    mapping = dict(source.columns)
-    key = {c: mapping.get(c, c) for c in REQUIRED + OPTIONAL}
-    seen: set[int] = set()
-    # parquet/disk sources were checked from their schema; row-wise sources by their first row.
-    check_first = source.kind in ("jsonl", "hub")
-    index = 0
+    cleaner = _Cleaner(source, report)
     for batch in batches:
         for raw in batch:
-            index += 1
-            if source.limit is not None and index > source.limit:
+            if not cleaner.count():
                 return
-            if check_first:
-                _check_columns(source, raw.keys(), source.spec)
-                check_first = False
-            raw_id = raw.get(key["id"])
-            row_id, note = _as_text(raw_id)
-            if note == "number converted to string":
-                note = "id converted to string"
-            if note:
+            out = cleaner.row(raw)
+            if out is not None:
+                yield out
+
+
+# A value holding one of these characters is not blank: none of them is whitespace to Python's
+# str.strip (printable ASCII but the space, and every letter and digit).
+_NOT_BLANK = r"[!-~]|\p{L}|\p{N}"
+
+
+def _id_digests(column: pa.ChunkedArray) -> list[int]:
+    """`_Cleaner._new_id`'s digest of each value of a string column."""
+    out: list[int] = []
+    blake2b = hashlib.blake2b
+    for chunk in column.chunks:
+        _, offsets_buffer, data_buffer = chunk.buffers()[:3]
+        wide = pa.types.is_large_string(chunk.type)
+        offsets = np.frombuffer(offsets_buffer, dtype=np.int64 if wide else np.int32)[chunk.offset : chunk.offset + len(chunk) + 1].tolist()
+        data = memoryview(data_buffer) if data_buffer is not None else memoryview(b"")
+        raw = b"".join([blake2b(data[offsets[i] : offsets[i + 1]], digest_size=8).digest() for i in range(len(chunk))])
+        out += np.frombuffer(raw, dtype="<u8").tolist()
+    return out
+
+
+def _holding_nul(column: pa.ChunkedArray) -> np.ndarray:
+    """Positions of the values of a string column that hold a NUL character (one scan of its bytes)."""
+    found, base = [], 0
+    for chunk in column.chunks:
+        _, offsets_buffer, data_buffer = chunk.buffers()[:3]
+        wide = pa.types.is_large_string(chunk.type)
+        offsets = np.frombuffer(offsets_buffer, dtype=np.int64 if wide else np.int32)[chunk.offset : chunk.offset + len(chunk) + 1]
+        if data_buffer is not None and len(chunk):
+            data = np.frombuffer(data_buffer, dtype=np.uint8)[offsets[0] : offsets[-1]]
+            at = np.flatnonzero(data == 0)
+            if len(at):
+                found.append(base + np.unique(np.searchsorted(offsets, at + offsets[0], side="right") - 1))
+        base += len(chunk)
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+
+class _Cleaner:
+    """`clean_rows`' checks and repairs, with what they carry from row to row (the row count, the ids seen)."""
+
+    def __init__(self, source: Source, report: RowReport) -> None:
+        mapping = dict(source.columns)
+        self.key = {c: mapping.get(c, c) for c in REQUIRED + OPTIONAL}
+        self.source, self.report = source, report
+        self.seen: set[int] = set()
+        # parquet/disk sources were checked from their schema; row-wise sources by their first row.
+        self.check_first = source.kind in ("jsonl", "hub")
+        self.index = 0
+
+    def count(self) -> bool:
+        """Count the next row; False once past --limit."""
+        self.index += 1
+        return self.source.limit is None or self.index <= self.source.limit
+
+    def _new_id(self, row_id: str) -> bool:
+        digest = int.from_bytes(hashlib.blake2b(row_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+        if digest in self.seen:
+            self.report.skip(self.index - 1, row_id, "duplicate id (first occurrence kept)")
+            return False
+        self.seen.add(digest)
+        return True
+
+    def row(self, raw: dict) -> dict[str, str] | None:
+        """The clean row of the counted row `raw`, or None where it is skipped (counted in the report)."""
+        report, key, index = self.report, self.key, self.index
+        if self.check_first:
+            _check_columns(self.source, raw.keys(), self.source.spec)
+            self.check_first = False
+        raw_id = raw.get(key["id"])
+        row_id, note = _as_text(raw_id)
+        if note == "number converted to string":
+            note = "id converted to string"
+        if note:
+            report.repaired[note] += 1
+        if row_id is None or not row_id.strip():
+            report.skip(index - 1, raw_id, "missing or non-string id" if key["id"] in raw else "no id column")
+            return None
+        text, note = _as_text(raw.get(key["text"]))
+        if text is None or isinstance(raw.get(key["text"]), (int, float)):
+            reason = "null text" if raw.get(key["text"]) is None else "text is not a string"
+            report.skip(index - 1, row_id, reason)
+            return None
+        if note:
+            report.repaired[note] += 1
+        if "\x00" in text:
+            text = text.replace("\x00", "")
+            report.repaired["NUL bytes removed"] += 1
+        if not text.strip():
+            report.skip(index - 1, row_id, "blank text")
+            return None
+        if not self._new_id(row_id):
+            return None
+        out = {"id": row_id, "text": text}
+        for col in OPTIONAL:
+            value, note = _as_text(raw.get(key[col]))
+            if value is None:
+                report.repaired[f"missing {col} set to empty"] += 1
+                value = ""
+            elif note:
                 report.repaired[note] += 1
-            if row_id is None or not row_id.strip():
-                report.skip(index - 1, raw_id, "missing or non-string id" if key["id"] in raw else "no id column")
+            out[col] = value.replace("\x00", "")
+        # Lone surrogates (from JSON escapes) can't be written as UTF-8: replace them.
+        for col, value in out.items():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                out[col] = _SURROGATE.sub("\ufffd", value)
+                report.repaired["invalid UTF-8 replaced with U+FFFD"] += 1
+        report.rows += 1
+        return out
+
+    def _plain(self, table: pa.Table) -> np.ndarray | None:
+        """Per row of an Arrow table of raw rows: True where `row` would take it exactly as it is (string
+        id and text that are not blank, string url and title, no NUL in text, url or title, valid
+        UTF-8), so it needs no Python object; None where no row can be taken so."""
+        columns = {}
+        for c in REQUIRED + OPTIONAL:
+            if self.key[c] not in table.column_names:
+                return None
+            column = table.column(self.key[c])
+            if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+                return None
+            try:
+                column.validate(full=True)  # UTF-8 a Python string can hold (else the row-by-row path says what is wrong)
+            except pa.ArrowInvalid:
+                return None
+            columns[c] = column
+        plain = pc.and_(pc.match_substring_regex(columns["id"], _NOT_BLANK), pc.match_substring_regex(columns["text"], _NOT_BLANK))
+        for c in ("text", *OPTIONAL):
+            plain = pc.and_(plain, pc.is_valid(columns[c]))
+        plain = pc.fill_null(plain, False).to_numpy(zero_copy_only=False).copy()
+        for c in ("text", *OPTIONAL):
+            plain[_holding_nul(columns[c])] = False
+        return plain
+
+    def table(self, raw: pa.Table) -> pa.Table | None:
+        """The clean rows of a table of raw rows, as a table of SNAPSHOT_SCHEMA (the rows `row` gives, in
+        order); None once past --limit. Rows that need nothing stay in Arrow; the others go through `row`."""
+        if self.source.limit is not None:
+            left = self.source.limit - self.index
+            if left <= 0:
+                self.index += 1
+                return None
+            raw = raw.slice(0, left)
+        plain = self._plain(raw)
+        # The id digests `_new_id` makes, from the id column's bytes (valid UTF-8: the same bytes).
+        digests = _id_digests(raw.column(self.key["id"])) if plain is not None else None
+        taken: list[int] = []  # rows taken as they are
+        cleaned: list[tuple[int, dict[str, str]]] = []  # rows cleaned one by one
+        first, seen = self.index, self.seen
+        for i in range(raw.num_rows):
+            if plain is not None and plain[i]:
+                if digests[i] not in seen:
+                    seen.add(digests[i])
+                    taken.append(i)
+                else:
+                    self.report.skip(first + i, raw.column(self.key["id"])[i].as_py(), "duplicate id (first occurrence kept)")
                 continue
-            text, note = _as_text(raw.get(key["text"]))
-            if text is None or isinstance(raw.get(key["text"]), (int, float)):
-                reason = "null text" if raw.get(key["text"]) is None else "text is not a string"
-                report.skip(index - 1, row_id, reason)
-                continue
-            if note:
-                report.repaired[note] += 1
-            if "\x00" in text:
-                text = text.replace("\x00", "")
-                report.repaired["NUL bytes removed"] += 1
-            if not text.strip():
-                report.skip(index - 1, row_id, "blank text")
-                continue
-            digest = int.from_bytes(hashlib.blake2b(row_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
-            if digest in seen:
-                report.skip(index - 1, row_id, "duplicate id (first occurrence kept)")
-                continue
-            seen.add(digest)
-            out = {"id": row_id, "text": text}
-            for col in OPTIONAL:
-                value, note = _as_text(raw.get(key[col]))
-                if value is None:
-                    report.repaired[f"missing {col} set to empty"] += 1
-                    value = ""
-                elif note:
-                    report.repaired[note] += 1
-                out[col] = value.replace("\x00", "")
-            # Lone surrogates (from JSON escapes) can't be written as UTF-8: replace them.
-            for col, value in out.items():
-                try:
-                    value.encode("utf-8")
-                except UnicodeEncodeError:
-                    out[col] = _SURROGATE.sub("\ufffd", value)
-                    report.repaired["invalid UTF-8 replaced with U+FFFD"] += 1
-            report.rows += 1
-            yield out
+            self.index = first + i + 1
+            out = self.row(raw.slice(i, 1).to_pylist()[0])
+            if out is not None:
+                cleaned.append((i, out))
+        self.index = first + raw.num_rows
+        self.report.rows += len(taken)
+        if not taken:
+            return pa.Table.from_pylist([r for _, r in cleaned], SNAPSHOT_SCHEMA)
+        as_is = raw.select([self.key[c] for c in SNAPSHOT_SCHEMA.names]).rename_columns(SNAPSHOT_SCHEMA.names)
+        as_is = as_is.cast(SNAPSHOT_SCHEMA) if as_is.schema != SNAPSHOT_SCHEMA else as_is
+        if not cleaned:
+            return as_is if len(taken) == raw.num_rows else as_is.take(pa.array(taken, pa.int64()))
+        parts = pa.concat_tables([as_is.take(pa.array(taken, pa.int64())), pa.Table.from_pylist([r for _, r in cleaned], SNAPSHOT_SCHEMA)])
+        order = np.argsort(np.array(taken + [i for i, _ in cleaned], dtype=np.int64), kind="stable")
+        return parts.take(pa.array(order))
 
 
 def read_source(source: Source, report: RowReport) -> Iterator[dict[str, str]]:
@@ -609,28 +743,55 @@ def read_source(source: Source, report: RowReport) -> Iterator[dict[str, str]]:
         raise InputError(f"--source {source.spec}: it holds no rows; check the path, --split or --limit.")
 
 
-def write_snapshot(source: Source, dest: Path, select: Callable[[list[dict[str, str]]], list[dict[str, str]]] | None = None) -> RowReport:
+def read_tables(source: Source, report: RowReport) -> Iterator[pa.Table]:
+    """All clean rows of a source as tables of SNAPSHOT_SCHEMA, streaming, in source order: the rows
+    `read_source` gives. A parquet or `save_to_disk` source is read in Arrow, and its rows that need no
+    check or repair of their own never become Python objects (`_Cleaner.table`)."""
+    if source.kind == "parquet":
+        raw = _parquet_tables(source, _ARROW_BATCH)
+    elif source.kind == "disk":
+        raw = _disk_tables(source, _ARROW_BATCH)
+    else:
+        rows: list[dict[str, str]] = []
+        for row in read_source(source, report):
+            rows.append(row)
+            if len(rows) == _ARROW_BATCH:
+                yield pa.Table.from_pylist(rows, SNAPSHOT_SCHEMA)
+                rows = []
+        if rows:
+            yield pa.Table.from_pylist(rows, SNAPSHOT_SCHEMA)
+        return
+    cleaner = _Cleaner(source, report)
+    for table in raw:
+        clean = cleaner.table(table)
+        if clean is None:
+            break
+        if clean.num_rows:
+            yield clean
+    if report.rows == 0 and not report.skipped:
+        raise InputError(f"--source {source.spec}: it holds no rows; check the path, --split or --limit.")
+
+
+def write_snapshot(source: Source, dest: Path, select: Callable[[pa.Table], pa.Table] | None = None) -> RowReport:
     """Write the source's clean rows to `dest` (temp file, then atomic rename); with `select`, only
-    the rows it returns of each block it is shown (in order: an incremental run keeps only the
-    articles that changed, `wikiembed.articles.Diff`)."""
+    the rows it returns of each table of clean rows it is shown (in order: an incremental run keeps
+    only the articles that changed, `wikiembed.articles.Diff`)."""
     report = RowReport()
     with atomic_path(dest) as tmp, pq.ParquetWriter(tmp, SNAPSHOT_SCHEMA, compression="zstd") as writer:
-        buf: list[dict[str, str]] = []
-        pending: list[dict[str, str]] = []
-
-        def flush(final: bool = False) -> None:
-            nonlocal buf, pending
-            pending += select(buf) if select is not None else buf
-            buf = []
-            while len(pending) >= SNAPSHOT_ROW_GROUP or (final and pending):
-                writer.write_table(pa.Table.from_pylist(pending[:SNAPSHOT_ROW_GROUP], SNAPSHOT_SCHEMA))
-                pending = pending[SNAPSHOT_ROW_GROUP:]
-
-        for row in read_source(source, report):
-            buf.append(row)
-            if len(buf) == SNAPSHOT_ROW_GROUP:
-                flush()
-        flush(final=True)
+        pending: list[pa.Table] = []
+        held = 0
+        for table in read_tables(source, report):
+            chosen = select(table) if select is not None else table
+            if not chosen.num_rows:
+                continue
+            pending.append(chosen)
+            held += chosen.num_rows
+            while held >= SNAPSHOT_ROW_GROUP:  # row groups of exactly SNAPSHOT_ROW_GROUP rows (shards read them by number)
+                joined = pa.concat_tables(pending)
+                writer.write_table(joined.slice(0, SNAPSHOT_ROW_GROUP).combine_chunks())
+                pending, held = [joined.slice(SNAPSHOT_ROW_GROUP)], held - SNAPSHOT_ROW_GROUP
+        if held:
+            writer.write_table(pa.concat_tables(pending).combine_chunks())
     return report
 
 

@@ -63,7 +63,7 @@ def run_shard(
     `chunk_workers`: processes the token chunker may use (default: every core; 1 where this
     process is already one of a pool, `wikiembed.shard_workers`). `reuse`: vectors of the
     published generation, taken where a chunk's text is unchanged; `reuse_previous`: the same,
-    from the generation the manifest names as previous (its index saved by `prepare_store`).
+    from the generation the manifest names as previous (its key files made by `prepare_store`).
 
     Idempotent: a shard whose marker is already committed is returned as is, so an input
     that Modal reschedules after a crash (or the flow retries after a lost answer) costs
@@ -99,9 +99,10 @@ def calibrate_store(root: str, gen: str, backend: Backend | BackendOptions, sync
 def prepare_store(settings: dict[str, Any], sync: StoreSync = LOCAL) -> dict[str, Any]:
     """The download step at the store: snapshot the source and fix the shard plan (see `plan.prepare`).
 
-    A new generation of a published store gets the published one's reuse index saved here,
-    once, so the shard containers load its keys rather than each reading every old chunk, and
-    the articles added, edited and removed since (`changes`), counted where both snapshots are.
+    A new generation of a published store gets the key files of the published one's data files
+    made here where they are missing (files written before keys were kept beside them), once, so the
+    shard containers load keys rather than each reading every old chunk, and the articles added,
+    edited and removed since (`changes`), counted where both snapshots are.
     """
     sync.reload()
     prepared = prepare(RunSettings(**settings))

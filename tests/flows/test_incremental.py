@@ -86,7 +86,9 @@ def test_unchanged_edited_added_removed(prefect_api, versions, tmp_path):
     gen = daily["generation"]
     written = sorted(p.split("/", 2)[2] for p in after if p.startswith(f"gens/{gen}/"))
     assert written == [".wikiembed-card.json", "README.md", "_done/00000.json", "articles.parquet", "chunks/00000.parquet", "data/00000.parquet",
-                       "dropped.parquet", "manifest.json", "snapshot/source.parquet"], written
+                       "dropped.parquet", "keys/00000.npz", "manifest.json", "snapshot/source.parquet"], written
+    # Day 1's generation gained no file (its data files had their chunk keys from the start) and lost its chunks.
+    assert {p for p in after if not p.startswith(f"gens/{gen}/")} == {p for p in day1_files if "/chunks/" not in p}
     old_gen = next(p.name for p in (store / "gens").iterdir() if p.name != gen)
     assert not (store / "gens" / old_gen / "chunks").exists()  # kept only for its data files
     # exported, the two stores are the same dataset

@@ -1,4 +1,4 @@
-"""The reuse index of a published generation: built once from its data files, saved, loaded by others."""
+"""The reuse index of a published generation: loaded from the key files kept beside its data files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from wikiembed import plan
+from wikiembed import chunk_keys
 from wikiembed.backends.factory import open_backend
 from wikiembed.embedding import embed_shard, read_vectors
 from wikiembed.chunking import chunk_shard
@@ -30,7 +30,7 @@ def done_store(tmp_path_factory) -> Store:
 
 
 def _text_reads(monkeypatch) -> list[Path]:
-    """Records every read of a data file's text column alone: what building the keys does."""
+    """Records every read of a data file's text column alone: what making keys from a file does."""
     reads: list[Path] = []
     real = pq.read_table
 
@@ -39,52 +39,81 @@ def _text_reads(monkeypatch) -> list[Path]:
             reads.append(Path(path))
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(plan.pq, "read_table", recording)
+    monkeypatch.setattr(chunk_keys.pq, "read_table", recording)
     return reads
 
 
-def test_a_saved_index_is_loaded_without_reading_old_texts_and_finds_the_same_vectors(done_store: Store, monkeypatch) -> None:
+def test_each_data_file_keeps_its_keys_and_the_index_reads_no_old_text(done_store: Store, monkeypatch) -> None:
+    for k in range(3):
+        texts, _ = read_vectors(done_store.data_path(k))
+        marker = done_store.read_done(k)
+        kept = chunk_keys.read(done_store.data_path(k), marker.sha256, marker.chunks)
+        assert kept is not None and kept.tolist() == chunk_keys.keys(texts).tolist()
     texts, vectors = read_vectors(done_store.data_path(1))
-    ReuseIndex(done_store).save()
-    assert (done_store.dir / ReuseIndex.SAVED).exists()
-
     reads = _text_reads(monkeypatch)
     loaded = ReuseIndex(Store(done_store.root, done_store.gen))
     found_vecs, found = loaded.lookup(texts + ["a chunk text no generation holds"])
-    assert reads == []  # the keys came from the saved index
+    assert reads == [] and loaded.built_from_text == 0  # the keys came from the key files
     assert found.tolist() == [True] * len(texts) + [False]
     assert np.array_equal(found_vecs[: len(texts)], vectors)
+    assert ReuseIndex(done_store).save() == 0  # nothing to write: every file has its keys
 
 
-def test_a_saved_index_is_stale_once_a_shard_is_re_embedded(done_store: Store, monkeypatch) -> None:
-    ReuseIndex(done_store).save()
-    saved = (done_store.dir / ReuseIndex.SAVED).read_bytes()
-    # Shard 0 re-embedded (a rerun): its data file and marker change, so the saved keys no longer cover it.
+def test_keys_of_other_bytes_are_not_used_and_save_writes_them_again(done_store: Store, monkeypatch) -> None:
+    # Shard 0 re-embedded (a rerun): its data file and marker change, so its kept keys no longer cover it.
     marker = done_store.read_done(0)
+    path = chunk_keys.path_for(done_store.data_path(0))
+    before = path.read_bytes()
     done_store.mark_done(0, marker.changed(sha256="0" * 64))
     try:
         reads = _text_reads(monkeypatch)
         rebuilt = ReuseIndex(Store(done_store.root, done_store.gen))
-        rebuilt.save()
-        assert len(reads) == 3  # rebuilt from every data file
-        assert (done_store.dir / ReuseIndex.SAVED).read_bytes() != saved  # and saved again, with the new fingerprint
+        texts, vectors = read_vectors(done_store.data_path(0))
+        found_vecs, found = rebuilt.lookup(texts)
+        assert found.all() and np.array_equal(found_vecs, vectors)
+        assert reads == [done_store.data_path(0)] and rebuilt.built_from_text == 1  # that file's keys from its text
+        assert ReuseIndex(done_store).save() == 1  # and kept again, for its new sha256
+        assert chunk_keys.read(done_store.data_path(0), "0" * 64, marker.chunks) is not None
     finally:
         done_store.mark_done(0, marker)
+        path.write_bytes(before)
 
 
-def test_a_damaged_saved_index_is_rebuilt(done_store: Store) -> None:
-    (done_store.dir / ReuseIndex.SAVED).write_bytes(b"not an npz")
-    texts, _ = read_vectors(done_store.data_path(2))
-    _, found = ReuseIndex(done_store).lookup(texts)
-    assert found.all()
+def test_a_damaged_key_file_is_made_again_from_the_text(done_store: Store) -> None:
+    path = chunk_keys.path_for(done_store.data_path(2))
+    before = path.read_bytes()
+    path.write_bytes(b"not an npz")
+    try:
+        texts, vectors = read_vectors(done_store.data_path(2))
+        found_vecs, found = ReuseIndex(done_store).lookup(texts)
+        assert found.all() and np.array_equal(found_vecs, vectors)
+        assert ReuseIndex(done_store).save() == 1
+        assert path.read_bytes() == before  # the same keys, for the same file
+    finally:
+        path.write_bytes(before)
 
 
-def test_saving_an_index_already_saved_for_the_same_data_reads_and_writes_nothing(done_store: Store, monkeypatch) -> None:
-    ReuseIndex(done_store).save()
-    path = done_store.dir / ReuseIndex.SAVED
-    before = path.stat().st_mtime_ns, path.read_bytes()
-    reads = _text_reads(monkeypatch)
-    again = ReuseIndex(Store(done_store.root, done_store.gen))
-    again.save()  # a resumed run's download step
-    assert reads == [] and (path.stat().st_mtime_ns, path.read_bytes()) == before
-    assert again.lookup([pq.read_table(done_store.data_path(0)).column("text")[0].as_py()])[1].tolist() == [True]
+def test_saving_removes_the_older_whole_generation_index_file(done_store: Store) -> None:
+    legacy = done_store.dir / ReuseIndex.LEGACY
+    legacy.write_bytes(b"an index of the older layout")
+    files = {p: p.stat().st_mtime_ns for p in (done_store.dir / chunk_keys.KEYS_DIR).iterdir()}
+    assert ReuseIndex(Store(done_store.root, done_store.gen)).save() == 0  # a resumed run's download step
+    assert not legacy.exists()
+    assert {p: p.stat().st_mtime_ns for p in (done_store.dir / chunk_keys.KEYS_DIR).iterdir()} == files
+
+
+def test_vectors_come_from_the_row_groups_that_hold_them(done_store: Store, monkeypatch) -> None:
+    """A lookup reads the embedding column of only the row groups of the rows it finds, each once."""
+    read: list[tuple[int, tuple]] = []
+    real = pq.ParquetFile.read_row_group
+
+    def recording(self, group, columns=None, **kwargs):  # noqa: ANN001, ANN003
+        read.append((group, tuple(columns or ())))
+        return real(self, group, columns=columns, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", recording)
+    texts, vectors = read_vectors(done_store.data_path(1))
+    index = ReuseIndex(Store(done_store.root, done_store.gen))
+    found_vecs, found = index.lookup(texts[:2] + texts[:1])
+    assert found.all() and np.array_equal(found_vecs, vectors[[0, 1, 0]])
+    assert read == [(0, ("embedding",))]

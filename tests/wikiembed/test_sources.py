@@ -265,3 +265,41 @@ def test_a_truncated_gzip_file_is_named(tmp_path: Path):
     src.write_bytes(gzip.compress(_jsonl_bytes(_rows(200)))[:-200])
     with pytest.raises(InputError, match=r"cut\.jsonl\.gz: cannot be read to its end"):
         write_snapshot(parse_source(str(src)), tmp_path / "snap.parquet")
+
+
+@pytest.mark.parametrize("limit", [None, 9_000])
+def test_a_parquet_source_read_in_arrow_gives_the_rows_and_report_of_the_row_by_row_path(tmp_path: Path, monkeypatch, limit):
+    """Rows that need nothing stay in Arrow; every other row is checked and repaired as one by one,
+    in source order, across tables (duplicates of an earlier table, --limit inside a table)."""
+    from wikiembed import sources
+
+    monkeypatch.setattr(sources, "_ARROW_BATCH", 1000)
+    rows = [dict(r) for r in generate_articles(12_000)]
+    odd = {
+        3: {"text": "   \n\t "}, 40: {"text": "\u3000\u2003"}, 41: {"text": "\u200b"}, 77: {"text": "a\x00b"},
+        90: {"url": None}, 91: {"title": None}, 92: {"title": "x\x00"}, 93: {"text": None},
+        120: {"id": "  "}, 121: {"id": "\u2028"}, 122: {"id": None}, 1500: {"id": rows[10]["id"]},
+        1999: {"id": rows[1999 - 1]["id"]}, 2000: {"text": "\x1c\x1d"}, 8999: {"text": ""}, 9000: {"url": "u\x00"},
+        11_000: {"id": rows[5]["id"]},
+    }
+    for i, change in odd.items():
+        rows[i].update(change)
+    table = pa.Table.from_pylist(rows, pa.schema([(c, pa.string()) for c in ("id", "url", "title", "text")]))
+    src = tmp_path / "mixed.parquet"
+    pq.write_table(table, src, row_group_size=700)
+    source = parse_source(str(src), limit=limit)
+
+    by_row = sources.RowReport()
+    expected = list(sources.read_source(source, by_row))
+    in_arrow = sources.RowReport()
+    got = [r for t in sources.read_tables(source, in_arrow) for r in t.to_pylist()]
+    assert got == expected
+    assert (in_arrow.rows, in_arrow.skipped, in_arrow.repaired, in_arrow.examples) == (
+        by_row.rows, by_row.skipped, by_row.repaired, by_row.examples)
+    assert by_row.skipped and by_row.repaired  # the odd rows were met
+    # the snapshot is the same file either way
+    write_snapshot(source, tmp_path / "a.parquet")
+    monkeypatch.setattr(sources, "read_tables", lambda s, report: (
+        pa.Table.from_pylist(expected[i:i + 500], sources.SNAPSHOT_SCHEMA) for i in range(0, len(expected), 500)))
+    write_snapshot(source, tmp_path / "b.parquet")
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
