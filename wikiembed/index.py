@@ -294,11 +294,6 @@ class VectorIndex:
         self.form = form
         self._by_fi = {p.fi: p for p in self.parts}
 
-    @property
-    def rows(self) -> int:
-        """Rows the graphs hold together (a kept file's dropped rows included)."""
-        return sum(int(p.sidecar["rows"]) for p in self.parts)
-
     def candidates(self, scorer: Scorer, count: int) -> np.ndarray:
         """Positions of about the `count` best live rows per query by the index's metric, [nq, count];
         -1 where the generation has fewer. Each data file's graph proposes its best `count`, and the
