@@ -1,6 +1,7 @@
 """Stopping a run: Ctrl-C and SIGTERM stop it in seconds with one line and a resumable store, and
-nothing the CLI started outlives it, SIGKILL included. Real CLI subprocesses, real signals, and
-no PREFECT_API_URL: the CLI runs Prefect's temporary API server as a user's terminal would."""
+nothing the CLI started outlives it. Real CLI subprocesses, real signals, and no PREFECT_API_URL:
+the CLI runs Prefect's temporary API server as a user's terminal would. A SIGKILL of the CLI is
+test_prefect_versions.py's, on both ends of the Prefect range (that nothing it started outlives it)."""
 
 from __future__ import annotations
 
@@ -112,15 +113,6 @@ def test_sigterm_during_a_slow_tei_answer_stops_in_seconds(tmp_path):
         assert not _wait_gone(started, 10), "the CLI's children outlived it"
     finally:
         server.stop()
-
-
-def test_nothing_the_cli_started_outlives_a_sigkill(tmp_path):
-    store = tmp_path / "store"
-    proc, started = _start_mid_run(["run", "--source", "sample:150", "--shard-rows", "10", "--store", str(store)],
-                                   _env(tmp_path), store)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not _wait_gone(started, 15), "the CLI's children outlived a SIGKILL"
 
 
 def test_a_run_that_fails_exits_at_once_and_leaves_nothing_behind(tmp_path):
