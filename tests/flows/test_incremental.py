@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -57,9 +58,28 @@ def versions(tmp_path_factory):
     return root
 
 
-def test_unchanged_edited_added_removed(prefect_api, versions, tmp_path):
-    store = tmp_path / "store"
-    first = embed_dataset(source=str(versions / "v1.jsonl"), store=str(store), shard_rows=20)
+@pytest.fixture(scope="module")
+def v1_store(prefect_api, versions, tmp_path_factory):
+    """(store, summary) of a first run on v1: built once, copied by each test that runs on from it."""
+    store = tmp_path_factory.mktemp("v1") / "store"
+    return store, embed_dataset(source=str(versions / "v1.jsonl"), store=str(store), shard_rows=20)
+
+
+@pytest.fixture(scope="module")
+def clean_v2(prefect_api, versions, tmp_path_factory):
+    """(store, summary) of v2 run from scratch, what an incremental run must equal: built once, only read."""
+    store = tmp_path_factory.mktemp("clean-v2") / "store"
+    return store, embed_dataset(source=str(versions / "v2.jsonl"), store=str(store), shard_rows=20)
+
+
+def _copy(store: Path, dest: Path) -> Path:
+    shutil.copytree(store, dest, symlinks=True)
+    return dest
+
+
+def test_unchanged_edited_added_removed(prefect_api, versions, v1_store, clean_v2, tmp_path):
+    store = _copy(v1_store[0], tmp_path / "store")
+    first = v1_store[1]
     assert first["shards_done"] == 4 and first["embedded_chunks"] == first["chunks"]
 
     again = embed_dataset(source=str(versions / "v1.jsonl"), store=str(store), shard_rows=20)
@@ -71,8 +91,7 @@ def test_unchanged_edited_added_removed(prefect_api, versions, tmp_path):
     daily = embed_dataset(source=str(versions / "live.jsonl"), store=str(store), shard_rows=20)
     assert daily["changes"] == {"added": 3, "edited": 1, "removed": 1}
     assert daily["shards_done"] == daily["shards_total"] == 1  # the 4 articles added or edited: one shard of its own
-    clean_store = tmp_path / "clean"
-    clean = embed_dataset(source=str(versions / "v2.jsonl"), store=str(clean_store), shard_rows=20)
+    clean_store, clean = clean_v2
     # only chunks whose text is new were embedded, counted from the outputs
     new_texts = [t for t in _table(clean_store).column("text").to_pylist() if t not in day1_texts]
     assert daily["embedded_chunks"] == len(new_texts) > 0
@@ -103,9 +122,8 @@ def test_unchanged_edited_added_removed(prefect_api, versions, tmp_path):
     assert ta.column("id").to_pylist() == tb.column("id").to_pylist()
 
 
-def test_switch_is_atomic_and_failed_incremental_keeps_the_old_version(prefect_api, versions, tmp_path, monkeypatch):
-    store = tmp_path / "store"
-    embed_dataset(source=str(versions / "v1.jsonl"), store=str(store), shard_rows=20)
+def test_switch_is_atomic_and_failed_incremental_keeps_the_old_version(prefect_api, versions, v1_store, clean_v2, tmp_path, monkeypatch):
+    store = _copy(v1_store[0], tmp_path / "store")
     before = _table(store)
     faulty = faults.install(monkeypatch, poison="A new closing paragraph")
     with pytest.raises(ShardsFailed, match="1/") as ended:
@@ -118,9 +136,7 @@ def test_switch_is_atomic_and_failed_incremental_keeps_the_old_version(prefect_a
     monkeypatch.undo()
     fixed = rerun_shards(store=str(store), shards="failed")
     assert fixed["shards_failed"] == 0
-    clean_store = tmp_path / "clean"
-    embed_dataset(source=str(versions / "v2.jsonl"), store=str(clean_store), shard_rows=20)
-    _same_output(store, clean_store)
+    _same_output(store, clean_v2[0])
 
 
 def test_versions_chain_search_verify_and_a_full_generation_when_much_changed(prefect_api, tmp_path):
