@@ -1,14 +1,20 @@
 """A generation's articles table, and the diff of a new source version against it.
 
-Every generation keeps `gens/<gen>/articles.parquet`: one row per live article, with its `id`, a
-16-byte digest of the id (`id_key`) and of what its chunks are made from (`content_key`: title,
-url and text), and where its chunks are: the generation (`gen`) whose snapshot row (`row`) it is,
-so its shard follows from that generation's plan. It is written while the snapshot is written
-(in the snapshot's order) and read whole only by the next source version's planning: about 45
-bytes an article on disk, 44 in memory (~280 MB for English Wikipedia's 6.4 million articles).
+Every generation keeps `gens/<gen>/articles.parquet`: one row per article of its own snapshot, with
+its `id`, a 16-byte digest of the id (`id_key`) and of what its chunks are made from (`content_key`:
+title, url and text), and where its chunks are: the generation (`gen`) whose snapshot row (`row`)
+it is, so its shard follows from that generation's plan. It is written while the snapshot is
+written (in the snapshot's order): about 45 bytes an article on disk. A full generation's table
+holds every article; an incremental one's only the articles added or edited, so a day writes the
+rows of what changed, not the whole table. A generation's live articles (`Articles.of`) are the
+rows of its own table and of the tables of the generations whose files it keeps, each less the
+articles it dropped from them (its `dropped.parquet`); they are read whole only by the next source
+version's planning: 40 bytes an article in memory (~260 MB for English Wikipedia's 6.4 million
+articles). An incremental generation's table written by an earlier version of wikiembed also holds
+the rows of the articles it kept: only its rows whose `gen` is its own generation are taken as its own.
 
-`Diff` streams the new version's rows past the published generation's table, by their digests
-(`table_keys` makes them from a table's bytes, no Python string per row): an article whose
+`Diff` streams the new version's rows past the published generation's live articles, by their
+digests (`table_keys` makes them from a table's bytes, no Python string per row): an article whose
 id and content digest are unchanged stays where it is; the others (added or edited) are the new
 generation's own rows. The articles edited or removed are dropped from the shard files that hold
 them (`wikiembed.store` keeps those files, less the dropped ids).
@@ -21,9 +27,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 
@@ -106,19 +114,42 @@ def writer(path: Path) -> pq.ParquetWriter:
 
 @dataclass
 class Articles:
-    """A generation's table in memory, sorted by id digest (`order`: each sorted entry's row in the file)."""
+    """A generation's live articles in memory, sorted by id digest. They are the live rows of one or
+    more tables (`layers`: each table's path and, per row of it, whether it is live); `order` gives each
+    sorted entry's position among those live rows, taken table by table in file order."""
 
-    path: Path
+    layers: list[tuple[Path, np.ndarray]]
     id_key: np.ndarray  # S16, sorted
     content_key: np.ndarray  # S16
-    order: np.ndarray  # int64: file row of each sorted entry
+    order: np.ndarray  # int64: position of each sorted entry among the live rows
 
     @classmethod
-    def load(cls, path: Path) -> "Articles":
-        table = pq.read_table(path, columns=["id_key", "content_key"])
-        keys = _s16(table.column("id_key"))
-        order = np.argsort(keys, kind="stable")
-        return cls(path, keys[order], _s16(table.column("content_key"))[order], order)
+    def of(cls, tables: Sequence[tuple[str, Path]], dropped: pa.Table | None = None) -> "Articles":
+        """The live articles of a generation from the tables `(gen, path)` of itself and of the generations
+        whose files it keeps: each table's rows whose `gen` is that generation, less the ids `dropped` (a
+        table of `gen`, `id`) lists for it."""
+        layers, keys, contents = [], [], []
+        for gen, path in tables:
+            table = pq.read_table(path, columns=["id_key", "content_key", "gen"])
+            live = pc.fill_null(pc.equal(table.column("gen"), gen), False).to_numpy(zero_copy_only=False).copy()
+            key = _s16(table.column("id_key"))
+            if dropped is not None:
+                gone = dropped.filter(pc.equal(dropped.column("gen"), gen)).column("id").to_pylist()
+                if gone:
+                    live &= ~np.isin(key, np.array([id_key(i) for i in gone], dtype="S16"))
+            layers.append((path, live))
+            keys.append(key[live])
+            contents.append(_s16(table.column("content_key"))[live])
+        every = np.concatenate(keys) if keys else np.zeros(0, dtype="S16")
+        order = np.argsort(every, kind="stable")
+        content = np.concatenate(contents) if contents else np.zeros(0, dtype="S16")
+        return cls(layers, every[order], content[order], order)
+
+    def rows(self, positions: np.ndarray) -> pa.Table:
+        """`id`, `gen` and `row` of the live rows at `positions` (as `order` numbers them)."""
+        live = [pq.read_table(path, columns=["id", "gen", "row"]).filter(pa.array(mask)) for path, mask in self.layers]
+        every = pa.concat_tables(live) if live else SCHEMA.empty_table().select(["id", "gen", "row"])
+        return every.take(pa.array(positions, pa.int64()))
 
     def __len__(self) -> int:
         return len(self.id_key)
@@ -170,11 +201,5 @@ class Diff:
         return {"added": self.added, "edited": self.edited, "removed": int(removed.sum())}
 
     def dropped_rows(self) -> np.ndarray:
-        """File rows (of the old table) of the articles dropped, ascending."""
+        """Positions (among the old generation's live rows, `Articles.rows`) of the articles dropped, ascending."""
         return np.sort(self.old.order[self.dropped])
-
-    def kept_mask(self) -> np.ndarray:
-        """Per file row of the old table: whether the article stays where it is."""
-        keep = np.ones(len(self.old), dtype=bool)
-        keep[self.old.order[self.dropped]] = False
-        return keep

@@ -197,7 +197,7 @@ def prepare(settings: RunSettings) -> Prepared:
             # Same fingerprint, same rows: re-reading the source repairs the snapshot the
             # remaining shards are cut from (done shards never read it again).
             if manifest.changes is not None:  # an incremental generation's snapshot holds only what changed
-                _write_version(source, target, gen, articles.Articles.load(Store(root.root, manifest.previous_generation).dir / articles.FILE))
+                _write_version(source, target, gen, live_articles(Store(root.root, manifest.previous_generation)))
             else:
                 _write_snapshot(source, target)
             manifest = manifest.changed(snapshot=_snapshot_record(target))
@@ -295,12 +295,26 @@ def _follows(previous: Store) -> "articles.Articles | None":
             for batch in pq.ParquetFile(previous.snapshot_path).iter_batches(batch_size=4096):
                 out.write_table(articles.rows_table(pa.Table.from_batches([batch]), str(previous.gen), first))
                 first += batch.num_rows
-    return articles.Articles.load(path)
+    try:
+        return live_articles(previous, manifest)
+    except FileNotFoundError:  # the table of a generation whose files it keeps is gone
+        return None
+
+
+def live_articles(store: Store, manifest: Manifest | None = None) -> articles.Articles:
+    """A generation's live articles: the rows of its own articles table and of the tables of the
+    generations whose files it keeps (`base`), each less the articles it dropped from them."""
+    manifest = manifest or store.read_manifest()
+    kept = sorted({b.gen for b in manifest.base} - {str(store.gen)})
+    tables = [(g, store.root / "gens" / g / articles.FILE) for g in [str(store.gen), *kept]]
+    dropped = pq.read_table(store.dropped_path, columns=["gen", "id"]) if kept and store.dropped_path.exists() else None
+    return articles.Articles.of(tables, dropped)
 
 
 def _write_version(source: Source, target: Store, gen: str, old: "articles.Articles | None") -> tuple[RowReport, "articles.Diff | None"]:
     """Write the generation's snapshot and its articles table: every row of the source, or (after a
-    published `old` one) only the articles added or edited since, plus the old table's unchanged rows."""
+    published `old` one) only the articles added or edited since; the others stay in the tables of
+    the generations that hold them (`live_articles`)."""
     diff = articles.Diff(old) if old is not None else None
     written = 0
     with atomic_path(target.dir / articles.FILE) as tmp, articles.writer(tmp) as table:
@@ -317,15 +331,6 @@ def _write_version(source: Source, target: Store, gen: str, old: "articles.Artic
             return rows
 
         report = _write_snapshot(source, target, select)
-        if diff is not None:
-            diff.finish()
-            keep = diff.kept_mask()
-            start = 0
-            for batch in pq.ParquetFile(old.path).iter_batches(batch_size=65_536):
-                mask = keep[start : start + batch.num_rows]
-                start += batch.num_rows
-                if mask.any():
-                    table.write_table(pa.Table.from_batches([batch]).filter(pa.array(mask)))
     return report, diff
 
 
@@ -340,7 +345,7 @@ def _base(previous: Store, target: Store, diff: "articles.Diff") -> list[BasePar
         for p in previous.parts(manifest) if p.gen == previous.gen
     ]
     # Where each dropped article is: its generation's snapshot row, and so its shard in that generation's plan.
-    dropped = pq.read_table(diff.old.path, columns=["id", "gen", "row"]).take(pa.array(diff.dropped_rows()))
+    dropped = diff.old.rows(diff.dropped_rows())
     starts = {}
     for g in set(dropped.column("gen").to_pylist()):
         starts[g] = np.array([a for a, _ in Store(previous.root, g).read_manifest().plan.shards], dtype=np.int64)
@@ -497,7 +502,7 @@ def diff_generations(old: Store, new: Store) -> dict[str, int]:
     title, url and text), else (a generation made before tables were kept) by id and text in their
     snapshots."""
     if (old.dir / articles.FILE).exists() and (new.dir / articles.FILE).exists():
-        a, b = articles.Articles.load(old.dir / articles.FILE), articles.Articles.load(new.dir / articles.FILE)
+        a, b = live_articles(old), live_articles(new)
         common, a_pos, b_pos = np.intersect1d(a.id_key, b.id_key, assume_unique=True, return_indices=True)
         edited = int(np.count_nonzero(a.content_key[a_pos] != b.content_key[b_pos]))
         return {"added": int(len(b) - len(common)), "removed": int(len(a) - len(common)), "edited": edited}

@@ -170,6 +170,17 @@ def test_versions_chain_search_verify_and_a_full_generation_when_much_changed(pr
     clean_store = tmp_path / "clean"
     embed_dataset(source=str(tmp_path / "v3.jsonl"), store=str(clean_store), shard_rows=20)
     _same_output(store, clean_store)
+    # Each generation's articles table holds the rows of its own snapshot only (a day writes what changed);
+    # its live articles, those and the kept generations' less what it dropped, are the clean run's.
+    from wikiembed.plan import live_articles
+    from wikiembed.store import Store
+
+    for g in gens:
+        own = pq.read_table(store / "gens" / g / "articles.parquet")
+        assert set(own.column("gen").to_pylist()) == {g}
+        assert own.num_rows == pq.ParquetFile(store / "gens" / g / "snapshot" / "source.parquet").metadata.num_rows
+    live, clean = live_articles(Store(store, gens[2])), live_articles(Store(clean_store))
+    assert (live.id_key.tolist(), live.content_key.tolist()) == (clean.id_key.tolist(), clean.content_key.tolist())
 
     vectors = StoreVectors(store)
     assert vectors.chunks == _table(clean_store).num_rows
