@@ -93,7 +93,8 @@ class ReuseIndex:
         """The vectors of one row group of a data file ([rows, dim] float32), cached."""
         key = (file_index, group)
         if key not in self._cache:
-            column = pq.ParquetFile(self._files[file_index]).read_row_group(group, columns=["embedding"]).column("embedding")
+            # One column: no work for a pool of threads to share.
+            column = pq.ParquetFile(self._files[file_index]).read_row_group(group, columns=["embedding"], use_threads=False).column("embedding")
             column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
             dim = column.type.list_size
             self._cache[key] = column.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
