@@ -62,7 +62,6 @@ FILE_SECONDS = {
     "tests/flows/test_embed_dataset.py": 36,
     "tests/flows/test_vector_identity.py": 33,
     "tests/flows/test_improve_model_publish.py": 31,
-    "tests/flows/test_cli.py": 28,
     "tests/flows/test_snapshot_stops.py": 27,
     "tests/flows/test_hub_daily.py": 23,
     "tests/test_packaging.py": 22,
@@ -72,6 +71,7 @@ FILE_SECONDS = {
     "tests/modal_workers/test_finetune_app.py": 14,
     "tests/flows/test_model_shapes.py": 13,
     "tests/wikiembed/backends/test_tei.py": 13,
+    "tests/flows/test_cli.py": 12,
 }
 
 

@@ -1,18 +1,17 @@
-"""The `wikiembed` CLI: the documented contract (its main in the test process), SIGKILL + resume and bad input
-(real subprocesses)."""
+"""The `wikiembed` CLI: the documented contract (its main in the test process) and bad input (real subprocesses).
+SIGKILL + resume: test_reliability.py (five kills in a row, each resumed by a new process, then the output equals
+an uninterrupted run's and no finished shard was redone)."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.flows.conftest import REFERENCE_ARGS, cli_here, data_files
+from tests.flows.conftest import cli_here
 
 ROOT = Path(__file__).resolve().parents[2]
 SUMMARY_KEYS = {
@@ -41,29 +40,6 @@ def test_status_json_contract(reference, capsys):
     assert (status["done"], status["failed"], status["pending"]) == (6, 0, 0)
     assert {"shard", "state", "rows", "chunks", "error"} <= set(status["shards"][0])
     assert sum(s["chunks"] for s in status["shards"]) == summary["chunks"]
-
-
-def test_sigkill_mid_run_then_resume_gives_identical_output(reference, tmp_path, cli_env, wikiembed_cmd):
-    ref_store, _, _ = reference
-    store = tmp_path / "store"
-    args = ["run", *REFERENCE_ARGS, "--store", str(store)]
-    proc = subprocess.Popen([*wikiembed_cmd, *args], env=cli_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and len(list((store / "_done").glob("*.json"))) < 2:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_before = {p.name: p.stat().st_mtime_ns for p in (store / "_done").glob("*.json")}
-    assert 2 <= len(done_before) < 6, "the kill should land mid-run"
-    # nothing half-written is visible as data
-    assert all(not p.name.startswith(".") for p in (store / "data").glob("*.parquet"))
-    resumed = _run(wikiembed_cmd, cli_env, *args)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    # finished shards were not redone, and the output equals an uninterrupted run byte for byte
-    for name, mtime in done_before.items():
-        assert (store / "_done" / name).stat().st_mtime_ns == mtime
-    assert data_files(store) == data_files(ref_store)
-    assert not [p for p in (store / "data").iterdir() if p.name.startswith(".")]
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,7 @@ def test_five_sigkills_in_a_row_then_completion_equals_uninterrupted(reference, 
     args = [sys.executable, "-m", "wikiembed.flows.cli", "run", *REFERENCE_ARGS, "--store", str(store), "--upload-to", f"dir:{published}"]
     rng = random.Random(20261126)
     kills = 0
+    finished: dict[str, int] = {}  # marker name -> its mtime when first seen after a kill
     # Kill points are events in the store, not clock times, so every kill lands mid-run however
     # fast the machine is: the first during start-up / download / sharding, then right after the
     # 1st, 2nd, ... shard is marked done (while others are being embedded and written).
@@ -66,11 +67,18 @@ def test_five_sigkills_in_a_row_then_completion_equals_uninterrupted(reference, 
         kills += 1
         if (store / "data").exists():
             _assert_consistent(store)
+            assert all(not p.name.startswith(".") for p in (store / "data").glob("*.parquet"))  # nothing half-written is data
+        for marker in (store / "_done").glob("*.json") if (store / "_done").exists() else ():
+            finished.setdefault(marker.name, marker.stat().st_mtime_ns)
+    assert finished, "no shard was done before the last kill"
     # The run that completes it needs no process of its own (nothing kills it): the CLI's main, here.
     final = cli_here(capsys, "run", *REFERENCE_ARGS, "--store", str(store), "--upload-to", f"dir:{published}")
     assert final.returncode == 0, final.stderr[-3000:]
     _assert_consistent(store)
+    # No run after a kill redid a shard that was finished before it, and the output equals an uninterrupted run byte for byte.
+    assert {name: (store / "_done" / name).stat().st_mtime_ns for name in finished} == finished
     assert data_files(store) == data_files(ref_store)
+    assert not [p for p in (store / "data").iterdir() if p.name.startswith(".")]
     ref_pub = ref_store.parent / "published"
     assert sorted(p.name for p in (published / "data").rglob("*.parquet")) == sorted(
         p.name for p in (ref_pub / "data").rglob("*.parquet")
