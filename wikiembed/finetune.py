@@ -11,7 +11,8 @@ sentence-transformers folder trained with sentence-transformers' own trainer:
   highest for it (or the named chunk); its hard negatives are the store's top hits for it that belong
   to no relevant article, found through the approximate index where one is built;
 - the loss is MultipleNegativesRankingLoss (in-batch negatives plus the hard ones), its cached variant
-  (GradCache) for batches too large to hold at once, with batches free of duplicate texts;
+  (GradCache) for batches too large to hold at once, with batches free of duplicate texts; each layer's
+  activations are recomputed in the backward pass, so a step holds one layer's (`CHECKPOINT_ACTIVATIONS`);
 - the held-out queries are scored before and after on one candidate pool (their top store hits plus
   every chunk of their relevant articles, embedded by each model): a quick verdict for the card; the
   full verdict over every chunk is re-embedding the store and `wikiembed eval --queries`.
@@ -71,6 +72,13 @@ MINE_DEPTH = 20
 # fine-tuned folder to re-embed the store; bfloat16 on a GPU stays above 0.99.
 PARITY_COSINE = 0.98
 PARITY_TEXTS = 8
+# Training recomputes each layer's activations in the backward pass instead of keeping them from the forward
+# one. With attention dropout on, attention is materialized per head: three tensors of batch x heads x tokens^2
+# floats a layer (576 MiB at 64 texts of 256 tokens, 12 heads), about 1 GiB a layer in all; MiniLM at batch 32
+# with one hard negative kept 6.2 GiB for its six layers and peaked near 9 GB. Recomputed, one layer's are held
+# at a time. The random state is replayed, so the gradients, and the model, are the same bit for bit; a step
+# costs one more forward pass.
+CHECKPOINT_ACTIVATIONS = True
 
 
 class FinetuneSettings(BaseModel):
@@ -309,7 +317,8 @@ def _finetune(store: str | Path, pairs: Path, out: Path, settings: FinetuneSetti
             return done  # this very fine-tune is already there (a rerun of an interrupted loop)
         raise InputError(f"--out {out}: exists and holds something else; give a new folder (e.g. one per week), or remove it.")
 
-    matched = match(queries, store_keys(vectors.live_batches(["id", "chunk_index"])), f"store {vectors.root}")
+    named = {key for q in queries for key in q.relevant}
+    matched = match(queries, store_keys(vectors.live_batches(["id", "chunk_index"]), named), f"store {vectors.root}")
     alike, near_duplicates = merge_alike(matched.queries, model_reading(vectors.model_id))
     train, held = split_holdout(alike, settings.holdout, settings.seed)
     if len(train) < MIN_TRAIN_QUERIES:
@@ -393,6 +402,8 @@ def _finetune(store: str | Path, pairs: Path, out: Path, settings: FinetuneSetti
         logging_steps=max(1, len(examples) // settings.batch_size // 10),
         disable_tqdm=True,
         use_cpu=device == "cpu",
+        activation_checkpointing=CHECKPOINT_ACTIVATIONS,  # the peak memory of a step: see CHECKPOINT_ACTIVATIONS
+        activation_checkpointing_kwargs={"use_reentrant": False} if CHECKPOINT_ACTIVATIONS else None,
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), loss=loss,
                                          callbacks=[_step_reports(report)])

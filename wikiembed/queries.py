@@ -28,6 +28,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from wikiembed.errors import InputError
@@ -151,16 +152,25 @@ def read_queries(path: str | Path) -> list[JudgedQuery]:
     return [JudgedQuery(text, frozenset(keys)) for text, keys in merged.items()]
 
 
-def store_keys(batches: Iterable[Any]) -> set[Key]:
+def store_keys(batches: Iterable[Any], wanted: Iterable[Key] | None = None) -> set[Key]:
     """Every article key (id, None) and chunk key (id, chunk_index) of a store's rows, given as record
-    batches with those two columns (`StoreVectors.live_batches`)."""
+    batches with those two columns (`StoreVectors.live_batches`).
+
+    `wanted` (e.g. every key some query names): only those of them the store holds, read batch by batch,
+    so what is kept grows with the queries, not with the store (every key of a store is ~150 MB a million chunks)."""
+    wanted_set = None if wanted is None else set(wanted)
+    ids_wanted = None if wanted_set is None else pa.array(sorted({k[0] for k in wanted_set}), type=pa.string())
     keys: set[Key] = set()
     for batch in batches:
+        if ids_wanted is not None:
+            batch = batch.filter(pc.is_in(batch.column("id"), value_set=ids_wanted))
+            if not batch.num_rows:
+                continue
         ids = batch.column("id").to_pylist()
         for i, c in zip(ids, batch.column("chunk_index").to_pylist()):
             keys.add((i, int(c)))
         keys.update((i, None) for i in ids)
-    return keys
+    return keys if wanted_set is None else keys & wanted_set
 
 
 def match(queries: Sequence[JudgedQuery], keys: set[Key], where: str) -> Matched:

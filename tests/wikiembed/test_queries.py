@@ -79,6 +79,12 @@ def test_matching_keeps_what_the_store_holds_and_counts_the_rest(tmp_path):
     assert (matched.read, matched.unmatched, matched.missing_items) == (3, 1, 2)
     with pytest.raises(InputError, match="none of the 1 queries has a relevant article in store S"):
         match([queries[1]], keys, "store S")
+    # Read for the keys the queries name: only those the store holds are kept, and the match is the same.
+    named = {key for q in queries for key in q.relevant}
+    few = store_keys(pq.ParquetFile(data).iter_batches(batch_size=1), named)
+    assert few == {("a", None), ("a", 1)}
+    assert match(queries, few, "store S") == matched
+    assert store_keys(pq.ParquetFile(data).iter_batches(), set()) == set()
 
 
 def test_holdout_is_seeded_disjoint_and_independent_of_order():
