@@ -39,6 +39,7 @@ from wikiembed.compact import Form, arrow_column, encode, stored_forms
 from wikiembed.errors import BackendError, InputError
 from wikiembed.store import Store, sha256_file, store_os_error
 from wikiembed.records import Manifest, Marker
+from wikiembed.sources import streamed
 
 # Chunks embedded and written per parquet row group: bounds memory for any shard
 # size (~20 MB of text and vectors) and keeps the backend's batches large: the
@@ -161,7 +162,7 @@ def embed_shard(
     kind = backend.kind.with_prompt(prompt)
     check_kind(store, manifest, kind)
     dim = int(manifest.model.dim)
-    batches = _groups(chunks) if chunks is not None else pq.ParquetFile(store.chunks_path(shard)).iter_batches(batch_size=EMBED_GROUP)
+    batches = _groups(chunks) if chunks is not None else streamed(store.chunks_path(shard)).iter_batches(batch_size=EMBED_GROUP)
     dest = store.data_path(shard)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     schema = data_schema(dim, forms)
@@ -182,12 +183,12 @@ def embed_shard(
                     if found.any():
                         vectors[found] = found_vecs[found]
                         todo = ~found
+                    found_vecs = None
                 missing = [t for t, need in zip(texts, todo) if need]
                 if missing:
                     where = f"{backend.kind.backend} backend for {backend.model_id} (store {store.root})"
                     unit = kind.normalize and not kind.truncate_dim  # a cut vector is no longer unit length
-                    fresh = check_written(_embed(backend, batch, todo, missing, prompt), len(missing), dim, where, unit)
-                    vectors[todo] = fresh
+                    vectors[todo] = check_written(_embed(backend, batch, todo, missing, prompt), len(missing), dim, where, unit)
                 embedded += len(missing)
                 reused += len(texts) - len(missing)
                 chunks += len(texts)
@@ -201,6 +202,8 @@ def embed_shard(
                 writer.write_table(table)
                 if progress is not None:
                     progress(len(texts))
+                # Let go of this group's rows and vectors before the next group is read and embedded.
+                batch = texts = keys = vectors = todo = missing = flat = column = rows_out = table = None  # noqa: F841
         finally:
             writer.close()
         with tmp.open("rb") as fh:

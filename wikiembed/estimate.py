@@ -39,7 +39,7 @@ import pyarrow as pa
 from wikiembed.chunking import chunk_table, make_chunking
 from wikiembed.errors import InputError
 from wikiembed.model import load_tokenizer, model_info
-from wikiembed.sources import SNAPSHOT_SCHEMA, RowReport, Source, parse_source, pin, read_source
+from wikiembed.sources import SNAPSHOT_SCHEMA, RowReport, Source, parse_source, pin, read_source, streamed
 from wikiembed.tokenizing import encode_ids
 from wikiembed.records import Manifest, Marker
 
@@ -517,9 +517,8 @@ def store_estimate(
     else the recorded one.
     """
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    parquet = pq.ParquetFile(snapshot)
+    parquet = streamed(snapshot)
     wanted = np.zeros(parquet.metadata.num_rows, dtype=bool)
     for a, b in ranges:
         wanted[a:b] = True

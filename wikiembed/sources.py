@@ -420,7 +420,7 @@ def _read_parquet(source: Source) -> Iterator[list[dict]]:
 def _parquet_tables(source: Source, batch_size: int) -> Iterator[pa.Table]:
     for f in _local_files(source):
         try:
-            pf = pq.ParquetFile(f)
+            pf = streamed(f)
             names = pf.schema_arrow.names
             _check_columns(source, names, f)
             wanted = [c for c in _their_names(source) if c in names]
@@ -543,6 +543,7 @@ def clean_rows(batches: Iterable[list[dict]], source: Source, report: RowReport)
     """Validate rows one by one: skip what can't be embedded (with a reason), repair the rest."""
     cleaner = _Cleaner(source, report)
     for batch in batches:
+        cleaner.seen.settle()
         for raw in batch:
             if not cleaner.count():
                 return
@@ -556,9 +557,9 @@ def clean_rows(batches: Iterable[list[dict]], source: Source, report: RowReport)
 _NOT_BLANK = r"[!-~]|\p{L}|\p{N}"
 
 
-def _id_digests(column: pa.ChunkedArray) -> list[int]:
-    """`_Cleaner._new_id`'s digest of each value of a string column."""
-    out: list[int] = []
+def _id_digests(column: pa.ChunkedArray) -> np.ndarray:
+    """`_Cleaner._new_id`'s digest of each value of a string column (uint64)."""
+    out: list[np.ndarray] = []
     blake2b = hashlib.blake2b
     for chunk in column.chunks:
         _, offsets_buffer, data_buffer = chunk.buffers()[:3]
@@ -566,8 +567,8 @@ def _id_digests(column: pa.ChunkedArray) -> list[int]:
         offsets = np.frombuffer(offsets_buffer, dtype=np.int64 if wide else np.int32)[chunk.offset : chunk.offset + len(chunk) + 1].tolist()
         data = memoryview(data_buffer) if data_buffer is not None else memoryview(b"")
         raw = b"".join([blake2b(data[offsets[i] : offsets[i + 1]], digest_size=8).digest() for i in range(len(chunk))])
-        out += np.frombuffer(raw, dtype="<u8").tolist()
-    return out
+        out.append(np.frombuffer(raw, dtype="<u8"))
+    return np.concatenate(out).astype(np.uint64) if out else np.zeros(0, dtype=np.uint64)
 
 
 def _holding_nul(column: pa.ChunkedArray) -> np.ndarray:
@@ -586,6 +587,62 @@ def _holding_nul(column: pa.ChunkedArray) -> np.ndarray:
     return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
 
+class _SeenIds:
+    """The id digests of the rows taken so far (`_Cleaner._new_id`'s): the latest in a set, the others
+    in one sorted uint64 array, 8 bytes an id where a set of Python ints takes about 75, so that
+    checking a source for duplicate ids holds a small share of what its snapshot holds on disk. A
+    bitmap over the array (16 to 32 bits an id, bit `digest & mask` set) answers most digests that
+    are not in it without a search: a row-by-row source pays one set and one bit lookup a row."""
+
+    # Digests kept in the set before `settle` moves them into the array.
+    RECENT = 1 << 17
+
+    def __init__(self) -> None:
+        self.recent: set[int] = set()
+        self.settled = np.zeros(0, dtype=np.uint64)
+        self._bits = bytearray(1)
+        self._mask = 7
+
+    def __contains__(self, digest: int) -> bool:
+        if digest in self.recent:
+            return True
+        slot = digest & self._mask
+        if not self._bits[slot >> 3] >> (slot & 7) & 1:
+            return False
+        at = int(self.settled.searchsorted(np.uint64(digest)))
+        return at < len(self.settled) and int(self.settled[at]) == digest
+
+    def add(self, digest: int) -> None:
+        self.recent.add(digest)
+
+    def settled_mask(self, digests: np.ndarray) -> np.ndarray:
+        """Per digest (uint64): whether it is in the array (it stays so until the next `settle`)."""
+        if not len(self.settled) or not len(digests):
+            return np.zeros(len(digests), dtype=bool)
+        at = np.minimum(np.searchsorted(self.settled, digests), len(self.settled) - 1)
+        return self.settled[at] == digests
+
+    def settle(self) -> None:
+        """Move the set's digests into the array once it holds RECENT of them (called between batches)."""
+        if len(self.recent) < self.RECENT:
+            return
+        new = np.sort(np.fromiter(self.recent, dtype=np.uint64, count=len(self.recent)))
+        self.settled = np.insert(self.settled, np.searchsorted(self.settled, new), new)
+        self.recent = set()
+        if 8 * len(self._bits) >= 16 * len(self.settled):
+            self._mark(new)
+            return
+        size = 1 << (32 * len(self.settled) - 1).bit_length()
+        self._bits, self._mask = bytearray(size // 8), size - 1
+        for at in range(0, len(self.settled), 1 << 20):
+            self._mark(self.settled[at : at + (1 << 20)])
+
+    def _mark(self, digests: np.ndarray) -> None:
+        slots = digests & np.uint64(self._mask)
+        np.bitwise_or.at(np.frombuffer(self._bits, dtype=np.uint8), (slots >> np.uint64(3)).astype(np.intp),
+                         (np.uint8(1) << (slots & np.uint64(7)).astype(np.uint8)))
+
+
 class _Cleaner:
     """`clean_rows`' checks and repairs, with what they carry from row to row (the row count, the ids seen)."""
 
@@ -593,7 +650,7 @@ class _Cleaner:
         mapping = dict(source.columns)
         self.key = {c: mapping.get(c, c) for c in REQUIRED + OPTIONAL}
         self.source, self.report = source, report
-        self.seen: set[int] = set()
+        self.seen = _SeenIds()
         # parquet/disk sources were checked from their schema; row-wise sources by their first row.
         self.check_first = source.kind in ("jsonl", "hub")
         self.index = 0
@@ -694,15 +751,18 @@ class _Cleaner:
                 return None
             raw = raw.slice(0, left)
         plain = self._plain(raw)
-        # The id digests `_new_id` makes, from the id column's bytes (valid UTF-8: the same bytes).
-        digests = _id_digests(raw.column(self.key["id"])) if plain is not None else None
+        seen = self.seen
+        seen.settle()
+        if plain is not None:  # the id digests `_new_id` makes, from the id column's bytes (valid UTF-8: the same bytes)
+            found = _id_digests(raw.column(self.key["id"]))
+            digests, settled = found.tolist(), seen.settled_mask(found).tolist()
         taken: list[int] = []  # rows taken as they are
         cleaned: list[tuple[int, dict[str, str]]] = []  # rows cleaned one by one
-        first, seen = self.index, self.seen
+        first, recent = self.index, seen.recent
         for i in range(raw.num_rows):
             if plain is not None and plain[i]:
-                if digests[i] not in seen:
-                    seen.add(digests[i])
+                if not settled[i] and digests[i] not in recent:
+                    recent.add(digests[i])
                     taken.append(i)
                 else:
                     self.report.skip(first + i, raw.column(self.key["id"])[i].as_py(), "duplicate id (first occurrence kept)")
@@ -794,6 +854,13 @@ def write_snapshot(source: Source, dest: Path, select: Callable[[pa.Table], pa.T
         if held:
             writer.write_table(pa.concat_tables(pending).combine_chunks())
     return report
+
+
+def streamed(path: Path) -> pq.ParquetFile:
+    """A parquet file to read from start to end in batches (`iter_batches`), holding about one row
+    group at a time. Pyarrow's default pre-buffering keeps the column chunks of every row group it has
+    read until the file object is gone: a whole file's compressed bytes by its last batch."""
+    return pq.ParquetFile(path, pre_buffer=False)
 
 
 def read_snapshot_rows(path: Path, start: int, end: int) -> pa.Table:

@@ -267,13 +267,16 @@ def test_a_truncated_gzip_file_is_named(tmp_path: Path):
         write_snapshot(parse_source(str(src)), tmp_path / "snap.parquet")
 
 
-@pytest.mark.parametrize("limit", [None, 9_000])
-def test_a_parquet_source_read_in_arrow_gives_the_rows_and_report_of_the_row_by_row_path(tmp_path: Path, monkeypatch, limit):
+@pytest.mark.parametrize("limit, recent", [(None, None), (9_000, None), (None, 256)])
+def test_a_parquet_source_read_in_arrow_gives_the_rows_and_report_of_the_row_by_row_path(tmp_path: Path, monkeypatch, limit, recent):
     """Rows that need nothing stay in Arrow; every other row is checked and repaired as one by one,
-    in source order, across tables (duplicates of an earlier table, --limit inside a table)."""
+    in source order, across tables (duplicates of an earlier table, --limit inside a table; with
+    `recent`, duplicates of ids already moved from the set into the sorted array)."""
     from wikiembed import sources
 
     monkeypatch.setattr(sources, "_ARROW_BATCH", 1000)
+    if recent:
+        monkeypatch.setattr(sources._SeenIds, "RECENT", recent)
     rows = [dict(r) for r in generate_articles(12_000)]
     odd = {
         3: {"text": "   \n\t "}, 40: {"text": "\u3000\u2003"}, 41: {"text": "\u200b"}, 77: {"text": "a\x00b"},
@@ -303,3 +306,52 @@ def test_a_parquet_source_read_in_arrow_gives_the_rows_and_report_of_the_row_by_
         pa.Table.from_pylist(expected[i:i + 500], sources.SNAPSHOT_SCHEMA) for i in range(0, len(expected), 500)))
     write_snapshot(source, tmp_path / "b.parquet")
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+
+
+def test_the_ids_seen_are_found_in_the_set_and_in_the_sorted_array(monkeypatch):
+    """`_SeenIds` answers as a set of every id digest added, before and after they are settled."""
+    import random
+
+    import numpy as np
+
+    from wikiembed.sources import _SeenIds
+
+    monkeypatch.setattr(_SeenIds, "RECENT", 100)
+    rng = random.Random(0)
+    digests = [rng.getrandbits(64) for _ in range(3_000)] + [0, 2**64 - 1]
+    seen, every = _SeenIds(), set()
+    for i, d in enumerate(digests + digests[:500]):
+        if i % 50 == 0:
+            seen.settle()
+        assert (d in seen) == (d in every)
+        if d not in every:
+            seen.add(d)
+            every.add(d)
+    assert len(seen.settled) + len(seen.recent) == len(every)
+    probe = np.array(digests[:200] + [rng.getrandbits(64) for _ in range(200)], dtype=np.uint64)
+    assert seen.settled_mask(probe).tolist() == np.isin(probe, seen.settled).tolist()
+
+
+def test_a_parquet_source_is_read_holding_about_one_row_group(tmp_path: Path, monkeypatch):
+    """Reading a source into its snapshot holds a row group or two of it at a time, not the whole
+    file (pyarrow's pre-buffering keeps every row group read until the file object goes)."""
+    import random
+    import string
+
+    from wikiembed import sources
+
+    monkeypatch.setattr(sources, "_ARROW_BATCH", 100)  # a table a row group
+
+    rng = random.Random(0)
+    src = tmp_path / "big.parquet"
+    schema = pa.schema([(c, pa.string()) for c in ("id", "url", "title", "text")])
+    with pq.ParquetWriter(src, schema, compression="none") as writer:
+        for g in range(24):  # 24 row groups of about 1 MB of text each
+            text = "".join(rng.choices(string.ascii_letters, k=1_000_000))
+            rows = [{"id": f"{g}-{i}", "url": "", "title": "", "text": text[i * 10_000 : (i + 1) * 10_000]} for i in range(100)]
+            writer.write_table(pa.Table.from_pylist(rows, schema))
+    peak = 0
+    for table in sources.read_tables(parse_source(str(src)), sources.RowReport()):
+        peak = max(peak, pa.total_allocated_bytes())
+        del table
+    assert peak < 8_000_000, f"{peak:,} bytes held while reading a 24 MB source"
