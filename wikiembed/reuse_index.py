@@ -33,9 +33,10 @@ from wikiembed.store import LOCAL, Store, StoreSync
 class ReuseIndex:
     """Vectors of the published generation, found by chunk-text content key.
 
-    Keys are 16-byte blake2b digests held in one sorted numpy array with each key's file and row
-    (32 bytes per chunk), loaded from the data files' key files. Vectors are read from the old data files on demand: only the row groups that hold a
-    row asked for, only their `embedding` column, a few row groups cached at a time.
+    Keys are 16-byte blake2b digests held in one sorted numpy array with each key's position among the
+    generation's rows, file after file (20 bytes per chunk), loaded from the data files' key files.
+    Vectors are read from the old data files on demand: only the row groups that hold a row asked for,
+    only their `embedding` column, a few row groups cached at a time.
     """
 
     _CACHE_GROUPS = 8
@@ -46,7 +47,8 @@ class ReuseIndex:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._keys: np.ndarray | None = None
-        self._where: np.ndarray | None = None  # (file index, row) per key
+        self._at: np.ndarray | None = None  # per key: its row's position among every file's rows, in file order
+        self._file_starts = np.zeros(1, dtype=np.int64)  # first position of each file (and the row count)
         self._files: list[Path] = []  # data files, in the generation's order
         self._starts: dict[int, np.ndarray] = {}  # file index -> first row of each row group (and the row count)
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
@@ -54,7 +56,7 @@ class ReuseIndex:
         self.built_from_text = 0  # data files whose keys were made from their text (no valid key file)
 
     def _build(self) -> None:
-        keys, where = [], []
+        keys, starts = [], [0]
         # Every row of a kept file, dropped articles' too: a vector depends only on its chunk's text.
         for part in self.store.parts():
             found = chunk_keys.read(part.path, part.sha256, part.chunks)
@@ -62,12 +64,15 @@ class ReuseIndex:
                 found = chunk_keys.from_text(part.path)
                 self.built_from_text += 1
             keys.append(found)
-            where.append(np.stack([np.full(len(found), len(self._files)), np.arange(len(found))], axis=1))
+            starts.append(starts[-1] + len(found))
             self._files.append(part.path)
-        self._keys = np.concatenate(keys) if keys else np.zeros(0, dtype="S16")
-        self._where = np.concatenate(where) if where else np.zeros((0, 2), dtype=np.int64)
-        order = np.argsort(self._keys, kind="stable")
-        self._keys, self._where = self._keys[order], self._where[order]
+        every = np.concatenate(keys) if keys else np.zeros(0, dtype="S16")
+        del keys
+        order = np.argsort(every, kind="stable")
+        self._keys = every[order]
+        del every
+        self._at = order.astype(np.uint32 if len(order) < 2**32 else np.int64)
+        self._file_starts = np.array(starts, dtype=np.int64)
 
     def save(self) -> int:
         """Make sure every data file of the generation has its key file, writing the missing ones
@@ -112,7 +117,7 @@ class ReuseIndex:
     def _lookup(self, texts: list[str], keys: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         if self._keys is None:
             self._build()
-        assert self._keys is not None and self._where is not None
+        assert self._keys is not None and self._at is not None
         query = keys if keys is not None else chunk_keys.keys(texts)
         if len(self._keys):
             pos = np.minimum(np.searchsorted(self._keys, query), len(self._keys) - 1)
@@ -122,7 +127,9 @@ class ReuseIndex:
         hits = np.flatnonzero(found)
         if not len(hits):
             return np.zeros((len(texts), 0), dtype=np.float32), found
-        where = self._where[pos[hits]]
+        at = self._at[pos[hits]].astype(np.int64)
+        in_files = np.searchsorted(self._file_starts, at, side="right") - 1
+        where = np.stack([in_files, at - self._file_starts[in_files]], axis=1)  # (file index, row) per hit
         out: np.ndarray | None = None
         # File by file, row group by row group, in the order they are stored.
         for file_index in np.unique(where[:, 0]).tolist():
