@@ -524,8 +524,19 @@ def store_estimate(
         wanted[a:b] = True
     candidates = np.flatnonzero(wanted)
     picked = np.sort(np.random.default_rng(seed).choice(candidates, size=min(sample, len(candidates)), replace=False))
+    # Only the row groups that hold rows to embed are read (a resumed run's done shards are not):
+    # `wanted` and `picked` are taken over to those groups' rows, in order.
+    meta = parquet.metadata
+    starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+    groups = [g for g in range(meta.num_row_groups) if wanted[starts[g] : starts[g + 1]].any()]
+    sizes = np.array([starts[g + 1] - starts[g] for g in groups], dtype=np.int64)
+    before = np.zeros(meta.num_row_groups, dtype=np.int64)  # rows of the groups read before each group
+    before[groups] = np.cumsum(sizes) - sizes
+    at = np.searchsorted(starts, picked, side="right") - 1
+    picked = before[at] + picked - starts[at]
+    wanted = np.concatenate([wanted[starts[g] : starts[g + 1]] for g in groups]) if groups else wanted[:0]
     total_chars, rows, offset = 0, [], 0
-    for batch in parquet.iter_batches(batch_size=4096):
+    for batch in parquet.iter_batches(batch_size=4096, row_groups=groups) if groups else ():
         n = batch.num_rows
         mask = wanted[offset : offset + n]
         if mask.any():
