@@ -231,6 +231,16 @@ def scale(d: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def finetune_memory(d: dict[str, Any]) -> list[Row]:
+    rows = [(f"`wikiembed finetune` peak RSS: {d['chunks']:,} chunks, {d['train']} queries trained on, {d['epochs']} epoch(s), "
+             f"batch {d['batch_size']}, {d['negatives']} hard negative(s)", f"{d['peak_rss_mb']:,.0f} MB ({d['cpu_s']:,.0f} CPU s)", "")]
+    if "without_checkpointing" in d:
+        w = d["without_checkpointing"]
+        rows.append(("the same without activation checkpointing (every layer's activations kept); the two models' weights",
+                     f"{w['peak_rss_mb']:,.0f} MB ({w['cpu_s']:,.0f} CPU s); {'the same bit for bit' if d['same_model'] else 'DIFFERENT'}", ""))
+    return rows
+
+
 # (test for the kind, section title, what the bench measures, rows)
 KINDS: list[tuple[Callable[[dict[str, Any]], bool], str, str, Callable[[dict[str, Any]], list[Row]]]] = [
     (lambda d: d.get("kind") == "scale", "All of English Wikipedia by simulation (`bench/scale.py`)",
@@ -239,6 +249,9 @@ KINDS: list[tuple[Callable[[dict[str, Any]], bool], str, str, Callable[[dict[str
     (lambda d: d.get("kind") == "serve", "Search service (`bench/serve.py`)",
      "`wikiembed serve` in its own process on loopback, clients as threads of the bench's process on the same cores; "
      "the store made by `wikiembed run --index float32` from short synthesized articles (one chunk each).", serve),
+    (lambda d: d.get("kind") == "finetune_memory", "Fine-tune memory on the CPU (`bench/finetune_memory.py`)",
+     "Manual pages as the store, their NAME descriptions as the judged queries; `wikiembed finetune` in a process of its own, "
+     "its peak RSS the kernel's high-water mark.", finetune_memory),
     (lambda d: "models" in d and "engine_chars_per_s" in d, "Engine (CPU)",
      "512-character windows of the built-in sample embedded by the engine and by sentence-transformers "
      "(fp32, batch 32), tokenization included for every method, best of the repeats, methods alternating.", engine),

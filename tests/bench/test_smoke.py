@@ -65,6 +65,8 @@ SMOKE = {
                                (*RESULT, "hf_chars_per_s_per_core", "fast_chars_per_s_per_core", "chunker_chars_per_s_per_core",
                                 "chunker_reference_chars_per_s_per_core", "identical_ids_fraction", "chunks_identical",
                                 "fallback_fraction", "before_after.before", "before_after.after")),
+    "finetune_memory.py": Smoke(("--smoke", "--work", "{work}", "--json", "{out}"),
+                                (*RESULT, "pages", "chunks", "train", "examples", "peak_rss_mb", "cpu_s", "train_loss"), prefect=True),
     "improve_manpages.py": Smoke(("--smoke", "--work", "{work}", "--json", "{out}"),
                                  (*RESULT, "pages", "chunks", "embed_s", "loop_s", "finetune_s", "publish", "reason", "old.mrr",
                                   "new.mrr", "difference", "finetune_pool"), prefect=True),
