@@ -219,3 +219,37 @@ def test_a_stores_rate_counts_the_time_any_shard_was_embedding_once():
     assert rate_source(rate) == "measured by this store's 3 done shards"
     assert store_rate(done, "local", "CPU", "another/model") is None
     assert store_rate(done, "modal", "A10G", model) is None  # many containers at once: no one machine's rate
+
+
+def test_a_stores_estimate_reads_the_rows_to_embed_and_only_their_row_groups(topics, tmp_path, monkeypatch):
+    """Counted over the snapshot rows of the pending shards only (a resumed run's done shards are not
+    read): the articles and characters of exactly those rows, and with every one of them sampled, their
+    exact chunks, whichever row groups the ranges start and end in."""
+    from types import SimpleNamespace
+
+    import pyarrow.parquet as pq
+
+    from wikiembed.estimate import store_estimate
+
+    rows = [json.loads(line) for line in topics.read_text().splitlines()]
+    snapshot = tmp_path / "source.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, SNAPSHOT_SCHEMA), snapshot, row_group_size=7)
+    info = model_info()
+    chunking = make_chunking("tokens", None, 0, info.max_tokens)
+    manifest = SimpleNamespace(chunking=chunking, model=SimpleNamespace(model_id=info.model_id, document_prompt=""))
+    read: list[list[int]] = []
+    real = pq.ParquetFile.iter_batches
+
+    def recorded(self, *args, **kwargs):
+        read.append(list(kwargs.get("row_groups") or []))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", recorded)
+    n = len(rows)
+    ranges = [(3, 9), (20, 21), (n - 5, n)]
+    got = store_estimate(snapshot, ranges, manifest, backend="local", hardware="CPU", sample=10_000)
+    picked = [r for a, b in ranges for r in rows[a:b]]
+    chunks = chunk_table(pa.Table.from_pylist(picked, SNAPSHOT_SCHEMA), chunking, load_tokenizer()).num_rows
+    assert (got["articles"], got["chars"], got["chunks"]) == (len(picked), sum(len(r["text"]) for r in picked), chunks)
+    last = (n - 1) // 7
+    assert read == [[0, 1, 2, *sorted({(n - 5) // 7, last})]]
