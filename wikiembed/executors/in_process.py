@@ -3,11 +3,16 @@
 A shard is chunked (`chunks/NNNNN.parquet`, cut by the tokenizing pool) and then embedded by
 the process's one engine (`open_backend` shares it between shard tasks, which take turns on
 it); with two shards in flight one is chunking on the CPU while the engine embeds the other.
+One shard is chunked at a time: the pool cuts the first shard's parts before the next one's, so
+the engine starts as soon as one shard is cut (at a run's start, two shards cut together would
+both be ready only after twice that).
 
 Touches: the run store's folder, the engine (CPU or the local GPU).
 """
 
 from __future__ import annotations
+
+import threading
 
 import pyarrow as pa
 
@@ -20,6 +25,10 @@ from wikiembed.plan import check_snapshot
 from wikiembed.progress import Progress
 from wikiembed.records import Marker
 from wikiembed.store import Store
+
+
+# Held while a shard is chunked: the shard tasks of this process take turns on the tokenizing pool.
+_CHUNKING = threading.Lock()
 
 
 class InProcess(OnDisk):
@@ -35,7 +44,8 @@ class InProcess(OnDisk):
         store = Store(job.root, job.gen)
         manifest = store.read_manifest()
         try:
-            chunk_shard(store, job.shard, manifest)
+            with _CHUNKING:
+                chunk_shard(store, job.shard, manifest)
         except (OSError, pa.ArrowException):
             check_snapshot(store, manifest)  # a damaged snapshot: say so, and name the repair
             raise
