@@ -36,10 +36,12 @@ class ReuseIndex:
     Keys are 16-byte blake2b digests held in one sorted numpy array with each key's position among the
     generation's rows, file after file (20 bytes per chunk), loaded from the data files' key files.
     Vectors are read from the old data files on demand: only the row groups that hold a row asked for,
-    only their `embedding` column, a few row groups cached at a time.
+    only their `embedding` column, the latest row groups read cached up to _CACHE_BYTES.
     """
 
-    _CACHE_GROUPS = 8
+    # Vectors of the row groups read last kept for the next lookups (at least the last group): a
+    # lookup reads each group it needs once, and the next one mostly needs other groups.
+    _CACHE_BYTES = 64 << 20
     # The whole-generation index file an earlier version kept in the indexed generation's folder:
     # no longer read (the per-file key files replace it), and removed by `save`.
     LEGACY = "reuse-index.npz"
@@ -100,10 +102,11 @@ class ReuseIndex:
         if key not in self._cache:
             # One column: no work for a pool of threads to share.
             column = pq.ParquetFile(self._files[file_index]).read_row_group(group, columns=["embedding"], use_threads=False).column("embedding")
-            column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+            if isinstance(column, pa.ChunkedArray):
+                column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
             dim = column.type.list_size
             self._cache[key] = column.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
-            while len(self._cache) > self._CACHE_GROUPS:
+            while len(self._cache) > 1 and sum(v.nbytes for v in self._cache.values()) > self._CACHE_BYTES:
                 self._cache.popitem(last=False)
         self._cache.move_to_end(key)
         return self._cache[key]
