@@ -29,6 +29,7 @@ from wikiembed.backends.factory import BackendOptions
 from wikiembed.calibration import calibrate
 from wikiembed.embedding import VectorSource, embed_shard, record_vector_kind
 from wikiembed.chunking import chunk_shard_parts
+from wikiembed.memory import release_free_memory
 from wikiembed import reuse_index
 from wikiembed.plan import diff_generations, prepare, promote
 from wikiembed.records import Marker
@@ -113,6 +114,7 @@ def prepare_store(settings: dict[str, Any], sync: StoreSync = LOCAL) -> dict[str
         if changes is None:
             changes = diff_generations(previous, prepared.store)
     sync.commit()
+    release_free_memory()  # what planning held: the shards that follow do not run on top of it
     return {"store": str(prepared.store.root), "gen": prepared.store.gen, "previous_gen": prepared.previous_gen, "changes": changes}
 
 
