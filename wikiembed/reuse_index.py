@@ -76,6 +76,12 @@ class ReuseIndex:
         self._at = order.astype(np.uint32 if len(order) < 2**32 else np.int64)
         self._file_starts = np.array(starts, dtype=np.int64)
 
+    def load(self) -> None:
+        """Load the keys now (else the first lookup does)."""
+        with self._lock:
+            if self._keys is None:
+                self._build()
+
     def save(self) -> int:
         """Make sure every data file of the generation has its key file, writing the missing ones
         from the file's text, so the processes and containers that reuse this generation load keys

@@ -19,8 +19,9 @@ import pyarrow as pa
 from wikiembed import reuse_index
 from wikiembed.embedding import embed_shard
 from wikiembed.chunking import chunk_shard
-from wikiembed.executors.base import ShardJob
+from wikiembed.executors.base import Planned, ShardJob
 from wikiembed.executors.on_disk import OnDisk
+from wikiembed.memory import release_free_memory
 from wikiembed.plan import check_snapshot
 from wikiembed.progress import Progress
 from wikiembed.records import Marker
@@ -39,6 +40,17 @@ class InProcess(OnDisk):
         # The model is loaded before the store is touched: a model folder that cannot embed must not
         # be recorded as the store's model, nor leave a lock file in a new folder.
         self.check_backend(self.settings.model)
+
+    def prepare(self) -> Planned:
+        planned = super().prepare()
+        if planned.previous_gen:
+            # The shard tasks' reuse index is loaded before any shard is in flight: building it holds
+            # about twice what it keeps, which would otherwise come on top of the first shards' own.
+            index = reuse_index.shared(planned.store, planned.previous_gen)
+            if index is not None:
+                index.load()
+                release_free_memory()
+        return planned
 
     def run_shard(self, job: ShardJob) -> Marker:
         store = Store(job.root, job.gen)
