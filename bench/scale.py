@@ -164,7 +164,7 @@ def _as_cli(argv: list[str]) -> int:
     return main(argv)
 
 
-def _search_figures(store: str) -> dict[str, Any]:
+def _search_figures(store: str, form_name: str = "float32") -> dict[str, Any]:
     """Warm search latency through the library, exact and through the index: 1 query, then 100."""
     _free_engine()
     import numpy as np
@@ -172,7 +172,7 @@ def _search_figures(store: str) -> dict[str, Any]:
     from wikiembed.search import StoreVectors
 
     vectors = StoreVectors(store)
-    form = vectors.form("float32")
+    form = vectors.form(form_name)
     queries = vectors.embed_queries([f"history of the river bridge number {i}" for i in range(QUERIES)])
     out: dict[str, Any] = {"chunks": None}
 
@@ -293,7 +293,8 @@ def _planned_shards(store: Path) -> int:
 
 # -- one size -------------------------------------------------------------------------------------
 
-def _size(work: Path, fraction: float, env: dict[str, str], shard_rows: int | None, hub: Any, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+def _size(work: Path, fraction: float, env: dict[str, str], shard_rows: int | None, hub: Any, skip: frozenset[str] = frozenset(),
+          index_form: str = "float32") -> dict[str, Any]:
     folder = work / f"f{fraction:g}"
     folder.mkdir(parents=True, exist_ok=True)
     corpus = _write_corpus(folder, fraction)
@@ -368,14 +369,15 @@ def _size(work: Path, fraction: float, env: dict[str, str], shard_rows: int | No
     if "index" in skip:
         steps["index"] = {"skipped": "not run (--skip index): searches below scan exactly"}
     else:
-        steps["index"] = _step(_cli("index", "--store", str(store), "--form", "float32"), env, [store])
+        steps["index"] = _step(_cli("index", "--store", str(store), "--form", index_form), env, [store])
     if not skipped("search_1"):
-        steps["search_1"] = _step(_cli("search", "--store", str(store), "history of the river bridge"), env, [store])
+        steps["search_1"] = _step(_cli("search", "--store", str(store), "--form", index_form, "history of the river bridge"), env, [store])
     if fraction != SMOKE_FRACTION and not skipped("search_1_exact"):  # the smoke run checks the exact scan in-process (below) only
-        steps["search_1_exact"] = _step(_cli("search", "--store", str(store), "--exact", "history of the river bridge"), env, [store])
+        steps["search_1_exact"] = _step(_cli("search", "--store", str(store), "--form", index_form, "--exact", "history of the river bridge"),
+                                        env, [store])
     search: dict[str, Any] = {}
     if "search" not in skip:
-        probe = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--as-search", str(store)], cwd=ROOT, env=env,
+        probe = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--as-search", str(store), index_form], cwd=ROOT, env=env,
                                capture_output=True, text=True)
         search = json.loads(probe.stdout.strip().splitlines()[-1]) if probe.returncode == 0 else {"error": probe.stderr[-2000:]}
     if not skipped("eval_sample"):
@@ -401,7 +403,7 @@ def _size(work: Path, fraction: float, env: dict[str, str], shard_rows: int | No
         steps["index_day2"] = {"skipped": "not run (--skip index)"}
     else:
         built = folder / "index-day2.json"
-        steps["index_day2"] = _step(_cli("index", "--store", str(store), "--form", "float32", "--json", str(built)), env, [store])
+        steps["index_day2"] = _step(_cli("index", "--store", str(store), "--form", index_form, "--json", str(built)), env, [store])
         if built.exists():
             report = json.loads(built.read_text())
             steps["index_day2"].update({key: report.get(key) for key in ("parts_built", "parts_reused", "rows_built")})
@@ -421,7 +423,7 @@ def _size(work: Path, fraction: float, env: dict[str, str], shard_rows: int | No
     if failed:
         raise SystemExit(f"steps failed at fraction {fraction}: {failed}")
     return {
-        "fraction": fraction, "articles": corpus["articles"], "chars": corpus["chars"], "chunks": chunks,
+        "fraction": fraction, "index_form": index_form, "articles": corpus["articles"], "chars": corpus["chars"], "chunks": chunks,
         "shards": len(summary["plan"]["shards"]), "data_bytes": data_bytes, "corpus": corpus,
         "steps": steps, "search": search, "resume": resume, "incremental": incremental,
     }
@@ -608,7 +610,7 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--as-cli":
         sys.exit(_as_cli(sys.argv[2:]))
     if len(sys.argv) > 1 and sys.argv[1] == "--as-search":
-        print(json.dumps(_search_figures(sys.argv[2])))
+        print(json.dumps(_search_figures(*sys.argv[2:4])))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fractions", default="0.001,0.01,0.1", help="fractions of English Wikipedia's characters")
@@ -619,6 +621,8 @@ def main() -> None:
                         "which are as hard to index as random ones: far slower than real embeddings), status, status_verify, "
                         "export, search_1, search_1_exact, search (the warm in-process figures), eval_sample, upload, "
                         "run_day1_tei_workers; day 1 and day 2 always run")
+    parser.add_argument("--index-form", default="float32", help="the stored form `index` and the searches use: float32, or int8 "
+                        "(written by every size's run; its graph builds about 5x faster here)")
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
     fractions = [SMOKE_FRACTION] if args.smoke else [float(f) for f in args.fractions.split(",")]
@@ -645,7 +649,7 @@ def main() -> None:
     try:
         with HubServer() as hub:
             for fraction in sorted(fractions):
-                size = _size(work, fraction, env, shard_rows, hub, frozenset(x for x in args.skip.split(",") if x))
+                size = _size(work, fraction, env, shard_rows, hub, frozenset(x for x in args.skip.split(",") if x), args.index_form)
                 result["sizes"].append(size)
                 result["exponents"] = _exponents(result["sizes"])
                 result["incremental"] = size["incremental"]
