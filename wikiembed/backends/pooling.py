@@ -3,8 +3,8 @@
 
 Each step follows sentence-transformers' own module (`Pooling._forward_padded`, `Dense`,
 `Normalize`, `truncate_embeddings`), so the engine's vectors are what `encode_document` makes:
-- pooling modes `cls`, `max`, `mean`, `mean_sqrt_len_tokens`, `weightedmean`, `lasttoken`,
-  several concatenated in the order the config lists them;
+- pooling modes `cls`, `max`, `mean`, `mean_sqrt_len_tokens`, `weightedmean`, `lasttoken` (one
+  function each, in `POOLING`), several concatenated in the order the config lists them;
 - `include_prompt=False`: the prompt's first tokens (special tokens before it included) are
   left out of the pooling, and weighted-mean weights keep the positions they had;
 - Dense layers after pooling, each `activation(linear(x))`; then L2 normalization; then the
@@ -20,7 +20,7 @@ Touches: the Dense modules' weight files (read once, when the head is made).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from wikiembed.errors import InputError
 from wikiembed.model import ModelInfo
@@ -61,43 +61,90 @@ class Head:
         return pooled
 
     def _pool(self, mode: str, hidden: Any, real: Any, seen: Any) -> Any:
-        torch = self._torch
-        rows, length, width = hidden.shape
-        if mode == "cls":
-            if seen is None or seen is real:
-                return hidden[:, 0]
-            # The first position pooling sees: the first token after an excluded prompt.
-            first = seen.to(torch.int32).argmax(dim=1)
-            return hidden[torch.arange(rows, device=hidden.device), first]
-        if mode == "lasttoken":
-            if seen is None:
-                return hidden[:, -1]
-            # The last position pooling sees; a row that sees none falls back to the last position.
-            flipped = seen.flip(1)
-            values, index = flipped.max(dim=1)
-            last = torch.where(values == 0, torch.full_like(index, length - 1), length - 1 - index)
-            return hidden[torch.arange(rows, device=hidden.device), last] * values.to(hidden.dtype).unsqueeze(-1)
-        if mode == "max":
-            if seen is None:
-                return hidden.max(dim=1).values
-            return hidden.masked_fill(seen.unsqueeze(-1) == 0, float("-inf")).max(dim=1).values
-        if mode in ("mean", "mean_sqrt_len_tokens"):
-            if seen is None:
-                total = hidden.sum(dim=1, dtype=torch.float32)
-                count = torch.full((rows, 1), float(length), device=hidden.device)
-            else:
-                weights = seen.to(torch.float32)
-                total = torch.bmm(weights.unsqueeze(1), hidden.float()).squeeze(1)
-                count = weights.sum(dim=1, keepdim=True).clamp(min=1e-9)
-            return total / (count if mode == "mean" else count.sqrt())
-        if mode == "weightedmean":
-            # Weights 1, 2, ... by position from the first real token (right padding: position 0).
-            weights = torch.arange(1, length + 1, device=hidden.device, dtype=torch.float32).expand(rows, length)
-            if seen is not None:
-                weights = weights * seen.to(torch.float32)
-            total = torch.bmm(weights.unsqueeze(1), hidden.float()).squeeze(1)
-            return total / weights.sum(dim=1, keepdim=True).clamp(min=1e-9)
-        raise InputError(f"pooling mode {mode!r} is not one the engine runs")  # model_info refuses it first
+        pool = POOLING.get(mode)
+        if pool is None:
+            raise InputError(f"pooling mode {mode!r} is not one the engine runs")  # model_info refuses it first
+        return pool(self._torch, hidden, real, seen)
+
+
+# ---- the pooling modes ------------------------------------------------------------
+# Each takes (torch, hidden `[rows, length, width]`, real, seen) and returns `[rows, width]`: `real` marks
+# the real tokens and `seen` the ones pooling sees (the prompt's left out where `include_prompt` is
+# False); either is None where every position counts (`seen is real` where nothing is left out).
+
+Pool = Callable[[Any, Any, Any, Any], Any]
+POOLING: dict[str, Pool] = {}
+
+
+def pooling_mode(name: str) -> Callable[[Pool], Pool]:
+    """Make `name` (as a Pooling module's config names it) run the decorated function. A new mode is its
+    function here and its name in `wikiembed.model.POOLING_MODES`, which the model reader accepts."""
+
+    def add(pool: Pool) -> Pool:
+        POOLING[name] = pool
+        return pool
+
+    return add
+
+
+@pooling_mode("cls")
+def _cls(torch: Any, hidden: Any, real: Any, seen: Any) -> Any:
+    if seen is None or seen is real:
+        return hidden[:, 0]
+    # The first position pooling sees: the first token after an excluded prompt.
+    first = seen.to(torch.int32).argmax(dim=1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
+
+
+@pooling_mode("lasttoken")
+def _last_token(torch: Any, hidden: Any, real: Any, seen: Any) -> Any:
+    rows, length, _ = hidden.shape
+    if seen is None:
+        return hidden[:, -1]
+    # The last position pooling sees; a row that sees none falls back to the last position.
+    flipped = seen.flip(1)
+    values, index = flipped.max(dim=1)
+    last = torch.where(values == 0, torch.full_like(index, length - 1), length - 1 - index)
+    return hidden[torch.arange(rows, device=hidden.device), last] * values.to(hidden.dtype).unsqueeze(-1)
+
+
+@pooling_mode("max")
+def _max(torch: Any, hidden: Any, real: Any, seen: Any) -> Any:
+    if seen is None:
+        return hidden.max(dim=1).values
+    return hidden.masked_fill(seen.unsqueeze(-1) == 0, float("-inf")).max(dim=1).values
+
+
+def _mean_parts(torch: Any, hidden: Any, seen: Any) -> tuple[Any, Any]:
+    """(sum of the seen positions' states in float32, their count)."""
+    rows, length, _ = hidden.shape
+    if seen is None:
+        return hidden.sum(dim=1, dtype=torch.float32), torch.full((rows, 1), float(length), device=hidden.device)
+    weights = seen.to(torch.float32)
+    return torch.bmm(weights.unsqueeze(1), hidden.float()).squeeze(1), weights.sum(dim=1, keepdim=True).clamp(min=1e-9)
+
+
+@pooling_mode("mean")
+def _mean(torch: Any, hidden: Any, real: Any, seen: Any) -> Any:
+    total, count = _mean_parts(torch, hidden, seen)
+    return total / count
+
+
+@pooling_mode("mean_sqrt_len_tokens")
+def _mean_sqrt_len(torch: Any, hidden: Any, real: Any, seen: Any) -> Any:
+    total, count = _mean_parts(torch, hidden, seen)
+    return total / count.sqrt()
+
+
+@pooling_mode("weightedmean")
+def _weighted_mean(torch: Any, hidden: Any, real: Any, seen: Any) -> Any:
+    rows, length, _ = hidden.shape
+    # Weights 1, 2, ... by position from the first real token (right padding: position 0).
+    weights = torch.arange(1, length + 1, device=hidden.device, dtype=torch.float32).expand(rows, length)
+    if seen is not None:
+        weights = weights * seen.to(torch.float32)
+    total = torch.bmm(weights.unsqueeze(1), hidden.float()).squeeze(1)
+    return total / weights.sum(dim=1, keepdim=True).clamp(min=1e-9)
 
 
 def _load_dense(folder: str, in_features: int, out_features: int, bias: bool, activation: str, device: str) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -161,3 +162,43 @@ def test_an_unknown_pooling_mode_is_the_only_part_refused(shapes: Path, tmp_path
     (folder / "1_Pooling" / "config.json").write_text(json.dumps({"embedding_dimension": 64, "pooling_mode": "attention"}))
     refusals = model_info(str(folder)).refusals()
     assert len(refusals) == 1 and "'attention'" in refusals[0] and "Normalize" not in refusals[0], refusals
+
+
+def test_a_new_pooling_mode_is_its_name_in_the_model_reader_and_its_function_in_the_head(
+    shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What docs/DEVELOPMENT.md says a pooling mode takes, done here: its name where `wikiembed/model.py`
+    accepts Pooling configs (`POOLING_MODES`) and its function in `wikiembed/backends/pooling.py`
+    (`@pooling_mode`); a model whose Pooling config names it then embeds with it, nothing else changed."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from wikiembed import model
+    from wikiembed.backends import pooling
+
+    folder = tmp_path / "min-model"
+    shutil.copytree(build("mean", shapes), folder)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"embedding_dimension": 64, "pooling_mode": "min"}))
+    assert "'min'" in model_info(str(folder)).refusals()[0]  # not known yet
+
+    monkeypatch.setattr(model, "POOLING_MODES", (*model.POOLING_MODES, "min"))
+    monkeypatch.setitem(pooling.POOLING, "min", None)  # the registration below is undone after the test
+
+    @pooling.pooling_mode("min")
+    def _min(torch: Any, hidden: Any, real: Any, seen: Any) -> Any:
+        if seen is None:
+            return hidden.min(dim=1).values
+        return hidden.masked_fill(seen.unsqueeze(-1) == 0, float("inf")).min(dim=1).values
+
+    info = model_info(str(folder))
+    assert info.refusals() == [] and info.pooling == "min" and info.dim == 64
+    texts = ["a", "Short one.", "Ünïcödé — 東京 text", *[t[:200] for t in TEXTS[:6]]]
+    with TorchEngine(str(folder), "cpu") as engine:
+        vectors = engine.embed(texts, info.prompt(None, "document"))
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    with torch.no_grad():
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+        hidden = AutoModel.from_pretrained(str(folder)).eval()(**batch).last_hidden_state
+        expected = hidden.masked_fill(batch["attention_mask"].unsqueeze(-1) == 0, float("inf")).min(dim=1).values
+        expected = torch.nn.functional.normalize(expected, dim=-1).numpy()
+    np.testing.assert_allclose(vectors, expected, atol=1e-4)
