@@ -22,7 +22,6 @@ recorded kind), `STORE/data/`, `STORE/keys/`, `STORE/_done/`.
 
 from __future__ import annotations
 
-import os
 import shlex
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wikiembed import chunk_keys
+from wikiembed.atomic import atomic_path
 from wikiembed.backends.base import Backend, VectorKind, check_vectors
 from wikiembed.chunking import CHUNK_SCHEMA
 from wikiembed.compact import Form, arrow_column, encode, stored_forms
@@ -164,14 +164,11 @@ def embed_shard(
     dim = int(manifest.model.dim)
     batches = _groups(chunks) if chunks is not None else streamed(store.chunks_path(shard)).iter_batches(batch_size=EMBED_GROUP)
     dest = store.data_path(shard)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     schema = data_schema(dim, forms)
     embedded = reused = chunks = chars = 0
     row_keys: list[np.ndarray] = []  # the content keys of the file's rows, kept beside it (`wikiembed.chunk_keys`)
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        writer = pq.ParquetWriter(tmp, schema, compression="zstd")
-        try:
+        with atomic_path(dest) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             for batch in batches:
                 texts = batch.column("text").to_pylist()
                 keys = chunk_keys.keys(texts)
@@ -204,17 +201,8 @@ def embed_shard(
                     progress(len(texts))
                 # Let go of this group's rows and vectors before the next group is read and embedded.
                 batch = texts = keys = vectors = todo = missing = flat = column = rows_out = table = None  # noqa: F841
-        finally:
-            writer.close()
-        with tmp.open("rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise store_os_error(exc, dest) from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     st = dest.stat()
     sha256 = sha256_file(dest)
     try:

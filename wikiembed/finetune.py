@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -50,6 +49,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from wikiembed import atomic
 from wikiembed.compact import column_values
 from wikiembed.errors import InputError
 from wikiembed.evaluate import DEPTH, judge, metrics, paired_difference
@@ -376,10 +376,7 @@ def _finetune(store: str | Path, pairs: Path, out: Path, settings: FinetuneSetti
 
     # A fine-tune killed before its rename leaves its temporary folder (under the lock, no other is running): nothing
     # in it is reused.
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    tmp.mkdir(parents=True)
+    tmp = atomic.begin_dir(out)
     if settings.batch_size > CACHED_ABOVE:
         loss: Any = CachedMultipleNegativesRankingLoss(model, mini_batch_size=CACHED_MINI_BATCH)
     else:
@@ -450,7 +447,7 @@ def _finetune(store: str | Path, pairs: Path, out: Path, settings: FinetuneSetti
         header, body = generated[:end], generated[end:]
     (tmp / "README.md").write_text(header + _card(record) + "\n" + body, encoding="utf-8")
     (tmp / RECORD).write_text(json.dumps(record, indent=1), encoding="utf-8")
-    os.replace(tmp, out)
+    atomic.finish_dir(tmp, out)
     return record
 
 

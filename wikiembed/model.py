@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from wikiembed import atomic
 from wikiembed.errors import InputError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -436,9 +437,7 @@ class _HashCache:
     def __exit__(self, *exc: object) -> None:
         try:
             if self.changed:
-                tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-                tmp.write_text(json.dumps(self.entries), encoding="utf-8")
-                os.replace(tmp, self.path)
+                atomic.write_text(self.path, json.dumps(self.entries), follow_links=True)
         except OSError:
             pass
         finally:

@@ -33,6 +33,7 @@ import orjson
 from pydantic import ValidationError
 
 from wikiembed import atomic
+from wikiembed.atomic import pid_alive
 from wikiembed.errors import InputError, StoreError
 from wikiembed.records import FORMAT, MARKER_FORMAT, Manifest, Marker, VectorKind
 
@@ -239,12 +240,9 @@ class Store:
         """Atomically point `current`/`next` at a generation (or remove the pointer)."""
         link = self.root / name
         if gen is None:
-            link.unlink(missing_ok=True)
+            atomic.remove(link)
             return
-        tmp = self.root / f".{name}.tmp-{os.getpid()}"
-        tmp.unlink(missing_ok=True)
-        os.symlink(f"gens/{gen}", tmp)
-        os.replace(tmp, link)
+        atomic.replace_link(link, f"gens/{gen}")
         if name == "current":
             for entry in self.LINKS:
                 top = self.root / entry
@@ -475,7 +473,7 @@ class Store:
         anywhere before the data it vouches for."""
         self.sync.commit()
         write_json_atomic(self.done_path(shard), marker.model_dump(mode="json"))
-        self.failed_path(shard).unlink(missing_ok=True)
+        atomic.remove(self.failed_path(shard))
         self.sync.commit()
 
     def mark_failed(self, shard: int, error: str, attempts: int) -> None:
@@ -499,8 +497,8 @@ class Store:
 
     def forget(self, shard: int) -> None:
         """Make a shard pending again (for reruns): drop its marker first, then its file."""
-        self.done_path(shard).unlink(missing_ok=True)
-        self.data_path(shard).unlink(missing_ok=True)
+        atomic.remove(self.done_path(shard))
+        atomic.remove(self.data_path(shard))
         self.sync.commit()
 
     def states(self, manifest: Manifest | None = None, *, verify: bool = False) -> list[ShardState]:
@@ -546,32 +544,18 @@ class Store:
         return out
 
     def clean_temp_files(self) -> int:
-        """Remove temp files a killed run left behind (they are never read as data)."""
-        removed = 0
-        for sub in ("snapshot", "chunks", "data", "_done", "_failed", "."):
-            for tmp in (self.dir / sub).glob(".*.tmp-*"):
-                pid = tmp.name.rsplit("-", 1)[-1]
-                if pid.isdigit() and pid_alive(int(pid)) and int(pid) != os.getpid():
-                    continue
-                tmp.unlink(missing_ok=True)
-                removed += 1
+        """Remove the temp files (`atomic.temp_path`) that killed processes left anywhere in the generation's
+        folder (snapshot, chunks, data, keys, markers, tables, index builds) and the store's `current`/`next`
+        links' temps; they are never read as data. Never through a link (`atomic.remove_temps`)."""
+        removed = atomic.remove_temps(self.dir, recursive=True)
+        if self.root != self.dir:
+            removed += atomic.remove_temps(self.root)
         return removed
 
     # lock ------------------------------------------------------------------------
     def lock(self, wait_s: float = 0.0) -> "StoreLock":
         self.check_root()
         return StoreLock(self.root / ".lock", wait_s)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class StoreLock:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from wikiembed import atomic
 from wikiembed.errors import InputError
 
 
@@ -36,8 +37,5 @@ def point_link(link: str | Path, store: str | Path) -> dict[str, str]:
     path = check_link(link)
     target = Path(store).expanduser().resolve()
     relative = os.path.relpath(target, path.parent.resolve())
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    os.symlink(relative, tmp)
-    os.replace(tmp, path)
+    atomic.replace_link(path, relative, follow_links=True)
     return {"link": str(path), "store": str(target)}
