@@ -78,3 +78,54 @@ def test_run_without_a_source_says_it_embeds_the_built_in_sample(tmp_path, capsy
     assert json.loads(cli_here(capsys, "status", "--store", str(tmp_path / "store"), "--json").stdout)["source"] == "sample:1000"
     given = cli_here(capsys, "run", "--source", "sample:3", "--store", str(tmp_path / "other"))
     assert given.returncode == 0 and "no --source" not in given.stderr
+
+
+def test_a_source_format_is_one_reader_registered_then_run_reads_it(tmp_path, capsys, prefect_api):
+    """What docs/DEVELOPMENT.md says a source format takes, done here: one reader (a `SourceReader` that says
+    which `--source` it takes and reads its raw rows), registered; `wikiembed run --source` then reads it."""
+    import csv
+
+    import pyarrow.parquet as pq
+
+    from wikiembed import sources
+    from wikiembed.sources.base import SourceReader, batched, data_files
+
+    class CsvReader(SourceReader):
+        kind = "csv"
+        file_hint = ".csv"
+        folder_label = "CSV files"
+
+        def takes_file(self, path):
+            return path.suffix.lower() == ".csv"
+
+        def folder_files(self, folder):
+            return data_files(folder, ("*.csv",))
+
+        def batches(self, source, report):
+            def rows():
+                for f in self.files(source):
+                    with f.open(newline="", encoding="utf-8") as fh:
+                        yield from csv.DictReader(fh)
+            return batched(rows())
+
+    articles = [{"id": f"a{i}", "url": f"https://example.org/{i}", "title": f"Article {i}",
+                 "text": f"Paragraph {i}, with a comma. " * (5 + i)} for i in range(12)]
+    path = tmp_path / "articles.csv"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["id", "url", "title", "text"])
+        writer.writeheader()
+        writer.writerows(articles)
+    refused = cli_here(capsys, "run", "--source", str(path), "--store", str(tmp_path / "refused"))
+    assert refused.returncode != 0 and "unsupported file type '.csv'" in refused.stderr
+    sources.register(CsvReader())
+    try:
+        proc = cli_here(capsys, "run", "--source", str(path), "--store", str(tmp_path / "store"), "--shard-rows", "5")
+    finally:
+        sources.unregister("csv")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    status = json.loads(cli_here(capsys, "status", "--store", str(tmp_path / "store"), "--json").stdout)
+    assert status["source"] == str(path)
+    [snapshot] = (tmp_path / "store").rglob("snapshot/source.parquet")
+    assert pq.read_table(snapshot).to_pylist() == articles
+    [manifest] = [json.loads(p.read_text()) for p in (tmp_path / "store").rglob("manifest.json") if "gens" in p.parts]
+    assert manifest["source"]["kind"] == "csv"
