@@ -58,6 +58,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from datetime import UTC, datetime
 from typing import Any, Self
 from urllib.parse import parse_qs, unquote
@@ -131,14 +132,46 @@ def _error(status: int, message: str, code: str | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-class HubServer:
-    """The stand-in: `with HubServer(tokens={"hf_x": "alice"}) as hub: ... hub.url ...`."""
+class Blobs:
+    """LFS objects by oid: in memory, or with `spool` one file each in that folder (a benchmark's
+    upload of gigabytes), so that the stand-in's memory does not grow with what it was sent."""
 
-    def __init__(self, tokens: dict[str, str] | None = None, orgs: dict[str, list[str]] | None = None) -> None:
+    def __init__(self, spool: Path | None = None) -> None:
+        self.spool = spool
+        self._held: dict[str, bytes] = {}
+        self._sizes: dict[str, int] = {}
+        if spool is not None:
+            spool.mkdir(parents=True, exist_ok=True)
+
+    def __contains__(self, oid: object) -> bool:
+        return oid in self._sizes
+
+    def __getitem__(self, oid: str) -> bytes:
+        if oid not in self._sizes:
+            raise KeyError(oid)
+        return self._held[oid] if self.spool is None else (self.spool / oid).read_bytes()
+
+    def __setitem__(self, oid: str, content: bytes) -> None:
+        if self.spool is None:
+            self._held[oid] = content
+        else:
+            (self.spool / oid).write_bytes(content)
+        self._sizes[oid] = len(content)
+
+    def size(self, oid: str) -> int:
+        return self._sizes[oid]
+
+
+class HubServer:
+    """The stand-in: `with HubServer(tokens={"hf_x": "alice"}) as hub: ... hub.url ...`; with `spool`,
+    LFS objects are kept as files in that folder instead of in memory."""
+
+    def __init__(self, tokens: dict[str, str] | None = None, orgs: dict[str, list[str]] | None = None,
+                 spool: Path | None = None) -> None:
         self.tokens = dict(tokens or {"hf_test_token": "alice"})  # token -> user name
         self.orgs = dict(orgs or {})  # user -> organizations it may write to
         self.repos: dict[str, Repo] = {}
-        self.lfs_objects: dict[str, bytes] = {}
+        self.lfs_objects = Blobs(spool)
         self.commits: list[Commit] = []
         self.requests: list[tuple[str, str]] = []  # (method, path), in arrival order
         self.lfs_uploads = 0  # LFS objects accepted
@@ -478,7 +511,7 @@ class HubServer:
             return problem or _error(404, "Repository not found", "RepoNotFound")
         if action == "verify":
             oid = str(payload.get("oid"))
-            if oid not in self.lfs_objects or len(self.lfs_objects[oid]) != payload.get("size"):
+            if oid not in self.lfs_objects or self.lfs_objects.size(oid) != payload.get("size"):
                 return _error(404, f"object {oid} was not uploaded")
             return JSONResponse({})
         if action != "batch" or payload.get("operation") != "upload":
@@ -535,8 +568,8 @@ class HubServer:
                 oid = str(value["oid"])
                 if oid not in self.lfs_objects:
                     return _error(400, "Your push was rejected because an LFS pointer pointed to a file that does not exist.")
-                pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {len(self.lfs_objects[oid])}\n"
-                files[path] = Entry(len(self.lfs_objects[oid]), git_blob_sha1(pointer.encode()), lfs_sha256=oid)
+                pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {self.lfs_objects.size(oid)}\n"
+                files[path] = Entry(self.lfs_objects.size(oid), git_blob_sha1(pointer.encode()), lfs_sha256=oid)
             elif key == "deletedFile":
                 if path not in files:
                     return _error(404, "A file with this name doesn't exist", "EntryNotFound")
