@@ -30,7 +30,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from wikiembed.evaluate import sample_articles
-from wikiembed.search import StoreVectors, build_index
+from wikiembed.index import build_index
+from wikiembed.search import StoreVectors
 
 K = 10
 # --smoke: a store of every form, from this many sample articles, and this many queries.

@@ -11,7 +11,7 @@ from typing import Any
 
 from prefect import task
 
-from wikiembed.search import build_index
+from wikiembed.index import build_index
 
 
 @task(name="index")

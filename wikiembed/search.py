@@ -17,12 +17,11 @@ rebuild command), and `exact=True` always scans. Results say which was used (`me
 `exact`).
 
 Touches: the store's `manifest.json`, `_done/` and `data/` (read only), the `index/` folders of the
-generations whose data files it holds (read; written by `build_index`); the model's files.
+generations whose data files it holds (read; written by `wikiembed.index.build_index`); the model's files.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -32,6 +31,7 @@ import pyarrow.parquet as pq
 import shlex
 
 from wikiembed import index as ann
+from wikiembed.index import build_index  # noqa: F401 - the index module's, importable from here too
 from wikiembed.compact import Form, Scorer, column_values, form_by_name, spec_from_manifest
 from wikiembed.errors import InputError, StoreError
 from wikiembed.store import Store
@@ -283,57 +283,6 @@ def ranked_hits(ranking: Ranking, rows: dict[int, dict[str, Any]]) -> list[list[
         [Hit(float(s), **{c: rows[int(p)][c] for c in HIT_COLUMNS}).as_dict() for s, p in zip(scores, positions) if np.isfinite(s)]
         for scores, positions in zip(ranking.scores, ranking.positions)
     ]
-
-
-def build_index(store: str | Path, form: str = "float32", gen: str | None = None) -> dict[str, Any]:
-    """Build the approximate index of one stored form of a generation (default: the published one): for
-    each of its data files without a valid index, one graph streamed from that file (memory: one file's
-    graph); files that have one (kept from an earlier generation, or built before) are reused. Returns
-    the `wikiembed index --json` payload: form, rows (the generation's), bytes (of every file's index),
-    seconds (this build's), and per data file whether its index was built or reused."""
-    ann.require_library()
-    vectors = StoreVectors(store, gen)
-    chosen = vectors.form(form)
-    started = time.monotonic()
-    files = []
-    for part in vectors.parts:
-        sidecar, _ = ann.check_part(part, chosen, vectors.root)
-        built = sidecar is None
-        if built:
-            parquet = pq.ParquetFile(part.path, memory_map=True)
-            if chosen.column not in parquet.schema_arrow.names:
-                raise StoreError(f"{part.path} has no column {chosen.column!r}; rerun that shard so every shard has the store's forms.")
-            batches = (column_values(b.column(0), chosen) for b in parquet.iter_batches(batch_size=SCAN_ROWS, columns=[chosen.column]))
-            sidecar = ann.build_part(part, chosen, batches, vectors.root)
-        files.append({"data": sidecar["data"], "index": str(ann.paths(part.path, chosen)[0]), "rows": sidecar["rows"],
-                      "bytes": sidecar["bytes"], "seconds": sidecar["seconds"], "built": built})
-    # The older layout's graphs (one per generation) of this form are no longer read: removed.
-    folders = dict.fromkeys([vectors.store.dir, *(p.path.parent.parent for p in vectors.parts)])
-    removed = [str(path) for g in folders for path in ann.remove_legacy(g, chosen)]
-    built_files = [f for f in files if f["built"]]
-    return {
-        "store": str(vectors.root),
-        "generation": vectors.store.gen,
-        "form": chosen.name,
-        "column": chosen.column,
-        "metric": ann.metric(chosen),
-        "scalar": ann.scalar(chosen),
-        "dim": chosen.dim,
-        "library": ann.library_version(),
-        "connectivity": ann.CONNECTIVITY,
-        "expansion_add": ann.EXPANSION_ADD,
-        "path": str(ann.folder(vectors.store.dir, chosen)),
-        "rows": vectors.chunks,
-        "indexed_rows": sum(f["rows"] for f in files),
-        "bytes": sum(f["bytes"] for f in files),
-        "seconds": round(time.monotonic() - started, 3),
-        "parts": len(files),
-        "parts_built": len(built_files),
-        "parts_reused": len(files) - len(built_files),
-        "rows_built": sum(f["rows"] for f in built_files),
-        "files": files,
-        "removed_older_layout": removed,
-    }
 
 
 def search(
