@@ -78,7 +78,8 @@ def main() -> None:
 
     import numpy as np
 
-    from wikiembed.chunking import Chunking, _groups, _segments, chunk_texts
+    from wikiembed.chunkers import _groups, _segments
+    from wikiembed.chunking import Chunking, chunk_texts
     from wikiembed.fast_tokenizer import CHOICE_ENV, fast_wordpiece
     from wikiembed.model import load_tokenizer
 

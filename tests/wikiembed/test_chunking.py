@@ -106,12 +106,12 @@ def test_token_chunks_carry_the_ids_the_tokenizer_gives_their_text(tokenizer):
 
 
 def test_worker_processes_give_the_same_chunks(tokenizer, monkeypatch):
-    from wikiembed import chunking
+    from wikiembed import chunk_files
 
     articles = _articles(150)
     alone = chunk_table(articles, Chunking("tokens", 128, 16), tokenizer, workers=1)
-    monkeypatch.setattr(chunking, "PARALLEL_MIN_CHARS", 0)
-    monkeypatch.setattr(chunking, "PART_CHARS", 20_000)  # many parts, each a few articles
+    monkeypatch.setattr(chunk_files, "PARALLEL_MIN_CHARS", 0)
+    monkeypatch.setattr(chunk_files, "PART_CHARS", 20_000)  # many parts, each a few articles
     assert chunk_table(articles, Chunking("tokens", 128, 16), tokenizer, workers=2).equals(alone)
 
 
@@ -132,19 +132,19 @@ def test_a_shard_chunked_part_by_part_writes_the_same_file_and_nothing_when_stop
     leaves is byte-identical to one write of the whole table, and closing it early leaves none."""
     import pyarrow.parquet as pq
 
-    from wikiembed import chunking
+    from wikiembed import chunk_files, chunking
     from wikiembed.plan import prepare
     from wikiembed.settings import RunSettings
     from wikiembed.sources import read_snapshot_rows
 
     prepared = prepare(RunSettings(source="sample:400", store=str(tmp_path / "store"), shard_rows=400))
     store, manifest = prepared.store, prepared.manifest
-    monkeypatch.setattr(chunking, "CHUNK_ROW_GROUP", 100)  # several row groups, cut across parts
+    monkeypatch.setattr(chunk_files, "CHUNK_ROW_GROUP", 100)  # several row groups, cut across parts
     whole = chunk_table(read_snapshot_rows(store.snapshot_path, 0, 400), manifest.chunking, load_tokenizer(), workers=1)
     chunking.write_parquet_atomic(whole, tmp_path / "whole.parquet", row_group_size=100)
 
-    monkeypatch.setattr(chunking, "PARALLEL_MIN_CHARS", 0)
-    monkeypatch.setattr(chunking, "PART_CHARS", 20_000)  # many parts, on the worker processes
+    monkeypatch.setattr(chunk_files, "PARALLEL_MIN_CHARS", 0)
+    monkeypatch.setattr(chunk_files, "PART_CHARS", 20_000)  # many parts, on the worker processes
     dest = store.chunks_path(0)
     parts = chunking.chunk_shard_parts(store, 0, manifest)
     first = next(parts)

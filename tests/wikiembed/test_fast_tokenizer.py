@@ -318,13 +318,13 @@ def test_fast_chunks_are_the_reference_chunks(tmp_path, monkeypatch, size, overl
 
 def test_a_store_cut_with_either_tokenizer_is_byte_identical(tmp_path, monkeypatch):
     """chunk_shard on the worker processes, once per choice: the same chunk file, byte for byte."""
-    from wikiembed import chunking
+    from wikiembed import chunk_files, chunking
     from wikiembed.plan import prepare
     from wikiembed.settings import RunSettings
 
     source = _mixed_articles(tmp_path)
-    monkeypatch.setattr(chunking, "PARALLEL_MIN_CHARS", 0)
-    monkeypatch.setattr(chunking, "PART_CHARS", 50_000)  # several parts, on the worker processes
+    monkeypatch.setattr(chunk_files, "PARALLEL_MIN_CHARS", 0)
+    monkeypatch.setattr(chunk_files, "PART_CHARS", 50_000)  # several parts, on the worker processes
     files = {}
     for which in ("tokenizers", "auto"):
         monkeypatch.setenv(fast_tokenizer.CHOICE_ENV, which)
