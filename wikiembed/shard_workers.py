@@ -15,9 +15,9 @@ bound on inputs in flight that one client keeps. A worker chunks in its own
 process: the workers already fill the cores, and a tokenizing pool under each
 would only oversubscribe them.
 
-Workers start as the tokenizing pool's do (`wikiembed.tokenizing`: spawn, leave
-when orphaned, ignore the terminal's Ctrl-C). The pool lives for one run
-(`release` at its end drops the workers with their clients and indexes).
+The workers are a `wikiembed.worker_pool.WorkerPool`, as the tokenizing pool's are (spawned,
+leaving when orphaned, ignoring the terminal's Ctrl-C). The pool lives for one run (`release` at
+its end drops the workers with their clients and indexes).
 
 A worker that dies mid-shard (SIGKILL, out of memory) breaks the pool: every
 shard in it fails with a `TransientBackendError`, which the embed task retries
@@ -30,10 +30,7 @@ Touches: worker processes; in them, the run store (through `run_shard`) and the 
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
-import threading
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from wikiembed.backends.factory import BackendOptions
@@ -42,12 +39,9 @@ from wikiembed.records import ShardResult
 from wikiembed import reuse_index
 from wikiembed.store_ops import run_shard
 from wikiembed.store import Store
-from wikiembed.tokenizing import _worker_start, cores
+from wikiembed.worker_pool import WorkerPool, cores
 
-_POOL: ProcessPoolExecutor | None = None
-_POOL_WORKERS = 0
-_POOL_LOCK = threading.Lock()
-_DROP_LOCK = threading.Lock()
+_POOL = WorkerPool()
 
 
 def run(
@@ -59,11 +53,11 @@ def run(
     `request_retries` (requests its TEI client retried for this shard).
     """
     workers = workers or cores()
-    pool = _pool(workers)
+    pool = _POOL.get(workers)
     try:
         return pool.submit(_run_in_worker, root, gen, shard, backend, workers, reuse_gen).result()
     except BrokenProcessPool as exc:
-        _drop_pool(pool)  # returns once every worker of the broken pool is gone (and reaped)
+        _POOL.drop(pool, wait=True)  # returns once every worker of the broken pool is gone (and reaped)
         removed = Store(root, gen).clean_temp_files()  # files of dead processes only (by the pid in their names)
         raise TransientBackendError(
             f"shard {shard:05d}: a shard worker process died ({exc}; {removed} temp file(s) removed); "
@@ -74,39 +68,7 @@ def run(
 
 def release() -> None:
     """End the workers (at the end of a run): their TEI clients and reuse indexes go with them."""
-    global _POOL
-    with _POOL_LOCK:
-        pool, _POOL = _POOL, None
-    if pool is not None:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _pool(workers: int) -> ProcessPoolExecutor:
-    global _POOL, _POOL_WORKERS
-    with _POOL_LOCK:
-        if _POOL is not None and _POOL_WORKERS != workers:
-            _POOL.shutdown(wait=False)
-            _POOL = None
-        if _POOL is None:
-            _POOL = ProcessPoolExecutor(
-                max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_start, initargs=(os.getpid(),)
-            )
-            _POOL_WORKERS = workers
-        return _POOL
-
-
-def _drop_pool(broken: ProcessPoolExecutor) -> None:
-    # Only the pool that broke: shards failing together must not drop the fresh one a retry made.
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is broken:
-            _POOL = None
-    # The executor ends the pool's other workers too, and reaps them before its manager thread
-    # exits: wait for that, so their temp files belong to dead pids when the caller cleans up (an
-    # unreaped worker still answers as alive). The first caller's shutdown forgets the thread, so
-    # the shards that broke together take turns here and each returns only after the join.
-    with _DROP_LOCK:
-        broken.shutdown(wait=True, cancel_futures=True)
+    _POOL.release()
 
 
 def _run_in_worker(

@@ -8,9 +8,8 @@ work is cut into parts and sent to one single-threaded worker process per
 core; each returns flat numpy arrays (no per-token Python objects cross the
 process boundary).
 
-What it may touch: it starts worker processes on first use (spawn: the parent
-may already run tokenizer and torch threads, which fork would copy half-way),
-and nothing else. If the pool cannot run (a worker died, or the calling
+What it may touch: it starts worker processes on first use (a
+`wikiembed.worker_pool.WorkerPool`: spawned, leaving when orphaned), and nothing else. If the pool cannot run (a worker died, or the calling
 script re-runs its own top level in a child because it lacks an
 `if __name__ == "__main__":` guard), the work is done in this process instead,
 with a warning.
@@ -19,73 +18,22 @@ with a warning.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing as mp
-import os
-import signal
-import threading
-import time
 import warnings
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from wikiembed.fast_tokenizer import TokenizerChoice, fast_wordpiece
+from wikiembed.worker_pool import WorkerPool, cores
 
 # Parts in flight per worker: enough that no worker waits for its next part,
 # few enough that results do not pile up in memory ahead of their consumer.
 IN_FLIGHT_PER_WORKER = 4
 
-_POOL: ProcessPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
+_POOL = WorkerPool()  # one worker per core
 _TOKENIZERS: dict[str, Any] = {}  # per process (the parent and each worker): spec hash -> Tokenizer
-
-
-def cores() -> int:
-    """Cores this process may run on (its CPU affinity where the OS tells it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-# How often a worker checks that its parent is still alive (seconds).
-PARENT_CHECK_S = 1.0
-
-
-def _worker_start(parent: int) -> None:
-    # Each worker is one core: the tokenizer's own thread pool would only oversubscribe them.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    # A worker waits for work forever, even after its parent is killed (SIGKILL runs no
-    # cleanup): it leaves as soon as it has been orphaned instead.
-    def leave_when_orphaned() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_CHECK_S)
-        os._exit(0)
-
-    threading.Thread(target=leave_when_orphaned, name="parent-watch", daemon=True).start()
-    # A terminal's Ctrl-C reaches the whole process group: the parent stops the run, and a worker
-    # leaves once orphaned; it must not die on its own with a traceback on the terminal.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _pool() -> ProcessPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ProcessPoolExecutor(
-                max_workers=cores(), mp_context=mp.get_context("spawn"), initializer=_worker_start, initargs=(os.getpid(),)
-            )
-        return _POOL
-
-
-def _drop_pool(broken: ProcessPoolExecutor) -> None:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is broken:
-            _POOL = None
-    broken.shutdown(wait=False, cancel_futures=True)
 
 
 def spec(tokenizer: Any) -> str:
@@ -145,7 +93,7 @@ def run_parts(fn: Callable[..., Any], parts: Sequence[tuple], workers: int | Non
         for part in parts:
             yield fn(*part)
         return
-    pool = _pool()
+    pool = _POOL.get(cores())
     pending: list[Future] = []
     submitted = 0
     try:
@@ -155,7 +103,7 @@ def run_parts(fn: Callable[..., Any], parts: Sequence[tuple], workers: int | Non
                 submitted += 1
             yield pending.pop(0).result()
     except BrokenProcessPool as exc:
-        _drop_pool(pool)
+        _POOL.drop(pool)
         warnings.warn(
             f"tokenizing worker processes failed ({exc}); tokenizing in this process instead. If this is a script, "
             "put its top level under `if __name__ == \"__main__\":` so worker processes can start.",

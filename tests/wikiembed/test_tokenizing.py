@@ -56,7 +56,7 @@ def test_workers_leave_when_their_parent_is_killed(tmp_path):
         "if __name__ == '__main__':\n"
         "    parts = [(tokenizing.spec(load_tokenizer()), 'auto', ['hello'])] * 4\n"
         "    list(tokenizing.run_parts(tokenizing.encode_ids_part, parts, workers=2))\n"
-        "    print(*tokenizing._POOL._processes, flush=True)\n"
+        "    print(*tokenizing._POOL.executor._processes, flush=True)\n"
         "    time.sleep(600)\n"
     )
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
