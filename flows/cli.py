@@ -231,7 +231,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
     read-only disk, is refused with one message now, not with a traceback after the work (the improve loop's whole
     round). The store an index is written into counts too."""
     from wikiembed.errors import InputError
-    from wikiembed.volume_store import parse_spec
+    from wikiembed.store_location import locate
 
     for flag, dest in (("--json", "json_path"), ("--summary-json", "summary_json")):
         path = getattr(args, dest, None)
@@ -241,11 +241,11 @@ def _check_outputs(args: argparse.Namespace) -> None:
         if target.is_dir():
             raise InputError(f"{flag} {path}: is a folder; give a file name for the JSON, e.g. {target / 'result.json'}.")
         _check_writable(target.parent, flag, path)
-    if args.command in ("finetune", "improve") and not parse_spec(args.store):
+    if args.command in ("finetune", "improve") and locate(args.store).files_here:
         _check_writable(Path(args.out).expanduser(), "--out", args.out)
         if args.command == "improve":
             _check_writable(Path(args.new_store).expanduser(), "--new-store", args.new_store)
-    if args.command == "index" and not parse_spec(args.store):
+    if args.command == "index" and locate(args.store).files_here:
         from wikiembed.store import Store
 
         store = Store.at(args.store)
@@ -276,9 +276,10 @@ def _write_json(path: str | None, payload: dict[str, Any]) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from wikiembed.flows.embed_dataset import embed_dataset
-    from wikiembed.plan import check_store, resolve
+    from wikiembed.plan import resolve
     from wikiembed.settings import RunSettings
-    from wikiembed.volume_store import check_store_for_backend, parse_spec
+    from wikiembed.executors import executor_class
+    from wikiembed.store_location import locate
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "summary_json")}
     settings = RunSettings(**options)
@@ -286,10 +287,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"wikiembed: no --source given: embedding the built-in sample ({settings.source}); "
               "pass --source to embed your own data.", file=sys.stderr)
     # Before Prefect starts (seconds): the options, the source's path, the model, the store.
-    check_store_for_backend(settings.backend, settings.store)
+    location = locate(settings.store)
+    location.check_executor(executor_class(settings.backend))
     _, info, chunking = resolve(settings)
-    if parse_spec(settings.store) is None:  # a Volume store is checked where it is, in the flow
-        check_store(settings, info, chunking)
+    location.check_run(settings, info, chunking)  # a Volume store is checked where it is, in the flow
     summary = _in_flow_thread(embed_dataset, **settings.model_dump())
     _write_json(args.summary_json, summary)
     _print_summary(summary)
@@ -301,7 +302,7 @@ def status_payload(store_dir: str, verify: bool = False) -> dict[str, Any]:
 
     # A local store is shown at its published generation (or the one a STORE/gens/ID path names);
     # an unfinished newer one is reported beside it, never instead of it.
-    store = open_for_reading(store_dir)
+    store = locate(store_dir).open_for_reading()
     manifest = store.read_manifest()
     states = store.states(manifest, verify=verify)
     return {
@@ -400,16 +401,15 @@ def _cmd_rerun(args: argparse.Namespace) -> int:
 
 
 def _cmd_publish(args: argparse.Namespace, target: str) -> int:
-    from wikiembed.volume_store import open_for_reading
+    from wikiembed.store_location import locate
 
     kwargs: dict[str, Any] = {"allow_partial": args.allow_partial, "replace": args.replace}
     if args.command == "upload":
         kwargs.update(private=args.private, revision=args.revision, create_pr=args.create_pr)
-    store = open_for_reading(args.store)
-    result = store.publish(target, **kwargs)
+    result = locate(args.store).publish(target, **kwargs)
     if result.get("building"):
         print(f"wikiembed {args.command}: exported generation {result['generation']}, the published one; "
-              + building_line(str(store.root), result["building"]), file=sys.stderr)
+              + building_line(args.store, result["building"]), file=sys.stderr)
     print(json.dumps(result, indent=1, default=str))
     return EXIT_OK
 
@@ -518,15 +518,14 @@ def _given(args: argparse.Namespace, model: Any, skip: Sequence[str] = ()) -> di
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from wikiembed.finetune import FinetuneSettings, finetune
-    from wikiembed.volume_improve import check_paths, finetune_on_volume
+    from wikiembed.finetune import FinetuneSettings
+    from wikiembed.store_location import locate
 
     settings = FinetuneSettings(**_given(args, FinetuneSettings))
-    if check_paths(args.store, args.pairs, args.out, flags={"pairs": "--pairs", "out": "--out"}):
-        # On a Modal GPU next to the store's Volume: the model folder is written there.
-        result = finetune_on_volume(args.store, args.pairs, args.out, settings.model_dump())
-    else:
-        result = finetune(args.store, args.pairs, args.out, settings)
+    location = locate(args.store)
+    location.check_paths(args.pairs, args.out, flags={"pairs": "--pairs", "out": "--out"})
+    # Where the store is: here, or on a Modal GPU next to the store's Volume (the model folder is written there).
+    result = location.finetune(args.pairs, args.out, settings)
     _write_json(args.json_path, result)  # before printing: a reader that leaves early cannot cost the file
     p = result["pairs"]
     if p["unmatched"]:
@@ -550,11 +549,11 @@ def _cmd_improve(args: argparse.Namespace) -> int:
     from wikiembed.finetune import FinetuneSettings
     from wikiembed.flows.improve_model import METRIC_NAMES, improve_model
     from wikiembed.improve import ImproveSettings
-    from wikiembed.volume_improve import check_paths
+    from wikiembed.store_location import locate
 
     settings = ImproveSettings(**_given(args, ImproveSettings, skip=("finetune",)), finetune=_given(args, FinetuneSettings))
     # Before Prefect starts (seconds): every path where the loop can reach it.
-    check_paths(settings.store, settings.pairs, settings.out, settings.new_store,
+    locate(settings.store).check_paths(settings.pairs, settings.out, settings.new_store,
                 flags={"pairs": "--pairs", "out": "--out", "new_store": "--new-store"})
     try:
         result = _in_flow_thread(improve_model, summary_on_failure=False, **settings.model_dump())
@@ -717,10 +716,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _stop_on_signals()
     try:
         _check_outputs(args)
-        from wikiembed.volume_store import check_vectors_here, parse_spec
+        from wikiembed.store_location import locate
 
-        if args.command in ("search", "index", "eval", "serve") or (args.command == "finetune" and not parse_spec(args.store)):
-            check_vectors_here(args.command, args.store, getattr(args, "against", None))
+        if args.command in ("search", "index", "eval", "serve") or (args.command == "finetune" and locate(args.store).files_here):
+            for spec in (args.store, getattr(args, "against", None)):
+                if spec:
+                    locate(spec).check_vectors_here(args.command)
             _note_building(args.command, args.store)
         code = _dispatch(args)
         sys.stdout.flush()  # a reader that left shows up here, not as a traceback in Python's exit handler

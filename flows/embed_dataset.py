@@ -42,13 +42,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from wikiembed import fast_tokenizer
 from wikiembed.errors import InputError, ShardsFailed, StoreError, WikiembedError
-from wikiembed.estimate import compare, markdown as estimate_markdown, one_line, run_hardware, store_estimate
+from wikiembed.estimate import compare, markdown as estimate_markdown, one_line, store_estimate
 from wikiembed.executors import executor_for
 from wikiembed.executors.base import MAX_CONCURRENCY, Executor, ShardJob, StoreView
 from wikiembed.index import require_library
 from wikiembed.model import load_tokenizer
 from wikiembed.progress import Progress
-from wikiembed.publish import check_target
 from wikiembed.settings import RunSettings, ShardSelection, parse_shards
 from wikiembed.store import ShardState, misfit
 from wikiembed.tasks.calibrate import calibrate_task
@@ -58,7 +57,7 @@ from wikiembed.tasks.evaluate import eval_task
 from wikiembed.tasks.export import export_task
 from wikiembed.tasks.index import index_task
 from wikiembed.tasks.retry import attempts_of
-from wikiembed.volume_store import open_store, parse_spec
+from wikiembed.store_location import locate
 from wikiembed.records import Manifest, ShardResult, VectorKind
 
 # Each shard in flight holds a pool thread (its embed task); see the executors' concurrency.
@@ -402,14 +401,11 @@ def _announce_estimate(store: Any, manifest: Manifest, states: list[ShardState],
     settings = executor.settings
     shards = manifest.plan.shards
     model = manifest.model.model_id
-    engine = executor.backend.open(model) if settings.backend == "local" else None
-    # A GPU is not timed: the sample's few hundred chunks are a batch or two, far from the full
-    # groups a shard hands it, so their rate would say more about the launch than the card.
-    engine = engine if str(getattr(engine, "device", "")).startswith("cpu") else None
+    engine = executor.timing_engine(model)
     try:
         predicted = store_estimate(
             store.snapshot_path, [tuple(shards[st.shard]) for st in states if st.state != "done"], manifest,
-            backend=settings.backend, hardware=run_hardware(settings.backend, settings.compute.device, settings.compute.gpu),
+            backend=settings.backend, hardware=executor.rate_hardware(settings.compute),
             done=[st.marker for st in states if st.state == "done" and st.marker is not None],
             engine=engine,
         )
@@ -556,8 +552,8 @@ def embed_dataset(**options: Any) -> dict[str, Any] | State:
     executor = executor_for(settings)
     _use_tokenizer(settings)
     started = time.perf_counter()
-    if parse_spec(settings.store) is None:  # a Volume store publishes from Modal with its token there; `prepare` checks it
-        check_target(settings.upload_to, settings.store)  # where it publishes, before any work: not after every shard
+    # Where it publishes, before any work: not after every shard (a Volume store's token is checked where it publishes from).
+    locate(settings.store).check_target(settings.upload_to)
     executor.check()  # before the store is touched: a store it cannot reach, a model it cannot load
     with executor.store(settings.store).lock() as lease:
         planned = download_task(executor)
@@ -612,7 +608,8 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
     """
     started = time.perf_counter()
     selection = parse_shards(shards)
-    s = open_store(store)
+    location = locate(store)
+    s = location.open()
     manifest = s.read_manifest()
     total = len(manifest.plan.shards)
     states = s.states(manifest)
@@ -625,8 +622,8 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
             raise InputError(f"--shards {bad}: this store has shards 0..{total - 1}; see `wikiembed status --store {shlex.quote(str(store))}`.")
         ids = selection
     settings = RunSettings(**manifest.settings)
-    if parse_spec(store) is None and all(st.state == "done" or st.shard in ids for st in states):
-        check_target(settings.upload_to, s.root)  # a rerun that completes the store publishes it: checked before any work
+    if all(st.state == "done" or st.shard in ids for st in states):
+        location.check_target(settings.upload_to, str(s.root))  # a rerun that completes the store publishes it: checked before any work
     executor = executor_for(settings)
     _use_tokenizer(settings)
     _tag_flow_run(settings, manifest)

@@ -18,7 +18,8 @@ A store on a Modal Volume (`modal:VOLUME/PATH`) is improved where it is, as its 
 pairs file, the model folder and the new store are `modal:VOLUME/PATH` on the same Volume; the fine-tune
 and the comparison run in the `wikiembed-finetune` app (a GPU at the Volume), the re-embed's shard
 containers load the new model from the Volume, and the export goes from the Volume. This machine moves
-only paths, settings and figures (`wikiembed.volume_improve`).
+only paths, settings and figures: each step is an operation of the store's place
+(`wikiembed.store_location`), the same call for either kind of store.
 
 Touches: the old store (read), the model folder and the new store (written), the publish target and the
 served link; for a Volume store, Modal's API only.
@@ -39,15 +40,12 @@ from wikiembed.executors import executor_for
 from wikiembed.finetune import FinetuneSettings, check_holdout
 from wikiembed.flows.embed_dataset import add_flow_run_tags, artifact_key, embed_dataset, ends_failed_on_user_errors
 from wikiembed.improve import MIN_HOLDOUT, ImproveSettings, Metric, decide
-from wikiembed.publish import check_target
-from wikiembed.search import StoreVectors
 from wikiembed.serving.link import check_link, point_link
 from wikiembed.settings import RunSettings
+from wikiembed.store_location import locate
 from wikiembed.tasks.compare import compare_task
 from wikiembed.tasks.export import export_task
 from wikiembed.tasks.finetune import finetune_task
-from wikiembed.volume_improve import check_paths, model_mount_path
-from wikiembed.volume_store import VolumeStore, open_store
 
 METRIC_NAMES = {"recall_at_1": "recall@1", "recall_at_10": "recall@10", "mrr": "MRR@10", "ndcg_at_10": "nDCG@10"}
 # Each store's figures in the result: what was scored, and each metric with its 95% interval.
@@ -136,16 +134,12 @@ def improve_model(
                                margin=margin, finetune=finetune or FinetuneSettings(), serve_link=serve_link,
                                min_holdout=min_holdout)
     logger = get_run_logger()
-    volume = check_paths(settings.store, settings.pairs, settings.out, settings.new_store)
+    location = locate(settings.store)
+    location.check_paths(settings.pairs, settings.out, settings.new_store)
     if settings.serve_link:
-        check_link(settings.serve_link, volume)
-    if volume is None:
-        check_target(settings.upload_to, settings.new_store)  # where the new store goes, before the fine-tune
-        manifest = StoreVectors(settings.store).manifest
-    else:
-        old_store = VolumeStore(settings.store)
-        old_store.cloud_target(settings.upload_to)  # a target the Volume cannot publish to fails now, not after the fine-tune
-        manifest = old_store.read_manifest()
+        check_link(settings.serve_link, location.volume)
+    location.check_target(settings.upload_to, settings.new_store)  # where the new store goes, before the fine-tune
+    manifest = location.published_manifest()
     recorded = manifest.settings
     add_flow_run_tags([f"model:{manifest.model.model_id}"])
 
@@ -158,7 +152,7 @@ def improve_model(
 
     # The old store's own settings with the new model, into the new store; published only below, if better.
     # On a Volume the shard containers load the model from its folder there, under their mount.
-    model = tuned["out"] if volume is None else model_mount_path(settings.out)
+    model = location.model_for_runs(tuned["out"], settings.out)
     run = {**recorded, "store": settings.new_store, "model": model, "upload_to": None}
     state = embed_dataset(**run, return_state=True)
     if not state.is_completed():
@@ -178,10 +172,10 @@ def improve_model(
         published = export_task(executor, settings.new_store, compared["against"]["generation"], settings.upload_to)
     served = point_link(settings.serve_link, settings.new_store) if publish and settings.serve_link else None
     logger.info("%s: %s", "publish" if publish else "keep the old store", why)
-    old_root = str(open_store(settings.store).root)
+    old_root = str(location.open().root)
     # Keyed by the improved store: each store's latest decision under its own key.
     create_markdown_artifact(_report(settings, tuned, compared, publish, why, published, reembedded["revision"]),
-                             key=artifact_key("improve", open_store(settings.store)), description="the decision, the figures and both models")
+                             key=artifact_key("improve", location.open()), description="the decision, the figures and both models")
     decision = "publish" if publish else "keep"
     message = f"{decision}: {why}"
     _announce(old_root, decision, message, payload={

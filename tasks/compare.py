@@ -1,7 +1,7 @@
 """The compare step of the improve loop: the old and the new store scored on the same held-out queries.
 
 Two stores on a Modal Volume are scored in the `wikiembed-finetune` app next to them
-(`wikiembed.volume_improve`); only the figures come back.
+(`wikiembed.store_location`); only the figures come back.
 
 Touches: both stores' data files (read), the models' files; writes nothing in either store. For
 Volume stores, Modal's API only.
@@ -13,15 +13,11 @@ from typing import Any
 
 from prefect import task
 
-from wikiembed.evaluate import compare_at_store
+from wikiembed.store_location import locate
 from wikiembed.tasks.retry import retry_transient
-from wikiembed.volume_improve import compare_on_volume
-from wikiembed.volume_store import parse_spec
 
 
 @task(name="compare", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_transient)
 def compare_task(old_store: str, new_store: str, queries: str) -> dict[str, Any]:
     """`wikiembed eval --store OLD --against NEW --queries HELDOUT` (float32), without recording it in either card."""
-    if parse_spec(old_store):
-        return compare_on_volume(old_store, new_store, queries)
-    return compare_at_store(old_store, new_store, queries)
+    return locate(old_store).compare(new_store, queries)

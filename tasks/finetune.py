@@ -2,7 +2,7 @@
 
 Retried once on an unknown failure (a worker lost mid-training); a rerun after a finished fine-tune
 returns the one recorded in its folder instead of training again. A store on a Modal Volume is
-fine-tuned in the `wikiembed-finetune` app next to it (`wikiembed.volume_improve`): only paths go
+fine-tuned in the `wikiembed-finetune` app next to it (`wikiembed.store_location`): only paths go
 out and the record comes back.
 
 Its run log gets one line per logging step of the training (epoch, step of steps, loss) and, inside a flow
@@ -22,10 +22,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext
 
-from wikiembed.finetune import FinetuneSettings, finetune
+from wikiembed.finetune import FinetuneSettings
 from wikiembed.tasks.retry import retry_transient
-from wikiembed.volume_improve import finetune_on_volume
-from wikiembed.volume_store import parse_spec
+from wikiembed.store_location import locate
 
 
 class _RunReport:
@@ -48,15 +47,20 @@ class _RunReport:
         if self.artifact is not None:
             update_progress_artifact(self.artifact, 100.0)
 
+    def __enter__(self) -> "_RunReport":
+        return self
+
+    def __exit__(self, failed: object, *exc: object) -> None:
+        if failed is None:
+            self.finished()
+
 
 @task(name="finetune", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient, log_prints=False)
 def finetune_task(store: str, pairs: str, out: str, settings: dict[str, Any], min_holdout: int = 1) -> dict[str, Any]:
     """Fine-tune the store's model into `out`; return its record (`finetune.json`). A local store's fine-tune
     refuses, before training, a split holding out fewer than `min_holdout` queries (the flow checks a Volume
     store's record instead)."""
-    if parse_spec(store):  # on a GPU at the Volume: the model folder is written there
-        return finetune_on_volume(store, pairs, out, FinetuneSettings(**settings).model_dump())
-    report = _RunReport(store)
-    record = finetune(store, pairs, out, FinetuneSettings(**settings), min_holdout=min_holdout, report=report)
-    report.finished()
-    return record
+    # Where the store is: in this process (its steps reported here), or on a GPU at its Volume (the model folder
+    # is written there).
+    return locate(store).finetune(pairs, out, FinetuneSettings(**settings), min_holdout=min_holdout,
+                                  reporter=lambda: _RunReport(store))

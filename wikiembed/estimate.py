@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
+from wikiembed import executors
 from wikiembed.chunking import chunk_table, make_chunking
 from wikiembed.errors import InputError
 from wikiembed.model import load_tokenizer, model_info
@@ -49,10 +50,6 @@ if TYPE_CHECKING:
 DEFAULT_SAMPLE = 300
 Z95 = 1.959964
 GPUS = ("CPU", "T4", "A10G", "L4", "L40S", "A100", "A100-40GB", "A100-80GB", "H100", "H200", "B200")
-BACKENDS = ("local", "tei", "modal")
-# Which price list applies to a backend: Modal bills per GPU-second; local hardware and
-# self-hosted TEI servers have no list price we could know.
-_PROVIDER = {"modal": "modal"}
 # List prices move (new cards, cuts); an estimate says when the price it used is older than this.
 STALE_PRICE_DAYS = 90
 # A fresh local run times its own engine on its own sampled chunks for about this long before its
@@ -62,10 +59,18 @@ CALIBRATION_SECONDS = 2.5
 # is not worth its own cost), and on at least one call of CALIBRATION_FIRST chunks.
 CALIBRATION_SHARE = 0.05
 CALIBRATION_FIRST = 8
-# Backends whose shards all run on one machine or one set of servers: their done shards' busy time
-# is the run's wall time, so a store's markers give their rate. (Modal's shards run in many
-# containers at once, each on its own GPU.)
-STORE_RATE_BACKENDS = ("local", "tei")
+
+
+def _executor(backend: str) -> Any:
+    """The executor class `--backend backend` runs, whose attributes say how to price it (which price list
+    applies, whether a store's markers give its rate, whether it starts containers): `executors.base.Executor`
+    for a name no executor here has (its defaults: no list price, no store rate)."""
+    try:
+        return executors.executor_class(backend)
+    except KeyError:
+        from wikiembed.executors.base import Executor
+
+        return Executor
 
 
 def _data_file(name: str) -> list[dict[str, Any]]:
@@ -215,7 +220,7 @@ def store_rate(markers: Iterable[Marker], backend: str, hardware: str, model: st
     A marker records the characters its shard embedded and the seconds it took, ending at its data
     file's mtime; shards in flight at once share the machine, so the rate is their characters over
     the time any of them was running (the union of their intervals), not over the sum of their seconds."""
-    if backend not in STORE_RATE_BACKENDS:
+    if not _executor(backend).rate_from_store:
         return None
     used = [m for m in markers if m.embedded_chars > 0 and m.seconds > 0 and m.vectors is not None
             and m.vectors.backend == backend and m.model == model]
@@ -282,7 +287,7 @@ def rate_source(rate: dict[str, Any]) -> str:
 
 def _pick_price(backend: str, gpu: str) -> dict[str, Any] | None:
     """The newest list price of a GPU at the backend's provider, by its name or an alias."""
-    provider = _PROVIDER.get(backend)
+    provider = _executor(backend).price_list
     found = [p for p in prices() if p["provider"] == provider
              and gpu.upper() in {n.upper() for n in (p["hardware"], *p.get("aliases", ()))}]
     return max(found, key=lambda p: str(p["as_of"])) if found else None
@@ -336,7 +341,7 @@ def _option(backend: str, gpu: str, containers: int, chars: Total, model: str, r
         notes.append(f"rate measured with {rate['model']}, not {model}: speed differs by model")
     if price is None:
         notes.append("no list price for this backend/hardware (self-hosted or not recorded)")
-    if backend == "modal":  # the local and TEI rates are of a machine already running
+    if _executor(backend).runs_in_containers:  # the others' rates are of a machine already running
         notes.append("container start-up and idle time not included")
     out["note"] = "; ".join(notes)
     return out
@@ -352,9 +357,10 @@ def _check_options(backends: Sequence[str], gpus: Sequence[str], containers: int
         raise InputError(f"--sample {sample}: sample at least 2 articles (a few hundred give intervals of a few percent).")
     if containers < 1:
         raise InputError(f"--containers {containers}: give at least 1.")
-    bad = [b for b in backends if b not in BACKENDS]
+    known = executors.names()
+    bad = [b for b in backends if b not in known]
     if bad:
-        raise InputError(f"--backend {','.join(bad)}: choose from {','.join(BACKENDS)}.")
+        raise InputError(f"--backend {','.join(bad)}: choose from {','.join(known)}.")
     bad = [g for g in gpus if g.upper() not in GPUS]
     if bad:
         raise InputError(f"--gpu {','.join(bad)}: choose from {','.join(GPUS)}.")
@@ -474,25 +480,9 @@ def _store_rate_at(spec: str, model: str) -> dict[str, Any] | None:
         raise InputError(f"--store {spec}: no run store there; give a folder that a `wikiembed run --store` filled.")
     manifest = store.read_manifest()
     made = RunSettings(**manifest.settings)
-    hardware = run_hardware(made.backend, made.compute.device, made.compute.gpu)
+    hardware = _executor(made.backend).rate_hardware(made.compute)
     done = [st.marker for st in store.states(manifest) if st.state == "done" and st.marker is not None]
     return store_rate(done, made.backend, hardware, model) if hardware else None
-
-
-def run_hardware(backend: str, device: str | None, gpu: str | None) -> str | None:
-    """The hardware a run's rate is looked up for: the Modal GPU, the local CUDA device, or the CPU."""
-    if backend == "modal":
-        return gpu.upper() if gpu else None
-    if backend == "local":
-        if device == "cpu":
-            return "CPU"
-        import torch
-
-        if not torch.cuda.is_available():
-            return "CPU"
-        name = torch.cuda.get_device_name(0).upper()
-        return next((g for g in GPUS if g in name.split() or g in name), None)
-    return gpu.upper() if gpu else None
 
 
 def store_estimate(
@@ -612,6 +602,6 @@ def compare(predicted: dict[str, Any], chunks: int, seconds: float) -> dict[str,
             "predicted": round(option["gpu_hours"] * 3600, 1) if option else None,
             "actual": round(seconds, 1),
             "basis": (f"{option['basis']} rate for {option['backend']} on {option['gpu']}"
-                      + (", one container" if option["backend"] == "modal" else "")) if option else "no rate recorded",
+                      + (", one container" if _executor(option["backend"]).runs_in_containers else "")) if option else "no rate recorded",
         },
     }

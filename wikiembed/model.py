@@ -37,6 +37,9 @@ from wikiembed import atomic
 from wikiembed.errors import InputError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# What a refusal of a model's parts suggests: another model, or (where the engine embeds) TEI servers.
+WAY_OUT = "use a model without these parts"
+WAY_OUT_ELSEWHERE = f"{WAY_OUT}, or --backend tei with a TEI server that supports them"
 # A folder `.../snapshots/<commit>/` of the Hugging Face cache: the commit names every file in it.
 _HUB_SNAPSHOT = re.compile(r"[0-9a-f]{40}")
 _HASH_BLOCK = 1 << 22
@@ -140,15 +143,13 @@ class ModelInfo:
             return self.prompts.get(self.default_prompt_name, "")
         return ""
 
-    def refusals(self, trust_remote_code: bool = False, backend: str = "local") -> list[str]:
-        """Why the engine cannot embed this model exactly as sentence-transformers does (empty: it can)."""
+    def refusals(self, trust_remote_code: bool = False, remote_code_refusal: str | None = None) -> list[str]:
+        """Why the engine cannot embed this model exactly as sentence-transformers does (empty: it can).
+        `remote_code_refusal`: why a model's own code never runs where the run embeds (None: it runs there when
+        trusted), as the run's executor says it (`Executor.remote_code_refusal`)."""
         found = list(self.unsupported)
-        if self.remote_code and backend == "modal":
-            found.append(
-                "its config.json maps classes to code inside the model folder (auto_map), and the deployed Modal "
-                "shard classes load models without running their code; embed it with --backend local "
-                "--trust-remote-code on a machine you trust it on"
-            )
+        if self.remote_code and remote_code_refusal:
+            found.append(f"its config.json maps classes to code inside the model folder (auto_map), and {remote_code_refusal}")
         elif self.remote_code and not trust_remote_code:
             found.append(
                 "its config.json maps classes to code inside the model folder (auto_map): that code would run "
@@ -156,15 +157,11 @@ class ModelInfo:
             )
         return found
 
-    def check_supported(self, trust_remote_code: bool = False, backend: str = "local") -> None:
-        """Refuse, naming each part and the way out, a model whose vectors would not be sentence-transformers'."""
-        found = self.refusals(trust_remote_code, backend)
+    def check_supported(self, trust_remote_code: bool = False, *, remote_code_refusal: str | None = None,
+                        way_out: str = WAY_OUT_ELSEWHERE) -> None:
+        """Refuse, naming each part and `way_out`, a model whose vectors would not be sentence-transformers'."""
+        found = self.refusals(trust_remote_code, remote_code_refusal)
         if found:
-            way_out = (
-                "use a model without these parts, or --backend tei with a TEI server that supports them"
-                if backend == "local"
-                else "use a model without these parts"
-            )
             raise InputError(f"model {self.model_id!r} cannot be embedded exactly: {'; '.join(found)}. {way_out}.")
 
     def shape(self) -> dict[str, object]:

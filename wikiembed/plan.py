@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from wikiembed import articles
+from wikiembed import articles, executors
 from wikiembed.atomic import atomic_path
 from wikiembed.embedding import text_key
 from wikiembed.compact import CompactSpec, form_by_name, parse_compact, spec_from_manifest
@@ -111,8 +111,7 @@ def resolve(settings: RunSettings) -> tuple[Source, ModelInfo, Chunking]:
             f"model {settings.model!r}: its files cannot be read ({type(exc).__name__}: {exc}); point --model at a "
             "complete sentence-transformers or transformers model folder (its config.json must be valid JSON)."
         ) from exc
-    if settings.backend != "tei":  # a TEI server runs its own model code; its /info is checked when it is reached
-        info.check_supported(settings.trust_remote_code, settings.backend)
+    executors.executor_class(settings.backend).check_model(info, settings.trust_remote_code)
     model_record(info, settings)  # an unknown --prompt-name fails here
     c = settings.chunking
     chunking = make_chunking(c.chunker, c.chunk_size, c.chunk_overlap, info.max_tokens)

@@ -14,8 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, GetJsonSchemaHandler, StringConstraints, field_validator, model_validator
 from pydantic.fields import FieldInfo
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from wikiembed import executors
 from wikiembed.errors import InputError
@@ -133,8 +135,17 @@ def _known_executor(name: str) -> str:
     return name
 
 
-# Any registered executor (`wikiembed.executors`); the form lists the ones known when it is built.
-ExecutorName = Annotated[str, AfterValidator(_known_executor), WithJsonSchema({"type": "string", "enum": executors.names()})]
+class _ExecutorChoices:
+    """The JSON schema of an executor's name: a choice among the executors known when the schema is built
+    (Prefect builds a deployment's form when the deployment is made), not when this module was imported, so
+    an executor registered after the import is listed too."""
+
+    def __get_pydantic_json_schema__(self, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"type": "string", "enum": executors.names()}
+
+
+# Any registered executor (`wikiembed.executors`): validated against the registry when a run's settings are.
+ExecutorName = Annotated[str, AfterValidator(_known_executor), _ExecutorChoices()]
 
 
 class RunSettings(_Options):

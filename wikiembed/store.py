@@ -212,13 +212,6 @@ class Store:
                     done=sum(s.state == "done" for s in states), failed=sum(s.state == "failed" for s in states))
         return info
 
-    def publish(self, target: str, **options: Any) -> dict[str, Any]:
-        """`wikiembed export` / `upload`: the done shards of the generation this store was opened at, to
-        `hub:ORG/NAME` or `dir:PATH` (`wikiembed.publish.publish`, whose `options` these are)."""
-        from wikiembed.publish import publish  # publish reads stores: imported when used
-
-        return publish(self.named, target, **options)
-
     def refresh(self) -> None:
         """See what other machines committed (a Volume's `reload()`; nothing on a local disk)."""
         self.sync.reload()

@@ -15,7 +15,7 @@ A Volume has no lock that works across machines, so one run per Volume store is 
 lease (`VolumeLease`) in the named `modal.Dict` `LOCK_DICT`, renewed by a heartbeat
 and expiring on its own when its run dies without releasing it.
 
-`open_store(spec)` picks the view from the spec, so the flow and the CLI take either.
+`wikiembed.store_location.locate(spec)` picks the view from the spec, so the flow and the CLI take either.
 
 Touches: Modal's API (through the `modal` client and the user's Modal token) for a
 Volume store: the `StoreOps` class and the `LOCK_DICT` Dict; nothing else.
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import socket
 import sys
 import threading
@@ -35,7 +34,7 @@ from typing import Any, Iterator
 
 from wikiembed.errors import BackendError, InputError, StoreError
 from wikiembed.records import FORMAT, Manifest
-from wikiembed.store import ShardState, Store, manifest_of, pid_alive
+from wikiembed.store import ShardState, manifest_of, pid_alive
 
 PREFIX = "modal:"
 # Where the deployed apps mount the store Volume; a store `modal:VOLUME/PATH` is at STORE_MOUNT/PATH there.
@@ -89,46 +88,25 @@ def mount_path(spec: str) -> str:
     return f"{STORE_MOUNT}/{parsed[1]}"
 
 
-def check_store_for_backend(backend: str, store: str) -> None:
-    """`--backend modal` runs whole shards where the GPUs are, so its store must be on a Modal Volume,
-    and only Modal containers can reach a Volume store."""
-    on_volume = parse_spec(store) is not None
-    if backend == "modal" and not on_volume:
+def cloud_target(store: str, target: str | None) -> str | None:
+    """A publishing target as the containers of the Volume store `store` see it: `hub:` as is, `modal:VOLUME/PATH`
+    as a folder at the mount. A folder of this machine is refused: the data would have to come down first."""
+    volume = (parse_spec(store) or ("", ""))[0]
+    if not target or target.startswith("hub:"):
+        return target
+    parsed = parse_spec(target) if target.startswith(PREFIX) else None
+    if parsed is None:
         raise InputError(
-            f"--backend modal with --store {store!r}: Modal containers cannot see a local folder; "
-            f"put the store on a Modal Volume, e.g. --store {PREFIX}{DEFAULT_VOLUME}/{store.strip('/').split('/')[-1] or 'run'}."
+            f"--to/--upload-to {target!r}: the store {store} is on a Modal Volume, so it publishes from "
+            f"there: give hub:ORG/NAME (Volume to Hub), or modal:{volume}/FOLDER for a folder on the same "
+            f"Volume (then `modal volume get {volume} FOLDER` fetches it, if you want it here)."
         )
-    if on_volume and backend != "modal":
-        raise InputError(f"--store {store!r} is on a Modal Volume: use --backend modal, or a local --store folder.")
-
-
-def check_vectors_here(command: str, *specs: str | None) -> None:
-    """`search`, `index` and `eval` read every vector on this machine; a Volume store's vectors
-    stay in the cloud, so those commands take a local copy of one of its generations."""
-    for spec in specs:
-        parsed = parse_spec(spec) if spec else None
-        if parsed is None:
-            continue
-        volume, path = parsed
-        name = path.rstrip("/").split("/")[-1]
+    if parsed[0] != volume:
         raise InputError(
-            f"wikiembed {command} --store {shlex.quote(spec)}: {command} reads the store's vectors on this machine, and this "
-            f"store's stay on the Modal Volume {volume!r}. Copy its generation down first: "
-            f"`modal volume get {shlex.quote(volume)} {shlex.quote(path + '/gens/GEN')} {shlex.quote('./' + name)}` (GEN: the "
-            f"generation `wikiembed status --store {shlex.quote(spec)}` prints), then "
-            f"`wikiembed {command} --store {shlex.quote('./' + name)}`."
+            f"--to/--upload-to {target!r}: the store is on the Volume {volume!r}, and its containers mount "
+            f"only that one; give modal:{volume}/FOLDER."
         )
-
-
-def open_store(spec: str, gen: str | None = None) -> "Store | VolumeStore":
-    """The store behind `--store`: a local folder, or `modal:VOLUME/PATH` on a Modal Volume."""
-    return VolumeStore(spec, gen) if parse_spec(spec) else Store(spec, gen)
-
-
-def open_for_reading(spec: str) -> "Store | VolumeStore":
-    """The store `status`, `export` and `upload` read: a local one at its published generation (or the
-    generation a `STORE/gens/ID` path names: `Store.at`), a Volume one at the generation its view works on."""
-    return VolumeStore(spec) if parse_spec(spec) else Store.at(spec)
+    return f"dir:{mount_path(target)}"
 
 
 class VolumeStore:
@@ -215,23 +193,8 @@ class VolumeStore:
         return self._as_seen_here(published, target)
 
     def cloud_target(self, target: str | None) -> str | None:
-        """A publishing target as the container sees it: `hub:` as is, `modal:VOLUME/PATH` as a folder
-        at the mount. A folder of this machine is refused: the data would have to come down first."""
-        if not target or target.startswith("hub:"):
-            return target
-        parsed = parse_spec(target) if target.startswith(PREFIX) else None
-        if parsed is None:
-            raise InputError(
-                f"--to/--upload-to {target!r}: the store {self.root} is on a Modal Volume, so it publishes from "
-                f"there: give hub:ORG/NAME (Volume to Hub), or modal:{self.volume}/FOLDER for a folder on the same "
-                f"Volume (then `modal volume get {self.volume} FOLDER` fetches it, if you want it here)."
-            )
-        if parsed[0] != self.volume:
-            raise InputError(
-                f"--to/--upload-to {target!r}: the store is on the Volume {self.volume!r}, and its containers mount "
-                f"only that one; give modal:{self.volume}/FOLDER."
-            )
-        return f"dir:{mount_path(target)}"
+        """A publishing target as the container sees it (`cloud_target`)."""
+        return cloud_target(self.root, target)
 
     def _as_seen_here(self, published: dict[str, Any], target: str | None) -> dict[str, Any]:
         """The container's answer with the target and folder as the user named them (not the mount path)."""

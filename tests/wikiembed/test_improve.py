@@ -80,7 +80,7 @@ def test_too_few_held_out_queries_are_refused_saying_by_how_many():
 
 
 def test_a_new_store_holding_someone_elses_files_is_refused_before_any_work(tmp_path):
-    from wikiembed.volume_improve import check_paths
+    from wikiembed.store_location import locate
 
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text('{"query": "a", "id": "x"}\n')
@@ -90,10 +90,10 @@ def test_a_new_store_holding_someone_elses_files_is_refused_before_any_work(tmp_
     flags = {"pairs": "--pairs", "out": "--out", "new_store": "--new-store"}
     with pytest.raises(InputError, match=r"--new-store .*theirs: a folder holding files of its own \(data, notes.txt\), "
                                          "neither empty nor a wikiembed store"):
-        check_paths(str(tmp_path / "store"), str(pairs), str(tmp_path / "model"), str(theirs), flags=flags)
+        locate(str(tmp_path / "store")).check_paths(str(pairs), str(tmp_path / "model"), str(theirs), flags=flags)
     assert sorted(p.name for p in theirs.iterdir()) == ["data", "notes.txt"]
     # A new folder, an empty one, and a round's own store (to resume it) are fine.
     (tmp_path / "empty").mkdir()
     (tmp_path / "round" / "gens").mkdir(parents=True)
     for new in ("new", "empty", "round"):
-        assert check_paths(str(tmp_path / "store"), str(pairs), str(tmp_path / "model"), str(tmp_path / new), flags=flags) is None
+        locate(str(tmp_path / "store")).check_paths(str(pairs), str(tmp_path / "model"), str(tmp_path / new), flags=flags)

@@ -68,3 +68,25 @@ def test_the_flow_form_is_the_settings():
             assert prop["description"] == RunSettings.model_fields[name].description
     rerun = parameter_schema(rerun_shards).model_dump_for_openapi()["properties"]
     assert all(p["description"] for p in rerun.values())
+
+
+def test_an_executor_registered_after_the_import_is_offered_by_the_run_form() -> None:
+    """The form's choice of `backend` is built with the form (a deployment's, when it is made), not when the
+    settings module was imported: an executor registered later is listed, and a run may name it."""
+    from prefect.utilities.callables import parameter_schema
+
+    from wikiembed import executors
+    from wikiembed.flows.embed_dataset import embed_dataset
+
+    assert "late" not in RunSettings.model_json_schema()["properties"]["backend"]["enum"]
+    executors.register("late", "wikiembed.executors.in_process:InProcess")
+    try:
+        form = parameter_schema(embed_dataset).model_dump_for_openapi()["properties"]["backend"]
+        assert form["enum"] == [*executors.names()] and form["enum"][-1] == "late" and form["default"] == "local"
+        assert RunSettings.model_json_schema()["properties"]["backend"]["enum"][-1] == "late"
+        assert RunSettings(store="s", backend="late").backend == "late"
+    finally:
+        executors.unregister("late")
+    assert "late" not in parameter_schema(embed_dataset).model_dump_for_openapi()["properties"]["backend"]["enum"]
+    with pytest.raises(ValidationError, match="backend 'late' is not an executor here: use one of local, tei, modal"):
+        RunSettings(store="s", backend="late")

@@ -1,7 +1,8 @@
 """Pick and open a backend: `local` (the PyTorch engine) or `tei` (servers by URL).
 
-`--backend modal` has no backend here: whole shards go to a deployed Modal app, which opens its own
-(TEI or the engine) next to the store's Volume (`wikiembed.backends.modal_client.ModalShards`).
+An executor that embeds nothing in this process opens nothing here: the Modal one sends whole shards to a
+deployed app, which opens its own backend (TEI or the engine) next to the store's Volume; its
+`check_backend` and `request_retries` say so (`wikiembed.executors.modal_containers`).
 
 Sits above the backends and the interface they share (`base.py`); the flow only
 ever calls `open_backend(...)` and then `embed(texts)`.
@@ -122,14 +123,10 @@ def _open(
         from wikiembed.backends.tei import TEIBackend
 
         return TEIBackend(list(tei_url), model_id=model, revision=revision, clients=clients)
-    if backend == "modal":
-        # Whole shards go to Modal (`wikiembed.executors.modal_containers`), where the store's
-        # Volume is; no text is embedded in this process, so there is nothing to open here.
-        raise BackendError(
-            "--backend modal embeds whole shards on Modal, next to a store on a Modal Volume "
-            "(--store modal:VOLUME/PATH), not texts in this process; use local or tei here."
-        )
-    raise BackendError(f"--backend {backend!r}: use local, tei or modal.")
+    raise BackendError(
+        f"--backend {backend!r} embeds no texts in this process (whole shards go where its executor runs them); "
+        "the backends opened here are local (the PyTorch engine) and tei (servers by URL)."
+    )
 
 
 def backend_retries(
@@ -145,10 +142,6 @@ def backend_retries(
 ) -> int:
     """Requests the open backend for these settings has retried so far; 0 when none is open here
     (nothing was embedded in this process) or the backend does not retry on its own."""
-    if backend == "modal":
-        # Nothing opens here (whole shards go to Modal), and the model may be reachable only there
-        # (a fine-tuned folder on the store's Volume): its files are never looked for on this machine.
-        return 0
     key = _key(backend, model, device, tei_url, modal_app, modal_class, gpu, trust_remote_code=trust_remote_code)
     with _BACKENDS_LOCK:
         opened = _BACKENDS.get(key)

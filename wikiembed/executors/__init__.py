@@ -13,30 +13,32 @@ executor runs is `RunSettings.backend`:
 
 Another executor (a Ray cluster, a second cloud) is one new module with an `Executor` subclass,
 made known by `register("name", Class)` or, from another package, by an entry point in the
-`wikiembed.executors` group (`name = "package.module:Class"`); then `--backend name` runs it.
+`wikiembed.executors` group (`name = "package.module:Class"`); then `--backend name` runs it, the
+run form of the Prefect UI lists it (its choices are read when a deployment's form is built), and
+`wikiembed estimate` prices it from its class's facts (`base.Executor`).
+
+This module imports no other module of the project, not even for types (`RunSettings` validates
+`--backend` against `names()`, and the executors' modules import the settings): its classes are
+`base.Executor` subclasses.
 """
 
 from __future__ import annotations
 
 import importlib
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from wikiembed.executors.base import Executor
-    from wikiembed.settings import RunSettings
-
-# The built-in executors, imported only when a run picks one (the Modal one imports `modal`).
+# The built-in executors, imported only when a run picks one or asks for its facts.
 BUILTIN: dict[str, str] = {
     "local": "wikiembed.executors.in_process:InProcess",
     "tei": "wikiembed.executors.worker_processes:WorkerProcesses",
     "modal": "wikiembed.executors.modal_containers:ModalContainers",
 }
 ENTRY_POINT_GROUP = "wikiembed.executors"
-_REGISTERED: dict[str, "type[Executor] | str"] = {}
+_REGISTERED: dict[str, "type | str"] = {}
 
 
-def register(name: str, executor: "type[Executor] | str") -> None:
+def register(name: str, executor: "type | str") -> None:
     """Make `--backend name` run `executor` (a class, or `module:Class` imported when first used)."""
     _REGISTERED[name] = executor
 
@@ -54,7 +56,8 @@ def names() -> list[str]:
     return list(dict.fromkeys([*BUILTIN, *_plugins(), *_REGISTERED]))
 
 
-def executor_class(name: str) -> "type[Executor]":
+def executor_class(name: str) -> Any:
+    """The `base.Executor` subclass `--backend name` runs (KeyError: none here)."""
     found = _REGISTERED.get(name) or _plugins().get(name) or BUILTIN.get(name)
     if found is None:
         raise KeyError(name)
@@ -64,6 +67,6 @@ def executor_class(name: str) -> "type[Executor]":
     return found
 
 
-def executor_for(settings: "RunSettings") -> "Executor":
+def executor_for(settings: Any) -> Any:
     """The executor a run's settings name (`backend`), holding those settings."""
     return executor_class(settings.backend)(settings)

@@ -20,6 +20,12 @@ whose vectors its shards may reuse.
 
 An executor holds only the run's settings (it is handed to task runs), and opens what it
 needs in the process that needs it.
+
+What the rest of the code needs to know about an executor before any run (the CLI's `run` checks,
+`wikiembed estimate`, the model checks of `wikiembed.plan`) are its class's attributes and class
+methods (`data_here`, `price_list`, `rate_from_store`, `runs_in_containers`, `remote_code_refusal`,
+`rate_hardware`, `check_model`), so that a new executor is one new module: nothing elsewhere
+branches on its name.
 """
 
 from __future__ import annotations
@@ -31,11 +37,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, ContextManager, Protocol
 from wikiembed import reuse_index
 from wikiembed.backends.factory import BackendOptions
 from wikiembed.errors import BackendError, InputError, TransientBackendError, WikiembedError
-from wikiembed.volume_store import check_store_for_backend
+from wikiembed.model import WAY_OUT
 from wikiembed.records import Manifest, Marker, VectorKind
+from wikiembed.store_location import locate
 
 if TYPE_CHECKING:
-    from wikiembed.settings import RunSettings
+    from wikiembed.model import ModelInfo
+    from wikiembed.settings import ComputeOptions, RunSettings
     from wikiembed.store import ShardState
 
 # Shards in flight at once when the settings do not say; see each executor's `default_concurrency`.
@@ -49,7 +57,7 @@ class StoreView(Protocol):
     gen: str | None
 
     def exists(self) -> bool: ...
-    def read_manifest(self) -> dict[str, Any]: ...
+    def read_manifest(self) -> Manifest: ...
     def states(self, manifest: Manifest | None = None) -> "list[ShardState]": ...
     def mark_failed(self, shard: int, error: str, attempts: int) -> None: ...
     def forget(self, shard: int) -> None: ...
@@ -88,8 +96,22 @@ class Executor(ABC):
     #: The name `--backend` selects this executor by.
     name: ClassVar[str]
     #: The store's snapshot and vectors are on this machine: the run's estimate, eval sample and
-    #: index are made here. False: they stay where the store is.
+    #: index are made here. False: they stay where the store is (a Modal Volume).
     data_here: ClassVar[bool] = True
+    #: The provider whose list prices (`wikiembed/data/prices.toml`) bill the hardware the shards run on;
+    #: None: hardware already paid for (this machine, self-hosted servers).
+    price_list: ClassVar[str | None] = None
+    #: Every shard runs on one machine or one set of servers, so the busy time of a store's done shards is
+    #: the run's time and their markers give its rate (not so for shards spread over many containers).
+    rate_from_store: ClassVar[bool] = False
+    #: Shards run in containers started for the run: a rate leaves out their start-up and idle time, and
+    #: is one container's.
+    runs_in_containers: ClassVar[bool] = False
+    #: Why a model's own code (`auto_map`) never runs where the shards are embedded, as a refusal says
+    #: it; None: it runs there when the run trusts it (`--trust-remote-code`).
+    remote_code_refusal: ClassVar[str | None] = None
+    #: What a refusal of a model's parts suggests instead.
+    unsupported_model_way_out: ClassVar[str] = WAY_OUT
 
     def __init__(self, settings: "RunSettings") -> None:
         self.settings = settings
@@ -111,7 +133,18 @@ class Executor(ABC):
 
     def check(self) -> None:
         """Refuse, before the store is touched, settings this executor cannot run."""
-        check_store_for_backend(self.name, self.settings.store)
+        locate(self.settings.store).check_executor(self)
+
+    @classmethod
+    def check_model(cls, info: "ModelInfo", trust_remote_code: bool) -> None:
+        """Refuse, before anything is written, a model whose vectors this executor cannot make exactly as
+        sentence-transformers does."""
+        info.check_supported(trust_remote_code, remote_code_refusal=cls.remote_code_refusal, way_out=cls.unsupported_model_way_out)
+
+    @classmethod
+    def rate_hardware(cls, compute: "ComputeOptions") -> str | None:
+        """The hardware a run's rate is looked up for (`wikiembed.estimate`): by default the GPU the settings name."""
+        return compute.gpu.upper() if compute.gpu else None
 
     @abstractmethod
     def store(self, spec: str, gen: str | None = None) -> StoreView:
@@ -177,6 +210,11 @@ class Executor(ABC):
     def tokenizer_choice(self) -> str:
         """The token chunker's tokenizer choice where this executor chunks (`--tokenizer`)."""
         return self.settings.compute.tokenizer
+
+    def timing_engine(self, model: str) -> Any:
+        """An engine of this process the run's estimate may time on its sample's chunks (a rate of this very
+        machine), or None: the estimate then takes a store-measured or recorded rate."""
+        return None
 
     # -- helpers for executors that embed on this machine --------------------------------------
 

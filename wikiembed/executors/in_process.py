@@ -13,6 +13,7 @@ Touches: the run store's folder, the engine (CPU or the local GPU).
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -22,11 +23,14 @@ from wikiembed.chunking import chunk_shard
 from wikiembed.executors.base import Planned, ShardJob
 from wikiembed.executors.on_disk import OnDisk
 from wikiembed.memory import release_free_memory
+from wikiembed.model import WAY_OUT_ELSEWHERE
 from wikiembed.plan import check_snapshot
 from wikiembed.progress import Progress
 from wikiembed.records import Marker
 from wikiembed.store import Store
 
+if TYPE_CHECKING:
+    from wikiembed.settings import ComputeOptions
 
 # Held while a shard is chunked: the shard tasks of this process take turns on the tokenizing pool.
 _CHUNKING = threading.Lock()
@@ -34,6 +38,21 @@ _CHUNKING = threading.Lock()
 
 class InProcess(OnDisk):
     name = "local"
+    unsupported_model_way_out = WAY_OUT_ELSEWHERE
+
+    @classmethod
+    def rate_hardware(cls, compute: "ComputeOptions") -> str | None:
+        """The CPU, or the local CUDA device by its name among the priced GPUs."""
+        if compute.device == "cpu":
+            return "CPU"
+        import torch
+
+        from wikiembed.estimate import GPUS
+
+        if not torch.cuda.is_available():
+            return "CPU"
+        name = torch.cuda.get_device_name(0).upper()
+        return next((g for g in GPUS if g in name.split() or g in name), None)
 
     def check(self) -> None:
         super().check()
@@ -65,6 +84,12 @@ class InProcess(OnDisk):
         reuse = reuse_index.shared(job.root, job.reuse_gen) if job.reuse_gen else None
         start, end = manifest.plan.shards[job.shard]
         return embed_shard(store, job.shard, backend, end - start, reuse=reuse, progress=Progress.current().add_chunks)
+
+    def timing_engine(self, model: str) -> Any:
+        # A GPU is not timed: the sample's few hundred chunks are a batch or two, far from the full
+        # groups a shard hands it, so their rate would say more about the launch than the card.
+        engine = self.backend.open(model)
+        return engine if str(getattr(engine, "device", "")).startswith("cpu") else None
 
     def device(self, model: str, embedded: bool) -> str | None:
         # The engine says which device it chose; it is asked only when shards were embedded here

@@ -12,19 +12,25 @@ Touches: Modal's API (the deployed apps, the lease Dict), through the user's Mod
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wikiembed.backends.modal_client import ModalShards
 from wikiembed.calibration import needs_calibration
 from wikiembed.executors.base import MAX_CONCURRENCY, Executor, Planned, ShardJob, StoreView
 from wikiembed.progress import Progress
 from wikiembed.records import Manifest, Marker
 from wikiembed.volume_store import VolumeStore, mount_path
 
+if TYPE_CHECKING:
+    from wikiembed.backends.modal_client import ModalShards
+
 
 class ModalContainers(Executor):
     name = "modal"
     data_here = False
+    price_list = "modal"  # Modal bills per GPU-second
+    runs_in_containers = True
+    remote_code_refusal = ("the deployed Modal shard classes load models without running their code; embed it with "
+                           "--backend local --trust-remote-code on a machine you trust it on")
 
     def store(self, spec: str, gen: str | None = None) -> VolumeStore:
         return VolumeStore(spec, gen)
@@ -36,7 +42,14 @@ class ModalContainers(Executor):
     def check_backend(self, model: str) -> None:
         """The shard containers open their own backend next to the Volume."""
 
-    def _shards(self, model: str) -> ModalShards:
+    def request_retries(self, model: str) -> int:
+        # Nothing opens here, and the model may be reachable only there (a fine-tuned folder on the
+        # store's Volume): its files are never looked for on this machine.
+        return 0
+
+    def _shards(self, model: str) -> "ModalShards":
+        from wikiembed.backends.modal_client import ModalShards  # lazy: the class's facts need no Modal client
+
         c = self.settings.compute
         return ModalShards(c.modal_app, c.modal_class, model_id=model, gpu=c.gpu)
 

@@ -27,6 +27,7 @@ class OnDisk(Executor):
     """An executor whose store is a folder of the flow's machine."""
 
     data_here = True
+    rate_from_store = True
 
     def store(self, spec: str, gen: str | None = None) -> Store:
         return Store(spec, gen)

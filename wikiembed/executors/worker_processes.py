@@ -9,6 +9,8 @@ Touches: worker processes; in them, the run store's folder and the TEI servers.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from wikiembed import shard_workers
 from wikiembed.executors.base import MAX_CONCURRENCY, ShardJob
 from wikiembed.executors.on_disk import OnDisk
@@ -16,12 +18,19 @@ from wikiembed.progress import Progress
 from wikiembed.records import ShardResult
 from wikiembed.tokenizing import cores
 
+if TYPE_CHECKING:
+    from wikiembed.model import ModelInfo
+
 # Enough shards in flight to keep remote GPUs busy.
 REMOTE_CONCURRENCY = 16
 
 
 class WorkerProcesses(OnDisk):
     name = "tei"
+
+    @classmethod
+    def check_model(cls, info: "ModelInfo", trust_remote_code: bool) -> None:
+        """Nothing to check here: a TEI server runs its own model code; its /info is checked when it is reached."""
 
     def run_shard(self, job: ShardJob) -> ShardResult:
         marker = shard_workers.run(

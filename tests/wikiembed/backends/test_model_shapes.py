@@ -145,8 +145,10 @@ def test_remote_code_runs_only_when_trusted(shapes: Path, tmp_path: Path) -> Non
     (folder / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoConfig": "configuration_bert.BertConfig"}}))
     assert model_info(str(folder)).refusals(trust_remote_code=True) == []
     # The deployed Modal shard classes never run a model's code: refused on the flow's machine, before any call.
+    from wikiembed.executors.modal_containers import ModalContainers
+
     with pytest.raises(InputError, match="deployed Modal shard classes load models without running their code"):
-        model_info(str(folder)).check_supported(trust_remote_code=True, backend="modal")
+        ModalContainers.check_model(model_info(str(folder)), trust_remote_code=True)
 
 
 def test_an_unknown_pooling_mode_is_the_only_part_refused(shapes: Path, tmp_path: Path) -> None:
