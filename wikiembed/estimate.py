@@ -40,7 +40,7 @@ from wikiembed import executors
 from wikiembed.chunking import chunk_table, make_chunking
 from wikiembed.errors import InputError
 from wikiembed.model import load_tokenizer, model_info
-from wikiembed.sources import SNAPSHOT_SCHEMA, RowReport, Source, parse_source, pin, read_source, streamed
+from wikiembed.sources import SNAPSHOT_SCHEMA, RowReport, parse_source, pin, read_source, streamed
 from wikiembed.tokenizing import encode_ids
 from wikiembed.records import Manifest, Marker
 
@@ -140,45 +140,6 @@ def _reservoir(rows: Iterator[dict[str, str]], k: int, seed: int) -> tuple[list[
             if j < k:
                 sample[j] = row
     return sample, count, chars
-
-
-def _hub_sample(source: Source, k: int, seed: int) -> tuple[list[dict[str, str]], int]:
-    """(streamed sample, article count from the dataset's metadata) for a Hub dataset."""
-    import datasets
-
-    from wikiembed.sources import _hub_offline_error, clean_rows
-
-    try:
-        builder = datasets.load_dataset_builder(source.location, source.config, revision=source.revision)
-        splits = builder.info.splits or {}
-        if source.split not in splits:
-            raise InputError(f"--source {source.location}: no split {source.split!r} in its metadata; it has {sorted(splits)}.")
-        population = int(splits[source.split].num_examples)
-        stream = datasets.load_dataset(source.location, source.config, split=source.split, revision=source.revision, streaming=True)
-        stream = stream.shuffle(seed=seed, buffer_size=10 * k)
-    except InputError:
-        raise
-    except Exception as exc:
-        raise _hub_offline_error(source, exc) from exc
-    rows: list[dict[str, str]] = []
-
-    def batches() -> Iterator[list[dict]]:
-        batch: list[dict] = []
-        for raw in stream:
-            batch.append(raw)
-            if len(batch) == 100:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
-    for row in clean_rows(batches(), source, RowReport()):
-        rows.append(row)
-        if len(rows) >= k:
-            break
-    if source.limit is not None:
-        population = min(population, source.limit)
-    return rows, population
 
 
 def _sample_counts(
@@ -444,10 +405,11 @@ def estimate(
     make_chunking(chunker, chunk_size, chunk_overlap, info.max_tokens)  # bad options fail before reading
     prompt = info.prompt(prompt_name, "document")
     total_chars: int | None
-    if src.kind == "hub":
-        rows, articles = _hub_sample(pin(src), sample, seed)  # one commit, `latest.<lang>` resolved
+    pinned = pin(src)  # a Hub source: one commit, `latest.<lang>` resolved
+    drawn = pinned.reader.estimate_sample(pinned, sample, seed)
+    if drawn is not None:
+        rows, articles, how = drawn
         total_chars = None
-        how = f"Hub metadata for the article count; {len(rows)} articles streamed through a shuffle buffer for the rest"
     else:
         rows, articles, total_chars = _reservoir(read_source(src, RowReport()), sample, seed)
         how = f"whole source read; {len(rows)} of {articles} articles drawn uniformly at random (seed {seed})"

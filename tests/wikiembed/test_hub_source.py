@@ -37,6 +37,14 @@ def error(spec="wikimedia/wikipedia", **kw):
         return str(exc)
     return None
 
+def estimate_error(**kw):
+    from wikiembed.estimate import estimate
+    try:
+        estimate("wikimedia/wikipedia", sample=3, **kw)
+    except InputError as exc:
+        return str(exc)
+    return None
+
 src = pin(parse_source("wikimedia/wikipedia", config="latest.simple"))
 out(config=src.config, revision=src.revision, fp=fingerprint(src))
 edited = sys.stdin.readline().strip()
@@ -46,7 +54,8 @@ at_edit = pin(replace(parse_source("wikimedia/wikipedia", config="latest.simple"
 out(rows=rows, fp_again=fingerprint(src), now_revision=now.revision, now_config=now.config, fp_now=fingerprint(now),
     fp_edited=fingerprint(at_edit), now_rows=len([r for r in read_source(now, RowReport())]),
     missing_config=error(config="20990101.simple"), missing_split=error(config="20240201.simple", split="test"),
-    missing_lang=error(config="latest.xx"), missing_repo=error("nobody/nothing", config="latest.simple"))
+    missing_lang=error(config="latest.xx"), missing_repo=error("nobody/nothing", config="latest.simple"),
+    estimate_without_metadata=estimate_error(config="latest.simple"))
 """
 
 
@@ -84,3 +93,6 @@ def test_pinned_revision_latest_config_and_errors(tmp_path: Path) -> None:
     assert "'test'" in second["missing_split"] and "train" in second["missing_split"] and "--split" in second["missing_split"]
     assert "latest.xx" in second["missing_lang"] and "simple" in second["missing_lang"] and "en" in second["missing_lang"]
     assert "nobody/nothing" in second["missing_repo"] and "no such dataset" in second["missing_repo"]
+    # the estimate of a Hub source streams a sample and takes the row count from the dataset's metadata (the
+    # reader's `estimate_sample`, at the pinned commit); this card has none
+    assert "no split 'train' in its metadata" in second["estimate_without_metadata"]

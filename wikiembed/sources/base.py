@@ -168,6 +168,12 @@ class SourceReader:
         no Arrow path (its rows then go through `batches`)."""
         return None
 
+    def estimate_sample(self, source: Source, k: int, seed: int) -> tuple[list[dict[str, str]], int, str] | None:
+        """For `wikiembed estimate`, where reading the whole source is too much (a Hub dataset): about `k`
+        clean rows drawn at random, the source's row count from its metadata, and how they were had.
+        None (the default): the estimate reads the whole source and draws from it."""
+        return None
+
     def describe(self, source: Source) -> str:
         return f"local {source.kind} at {source.location}"
 

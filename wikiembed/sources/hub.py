@@ -144,6 +144,45 @@ class HubReader(SourceReader):
             raise _hub_offline_error(source, exc) from exc
         return batched(ds)
 
+    def estimate_sample(self, source: Source, k: int, seed: int) -> tuple[list[dict[str, str]], int, str]:
+        """Rows streamed through a seeded shuffle buffer; the article count from the dataset's metadata."""
+        import datasets
+
+        from wikiembed.sources.cleaning import clean_rows
+
+        try:
+            builder = datasets.load_dataset_builder(source.location, source.config, revision=source.revision)
+            splits = builder.info.splits or {}
+            if source.split not in splits:
+                raise InputError(f"--source {source.location}: no split {source.split!r} in its metadata; it has {sorted(splits)}.")
+            population = int(splits[source.split].num_examples)
+            stream = datasets.load_dataset(source.location, source.config, split=source.split, revision=source.revision, streaming=True)
+            stream = stream.shuffle(seed=seed, buffer_size=10 * k)
+        except InputError:
+            raise
+        except Exception as exc:
+            raise _hub_offline_error(source, exc) from exc
+        rows: list[dict[str, str]] = []
+
+        def batches() -> Iterator[list[dict]]:
+            batch: list[dict] = []
+            for raw in stream:
+                batch.append(raw)
+                if len(batch) == 100:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+
+        for row in clean_rows(batches(), source, RowReport()):
+            rows.append(row)
+            if len(rows) >= k:
+                break
+        if source.limit is not None:
+            population = min(population, source.limit)
+        how = f"Hub metadata for the article count; {len(rows)} articles streamed through a shuffle buffer for the rest"
+        return rows, population, how
+
     def describe(self, source: Source) -> str:
         at = f", revision {source.revision[:12]}" if source.revision else ""
         return f"{source.location} (config {source.config}, split {source.split}{at})"
