@@ -23,6 +23,8 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from wikiembed.results import ImproveResult, JsonRecord, KeptFiles, RunSummary, ShardStatus, StatusPayload
+
 # Defaults for a terminal: no Prefect telemetry (it also causes SQLite "database is
 # locked" noise). The CLI prints its own progress bar, summary and errors, so
 # Prefect's console handler shows only critical records; the Prefect API (the UI)
@@ -184,44 +186,42 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _print_summary(summary: dict[str, Any], out=None) -> None:  # noqa: ANN001
-    from wikiembed.flows.embed_dataset import seconds_predicted
-
+def _print_summary(summary: RunSummary, out=None) -> None:  # noqa: ANN001
     out = out or sys.stdout  # looked up now: whoever replaced sys.stdout since the import gets the lines
-    counted = f", tokens counted by {summary['tokenizer']}" if summary.get("tokenizer") else ""
+    counted = f", tokens counted by {summary.tokenizer}" if summary.tokenizer else ""
     print(
-        f"wikiembed: {summary['shards_done']}/{summary['shards_total']} shards done, "
-        f"{summary['shards_failed']} failed | rows {summary['rows']:,} ({summary['skipped_rows']:,} skipped) | "
-        f"chunks {summary['chunks']:,} ({summary['embedded_chunks']:,} embedded, {summary['reused_chunks']:,} reused{counted}) | "
-        f"{summary['seconds']:.1f}s, {summary['chars_per_s']:,.0f} chars/s",
+        f"wikiembed: {summary.shards_done}/{summary.shards_total} shards done, "
+        f"{summary.shards_failed} failed | rows {summary.rows:,} ({summary.skipped_rows:,} skipped) | "
+        f"chunks {summary.chunks:,} ({summary.embedded_chunks:,} embedded, {summary.reused_chunks:,} reused{counted}) | "
+        f"{summary.seconds:.1f}s, {summary.chars_per_s:,.0f} chars/s",
         file=out,
     )
-    if summary.get("predicted_vs_actual"):
-        pva = summary["predicted_vs_actual"]
-        print(f"predicted vs actual: chunks {pva['chunks']['predicted']:,} vs {pva['chunks']['actual']:,}; "
-              f"seconds {seconds_predicted(pva)} vs {pva['seconds']['actual']} ({pva['seconds']['basis']})", file=out)
-    if summary.get("eval"):
-        e = summary["eval"]
-        print(f"eval ({e['n']} titles as queries, float32): recall@1 {e['recall_at_1']:.3f}, recall@10 {e['recall_at_10']:.3f}, "
-              f"MRR@10 {e['mrr']:.3f}; every form in {summary['store']}/README.md", file=out)
-    if summary.get("index"):
-        print("index: " + "; ".join(f"{i['form']} ({i['rows']:,} vectors, {i['bytes'] / 1e6:,.1f} MB, {i['seconds']:.1f}s; "
-                                     f"{i['parts_built']} data files indexed, {i['parts_reused']} reused)"
-                                     for i in summary["index"]) + "; search and eval use it", file=out)
-    if summary.get("changes"):
-        c = summary["changes"]
+    if summary.predicted_vs_actual:
+        pva = summary.predicted_vs_actual
+        print(f"predicted vs actual: chunks {pva.chunks.predicted:,} vs {pva.chunks.actual:,}; "
+              f"seconds {pva.seconds.predicted_text()} vs {pva.seconds.actual} ({pva.seconds.basis})", file=out)
+    if summary.eval:
+        e = summary.eval
+        print(f"eval ({e.n} titles as queries, float32): recall@1 {e.recall_at_1:.3f}, recall@10 {e.recall_at_10:.3f}, "
+              f"MRR@10 {e.mrr:.3f}; every form in {summary.store}/README.md", file=out)
+    if summary.index:
+        print("index: " + "; ".join(f"{i.form} ({i.rows:,} vectors, {i.bytes / 1e6:,.1f} MB, {i.seconds:.1f}s; "
+                                     f"{i.parts_built} data files indexed, {i.parts_reused} reused)"
+                                     for i in summary.index) + "; search and eval use it", file=out)
+    if summary.changes:
+        c = summary.changes
         print(f"source changes: {c['added']} added, {c['edited']} edited, {c['removed']} removed articles", file=out)
-    if "rerun_shards" in summary:
-        print(f"rerun: {len(summary['rerun_done'])}/{len(summary['rerun_shards'])} of the shards it was asked to redo are done",
+    if summary.rerun_shards is not None:
+        print(f"rerun: {len(summary.rerun_done or ())}/{len(summary.rerun_shards)} of the shards it was asked to redo are done",
               file=out)
-    if summary.get("pending_shards"):
-        ids = ",".join(str(k) for k in summary["pending_shards"])
+    if summary.pending_shards:
+        ids = ",".join(str(k) for k in summary.pending_shards)
         print(f"pending shards (never started): {ids}; embed them with the store's settings with", file=out)
-        print(f"    wikiembed rerun --store {shlex.quote(str(summary['store']))} --shards {ids}", file=out)
+        print(f"    wikiembed rerun --store {shlex.quote(str(summary.store))} --shards {ids}", file=out)
         print("or run the same `wikiembed run` command again", file=out)
-    if summary["failed_shards"]:
-        ids = ",".join(str(k) for k in summary["failed_shards"])
-        store = shlex.quote(str(summary["store"]))
+    if summary.failed_shards:
+        ids = ",".join(str(k) for k in summary.failed_shards)
+        store = shlex.quote(str(summary.store))
         print(f"failed shards: {ids}; see `wikiembed status --store {store}`, then run", file=out)
         print(f"    wikiembed rerun --store {store} --failed", file=out)
 
@@ -268,7 +268,10 @@ def _check_writable(path: Path, flag: str, given: str, why: str = "") -> None:
                          "no write permission); give a path on a writable disk, or make it writable.")
 
 
-def _write_json(path: str | None, payload: dict[str, Any]) -> None:
+def _write_json(path: str | None, payload: dict[str, Any] | JsonRecord) -> None:
+    """Write a command's result as JSON (a record as its `to_json()`)."""
+    if isinstance(payload, JsonRecord):
+        payload = payload.to_json()
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(payload, indent=1), encoding="utf-8")
@@ -291,13 +294,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     location.check_executor(executor_class(settings.backend))
     _, info, chunking = resolve(settings)
     location.check_run(settings, info, chunking)  # a Volume store is checked where it is, in the flow
-    summary = _in_flow_thread(embed_dataset, **settings.model_dump())
+    summary = RunSummary.from_json(_in_flow_thread(embed_dataset, **settings.model_dump()))
     _write_json(args.summary_json, summary)
     _print_summary(summary)
-    return EXIT_FAILED_SHARDS if summary["shards_failed"] or summary["shards_done"] < summary["shards_total"] else EXIT_OK
+    return EXIT_OK if summary.complete else EXIT_FAILED_SHARDS
 
 
-def status_payload(store_dir: str, verify: bool = False) -> dict[str, Any]:
+def status_payload(store_dir: str, verify: bool = False) -> StatusPayload:
     from wikiembed.volume_store import open_for_reading
 
     # A local store is shown at its published generation (or the one a STORE/gens/ID path names);
@@ -305,64 +308,60 @@ def status_payload(store_dir: str, verify: bool = False) -> dict[str, Any]:
     store = locate(store_dir).open_for_reading()
     manifest = store.read_manifest()
     states = store.states(manifest, verify=verify)
-    return {
-        "store": str(store.root),
-        "generation": store.gen,
-        "source": manifest.source.spec,
-        "model": manifest.model.model_id,
-        "chunking": manifest.chunking.as_dict(),
-        "skipped_rows": sum(manifest.skipped.values()),
-        "skipped": manifest.skipped,
-        "repaired": manifest.repaired,
-        "shards": [
-            {"shard": s.shard, "state": s.state, "rows": s.rows, "chunks": s.chunks, "error": s.error, "attempts": s.attempts}
-            for s in states
-        ],
-        "done": sum(s.state == "done" for s in states),
-        "failed": sum(s.state == "failed" for s in states),
-        "pending": sum(s.state == "pending" for s in states),
-        "changed": sum(s.state == "changed" for s in states),
-        "published": store.pointer("current"),
-        "building": store.building(),
+    return StatusPayload(
+        store=str(store.root),
+        generation=store.gen,
+        source=manifest.source.spec,
+        model=manifest.model.model_id,
+        chunking=manifest.chunking.as_dict(),
+        skipped_rows=sum(manifest.skipped.values()),
+        skipped=manifest.skipped,
+        repaired=manifest.repaired,
+        shards=tuple(ShardStatus(s.shard, s.state, s.rows, s.chunks, s.error, s.attempts) for s in states),
+        done=sum(s.state == "done" for s in states),
+        failed=sum(s.state == "failed" for s in states),
+        pending=sum(s.state == "pending" for s in states),
+        changed=sum(s.state == "changed" for s in states),
+        published=store.pointer("current"),
+        building=store.building(),
         # An incremental generation keeps the files of earlier ones that hold its unchanged articles.
-        "kept": {"files": len(manifest.base), "chunks": sum(b.live_chunks for b in manifest.base),
-                 "generations": len({b.gen for b in manifest.base}),
-                 "damaged": store.verify_base(manifest) if verify and manifest.base and hasattr(store, "verify_base") else []},
-    }
+        kept=KeptFiles(len(manifest.base), sum(b.live_chunks for b in manifest.base), len({b.gen for b in manifest.base}),
+                       tuple(store.verify_base(manifest)) if verify and manifest.base and hasattr(store, "verify_base") else ()),
+    )
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
     payload = status_payload(args.store, verify=args.verify)
-    code = EXIT_FAILED_SHARDS if payload["changed"] or payload["kept"]["damaged"] else EXIT_OK
+    code = EXIT_OK if payload.healthy else EXIT_FAILED_SHARDS
     if args.json:
-        print(json.dumps(payload, indent=1))
+        print(json.dumps(payload.to_json(), indent=1))
         return code
-    published = payload["published"]
-    role = "" if published is None else ", published" if published == payload["generation"] else f", not published: that is {published}"
-    print(f"store {payload['store']} (generation {payload['generation']}{role})")
-    print(f"source {payload['source']} | model {payload['model']} | chunking {payload['chunking']}")
+    published = payload.published
+    role = "" if published is None else ", published" if published == payload.generation else f", not published: that is {published}"
+    print(f"store {payload.store} (generation {payload.generation}{role})")
+    print(f"source {payload.source} | model {payload.model} | chunking {payload.chunking}")
     print(f"{'shard':>6}  {'state':<8} {'rows':>8} {'chunks':>8}  error")
-    for s in payload["shards"]:
-        chunks = "" if s["chunks"] is None else s["chunks"]
-        print(f"{s['shard']:>6}  {s['state']:<8} {s['rows']:>8} {chunks:>8}  {(s['error'] or '')[:100]}")
-    print(f"done {payload['done']}, failed {payload['failed']}, pending {payload['pending']}, skipped rows {payload['skipped_rows']}")
-    if payload["changed"]:
-        ids = ",".join(str(x["shard"]) for x in payload["shards"] if x["state"] == "changed")
-        print(f"changed {payload['changed']}: not vouched for by its _done marker (the error column says why); "
-              f"`wikiembed rerun --store {shlex.quote(payload['store'])} --shards {ids}` redoes them")
-    kept = payload["kept"]
-    if kept["files"]:
-        print(f"kept from {kept['generations']} earlier generation(s): {kept['chunks']:,} chunks of unchanged articles in "
-              f"{kept['files']} files")
-    if kept["damaged"]:
-        print(f"damaged: kept files {', '.join(kept['damaged'][:20])} no longer match their markers (sha256); embed the "
+    for s in payload.shards:
+        chunks = "" if s.chunks is None else s.chunks
+        print(f"{s.shard:>6}  {s.state:<8} {s.rows:>8} {chunks:>8}  {(s.error or '')[:100]}")
+    print(f"done {payload.done}, failed {payload.failed}, pending {payload.pending}, skipped rows {payload.skipped_rows}")
+    if payload.changed:
+        ids = ",".join(str(x.shard) for x in payload.shards if x.state == "changed")
+        print(f"changed {payload.changed}: not vouched for by its _done marker (the error column says why); "
+              f"`wikiembed rerun --store {shlex.quote(payload.store)} --shards {ids}` redoes them")
+    kept = payload.kept
+    if kept.files:
+        print(f"kept from {kept.generations} earlier generation(s): {kept.chunks:,} chunks of unchanged articles in "
+              f"{kept.files} files")
+    if kept.damaged:
+        print(f"damaged: kept files {', '.join(kept.damaged[:20])} no longer match their markers (sha256); embed the "
               "source again into a new --store")
-    if payload["skipped"]:
-        print("skipped rows by reason: " + ", ".join(f"{k}: {v}" for k, v in sorted(payload["skipped"].items())))
-    if args.verify and not payload["changed"] and not kept["damaged"]:
+    if payload.skipped:
+        print("skipped rows by reason: " + ", ".join(f"{k}: {v}" for k, v in sorted(payload.skipped.items())))
+    if args.verify and payload.healthy:
         print("verified: every done shard's data file matches its marker (sha256)")
-    if payload["building"]:
-        print(building_line(payload["store"], payload["building"]))
+    if payload.building:
+        print(building_line(payload.store, payload.building))
     return code
 
 
@@ -393,11 +392,10 @@ def _cmd_rerun(args: argparse.Namespace) -> int:
     from wikiembed.settings import parse_shards
 
     shards = "failed" if args.failed else parse_shards(args.shards)
-    summary = _in_flow_thread(rerun_shards, store=args.store, shards=shards)
+    summary = RunSummary.from_json(_in_flow_thread(rerun_shards, store=args.store, shards=shards))
     _write_json(args.summary_json, summary)
     _print_summary(summary)
-    unfinished = summary["shards_failed"] or summary["shards_done"] < summary["shards_total"]
-    return EXIT_FAILED_SHARDS if unfinished else EXIT_OK
+    return EXIT_OK if summary.complete else EXIT_FAILED_SHARDS
 
 
 def _cmd_publish(args: argparse.Namespace, target: str) -> int:
@@ -527,19 +525,18 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     # Where the store is: here, or on a Modal GPU next to the store's Volume (the model folder is written there).
     result = location.finetune(args.pairs, args.out, settings)
     _write_json(args.json_path, result)  # before printing: a reader that leaves early cannot cost the file
-    p = result["pairs"]
-    if p["unmatched"]:
-        print(f"wikiembed finetune: warning: {p['unmatched']} of {p['read']} queries name no article or chunk of the store; "
+    p = result.pairs
+    if p.unmatched:
+        print(f"wikiembed finetune: warning: {p.unmatched} of {p.read} queries name no article or chunk of the store; "
               "they are left out", file=sys.stderr)
-    print(f"fine-tuned {result['base_model']} on {result['train']} queries ({result['examples']} examples, {result['loss']}, "
-          f"{result['settings']['epochs']} epoch(s), {result['device']}, {result['seconds']:.0f}s) into {result['out']}")
-    merged = p.get("near_duplicates", 0)
+    print(f"fine-tuned {result.base_model} on {result.train} queries ({result.examples} examples, {result.loss}, "
+          f"{result.settings['epochs']} epoch(s), {result.device}, {result.seconds:.0f}s) into {result.out}")
+    merged = p.near_duplicates or 0
     alike = f" ({merged} near-duplicate queries merged first: the model reads them as another)" if merged else ""
-    print(f"held out {result['holdout']} queries{alike}, ranked against {result['pool']:,} chunks:")
-    for label, key in (("base", "before"), ("fine-tuned", "after"), ("difference", "difference")):
-        sign = "+" if key == "difference" else ""
+    print(f"held out {result.holdout} queries{alike}, ranked against {result.pool:,} chunks:")
+    for label, block, sign in (("base", result.before, ""), ("fine-tuned", result.after, ""), ("difference", result.difference, "+")):
         print(f"  {label:<11} " + ", ".join(
-            f"{m} {result[key][m]:{sign}.3f} [{result[key][m + '_ci95'][0]:{sign}.3f}, {result[key][m + '_ci95'][1]:{sign}.3f}]"
+            f"{m} {block.value(m):{sign}.3f} [{block.interval(m)[0]:{sign}.3f}, {block.interval(m)[1]:{sign}.3f}]"
             for m in ("recall_at_1", "recall_at_10", "mrr")))
     return EXIT_OK
 
@@ -558,32 +555,33 @@ def _cmd_improve(args: argparse.Namespace) -> int:
     try:
         result = _in_flow_thread(improve_model, summary_on_failure=False, **settings.model_dump())
     except ShardsFailed as exc:  # the re-embed stopped: what it finished is kept, the same command resumes
-        _print_summary(exc.summary, out=sys.stderr)
+        _print_summary(RunSummary.from_json(exc.summary), out=sys.stderr)
         print(f"wikiembed improve: {exc}", file=sys.stderr)
         return EXIT_FAILED_SHARDS
+    result = ImproveResult.from_json(result)
     _write_json(args.json_path, result)  # before printing: a reader that leaves early cannot cost the file
-    tuned, reembed = result["finetune"], result["reembed"]
-    print(f"fine-tuned {tuned['base_model']} on {tuned['train']} queries ({tuned['settings']['epochs']} epoch(s), "
-          f"{tuned['device']}, {tuned['seconds']:.0f}s) into {tuned['out']}")
-    shards = f"{reembed['shards_done']}/{reembed['shards_total']} shards"
-    if reembed["embedded_chunks"] == reembed["chunks"]:
-        print(f"re-embedded {reembed['chunks']:,} chunks into {result['new']['store']} ({shards})")
+    tuned, reembed = result.finetune, result.reembed
+    print(f"fine-tuned {tuned.base_model} on {tuned.train} queries ({tuned.settings['epochs']} epoch(s), "
+          f"{tuned.device}, {tuned.seconds:.0f}s) into {tuned.out}")
+    shards = f"{reembed.shards_done}/{reembed.shards_total} shards"
+    if reembed.embedded_chunks == reembed.chunks:
+        print(f"re-embedded {reembed.chunks:,} chunks into {result.new.store} ({shards})")
     else:  # a round run again: what its earlier runs embedded is kept, not embedded again
-        print(f"re-embedded {reembed['embedded_chunks']:,} of the {reembed['chunks']:,} chunks of {result['new']['store']} "
+        print(f"re-embedded {reembed.embedded_chunks:,} of the {reembed.chunks:,} chunks of {result.new.store} "
               f"({shards}); the rest were embedded by an earlier run of this round")
-    merged = tuned["pairs"].get("near_duplicates", 0)
+    merged = tuned.pairs.near_duplicates or 0
     alike = f" ({merged} near-duplicate queries merged first: the model reads them as another)" if merged else ""
-    print(f"held out {result['old']['n']} queries{alike}, scored over every chunk of each store:")
-    for label, block, sign in (("old", result["old"], ""), ("new", result["new"], ""), ("new - old", result["difference"], "+")):
+    print(f"held out {result.old.n} queries{alike}, scored over every chunk of each store:")
+    for label, block, sign in (("old", result.old, ""), ("new", result.new, ""), ("new - old", result.difference, "+")):
         print(f"  {label:<10} " + ", ".join(
-            f"{METRIC_NAMES[m]} {block[m]:{sign}.3f} [{block[m + '_ci95'][0]:{sign}.3f}, {block[m + '_ci95'][1]:{sign}.3f}]"
+            f"{METRIC_NAMES[m]} {block.value(m):{sign}.3f} [{block.interval(m)[0]:{sign}.3f}, {block.interval(m)[1]:{sign}.3f}]"
             for m in METRIC_NAMES))
-    if result["publish"]:
-        where = (f"published to {result['published']['published']['target']}" if result["published"]
+    if result.publish:
+        where = (f"published to {result.published['published']['target']}" if result.published
                  else "no --upload-to given, nothing uploaded")
-        print(f"publish ({where}): {result['reason']}")
+        print(f"publish ({where}): {result.reason}")
     else:
-        print(f"keep: {result['reason']}")
+        print(f"keep: {result.reason}")
     return EXIT_OK
 
 

@@ -29,6 +29,7 @@ import re
 import shlex
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Callable
 
@@ -59,6 +60,7 @@ from wikiembed.tasks.index import index_task
 from wikiembed.tasks.retry import attempts_of
 from wikiembed.store_location import locate
 from wikiembed.records import Manifest, ShardResult, VectorKind
+from wikiembed.results import EvalHeadline, IndexBuilt, PredictedVsActual, RunSummary
 
 # Each shard in flight holds a pool thread (its embed task); see the executors' concurrency.
 # The UI's progress artifact is updated at most this often: each update is an API call
@@ -90,6 +92,17 @@ def _failure(state) -> tuple[str, int]:  # noqa: ANN001
     return f"task ended in state {state.type.value}", 1
 
 
+@dataclass
+class ShardsRun:
+    """What one pass of `run_shards` did: the shards it finished (their markers), the ones that failed (error,
+    and the task runs each took), and the requests its backend retried."""
+
+    results: dict[int, ShardResult] = field(default_factory=dict)
+    failures: dict[int, str] = field(default_factory=dict)
+    failed_attempts: dict[int, int] = field(default_factory=dict)
+    request_retries: int = 0
+
+
 def run_shards(
     executor: Executor,
     store: StoreView,
@@ -99,7 +112,7 @@ def run_shards(
     done_before: int,
     retries_before: int | None = None,
     lease: Any = None,
-) -> dict[str, Any]:
+) -> ShardsRun:
     """Submit one embed task per shard id to the executor; record failures; return per-run counts.
 
     `done_before`: the store's done shards outside `shard_ids`, where the progress starts (a
@@ -192,46 +205,47 @@ def run_shards(
     # process; a shard worker's client reports its shard's retries with the marker.
     request_retries = executor.request_retries(model) - retries_before
     request_retries += sum(r.request_retries for r in results.values())
-    return {"results": results, "failures": failures, "failed_attempts": failed_attempts, "request_retries": request_retries}
+    return ShardsRun(results, failures, failed_attempts, request_retries)
 
 
 def _summary(
-    executor: Executor, store: StoreView, run: dict[str, Any], seconds: float, device: str, states: list[ShardState]
-) -> dict[str, Any]:
+    executor: Executor, store: StoreView, run: ShardsRun, seconds: float, device: str, states: list[ShardState], **extra: Any
+) -> RunSummary:
     settings = executor.settings
     manifest = store.read_manifest()
     done = [s for s in states if s.state == "done"]
-    results = run["results"].values()
+    results = run.results.values()
     embedded_chars = sum(r.embedded_chars for r in results)
-    return {
-        "store": str(store.root),
-        "generation": store.gen,
-        "source": source_label(settings.source, settings.config),
-        "model": manifest.model.model_id,
-        "revision": manifest.model.revision,
-        "backend": settings.backend,
-        "device": device,
-        "chunking": manifest.chunking.as_dict(),
-        "tokenizer": _tokenizer_name(executor, manifest),
-        "shards_total": len(states),
-        "shards_done": len(done),
-        "shards_failed": sum(s.state == "failed" for s in states),
-        "failed_shards": sorted(s.shard for s in states if s.state == "failed"),
-        "pending_shards": sorted(s.shard for s in states if s.state == "pending"),
-        "rows": manifest.plan.rows,
-        "skipped_rows": sum(manifest.skipped.values()),
-        "chunks": sum(s.chunks or 0 for s in done),
-        "embedded_chunks": sum(r.embedded_chunks for r in results),
-        "reused_chunks": sum(r.reused_chunks for r in results),
+    return RunSummary(
+        store=str(store.root),
+        generation=store.gen,
+        source=source_label(settings.source, settings.config),
+        model=manifest.model.model_id,
+        revision=manifest.model.revision,
+        backend=settings.backend,
+        device=device,
+        chunking=manifest.chunking.as_dict(),
+        tokenizer=_tokenizer_name(executor, manifest),
+        shards_total=len(states),
+        shards_done=len(done),
+        shards_failed=sum(s.state == "failed" for s in states),
+        failed_shards=tuple(sorted(s.shard for s in states if s.state == "failed")),
+        pending_shards=tuple(sorted(s.shard for s in states if s.state == "pending")),
+        rows=manifest.plan.rows,
+        skipped_rows=sum(manifest.skipped.values()),
+        chunks=sum(s.chunks or 0 for s in done),
+        embedded_chunks=sum(r.embedded_chunks for r in results),
+        reused_chunks=sum(r.reused_chunks for r in results),
         # Rows the generation keeps from earlier ones (an incremental run: the articles that did not change).
-        "kept_chunks": sum(b.live_chunks for b in manifest.base),
+        kept_chunks=sum(b.live_chunks for b in manifest.base),
         # Measured: retried requests inside the backend, plus retried task runs of done and failed shards.
-        "retries": run.get("request_retries", 0)
+        retries=run.request_retries
         + sum(max(r.attempts - 1, 0) for r in results)
-        + sum(a - 1 for a in run.get("failed_attempts", {}).values()),
-        "seconds": round(seconds, 3),
-        "chars_per_s": round(embedded_chars / seconds, 1) if seconds > 0 else 0.0,
-    }
+        + sum(a - 1 for a in run.failed_attempts.values()),
+        seconds=round(seconds, 3),
+        chars_per_s=round(embedded_chars / seconds, 1) if seconds > 0 else 0.0,
+        **extra,
+    )
 
 
 def _tokenizer_name(executor: Executor, manifest: Manifest) -> str | None:
@@ -250,44 +264,44 @@ def _use_tokenizer(settings: RunSettings) -> None:
     os.environ[fast_tokenizer.CHOICE_ENV] = settings.compute.tokenizer
 
 
-def _report(store: StoreView, summary: dict[str, Any], states: list[ShardState], changes: dict[str, Any] | None = None) -> None:
+def _report(store: StoreView, summary: RunSummary, states: list[ShardState], changes: dict[str, Any] | None = None) -> None:
     """The UI's view of the run: a shard-state table and a markdown summary, keyed per store."""
     create_table_artifact(
         [{"shard": s.shard, "state": s.state, "rows": s.rows, "chunks": s.chunks, "error": (s.error or "")[:200]} for s in states],
         key=artifact_key("shards", store),
         description=f"shard states of {store.root}",
     )
-    chunking = ", ".join([str(summary["chunking"].get("chunker"))] + [f"{k} {v}" for k, v in summary["chunking"].items() if k != "chunker"])
+    chunking = ", ".join([str(summary.chunking.get("chunker"))] + [f"{k} {v}" for k, v in summary.chunking.items() if k != "chunker"])
     lines = [
-        f"# wikiembed run: {summary['shards_done']}/{summary['shards_total']} shards done",
+        f"# wikiembed run: {summary.shards_done}/{summary.shards_total} shards done",
         "",
     ]
-    if "rerun_shards" in summary:
-        lines += [f"This rerun redid {len(summary['rerun_done'])} of the {len(summary['rerun_shards'])} shards it was asked "
-                  f"to redo ({','.join(map(str, summary['rerun_shards'])) or 'none'}); the rest of the store is below.", ""]
+    if summary.rerun_shards is not None:
+        lines += [f"This rerun redid {len(summary.rerun_done or ())} of the {len(summary.rerun_shards)} shards it was asked "
+                  f"to redo ({','.join(map(str, summary.rerun_shards)) or 'none'}); the rest of the store is below.", ""]
     lines += [
-        f"- store: `{summary['store']}` (generation `{summary['generation']}`)",
-        f"- source: `{summary['source']}`",
-        f"- model: `{summary['model']}` (revision `{summary['revision']}`)",
-        f"- backend: {summary['backend']}" + (f" on {summary['device']}" if summary["device"] else " (this run embedded nothing)"),
-        f"- chunking: {chunking}" + (f", tokens counted by {summary['tokenizer']}" if summary.get("tokenizer") else ""),
-        f"- rows: {summary['rows']:,} ({summary['skipped_rows']:,} skipped)",
-        f"- chunks: {summary['chunks']:,} ({summary['embedded_chunks']:,} embedded, {summary['reused_chunks']:,} reused)",
-        f"- time: {summary['seconds']:.1f} s, {summary['chars_per_s']:,.0f} chars/s, {summary['retries']} retries",
+        f"- store: `{summary.store}` (generation `{summary.generation}`)",
+        f"- source: `{summary.source}`",
+        f"- model: `{summary.model}` (revision `{summary.revision}`)",
+        f"- backend: {summary.backend}" + (f" on {summary.device}" if summary.device else " (this run embedded nothing)"),
+        f"- chunking: {chunking}" + (f", tokens counted by {summary.tokenizer}" if summary.tokenizer else ""),
+        f"- rows: {summary.rows:,} ({summary.skipped_rows:,} skipped)",
+        f"- chunks: {summary.chunks:,} ({summary.embedded_chunks:,} embedded, {summary.reused_chunks:,} reused)",
+        f"- time: {summary.seconds:.1f} s, {summary.chars_per_s:,.0f} chars/s, {summary.retries} retries",
     ]
-    if summary.get("predicted_vs_actual"):
-        pva = summary["predicted_vs_actual"]
+    if summary.predicted_vs_actual:
+        pva = summary.predicted_vs_actual
         lines.append(
-            f"- predicted vs actual: chunks {pva['chunks']['predicted']:,} (95%: {pva['chunks']['predicted_ci95'][0]:,}-"
-            f"{pva['chunks']['predicted_ci95'][1]:,}) vs {pva['chunks']['actual']:,}; seconds "
-            f"{seconds_predicted(pva)} vs {pva['seconds']['actual']} ({pva['seconds']['basis']})"
+            f"- predicted vs actual: chunks {pva.chunks.predicted:,} (95%: {pva.chunks.predicted_ci95[0]:,}-"
+            f"{pva.chunks.predicted_ci95[1]:,}) vs {pva.chunks.actual:,}; seconds "
+            f"{pva.seconds.predicted_text()} vs {pva.seconds.actual} ({pva.seconds.basis})"
         )
     if changes:
         lines.append(
             f"- source changes: {changes['added']} articles added, {changes['edited']} edited, {changes['removed']} removed"
         )
-    if summary["failed_shards"]:
-        ids = ",".join(str(k) for k in summary["failed_shards"])
+    if summary.failed_shards:
+        ids = ",".join(str(k) for k in summary.failed_shards)
         lines += ["", "## Failed shards", ""]
         lines += [f"- {s.shard:05d}: {(s.error or '')[:300]}" for s in states if s.state == "failed"]
         lines += [
@@ -300,17 +314,12 @@ def _report(store: StoreView, summary: dict[str, Any], states: list[ShardState],
             "",
             f"    {rerun_deployment_command(store.root, ids)}",
         ]
-    if summary["pending_shards"]:
-        ids = ",".join(str(k) for k in summary["pending_shards"])
+    if summary.pending_shards:
+        ids = ",".join(str(k) for k in summary.pending_shards)
         lines += ["", "## Pending shards", "", f"Never started: {ids}. Embed them with the store's settings:", "",
                   f"    {rerun_command(store.root, ids)}", "", "or run the same `wikiembed run` command again."]
     create_markdown_artifact("\n".join(lines), key=artifact_key("summary", store), description=f"run summary of {store.root}")
 
-
-def seconds_predicted(pva: dict[str, Any]) -> str:
-    """The predicted seconds of a run's predicted-vs-actual, or why there are none."""
-    predicted = pva["seconds"]["predicted"]
-    return "not estimated" if predicted is None else str(predicted)
 
 
 def artifact_key(kind: str, store: StoreView) -> str:
@@ -421,8 +430,8 @@ def _announce_estimate(store: Any, manifest: Manifest, states: list[ShardState],
     return predicted
 
 
-def _finish(executor: Executor, store: StoreView, run: dict[str, Any], started: float, changes=None, predicted=None,  # noqa: ANN001
-            states: list[ShardState] | None = None, rerun: list[int] | None = None) -> dict[str, Any]:
+def _finish(executor: Executor, store: StoreView, run: ShardsRun, started: float, changes=None, predicted=None,  # noqa: ANN001
+            states: list[ShardState] | None = None, rerun: list[int] | None = None) -> RunSummary:
     settings = executor.settings
     # One view of every shard for the export decision, the summary and the table (on a Volume
     # store each view is a remote call that reads every marker); `states` when the run changed none.
@@ -436,43 +445,39 @@ def _finish(executor: Executor, store: StoreView, run: dict[str, Any], started: 
     indexed = index_task(str(store.root), store.gen, settings.output.index) if here and settings.output.index else None
     if all_done:
         export_task(executor, str(store.root), str(store.gen), settings.upload_to)
-    device = executor.device(store.read_manifest().model.model_id, bool(run["results"]))
-    summary = _summary(executor, store, run, time.perf_counter() - started, device, states)
-    if changes:
-        summary["changes"] = changes
-    if checked:
-        summary["eval"] = checked
-    if indexed:
-        summary["index"] = indexed
+    device = executor.device(store.read_manifest().model.model_id, bool(run.results))
+    seconds = time.perf_counter() - started
+    pva: PredictedVsActual | None = None
     if predicted:
-        done = sum(r.chunks for r in run["results"].values())
-        summary["predicted_vs_actual"] = compare(predicted, done, summary["seconds"])
-    if rerun is not None:
-        summary["rerun_shards"] = rerun
-        summary["rerun_done"] = sorted(run["results"])
+        pva = compare(predicted, sum(r.chunks for r in run.results.values()), round(seconds, 3))
+    summary = _summary(
+        executor, store, run, seconds, device, states,
+        changes=changes or None, eval=checked or None, index=tuple(indexed) if indexed else None, predicted_vs_actual=pva,
+        rerun_shards=None if rerun is None else tuple(rerun), rerun_done=None if rerun is None else tuple(sorted(run.results)),
+    )
     _report(store, summary, states, changes)
     return summary
 
 
-def _outcome(executor: Executor, summary: dict[str, Any]) -> dict[str, Any] | State:
-    """Completed (the summary) only when every shard is done; otherwise a Failed state whose
+def _outcome(executor: Executor, summary: RunSummary) -> dict[str, Any] | State:
+    """Completed (the summary's JSON) only when every shard is done; otherwise a Failed state whose
     message says how many, why, and the rerun, so the UI, the dashboard and automations see it."""
-    missing = summary["shards_total"] - summary["shards_done"]
-    failed = summary["shards_failed"]  # a rerun's failed shard may still hold its earlier data
+    missing = summary.shards_total - summary.shards_done
+    failed = summary.shards_failed  # a rerun's failed shard may still hold its earlier data
     if not missing and not failed:
-        return summary
-    what = f"{failed}/{summary['shards_total']} shards failed" if failed >= missing else (
-        f"{missing}/{summary['shards_total']} shards not done ({failed} failed)"
+        return summary.to_json()
+    what = f"{failed}/{summary.shards_total} shards failed" if failed >= missing else (
+        f"{missing}/{summary.shards_total} shards not done ({failed} failed)"
     )
-    store = executor.store(summary["store"], summary["generation"])
+    store = executor.store(summary.store, summary.generation)
     errors = sorted({(s.error or "").splitlines()[0][:200] for s in store.states() if s.state == "failed"} - {""})
     cause = f": {errors[0]}" + (f" (and {len(errors) - 1} other errors)" if len(errors) > 1 else "") if errors else ""
     message = (
-        f"{what}{cause}; rerun with `{rerun_command(summary['store'], 'failed')}` "
-        f"or `{rerun_deployment_command(summary['store'], 'failed')}`"
+        f"{what}{cause}; rerun with `{rerun_command(summary.store, 'failed')}` "
+        f"or `{rerun_deployment_command(summary.store, 'failed')}`"
     )
     get_run_logger().error(message)
-    return Failed(message=message, data=ShardsFailed(message, summary))
+    return Failed(message=message, data=ShardsFailed(message, summary.to_json()))
 
 
 class _NoTracebackForUserErrors(logging.Filter):
@@ -640,27 +645,27 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
         done_before = sum(st.state == "done" and st.shard not in ids for st in states)
         run = run_shards(executor, s, ids, reuse_gen=reuse_gen, done_before=done_before, retries_before=retries_before, lease=lease)
         summary = _finish(executor, s, run, started, rerun=ids)
-    if run["failures"]:  # a shard whose rerun failed keeps its previous data, but the rerun did not succeed
-        summary["failed_shards"] = sorted(set(summary["failed_shards"]) | set(run["failures"]))
-        summary["shards_failed"] = len(summary["failed_shards"])
-    return _rerun_outcome(summary, run["failures"])
+    if run.failures:  # a shard whose rerun failed keeps its previous data, but the rerun did not succeed
+        failed_shards = tuple(sorted(set(summary.failed_shards) | set(run.failures)))
+        summary = summary.replace(failed_shards=failed_shards, shards_failed=len(failed_shards))
+    return _rerun_outcome(summary, run.failures)
 
 
-def _rerun_outcome(summary: dict[str, Any], failures: dict[int, str]) -> dict[str, Any] | State:
-    """Completed when every shard the rerun was asked to redo is done: the store's other failed or
-    pending shards are in its summary and shard table, not in the rerun's state."""
+def _rerun_outcome(summary: RunSummary, failures: dict[int, str]) -> dict[str, Any] | State:
+    """Completed (the summary's JSON) when every shard the rerun was asked to redo is done: the store's other failed
+    or pending shards are in its summary and shard table, not in the rerun's state."""
     if not failures:
-        return summary
+        return summary.to_json()
     ids = sorted(failures)
     errors = sorted({failures[k].splitlines()[0][:200] for k in ids} - {""})
     cause = f": {errors[0]}" + (f" (and {len(errors) - 1} other errors)" if len(errors) > 1 else "") if errors else ""
     which = ",".join(map(str, ids))
     message = (
-        f"{len(ids)}/{len(summary['rerun_shards'])} shards of this rerun failed{cause}; once the cause is fixed, "
-        f"rerun them with `{rerun_command(summary['store'], which)}` or `{rerun_deployment_command(summary['store'], which)}`"
+        f"{len(ids)}/{len(summary.rerun_shards or ())} shards of this rerun failed{cause}; once the cause is fixed, "
+        f"rerun them with `{rerun_command(summary.store, which)}` or `{rerun_deployment_command(summary.store, which)}`"
     )
     get_run_logger().error(message)
-    return Failed(message=message, data=ShardsFailed(message, summary))
+    return Failed(message=message, data=ShardsFailed(message, summary.to_json()))
 
 
 if __name__ == "__main__":

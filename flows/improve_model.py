@@ -40,6 +40,7 @@ from wikiembed.executors import executor_for
 from wikiembed.finetune import FinetuneSettings, check_holdout
 from wikiembed.flows.embed_dataset import add_flow_run_tags, artifact_key, embed_dataset, ends_failed_on_user_errors
 from wikiembed.improve import MIN_HOLDOUT, ImproveSettings, Metric, decide
+from wikiembed.results import Comparison, Figures, FinetuneRecord, ImproveResult, ReembedCounts, RunSummary, StoreFigures
 from wikiembed.serving.link import check_link, point_link
 from wikiembed.settings import RunSettings
 from wikiembed.store_location import locate
@@ -48,18 +49,16 @@ from wikiembed.tasks.export import export_task
 from wikiembed.tasks.finetune import finetune_task
 
 METRIC_NAMES = {"recall_at_1": "recall@1", "recall_at_10": "recall@10", "mrr": "MRR@10", "ndcg_at_10": "nDCG@10"}
-# Each store's figures in the result: what was scored, and each metric with its 95% interval.
-FIGURES = ("store", "generation", "model", "n", *METRIC_NAMES, *(m + "_ci95" for m in METRIC_NAMES))
 
 
-def _report(settings: ImproveSettings, tuned: dict[str, Any], compared: dict[str, Any], publish: bool, why: str,
+def _report(settings: ImproveSettings, tuned: FinetuneRecord, compared: Comparison, publish: bool, why: str,
             published: dict[str, Any] | None, new_revision: str) -> str:
     """The flow run's markdown artifact: the decision, the figures, both models."""
-    old, new, diff = compared, compared["against"], compared["difference"]["forms"][0]
+    old, new, diff = compared.old, compared.new, compared.difference
 
-    def cell(block: dict[str, Any], m: str, sign: str = "") -> str:
-        lo, hi = block[m + "_ci95"]
-        return f"{block[m]:{sign}.3f} [{lo:{sign}.3f}, {hi:{sign}.3f}]"
+    def cell(block: Figures | StoreFigures, m: str, sign: str = "") -> str:
+        lo, hi = block.interval(m)
+        return f"{block.value(m):{sign}.3f} [{lo:{sign}.3f}, {hi:{sign}.3f}]"
 
     rows = "\n".join([
         "| old | " + " | ".join(cell(old, m) for m in METRIC_NAMES) + " |",
@@ -71,7 +70,7 @@ def _report(settings: ImproveSettings, tuned: dict[str, Any], compared: dict[str
 
 **Decision**: {outcome}. {why}
 
-Held-out queries (never trained on): {compared['n']} scored over every chunk of each store (float32).
+Held-out queries (never trained on): {old.n} scored over every chunk of each store (float32).
 Deciding figure: {METRIC_NAMES[settings.metric]}, margin +{settings.margin:.3f}, the 95% interval of the
 paired difference above zero.
 
@@ -81,10 +80,10 @@ paired difference above zero.
 
 ## Models
 
-- **old**: `{tuned['base_model']}` (revision `{tuned['base_revision']}`), store `{old['store']}` generation `{old['generation']}`
-- **new**: `{tuned['out']}` (revision `{new_revision}`), store `{new['store']}` generation `{new['generation']}`
-- fine-tuned on {tuned['train']} queries ({tuned['pairs']['unmatched']} of {tuned['pairs']['read']} in the pairs file name
-  nothing in the store), {tuned['settings']['epochs']} epoch(s), {tuned['loss']}, {tuned['seconds']:.0f} s on {tuned['device']}
+- **old**: `{tuned.base_model}` (revision `{tuned.base_revision}`), store `{old.store}` generation `{old.generation}`
+- **new**: `{tuned.out}` (revision `{new_revision}`), store `{new.store}` generation `{new.generation}`
+- fine-tuned on {tuned.train} queries ({tuned.pairs.unmatched} of {tuned.pairs.read} in the pairs file name
+  nothing in the store), {tuned.settings['epochs']} epoch(s), {tuned.loss}, {tuned.seconds:.0f} s on {tuned.device}
 """
 
 
@@ -145,62 +144,54 @@ def improve_model(
 
     tuned = finetune_task(settings.store, settings.pairs, settings.out, settings.finetune.model_dump(), settings.min_holdout)
     # A local fine-tune refused a split this small before training; a Volume's, or one recorded before, is refused here.
-    check_holdout(tuned["holdout"], tuned["train"] + tuned["holdout"], tuned["settings"]["holdout"], settings.min_holdout,
+    check_holdout(tuned.holdout, tuned.train + tuned.holdout, tuned.settings["holdout"], settings.min_holdout,
                   settings.pairs)
-    logger.info("fine-tuned %s into %s: held-out MRR@10 on the pool %.3f -> %.3f", tuned["base_model"], tuned["out"],
-                tuned["before"]["mrr"], tuned["after"]["mrr"])
+    logger.info("fine-tuned %s into %s: held-out MRR@10 on the pool %.3f -> %.3f", tuned.base_model, tuned.out,
+                tuned.before.mrr, tuned.after.mrr)
 
     # The old store's own settings with the new model, into the new store; published only below, if better.
     # On a Volume the shard containers load the model from its folder there, under their mount.
-    model = location.model_for_runs(tuned["out"], settings.out)
+    model = location.model_for_runs(tuned.out, settings.out)
     run = {**recorded, "store": settings.new_store, "model": model, "upload_to": None}
     state = embed_dataset(**run, return_state=True)
     if not state.is_completed():
         summary = state.data.summary if isinstance(state.data, ShardsFailed) else None
-        done = f" ({summary['shards_done']}/{summary['shards_total']} shards done)" if summary else ""
+        if summary:
+            counts = RunSummary.from_json(summary)
+        done = f" ({counts.shards_done}/{counts.shards_total} shards done)" if summary else ""
         message = (f"re-embedding into {settings.new_store} did not finish{done}: {state.message}; run improve-model again "
                    "with the same parameters to resume it (finished shards are kept). The old store stays published.")
         raise ShardsFailed(message, summary) if summary else StoreError(message)
-    reembedded = state.result()
+    reembedded = RunSummary.from_json(state.result())
 
-    compared = compare_task(settings.store, settings.new_store, f"{tuned['out'].rstrip('/')}/heldout.jsonl")
-    difference = compared["difference"]["forms"][0]
+    compared = compare_task(settings.store, settings.new_store, f"{tuned.out.rstrip('/')}/heldout.jsonl")
+    difference = compared.difference
     publish, why = decide(difference, settings.metric, settings.margin)
     published = None
     if publish and settings.upload_to:
         executor = executor_for(RunSettings(**run))
-        published = export_task(executor, settings.new_store, compared["against"]["generation"], settings.upload_to)
+        published = export_task(executor, settings.new_store, compared.new.generation, settings.upload_to)
     served = point_link(settings.serve_link, settings.new_store) if publish and settings.serve_link else None
     logger.info("%s: %s", "publish" if publish else "keep the old store", why)
     old_root = str(location.open().root)
     # Keyed by the improved store: each store's latest decision under its own key.
-    create_markdown_artifact(_report(settings, tuned, compared, publish, why, published, reembedded["revision"]),
+    create_markdown_artifact(_report(settings, tuned, compared, publish, why, published, reembedded.revision),
                              key=artifact_key("improve", location.open()), description="the decision, the figures and both models")
     decision = "publish" if publish else "keep"
     message = f"{decision}: {why}"
     _announce(old_root, decision, message, payload={
-        "metric": settings.metric, "margin": settings.margin, "difference": difference[settings.metric],
-        "ci95": list(difference[settings.metric + "_ci95"]), "upload_to": settings.upload_to if published else None,
-        "new_store": settings.new_store, "new_model": tuned["out"],
+        "metric": settings.metric, "margin": settings.margin, "difference": difference.value(settings.metric),
+        "ci95": list(difference.interval(settings.metric)), "upload_to": settings.upload_to if published else None,
+        "new_store": settings.new_store, "new_model": tuned.out,
     }, related=[
         {"prefect.resource.id": f"wikiembed.store.{settings.new_store}", "prefect.resource.role": "new-store",
          "prefect.resource.name": settings.new_store},
-        {"prefect.resource.id": f"wikiembed.model.{tuned['out']}", "prefect.resource.role": "new-model",
-         "prefect.resource.name": tuned["out"]},
+        {"prefect.resource.id": f"wikiembed.model.{tuned.out}", "prefect.resource.role": "new-model",
+         "prefect.resource.name": tuned.out},
     ])
-    return Completed(message=message, data={
-        "publish": publish,
-        "reason": why,
-        "published": published,
-        "served": served,
-        "metric": settings.metric,
-        "margin": settings.margin,
-        "old": {key: compared[key] for key in FIGURES},
-        "new": {key: compared["against"][key] for key in FIGURES},
-        "difference": difference,
-        "finetune": tuned,
-        "reembed": {key: reembedded[key] for key in ("chunks", "embedded_chunks", "reused_chunks", "shards_done", "shards_total")},
-    })
+    result = ImproveResult(publish, why, published, served, settings.metric, settings.margin, compared.old, compared.new,
+                           difference, tuned, ReembedCounts.of(reembedded))
+    return Completed(message=message, data=result.to_json())  # what leaves through Prefect is the record's JSON
 
 
 if __name__ == "__main__":

@@ -8,19 +8,18 @@ Touches: the generation's data files (read), `eval.json` and `README.md` (writte
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from wikiembed.card import eval_section
 from wikiembed.evaluate import evaluate
+from wikiembed.results import EvalHeadline
 
 
 @task(name="eval")
-def eval_task(store: str, gen: str, sample: int, trust_remote_code: bool = False) -> dict[str, Any]:
+def eval_task(store: str, gen: str, sample: int, trust_remote_code: bool = False) -> EvalHeadline:
     """Evaluate every stored form of `gen` on `sample` articles; return the headline figures. `trust_remote_code`:
     the run's own consent to the model's code (`--trust-remote-code`), which embeds the queries too."""
     result = evaluate(store, gen=gen, sample=sample, forms=["all"], trust_remote_code=trust_remote_code)
     create_markdown_artifact("\n".join(eval_section(result)), key="wikiembed-eval", description="retrieval check")
-    return {key: result[key] for key in ("n", "recall_at_1", "recall_at_10", "mrr")}
+    return EvalHeadline(result["n"], result["recall_at_1"], result["recall_at_10"], result["mrr"])

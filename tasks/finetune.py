@@ -23,6 +23,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext
 
 from wikiembed.finetune import FinetuneSettings
+from wikiembed.results import FinetuneRecord
 from wikiembed.tasks.retry import retry_transient
 from wikiembed.store_location import locate
 
@@ -56,7 +57,7 @@ class _RunReport:
 
 
 @task(name="finetune", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient, log_prints=False)
-def finetune_task(store: str, pairs: str, out: str, settings: dict[str, Any], min_holdout: int = 1) -> dict[str, Any]:
+def finetune_task(store: str, pairs: str, out: str, settings: dict[str, Any], min_holdout: int = 1) -> FinetuneRecord:
     """Fine-tune the store's model into `out`; return its record (`finetune.json`). A local store's fine-tune
     refuses, before training, a split holding out fewer than `min_holdout` queries (the flow checks a Volume
     store's record instead)."""

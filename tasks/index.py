@@ -7,17 +7,16 @@ them (written: a data file's index lives beside it).
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import task
 
 from wikiembed.index import build_index
+from wikiembed.results import IndexBuilt
 
 
 @task(name="index")
-def index_task(store: str, gen: str, forms: list[str]) -> list[dict[str, Any]]:
+def index_task(store: str, gen: str, forms: list[str]) -> list[IndexBuilt]:
     """Build each form's index over `gen` (only its data files that have none: a file kept from an earlier
     generation keeps its index); return what was built: form, rows, bytes, seconds, and how many data
     files' indexes were built and reused."""
-    keys = ("form", "rows", "bytes", "seconds", "parts_built", "parts_reused")
-    return [{key: built[key] for key in keys} for built in (build_index(store, f, gen) for f in forms)]
+    return [IndexBuilt(b["form"], b["rows"], b["bytes"], b["seconds"], b["parts_built"], b["parts_reused"])
+            for b in (build_index(store, f, gen) for f in forms)]

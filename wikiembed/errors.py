@@ -34,8 +34,8 @@ class UploadError(WikiembedError):
 class ShardsFailed(WikiembedError):
     """A run ended with shards not done; the message says how many, why, and the rerun to run.
 
-    Carries the run's summary: finished shards stay finished, so a caller (the CLI)
-    still reports what was done.
+    Carries the run's summary as its JSON (`wikiembed.results.RunSummary.to_json()`, what a flow run's
+    state holds): finished shards stay finished, so a caller (the CLI) still reports what was done.
     """
 
     def __init__(self, message: str, summary: dict) -> None:

@@ -43,6 +43,7 @@ from wikiembed.model import load_tokenizer, model_info
 from wikiembed.sources import SNAPSHOT_SCHEMA, RowReport, parse_source, pin, read_source, streamed
 from wikiembed.tokenizing import encode_ids
 from wikiembed.records import Manifest, Marker
+from wikiembed.results import PredictedChunks, PredictedSeconds, PredictedTokens, PredictedVsActual
 
 if TYPE_CHECKING:
     from wikiembed.backends.base import Backend
@@ -554,16 +555,16 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def compare(predicted: dict[str, Any], chunks: int, seconds: float) -> dict[str, Any]:
+def compare(predicted: dict[str, Any], chunks: int, seconds: float) -> PredictedVsActual:
     """Predicted next to actual, for the run's summary."""
     option = next((o for o in predicted["options"] if o["gpu_hours"] is not None), None)
-    return {
-        "chunks": {"predicted": predicted["chunks"], "predicted_ci95": predicted["chunks_ci95"], "actual": chunks},
-        "tokens": {"predicted": predicted["tokens"], "predicted_ci95": predicted["tokens_ci95"]},
-        "seconds": {
-            "predicted": round(option["gpu_hours"] * 3600, 1) if option else None,
-            "actual": round(seconds, 1),
-            "basis": (f"{option['basis']} rate for {option['backend']} on {option['gpu']}"
-                      + (", one container" if _executor(option["backend"]).runs_in_containers else "")) if option else "no rate recorded",
-        },
-    }
+    return PredictedVsActual(
+        PredictedChunks(predicted["chunks"], predicted["chunks_ci95"], chunks),
+        PredictedTokens(predicted["tokens"], predicted["tokens_ci95"]),
+        PredictedSeconds(
+            round(option["gpu_hours"] * 3600, 1) if option else None,
+            round(seconds, 1),
+            (f"{option['basis']} rate for {option['backend']} on {option['gpu']}"
+             + (", one container" if _executor(option["backend"]).runs_in_containers else "")) if option else "no rate recorded",
+        ),
+    )

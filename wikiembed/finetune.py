@@ -56,6 +56,7 @@ from wikiembed.evaluate import DEPTH, judge, metrics, paired_difference
 from wikiembed.model import load_tokenizer, model_info
 from wikiembed.queries import JudgedQuery, match, read_queries, split_holdout, store_keys
 from wikiembed.search import StoreVectors
+from wikiembed.results import METRICS, Figures, FinetuneRecord, PairCounts
 from wikiembed.store import LOCAL, StoreLock, StoreSync
 
 RECORD = "finetune.json"
@@ -218,34 +219,34 @@ def _check_engine_parity(model_id: str, model: Any, texts: Sequence[str], device
         )
 
 
-def _card(record: dict[str, Any]) -> str:
+def _card(record: FinetuneRecord) -> str:
     """The model card's markdown section on how this model was made and how it scores."""
-    s, p = record["settings"], record["pairs"]
+    s, p = record.settings, record.pairs
 
-    def cell(block: dict[str, Any], m: str, sign: str = "") -> str:
-        lo, hi = block[m + "_ci95"]
-        return f"{block[m]:{sign}.3f} [{lo:{sign}.3f}, {hi:{sign}.3f}]"
+    def cell(block: Figures, m: str, sign: str = "") -> str:
+        lo, hi = block.interval(m)
+        return f"{block.value(m):{sign}.3f} [{lo:{sign}.3f}, {hi:{sign}.3f}]"
 
     rows = "\n".join(
-        f"| {label} | " + " | ".join(cell(record[key], m, sign) for m in ("recall_at_1", "recall_at_10", "mrr", "ndcg_at_10")) + " |"
-        for label, key, sign in (("base", "before", ""), ("fine-tuned", "after", ""), ("difference", "difference", "+"))
+        f"| {label} | " + " | ".join(cell(block, m, sign) for m in METRICS) + " |"
+        for label, block, sign in (("base", record.before, ""), ("fine-tuned", record.after, ""), ("difference", record.difference, "+"))
     )
-    return f"""# Fine-tuned {record['base_model']}
+    return f"""# Fine-tuned {record.base_model}
 
-Fine-tuned with `wikiembed finetune` (sentence-transformers' trainer, {record['loss']}).
+Fine-tuned with `wikiembed finetune` (sentence-transformers' trainer, {record.loss}).
 
-- **Base model**: `{record['base_model']}`, revision `{record['base_revision']}`
-- **Store**: `{record['store']}`, generation `{record['generation']}` ({record['chunks']:,} chunks)
-- **Pairs**: {p['read']} queries read from `{record['pairs_file']}`, {p['matched']} matching the store \
-({p['unmatched']} naming nothing in it, {p['near_duplicates']} merged into a query the model reads the same); \
-{record['train']} trained on, {record['holdout']} held out (never trained on)
+- **Base model**: `{record.base_model}`, revision `{record.base_revision}`
+- **Store**: `{record.store}`, generation `{record.generation}` ({record.chunks:,} chunks)
+- **Pairs**: {p.read} queries read from `{record.pairs_file}`, {p.matched} matching the store \
+({p.unmatched} naming nothing in it, {p.near_duplicates} merged into a query the model reads the same); \
+{record.train} trained on, {record.holdout} held out (never trained on)
 - **Settings**: {s['epochs']} epoch(s), batch size {s['batch_size']}, learning rate {s['learning_rate']}, \
-{s['negatives']} hard negative(s) per pair from the store's vectors ({record['negatives_from']}), held out {s['holdout']:.0%} \
-with seed {s['seed']}, device {record['device']}, {record['seconds']:.0f} s
+{s['negatives']} hard negative(s) per pair from the store's vectors ({record.negatives_from}), held out {s['holdout']:.0%} \
+with seed {s['seed']}, device {record.device}, {record.seconds:.0f} s
 
 ## Held-out queries, before and after
 
-Each of the {record['holdout']} held-out queries ranked against one pool of {record['pool']:,} chunks (their top \
+Each of the {record.holdout} held-out queries ranked against one pool of {record.pool:,} chunks (their top \
 {MINE_DEPTH} store hits and every chunk of their relevant articles), embedded by each model; 95% intervals in \
 brackets, the difference paired per query. The verdict over the whole corpus is re-embedding the store with this \
 model and `wikiembed eval --queries heldout.jsonl --against NEW_STORE`.
@@ -267,7 +268,7 @@ def _to_stderr(line: str, done: float) -> None:
 def finetune(
     store: str | Path, pairs: str | Path, out: str | Path, settings: FinetuneSettings | None = None, *, gen: str | None = None,
     min_holdout: int = 1, lock: bool = True, report: Report = _to_stderr,
-) -> dict[str, Any]:
+) -> FinetuneRecord:
     """Fine-tune the store's model on the pairs into `out`; return the `--json` payload (also `out/finetune.json`).
 
     `min_holdout`: refuse, before any training, a split that holds out fewer queries (the improve loop's
@@ -302,7 +303,7 @@ def _step_reports(report: Report) -> Any:
 
 
 def _finetune(store: str | Path, pairs: Path, out: Path, settings: FinetuneSettings, gen: str | None,
-              min_holdout: int, report: Report = _to_stderr) -> dict[str, Any]:
+              min_holdout: int, report: Report = _to_stderr) -> FinetuneRecord:
     vectors = StoreVectors(store, gen)
     info = vectors.model_files("fine-tune from the store's own model files")
     queries = read_queries(pairs)
@@ -313,8 +314,8 @@ def _finetune(store: str | Path, pairs: Path, out: Path, settings: FinetuneSetti
             done = json.loads((out / RECORD).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             done = None
-        if done and done.get("inputs") == inputs:
-            return done  # this very fine-tune is already there (a rerun of an interrupted loop)
+        if isinstance(done, dict) and done.get("inputs") == inputs:
+            return FinetuneRecord.from_json(done)  # this very fine-tune is already there (a rerun of an interrupted loop)
         raise InputError(f"--out {out}: exists and holds something else; give a new folder (e.g. one per week), or remove it.")
 
     named = {key for q in queries for key in q.relevant}
@@ -412,31 +413,30 @@ def _finetune(store: str | Path, pairs: Path, out: Path, settings: FinetuneSetti
     after = _pool_figures(model, held, pool_keys, pool_texts)
     model.save(str(tmp))
 
-    record: dict[str, Any] = {
-        "out": str(out),
-        "base_model": vectors.model_id,
-        "base_revision": info.revision,
-        "store": str(vectors.root),
-        "generation": vectors.store.gen,
-        "chunks": vectors.chunks,
-        "pairs_file": str(pairs),
-        "pairs": {"read": matched.read, "matched": len(matched.queries), "unmatched": matched.unmatched,
-                  "relevant_missing": matched.missing_items, "near_duplicates": near_duplicates},
-        "train": len(train),
-        "holdout": len(held),
-        "examples": len(examples),
-        "negatives_from": "approximate index" if ranking.method == "index" else "exact scan",
-        "loss": type(loss).__name__,
-        "settings": settings.model_dump(),
-        "device": device,
-        "train_loss": float(result.training_loss),
-        "pool": len(pool_keys),
-        "before": metrics(*before),
-        "after": metrics(*after),
-        "difference": {"meaning": "fine-tuned minus base, paired on the held-out queries", **paired_difference(before, after)},
-        "seconds": time.perf_counter() - started,
-        "inputs": inputs,
-    }
+    record = FinetuneRecord(
+        out=str(out),
+        base_model=vectors.model_id,
+        base_revision=info.revision,
+        store=str(vectors.root),
+        generation=vectors.store.gen,
+        chunks=vectors.chunks,
+        pairs_file=str(pairs),
+        pairs=PairCounts(matched.read, len(matched.queries), matched.unmatched, matched.missing_items, near_duplicates),
+        train=len(train),
+        holdout=len(held),
+        examples=len(examples),
+        negatives_from="approximate index" if ranking.method == "index" else "exact scan",
+        loss=type(loss).__name__,
+        settings=settings.model_dump(),
+        device=device,
+        train_loss=float(result.training_loss),
+        pool=len(pool_keys),
+        before=Figures.from_json(metrics(*before)),
+        after=Figures.from_json(metrics(*after)),
+        difference=Figures(meaning="fine-tuned minus base, paired on the held-out queries", **paired_difference(before, after)),
+        seconds=time.perf_counter() - started,
+        inputs=inputs,
+    )
     _write_queries(tmp / "train.jsonl", train)
     _write_queries(tmp / "heldout.jsonl", held)
     # sentence-transformers wrote its own card (architecture, usage): ours goes first, after its YAML header.
@@ -446,14 +446,15 @@ def _finetune(store: str | Path, pairs: Path, out: Path, settings: FinetuneSetti
         end = generated.index("\n---\n", 4) + 5
         header, body = generated[:end], generated[end:]
     (tmp / "README.md").write_text(header + _card(record) + "\n" + body, encoding="utf-8")
-    (tmp / RECORD).write_text(json.dumps(record, indent=1), encoding="utf-8")
+    (tmp / RECORD).write_text(json.dumps(record.to_json(), indent=1), encoding="utf-8")
     atomic.finish_dir(tmp, out)
     return record
 
 
 def finetune_at_store(root: str, pairs: str, out: str, settings: dict[str, Any], sync: StoreSync = LOCAL) -> dict[str, Any]:
-    """`finetune` where the store is: see others' commits first, publish the model folder after."""
+    """`finetune` where the store is: see others' commits first, publish the model folder after. Returns the
+    record's JSON (`FinetuneRecord.to_json()`): what crosses from the container is plain JSON."""
     sync.reload()
     record = finetune(root, pairs, out, FinetuneSettings(**settings), lock=False)
     sync.commit()
-    return record
+    return record.to_json()

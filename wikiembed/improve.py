@@ -12,11 +12,12 @@ Touches: nothing (plain values in, plain values out).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from wikiembed.finetune import FinetuneSettings
+from wikiembed.results import Figures
 
 Metric = Literal["mrr", "recall_at_1", "recall_at_10", "ndcg_at_10"]
 # The fewest held-out queries a publish decision is made on. The interval is a normal approximation of a mean
@@ -49,10 +50,10 @@ class ImproveSettings(BaseModel):
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings, description=FinetuneSettings.__doc__)
 
 
-def decide(difference: dict[str, Any], metric: Metric, margin: float) -> tuple[bool, str]:
+def decide(difference: Figures, metric: Metric, margin: float) -> tuple[bool, str]:
     """(publish?, why) from the paired difference (new minus old) of one store comparison."""
-    value = difference[metric]
-    lo, hi = difference[metric + "_ci95"]
+    value = difference.value(metric)
+    lo, hi = difference.interval(metric)
     figure = f"{metric} {value:+.3f} [95% interval {lo:+.3f}, {hi:+.3f}]"
     if value < margin:
         return False, f"not better by the margin: {figure}, below the required +{margin:.3f}; the old store stays published."

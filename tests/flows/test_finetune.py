@@ -183,7 +183,7 @@ def test_batches_above_64_train_with_the_cached_loss(compact_store, topics, tmp_
     pairs = title_pairs(topics, tmp_path / "pairs.jsonl")
     (tmp_path / ".model.tmp-999999").mkdir()  # what a fine-tune killed before its rename leaves
     record = finetune(compact_store, pairs, tmp_path / "model", FinetuneSettings(batch_size=80, negatives=0))
-    assert record["loss"] == "CachedMultipleNegativesRankingLoss" and record["examples"] == 27
+    assert record.loss == "CachedMultipleNegativesRankingLoss" and record.examples == 27
     assert SentenceTransformer(str(tmp_path / "model"), device="cpu").encode(["x"]).shape == (1, 384)
     assert not list(tmp_path.glob(".model.tmp-*"))
 
@@ -195,4 +195,4 @@ def test_hard_negatives_come_through_the_approximate_index_where_one_is_built(co
     store = shutil.copytree(compact_store, tmp_path / "store", symlinks=True)
     build_index(store, "float32")
     record = finetune(store, title_pairs(topics, tmp_path / "pairs.jsonl"), tmp_path / "model", FinetuneSettings(batch_size=8))
-    assert record["negatives_from"] == "approximate index" and record["examples"] == 27
+    assert record.negatives_from == "approximate index" and record.examples == 27

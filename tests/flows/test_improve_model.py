@@ -152,6 +152,7 @@ def test_wikiembed_improve_runs_the_loop_from_the_command_line(compact_store, to
     """`wikiembed improve` with the flow's options: the titles as pairs, 1 epoch; the decision is the flow's."""
     from wikiembed.flows.cli import main
     from wikiembed.improve import decide
+    from wikiembed.results import Figures
 
     pairs = title_pairs(topics, tmp_path / "pairs.jsonl")
     out, new, payload = tmp_path / "model", tmp_path / "new-store", tmp_path / "improve.json"
@@ -162,7 +163,7 @@ def test_wikiembed_improve_runs_the_loop_from_the_command_line(compact_store, to
     assert code == 0, printed.err[-3000:]
     result = json.loads(payload.read_text())
     assert (result["metric"], result["margin"], result["finetune"]["settings"]["batch_size"]) == ("recall_at_10", 0.02, 8)
-    assert (result["publish"], result["reason"]) == decide(result["difference"], "recall_at_10", 0.02)
+    assert (result["publish"], result["reason"]) == decide(Figures.from_json(result["difference"]), "recall_at_10", 0.02)
     assert result["published"] is None and result["old"]["n"] == result["new"]["n"] == 7
     assert result["reembed"]["embedded_chunks"] == result["reembed"]["chunks"] == pq.read_table(compact_store / "data").num_rows
     assert json.loads((new / "manifest.json").read_text())["model"]["model_id"] == str(out.resolve())

@@ -92,6 +92,7 @@ def test_improve_model_on_a_volume_store_fine_tunes_reembeds_compares_and_publis
     from wikiembed.evaluate import evaluate
     from wikiembed.flows.improve_model import improve_model
     from wikiembed.improve import decide
+    from wikiembed.results import Figures
     from wikiembed.model import model_info
 
     rows = [{"query": r["title"].lower().translate(LEET), "id": r["id"]} for r in map(json.loads, topics.read_text().splitlines())]
@@ -130,7 +131,7 @@ def test_improve_model_on_a_volume_store_fine_tunes_reembeds_compares_and_publis
     assert result["old"]["n"] == result["new"]["n"] == 7
 
     # Published only because better, from the Volume to a folder on it.
-    assert (result["publish"], result["reason"]) == decide(result["difference"], "recall_at_10", 0.05)
+    assert (result["publish"], result["reason"]) == decide(Figures.from_json(result["difference"]), "recall_at_10", 0.05)
     assert result["publish"] is True, result["reason"]
     assert result["published"]["published"]["target"] == published
     folder_published = cloud_dir.store("published")

@@ -154,9 +154,9 @@ def test_silent_damage_is_found_by_verify_and_repaired_by_the_command_it_names(p
         fh.seek(st.st_size // 2)
         fh.write(bytes([byte[0] ^ 0xFF]))
     os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert status_payload(str(store))["done"] == 2  # the stat shortcut cannot see it
+    assert status_payload(str(store)).done == 2  # the stat shortcut cannot see it
     verified = status_payload(str(store), verify=True)
-    assert verified["changed"] == 1 and verified["shards"][1]["state"] == "changed"
+    assert verified.changed == 1 and verified.shards[1].state == "changed"
     assert main(["status", "--store", str(store), "--verify"]) == 1
     assert f"wikiembed rerun --store {store} --shards 1" in capsys.readouterr().out
     with pytest.raises(StoreError, match=rf"`(wikiembed rerun --store {store} --shards 1)`") as refused:
@@ -164,7 +164,7 @@ def test_silent_damage_is_found_by_verify_and_repaired_by_the_command_it_names(p
     advice = refused.value.args[0].split("`wikiembed rerun --store ")[1].split("`")[0]
     shards = [int(k) for k in advice.split("--shards ")[1].split(",")]
     rerun_shards(store=str(store), shards=shards)  # the command the message names
-    assert status_payload(str(store), verify=True)["done"] == 2
+    assert status_payload(str(store), verify=True).done == 2
     assert main(["status", "--store", str(store), "--verify"]) == 0
     assert publish(store, f"dir:{tmp_path / 'out'}")["shards"] == 2
 

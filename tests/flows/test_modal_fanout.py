@@ -73,9 +73,9 @@ def test_modal_run_moves_references_and_markers_only(prefect_api, tmp_path: Path
         damaged.write_bytes(bytes(raw))
         verified = status_payload(STORE, verify=True)
     assert summary["shards_done"] == summary["shards_total"] == 5 and summary["store"] == STORE
-    assert status["done"] == 5 and status["source"] == "sample:150"
-    assert status["published"] == status["generation"] and status["building"] is None
-    assert verified["changed"] == 1 and [s["shard"] for s in verified["shards"] if s["state"] == "changed"] == [2]
+    assert status.done == 5 and status.source == "sample:150"
+    assert status.published == status.generation and status.building is None
+    assert verified.changed == 1 and [s.shard for s in verified.shards if s.state == "changed"] == [2]
     raw[len(raw) // 2] ^= 0xFF
     damaged.write_bytes(bytes(raw))
     rows = _assert_store_matches_the_stand_in(cloud.cloud.store("wiki"))

@@ -110,10 +110,10 @@ def test_containers_are_named_only_where_a_run_starts_them(topics):
     by = {(o["backend"], o["gpu"]): o for o in result["options"]}
     assert "container" not in by[("local", "CPU")]["note"]
     assert "container start-up and idle time not included" in by[("modal", "A10G")]["note"]
-    local = compare({**result, "options": [by[("local", "CPU")]]}, result["chunks"], 7.0)["seconds"]
-    assert local["basis"] == "measured rate for local on CPU"
-    modal = compare({**result, "options": [by[("modal", "A10G")]]}, result["chunks"], 7.0)["seconds"]
-    assert modal["basis"] == "published rate for modal on A10G, one container"
+    local = compare({**result, "options": [by[("local", "CPU")]]}, result["chunks"], 7.0).seconds
+    assert local.basis == "measured rate for local on CPU"
+    modal = compare({**result, "options": [by[("modal", "A10G")]]}, result["chunks"], 7.0).seconds
+    assert modal.basis == "published rate for modal on A10G, one container"
 
 
 def test_cli_takes_the_runs_own_source_and_chunking_flags(topics, tmp_path, capsys):

@@ -8,10 +8,13 @@ import pytest
 from wikiembed.errors import InputError
 from wikiembed.evaluate import mean_interval, paired_difference
 from wikiembed.improve import ImproveSettings, decide
+from wikiembed.results import Figures
 
 
-def _diff(value: float, lo: float, hi: float) -> dict:
-    return {"mrr": value, "mrr_ci95": [lo, hi], "recall_at_1": 0.0, "recall_at_1_ci95": [0.0, 0.0]}
+def _diff(value: float, lo: float, hi: float) -> Figures:
+    zero = {"recall_at_1": 0.0, "recall_at_1_ci95": [0.0, 0.0], "recall_at_10": 0.0, "recall_at_10_ci95": [0.0, 0.0],
+            "ndcg_at_10": 0.0, "ndcg_at_10_ci95": [0.0, 0.0]}
+    return Figures(mrr=value, mrr_ci95=[lo, hi], **zero)
 
 
 @pytest.mark.parametrize(
@@ -57,7 +60,7 @@ def test_one_held_out_query_never_publishes():
     assert difference["mrr"] == pytest.approx(0.5)
     lo, hi = difference["mrr_ci95"]
     assert lo < -0.9 and hi > 0.98
-    publish, why = decide(difference, "mrr", 0.01)
+    publish, why = decide(Figures.from_json(difference), "mrr", 0.01)
     assert publish is False and "reaches zero" in why
     # Twenty queries all unchanged: no spread, still no verdict of "no difference at all".
     same = paired_difference((np.ones(20, dtype=int), np.ones(20)), (np.ones(20, dtype=int), np.ones(20)))
