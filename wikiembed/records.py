@@ -6,7 +6,8 @@ the options of the run that planned it (`settings`), the compact forms (`Compact
 snapshot's checksum (`SnapshotRecord`),
 skipped and repaired rows, the versions of the libraries, the generation and the published one
 it reuses vectors from, and the kind of vectors it holds. Every module takes these objects;
-only `Store.read_manifest` / `write_manifest` see the JSON.
+only `Store.read_manifest` / `write_manifest` see the JSON. What the steps hand each other (the run
+summary, the status, the fine-tune's and the improve loop's records) is in `wikiembed.results`.
 
 Versions. `format` is the manifest's layout version (`FORMAT`). A manifest written by an older
 wikiembed opens: fields it lacks take their defaults (a plain mean/CLS model with no prompts,
@@ -24,7 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 # The manifest layout this wikiembed writes and reads.
 FORMAT = 1
 # The `_done/` marker layout this wikiembed writes and reads; a marker without the field is of
-# layout 1 (the first). A marker of another layout vouches for nothing here (`Store.states`).
+# layout 1 (the first: markers written before the field existed read as this one). A marker of a
+# newer layout is refused with the upgrade that reads it, naming its file (`wikiembed.store._marker`);
+# one that is not a whole marker of a layout this wikiembed knows vouches for nothing (`Store.states`).
 MARKER_FORMAT = 1
 
 

@@ -437,7 +437,7 @@ class Store:
         # Plain strings: `states()` calls this for every shard, and pathlib's joins cost more than the check.
         try:
             with open(done_file, "rb") as fh:
-                marker = _marker(orjson.loads(fh.read()))  # orjson: a third of json.load's time, which dominated a resume's scan
+                marker = _marker(orjson.loads(fh.read()), done_file)  # orjson: a third of json.load's time, which dominated a resume's scan
             st = os.stat(data_file)
         except (FileNotFoundError, json.JSONDecodeError, OSError):
             return None
@@ -454,7 +454,7 @@ class Store:
     def verify_done(self, shard: int) -> Marker | None:
         """A full sha256 check of the data file against its marker (used before publishing)."""
         try:
-            marker = _marker(json.loads(self.done_path(shard).read_text(encoding="utf-8")))
+            marker = _marker(json.loads(self.done_path(shard).read_text(encoding="utf-8")), str(self.done_path(shard)))
             if marker is None or sha256_file(self.data_path(shard)) != marker.sha256:
                 return None
         except (FileNotFoundError, json.JSONDecodeError, OSError):
@@ -643,8 +643,9 @@ def manifest_of(record: Any, where: str) -> Manifest:
 
 def misfit(marker: Marker, kind: VectorKind | None) -> str | None:
     """Why a valid marker still does not vouch for its shard in this generation, or None when it does:
-    a marker layout this wikiembed does not read, or vectors of another kind than `kind` (the
-    generation's: another model revision, pooling, prompt ...)."""
+    a marker layout this wikiembed does not read (an older one than the first: a newer one is refused
+    as it is read, `_marker`), or vectors of another kind than `kind` (the generation's: another model
+    revision, pooling, prompt ...)."""
     if marker.format != MARKER_FORMAT:
         return (f"its _done marker has layout {marker.format}, not {MARKER_FORMAT} (the one this wikiembed reads); "
                 "upgrade wikiembed, or redo the shard")
@@ -654,8 +655,17 @@ def misfit(marker: Marker, kind: VectorKind | None) -> str | None:
     return None
 
 
-def _marker(record: Any) -> Marker | None:
-    """A marker from its JSON; one that is not a whole marker (cut short, hand-edited) vouches for nothing."""
+def _marker(record: Any, path: str) -> Marker | None:
+    """A marker from its JSON; one that is not a whole marker (cut short, hand-edited) vouches for nothing. One of a
+    newer layout than this wikiembed reads (`format` above `MARKER_FORMAT`) is refused, naming its file: read as
+    "not done", its shard would be embedded again and its marker replaced by an older layout's."""
+    found = record.get("format") if isinstance(record, dict) else None
+    if isinstance(found, int) and not isinstance(found, bool) and found > MARKER_FORMAT:
+        raise StoreError(
+            f"{path}: a _done marker of layout {found}, written by a newer wikiembed than this one (which reads marker "
+            f"layouts up to {MARKER_FORMAT}); upgrade wikiembed (`pip install -U wikiembed`, or pull the repository) to "
+            "read or resume this store. Nothing was changed."
+        )
     try:
         return Marker.model_validate(record)
     except ValidationError:

@@ -71,6 +71,26 @@ def test_done_means_marker_matches_file(tmp_path):
     assert [s.state for s in store.states()] == ["changed", "changed", "pending"]  # marked done, no longer matching
 
 
+def test_marker_layouts_old_ones_read_as_the_first_a_newer_one_is_refused_by_name(tmp_path):
+    store = _store(tmp_path)
+    marker = embed_shard(store, 0, HashBackend(), rows=2)
+    raw = json.loads(store.done_path(0).read_text())
+    assert raw["format"] == 1 and marker.format == 1
+    # Written before markers carried their layout: read as the first, and still done.
+    store.done_path(0).write_text(json.dumps({k: v for k, v in raw.items() if k != "format"}))
+    assert store.read_done(0) == marker and store.states()[0].state == "done"
+    # A newer layout: refused with the upgrade, naming the file, never read as "changed" (and embedded again).
+    store.done_path(0).write_text(json.dumps({**raw, "format": 2}))
+    for read in (store.states, lambda: store.read_done(0), lambda: store.verify_done(0)):
+        with pytest.raises(StoreError, match=r"_done/00000\.json: a _done marker of layout 2, written by a newer wikiembed"):
+            read()
+    # Not a layout at all (or a damaged marker): vouches for nothing, as before.
+    store.done_path(0).write_text(json.dumps({**raw, "format": 0}))
+    assert store.read_done(0, store.read_manifest()) is None and store.states()[0].state == "changed"
+    store.done_path(0).write_text(json.dumps({**raw, "format": "two"}))
+    assert store.read_done(0, store.read_manifest()) is None and store.states()[0].state == "changed"
+
+
 def test_failed_marker_counts_attempts_and_clears_on_success(tmp_path):
     store = _store(tmp_path)
     store.mark_failed(2, "boom", attempts=4)
