@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from wikiembed.evaluate import sample_articles
-from wikiembed.index import build_index
+from wikiembed.index_build import build_index
 from wikiembed.search import StoreVectors
 
 K = 10

@@ -468,7 +468,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from wikiembed.search import build_index
+    from wikiembed.index_build import build_index
 
     result = build_index(args.store, args.form)
     _write_json(args.json_path, result)  # before printing: a reader that leaves early cannot cost the file

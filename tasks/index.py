@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from wikiembed.index import build_index
+from wikiembed.index_build import build_index
 from wikiembed.results import IndexBuilt
 
 

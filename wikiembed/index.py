@@ -14,7 +14,7 @@ one batch. A data file's index lives in the generation folder that wrote the fil
 
 A data file is written once and kept by every later generation that does not change it (an
 incremental run's `base`, see docs/STORE.md), and so is its index: building the index of a
-generation (`wikiembed index`, `build_index`) builds only the files that have none yet (a new
+generation (`wikiembed index`, `index_build.build_index`) builds only the files that have none yet (a new
 generation's own shards) and reuses the others, so the cost of indexing grows with the rows written,
 not with the rows held, and one graph never grows past a shard's rows.
 
@@ -63,10 +63,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from wikiembed.atomic import atomic_path, remove, write_json
-from wikiembed.compact import Form, Scorer, column_values
+from wikiembed.compact import Form, Scorer
 from wikiembed.errors import InputError, StoreError
 from wikiembed.store import Part
 
@@ -327,59 +326,6 @@ class VectorIndex:
             out[at] = got
         assert out is not None
         return out
-
-
-def build_index(store: str | Path, form: str = "float32", gen: str | None = None) -> dict[str, Any]:
-    """Build the approximate index of one stored form of a generation (default: the published one): for
-    each of its data files without a valid index, one graph streamed from that file (memory: one file's
-    graph); files that have one (kept from an earlier generation, or built before) are reused. Returns
-    the `wikiembed index --json` payload: form, rows (the generation's), bytes (of every file's index),
-    seconds (this build's), and per data file whether its index was built or reused."""
-    from wikiembed.search import SCAN_ROWS, StoreVectors  # the generation's data files, read as search reads them
-
-    require_library()
-    vectors = StoreVectors(store, gen)
-    chosen = vectors.form(form)
-    started = time.monotonic()
-    files = []
-    for part in vectors.parts:
-        sidecar, _ = check_part(part, chosen, vectors.root)
-        built = sidecar is None
-        if built:
-            parquet = pq.ParquetFile(part.path, memory_map=True)
-            if chosen.column not in parquet.schema_arrow.names:
-                raise StoreError(f"{part.path} has no column {chosen.column!r}; rerun that shard so every shard has the store's forms.")
-            batches = (column_values(b.column(0), chosen) for b in parquet.iter_batches(batch_size=SCAN_ROWS, columns=[chosen.column]))
-            sidecar = build_part(part, chosen, batches, vectors.root)
-        files.append({"data": sidecar["data"], "index": str(paths(part.path, chosen)[0]), "rows": sidecar["rows"],
-                      "bytes": sidecar["bytes"], "seconds": sidecar["seconds"], "built": built})
-    # The older layout's graphs (one per generation) of this form are no longer read: removed.
-    folders = dict.fromkeys([vectors.store.dir, *(p.path.parent.parent for p in vectors.parts)])
-    removed = [str(path) for g in folders for path in remove_legacy(g, chosen)]
-    built_files = [f for f in files if f["built"]]
-    return {
-        "store": str(vectors.root),
-        "generation": vectors.store.gen,
-        "form": chosen.name,
-        "column": chosen.column,
-        "metric": metric(chosen),
-        "scalar": scalar(chosen),
-        "dim": chosen.dim,
-        "library": library_version(),
-        "connectivity": CONNECTIVITY,
-        "expansion_add": EXPANSION_ADD,
-        "path": str(folder(vectors.store.dir, chosen)),
-        "rows": vectors.chunks,
-        "indexed_rows": sum(f["rows"] for f in files),
-        "bytes": sum(f["bytes"] for f in files),
-        "seconds": round(time.monotonic() - started, 3),
-        "parts": len(files),
-        "parts_built": len(built_files),
-        "parts_reused": len(files) - len(built_files),
-        "rows_built": sum(f["rows"] for f in built_files),
-        "files": files,
-        "removed_older_layout": removed,
-    }
 
 
 def _query_values(scorer: Scorer) -> np.ndarray:

@@ -17,7 +17,7 @@ rebuild command), and `exact=True` always scans. Results say which was used (`me
 `exact`).
 
 Touches: the store's `manifest.json`, `_done/` and `data/` (read only), the `index/` folders of the
-generations whose data files it holds (read; written by `wikiembed.index.build_index`); the model's files.
+generations whose data files it holds (read; written by `wikiembed.index_build.build_index`); the model's files.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import pyarrow.parquet as pq
 import shlex
 
 from wikiembed import index as ann
-from wikiembed.index import build_index  # noqa: F401 - the index module's, importable from here too
 from wikiembed.compact import Form, Scorer, column_values, form_by_name, spec_from_manifest
 from wikiembed.errors import InputError, StoreError
 from wikiembed.store import Store

@@ -190,7 +190,7 @@ def test_batches_above_64_train_with_the_cached_loss(compact_store, topics, tmp_
 
 def test_hard_negatives_come_through_the_approximate_index_where_one_is_built(compact_store, topics, tmp_path):
     from wikiembed.finetune import FinetuneSettings, finetune
-    from wikiembed.search import build_index
+    from wikiembed.index_build import build_index
 
     store = shutil.copytree(compact_store, tmp_path / "store", symlinks=True)
     build_index(store, "float32")

@@ -147,7 +147,8 @@ def test_versions_chain_search_verify_and_a_full_generation_when_much_changed(pr
     from wikiembed.errors import StoreError
     from wikiembed.flows.cli import main as cli_main
     from wikiembed.publish import publish
-    from wikiembed.search import StoreVectors, build_index
+    from wikiembed.index_build import build_index
+    from wikiembed.search import StoreVectors
 
     v1 = list(generate_articles(40))
     v2 = [dict(r) for r in v1]
