@@ -1,7 +1,7 @@
 """Run settings: the one definition of every option a run takes.
 
 Each option is defined once here (name, type, default, description, order).
-The `wikiembed run` flags are generated from these fields (flows/cli.py), the
+The `wikiembed run` flags are generated from these fields (flows/commands/base.py), the
 `embed-dataset` flow's parameters are these fields (so the Prefect UI form shows
 their descriptions, most important first, with the advanced ones in groups), and
 the manifest records them so `rerun` re-embeds with the store's settings.
