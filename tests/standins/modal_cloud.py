@@ -31,7 +31,8 @@ whose container dies once, after committing the shard's data and before its mark
 `fail_shards` (shard id -> message: `run_shard` raises a permanent `BackendError`),
 `hold_prepare` (a `prepare` call, the download step, hangs until its container is killed:
 a run stuck early, holding its store).
-Every call's pickled request and answer sizes go to `calls.jsonl`.
+Every call's pickled request and answer sizes go to `calls.jsonl`; every commit and reload (its
+container, seconds, files and bytes copied) to `volume_ops.jsonl`.
 
 Use: `with ModalCloud(CloudDir(tmp), backend_opts={...}).installed(monkeypatch): ...` in a
 test, or `python -m tests.standins.modal_cloud CLOUD_DIR -- run --store modal:vol/x ...`
@@ -82,6 +83,10 @@ class CloudDir:
     def calls_file(self) -> Path:
         return self.path / "calls.jsonl"
 
+    @property
+    def volume_ops_file(self) -> Path:
+        return self.path / "volume_ops.jsonl"
+
     def configure(self, backend_opts: dict[str, Any], max_containers: int = 2) -> None:
         self.config_file.write_text(json.dumps({"backend_opts": backend_opts, "max_containers": max_containers}))
 
@@ -108,6 +113,12 @@ class CloudDir:
         if not self.calls_file.exists():
             return []
         return [json.loads(line) for line in self.calls_file.read_text().splitlines() if line.strip()]
+
+    def volume_ops(self) -> list[dict[str, Any]]:
+        """The commits and reloads so far: op, pid, shard, seconds, files and bytes copied."""
+        if not self.volume_ops_file.exists():
+            return []
+        return [json.loads(line) for line in self.volume_ops_file.read_text().splitlines() if line.strip()]
 
     def store(self, path: str) -> Path:
         """The committed copy of a store `modal:VOLUME/PATH`: what any new container would mount."""
@@ -227,7 +238,8 @@ def _snapshot(root: Path) -> dict[str, tuple]:
     return out
 
 
-def _copy_entry(src_root: Path, dst_root: Path, rel: str, entry: tuple) -> None:
+def _copy_entry(src_root: Path, dst_root: Path, rel: str, entry: tuple) -> int:
+    """Bytes copied."""
     dst = dst_root / rel
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.cloudcopy")
@@ -237,6 +249,7 @@ def _copy_entry(src_root: Path, dst_root: Path, rel: str, entry: tuple) -> None:
     else:
         shutil.copy2(src_root / rel, tmp)  # keeps mtime, gets its own inode, as a Volume copy does
     os.replace(tmp, dst)
+    return entry[1]
 
 
 def _remove_entry(root: Path, rel: str) -> None:
@@ -268,31 +281,43 @@ class EmulatedVolume:
                     out.append(target)
         return out
 
+    def _log(self, op: str, started: float, files: int, size: int) -> None:
+        """One line of `volume_ops.jsonl` (under the commit lock: lines never interleave)."""
+        with open(self.cloud.volume_ops_file, "a") as fh:
+            fh.write(json.dumps({"op": op, "pid": os.getpid(), "shard": self.shard, "seconds": round(time.perf_counter() - started, 4),
+                                 "files": files, "bytes": size}) + "\n")  # fmt: skip
+
     def reload(self) -> None:
         open_files = self._open_files()
         if open_files:
             raise RuntimeError(f"Volume reload with open files: {open_files}")  # Modal refuses it too
         with self.cloud.commit_lock():
+            started, files, size = time.perf_counter(), 0, 0
             committed = _snapshot(self.cloud.committed)
             mine = _snapshot(self.private)
             for rel, entry in committed.items():
                 if mine.get(rel) != entry:
-                    _copy_entry(self.cloud.committed, self.private, rel, entry)
+                    size += _copy_entry(self.cloud.committed, self.private, rel, entry)
+                    files += 1
             for rel in mine.keys() - committed.keys():
                 _remove_entry(self.private, rel)
             self.synced = _snapshot(self.private)
+            self._log("reload", started, files, size)
 
     def commit(self) -> None:
         with self.cloud.commit_lock():
+            started, files, size = time.perf_counter(), 0, 0
             mine = _snapshot(self.private)
             for rel, entry in mine.items():
                 if ".tmp-" in rel:
                     continue  # a file still being written by a live process
                 if self.synced.get(rel) != entry:
-                    _copy_entry(self.private, self.cloud.committed, rel, entry)
+                    size += _copy_entry(self.private, self.cloud.committed, rel, entry)
+                    files += 1
             for rel in self.synced.keys() - mine.keys():
                 _remove_entry(self.cloud.committed, rel)
             self.synced = mine
+            self._log("commit", started, files, size)
         self.commits += 1
         if self.shard is not None and self.commits == 1 and self.shard in self.cloud.faults()["kill_after_data"]:
             marker = self.cloud.path / f"killed-{self.shard}"
