@@ -20,7 +20,7 @@ def _estimate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample", type=int, default=300, help="articles tokenized to estimate chunks and tokens (default 300)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--store", help="a run store whose done shards measured a rate on this machine: the backend and hardware "
-                                     "its run used take that rate (default: the recorded rates only)")
+                                        "its run used take that rate (default: the recorded rates only)")
     parser.add_argument("--json", dest="json_path", metavar="PATH", help="also write the estimate as JSON here")
 
 

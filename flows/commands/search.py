@@ -74,7 +74,7 @@ def _check_index_outputs(args: argparse.Namespace) -> None:
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", required=True)
     parser.add_argument("--queries", metavar="FILE", help="jsonl or parquet: \"query\" with its relevant \"id\", \"ids\" or \"id\" + "
-                    "\"chunk_index\" (default: titles of --sample articles)")
+                        "\"chunk_index\" (default: titles of --sample articles)")
     parser.add_argument("--sample", type=int, default=500, help="articles drawn at random (default 500)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--forms", default="float32", help="stored forms to check, comma-separated, or all (default float32)")
@@ -84,7 +84,7 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-record", action="store_true", help="do not write eval.json and the dataset card")
     parser.add_argument("--exact", action="store_true", help="scan every vector even where an index of a form is built")
     parser.add_argument("--trust-remote-code", action="store_true",
-                    help="let the stores' models run code shipped in their folders (auto_map), as their runs were allowed to; only for models you trust")
+                        help="let the stores' models run code shipped in their folders (auto_map), as their runs were allowed to; only for models you trust")
     parser.add_argument("--json", dest="json_path", metavar="PATH", help="also write the result as JSON here")
 
 

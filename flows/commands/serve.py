@@ -13,7 +13,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_model_options(parser, ServeSettings, skip=("cors_origin",))
     parser.add_argument("--cors-origin", action="append", default=argparse.SUPPRESS, metavar="ORIGIN",
-                       help=ServeSettings.model_fields["cors_origin"].description + " Repeat for several.")
+                        help=ServeSettings.model_fields["cors_origin"].description + " Repeat for several.")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
