@@ -32,16 +32,24 @@ characters). `incremental`: day 2 against day 1, with `changed_chunks_expected` 
 two days' output files (chunks of day 2 whose text day 1 does not hold), not from the run's own
 counters. `index_day2`: `wikiembed index` on day 2's generation, which indexes only its own new data
 files and reuses day 1's indexes of the files it keeps (`parts_built`, `parts_reused`, `rows_built`).
+Up to 1/100, day 1 runs twice more: through the worker-process executor against the TEI stand-in
+(`run_day1_tei_workers`), and through `--backend modal` on a `modal:` Volume store in the Modal
+stand-in (`run_day1_modal_volume`: tests/standins/modal_cloud.py, containers as subprocesses over an
+emulated Volume, cut into at least `--volume-shards` shards, 2,000 by default; bytes and files are
+those under the emulated Volume, plus its files, bytes, commits and reloads at the end and the largest
+call), each into a store removed after.
 
     python bench/scale.py --fractions 0.001,0.01,0.1 --json bench/results/DATE-scale.json
     python bench/scale.py --smoke --json /tmp/scale-smoke.json     # seconds: checks the script
     python bench/scale.py --report bench/results/DATE-scale.json   # writes docs/SCALE.md from a run
     python bench/scale.py --upload WORK/f0.1/store                  # the upload step alone, of a store a run left
+    python bench/scale.py --fractions 0.01 --only run_day1_modal_volume --work WORK --json OUT.json   # that step alone
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -57,7 +65,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 ENWIKI_CHARS = 19_560_000_000  # English Wikipedia, 20231101.en
@@ -67,6 +75,13 @@ SMOKE_SHARD_ROWS = 60
 QUERIES = 100
 # The worker-process executor (`--backend tei`, against the TEI stand-in) runs day 1 again up to this size.
 TEI_MAX_FRACTION = 0.01
+# Day 1 through `--backend modal` on a Volume store in the Modal stand-in runs up to this size, cut into
+# at least `--volume-shards` shards (VOLUME_SHARDS; SMOKE_VOLUME_SHARDS at the smoke size), on this many containers.
+VOLUME_MAX_FRACTION = 0.01
+VOLUME_SHARDS = 2000
+SMOKE_VOLUME_SHARDS = 20
+VOLUME_CONTAINERS = 2
+VOLUME_STEP = "run_day1_modal_volume"
 
 
 # -- the corpus -----------------------------------------------------------------------------------
@@ -293,7 +308,7 @@ def _planned_shards(store: Path) -> int:
 # -- one size -------------------------------------------------------------------------------------
 
 def _size(work: Path, fraction: float, env: dict[str, str], shard_rows: int | None, hub: Any, skip: frozenset[str] = frozenset(),
-          index_form: str = "float32") -> dict[str, Any]:
+          index_form: str = "float32", volume_shards: int = VOLUME_SHARDS) -> dict[str, Any]:
     folder = work / f"f{fraction:g}"
     folder.mkdir(parents=True, exist_ok=True)
     corpus = _write_corpus(folder, fraction)
@@ -417,6 +432,9 @@ def _size(work: Path, fraction: float, env: dict[str, str], shard_rows: int | No
     # with a TEI client, against the TEI stand-in (answering hash vectors as fast as it can).
     if fraction <= TEI_MAX_FRACTION and not skipped("run_day1_tei_workers"):
         steps["run_day1_tei_workers"] = _tei_day1(folder, env, rows)
+    # The same day 1 through `--backend modal` on a Volume store, in the Modal stand-in (cut into many more shards).
+    if fraction <= VOLUME_MAX_FRACTION and not skipped(VOLUME_STEP):
+        steps[VOLUME_STEP] = _volume_day1(folder, env, corpus["articles"], volume_shards)
     failed = {name: step.get("output_tail") for name, step in steps.items() if step.get("rc") not in (None, 0)}
     if failed:
         raise SystemExit(f"steps failed at fraction {fraction}: {failed}")
@@ -446,7 +464,9 @@ def _upload_only(store: Path) -> dict[str, Any]:
         shutil.rmtree(spool, ignore_errors=True)
 
 
-def _tei_day1(folder: Path, env: dict[str, str], rows: list[str]) -> dict[str, Any]:
+@contextlib.contextmanager
+def _tei_server(env: dict[str, str]) -> Iterator[str]:
+    """The TEI stand-in in its own process (answering hash vectors as fast as it can); yields its URL."""
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "tests.standins.tei_server", "--port", str(port), "--model-id",
                                "sentence-transformers/all-MiniLM-L6-v2", "--max-client-batch-size", "256",
@@ -462,12 +482,83 @@ def _tei_day1(folder: Path, env: dict[str, str], rows: list[str]) -> dict[str, A
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        store = folder / "store-tei"
-        return _step(_cli("run", "--source", str(folder / "day1.parquet"), "--store", str(store), "--backend", "tei",
-                          "--tei-url", f"http://127.0.0.1:{port}", *rows), env, [store])
+        yield f"http://127.0.0.1:{port}"
     finally:
         os.killpg(server.pid, signal.SIGTERM)
+
+
+def _tei_day1(folder: Path, env: dict[str, str], rows: list[str]) -> dict[str, Any]:
+    try:
+        with _tei_server(env) as url:
+            store = folder / "store-tei"
+            return _step(_cli("run", "--source", str(folder / "day1.parquet"), "--store", str(store), "--backend", "tei",
+                              "--tei-url", url, *rows), env, [store])
+    finally:
         shutil.rmtree(folder / "store-tei", ignore_errors=True)
+
+
+def _volume_day1(folder: Path, env: dict[str, str], articles: int, shards: int) -> dict[str, Any]:
+    """Day 1's source through `--backend modal` on a `modal:` Volume store, in the Modal stand-in
+    (tests/standins/modal_cloud.py: the real CLI and flow, containers as subprocesses running the real
+    store operations over an emulated Volume, embedding with the TEI stand-in), cut into at least
+    `shards` shards. Besides `_step`'s figures (bytes and files under the emulated Volume's folder):
+    the shards, the Volume's files and bytes at the end, its commits and reloads (with the seconds the
+    stand-in spent copying: its own cost, not Modal's), and the largest request + answer of any call."""
+    from tests.standins.modal_cloud import CloudDir
+
+    top = folder / "modal-cloud"
+    shutil.rmtree(top, ignore_errors=True)
+    cloud = CloudDir(top)
+    shard_rows = max(1, articles // shards)
+    try:
+        with _tei_server(env) as url:
+            cloud.configure({"TEIShards": {"backend": "tei", "tei_url": [url]}}, max_containers=VOLUME_CONTAINERS)
+            out = _step([sys.executable, "-m", "tests.standins.modal_cloud", str(cloud.path), "--", "run",
+                         "--source", str(folder / "day1.parquet"), "--store", f"modal:{cloud.volume_name}/scale", "--backend", "modal",
+                         "--shard-rows", str(shard_rows), "--precision", "float32,int8"], env, [cloud.committed])
+        store = cloud.store("scale")
+        on_volume = [p for p in cloud.committed.rglob("*") if p.is_file() and not p.is_symlink()]
+        calls, ops = cloud.calls(), cloud.volume_ops()
+        shard_calls = [c for c in calls if c["method"] == "run_shard"]
+        out.update({
+            "containers": VOLUME_CONTAINERS, "shard_rows": shard_rows, "shards": _planned_shards(store),
+            "shards_done": len(list(store.glob("gens/*/_done/*.json"))),
+            "volume_files": len(on_volume), "volume_bytes": sum(p.stat().st_size for p in on_volume),
+            "commits": sum(o["op"] == "commit" for o in ops), "reloads": sum(o["op"] == "reload" for o in ops),
+            "commit_seconds": round(sum(o["seconds"] for o in ops if o["op"] == "commit"), 2),
+            "reload_seconds": round(sum(o["seconds"] for o in ops if o["op"] == "reload"), 2),
+            "calls": len(calls), "shard_calls": len(shard_calls),
+            "call_max_bytes": max((c["bytes_out"] + c["bytes_in"] for c in calls), default=0),
+            "shard_call_max_bytes": max((c["bytes_out"] + c["bytes_in"] for c in shard_calls), default=0),
+            "calls_bytes": sum(c["bytes_out"] + c["bytes_in"] for c in calls),
+            "call_max_bytes_by_method": {m: max(c["bytes_out"] + c["bytes_in"] for c in calls if c["method"] == m)
+                                         for m in sorted({c["method"] for c in calls})},
+        })
+        if out["shards"]:
+            out["seconds_per_shard"] = round(out["seconds"] / out["shards"], 3)
+        # Shards a second over the first and the second half of them (their markers' times): a rate that
+        # falls as the Volume fills is a cost that grows with the files already there.
+        done = sorted(p.stat().st_mtime for p in store.glob("gens/*/_done/*.json"))
+        if len(done) >= 4:
+            half = len(done) // 2
+            out["shards_per_s_halves"] = [round(half / max(done[half - 1] - done[0], 1e-9), 2),
+                                          round((len(done) - half) / max(done[-1] - done[half - 1], 1e-9), 2)]
+        return out
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def _only_volume(work: Path, fraction: float, env: dict[str, str], shards: int) -> dict[str, Any]:
+    """One size with only the Volume-store step (its corpus made, or reused from the work folder)."""
+    folder = work / f"f{fraction:g}"
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus = _write_corpus(folder, fraction)
+    print(f"[scale] {fraction:g}: {corpus['articles']:,} articles, {corpus['chars']:,} chars ({corpus['seconds']} s)", flush=True)
+    step = _volume_day1(folder, env, corpus["articles"], shards)
+    if step.get("rc") != 0:
+        raise SystemExit(f"{VOLUME_STEP} failed at fraction {fraction}: {step.get('output_tail')}")
+    return {"fraction": fraction, "only": VOLUME_STEP, "articles": corpus["articles"], "chars": corpus["chars"], "corpus": corpus,
+            "shards": step["shards"], "steps": {VOLUME_STEP: step}}
 
 
 def _chunk_texts(store: Path, multiset: bool = False) -> Any:
@@ -640,13 +731,18 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="steps not to run, comma-separated: index (an HNSW build of digest vectors, "
                         "which are as hard to index as random ones: far slower than real embeddings), status, status_verify, "
                         "export, search_1, search_1_exact, search (the warm in-process figures), eval_sample, upload, "
-                        "run_day1_tei_workers; day 1 and day 2 always run")
+                        f"run_day1_tei_workers, {VOLUME_STEP}; day 1 and day 2 always run")
+    parser.add_argument("--only", choices=[VOLUME_STEP], help="run only this step at each size (on the size's corpus, "
+                        "reused from --work where it is there), and write its own JSON")
+    parser.add_argument("--volume-shards", type=int, help=f"the least shards of {VOLUME_STEP} (default {VOLUME_SHARDS}; "
+                        f"{SMOKE_VOLUME_SHARDS} with --smoke)")
     parser.add_argument("--index-form", default="float32", help="the stored form `index` and the searches use: float32, or int8 "
                         "(written by every size's run; its graph builds about 5x faster here)")
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
     fractions = [SMOKE_FRACTION] if args.smoke else [float(f) for f in args.fractions.split(",")]
     shard_rows = SMOKE_SHARD_ROWS if args.smoke else args.shard_rows
+    volume_shards = args.volume_shards or (SMOKE_VOLUME_SHARDS if args.smoke else VOLUME_SHARDS)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="wikiembed-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(ROOT))
@@ -669,7 +765,12 @@ def main() -> None:
     try:
         with HubServer(spool=work / "hub-lfs") as hub:
             for fraction in sorted(fractions):
-                size = _size(work, fraction, env, shard_rows, hub, frozenset(x for x in args.skip.split(",") if x), args.index_form)
+                if args.only:
+                    result["sizes"].append(_only_volume(work, fraction, env, volume_shards))
+                    Path(args.json).write_text(json.dumps(result, indent=1))
+                    continue
+                size = _size(work, fraction, env, shard_rows, hub, frozenset(x for x in args.skip.split(",") if x), args.index_form,
+                             volume_shards)
                 result["sizes"].append(size)
                 result["exponents"] = _exponents(result["sizes"])
                 result["incremental"] = size["incremental"]
