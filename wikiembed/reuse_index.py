@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from wikiembed import chunk_keys
 from wikiembed.atomic import remove
+from wikiembed.memory import release_free_memory
 from wikiembed.store import LOCAL, Store, StoreSync
 
 
@@ -114,6 +115,10 @@ class ReuseIndex:
             self._cache[key] = column.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
             while len(self._cache) > 1 and sum(v.nbytes for v in self._cache.values()) > self._CACHE_BYTES:
                 self._cache.popitem(last=False)
+            # What the read and the groups dropped freed goes back to the OS: Arrow's pool would keep it,
+            # and with edits spread over every row group of every file a run reads them all (at 1/10 of
+            # English Wikipedia a day-2 shard's peak grew by 310 MB, 100 MB with this).
+            release_free_memory()
         self._cache.move_to_end(key)
         return self._cache[key]
 
