@@ -130,16 +130,21 @@ class Articles:
         table of `gen`, `id`) lists for it."""
         layers, keys, contents = [], [], []
         for gen, path in tables:
-            table = pq.read_table(path, columns=["id_key", "content_key", "gen"])
+            # `gen` read as a dictionary: one string per generation, not one per article.
+            table = pq.read_table(path, columns=["id_key", "content_key", "gen"], read_dictionary=["gen"])
             live = pc.fill_null(pc.equal(table.column("gen"), gen), False).to_numpy(zero_copy_only=False).copy()
             key = _s16(table.column("id_key"))
             if dropped is not None:
                 gone = dropped.filter(pc.equal(dropped.column("gen"), gen)).column("id").to_pylist()
                 if gone:
-                    live &= ~np.isin(key, np.array([id_key(i) for i in gone], dtype="S16"))
+                    # A binary search of the (few) dropped keys: np.isin would sort a copy of every key.
+                    gone_keys = np.unique(np.array([id_key(i) for i in gone], dtype="S16"))
+                    at = np.minimum(np.searchsorted(gone_keys, key), len(gone_keys) - 1)
+                    live &= gone_keys[at] != key
             layers.append((path, live))
             keys.append(key[live])
             contents.append(_s16(table.column("content_key"))[live])
+            del table
         every = np.concatenate(keys) if keys else np.zeros(0, dtype="S16")
         order = np.argsort(every, kind="stable")
         content = np.concatenate(contents) if contents else np.zeros(0, dtype="S16")
