@@ -89,10 +89,11 @@ def _rerun_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_rerun(args: argparse.Namespace) -> int:
-    from wikiembed.flows.embed_dataset import rerun_shards
     from wikiembed.settings import parse_shards
 
-    shards = "failed" if args.failed else parse_shards(args.shards)
+    shards = "failed" if args.failed else parse_shards(args.shards)  # a typo is refused before Prefect is imported
+    from wikiembed.flows.embed_dataset import rerun_shards
+
     summary = RunSummary.from_json(in_flow_thread(rerun_shards, store=args.store, shards=shards))
     write_json(args.summary_json, summary)
     print_summary(summary)
