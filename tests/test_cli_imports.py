@@ -1,11 +1,11 @@
 """The `wikiembed` commands that need no model and run no flow start without torch, transformers or Prefect.
 
 A `wikiembed` process pays for what it imports: torch, transformers and sentence-transformers take seconds of
-CPU, Prefect about two more. status, export, index, estimate without a store's measured rate, every `--help`, and
-a search refused before it embeds its query need none of them, so the CLI and the modules it reads import them
-inside the functions that use them. One module importing torch (or a flow) at its top undoes that for every
-command; this test runs the cheap commands in a fresh interpreter, as a user's shell would, and names the first
-that loaded a heavy package.
+CPU, Prefect about two more. status, export, index, estimate without a store's measured rate, every `--help`, a
+search refused before it embeds its query and a run refused before its flow starts need none of them, so the CLI
+and the modules it reads import them inside the functions that use them. One module importing torch (or a flow)
+at its top undoes that for every command; this test runs the cheap commands in a fresh interpreter, as a user's
+shell would, and names the first that loaded a heavy package.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ def test_commands_that_need_no_model_or_flow_import_neither(tmp_path: Path) -> N
         # Refused before its query is embedded: the store holds no int8 form.
         (["search", "--store", store, "--form", "int8", "anything"], 2),
         (["index", "--store", store], 0),
+        # A run refused by the checks made before its flow starts: no such model folder.
+        (["run", "--source", "sample:10", "--store", str(tmp_path / "new"), "--model", str(tmp_path / "no-model")], 2),
         (["rerun", "--store", str(tmp_path / "none"), "--shards", "x"], 2),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}

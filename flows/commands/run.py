@@ -58,7 +58,6 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from wikiembed.flows.embed_dataset import embed_dataset
     from wikiembed.plan import resolve
     from wikiembed.settings import RunSettings
     from wikiembed.executors import executor_class
@@ -74,6 +73,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     location.check_executor(executor_class(settings.backend))
     _, info, chunking = resolve(settings)
     location.check_run(settings, info, chunking)  # a Volume store is checked where it is, in the flow
+    from wikiembed.flows.embed_dataset import embed_dataset  # Prefect: imported once the checks have passed
+
     summary = RunSummary.from_json(in_flow_thread(embed_dataset, **settings.model_dump()))
     write_json(args.summary_json, summary)
     print_summary(summary)
