@@ -16,6 +16,7 @@ from tests.flows.conftest import REFERENCE_SOURCE
 from tests.wikiembed.test_publish import make_store
 from wikiembed.errors import StoreError
 from wikiembed.flows.cli import _print_summary
+from wikiembed.results import RunSummary
 from wikiembed.flows.embed_dataset import rerun_command, rerun_deployment_command
 from wikiembed.publish import publish
 
@@ -35,9 +36,12 @@ def _store_arg(words: list[str]) -> str:
 def test_printed_rerun_commands_quote_the_store(tmp_path: Path) -> None:
     store = str(tmp_path / AWKWARD)
     out = io.StringIO()
-    _print_summary({"shards_done": 1, "shards_total": 2, "shards_failed": 1, "rows": 3, "skipped_rows": 0, "chunks": 4,
-                    "embedded_chunks": 4, "reused_chunks": 0, "seconds": 1.0, "chars_per_s": 1.0,
-                    "failed_shards": [1], "store": store}, out=out)
+    summary = RunSummary.from_json({
+        "store": store, "generation": None, "source": "sample:3", "model": "m", "revision": "r", "backend": "local",
+        "device": "cpu", "chunking": {}, "tokenizer": None, "shards_total": 2, "shards_done": 1, "shards_failed": 1,
+        "failed_shards": [1], "pending_shards": [], "rows": 3, "skipped_rows": 0, "chunks": 4, "embedded_chunks": 4,
+        "reused_chunks": 0, "kept_chunks": 0, "retries": 0, "seconds": 1.0, "chars_per_s": 1.0})
+    _print_summary(summary, out=out)
     lines = out.getvalue().splitlines()
     assert shlex.split(lines[-1]) == ["wikiembed", "rerun", "--store", store, "--failed"]
     assert _store_arg(_commands(lines[-2])[0]) == store

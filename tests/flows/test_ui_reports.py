@@ -14,6 +14,7 @@ from prefect.client.schemas.sorting import ArtifactSort
 
 from tests.flows import faults
 from wikiembed.flows.cli import _print_summary
+from wikiembed.results import RunSummary
 from wikiembed.flows.embed_dataset import artifact_key, embed_dataset, rerun_shards
 from wikiembed.settings import parse_shards
 from wikiembed.store import Store
@@ -60,7 +61,7 @@ def test_progress_rerun_state_and_pending_shards(prefect_api, tmp_path: Path, mo
     assert summary["rerun_shards"] == [2] and summary["pending_shards"] == [3]
     assert _artifact(key) == 75.0  # 3 of 4, not a full bar
     out = io.StringIO()
-    _print_summary(summary, out=out)
+    _print_summary(RunSummary.from_json(summary), out=out)
     printed = out.getvalue()
     assert "3/4 shards done, 0 failed" in printed and "rerun: 1/1 of the shards it was asked to redo are done" in printed
     assert f"pending shards (never started): 3; embed them with the store's settings with\n    wikiembed rerun --store {store} --shards 3" in printed
@@ -156,5 +157,5 @@ def test_a_model_folder_a_run_that_embeds_nothing_and_a_missing_rate_read_plainl
     summary = state.result()
     summary["predicted_vs_actual"]["seconds"].update(predicted=None, basis="no rate recorded")
     out = io.StringIO()
-    _print_summary(summary, out=out)
+    _print_summary(RunSummary.from_json(summary), out=out)
     assert f"seconds not estimated vs {summary['predicted_vs_actual']['seconds']['actual']} (no rate recorded)" in out.getvalue()
