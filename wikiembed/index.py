@@ -1,41 +1,61 @@
 """Approximate nearest-neighbour index of one stored vector form, for stores too big to scan.
 
-One HNSW graph (usearch, the optional extra `pip install 'wikiembed[index]'`) per data file of a
-generation ("part"), built by streaming that file batch by batch: memory holds one file's graph and
-one batch. A data file's index lives in the generation folder that wrote the file, beside its
-`data/`, and is not published with it:
+A generation's index of a form is a small set of segments: HNSW graphs (usearch, the optional extra
+`pip install 'wikiembed[index]'`), each over every row of one or more of its data files, built by
+streaming those files batch by batch (memory: one segment's graph and one batch). A segment lives
+in the index folder of the generation that built it, and is not published:
 
-    gens/<G>/index/<column>/NNNNN.usearch   the graph of gens/<G>/data/NNNNN.parquet's rows, and the
-                                            vectors it links (keys: row numbers in that file)
-    gens/<G>/index/<column>/NNNNN.json      its sidecar: form, column, metric, scalar, dim, rows, the
-                                            data file (`data`: its path in the store, `sha256`: as its
-                                            `_done` marker records it), library version, build
-                                            parameters, bytes, seconds, when it was built
+    gens/<G>/index/<column>/seg-<hash>.usearch   one segment's graph, and the vectors it links (keys:
+                                                 the file's number in the segment << 32 | its row there)
+    gens/<G>/index/<column>/seg-<hash>.json      its sidecar: form, column, metric, scalar, dim, rows,
+                                                 `files` (each data file's path in the store, sha256 as
+                                                 its `_done` marker records it, and rows, in key
+                                                 order), library version, build parameters, bytes,
+                                                 seconds, when it was built
+
+`<hash>`: the first 16 hex digits of the sha256 of the files it covers, so the same files make the
+same segment. The layout before segments, one graph per data file (`NNNNN.usearch` and a sidecar
+`NNNNN.json` naming one `data` file and its `sha256`; keys: row numbers), is read as what it is: a
+segment of one file.
 
 A data file is written once and kept by every later generation that does not change it (an
-incremental run's `base`, see docs/STORE.md), and so is its index: building the index of a
-generation (`wikiembed index`, `index_build.build_index`) builds only the files that have none yet (a new
-generation's own shards) and reuses the others, so the cost of indexing grows with the rows written,
-not with the rows held, and one graph never grows past a shard's rows.
+incremental run's `base`, see docs/STORE.md), and so is a segment: it serves every generation that
+holds all of its files, byte for byte (same path, sha256 and rows). Building the index of a
+generation (`wikiembed index`, `index_build.build_index`; the plan is `plan_segments`)
+reuses the segments found in the index folders of the generations whose files it holds, and
+indexes the files none of them covers into new segments, filled in file order up to
+`segment_rows(form)` rows (SEGMENT_ROWS, fewer where a form's vectors are wide: SEGMENT_BYTES bounds
+a segment's build memory). So indexing a new version costs the rows it wrote, not the rows it holds.
+Small segments pile up that way (one per version); like the runs of an LSM tree they are merged:
+segments below a quarter of the segment size fall in size tiers (rows within a factor MERGE_FACTOR
+of each other), and where MERGE_FACTOR segments of one tier are in use, their files are indexed
+again as one segment, a tier bigger. A row is re-added about log(segment size / a version's rows)
+times at most. A generation has at most MERGE_FACTOR × rows / segment size segments of a quarter
+of the segment size or more (about rows / segment size where versions are small next to a
+segment), and at most MERGE_FACTOR - 1 in each of the TIERS tiers below. A search asks every
+segment: its cost grows with their number, each a graph search (about the log of its rows).
 
-The sidecar is written after the index, like a marker after its data: an index without one is
-never used. A sidecar whose data file or sha256 differs from what the generation holds now (a shard
-rerun or changed on disk) is stale: search ignores it, says so and names the rebuild command, and
-`wikiembed index` builds that file's index again. Before a stale index is replaced its sidecar is
-removed, so a half-replaced pair is never read as valid.
+Each segment is written as it is finished, graph first and sidecar after it (each atomically): a
+graph without its sidecar is never used, and a build killed midway leaves its finished segments,
+which the next build reuses. A segment naming a data file whose sha256 differs from what the
+generation holds now (a shard rerun or changed on disk) is stale for it: search ignores it, says so
+and names the rebuild command, and `wikiembed index` indexes those files again. Segments in the
+built generation's own folder that its index no longer uses (stale, or merged into a bigger one) are
+removed by the build; those of other generations are left to them.
 
-Search asks every data file's graph for candidates, keeps the best of them all by the graph's
-metric as it goes (what one graph over every row would propose), and maps their keys to the exact
-scan's positions (file index in the generation's file list << 32 | row), so hits are read back the
-same way. A kept file's rows of articles the generation dropped stay in its graph (it is shared with
-the generation that wrote it) and are left out of its answer: a file with d dropped rows is asked
-for extra candidates, and where they still hold too few live ones for a query, that file is
-searched exactly (usearch's brute-force pass over the same file's vectors) for its best k + d, which
-hold at least k live rows. A generation some of whose data files have no valid index is scanned
-exactly, with a note naming the files without one and the rebuild command (the ranking's `method`
-is `index` only when every file's index answered). An index of the older layout (one graph for a
-whole generation, `gens/<G>/index/<column>.usearch`) is not read: search notes that it needs a
-rebuild, and the rebuild removes it.
+Which segments a generation uses is decided the same way by search and build (`find_segments`): of
+the valid ones, biggest first, each whose files none already chosen covers. Search asks each chosen
+segment for candidates, keeps the best of them all by the graph's metric as it goes (what one graph
+over every row would propose), and maps their keys to the exact scan's positions (file index in the
+generation's file list << 32 | row), so hits are read back the same way. A kept file's rows of
+articles the generation dropped stay in its segment (shared with the generation that wrote it) and
+are left out of its answer: a segment with d dropped rows is asked for extra candidates, and where
+they still hold too few live ones for a query, that segment is searched exactly (usearch's
+brute-force pass over its vectors) for its best k + d, which hold at least k live rows. A generation
+some of whose data files no valid segment covers is scanned exactly, with a note naming those files
+and the rebuild command (the ranking's `method` is `index` only when the index answered). An index
+of the oldest layout (one graph for a whole generation, `gens/<G>/index/<column>.usearch`) is not
+read: search notes that it needs a rebuild, and the rebuild removes it.
 
 Per form, the graph links the stored values themselves (the index is no bigger than the column):
 
@@ -50,11 +70,12 @@ stored column's own values), so an index hit's score is the scan's score for tha
 candidates get the same float rescoring as in the scan.
 
 Touches: the `index/` folders of the generations whose data files a generation holds (written by
-`build_part`, read by `open_index`).
+`build_segment`, read by `find_segments` and `open_index`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import time
@@ -71,15 +92,29 @@ from wikiembed.store import Part
 
 INSTALL = "pip install 'wikiembed[index]'"
 INDEX_DIR = "index"
+SEGMENT_PREFIX = "seg-"
 # usearch's HNSW defaults (16 links per node, 128 candidates while adding): on the man-page store
 # measured in the README they keep recall@10 against the exact scan at 0.97-0.99.
 CONNECTIVITY = 16
 EXPANSION_ADD = 128
 # Candidates kept while searching: at least this many, and never fewer than asked for.
 EXPANSION_SEARCH = 64
-# A file with dropped rows is first asked for count + min(dropped, max(count, DROPPED_EXTRA)) candidates.
+# A segment with dropped rows is first asked for count + min(dropped, max(count, DROPPED_EXTRA)) candidates.
 DROPPED_EXTRA = 32
+# A segment holds at most this many rows, and its build at most about SEGMENT_BYTES: its vectors
+# plus LINK_BYTES a row of graph links (2 × CONNECTIVITY neighbours at the base level, 4 bytes each,
+# and usearch's own bookkeeping). int8 at 1024 dimensions: 1,000,000 rows, about 1.2 GB.
+SEGMENT_ROWS = 1_000_000
+SEGMENT_BYTES = 2 << 30
+LINK_BYTES = 2 * CONNECTIVITY * 4 + 64
+# Segments below a quarter of the segment size (F = MERGE_FACTOR) fall in tiers by size (tier t: rows in
+# [size / F^(t+1), size / F^t), t = 1 .. TIERS, the last every smaller one); where F segments of a tier
+# are in use, they are merged (into one: together they hold fewer than size rows).
+MERGE_FACTOR = 4
+TIERS = 4
 _SCALARS = {"float32": "f32", "float16": "f16", "int8": "i8", "binary": "b1"}
+_ROW_BITS = 32
+_ROW_MASK = (1 << _ROW_BITS) - 1
 
 
 def require_library() -> Any:
@@ -100,18 +135,12 @@ def library_version() -> str | None:
 
 
 def folder(generation_dir: Path, form: Form) -> Path:
-    """The folder of `form`'s data-file indexes in a generation folder."""
+    """The folder of `form`'s segments in a generation folder."""
     return generation_dir / INDEX_DIR / form.column
 
 
-def paths(data_file: Path, form: Form) -> tuple[Path, Path]:
-    """(index file, sidecar) of `form` for one data file (`gens/<G>/data/NNNNN.parquet`)."""
-    where = folder(data_file.parent.parent, form)
-    return where / f"{data_file.stem}.usearch", where / f"{data_file.stem}.json"
-
-
 def legacy_paths(generation_dir: Path, form: Form) -> tuple[Path, Path]:
-    """(index file, sidecar) of the older layout: one graph of `form` over a whole generation."""
+    """(index file, sidecar) of the oldest layout: one graph of `form` over a whole generation."""
     return generation_dir / INDEX_DIR / f"{form.column}.usearch", generation_dir / INDEX_DIR / f"{form.column}.json"
 
 
@@ -133,26 +162,62 @@ def relative(path: Path, store: Path) -> str:
         return path.as_posix()
 
 
-# -- one data file's index ------------------------------------------------------------------------
+def segment_rows(form: Form) -> int:
+    """The most rows one segment of `form` holds: SEGMENT_ROWS, fewer where its build would pass SEGMENT_BYTES."""
+    return max(1, min(SEGMENT_ROWS, SEGMENT_BYTES // (form.bytes_per_vector + LINK_BYTES)))
 
-def check_part(part: Part, form: Form, store: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """(sidecar, None) when `part`'s index of `form` is built and matches the file the generation holds
-    (data file, sha256, rows, form, and the index file's size); else (None, why not), the why None when
-    no index of that file was ever built. Reads the sidecar and stats the index file only."""
-    index_path, sidecar_path = paths(part.path, form)
+
+def segment_name(files: Sequence[tuple[str, str, int]]) -> str:
+    """A segment's file name (no suffix) from the (data, sha256, rows) of the files it covers, in key order."""
+    text = "\n".join(f"{data} {sha} {rows}" for data, sha, rows in files)
+    return SEGMENT_PREFIX + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def identity(part: Part, store: Path) -> tuple[str, str, int]:
+    """What a segment records of a data file, and what it must still be for the segment to serve it."""
+    return relative(part.path, store), part.sha256, part.chunks
+
+
+# -- segments on disk -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Segment:
+    """A segment's files on disk and what its sidecar says: `files` are (data, sha256, rows) in key order."""
+
+    index_path: Path
+    sidecar_path: Path
+    sidecar: dict[str, Any]
+    files: tuple[tuple[str, str, int], ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(rows for _, _, rows in self.files)
+
+    @property
+    def bytes(self) -> int:
+        return int(self.sidecar["bytes"])
+
+
+def read_segment(sidecar_path: Path, form: Form) -> tuple[Segment | None, str | None]:
+    """(the segment of `sidecar_path`, None), or (None, why it cannot be used); checks its sidecar
+    against `form` and its graph file's size (reads the sidecar, stats the graph)."""
+    index_path = sidecar_path.with_suffix(".usearch")
     try:
         sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
         if not isinstance(sidecar, dict):
             raise ValueError("not a JSON object")
+        if "files" in sidecar:
+            files = tuple((str(f["data"]), str(f["sha256"]), int(f["rows"])) for f in sidecar["files"])
+        else:  # one data file's graph, from before segments: a segment of that file
+            files = ((str(sidecar["data"]), str(sidecar["sha256"]), int(sidecar["rows"])),)
+        if not files:
+            raise ValueError("no data files")
     except FileNotFoundError:
         return None, None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         return None, f"unreadable sidecar {sidecar_path} ({exc})"
-    data = relative(part.path, store)
-    if (sidecar.get("data"), sidecar.get("sha256")) != (data, part.sha256):
-        return None, "stale"
-    expected = {"column": form.column, "dim": form.dim, "scalar": scalar(form), "metric": metric(form),
-                "rows": part.chunks}
+    segment = Segment(index_path, sidecar_path, sidecar, files)
+    expected = {"column": form.column, "dim": form.dim, "scalar": scalar(form), "metric": metric(form), "rows": segment.rows}
     wrong = [key for key, value in expected.items() if sidecar.get(key) != value]
     try:
         size = index_path.stat().st_size
@@ -162,26 +227,94 @@ def check_part(part: Part, form: Form, store: Path) -> tuple[dict[str, Any] | No
         wrong.append("index file missing" if size is None else "index file size")
     if wrong:
         return None, f"index {index_path} does not match its sidecar ({', '.join(wrong)})"
-    return sidecar, None
+    return segment, None
 
 
-def build_part(part: Part, form: Form, batches: Iterable[np.ndarray], store: Path) -> dict[str, Any]:
-    """Build `form`'s index of one data file from `batches` (its stored values [n, width], every row
-    in file order) and write it, then its sidecar; returns the sidecar."""
+@dataclass
+class Found:
+    """The segments that serve a generation's index of a form (`chosen`: each with the generation's file
+    index of each of its files, in key order), and why the files none serves are left out."""
+
+    chosen: list[tuple[Segment, list[int]]]
+    uncovered: list[int]  # generation file indexes no chosen segment covers
+    stale: list[int]  # of those, the files a segment names with other bytes
+    grouped: list[int]  # of those, the files a segment names as they are, beside another file that changed or left
+    broken: list[str]  # why some sidecars or graphs could not be used
+    segments: list[Segment]  # every usable segment of the form found (chosen or not)
+
+    @property
+    def covered(self) -> int:
+        return sum(len(fis) for _, fis in self.chosen)
+
+
+def generation_folders(parts: Sequence[Part], generation_dir: Path) -> list[Path]:
+    """The generation folders whose index folders may hold segments for a generation: its own, and
+    those of the generations whose data files it keeps."""
+    return list(dict.fromkeys([generation_dir, *(p.path.parent.parent for p in parts)]))
+
+
+def find_segments(parts: Sequence[Part], form: Form, store: Path, generation_dir: Path) -> Found:
+    """The segments of `form` that serve the generation whose data files are `parts`: of those found in
+    the index folders of its generations (`generation_folders`) whose every file the generation holds
+    as it is, biggest first, each that covers none of the files of one chosen before. Reads sidecars
+    and stats graph files only."""
+    segments, broken = [], []
+    for gen_dir in generation_folders(parts, generation_dir):
+        where = folder(gen_dir, form)
+        if not where.is_dir():
+            continue
+        for sidecar_path in sorted(where.glob("*.json")):
+            segment, why = read_segment(sidecar_path, form)
+            if segment is not None:
+                segments.append(segment)
+            elif why is not None:
+                broken.append(why)
+    held = {identity(p, store): fi for fi, p in enumerate(parts)}
+    chosen, taken = [], set()
+    for segment in sorted(segments, key=lambda s: (-s.rows, -len(s.files), s.index_path.name, str(s.index_path))):
+        fis = [held.get(f) for f in segment.files]
+        if any(fi is None or fi in taken for fi in fis):
+            continue
+        chosen.append((segment, fis))
+        taken.update(fis)
+    chosen.sort(key=lambda c: min(c[1]))
+    uncovered = [fi for fi in range(len(parts)) if fi not in taken]
+    named = {f for s in segments for f in s.files}
+    paths = {f[0] for f in named}
+    stale, grouped = [], []
+    for fi in uncovered:
+        ident = identity(parts[fi], store)
+        if ident in named:
+            grouped.append(fi)
+        elif ident[0] in paths:
+            stale.append(fi)
+    return Found(chosen, uncovered, stale, grouped, broken, segments)
+
+
+def build_segment(parts: Sequence[Part], form: Form, batches: Callable[[Part], Iterable[np.ndarray]], store: Path,
+                  generation_dir: Path) -> Segment:
+    """Build one segment of `form` over every row of `parts` (in that order; `batches(part)`: its stored
+    values [n, width], every row in file order), write its graph, then its sidecar, in the index
+    folder of `generation_dir`; returns it."""
     Index = require_library()
     started = time.monotonic()
     index = Index(ndim=form.dim, metric=metric(form), dtype=scalar(form),
                   connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD, expansion_search=EXPANSION_SEARCH)
-    rows = 0
-    for values in batches:
-        if len(values):
-            index.add(np.arange(rows, rows + len(values), dtype=np.uint64), values)
-        rows += len(values)
-    if rows != part.chunks:
-        raise StoreError(f"{part.path}: the data file held {rows} rows while indexing, not {part.chunks} as its marker "
-                         "records; a run is rewriting it, build the index when it is finished.")
-    index_path, sidecar_path = paths(part.path, form)
-    remove(sidecar_path)  # a stale sidecar goes first: it never vouches for the new index file
+    files = []
+    for number, part in enumerate(parts):
+        rows = 0
+        for values in batches(part):
+            if len(values):
+                index.add((np.uint64(number) << np.uint64(_ROW_BITS)) | np.arange(rows, rows + len(values), dtype=np.uint64), values)
+            rows += len(values)
+        if rows != part.chunks:
+            raise StoreError(f"{part.path}: the data file held {rows} rows while indexing, not {part.chunks} as its marker "
+                             "records; a run is rewriting it, build the index when it is finished.")
+        files.append(identity(part, store))
+    name = segment_name(files)
+    where = folder(generation_dir, form)
+    index_path, sidecar_path = where / f"{name}.usearch", where / f"{name}.json"
+    remove(sidecar_path)  # a sidecar goes first: it never vouches for a graph being replaced
     with atomic_path(index_path) as tmp:
         index.save(str(tmp))
     del index
@@ -191,9 +324,8 @@ def build_part(part: Part, form: Form, batches: Iterable[np.ndarray], store: Pat
         "metric": metric(form),
         "scalar": scalar(form),
         "dim": form.dim,
-        "rows": rows,
-        "data": relative(part.path, store),
-        "sha256": part.sha256,
+        "rows": sum(rows for _, _, rows in files),
+        "files": [{"data": data, "sha256": sha, "rows": rows} for data, sha, rows in files],
         "library": library_version(),
         "connectivity": CONNECTIVITY,
         "expansion_add": EXPANSION_ADD,
@@ -202,11 +334,112 @@ def build_part(part: Part, form: Form, batches: Iterable[np.ndarray], store: Pat
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json(sidecar_path, sidecar)
-    return sidecar
+    return Segment(index_path, sidecar_path, sidecar, tuple(files))
+
+
+# -- the build's plan -----------------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    """What building a generation's index of a form does: segments kept as they are (`reused`, with the
+    generation's file index of each of their files), new segments to build (`build`: each a list of
+    file indexes, in order), and the reused segments whose files those fold in again (`merged`)."""
+
+    reused: list[tuple[Segment, list[int]]]
+    build: list[list[int]]
+    merged: list[Segment]
+    found: Found
+
+
+def tier(rows: int, size: int) -> int | None:
+    """A segment's size tier: t for rows in [size / F^(t+1), size / F^t) (F: MERGE_FACTOR), the last
+    (TIERS) for every smaller one; None for one of size / F rows or more, which is never merged."""
+    if rows * MERGE_FACTOR >= size:
+        return None
+    t = 1
+    while t < TIERS and rows * MERGE_FACTOR ** (t + 1) < size:
+        t += 1
+    return t
+
+
+def pack(fis: Sequence[int], rows: Callable[[int], int], size: int) -> list[list[int]]:
+    """`fis` in order, cut into runs of at most `size` rows (a file bigger than that alone)."""
+    out: list[list[int]] = []
+    total = 0
+    for fi in fis:
+        if out and total + rows(fi) <= size:
+            out[-1].append(fi)
+            total += rows(fi)
+        else:
+            out.append([fi])
+            total = rows(fi)
+    return out
+
+
+def plan_segments(parts: Sequence[Part], form: Form, store: Path, generation_dir: Path) -> Plan:
+    """Which segments a build of `form`'s index of a generation reuses, builds and merges: the files no
+    usable segment covers are packed in file order into segments of up to `segment_rows(form)` rows;
+    then, while MERGE_FACTOR segments (reused or new) share a size tier, they are merged into one
+    (their files packed again)."""
+    found = find_segments(parts, form, store, generation_dir)
+    size = segment_rows(form)
+    rows = lambda fi: parts[fi].chunks  # noqa: E731
+    groups: list[tuple[list[int], Segment | None]] = [(fis, segment) for segment, fis in found.chosen]
+    groups += [(fis, None) for fis in pack(found.uncovered, rows, size)]
+    while True:
+        tiers: dict[int, list[int]] = {}
+        for g, (fis, _) in enumerate(groups):
+            t = tier(sum(rows(fi) for fi in fis), size)
+            if t is not None:
+                tiers.setdefault(t, []).append(g)
+        full = [members for _, members in sorted(tiers.items()) if len(members) >= MERGE_FACTOR]
+        if not full:
+            break
+        members = set(full[-1])  # the smallest tier first: its merge may fill the tier above
+        files = sorted(fi for g in members for fi in groups[g][0])
+        groups = [group for g, group in enumerate(groups) if g not in members] + [(fis, None) for fis in pack(files, rows, size)]
+    kept = {id(segment) for _, segment in groups if segment is not None}
+    return Plan(reused=[(s, fis) for fis, s in groups if s is not None],
+                build=sorted((fis for fis, s in groups if s is None), key=min),
+                merged=[s for s, _ in found.chosen if id(s) not in kept],
+                found=found)
+
+
+def build_segments(parts: Sequence[Part], form: Form, store: Path, generation_dir: Path,
+                   batches: Callable[[Part], Iterable[np.ndarray]]) -> tuple[Plan, list[tuple[Segment, list[int], bool]], list[Path]]:
+    """Build `form`'s index of the generation whose data files are `parts` as `plan_segments` plans it,
+    each new segment written as it is finished (`batches(part)`: a file's stored values, every row in
+    order); then remove the segments of its own folder it does not use. Returns (the plan, every
+    segment it uses as (segment, file indexes, built now), the paths removed), segments in file order."""
+    plan = plan_segments(parts, form, store, generation_dir)
+    segments = [(segment, fis, False) for segment, fis in plan.reused]
+    for fis in plan.build:
+        segments.append((build_segment([parts[fi] for fi in fis], form, batches, store, generation_dir), fis, True))
+    segments.sort(key=lambda s: min(s[1]))
+    return plan, segments, remove_unused(generation_dir, form, [s for s, _, _ in segments])
+
+
+def remove_unused(generation_dir: Path, form: Form, used: Iterable[Segment]) -> list[Path]:
+    """Delete the segments of `form` in a generation's own index folder that its index does not use
+    (sidecar first, then graph), and graphs without a sidecar; the paths removed."""
+    where = folder(generation_dir, form)
+    keep = {s.index_path.name for s in used if s.index_path.parent == where}
+    gone = []
+    if not where.is_dir():
+        return gone
+    for sidecar in sorted(where.glob("*.json")):
+        if sidecar.with_suffix(".usearch").name not in keep:
+            remove(sidecar)
+            gone.append(sidecar)
+    for graph in sorted(where.glob("*.usearch")):
+        if graph.name not in keep:
+            remove(graph)
+            gone.append(graph)
+    return gone
 
 
 def remove_legacy(generation_dir: Path, form: Form) -> list[Path]:
-    """Delete the older layout's index of `form` in a generation folder (sidecar first); the paths removed."""
+    """Delete the oldest layout's index of `form` in a generation folder (sidecar first); the paths removed."""
     gone = []
     for path in reversed(legacy_paths(generation_dir, form)):
         if path.is_file():
@@ -218,16 +451,18 @@ def remove_legacy(generation_dir: Path, form: Form) -> list[Path]:
 # -- searching ------------------------------------------------------------------------------------
 
 @dataclass
-class PartIndex:
-    """One data file's graph, opened for searching: `fi` is the file's index in the generation's list."""
+class SegmentIndex:
+    """One segment's graph, opened for searching: `files[n]` is the generation's file index of the
+    segment's file number n (a key's high bits)."""
 
-    fi: int
+    files: Sequence[int]
     index: Any
     sidecar: dict[str, Any]
-    dropped: Callable[[], np.ndarray] | None = None  # the file's rows the generation dropped (sorted), when it has any
+    dropped: Callable[[], np.ndarray] | None = None  # the keys of rows the generation dropped (sorted), when it has any
     _dropped: np.ndarray | None = field(default=None, repr=False)
+    _files: np.ndarray | None = field(default=None, repr=False)
 
-    def dropped_rows(self) -> np.ndarray:
+    def dropped_keys(self) -> np.ndarray:
         if self.dropped is None:
             return np.zeros(0, dtype=np.int64)
         if self._dropped is None:
@@ -236,7 +471,7 @@ class PartIndex:
 
     def search(self, query: np.ndarray, depth: int, *, exact: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(keys, distances, valid), each [nq, depth]: the best `depth` rows per query by the graph's
-        metric (`exact`: by a brute-force pass over the file's vectors instead of the graph)."""
+        metric (`exact`: by a brute-force pass over the segment's vectors instead of the graph)."""
         self.index.expansion_search = max(EXPANSION_SEARCH, depth)
         # One query: on this thread (a pool's start costs more than a small graph's search); a batch: every core.
         found = self.index.search(query, depth, exact=exact, threads=1 if len(query) == 1 else 0)
@@ -252,11 +487,17 @@ class PartIndex:
         distances[valid] = np.asarray(found.distances, dtype=np.float32)[valid]
         return keys, distances, valid
 
+    def positions(self, keys: np.ndarray) -> np.ndarray:
+        """Keys of this segment as the generation's positions (file index << 32 | row)."""
+        if self._files is None:
+            self._files = np.asarray(self.files, dtype=np.int64)
+        return (self._files[keys >> _ROW_BITS] << _ROW_BITS) | (keys & _ROW_MASK)
+
     def candidates(self, query: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         """(positions as fi << 32 | row, distances), each [nq, count]: about the `count` best live rows
         per query by the graph's metric; -1 and inf past them."""
         rows = int(self.sidecar["rows"])
-        dropped = self.dropped_rows()
+        dropped = self.dropped_keys()
         positions = np.full((len(query), count), -1, dtype=np.int64)
         distances = np.full((len(query), count), np.inf, dtype=np.float32)
         want = min(count, rows - len(dropped))
@@ -268,7 +509,7 @@ class PartIndex:
             live &= ~np.isin(keys, dropped)
             short = np.flatnonzero(live.sum(axis=1) < want)
             if len(short):
-                # Dropped rows crowd these queries' answers: the file's exact best count + dropped hold `count` live rows.
+                # Dropped rows crowd these queries' answers: the segment's exact best count + dropped hold `count` live rows.
                 deep = min(rows, count + len(dropped))
                 more, more_dist, more_live = self.search(query[short], deep, exact=True)
                 more_live &= ~np.isin(more, dropped)
@@ -277,33 +518,34 @@ class PartIndex:
                 keys[short], dist[short], live[short] = more, more_dist, more_live
         order = np.argsort(~live, axis=1, kind="stable")[:, :count]  # live rows first, in the graph's order
         keys, dist, live = (np.take_along_axis(a, order, axis=1) for a in (keys, dist, live))
-        positions[:, : keys.shape[1]] = np.where(live, (np.int64(self.fi) << 32) | keys, -1)
+        positions[:, : keys.shape[1]] = np.where(live, self.positions(np.where(live, keys, 0)), -1)
         distances[:, : keys.shape[1]] = np.where(live, dist, np.inf)
         return positions, distances
 
-    def values(self, rows: np.ndarray) -> np.ndarray:
-        return np.stack(self.index.get(np.asarray(rows, dtype=np.uint64), dtype=self.sidecar["scalar"]))
+    def values(self, keys: np.ndarray) -> np.ndarray:
+        return np.stack(self.index.get(np.asarray(keys, dtype=np.uint64), dtype=self.sidecar["scalar"]))
 
 
 class VectorIndex:
-    """The indexes of one form over every data file of a generation, opened for searching
+    """The segments of one form that cover every data file of a generation, opened for searching
     (memory-mapped, not read into RAM)."""
 
-    def __init__(self, parts: Sequence[PartIndex], form: Form) -> None:
-        self.parts = list(parts)
+    def __init__(self, segments: Sequence[SegmentIndex], form: Form) -> None:
+        self.segments = list(segments)
         self.form = form
-        self._by_fi = {p.fi: p for p in self.parts}
+        # Data file index -> (its segment, its number there).
+        self._where = {fi: (segment, number) for segment in self.segments for number, fi in enumerate(segment.files)}
 
     def candidates(self, scorer: Scorer, count: int) -> np.ndarray:
         """Positions of about the `count` best live rows per query by the index's metric, [nq, count];
-        -1 where the generation has fewer. Each data file's graph proposes its best `count`, and the
-        best `count` of them all by the metric's distance are kept as the files are searched (what
-        one graph over every row would propose; memory: [nq, 2 × count])."""
+        -1 where the generation has fewer. Each segment proposes its best `count`, and the best `count`
+        of them all by the metric's distance are kept as the segments are searched (what one graph over
+        every row would propose; memory: [nq, 2 × count])."""
         query = _query_values(scorer)
         best = np.full((len(query), 0), -1, dtype=np.int64)
         best_distance = np.full((len(query), 0), np.inf, dtype=np.float32)
-        for part in self.parts:
-            positions, distances = part.candidates(query, count)
+        for segment in self.segments:
+            positions, distances = segment.candidates(query, count)
             best, best_distance = np.concatenate([best, positions], axis=1), np.concatenate([best_distance, distances], axis=1)
             if best.shape[1] > count:
                 keep = np.argpartition(best_distance, count - 1, axis=1)[:, :count]
@@ -316,11 +558,12 @@ class VectorIndex:
         positions = np.asarray(positions, dtype=np.int64)
         if len(positions) == 0:
             return np.zeros((0, self.form.width), dtype=np.float32)
-        files = positions >> 32
+        files = positions >> _ROW_BITS
         out: np.ndarray | None = None
         for fi in np.unique(files):
             at = np.flatnonzero(files == fi)
-            got = self._by_fi[int(fi)].values(positions[at] & 0xFFFFFFFF)
+            segment, number = self._where[int(fi)]
+            got = segment.values((np.int64(number) << _ROW_BITS) | (positions[at] & _ROW_MASK))
             if out is None:
                 out = np.empty((len(positions), got.shape[1]), dtype=got.dtype)
             out[at] = got
@@ -348,57 +591,57 @@ def open_index(
     dropped_rows: Callable[[int], np.ndarray],
     gen: str | None = None,
 ) -> tuple[VectorIndex | None, str | None]:
-    """(the index of `form` over every one of `parts`, None) when each data file has a valid index;
+    """(the index of `form` over every one of `parts`, None) when segments cover each data file;
     otherwise (None, why it was not used), the why None when no index of this form was ever built for
     any of them. `dropped_rows(fi)`: the rows of file `fi` the generation dropped (asked only when a
     search needs them); `gen`: the generation's id, to name its own shards by number in a note."""
-    found: list[tuple[int, Part, dict[str, Any]]] = []
-    stale, missing, broken = [], [], []
-    for fi, part in enumerate(parts):
-        sidecar, why = check_part(part, form, store)
-        if sidecar is not None:
-            found.append((fi, part, sidecar))
-        elif why is None:
-            missing.append(part)
-        elif why == "stale":
-            stale.append(part)
-        else:
-            broken.append(why)
-    if not found and not stale and not broken:
+    found = find_segments(parts, form, store, generation_dir)
+    if not found.chosen and not found.stale and not found.grouped and not found.broken:
         legacy = [p for p in legacy_paths(generation_dir, form) if p.is_file()]
         if legacy:
             return None, (f"the index of {form.name} at {legacy[0]} has an older layout (one graph for the whole generation) "
                           f"that is no longer read; {_rebuild(store, form)}")
         return None, None
-    if stale or broken or missing:
+    if found.uncovered:
+        stale = [parts[fi] for fi in found.stale]
+        grouped = [parts[fi] for fi in found.grouped]
+        missing = [parts[fi] for fi in found.uncovered if fi not in set(found.stale) | set(found.grouped)]
         what = []
         if stale:
             what.append(f"{_names(stale, gen)} rewritten")
+        if grouped:
+            what.append(f"{_names(grouped, gen)} indexed only together with {'them' if stale else 'files the generation no longer holds'}")
         if missing:
             what.append(f"{_names(missing, gen)} not indexed")
-        what += broken
+        what += found.broken
         lead = (f"the index of {form.name} was built from other data than the store holds now" if stale
-                else f"the index of {form.name} covers {len(found)} of {len(parts)} data files")
+                else f"the index of {form.name} covers {found.covered} of {len(parts)} data files")
         return None, f"{lead} ({'; '.join(what)}); {_rebuild(store, form)}"
     try:
         Index = require_library()
     except InputError:
         return None, f"the store has an index of {form.name}, but the usearch library is not installed here; {INSTALL} to use it"
     opened = []
-    for fi, part, sidecar in found:
-        index_path, _ = paths(part.path, form)
+    for segment, fis in found.chosen:
         try:
-            index = Index.restore(str(index_path), view=True)
+            index = Index.restore(str(segment.index_path), view=True)
         except Exception as exc:  # noqa: BLE001 - usearch raises plain RuntimeError/ValueError for bad files
             index, reason = None, f"{type(exc).__name__}: {exc}"
         else:
             reason = "unreadable file"
-        if index is None or len(index) != sidecar.get("rows"):
-            return None, (f"the index file {index_path} does not match its sidecar ({reason if index is None else 'row count differs'}); "
+        if index is None or len(index) != segment.rows:
+            return None, (f"the index file {segment.index_path} does not match its sidecar ({reason if index is None else 'row count differs'}); "
                           f"{_rebuild(store, form)}")
-        has_dropped = part.drop is not None and len(part.drop) > 0
-        opened.append(PartIndex(fi, index, sidecar, (lambda fi=fi: dropped_rows(fi)) if has_dropped else None))
+        with_dropped = [(number, fi) for number, fi in enumerate(fis) if parts[fi].drop is not None and len(parts[fi].drop) > 0]
+        opened.append(SegmentIndex(fis, index, segment.sidecar, _dropped_keys(with_dropped, dropped_rows) if with_dropped else None))
     return VectorIndex(opened, form), None
+
+
+def _dropped_keys(files: list[tuple[int, int]], dropped_rows: Callable[[int], np.ndarray]) -> Callable[[], np.ndarray]:
+    """The sorted keys of a segment's dropped rows, from (number in the segment, generation file index) of its files that have some."""
+    def keys() -> np.ndarray:
+        return np.concatenate([(np.int64(number) << _ROW_BITS) | np.asarray(dropped_rows(fi), dtype=np.int64) for number, fi in files])
+    return keys
 
 
 def _rebuild(store: Path, form: Form) -> str:
@@ -420,4 +663,3 @@ def _names(parts: Sequence[Part], gen: str | None) -> str:
 def _ids(items: Sequence[Any]) -> str:
     shown = ",".join(str(s) for s in items[:10])
     return shown + (f" and {len(items) - 10} more" if len(items) > 10 else "")
-

@@ -1,8 +1,8 @@
-"""`wikiembed index`: build the approximate index of one stored form of a generation, a graph per data file.
+"""`wikiembed index`: build the approximate index of one stored form of a generation, as segments.
 
-The graphs themselves (their files, sidecars, checks and search) are `wikiembed.index`'s; this module reads a
-generation's data files as search reads them (`wikiembed.search.StoreVectors`) and has `wikiembed.index` build
-each missing graph. It sits above both, so neither imports the other's caller.
+The segments themselves (their files, sidecars, plan and search) are `wikiembed.index`'s; this module reads a
+generation's data files as search reads them (`wikiembed.search.StoreVectors`) and has `wikiembed.index` plan
+the build and build each new segment. It sits above both, so neither imports the other's caller.
 
 Touches: the generation's data files (read), its `index/` folders (written), older-layout graphs (removed).
 """
@@ -11,43 +11,50 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import numpy as np
 import pyarrow.parquet as pq
 
-from wikiembed.compact import column_values
+from wikiembed.compact import Form, column_values
 from wikiembed.errors import StoreError
-from wikiembed.index import (CONNECTIVITY, EXPANSION_ADD, build_part, check_part, folder, library_version, metric, paths,
-                             remove_legacy, require_library, scalar)
+from wikiembed.index import (CONNECTIVITY, EXPANSION_ADD, build_segments, folder, library_version, metric,
+                             relative, remove_legacy, require_library, scalar, segment_rows)
 from wikiembed.search import SCAN_ROWS, StoreVectors
+from wikiembed.store import Part
+
+
+def _batches(form: Form):  # noqa: ANN202
+    def batches(part: Part) -> Iterator[np.ndarray]:
+        parquet = pq.ParquetFile(part.path, memory_map=True)
+        if form.column not in parquet.schema_arrow.names:
+            raise StoreError(f"{part.path} has no column {form.column!r}; rerun that shard so every shard has the store's forms.")
+        for batch in parquet.iter_batches(batch_size=SCAN_ROWS, columns=[form.column]):
+            yield column_values(batch.column(0), form)
+    return batches
 
 
 def build_index(store: str | Path, form: str = "float32", gen: str | None = None) -> dict[str, Any]:
-    """Build the approximate index of one stored form of a generation (default: the published one): for
-    each of its data files without a valid index, one graph streamed from that file (memory: one file's
-    graph); files that have one (kept from an earlier generation, or built before) are reused. Returns
-    the `wikiembed index --json` payload: form, rows (the generation's), bytes (of every file's index),
-    seconds (this build's), and per data file whether its index was built or reused."""
+    """Build the approximate index of one stored form of a generation (default: the published one):
+    the segments that cover its data files as they are (kept from an earlier generation, or built
+    before) are reused, the files none covers are indexed into new segments, and small segments are
+    merged (`wikiembed.index.plan_segments`); each segment is written as it is finished (memory: one
+    segment's graph). Returns the `wikiembed index --json` payload: form, rows (the generation's),
+    bytes (of every segment it uses), seconds (this build's), its segments, and per data file whether
+    its rows were indexed by this build (`parts_built`, `rows_built`) or kept in a segment reused."""
     require_library()
     vectors = StoreVectors(store, gen)
     chosen = vectors.form(form)
     started = time.monotonic()
-    files = []
-    for part in vectors.parts:
-        sidecar, _ = check_part(part, chosen, vectors.root)
-        built = sidecar is None
-        if built:
-            parquet = pq.ParquetFile(part.path, memory_map=True)
-            if chosen.column not in parquet.schema_arrow.names:
-                raise StoreError(f"{part.path} has no column {chosen.column!r}; rerun that shard so every shard has the store's forms.")
-            batches = (column_values(b.column(0), chosen) for b in parquet.iter_batches(batch_size=SCAN_ROWS, columns=[chosen.column]))
-            sidecar = build_part(part, chosen, batches, vectors.root)
-        files.append({"data": sidecar["data"], "index": str(paths(part.path, chosen)[0]), "rows": sidecar["rows"],
-                      "bytes": sidecar["bytes"], "seconds": sidecar["seconds"], "built": built})
-    # The older layout's graphs (one per generation) of this form are no longer read: removed.
-    folders = dict.fromkeys([vectors.store.dir, *(p.path.parent.parent for p in vectors.parts)])
-    removed = [str(path) for g in folders for path in remove_legacy(g, chosen)]
+    plan, segments, unused = build_segments(vectors.parts, chosen, vectors.root, vectors.store.dir, _batches(chosen))
+    # The oldest layout's graphs (one per generation) of this form are no longer read: removed.
+    gen_dirs = dict.fromkeys([vectors.store.dir, *(p.path.parent.parent for p in vectors.parts)])
+    removed = [str(path) for g in gen_dirs for path in remove_legacy(g, chosen)]
+    where = {fi: (segment, built) for segment, fis, built in segments for fi in fis}
+    files = [{"data": relative(part.path, vectors.root), "index": str(where[fi][0].index_path), "rows": part.chunks, "built": where[fi][1]}
+             for fi, part in enumerate(vectors.parts)]
     built_files = [f for f in files if f["built"]]
+    built_segments = [s for s, _, built in segments if built]
     return {
         "store": str(vectors.root),
         "generation": vectors.store.gen,
@@ -61,13 +68,21 @@ def build_index(store: str | Path, form: str = "float32", gen: str | None = None
         "expansion_add": EXPANSION_ADD,
         "path": str(folder(vectors.store.dir, chosen)),
         "rows": vectors.chunks,
-        "indexed_rows": sum(f["rows"] for f in files),
-        "bytes": sum(f["bytes"] for f in files),
+        "indexed_rows": sum(s.rows for s, _, _ in segments),
+        "bytes": sum(s.bytes for s, _, _ in segments),
         "seconds": round(time.monotonic() - started, 3),
         "parts": len(files),
         "parts_built": len(built_files),
         "parts_reused": len(files) - len(built_files),
         "rows_built": sum(f["rows"] for f in built_files),
+        "segment_rows": segment_rows(chosen),
+        "segments_built": len(built_segments),
+        "segments_reused": len(segments) - len(built_segments),
+        "segments_merged": len(plan.merged),
+        "rows_merged": sum(s.rows for s in plan.merged),
+        "segments": [{"index": str(s.index_path), "files": len(fis), "rows": s.rows, "bytes": s.bytes,
+                           "seconds": s.sidecar.get("seconds"), "built": built} for s, fis, built in segments],
         "files": files,
+        "removed_unused": [str(p) for p in unused],
         "removed_older_layout": removed,
     }

@@ -116,8 +116,8 @@ class IndexBuilt(JsonRecord):
     rows: int
     bytes: int
     seconds: float
-    parts_built: int  # data files whose index was built
-    parts_reused: int  # data files that had one (kept from an earlier generation)
+    parts_built: int  # data files whose rows this build indexed (into new segments)
+    parts_reused: int  # data files kept in segments reused (from an earlier generation or build)
 
 
 @dataclass(frozen=True)

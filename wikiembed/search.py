@@ -9,12 +9,12 @@ other columns (title, url, text, ...) are read afterwards, only from the row gro
 Queries are embedded with the store's own model (the manifest's model id and revision), on the
 local engine.
 
-Where every data file of the generation has an approximate index of the searched form
-(`wikiembed index`: one graph per data file, see `wikiembed.index`) that matches it, search asks
-each for candidates instead of scanning and rescores them from the stored column; where one file's
-index is missing or stale the whole generation is scanned (the result says why and names the
-rebuild command), and `exact=True` always scans. Results say which was used (`method`: `index` or
-`exact`).
+Where every data file of the generation is covered by an approximate index of the searched form
+(`wikiembed index`: a few segments, each a graph over one or more data files, see `wikiembed.index`)
+that matches it, search asks each segment for candidates instead of scanning and rescores them from
+the stored column; where one file's index is missing or stale the whole generation is scanned (the
+result says why and names the rebuild command), and `exact=True` always scans. Results say which
+was used (`method`: `index` or `exact`).
 
 Touches: the store's `manifest.json`, `_done/` and `data/` (read only), the `index/` folders of the
 generations whose data files it holds (read; written by `wikiembed.index_build.build_index`); the model's files.
@@ -134,7 +134,7 @@ class StoreVectors:
         return self.parquet(fi).read_row_groups(list(groups), columns=list(columns))
 
     def index(self, form: Form) -> tuple[ann.VectorIndex | None, str | None]:
-        """The form's index when every data file has one that matches it, else (None, why not): see
+        """The form's index when segments that match them cover every data file, else (None, why not): see
         `wikiembed.index.open_index`. An index found stays open for this object's later searches (the
         data files it was checked against are this object's); without one, the folders are looked at
         again on the next call."""
@@ -230,8 +230,8 @@ class StoreVectors:
         return np.take_along_axis(final, order, axis=1), np.take_along_axis(best_pos, order, axis=1)
 
     def top(self, queries: np.ndarray, k: int, form: Form, rescore: int = DEFAULT_RESCORE, *, exact: bool = False) -> Ranking:
-        """Top k per query through the form's index when every data file has one that matches it (each
-        file's graph proposes candidates, all are rescored exactly), else by `scan`."""
+        """Top k per query through the form's index when segments that match them cover every data file
+        (each segment's graph proposes candidates, all are rescored exactly), else by `scan`."""
         if k < 1:
             raise InputError(f"-k {k}: ask for at least 1 hit.")
         if exact:

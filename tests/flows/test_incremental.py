@@ -240,7 +240,7 @@ def test_a_version_past_the_layer_limit_is_full_and_counts_its_changes(prefect_a
 
 
 def test_a_new_version_indexes_only_its_own_data_files(prefect_api, versions, tmp_path):
-    """One index per data file: the next version's run indexes its own new shard and reuses the indexes
+    """The next version's run indexes its own new shard into a segment of its own and reuses the segment
     of the files it keeps (not one byte rewritten); search through them finds what the exact scan finds
     and never a row of an article the version dropped, even where those rows are the nearest."""
     from wikiembed.search import StoreVectors
@@ -249,14 +249,16 @@ def test_a_new_version_indexes_only_its_own_data_files(prefect_api, versions, tm
     first = embed_dataset(source=str(versions / "v1.jsonl"), store=str(store), shard_rows=20, output={"index": ["float32"]})
     assert [(i["parts_built"], i["parts_reused"]) for i in first["index"]] == [(4, 0)]
     day1 = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (store / "gens").rglob("index/*/*")}
-    assert len(day1) == 8  # an index and its sidecar per data file
+    assert len(day1) == 2  # the four data files' segment: a graph and its sidecar
     (versions / "live.jsonl").write_bytes((versions / "v2.jsonl").read_bytes())
     daily = embed_dataset(source=str(versions / "live.jsonl"), store=str(store), shard_rows=20, output={"index": ["float32"]})
     [indexed] = daily["index"]
     assert (indexed["parts_built"], indexed["parts_reused"], indexed["rows"]) == (1, 4, daily["chunks"] + daily["kept_chunks"])
     assert all((p.stat().st_ino, p.stat().st_mtime_ns) == s for p, s in day1.items())
     gen = daily["generation"]
-    assert sorted(p.name for p in (store / "gens" / gen / "index" / "embedding").iterdir()) == ["00000.json", "00000.usearch"]
+    [segment] = (store / "gens" / gen / "index" / "embedding").glob("seg-*.json")
+    assert [f["data"] for f in json.loads(segment.read_text())["files"]] == [f"gens/{gen}/data/00000.parquet"]
+    assert len(list(segment.parent.iterdir())) == 2
 
     vectors = StoreVectors(store)
     form = vectors.form("float32")

@@ -45,14 +45,19 @@ def test_index_finds_what_the_exact_scan_finds(store, form, tmp_path, monkeypatc
     chunks = sum(pq.ParquetFile(f).metadata.num_rows for f in vectors.files)
     assert built["rows"] == chunks and built["form"] == form
     assert built["metric"] == ("hamming" if form.startswith("binary") else "ip")
-    # One graph per data file, beside it in the generation that wrote it.
+    # The three data files share one segment (a graph and its sidecar) in the generation's index folder.
     gen = vectors.store.gen
     assert [f["data"] for f in built["files"]] == [f"gens/{gen}/data/{k:05d}.parquet" for k in range(3)]
     assert (built["parts"], built["parts_built"], built["parts_reused"], built["rows_built"]) == (3, 3, 0, chunks)
+    assert (built["segments_built"], built["segments_reused"], built["segments_merged"]) == (1, 0, 0)
+    [segment] = built["segments"]
+    assert (segment["files"], segment["rows"], segment["built"]) == (3, chunks, True)
+    assert {f["index"] for f in built["files"]} == {segment["index"]}
     column = vectors.form(form).column
     assert built["path"] == str(store.resolve() / "gens" / gen / "index" / column)
-    assert sorted(os.listdir(built["path"])) == [f"{k:05d}.{ext}" for k in range(3) for ext in ("json", "usearch")]
-    assert sum(os.path.getsize(f["index"]) for f in built["files"]) == built["bytes"] > 0
+    name = os.path.basename(segment["index"]).removesuffix(".usearch")
+    assert name.startswith("seg-") and sorted(os.listdir(built["path"])) == [f"{name}.json", f"{name}.usearch"]
+    assert os.path.getsize(segment["index"]) == segment["bytes"] == built["bytes"] > 0
 
     # Every article's title as a query, plus questions in other words.
     queries = [t for _, t in sample_articles(vectors, 100, 0)] + ["leave the innermost loop", "how are integers written"]
@@ -98,8 +103,13 @@ def test_search_and_eval_use_the_index_and_exact_forces_the_scan(store, tmp_path
     assert abs(scanned_eval["recall_at_10"] - result["recall_at_10"]) <= 0.1
 
 
-def test_an_index_of_other_data_is_ignored_with_a_warning(store, tmp_path, capsys):
-    _index(store, "float32", tmp_path / "index.json")
+def test_an_index_of_other_data_is_ignored_with_a_warning(store, tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    from wikiembed import index as ann
+
+    monkeypatch.setattr(ann, "SEGMENT_ROWS", 1)  # a segment for each data file: only the rewritten file's is stale
+    first = _index(store, "float32", tmp_path / "index.json")
     # Shard 1 rewritten and marked done again (as a rerun that embeds differently would): its rows reversed.
     s = Store(store)
     path = s.data_path(1)
@@ -117,8 +127,8 @@ def test_an_index_of_other_data_is_ignored_with_a_warning(store, tmp_path, capsy
     assert result["method"] == "exact" and result["hits"][0]["id"] == "break"
     assert "built from other data than the store holds now (shards 1 rewritten)" in err
     assert f"wikiembed index --store {store.resolve()} --form float32" in err and result["index_note"] in err
-    # Rebuilt, it is used again: only the rewritten file's index is built anew.
-    untouched = Store(store).dir / "index" / "embedding" / "00000.usearch"
+    # Rebuilt, it is used again: only the rewritten file's segment is built anew.
+    untouched = Path(first["files"][0]["index"])
     before = untouched.stat()
     rebuilt = _index(store, "float32", tmp_path / "index.json")
     assert (rebuilt["parts_built"], rebuilt["parts_reused"]) == (1, 2)
@@ -128,10 +138,14 @@ def test_an_index_of_other_data_is_ignored_with_a_warning(store, tmp_path, capsy
     assert json.loads(out.read_text())["method"] == "index" and "warning" not in capsys.readouterr().err
 
 
-def test_a_data_file_without_an_index_scans_the_generation_and_says_which(store, tmp_path, capsys):
-    _index(store, "float32", tmp_path / "index.json")
-    folder = Store(store).dir / "index" / "embedding"
-    (folder / "00002.json").unlink()  # an index without its sidecar is never used
+def test_a_data_file_without_an_index_scans_the_generation_and_says_which(store, tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    from wikiembed import index as ann
+
+    monkeypatch.setattr(ann, "SEGMENT_ROWS", 1)  # a segment for each data file
+    built = _index(store, "float32", tmp_path / "index.json")
+    Path(built["files"][2]["index"]).with_suffix(".json").unlink()  # a graph without its sidecar is never used
     out = tmp_path / "hits.json"
     assert main(["search", "--store", str(store), "leave the innermost loop", "-k", "3", "--json", str(out)]) == 0
     result = json.loads(out.read_text())

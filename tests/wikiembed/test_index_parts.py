@@ -1,4 +1,4 @@
-"""Data files' graphs searched for the live rows of a generation that dropped some of their rows."""
+"""Segments' graphs searched for the live rows of a generation that dropped some of their rows."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ def _graph(vectors: np.ndarray, folder=None):  # noqa: ANN001, ANN202
     return Index.restore(str(folder / "graph.usearch"), view=True)  # as search opens it: memory-mapped
 
 
-def _part(vectors: np.ndarray, dropped: np.ndarray, fi: int = 3, folder=None) -> ann.PartIndex:  # noqa: ANN001
-    return ann.PartIndex(fi, _graph(vectors, folder), {"rows": len(vectors), "scalar": "f32"}, (lambda: dropped) if len(dropped) else None)
+def _part(vectors: np.ndarray, dropped: np.ndarray, fi: int = 3, folder=None) -> ann.SegmentIndex:  # noqa: ANN001
+    """A segment of one data file (generation file index `fi`): keys are its row numbers."""
+    return ann.SegmentIndex([fi], _graph(vectors, folder), {"rows": len(vectors), "scalar": "f32"}, (lambda: dropped) if len(dropped) else None)
 
 
 def _vectors(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
@@ -37,13 +38,13 @@ def test_dropped_rows_never_come_back_and_the_live_ones_fill_their_place(monkeyp
     dropped = np.unique(nearest[:, :30])  # each query's 30 nearest rows are no longer the generation's
     part = _part(vectors, dropped, folder=tmp_path)
     asked = []
-    search = ann.PartIndex.search
+    search = ann.SegmentIndex.search
 
     def spy(self, query, depth, *, exact=False):  # noqa: ANN001, ANN202
         asked.append((len(query), depth, exact))
         return search(self, query, depth, exact=exact)
 
-    monkeypatch.setattr(ann.PartIndex, "search", spy)
+    monkeypatch.setattr(ann.SegmentIndex, "search", spy)
     monkeypatch.setattr(ann, "DROPPED_EXTRA", 0)  # the first answer is all dropped rows: the file is searched exactly
     found, distances = part.candidates(queries, 5)
     assert asked == [(4, 10, False), (4, 5 + len(dropped), True)]
