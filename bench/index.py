@@ -85,6 +85,7 @@ def measure(vectors: StoreVectors, queries: np.ndarray, form_name: str, repeats:
         "build_seconds": built["seconds"],
         "index_files": built["parts"],
         "index_files_built": built["parts_built"],
+        "index_segments": len(built["segments"]),
         "metric": built["metric"],
         "one_query_ms": {
             "exact_median": 1000 * statistics.median(exact_s),

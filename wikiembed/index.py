@@ -97,8 +97,11 @@ SEGMENT_PREFIX = "seg-"
 # measured in the README they keep recall@10 against the exact scan at 0.97-0.99.
 CONNECTIVITY = 16
 EXPANSION_ADD = 128
-# Candidates kept while searching: at least this many, and never fewer than asked for.
-EXPANSION_SEARCH = 64
+# Candidates kept while searching a segment: at least this many, and never fewer than asked for. A
+# segment holds many data files' rows, where a graph per file was searched at 64 before: 128 keeps
+# recall@10 against the exact scan at what the files' graphs gave (1.0 on 100,000 embedding-like int8
+# vectors in 20 files, against 0.99 at 64), for about 1.4x a segment's search time.
+EXPANSION_SEARCH = 128
 # A segment with dropped rows is first asked for count + min(dropped, max(count, DROPPED_EXTRA)) candidates.
 DROPPED_EXTRA = 32
 # A segment holds at most this many rows, and its build at most about SEGMENT_BYTES: its vectors
