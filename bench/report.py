@@ -238,11 +238,17 @@ def scale(d: dict[str, Any]) -> list[Row]:
                      f"{day1['bytes_written'] / 1e6:,.0f} MB written", "flow ≤ 1.5 GB at 0.1"))
         rows.append((f"day 2 at {at}: 1% edited, 0.5% added, 0.2% removed",
                      f"{inc['reembedded_chunks']} of {inc['changed_chunks_expected']} changed chunks embedded; "
-                     f"{inc['seconds_ratio']:.1%} of day 1's seconds, {inc['bytes_ratio']:.1%} of its bytes",
+                     f"{inc['seconds_ratio']:.1%} of day 1's seconds, {inc['bytes_ratio']:.1%} of its bytes; flow peak {day2['peak_rss_mb']:.0f} MB",
                      "= changed; ≤ 15% seconds, ≤ 10% bytes"))
-        if size["search"].get("index_p50_ms") is not None:
+        resume = size.get("resume") or {}
+        if resume.get("seconds_to_first_shard") is not None:
+            rows.append((f"resume of day 1 after a SIGKILL at {at} ({resume['shards_done_at_kill']} shards done at the kill)",
+                         f"first new shard {resume['seconds_to_first_shard']} s after the restart, {resume['redone']} redone",
+                         "≤ 30 s, none redone"))
+        if (size.get("search") or {}).get("index_p50_ms") is not None:
             rows.append((f"search through the index at {at}, warm", f"p50 {size['search']['index_p50_ms']} ms", "≤ 50 ms"))
-        rows.append((f"status at {at}", f"{size['steps']['status']['seconds']:.1f} s", "≤ 2 s"))
+        if "seconds" in size["steps"].get("status", {}):
+            rows.append((f"status at {at}", f"{size['steps']['status']['seconds']:.1f} s", "≤ 2 s"))
         rows += _volume_day1(size)
     for name, grow in (d.get("exponents") or {}).items():
         if name in ("run_day1", "run_day2", "export", "status_verify", "index"):
