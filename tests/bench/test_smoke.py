@@ -128,9 +128,32 @@ def _check_fields(data: dict, fields: tuple[str, ...], where: str) -> None:
     assert not missing, f"{where}: no {missing} (its keys: {sorted(data)})"
 
 
+# The longest smoke runs are tests of their own files (test_smoke_<part>.py, each a few lines): `make test` hands
+# whole files to its xdist workers (--dist loadfile), so one file of every smoke run would keep one worker busy for
+# minutes while the other ran out of files. A run not named here is a test of this file.
+PART = {"fanout.py": "fanout", "pipeline.py": "pipeline", "device_check.py": "models", "engine.py": "models",
+        "finetune_memory.py": "models"}
+
+
+def keys_of(part: str = "") -> list[str]:
+    """The SMOKE keys whose runs are tests of test_smoke_<part>.py (of this file for "")."""
+    return sorted(key for key in SMOKE if PART.get(key, "") == part)
+
+
+def test_every_smoke_run_is_a_test_of_one_file():
+    parts = set(PART.values())
+    assert all((Path(__file__).parent / f"test_smoke_{part}.py").is_file() for part in parts), parts
+    assert not set(PART) - set(SMOKE), f"PART names runs that are not in SMOKE: {sorted(set(PART) - set(SMOKE))}"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("key", sorted(SMOKE))
+@pytest.mark.parametrize("key", keys_of())
 def test_smoke_run(key: str, tmp_path: Path, request: pytest.FixtureRequest):
+    run_smoke(key, tmp_path, request)
+
+
+def run_smoke(key: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Run the smoke run `key` of SMOKE and check what it wrote."""
     smoke = SMOKE[key]
     script = key.split()[0]
     out = tmp_path / {"json": "out.json", "folder": "out", "jsonl": "out.jsonl", "none": "out"}[smoke.out]
