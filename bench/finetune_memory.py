@@ -57,7 +57,7 @@ def child(store: str, pairs: str, out: str, settings: str, checkpoint: bool) -> 
 
     ft.CHECKPOINT_ACTIVATIONS = checkpoint
     record = ft.finetune(store, pairs, out, ft.FinetuneSettings(**json.loads(settings)), report=lambda line, done: None)
-    print(json.dumps(record))
+    print(json.dumps(record.to_json()))
 
 
 def measured(store: Path, pairs: Path, out: Path, settings: dict, checkpoint: bool) -> tuple[dict, dict]:
