@@ -45,17 +45,17 @@ ROOT = Path(__file__).resolve().parents[1]
 # (--no-loadscope-reorder), and the files are collected longest first, so that no long file starts last
 # and leaves the other worker idle. A file not listed counts as 0 s and keeps its place.
 FILE_SECONDS = {
-    "tests/bench/test_smoke_models.py": 104,
-    "tests/bench/test_smoke.py": 102,
-    "tests/bench/test_smoke_fanout.py": 100,
     "tests/flows/test_finetune.py": 89,
-    "tests/bench/test_smoke_pipeline.py": 82,
     "tests/flows/test_reliability.py": 82,
     "tests/flows/test_prefect_versions.py": 79,
     "tests/flows/test_improve_on_modal.py": 77,
     "tests/flows/test_serve.py": 70,
     "tests/flows/test_deployments.py": 66,
+    "tests/bench/test_smoke_scale.py": 65,
     "tests/flows/test_improve_model.py": 65,
+    "tests/bench/test_smoke.py": 63,
+    "tests/bench/test_smoke_loops.py": 63,
+    "tests/bench/test_smoke_models.py": 62,
     "tests/flows/test_incremental.py": 58,
     "tests/flows/test_signals.py": 56,
     "tests/flows/test_modal_fanout.py": 52,

@@ -131,7 +131,7 @@ def _check_fields(data: dict, fields: tuple[str, ...], where: str) -> None:
 # The longest smoke runs are tests of their own files (test_smoke_<part>.py, each a few lines): `make test` hands
 # whole files to its xdist workers (--dist loadfile), so one file of every smoke run would keep one worker busy for
 # minutes while the other ran out of files. A run not named here is a test of this file.
-PART = {"fanout.py": "fanout", "pipeline.py": "pipeline", "device_check.py": "models", "engine.py": "models",
+PART = {"scale.py": "scale", "serve.py": "loops", "improve_manpages.py": "loops", "device_check.py": "models", "engine.py": "models",
         "finetune_memory.py": "models"}
 
 

@@ -1,4 +1,4 @@
-"""The smoke run of bench/pipeline.py (tests/bench/test_smoke.py: SMOKE and PART), in a file of its own so
+"""The smoke run of bench/scale.py (tests/bench/test_smoke.py: SMOKE and PART), in a file of its own so
 that `make test`'s xdist workers can share the smoke runs out."""
 
 from __future__ import annotations
@@ -11,6 +11,6 @@ from tests.bench.test_smoke import keys_of, run_smoke
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key", keys_of("pipeline"))
+@pytest.mark.parametrize("key", keys_of("scale"))
 def test_smoke_run(key: str, tmp_path: Path, request: pytest.FixtureRequest):
     run_smoke(key, tmp_path, request)
