@@ -22,10 +22,8 @@ import hashlib
 import inspect
 import json
 import logging
-import os
 import shlex
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +46,7 @@ from wikiembed.publish_targets import (  # noqa: F401 (EXPORT_MARKER, check_targ
     _refuse_hub_options,
     check_target,
 )
-from wikiembed.store import Part, ShardState, Store, StoreLock, sha256_file
+from wikiembed.store import Part, ShardState, Store, StoreLock, each_in_threads, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -178,8 +176,7 @@ def _verify_inputs(store: Store, parts: Sequence[Part]) -> None:
                 return False
         return store.verify_done(part.shard) is not None
 
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        checked = list(pool.map(lambda part: (part, ok(part)), parts))
+    checked = list(zip(parts, each_in_threads(ok, list(parts))))
     kept_bad = [f"{p.gen}/{p.shard:05d}" for p, good in checked if not good and p.gen != store.gen]
     if kept_bad:
         raise StoreError(

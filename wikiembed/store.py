@@ -35,7 +35,7 @@ from wikiembed.errors import InputError, StoreError
 from wikiembed.records import FORMAT, MARKER_FORMAT, Manifest, Marker, VectorKind
 from wikiembed.store_files import StoreLock, sha256_file, store_os_error, write_json_atomic  # noqa: F401 (re-exported)
 
-def _each_in_threads(fn: Any, items: list[Any]) -> list[Any]:
+def each_in_threads(fn: Any, items: list[Any]) -> list[Any]:
     """`[fn(x) for x in items]` on up to one thread a core: hashing releases the GIL, so a store's files
     are hashed as fast as the disk gives them, not at one core's sha256 rate."""
     workers = min(len(items), os.cpu_count() or 1, 8)
@@ -384,7 +384,7 @@ class Store:
                 return False
 
         base = list(manifest.base)
-        return [f"{b.gen}/{b.shard:05d}" for b, ok in zip(base, _each_in_threads(intact, base)) if not ok]
+        return [f"{b.gen}/{b.shard:05d}" for b, ok in zip(base, each_in_threads(intact, base)) if not ok]
 
     # markers ---------------------------------------------------------------------
     def read_done(self, shard: int, manifest: Manifest | None = None) -> Marker | None:
@@ -479,7 +479,7 @@ class Store:
         verified: dict[int, Marker | None] = {}
         if verify:
             done = [k for k in range(len(planned)) if f"{k:05d}.json" in done_names]
-            verified = dict(zip(done, _each_in_threads(self.verify_done, done)))
+            verified = dict(zip(done, each_in_threads(self.verify_done, done)))
         out = []
         for k, (start, end) in enumerate(planned):
             name = f"{k:05d}.json"
