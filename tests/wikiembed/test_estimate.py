@@ -14,9 +14,10 @@ import pytest
 from tests.corpus import python_topics
 from wikiembed.chunking import chunk_table, make_chunking
 from wikiembed.errors import InputError
-from wikiembed.estimate import estimate, prices, rates
+from wikiembed.estimate import estimate
 from wikiembed.flows.cli import main
 from wikiembed.model import load_tokenizer, model_info
+from wikiembed.rates import prices, rates
 from wikiembed.sources import SNAPSHOT_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,20 +159,20 @@ def test_every_gpu_the_modal_apps_take_has_a_dated_price():
     from datetime import date
 
     from modal_workers.tei_app import _ARCH_TAGS
-    from wikiembed.estimate import GPUS, _pick_price
+    from wikiembed.rates import GPUS, pick_price
 
     for gpu in sorted(set(_ARCH_TAGS) | (set(GPUS) - {"CPU"})):
-        price = _pick_price("modal", gpu)
+        price = pick_price("modal", gpu)
         assert price is not None, gpu
         assert price["usd_per_hour"] > 0 and date.fromisoformat(price["as_of"]) and price["source"].startswith("https://")
-    assert _pick_price("modal", "A10")["usd_per_hour"] == _pick_price("modal", "A10G")["usd_per_hour"]
-    assert _pick_price("modal", "A100")["hardware"] == "A100-40GB"
+    assert pick_price("modal", "A10")["usd_per_hour"] == pick_price("modal", "A10G")["usd_per_hour"]
+    assert pick_price("modal", "A100")["hardware"] == "A100-40GB"
 
 
 def test_a_price_older_than_90_days_is_flagged():
     from datetime import date
 
-    from wikiembed.estimate import price_age_note
+    from wikiembed.rates import price_age_note
 
     assert price_age_note("2026-07-01", date(2026, 9, 29)) is None  # 90 days
     assert price_age_note("2026-07-01", date(2026, 9, 30)) == (
@@ -181,14 +182,14 @@ def test_a_price_older_than_90_days_is_flagged():
 def test_the_write_ups_gpu_gets_dollars_and_the_price_date(topics, tmp_path, capsys):
     from datetime import date
 
-    from wikiembed.estimate import _pick_price, price_age_note
+    from wikiembed.rates import pick_price, price_age_note
 
     out = tmp_path / "a10g.json"
     assert main(["estimate", "--source", str(topics), "--sample", "20", "--backend", "modal", "--gpu", "A10G",
                  "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     option = json.loads(out.read_text())["options"][0]
-    price = _pick_price("modal", "A10G")
+    price = pick_price("modal", "A10G")
     assert option["usd"] == pytest.approx(option["gpu_hours"] * price["usd_per_hour"], rel=1e-3)
     assert option["price_as_of"] == price["as_of"] and "$ n/a" not in printed and f"${option['usd']:,.2f}" in printed
     stale = price_age_note(price["as_of"], date.today())
@@ -201,7 +202,7 @@ def test_a_stores_rate_counts_the_time_any_shard_was_embedding_once():
     """Two shards in flight at once share the machine: their characters over the union of their
     intervals (end: the data file's mtime), not over the sum of their seconds; other backends' and
     models' shards, and shards that embedded nothing (all reused), do not count."""
-    from wikiembed.estimate import rate_source, store_rate
+    from wikiembed.rates import rate_source, store_rate
     from wikiembed.records import Marker, VectorKind
 
     model = "sentence-transformers/all-MiniLM-L6-v2"

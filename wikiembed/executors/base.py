@@ -143,7 +143,7 @@ class Executor(ABC):
 
     @classmethod
     def rate_hardware(cls, compute: "ComputeOptions") -> str | None:
-        """The hardware a run's rate is looked up for (`wikiembed.estimate`): by default the GPU the settings name."""
+        """The hardware a run's rate is looked up for (`wikiembed.rates`): by default the GPU the settings name."""
         return compute.gpu.upper() if compute.gpu else None
 
     @abstractmethod

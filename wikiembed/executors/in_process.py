@@ -47,7 +47,7 @@ class InProcess(OnDisk):
             return "CPU"
         import torch
 
-        from wikiembed.estimate import GPUS
+        from wikiembed.rates import GPUS
 
         if not torch.cuda.is_available():
             return "CPU"
