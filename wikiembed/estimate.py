@@ -22,22 +22,16 @@ also reads its store's done markers and embeds a few seconds of its sample with 
 
 from __future__ import annotations
 
-import math
-import random
 from datetime import date
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
-
-import numpy as np
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from wikiembed import executors
-from wikiembed.chunking import chunk_table, make_chunking
+from wikiembed.chunking import make_chunking
 from wikiembed.errors import InputError
-from wikiembed.model import load_tokenizer, model_info
-from wikiembed.sources import SNAPSHOT_SCHEMA, RowReport, parse_source, pin, read_source, streamed
-from wikiembed.tokenizing import encode_ids
+from wikiembed.estimate_sample import Total, mean_total, ratio_total, reservoir, sample_counts, snapshot_sample
+from wikiembed.model import model_info
+from wikiembed.sources import RowReport, parse_source, pin, read_source
 from wikiembed.records import Manifest, Marker
 from wikiembed.rates import (CALIBRATION_SHARE, GPUS, STALE_PRICE_DAYS, calibrated_rate, executor_facts, pick_price,
                              pick_rate, price_age_note, rate_source, rates, sig, store_rate)
@@ -47,87 +41,6 @@ if TYPE_CHECKING:
     from wikiembed.backends.base import Backend
 
 DEFAULT_SAMPLE = 300
-Z95 = 1.959964
-
-
-@dataclass(frozen=True)
-class Total:
-    """An estimated total with its 95% interval."""
-
-    value: float
-    low: float
-    high: float
-
-    def as_list(self) -> list[float]:
-        return [round(self.low), round(self.high)]
-
-
-def ratio_total(known_x: float, x: np.ndarray, y: np.ndarray, population: int) -> Total:
-    """Estimate Σy over the population from a simple random sample, knowing Σx exactly (ratio estimator)."""
-    n = len(x)
-    r = float(y.sum() / x.sum())
-    if n >= population or n < 2:
-        return Total(known_x * r, known_x * r, known_x * r) if n >= population else Total(known_x * r, 0.0, math.inf)
-    residual = y - r * x
-    fpc = 1 - n / population
-    se = known_x / float(x.mean()) * math.sqrt(fpc * float(residual.var(ddof=1)) / n)
-    return Total(known_x * r, max(0.0, known_x * r - Z95 * se), known_x * r + Z95 * se)
-
-
-def mean_total(population: int, y: np.ndarray) -> Total:
-    """Estimate Σy over the population from a simple random sample (no auxiliary total known)."""
-    n = len(y)
-    est = population * float(y.mean())
-    if n >= population:
-        return Total(est, est, est)
-    if n < 2:
-        return Total(est, 0.0, math.inf)
-    se = population * math.sqrt((1 - n / population) * float(y.var(ddof=1)) / n)
-    return Total(est, max(0.0, est - Z95 * se), est + Z95 * se)
-
-
-def _reservoir(rows: Iterator[dict[str, str]], k: int, seed: int) -> tuple[list[dict[str, str]], int, int]:
-    """A uniform sample of k rows (Algorithm R), plus the exact row and character counts."""
-    rng = random.Random(seed)
-    sample: list[dict[str, str]] = []
-    count = chars = 0
-    for row in rows:
-        count += 1
-        chars += len(row["text"])
-        if len(sample) < k:
-            sample.append(row)
-        else:
-            j = rng.randrange(count)
-            if j < k:
-                sample[j] = row
-    return sample, count, chars
-
-
-def _sample_counts(
-    rows: Sequence[dict[str, str]], model: str, chunker: str, chunk_size: int | None, overlap: int, prompt: str = ""
-) -> dict[str, np.ndarray]:
-    """Per sampled article: characters, chunks and tokens (model's tokenizer, special tokens and the
-    document prompt included: the model reads the prompt's tokens with every chunk)."""
-    info = model_info(model)
-    chunking = make_chunking(chunker, chunk_size, overlap, info.max_tokens)
-    tokenizer = load_tokenizer(model)
-    table = pa.Table.from_pylist(list(rows), SNAPSHOT_SCHEMA)
-    chunks = chunk_table(table, chunking, tokenizer if chunking.chunker == "tokens" else None, prompt=prompt)
-    ids = chunks.column("id").to_pylist()
-    index = {r["id"]: i for i, r in enumerate(rows)}
-    owner = np.fromiter((index[i] for i in ids), dtype=np.int64, count=len(ids))
-    texts = [prompt + t for t in chunks.column("text").to_pylist()]  # the model reads the prompt with every chunk
-    lengths = np.minimum(np.diff(encode_ids(tokenizer, texts)[1]), info.max_tokens)
-    n = len(rows)
-    return {
-        "chars": np.fromiter((len(r["text"]) for r in rows), dtype=np.float64, count=n),
-        "chunks": np.bincount(owner, minlength=n).astype(np.float64),
-        "tokens": np.bincount(owner, weights=lengths, minlength=n).astype(np.float64),
-        "chunking": chunking.as_dict(),  # type: ignore[dict-item]
-        "texts": chunks.column("text").to_pylist(),  # type: ignore[dict-item]
-    }
-
-
 def _option(backend: str, gpu: str, containers: int, chars: Total, model: str, rate: dict[str, Any] | None = None) -> dict[str, Any]:
     rate = rate or pick_rate(backend, gpu)
     price = pick_price(backend, gpu)
@@ -208,18 +121,18 @@ def _result(
 
     `rate(backend, hardware, chunk texts of the sample, characters to embed)`: a rate measured where
     the run runs, which that option takes before a recorded one (None: there is none)."""
-    counts = _sample_counts(rows, model, chunker, chunk_size, chunk_overlap, prompt)
+    counts = sample_counts(rows, model, chunker, chunk_size, chunk_overlap, prompt)
     if total_chars is not None:
         chars = Total(total_chars, total_chars, total_chars)
-        chunks = ratio_total(total_chars, counts["chars"], counts["chunks"], articles)
-        tokens = ratio_total(total_chars, counts["chars"], counts["tokens"], articles)
+        chunks = ratio_total(total_chars, counts.chars, counts.chunks, articles)
+        tokens = ratio_total(total_chars, counts.chars, counts.tokens, articles)
     else:
-        chars = mean_total(articles, counts["chars"])
-        chunks = mean_total(articles, counts["chunks"])
-        tokens = mean_total(articles, counts["tokens"])
+        chars = mean_total(articles, counts.chars)
+        chunks = mean_total(articles, counts.chunks)
+        tokens = mean_total(articles, counts.tokens)
     return {
         "model": model,
-        "chunking": counts["chunking"],
+        "chunking": counts.chunking,
         "articles": articles,
         "chars": round(chars.value),
         "chars_ci95": chars.as_list(),
@@ -229,7 +142,7 @@ def _result(
         "tokens": round(tokens.value),
         "tokens_ci95": tokens.as_list(),
         "sample": {"articles": len(rows), "seed": seed, "how": how},
-        "options": [_option(b, g.upper(), containers, chars, model, rate(b, g.upper(), counts["texts"], chars.value) if rate else None)  # type: ignore[arg-type]
+        "options": [_option(b, g.upper(), containers, chars, model, rate(b, g.upper(), counts.texts, chars.value) if rate else None)
                     for b, g in combos],
     }
 
@@ -272,7 +185,7 @@ def estimate(
         rows, articles, how = drawn
         total_chars = None
     else:
-        rows, articles, total_chars = _reservoir(read_source(src, RowReport()), sample, seed)
+        rows, articles, total_chars = reservoir(read_source(src, RowReport()), sample, seed)
         how = f"whole source read; {len(rows)} of {articles} articles drawn uniformly at random (seed {seed})"
     if not rows:
         raise InputError(f"--source {source}: no usable rows to sample; check the path, --split or --limit.")
@@ -329,35 +242,7 @@ def store_estimate(
     backend, else that of `engine` (the run's open local engine) calibrated on the sample's chunks,
     else the recorded one.
     """
-    import pyarrow.compute as pc
-
-    parquet = streamed(snapshot)
-    wanted = np.zeros(parquet.metadata.num_rows, dtype=bool)
-    for a, b in ranges:
-        wanted[a:b] = True
-    candidates = np.flatnonzero(wanted)
-    picked = np.sort(np.random.default_rng(seed).choice(candidates, size=min(sample, len(candidates)), replace=False))
-    # Only the row groups that hold rows to embed are read (a resumed run's done shards are not):
-    # `wanted` and `picked` are taken over to those groups' rows, in order.
-    meta = parquet.metadata
-    starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
-    groups = [g for g in range(meta.num_row_groups) if wanted[starts[g] : starts[g + 1]].any()]
-    sizes = np.array([starts[g + 1] - starts[g] for g in groups], dtype=np.int64)
-    before = np.zeros(meta.num_row_groups, dtype=np.int64)  # rows of the groups read before each group
-    before[groups] = np.cumsum(sizes) - sizes
-    at = np.searchsorted(starts, picked, side="right") - 1
-    picked = before[at] + picked - starts[at]
-    wanted = np.concatenate([wanted[starts[g] : starts[g + 1]] for g in groups]) if groups else wanted[:0]
-    total_chars, rows, offset = 0, [], 0
-    for batch in parquet.iter_batches(batch_size=4096, row_groups=groups) if groups else ():
-        n = batch.num_rows
-        mask = wanted[offset : offset + n]
-        if mask.any():
-            lengths = pc.utf8_length(batch.column("text")).to_numpy(zero_copy_only=False)
-            total_chars += int(lengths[mask].sum())
-            lo, hi = np.searchsorted(picked, [offset, offset + n])
-            rows += batch.take(pa.array(picked[lo:hi] - offset)).to_pylist()
-        offset += n
+    rows, articles, total_chars = snapshot_sample(snapshot, ranges, sample, seed)
     chunking = manifest.chunking
     combos = [(backend, hardware)] if hardware else []
     model, prompt = manifest.model.model_id, manifest.model.document_prompt
@@ -369,9 +254,9 @@ def store_estimate(
         return calibrated_rate(engine, texts, prompt, hardware, budget_chars=CALIBRATION_SHARE * chars, seed=seed)
 
     return _result(
-        rows, len(candidates), total_chars, model=model, chunker=chunking.chunker,
+        rows, articles, total_chars, model=model, chunker=chunking.chunker,
         chunk_size=chunking.chunk_size, chunk_overlap=chunking.chunk_overlap, combos=combos,
-        containers=containers, how=f"snapshot read; {len(rows)} of {len(candidates)} articles to embed sampled (seed {seed})",
+        containers=containers, how=f"snapshot read; {len(rows)} of {articles} articles to embed sampled (seed {seed})",
         seed=seed, prompt=prompt, rate=rate,
     )
 
