@@ -46,7 +46,7 @@ from wikiembed.errors import InputError, ShardsFailed, StoreError, WikiembedErro
 from wikiembed.estimate import compare, markdown as estimate_markdown, one_line, store_estimate
 from wikiembed.executors import executor_for
 from wikiembed.executors.base import MAX_CONCURRENCY, Executor, ShardJob, StoreView
-from wikiembed.index import require_library
+from wikiembed.index_segments import require_library
 from wikiembed.model import load_tokenizer
 from wikiembed.progress import Progress
 from wikiembed.settings import RunSettings, ShardSelection, parse_shards

@@ -1,5 +1,5 @@
 """The index step: after a complete run, build the approximate index of the forms asked for
-(`--index`; wikiembed/index.py), so search and eval of the new generation use it from the start.
+(`--index`; wikiembed/index_build.py), so search and eval of the new generation use it from the start.
 
 Touches: the generation's data files (read) and its `index/` folder (written: new segments), reading
 the segments in the `index/` folders of the generations whose files it keeps.

@@ -1,8 +1,9 @@
 """`wikiembed index`: build the approximate index of one stored form of a generation, as segments.
 
-The segments themselves (their files, sidecars, plan and search) are `wikiembed.index`'s; this module reads a
-generation's data files as search reads them (`wikiembed.search.StoreVectors`) and has `wikiembed.index` plan
-the build and build each new segment. It sits above both, so neither imports the other's caller.
+The segments themselves (their files, sidecars and plan) are `wikiembed.index_segments`'s, their search
+`wikiembed.index`'s; this module reads a generation's data files as search reads them
+(`wikiembed.search.StoreVectors`) and has `wikiembed.index_segments` plan the build and build each new
+segment. It sits above both, so neither imports the other's caller.
 
 Touches: the generation's data files (read), its `index/` folders (written), older-layout graphs (removed).
 """
@@ -18,8 +19,8 @@ import pyarrow.parquet as pq
 
 from wikiembed.compact import Form, column_values
 from wikiembed.errors import StoreError
-from wikiembed.index import (CONNECTIVITY, EXPANSION_ADD, build_segments, folder, library_version, metric,
-                             relative, remove_legacy, require_library, scalar, segment_rows)
+from wikiembed.index_segments import (CONNECTIVITY, EXPANSION_ADD, build_segments, folder, library_version, metric,
+                                      relative, remove_legacy, require_library, scalar, segment_rows)
 from wikiembed.search import SCAN_ROWS, StoreVectors
 from wikiembed.store import Part
 
@@ -38,7 +39,7 @@ def build_index(store: str | Path, form: str = "float32", gen: str | None = None
     """Build the approximate index of one stored form of a generation (default: the published one):
     the segments that cover its data files as they are (kept from an earlier generation, or built
     before) are reused, the files none covers are indexed into new segments, and small segments are
-    merged (`wikiembed.index.plan_segments`); each segment is written as it is finished (memory: one
+    merged (`wikiembed.index_segments.plan_segments`); each segment is written as it is finished (memory: one
     segment's graph). Returns the `wikiembed index --json` payload: form, rows (the generation's),
     bytes (of every segment it uses), seconds (this build's), its segments, and per data file whether
     its rows were indexed by this build (`parts_built`, `rows_built`) or kept in a segment reused."""

@@ -106,9 +106,9 @@ def test_search_and_eval_use_the_index_and_exact_forces_the_scan(store, tmp_path
 def test_an_index_of_other_data_is_ignored_with_a_warning(store, tmp_path, capsys, monkeypatch):
     from pathlib import Path
 
-    from wikiembed import index as ann
+    from wikiembed import index_segments as segs
 
-    monkeypatch.setattr(ann, "SEGMENT_ROWS", 1)  # a segment for each data file: only the rewritten file's is stale
+    monkeypatch.setattr(segs, "SEGMENT_ROWS", 1)  # a segment for each data file: only the rewritten file's is stale
     first = _index(store, "float32", tmp_path / "index.json")
     # Shard 1 rewritten and marked done again (as a rerun that embeds differently would): its rows reversed.
     s = Store(store)
@@ -141,9 +141,9 @@ def test_an_index_of_other_data_is_ignored_with_a_warning(store, tmp_path, capsy
 def test_a_data_file_without_an_index_scans_the_generation_and_says_which(store, tmp_path, capsys, monkeypatch):
     from pathlib import Path
 
-    from wikiembed import index as ann
+    from wikiembed import index_segments as segs
 
-    monkeypatch.setattr(ann, "SEGMENT_ROWS", 1)  # a segment for each data file
+    monkeypatch.setattr(segs, "SEGMENT_ROWS", 1)  # a segment for each data file
     built = _index(store, "float32", tmp_path / "index.json")
     Path(built["files"][2]["index"]).with_suffix(".json").unlink()  # a graph without its sidecar is never used
     out = tmp_path / "hits.json"

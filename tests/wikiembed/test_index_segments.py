@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("usearch")
 
 from wikiembed import index as ann  # noqa: E402
+from wikiembed import index_segments as segs  # noqa: E402
 from wikiembed.compact import Form, Scorer  # noqa: E402
 from wikiembed.store import Part  # noqa: E402
 
@@ -41,7 +42,7 @@ class Files:
 
     def build(self, parts: list[Part], gen: str):  # noqa: ANN201
         self.read = []
-        return ann.build_segments(parts, FORM, self.store, self.store / "gens" / gen, self.batches)
+        return segs.build_segments(parts, FORM, self.store, self.store / "gens" / gen, self.batches)
 
 
 def _rows(built) -> int:  # noqa: ANN001
@@ -54,7 +55,7 @@ def _segments(store: Path, gen: str) -> list[str]:
 
 @pytest.fixture()
 def files(tmp_path, monkeypatch):
-    monkeypatch.setattr(ann, "SEGMENT_ROWS", 100)
+    monkeypatch.setattr(segs, "SEGMENT_ROWS", 100)
     return Files(tmp_path / "store")
 
 
@@ -95,20 +96,20 @@ def test_small_segments_are_merged_once_a_tier_holds_merge_factor_of_them(files)
     parts = [files.add("g0", 0, 60, seed=0)]  # a segment of 60 rows: at or above a quarter, never merged
     files.build(parts, "g0")
     gens = []
-    for day in range(1, ann.MERGE_FACTOR + 1):
+    for day in range(1, segs.MERGE_FACTOR + 1):
         gens.append(f"g{day}")
         parts = parts + [files.add(f"g{day}", 0, 5, seed=day)]  # 5 rows a version: tier 2 of 100 (6.25 to 25 rows: 1)
         plan, built, removed = files.build(parts, f"g{day}")
-        if day < ann.MERGE_FACTOR:
+        if day < segs.MERGE_FACTOR:
             assert _rows((plan, built)) == 5 and plan.merged == [] and len(built) == day + 1
     # The fourth small segment: the four versions' files are indexed again as one segment of 20 rows.
-    assert [len(s.files) for s in plan.merged] == [1] * (ann.MERGE_FACTOR - 1)
+    assert [len(s.files) for s in plan.merged] == [1] * (segs.MERGE_FACTOR - 1)
     assert [(fis, new) for _, fis, new in built] == [([0], False), ([1, 2, 3, 4], True)]
     assert _rows((plan, built)) == 20 and files.read == [p.path for p in parts[1:]]
     assert removed == []  # the merged segments were other generations': theirs, left to them
-    assert len(_segments(files.store, f"g{ann.MERGE_FACTOR}")) == 2
+    assert len(_segments(files.store, f"g{segs.MERGE_FACTOR}")) == 2
     # Built again: the merged segment is reused as it is.
-    plan, built, removed = files.build(parts, f"g{ann.MERGE_FACTOR}")
+    plan, built, removed = files.build(parts, f"g{segs.MERGE_FACTOR}")
     assert plan.build == [] and removed == []
 
 
@@ -120,7 +121,7 @@ def test_the_segment_count_grows_with_the_rows_and_each_row_is_re_added_a_few_ti
         re_added += sum(s.rows for s in plan.merged)
         counts.append(len(built))
     assert sum(p.chunks for p in parts) == 180
-    assert max(counts) <= 180 // 100 + 1 + (ann.MERGE_FACTOR - 1) * ann.TIERS and counts[-1] <= 6
+    assert max(counts) <= 180 // 100 + 1 + (segs.MERGE_FACTOR - 1) * segs.TIERS and counts[-1] <= 6
     assert re_added <= 180 * 3, re_added
 
 
@@ -136,7 +137,7 @@ def test_a_killed_build_resumes_from_its_finished_segments(files):
         return files.batches(part)
 
     with pytest.raises(Killed):
-        ann.build_segments(parts, FORM, files.store, files.store / "gens" / "g1", dies_on_the_second_segment)
+        segs.build_segments(parts, FORM, files.store, files.store / "gens" / "g1", dies_on_the_second_segment)
     assert len(_segments(files.store, "g1")) == 2  # the first segment, finished; no temp left
     plan, built, _ = files.build(parts, "g1")
     assert [(fis, new) for _, fis, new in built] == [([0, 1, 2, 3], False), ([4, 5, 6, 7], True)]
@@ -149,7 +150,7 @@ def _found(files: Files, parts: list[Part], gen: str, dropped: dict[int, np.ndar
 
 
 def test_search_through_segments_finds_what_the_exact_scan_finds_and_reads_values_back(files, monkeypatch):
-    monkeypatch.setattr(ann, "SEGMENT_ROWS", 400)
+    monkeypatch.setattr(segs, "SEGMENT_ROWS", 400)
     parts = [files.add("g1", k, 90 + k, seed=k) for k in range(9)]  # about 2 segments and a bit
     files.build(parts, "g1")
     index, note = _found(files, parts, "g1")
