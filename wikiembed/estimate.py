@@ -33,15 +33,15 @@ from wikiembed.estimate_sample import Total, mean_total, ratio_total, reservoir,
 from wikiembed.model import model_info
 from wikiembed.sources import RowReport, parse_source, pin, read_source
 from wikiembed.records import Manifest, Marker
-from wikiembed.rates import (CALIBRATION_SHARE, GPUS, STALE_PRICE_DAYS, calibrated_rate, executor_facts, pick_price,
-                             pick_rate, price_age_note, rate_source, rates, sig, store_rate)
+from wikiembed.rates import (CALIBRATION_SHARE, GPUS, STALE_PRICE_DAYS, Rate, calibrated_rate, executor_facts,
+                             pick_price, pick_rate, price_age_note, rate_source, rates, sig, store_rate)
 from wikiembed.results import PredictedChunks, PredictedSeconds, PredictedTokens, PredictedVsActual
 
 if TYPE_CHECKING:
     from wikiembed.backends.base import Backend
 
 DEFAULT_SAMPLE = 300
-def _option(backend: str, gpu: str, containers: int, chars: Total, model: str, rate: dict[str, Any] | None = None) -> dict[str, Any]:
+def _option(backend: str, gpu: str, containers: int, chars: Total, model: str, rate: Rate | None = None) -> dict[str, Any]:
     rate = rate or pick_rate(backend, gpu)
     price = pick_price(backend, gpu)
     # `gpu_hours` keeps its name in the JSON; `unit` says what the hours are of.
@@ -50,30 +50,30 @@ def _option(backend: str, gpu: str, containers: int, chars: Total, model: str, r
         return {**out, "gpu_hours": None, "wall_minutes": None, "usd": None, "basis": "no rate",
                 "note": f"no throughput recorded for backend {backend} on {gpu}; measure it (bench/engine.py, bench/device_check.py on a GPU machine) "
                         "and add it to wikiembed/data/rates.toml"}
-    per_s = float(rate["chars_per_s"])
+    per_s = float(rate.chars_per_s)
     hours = Total(chars.value / per_s / 3600, chars.low / per_s / 3600, chars.high / per_s / 3600)
     out.update(
         gpu_hours=sig(hours.value),
         gpu_hours_ci95=[sig(hours.low), sig(hours.high)],
         wall_minutes=sig(hours.value * 60 / containers),
-        usd=sig(hours.value * float(price["usd_per_hour"])) if price else None,
-        basis=rate["kind"],
+        usd=sig(hours.value * float(price.usd_per_hour)) if price else None,
+        basis=rate.kind,
         rate_chars_per_s=per_s,
-        rate_model=rate["model"],
-        rate_hardware=rate.get("detail", rate["hardware"]),
-        rate_date=rate.get("date"),
-        rate_how=rate.get("command") or rate.get("source") or rate.get("how"),
+        rate_model=rate.model,
+        rate_hardware=rate.measured_on,
+        rate_date=rate.date,
+        rate_how=rate.provenance,
         rate_source=rate_source(rate),
     )
     notes = []
     if price:
-        stale = price_age_note(price["as_of"], date.today())
-        out.update(usd_per_hour=price["usd_per_hour"], price_as_of=price["as_of"], price_source=price["source"],
+        stale = price_age_note(price.as_of, date.today())
+        out.update(usd_per_hour=price.usd_per_hour, price_as_of=price.as_of, price_source=price.source,
                    price_stale=stale is not None)
         if stale:
             notes.append(stale)
-    if rate["model"] != model:
-        notes.append(f"rate measured with {rate['model']}, not {model}: speed differs by model")
+    if rate.model != model:
+        notes.append(f"rate measured with {rate.model}, not {model}: speed differs by model")
     if price is None:
         notes.append("no list price for this backend/hardware (self-hosted or not recorded)")
     if executor_facts(backend).runs_in_containers:  # the others' rates are of a machine already running
@@ -115,7 +115,7 @@ def _result(
     how: str,
     seed: int,
     prompt: str = "",
-    rate: Callable[[str, str, list[str], float], dict[str, Any] | None] | None = None,
+    rate: Callable[[str, str, list[str], float], Rate | None] | None = None,
 ) -> dict[str, Any]:
     """Totals from a sample (ratio estimates when the character total is known, else per-article means).
 
@@ -190,15 +190,15 @@ def estimate(
     if not rows:
         raise InputError(f"--source {source}: no usable rows to sample; check the path, --split or --limit.")
     if not backends and not gpus:
-        combos = [(r["backend"], r["hardware"]) for r in rates()]
+        combos = [(r.backend, r.hardware) for r in rates()]
     else:
         combos = [(b, g) for b in (backends or ["modal"]) for g in (gpus or ["A10G"])]
     measured = _store_rate_at(store, model) if store else None
-    if measured and not backends and not gpus and (measured["backend"], measured["hardware"]) not in combos:
-        combos.append((measured["backend"], measured["hardware"]))
+    if measured and not backends and not gpus and (measured.backend, measured.hardware) not in combos:
+        combos.append((measured.backend, measured.hardware))
 
-    def rate(backend: str, hardware: str, texts: list[str], chars: float) -> dict[str, Any] | None:
-        return measured if measured and (measured["backend"], measured["hardware"]) == (backend, hardware) else None
+    def rate(backend: str, hardware: str, texts: list[str], chars: float) -> Rate | None:
+        return measured if measured and (measured.backend, measured.hardware) == (backend, hardware) else None
 
     result = _result(rows, articles, total_chars, model=model, chunker=chunker, chunk_size=chunk_size,
                      chunk_overlap=chunk_overlap, combos=combos, containers=containers, how=how, seed=seed, prompt=prompt,
@@ -206,7 +206,7 @@ def estimate(
     return {"source": src.spec, **result}
 
 
-def _store_rate_at(spec: str, model: str) -> dict[str, Any] | None:
+def _store_rate_at(spec: str, model: str) -> Rate | None:
     """The rate the done shards of the store at `spec` measured, for the backend and hardware its run used."""
     from wikiembed.settings import RunSettings
     from wikiembed.store import Store
@@ -248,7 +248,7 @@ def store_estimate(
     model, prompt = manifest.model.model_id, manifest.model.document_prompt
     from_store = store_rate(done, backend, hardware or "", model)
 
-    def rate(backend: str, hardware: str, texts: list[str], chars: float) -> dict[str, Any] | None:
+    def rate(backend: str, hardware: str, texts: list[str], chars: float) -> Rate | None:
         if from_store is not None or engine is None:
             return from_store
         return calibrated_rate(engine, texts, prompt, hardware, budget_chars=CALIBRATION_SHARE * chars, seed=seed)

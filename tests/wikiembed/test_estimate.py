@@ -72,14 +72,23 @@ def test_options_come_from_the_rate_and_price_files(topics):
 
 def test_every_rate_and_price_says_where_it_comes_from():
     for rate in rates():
-        assert rate["kind"] in ("measured", "published") and rate["chars_per_s"] > 0 and rate["date"]
-        if rate["kind"] == "measured":
-            assert rate["command"] and (ROOT / rate["results"]).exists()
+        assert rate.kind in ("measured", "published") and rate.chars_per_s > 0 and rate.date
+        if rate.kind == "measured":
+            assert rate.command and (ROOT / rate.results).exists()
         else:
-            assert rate["source"].startswith("https://")
+            assert rate.source.startswith("https://")
     for price in prices():
-        assert price["usd_per_hour"] > 0 and price["as_of"] and price["source"].startswith("https://")
+        assert price.usd_per_hour > 0 and price.as_of and price.source.startswith("https://")
     assert tomllib.loads((ROOT / "wikiembed/data/rates.toml").read_text())  # plain TOML, editable by hand
+
+
+def test_a_rate_or_price_record_is_its_row_of_the_data_file():
+    """Every key a row may hold is a field of its record: `to_json()` gives the row back as the file holds it."""
+    from wikiembed.rates import Price, Rate
+
+    for name, record in (("rates.toml", Rate), ("prices.toml", Price)):
+        rows = next(iter(tomllib.loads((ROOT / "wikiembed/data" / name).read_text()).values()))
+        assert rows and all(record.from_json(row).to_json() == row for row in rows), name
 
 
 def test_cli_writes_the_json_contract(topics, tmp_path, capsys):
@@ -164,9 +173,9 @@ def test_every_gpu_the_modal_apps_take_has_a_dated_price():
     for gpu in sorted(set(_ARCH_TAGS) | (set(GPUS) - {"CPU"})):
         price = pick_price("modal", gpu)
         assert price is not None, gpu
-        assert price["usd_per_hour"] > 0 and date.fromisoformat(price["as_of"]) and price["source"].startswith("https://")
-    assert pick_price("modal", "A10")["usd_per_hour"] == pick_price("modal", "A10G")["usd_per_hour"]
-    assert pick_price("modal", "A100")["hardware"] == "A100-40GB"
+        assert price.usd_per_hour > 0 and date.fromisoformat(price.as_of) and price.source.startswith("https://")
+    assert pick_price("modal", "A10").usd_per_hour == pick_price("modal", "A10G").usd_per_hour
+    assert pick_price("modal", "A100").hardware == "A100-40GB"
 
 
 def test_a_price_older_than_90_days_is_flagged():
@@ -190,9 +199,9 @@ def test_the_write_ups_gpu_gets_dollars_and_the_price_date(topics, tmp_path, cap
     printed = capsys.readouterr().out
     option = json.loads(out.read_text())["options"][0]
     price = pick_price("modal", "A10G")
-    assert option["usd"] == pytest.approx(option["gpu_hours"] * price["usd_per_hour"], rel=1e-3)
-    assert option["price_as_of"] == price["as_of"] and "$ n/a" not in printed and f"${option['usd']:,.2f}" in printed
-    stale = price_age_note(price["as_of"], date.today())
+    assert option["usd"] == pytest.approx(option["gpu_hours"] * price.usd_per_hour, rel=1e-3)
+    assert option["price_as_of"] == price.as_of and "$ n/a" not in printed and f"${option['usd']:,.2f}" in printed
+    stale = price_age_note(price.as_of, date.today())
     assert option["price_stale"] is (stale is not None)
     if stale:
         assert stale in printed
@@ -216,7 +225,7 @@ def test_a_stores_rate_counts_the_time_any_shard_was_embedding_once():
             marker(2, 20_000, 2.0, 200.0),  # alone: 198-200
             marker(3, 10**9, 1.0, 300.0, tei), marker(4, 0, 1.0, 400.0)]
     rate = store_rate(done, "local", "CPU", model)
-    assert rate["chars_per_s"] == 100_000 / 8 and rate["shards"] == 3
+    assert rate.chars_per_s == 100_000 / 8 and rate.shards == 3 and rate.kind == "store-measured"
     assert rate_source(rate) == "measured by this store's 3 done shards"
     assert store_rate(done, "local", "CPU", "another/model") is None
     assert store_rate(done, "modal", "A10G", model) is None  # many containers at once: no one machine's rate
