@@ -19,7 +19,7 @@ id and content digest are unchanged stays where it is; the others (added or edit
 generation's own rows. The articles edited or removed are dropped from the shard files that hold
 them (`wikiembed.store` keeps those files, less the dropped ids).
 
-Touches: nothing itself: `wikiembed.plan` writes the tables, through `rows_table` and `writer`.
+Touches: nothing itself: `wikiembed.snapshots` writes the tables, through `rows_table` and `writer`.
 """
 
 from __future__ import annotations

@@ -202,7 +202,7 @@ class ShardPlan(_Record):
 class BasePart(_Record):
     """A done shard file of an earlier generation that a generation keeps as it is, less the rows of
     the articles dropped since (edited or removed: their ids are in the generation's
-    `dropped.parquet`). An incremental run writes only the articles that changed (`wikiembed.plan`)."""
+    `dropped.parquet`). An incremental run writes only the articles that changed (`wikiembed.snapshots`)."""
 
     gen: str
     shard: int

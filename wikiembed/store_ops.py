@@ -31,7 +31,8 @@ from wikiembed.embedding import VectorSource, embed_shard, record_vector_kind
 from wikiembed.chunking import chunk_shard_parts
 from wikiembed.memory import release_free_memory
 from wikiembed import reuse_index
-from wikiembed.plan import diff_generations, prepare, promote
+from wikiembed.plan import prepare, promote
+from wikiembed.snapshots import diff_generations
 from wikiembed.records import Marker
 from wikiembed.reuse_index import ReuseIndex
 from wikiembed.card import write_card

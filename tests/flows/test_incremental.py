@@ -173,7 +173,7 @@ def test_versions_chain_search_verify_and_a_full_generation_when_much_changed(pr
     _same_output(store, clean_store)
     # Each generation's articles table holds the rows of its own snapshot only (a day writes what changed);
     # its live articles, those and the kept generations' less what it dropped, are the clean run's.
-    from wikiembed.plan import live_articles
+    from wikiembed.snapshots import live_articles
     from wikiembed.store import Store
 
     for g in gens:
@@ -219,7 +219,7 @@ def test_versions_chain_search_verify_and_a_full_generation_when_much_changed(pr
 
 
 def test_a_version_past_the_layer_limit_is_full_and_counts_its_changes(prefect_api, tmp_path, monkeypatch):
-    import wikiembed.plan as plan
+    import wikiembed.snapshots as snapshots
 
     v1 = list(generate_articles(30))
     v2 = v1 + [dict(r, id=f"new-{i}", title=f"New {i}") for i, r in enumerate(generate_articles(1, seed=7))]
@@ -230,7 +230,7 @@ def test_a_version_past_the_layer_limit_is_full_and_counts_its_changes(prefect_a
         _write_jsonl(tmp_path / "live.jsonl", rows)
         embed_dataset(source=str(tmp_path / "live.jsonl"), store=str(store), shard_rows=20)
     assert json.loads((store / "manifest.json").read_text())["base"]
-    monkeypatch.setattr(plan, "MAX_BASE_GENERATIONS", 1)
+    monkeypatch.setattr(snapshots, "MAX_BASE_GENERATIONS", 1)
     _write_jsonl(tmp_path / "live.jsonl", v3)
     third = embed_dataset(source=str(tmp_path / "live.jsonl"), store=str(store), shard_rows=20)
     manifest = json.loads((store / "manifest.json").read_text())

@@ -24,7 +24,7 @@ from wikiembed.executors.base import Planned, ShardJob
 from wikiembed.executors.on_disk import OnDisk
 from wikiembed.memory import release_free_memory
 from wikiembed.model import WAY_OUT_ELSEWHERE
-from wikiembed.plan import check_snapshot
+from wikiembed.snapshots import check_snapshot
 from wikiembed.progress import Progress
 from wikiembed.records import Marker
 from wikiembed.store import Store

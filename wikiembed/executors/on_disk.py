@@ -18,7 +18,7 @@ from wikiembed.embedding import record_vector_kind
 from wikiembed.errors import InputError
 from wikiembed.executors.base import Executor, Planned, StoreView
 from wikiembed.model import model_info
-from wikiembed.plan import check_snapshot
+from wikiembed.snapshots import check_snapshot
 from wikiembed.store import Store
 from wikiembed.records import Manifest, VectorKind
 
