@@ -22,6 +22,7 @@ also reads its store's done markers and embeds a few seconds of its sample with 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
@@ -35,26 +36,96 @@ from wikiembed.sources import RowReport, parse_source, pin, read_source
 from wikiembed.records import Manifest, Marker
 from wikiembed.rates import (CALIBRATION_SHARE, GPUS, STALE_PRICE_DAYS, Rate, calibrated_rate, executor_facts,
                              pick_price, pick_rate, price_age_note, rate_source, rates, sig, store_rate)
-from wikiembed.results import PredictedChunks, PredictedSeconds, PredictedTokens, PredictedVsActual
+from wikiembed.results import JsonRecord, PredictedChunks, PredictedSeconds, PredictedTokens, PredictedVsActual, optional
 
 if TYPE_CHECKING:
     from wikiembed.backends.base import Backend
 
 DEFAULT_SAMPLE = 300
-def _option(backend: str, gpu: str, containers: int, chars: Total, model: str, rate: Rate | None = None) -> dict[str, Any]:
+
+
+@dataclass(frozen=True)
+class EstimateSample(JsonRecord):
+    """The articles an estimate counted: how many, the seed that drew them, and how (in words)."""
+
+    articles: int
+    seed: int
+    how: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class EstimateOption(JsonRecord):
+    """One backend on one hardware: hours, wall time and dollars at its rate and price, with where each comes from
+    (`basis`, `rate_*`, `price_*`). Without a rate (`basis` "no rate") the figures are None and `note` says what
+    to measure; without a price `usd` is None and the `price_*` fields are left out."""
+
+    backend: str
+    gpu: str  # the hardware, the CPU included (the JSON's name)
+    containers: int
+    unit: str  # what `gpu_hours` are hours of: CPU-hours or GPU-hours (`hours_unit`)
+    gpu_hours: float | None
+    gpu_hours_ci95: tuple[float, float] | None = optional()
+    wall_minutes: float | None
+    usd: float | None
+    basis: str  # the rate's kind, or "no rate"
+    rate_chars_per_s: float | None = optional()
+    rate_model: str | None = optional()
+    rate_hardware: str | None = optional()
+    rate_date: str | None = optional()
+    rate_how: str | None = optional()
+    rate_source: str | None = optional()  # `wikiembed.rates.rate_source`
+    usd_per_hour: float | None = optional()
+    price_as_of: str | None = optional()
+    price_source: str | None = optional()
+    price_stale: bool | None = optional()
+    note: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Estimate(JsonRecord):
+    """What `wikiembed estimate` prints and `--json` writes (`estimate`), and what a run shows before its shards
+    (`store_estimate`, no `source`): the counts, each with its 95% interval, and one option per backend and hardware."""
+
+    source: str | None = optional()  # the source as parsed (`wikiembed estimate` only)
+    model: str
+    chunking: dict[str, Any]
+    articles: int
+    chars: int
+    chars_ci95: tuple[int, int]
+    chars_exact: bool  # the character count is exact (the whole source or snapshot read), not sampled
+    chunks: int
+    chunks_ci95: tuple[int, int]
+    tokens: int
+    tokens_ci95: tuple[int, int]
+    sample: EstimateSample
+    options: tuple[EstimateOption, ...]
+
+
+def _option(backend: str, gpu: str, containers: int, chars: Total, model: str, rate: Rate | None = None) -> EstimateOption:
     rate = rate or pick_rate(backend, gpu)
     price = pick_price(backend, gpu)
     # `gpu_hours` keeps its name in the JSON; `unit` says what the hours are of.
-    out: dict[str, Any] = {"backend": backend, "gpu": gpu, "containers": containers, "unit": hours_unit(gpu)}
+    head = dict(backend=backend, gpu=gpu, containers=containers, unit=hours_unit(gpu))
     if rate is None:
-        return {**out, "gpu_hours": None, "wall_minutes": None, "usd": None, "basis": "no rate",
-                "note": f"no throughput recorded for backend {backend} on {gpu}; measure it (bench/engine.py, bench/device_check.py on a GPU machine) "
-                        "and add it to wikiembed/data/rates.toml"}
+        return EstimateOption(**head, gpu_hours=None, wall_minutes=None, usd=None, basis="no rate",
+                              note=f"no throughput recorded for backend {backend} on {gpu}; measure it (bench/engine.py, "
+                                   "bench/device_check.py on a GPU machine) and add it to wikiembed/data/rates.toml")
     per_s = float(rate.chars_per_s)
     hours = Total(chars.value / per_s / 3600, chars.low / per_s / 3600, chars.high / per_s / 3600)
-    out.update(
+    notes = []
+    stale = price_age_note(price.as_of, date.today()) if price else None
+    if stale:
+        notes.append(stale)
+    if rate.model != model:
+        notes.append(f"rate measured with {rate.model}, not {model}: speed differs by model")
+    if price is None:
+        notes.append("no list price for this backend/hardware (self-hosted or not recorded)")
+    if executor_facts(backend).runs_in_containers:  # the others' rates are of a machine already running
+        notes.append("container start-up and idle time not included")
+    return EstimateOption(
+        **head,
         gpu_hours=sig(hours.value),
-        gpu_hours_ci95=[sig(hours.low), sig(hours.high)],
+        gpu_hours_ci95=(sig(hours.low), sig(hours.high)),
         wall_minutes=sig(hours.value * 60 / containers),
         usd=sig(hours.value * float(price.usd_per_hour)) if price else None,
         basis=rate.kind,
@@ -64,22 +135,12 @@ def _option(backend: str, gpu: str, containers: int, chars: Total, model: str, r
         rate_date=rate.date,
         rate_how=rate.provenance,
         rate_source=rate_source(rate),
+        usd_per_hour=price.usd_per_hour if price else None,
+        price_as_of=price.as_of if price else None,
+        price_source=price.source if price else None,
+        price_stale=stale is not None if price else None,
+        note="; ".join(notes),
     )
-    notes = []
-    if price:
-        stale = price_age_note(price.as_of, date.today())
-        out.update(usd_per_hour=price.usd_per_hour, price_as_of=price.as_of, price_source=price.source,
-                   price_stale=stale is not None)
-        if stale:
-            notes.append(stale)
-    if rate.model != model:
-        notes.append(f"rate measured with {rate.model}, not {model}: speed differs by model")
-    if price is None:
-        notes.append("no list price for this backend/hardware (self-hosted or not recorded)")
-    if executor_facts(backend).runs_in_containers:  # the others' rates are of a machine already running
-        notes.append("container start-up and idle time not included")
-    out["note"] = "; ".join(notes)
-    return out
 
 
 def hours_unit(hardware: str) -> str:
@@ -116,7 +177,7 @@ def _result(
     seed: int,
     prompt: str = "",
     rate: Callable[[str, str, list[str], float], Rate | None] | None = None,
-) -> dict[str, Any]:
+) -> Estimate:
     """Totals from a sample (ratio estimates when the character total is known, else per-article means).
 
     `rate(backend, hardware, chunk texts of the sample, characters to embed)`: a rate measured where
@@ -130,21 +191,21 @@ def _result(
         chars = mean_total(articles, counts.chars)
         chunks = mean_total(articles, counts.chunks)
         tokens = mean_total(articles, counts.tokens)
-    return {
-        "model": model,
-        "chunking": counts.chunking,
-        "articles": articles,
-        "chars": round(chars.value),
-        "chars_ci95": chars.as_list(),
-        "chars_exact": total_chars is not None,
-        "chunks": round(chunks.value),
-        "chunks_ci95": chunks.as_list(),
-        "tokens": round(tokens.value),
-        "tokens_ci95": tokens.as_list(),
-        "sample": {"articles": len(rows), "seed": seed, "how": how},
-        "options": [_option(b, g.upper(), containers, chars, model, rate(b, g.upper(), counts.texts, chars.value) if rate else None)
-                    for b, g in combos],
-    }
+    return Estimate(
+        model=model,
+        chunking=counts.chunking,
+        articles=articles,
+        chars=round(chars.value),
+        chars_ci95=chars.rounded(),
+        chars_exact=total_chars is not None,
+        chunks=round(chunks.value),
+        chunks_ci95=chunks.rounded(),
+        tokens=round(tokens.value),
+        tokens_ci95=tokens.rounded(),
+        sample=EstimateSample(len(rows), seed, how),
+        options=tuple(_option(b, g.upper(), containers, chars, model, rate(b, g.upper(), counts.texts, chars.value) if rate else None)
+                      for b, g in combos),
+    )
 
 
 def estimate(
@@ -165,7 +226,7 @@ def estimate(
     sample: int = DEFAULT_SAMPLE,
     seed: int = 0,
     store: str | None = None,
-) -> dict[str, Any]:
+) -> Estimate:
     """The estimate `wikiembed estimate` prints; see the module docstring for how each figure is made.
 
     `store`: a run store of this machine whose done shards measured a rate: the backend and hardware its
@@ -203,7 +264,7 @@ def estimate(
     result = _result(rows, articles, total_chars, model=model, chunker=chunker, chunk_size=chunk_size,
                      chunk_overlap=chunk_overlap, combos=combos, containers=containers, how=how, seed=seed, prompt=prompt,
                      rate=rate)
-    return {"source": src.spec, **result}
+    return result.replace(source=src.spec)
 
 
 def _store_rate_at(spec: str, model: str) -> Rate | None:
@@ -233,7 +294,7 @@ def store_estimate(
     seed: int = 0,
     done: Iterable[Marker] = (),
     engine: "Backend | None" = None,
-) -> dict[str, Any]:
+) -> Estimate:
     """The estimate for the rows a run is about to embed (`ranges` of the generation's snapshot).
 
     Reads the snapshot's text column once for the exact character count; samples `sample`
@@ -261,55 +322,55 @@ def store_estimate(
     )
 
 
-def one_line(result: dict[str, Any]) -> str:
+def one_line(result: Estimate) -> str:
     """The estimate as one line (printed before a run)."""
-    line = (f"estimate: {result['articles']:,} articles, {result['chars']:,} chars, "
-            f"~{result['chunks']:,} chunks [{result['chunks_ci95'][0]:,}-{result['chunks_ci95'][1]:,}], "
-            f"~{result['tokens']:,} tokens")
-    for o in result["options"]:
-        if o["gpu_hours"] is not None:
-            usd = f", ${o['usd']:,.2f}" if o["usd"] is not None else ""
-            if o.get("price_stale"):
-                usd += f" at a price of {o['price_as_of']}, over {STALE_PRICE_DAYS} days old"
-            wall = f"{o['wall_minutes']:,.1f} min" if o["wall_minutes"] >= 1 else f"{o['wall_minutes'] * 60:.0f} s"
-            line += f"; {o['backend']} on {o['gpu']}: ~{wall} ({o['rate_source']}{usd})"
+    line = (f"estimate: {result.articles:,} articles, {result.chars:,} chars, "
+            f"~{result.chunks:,} chunks [{result.chunks_ci95[0]:,}-{result.chunks_ci95[1]:,}], "
+            f"~{result.tokens:,} tokens")
+    for o in result.options:
+        if o.gpu_hours is not None and o.wall_minutes is not None:
+            usd = f", ${o.usd:,.2f}" if o.usd is not None else ""
+            if o.price_stale:
+                usd += f" at a price of {o.price_as_of}, over {STALE_PRICE_DAYS} days old"
+            wall = f"{o.wall_minutes:,.1f} min" if o.wall_minutes >= 1 else f"{o.wall_minutes * 60:.0f} s"
+            line += f"; {o.backend} on {o.gpu}: ~{wall} ({o.rate_source}{usd})"
         else:
-            line += f"; no recorded rate for {o['backend']} on {o['gpu']}"
+            line += f"; no recorded rate for {o.backend} on {o.gpu}"
     return line
 
 
-def markdown(result: dict[str, Any]) -> str:
+def markdown(result: Estimate) -> str:
     """The estimate as a markdown artifact (the Prefect UI shows it before the run's progress)."""
     lines = [
         "# wikiembed estimate",
         "",
-        f"- articles: {result['articles']:,}; characters: {result['chars']:,}",
-        f"- chunks: ~{result['chunks']:,} (95%: {result['chunks_ci95'][0]:,}-{result['chunks_ci95'][1]:,})",
-        f"- tokens: ~{result['tokens']:,} (95%: {result['tokens_ci95'][0]:,}-{result['tokens_ci95'][1]:,})",
-        f"- how: {result['sample']['how']}",
+        f"- articles: {result.articles:,}; characters: {result.chars:,}",
+        f"- chunks: ~{result.chunks:,} (95%: {result.chunks_ci95[0]:,}-{result.chunks_ci95[1]:,})",
+        f"- tokens: ~{result.tokens:,} (95%: {result.tokens_ci95[0]:,}-{result.tokens_ci95[1]:,})",
+        f"- how: {result.sample.how}",
     ]
-    for o in result["options"]:
-        if o["gpu_hours"] is None:
-            lines.append(f"- {o['backend']} on {o['gpu']}: {o['note']}")
+    for o in result.options:
+        if o.gpu_hours is None:
+            lines.append(f"- {o.backend} on {o.gpu}: {o.note}")
             continue
-        usd = f", ${o['usd']:,.2f} at ${o['usd_per_hour']}/h ({o['price_as_of']})" if o["usd"] is not None else ""
+        usd = f", ${o.usd:,.2f} at ${o.usd_per_hour}/h ({o.price_as_of})" if o.usd is not None else ""
         lines.append(
-            f"- {o['backend']} on {o['gpu']}: {o['gpu_hours']:,.4g} {o['unit']}{usd}; {o['rate_chars_per_s']:,.0f} chars/s, "
-            f"{o['rate_source']} ({o['rate_how']}); {o['note']}"
+            f"- {o.backend} on {o.gpu}: {o.gpu_hours:,.4g} {o.unit}{usd}; {o.rate_chars_per_s:,.0f} chars/s, "
+            f"{o.rate_source} ({o.rate_how}); {o.note}"
         )
     return "\n".join(lines)
 
 
-def compare(predicted: dict[str, Any], chunks: int, seconds: float) -> PredictedVsActual:
+def compare(predicted: Estimate, chunks: int, seconds: float) -> PredictedVsActual:
     """Predicted next to actual, for the run's summary."""
-    option = next((o for o in predicted["options"] if o["gpu_hours"] is not None), None)
+    option = next((o for o in predicted.options if o.gpu_hours is not None), None)
     return PredictedVsActual(
-        PredictedChunks(predicted["chunks"], predicted["chunks_ci95"], chunks),
-        PredictedTokens(predicted["tokens"], predicted["tokens_ci95"]),
+        PredictedChunks(predicted.chunks, list(predicted.chunks_ci95), chunks),
+        PredictedTokens(predicted.tokens, list(predicted.tokens_ci95)),
         PredictedSeconds(
-            round(option["gpu_hours"] * 3600, 1) if option else None,
+            round(option.gpu_hours * 3600, 1) if option and option.gpu_hours is not None else None,
             round(seconds, 1),
-            (f"{option['basis']} rate for {option['backend']} on {option['gpu']}"
-             + (", one container" if executor_facts(option["backend"]).runs_in_containers else "")) if option else "no rate recorded",
+            (f"{option.basis} rate for {option.backend} on {option.gpu}"
+             + (", one container" if executor_facts(option.backend).runs_in_containers else "")) if option else "no rate recorded",
         ),
     )

@@ -39,8 +39,9 @@ class Total:
     low: float
     high: float
 
-    def as_list(self) -> list[float]:
-        return [round(self.low), round(self.high)]
+    def rounded(self) -> tuple[int, int]:
+        """The interval in whole units."""
+        return round(self.low), round(self.high)
 
 
 def ratio_total(known_x: float, x: np.ndarray, y: np.ndarray, population: int) -> Total:

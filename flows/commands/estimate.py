@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Sequence
 
 from wikiembed.flows.commands.base import EXIT_OK, Command, add_run_options, split_list, write_json
 
@@ -24,7 +25,7 @@ def _estimate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", dest="json_path", metavar="PATH", help="also write the estimate as JSON here")
 
 
-def _fmt_range(value: float, ci: list[float]) -> str:
+def _fmt_range(value: float, ci: Sequence[float]) -> str:
     return f"{value:,.0f}" if ci[0] == ci[1] else f"{value:,.0f} [{ci[0]:,.0f}, {ci[1]:,.0f}]"
 
 
@@ -41,20 +42,20 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         sample=args.sample, seed=args.seed, store=args.store,
     )
     write_json(args.json_path, result)  # before printing: a reader that leaves early cannot cost the file
-    print(f"{result['source']} with {result['model']} ({result['chunking']}):")
-    print(f"  articles {result['articles']:,} | chars {_fmt_range(result['chars'], result['chars_ci95'])} | "
-          f"chunks {_fmt_range(result['chunks'], result['chunks_ci95'])} | tokens {_fmt_range(result['tokens'], result['tokens_ci95'])}"
+    print(f"{result.source} with {result.model} ({result.chunking}):")
+    print(f"  articles {result.articles:,} | chars {_fmt_range(result.chars, result.chars_ci95)} | "
+          f"chunks {_fmt_range(result.chunks, result.chunks_ci95)} | tokens {_fmt_range(result.tokens, result.tokens_ci95)}"
           " (95% intervals)")
-    print(f"  sample: {result['sample']['how']}")
-    for o in result["options"]:
-        head = f"  {o['backend']:<6} {o['gpu']:<5} x{o['containers']:<4}"
-        if o["gpu_hours"] is None:
-            print(f"{head} {o['note']}")
+    print(f"  sample: {result.sample.how}")
+    for o in result.options:
+        head = f"  {o.backend:<6} {o.gpu:<5} x{o.containers:<4}"
+        if o.gpu_hours is None or o.wall_minutes is None or o.rate_chars_per_s is None:
+            print(f"{head} {o.note}")
             continue
-        usd = f"${o['usd']:,.2f}" if o["usd"] is not None else "$ n/a"
-        print(f"{head} {o['gpu_hours']:,.3f} {o['unit'].replace('-hours', '-h')}, {o['wall_minutes']:,.1f} min wall, {usd}  "
-              f"[{o['basis']}: {o['rate_chars_per_s']:,.0f} chars/s, {o['rate_date']}]")
-        print(f"{' ' * 19}{o['note']}")
+        usd = f"${o.usd:,.2f}" if o.usd is not None else "$ n/a"
+        print(f"{head} {o.gpu_hours:,.3f} {o.unit.replace('-hours', '-h')}, {o.wall_minutes:,.1f} min wall, {usd}  "
+              f"[{o.basis}: {o.rate_chars_per_s:,.0f} chars/s, {o.rate_date}]")
+        print(f"{' ' * 19}{o.note}")
     return EXIT_OK
 
 

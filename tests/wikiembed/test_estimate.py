@@ -41,32 +41,31 @@ def truth(topics):
 
 def test_whole_source_sample_gives_exact_counts(topics, truth):
     result = estimate(str(topics), sample=1000)
-    assert result["articles"] == truth["articles"] and result["chars"] == truth["chars"] and result["chars_exact"]
-    assert result["chunks"] == truth["chunks"] and result["chunks_ci95"] == [truth["chunks"]] * 2
-    assert result["tokens"] == truth["tokens"] and result["tokens_ci95"] == [truth["tokens"]] * 2
+    assert result.articles == truth["articles"] and result.chars == truth["chars"] and result.chars_exact
+    assert result.chunks == truth["chunks"] and result.chunks_ci95 == (truth["chunks"],) * 2
+    assert result.tokens == truth["tokens"] and result.tokens_ci95 == (truth["tokens"],) * 2
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sampled_intervals_hold_the_true_totals(topics, truth, seed):
     result = estimate(str(topics), sample=30, seed=seed)
-    assert result["sample"]["articles"] == 30 and result["chars"] == truth["chars"]
-    for key in ("chunks", "tokens"):
-        lo, hi = result[f"{key}_ci95"]
+    assert result.sample.articles == 30 and result.chars == truth["chars"]
+    for key, value, (lo, hi) in (("chunks", result.chunks, result.chunks_ci95), ("tokens", result.tokens, result.tokens_ci95)):
         assert lo <= truth[key] <= hi and lo < hi, (key, lo, truth[key], hi)
-        assert abs(result[key] - truth[key]) / truth[key] < 0.15
+        assert abs(value - truth[key]) / truth[key] < 0.15
 
 
 def test_options_come_from_the_rate_and_price_files(topics):
     result = estimate(str(topics), sample=20, backends=["local", "modal"], gpus=["CPU", "A10G", "H100"], containers=4)
-    by = {(o["backend"], o["gpu"]): o for o in result["options"]}
+    by = {(o.backend, o.gpu): o for o in result.options}
     cpu = by[("local", "CPU")]
-    assert cpu["basis"] == "measured" and cpu["rate_how"].startswith("python bench/engine.py")
-    assert cpu["gpu_hours"] == pytest.approx(result["chars"] / cpu["rate_chars_per_s"] / 3600, rel=1e-3)
-    assert cpu["wall_minutes"] == pytest.approx(cpu["gpu_hours"] * 60 / 4, rel=1e-2) and cpu["usd"] is None
+    assert cpu.basis == "measured" and cpu.rate_how.startswith("python bench/engine.py")
+    assert cpu.gpu_hours == pytest.approx(result.chars / cpu.rate_chars_per_s / 3600, rel=1e-3)
+    assert cpu.wall_minutes == pytest.approx(cpu.gpu_hours * 60 / 4, rel=1e-2) and cpu.usd is None
     a10g = by[("modal", "A10G")]
-    assert a10g["basis"] == "published" and "BAAI/bge-small-en-v1.5" in a10g["note"]
+    assert a10g.basis == "published" and "BAAI/bge-small-en-v1.5" in a10g.note
     h100 = by[("modal", "H100")]  # a price but no throughput recorded: nothing is made up
-    assert h100["basis"] == "no rate" and h100["gpu_hours"] is None and h100["usd"] is None
+    assert h100.basis == "no rate" and h100.gpu_hours is None and h100.usd is None
     assert {("local", "H100"), ("modal", "CPU")} <= set(by)
 
 
@@ -99,14 +98,19 @@ def test_cli_writes_the_json_contract(topics, tmp_path, capsys):
     assert {"chars", "chunks", "tokens", "options"} <= set(result)
     assert set(result["options"][0]) >= {"backend", "gpu", "containers", "gpu_hours", "wall_minutes", "usd"}
     assert " CPU-h, " in capsys.readouterr().out and result["options"][0]["unit"] == "CPU-hours"
+    # The file reads back into the record it was written from, key for key.
+    from wikiembed.estimate import Estimate
+
+    assert Estimate.from_json(result).to_json() == result
+    assert json.dumps(Estimate.from_json(result).to_json(), indent=1) == out.read_text()
 
 
 def test_cpu_hours_are_not_called_gpu_hours(topics):
     from wikiembed.estimate import markdown
 
     result = estimate(str(topics), sample=20, backends=["local", "modal"], gpus=["CPU", "A10G"])
-    by = {(o["backend"], o["gpu"]): o for o in result["options"]}
-    assert by[("local", "CPU")]["unit"] == "CPU-hours" and by[("modal", "A10G")]["unit"] == "GPU-hours"
+    by = {(o.backend, o.gpu): o for o in result.options}
+    assert by[("local", "CPU")].unit == "CPU-hours" and by[("modal", "A10G")].unit == "GPU-hours"
     text = markdown(result)
     assert "- local on CPU: " in text and "CPU-hours" in text.split("- local on CPU: ")[1].splitlines()[0]
     assert "GPU-hours" not in text.split("- local on CPU: ")[1].splitlines()[0]
@@ -117,12 +121,12 @@ def test_containers_are_named_only_where_a_run_starts_them(topics):
     from wikiembed.estimate import compare
 
     result = estimate(str(topics), sample=20, backends=["local", "modal"], gpus=["CPU", "A10G"])
-    by = {(o["backend"], o["gpu"]): o for o in result["options"]}
-    assert "container" not in by[("local", "CPU")]["note"]
-    assert "container start-up and idle time not included" in by[("modal", "A10G")]["note"]
-    local = compare({**result, "options": [by[("local", "CPU")]]}, result["chunks"], 7.0).seconds
+    by = {(o.backend, o.gpu): o for o in result.options}
+    assert "container" not in by[("local", "CPU")].note
+    assert "container start-up and idle time not included" in by[("modal", "A10G")].note
+    local = compare(result.replace(options=(by[("local", "CPU")],)), result.chunks, 7.0).seconds
     assert local.basis == "measured rate for local on CPU"
-    modal = compare({**result, "options": [by[("modal", "A10G")]]}, result["chunks"], 7.0).seconds
+    modal = compare(result.replace(options=(by[("modal", "A10G")],)), result.chunks, 7.0).seconds
     assert modal.basis == "published rate for modal on A10G, one container"
 
 
@@ -260,6 +264,6 @@ def test_a_stores_estimate_reads_the_rows_to_embed_and_only_their_row_groups(top
     got = store_estimate(snapshot, ranges, manifest, backend="local", hardware="CPU", sample=10_000)
     picked = [r for a, b in ranges for r in rows[a:b]]
     chunks = chunk_table(pa.Table.from_pylist(picked, SNAPSHOT_SCHEMA), chunking, load_tokenizer()).num_rows
-    assert (got["articles"], got["chars"], got["chunks"]) == (len(picked), sum(len(r["text"]) for r in picked), chunks)
+    assert (got.articles, got.chars, got.chunks) == (len(picked), sum(len(r["text"]) for r in picked), chunks)
     last = (n - 1) // 7
     assert read == [[0, 1, 2, *sorted({(n - 5) // 7, last})]]
