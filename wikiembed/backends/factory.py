@@ -1,18 +1,19 @@
-"""Pick and open a backend: `local` (the PyTorch engine) or `tei` (servers by URL).
+"""Pick and open a backend: `local` (the PyTorch engine) or `tei` (servers by URL), by name from `OPENERS`.
 
 An executor that embeds nothing in this process opens nothing here: the Modal one sends whole shards to a
 deployed app, which opens its own backend (TEI or the engine) next to the store's Volume; its
 `check_backend` and `request_retries` say so (`wikiembed.executors.modal_containers`).
 
 Sits above the backends and the interface they share (`base.py`); the flow only
-ever calls `open_backend(...)` and then `embed(texts)`.
+ever calls `open_backend(...)` and then `embed(texts)`. Another backend opened in this process is one
+entry of `OPENERS`: its name, what it is in words, and the function that opens it.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from wikiembed.backends.base import Backend, Serialized
 from wikiembed.errors import BackendError
@@ -99,6 +100,59 @@ def release(backend: Backend) -> None:
             _OPENING.pop(key, None)
 
 
+@dataclass(frozen=True)
+class OpenRequest:
+    """What an opener is given: the model (at its revision) and the run's backend fields."""
+
+    model: str
+    revision: str
+    device: str | None
+    tei_url: tuple[str, ...]
+    modal_app: str | None
+    modal_class: str
+    gpu: str | None
+    clients: int
+    trust_remote_code: bool
+
+
+def _open_local(request: OpenRequest) -> Backend:
+    from wikiembed.backends.engine import TorchEngine
+
+    # One engine already uses every core (or the whole GPU): shard tasks
+    # take turns on it instead of oversubscribing it.
+    return Serialized(TorchEngine(request.model, request.device, trust_remote_code=request.trust_remote_code))
+
+
+def _open_tei(request: OpenRequest) -> Backend:
+    if not request.tei_url:
+        raise BackendError("--backend tei needs --tei-url URL[,URL...] (the TEI servers to call).")
+    from wikiembed.backends.tei import TEIBackend
+
+    return TEIBackend(list(request.tei_url), model_id=request.model, revision=request.revision, clients=request.clients)
+
+
+@dataclass(frozen=True)
+class Opener:
+    """How `--backend NAME` is opened in this process: what it is, in words, and the function that opens it."""
+
+    what: str
+    open: Callable[[OpenRequest], Backend]
+
+
+# The backends this process opens, by `--backend` name (another executor's backend, such as Modal's, is opened
+# where that executor runs its shards).
+OPENERS: dict[str, Opener] = {
+    "local": Opener("the PyTorch engine", _open_local),
+    "tei": Opener("servers by URL", _open_tei),
+}
+
+
+def _opened_here() -> str:
+    """The backends of `OPENERS` in words: `local (the PyTorch engine) and tei (servers by URL)`."""
+    named = [f"{name} ({opener.what})" for name, opener in OPENERS.items()]
+    return " and ".join([", ".join(named[:-1]), named[-1]] if len(named) > 1 else named)
+
+
 def _open(
     backend: str,
     model: str,
@@ -111,22 +165,14 @@ def _open(
     clients: int,
     trust_remote_code: bool = False,
 ) -> Backend:
-    if backend == "local":
-        from wikiembed.backends.engine import TorchEngine
-
-        # One engine already uses every core (or the whole GPU): shard tasks
-        # take turns on it instead of oversubscribing it.
-        return Serialized(TorchEngine(model, device, trust_remote_code=trust_remote_code))
-    if backend == "tei":
-        if not tei_url:
-            raise BackendError("--backend tei needs --tei-url URL[,URL...] (the TEI servers to call).")
-        from wikiembed.backends.tei import TEIBackend
-
-        return TEIBackend(list(tei_url), model_id=model, revision=revision, clients=clients)
-    raise BackendError(
-        f"--backend {backend!r} embeds no texts in this process (whole shards go where its executor runs them); "
-        "the backends opened here are local (the PyTorch engine) and tei (servers by URL)."
-    )
+    opener = OPENERS.get(backend)
+    if opener is None:
+        raise BackendError(
+            f"--backend {backend!r} embeds no texts in this process (whole shards go where its executor runs them); "
+            f"the backends opened here are {_opened_here()}."
+        )
+    return opener.open(OpenRequest(model, revision, device, tuple(tei_url), modal_app, modal_class, gpu, clients,
+                                   trust_remote_code))
 
 
 def backend_retries(
