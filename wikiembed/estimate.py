@@ -16,6 +16,10 @@
   engine on the CPU (open already), a few seconds' calibration on the run's own sampled chunks; only then
   the recorded one. Every option says which rate it used (`rate_source`).
 
+The result is an `Estimate` (a frozen record, `wikiembed.results.JsonRecord`) with one `EstimateOption` per
+backend and hardware; its `to_json()` is what `wikiembed estimate --json` writes. The sample and its totals are
+`wikiembed.estimate_sample`'s; the rates and prices `wikiembed.rates`'.
+
 Touches: the source (read), the model's tokenizer files, the two data files; a run's own estimate
 also reads its store's done markers and embeds a few seconds of its sample with the engine it is given.
 """
