@@ -105,11 +105,14 @@ class InstantCloud:
         if method == "run_shard":
             self.shard_calls += 1
             return instant_shard(self._local(args[0]), args[1], args[2])
+        # As the deployed StoreOps answers: a record's JSON.
         if method == "prepare":
-            return store_ops.prepare_store({**args[0], "store": self._local(args[0]["store"])})
+            return store_ops.prepare_store({**args[0], "store": self._local(args[0]["store"])}).to_json()
         if method == "view":
-            return store_ops.view_store(self._local(args[0]), args[1], with_states=args[2])
-        func = {"mark_failed": store_ops.mark_failed, "forget": store_ops.forget, "export": store_ops.export_store}[method]
+            return store_ops.view_store(self._local(args[0]), args[1], with_states=args[2]).to_json()
+        if method == "export":
+            return store_ops.export_store(self._local(args[0]), *args[1:]).to_json()
+        func = {"mark_failed": store_ops.mark_failed, "forget": store_ops.forget}[method]
         return func(self._local(args[0]), *args[1:])
 
     def install(self) -> None:
@@ -206,7 +209,7 @@ def control_plane(work: Path, shards: int) -> dict[str, float]:
     # does not queue behind an API server still recording a real run's task runs and events.
     done = store_ops.prepare_store({**plan, "store": str(cloud.volume_dir / "cp-done")})
     for k in range(shards):
-        instant_shard(done["store"], done["gen"], k)
+        instant_shard(done.store, done.gen, k)
     t0 = time.perf_counter()
     again = embed_dataset(**plan, store="modal:wikiembed-store/cp-done", backend="modal")
     t_noop = time.perf_counter() - t0
@@ -231,7 +234,7 @@ def noop_resume(work: Path, shards: int) -> dict[str, float]:
     volume = work / "resume-volume"
     planned = store_ops.prepare_store({"source": f"sample:{shards}", "store": str(volume / "big"), "shard_rows": 1})
     for k in range(shards):
-        instant_shard(planned["store"], planned["gen"], k)
+        instant_shard(planned.store, planned.gen, k)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--driver", str(volume), "--", "run", "--source", f"sample:{shards}",
            "--store", "modal:wikiembed-store/big", "--shard-rows", "1", "--backend", "modal"]  # fmt: skip
     t0 = time.perf_counter()
@@ -282,7 +285,7 @@ def data_plane(work: Path, articles: int, shard_rows: int) -> dict[str, Any]:
     try:
         url = f"http://127.0.0.1:{port}"
         planned = store_ops.prepare_store({"source": f"sample:{articles}", "store": str(work / "data-plane"), "shard_rows": shard_rows})
-        root, gen = planned["store"], planned["gen"]
+        root, gen = planned.store, planned.gen
         store = Store(root, gen)
         snapshot = pq.read_table(store.snapshot_path, columns=["text"]).column("text").to_pylist()
         plan = store.read_manifest().plan.shards

@@ -40,7 +40,9 @@ from wikiembed.executors import executor_for
 from wikiembed.finetune import FinetuneSettings, check_holdout
 from wikiembed.flows.embed_dataset import add_flow_run_tags, artifact_key, embed_dataset, ends_failed_on_user_errors
 from wikiembed.improve import MIN_HOLDOUT, ImproveSettings, Metric, decide
-from wikiembed.results import Comparison, Figures, FinetuneRecord, ImproveResult, ReembedCounts, RunSummary, StoreFigures
+from wikiembed.results import (
+    Comparison, Exported, Figures, FinetuneRecord, ImproveResult, ReembedCounts, RunSummary, StoreFigures,
+)
 from wikiembed.serving.link import check_link, point_link
 from wikiembed.settings import RunSettings
 from wikiembed.store_location import locate
@@ -52,7 +54,7 @@ METRIC_NAMES = {"recall_at_1": "recall@1", "recall_at_10": "recall@10", "mrr": "
 
 
 def _report(settings: ImproveSettings, tuned: FinetuneRecord, compared: Comparison, publish: bool, why: str,
-            published: dict[str, Any] | None, new_revision: str) -> str:
+            published: Exported | None, new_revision: str) -> str:
     """The flow run's markdown artifact: the decision, the figures, both models."""
     old, new, diff = compared.old, compared.new, compared.difference
 

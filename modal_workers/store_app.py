@@ -89,13 +89,16 @@ class StoreOps:
             )
         self.sync = VolumeSync(store_volume)
 
+    # Answers cross Modal's wire as plain JSON (each record's `to_json()`): the caller reads them back into
+    # records (`wikiembed.volume_store.VolumeStore`), whatever version of wikiembed it runs.
+
     @modal.method()
     def prepare(self, settings: dict[str, Any]) -> dict[str, Any]:
-        return store_ops.prepare_store(settings, self.sync)
+        return store_ops.prepare_store(settings, self.sync).to_json()
 
     @modal.method()
     def view(self, root: str, gen: str | None, with_states: bool = True, verify: bool = False) -> dict[str, Any]:
-        return store_ops.view_store(root, gen, self.sync, with_states, verify)
+        return store_ops.view_store(root, gen, self.sync, with_states, verify).to_json()
 
     @modal.method()
     def mark_failed(self, root: str, gen: str, shard: int, error: str, attempts: int) -> None:
@@ -107,8 +110,8 @@ class StoreOps:
 
     @modal.method()
     def export(self, root: str, gen: str, upload_to: str | None) -> dict[str, Any]:
-        return store_ops.export_store(root, gen, upload_to, self.sync)
+        return store_ops.export_store(root, gen, upload_to, self.sync).to_json()
 
     @modal.method()
     def publish(self, root: str, target: str, options: dict[str, Any]) -> dict[str, Any]:
-        return store_ops.publish_store(root, target, options, self.sync)
+        return store_ops.publish_store(root, target, options, self.sync).to_json()

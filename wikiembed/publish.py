@@ -46,6 +46,7 @@ from wikiembed.publish_targets import (  # noqa: F401 (EXPORT_MARKER, check_targ
     _refuse_hub_options,
     check_target,
 )
+from wikiembed.results import Published
 from wikiembed.store import Part, ShardState, Store, StoreLock, each_in_threads, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -285,7 +286,7 @@ def publish(
     allow_partial: bool = False,
     file_bytes: int = DEFAULT_FILE_BYTES,
     replace: bool = False,
-) -> dict[str, Any]:
+) -> Published:
     """Publish the store's done shards to `hub:ORG/NAME` (a dataset repo) or `dir:PATH`.
 
     Both targets get the same tree, built in STORE/_publish/: `README.md` (the card) and
@@ -295,7 +296,7 @@ def publish(
     with nothing changed, makes no commit. `token` overrides HF_TOKEN / the Prefect Secret block;
     never make it a flow parameter (parameters are stored and shown in the UI).
 
-    Returns {"target", "url", "committed", "files", "bytes", "data_files", "shards", "rows"}.
+    Returns what was written (`Published`: the target, its url, whether anything was committed, the files).
     """
     store = Path(store)
     kind, where = _parse_target(target, store)
@@ -343,19 +344,9 @@ def publish(
         )
         write_card_if_changed(staging / "README.md", card.read_text(encoding="utf-8"))
         total_bytes = sum(int(f["size"]) for f in files.values()) + (staging / "README.md").stat().st_size
-        summary: dict[str, Any] = {
-            "target": target,
-            "files": len(files) + 1,
-            "bytes": total_bytes,
-            "data_files": sorted(files),
-            "shards": len(done),
-            "rows": sum(p.live_chunks for p in done),
-            "generation": source.gen,
-            "building": source.building(),
-        }
+        rows, building = sum(p.live_chunks for p in done), source.building()
         if kind == "dir":
-            dest = Path(where)
-            summary.update(url=str(dest), committed=_copy_to_dir(staging, files, dest))
+            url, committed = str(Path(where)), _copy_to_dir(staging, files, Path(where))
         else:
             model_id = manifest.model.model_id
             url, committed = upload_folder(
@@ -366,11 +357,12 @@ def publish(
                 private=private,
                 revision=revision,
                 create_pr=create_pr,
-                commit_message=f"wikiembed: {summary['rows']} embeddings from {len(done)} shards ({model_id})",
+                commit_message=f"wikiembed: {rows} embeddings from {len(done)} shards ({model_id})",
             )
-            summary.update(url=url, committed=committed)
+        summary = Published(target, len(files) + 1, total_bytes, tuple(sorted(files)), len(done), rows, source.gen,
+                            building, url, committed)
     logger.info(
-        "published %d files (%d bytes) to %s: %s", summary["files"], total_bytes, target,
-        "new commit" if summary["committed"] else "nothing changed",
+        "published %d files (%d bytes) to %s: %s", summary.files, total_bytes, target,
+        "new commit" if summary.committed else "nothing changed",
     )
     return summary

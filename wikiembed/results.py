@@ -2,10 +2,11 @@
 
 `wikiembed.records` holds what the store keeps (the manifest, the markers); this module holds what a
 step returns to the next one and to the CLI: the run summary (`RunSummary`), what the store's
-status shows (`StatusPayload`), the fine-tune's record (`FinetuneRecord`) and the improve loop's
-result (`ImproveResult`). Each is a frozen dataclass whose `to_json()` is exactly the JSON that
-`--json`, `--summary-json` and the files have always held: the same keys, in the same order, with
-the same values; `from_json()` reads it back. Producers build the record, consumers read its
+status shows (`StatusPayload`), what publishing and the export step did (`Published`, `Exported`),
+the fine-tune's record (`FinetuneRecord`) and the improve loop's result (`ImproveResult`). Each is
+a frozen dataclass whose `to_json()` is exactly the JSON that `--json`, `--summary-json` and the
+files have always held: the same keys, in the same order, with the same values; `from_json()` reads
+it back. Producers build the record, consumers read its
 attributes; only `to_json()` / `from_json()` see the keys.
 
 Where a value leaves the process through Prefect (a flow's return value, which a deployment's caller
@@ -194,6 +195,33 @@ class RunSummary(JsonRecord):
         return not self.shards_failed and self.shards_done >= self.shards_total
 
 
+# Publishing ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Published(JsonRecord):
+    """What `wikiembed export` / `upload` print and `wikiembed.publish.publish` returns: the dataset folder written."""
+
+    target: str
+    files: int  # the data files and the card
+    bytes: int
+    data_files: tuple[str, ...]
+    shards: int
+    rows: int
+    generation: str | None
+    building: dict[str, Any] | None  # a newer generation being built beside it (`Store.building`)
+    url: str
+    committed: bool  # False: the target already held exactly this
+
+
+@dataclass(frozen=True)
+class Exported(JsonRecord):
+    """The export step's answer (`wikiembed.store_ops.export_store`): the generation promoted, and its upload if asked."""
+
+    promoted: bool
+    published: Published | None
+
+
 # Retrieval figures, the fine-tune and the improve loop -------------------------
 
 # The figures of a retrieval check, each with its 95% interval (`wikiembed.evaluate.metrics`).
@@ -338,7 +366,7 @@ class ImproveResult(JsonRecord):
 
     publish: bool  # the new store is better by the margin, its interval above zero
     reason: str
-    published: dict[str, Any] | None  # the export's answer, when it was published
+    published: Exported | None  # the export's answer, when it was published
     served: Any  # where the served link now points, when it was repointed
     metric: str
     margin: float

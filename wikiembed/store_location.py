@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from wikiembed.finetune import FinetuneSettings, Report
     from wikiembed.model import ModelInfo
     from wikiembed.records import Chunking, Manifest
+    from wikiembed.results import Published
     from wikiembed.settings import RunSettings
 
 
@@ -74,7 +75,7 @@ class StoreLocation(ABC):
         generation a `STORE/gens/ID` path names: `Store.at`), a Volume one at the generation its view works on."""
 
     @abstractmethod
-    def publish(self, target: str, **options: Any) -> dict[str, Any]:
+    def publish(self, target: str, **options: Any) -> "Published":
         """`wikiembed export` / `upload`: the done shards of the store to `target`; `options` are
         `wikiembed.publish.publish`'s."""
 
@@ -134,7 +135,7 @@ class LocalFolder(StoreLocation):
     def open_for_reading(self) -> Store:
         return Store.at(self.spec)
 
-    def publish(self, target: str, **options: Any) -> dict[str, Any]:
+    def publish(self, target: str, **options: Any) -> "Published":
         from wikiembed.publish import publish
 
         return publish(Store.at(self.spec).named, target, **options)
@@ -213,7 +214,7 @@ class OnVolume(StoreLocation):
     def open_for_reading(self) -> VolumeStore:
         return VolumeStore(self.spec)
 
-    def publish(self, target: str, **options: Any) -> dict[str, Any]:
+    def publish(self, target: str, **options: Any) -> "Published":
         return VolumeStore(self.spec).publish(target, **options)
 
     def published_manifest(self) -> "Manifest":

@@ -22,7 +22,7 @@ Touches: the store under `root` (through `wikiembed.store`), the backend that em
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, Mapping
 
 from wikiembed.backends.base import Backend
 from wikiembed.backends.factory import BackendOptions
@@ -37,11 +37,11 @@ from wikiembed.records import Marker
 from wikiembed.reuse_index import ReuseIndex
 from wikiembed.card import write_card
 from wikiembed.publish import publish
+from wikiembed.results import Exported, Published, ShardStatus
 from wikiembed.settings import RunSettings
 from wikiembed.store import LOCAL, Store, StoreSync
+from wikiembed.store_results import GenerationView, Planned
 
-# The shard-state fields the flow reads.
-STATE_VIEW = ("shard", "state", "rows", "chunks", "error", "attempts")
 # The manifest fields the flow reads (the rest stays in the store).
 MANIFEST_VIEW = ("source", "model", "chunking", "plan", "settings", "skipped", "compact", "generation", "previous_generation", "base",
                  "changes")
@@ -98,16 +98,17 @@ def calibrate_store(root: str, gen: str, backend: Backend | BackendOptions, sync
     return calibration
 
 
-def prepare_store(settings: dict[str, Any], sync: StoreSync = LOCAL) -> dict[str, Any]:
+def prepare_store(settings: RunSettings | Mapping[str, Any], sync: StoreSync = LOCAL) -> Planned:
     """The download step at the store: snapshot the source and fix the shard plan (see `plan.prepare`).
 
     A new generation of a published store gets the key files of the published one's data files
     made here where they are missing (files written before keys were kept beside them), once, so the
     shard containers load keys rather than each reading every old chunk, and the articles added,
-    edited and removed since (`changes`), counted where both snapshots are.
+    edited and removed since (`changes`), counted where both snapshots are. `settings`: the run's, or
+    their JSON (what a container receives).
     """
     sync.reload()
-    prepared = prepare(RunSettings(**settings))
+    prepared = prepare(settings if isinstance(settings, RunSettings) else RunSettings(**settings))
     changes = prepared.manifest.changes
     if prepared.previous_gen:
         previous = Store(prepared.store.root, prepared.previous_gen, sync)
@@ -116,11 +117,11 @@ def prepare_store(settings: dict[str, Any], sync: StoreSync = LOCAL) -> dict[str
             changes = diff_generations(previous, prepared.store)
     sync.commit()
     release_free_memory()  # what planning held: the shards that follow do not run on top of it
-    return {"store": str(prepared.store.root), "gen": prepared.store.gen, "previous_gen": prepared.previous_gen, "changes": changes}
+    return Planned(str(prepared.store.root), prepared.store.gen, prepared.previous_gen, changes)
 
 
 def view_store(root: str, gen: str | None = None, sync: StoreSync = LOCAL, with_states: bool = True,
-               verify: bool = False) -> dict[str, Any]:
+               verify: bool = False) -> GenerationView:
     """What the flow and `status` need: the generation, the manifest's control fields, each shard's
     state (without its marker: tens of bytes a shard, so 10,000 shards are well under a megabyte;
     `verify` rehashes every data file, as `status --verify` does), and the `current`/`next` pointers."""
@@ -128,12 +129,12 @@ def view_store(root: str, gen: str | None = None, sync: StoreSync = LOCAL, with_
     store.refresh()
     manifest = store.read_manifest()
     states = store.states(manifest, verify=verify) if with_states else []
-    return {
-        "gen": store.gen,
-        "manifest": manifest.model_dump(mode="json", include=set(MANIFEST_VIEW)),
-        "states": [{f: getattr(s, f) for f in STATE_VIEW} for s in states],
-        "pointers": {name: store.pointer(name) for name in ("current", "next")},
-    }
+    return GenerationView(
+        store.gen,
+        manifest.model_dump(mode="json", include=set(MANIFEST_VIEW)),
+        tuple(ShardStatus(s.shard, s.state, s.rows, s.chunks, s.error, s.attempts) for s in states),
+        {name: store.pointer(name) for name in ("current", "next")},
+    )
 
 
 def mark_failed(root: str, gen: str, shard: int, error: str, attempts: int, sync: StoreSync = LOCAL) -> None:
@@ -150,7 +151,7 @@ def forget(root: str, gen: str, shards: list[int], sync: StoreSync = LOCAL) -> N
         store.forget(k)
 
 
-def export_store(root: str, gen: str, upload_to: str | None, sync: StoreSync = LOCAL) -> dict[str, Any]:
+def export_store(root: str, gen: str, upload_to: str | None, sync: StoreSync = LOCAL) -> Exported:
     """The export step at the store: card, promotion of `gen`, then the upload (`hub:` / `dir:`)."""
     store = Store(root, gen, sync)
     store.refresh()
@@ -161,10 +162,10 @@ def export_store(root: str, gen: str, upload_to: str | None, sync: StoreSync = L
     published = publish(Store(root).root, upload_to) if upload_to else None
     if published is not None:
         sync.commit()  # what the upload wrote on the Volume: a `dir:` folder there, the store's staging folder
-    return {"promoted": promoted, "published": published}
+    return Exported(promoted, published)
 
 
-def publish_store(root: str, target: str, options: dict[str, Any], sync: StoreSync = LOCAL) -> dict[str, Any]:
+def publish_store(root: str, target: str, options: Mapping[str, Any], sync: StoreSync = LOCAL) -> Published:
     """`wikiembed export` / `upload` at the store: its done shards to `hub:ORG/NAME` or `dir:PATH`
     (see `publish.publish`, which takes `options`); what it writes in the store (the card, the
     staging folder) and a `dir:` folder on the same Volume are committed."""

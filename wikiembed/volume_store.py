@@ -30,11 +30,16 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from wikiembed.errors import BackendError, InputError, StoreError
 from wikiembed.records import FORMAT, Manifest
+from wikiembed.results import Exported, Published
 from wikiembed.store import ShardState, manifest_of, pid_alive
+from wikiembed.store_results import GenerationView, Planned
+
+if TYPE_CHECKING:
+    from wikiembed.settings import RunSettings
 
 PREFIX = "modal:"
 # Where the deployed apps mount the store Volume; a store `modal:VOLUME/PATH` is at STORE_MOUNT/PATH there.
@@ -122,12 +127,14 @@ class VolumeStore:
         self._pointers: dict[str, str | None] | None = None
         self.gen = gen  # None: the generation status and rerun work on, learnt from the first view
 
-    def _view(self, with_states: bool = True, verify: bool = False) -> dict[str, Any]:
+    def _view(self, with_states: bool = True, verify: bool = False) -> GenerationView:
         # `verify` is sent only when asked: a StoreOps app deployed before it existed still answers the rest.
-        view = self._ops.call("view", mount_path(self.root), self.gen, with_states, *((True,) if verify else ()))
-        self.gen = view["gen"]
-        self._manifest = manifest_of({"format": FORMAT, **view["manifest"]}, f"store {self.root}")  # fixed for a generation: read once
-        self._pointers = view.get("pointers") or {}
+        view = GenerationView.from_json(
+            self._ops.call("view", mount_path(self.root), self.gen, with_states, *((True,) if verify else ()))
+        )
+        self.gen = view.gen
+        self._manifest = manifest_of({"format": FORMAT, **view.manifest}, f"store {self.root}")  # fixed for a generation: read once
+        self._pointers = view.pointers or {}
         return view
 
     def exists(self) -> bool:
@@ -145,7 +152,7 @@ class VolumeStore:
 
     def states(self, manifest: Manifest | None = None, *, verify: bool = False) -> list[ShardState]:
         """Every shard's state, read in a container at the Volume (`verify`: rehashing every data file there)."""
-        return [ShardState(**s) for s in self._view(verify=verify)["states"]]
+        return [ShardState(s.shard, s.state, s.rows, s.chunks, s.error, s.attempts) for s in self._view(verify=verify).states]
 
     def pointer(self, name: str) -> str | None:
         """The generation `current` (published) or `next` (being built) points at, as of the last view."""
@@ -168,20 +175,20 @@ class VolumeStore:
         """One run per Volume store: a lease in `LOCK_DICT`, refused (after `wait_s`) while another run holds it."""
         return VolumeLease(self.root, f"{self.volume}/{self.path}", wait_s)
 
-    def prepare(self, settings: dict[str, Any]) -> dict[str, Any]:
+    def prepare(self, settings: "RunSettings") -> Planned:
         """The download step in the cloud: the source goes straight from the Hub into the Volume."""
-        self.cloud_target(settings.get("upload_to"))  # a wrong --upload-to fails now, not after every shard
-        planned = self._ops.call("prepare", {**settings, "store": mount_path(self.root)})
-        return {**planned, "store": self.root}
+        self.cloud_target(settings.upload_to)  # a wrong --upload-to fails now, not after every shard
+        planned = Planned.from_json(self._ops.call("prepare", {**settings.model_dump(), "store": mount_path(self.root)}))
+        return planned.replace(store=self.root)
 
-    def export(self, upload_to: str | None) -> dict[str, Any]:
+    def export(self, upload_to: str | None) -> Exported:
         """The export step in the cloud: card, promotion, upload from Modal to the Hub (or a folder on the Volume)."""
-        result = self._ops.call("export", mount_path(self.root), self.gen, self.cloud_target(upload_to))
-        if result.get("published"):
-            result["published"] = self._as_seen_here(result["published"], upload_to)
+        result = Exported.from_json(self._ops.call("export", mount_path(self.root), self.gen, self.cloud_target(upload_to)))
+        if result.published:
+            result = result.replace(published=self._as_seen_here(result.published, upload_to))
         return result
 
-    def publish(self, target: str, **options: Any) -> dict[str, Any]:
+    def publish(self, target: str, **options: Any) -> Published:
         """`wikiembed export` / `upload` of a Volume store, run in a `StoreOps` container: the done
         shards go from the Volume to the Hub (`hub:ORG/NAME`) or to a folder on the same Volume
         (`modal:VOLUME/PATH`), never through this machine. `options` are `publish.publish`'s."""
@@ -189,17 +196,17 @@ class VolumeStore:
         # Under the store's lease: a Volume has no file lock that keeps a run's export and this one from
         # writing the same staging folder.
         with self.lock():
-            published = self._ops.call("publish", mount_path(self.root), target_there, options)
+            published = Published.from_json(self._ops.call("publish", mount_path(self.root), target_there, options))
         return self._as_seen_here(published, target)
 
     def cloud_target(self, target: str | None) -> str | None:
         """A publishing target as the container sees it (`cloud_target`)."""
         return cloud_target(self.root, target)
 
-    def _as_seen_here(self, published: dict[str, Any], target: str | None) -> dict[str, Any]:
+    def _as_seen_here(self, published: Published, target: str | None) -> Published:
         """The container's answer with the target and folder as the user named them (not the mount path)."""
         if target and target.startswith(PREFIX):
-            return {**published, "target": target, "url": target}
+            return published.replace(target=target, url=target)
         return published
 
 

@@ -95,7 +95,7 @@ def _cmd_improve(args: argparse.Namespace) -> int:
             f"{METRIC_NAMES[m]} {block.value(m):{sign}.3f} [{block.interval(m)[0]:{sign}.3f}, {block.interval(m)[1]:{sign}.3f}]"
             for m in METRIC_NAMES))
     if result.publish:
-        where = (f"published to {result.published['published']['target']}" if result.published
+        where = (f"published to {result.published.published.target}" if result.published and result.published.published
                  else "no --upload-to given, nothing uploaded")
         print(f"publish ({where}): {result.reason}")
     else:

@@ -35,10 +35,10 @@ def _cmd_publish(args: argparse.Namespace, target: str, **options: Any) -> int:
 
     kwargs: dict[str, Any] = {"allow_partial": args.allow_partial, "replace": args.replace, **options}
     result = locate(args.store).publish(target, **kwargs)
-    if result.get("building"):
-        print(f"wikiembed {args.command}: exported generation {result['generation']}, the published one; "
-              + building_line(args.store, result["building"]), file=sys.stderr)
-    print(json.dumps(result, indent=1, default=str))
+    if result.building:
+        print(f"wikiembed {args.command}: exported generation {result.generation}, the published one; "
+              + building_line(args.store, result.building), file=sys.stderr)
+    print(json.dumps(result.to_json(), indent=1, default=str))
     return EXIT_OK
 
 

@@ -22,6 +22,7 @@ from wikiembed.backends.factory import BackendOptions
 from wikiembed.calibration import calibrate
 from wikiembed.errors import TransientBackendError
 from wikiembed.executors.base import Executor, Planned, ShardJob, StoreView
+from wikiembed.results import Exported
 from wikiembed.store import Store
 
 ENGINE = BackendOptions("local")
@@ -39,7 +40,7 @@ class ToyExecutor(Executor):
 
     def prepare(self) -> Planned:
         ToyExecutor.calls.append(("prepare", None))
-        return Planned.of(store_ops.prepare_store(self.settings.model_dump()))
+        return store_ops.prepare_store(self.settings)
 
     def check_backend(self, model: str) -> None:
         ENGINE.open(model)
@@ -59,7 +60,7 @@ class ToyExecutor(Executor):
         ToyExecutor.calls.append(("prepare_rerun", tuple(shards)))
         return None
 
-    def export(self, root: str, gen: str, upload_to: str | None) -> dict[str, Any]:
+    def export(self, root: str, gen: str, upload_to: str | None) -> Exported:
         ToyExecutor.calls.append(("export", gen))
         return store_ops.export_store(root, gen, upload_to)
 

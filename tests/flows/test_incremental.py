@@ -115,7 +115,7 @@ def test_unchanged_edited_added_removed(prefect_api, versions, v1_store, clean_v
 
     a = publish(store, f"dir:{tmp_path / 'a'}")
     b = publish(clean_store, f"dir:{tmp_path / 'b'}")
-    assert a["rows"] == b["rows"] == clean["chunks"]
+    assert a.rows == b.rows == clean["chunks"]
     ta = pq.read_table(tmp_path / "a" / "data").sort_by([("id", "ascending"), ("chunk_index", "ascending")])
     tb = pq.read_table(tmp_path / "b" / "data").sort_by([("id", "ascending"), ("chunk_index", "ascending")])
     assert ta.column("text").to_pylist() == tb.column("text").to_pylist()

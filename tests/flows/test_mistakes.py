@@ -166,7 +166,7 @@ def test_silent_damage_is_found_by_verify_and_repaired_by_the_command_it_names(p
     rerun_shards(store=str(store), shards=shards)  # the command the message names
     assert status_payload(str(store), verify=True).done == 2
     assert main(["status", "--store", str(store), "--verify"]) == 0
-    assert publish(store, f"dir:{tmp_path / 'out'}")["shards"] == 2
+    assert publish(store, f"dir:{tmp_path / 'out'}").shards == 2
 
 
 def test_a_manifest_of_broken_json_names_the_repair_that_keeps_every_done_shard(prefect_api, capsys, tmp_path):

@@ -52,7 +52,7 @@ def test_shards_run_in_worker_processes_with_the_in_process_result(prefect_api, 
     pooled = store_ops.prepare_store({"source": "sample:120", "store": str(tmp_path / "pooled"), "shard_rows": 30})
     try:
         with ThreadPoolExecutor(4) as threads:
-            markers = list(threads.map(lambda k: shard_workers.run(pooled["store"], pooled["gen"], k, opts, workers=2), range(4)))
+            markers = list(threads.map(lambda k: shard_workers.run(pooled.store, pooled.gen, k, opts, workers=2), range(4)))
     finally:
         shard_workers.release()
     pids = {m.worker_pid for m in markers}
@@ -61,7 +61,7 @@ def test_shards_run_in_worker_processes_with_the_in_process_result(prefect_api, 
     # The same shard function in this process, and the whole flow with its workers: the same bytes.
     alone = store_ops.prepare_store({"source": "sample:120", "store": str(tmp_path / "alone"), "shard_rows": 30})
     for k in range(4):
-        store_ops.run_shard(alone["store"], alone["gen"], k, opts)
+        store_ops.run_shard(alone.store, alone.gen, k, opts)
     summary = embed_dataset(source="sample:120", store=str(tmp_path / "flow"), shard_rows=30, backend="tei",
                             compute={"tei_url": [tei], "shard_workers": 2})  # fmt: skip
     assert summary["shards_done"] == 4 and summary["embedded_chunks"] == sum(m.chunks for m in markers)

@@ -400,19 +400,19 @@ def _serve(cloud: CloudDir, private: Path, out: BinaryIO, inp: BinaryIO) -> None
                     while True:
                         time.sleep(1)
                 settings = dict(args[0], store=_local_root(args[0]["store"], private))
-                result = store_ops.prepare_store(settings, sync)
+                result = store_ops.prepare_store(settings, sync).to_json()  # as StoreOps returns it: plain JSON
             elif method == "view":
-                result = store_ops.view_store(_local_root(args[0], private), args[1], sync, *args[2:])
+                result = store_ops.view_store(_local_root(args[0], private), args[1], sync, *args[2:]).to_json()
             elif method == "mark_failed":
                 result = store_ops.mark_failed(_local_root(args[0], private), *args[1:], sync=sync)
             elif method == "forget":
                 result = store_ops.forget(_local_root(args[0], private), *args[1:], sync=sync)
             elif method == "export":
                 root, gen, upload_to = args
-                result = store_ops.export_store(_local_root(root, private), gen, _local_target(upload_to, private), sync=sync)
+                result = store_ops.export_store(_local_root(root, private), gen, _local_target(upload_to, private), sync=sync).to_json()
             elif method == "publish":
                 root, target, options = args
-                result = store_ops.publish_store(_local_root(root, private), _local_target(target, private), options, sync=sync)
+                result = store_ops.publish_store(_local_root(root, private), _local_target(target, private), options, sync=sync).to_json()
             elif (cls, method) == ("Finetune", "run"):  # as Finetune.run calls it: paths relative to the Volume's root
                 *paths, settings = args
                 result = _as_mounted(finetune_at_store(*(_local_root(f"{MOUNT}/{p.strip('/')}", private) for p in paths),

@@ -185,10 +185,10 @@ def test_dir_export_loads_through_its_card_and_reruns_byte_identical(store: Path
 
     out = tmp_path / "published"
     summary = publish(store, f"dir:{out}", file_bytes=two_shards_per_file(store))
-    assert summary["committed"] is True and summary["url"] == str(out)
-    assert summary["data_files"] == ["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet"]
+    assert summary.committed is True and summary.url == str(out)
+    assert summary.data_files == ("data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet")
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
-        EXPORT_MARKER, "README.md", *summary["data_files"]]
+        EXPORT_MARKER, "README.md", *summary.data_files]
     assert (out / "README.md").read_bytes() == (store / "README.md").read_bytes()
 
     ds = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "hf-cache"))
@@ -199,12 +199,12 @@ def test_dir_export_loads_through_its_card_and_reruns_byte_identical(store: Path
     expected = pa.concat_tables([pq.read_table(store / "data" / f"{k:05d}.parquet") for k in range(4)])
     assert ds.data.table.select(expected.column_names).equals(expected.replace_schema_metadata(None))
 
-    staged = {p: sha(store / "_publish" / p) for p in summary["data_files"]}
-    mtimes = {p: (store / "_publish" / p).stat().st_mtime_ns for p in summary["data_files"]}
+    staged = {p: sha(store / "_publish" / p) for p in summary.data_files}
+    mtimes = {p: (store / "_publish" / p).stat().st_mtime_ns for p in summary.data_files}
     again = publish(store, f"dir:{out}", file_bytes=two_shards_per_file(store))
-    assert again["committed"] is False
-    assert {p: sha(store / "_publish" / p) for p in again["data_files"]} == staged
-    assert {p: (store / "_publish" / p).stat().st_mtime_ns for p in again["data_files"]} == mtimes  # not rebuilt
+    assert again.committed is False
+    assert {p: sha(store / "_publish" / p) for p in again.data_files} == staged
+    assert {p: (store / "_publish" / p).stat().st_mtime_ns for p in again.data_files} == mtimes  # not rebuilt
 
 
 def test_card_usage_snippet_finds_the_nearest_neighbour(store: Path, tmp_path: Path) -> None:
@@ -241,7 +241,7 @@ def test_layout_change_rebuilds_and_removes_stale_files(store: Path, tmp_path: P
     publish(store, f"dir:{out}", file_bytes=1)  # one file per shard
     assert len(list((out / "data").glob("*.parquet"))) == 4
     summary = publish(store, f"dir:{out}", file_bytes=10**9)  # everything in one file
-    assert summary["data_files"] == ["data/train-00000-of-00001.parquet"]
+    assert summary.data_files == ("data/train-00000-of-00001.parquet",)
     assert [p.name for p in (out / "data").glob("*.parquet")] == ["train-00000-of-00001.parquet"]
     assert [p.name for p in (store / "_publish" / "data").iterdir()] == ["train-00000-of-00001.parquet"]
 
@@ -253,8 +253,8 @@ def test_nested_layout_past_the_folder_limit_still_loads(store: Path, tmp_path: 
     monkeypatch.setattr(upload, "MAX_FILES_PER_FOLDER", 3)
     out = tmp_path / "published"
     summary = publish(store, f"dir:{out}", file_bytes=1)
-    assert summary["data_files"][0] == "data/0000/train-00000-of-00004.parquet"
-    assert summary["data_files"][-1] == "data/0001/train-00003-of-00004.parquet"
+    assert summary.data_files[0] == "data/0000/train-00000-of-00004.parquet"
+    assert summary.data_files[-1] == "data/0001/train-00003-of-00004.parquet"
     ds = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "hf-cache"))
     assert ds.num_rows == 4 * ROWS_PER_SHARD * CHUNKS_PER_ROW
 
@@ -272,7 +272,7 @@ def test_store_root_with_generations_keeps_its_links(tmp_path: Path) -> None:
     root = generation.root
 
     summary = publish(root, f"dir:{tmp_path / 'out'}")
-    assert summary["shards"] == 4
+    assert summary.shards == 4
     assert (root / "README.md").is_symlink()  # still the link, now pointing at a real card
     assert (generation.dir / "README.md").read_text() == (tmp_path / "out" / "README.md").read_text()
     assert write_card(generation.dir) == generation.dir / "README.md"  # what the flow's export task calls
@@ -291,7 +291,7 @@ def test_refuses_unfinished_shards_and_names_them(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
     summary = publish(store, f"dir:{tmp_path / 'out'}", allow_partial=True)
-    assert summary["shards"] == 1 and summary["rows"] == ROWS_PER_SHARD * CHUNKS_PER_ROW
+    assert summary.shards == 1 and summary.rows == ROWS_PER_SHARD * CHUNKS_PER_ROW
     assert "shards: 1 of 4 (partial" in (tmp_path / "out" / "README.md").read_text()
 
 
@@ -329,7 +329,7 @@ from wikiembed.errors import WikiembedError
 from wikiembed.publish import publish
 store, target, kwargs = json.loads(sys.argv[1])
 try:
-    print("RESULT " + json.dumps(publish(store, target, **kwargs)))
+    print("RESULT " + json.dumps(publish(store, target, **kwargs).to_json()))
 except WikiembedError as exc:
     print("ERROR " + type(exc).__name__ + ": " + str(exc))
     sys.exit(3)
@@ -511,7 +511,7 @@ def test_export_never_overwrites_a_folder_it_did_not_write(store: Path, tmp_path
     publish(store, f"dir:{theirs}", replace=True)
     assert (theirs / "README.md").read_bytes() == (store / "README.md").read_bytes()
     assert not (theirs / "data" / "train-00002-of-00003.parquet").exists()
-    assert publish(store, f"dir:{theirs}")["committed"] is False
+    assert publish(store, f"dir:{theirs}").committed is False
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -564,7 +564,7 @@ def test_export_writes_and_deletes_through_no_link_it_did_not_make(tmp_path: Pat
         publish(root, f"dir:{out}")
     assert _files(elsewhere) == before
     (out / "data").unlink()
-    assert publish(root, f"dir:{out}")["committed"] is True  # once the link is gone, the export completes
+    assert publish(root, f"dir:{out}").committed is True  # once the link is gone, the export completes
 
 
 def test_atomic_writes_and_removals_refuse_a_link_on_the_path(tmp_path: Path) -> None:
@@ -651,4 +651,4 @@ def test_damage_behind_an_earlier_exports_cache_is_refused_by_name(store: Path, 
         publish(store, f"dir:{out}", file_bytes=two_shards_per_file(store))
     # the earlier export is left as it was
     assert {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()} == exported
-    assert first["committed"] is True
+    assert first.committed is True

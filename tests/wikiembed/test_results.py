@@ -8,8 +8,10 @@ import pickle
 import pytest
 
 from wikiembed.results import (
-    Comparison, Figures, FinetuneRecord, ImproveResult, ReembedCounts, RunSummary, StatusPayload, StoreFigures,
+    Comparison, Exported, Figures, FinetuneRecord, ImproveResult, Published, ReembedCounts, RunSummary, StatusPayload,
+    StoreFigures,
 )
+from wikiembed.store_results import GenerationView, Planned
 
 SUMMARY = {
     "store": "/tmp/s", "generation": "4f9cd45925543316", "source": "sample:300", "model": "m", "revision": "sha256:cc",
@@ -42,6 +44,13 @@ STORE_FIGURES = {"store": "/s", "generation": "g", "model": "m", "n": 7,
 IMPROVE = {"publish": True, "reason": "better", "published": None, "served": None, "metric": "mrr", "margin": 0.01,
            "old": STORE_FIGURES, "new": STORE_FIGURES, "difference": {"form": "float32", **METRIC_BLOCK}, "finetune": FINETUNE,
            "reembed": {"chunks": 40, "embedded_chunks": 40, "reused_chunks": 0, "shards_done": 3, "shards_total": 3}}
+PUBLISHED = {"target": "dir:/out", "files": 2, "bytes": 1486944, "data_files": ["data/train-00000-of-00001.parquet"],
+             "shards": 3, "rows": 507, "generation": "g", "building": None, "url": "/out", "committed": True}
+EXPORTED = {"promoted": True, "published": PUBLISHED}
+PLANNED = {"store": "/s", "gen": "g2", "previous_gen": "g", "changes": {"added": 3, "edited": 1, "removed": 0}}
+VIEW = {"gen": "g", "manifest": {"source": {"spec": "sample:300"}, "plan": {"shards": [[0, 100]]}},
+        "states": [{"shard": 0, "state": "done", "rows": 100, "chunks": 151, "error": None, "attempts": 0}],
+        "pointers": {"current": "g", "next": None}}
 STATUS = {
     "store": "/s", "generation": "g", "source": "sample:300", "model": "m",
     "chunking": {"chunker": "tokens", "chunk_size": 256, "chunk_overlap": 0}, "skipped_rows": 3, "skipped": {"blank text": 3},
@@ -54,7 +63,9 @@ STATUS = {
 
 @pytest.mark.parametrize("kind, payload", [
     (RunSummary, SUMMARY), (FinetuneRecord, FINETUNE), (ImproveResult, IMPROVE), (StatusPayload, STATUS),
-    (StoreFigures, STORE_FIGURES), (Figures, FINETUNE["difference"]),
+    (StoreFigures, STORE_FIGURES), (Figures, FINETUNE["difference"]), (Published, PUBLISHED), (Exported, EXPORTED),
+    (Exported, {"promoted": False, "published": None}), (ImproveResult, {**IMPROVE, "published": EXPORTED}),
+    (Planned, PLANNED), (GenerationView, VIEW),
 ])
 def test_json_round_trips_byte_for_byte_and_records_pickle(kind, payload):
     record = kind.from_json(payload)
@@ -93,3 +104,13 @@ def test_a_comparison_from_evaluates_result():
     assert compared.new.store == "/new" and compared.difference.form == "float32"
     assert ReembedCounts.of(RunSummary.from_json(SUMMARY)).to_json() == {
         "chunks": 507, "embedded_chunks": 507, "reused_chunks": 0, "shards_done": 2, "shards_total": 3}
+
+
+def test_what_the_store_steps_answer_reads_back_from_the_json_a_container_sends():
+    improved = ImproveResult.from_json({**IMPROVE, "published": EXPORTED})
+    assert improved.published.published.data_files == ("data/train-00000-of-00001.parquet",)
+    view = GenerationView.from_json(VIEW)
+    assert view.states[0].chunks == 151 and view.pointers["current"] == "g"
+    older = GenerationView.from_json({k: v for k, v in VIEW.items() if k != "pointers"})  # an app deployed before pointers
+    assert older.pointers == {}
+    assert Planned.from_json(PLANNED).replace(store="modal:v/s").to_json() == {**PLANNED, "store": "modal:v/s"}

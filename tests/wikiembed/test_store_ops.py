@@ -36,7 +36,7 @@ def _settings(store: str, rows: int = 60, shard_rows: int = 30) -> dict:
 
 def test_run_shard_writes_data_then_marker_and_a_second_call_redoes_nothing(tmp_path: Path, tei: BackendOptions) -> None:
     planned = store_ops.prepare_store(_settings(str(tmp_path / "store")))
-    root, gen = planned["store"], planned["gen"]
+    root, gen = planned.store, planned.gen
     marker = store_ops.run_shard(root, gen, 1, tei)
     store = Store(root, gen)
     assert store.read_done(1) == marker and store.verify_done(1) == marker
@@ -48,8 +48,8 @@ def test_run_shard_writes_data_then_marker_and_a_second_call_redoes_nothing(tmp_
     assert store_ops.run_shard(root, gen, 1, tei) == marker  # e.g. an input Modal rescheduled after a crash
     assert store.data_path(1).stat().st_mtime_ns == mtime
     view = store_ops.view_store(root)
-    assert [s["state"] for s in view["states"]] == ["pending", "done"] and view["gen"] == gen
-    assert view["pointers"] == {"current": gen, "next": None}  # a first generation is the current one from the start
+    assert [s.state for s in view.states] == ["pending", "done"] and view.gen == gen
+    assert view.pointers == {"current": gen, "next": None}  # a first generation is the current one from the start
 
     # A byte flipped with size, mtime and inode kept: the view trusts the stat; a verifying view (what
     # `status --verify` asks a StoreOps container for) rehashes and reports the shard changed.
@@ -59,8 +59,8 @@ def test_run_shard_writes_data_then_marker_and_a_second_call_redoes_nothing(tmp_
     with open(data, "r+b") as fh:  # in place: the same inode
         fh.write(bytes(raw))
     os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert [s["state"] for s in store_ops.view_store(root)["states"]] == ["pending", "done"]
-    assert [s["state"] for s in store_ops.view_store(root, verify=True)["states"]] == ["pending", "changed"]
+    assert [s.state for s in store_ops.view_store(root).states] == ["pending", "done"]
+    assert [s.state for s in store_ops.view_store(root, verify=True).states] == ["pending", "changed"]
 
 
 class _Recording(EmulatedVolume):
@@ -80,9 +80,9 @@ def test_volume_contract_data_committed_before_marker_and_seen_only_after_reload
     a = _Recording(cloud, tmp_path / "a")
     b = EmulatedVolume(cloud, tmp_path / "b")
     planned = store_ops.prepare_store(_settings(str(a.private / "s")), a)
-    gen = planned["gen"]
+    gen = planned.gen
     b_view_before = store_ops.view_store(str(b.private / "s"), gen, b)  # b reloads: sees the committed plan
-    assert [s["state"] for s in b_view_before["states"]] == ["pending", "pending"]
+    assert [s.state for s in b_view_before.states] == ["pending", "pending"]
 
     store_ops.run_shard(str(a.private / "s"), gen, 0, tei, a)
     data, done = f"s/gens/{gen}/data/00000.parquet", f"s/gens/{gen}/_done/00000.json"
@@ -92,7 +92,7 @@ def test_volume_contract_data_committed_before_marker_and_seen_only_after_reload
     # Without a reload, b's copy still has no trace of a's shard; after one, b sees it done.
     assert not (b.private / done).exists()
     view = store_ops.view_store(str(b.private / "s"), gen, b)
-    assert [s["state"] for s in view["states"]] == ["done", "pending"]
+    assert [s.state for s in view.states] == ["done", "pending"]
     assert Store(b.private / "s", gen).verify_done(0) is not None  # b's own copy: another inode, same bytes
 
     # Uncommitted writes stay private; and a reload with a file open is refused, as on Modal.

@@ -31,7 +31,7 @@ branches on its name.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, ContextManager, Protocol
 
 from wikiembed import reuse_index
@@ -39,10 +39,12 @@ from wikiembed.backends.factory import BackendOptions
 from wikiembed.errors import BackendError, InputError, TransientBackendError, WikiembedError
 from wikiembed.model import WAY_OUT
 from wikiembed.records import Manifest, Marker, VectorKind
+from wikiembed.store_results import Planned  # noqa: F401 (the download step's answer: importable from here)
 from wikiembed.store_location import locate
 
 if TYPE_CHECKING:
     from wikiembed.model import ModelInfo
+    from wikiembed.results import Exported
     from wikiembed.settings import ComputeOptions, RunSettings
     from wikiembed.store import ShardState
 
@@ -62,21 +64,6 @@ class StoreView(Protocol):
     def mark_failed(self, shard: int, error: str, attempts: int) -> None: ...
     def forget(self, shard: int) -> None: ...
     def lock(self, wait_s: float = 0.0) -> ContextManager[Any]: ...
-
-
-@dataclass(frozen=True)
-class Planned:
-    """The download step's answer: the generation to fill, the published one it may reuse vectors
-    from, and the articles added, edited and removed between them."""
-
-    store: str
-    gen: str
-    previous_gen: str | None = None
-    changes: dict[str, int] | None = field(default=None)
-
-    @classmethod
-    def of(cls, answer: dict[str, Any]) -> "Planned":
-        return cls(answer["store"], answer["gen"], answer.get("previous_gen"), answer.get("changes"))
 
 
 @dataclass(frozen=True)
@@ -186,7 +173,7 @@ class Executor(ABC):
     # -- after the shards ----------------------------------------------------------------------
 
     @abstractmethod
-    def export(self, root: str, gen: str, upload_to: str | None) -> dict[str, Any]:
+    def export(self, root: str, gen: str, upload_to: str | None) -> "Exported":
         """Card, then promotion of `gen` to the published generation, then the upload if asked."""
 
     def end_run(self, root: str, reuse_gen: str | None) -> None:

@@ -18,6 +18,7 @@ from wikiembed.calibration import needs_calibration
 from wikiembed.executors.base import MAX_CONCURRENCY, Executor, Planned, ShardJob, StoreView
 from wikiembed.progress import Progress
 from wikiembed.records import Manifest, Marker
+from wikiembed.results import Exported
 from wikiembed.volume_store import VolumeStore, mount_path
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ class ModalContainers(Executor):
 
     def prepare(self) -> Planned:
         # The source goes from the Hub into the Volume, in the cloud.
-        return Planned.of(VolumeStore(self.settings.store).prepare(self.settings.model_dump()))
+        return VolumeStore(self.settings.store).prepare(self.settings)
 
     def check_backend(self, model: str) -> None:
         """The shard containers open their own backend next to the Volume."""
@@ -71,7 +72,7 @@ class ModalContainers(Executor):
             store.forget(k)
         return None
 
-    def export(self, root: str, gen: str, upload_to: str | None) -> dict[str, Any]:
+    def export(self, root: str, gen: str, upload_to: str | None) -> Exported:
         return VolumeStore(root, gen).export(upload_to)
 
     def default_concurrency(self) -> int:

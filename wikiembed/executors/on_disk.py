@@ -21,6 +21,7 @@ from wikiembed.model import model_info
 from wikiembed.snapshots import check_snapshot
 from wikiembed.store import Store
 from wikiembed.records import Manifest, VectorKind
+from wikiembed.results import Exported
 
 
 class OnDisk(Executor):
@@ -33,7 +34,7 @@ class OnDisk(Executor):
         return Store(spec, gen)
 
     def prepare(self) -> Planned:
-        return Planned.of(store_ops.prepare_store(self.settings.model_dump()))
+        return store_ops.prepare_store(self.settings)
 
     def calibrate(self, root: str, gen: str) -> dict[str, Any] | None:
         return calibrate(Store(root, gen), self.backend)
@@ -55,7 +56,7 @@ class OnDisk(Executor):
             reuse_index.ReuseIndex(Store(s.root, reuse_gen)).save()
         return reuse_gen
 
-    def export(self, root: str, gen: str, upload_to: str | None) -> dict[str, Any]:
+    def export(self, root: str, gen: str, upload_to: str | None) -> Exported:
         return store_ops.export_store(root, gen, upload_to)
 
 
