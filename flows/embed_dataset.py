@@ -50,7 +50,7 @@ from wikiembed.index_segments import require_library
 from wikiembed.model import load_tokenizer
 from wikiembed.progress import Progress
 from wikiembed.settings import RunSettings, ShardSelection, parse_shards
-from wikiembed.store import ShardState, misfit
+from wikiembed.store_parts import ShardState
 from wikiembed.tasks.calibrate import calibrate_task
 from wikiembed.tasks.download import download_task
 from wikiembed.tasks.embed import embed_task
@@ -59,7 +59,7 @@ from wikiembed.tasks.export import export_task
 from wikiembed.tasks.index import index_task
 from wikiembed.tasks.retry import attempts_of
 from wikiembed.store_location import locate
-from wikiembed.records import Manifest, ShardResult, VectorKind
+from wikiembed.records import Manifest, ShardResult, VectorKind, misfit
 from wikiembed.results import EvalHeadline, IndexBuilt, PredictedVsActual, RunSummary
 
 # Each shard in flight holds a pool thread (its embed task); see the executors' concurrency.

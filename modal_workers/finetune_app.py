@@ -32,7 +32,7 @@ import modal
 from wikiembed.errors import InputError
 from wikiembed.evaluate import compare_at_store
 from wikiembed.finetune import finetune_at_store
-from wikiembed.store import LOCAL
+from wikiembed.store_files import LOCAL
 from wikiembed.volume_store import DEFAULT_VOLUME, STORE_MOUNT, VolumeSync
 
 from modal_workers.common import CACHE_DIR, CACHE_VOLUME, FLOW_RETRIES, PYTHON_VERSION, STORE_VOLUME, gpu_type, packages

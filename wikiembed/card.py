@@ -25,7 +25,8 @@ from wikiembed import atomic
 from wikiembed.embedding import uncompressed_bytes
 from wikiembed.compact import card_section as compact_card_section
 from wikiembed.errors import StoreError
-from wikiembed.store import Part, ShardState, Store
+from wikiembed.store import Store
+from wikiembed.store_parts import Part, ShardState
 from wikiembed.records import Manifest, SourceRecord, VectorKind
 
 SPLIT = "train"

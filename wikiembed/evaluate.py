@@ -37,7 +37,7 @@ from wikiembed.compact import available_forms
 from wikiembed.errors import InputError, StoreError
 from wikiembed.queries import JudgedQuery, match, read_queries, store_keys
 from wikiembed.search import DEFAULT_RESCORE, Ranking, StoreVectors
-from wikiembed.store import LOCAL, StoreSync, write_json_atomic
+from wikiembed.store_files import LOCAL, StoreSync, write_json_atomic
 
 DEFAULT_SAMPLE = 500
 DEPTH = 10  # recall@10 and MRR@10 need the top 10

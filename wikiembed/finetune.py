@@ -57,7 +57,7 @@ from wikiembed.model import load_tokenizer, model_info
 from wikiembed.queries import JudgedQuery, match, read_queries, split_holdout, store_keys
 from wikiembed.search import StoreVectors
 from wikiembed.results import METRICS, Figures, FinetuneRecord, PairCounts
-from wikiembed.store import LOCAL, StoreLock, StoreSync
+from wikiembed.store_files import LOCAL, StoreLock, StoreSync
 
 RECORD = "finetune.json"
 # Fewer training queries than this teach noise, not the users' intent: refuse rather than publish it.

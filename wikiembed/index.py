@@ -47,7 +47,7 @@ from wikiembed.compact import Form, Scorer
 from wikiembed.errors import InputError
 from wikiembed.index_segments import (EXPANSION_SEARCH, INSTALL, ROW_BITS, ROW_MASK, find_segments, legacy_paths,
                                       require_library)
-from wikiembed.store import Part
+from wikiembed.store_parts import Part
 
 # A segment with dropped rows is first asked for count + min(dropped, max(count, DROPPED_EXTRA)) candidates.
 DROPPED_EXTRA = 32

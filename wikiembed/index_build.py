@@ -22,7 +22,7 @@ from wikiembed.errors import StoreError
 from wikiembed.index_segments import (CONNECTIVITY, EXPANSION_ADD, build_segments, folder, library_version, metric,
                                       relative, remove_legacy, require_library, scalar, segment_rows)
 from wikiembed.search import SCAN_ROWS, StoreVectors
-from wikiembed.store import Part
+from wikiembed.store_parts import Part
 
 
 def _batches(form: Form):  # noqa: ANN202

@@ -67,7 +67,7 @@ import numpy as np
 from wikiembed.atomic import atomic_path, remove, write_json
 from wikiembed.compact import Form
 from wikiembed.errors import InputError, StoreError
-from wikiembed.store import Part
+from wikiembed.store_parts import Part
 
 INSTALL = "pip install 'wikiembed[index]'"
 INDEX_DIR = "index"

@@ -47,7 +47,9 @@ from wikiembed.publish_targets import (  # noqa: F401 (EXPORT_MARKER, check_targ
     check_target,
 )
 from wikiembed.results import Published
-from wikiembed.store import Part, ShardState, Store, StoreLock, each_in_threads, sha256_file
+from wikiembed.store import Store, StoreLock, sha256_file
+from wikiembed.store_files import each_in_threads
+from wikiembed.store_parts import Part, ShardState
 
 logger = logging.getLogger(__name__)
 

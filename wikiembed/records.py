@@ -13,20 +13,24 @@ Versions. `format` is the manifest's layout version (`FORMAT`). A manifest writt
 wikiembed opens: fields it lacks take their defaults (a plain mean/CLS model with no prompts,
 no compact forms). One of a newer layout is refused with the upgrade that reads it. Fields
 this version does not know are kept through a read-modify-write (`extra="allow"`), so an
-older wikiembed never drops what a newer one recorded.
+older wikiembed never drops what a newer one recorded. `manifest_of` and `marker_of` read a manifest
+and a marker from their JSON, refusing a newer layout by name; `misfit` says why a valid marker
+still does not vouch for its shard in a generation.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from wikiembed.errors import StoreError
 
 # The manifest layout this wikiembed writes and reads.
 FORMAT = 1
 # The `_done/` marker layout this wikiembed writes and reads; a marker without the field is of
 # layout 1 (the first: markers written before the field existed read as this one). A marker of a
-# newer layout is refused with the upgrade that reads it, naming its file (`wikiembed.store._marker`);
+# newer layout is refused with the upgrade that reads it, naming its file (`marker_of`);
 # one that is not a whole marker of a layout this wikiembed knows vouches for nothing (`Store.states`).
 MARKER_FORMAT = 1
 
@@ -290,3 +294,56 @@ class ShardResult(Marker):
     attempts: int = 1  # task runs it took (Prefect's retries)
     request_retries: int = 0  # requests its backend retried (a shard worker's TEI client)
     worker_pid: int | None = None  # the shard worker process that ran it
+
+
+def manifest_of(record: Any, where: str) -> Manifest:
+    """A manifest from its JSON: one of an older layout opens (missing fields take their defaults),
+    one of a newer layout is refused with the upgrade that reads it, a damaged one is named."""
+    found = record.get("format") if isinstance(record, dict) else None
+    if isinstance(found, int) and found > FORMAT:
+        raise StoreError(
+            f"{where}: manifest.json has layout {found}, made by a newer wikiembed than this one (which reads up to "
+            f"{FORMAT}); upgrade wikiembed (`pip install -U wikiembed`, or pull the repository) to open it. Nothing was changed."
+        )
+    if found != FORMAT:
+        raise StoreError(f"{where}: manifest format {found!r} is not {FORMAT}; use a new --store.")
+    try:
+        return Manifest.model_validate(record)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        field = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        raise StoreError(
+            f"{where}: manifest.json is damaged at {field} ({problem['msg']}); restore it from a backup, or remove it and run "
+            "the same `wikiembed run` that made the store again: it rebuilds manifest.json and keeps the done shards."
+        ) from None
+
+
+def misfit(marker: Marker, kind: VectorKind | None) -> str | None:
+    """Why a valid marker still does not vouch for its shard in this generation, or None when it does:
+    a marker layout this wikiembed does not read (an older one than the first: a newer one is refused
+    as it is read, `marker_of`), or vectors of another kind than `kind` (the generation's: another model
+    revision, pooling, prompt ...)."""
+    if marker.format != MARKER_FORMAT:
+        return (f"its _done marker has layout {marker.format}, not {MARKER_FORMAT} (the one this wikiembed reads); "
+                "upgrade wikiembed, or redo the shard")
+    if kind is not None and marker.vectors is not None and not kind.agrees_with(marker.vectors):
+        return (f"its vectors come from {marker.vectors.describe()}, but the generation holds vectors from "
+                f"{kind.describe()}; redo the shard with the generation's own model")
+    return None
+
+
+def marker_of(record: Any, path: str) -> Marker | None:
+    """A marker from its JSON; one that is not a whole marker (cut short, hand-edited) vouches for nothing. One of a
+    newer layout than this wikiembed reads (`format` above `MARKER_FORMAT`) is refused, naming its file: read as
+    "not done", its shard would be embedded again and its marker replaced by an older layout's."""
+    found = record.get("format") if isinstance(record, dict) else None
+    if isinstance(found, int) and not isinstance(found, bool) and found > MARKER_FORMAT:
+        raise StoreError(
+            f"{path}: a _done marker of layout {found}, written by a newer wikiembed than this one (which reads marker "
+            f"layouts up to {MARKER_FORMAT}); upgrade wikiembed (`pip install -U wikiembed`, or pull the repository) to "
+            "read or resume this store. Nothing was changed."
+        )
+    try:
+        return Marker.model_validate(record)
+    except ValidationError:
+        return None

@@ -382,7 +382,7 @@ class ImproveResult(JsonRecord):
 
 @dataclass(frozen=True)
 class ShardStatus(JsonRecord):
-    """One planned shard in `wikiembed status` (`wikiembed.store.ShardState` without its marker)."""
+    """One planned shard in `wikiembed status` (`wikiembed.store_parts.ShardState` without its marker)."""
 
     shard: int
     state: str  # done | failed | pending | changed

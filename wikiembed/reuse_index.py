@@ -28,7 +28,8 @@ import pyarrow.parquet as pq
 from wikiembed import chunk_keys
 from wikiembed.atomic import remove
 from wikiembed.memory import release_free_memory
-from wikiembed.store import LOCAL, Store, StoreSync
+from wikiembed.store import Store
+from wikiembed.store_files import LOCAL, StoreSync
 
 
 class ReuseIndex:

@@ -8,9 +8,11 @@ marker) means "not done". Every write is temp + fsync + rename.
 
 A store lives on a local disk or on a Modal Volume mounted into a container. The
 code is the same filesystem code either way; a Volume only adds two points of
-synchronisation (`StoreSync`): `refresh()` before reading what other containers
-wrote, and a commit after each write, with a shard's data committed before its
-marker, so no other container ever sees a marker whose data it cannot see.
+synchronisation (`wikiembed.store_files.StoreSync`): `refresh()` before reading what
+other containers wrote, and a commit after each write, with a shard's data committed
+before its marker, so no other container ever sees a marker whose data it cannot see.
+What a reader is handed (`ShardState`, `Part`) is in `wikiembed.store_parts`; how a
+manifest's and a marker's JSON are read, layout checks included, in `wikiembed.records`.
 
 Touches: only the store folder (and, through `sync`, the Volume it lives on).
 """
@@ -22,105 +24,18 @@ import os
 import socket
 import shlex
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
-from pydantic import ValidationError
 
 from wikiembed import atomic
 from wikiembed.atomic import pid_alive
 from wikiembed.errors import InputError, StoreError
-from wikiembed.records import FORMAT, MARKER_FORMAT, Manifest, Marker, VectorKind
+from wikiembed.records import FORMAT, Manifest, Marker, manifest_of, marker_of, misfit
+from wikiembed.store_files import LOCAL, StoreSync, each_in_threads
 from wikiembed.store_files import StoreLock, sha256_file, store_os_error, write_json_atomic  # noqa: F401 (re-exported)
-
-def each_in_threads(fn: Any, items: list[Any]) -> list[Any]:
-    """`[fn(x) for x in items]` on up to one thread a core: hashing releases the GIL, so a store's files
-    are hashed as fast as the disk gives them, not at one core's sha256 rate."""
-    workers = min(len(items), os.cpu_count() or 1, 8)
-    if workers <= 1:
-        return [fn(x) for x in items]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wikiembed-verify") as pool:
-        return list(pool.map(fn, items))
-
-
-class StoreSync(Protocol):
-    """How a store's writes reach other machines and theirs reach this one.
-
-    A local disk needs nothing (`LOCAL`). A Modal Volume (`wikiembed.volume_store.VolumeSync`)
-    shows other containers' commits only after `reload()` and this container's writes to
-    others only after `commit()`.
-    """
-
-    #: Whether a data file's mtime and inode stay the same for every reader. On a Volume each
-    #: container has its own copy, so the marker's fast stat check falls back to the size.
-    stable_stat: bool
-
-    def reload(self) -> None: ...
-
-    def commit(self) -> None: ...
-
-
-class LocalSync:
-    """A store on a local or shared POSIX disk: writes are visible at once, nothing to do."""
-
-    stable_stat = True
-
-    def reload(self) -> None:
-        pass
-
-    def commit(self) -> None:
-        pass
-
-
-LOCAL = LocalSync()
-
-
-@dataclass(frozen=True)
-class ShardState:
-    """One planned shard as the store records it."""
-
-    shard: int
-    state: str  # done | failed | pending | changed (a marker whose data file no longer matches it)
-    rows: int
-    chunks: int | None
-    error: str | None = None
-    attempts: int = 0
-    marker: Marker | None = None  # the `_done` marker, when done
-
-
-@dataclass(frozen=True)
-class Part:
-    """One data file of a generation as a reader takes it: one of its own done shards, or a shard file
-    of an earlier generation it keeps (`Manifest.base`), less the rows of the articles in `drop`."""
-
-    gen: str
-    shard: int
-    path: Path
-    sha256: str
-    bytes: int
-    rows: int  # articles in the file
-    chunks: int  # rows in the file
-    arrow_bytes: int | None = None
-    drop: Any = None  # pyarrow string array of article ids whose rows are not the generation's, or None
-    dropped_rows: int = 0
-    dropped_chunks: int = 0
-
-    @property
-    def live_chunks(self) -> int:
-        return self.chunks - self.dropped_chunks
-
-    def live(self, ids: Any) -> Any:
-        """A boolean mask over the `id` column values `ids` of this file: the rows the generation holds
-        (None: every row)."""
-        if self.drop is None or not len(self.drop):
-            return None
-        import pyarrow.compute as pc
-
-        return pc.invert(pc.is_in(ids, value_set=self.drop))
+from wikiembed.store_parts import Part, ShardState
 
 
 class Store:
@@ -405,7 +320,7 @@ class Store:
         # Plain strings: `states()` calls this for every shard, and pathlib's joins cost more than the check.
         try:
             with open(done_file, "rb") as fh:
-                marker = _marker(orjson.loads(fh.read()), done_file)  # orjson: a third of json.load's time, which dominated a resume's scan
+                marker = marker_of(orjson.loads(fh.read()), done_file)  # orjson: a third of json.load's time, which dominated a resume's scan
             st = os.stat(data_file)
         except (FileNotFoundError, json.JSONDecodeError, OSError):
             return None
@@ -422,7 +337,7 @@ class Store:
     def verify_done(self, shard: int) -> Marker | None:
         """A full sha256 check of the data file against its marker (used before publishing)."""
         try:
-            marker = _marker(json.loads(self.done_path(shard).read_text(encoding="utf-8")), str(self.done_path(shard)))
+            marker = marker_of(json.loads(self.done_path(shard).read_text(encoding="utf-8")), str(self.done_path(shard)))
             if marker is None or sha256_file(self.data_path(shard)) != marker.sha256:
                 return None
         except (FileNotFoundError, json.JSONDecodeError, OSError):
@@ -517,56 +432,3 @@ class Store:
     def lock(self, wait_s: float = 0.0) -> "StoreLock":
         self.check_root()
         return StoreLock(self.root / ".lock", wait_s)
-
-
-def manifest_of(record: Any, where: str) -> Manifest:
-    """A manifest from its JSON: one of an older layout opens (missing fields take their defaults),
-    one of a newer layout is refused with the upgrade that reads it, a damaged one is named."""
-    found = record.get("format") if isinstance(record, dict) else None
-    if isinstance(found, int) and found > FORMAT:
-        raise StoreError(
-            f"{where}: manifest.json has layout {found}, made by a newer wikiembed than this one (which reads up to "
-            f"{FORMAT}); upgrade wikiembed (`pip install -U wikiembed`, or pull the repository) to open it. Nothing was changed."
-        )
-    if found != FORMAT:
-        raise StoreError(f"{where}: manifest format {found!r} is not {FORMAT}; use a new --store.")
-    try:
-        return Manifest.model_validate(record)
-    except ValidationError as exc:
-        problem = exc.errors()[0]
-        field = ".".join(str(part) for part in problem["loc"]) or "(top level)"
-        raise StoreError(
-            f"{where}: manifest.json is damaged at {field} ({problem['msg']}); restore it from a backup, or remove it and run "
-            "the same `wikiembed run` that made the store again: it rebuilds manifest.json and keeps the done shards."
-        ) from None
-
-
-def misfit(marker: Marker, kind: VectorKind | None) -> str | None:
-    """Why a valid marker still does not vouch for its shard in this generation, or None when it does:
-    a marker layout this wikiembed does not read (an older one than the first: a newer one is refused
-    as it is read, `_marker`), or vectors of another kind than `kind` (the generation's: another model
-    revision, pooling, prompt ...)."""
-    if marker.format != MARKER_FORMAT:
-        return (f"its _done marker has layout {marker.format}, not {MARKER_FORMAT} (the one this wikiembed reads); "
-                "upgrade wikiembed, or redo the shard")
-    if kind is not None and marker.vectors is not None and not kind.agrees_with(marker.vectors):
-        return (f"its vectors come from {marker.vectors.describe()}, but the generation holds vectors from "
-                f"{kind.describe()}; redo the shard with the generation's own model")
-    return None
-
-
-def _marker(record: Any, path: str) -> Marker | None:
-    """A marker from its JSON; one that is not a whole marker (cut short, hand-edited) vouches for nothing. One of a
-    newer layout than this wikiembed reads (`format` above `MARKER_FORMAT`) is refused, naming its file: read as
-    "not done", its shard would be embedded again and its marker replaced by an older layout's."""
-    found = record.get("format") if isinstance(record, dict) else None
-    if isinstance(found, int) and not isinstance(found, bool) and found > MARKER_FORMAT:
-        raise StoreError(
-            f"{path}: a _done marker of layout {found}, written by a newer wikiembed than this one (which reads marker "
-            f"layouts up to {MARKER_FORMAT}); upgrade wikiembed (`pip install -U wikiembed`, or pull the repository) to "
-            "read or resume this store. Nothing was changed."
-        )
-    try:
-        return Marker.model_validate(record)
-    except ValidationError:
-        return None

@@ -1,4 +1,5 @@
-"""A run store's files at the lowest level: hashing a file, writing JSON atomically, an OS error in words, the lock.
+"""A run store's files at the lowest level: hashing a file (and many, on threads: `each_in_threads`), writing
+JSON atomically, an OS error in words, the lock, and how a store's writes reach other machines (`StoreSync`).
 
 `wikiembed.store.Store` (and `wikiembed.publish`, `wikiembed.finetune`) build on these; they are
 importable from `wikiembed.store` too.
@@ -15,7 +16,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from wikiembed import atomic
 from wikiembed.errors import StoreError
@@ -116,3 +117,47 @@ class StoreLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def each_in_threads(fn: Any, items: list[Any]) -> list[Any]:
+    """`[fn(x) for x in items]` on up to one thread a core: hashing releases the GIL, so a store's files
+    are hashed as fast as the disk gives them, not at one core's sha256 rate."""
+    workers = min(len(items), os.cpu_count() or 1, 8)
+    if workers <= 1:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wikiembed-verify") as pool:
+        return list(pool.map(fn, items))
+
+
+class StoreSync(Protocol):
+    """How a store's writes reach other machines and theirs reach this one.
+
+    A local disk needs nothing (`LOCAL`). A Modal Volume (`wikiembed.volume_store.VolumeSync`)
+    shows other containers' commits only after `reload()` and this container's writes to
+    others only after `commit()`.
+    """
+
+    #: Whether a data file's mtime and inode stay the same for every reader. On a Volume each
+    #: container has its own copy, so the marker's fast stat check falls back to the size.
+    stable_stat: bool
+
+    def reload(self) -> None: ...
+
+    def commit(self) -> None: ...
+
+
+class LocalSync:
+    """A store on a local or shared POSIX disk: writes are visible at once, nothing to do."""
+
+    stable_stat = True
+
+    def reload(self) -> None:
+        pass
+
+    def commit(self) -> None:
+        pass
+
+
+LOCAL = LocalSync()

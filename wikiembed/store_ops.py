@@ -39,7 +39,8 @@ from wikiembed.card import write_card
 from wikiembed.publish import publish
 from wikiembed.results import Exported, Published, ShardStatus
 from wikiembed.settings import RunSettings
-from wikiembed.store import LOCAL, Store, StoreSync
+from wikiembed.store import Store
+from wikiembed.store_files import LOCAL, StoreSync
 from wikiembed.store_results import GenerationView, Planned
 
 # The manifest fields the flow reads (the rest stays in the store).

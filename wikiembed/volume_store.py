@@ -32,10 +32,11 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Iterator
 
+from wikiembed.atomic import pid_alive
 from wikiembed.errors import BackendError, InputError, StoreError
-from wikiembed.records import FORMAT, Manifest
+from wikiembed.records import FORMAT, Manifest, manifest_of
 from wikiembed.results import Exported, Published
-from wikiembed.store import ShardState, manifest_of, pid_alive
+from wikiembed.store_parts import ShardState
 from wikiembed.store_results import GenerationView, Planned
 
 if TYPE_CHECKING:

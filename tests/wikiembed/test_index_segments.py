@@ -15,7 +15,7 @@ pytest.importorskip("usearch")
 from wikiembed import index as ann  # noqa: E402
 from wikiembed import index_segments as segs  # noqa: E402
 from wikiembed.compact import Form, Scorer  # noqa: E402
-from wikiembed.store import Part  # noqa: E402
+from wikiembed.store_parts import Part  # noqa: E402
 
 DIM = 32
 FORM = Form("float32", DIM, DIM)

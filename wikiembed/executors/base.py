@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from wikiembed.model import ModelInfo
     from wikiembed.results import Exported
     from wikiembed.settings import ComputeOptions, RunSettings
-    from wikiembed.store import ShardState
+    from wikiembed.store_parts import ShardState
 
 # Shards in flight at once when the settings do not say; see each executor's `default_concurrency`.
 MAX_CONCURRENCY = 100
