@@ -9,13 +9,15 @@ holds every article; an incremental one's only the articles added or edited, so 
 rows of what changed, not the whole table. A generation's live articles (`Articles.of`) are the
 rows of its own table and of the tables of the generations whose files it keeps, each less the
 articles it dropped from them (its `dropped.parquet`); they are read whole only by the next source
-version's planning: 40 bytes an article in memory (~260 MB for English Wikipedia's 6.4 million
-articles). An incremental generation's table written by an earlier version of wikiembed also holds
-the rows of the articles it kept: only its rows whose `gen` is its own generation are taken as its own.
+version's planning, a row group at a time: 48 bytes an article in memory (~310 MB for English
+Wikipedia's 6.4 million articles), sorted by integer sorts of the digests' halves. An incremental
+generation's table written by an earlier version of wikiembed also holds the rows of the articles it
+kept: only its rows whose `gen` is its own generation are taken as its own.
 
 `Diff` streams the new version's rows past the published generation's live articles, by their
-digests (`table_keys` makes them from a table's bytes, no Python string per row): an article whose
-id and content digest are unchanged stays where it is; the others (added or edited) are the new
+digests (`table_keys` makes them from a table's bytes, no Python string per row; `Articles.find`
+searches their first 8 bytes as integers): an article whose id and content digest are unchanged
+stays where it is; the others (added or edited) are the new
 generation's own rows. The articles edited or removed are dropped from the shard files that hold
 them (`wikiembed.store` keeps those files, less the dropped ids).
 
@@ -122,18 +124,17 @@ class Articles:
     id_key: np.ndarray  # S16, sorted
     content_key: np.ndarray  # S16
     order: np.ndarray  # int64: position of each sorted entry among the live rows
+    prefix: np.ndarray  # uint64: each sorted key's first 8 bytes, big-endian (the binary search's keys)
 
     @classmethod
     def of(cls, tables: Sequence[tuple[str, Path]], dropped: pa.Table | None = None) -> "Articles":
         """The live articles of a generation from the tables `(gen, path)` of itself and of the generations
         whose files it keeps: each table's rows whose `gen` is that generation, less the ids `dropped` (a
-        table of `gen`, `id`) lists for it."""
+        table of `gen`, `id`) lists for it. Each table is read a row group at a time (`gen` as a
+        dictionary: one string per generation, not one per article)."""
         layers, keys, contents = [], [], []
         for gen, path in tables:
-            # `gen` read as a dictionary: one string per generation, not one per article.
-            table = pq.read_table(path, columns=["id_key", "content_key", "gen"], read_dictionary=["gen"])
-            live = pc.fill_null(pc.equal(table.column("gen"), gen), False).to_numpy(zero_copy_only=False).copy()
-            key = _s16(table.column("id_key"))
+            live, key, content = _layer(path, gen)
             if dropped is not None:
                 gone = dropped.filter(pc.equal(dropped.column("gen"), gen)).column("id").to_pylist()
                 if gone:
@@ -143,18 +144,51 @@ class Articles:
                     live &= gone_keys[at] != key
             layers.append((path, live))
             keys.append(key[live])
-            contents.append(_s16(table.column("content_key"))[live])
-            del table
-        every = np.concatenate(keys) if keys else np.zeros(0, dtype="S16")
-        order = np.argsort(every, kind="stable")
-        content = np.concatenate(contents) if contents else np.zeros(0, dtype="S16")
-        return cls(layers, every[order], content[order], order)
+            contents.append(content[live])
+            del key, content
+        every = _joined(keys)
+        content = _joined(contents)
+        del keys, contents
+        # Sorted by the keys' two halves as big-endian integers: the order of the 16-byte keys, found by
+        # integer sorts (several times faster than sorting byte strings).
+        halves = every.view(">u8")
+        order = np.lexsort((halves[1::2], halves[0::2]))
+        every, content = every[order], content[order]
+        return cls(layers, every, content, order, _prefix(every))
+
+    def find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(position, found) of each key of `ids` (S16) among the sorted entries: a binary search of the
+        keys' first 8 bytes as integers, checked against the whole key (two keys that share their
+        first 8 bytes, about one pair in a corpus of 10^9 articles, are searched as byte strings)."""
+        n = len(self.id_key)
+        if not n or not len(ids):
+            return np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
+        query = _prefix(ids)
+        pos = np.minimum(np.searchsorted(self.prefix, query), n - 1)
+        found = self.id_key[pos] == ids
+        shared = ~found & (self.prefix[pos] == query)
+        if shared.any():
+            again = np.minimum(np.searchsorted(self.id_key, ids[shared]), n - 1)
+            pos[shared], found[shared] = again, self.id_key[again] == ids[shared]
+        return pos, found
 
     def rows(self, positions: np.ndarray) -> pa.Table:
-        """`id`, `gen` and `row` of the live rows at `positions` (as `order` numbers them)."""
-        live = [pq.read_table(path, columns=["id", "gen", "row"]).filter(pa.array(mask)) for path, mask in self.layers]
-        every = pa.concat_tables(live) if live else SCHEMA.empty_table().select(["id", "gen", "row"])
-        return every.take(pa.array(positions, pa.int64()))
+        """`id`, `gen` and `row` of the live rows at `positions` (as `order` numbers them), in that order.
+        Only the row groups that hold them are read, one at a time."""
+        positions = np.asarray(positions, dtype=np.int64)
+        by_position = np.argsort(positions, kind="stable")
+        wanted = positions[by_position]
+        pieces, start = [], 0
+        for path, live in self.layers:
+            at = np.flatnonzero(live)  # file rows of the layer's live rows
+            first, last = np.searchsorted(wanted, [start, start + len(at)])
+            if last > first:
+                pieces.extend(_take_rows(path, at[wanted[first:last] - start]))
+            start += len(at)
+        every = pa.concat_tables(pieces) if pieces else SCHEMA.empty_table().select(["id", "gen", "row"])
+        inverse = np.empty_like(by_position)
+        inverse[by_position] = np.arange(len(by_position))
+        return every.take(pa.array(inverse, pa.int64()))
 
     def __len__(self) -> int:
         return len(self.id_key)
@@ -165,6 +199,46 @@ def _s16(column: pa.ChunkedArray) -> np.ndarray:
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     raw = np.frombuffer(array.buffers()[1], dtype=np.uint8)[array.offset * 16 : (array.offset + len(array)) * 16]
     return raw.view("S16").copy() if len(array) else np.zeros(0, dtype="S16")
+
+
+def _layer(path: Path, gen: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(live, id_key, content_key) of every row of one articles table: `live`, whether its `gen` is `gen`."""
+    pf = pq.ParquetFile(path, read_dictionary=["gen"])
+    n = pf.metadata.num_rows
+    live, key, content = np.zeros(n, dtype=bool), np.empty(n, dtype="S16"), np.empty(n, dtype="S16")
+    first = 0
+    for group in range(pf.num_row_groups):
+        table = pf.read_row_group(group, columns=["id_key", "content_key", "gen"])
+        end = first + table.num_rows
+        live[first:end] = pc.fill_null(pc.equal(table.column("gen"), gen), False).to_numpy(zero_copy_only=False)
+        key[first:end], content[first:end] = _s16(table.column("id_key")), _s16(table.column("content_key"))
+        first = end
+    return live, key, content
+
+
+def _joined(arrays: list[np.ndarray]) -> np.ndarray:
+    if len(arrays) == 1:
+        return arrays[0]
+    return np.concatenate(arrays) if arrays else np.zeros(0, dtype="S16")
+
+
+def _prefix(keys: np.ndarray) -> np.ndarray:
+    """The first 8 bytes of each S16 key as an unsigned integer, big-endian: their order is the keys' order."""
+    return np.ascontiguousarray(keys, dtype="S16").view(">u8")[0::2].astype(np.uint64)
+
+
+def _take_rows(path: Path, file_rows: np.ndarray) -> list[pa.Table]:
+    """`id`, `gen`, `row` of the rows `file_rows` (ascending) of an articles table, one row group read at a time."""
+    pf = pq.ParquetFile(path)
+    pieces, first = [], 0
+    for group in range(pf.num_row_groups):
+        end = first + pf.metadata.row_group(group).num_rows
+        a, b = np.searchsorted(file_rows, [first, end])
+        if b > a:
+            table = pf.read_row_group(group, columns=["id", "gen", "row"])
+            pieces.append(table.take(pa.array(file_rows[a:b] - first, pa.int64())))
+        first = end
+    return pieces
 
 
 @dataclass
@@ -186,11 +260,7 @@ class Diff:
         order): whether the new generation embeds it itself (an added or edited article)."""
         if not len(ids):
             return np.zeros(0, dtype=bool)
-        if len(self.old):
-            pos = np.minimum(np.searchsorted(self.old.id_key, ids), len(self.old) - 1)
-            found = self.old.id_key[pos] == ids
-        else:
-            pos, found = np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
+        pos, found = self.old.find(ids)
         same = found & (self.old.content_key[pos] == contents) if len(self.old) else found
         self.seen[pos[found]] = True
         edited = found & ~same
