@@ -2,7 +2,8 @@
 and `rerun-shards` (re-embed chosen or failed shards with the store's settings).
 
 The tasks are in `tasks/`, one module per step; this module wires them together,
-keeps shards in flight, and reports to the UI. Shards already done (marker
+keeps shards in flight, and reports to the UI (what it reports, the runs' names and
+tags: `run_reports`; how a flow ends on a user's mistake: `flow_errors`). Shards already done (marker
 matches file) are never submitted, so a resumed run, or a flow run retried from
 the UI, costs one listing of `_done/`.
 
@@ -20,32 +21,27 @@ Touches: the run store, Prefect's API (task runs, artifacts), the backend (throu
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import inspect
-import logging
 import os
-import re
 import shlex
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any, Callable
 
-from prefect import flow, get_client, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
-from prefect.context import FlowRunContext
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
-from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from wikiembed import fast_tokenizer
 from wikiembed.errors import InputError, ShardsFailed, StoreError, WikiembedError
-from wikiembed.estimate import compare, markdown as estimate_markdown, one_line, store_estimate
+from wikiembed.estimate import compare
 from wikiembed.executors import executor_for
 from wikiembed.executors.base import MAX_CONCURRENCY, Executor, ShardJob, StoreView
+from wikiembed.flows.flow_errors import ends_failed_on_user_errors
+from wikiembed.flows.run_reports import (announce_estimate, artifact_key, embed_run_name, report_run, rerun_command,
+                                         rerun_deployment_command, rerun_run_name, source_label, tag_flow_run, what_runs)
 from wikiembed.index_segments import require_library
 from wikiembed.model import load_tokenizer
 from wikiembed.progress import Progress
@@ -66,10 +62,6 @@ from wikiembed.results import EvalHeadline, IndexBuilt, PredictedVsActual, RunSu
 # The UI's progress artifact is updated at most this often: each update is an API call
 # (about a quarter of a second here), which would otherwise cap a run at a few shards a second.
 PROGRESS_ARTIFACT_EVERY_S = 2.0
-
-
-# The deployment of `rerun-shards` in prefect.yaml, named in rerun instructions.
-RERUN_DEPLOYMENT = "rerun-shards/wikiembed-rerun"
 
 
 def _record_vector_kind(executor: Executor, store: StoreView, logger, kind: VectorKind | None = None) -> None:  # noqa: ANN001
@@ -264,172 +256,6 @@ def _use_tokenizer(settings: RunSettings) -> None:
     os.environ[fast_tokenizer.CHOICE_ENV] = settings.compute.tokenizer
 
 
-def _report(store: StoreView, summary: RunSummary, states: list[ShardState], changes: dict[str, Any] | None = None) -> None:
-    """The UI's view of the run: a shard-state table and a markdown summary, keyed per store."""
-    create_table_artifact(
-        [{"shard": s.shard, "state": s.state, "rows": s.rows, "chunks": s.chunks, "error": (s.error or "")[:200]} for s in states],
-        key=artifact_key("shards", store),
-        description=f"shard states of {store.root}",
-    )
-    chunking = ", ".join([str(summary.chunking.get("chunker"))] + [f"{k} {v}" for k, v in summary.chunking.items() if k != "chunker"])
-    lines = [
-        f"# wikiembed run: {summary.shards_done}/{summary.shards_total} shards done",
-        "",
-    ]
-    if summary.rerun_shards is not None:
-        lines += [f"This rerun redid {len(summary.rerun_done or ())} of the {len(summary.rerun_shards)} shards it was asked "
-                  f"to redo ({','.join(map(str, summary.rerun_shards)) or 'none'}); the rest of the store is below.", ""]
-    lines += [
-        f"- store: `{summary.store}` (generation `{summary.generation}`)",
-        f"- source: `{summary.source}`",
-        f"- model: `{summary.model}` (revision `{summary.revision}`)",
-        f"- backend: {summary.backend}" + (f" on {summary.device}" if summary.device else " (this run embedded nothing)"),
-        f"- chunking: {chunking}" + (f", tokens counted by {summary.tokenizer}" if summary.tokenizer else ""),
-        f"- rows: {summary.rows:,} ({summary.skipped_rows:,} skipped)",
-        f"- chunks: {summary.chunks:,} ({summary.embedded_chunks:,} embedded, {summary.reused_chunks:,} reused)",
-        f"- time: {summary.seconds:.1f} s, {summary.chars_per_s:,.0f} chars/s, {summary.retries} retries",
-    ]
-    if summary.predicted_vs_actual:
-        pva = summary.predicted_vs_actual
-        lines.append(
-            f"- predicted vs actual: chunks {pva.chunks.predicted:,} (95%: {pva.chunks.predicted_ci95[0]:,}-"
-            f"{pva.chunks.predicted_ci95[1]:,}) vs {pva.chunks.actual:,}; seconds "
-            f"{pva.seconds.predicted_text()} vs {pva.seconds.actual} ({pva.seconds.basis})"
-        )
-    if changes:
-        lines.append(
-            f"- source changes: {changes['added']} articles added, {changes['edited']} edited, {changes['removed']} removed"
-        )
-    if summary.failed_shards:
-        ids = ",".join(str(k) for k in summary.failed_shards)
-        lines += ["", "## Failed shards", ""]
-        lines += [f"- {s.shard:05d}: {(s.error or '')[:300]}" for s in states if s.state == "failed"]
-        lines += [
-            "",
-            "Rerun them once the cause is fixed, from a terminal:",
-            "",
-            f"    {rerun_command(store.root, ids)}",
-            "",
-            "or through the rerun deployment (a worker on the pool runs it; `-p shards=failed` takes every failed one):",
-            "",
-            f"    {rerun_deployment_command(store.root, ids)}",
-        ]
-    if summary.pending_shards:
-        ids = ",".join(str(k) for k in summary.pending_shards)
-        lines += ["", "## Pending shards", "", f"Never started: {ids}. Embed them with the store's settings:", "",
-                  f"    {rerun_command(store.root, ids)}", "", "or run the same `wikiembed run` command again."]
-    create_markdown_artifact("\n".join(lines), key=artifact_key("summary", store), description=f"run summary of {store.root}")
-
-
-
-def artifact_key(kind: str, store: StoreView) -> str:
-    """`wikiembed-<kind>-<store slug>-<hash>`: each store's latest progress, table and summary
-    under their own keys. Prefect keys allow lowercase letters, digits and dashes, so the slug
-    (the path's end, readable in the UI) drops case and punctuation; the hash of the exact path
-    keeps stores such as runs/a-b, runs/a_b and runs/A.B apart."""
-    path = str(store.root)
-    slug = re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-")[-50:].lstrip("-")
-    return f"wikiembed-{kind}-{slug}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
-
-
-def rerun_command(store: Any, shards: str) -> str:
-    which = "--failed" if shards == "failed" else f"--shards {shards}"
-    return f"wikiembed rerun --store {shlex.quote(str(store))} {which}"
-
-
-def rerun_deployment_command(store: Any, shards: str) -> str:
-    return f"prefect deployment run {RERUN_DEPLOYMENT} -p {shlex.quote(f'store={store}')} -p shards={shards}"
-
-
-def source_label(source: str, config: str | None) -> str:
-    """The source as a user names it: the spec, with the Hub config after a colon."""
-    return f"{source}:{config}" if config else source
-
-
-def run_tags(settings: RunSettings, manifest: Manifest) -> list[str]:
-    """Tags that say what ran, on the flow run (filterable in the UI).
-
-    Not on the shard task runs: Prefect takes a tag-based concurrency slot for every tag of a
-    task run as it starts (one more API call per task, lease included), which cut a Modal run's
-    dispatch rate here by more than half (58 against 20 shards/s, `bench/fanout.py`)."""
-    return [f"model:{manifest.model.model_id}", f"source:{source_label(settings.source, settings.config)}", f"backend:{settings.backend}"]
-
-
-def _tag_flow_run(settings: RunSettings, manifest: Manifest) -> None:
-    add_flow_run_tags(run_tags(settings, manifest))
-
-
-def add_flow_run_tags(tags: list[str]) -> None:
-    """Add tags to the flow run this runs in (none outside one). A flow run's tags are fixed when it is
-    created (by a deployment or a caller), before the model is resolved; ours join the ones it has."""
-    context = FlowRunContext.get()
-    if context is None or context.flow_run is None:
-        return
-    current = list(context.flow_run.tags)
-    added = current + [t for t in tags if t not in current]
-    with get_client(sync_client=True) as client:
-        client.update_flow_run(context.flow_run.id, tags=added)
-    context.flow_run.tags = added  # the next call adds to these, not to the tags the run started with
-
-
-def _what_runs(settings: RunSettings, manifest: Manifest) -> str:
-    return f"source {source_label(settings.source, settings.config)}, model {manifest.model.model_id}, backend {settings.backend}"
-
-
-def _embed_run_name() -> str:
-    # From the raw parameters: a name must not fail before the run can report a bad one.
-    params = {name: field.default for name, field in RunSettings.model_fields.items()} | flow_run.parameters
-    return (f"embed {source_label(params['source'], params['config'])} with {_model_label(str(params['model']))} on "
-            f"{params['backend']} into {params['store']}")
-
-
-def _model_label(model: str) -> str:
-    """A model as a run's name shows it: a Hub id by its name (all-MiniLM-L6-v2); a local folder by its path, relative
-    to the working folder where it is inside it, since its base name alone ("next", a fine-tune's) says nothing."""
-    path = Path(model).expanduser()
-    if not path.is_dir():
-        return model.rstrip("/").rsplit("/", 1)[-1]
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
-def _rerun_run_name() -> str:
-    params = flow_run.parameters
-    selection = params.get("shards", "failed")
-    what = "the failed shards" if str(selection).strip() == "failed" else f"shards {selection}"
-    return f"re-embed {what} of {params['store']}"
-
-
-def _announce_estimate(store: Any, manifest: Manifest, states: list[ShardState], executor: Executor) -> dict[str, Any] | None:
-    """What the pending shards should take, from the snapshot: one line on stderr and a markdown artifact.
-
-    Its rate is the one measured where the run runs: by the store's done shards, else (the local engine on
-    the CPU, open already) by a few seconds of the engine on the sample's chunks; the line says which."""
-    settings = executor.settings
-    shards = manifest.plan.shards
-    model = manifest.model.model_id
-    engine = executor.timing_engine(model)
-    try:
-        predicted = store_estimate(
-            store.snapshot_path, [tuple(shards[st.shard]) for st in states if st.state != "done"], manifest,
-            backend=settings.backend, hardware=executor.rate_hardware(settings.compute),
-            done=[st.marker for st in states if st.state == "done" and st.marker is not None],
-            engine=engine,
-        )
-    except WikiembedError as exc:  # an estimate must never stop a run
-        get_run_logger().warning("no estimate for this run: %s", exc)
-        return None
-    # Written, not printed: the flow's log_prints turns print() into a log record, which the CLI's
-    # console handler does not show. The UI has the artifact below.
-    sys.stderr.write(one_line(predicted) + "\n")
-    sys.stderr.flush()
-    create_markdown_artifact(estimate_markdown(predicted), key=artifact_key("estimate", store),
-                              description=f"what this run of {store.root} should take")
-    return predicted
-
-
 def _finish(executor: Executor, store: StoreView, run: ShardsRun, started: float, changes=None, predicted=None,  # noqa: ANN001
             states: list[ShardState] | None = None, rerun: list[int] | None = None) -> RunSummary:
     settings = executor.settings
@@ -455,7 +281,7 @@ def _finish(executor: Executor, store: StoreView, run: ShardsRun, started: float
         changes=changes or None, eval=checked or None, index=tuple(indexed) if indexed else None, predicted_vs_actual=pva,
         rerun_shards=None if rerun is None else tuple(rerun), rerun_done=None if rerun is None else tuple(sorted(run.results)),
     )
-    _report(store, summary, states, changes)
+    report_run(store, summary, states, changes)
     return summary
 
 
@@ -478,49 +304,6 @@ def _outcome(executor: Executor, summary: RunSummary) -> dict[str, Any] | State:
     )
     get_run_logger().error(message)
     return Failed(message=message, data=ShardsFailed(message, summary.to_json()))
-
-
-class _NoTracebackForUserErrors(logging.Filter):
-    """A user's mistake or a failed shard (a `WikiembedError`) is logged as its message, never as a traceback.
-
-    Prefect logs an exception a task or flow raised with its traceback, and the engine that runs a
-    deployment's flow run logs "Engine execution exited with unexpected exception" with the error
-    of every Failed state the flow returned (it re-raises it to end the process). For our errors the
-    message says all (what, why, the fix) and the flow run's state carries it: the traceback goes,
-    and so does the engine's record, which is no news after the run's own "Finished in state Failed"."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if not isinstance(error, WikiembedError):
-            return True
-        if record.getMessage().startswith("Engine execution exited with unexpected exception"):
-            return False
-        record.exc_info, record.exc_text = None, None
-        return True
-
-
-for _name in ("prefect.flow_runs", "prefect.task_runs"):
-    if not any(isinstance(f, _NoTracebackForUserErrors) for f in logging.getLogger(_name).filters):
-        logging.getLogger(_name).addFilter(_NoTracebackForUserErrors())
-
-
-def ends_failed_on_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A flow function that ends its run Failed with the message of a `WikiembedError` it raised, instead of
-    raising it: the run's state says what to fix and its log holds that line, not a traceback. A caller of
-    the flow still gets the error raised (Prefect raises a Failed state's error), so the CLI's messages and
-    exit codes are the same."""
-
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except WikiembedError as exc:
-            get_run_logger().error("%s", exc)
-            return Failed(message=str(exc), data=exc)
-
-    # Prefect reads the parameters' types from the signature, in this module's names: resolved in fn's own.
-    run.__signature__ = inspect.signature(fn, eval_str=True)  # type: ignore[attr-defined]
-    return run
 
 
 def _takes_run_settings(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -546,7 +329,7 @@ def _takes_run_settings(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @flow(
     name="embed-dataset",
-    flow_run_name=_embed_run_name,
+    flow_run_name=embed_run_name,
     log_prints=True,
     task_runner=ThreadPoolTaskRunner(max_workers=2 * MAX_CONCURRENCY),
 )
@@ -564,7 +347,7 @@ def embed_dataset(**options: Any) -> dict[str, Any] | State:
         planned = download_task(executor)
         s = executor.store(planned.store, planned.gen)
         manifest = s.read_manifest()
-        _tag_flow_run(settings, manifest)
+        tag_flow_run(settings, manifest)
         states = s.states(manifest)
         pending = [st.shard for st in states if st.state != "done"]
         model = manifest.model.model_id
@@ -575,10 +358,10 @@ def embed_dataset(**options: Any) -> dict[str, Any] | State:
         _check_index(executor)
         manifest = s.read_manifest()
         # The estimate reads the snapshot, so only where it is on this machine.
-        predicted = _announce_estimate(s, manifest, states, executor) if pending and executor.data_here else None
+        predicted = announce_estimate(s, manifest, states, executor) if pending and executor.data_here else None
         total = len(manifest.plan.shards)
         get_run_logger().info(
-            "%s: %d shards, %d pending (%d done); %s", s.root, total, len(pending), total - len(pending), _what_runs(settings, manifest)
+            "%s: %d shards, %d pending (%d done); %s", s.root, total, len(pending), total - len(pending), what_runs(settings, manifest)
         )
         run = run_shards(executor, s, pending, reuse_gen=planned.previous_gen, done_before=total - len(pending),
                          retries_before=retries_before, lease=lease)
@@ -599,7 +382,7 @@ def _check_index(executor: Executor) -> None:
 
 @flow(
     name="rerun-shards",
-    flow_run_name=_rerun_run_name,
+    flow_run_name=rerun_run_name,
     log_prints=True,
     task_runner=ThreadPoolTaskRunner(max_workers=2 * MAX_CONCURRENCY),
 )
@@ -631,10 +414,10 @@ def rerun_shards(store: str, shards: ShardSelection = "failed") -> dict[str, Any
         location.check_target(settings.upload_to, str(s.root))  # a rerun that completes the store publishes it: checked before any work
     executor = executor_for(settings)
     _use_tokenizer(settings)
-    _tag_flow_run(settings, manifest)
+    tag_flow_run(settings, manifest)
     get_run_logger().info(
         "%s: re-embedding %d of %d shards (%s); %s", s.root, len(ids), total, ",".join(map(str, ids)) or "none failed",
-        _what_runs(settings, manifest),
+        what_runs(settings, manifest),
     )
     with s.lock() as lease:
         model = manifest.model.model_id

@@ -38,7 +38,9 @@ from prefect.states import Completed, State
 from wikiembed.errors import ShardsFailed, StoreError
 from wikiembed.executors import executor_for
 from wikiembed.finetune import FinetuneSettings, check_holdout
-from wikiembed.flows.embed_dataset import add_flow_run_tags, artifact_key, embed_dataset, ends_failed_on_user_errors
+from wikiembed.flows.embed_dataset import embed_dataset
+from wikiembed.flows.flow_errors import ends_failed_on_user_errors
+from wikiembed.flows.run_reports import add_flow_run_tags, artifact_key
 from wikiembed.improve import MIN_HOLDOUT, ImproveSettings, Metric, decide
 from wikiembed.results import (
     Comparison, Exported, Figures, FinetuneRecord, ImproveResult, ReembedCounts, RunSummary, StoreFigures,

@@ -17,7 +17,7 @@ from tests.wikiembed.test_publish import make_store
 from wikiembed.errors import StoreError
 from wikiembed.flows.cli import _print_summary
 from wikiembed.results import RunSummary
-from wikiembed.flows.embed_dataset import rerun_command, rerun_deployment_command
+from wikiembed.flows.run_reports import rerun_command, rerun_deployment_command
 from wikiembed.publish import publish
 
 # A path a shell would split at the space and expand at the dollar sign.

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.standins.tei_server import start_server
-from wikiembed.flows.embed_dataset import artifact_key
+from wikiembed.flows.run_reports import artifact_key
 from wikiembed.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]

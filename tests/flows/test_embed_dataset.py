@@ -154,7 +154,7 @@ def test_a_run_with_failed_shards_ends_failed_and_says_what_ran_and_how_to_rerun
 
     from tests.flows import faults
     from wikiembed.errors import ShardsFailed
-    from wikiembed.flows.embed_dataset import artifact_key
+    from wikiembed.flows.run_reports import artifact_key
 
     caplog.set_level(logging.INFO, logger="prefect.flow_runs")  # the test session logs only warnings
     faults.install(monkeypatch, poison="Brepen")  # a word in shards 0 and 1 of sample:120, not in shard 2

@@ -101,7 +101,7 @@ def test_a_worse_model_is_not_published(published_store, topics, tmp_path, caplo
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from wikiembed.flows.embed_dataset import artifact_key
+    from wikiembed.flows.run_reports import artifact_key
     from wikiembed.store import Store
 
     with get_client(sync_client=True) as client:

@@ -10,7 +10,8 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from wikiembed.flows.cli import main
-from wikiembed.flows.embed_dataset import artifact_key, embed_dataset
+from wikiembed.flows.embed_dataset import embed_dataset
+from wikiembed.flows.run_reports import artifact_key
 from wikiembed.store import Store
 
 

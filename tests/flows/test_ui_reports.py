@@ -15,7 +15,8 @@ from prefect.client.schemas.sorting import ArtifactSort
 from tests.flows import faults
 from wikiembed.flows.cli import _print_summary
 from wikiembed.results import RunSummary
-from wikiembed.flows.embed_dataset import artifact_key, embed_dataset, rerun_shards
+from wikiembed.flows.embed_dataset import embed_dataset, rerun_shards
+from wikiembed.flows.run_reports import artifact_key
 from wikiembed.settings import parse_shards
 from wikiembed.store import Store
 
