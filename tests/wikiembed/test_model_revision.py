@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import wikiembed.model as model_module
-from wikiembed.model import model_info, model_revision
+import wikiembed.model_revision as revision_module
+from wikiembed.model import model_info
+from wikiembed.model_revision import model_revision
 
 
 def _folder(root: Path, weights: bytes = b"\x00" * 64) -> Path:
@@ -61,5 +62,5 @@ def test_an_unwritable_cache_only_costs_rehashing(tmp_path: Path, monkeypatch: p
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     monkeypatch.setenv("WIKIEMBED_CACHE", str(blocker / "cache"))
-    assert model_module.cache_dir() == blocker / "cache"
+    assert revision_module.cache_dir() == blocker / "cache"
     assert model_revision(folder) == expected
