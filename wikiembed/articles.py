@@ -10,13 +10,13 @@ rows of what changed, not the whole table. A generation's live articles (`Articl
 rows of its own table and of the tables of the generations whose files it keeps, each less the
 articles it dropped from them (its `dropped.parquet`); they are read whole only by the next source
 version's planning, a row group at a time: 48 bytes an article in memory (~310 MB for English
-Wikipedia's 6.4 million articles), sorted by integer sorts of the digests' halves. An incremental
+Wikipedia's 6.4 million articles), sorted by integer sorts (`wikiembed.digests`). An incremental
 generation's table written by an earlier version of wikiembed also holds the rows of the articles it
 kept: only its rows whose `gen` is its own generation are taken as its own.
 
 `Diff` streams the new version's rows past the published generation's live articles, by their
 digests (`table_keys` makes them from a table's bytes, no Python string per row; `Articles.find`
-searches their first 8 bytes as integers): an article whose id and content digest are unchanged
+searches them as integers): an article whose id and content digest are unchanged
 stays where it is; the others (added or edited) are the new
 generation's own rows. The articles edited or removed are dropped from the shard files that hold
 them (`wikiembed.store` keeps those files, less the dropped ids).
@@ -35,6 +35,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from wikiembed import digests
 
 
 FILE = "articles.parquet"
@@ -149,28 +151,13 @@ class Articles:
         every = _joined(keys)
         content = _joined(contents)
         del keys, contents
-        # Sorted by the keys' two halves as big-endian integers: the order of the 16-byte keys, found by
-        # integer sorts (several times faster than sorting byte strings).
-        halves = every.view(">u8")
-        order = np.lexsort((halves[1::2], halves[0::2]))
+        order = digests.sort_order(every)
         every, content = every[order], content[order]
-        return cls(layers, every, content, order, _prefix(every))
+        return cls(layers, every, content, order, digests.head(every))
 
     def find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(position, found) of each key of `ids` (S16) among the sorted entries: a binary search of the
-        keys' first 8 bytes as integers, checked against the whole key (two keys that share their
-        first 8 bytes, about one pair in a corpus of 10^9 articles, are searched as byte strings)."""
-        n = len(self.id_key)
-        if not n or not len(ids):
-            return np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
-        query = _prefix(ids)
-        pos = np.minimum(np.searchsorted(self.prefix, query), n - 1)
-        found = self.id_key[pos] == ids
-        shared = ~found & (self.prefix[pos] == query)
-        if shared.any():
-            again = np.minimum(np.searchsorted(self.id_key, ids[shared]), n - 1)
-            pos[shared], found[shared] = again, self.id_key[again] == ids[shared]
-        return pos, found
+        """(position, found) of each key of `ids` (S16) among the sorted entries (`wikiembed.digests.search`)."""
+        return digests.search(self.id_key, self.prefix, ids)
 
     def rows(self, positions: np.ndarray) -> pa.Table:
         """`id`, `gen` and `row` of the live rows at `positions` (as `order` numbers them), in that order.
@@ -220,11 +207,6 @@ def _joined(arrays: list[np.ndarray]) -> np.ndarray:
     if len(arrays) == 1:
         return arrays[0]
     return np.concatenate(arrays) if arrays else np.zeros(0, dtype="S16")
-
-
-def _prefix(keys: np.ndarray) -> np.ndarray:
-    """The first 8 bytes of each S16 key as an unsigned integer, big-endian: their order is the keys' order."""
-    return np.ascontiguousarray(keys, dtype="S16").view(">u8")[0::2].astype(np.uint64)
 
 
 def _take_rows(path: Path, file_rows: np.ndarray) -> list[pa.Table]:

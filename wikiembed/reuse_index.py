@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wikiembed import chunk_keys
+from wikiembed import chunk_keys, digests
 from wikiembed.atomic import remove
 from wikiembed.memory import release_free_memory
 from wikiembed.store import Store
@@ -72,7 +72,7 @@ class ReuseIndex:
             self._files.append(part.path)
         every = np.concatenate(keys) if keys else np.zeros(0, dtype="S16")
         del keys
-        order = np.argsort(every, kind="stable")
+        order = digests.sort_order(every)
         self._keys = every[order]
         del every
         self._at = order.astype(np.uint32 if len(order) < 2**32 else np.int64)

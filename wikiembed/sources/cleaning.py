@@ -114,7 +114,11 @@ class _SeenIds:
         """Per digest (uint64): whether it is in the array (it stays so until the next `settle`)."""
         if not len(self.settled) or not len(digests):
             return np.zeros(len(digests), dtype=bool)
-        at = np.minimum(np.searchsorted(self.settled, digests), len(self.settled) - 1)
+        # The digests searched in sorted order: numpy's binary search then starts each where the last ended.
+        by_value = np.argsort(digests)
+        at = np.empty(len(digests), dtype=np.int64)
+        at[by_value] = np.searchsorted(self.settled, digests[by_value])
+        np.minimum(at, len(self.settled) - 1, out=at)
         return self.settled[at] == digests
 
     def settle(self) -> None:
