@@ -118,4 +118,6 @@ class Finetune:
 
     @modal.method()
     def compare(self, old: str, new: str, queries: str) -> dict[str, Any]:
-        return compare_at_store(at_mount(old, self.mount), at_mount(new, self.mount), at_mount(queries, self.mount), self.sync)
+        # The check's JSON (`EvalResult.to_json()`): plain JSON crosses Modal's wire.
+        return compare_at_store(at_mount(old, self.mount), at_mount(new, self.mount), at_mount(queries, self.mount),
+                                self.sync).to_json()

@@ -19,4 +19,4 @@ from wikiembed.tasks.retry import retry_transient
 @task(name="compare", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_transient)
 def compare_task(old_store: str, new_store: str, queries: str) -> Comparison:
     """`wikiembed eval --store OLD --against NEW --queries HELDOUT` (float32), without recording it in either card."""
-    return Comparison.of_eval(locate(old_store).compare(new_store, queries))
+    return locate(old_store).compare(new_store, queries).comparison()

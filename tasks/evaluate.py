@@ -21,5 +21,5 @@ def eval_task(store: str, gen: str, sample: int, trust_remote_code: bool = False
     """Evaluate every stored form of `gen` on `sample` articles; return the headline figures. `trust_remote_code`:
     the run's own consent to the model's code (`--trust-remote-code`), which embeds the queries too."""
     result = evaluate(store, gen=gen, sample=sample, forms=["all"], trust_remote_code=trust_remote_code)
-    create_markdown_artifact("\n".join(eval_section(result)), key="wikiembed-eval", description="retrieval check")
-    return EvalHeadline(result["n"], result["recall_at_1"], result["recall_at_10"], result["mrr"])
+    create_markdown_artifact("\n".join(eval_section(result.to_json())), key="wikiembed-eval", description="retrieval check")
+    return EvalHeadline(result.n, result.recall_at_1, result.recall_at_10, result.mrr)

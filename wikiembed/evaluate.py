@@ -20,12 +20,16 @@ Titles are a proxy, not a benchmark: an article's opening usually repeats its ti
 figures are high; what the check is good for is comparing forms, models and runs on the same text,
 and catching broken vectors (recall near zero).
 
+A check returns an `EvalResult` (each store's `StoreEval`, each form's `FormEval`); `--json` and
+`eval.json` hold its `to_json()`.
+
 Touches: the stores' data files (read), their `eval.json` and dataset card (written), the model.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,6 +40,7 @@ from wikiembed.card import EVAL_FILE, EVAL_METRICS, write_card
 from wikiembed.compact import available_forms
 from wikiembed.errors import InputError, StoreError
 from wikiembed.queries import JudgedQuery, match, read_queries, store_keys
+from wikiembed.results import ByMetric, Comparison, Figures, JsonRecord, StoreFigures, optional
 from wikiembed.search import DEFAULT_RESCORE, Ranking, StoreVectors
 from wikiembed.store_files import LOCAL, StoreSync, write_json_atomic
 
@@ -43,6 +48,92 @@ DEFAULT_SAMPLE = 500
 DEPTH = 10  # recall@10 and MRR@10 need the top 10
 Z95 = 1.959964
 METRICS = EVAL_METRICS
+FIGURES = (*METRICS, *(m + "_ci95" for m in METRICS))  # each metric, then each one's 95% interval
+
+
+# What a check returns (and `--json` and `eval.json` hold): records whose `to_json()` is that JSON.
+
+
+@dataclass(frozen=True, kw_only=True)
+class FormEval(ByMetric, JsonRecord):
+    """One stored form's figures in a check: how it was searched, then `metrics`' figures."""
+
+    form: str  # a stored form (`int8`, `binary@128`), or `FORM (hamming only)`: a binary form's first stage alone
+    column: str
+    bytes_per_vector: int
+    rescore: int | None  # a binary form's rescoring multiplier
+    method: str  # index | exact
+    index_note: str | None  # why the form's index was not used
+    n: int
+    recall_at_1: float
+    recall_at_1_ci95: Any  # [low, high]
+    recall_at_10: float
+    recall_at_10_ci95: Any
+    mrr: float
+    mrr_ci95: Any
+    ndcg_at_10: float
+    ndcg_at_10_ci95: Any
+
+    @classmethod
+    def measured(cls, figures: Figures, **how: Any) -> "FormEval":
+        """The form `how` names (form, column, bytes_per_vector, rescore, method, index_note) with `metrics`' figures."""
+        return cls(**how, n=figures.n, **{m: getattr(figures, m) for m in FIGURES})
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoreEval(ByMetric, JsonRecord):
+    """One store's block of a check: the store, its first form's figures (the headline), then every form's."""
+
+    store: str
+    generation: str | None
+    model: str
+    chunks: int
+    n: int
+    recall_at_1: float
+    recall_at_10: float
+    mrr: float
+    ndcg_at_10: float
+    recall_at_1_ci95: Any
+    recall_at_10_ci95: Any
+    mrr_ci95: Any
+    ndcg_at_10_ci95: Any
+    method: str
+    forms: tuple[FormEval, ...]
+
+    def figures(self) -> StoreFigures:
+        """The headline figures as the improve loop's result shows a store."""
+        return StoreFigures(store=self.store, generation=self.generation, model=self.model, n=self.n,
+                            **{m: getattr(self, m) for m in FIGURES})
+
+
+@dataclass(frozen=True)
+class EvalDifference(JsonRecord):
+    """The paired differences of a check with `against`, one per form both stores hold (`Figures.form` names it)."""
+
+    meaning: str
+    forms: tuple[Figures, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalResult(StoreEval):
+    """A check (`evaluate`: `wikiembed eval --json`, `eval.json`): the store's block, what the queries were, and with
+    `against` the second store's block and the paired differences."""
+
+    seed: int | None = optional()  # titles as queries: the seed that drew the articles
+    query: str  # title | file
+    queries_file: str | None = optional()  # judged queries: the file, and how it met the store(s)
+    queries_read: int | None = optional()
+    queries_unmatched: int | None = optional()
+    relevant_missing: int | None = optional()
+    hit: str  # what counts as a hit
+    k: int
+    against: StoreEval | None = optional()
+    difference: EvalDifference | None = optional()
+
+    def comparison(self) -> Comparison:
+        """The improve loop's compare step from a check with `against` (its float32 figures)."""
+        assert self.against is not None and self.difference is not None
+        return Comparison(self.figures(), self.against.figures(), self.difference.forms[0])
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -132,25 +223,25 @@ def _ranks(
     return (*judge(judged, ranked), ranking)
 
 
-def metrics(ranks: np.ndarray, ndcg: np.ndarray) -> dict[str, Any]:
+def metrics(ranks: np.ndarray, ndcg: np.ndarray) -> Figures:
     """The reported figures with their 95% intervals, from `judge`'s per-query ranks and nDCG."""
     n = len(ranks)
     at1, at10 = int(np.sum(ranks == 1)), int(np.sum(ranks > 0))
     rr = np.where(ranks > 0, 1.0 / np.maximum(ranks, 1), 0.0)
-    return {
-        "n": n,
-        "recall_at_1": at1 / n,
-        "recall_at_1_ci95": list(wilson(at1, n)),
-        "recall_at_10": at10 / n,
-        "recall_at_10_ci95": list(wilson(at10, n)),
-        "mrr": float(rr.mean()),
-        "mrr_ci95": list(mean_interval(rr)),
-        "ndcg_at_10": float(ndcg.mean()),
-        "ndcg_at_10_ci95": list(mean_interval(ndcg)),
-    }
+    return Figures(
+        n=n,
+        recall_at_1=at1 / n,
+        recall_at_1_ci95=list(wilson(at1, n)),
+        recall_at_10=at10 / n,
+        recall_at_10_ci95=list(wilson(at10, n)),
+        mrr=float(rr.mean()),
+        mrr_ci95=list(mean_interval(rr)),
+        ndcg_at_10=float(ndcg.mean()),
+        ndcg_at_10_ci95=list(mean_interval(ndcg)),
+    )
 
 
-def paired_difference(mine: tuple[np.ndarray, np.ndarray], theirs: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+def paired_difference(mine: tuple[np.ndarray, np.ndarray], theirs: tuple[np.ndarray, np.ndarray]) -> Figures:
     """Theirs minus mine, per metric, with a 95% interval of the mean of the per-query differences
     ((ranks, ndcg) of the same queries under two stores)."""
     (a, a_ndcg), (b, b_ndcg) = mine, theirs
@@ -160,11 +251,8 @@ def paired_difference(mine: tuple[np.ndarray, np.ndarray], theirs: tuple[np.ndar
         "mrr": np.where(b > 0, 1.0 / np.maximum(b, 1), 0.0) - np.where(a > 0, 1.0 / np.maximum(a, 1), 0.0),
         "ndcg_at_10": b_ndcg - a_ndcg,
     }
-    out: dict[str, Any] = {}
-    for name, d in per_query.items():
-        out[name] = float(d.mean())
-        out[name + "_ci95"] = list(mean_interval(d, (-1.0, 1.0)))
-    return out
+    return Figures(**{name: float(d.mean()) for name, d in per_query.items()},
+                   **{name + "_ci95": list(mean_interval(d, (-1.0, 1.0))) for name, d in per_query.items()})
 
 
 def _forms(vectors: StoreVectors, forms: Sequence[str] | None) -> list[str]:
@@ -180,32 +268,27 @@ def _forms(vectors: StoreVectors, forms: Sequence[str] | None) -> list[str]:
 def _evaluate_store(
     vectors: StoreVectors, judged: Sequence[JudgedQuery], forms: Sequence[str], rescore: int, device: str | None,
     exact: bool,
-) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]]:
+) -> tuple[StoreEval, dict[str, tuple[np.ndarray, np.ndarray]]]:
     queries = vectors.embed_queries([q.text for q in judged], device=device)
-    results, ranks = [], {}
+    results: list[FormEval] = []
+    ranks = {}
     for name in forms:
         form = vectors.form(name)
         *ranks[name], ranking = _ranks(vectors, judged, queries, name, rescore, exact)
-        results.append({"form": name, "column": form.column, "bytes_per_vector": form.bytes_per_vector,
-                        "rescore": rescore if form.precision == "binary" else None, "method": ranking.method,
-                        "index_note": ranking.note, **metrics(*ranks[name])})
+        results.append(FormEval.measured(metrics(*ranks[name]), form=name, column=form.column, bytes_per_vector=form.bytes_per_vector,
+                                         rescore=rescore if form.precision == "binary" else None, method=ranking.method,
+                                         index_note=ranking.note))
     # Binary forms also without rescoring: what the Hamming stage alone finds.
-    for r in [r for r in results if r["rescore"] and r["rescore"] > 1]:
-        *plain, ranking = _ranks(vectors, judged, queries, r["form"], 1, exact)
-        ranks[r["form"] + " (hamming only)"] = tuple(plain)
-        results.append({**r, "form": r["form"] + " (hamming only)", "rescore": None, "method": ranking.method,
-                        "index_note": ranking.note, **metrics(*plain)})
-    chunks = vectors.chunks
+    for r in [r for r in results if r.rescore and r.rescore > 1]:
+        *plain, ranking = _ranks(vectors, judged, queries, r.form, 1, exact)
+        ranks[r.form + " (hamming only)"] = tuple(plain)
+        results.append(FormEval.measured(metrics(*plain), form=r.form + " (hamming only)", column=r.column,
+                                         bytes_per_vector=r.bytes_per_vector, rescore=None, method=ranking.method,
+                                         index_note=ranking.note))
     head = results[0]
-    return {
-        "store": str(vectors.root),
-        "generation": vectors.store.gen,
-        "model": vectors.model_id,
-        "chunks": chunks,
-        **{key: head[key] for key in ("n", *METRICS, *(m + "_ci95" for m in METRICS))},
-        "method": head["method"],
-        "forms": results,
-    }, {name: (r[0], r[1]) for name, r in ranks.items()}
+    block = StoreEval(store=str(vectors.root), generation=vectors.store.gen, model=vectors.model_id, chunks=vectors.chunks,
+                      n=head.n, **{m: getattr(head, m) for m in FIGURES}, method=head.method, forms=tuple(results))
+    return block, {name: (r[0], r[1]) for name, r in ranks.items()}
 
 
 def evaluate(
@@ -223,8 +306,8 @@ def evaluate(
     queries: str | Path | Sequence[JudgedQuery] | None = None,
     against_gen: str | None = None,
     trust_remote_code: bool = False,
-) -> dict[str, Any]:
-    """Evaluate a store (and optionally a second one on the same queries); return the `--json` payload.
+) -> EvalResult:
+    """Evaluate a store (and optionally a second one on the same queries); return what `--json` writes.
 
     `queries`: a judged-queries file (see `wikiembed.queries`) or its parsed queries; without it, the
     titles of `sample` articles drawn with `seed` are the queries.
@@ -249,7 +332,7 @@ def evaluate(
         if sample < 1:
             raise InputError(f"--sample {sample}: evaluate at least 1 article (500 gives intervals of about ±4 points).")
         judged = [JudgedQuery(title, frozenset({(article_id, None)})) for article_id, title in sample_articles(vectors, sample, seed)]
-        about: dict[str, Any] = {"seed": seed, "query": "title", "hit": "any chunk of the article in the top k"}
+        about = dict(seed=seed, query="title", hit="any chunk of the article in the top k")
     else:
         named = str(queries) if isinstance(queries, (str, Path)) else "the queries given"
         parsed = read_queries(queries) if isinstance(queries, (str, Path)) else list(queries)
@@ -258,23 +341,24 @@ def evaluate(
             keys &= store_keys(other.live_batches(["id", "chunk_index"]))  # paired: only what both stores can answer
         matched = match(parsed, keys, f"store {vectors.root}" + (f" and {other.root}" if other else ""))
         judged = matched.queries
-        about = {"query": "file", "queries_file": named, "queries_read": matched.read, "queries_unmatched": matched.unmatched,
-                 "relevant_missing": matched.missing_items, "hit": "a relevant article or chunk in the top k"}
-    result, ranks = _evaluate_store(vectors, judged, names, rescore, device, exact)
-    result.update(about, k=DEPTH)
+        about = dict(query="file", queries_file=named, queries_read=matched.read, queries_unmatched=matched.unmatched,
+                     relevant_missing=matched.missing_items, hit="a relevant article or chunk in the top k")
+    block, ranks = _evaluate_store(vectors, judged, names, rescore, device, exact)
+    compared, difference = None, None
     if other is not None:
         other_names = _forms(other, forms)
         compared, other_ranks = _evaluate_store(other, judged, other_names, rescore, device, exact)
-        diffs = [{"form": name, **paired_difference(ranks[name], other_ranks[name])} for name in ranks if name in other_ranks]
-        result["against"] = compared
-        result["difference"] = {"meaning": "against minus this store, paired on the same queries", "forms": diffs}
+        diffs = tuple(paired_difference(ranks[name], other_ranks[name]).replace(form=name) for name in ranks if name in other_ranks)
+        difference = EvalDifference("against minus this store, paired on the same queries", diffs)
+    result = EvalResult(**{f.name: getattr(block, f.name) for f in fields(StoreEval)}, **about, k=DEPTH,
+                        against=compared, difference=difference)
     if record:
-        write_json_atomic(vectors.store.dir / EVAL_FILE, result)
+        write_json_atomic(vectors.store.dir / EVAL_FILE, result.to_json())
         write_card(vectors.store.dir)
     return result
 
 
-def compare_at_store(old: str, new: str, queries: str, sync: StoreSync = LOCAL) -> dict[str, Any]:
+def compare_at_store(old: str, new: str, queries: str, sync: StoreSync = LOCAL) -> EvalResult:
     """The improve loop's comparison where both stores are (`modal_workers/finetune_app.py` on a Modal
     Volume): see others' commits first, then `evaluate(old, against=new)` on the judged queries
     (float32, over every chunk), recorded in neither store, so there is nothing to commit."""

@@ -431,9 +431,9 @@ def _finetune(store: str | Path, pairs: Path, out: Path, settings: FinetuneSetti
         device=device,
         train_loss=float(result.training_loss),
         pool=len(pool_keys),
-        before=Figures.from_json(metrics(*before)),
-        after=Figures.from_json(metrics(*after)),
-        difference=Figures(meaning="fine-tuned minus base, paired on the held-out queries", **paired_difference(before, after)),
+        before=metrics(*before),
+        after=metrics(*after),
+        difference=paired_difference(before, after).replace(meaning="fine-tuned minus base, paired on the held-out queries"),
         seconds=time.perf_counter() - started,
         inputs=inputs,
     )

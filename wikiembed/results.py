@@ -234,7 +234,7 @@ def _metric(name: str) -> str:
     return name
 
 
-class _ByMetric:
+class ByMetric:
     """`value(metric)` and `interval(metric)` by a metric's name (the improve loop's deciding figure is a setting)."""
 
     def value(self, metric: str) -> float:
@@ -248,7 +248,7 @@ class _ByMetric:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Figures(_ByMetric, JsonRecord):
+class Figures(ByMetric, JsonRecord):
     """A set of queries' retrieval figures with their 95% intervals (`wikiembed.evaluate.metrics`), or the paired
     difference of two such sets (`paired_difference`: no `n`; `meaning` says which minus which, or `form` names the
     stored form the two stores were compared on)."""
@@ -267,7 +267,7 @@ class Figures(_ByMetric, JsonRecord):
 
 
 @dataclass(frozen=True, kw_only=True)
-class StoreFigures(_ByMetric, JsonRecord):
+class StoreFigures(ByMetric, JsonRecord):
     """One store's figures in the improve loop's result: what was scored, each metric, then each 95% interval."""
 
     store: str
@@ -282,11 +282,6 @@ class StoreFigures(_ByMetric, JsonRecord):
     recall_at_10_ci95: Any
     mrr_ci95: Any
     ndcg_at_10_ci95: Any
-
-    @classmethod
-    def of_eval(cls, block: Mapping[str, Any]) -> "StoreFigures":
-        """From one store's block of `wikiembed.evaluate.evaluate`'s result (its float32 headline figures)."""
-        return cls.from_json(block)
 
 
 @dataclass(frozen=True)
@@ -332,17 +327,12 @@ class FinetuneRecord(JsonRecord):
 @dataclass(frozen=True)
 class Comparison(JsonRecord):
     """The improve loop's compare step: the old and the new store scored on the same held-out queries (float32, over
-    every chunk), and the paired difference, new minus old (`evaluate(old, against=new)`, recorded in neither store)."""
+    every chunk), and the paired difference, new minus old (`evaluate(old, against=new)`, recorded in neither store:
+    `wikiembed.evaluate.EvalResult.comparison`)."""
 
     old: StoreFigures
     new: StoreFigures
     difference: Figures  # of the float32 form
-
-    @classmethod
-    def of_eval(cls, result: Mapping[str, Any]) -> "Comparison":
-        """From `wikiembed.evaluate.evaluate`'s result with `against`."""
-        return cls(StoreFigures.of_eval(result), StoreFigures.of_eval(result["against"]),
-                   Figures.from_json(result["difference"]["forms"][0]))
 
 
 @dataclass(frozen=True)

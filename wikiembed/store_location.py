@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from wikiembed.finetune import FinetuneSettings, Report
     from wikiembed.model import ModelInfo
     from wikiembed.records import Chunking, Manifest
+    from wikiembed.evaluate import EvalResult
     from wikiembed.results import Published
     from wikiembed.settings import RunSettings
 
@@ -120,7 +121,7 @@ class StoreLocation(ABC):
         """The fine-tuned model (the folder `out`, recorded as `record_out`) as the shards of a run at this store load it."""
 
     @abstractmethod
-    def compare(self, new_store: str, queries: str) -> dict[str, Any]:
+    def compare(self, new_store: str, queries: str) -> "EvalResult":
         """`wikiembed eval --store THIS --against NEW --queries HELDOUT` (float32), recorded in neither card."""
 
 
@@ -190,7 +191,7 @@ class LocalFolder(StoreLocation):
     def model_for_runs(self, record_out: str, out: str) -> str:
         return record_out
 
-    def compare(self, new_store: str, queries: str) -> dict[str, Any]:
+    def compare(self, new_store: str, queries: str) -> "EvalResult":
         from wikiembed.evaluate import compare_at_store
 
         return compare_at_store(self.spec, new_store, queries)
@@ -294,19 +295,20 @@ class OnVolume(StoreLocation):
         # The shard containers load the model from its folder under their mount.
         return f"{STORE_MOUNT}/{parse_spec(out)[1].strip('/')}"  # type: ignore[index]
 
-    def compare(self, new_store: str, queries: str) -> dict[str, Any]:
+    def compare(self, new_store: str, queries: str) -> "EvalResult":
         """In the `wikiembed-finetune` app; every argument is a `modal:VOLUME/PATH` on one Volume. The figures come
         back with the stores and models as specs."""
         from wikiembed.backends.modal_client import FinetuneApp  # lazy: a local store needs no Modal
+        from wikiembed.evaluate import EvalResult
 
         assert self.volume is not None
         paths = [self.root, self._on_volume("new_store", new_store, ""), self._on_volume("queries", queries, "")]
-        result = FinetuneApp(self.volume).compare(*paths)
-
-        def named(block: dict[str, Any]) -> dict[str, Any]:
-            return {**block, "store": self._as_spec(block["store"]), "model": self._as_spec(block["model"])}
-
-        return {**named(result), "queries_file": self._as_spec(result.get("queries_file")), "against": named(result["against"])}
+        result = EvalResult.from_json(FinetuneApp(self.volume).compare(*paths))
+        against = result.against
+        assert against is not None
+        return result.replace(store=self._as_spec(result.store), model=self._as_spec(result.model),
+                              queries_file=self._as_spec(result.queries_file),
+                              against=against.replace(store=self._as_spec(against.store), model=self._as_spec(against.model)))
 
 
 def _check_pairs(pairs: str, flag: str) -> None:

@@ -97,24 +97,22 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                       against=args.against, device=args.device, record=not args.no_record, exact=args.exact,
                       queries=args.queries, trust_remote_code=args.trust_remote_code)
     write_json(args.json_path, result)  # before printing: a reader that leaves early cannot cost the file
-    if result.get("queries_unmatched"):
-        print(f"wikiembed eval: warning: {result['queries_unmatched']} of {result['queries_read']} queries name no article "
-              f"or chunk of the store ({result['relevant_missing']} relevant items missing); they are left out", file=sys.stderr)
-    asked = "judged queries" if result["query"] == "file" else "titles as queries"
-    notes = {f["index_note"] for block in (result, result.get("against") or {}) for f in block.get("forms", []) if f["index_note"]}
-    for note in sorted(notes):
+    if result.queries_unmatched:
+        print(f"wikiembed eval: warning: {result.queries_unmatched} of {result.queries_read} queries name no article "
+              f"or chunk of the store ({result.relevant_missing} relevant items missing); they are left out", file=sys.stderr)
+    asked = "judged queries" if result.query == "file" else "titles as queries"
+    blocks = [("", result), *([("against ", result.against)] if result.against else [])]
+    for note in sorted({f.index_note for _, block in blocks for f in block.forms if f.index_note}):
         print(f"wikiembed eval: warning: {note}", file=sys.stderr)
-    for label, block in [("", result), ("against ", result.get("against"))]:
-        if not block:
-            continue
-        print(f"{label}{block['store']} ({block['model']}, {block['chunks']:,} chunks): {block['n']} {asked}")
+    for label, block in blocks:
+        print(f"{label}{block.store} ({block.model}, {block.chunks:,} chunks): {block.n} {asked}")
         print(f"  {'form':<28} {'bytes':>6}  {'recall@1':<22} {'recall@10':<22} {'MRR@10':<22} {'nDCG@10':<22} search")
-        for f in block["forms"]:
-            cells = [f"{f[m]:.3f} [{f[m + '_ci95'][0]:.3f}, {f[m + '_ci95'][1]:.3f}]" for m in METRICS]
-            print(f"  {f['form']:<28} {f['bytes_per_vector']:>6}  {cells[0]:<22} {cells[1]:<22} {cells[2]:<22} {cells[3]:<22} {f['method']}")
-    for d in (result.get("difference") or {}).get("forms", []):
-        print(f"  difference ({d['form']}, against - store): " + ", ".join(
-            f"{m} {d[m]:+.3f} [{d[m + '_ci95'][0]:+.3f}, {d[m + '_ci95'][1]:+.3f}]" for m in ("recall_at_10", "mrr", "ndcg_at_10")))
+        for f in block.forms:
+            cells = [f"{f.value(m):.3f} [{f.interval(m)[0]:.3f}, {f.interval(m)[1]:.3f}]" for m in METRICS]
+            print(f"  {f.form:<28} {f.bytes_per_vector:>6}  {cells[0]:<22} {cells[1]:<22} {cells[2]:<22} {cells[3]:<22} {f.method}")
+    for d in result.difference.forms if result.difference else ():
+        print(f"  difference ({d.form}, against - store): " + ", ".join(
+            f"{m} {d.value(m):+.3f} [{d.interval(m)[0]:+.3f}, {d.interval(m)[1]:+.3f}]" for m in ("recall_at_10", "mrr", "ndcg_at_10")))
     return EXIT_OK
 
 

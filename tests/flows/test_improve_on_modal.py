@@ -127,7 +127,7 @@ def test_improve_model_on_a_volume_store_fine_tunes_reembeds_compares_and_publis
                         lambda name: resolve(str(cloud_dir.committed / name.removeprefix("/store/")) if name.startswith("/store/") else name))
     here = evaluate(cloud_dir.store("wiki"), queries=folder / "heldout.jsonl", against=new_store, record=False)
     for metric in ("recall_at_1", "recall_at_10", "mrr", "ndcg_at_10"):
-        assert result["old"][metric] == pytest.approx(here[metric]) and result["new"][metric] == pytest.approx(here["against"][metric])
+        assert result["old"][metric] == pytest.approx(here.value(metric)) and result["new"][metric] == pytest.approx(here.against.value(metric))
     assert result["old"]["n"] == result["new"]["n"] == 7
 
     # Published only because better, from the Volume to a folder on it.

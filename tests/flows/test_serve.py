@@ -218,7 +218,7 @@ def test_feedback_is_read_by_the_improve_loops_readers_and_concurrent_writers_ne
         "several": frozenset({(hits[0]["id"], None), (hits[2]["id"], None)}),
     }
     result = evaluate(str(compact_store), queries=str(feedback), record=False)
-    assert result["n"] == 2 and result["queries_read"] == 2
+    assert result.n == 2 and result.queries_read == 2
 
     # 16 writers at once: every record on its own whole line, exactly once.
     def post(c: int) -> list[int]:

@@ -418,7 +418,8 @@ def _serve(cloud: CloudDir, private: Path, out: BinaryIO, inp: BinaryIO) -> None
                 result = _as_mounted(finetune_at_store(*(_local_root(f"{MOUNT}/{p.strip('/')}", private) for p in paths),
                                                        settings, sync), private)
             elif (cls, method) == ("Finetune", "compare"):  # as Finetune.compare calls it
-                result = _as_mounted(compare_at_store(*(_local_root(f"{MOUNT}/{p.strip('/')}", private) for p in args), sync), private)
+                result = _as_mounted(compare_at_store(*(_local_root(f"{MOUNT}/{p.strip('/')}", private) for p in args), sync).to_json(),
+                                     private)
             else:
                 raise AttributeError(f"{cls} has no method {method!r}")
             answer = ("ok", result)

@@ -57,14 +57,14 @@ def test_a_sample_without_spread_gets_an_interval_as_wide_as_its_size_allows(val
 def test_one_held_out_query_never_publishes():
     """The publish that one query made (MRR@10 +0.500 from rank 2 to rank 1) is now a keep: one value spans nearly the range."""
     difference = paired_difference((np.array([2]), np.array([0.63])), (np.array([1]), np.array([1.0])))
-    assert difference["mrr"] == pytest.approx(0.5)
-    lo, hi = difference["mrr_ci95"]
+    assert difference.mrr == pytest.approx(0.5) and difference.n is None
+    lo, hi = difference.interval("mrr")
     assert lo < -0.9 and hi > 0.98
-    publish, why = decide(Figures.from_json(difference), "mrr", 0.01)
+    publish, why = decide(difference, "mrr", 0.01)
     assert publish is False and "reaches zero" in why
     # Twenty queries all unchanged: no spread, still no verdict of "no difference at all".
     same = paired_difference((np.ones(20, dtype=int), np.ones(20)), (np.ones(20, dtype=int), np.ones(20)))
-    assert same["mrr_ci95"][0] < -0.1 and same["mrr_ci95"][1] > 0.1
+    assert same.mrr_ci95[0] < -0.1 and same.mrr_ci95[1] > 0.1
 
 
 def test_too_few_held_out_queries_are_refused_saying_by_how_many():

@@ -8,7 +8,7 @@ import pickle
 import pytest
 
 from wikiembed.results import (
-    Comparison, Exported, Figures, FinetuneRecord, ImproveResult, Published, ReembedCounts, RunSummary, StatusPayload,
+    Exported, Figures, FinetuneRecord, ImproveResult, Published, ReembedCounts, RunSummary, StatusPayload,
     StoreFigures,
 )
 from wikiembed.store_results import GenerationView, Planned
@@ -97,11 +97,36 @@ def test_attributes_and_figures_by_name():
     assert status.shards[1].state == "changed" and not status.healthy
 
 
+def _block(store: str) -> dict:
+    """One store's block of `wikiembed eval --json`: the headline in StoreFigures' order, with chunks after the model."""
+    figures = {k: v for k, v in STORE_FIGURES.items() if k not in ("store", "generation", "model")}
+    form = {"form": "float32", "column": "embedding", "bytes_per_vector": 1536, "rescore": None, "method": "exact",
+            "index_note": None, "n": 7, **METRIC_BLOCK}
+    return {"store": store, "generation": "g", "model": "m", "chunks": 40, **figures, "method": "exact", "forms": [form]}
+
+
+EVAL_TITLES = {**_block("/s"), "seed": 0, "query": "title", "hit": "any chunk of the article in the top k", "k": 10}
+EVAL_AGAINST = {**_block("/s"), "query": "file", "queries_file": "held.jsonl", "queries_read": 9, "queries_unmatched": 2,
+                "relevant_missing": 2, "hit": "a relevant article or chunk in the top k", "k": 10, "against": _block("/new"),
+                "difference": {"meaning": "against minus this store", "forms": [{"form": "float32", **METRIC_BLOCK}]}}
+
+
+@pytest.mark.parametrize("payload", [EVAL_TITLES, EVAL_AGAINST])
+def test_an_eval_result_round_trips_its_json(payload):
+    from wikiembed.evaluate import EvalResult
+
+    result = EvalResult.from_json(payload)
+    assert json.dumps(result.to_json(), indent=1) == json.dumps(payload, indent=1)
+    assert pickle.loads(pickle.dumps(result)) == result
+    assert result.forms[0].interval("mrr") == (0.4, 0.9)
+
+
 def test_a_comparison_from_evaluates_result():
-    result = {**STORE_FIGURES, "method": "exact", "forms": [], "against": {**STORE_FIGURES, "store": "/new"},
-              "difference": {"meaning": "against minus this store", "forms": [{"form": "float32", **METRIC_BLOCK}]}}
-    compared = Comparison.of_eval(result)
+    from wikiembed.evaluate import EvalResult
+
+    compared = EvalResult.from_json(EVAL_AGAINST).comparison()
     assert compared.new.store == "/new" and compared.difference.form == "float32"
+    assert compared.old.to_json() == {**STORE_FIGURES, "store": "/s"}
     assert ReembedCounts.of(RunSummary.from_json(SUMMARY)).to_json() == {
         "chunks": 507, "embedded_chunks": 507, "reused_chunks": 0, "shards_done": 2, "shards_total": 3}
 
