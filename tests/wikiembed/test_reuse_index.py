@@ -117,3 +117,30 @@ def test_vectors_come_from_the_row_groups_that_hold_them(done_store: Store, monk
     found_vecs, found = index.lookup(texts[:2] + texts[:1])
     assert found.all() and np.array_equal(found_vecs, vectors[[0, 1, 0]])
     assert read == [(0, ("embedding",))]
+
+
+def test_a_lookup_over_several_row_groups_reads_each_once_and_matches_the_files(done_store: Store, monkeypatch) -> None:
+    """Row groups read side by side give the vectors a plain read of each file gives, each group read once."""
+    monkeypatch.setattr(ReuseIndex, "_READ_AT_ONCE", 2)
+    read: list[int] = []
+    real = pq.ParquetFile.read_row_group
+
+    def recording(self, group, columns=None, **kwargs):  # noqa: ANN001, ANN003
+        read.append(group)
+        return real(self, group, columns=columns, **kwargs)
+
+    texts, vectors = [], []
+    for shard in range(3):
+        t, v = read_vectors(done_store.data_path(shard))
+        texts += t
+        vectors.append(v)
+    every = np.concatenate(vectors)
+    index = ReuseIndex(Store(done_store.root, done_store.gen))
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", recording)
+    order = np.random.default_rng(1).permutation(len(texts))
+    found_vecs, found = index.lookup([texts[i] for i in order] + ["no such chunk"])
+    assert found[:-1].all() and not found[-1]
+    assert np.array_equal(found_vecs[:-1], every[order])
+    groups = sum(pq.ParquetFile(done_store.data_path(k)).metadata.num_row_groups for k in range(3))
+    assert len(read) == groups  # each of the three files' groups once
+
