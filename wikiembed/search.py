@@ -33,6 +33,7 @@ import shlex
 from wikiembed import index as ann
 from wikiembed.compact import Form, Scorer, column_values, form_by_name, spec_from_manifest
 from wikiembed.errors import InputError, StoreError
+from wikiembed.results import JsonRecord
 from wikiembed.store import Store
 
 # Vectors scored per step: [queries × SCAN_ROWS] float32 scores stay small (500 queries: 16 MB).
@@ -44,7 +45,9 @@ HIT_COLUMNS = ("id", "url", "title", "chunk_index", "char_start", "char_end", "t
 
 
 @dataclass(frozen=True)
-class Hit:
+class Hit(JsonRecord):
+    """One chunk found for a query, with its score (higher is nearer)."""
+
     score: float
     id: str
     title: str
@@ -54,8 +57,21 @@ class Hit:
     char_end: int
     text: str
 
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+
+@dataclass(frozen=True)
+class SearchResult(JsonRecord):
+    """One query's top k in a store (`search`): `wikiembed search --json` writes its `to_json()`."""
+
+    store: str
+    model: str
+    query: str
+    k: int
+    form: str
+    rescore: int | None  # a binary form's rescoring multiplier
+    method: str  # index | exact
+    index_note: str | None  # why the form's index was not used
+    chunks_searched: int
+    hits: tuple[Hit, ...]
 
 
 @dataclass(frozen=True)
@@ -276,10 +292,10 @@ class StoreVectors:
         return out
 
 
-def ranked_hits(ranking: Ranking, rows: dict[int, dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Each query's hits (`Hit.as_dict()`), best first, from its ranking and the rows `StoreVectors.rows` read."""
+def ranked_hits(ranking: Ranking, rows: dict[int, dict[str, Any]]) -> list[list[Hit]]:
+    """Each query's hits, best first, from its ranking and the rows `StoreVectors.rows` read."""
     return [
-        [Hit(float(s), **{c: rows[int(p)][c] for c in HIT_COLUMNS}).as_dict() for s, p in zip(scores, positions) if np.isfinite(s)]
+        [Hit(float(s), **{c: rows[int(p)][c] for c in HIT_COLUMNS}) for s, p in zip(scores, positions) if np.isfinite(s)]
         for scores, positions in zip(ranking.scores, ranking.positions)
     ]
 
@@ -294,8 +310,8 @@ def search(
     device: str | None = None,
     exact: bool = False,
     trust_remote_code: bool = False,
-) -> dict[str, Any]:
-    """The top k chunks of a store for one query; returns the payload `wikiembed search --json` writes.
+) -> SearchResult:
+    """The top k chunks of a store for one query (`wikiembed search --json` writes its `to_json()`).
 
     `exact`: scan even where an index of the form is built. `trust_remote_code`: see `StoreVectors`."""
     if not query.strip():
@@ -305,15 +321,5 @@ def search(
     q = vectors.embed_queries([query], device=device)
     ranking = vectors.top(q, k, chosen, rescore, exact=exact)
     hits = ranked_hits(ranking, vectors.rows(ranking.positions))[0]
-    return {
-        "store": str(vectors.root),
-        "model": vectors.model_id,
-        "query": query,
-        "k": k,
-        "form": chosen.name,
-        "rescore": rescore if chosen.precision == "binary" else None,
-        "method": ranking.method,
-        "index_note": ranking.note,
-        "chunks_searched": vectors.chunks,
-        "hits": hits,
-    }
+    return SearchResult(str(vectors.root), vectors.model_id, query, k, chosen.name, rescore if chosen.precision == "binary" else None,
+                        ranking.method, ranking.note, vectors.chunks, tuple(hits))

@@ -28,13 +28,13 @@ def _cmd_search(args: argparse.Namespace) -> int:
     result = search(args.store, args.query, args.k, form=args.form, rescore=args.rescore, device=args.device, exact=args.exact,
                     trust_remote_code=args.trust_remote_code)
     write_json(args.json_path, result)  # before printing: a reader that leaves early cannot cost the file
-    if result["index_note"]:
-        print(f"wikiembed search: warning: {result['index_note']}", file=sys.stderr)
-    how = "approximate index" if result["method"] == "index" else "exact scan"
-    print(f"{len(result['hits'])} hits for {args.query!r} in {result['chunks_searched']:,} chunks ({result['form']}, {how}, {result['model']})")
-    for rank, hit in enumerate(result["hits"], 1):
-        snippet = " ".join(hit["text"].split())[:160]
-        print(f"{rank:>3}. {hit['score']:.4f}  {hit['title']}  {hit['url']}  [chunk {hit['chunk_index']}, chars {hit['char_start']}-{hit['char_end']}]")
+    if result.index_note:
+        print(f"wikiembed search: warning: {result.index_note}", file=sys.stderr)
+    how = "approximate index" if result.method == "index" else "exact scan"
+    print(f"{len(result.hits)} hits for {args.query!r} in {result.chunks_searched:,} chunks ({result.form}, {how}, {result.model})")
+    for rank, hit in enumerate(result.hits, 1):
+        snippet = " ".join(hit.text.split())[:160]
+        print(f"{rank:>3}. {hit.score:.4f}  {hit.title}  {hit.url}  [chunk {hit.chunk_index}, chars {hit.char_start}-{hit.char_end}]")
         print(f"     {snippet}")
     return EXIT_OK
 

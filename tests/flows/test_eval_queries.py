@@ -32,10 +32,10 @@ def _write(path: Path, rows: list[dict]) -> Path:
 def _expected(store: Path, row: dict) -> dict[str, float]:
     """The metrics of one query computed by hand from `search`'s own top 10."""
     relevant = {(i, None) for i in row.get("ids", [])} | ({(row["id"], row.get("chunk_index"))} if "id" in row else set())
-    hits = search(store, row["query"], k=10)["hits"]
+    hits = search(store, row["query"], k=10).hits
     credited, first, dcg = set(), 0, 0.0
     for rank, hit in enumerate(hits, 1):
-        key = (hit["id"], hit["chunk_index"]) if (hit["id"], hit["chunk_index"]) in relevant else (hit["id"], None)
+        key = (hit.id, hit.chunk_index) if (hit.id, hit.chunk_index) in relevant else (hit.id, None)
         if key in relevant and key not in credited:
             credited.add(key)
             dcg += 1 / math.log2(rank + 1)

@@ -87,8 +87,8 @@ def test_the_loop_feedback_improve_and_the_better_store_is_served_without_a_rest
         assert answer["store"] == "new-store" and answer["generation"] == result["new"]["generation"] != before["generation"]
         assert Path(answer["model"]).resolve() == out.resolve() and answer["model"] != before["model"]
         expected = search(str(new), query, 10)  # what `wikiembed search` answers from the new store
-        assert [(h["id"], h["chunk_index"]) for h in answer["hits"]] == [(h["id"], h["chunk_index"]) for h in expected["hits"]]
-        assert [h["score"] for h in answer["hits"]] == pytest.approx([h["score"] for h in expected["hits"]], abs=1e-5)
+        assert [(h["id"], h["chunk_index"]) for h in answer["hits"]] == [(h.id, h.chunk_index) for h in expected.hits]
+        assert [h["score"] for h in answer["hits"]] == pytest.approx([h.score for h in expected.hits], abs=1e-5)
         health = client.get("/healthz").json()
         assert health["generation"] == answer["generation"] and health["error"] is None
         # The old model is no longer held by the process for the service: a daily improve does not pile models up.
@@ -107,9 +107,9 @@ def test_answers_are_those_of_wikiembed_search_and_requests_in_flight_are_batche
     for q in queries[:2]:
         answer = client.get("/search", params={"q": q, "k": 5}).json()
         expected = search(str(compact_store), q, 5)
-        assert answer["method"] == expected["method"] and answer["model"] == expected["model"]
-        assert [h | {"score": None} for h in answer["hits"]] == [h | {"score": None} for h in expected["hits"]]
-        assert [h["score"] for h in answer["hits"]] == pytest.approx([h["score"] for h in expected["hits"]], abs=1e-5)
+        assert answer["method"] == expected.method and answer["model"] == expected.model
+        assert [h | {"score": None} for h in answer["hits"]] == [h.to_json() | {"score": None} for h in expected.hits]
+        assert [h["score"] for h in answer["hits"]] == pytest.approx([h.score for h in expected.hits], abs=1e-5)
         assert answer["generation"] == compact_store.joinpath("current").readlink().name and answer["revision"].startswith("sha256:")
     many = client.post("/search", json={"queries": queries, "k": 3}).json()
     assert [r["query"] for r in many["results"]] == queries

@@ -127,7 +127,7 @@ class ServedGeneration(StoreVectors):
             for k, which in by_k.items():
                 ranking = self.top(vectors[np.asarray(which)], k, self.chosen)
                 for i, hits in zip(which, ranked_hits(ranking, self.rows(ranking.positions))):
-                    out[i] = {"hits": hits, "method": ranking.method, "index_note": ranking.note}
+                    out[i] = {"hits": [hit.to_json() for hit in hits], "method": ranking.method, "index_note": ranking.note}
             return out
 
     def chunks_of(self, article: str) -> int:
