@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from wikiembed import digests
+from wikiembed.memory import release_free_memory
 
 
 FILE = "articles.parquet"
@@ -145,14 +146,18 @@ class Articles:
                     at = np.minimum(np.searchsorted(gone_keys, key), len(gone_keys) - 1)
                     live &= gone_keys[at] != key
             layers.append((path, live))
-            keys.append(key[live])
-            contents.append(content[live])
+            every_live = bool(live.all())  # a full generation's own table: no copy to make
+            keys.append(key if every_live else key[live])
+            contents.append(content if every_live else content[live])
             del key, content
         every = _joined(keys)
         content = _joined(contents)
         del keys, contents
         order = digests.sort_order(every)
-        every, content = every[order], content[order]
+        # One array at a time: its sorted copy is made, then the unsorted one let go.
+        every = every[order]
+        content = content[order]
+        release_free_memory()  # what the reads and the unsorted arrays held goes back to the OS
         return cls(layers, every, content, order, digests.head(every))
 
     def find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -24,8 +24,9 @@ def sort_order(keys: np.ndarray) -> np.ndarray:
     two heads are equal, of the whole digests)."""
     heads = head(keys)
     order = np.argsort(heads, kind="stable")
-    ordered = heads[order]
-    if len(ordered) > 1 and bool((ordered[1:] == ordered[:-1]).any()):
+    heads = heads[order]
+    if len(heads) > 1 and bool((heads[1:] == heads[:-1]).any()):
+        del heads
         halves = np.ascontiguousarray(keys, dtype="S16").view(">u8")
         order = np.lexsort((halves[1::2], halves[0::2]))
     return order

@@ -64,23 +64,31 @@ class ReuseIndex:
         self.built_from_text = 0  # data files whose keys were made from their text (no valid key file)
 
     def _build(self) -> None:
-        keys, starts = [], [0]
-        # Every row of a kept file, dropped articles' too: a vector depends only on its chunk's text.
-        for part in self.store.parts():
+        parts = self.store.parts()
+        # Every row of a kept file, dropped articles' too: a vector depends only on its chunk's text. The
+        # keys go straight into one array (a file whose row count is not its marker's grows it).
+        every = np.empty(sum(part.chunks for part in parts), dtype="S16")
+        starts = [0]
+        for part in parts:
             found = chunk_keys.read(part.path, part.sha256, part.chunks)
             if found is None:
                 found = chunk_keys.from_text(part.path)
                 self.built_from_text += 1
-            keys.append(found)
-            starts.append(starts[-1] + len(found))
+            end = starts[-1] + len(found)
+            if end > len(every):
+                every = np.concatenate([every, np.empty(end - len(every), dtype="S16")])
+            every[starts[-1] : end] = found
+            starts.append(end)
             self._files.append(part.path)
-        every = np.concatenate(keys) if keys else np.zeros(0, dtype="S16")
-        del keys
+            del found
+        every = every[: starts[-1]]
         order = digests.sort_order(every)
         self._keys = every[order]
         del every
         self._at = order.astype(np.uint32 if len(order) < 2**32 else np.int64)
+        del order
         self._file_starts = np.array(starts, dtype=np.int64)
+        release_free_memory()
 
     def load(self) -> None:
         """Load the keys now (else the first lookup does)."""
