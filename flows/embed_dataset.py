@@ -36,7 +36,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from wikiembed import fast_tokenizer
 from wikiembed.errors import InputError, ShardsFailed, StoreError, WikiembedError
-from wikiembed.estimate import compare
+from wikiembed.estimate import Estimate, compare
 from wikiembed.executors import executor_for
 from wikiembed.executors.base import MAX_CONCURRENCY, Executor, ShardJob, StoreView
 from wikiembed.flows.flow_errors import ends_failed_on_user_errors
@@ -256,8 +256,8 @@ def _use_tokenizer(settings: RunSettings) -> None:
     os.environ[fast_tokenizer.CHOICE_ENV] = settings.compute.tokenizer
 
 
-def _finish(executor: Executor, store: StoreView, run: ShardsRun, started: float, changes=None, predicted=None,  # noqa: ANN001
-            states: list[ShardState] | None = None, rerun: list[int] | None = None) -> RunSummary:
+def _finish(executor: Executor, store: StoreView, run: ShardsRun, started: float, changes=None,  # noqa: ANN001
+            predicted: Estimate | None = None, states: list[ShardState] | None = None, rerun: list[int] | None = None) -> RunSummary:
     settings = executor.settings
     # One view of every shard for the export decision, the summary and the table (on a Volume
     # store each view is a remote call that reads every marker); `states` when the run changed none.

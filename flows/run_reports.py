@@ -24,7 +24,7 @@ from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 
 from wikiembed.errors import WikiembedError
-from wikiembed.estimate import markdown as estimate_markdown, one_line, store_estimate
+from wikiembed.estimate import Estimate, markdown as estimate_markdown, one_line, store_estimate
 from wikiembed.executors.base import Executor, StoreView
 from wikiembed.records import Manifest
 from wikiembed.results import RunSummary
@@ -172,7 +172,7 @@ def rerun_run_name() -> str:
     return f"re-embed {what} of {params['store']}"
 
 
-def announce_estimate(store: Any, manifest: Manifest, states: list[ShardState], executor: Executor) -> dict[str, Any] | None:
+def announce_estimate(store: Any, manifest: Manifest, states: list[ShardState], executor: Executor) -> Estimate | None:
     """What the pending shards should take, from the snapshot: one line on stderr and a markdown artifact.
 
     Its rate is the one measured where the run runs: by the store's done shards, else (the local engine on
