@@ -434,7 +434,8 @@ class TEIShards:
     @modal.method()
     def calibrate(self, root: str, gen: str) -> dict[str, Any] | None:
         assert self.router.client is not None
-        return store_ops.calibrate_store(root, gen, self.router.client, self.sync)
+        calibration = store_ops.calibrate_store(root, gen, self.router.client, self.sync)
+        return None if calibration is None else calibration.to_json()  # plain JSON crosses Modal's wire
 
     @modal.exit()
     def stop(self) -> None:

@@ -203,7 +203,8 @@ class TorchShards:
 
     @modal.method()
     def calibrate(self, root: str, gen: str) -> dict[str, Any] | None:
-        return store_ops.calibrate_store(root, gen, self.worker.engine, self.sync)
+        calibration = store_ops.calibrate_store(root, gen, self.worker.engine, self.sync)
+        return None if calibration is None else calibration.to_json()  # plain JSON crosses Modal's wire
 
     @modal.exit()
     def unload(self) -> None:

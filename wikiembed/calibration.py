@@ -15,13 +15,11 @@ Touches: the generation's snapshot (read) and `manifest.json` (written), the bac
 
 from __future__ import annotations
 
-from typing import Any
-
 from wikiembed.backends.base import Backend
 from wikiembed.backends.factory import BackendOptions
 from wikiembed.embedding import document_prompt
 from wikiembed.chunking import Chunking, chunk_table
-from wikiembed.compact import CALIBRATION_CHUNKS, calibrate_int8, spec_from_manifest
+from wikiembed.compact import CALIBRATION_CHUNKS, Int8Calibration, calibrate_int8, spec_from_manifest
 from wikiembed.model import load_tokenizer
 from wikiembed.sources import read_snapshot_rows
 from wikiembed.store import Store
@@ -52,26 +50,26 @@ def needs_calibration(manifest: Manifest) -> bool:
     return spec is not None and "int8" in spec.precisions and not manifest.int8
 
 
-def calibrate(store: Store, backend: Backend | BackendOptions) -> dict[str, Any] | None:
+def calibrate(store: Store, backend: Backend | BackendOptions) -> Int8Calibration | None:
     """Record the generation's int8 ranges in its manifest if it stores int8 and has none yet;
     return them (None: the generation stores no int8). `backend`: an open backend, or the options
     of `open_backend`, opened only when the sample must be embedded."""
     manifest = store.read_manifest()
     compact = manifest.compact
     if compact is None or not needs_calibration(manifest):
-        return manifest.int8
+        return Int8Calibration.of(manifest)
     previous = manifest.previous_generation
     if previous:
         published = Store(store.root, previous, store.sync).read_manifest()
         if published.compact and published.compact.forms() == compact.forms() and published.compact.int8:
-            calibration = published.compact.int8
-            store.write_manifest(manifest.changed(compact=compact.changed(int8=calibration)))
-            return calibration
+            kept = published.compact.int8  # as the published manifest holds it
+            store.write_manifest(manifest.changed(compact=compact.changed(int8=kept)))
+            return Int8Calibration.from_json(kept)
     if isinstance(backend, BackendOptions):
         backend = backend.open(manifest.model.model_id)
     spec = spec_from_manifest(manifest)
     assert spec is not None
     vectors = backend.embed(calibration_texts(store, manifest), document_prompt(manifest))
     calibration = calibrate_int8(vectors, spec.dims(int(manifest.model.dim)))
-    store.write_manifest(manifest.changed(compact=compact.changed(int8=calibration)))
+    store.write_manifest(manifest.changed(compact=compact.changed(int8=calibration.to_json())))
     return calibration

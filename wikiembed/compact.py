@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from wikiembed.errors import InputError, StoreError
 from wikiembed.records import Manifest
+from wikiembed.results import JsonRecord
 
 PRECISIONS = ("float32", "float16", "int8", "binary")
 _ARROW = {"float32": pa.float32(), "float16": pa.float16(), "int8": pa.int8(), "binary": pa.uint8()}
@@ -131,12 +132,38 @@ def parse_compact(
     return spec if spec.forms(full_dim) else None
 
 
-def stored_forms(manifest: Manifest) -> tuple[list[Form], dict[str, Any] | None]:
+@dataclass(frozen=True)
+class Int8Range(JsonRecord):
+    """One truncation's range per dimension: int8 codes -128..127 span min..max."""
+
+    min: tuple[float, ...]
+    max: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Int8Calibration(JsonRecord):
+    """A generation's int8 ranges (`calibrate_int8`: the calibrate step's answer); the manifest records its
+    `to_json()` (`compact.int8`)."""
+
+    chunks: int  # the calibration vectors the ranges were measured on
+    ranges: dict[str, Int8Range]  # by truncation: its number of dimensions, as a JSON key
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Int8Calibration":
+        return cls(int(data.get("chunks", 0)), {dim: Int8Range.from_json(r) for dim, r in (data.get("ranges") or {}).items()})
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> "Int8Calibration | None":
+        """The manifest's ranges, once calibrated."""
+        return None if manifest.int8 is None else cls.from_json(manifest.int8)
+
+
+def stored_forms(manifest: Manifest) -> tuple[list[Form], Int8Calibration | None]:
     """(the extra forms a store's data files carry, their int8 calibration) from its manifest."""
     spec = spec_from_manifest(manifest)
     if spec is None:
         return [], None
-    return spec.forms(int(manifest.model.dim)), manifest.int8
+    return spec.forms(int(manifest.model.dim)), Int8Calibration.of(manifest)
 
 
 def spec_from_manifest(manifest: Manifest) -> CompactSpec | None:
@@ -155,31 +182,31 @@ def truncate(vectors: np.ndarray, dim: int) -> np.ndarray:
     return out
 
 
-def calibrate_int8(vectors: np.ndarray, dims: Sequence[int]) -> dict[str, Any]:
+def calibrate_int8(vectors: np.ndarray, dims: Sequence[int]) -> Int8Calibration:
     """Per-dimension int8 ranges from calibration vectors, for each truncation in `dims`."""
     if len(vectors) == 0:
         raise StoreError("int8 calibration needs at least one vector; the store's first shard has no chunks.")
     ranges = {}
     for dim in dims:
         x = truncate(vectors, dim)
-        ranges[str(dim)] = {"min": x.min(axis=0).tolist(), "max": x.max(axis=0).tolist()}
-    return {"chunks": int(len(vectors)), "ranges": ranges}
+        ranges[str(dim)] = Int8Range(tuple(x.min(axis=0).tolist()), tuple(x.max(axis=0).tolist()))
+    return Int8Calibration(int(len(vectors)), ranges)
 
 
-def _int8_params(calibration: dict[str, Any] | None, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    found = ((calibration or {}).get("ranges") or {}).get(str(dim))
+def _int8_params(calibration: Int8Calibration | None, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    found = calibration.ranges.get(str(dim)) if calibration else None
     if not found:
         raise StoreError(
             "int8 vectors need the store's calibration ranges (manifest `compact.int8`), and none match "
             f"{dim} dimensions; rerun the store with `wikiembed run` to calibrate."
         )
-    lo = np.asarray(found["min"], dtype=np.float32)
-    hi = np.asarray(found["max"], dtype=np.float32)
+    lo = np.asarray(found.min, dtype=np.float32)
+    hi = np.asarray(found.max, dtype=np.float32)
     step = np.maximum(hi - lo, 1e-12) / 255.0
     return lo, step.astype(np.float32)
 
 
-def encode(vectors: np.ndarray, form: Form, int8_calibration: dict[str, Any] | None = None) -> np.ndarray:
+def encode(vectors: np.ndarray, form: Form, int8_calibration: Int8Calibration | None = None) -> np.ndarray:
     """The stored values of `form` for float32 vectors [n, full_dim]: shape [n, form.width]."""
     x = truncate(vectors, form.dim)
     if form.precision == "float32":
@@ -218,7 +245,7 @@ class Scorer:
     binary form's second stage: the float query against the ±1 vectors.
     """
 
-    def __init__(self, queries: np.ndarray, form: Form, int8_calibration: dict[str, Any] | None = None) -> None:
+    def __init__(self, queries: np.ndarray, form: Form, int8_calibration: Int8Calibration | None = None) -> None:
         self.form = form
         self.q = truncate(queries, form.dim)
         if form.precision == "int8":
@@ -270,7 +297,8 @@ def available_forms(spec: CompactSpec | None, full_dim: int) -> list[Form]:
 
 def card_section(manifest: Manifest) -> list[str]:
     """The dataset card's markdown lines describing a store's compact forms (none when it has none)."""
-    forms, calibration = stored_forms(manifest)
+    forms = stored_forms(manifest)[0]
+    calibration = manifest.int8  # rendered as the manifest holds it
     if not forms:
         return []
     lines = [

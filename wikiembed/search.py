@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import shlex
 
 from wikiembed import index as ann
-from wikiembed.compact import Form, Scorer, column_values, form_by_name, spec_from_manifest
+from wikiembed.compact import Form, Int8Calibration, Scorer, column_values, form_by_name, spec_from_manifest
 from wikiembed.errors import InputError, StoreError
 from wikiembed.results import JsonRecord
 from wikiembed.store import Store
@@ -114,7 +114,7 @@ class StoreVectors:
         self.model_id: str = self.manifest.model.model_id
         self.dim = int(self.manifest.model.dim)
         self.compact = spec_from_manifest(self.manifest)
-        self.int8_calibration = self.manifest.int8
+        self.int8_calibration = Int8Calibration.of(self.manifest)
 
     @property
     def root(self) -> Path:

@@ -27,6 +27,7 @@ from typing import Any, Mapping
 from wikiembed.backends.base import Backend
 from wikiembed.backends.factory import BackendOptions
 from wikiembed.calibration import calibrate
+from wikiembed.compact import Int8Calibration
 from wikiembed.embedding import VectorSource, embed_shard, record_vector_kind
 from wikiembed.chunking import chunk_shard_parts
 from wikiembed.memory import release_free_memory
@@ -90,7 +91,7 @@ def run_shard(
         return embed_shard(store, shard, backend, end - start, chunks=chunks, reuse=reuse)  # writes the store's compact forms too
 
 
-def calibrate_store(root: str, gen: str, backend: Backend | BackendOptions, sync: StoreSync = LOCAL) -> dict[str, Any] | None:
+def calibrate_store(root: str, gen: str, backend: Backend | BackendOptions, sync: StoreSync = LOCAL) -> Int8Calibration | None:
     """The calibrate step at the store: the generation's int8 ranges, embedded by this container's
     backend and committed to its manifest before any shard reads it (see `wikiembed.calibration`)."""
     sync.reload()

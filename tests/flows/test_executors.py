@@ -20,6 +20,7 @@ import pytest
 from wikiembed import executors, store_ops
 from wikiembed.backends.factory import BackendOptions
 from wikiembed.calibration import calibrate
+from wikiembed.compact import Int8Calibration
 from wikiembed.errors import TransientBackendError
 from wikiembed.executors.base import Executor, Planned, ShardJob, StoreView
 from wikiembed.results import Exported
@@ -45,7 +46,7 @@ class ToyExecutor(Executor):
     def check_backend(self, model: str) -> None:
         ENGINE.open(model)
 
-    def calibrate(self, root: str, gen: str) -> dict[str, Any] | None:
+    def calibrate(self, root: str, gen: str) -> Int8Calibration | None:
         return calibrate(Store(root, gen), ENGINE)
 
     def run_shard(self, job: ShardJob) -> dict[str, Any]:

@@ -393,7 +393,8 @@ def _serve(cloud: CloudDir, private: Path, out: BinaryIO, inp: BinaryIO) -> None
                 result = store_ops.run_shard(_local_root(root, private), gen, shard, backend_opts[cls], sync, reuse_previous=True)
             elif method == "calibrate":  # as TEIShards.calibrate / TorchShards.calibrate call it
                 root, gen = args
-                result = store_ops.calibrate_store(_local_root(root, private), gen, backend_opts[cls], sync)
+                calibration = store_ops.calibrate_store(_local_root(root, private), gen, backend_opts[cls], sync)
+                result = None if calibration is None else calibration.to_json()
             elif method == "prepare":
                 if cloud.faults().get("hold_prepare"):
                     (cloud.path / f"holding-{os.getpid()}").write_text(str(os.getpid()))

@@ -63,7 +63,7 @@ def test_truncation_renormalizes_and_int8_maps_back():
     cal = calibrate_int8(x, [32])
     codes = encode(x, Form("int8", 32, 64), cal)
     assert codes.dtype == np.int8 and codes.shape == (500, 32)
-    lo, hi = np.array(cal["ranges"]["32"]["min"]), np.array(cal["ranges"]["32"]["max"])
+    lo, hi = np.array(cal.ranges["32"].min), np.array(cal.ranges["32"].max)
     back = (codes.astype(np.float32) + 128) * (hi - lo) / 255 + lo
     assert np.abs(back - t).max() <= (hi - lo).max() / 255 / 2 + 1e-6  # half a step at most
 
@@ -80,7 +80,7 @@ def test_scorers_match_their_definitions():
     cal = calibrate_int8(docs, [64])
     int8 = Form("int8", 64, 64)
     codes = encode(docs, int8, cal)
-    lo, hi = np.array(cal["ranges"]["64"]["min"]), np.array(cal["ranges"]["64"]["max"])
+    lo, hi = np.array(cal.ranges["64"].min), np.array(cal.ranges["64"].max)
     dequant = (codes.astype(np.float64) + 128) * (np.maximum(hi - lo, 1e-12) / 255) + lo
     assert np.allclose(Scorer(queries, int8, cal).score(codes), queries @ dequant.T, atol=1e-4)
 

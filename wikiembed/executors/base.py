@@ -43,6 +43,7 @@ from wikiembed.store_results import Planned  # noqa: F401 (the download step's a
 from wikiembed.store_location import locate
 
 if TYPE_CHECKING:
+    from wikiembed.compact import Int8Calibration
     from wikiembed.model import ModelInfo
     from wikiembed.results import Exported
     from wikiembed.settings import ComputeOptions, RunSettings
@@ -152,7 +153,7 @@ class Executor(ABC):
     # -- the shards ----------------------------------------------------------------------------
 
     @abstractmethod
-    def calibrate(self, root: str, gen: str) -> dict[str, Any] | None:
+    def calibrate(self, root: str, gen: str) -> "Int8Calibration | None":
         """Record the generation's int8 ranges if it stores int8 and has none yet; return them."""
 
     @abstractmethod

@@ -12,9 +12,10 @@ Touches: Modal's API (the deployed apps, the lease Dict), through the user's Mod
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from wikiembed.calibration import needs_calibration
+from wikiembed.compact import Int8Calibration
 from wikiembed.executors.base import MAX_CONCURRENCY, Executor, Planned, ShardJob, StoreView
 from wikiembed.progress import Progress
 from wikiembed.records import Manifest, Marker
@@ -54,12 +55,13 @@ class ModalContainers(Executor):
         c = self.settings.compute
         return ModalShards(c.modal_app, c.modal_class, model_id=model, gpu=c.gpu)
 
-    def calibrate(self, root: str, gen: str) -> dict[str, Any] | None:
+    def calibrate(self, root: str, gen: str) -> Int8Calibration | None:
         manifest = VolumeStore(root, gen).read_manifest()
         if not needs_calibration(manifest):
-            return manifest.int8
-        # In a shard container at the Volume, with the backend that embeds the shards.
-        return self._shards(manifest.model.model_id).calibrate(mount_path(root), gen)
+            return Int8Calibration.of(manifest)
+        # In a shard container at the Volume, with the backend that embeds the shards; the ranges come back as JSON.
+        answer = self._shards(manifest.model.model_id).calibrate(mount_path(root), gen)
+        return None if answer is None else Int8Calibration.from_json(answer)
 
     def run_shard(self, job: ShardJob) -> Marker:
         # The container takes the previous generation's vectors itself (its reuse index on the Volume).

@@ -10,10 +10,9 @@ Touches: the run store's folder, the backend (calibration sample), the publish t
 
 from __future__ import annotations
 
-from typing import Any
-
 from wikiembed import reuse_index, store_ops
 from wikiembed.calibration import calibrate
+from wikiembed.compact import Int8Calibration
 from wikiembed.embedding import record_vector_kind
 from wikiembed.errors import InputError
 from wikiembed.executors.base import Executor, Planned, StoreView
@@ -36,7 +35,7 @@ class OnDisk(Executor):
     def prepare(self) -> Planned:
         return store_ops.prepare_store(self.settings)
 
-    def calibrate(self, root: str, gen: str) -> dict[str, Any] | None:
+    def calibrate(self, root: str, gen: str) -> Int8Calibration | None:
         return calibrate(Store(root, gen), self.backend)
 
     def pin_kind(self, store: StoreView, kind: VectorKind | None = None) -> None:
