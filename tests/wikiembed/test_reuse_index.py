@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from wikiembed import chunk_keys
 from wikiembed.backends.factory import open_backend
-from wikiembed.embedding import embed_shard, read_vectors
+from wikiembed.embedding import embed_shard, read_vectors, writer_options
 from wikiembed.chunking import chunk_shard
 from wikiembed.plan import prepare
 from wikiembed.reuse_index import ReuseIndex
@@ -144,3 +145,14 @@ def test_a_lookup_over_several_row_groups_reads_each_once_and_matches_the_files(
     groups = sum(pq.ParquetFile(done_store.data_path(k)).metadata.num_row_groups for k in range(3))
     assert len(read) == groups  # each of the three files' groups once
 
+
+
+def test_data_files_keep_float_vectors_without_a_dictionary(done_store: Store) -> None:
+    """A dictionary is tried for every column but float vectors, whose values hardly repeat."""
+    meta = pq.ParquetFile(done_store.data_path(0)).metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+    assert "RLE_DICTIONARY" not in encodings["embedding.list.element"]
+    assert "RLE_DICTIONARY" in encodings["id"]
+    schema = pa.schema([("id", pa.string()), ("embedding", pa.list_(pa.float32(), 4)), ("embedding_int8", pa.list_(pa.int8(), 4)),
+                        ("embedding_f16", pa.list_(pa.float16(), 4))])
+    assert writer_options(schema)["use_dictionary"] == ["id", "embedding_int8.list.element"]
