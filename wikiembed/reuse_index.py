@@ -17,7 +17,6 @@ its data files that have none (written by `save`).
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -30,7 +29,7 @@ from wikiembed import chunk_keys, digests
 from wikiembed.atomic import remove
 from wikiembed.memory import release_free_memory
 from wikiembed.store import Store
-from wikiembed.store_files import LOCAL, StoreSync, each_in_threads
+from wikiembed.store_files import LOCAL, StoreSync
 
 
 class ReuseIndex:
@@ -43,11 +42,11 @@ class ReuseIndex:
     """
 
     # Vectors of the row groups read last kept for the next lookups (at least the last group): a
-    # lookup reads each group it needs once, and the next one mostly needs other groups.
-    _CACHE_BYTES = 64 << 20
-    # Row groups read side by side (at most one a core): each holds its vectors until the lookup has them
-    # (a data file's row group of 16,384 rows at dimension 384 is 25 MB).
-    _READ_AT_ONCE = 4
+    # lookup reads each group it needs once, and the next one mostly needs other groups (a day's edits
+    # are spread over every file), so little more than the last group is kept. Groups are read one at a
+    # time: two at once on threads read a 1/10 day's 13,440 reused vectors in 12.1 s instead of 13.8 s,
+    # holding 117 MB more.
+    _CACHE_BYTES = 32 << 20
     # The whole-generation index file an earlier version kept in the indexed generation's folder:
     # no longer read (the per-file key files replace it), and removed by `save`.
     LEGACY = "reuse-index.npz"
@@ -116,32 +115,24 @@ class ReuseIndex:
             self._starts[file_index] = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
         return self._starts[file_index]
 
-    def _read(self, file_index: int, group: int) -> np.ndarray:
-        """The vectors of one row group of a data file ([rows, dim] float32), read from the file."""
-        # One column: no work for Arrow's own threads to share (reads of several groups run side by side instead).
-        column = pq.ParquetFile(self._files[file_index]).read_row_group(group, columns=["embedding"], use_threads=False).column("embedding")
-        if isinstance(column, pa.ChunkedArray):
-            column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
-        return column.values.to_numpy(zero_copy_only=False).reshape(-1, column.type.list_size)
-
-    def _groups(self, wanted: list[tuple[int, int]]) -> list[np.ndarray]:
-        """The vectors of row groups `(file index, group)`: cached ones from the cache, the others read
-        on one thread a core (a read releases the GIL), then cached."""
-        missing = [key for key in dict.fromkeys(wanted) if key not in self._cache]
-        for key, vectors in zip(missing, each_in_threads(lambda key: self._read(*key), missing)):
-            self._cache[key] = vectors
-        out = []
-        for key in wanted:
-            self._cache.move_to_end(key)
-            out.append(self._cache[key])
-        while len(self._cache) > 1 and sum(v.nbytes for v in self._cache.values()) > self._CACHE_BYTES:
-            self._cache.popitem(last=False)
-        if missing:
-            # What the reads and the groups dropped freed goes back to the OS: Arrow's pool would keep it,
+    def _group(self, file_index: int, group: int) -> np.ndarray:
+        """The vectors of one row group of a data file ([rows, dim] float32), cached."""
+        key = (file_index, group)
+        if key not in self._cache:
+            # One column: no work for a pool of threads to share.
+            column = pq.ParquetFile(self._files[file_index]).read_row_group(group, columns=["embedding"], use_threads=False).column("embedding")
+            if isinstance(column, pa.ChunkedArray):
+                column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+            dim = column.type.list_size
+            self._cache[key] = column.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+            while len(self._cache) > 1 and sum(v.nbytes for v in self._cache.values()) > self._CACHE_BYTES:
+                self._cache.popitem(last=False)
+            # What the read and the groups dropped freed goes back to the OS: Arrow's pool would keep it,
             # and with edits spread over every row group of every file a run reads them all (at 1/10 of
             # English Wikipedia a day-2 shard's peak grew by 310 MB, 100 MB with this).
             release_free_memory()
-        return out
+        self._cache.move_to_end(key)
+        return self._cache[key]
 
     def lookup(self, texts: list[str], keys: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(vectors [n, dim] float32, found mask [n] bool) of `texts` (`keys`: their content keys, where
@@ -165,8 +156,8 @@ class ReuseIndex:
         at = self._at[pos[hits]].astype(np.int64)
         in_files = np.searchsorted(self._file_starts, at, side="right") - 1
         where = np.stack([in_files, at - self._file_starts[in_files]], axis=1)  # (file index, row) per hit
-        # File by file, row group by row group, in the order they are stored; a few groups read at a time.
-        needed: list[tuple[tuple[int, int], np.ndarray, np.ndarray]] = []  # ((file, group), out rows, group rows)
+        out: np.ndarray | None = None
+        # File by file, row group by row group, in the order they are stored.
         for file_index in np.unique(where[:, 0]).tolist():
             in_file = np.flatnonzero(where[:, 0] == file_index)
             rows = where[in_file, 1]
@@ -174,15 +165,10 @@ class ReuseIndex:
             groups = np.searchsorted(starts, rows, side="right") - 1
             for group in np.unique(groups).tolist():
                 at = groups == group
-                needed.append(((file_index, group), hits[in_file[at]], rows[at] - starts[group]))
-        out: np.ndarray | None = None
-        step = max(1, min(os.cpu_count() or 1, self._READ_AT_ONCE))
-        for first in range(0, len(needed), step):
-            window = needed[first : first + step]
-            for (_, into, take), vectors in zip(window, self._groups([key for key, _, _ in window])):
+                vectors = self._group(file_index, group)
                 if out is None:
                     out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
-                out[into] = vectors[take]
+                out[hits[in_file[at]]] = vectors[rows[at] - starts[group]]
         assert out is not None
         return out, found
 

@@ -121,8 +121,7 @@ def test_vectors_come_from_the_row_groups_that_hold_them(done_store: Store, monk
 
 
 def test_a_lookup_over_several_row_groups_reads_each_once_and_matches_the_files(done_store: Store, monkeypatch) -> None:
-    """Row groups read side by side give the vectors a plain read of each file gives, each group read once."""
-    monkeypatch.setattr(ReuseIndex, "_READ_AT_ONCE", 2)
+    """A lookup over every file gives the vectors a plain read of each file gives, each row group read once."""
     read: list[int] = []
     real = pq.ParquetFile.read_row_group
 
@@ -144,7 +143,6 @@ def test_a_lookup_over_several_row_groups_reads_each_once_and_matches_the_files(
     assert np.array_equal(found_vecs[:-1], every[order])
     groups = sum(pq.ParquetFile(done_store.data_path(k)).metadata.num_row_groups for k in range(3))
     assert len(read) == groups  # each of the three files' groups once
-
 
 
 def test_data_files_keep_float_vectors_without_a_dictionary(done_store: Store) -> None:
