@@ -199,6 +199,20 @@ class RunSummary(JsonRecord):
 
 
 @dataclass(frozen=True)
+class Building(JsonRecord):
+    """A newer generation being built beside the one a store reads (`Store.building`): its id and folder,
+    and how far it got (or why it cannot be read)."""
+
+    generation: str
+    path: str
+    error: str | None = optional()  # its manifest or markers could not be read
+    source: str | None = optional()
+    total: int | None = optional()  # shards
+    done: int | None = optional()
+    failed: int | None = optional()
+
+
+@dataclass(frozen=True)
 class Published(JsonRecord):
     """What `wikiembed export` / `upload` print and `wikiembed.publish.publish` returns: the dataset folder written."""
 
@@ -209,7 +223,7 @@ class Published(JsonRecord):
     shards: int
     rows: int
     generation: str | None
-    building: dict[str, Any] | None  # a newer generation being built beside it (`Store.building`)
+    building: Building | None  # a newer generation being built beside it (`Store.building`)
     url: str
     committed: bool  # False: the target already held exactly this
 
@@ -410,7 +424,7 @@ class StatusPayload(JsonRecord):
     pending: int
     changed: int  # marked done, but the marker no longer vouches for the data file
     published: str | None  # the generation `current` points at
-    building: dict[str, Any] | None  # a newer generation being built beside it (`Store.building`)
+    building: Building | None  # a newer generation being built beside it (`Store.building`)
     kept: KeptFiles
 
     @property

@@ -33,6 +33,7 @@ from wikiembed import atomic
 from wikiembed.atomic import pid_alive
 from wikiembed.errors import InputError, StoreError
 from wikiembed.records import FORMAT, Manifest, Marker, manifest_of, marker_of, misfit
+from wikiembed.results import Building
 from wikiembed.store_files import LOCAL, StoreSync, each_in_threads
 from wikiembed.store_files import StoreLock, sha256_file, store_os_error, write_json_atomic  # noqa: F401 (re-exported)
 from wikiembed.store_parts import Part, ShardState
@@ -77,7 +78,7 @@ class Store:
             store.gen, store._flat = resolved.name, resolved
         return store
 
-    def building(self) -> dict[str, Any] | None:
+    def building(self) -> Building | None:
         """The generation `next` names while it is not the one this Store reads: its id, folder, and
         shard counts, so a reader of the published version is told that a newer one is unfinished
         (and how to look at it) without acting on it."""
@@ -85,15 +86,13 @@ class Store:
         if nxt is None or nxt == self.gen or self._flat is not None:
             return None
         other = Store(self.root, nxt, self.sync)
-        info: dict[str, Any] = {"generation": nxt, "path": str(other.dir)}
         try:
             manifest = other.read_manifest()
             states = other.states(manifest)
         except StoreError as exc:
-            return {**info, "error": str(exc)}
-        info.update(source=manifest.source.spec, total=len(states),
-                    done=sum(s.state == "done" for s in states), failed=sum(s.state == "failed" for s in states))
-        return info
+            return Building(generation=nxt, path=str(other.dir), error=str(exc))
+        return Building(generation=nxt, path=str(other.dir), source=manifest.source.spec, total=len(states),
+                        done=sum(s.state == "done" for s in states), failed=sum(s.state == "failed" for s in states))
 
     def refresh(self) -> None:
         """See what other machines committed (a Volume's `reload()`; nothing on a local disk)."""

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from wikiembed.atomic import pid_alive
 from wikiembed.errors import BackendError, InputError, StoreError
 from wikiembed.records import FORMAT, Manifest, manifest_of
-from wikiembed.results import Exported, Published
+from wikiembed.results import Building, Exported, Published
 from wikiembed.store_parts import ShardState
 from wikiembed.store_results import GenerationView, Planned
 
@@ -161,7 +161,7 @@ class VolumeStore:
             self._view(with_states=False)
         return (self._pointers or {}).get(name)
 
-    def building(self) -> dict[str, Any] | None:
+    def building(self) -> Building | None:
         """Always None: a Volume store is viewed at the generation being built (`next`, else `current`), which
         `status` shows with what is published beside it; there is no other unfinished one to report."""
         return None

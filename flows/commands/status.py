@@ -7,10 +7,9 @@ import argparse
 import json
 import shlex
 import sys
-from typing import Any
 
 from wikiembed.flows.commands.base import EXIT_FAILED_SHARDS, EXIT_OK, Command
-from wikiembed.results import KeptFiles, ShardStatus, StatusPayload
+from wikiembed.results import Building, KeptFiles, ShardStatus, StatusPayload
 
 
 def _status_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,14 +83,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return code
 
 
-def building_line(store: str, building: dict[str, Any]) -> str:
+def building_line(store: str, building: Building) -> str:
     """One line on an unfinished newer generation: what it is, how far it got, and how to finish or see it."""
     b = building
-    if b.get("error"):
-        return f"a newer generation {b['generation']} is unfinished and unreadable: {b['error']}"
-    return (f"a newer generation {b['generation']} (source {b.get('source')}) is being built beside it: {b['done']} of "
-            f"{b['total']} shards done, {b['failed']} failed. The `wikiembed run` that started it, run again, finishes "
-            f"and publishes it; `wikiembed status --store {shlex.quote(b['path'])}` shows it. Until then export, upload, "
+    if b.error:
+        return f"a newer generation {b.generation} is unfinished and unreadable: {b.error}"
+    return (f"a newer generation {b.generation} (source {b.source}) is being built beside it: {b.done} of "
+            f"{b.total} shards done, {b.failed} failed. The `wikiembed run` that started it, run again, finishes "
+            f"and publishes it; `wikiembed status --store {shlex.quote(b.path)}` shows it. Until then export, upload, "
             "search, eval and index act on the published generation.")
 
 

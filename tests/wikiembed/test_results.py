@@ -66,6 +66,9 @@ STATUS = {
     (StoreFigures, STORE_FIGURES), (Figures, FINETUNE["difference"]), (Published, PUBLISHED), (Exported, EXPORTED),
     (Exported, {"promoted": False, "published": None}), (ImproveResult, {**IMPROVE, "published": EXPORTED}),
     (Planned, PLANNED), (GenerationView, VIEW),
+    (StatusPayload, {**STATUS, "building": {"generation": "g2", "path": "/s/gens/g2", "source": "sample:300", "total": 3,
+                                            "done": 1, "failed": 0}}),
+    (Published, {**PUBLISHED, "building": {"generation": "g2", "path": "/s/gens/g2", "error": "StoreError: unreadable"}}),
 ])
 def test_json_round_trips_byte_for_byte_and_records_pickle(kind, payload):
     record = kind.from_json(payload)
