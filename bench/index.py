@@ -80,13 +80,13 @@ def measure(vectors: StoreVectors, queries: np.ndarray, form_name: str, repeats:
     recall = float(np.mean([len(set(a) & set(e)) / K for a, e in zip(approx.positions, exact_all.positions)]))
     return {
         "form": form_name,
-        "index_bytes": built["bytes"],
-        "column_bytes_raw": form.bytes_per_vector * built["rows"],
-        "build_seconds": built["seconds"],
-        "index_files": built["parts"],
-        "index_files_built": built["parts_built"],
-        "index_segments": len(built["segments"]),
-        "metric": built["metric"],
+        "index_bytes": built.bytes,
+        "column_bytes_raw": form.bytes_per_vector * built.rows,
+        "build_seconds": built.seconds,
+        "index_files": built.parts,
+        "index_files_built": built.parts_built,
+        "index_segments": len(built.segments),
+        "metric": built.metric,
         "one_query_ms": {
             "exact_median": 1000 * statistics.median(exact_s),
             "index_median": 1000 * statistics.median(index_s),

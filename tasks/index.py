@@ -18,5 +18,5 @@ def index_task(store: str, gen: str, forms: list[str]) -> list[IndexBuilt]:
     """Build each form's index over `gen` (only its data files no segment covers: the files kept from an
     earlier generation keep their segments); return what was built: form, rows, bytes, seconds, and how
     many data files were indexed and how many kept in segments reused."""
-    return [IndexBuilt(b["form"], b["rows"], b["bytes"], b["seconds"], b["parts_built"], b["parts_reused"])
+    return [IndexBuilt(b.form, b.rows, b.bytes, b.seconds, b.parts_built, b.parts_reused)
             for b in (build_index(store, f, gen) for f in forms)]

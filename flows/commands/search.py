@@ -49,13 +49,13 @@ def _cmd_index(args: argparse.Namespace) -> int:
     from wikiembed.index_build import build_index
 
     result = build_index(args.store, args.form)
-    write_json(args.json_path, result)  # before printing: a reader that leaves early cannot cost the file
-    print(f"index of {result['form']} ({result['metric']}, {result['scalar']}) over {result['rows']:,} vectors in "
-          f"{result['parts']} data files, {len(result['segments'])} segments: {result['parts_built']} files indexed "
-          f"({result['rows_built']:,} rows, {result['segments_built']} segments built, {result['segments_merged']} merged) "
-          f"in {result['seconds']:.1f}s, {result['parts_reused']} kept in {result['segments_reused']} segments reused; "
-          f"{result['bytes'] / 1e6:,.1f} MB in all, this generation's in {result['path']} ({result['library']})")
-    for path in result["removed_older_layout"]:
+    write_json(args.json_path, result.to_json())  # before printing: a reader that leaves early cannot cost the file
+    print(f"index of {result.form} ({result.metric}, {result.scalar}) over {result.rows:,} vectors in "
+          f"{result.parts} data files, {len(result.segments)} segments: {result.parts_built} files indexed "
+          f"({result.rows_built:,} rows, {result.segments_built} segments built, {result.segments_merged} merged) "
+          f"in {result.seconds:.1f}s, {result.parts_reused} kept in {result.segments_reused} segments reused; "
+          f"{result.bytes / 1e6:,.1f} MB in all, this generation's in {result.path} ({result.library})")
+    for path in result.removed_older_layout:
         print(f"removed {path} (the older layout: one graph for a whole generation)")
     return EXIT_OK
 
