@@ -29,7 +29,7 @@ def _store(tmp_path: Path) -> Store:
 
 def _renames(path: Path) -> list[str]:
     """Calls in `path` that rename a file: os.replace/os.rename/os.renames/shutil.move, and `.rename(x)` or
-    `.replace(x)` with one argument (Path's; str.replace takes two)."""
+    `.replace(x)` with one positional argument (Path's; str.replace takes two, a record's `replace` keywords)."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
@@ -37,7 +37,7 @@ def _renames(path: Path) -> list[str]:
         owner = node.func.value.id if isinstance(node.func.value, ast.Name) else None
         name = node.func.attr
         if (owner == "os" and name in ("replace", "rename", "renames")) or (owner == "shutil" and name == "move") \
-                or (name in ("rename", "replace") and len(node.args) + len(node.keywords) == 1):
+                or (name in ("rename", "replace") and len(node.args) == 1 and not node.keywords):
             found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
     return found
 
