@@ -429,7 +429,8 @@ class TEIShards:
     @modal.method()
     def run_shard(self, root: str, gen: str, shard: int) -> dict[str, Any]:
         assert self.router.client is not None
-        return store_ops.run_shard(root, gen, shard, self.router.client, self.sync, reuse_previous=True)
+        marker = store_ops.run_shard(root, gen, shard, self.router.client, self.sync, reuse_previous=True)
+        return marker.model_dump(mode="json")  # the marker's JSON crosses Modal's wire, as its file holds it
 
     @modal.method()
     def calibrate(self, root: str, gen: str) -> dict[str, Any] | None:

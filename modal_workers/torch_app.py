@@ -199,7 +199,8 @@ class TorchShards:
 
     @modal.method()
     def run_shard(self, root: str, gen: str, shard: int) -> dict[str, Any]:
-        return store_ops.run_shard(root, gen, shard, self.worker.engine, self.sync, reuse_previous=True)
+        marker = store_ops.run_shard(root, gen, shard, self.worker.engine, self.sync, reuse_previous=True)
+        return marker.model_dump(mode="json")  # the marker's JSON crosses Modal's wire, as its file holds it
 
     @modal.method()
     def calibrate(self, root: str, gen: str) -> dict[str, Any] | None:
