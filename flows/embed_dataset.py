@@ -56,7 +56,7 @@ from wikiembed.tasks.index import index_task
 from wikiembed.tasks.retry import attempts_of
 from wikiembed.store_location import locate
 from wikiembed.records import Manifest, ShardResult, VectorKind, misfit
-from wikiembed.results import EvalHeadline, IndexBuilt, PredictedVsActual, RunSummary
+from wikiembed.results import PredictedVsActual, RunSummary
 
 # Each shard in flight holds a pool thread (its embed task); see the executors' concurrency.
 # The UI's progress artifact is updated at most this often: each update is an API call

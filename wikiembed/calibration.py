@@ -18,7 +18,7 @@ from __future__ import annotations
 from wikiembed.backends.base import Backend
 from wikiembed.backends.factory import BackendOptions
 from wikiembed.embedding import document_prompt
-from wikiembed.chunking import Chunking, chunk_table
+from wikiembed.chunking import chunk_table
 from wikiembed.compact import CALIBRATION_CHUNKS, Int8Calibration, calibrate_int8, spec_from_manifest
 from wikiembed.model import load_tokenizer
 from wikiembed.sources import read_snapshot_rows

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from wikiembed.card import EVAL_FILE, EVAL_METRICS, write_card
 from wikiembed.compact import available_forms

@@ -46,7 +46,6 @@ from typing import Any, Callable, Hashable, Literal, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from wikiembed import atomic

@@ -8,7 +8,7 @@ picks a backend (`factory.py`) sits above both.
 from __future__ import annotations
 
 import threading
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
