@@ -40,9 +40,7 @@ def search(keys: np.ndarray, heads: np.ndarray, query: np.ndarray) -> tuple[np.n
     if not n or not len(query):
         return np.zeros(len(query), dtype=np.int64), np.zeros(len(query), dtype=bool)
     wanted = head(query)
-    by_value = np.argsort(wanted)
-    pos = np.empty(len(query), dtype=np.int64)
-    pos[by_value] = np.searchsorted(heads, wanted[by_value])
+    pos = search_sorted(heads, wanted)
     np.minimum(pos, n - 1, out=pos)
     found = keys[pos] == query
     shared = ~found & (heads[pos] == wanted)
@@ -50,3 +48,12 @@ def search(keys: np.ndarray, heads: np.ndarray, query: np.ndarray) -> tuple[np.n
         again = np.minimum(np.searchsorted(keys, query[shared]), n - 1)
         pos[shared], found[shared] = again, keys[again] == query[shared]
     return pos, found
+
+
+def search_sorted(array: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """`np.searchsorted(array, values)`, the values taken in sorted order: numpy's binary search then starts
+    each one where the last ended (about twice as fast for random values)."""
+    by_value = np.argsort(values)
+    pos = np.empty(len(values), dtype=np.int64)
+    pos[by_value] = np.searchsorted(array, values[by_value])
+    return pos

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from wikiembed.digests import search_sorted
 from wikiembed.sources.base import OPTIONAL, REQUIRED, SNAPSHOT_SCHEMA, RowReport, Source, check_columns as _check_columns, reader_for
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -114,11 +115,7 @@ class _SeenIds:
         """Per digest (uint64): whether it is in the array (it stays so until the next `settle`)."""
         if not len(self.settled) or not len(digests):
             return np.zeros(len(digests), dtype=bool)
-        # The digests searched in sorted order: numpy's binary search then starts each where the last ended.
-        by_value = np.argsort(digests)
-        at = np.empty(len(digests), dtype=np.int64)
-        at[by_value] = np.searchsorted(self.settled, digests[by_value])
-        np.minimum(at, len(self.settled) - 1, out=at)
+        at = np.minimum(search_sorted(self.settled, digests), len(self.settled) - 1)
         return self.settled[at] == digests
 
     def settle(self) -> None:
