@@ -22,7 +22,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext
 
-from wikiembed.finetune import FinetuneSettings
+from wikiembed.finetune_settings import FinetuneSettings
 from wikiembed.results import FinetuneRecord
 from wikiembed.tasks.retry import retry_transient
 from wikiembed.store_location import locate

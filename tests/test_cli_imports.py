@@ -21,8 +21,9 @@ from wikiembed.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a cheap command must not import: the model stack, the Hub and Modal clients, the flow engine, the server.
+# The training module too: every command line builds the fine-tune's options, from wikiembed.finetune_settings.
 HEAVY = ("torch", "transformers", "sentence_transformers", "datasets", "huggingface_hub", "modal", "prefect", "fastapi",
-         "uvicorn")
+         "uvicorn", "wikiembed.finetune")
 
 # Runs each command line in turn in one interpreter (a command that loads a package shows up as the first to have
 # it), printing one JSON line per command: its exit code and the heavy packages loaded by then.

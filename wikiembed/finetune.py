@@ -41,16 +41,16 @@ import sys
 import time
 import unicodedata
 from pathlib import Path
-from typing import Any, Callable, Hashable, Literal, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field
 
 from wikiembed import atomic
 from wikiembed.compact import column_values
 from wikiembed.errors import InputError
+from wikiembed.finetune_settings import MINE_DEPTH, FinetuneSettings  # noqa: F401 (what callers import from here)
 from wikiembed.evaluate import DEPTH, judge, metrics, paired_difference
 from wikiembed.model import load_tokenizer, model_info
 from wikiembed.queries import JudgedQuery, match, read_queries, split_holdout, store_keys
@@ -65,9 +65,6 @@ MIN_TRAIN_QUERIES = 20
 # the in-batch negatives of a large batch then fit a GPU that could not hold the whole batch at once.
 CACHED_ABOVE = 64
 CACHED_MINI_BATCH = 32
-# Store hits looked at per query: hard negatives are the first non-relevant ones, and the held-out pool
-# takes this many per held-out query (20 per query keeps the pool a few thousand chunks at 200 queries).
-MINE_DEPTH = 20
 # The engine must give the model's own vectors (cosine to sentence-transformers' encode) for the
 # fine-tuned folder to re-embed the store; bfloat16 on a GPU stays above 0.99.
 PARITY_COSINE = 0.98
@@ -79,20 +76,6 @@ PARITY_TEXTS = 8
 # at a time. The random state is replayed, so the gradients, and the model, are the same bit for bit; a step
 # costs one more forward pass.
 CHECKPOINT_ACTIVATIONS = True
-
-
-class FinetuneSettings(BaseModel):
-    """How to fine-tune; every field is recorded in the model card and `finetune.json`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: int = Field(1, ge=1, description="passes over the training pairs")
-    batch_size: int = Field(32, ge=2, description="pairs per batch: each query's in-batch negatives are the other positives")
-    learning_rate: float = Field(2e-5, gt=0, description="AdamW learning rate, warmed up over the first 10% of steps")
-    holdout: float = Field(0.2, gt=0, lt=1, description="share of the queries held out, never trained on")
-    seed: int = Field(0, description="seeds the held-out split and the training order")
-    negatives: int = Field(1, ge=0, le=MINE_DEPTH - 1, description="hard negatives mined per pair from the store's vectors")
-    device: Literal["cpu", "cuda"] | None = Field(None, description="where to train: cpu or cuda (default: cuda when present)")
 
 
 def _sha256(path: Path) -> str:

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from wikiembed.finetune import FinetuneSettings
+from wikiembed.finetune_settings import FinetuneSettings
 from wikiembed.results import Figures
 
 Metric = Literal["mrr", "recall_at_1", "recall_at_10", "ndcg_at_10"]

@@ -15,7 +15,7 @@ from wikiembed.results import ImproveResult, RunSummary
 
 
 def _finetune_arguments(parser: argparse.ArgumentParser) -> None:
-    from wikiembed.finetune import FinetuneSettings
+    from wikiembed.finetune_settings import FinetuneSettings
 
     parser.add_argument("--store", required=True, help="the store: a local folder, or modal:VOLUME/PATH (the fine-tune then runs on a Modal GPU next to it)")
     parser.add_argument("--pairs", required=True, metavar="FILE", help="judged queries, as for eval --queries (modal:VOLUME/PATH for a Volume store)")
@@ -25,7 +25,7 @@ def _finetune_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from wikiembed.finetune import FinetuneSettings
+    from wikiembed.finetune_settings import FinetuneSettings
     from wikiembed.store_location import locate
 
     settings = FinetuneSettings(**given(args, FinetuneSettings))
@@ -51,7 +51,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _improve_arguments(parser: argparse.ArgumentParser) -> None:
-    from wikiembed.finetune import FinetuneSettings
+    from wikiembed.finetune_settings import FinetuneSettings
     from wikiembed.improve import ImproveSettings
 
     add_model_options(parser, ImproveSettings, skip=("finetune",))
@@ -61,7 +61,7 @@ def _improve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_improve(args: argparse.Namespace) -> int:
     from wikiembed.errors import ShardsFailed
-    from wikiembed.finetune import FinetuneSettings
+    from wikiembed.finetune_settings import FinetuneSettings
     from wikiembed.flows.improve_model import METRIC_NAMES, improve_model
     from wikiembed.improve import ImproveSettings
     from wikiembed.store_location import locate
