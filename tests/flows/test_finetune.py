@@ -175,24 +175,31 @@ def test_a_second_finetune_into_the_same_out_is_refused_at_once_and_leaves_nothi
     assert err.count("error:") == 1
 
 
-def test_batches_above_64_train_with_the_cached_loss(compact_store, topics, tmp_path):
-    from sentence_transformers import SentenceTransformer
-
-    from wikiembed.finetune import FinetuneSettings, finetune
-
-    pairs = title_pairs(topics, tmp_path / "pairs.jsonl")
-    (tmp_path / ".model.tmp-999999").mkdir()  # what a fine-tune killed before its rename leaves
-    record = finetune(compact_store, pairs, tmp_path / "model", FinetuneSettings(batch_size=80, negatives=0))
-    assert record.loss == "CachedMultipleNegativesRankingLoss" and record.examples == 27
-    assert SentenceTransformer(str(tmp_path / "model"), device="cpu").encode(["x"]).shape == (1, 384)
-    assert not list(tmp_path.glob(".model.tmp-*"))
-
-
-def test_hard_negatives_come_through_the_approximate_index_where_one_is_built(compact_store, topics, tmp_path):
+@pytest.fixture(scope="module")
+def tuned_at_80_on_an_index(compact_store, topics, tmp_path_factory):
+    """(folder, record) of one fine-tune at batch size 80 (above CACHED_ABOVE) with a hard negative per pair, of a copy
+    of the compact store with an approximate index built, next to the temporary folder a fine-tune killed before its
+    rename leaves."""
     from wikiembed.finetune import FinetuneSettings, finetune
     from wikiembed.index_build import build_index
 
-    store = shutil.copytree(compact_store, tmp_path / "store", symlinks=True)
+    base = tmp_path_factory.mktemp("finetune-indexed")
+    store = shutil.copytree(compact_store, base / "store", symlinks=True)
     build_index(store, "float32")
-    record = finetune(store, title_pairs(topics, tmp_path / "pairs.jsonl"), tmp_path / "model", FinetuneSettings(batch_size=8))
-    assert record.negatives_from == "approximate index" and record.examples == 27
+    (base / ".model.tmp-999999").mkdir()  # what a fine-tune killed before its rename leaves
+    record = finetune(store, title_pairs(topics, base / "pairs.jsonl"), base / "model", FinetuneSettings(batch_size=80))
+    return base / "model", record
+
+
+def test_batches_above_64_train_with_the_cached_loss(tuned_at_80_on_an_index):
+    from sentence_transformers import SentenceTransformer
+
+    out, record = tuned_at_80_on_an_index
+    assert record.loss == "CachedMultipleNegativesRankingLoss" and record.examples == 27
+    assert SentenceTransformer(str(out), device="cpu").encode(["x"]).shape == (1, 384)
+    assert not list(out.parent.glob(".model.tmp-*"))
+
+
+def test_hard_negatives_come_through_the_approximate_index_where_one_is_built(tuned_at_80_on_an_index):
+    _, record = tuned_at_80_on_an_index
+    assert record.negatives_from == "approximate index" and record.settings["negatives"] == 1 and record.examples == 27
