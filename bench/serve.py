@@ -2,10 +2,11 @@
 
 The store is made by the real pipeline (`wikiembed run --index float32`, the bundled model on the CPU)
 from short synthesized articles, one chunk each: 50,000 in the full run (about the size where a scan
-takes tens of milliseconds and the index is what answers), 300 with `--quick` (or `--smoke`). It is built once under
-`--work` and reused. The service runs as `wikiembed serve` in its own process on loopback; the clients
-are threads of this one (keep-alive connections, one per client; the throughput phase's clients use the
-standard library's `http.client`, which costs a fraction of httpx's CPU a request).
+takes tens of milliseconds and the index is what answers), 300 with `--quick`, 40 with `--smoke` (every
+phase at a few requests: it checks the script, its figures mean nothing). It is built once under `--work` and
+reused. The service runs as `wikiembed serve` in its own process on loopback; the clients are threads of
+this one (keep-alive connections, one per client; the throughput phase's clients use the standard library's
+`http.client`, which costs a fraction of httpx's CPU a request).
 
 1. latency: one client, GET /search?k=10 one after another (distinct queries): p50 and p99.
 2. throughput: the same number of requests from 1 client and from 16 at once: the ratio of rates
@@ -48,6 +49,8 @@ import httpx
 SIZES = {
     "full": {"articles": 50_000, "shard_rows": 10_000, "latency": 300, "throughput": 320, "feedback": 10_000, "added": 500, "edited": 500},
     "quick": {"articles": 300, "shard_rows": 150, "latency": 20, "throughput": 32, "feedback": 160, "added": 10, "edited": 10},
+    # Two requests of each of the 16 clients in the throughput and feedback phases (a negative and a positive record each).
+    "smoke": {"articles": 40, "shard_rows": 20, "latency": 10, "throughput": 32, "feedback": 32, "added": 4, "edited": 4},
 }
 CLIENTS = 16
 K = 10
@@ -308,11 +311,12 @@ def publish_under_load(url: str, work: Path, store: Path, size: dict[str, int], 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work", default="/tmp/wikiembed-serve-bench", help="where the store and the feedback file are kept (reused)")
-    p.add_argument("--quick", "--smoke", action="store_true", help="300 articles and a few hundred requests: checks the script")
+    p.add_argument("--quick", action="store_true", help="300 articles and a few hundred requests")
+    p.add_argument("--smoke", action="store_true", help="40 articles and a few requests a phase: checks the script in seconds")
     p.add_argument("--max-seconds", type=float, default=600, help="the publishing run's limit")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
-    mode = "quick" if args.quick else "full"
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     size = SIZES[mode]
     work = Path(args.work)
     store, build_s = build_store(work, size)
