@@ -79,7 +79,7 @@ TEI_MAX_FRACTION = 0.01
 # at least `--volume-shards` shards (VOLUME_SHARDS; SMOKE_VOLUME_SHARDS at the smoke size), on this many containers.
 VOLUME_MAX_FRACTION = 0.01
 VOLUME_SHARDS = 2000
-SMOKE_VOLUME_SHARDS = 20
+SMOKE_VOLUME_SHARDS = 4  # the fewest whose markers give `shards_per_s_halves` (two shards a half)
 VOLUME_CONTAINERS = 2
 VOLUME_STEP = "run_day1_modal_volume"
 
