@@ -61,8 +61,8 @@ SHARD_CPU = 16.0  # cores of a TorchShards container (modal_workers/torch_app.py
 # The engine on pre-tokenized text, bge-small shape, bf16 + SDPA, eager, one H100 (measured 2026-11-26,
 # README, Performance: 16.8M chars/s); TEI on an A10G per Modal's English-Wikipedia embedding example: ~0.2M chars/s.
 DEFAULT_GPU_CHARS_PER_S = 16.8e6
-# --smoke: two data-plane shards, a handful of control-plane and resumed shards.
-SMOKE = {"control_shards": 4, "resume_shards": 20, "articles": 40, "shard_rows": 20}
+# --smoke: two data-plane shards, two control-plane shards, four resumed shards (each a Prefect task run of its own).
+SMOKE = {"control_shards": 2, "resume_shards": 4, "articles": 40, "shard_rows": 20}
 ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL", "HF_HUB_OFFLINE": "1",
        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}  # fmt: skip
