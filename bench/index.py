@@ -9,7 +9,7 @@ first hit is the same.
 
     python bench/index.py --store runs/manpages --forms float32,int8,binary --json bench/results/index.json
 
-`--smoke` needs no store: it embeds a few dozen sample articles with every form (the
+`--smoke` needs no store: it embeds 20 sample articles (two shards) with every form (the
 `embed-dataset` flow, through the Prefect API of PREFECT_API_URL where set) into a temp store and
 measures a few queries, once (seconds; it checks the script, its figures mean nothing).
 """
@@ -35,7 +35,7 @@ from wikiembed.search import StoreVectors
 
 K = 10
 # --smoke: a store of every form, from this many sample articles, and this many queries.
-SMOKE_ARTICLES = 40
+SMOKE_ARTICLES = 20
 SMOKE_QUERIES = 8
 SMOKE_FORMS = "float32,int8,binary"
 
