@@ -1,12 +1,16 @@
 """The `improve-model` flow on real text (Python's reference topics, 9 shards) with the bundled model, 1 epoch on
 the CPU: re-embedding into a new store, keeping the old one published when the new model is not better
-(trained on shuffled pairs), resuming after a SIGKILL, and refusing too few held-out queries before the
-fine-tune. The 34 topics hold out 7 queries, so these runs lower `min_holdout` (default 20) to 5. Publishing a
-better model (2 epochs) is in test_improve_model_publish.py, so that the two files run side by side on two xdist
-workers; the published store they start from is the `published_store` fixture (tests/flows/conftest.py)."""
+(trained on shuffled pairs), resuming after a SIGKILL (the compact store's loop, 3 shards, run again into another
+new store: its fine-tune is found done, as a rerun finds it, and the kill comes while it re-embeds), and refusing
+too few held-out queries before the fine-tune. The 34 topics hold out 7 queries, so these runs lower `min_holdout`
+(default 20) to 5. Publishing a better model (2 epochs) is in test_improve_model_publish.py, so that the two files
+run side by side on two xdist workers; the published store they start from is the `published_store` fixture
+(tests/flows/conftest.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -117,17 +121,38 @@ def _markers(store: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in done.glob("[0-9]*.json")} if done.exists() else {}
 
 
-def test_a_killed_loop_resumes_where_it_stopped(published_store, topics, tmp_path, cli_env):
-    store, _ = published_store
-    pairs = title_pairs(topics, tmp_path / "pairs.jsonl")
-    out, new = tmp_path / "model", tmp_path / "new-store"
+IMPROVE_OPTIONS = ["--batch-size", "8", "--negatives", "0", "--metric", "recall_at_10", "--margin", "0.02", "--min-holdout", "5"]
+
+
+@pytest.fixture(scope="module")
+def improved(compact_store, topics, tmp_path_factory):
+    """`wikiembed improve` of the compact store (3 shards) on its titles, 1 epoch, by the CLI's `main` in this process:
+    (pairs, model folder, new store, exit code, --json payload, stdout, stderr). The killed loop below is the same
+    loop into another new store: it finds this fine-tune done, as a rerun of the loop does."""
+    from wikiembed.flows.cli import main
+
+    base = tmp_path_factory.mktemp("improve-cli")
+    pairs = title_pairs(topics, base / "pairs.jsonl")
+    out, new, payload = base / "model", base / "new-store", base / "improve.json"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["improve", "--store", str(compact_store), "--pairs", str(pairs), "--out", str(out), "--new-store", str(new),
+                     *IMPROVE_OPTIONS, "--json", str(payload)])
+    return pairs, out, new, code, payload, stdout.getvalue(), stderr.getvalue()
+
+
+def test_a_killed_loop_resumes_where_it_stopped(improved, compact_store, tmp_path, cli_env):
+    pairs, out, _, code, *_ = improved
+    assert code == 0
+    store, new = compact_store, tmp_path / "new-store"
     script = ("import sys; from wikiembed.flows.improve_model import improve_model; "
-              "improve_model(*sys.argv[1:5], finetune={'batch_size': 8, 'negatives': 0}, min_holdout=5)")
+              "improve_model(*sys.argv[1:5], metric='recall_at_10', margin=0.02, finetune={'batch_size': 8, 'negatives': 0}, "
+              "min_holdout=5)")
     proc = subprocess.Popen([sys.executable, "-c", script, str(store), str(pairs), str(out), str(new)], env=cli_env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 900
-        while not (1 <= len(_markers(new)) < 9) and proc.poll() is None and time.monotonic() < deadline:
+        while not (1 <= len(_markers(new)) < 3) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert proc.poll() is None, "the loop ended before it could be killed mid re-embed"
         os.kill(proc.pid, signal.SIGKILL)
@@ -137,42 +162,37 @@ def test_a_killed_loop_resumes_where_it_stopped(published_store, topics, tmp_pat
             proc.kill()
     kept = _markers(new)
     weights = (out / "model.safetensors").stat().st_mtime_ns
-    assert 1 <= len(kept) < 9
-    result = improve_model(str(store), str(pairs), str(out), str(new), finetune={"batch_size": 8, "negatives": 0},
-                           min_holdout=5)
+    assert 1 <= len(kept) < 3
+    result = improve_model(str(store), str(pairs), str(out), str(new), metric="recall_at_10", margin=0.02,
+                           finetune={"batch_size": 8, "negatives": 0}, min_holdout=5)
     assert (out / "model.safetensors").stat().st_mtime_ns == weights  # the fine-tune was not redone
     after = _markers(new)
-    assert len(after) == 9 and all(after[name] == stamp for name, stamp in kept.items())  # done shards not redone
-    assert result["reembed"]["shards_done"] == 9
+    assert len(after) == 3 and all(after[name] == stamp for name, stamp in kept.items())  # done shards not redone
+    assert result["reembed"]["shards_done"] == 3
     assert pq.read_table(new / "data").num_rows == pq.read_table(store / "data").num_rows
     assert result["old"]["n"] == result["new"]["n"] == 7 and isinstance(result["publish"], bool)
 
 
-def test_wikiembed_improve_runs_the_loop_from_the_command_line(compact_store, topics, tmp_path, capsys):
+def test_wikiembed_improve_runs_the_loop_from_the_command_line(improved, compact_store, capsys):
     """`wikiembed improve` with the flow's options: the titles as pairs, 1 epoch; the decision is the flow's."""
     from wikiembed.flows.cli import main
     from wikiembed.improve import decide
     from wikiembed.results import Figures
 
-    pairs = title_pairs(topics, tmp_path / "pairs.jsonl")
-    out, new, payload = tmp_path / "model", tmp_path / "new-store", tmp_path / "improve.json"
-    code = main(["improve", "--store", str(compact_store), "--pairs", str(pairs), "--out", str(out), "--new-store", str(new),
-                 "--batch-size", "8", "--negatives", "0", "--metric", "recall_at_10", "--margin", "0.02", "--min-holdout", "5",
-                 "--json", str(payload)])
-    printed = capsys.readouterr()
-    assert code == 0, printed.err[-3000:]
+    pairs, out, new, code, payload, printed, err = improved
+    assert code == 0, err[-3000:]
     result = json.loads(payload.read_text())
     assert (result["metric"], result["margin"], result["finetune"]["settings"]["batch_size"]) == ("recall_at_10", 0.02, 8)
     assert (result["publish"], result["reason"]) == decide(Figures.from_json(result["difference"]), "recall_at_10", 0.02)
     assert result["published"] is None and result["old"]["n"] == result["new"]["n"] == 7
     assert result["reembed"]["embedded_chunks"] == result["reembed"]["chunks"] == pq.read_table(compact_store / "data").num_rows
     assert json.loads((new / "manifest.json").read_text())["model"]["model_id"] == str(out.resolve())
-    assert f"into {out.resolve()}" in printed.out and "held out 7 queries" in printed.out
-    assert f"{'publish' if result['publish'] else 'keep'}" in printed.out.splitlines()[-1] and result["reason"] in printed.out
-    assert f"re-embedded {result['reembed']['chunks']:,} chunks into {new}" in printed.out
+    assert f"into {out.resolve()}" in printed and "held out 7 queries" in printed
+    assert f"{'publish' if result['publish'] else 'keep'}" in printed.splitlines()[-1] and result["reason"] in printed
+    assert f"re-embedded {result['reembed']['chunks']:,} chunks into {new}" in printed
     # The same command again: the round is done, so nothing is embedded again, and the line says so.
     assert main(["improve", "--store", str(compact_store), "--pairs", str(pairs), "--out", str(out), "--new-store", str(new),
-                 "--batch-size", "8", "--negatives", "0", "--metric", "recall_at_10", "--margin", "0.02", "--min-holdout", "5"]) == 0
+                 *IMPROVE_OPTIONS]) == 0
     again = capsys.readouterr().out
     assert f"re-embedded 0 of the {result['reembed']['chunks']:,} chunks of {new} (3/3 shards)" in again, again
 
