@@ -136,10 +136,10 @@ def test_deploy_sample_then_rerun_two_shards(deployed, tmp_path):
     env, api, _ = deployed
     store = tmp_path / "store"
     run = _run_deployment(env, api, "embed-dataset/wikiembed-sample",
-                          "source=sample:120", f"store={store}", "shard_rows=40", f"upload_to=dir:{tmp_path / 'pub'}")
+                          "source=sample:30", f"store={store}", "shard_rows=10", f"upload_to=dir:{tmp_path / 'pub'}")
     assert run["state"]["type"] == "COMPLETED", run["state"]
-    assert run["name"] == f"embed sample:120 with all-MiniLM-L6-v2 on local into {store}"
-    assert {"model:sentence-transformers/all-MiniLM-L6-v2", "source:sample:120", "backend:local"} <= set(run["tags"])
+    assert run["name"] == f"embed sample:30 with all-MiniLM-L6-v2 on local into {store}"
+    assert {"model:sentence-transformers/all-MiniLM-L6-v2", "source:sample:30", "backend:local"} <= set(run["tags"])
     markers = {p.name: p.stat().st_mtime_ns for p in (store / "_done").glob("*.json")}
     assert sorted(markers) == ["00000.json", "00001.json", "00002.json"]
 
@@ -208,7 +208,7 @@ def alerts(deployed):
         hook.shutdown()
 
 
-@pytest.mark.parametrize("poison,failed", [("a", 3), ("Brepen", 2)])  # "a": every shard, not the backend check's probe text; shards 0 and 1 of sample:120
+@pytest.mark.parametrize("poison,failed", [("a", 3), ("Felham", 2)])  # "a": every shard, not the backend check's probe text; articles 3 and 16 of sample:30 (shards 0 and 1)
 def test_a_run_with_failed_shards_ends_failed_with_the_rerun(deployed, alerts, tmp_path, poison, failed):
     """A TEI server that rejects (422) any input holding `poison`: the flow run is Failed, says how to
     rerun, and the automation on Failed flow runs delivers that message."""
@@ -216,8 +216,8 @@ def test_a_run_with_failed_shards_ends_failed_with_the_rerun(deployed, alerts, t
     url, tei = start_server(model_id="sentence-transformers/all-MiniLM-L6-v2", poison=poison)
     store = tmp_path / "store"
     try:
-        run = _run_deployment(env, api, "embed-dataset/wikiembed-sample", "source=sample:120", f"store={store}",
-                              "shard_rows=40", "backend=tei", f'compute={{"tei_url": ["{url}"]}}')
+        run = _run_deployment(env, api, "embed-dataset/wikiembed-sample", "source=sample:30", f"store={store}",
+                              "shard_rows=10", "backend=tei", f'compute={{"tei_url": ["{url}"]}}')
     finally:
         tei.stop()
     assert run["state"]["type"] == "FAILED", run["state"]
