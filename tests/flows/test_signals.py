@@ -1,7 +1,8 @@
 """Stopping a run: Ctrl-C and SIGTERM stop it in seconds with one line and a resumable store, and
 nothing the CLI started outlives it. Real CLI subprocesses, real signals, and no PREFECT_API_URL:
 the CLI runs Prefect's temporary API server as a user's terminal would. A SIGKILL of the CLI is
-test_prefect_versions.py's, on both ends of the Prefect range (that nothing it started outlives it)."""
+test_prefect_versions.py's, on both ends of the Prefect range (that nothing it started outlives it); the Ctrl-C
+test here is that file's Ctrl-C on the newest Prefect, which it runs on the lowest only."""
 
 from __future__ import annotations
 
