@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.flows.conftest import ROOT
+from tests.flows.conftest import ROOT, cli_here
 from tests.standins.hub_server import HubServer
 from tests.standins.modal_cloud import CloudDict, CloudDir, ModalCloud
 from tests.standins.tei_server import embed_texts, start_server
@@ -112,7 +112,7 @@ def test_failed_remote_shard_then_rerun_failed(prefect_api, tmp_path: Path, tei:
     assert sorted(c["shard"] for c in cloud.cloud.calls() if c["method"] == "run_shard") == [0, 1, 2, 2, 3]
 
 
-def test_flow_killed_mid_run_resumes_and_a_crashed_container_is_rescheduled(cli_env, tmp_path: Path) -> None:
+def test_flow_killed_mid_run_resumes_and_a_crashed_container_is_rescheduled(cli_env, tmp_path: Path, monkeypatch, capsys) -> None:
     # Slow answers keep shards in flight long enough to kill the flow among them.
     url, server = start_server(model_id=DEFAULT_MODEL, max_client_batch_size=16, latency_s=0.15)
     cloud_dir = CloudDir(tmp_path / "cloud")
@@ -133,7 +133,9 @@ def test_flow_killed_mid_run_resumes_and_a_crashed_container_is_rescheduled(cli_
         proc.wait()
         done_at_kill = len(list(done_dir.glob("*.json")))
         assert 2 <= done_at_kill < 8
-        resumed = subprocess.run(args, env=cli_env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        # The run that resumes it needs no process of its own (nothing kills it): the CLI's main, here.
+        with ModalCloud(cloud_dir).installed(monkeypatch):
+            resumed = cli_here(capsys, *args[args.index("--") + 1 :])
     finally:
         server.stop()
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -150,7 +152,9 @@ def test_flow_killed_mid_run_resumes_and_a_crashed_container_is_rescheduled(cli_
     assert not list((cloud_dir.store("wiki") / "_failed").glob("*.json"))
 
 
-def test_one_run_per_volume_store_and_a_killed_runs_lease_expires(cli_env, tmp_path: Path, tei: str) -> None:
+def test_one_run_per_volume_store_and_a_killed_runs_lease_expires(cli_env, tmp_path: Path, tei: str, monkeypatch, capsys) -> None:
+    from wikiembed import volume_store
+
     cloud_dir = CloudDir(tmp_path / "cloud")
     cloud_dir.configure({"TEIShards": {"backend": "tei", "tei_url": [tei]}}, max_containers=2)
     cloud_dir.set_faults(hold_prepare=True)  # the first run takes the store's lease, then hangs in its download step
@@ -169,7 +173,10 @@ def test_one_run_per_volume_store_and_a_killed_runs_lease_expires(cli_env, tmp_p
         assert lease["pid"] == first.pid
 
         cloud_dir.set_faults()
-        second = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        # The runs after the first need no process of their own (nothing kills them): the CLI's main, here.
+        monkeypatch.setattr(volume_store, "LEASE_S", 4.0)  # as WIKIEMBED_VOLUME_LEASE_S=4 sets it
+        with ModalCloud(cloud_dir).installed(monkeypatch):
+            second = cli_here(capsys, *args[args.index("--") + 1 :])
         assert second.returncode == 2, second.stderr[-3000:]
         assert f"in use by the run on host {lease['host']}, pid {first.pid}, started {lease['started']}" in second.stderr
         assert first.poll() is None  # the first run goes on
@@ -183,7 +190,8 @@ def test_one_run_per_volume_store_and_a_killed_runs_lease_expires(cli_env, tmp_p
     # ...and had it run on another machine, no one here could tell it died: the lease must expire.
     locks.put(key, {**left, "host": "elsewhere", "machine": "elsewhere/boot"})
     time.sleep(max(left["expires"] - time.time(), 0.0) + 0.2)
-    third = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    with ModalCloud(cloud_dir).installed(monkeypatch):
+        third = cli_here(capsys, *args[args.index("--") + 1 :])
     assert third.returncode == 0, third.stderr[-3000:]
     assert key not in locks  # released at the end of a run
     assert len(list((cloud_dir.store("wiki") / "_done").glob("*.json"))) == 4
