@@ -68,6 +68,37 @@ def reference(tmp_path_factory, prefect_api):
 
 
 @pytest.fixture(scope="session")
+def sample_store(tmp_path_factory, prefect_api):
+    """(store, summary) of a finished `wikiembed run --source sample:60 --shard-rows 20` (3 shards, the bundled
+    model), the store a test starts from when it begins with that run: one run per test run (see `build_once`).
+    Tests only read it: `copy_store` gives a test its own copy to change."""
+
+    def build(base: Path) -> None:
+        summary = embed_dataset(source="sample:60", store=str(base / "store"), shard_rows=20)
+        assert summary["shards_done"] == summary["shards_total"] == 3
+        (base / "summary.json").write_text(json.dumps(summary))
+
+    base = build_once(tmp_path_factory, "sample", build)
+    return base / "store", json.loads((base / "summary.json").read_text())
+
+
+def copy_store(store: Path, dest: Path) -> Path:
+    """A copy of a finished store at `dest`, for a test to change, as if it had been built there: its links kept
+    as links, and each done marker naming its copied data file's inode. (A marker records its file's size, mtime
+    and inode, and a file that differs in any of them is rehashed instead of trusted, see `Store.read_done`:
+    with the old inodes every read of the copy would take that path.)"""
+    from wikiembed import atomic
+
+    shutil.copytree(store, dest, symlinks=True)  # file times kept
+    for marker in dest.glob("gens/*/_done/*.json"):
+        record = json.loads(marker.read_text())
+        data = marker.parent.parent / "data" / f"{marker.stem}.parquet"
+        if record.get("inode") is not None and data.exists():
+            atomic.write_json(marker, {**record, "inode": data.stat().st_ino})
+    return dest
+
+
+@pytest.fixture(scope="session")
 def topics(tmp_path_factory):
     """Python's reference topics up to 1,200 characters (34 articles) as a jsonl source (one file per test run)."""
     folder = build_once(tmp_path_factory, "topics",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.flows.conftest import cli_here
+from tests.flows.conftest import cli_here, copy_store
 from wikiembed.errors import BackendError, InputError
 from wikiembed.flows.embed_dataset import embed_dataset
 from wikiembed.store import Store
@@ -26,12 +26,10 @@ def _finished(store: Path) -> dict[str, tuple[bytes, int]]:
     return files
 
 
-def test_a_forgotten_or_different_shard_size_keeps_the_published_store(prefect_api, tmp_path, monkeypatch):
+def test_a_forgotten_or_different_shard_size_keeps_the_published_store(sample_store, tmp_path, monkeypatch):
     import wikiembed.store_ops as download  # the download task plans through store_ops.prepare_store
 
-    store = tmp_path / "store"
-    first = embed_dataset(source="sample:60", store=str(store), shard_rows=20)
-    assert first["shards_done"] == 3
+    store = copy_store(sample_store[0], tmp_path / "store")  # `run --source sample:60 --shard-rows 20`, done
     before = _finished(store)
     # forgotten --shard-rows: the recorded plan is used, nothing is redone
     again = embed_dataset(source="sample:60", store=str(store))
@@ -88,12 +86,11 @@ def test_rerun_checks_it_can_redo_a_shard_before_touching_it(prefect_api, capsys
     assert set(before) == set(after_rerun)
 
 
-def test_rerun_failed_with_shards_still_pending_exits_1(prefect_api, capsys, tmp_path):
-    store = tmp_path / "store"
-    assert cli_here(capsys, "run", "--source", "sample:40", "--shard-rows", "20", "--store", str(store)).returncode == 0
+def test_rerun_failed_with_shards_still_pending_exits_1(sample_store, capsys, tmp_path):
+    store = copy_store(sample_store[0], tmp_path / "store")  # `run --source sample:60 --shard-rows 20`, done
     (store / "_done" / "00001.json").unlink()  # shard 1 pending, none failed
     rerun = cli_here(capsys, "rerun", "--store", str(store), "--failed")
-    assert rerun.returncode == 1 and "1/2 shards done" in rerun.stdout
+    assert rerun.returncode == 1 and "2/3 shards done" in rerun.stdout
 
 
 def _closed_port() -> int:
@@ -112,21 +109,20 @@ def test_an_unreachable_tei_server_fails_the_run_once_with_the_url(prefect_api, 
     assert not list((tmp_path / "store").rglob("_done/*.json")) and not list((tmp_path / "store").rglob("_failed/*.json"))
 
 
-def test_a_damaged_snapshot_is_named_and_the_advised_command_repairs_it(prefect_api, tmp_path):
+def test_a_damaged_snapshot_is_named_and_the_advised_command_repairs_it(sample_store, tmp_path):
     from wikiembed.errors import StoreError
     from wikiembed.flows.embed_dataset import rerun_shards
 
-    store = tmp_path / "store"
-    assert embed_dataset(source="sample:40", store=str(store), shard_rows=20)["shards_done"] == 2
+    store = copy_store(sample_store[0], tmp_path / "store")  # `run --source sample:60 --shard-rows 20`, done
     s = Store(store)
     s.mark_failed(1, "an earlier failure", attempts=1)
     s.done_path(1).unlink()
     snapshot = s.snapshot_path
     snapshot.write_bytes(snapshot.read_bytes()[: snapshot.stat().st_size // 2])  # a torn copy
-    with pytest.raises(StoreError, match=rf"snapshot {snapshot} is damaged.*wikiembed run --source sample:40"):
+    with pytest.raises(StoreError, match=rf"snapshot {snapshot} is damaged.*wikiembed run --source sample:60"):
         rerun_shards(store=str(store), shards="failed")
-    repaired = embed_dataset(source="sample:40", store=str(store))
-    assert repaired["shards_done"] == 2 and repaired["shards_failed"] == 0
+    repaired = embed_dataset(source="sample:60", store=str(store))
+    assert repaired["shards_done"] == 3 and repaired["shards_failed"] == 0
 
 
 def test_a_source_whose_every_row_is_skipped_says_why(prefect_api, tmp_path):
@@ -136,7 +132,7 @@ def test_a_source_whose_every_row_is_skipped_says_why(prefect_api, tmp_path):
         embed_dataset(source=str(src), store=str(tmp_path / "store"))
 
 
-def test_silent_damage_is_found_by_verify_and_repaired_by_the_command_it_names(prefect_api, tmp_path, capsys):
+def test_silent_damage_is_found_by_verify_and_repaired_by_the_command_it_names(sample_store, tmp_path, capsys):
     import os
 
     from wikiembed.errors import StoreError
@@ -144,8 +140,7 @@ def test_silent_damage_is_found_by_verify_and_repaired_by_the_command_it_names(p
     from wikiembed.flows.embed_dataset import rerun_shards
     from wikiembed.publish import publish
 
-    store = tmp_path / "store"
-    assert embed_dataset(source="sample:40", store=str(store), shard_rows=20)["shards_done"] == 2
+    store = copy_store(sample_store[0], tmp_path / "store")  # `run --source sample:60 --shard-rows 20`, done
     data = Store(store).data_path(1)
     st = data.stat()
     with data.open("r+b") as fh:  # one byte flipped in place: size, inode and (restored) mtime unchanged
@@ -154,7 +149,7 @@ def test_silent_damage_is_found_by_verify_and_repaired_by_the_command_it_names(p
         fh.seek(st.st_size // 2)
         fh.write(bytes([byte[0] ^ 0xFF]))
     os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert status_payload(str(store)).done == 2  # the stat shortcut cannot see it
+    assert status_payload(str(store)).done == 3  # the stat shortcut cannot see it
     verified = status_payload(str(store), verify=True)
     assert verified.changed == 1 and verified.shards[1].state == "changed"
     assert main(["status", "--store", str(store), "--verify"]) == 1
@@ -164,27 +159,26 @@ def test_silent_damage_is_found_by_verify_and_repaired_by_the_command_it_names(p
     advice = refused.value.args[0].split("`wikiembed rerun --store ")[1].split("`")[0]
     shards = [int(k) for k in advice.split("--shards ")[1].split(",")]
     rerun_shards(store=str(store), shards=shards)  # the command the message names
-    assert status_payload(str(store), verify=True).done == 2
+    assert status_payload(str(store), verify=True).done == 3
     assert main(["status", "--store", str(store), "--verify"]) == 0
-    assert publish(store, f"dir:{tmp_path / 'out'}").shards == 2
+    assert publish(store, f"dir:{tmp_path / 'out'}").shards == 3
 
 
-def test_a_manifest_of_broken_json_names_the_repair_that_keeps_every_done_shard(prefect_api, capsys, tmp_path):
+def test_a_manifest_of_broken_json_names_the_repair_that_keeps_every_done_shard(sample_store, capsys, tmp_path):
     """The message says what works: remove the file and run the same command, which rebuilds it and embeds nothing again."""
-    store = tmp_path / "store"
-    args = ("run", "--source", "sample:40", "--shard-rows", "20", "--store", str(store))
-    assert cli_here(capsys, *args).returncode == 0
+    store = copy_store(sample_store[0], tmp_path / "store")  # made by this `args`
+    args = ("run", "--source", "sample:60", "--shard-rows", "20", "--store", str(store))
     manifest = Store(store).manifest_path
     manifest.write_text(manifest.read_text()[:-40])  # cut short: not JSON any more
     broken = cli_here(capsys, *args)
     assert broken.returncode == 2 and "is not valid JSON" in broken.stderr and "start a new store" not in broken.stderr
     assert f"remove it (`rm {manifest}`) and run the same `wikiembed run`" in broken.stderr, broken.stderr
-    assert "keeps the 2 done shard(s)" in broken.stderr
+    assert "keeps the 3 done shard(s)" in broken.stderr
     manifest.unlink()
     again = cli_here(capsys, *args, "--summary-json", str(tmp_path / "summary.json"))
     assert again.returncode == 0, again.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["shards_done"] == 2 and summary["embedded_chunks"] == 0
+    assert summary["shards_done"] == 3 and summary["embedded_chunks"] == 0
 
 
 def test_export_while_the_first_run_is_planning_says_so(capsys, tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.flows.conftest import ROOT, cli_here
+from tests.flows.conftest import ROOT, cli_here, copy_store
 from wikiembed.errors import InputError
 from wikiembed.flows import cli
 from wikiembed.flows.embed_dataset import embed_dataset, rerun_shards
@@ -51,10 +51,8 @@ def _kill_when(args: list[str], env: dict[str, str], store: Path, ready: str) ->
     proc.wait(timeout=30)
 
 
-def test_a_stopped_run_of_a_new_source_version_leaves_the_published_one_in_charge(cli_env, capsys, tmp_path):
-    store = tmp_path / "store"
-    first = cli_here(capsys, "run", "--source", "sample:60", "--shard-rows", "20", "--store", str(store))
-    assert first.returncode == 0, first.stderr[-2000:]
+def test_a_stopped_run_of_a_new_source_version_leaves_the_published_one_in_charge(sample_store, cli_env, capsys, tmp_path):
+    store = copy_store(sample_store[0], tmp_path / "store")  # `run --source sample:60 --shard-rows 20`, done
     published = Store(store).pointer("current")
     chunks = sum(s.chunks for s in Store(store, published).states())
     _kill_when(["run", "--source", "sample:200", "--shard-rows", "10", "--store", str(store)], cli_env, store, "next/_done/*.json")
@@ -153,10 +151,8 @@ def test_rerun_after_the_model_files_changed_is_refused_before_any_file_changes(
     assert redone["shards_done"] == 2 and redone["rerun_shards"] == [1] and redone["shards_failed"] == 0
 
 
-def test_a_lost_manifest_is_rebuilt_by_the_run_the_messages_name(prefect_api, tmp_path, capsys):
-    store = tmp_path / "store"
-    first = embed_dataset(source="sample:60", store=str(store), shard_rows=20)
-    assert first["shards_done"] == 3
+def test_a_lost_manifest_is_rebuilt_by_the_run_the_messages_name(sample_store, tmp_path, capsys):
+    store = copy_store(sample_store[0], tmp_path / "store")  # `run --source sample:60 --shard-rows 20`, done
     gen = Store(store).pointer("current")
     kept = {k: (Store(store).data_path(k).read_bytes(), Store(store).done_path(k).read_bytes()) for k in (0, 2)}
     redo_chunks = json.loads(Store(store).done_path(1).read_text())["chunks"]
