@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from tests.flows.conftest import copy_store
 from wikiembed.flows.embed_dataset import embed_dataset, rerun_shards
 from wikiembed.errors import InputError
 from wikiembed.store import Store
@@ -101,32 +102,29 @@ def test_bad_rerun_shard_ids_name_the_range(sample_run):
         rerun_shards(store=str(store), shards=[7])
 
 
-def test_a_rerun_skips_done_shards_through_their_markers_and_redoes_lost_ones(prefect_api, tmp_path):
+def test_a_rerun_skips_done_shards_through_their_markers_and_redoes_lost_ones(sample_store, tmp_path):
     """The `_done/` markers are the one record of what is finished: no Prefect result cache."""
-    store = tmp_path / "store"
-    first = embed_dataset(source="sample:60", store=str(store), shard_rows=30)
-    assert first["shards_done"] == 2
+    store = copy_store(sample_store[0], tmp_path / "store")
+    first = sample_store[1]  # the run that made it: sample:60 in 3 shards of 20
     kept = (store / "_done" / "00001.json").stat()
     (store / "_done" / "00000.json").unlink()
     (store / "data" / "00000.parquet").unlink()
-    again = embed_dataset(source="sample:60", store=str(store), shard_rows=30)
-    assert again["shards_done"] == 2
+    again = embed_dataset(source="sample:60", store=str(store), shard_rows=20)
+    assert again["shards_done"] == 3
     assert 0 < again["embedded_chunks"] + again["reused_chunks"] < first["chunks"]  # shard 0 only
     assert Store(store).read_done(0) is not None
     after = (store / "_done" / "00001.json").stat()
     assert (after.st_ino, after.st_mtime_ns) == (kept.st_ino, kept.st_mtime_ns)  # shard 1 untouched
 
 
-def test_an_unchanged_rerun_reads_no_data_file(prefect_api, tmp_path, monkeypatch):
+def test_an_unchanged_rerun_reads_no_data_file(sample_store, tmp_path, monkeypatch):
     """Resume, card and summary of a run with nothing to do cost stat calls, not reads of finished
     shards: O(changed shards), not O(dataset)."""
     import pyarrow.parquet as parquet
 
     import wikiembed.store as store_module
 
-    store = tmp_path / "store"
-    first = embed_dataset(source="sample:60", store=str(store), shard_rows=30)
-    assert first["shards_done"] == 2
+    store = copy_store(sample_store[0], tmp_path / "store")  # sample:60 in 3 shards of 20, done
     data_dir = (store / "data").resolve()
     reads: list[str] = []
 
@@ -140,8 +138,8 @@ def test_an_unchanged_rerun_reads_no_data_file(prefect_api, tmp_path, monkeypatc
     for name in ("ParquetFile", "read_table", "read_schema", "read_metadata"):
         monkeypatch.setattr(parquet, name, recording(getattr(parquet, name)))
     monkeypatch.setattr(store_module, "sha256_file", recording(store_module.sha256_file))
-    again = embed_dataset(source="sample:60", store=str(store), shard_rows=30)
-    assert again["shards_done"] == 2 and again["embedded_chunks"] == 0
+    again = embed_dataset(source="sample:60", store=str(store), shard_rows=20)
+    assert again["shards_done"] == 3 and again["embedded_chunks"] == 0
     assert reads == []
 
 
