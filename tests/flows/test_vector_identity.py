@@ -22,6 +22,7 @@ from wikiembed.model import DEFAULT_MODEL, model_info
 from wikiembed.store import Store
 from wikiembed.tasks.embed import EMBED_RETRIES
 from tests.flows import faults
+from tests.flows.conftest import copy_store
 from tests.standins.tei_server import start_server
 
 SOURCE = "sample:30"  # two shards of 15 articles
@@ -128,7 +129,7 @@ def test_weights_swapped_during_a_run_never_fill_one_generation_with_two_kinds(p
     assert cli_main(["status", "--store", str(gen_dir)]) == 2
 
 
-def test_vectors_of_another_kind_are_refused_and_kinds_that_agree_share_a_store(prefect_api, model_copy, tmp_path):
+def test_vectors_of_another_kind_are_refused_and_kinds_that_agree_share_a_store(prefect_api, model_copy, sample_store, tmp_path):
     # A model without a Normalize module: the local engine leaves its vectors unnormalized, TEI normalizes.
     modules = json.loads((model_copy / "modules.json").read_text())
     (model_copy / "modules.json").write_text(json.dumps([m for m in modules if not m["type"].endswith("Normalize")]))
@@ -156,11 +157,10 @@ def test_vectors_of_another_kind_are_refused_and_kinds_that_agree_share_a_store(
 
         # The bundled model normalizes, as TEI does, with the same pooling: the two may share a store.
         tei.config.model_id = DEFAULT_MODEL
-        shared = tmp_path / "shared"
-        embed_dataset(source=SOURCE, store=str(shared), shard_rows=SHARD_ROWS)
+        shared = copy_store(sample_store[0], tmp_path / "shared")  # sample:60 in 3 shards of 20, by the local engine
         Store(shared).forget(1)
-        mixed = embed_dataset(source=SOURCE, store=str(shared), shard_rows=SHARD_ROWS, backend="tei", compute={"tei_url": [url]})
-        assert mixed["shards_done"] == 2 and mixed["shards_failed"] == 0
+        mixed = embed_dataset(source="sample:60", store=str(shared), shard_rows=20, backend="tei", compute={"tei_url": [url]})
+        assert mixed["shards_done"] == 3 and mixed["shards_failed"] == 0
         assert [_marker(shared, k)["vectors"]["backend"] for k in (0, 1)] == ["local", "tei"]
     finally:
         tei.stop()
