@@ -175,12 +175,14 @@ def improve_model(
     if publish and settings.upload_to:
         executor = executor_for(RunSettings(**run))
         published = export_task(executor, settings.new_store, compared.new.generation, settings.upload_to)
+    # The improved store, opened before the served link is repointed: given as the store, the link names it until then.
+    old = location.open()
     served = point_link(settings.serve_link, settings.new_store) if publish and settings.serve_link else None
     logger.info("%s: %s", "publish" if publish else "keep the old store", why)
-    old_root = str(location.open().root)
+    old_root = str(old.root)
     # Keyed by the improved store: each store's latest decision under its own key.
     create_markdown_artifact(_report(settings, tuned, compared, publish, why, published, reembedded.revision),
-                             key=artifact_key("improve", location.open()), description="the decision, the figures and both models")
+                             key=artifact_key("improve", old), description="the decision, the figures and both models")
     decision = "publish" if publish else "keep"
     message = f"{decision}: {why}"
     _announce(old_root, decision, message, payload={
