@@ -11,6 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# Leetspeak ("7h3 \"br34k\" 57473m3n7"): a title in it is word pieces the base model has no meaning for, so it ranks
+# the title's topic poorly; a fine-tune on such titles learns the common words, the improve loop's better model.
+LEET = str.maketrans({"a": "4", "e": "3", "o": "0", "i": "1", "s": "5", "t": "7"})
+
 
 def python_topics(dest: Path, max_chars: int | None = None) -> Path:
     """Write the topics (those up to `max_chars` long, if given) as a jsonl source; return its path."""

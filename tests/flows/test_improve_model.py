@@ -3,9 +3,8 @@ the CPU: re-embedding into a new store, keeping the old one published when the n
 (trained on shuffled pairs), resuming after a SIGKILL (the compact store's loop, 3 shards, run again into another
 new store: its fine-tune is found done, as a rerun finds it, and the kill comes while it re-embeds), and refusing
 too few held-out queries before the fine-tune. The 34 topics hold out 7 queries, so these runs lower `min_holdout`
-(default 20) to 5. Publishing a better model (2 epochs) is in test_improve_model_publish.py, so that the two files
-run side by side on two xdist workers; the published store they start from is the `published_store` fixture
-(tests/flows/conftest.py)."""
+(default 20) to 5. Publishing a better model (2 epochs) is test_serve.py's loop (feedback → improve → the better store
+published and served); the published store both start from is the `published_store` fixture (tests/flows/conftest.py)."""
 
 from __future__ import annotations
 

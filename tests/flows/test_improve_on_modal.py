@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from tests.corpus import LEET
 from tests.flows.test_finetune import title_pairs
-from tests.flows.test_improve_model_publish import LEET
 from tests.standins.modal_cloud import CloudDir, ModalCloud
 from wikiembed.flows.cli import main
 
@@ -85,7 +85,7 @@ def test_finetune_of_a_volume_store_runs_next_to_it(cloud_dir, topics, tmp_path,
 
 
 def test_improve_model_on_a_volume_store_fine_tunes_reembeds_compares_and_publishes_there(cloud_dir, topics, monkeypatch):
-    """Leetspeak titles (see test_improve_model): the fine-tuned model is better, so the new store is published
+    """Leetspeak titles (see test_serve's loop): the fine-tuned model is better, so the new store is published
     to a folder on the same Volume; every step ran in a container."""
     from wikiembed import model as model_module
     from wikiembed.backends.factory import open_backend

@@ -1,5 +1,6 @@
 """`wikiembed serve`: real uvicorn on a free loopback port, the real bundled model, real stores of Python's
-reference topics; the whole loop run → serve → feedback → improve → the better store served, without a restart."""
+reference topics; the whole loop run → serve → feedback → improve → the better store published and served, without a
+restart."""
 
 from __future__ import annotations
 
@@ -12,16 +13,18 @@ import time
 from pathlib import Path
 
 import httpx
+import pyarrow.parquet as pq
 import pytest
 
+from tests.corpus import LEET
 from tests.flows.conftest import cli_here
+from tests.flows.test_improve_model import announced
 from wikiembed.queries import read_queries
 from wikiembed.search import search
 from wikiembed.serving.app import Service
 from wikiembed.serving.generation import ServedGeneration
 from wikiembed.serving.settings import ServeSettings
 
-LEET = str.maketrans({"a": "4", "e": "3", "o": "0", "i": "1", "s": "5", "t": "7"})
 TOKEN = "t0ken-for-the-tests-only"
 
 
@@ -39,9 +42,11 @@ def served(compact_store, tmp_path):
 
 
 def test_the_loop_feedback_improve_and_the_better_store_is_served_without_a_restart(published_store, topics, tmp_path):
-    """The improve tests' leetspeak titles as users' queries: the base model ranks them poorly; the judgements sent
-    through /feedback fine-tune it, and the service, following the link improve repoints, answers from the new store."""
-    store, _ = published_store
+    """Titles in leetspeak ("7h3 \"br34k\" 57473m3n7") as users' queries: word pieces the base model has no meaning
+    for, so it ranks them poorly. The judgements sent through /feedback fine-tune it (2 epochs teach the common words,
+    statement, literals, operations, which the held-out titles share); the better store is published to a folder,
+    and the service, following the link improve repoints, answers from it."""
+    store, published = published_store
     link = tmp_path / "served"
     os.symlink(store, link)
     feedback = tmp_path / "feedback.jsonl"
@@ -74,10 +79,19 @@ def test_the_loop_feedback_improve_and_the_better_store_is_served_without_a_rest
         old_model = service.published.served.query_backend()
 
         out, new = tmp_path / "model", tmp_path / "new-store"
-        result = improve_model(str(link), str(feedback), str(out), str(new), serve_link=str(link), metric="recall_at_10",
-                               margin=0.05, finetune={"batch_size": 8, "epochs": 2, "learning_rate": 1e-4},
-                               min_holdout=5)  # the 34 topics hold out 7
-        assert result["publish"] is True, result["reason"]
+        state = improve_model(str(link), str(feedback), str(out), str(new), upload_to=f"dir:{published}", serve_link=str(link),
+                              metric="recall_at_10", margin=0.05, finetune={"batch_size": 8, "epochs": 2, "learning_rate": 1e-4},
+                              min_holdout=5, return_state=True)  # the 34 topics hold out 7
+        result = state.result()
+        assert result["publish"] is True and result["published"] is not None, result["reason"]
+        lo, _ = result["difference"]["recall_at_10_ci95"]
+        assert result["difference"]["recall_at_10"] >= 0.05 and lo > 0
+        # Published: the run list and automations say so, and the folder now holds the fine-tuned model's vectors.
+        run, events = announced(state, store)
+        assert run.state.message == f"publish: {result['reason']}" and "decision:publish" in run.tags
+        assert [e.event for e in events] == ["wikiembed.improve.published"] and events[0].payload["upload_to"] == f"dir:{published}"
+        assert str(out.resolve()) in (published / "README.md").read_text()
+        assert pq.read_table(published / "data").num_rows == pq.read_table(new / "data").num_rows
         assert result["served"] == {"link": str(link), "store": str(new.resolve())}
         assert os.readlink(link) == "new-store"  # relative: the folder of stores can move as a whole
 
