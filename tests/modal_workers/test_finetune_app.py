@@ -4,21 +4,18 @@ library code as `wikiembed finetune`, given Volume paths, writing the model fold
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import shutil
 
 import pytest
 
 from modal_workers import finetune_app
-from tests.corpus import python_topics
+from tests.flows.conftest import compact_store, topics  # noqa: F401 (the flow tests' store of the topics, embedded once a run)
 
 
 @pytest.mark.slow
-def test_finetune_class_trains_next_to_the_store(prefect_api, tmp_path, monkeypatch):
-    from wikiembed.flows.embed_dataset import embed_dataset
-
+def test_finetune_class_trains_next_to_the_store(compact_store, topics, tmp_path, monkeypatch):  # noqa: F811
     volume = tmp_path / "volume"
-    topics = python_topics(tmp_path / "topics.jsonl", max_chars=1200)
-    embed_dataset(source=str(topics), store=str(volume / "wiki"), shard_rows=12)
+    shutil.copytree(compact_store, volume / "wiki", symlinks=True)
     (volume / "feedback").mkdir()
     rows = [{"query": r["title"], "id": r["id"]} for r in map(json.loads, topics.read_text().splitlines())]
     (volume / "feedback" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
