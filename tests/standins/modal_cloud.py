@@ -36,7 +36,7 @@ container, seconds, files and bytes copied) to `volume_ops.jsonl`.
 
 A container starts warm, as Modal restores one from a memory snapshot taken after its imports: a
 process that has imported the container's code once (one per caller and environment) forks each
-container, which then runs exactly as a process started for it would (`_Warm`).
+container, which then runs exactly as a process started for it would (`tests/warm.py`).
 
 Use: `with ModalCloud(CloudDir(tmp), backend_opts={...}).installed(monkeypatch): ...` in a
 test, or `python -m tests.standins.modal_cloud CLOUD_DIR -- run --store modal:vol/x ...`
@@ -45,16 +45,12 @@ to run the CLI against it in a subprocess (a flow that can be SIGKILLed).
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import fcntl
-import importlib
 import json
 import os
 import pickle
 import shutil
-import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -62,6 +58,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
+
+from tests.warm import warm_for
 
 ROOT = Path(__file__).resolve().parents[2]
 MOUNT = "/store"  # wikiembed.volume_store.STORE_MOUNT, where the deployed apps mount the Volume
@@ -467,153 +465,18 @@ def _read_frame(fh: BinaryIO) -> Any:
 # shard loads (pyarrow imports pandas on its first table of Python objects). Not torch: a
 # fine-tune's container imports that itself.
 _WARM_IMPORTS = (
-    "wikiembed.store_ops", "wikiembed.evaluate", "wikiembed.finetune", "wikiembed.backends.factory", "wikiembed.backends.tei",
-    "wikiembed.publish", "wikiembed.search", "wikiembed.index", "wikiembed.fast_tokenizer", "pandas", "tokenizers", "blingfire",
+    "tests.standins.modal_cloud", "wikiembed.store_ops", "wikiembed.evaluate", "wikiembed.finetune", "wikiembed.backends.factory",
+    "wikiembed.backends.tei", "wikiembed.publish", "wikiembed.search", "wikiembed.index", "wikiembed.fast_tokenizer", "pandas",
+    "tokenizers", "blingfire",
 )
-_WARM_KEPT = 2  # warm processes a caller keeps (one per environment its containers were started in)
-
-
-class _Warm:
-    """A process that has imported the container's code (`_WARM_IMPORTS`) and forks a container for
-    each request: the container's arguments and environment, and its stdin, stdout and stderr,
-    passed over a Unix socket; its pid comes back. Started in the environment its containers get
-    (modules that read the environment when imported read the same values); it ends once the socket
-    closes (its caller ended or let it go) and the containers it forked have ended."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.standins.modal_cloud", "--warm", str(theirs.fileno())],
-                                     pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, cwd=ROOT, env=env)
-        theirs.close()
-        self.sock = ours
-        self.lock = threading.Lock()
-
-    def fork(self, argv: list[str], env: dict[str, str]) -> "_Forked":
-        stdin_r, stdin_w = os.pipe()
-        stdout_r, stdout_w = os.pipe()
-        try:
-            with self.lock:
-                # The container's stderr is this process's, as a subprocess's would be.
-                socket.send_fds(self.sock, [json.dumps({"argv": argv, "env": env}).encode()], [stdin_r, stdout_w, 2])
-                answer = self.sock.recv(64)
-        except OSError:
-            answer = b""
-        finally:
-            os.close(stdin_r)
-            os.close(stdout_w)
-        if not answer:
-            os.close(stdin_w)
-            os.close(stdout_r)
-            raise RuntimeError(f"the warm container process ended (exit code {self.proc.wait()}); its stderr says why")
-        return _Forked(int(answer), os.fdopen(stdin_w, "wb"), os.fdopen(stdout_r, "rb"))
-
-    def close(self) -> None:
-        with self.lock:
-            self.sock.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-class _Forked:
-    """A container forked by a `_Warm`, with what `_Container` uses of a Popen: its pipes, wait and
-    kill. It is the warm process's child, which reaps it once it ends."""
-
-    def __init__(self, pid: int, stdin: BinaryIO, stdout: BinaryIO) -> None:
-        self.pid, self.stdin, self.stdout = pid, stdin, stdout
-
-    def _alive(self) -> bool:
-        try:  # an ended one left unreaped (its warm process gone first) is a zombie: ended too
-            return Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except (OSError, IndexError):
-            return False
-
-    def wait(self, timeout: float | None = None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self._alive():
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(f"container pid {self.pid}", timeout or 0)
-            time.sleep(0.02)
-        with contextlib.suppress(OSError):
-            self.stdout.close()
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-
-
-_WARM: dict[tuple, _Warm] = {}  # by environment, least recently used first
-_WARM_LOCK = threading.Lock()
-
-
-def _warm_for(env: dict[str, str]) -> _Warm:
-    key = tuple(sorted((k, v) for k, v in env.items() if k != "PYTEST_CURRENT_TEST"))  # pytest's changes every test
-    with _WARM_LOCK:
-        warm = _WARM.pop(key, None)
-        if warm is None or warm.proc.poll() is not None:
-            warm = _Warm(env)
-        _WARM[key] = warm
-        while len(_WARM) > _WARM_KEPT:
-            _WARM.pop(next(iter(_WARM))).close()
-        return warm
-
-
-@atexit.register
-def _close_warm() -> None:
-    with _WARM_LOCK:
-        while _WARM:
-            _WARM.popitem()[1].close()
-
-
-def _reap(*_: Any) -> None:
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            pass
-
-
-def _serve_forks(fd: int) -> list[str] | None:
-    """The warm process: imports the container's code, then forks a container per request. Returns
-    the container's arguments in the forked container (which goes on as `main` with them), None in
-    the warm process once its caller is gone."""
-    for name in _WARM_IMPORTS:
-        importlib.import_module(name)
-    sock = socket.socket(fileno=fd)
-    signal.signal(signal.SIGCHLD, _reap)  # ended containers are reaped at once
-    while True:
-        try:
-            data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 3)
-        except OSError:
-            data, fds = b"", []
-        if not data:
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            with contextlib.suppress(ChildProcessError):
-                while True:  # the containers still running end once their callers are gone
-                    os.waitpid(-1, 0)
-            return None
-        request = json.loads(data)
-        pid = os.fork()
-        if pid == 0:
-            sock.close()
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            for target, fd in enumerate(fds):  # stdin, stdout, stderr
-                os.dup2(fd, target)
-                os.close(fd)
-            os.environ.clear()
-            os.environ.update(request["env"])
-            sys.argv[1:] = request["argv"]
-            return request["argv"]
-        for fd in fds:
-            os.close(fd)
-        sock.send(str(pid).encode())
 
 
 class _Container:
     def __init__(self, cloud: CloudDir, number: int) -> None:
         self.private = cloud.path / "containers" / f"c{number:03d}"
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.proc = _warm_for(env).fork(["--container", str(cloud.path), str(self.private), cloud.volume_name], env)
+        self.proc = warm_for(env, _WARM_IMPORTS).start("tests.standins.modal_cloud:main", ["--container", str(cloud.path), str(self.private),
+                                                        cloud.volume_name], env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def call(self, request: Any) -> tuple[Any, int, int] | None:
         """(answer, bytes out, bytes in), or None if the container died."""
@@ -752,11 +615,6 @@ class _FakeObj:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["--warm"]:
-        forked = _serve_forks(int(argv[1]))
-        if forked is None:
-            return 0
-        argv = forked  # a container, forked warm
     if argv[:1] == ["--container"]:
         cloud_dir, private, volume = argv[1:4]
         out = os.fdopen(os.dup(1), "wb")
