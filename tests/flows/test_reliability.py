@@ -12,7 +12,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.flows import faults
-from tests.flows.conftest import REFERENCE_ARGS, REFERENCE_SHARD_ROWS, REFERENCE_SOURCE, ROOT, cli_here, data_files, run_cli
+from tests.flows.conftest import REFERENCE_ARGS, REFERENCE_SHARD_ROWS, REFERENCE_SOURCE, cli_here, data_files, start_run
 from tests.standins.tei_server import embed_texts, start_server
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -45,15 +44,16 @@ def _assert_consistent(store: Path) -> None:
 def test_five_sigkills_in_a_row_then_completion_equals_uninterrupted(reference, tmp_path, cli_env, capsys):
     ref_store, ref_summary, _ = reference
     store, published = tmp_path / "store", tmp_path / "published"
-    args = [sys.executable, "-m", "wikiembed.flows.cli", "run", *REFERENCE_ARGS, "--store", str(store), "--upload-to", f"dir:{published}"]
+    args = [*REFERENCE_ARGS, "--store", str(store), "--upload-to", f"dir:{published}"]
     rng = random.Random(20261126)
     kills = 0
     finished: dict[str, int] = {}  # marker name -> its mtime when first seen after a kill
     # Kill points are events in the store, not clock times, so every kill lands mid-run however
     # fast the machine is: the first during start-up / download / sharding, then right after the
-    # 1st, 2nd, ... shard is marked done (while others are being embedded and written).
+    # 1st, 2nd, ... shard is marked done (while others are being embedded and written). Each run is a process of
+    # its own, forked warm (see start_run).
     for done_before_kill in range(5):
-        proc = subprocess.Popen(args, env=cli_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = start_run(cli_env, *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 300
         while proc.poll() is None and time.monotonic() < deadline:
             done = len(list((store / "_done").glob("*.json"))) if (store / "_done").exists() else 0
@@ -145,16 +145,17 @@ def test_permanent_failure_then_fix_then_rerun_failed(tmp_path, prefect_api, cap
 def test_a_second_run_on_a_busy_store_is_refused_clearly(tmp_path, cli_env):
     store = tmp_path / "store"
     # Long enough that the first run is still embedding when the second has started (it is killed after).
-    args = ["--source", "sample:600", "--shard-rows", "50"]
-    first = subprocess.Popen([sys.executable, "-m", "wikiembed.flows.cli", "run", *args, "--store", str(store)],
-                             env=cli_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Both are processes of their own, forked warm (see start_run).
+    args = ["--source", "sample:600", "--shard-rows", "50", "--store", str(store)]
+    first = start_run(cli_env, *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (store / "manifest.json").exists():
             time.sleep(0.1)
-        second = run_cli(cli_env, "run", *args, "--store", str(store))
-        assert second.returncode == 2
-        assert "in use by pid" in second.stderr and "Traceback" not in second.stderr
+        second = start_run(cli_env, *args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        stderr = second.stderr.read().decode()
+        assert second.wait(timeout=300) == 2
+        assert "in use by pid" in stderr and "Traceback" not in stderr
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
