@@ -9,14 +9,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from tests.flows.conftest import ROOT, cli_here, copy_store
+from tests.flows.conftest import cli_here, copy_store, start_run
 from wikiembed.errors import InputError
 from wikiembed.flows import cli
 from wikiembed.flows.embed_dataset import embed_dataset, rerun_shards
@@ -36,13 +35,13 @@ def _tree(folder: Path) -> dict[str, bytes]:
 
 
 def _kill_when(args: list[str], env: dict[str, str], store: Path, ready: str) -> None:
-    """Run the CLI and SIGKILL it as soon as `ready` (a glob under the store) matches."""
-    proc = subprocess.Popen([sys.executable, "-m", "wikiembed.flows.cli", *args], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    """`wikiembed run ARGS` in a process of its own (forked warm, see start_run), SIGKILLed as soon as `ready` (a glob
+    under the store) matches."""
+    proc = start_run(env, *args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while not list(store.glob(ready)):
         if proc.poll() is not None:
-            pytest.fail(f"the run ended before it could be killed: {proc.communicate()[1][-2000:]}")
+            pytest.fail(f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
         if time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"the run wrote no {ready} within 300 s")
@@ -55,7 +54,7 @@ def test_a_stopped_run_of_a_new_source_version_leaves_the_published_one_in_charg
     store = copy_store(sample_store[0], tmp_path / "store")  # `run --source sample:60 --shard-rows 20`, done
     published = Store(store).pointer("current")
     chunks = sum(s.chunks for s in Store(store, published).states())
-    _kill_when(["run", "--source", "sample:200", "--shard-rows", "10", "--store", str(store)], cli_env, store, "next/_done/*.json")
+    _kill_when(["--source", "sample:200", "--shard-rows", "10", "--store", str(store)], cli_env, store, "next/_done/*.json")
     building = Store(store).pointer("next")
     assert building and building != published and Store(store).pointer("current") == published
 
