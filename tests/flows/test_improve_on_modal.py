@@ -7,6 +7,7 @@ machine sends paths and gets figures back. Real text: Python's reference topics 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,10 @@ MAX_CALL_BYTES = 10_000
 
 
 @pytest.fixture(scope="module")
-def cloud_dir(prefect_api, topics, tmp_path_factory) -> CloudDir:
-    """A Modal cloud whose Volume holds the topics embedded into `STORE` (3 shards) by `--backend modal`."""
+def cloud_dir(prefect_api, topics, tmp_path_factory) -> Iterator[CloudDir]:
+    """A Modal cloud whose Volume holds the topics embedded into `STORE` (3 shards) by `--backend modal`, installed
+    for the module's tests: its containers stay up from one test to the next, as Modal keeps a container warm for
+    the next input (each call reloads the Volume first)."""
     from wikiembed.flows.embed_dataset import embed_dataset
 
     cloud = CloudDir(tmp_path_factory.mktemp("modal-improve") / "cloud", VOLUME)
@@ -36,8 +39,8 @@ def cloud_dir(prefect_api, topics, tmp_path_factory) -> CloudDir:
     cloud.configure({"TorchShards": {"backend": "local", "device": "cpu"}}, max_containers=1)
     with pytest.MonkeyPatch.context() as mp, ModalCloud(cloud).installed(mp):
         summary = embed_dataset(source=str(topics), store=STORE, shard_rows=12, backend="modal", compute={"modal_class": "Torch"})
-    assert summary["shards_done"] == summary["shards_total"] == 3
-    return cloud
+        assert summary["shards_done"] == summary["shards_total"] == 3
+        yield cloud
 
 
 def _put(cloud: CloudDir, path: str, rows: list[dict]) -> str:
@@ -52,21 +55,20 @@ def _calls_since(cloud: CloudDir, start: int) -> list[dict]:
     return cloud.calls()[start:]
 
 
-def test_finetune_of_a_volume_store_runs_next_to_it(cloud_dir, topics, tmp_path, monkeypatch, capsys):
+def test_finetune_of_a_volume_store_runs_next_to_it(cloud_dir, topics, tmp_path, capsys):
     rows = [json.loads(line) for line in title_pairs(topics, tmp_path / "pairs.jsonl").read_text().splitlines()]
     pairs = _put(cloud_dir, "feedback/titles.jsonl", rows + [{"query": "a topic nobody wrote", "id": "no-such-topic"}])
     out, payload = f"modal:{VOLUME}/models/cli", tmp_path / "ft.json"
     start = len(cloud_dir.calls())
-    with ModalCloud(cloud_dir).installed(monkeypatch):
-        code = main(["finetune", "--store", STORE, "--pairs", pairs, "--out", out, "--json", str(payload), "--batch-size", "8",
-                     "--negatives", "0"])
-        printed = capsys.readouterr()
-        # A pairs file of this machine cannot reach the fine-tune: refused before any call, with the way to put it there.
-        assert main(["finetune", "--store", STORE, "--pairs", str(tmp_path / "pairs.jsonl"), "--out", f"modal:{VOLUME}/models/x"]) == 2
-        local_pairs = capsys.readouterr().err
-        # An error raised by the fine-tune in its container comes back as it is: one message, exit 2.
-        assert main(["finetune", "--store", STORE, "--pairs", pairs, "--out", out, "--epochs", "2"]) == 2
-        taken = capsys.readouterr().err
+    code = main(["finetune", "--store", STORE, "--pairs", pairs, "--out", out, "--json", str(payload), "--batch-size", "8",
+                 "--negatives", "0"])
+    printed = capsys.readouterr()
+    # A pairs file of this machine cannot reach the fine-tune: refused before any call, with the way to put it there.
+    assert main(["finetune", "--store", STORE, "--pairs", str(tmp_path / "pairs.jsonl"), "--out", f"modal:{VOLUME}/models/x"]) == 2
+    local_pairs = capsys.readouterr().err
+    # An error raised by the fine-tune in its container comes back as it is: one message, exit 2.
+    assert main(["finetune", "--store", STORE, "--pairs", pairs, "--out", out, "--epochs", "2"]) == 2
+    taken = capsys.readouterr().err
     assert code == 0, printed.err
     result = json.loads(payload.read_text())
     assert result["out"] == out and result["store"] == STORE and result["pairs_file"] == pairs
@@ -99,9 +101,8 @@ def test_improve_model_on_a_volume_store_fine_tunes_reembeds_compares_and_publis
     pairs = _put(cloud_dir, "feedback/leet.jsonl", rows)
     out, new, published = f"modal:{VOLUME}/models/leet", f"modal:{VOLUME}/wiki-leet", f"modal:{VOLUME}/published"
     start = len(cloud_dir.calls())
-    with ModalCloud(cloud_dir).installed(monkeypatch):
-        result = improve_model(STORE, pairs, out, new, upload_to=published, metric="recall_at_10", margin=0.05,
-                               finetune={"batch_size": 8, "epochs": 2, "learning_rate": 1e-4}, min_holdout=5)
+    result = improve_model(STORE, pairs, out, new, upload_to=published, metric="recall_at_10", margin=0.05,
+                           finetune={"batch_size": 8, "epochs": 2, "learning_rate": 1e-4}, min_holdout=5)
     calls = _calls_since(cloud_dir, start)
     methods = [(c["cls"], c["method"]) for c in calls]
     assert methods.count(("Finetune", "run")) == 1 and methods.count(("Finetune", "compare")) == 1
@@ -139,18 +140,17 @@ def test_improve_model_on_a_volume_store_fine_tunes_reembeds_compares_and_publis
     assert "/store/models/leet" in (folder_published / "README.md").read_text()
 
 
-def test_improve_model_refuses_paths_off_the_stores_volume_before_any_call(cloud_dir, tmp_path, monkeypatch):
+def test_improve_model_refuses_paths_off_the_stores_volume_before_any_call(cloud_dir, tmp_path):
     from wikiembed.errors import InputError
     from wikiembed.flows.improve_model import improve_model
 
     pairs = f"modal:{VOLUME}/feedback/titles.jsonl"
     start = len(cloud_dir.calls())
-    with ModalCloud(cloud_dir).installed(monkeypatch):
-        with pytest.raises(InputError, match=r"models/NAME"):
-            improve_model(STORE, pairs, str(tmp_path / "model"), f"modal:{VOLUME}/wiki-x")
-        with pytest.raises(InputError, match=r"mount only that one"):
-            improve_model(STORE, pairs, f"modal:{VOLUME}/models/x", "modal:other-volume/wiki-x")
-        with pytest.raises(InputError, match=r"hub:ORG/NAME"):
-            improve_model(STORE, pairs, f"modal:{VOLUME}/models/x", f"modal:{VOLUME}/wiki-x", upload_to=f"dir:{tmp_path / 'here'}")
+    with pytest.raises(InputError, match=r"models/NAME"):
+        improve_model(STORE, pairs, str(tmp_path / "model"), f"modal:{VOLUME}/wiki-x")
+    with pytest.raises(InputError, match=r"mount only that one"):
+        improve_model(STORE, pairs, f"modal:{VOLUME}/models/x", "modal:other-volume/wiki-x")
+    with pytest.raises(InputError, match=r"hub:ORG/NAME"):
+        improve_model(STORE, pairs, f"modal:{VOLUME}/models/x", f"modal:{VOLUME}/wiki-x", upload_to=f"dir:{tmp_path / 'here'}")
     assert not [c for c in _calls_since(cloud_dir, start) if c["cls"] == "Finetune"]
     assert not cloud_dir.store("models/x").exists() and not Path(tmp_path / "model").exists()
