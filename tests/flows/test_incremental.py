@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from wikiembed.errors import ShardsFailed
 from wikiembed.flows.embed_dataset import embed_dataset, rerun_shards
 from wikiembed.sample import generate_articles
 from tests.flows import faults
+from tests.flows.conftest import copy_store
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -48,7 +48,7 @@ def _same_output(a: Path, b: Path) -> None:
 @pytest.fixture(scope="module")
 def versions(tmp_path_factory):
     root = tmp_path_factory.mktemp("inc")
-    v1 = list(generate_articles(80))
+    v1 = list(generate_articles(40))  # 2 shards of 20
     v2 = [dict(r) for r in v1]
     v2[10]["text"] = v2[10]["text"] + "\n\nA new closing paragraph about bridges and rivers."  # edited
     del v2[20]  # removed
@@ -72,18 +72,13 @@ def clean_v2(prefect_api, versions, tmp_path_factory):
     return store, embed_dataset(source=str(versions / "v2.jsonl"), store=str(store), shard_rows=20)
 
 
-def _copy(store: Path, dest: Path) -> Path:
-    shutil.copytree(store, dest, symlinks=True)
-    return dest
-
-
 def test_unchanged_edited_added_removed(prefect_api, versions, v1_store, clean_v2, tmp_path):
-    store = _copy(v1_store[0], tmp_path / "store")
+    store = copy_store(v1_store[0], tmp_path / "store")
     first = v1_store[1]
-    assert first["shards_done"] == 4 and first["embedded_chunks"] == first["chunks"]
+    assert first["shards_done"] == 2 and first["embedded_chunks"] == first["chunks"]
 
     again = embed_dataset(source=str(versions / "v1.jsonl"), store=str(store), shard_rows=20)
-    assert again["embedded_chunks"] == 0 and again["shards_done"] == 4
+    assert again["embedded_chunks"] == 0 and again["shards_done"] == 2
 
     day1_files = _files(store)
     day1_texts = set(_table(store).column("text").to_pylist())
@@ -123,7 +118,7 @@ def test_unchanged_edited_added_removed(prefect_api, versions, v1_store, clean_v
 
 
 def test_switch_is_atomic_and_failed_incremental_keeps_the_old_version(prefect_api, versions, v1_store, clean_v2, tmp_path, monkeypatch):
-    store = _copy(v1_store[0], tmp_path / "store")
+    store = copy_store(v1_store[0], tmp_path / "store")
     before = _table(store)
     faulty = faults.install(monkeypatch, poison="A new closing paragraph")
     with pytest.raises(ShardsFailed, match="1/") as ended:
@@ -247,13 +242,13 @@ def test_a_new_version_indexes_only_its_own_data_files(prefect_api, versions, tm
 
     store = tmp_path / "store"
     first = embed_dataset(source=str(versions / "v1.jsonl"), store=str(store), shard_rows=20, output={"index": ["float32"]})
-    assert [(i["parts_built"], i["parts_reused"]) for i in first["index"]] == [(4, 0)]
+    assert [(i["parts_built"], i["parts_reused"]) for i in first["index"]] == [(2, 0)]
     day1 = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (store / "gens").rglob("index/*/*")}
-    assert len(day1) == 2  # the four data files' segment: a graph and its sidecar
+    assert len(day1) == 2  # the two data files' segment: a graph and its sidecar
     (versions / "live.jsonl").write_bytes((versions / "v2.jsonl").read_bytes())
     daily = embed_dataset(source=str(versions / "live.jsonl"), store=str(store), shard_rows=20, output={"index": ["float32"]})
     [indexed] = daily["index"]
-    assert (indexed["parts_built"], indexed["parts_reused"], indexed["rows"]) == (1, 4, daily["chunks"] + daily["kept_chunks"])
+    assert (indexed["parts_built"], indexed["parts_reused"], indexed["rows"]) == (1, 2, daily["chunks"] + daily["kept_chunks"])
     assert all((p.stat().st_ino, p.stat().st_mtime_ns) == s for p, s in day1.items())
     gen = daily["generation"]
     [segment] = (store / "gens" / gen / "index" / "embedding").glob("seg-*.json")
