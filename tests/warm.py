@@ -62,6 +62,18 @@ class Started:
         assert self.returncode is not None
         return self.returncode
 
+    def communicate(self, timeout: float | None = None) -> tuple[bytes | None, bytes | None]:
+        """As `Popen.communicate` without input: what the `stdout` and `stderr` pipes held, once it has ended."""
+        out: dict[str, bytes] = {}
+        readers = [threading.Thread(target=lambda name=name, pipe=pipe: out.__setitem__(name, pipe.read()), daemon=True)
+                   for name, pipe in (("stdout", self.stdout), ("stderr", self.stderr)) if pipe is not None]
+        for reader in readers:
+            reader.start()
+        self.wait(timeout)
+        for reader in readers:
+            reader.join(timeout)
+        return out.get("stdout"), out.get("stderr")
+
     def _read_status(self) -> None:
         data = os.read(self._status, 64)
         os.close(self._status)

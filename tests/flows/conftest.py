@@ -73,13 +73,16 @@ def data_files(store: Path) -> dict[str, bytes]:
 def reference(tmp_path_factory, prefect_api):
     """(store, summary, completed process) of an uninterrupted `wikiembed run`, exported to a folder.
 
-    One run per test run (see `build_once`): tests only read it."""
-    env = dict(os.environ, PREFECT_API_URL=prefect_api)
+    One run per test run (see `build_once`), a process of its own started warm (`start_run`, in the environment
+    `cli_env` gives, so that the runs test_reliability.py kills start from the same warm process): tests only read it."""
+    env = dict(os.environ, PREFECT_API_URL=prefect_api, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
     def build(base: Path) -> None:
         store, summary_path = base / "store", base / "summary.json"
-        proc = run_cli(env, "run", *REFERENCE_ARGS, "--store", str(store), "--summary-json", str(summary_path),
-                       "--upload-to", f"dir:{base / 'published'}")
+        args = [*REFERENCE_ARGS, "--store", str(store), "--summary-json", str(summary_path), "--upload-to", f"dir:{base / 'published'}"]
+        started = start_run(env, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdout, stderr = started.communicate(timeout=600)
+        proc = subprocess.CompletedProcess(["wikiembed", "run", *args], started.returncode, stdout.decode(), stderr.decode())
         assert proc.returncode == 0, proc.stderr[-3000:]
         (base / "proc.json").write_text(json.dumps({"args": proc.args, "returncode": proc.returncode,
                                                     "stdout": proc.stdout, "stderr": proc.stderr}))
