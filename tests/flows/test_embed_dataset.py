@@ -26,19 +26,19 @@ def _table(store: Path):
 
 
 @pytest.fixture(scope="module")
-def sample_run(prefect_api, tmp_path_factory):
-    store = tmp_path_factory.mktemp("e2e") / "store"
-    summary = embed_dataset(source="sample:120", store=str(store), shard_rows=40)
-    return store, summary
+def sample_run(sample_store, tmp_path_factory):
+    """(store, summary) of `embed_dataset(source="sample:60", shard_rows=20)`: this module's copy of the shared run
+    (tests/flows/conftest.py's sample_store), which its tests rerun into."""
+    return copy_store(sample_store[0], tmp_path_factory.mktemp("e2e") / "store"), sample_store[1]
 
 
 def test_first_run_embeds_every_shard(sample_run):
     store, summary = sample_run
     assert summary["shards_total"] == 3 and summary["shards_done"] == 3 and summary["shards_failed"] == 0
-    assert summary["rows"] == 120 and summary["chunks"] == summary["embedded_chunks"] > 120
+    assert summary["rows"] == 60 and summary["chunks"] == summary["embedded_chunks"] > 60
     assert summary["reused_chunks"] == 0 and summary["chars_per_s"] > 0
     manifest = json.loads((store / "manifest.json").read_text())
-    assert manifest["plan"]["shards"] == [[0, 40], [40, 80], [80, 120]]
+    assert manifest["plan"]["shards"] == [[0, 20], [20, 40], [40, 60]]
     for k in range(3):
         marker = json.loads((store / "_done" / f"{k:05d}.json").read_text())
         assert {"rows", "chunks", "sha256", "model", "seconds"} <= set(marker)
@@ -71,7 +71,7 @@ def test_output_loads_with_datasets_and_matches_sentence_transformers(sample_run
 def test_rerunning_the_same_command_embeds_nothing(sample_run):
     store, _ = sample_run
     before = _marker_times(store)
-    summary = embed_dataset(source="sample:120", store=str(store), shard_rows=40)
+    summary = embed_dataset(source="sample:60", store=str(store), shard_rows=20)
     assert summary["embedded_chunks"] == 0 and summary["shards_done"] == 3
     assert _marker_times(store) == before
 
@@ -93,7 +93,7 @@ def test_rerun_one_shard_reembeds_only_that_shard(sample_run):
 def test_other_model_or_chunking_into_the_same_store_is_refused(sample_run):
     store, _ = sample_run
     with pytest.raises(InputError, match="use a new store for this one"):
-        embed_dataset(source="sample:120", store=str(store), shard_rows=40, chunking={"chunk_size": 128})
+        embed_dataset(source="sample:60", store=str(store), shard_rows=20, chunking={"chunk_size": 128})
 
 
 def test_bad_rerun_shard_ids_name_the_range(sample_run):
@@ -155,9 +155,9 @@ def test_a_run_with_failed_shards_ends_failed_and_says_what_ran_and_how_to_rerun
     from wikiembed.flows.run_reports import artifact_key
 
     caplog.set_level(logging.INFO, logger="prefect.flow_runs")  # the test session logs only warnings
-    faults.install(monkeypatch, poison="Brepen")  # a word in shards 0 and 1 of sample:120, not in shard 2
+    faults.install(monkeypatch, poison="Valbrelys")  # a word in shards 0 and 1 of sample:60, not in shard 2
     store = tmp_path / "store"
-    state = embed_dataset(source="sample:120", store=str(store), shard_rows=40, return_state=True)
+    state = embed_dataset(source="sample:60", store=str(store), shard_rows=20, return_state=True)
     assert state.is_failed()
     assert state.message.startswith("2/3 shards failed: BackendError: injected"), state.message
     assert f"`wikiembed rerun --store {store} --failed`" in state.message
@@ -169,8 +169,8 @@ def test_a_run_with_failed_shards_ends_failed_and_says_what_ran_and_how_to_rerun
     APILogHandler().flush()  # log records reach the API in batches
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(state.state_details.flow_run_id)
-        assert run.name == f"embed sample:120 with all-MiniLM-L6-v2 on local into {store}"
-        assert {"model:sentence-transformers/all-MiniLM-L6-v2", "source:sample:120", "backend:local"} <= set(run.tags)
+        assert run.name == f"embed sample:60 with all-MiniLM-L6-v2 on local into {store}"
+        assert {"model:sentence-transformers/all-MiniLM-L6-v2", "source:sample:60", "backend:local"} <= set(run.tags)
         key = artifact_key("summary", Store(store))
         assert str(store.name) in key and key.startswith("wikiembed-summary-")
         summary = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))[0].data
