@@ -21,9 +21,16 @@ from tests.standins.tei_server import start_server
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def prefect_home(tmp_path_factory) -> Path:
+    """The module's PREFECT_HOME, as a user's persists from run to run: the first run's temporary server
+    creates its database, the later ones' open it (no second migration of a new database)."""
+    return tmp_path_factory.mktemp("prefect-home")
+
+
+def _env(prefect_home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    env["PREFECT_HOME"] = str(prefect_home)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -80,10 +87,10 @@ def _wait_gone(pids: set[int], timeout: float) -> set[int]:
     return {p for p in pids if _alive(p)}
 
 
-def test_ctrl_c_stops_in_seconds_with_one_line_then_the_same_command_finishes(reference, tmp_path, capsys):
+def test_ctrl_c_stops_in_seconds_with_one_line_then_the_same_command_finishes(reference, prefect_home, tmp_path, capsys):
     ref_store, _, _ = reference
     store = tmp_path / "store"
-    proc, started = _start_mid_run(["run", *REFERENCE_ARGS, "--store", str(store)], _env(tmp_path), store)
+    proc, started = _start_mid_run(["run", *REFERENCE_ARGS, "--store", str(store)], _env(prefect_home), store)
     sent = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal does: the whole foreground group
     out, err = proc.communicate(timeout=60)
@@ -98,12 +105,12 @@ def test_ctrl_c_stops_in_seconds_with_one_line_then_the_same_command_finishes(re
     assert data_files(store) == data_files(ref_store)
 
 
-def test_sigterm_during_a_slow_tei_answer_stops_in_seconds(tmp_path):
+def test_sigterm_during_a_slow_tei_answer_stops_in_seconds(prefect_home, tmp_path):
     url, server = start_server(model_id=MODEL, latency_s=120)
     store = tmp_path / "store"
     try:
         args = ["run", "--source", "sample:60", "--shard-rows", "20", "--store", str(store), "--backend", "tei", "--tei-url", url]
-        proc, started = _start_mid_run(args, _env(tmp_path), store, ready="gens/*/manifest.json")
+        proc, started = _start_mid_run(args, _env(prefect_home), store, ready="gens/*/manifest.json")
         time.sleep(3)  # into the first (slow) TEI request
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -116,7 +123,7 @@ def test_sigterm_during_a_slow_tei_answer_stops_in_seconds(tmp_path):
         server.stop()
 
 
-def test_a_run_that_fails_exits_at_once_and_leaves_nothing_behind(tmp_path):
+def test_a_run_that_fails_exits_at_once_and_leaves_nothing_behind(prefect_home, tmp_path):
     """Prefect's last logs reach the temporary server before it is stopped: no minute of retries
     against a server that is already gone, and no server left running."""
     import socket
@@ -124,7 +131,7 @@ def test_a_run_that_fails_exits_at_once_and_leaves_nothing_behind(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"  # nothing listens here once closed
-    env = {**_env(tmp_path), "PREFECT_LOGGING_LEVEL": "INFO"}  # a user's default: logs go to the API
+    env = {**_env(prefect_home), "PREFECT_LOGGING_LEVEL": "INFO"}  # a user's default: logs go to the API
     proc = subprocess.Popen([sys.executable, "-m", "wikiembed.flows.cli", "run", "--source", "sample:40", "--shard-rows", "20",
                              "--store", str(tmp_path / "store"), "--backend", "tei", "--tei-url", url],
                             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
