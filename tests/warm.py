@@ -80,6 +80,11 @@ class Started:
         # No status: the warm process ended first (the caller let it go); the process was not its to report.
         self.returncode = os.waitstatus_to_exitcode(int(data)) if data else -signal.SIGKILL
 
+    def __del__(self) -> None:
+        if self.returncode is None:  # never waited for: its status pipe is let go
+            with contextlib.suppress(OSError):
+                os.close(self._status)
+
     def send_signal(self, sig: int) -> None:
         if self.poll() is None:
             with contextlib.suppress(ProcessLookupError):
