@@ -13,9 +13,10 @@ process then sets its environment, standard streams and arguments and calls its 
     proc.poll(); proc.send_signal(signal.SIGKILL); proc.wait()
 
 `start` returns a `Started`, which offers what the tests use of a `subprocess.Popen`: `pid`, the
-`stdin`, `stdout` and `stderr` pipes, `poll`, `wait`, `send_signal`, `kill`, `returncode` (negative:
-the signal that ended it). The warm process must be single-threaded when it forks: its imports start no Python thread
-(pyarrow's allocator starts one native thread of its own, which its fork handlers allow for).
+`stdin`, `stdout` and `stderr` pipes, `poll`, `wait`, `communicate`, `send_signal`, `kill`,
+`returncode` (negative: the signal that ended it). The warm process must be single-threaded when it
+forks: its imports start no Python thread (pyarrow's allocator starts one native thread of its own,
+which its fork handlers allow for).
 """
 
 from __future__ import annotations
