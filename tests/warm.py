@@ -39,7 +39,11 @@ from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 KEPT = 3  # warm processes a caller keeps (least recently used ones are let go)
-_VOLATILE = ("PYTEST_CURRENT_TEST",)  # set by pytest for every test: not part of what a warm process is for
+# Variables no module reads when imported, which change in a test process as it runs: a warm process serves
+# any of their values (a started process gets its own environment before its entry runs). pytest sets the
+# first for every test; a run in the test process sets the tokenizer choice (wikiembed.fast_tokenizer.choice
+# reads it when called).
+_VOLATILE = ("PYTEST_CURRENT_TEST", "WIKIEMBED_TOKENIZER")
 
 
 class Started:
