@@ -201,6 +201,10 @@ def _check_engine_parity(model_id: str, model: Any, texts: Sequence[str], device
         )
 
 
+def _read_while_training(limit: int | None) -> str:
+    return "whole texts read while training (up to the model's limit)" if limit is None else f"the first {limit} tokens of each text read while training"
+
+
 def _card(record: FinetuneRecord) -> str:
     """The model card's markdown section on how this model was made and how it scores."""
     s, p = record.settings, record.pairs
@@ -224,7 +228,7 @@ Fine-tuned with `wikiembed finetune` (sentence-transformers' trainer, {record.lo
 {record.train} trained on, {record.holdout} held out (never trained on)
 - **Settings**: {s['epochs']} epoch(s), batch size {s['batch_size']}, learning rate {s['learning_rate']}, \
 {s['negatives']} hard negative(s) per pair from the store's vectors ({record.negatives_from}), held out {s['holdout']:.0%} \
-with seed {s['seed']}, device {record.device}, {record.seconds:.0f} s
+with seed {s['seed']}, {_read_while_training(s.get('max_seq_length'))}, device {record.device}, {record.seconds:.0f} s
 
 ## Held-out queries, before and after
 
@@ -390,7 +394,13 @@ def _finetune(store: str | Path, pairs: Path, out: Path, settings: FinetuneSetti
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # its raw dicts ({'loss': ...}): `report` says the same in words
-    result = trainer.train()
+    own_limit = model.max_seq_length
+    if settings.max_seq_length is not None and settings.max_seq_length < own_limit:
+        model.max_seq_length = settings.max_seq_length  # training reads each text's first tokens only
+    try:
+        result = trainer.train()
+    finally:
+        model.max_seq_length = own_limit  # measured and saved with the limit the engine embeds with
     shutil.rmtree(tmp / "_trainer", ignore_errors=True)
     after = _pool_figures(model, held, pool_keys, pool_texts)
     model.save(str(tmp))

@@ -27,3 +27,6 @@ class FinetuneSettings(BaseModel):
     seed: int = Field(0, description="seeds the held-out split and the training order")
     negatives: int = Field(1, ge=0, le=MINE_DEPTH - 1, description="hard negatives mined per pair from the store's vectors")
     device: Literal["cpu", "cuda"] | None = Field(None, description="where to train: cpu or cuda (default: cuda when present)")
+    max_seq_length: int | None = Field(
+        None, ge=8, description="tokens read of each text while training (default: the model's own limit); fewer train "
+        "faster on long chunks, and the saved model keeps its own limit")

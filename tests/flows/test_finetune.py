@@ -18,6 +18,10 @@ from tests.flows.conftest import ROOT
 from wikiembed.flows.cli import main
 from wikiembed.model import DEFAULT_MODEL, resolve_model_path
 
+# Training reads each text's first 64 tokens (the saved model keeps its own limit): these tests check what a fine-tune
+# writes and records, not how much it learns, and 64 tokens train several times faster than the topics' whole chunks.
+SHORT = ("--max-seq-length", "64")
+
 
 def title_pairs(source: Path, dest: Path, extra: list[dict] | None = None) -> Path:
     rows = [{"query": r["title"], "id": r["id"]} for r in map(json.loads, source.read_text().splitlines())]
@@ -39,7 +43,7 @@ def tuned(compact_store, topics, tmp_path_factory):
     pairs = title_pairs(topics, base / "pairs.jsonl", [{"query": "a topic nobody wrote", "id": "no-such-topic"}, *twins(topics, 10)])
     out, payload = base / "model", base / "ft.json"
     code = main(["finetune", "--store", str(compact_store), "--pairs", str(pairs), "--out", str(out), "--json", str(payload),
-                 "--batch-size", "8"])
+                 "--batch-size", "8", *SHORT])
     assert code == 0
     return out, json.loads(payload.read_text()), pairs
 
@@ -52,6 +56,7 @@ def test_finetune_writes_a_model_that_loads_and_differs_from_the_base(tuned):
     base = SentenceTransformer(str(resolve_model_path(DEFAULT_MODEL)), device="cpu").encode(text)
     new = SentenceTransformer(str(out), device="cpu").encode(text)
     assert new.shape == base.shape and not np.allclose(new, base, atol=1e-4)
+    assert SentenceTransformer(str(out), device="cpu").max_seq_length == 256 and result["settings"]["max_seq_length"] == 64
     assert result["pairs"] == {"read": 45, "matched": 44, "unmatched": 1, "relevant_missing": 1, "near_duplicates": 10}
     assert (result["train"], result["holdout"]) == (27, 7) and result["examples"] == 27
     assert result["loss"] == "MultipleNegativesRankingLoss" and result["negatives_from"] == "exact scan"
@@ -72,7 +77,7 @@ def test_held_out_queries_are_never_trained_on_and_the_card_says_what_was_done(t
     manifest = json.loads((compact_store / "manifest.json").read_text())
     for needle in (DEFAULT_MODEL, manifest["model"]["revision"], result["generation"], "27 trained on, 7 held out",
                    "10 merged into a query the model reads the same",
-                   "1 epoch(s), batch size 8", "| fine-tuned |"):
+                   "1 epoch(s), batch size 8", "the first 64 tokens of each text read while training", "| fine-tuned |"):
         assert needle in card, needle
     assert card.startswith("---\n")  # the Hub's YAML header stays first
     assert json.loads((out / "finetune.json").read_text())["after"] == result["after"]
@@ -106,7 +111,7 @@ def test_the_same_finetune_again_returns_the_recorded_one_and_another_refuses_th
     stamp = (out / "model.safetensors").stat().st_mtime_ns
     again = tmp_path / "again.json"
     assert main(["finetune", "--store", str(compact_store), "--pairs", str(pairs), "--out", str(out), "--json", str(again),
-                 "--batch-size", "8"]) == 0
+                 "--batch-size", "8", *SHORT]) == 0
     assert json.loads(again.read_text()) == result and (out / "model.safetensors").stat().st_mtime_ns == stamp
     assert main(["finetune", "--store", str(compact_store), "--pairs", str(pairs), "--out", str(out), "--epochs", "2"]) == 2
     assert "exists and holds something else" in capsys.readouterr().err
@@ -187,7 +192,7 @@ def tuned_at_80_on_an_index(compact_store, topics, tmp_path_factory):
     store = shutil.copytree(compact_store, base / "store", symlinks=True)
     build_index(store, "float32")
     (base / ".model.tmp-999999").mkdir()  # what a fine-tune killed before its rename leaves
-    record = finetune(store, title_pairs(topics, base / "pairs.jsonl"), base / "model", FinetuneSettings(batch_size=80))
+    record = finetune(store, title_pairs(topics, base / "pairs.jsonl"), base / "model", FinetuneSettings(batch_size=80, max_seq_length=64))
     return base / "model", record
 
 

@@ -62,7 +62,8 @@ def test_a_worse_model_is_not_published(published_store, topics, tmp_path, caplo
     pairs.write_text("".join(json.dumps({"query": r["query"], "id": i}) + "\n" for r, i in zip(rows, ids)))
     out, new = tmp_path / "model", tmp_path / "new-store"
     state = improve_model(str(store), str(pairs), str(out), str(new), upload_to=f"dir:{published}",
-                          finetune={"batch_size": 8, "learning_rate": 1e-4, "negatives": 0}, min_holdout=5, return_state=True)
+                          finetune={"batch_size": 8, "learning_rate": 1e-4, "negatives": 0, "max_seq_length": 64}, min_holdout=5,
+                          return_state=True)
     result = state.result()
     assert result["publish"] is False and result["published"] is None
     # The run list and automations tell a kept store from a published one: name, state message, tags, event.
@@ -120,7 +121,8 @@ def _markers(store: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in done.glob("[0-9]*.json")} if done.exists() else {}
 
 
-IMPROVE_OPTIONS = ["--batch-size", "8", "--negatives", "0", "--metric", "recall_at_10", "--margin", "0.02", "--min-holdout", "5"]
+IMPROVE_OPTIONS = ["--batch-size", "8", "--negatives", "0", "--max-seq-length", "64", "--metric", "recall_at_10", "--margin", "0.02",
+                   "--min-holdout", "5"]
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +147,7 @@ def test_a_killed_loop_resumes_where_it_stopped(improved, compact_store, tmp_pat
     assert code == 0
     store, new = compact_store, tmp_path / "new-store"
     script = ("import sys; from wikiembed.flows.improve_model import improve_model; "
-              "improve_model(*sys.argv[1:5], metric='recall_at_10', margin=0.02, finetune={'batch_size': 8, 'negatives': 0}, "
+              "improve_model(*sys.argv[1:5], metric='recall_at_10', margin=0.02, finetune={'batch_size': 8, 'negatives': 0, 'max_seq_length': 64}, "
               "min_holdout=5)")
     proc = subprocess.Popen([sys.executable, "-c", script, str(store), str(pairs), str(out), str(new)], env=cli_env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -163,7 +165,7 @@ def test_a_killed_loop_resumes_where_it_stopped(improved, compact_store, tmp_pat
     weights = (out / "model.safetensors").stat().st_mtime_ns
     assert 1 <= len(kept) < 3
     result = improve_model(str(store), str(pairs), str(out), str(new), metric="recall_at_10", margin=0.02,
-                           finetune={"batch_size": 8, "negatives": 0}, min_holdout=5)
+                           finetune={"batch_size": 8, "negatives": 0, "max_seq_length": 64}, min_holdout=5)
     assert (out / "model.safetensors").stat().st_mtime_ns == weights  # the fine-tune was not redone
     after = _markers(new)
     assert len(after) == 3 and all(after[name] == stamp for name, stamp in kept.items())  # done shards not redone

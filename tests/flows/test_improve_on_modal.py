@@ -61,7 +61,7 @@ def test_finetune_of_a_volume_store_runs_next_to_it(cloud_dir, topics, tmp_path,
     out, payload = f"modal:{VOLUME}/models/cli", tmp_path / "ft.json"
     start = len(cloud_dir.calls())
     code = main(["finetune", "--store", STORE, "--pairs", pairs, "--out", out, "--json", str(payload), "--batch-size", "8",
-                 "--negatives", "0"])
+                 "--negatives", "0", "--max-seq-length", "64"])
     printed = capsys.readouterr()
     # A pairs file of this machine cannot reach the fine-tune: refused before any call, with the way to put it there.
     assert main(["finetune", "--store", STORE, "--pairs", str(tmp_path / "pairs.jsonl"), "--out", f"modal:{VOLUME}/models/x"]) == 2
@@ -102,7 +102,7 @@ def test_improve_model_on_a_volume_store_fine_tunes_reembeds_compares_and_publis
     out, new, published = f"modal:{VOLUME}/models/leet", f"modal:{VOLUME}/wiki-leet", f"modal:{VOLUME}/published"
     start = len(cloud_dir.calls())
     result = improve_model(STORE, pairs, out, new, upload_to=published, metric="recall_at_10", margin=0.05,
-                           finetune={"batch_size": 8, "epochs": 2, "learning_rate": 1e-4}, min_holdout=5)
+                           finetune={"batch_size": 8, "epochs": 2, "learning_rate": 1e-4, "max_seq_length": 64}, min_holdout=5)
     calls = _calls_since(cloud_dir, start)
     methods = [(c["cls"], c["method"]) for c in calls]
     assert methods.count(("Finetune", "run")) == 1 and methods.count(("Finetune", "compare")) == 1

@@ -80,7 +80,7 @@ def test_the_loop_feedback_improve_and_the_better_store_is_served_without_a_rest
 
         out, new = tmp_path / "model", tmp_path / "new-store"
         state = improve_model(str(link), str(feedback), str(out), str(new), upload_to=f"dir:{published}", serve_link=str(link),
-                              metric="recall_at_10", margin=0.05, finetune={"batch_size": 8, "epochs": 2, "learning_rate": 1e-4},
+                              metric="recall_at_10", margin=0.05, finetune={"batch_size": 8, "epochs": 2, "learning_rate": 1e-4, "max_seq_length": 64},
                               min_holdout=5, return_state=True)  # the 34 topics hold out 7
         result = state.result()
         assert result["publish"] is True and result["published"] is not None, result["reason"]

@@ -21,7 +21,7 @@ def test_finetune_class_trains_next_to_the_store(compact_store, topics, tmp_path
     (volume / "feedback" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setenv(finetune_app.MOUNT_ENV, str(volume))
     record = finetune_app.Finetune().run.local("wiki", "/feedback/pairs.jsonl", "models/w49",
-                                               {"batch_size": 8, "device": "cpu", "negatives": 0})
+                                               {"batch_size": 8, "device": "cpu", "negatives": 0, "max_seq_length": 64})
     out = volume / "models" / "w49"
     assert record["out"] == str(out) and record["store"] == str(volume / "wiki")
     assert (record["train"], record["holdout"]) == (27, 7)
