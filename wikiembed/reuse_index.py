@@ -8,8 +8,9 @@ running many shards all load it once and share it; `release` drops it when a run
 Its keys are the key files kept beside the generation's data files (`wikiembed.chunk_keys`: 16
 bytes a row, written with each data file), so loading it reads no chunk text; a data file without
 valid keys (one written before they were kept) has them made from its text, and `save` keeps them.
-Its vectors are read only where a chunk is found: the `embedding` column of the row groups that
-hold the rows asked for, nothing else of the file.
+Its vectors are read only where a chunk is found: each one by its row from the data file's pages
+(`wikiembed.vector_rows`), or, in a file whose `embedding` column is compressed (one written before
+data files kept it plain), the `embedding` column of the row groups that hold the rows asked for.
 
 Touches: the indexed generation's data files, markers and key files (read), and the key files of
 its data files that have none (written by `save`).
@@ -30,6 +31,7 @@ from wikiembed.atomic import remove
 from wikiembed.memory import release_free_memory
 from wikiembed.store import Store
 from wikiembed.store_files import LOCAL, StoreSync
+from wikiembed.vector_rows import RowVectors
 
 
 class ReuseIndex:
@@ -37,8 +39,9 @@ class ReuseIndex:
 
     Keys are 16-byte blake2b digests held in one sorted numpy array with each key's position among the
     generation's rows, file after file (20 bytes per chunk), loaded from the data files' key files.
-    Vectors are read from the old data files on demand: only the row groups that hold a row asked for,
-    only their `embedding` column, the latest row groups read cached up to _CACHE_BYTES.
+    Vectors are read from the old data files on demand: by row where the file allows it, else only the row
+    groups that hold a row asked for, only their `embedding` column, the latest row groups read cached up to
+    _CACHE_BYTES.
     """
 
     # Vectors of the row groups read last kept for the next lookups (at least the last group): a
@@ -59,6 +62,7 @@ class ReuseIndex:
         self._files: list[Path] = []  # data files, in the generation's order
         self._starts: dict[int, np.ndarray] = {}  # file index -> first row of each row group (and the row count)
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._by_row: dict[int, RowVectors | None] = {}  # file index -> its page map, where it can be read by row
         self._lock = threading.Lock()  # shard tasks run as threads and share one index
         self.built_from_text = 0  # data files whose keys were made from their text (no valid key file)
 
@@ -115,6 +119,12 @@ class ReuseIndex:
             self._starts[file_index] = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
         return self._starts[file_index]
 
+    def _direct(self, file_index: int) -> RowVectors | None:
+        """The file's vectors addressed by row, or None where its layout does not allow it (then row groups are read)."""
+        if file_index not in self._by_row:
+            self._by_row[file_index] = RowVectors.open(self._files[file_index])
+        return self._by_row[file_index]
+
     def _group(self, file_index: int, group: int) -> np.ndarray:
         """The vectors of one row group of a data file ([rows, dim] float32), cached."""
         key = (file_index, group)
@@ -161,6 +171,12 @@ class ReuseIndex:
         for file_index in np.unique(where[:, 0]).tolist():
             in_file = np.flatnonzero(where[:, 0] == file_index)
             rows = where[in_file, 1]
+            direct = self._direct(file_index)
+            if direct is not None:  # the vectors asked for, read by row
+                if out is None:
+                    out = np.zeros((len(texts), direct.dim), dtype=np.float32)
+                out[hits[in_file]] = direct.read(rows)
+                continue
             starts = self._row_groups(file_index)
             groups = np.searchsorted(starts, rows, side="right") - 1
             for group in np.unique(groups).tolist():

@@ -19,15 +19,33 @@ from wikiembed.settings import RunSettings
 from wikiembed.store import Store
 
 
-@pytest.fixture(scope="module")
-def done_store(tmp_path_factory) -> Store:
-    """A generation of 3 done shards, embedded with the local engine."""
-    prepared = prepare(RunSettings(source="sample:45", store=str(tmp_path_factory.mktemp("reuse") / "store"), shard_rows=15))
+def _done(folder: Path) -> Store:
+    prepared = prepare(RunSettings(source="sample:45", store=str(folder / "store"), shard_rows=15))
     backend = open_backend("local", prepared.manifest.model.model_id)
     for k, (start, end) in enumerate(prepared.manifest.plan.shards):
         chunk_shard(prepared.store, k, prepared.manifest)
         embed_shard(prepared.store, k, backend, end - start)
     return prepared.store
+
+
+@pytest.fixture(scope="module")
+def done_store(tmp_path_factory) -> Store:
+    """A generation of 3 done shards, embedded with the local engine."""
+    return _done(tmp_path_factory.mktemp("reuse"))
+
+
+@pytest.fixture(scope="module")
+def zstd_store(tmp_path_factory) -> Store:
+    """The same, its data files written as before `embedding` was kept plain (zstd, as every other column): the
+    vectors of such a file are read by row group."""
+    from wikiembed import embedding
+
+    real = embedding.writer_options
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(embedding, "writer_options", lambda schema: {**real(schema), "compression": "zstd"})
+        store = _done(tmp_path_factory.mktemp("reuse-zstd"))
+    assert pq.ParquetFile(store.data_path(0)).metadata.row_group(0).column(7).compression == "ZSTD"
+    return store
 
 
 def _text_reads(monkeypatch) -> list[Path]:
@@ -103,8 +121,27 @@ def test_saving_removes_the_older_whole_generation_index_file(done_store: Store)
     assert {p: p.stat().st_mtime_ns for p in (done_store.dir / chunk_keys.KEYS_DIR).iterdir()} == files
 
 
-def test_vectors_come_from_the_row_groups_that_hold_them(done_store: Store, monkeypatch) -> None:
-    """A lookup reads the embedding column of only the row groups of the rows it finds, each once."""
+def test_vectors_are_read_by_row_and_match_the_files(done_store: Store, monkeypatch) -> None:
+    """In a data file that keeps `embedding` plain, a lookup reads the vectors it finds by their rows: no row group."""
+    read: list[int] = []
+    real = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", lambda self, group, **kw: read.append(group) or real(self, group, **kw))
+    texts, vectors = [], []
+    for shard in range(3):
+        t, v = read_vectors(done_store.data_path(shard))
+        texts += t
+        vectors.append(v)
+    every = np.concatenate(vectors)
+    order = np.random.default_rng(2).permutation(len(texts))
+    found_vecs, found = ReuseIndex(Store(done_store.root, done_store.gen)).lookup([texts[i] for i in order] + ["no such chunk"])
+    assert found[:-1].all() and not found[-1]
+    assert np.array_equal(found_vecs[:-1], every[order]) and read == []
+
+
+def test_vectors_come_from_the_row_groups_that_hold_them(zstd_store: Store, monkeypatch) -> None:
+    """In a file whose `embedding` is compressed, a lookup reads the embedding column of only the row groups of the
+    rows it finds, each once."""
+    done_store = zstd_store
     read: list[tuple[int, tuple]] = []
     real = pq.ParquetFile.read_row_group
 
@@ -120,8 +157,9 @@ def test_vectors_come_from_the_row_groups_that_hold_them(done_store: Store, monk
     assert read == [(0, ("embedding",))]
 
 
-def test_a_lookup_over_several_row_groups_reads_each_once_and_matches_the_files(done_store: Store, monkeypatch) -> None:
+def test_a_lookup_over_several_row_groups_reads_each_once_and_matches_the_files(zstd_store: Store, monkeypatch) -> None:
     """A lookup over every file gives the vectors a plain read of each file gives, each row group read once."""
+    done_store = zstd_store
     read: list[int] = []
     real = pq.ParquetFile.read_row_group
 
