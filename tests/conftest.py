@@ -43,40 +43,40 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # Seconds each of the longest test files took (the junit times of a whole `make test` on a 2-core
-# machine, summed per file: only the order matters). `make test` runs files on 2 xdist workers in collection order
-# (--no-loadscope-reorder), and the files are collected longest first, so that no long file starts last
-# and leaves the other worker idle. A file not listed counts as 0 s and keeps its place.
+# machine, 3 workers, summed per file: only the order matters). `make test` runs files on xdist workers in collection
+# order (--no-loadscope-reorder), and the files are collected longest first, so that no long file starts last
+# and leaves the other workers idle. A file not listed counts as 0 s and keeps its place.
 FILE_SECONDS = {
-    "tests/flows/test_improve_on_modal.py": 149,
-    "tests/bench/test_smoke_loops.py": 146,
-    "tests/flows/test_reliability.py": 136,
-    "tests/flows/test_prefect_versions.py": 134,
-    "tests/bench/test_smoke_scale.py": 122,
-    "tests/bench/test_smoke_models.py": 117,
-    "tests/flows/test_finetune.py": 112,
-    "tests/flows/test_serve.py": 112,
-    "tests/bench/test_smoke.py": 110,
-    "tests/wikiembed/test_fast_tokenizer.py": 108,
-    "tests/flows/test_improve_model.py": 99,
-    "tests/flows/test_deployments.py": 85,
-    "tests/flows/test_signals.py": 82,
-    "tests/flows/test_modal_fanout.py": 71,
-    "tests/flows/test_vector_identity.py": 70,
-    "tests/flows/test_published.py": 63,
-    "tests/flows/test_incremental.py": 62,
-    "tests/flows/test_embed_dataset.py": 54,
-    "tests/flows/test_snapshot_stops.py": 48,
-    "tests/flows/test_executors.py": 43,
-    "tests/wikiembed/test_publish.py": 40,
-    "tests/modal_workers/test_finetune_app.py": 37,
-    "tests/flows/test_mistakes.py": 33,
-    "tests/flows/test_hub_daily.py": 29,
-    "tests/flows/test_tei_workers.py": 28,
-    "tests/flows/test_ui_reports.py": 24,
-    "tests/test_packaging.py": 19,
-    "tests/flows/test_model_shapes.py": 19,
-    "tests/wikiembed/backends/test_tei.py": 14,
-    "tests/flows/test_tokenizer_choice.py": 13,
+    "tests/flows/test_prefect_versions.py": 123,
+    "tests/flows/test_reliability.py": 105,
+    "tests/flows/test_improve_model.py": 97,
+    "tests/flows/test_improve_on_modal.py": 95,
+    "tests/bench/test_smoke_models.py": 93,
+    "tests/flows/test_deployments.py": 93,
+    "tests/bench/test_smoke_loops.py": 89,
+    "tests/bench/test_smoke_scale.py": 80,
+    "tests/bench/test_smoke.py": 78,
+    "tests/flows/test_signals.py": 76,
+    "tests/wikiembed/test_fast_tokenizer.py": 75,
+    "tests/flows/test_published.py": 74,
+    "tests/flows/test_incremental.py": 57,
+    "tests/flows/test_vector_identity.py": 56,
+    "tests/flows/test_modal_fanout.py": 51,
+    "tests/flows/test_serve.py": 51,
+    "tests/flows/test_finetune.py": 49,
+    "tests/flows/test_mistakes.py": 31,
+    "tests/wikiembed/test_publish.py": 30,
+    "tests/flows/test_embed_dataset.py": 28,
+    "tests/flows/test_snapshot_stops.py": 27,
+    "tests/flows/test_executors.py": 27,
+    "tests/flows/test_tei_workers.py": 23,
+    "tests/flows/test_ui_reports.py": 18,
+    "tests/flows/test_model_shapes.py": 17,
+    "tests/wikiembed/backends/test_engine.py": 16,
+    "tests/modal_workers/test_finetune_app.py": 15,
+    "tests/flows/test_hub_daily.py": 14,
+    "tests/test_packaging.py": 14,
+    "tests/wikiembed/backends/test_model_shapes.py": 14,
 }
 
 
