@@ -7,7 +7,7 @@ the rest for the edit loop, CI runs everything.
 Prefect's server takes ~10 s to start on 2 cores, so one server (Prefect's own test
 harness: a real API on SQLite in a subprocess) serves the whole run, xdist workers
 included; subprocess tests get its URL through `cli_env`. `make test` runs the suite on
-2 xdist workers, a test file's tests on one worker, so each module fixture is built once.
+one xdist worker more than there are cores, a test file's tests on one worker, so each module fixture is built once.
 """
 
 from __future__ import annotations
