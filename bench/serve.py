@@ -46,11 +46,14 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx
 
+# "pause": seconds each client of the publish phase waits before each search (0: one after another, the load).
 SIZES = {
-    "full": {"articles": 50_000, "shard_rows": 10_000, "latency": 300, "throughput": 320, "feedback": 10_000, "added": 500, "edited": 500},
-    "quick": {"articles": 300, "shard_rows": 150, "latency": 20, "throughput": 32, "feedback": 160, "added": 10, "edited": 10},
-    # Two requests of each of the 16 clients in the throughput and feedback phases (a negative and a positive record each).
-    "smoke": {"articles": 40, "shard_rows": 20, "latency": 10, "throughput": 32, "feedback": 32, "added": 4, "edited": 4},
+    "full": {"articles": 50_000, "shard_rows": 10_000, "latency": 300, "throughput": 320, "feedback": 10_000, "added": 500, "edited": 500,
+             "pause": 0},
+    "quick": {"articles": 300, "shard_rows": 150, "latency": 20, "throughput": 32, "feedback": 160, "added": 10, "edited": 10, "pause": 0},
+    # Two requests of each of the 16 clients in the throughput and feedback phases (a negative and a positive record each);
+    # in the publish phase two searches a second from each client, which still see both generations.
+    "smoke": {"articles": 40, "shard_rows": 20, "latency": 10, "throughput": 32, "feedback": 32, "added": 4, "edited": 4, "pause": 0.5},
 }
 CLIENTS = 16
 K = 10
@@ -257,7 +260,7 @@ def publish_under_load(url: str, work: Path, store: Path, size: dict[str, int], 
     def client(c: int) -> None:
         rng = random.Random(100 + c)
         with httpx.Client(base_url=url, timeout=60) as http:
-            while not stop.is_set():
+            while not stop.wait(size["pause"]):
                 # Half the queries are an added or edited article's own words, so both generations' hits differ.
                 q = texts[2][rng.choice(added_ids)] if rng.random() < 0.5 else _query(rng)
                 try:
