@@ -88,7 +88,7 @@ def test_a_fourth_executor_runs_the_whole_flow_through_the_same_path(prefect_api
 
     toy.fail_once = {1}
     store = tmp_path / "toy"
-    state = embed_dataset(source="sample:120", store=str(store), shard_rows=40, backend="toy", return_state=True)
+    state = embed_dataset(source="sample:60", store=str(store), shard_rows=20, backend="toy", return_state=True)
     summary = state.result()
     assert summary["backend"] == "toy" and summary["shards_done"] == summary["shards_total"] == 3
     # Shard 1 lost its worker once and the flow's embed task retried it: counted like any retry.
@@ -106,12 +106,12 @@ def test_a_fourth_executor_runs_the_whole_flow_through_the_same_path(prefect_api
 
     # Its vectors are the local executor's, chunk for chunk.
     local = tmp_path / "local"
-    embed_dataset(source="sample:120", store=str(local), shard_rows=40)
+    embed_dataset(source="sample:60", store=str(local), shard_rows=20)
     assert np.abs(_vectors(store) - _vectors(local)).max() < 1e-5
 
     # A resumed run sends nothing; a rerun takes the executor the store was made with.
     toy.calls.clear()
-    again = embed_dataset(source="sample:120", store=str(store), shard_rows=40, backend="toy")
+    again = embed_dataset(source="sample:60", store=str(store), shard_rows=20, backend="toy")
     assert again["shards_done"] == 3 and not [c for c in toy.calls if c[0] == "run_shard"]
     toy.calls.clear()
     redone = rerun_shards(store=str(store), shards=[2])
