@@ -4,14 +4,15 @@ Two tiers: `slow` is every test under tests/flows/ (whole flows through Prefect,
 subprocesses, servers, signals) plus the few library tests marked so; `make test-fast` runs
 the rest for the edit loop, CI runs everything.
 
-Prefect's server takes ~10 s to start on 2 cores, so one server (Prefect's own test
-harness: a real API on SQLite in a subprocess) serves the whole run, xdist workers
-included; subprocess tests get its URL through `cli_env`. `make test` runs the suite on
+Prefect's server takes ~10 s to start on 2 cores, so one server (the API Prefect's own test
+harness runs: a real API on SQLite in a subprocess) serves the whole run, xdist workers
+included, and starts while the workers start; subprocess tests get its URL through `cli_env`. `make test` runs the suite on
 one xdist worker more than there are cores, a test file's tests on one worker, so each module fixture is built once.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 _HOME = tempfile.mkdtemp(prefix="wikiembed-tests-")
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)  # the session's Prefect home, caches and shared server's database
 os.environ.setdefault("PREFECT_HOME", str(Path(_HOME) / "prefect"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -102,27 +104,89 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Under `pytest -n N` with the slow tier selected, one server for all workers: the controller
-    starts it before the workers exist, and they inherit its URL through PREFECT_API_URL."""
+    starts it before the workers exist, and they inherit its URL through PREFECT_API_URL. It is not
+    waited for here: it starts (about 10 s) while the workers start and collect, and each worker
+    waits for it before its first test (`_shared_api_ready`)."""
     workers = getattr(config.option, "numprocesses", None)
     if hasattr(config, "workerinput") or not workers or "not slow" in (config.option.markexpr or ""):
         return
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    harness = prefect_test_harness(server_startup_timeout=120)
-    harness.__enter__()  # held until pytest_unconfigure
-    config.stash[_HARNESS] = harness
-    os.environ["PREFECT_API_URL"] = os.environ[_SHARED_API] = PREFECT_API_URL.value()
+    server = _SharedServer()
+    config.stash[_SERVER] = server
+    os.environ["PREFECT_API_URL"] = os.environ[_SHARED_API] = server.url
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    harness = config.stash.get(_HARNESS, None)
-    if harness is not None:
-        harness.__exit__(None, None, None)
+    server = config.stash.get(_SERVER, None)
+    if server is not None:
+        server.stop()
 
 
-_HARNESS = pytest.StashKey[object]()
+class _SharedServer:
+    """Prefect's API on SQLite in a subprocess: what `prefect.testing.utilities.prefect_test_harness` starts
+    (uvicorn serving `create_app` with the same environment), on a port of its own, started and not waited for."""
+
+    def __init__(self) -> None:
+        import socket
+        import subprocess
+        from importlib.util import find_spec
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}/api"
+        folder = Path(_HOME) / "shared-api"
+        folder.mkdir()
+        self.log = folder / "server.log"
+        prefect_dir = Path(find_spec("prefect").origin).parent
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
+               "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{folder / 'prefect.db'}"}
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
+                 "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "error",
+                 "--lifespan", "on"],
+                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        import subprocess
+
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _wait_healthy(url: str, timeout: float) -> None:
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the tests' shared Prefect API server at {url} did not answer /health within {timeout:.0f} s; "
+                               f"its log is {Path(_HOME) / 'shared-api' / 'server.log'}")
+        time.sleep(0.2)
+
+
+_SERVER = pytest.StashKey[_SharedServer]()
 _SHARED_API = "WIKIEMBED_TESTS_PREFECT_API_URL"  # set only by the controller above, never by a user's shell
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_api_ready():
+    """An xdist worker's first test waits for the controller's server (above) to answer."""
+    if os.environ.get(_SHARED_API):
+        _wait_healthy(os.environ[_SHARED_API], 180)
+    yield
 
 
 @pytest.fixture(scope="session")
