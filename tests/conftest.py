@@ -113,6 +113,7 @@ def pytest_configure(config: pytest.Config) -> None:
     server = _SharedServer()
     config.stash[_SERVER] = server
     os.environ["PREFECT_API_URL"] = os.environ[_SHARED_API] = server.url
+    os.environ[_SHARED_API_LOG] = str(server.log)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -173,12 +174,13 @@ def _wait_healthy(url: str, timeout: float) -> None:
             pass
         if time.monotonic() > deadline:
             raise RuntimeError(f"the tests' shared Prefect API server at {url} did not answer /health within {timeout:.0f} s; "
-                               f"its log is {Path(_HOME) / 'shared-api' / 'server.log'}")
+                               f"its log is {os.environ.get(_SHARED_API_LOG)}")
         time.sleep(0.2)
 
 
 _SERVER = pytest.StashKey[_SharedServer]()
 _SHARED_API = "WIKIEMBED_TESTS_PREFECT_API_URL"  # set only by the controller above, never by a user's shell
+_SHARED_API_LOG = "WIKIEMBED_TESTS_PREFECT_API_LOG"  # that server's log, for the workers' message
 
 
 @pytest.fixture(scope="session", autouse=True)
