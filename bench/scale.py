@@ -12,7 +12,9 @@ about 1,100 characters, one article in 2,000 of 100k-250k characters), as many a
 which chunks, vectors and bytes follow; articles are then about 2.8 times English Wikipedia's
 count at the same fraction (its mean is about 3,000 characters), so per-article costs are
 overstated, not understated. Day 2 is the same corpus with 1% of articles edited (a paragraph
-appended), 0.5% added and 0.2% removed, picked by a seeded draw.
+appended), 0.5% added and 0.2% removed, picked by a seeded draw; `--day2-times K` multiplies these
+rates (day 1 unchanged), so that a smaller size can re-embed as many chunks on day 2 as a larger one
+(day 2's peak memory follows the chunks it re-embeds: docs/SCALE.md).
 
 The engine costs nothing: the CLI runs in a process where `TorchEngine.embed` / `embed_ids` return a
 unit vector derived from each chunk's token ids (or text) by a fixed random projection of its
@@ -44,6 +46,7 @@ call), each into a store removed after.
     python bench/scale.py --report bench/results/DATE-scale.json   # writes docs/SCALE.md from a run
     python bench/scale.py --upload WORK/f0.1/store                  # the upload step alone, of a store a run left
     python bench/scale.py --fractions 0.01 --only run_day1_modal_volume --work WORK --json OUT.json   # that step alone
+    python bench/scale.py --fractions 0.01 --day2-times 10 --json OUT.json   # 1/100 with 1/10's day-2 change in chunks
 """
 
 from __future__ import annotations
@@ -92,9 +95,9 @@ def _articles(start: int, stop: int) -> list[dict[str, str]]:
     return list(generate_articles(stop, start=start))
 
 
-def _write_corpus(folder: Path, fraction: float) -> dict[str, Any]:
-    """day1.parquet and day2.parquet for `fraction` of English Wikipedia's characters (kept in the work
-    folder with their counts: the generator is seeded, so a rerun with the same `--work` reuses them)."""
+def _write_corpus(folder: Path, fraction: float, rates: dict[str, float] = DAY2) -> dict[str, Any]:
+    """day1.parquet and day2.parquet for `fraction` of English Wikipedia's characters, day 2 with the change `rates`
+    (kept in the work folder with their counts: the generator is seeded, so a rerun with the same `--work` reuses them)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -106,7 +109,7 @@ def _write_corpus(folder: Path, fraction: float) -> dict[str, Any]:
     made = folder / "corpus.json"
     if made.exists():
         counts = json.loads(made.read_text())
-        if counts.get("articles") == n and all((folder / f).exists() for f in ("day1.parquet", "day2.parquet")):
+        if counts.get("articles") == n and counts.get("day2_rates", DAY2) == rates and all((folder / f).exists() for f in ("day1.parquet", "day2.parquet")):
             return dict(counts, seconds=0.0, reused=True)
     rng = random.Random(f"scale-day2-{n}")
     schema = pa.schema([(c, pa.string()) for c in ("id", "url", "title", "text")])
@@ -123,21 +126,21 @@ def _write_corpus(folder: Path, fraction: float) -> dict[str, Any]:
             changed = []
             for r in rows:
                 draw = rng.random()
-                if draw < DAY2["removed"]:
+                if draw < rates["removed"]:
                     counts["removed"] += 1
                     continue
-                if draw < DAY2["removed"] + DAY2["edited"]:
+                if draw < rates["removed"] + rates["edited"]:
                     counts["edited"] += 1
                     r = dict(r, text=r["text"] + "\n\nOn the second day this article gained a closing paragraph about its history.")
                 changed.append(r)
             day2.write_table(pa.Table.from_pylist(changed, schema=schema))
-        added = max(1, round(n * DAY2["added"]))
+        added = max(1, round(n * rates["added"]))
         new = [dict(a, id=f"new-{i}", url=f"https://example.org/new-{i}") for i, a in enumerate(generate_articles(added, seed=7))]
         counts["added"] = added
         day2.write_table(pa.Table.from_pylist(new, schema=schema))
     counts["day2_articles"] = counts["articles"] - counts["removed"] + counts["added"]
     counts["seconds"] = round(time.perf_counter() - started, 1)
-    made.write_text(json.dumps(counts))
+    made.write_text(json.dumps(dict(counts, day2_rates=rates)))
     return counts
 
 
@@ -308,10 +311,10 @@ def _planned_shards(store: Path) -> int:
 # -- one size -------------------------------------------------------------------------------------
 
 def _size(work: Path, fraction: float, env: dict[str, str], shard_rows: int | None, hub: Any, skip: frozenset[str] = frozenset(),
-          index_form: str = "float32", volume_shards: int = VOLUME_SHARDS) -> dict[str, Any]:
+          index_form: str = "float32", volume_shards: int = VOLUME_SHARDS, day2: dict[str, float] = DAY2) -> dict[str, Any]:
     folder = work / f"f{fraction:g}"
     folder.mkdir(parents=True, exist_ok=True)
-    corpus = _write_corpus(folder, fraction)
+    corpus = _write_corpus(folder, fraction, day2)
     print(f"[scale] {fraction:g}: {corpus['articles']:,} articles, {corpus['chars']:,} chars ({corpus['seconds']} s)", flush=True)
     store, exported = folder / "store", folder / "export"
     # Every size starts from no store (a rerun with the same `--work` measures day 1 again, not a no-op).
@@ -738,8 +741,14 @@ def main() -> None:
                         f"{SMOKE_VOLUME_SHARDS} with --smoke)")
     parser.add_argument("--index-form", default="float32", help="the stored form `index` and the searches use: float32, or int8 "
                         "(written by every size's run; its graph builds about 5x faster here)")
+    parser.add_argument("--day2-times", type=float, default=1.0, help="day 2's rates of edited, added and removed articles "
+                        f"times this ({DAY2} at 1)")
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
+    if not 0 < args.day2_times * (DAY2["edited"] + DAY2["removed"]) <= 1:
+        parser.error(f"--day2-times {args.day2_times:g}: pass a number above 0 and at most "
+                     f"{1 / (DAY2['edited'] + DAY2['removed']):g} (day 2 edits or removes at most every article)")
+    day2 = {change: rate * args.day2_times for change, rate in DAY2.items()}
     fractions = [SMOKE_FRACTION] if args.smoke else [float(f) for f in args.fractions.split(",")]
     shard_rows = SMOKE_SHARD_ROWS if args.smoke else args.shard_rows
     volume_shards = args.volume_shards or (SMOKE_VOLUME_SHARDS if args.smoke else VOLUME_SHARDS)
@@ -759,7 +768,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "enwiki_chars": ENWIKI_CHARS,
-        "day2_changes": DAY2,
+        "day2_changes": day2,
         "sizes": [],
     }
     try:
@@ -770,7 +779,7 @@ def main() -> None:
                     Path(args.json).write_text(json.dumps(result, indent=1))
                     continue
                 size = _size(work, fraction, env, shard_rows, hub, frozenset(x for x in args.skip.split(",") if x), args.index_form,
-                             volume_shards)
+                             volume_shards, day2)
                 result["sizes"].append(size)
                 result["exponents"] = _exponents(result["sizes"])
                 result["incremental"] = size["incremental"]
