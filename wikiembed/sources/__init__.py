@@ -23,6 +23,7 @@ Touches: the source (read only) and `STORE/snapshot/` (written via temp + rename
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -33,6 +34,7 @@ import pyarrow.parquet as pq
 
 from wikiembed.atomic import atomic_path
 from wikiembed.errors import InputError
+from wikiembed.read_ahead import read_ahead
 from wikiembed.sources.base import (
     MAX_SKIP_EXAMPLES, OPTIONAL, REQUIRED, SNAPSHOT_ROW_GROUP, SNAPSHOT_SCHEMA, RowReport, Source, SourceReader,
     names, reader_for, readers, register, streamed, unregister,
@@ -179,12 +181,14 @@ def read_tables(source: Source, report: RowReport) -> Iterator[pa.Table]:
             yield pa.Table.from_pylist(rows, SNAPSHOT_SCHEMA)
         return
     cleaner = _Cleaner(source, report)
-    for table in raw:
-        clean = cleaner.table(table)
-        if clean is None:
-            break
-        if clean.num_rows:
-            yield clean
+    # The next batch is decoded (without the GIL) while this one is cleaned and hashed.
+    with contextlib.closing(read_ahead(raw)) as tables:
+        for table in tables:
+            clean = cleaner.table(table)
+            if clean is None:
+                break
+            if clean.num_rows:
+                yield clean
     if report.rows == 0 and not report.skipped:
         raise InputError(f"--source {source.spec}: it holds no rows; check the path, --split or --limit.")
 
